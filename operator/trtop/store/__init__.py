@@ -1,0 +1,67 @@
+"""The engine store: content-addressed engines, published atomically, read by everyone.
+
+Layout (both backends): ``<root>/<key>/engine.json`` plus the artifact named in it, and
+``<root>/_timing-caches/<target-slug>.cache`` for TensorRT timing caches (device specific).
+A key's folder is visible only once complete (``engine.json`` is written last / the
+publish is a rename), so a killed build leaves nothing half-written behind, and two
+builds of one key cannot corrupt each other: the first complete publish wins.
+
+Users: the converter (publish), the operator (is the engine there? read its record),
+the server (fetch the artifact for its GPU). Backends are picked by URI scheme from
+``BACKENDS`` (``file://`` or a plain path for a PVC mount; ``s3://bucket/prefix`` for any
+S3-compatible service, endpoint from ``AWS_ENDPOINT_URL``).
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Protocol
+
+from trtop.api.engine import EngineKey, EngineRecord
+
+
+class EngineStore(Protocol):
+    uri: str
+
+    def get_record(self, key: EngineKey) -> EngineRecord | None:
+        """The published record of ``key``, or None when the key has no complete engine."""
+
+    def publish(self, key: EngineKey, folder: Path) -> bool:
+        """Atomically publish the folder (engine.json + artifact) as ``key``.
+
+        Returns False (and changes nothing) when ``key`` was already published.
+        """
+
+    def fetch(self, key: EngineKey, dest: Path) -> Path:
+        """Copy the published folder of ``key`` under ``dest`` and return the local folder."""
+
+    def list_keys(self) -> list[EngineKey]:
+        """Keys with a complete engine."""
+
+    def delete(self, key: EngineKey) -> None:
+        """Remove a published engine (garbage collection of engines no spec references)."""
+
+    def get_blob(self, name: str) -> bytes | None:
+        """A side file such as a timing cache (``_timing-caches/<slug>.cache``)."""
+
+    def put_blob(self, name: str, data: bytes) -> None:
+        """Write a side file atomically (last writer wins)."""
+
+
+# scheme -> "module:Class"; the modules import their heavy dependencies lazily.
+BACKENDS: dict[str, str] = {
+    "file": "trtop.store.filesystem:FilesystemStore",
+    "s3": "trtop.store.s3:S3Store",
+}
+
+
+def open_store(uri: str) -> EngineStore:
+    """The store for a URI (``/data/engines``, ``file:///data/engines``, ``s3://bucket/prefix``)."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else "file"
+    try:
+        target = BACKENDS[scheme]
+    except KeyError:
+        raise ValueError(f"engine store URI {uri!r}: scheme {scheme!r} is not one of {sorted(BACKENDS)}") from None
+    module, _, cls = target.partition(":")
+    store: EngineStore = getattr(importlib.import_module(module), cls)(uri)
+    return store
