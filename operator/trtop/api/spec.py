@@ -1,0 +1,229 @@
+"""The ModelDeployment spec as typed, defaulted, validated plain data.
+
+``parse_spec(dict) -> ModelDeploymentSpec`` is called by the operator on every
+reconcile. Defaults here mirror the CRD's schema defaults (the API server applies
+those; we apply them again so a spec read from a file or an older object behaves the
+same) and never get written back to the object: GitOps tools see no diff.
+Checks the schema cannot express (URI schemes, target syntax, shape names) raise
+``SpecError`` with the field to fix.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+from trtop.api.engine import BatchProfile, HardwareCompatibility, Method, ModelFormat, ModelSource, Precision
+from trtop.api.errors import SpecError
+from trtop.api.targets import Target
+
+MODEL_URI_SCHEMES = ("pvc", "s3", "gs", "https", "file")
+PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "bf16", "int8", "fp8")
+FORMATS: tuple[ModelFormat, ...] = ("savedmodel", "keras", "onnx")
+METHODS: tuple[Method, ...] = ("onnx", "tf-trt")
+HW_COMPAT: tuple[HardwareCompatibility, ...] = ("none", "same-compute-capability", "ampere-plus")
+ScalingMode = Literal["builtin", "external", "none"]
+ScalingMetric = Literal["inflight", "rps", "queue-time"]
+SCALING_MODES: tuple[ScalingMode, ...] = ("builtin", "external", "none")
+SCALING_METRICS: tuple[ScalingMetric, ...] = ("inflight", "rps", "queue-time")
+AUTO = "auto"
+
+_TARGET = re.compile(r"^(auto|cpu|[0-9]+\.[0-9]+(/[A-Za-z0-9._-]+)?)$")
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    precision: Precision = "fp32"
+    batch: BatchProfile = BatchProfile()
+    workspace_mib: int = 4096
+    method: Method = "onnx"
+    auto_targets: bool = True
+    targets: tuple[Target, ...] = ()  # explicit targets (in addition to discovered ones when auto)
+    hardware_compatibility: HardwareCompatibility = "none"
+    build_timeout_seconds: int = 3600
+    backoff_limit: int = 2
+    retry_after_seconds: int = 600  # a failed build's Job is kept this long, then retried
+    builder_image: str | None = None
+    builder_options: Mapping[str, str] = field(default_factory=dict)
+    sample_data_uri: str | None = None
+    calibration_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    image: str | None = None
+    port: int = 8000
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    env: tuple[Mapping[str, Any], ...] = ()
+    max_queue_delay_ms: float = 2.0
+    max_queue_size: int = 256
+
+
+@dataclass(frozen=True)
+class ScalingSpec:
+    mode: ScalingMode = "builtin"
+    min_replicas: int = 1
+    max_replicas: int = 4
+    metric: ScalingMetric = "inflight"
+    target: float = 4.0
+    scale_up_window_seconds: int = 0
+    scale_down_window_seconds: int = 300
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    max_surge: str = "25%"
+    max_unavailable: str = "0"
+    keep_previous_engines: int = 1
+
+
+@dataclass(frozen=True)
+class ModelDeploymentSpec:
+    model: ModelSource
+    engine: EngineSpec = EngineSpec()
+    serving: ServingSpec = ServingSpec()
+    scaling: ScalingSpec = ScalingSpec()
+    rollout: RolloutSpec = RolloutSpec()
+    replicas: int | None = None  # the scale subresource's field: used by modes "none" and "external"
+
+
+def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
+    """Typed, defaulted, validated spec from the object's ``spec`` dict. Raises SpecError."""
+    model = _parse_model(_section(raw, "model", required=True))
+    engine = _parse_engine(_section(raw, "engine"))
+    serving = _parse_serving(_section(raw, "serving"))
+    scaling = _parse_scaling(_section(raw, "scaling"))
+    rollout_raw = _section(raw, "rollout")
+    rollout = RolloutSpec(
+        max_surge=str(rollout_raw.get("maxSurge", "25%")),
+        max_unavailable=str(rollout_raw.get("maxUnavailable", "0")),
+        keep_previous_engines=_int(rollout_raw, "keepPreviousEngines", 1, "rollout", minimum=0),
+    )
+    replicas = raw.get("replicas")
+    if replicas is not None and (not isinstance(replicas, int) or replicas < 0):
+        raise SpecError("replicas", f"must be a whole number >= 0, got {replicas!r}")
+    if model.format == "onnx" and engine.method == "tf-trt":
+        raise SpecError("engine.method", "tf-trt converts TensorFlow models; an ONNX model needs method 'onnx'")
+    return ModelDeploymentSpec(model, engine, serving, scaling, rollout, replicas)
+
+
+def _section(raw: Mapping[str, Any], name: str, *, required: bool = False) -> Mapping[str, Any]:
+    value = raw.get(name)
+    if value is None:
+        if required:
+            raise SpecError(name, "is required")
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(name, f"must be an object, got {type(value).__name__}")
+    return value
+
+
+def _enum(raw: Mapping[str, Any], key: str, allowed: Sequence[str], default: str, where: str) -> str:
+    value = raw.get(key, default)
+    if value not in allowed:
+        raise SpecError(f"{where}.{key}", f"{value!r} is not one of {', '.join(allowed)}")
+    return str(value)
+
+
+def _int(raw: Mapping[str, Any], key: str, default: int, where: str, *, minimum: int = 0) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SpecError(f"{where}.{key}", f"must be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
+def _parse_model(raw: Mapping[str, Any]) -> ModelSource:
+    uri = raw.get("uri")
+    if not isinstance(uri, str) or not uri:
+        raise SpecError("model.uri", "is required, e.g. s3://bucket/models/resnet or pvc://models/resnet")
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme not in MODEL_URI_SCHEMES:
+        raise SpecError(
+            "model.uri",
+            f"scheme {scheme or '(none)'!r} of {uri!r} is not supported; use one of "
+            + ", ".join(f"{s}://" for s in MODEL_URI_SCHEMES),
+        )
+    fmt = cast(ModelFormat, _enum(raw, "format", FORMATS, "savedmodel", "model"))
+    digest = raw.get("digest")
+    if digest is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", str(digest)):
+        raise SpecError("model.digest", f"must look like sha256:<64 hex digits>, got {digest!r}")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, dims in (raw.get("inputShapes") or {}).items():
+        if not isinstance(dims, list) or not dims or not all(isinstance(d, int) and (d == -1 or d > 0) for d in dims):
+            raise SpecError(f"model.inputShapes.{name}", f"must be a list of positive sizes or -1, got {dims!r}")
+        shapes[str(name)] = tuple(dims)
+    return ModelSource(
+        uri=uri, format=fmt, digest=str(digest) if digest else None,
+        signature=str(raw.get("signature") or "serving_default"), input_shapes=shapes,
+    )
+
+
+def _parse_engine(raw: Mapping[str, Any]) -> EngineSpec:
+    batch_raw = raw.get("batch") or {}
+    batch = BatchProfile(
+        min=_int(batch_raw, "min", 1, "engine.batch", minimum=1),
+        opt=_int(batch_raw, "opt", 8, "engine.batch", minimum=1),
+        max=_int(batch_raw, "max", 32, "engine.batch", minimum=1),
+    )
+    if not batch.min <= batch.opt <= batch.max:
+        raise SpecError("engine.batch", f"needs min <= opt <= max, got {batch.min}/{batch.opt}/{batch.max}")
+    targets_raw = raw.get("targets") or [AUTO]
+    explicit: list[Target] = []
+    for item in targets_raw:
+        text = str(item)
+        if not _TARGET.match(text):
+            raise SpecError("engine.targets", f"{text!r} is not 'auto', 'cpu', 'MAJOR.MINOR' or 'MAJOR.MINOR/PRODUCT'")
+        if text != AUTO:
+            explicit.append(Target.parse(text))
+    options = raw.get("builderOptions") or {}
+    return EngineSpec(
+        precision=cast(Precision, _enum(raw, "precision", PRECISIONS, "fp32", "engine")),
+        batch=batch,
+        workspace_mib=_int(raw, "workspaceMiB", 4096, "engine", minimum=16),
+        method=cast(Method, _enum(raw, "method", METHODS, "onnx", "engine")),
+        auto_targets=AUTO in [str(t) for t in targets_raw],
+        targets=tuple(sorted(set(explicit))),
+        hardware_compatibility=cast(
+            HardwareCompatibility, _enum(raw, "hardwareCompatibility", HW_COMPAT, "none", "engine")),
+        build_timeout_seconds=_int(raw, "buildTimeoutSeconds", 3600, "engine", minimum=60),
+        backoff_limit=_int(raw, "backoffLimit", 2, "engine"),
+        retry_after_seconds=_int(raw, "retryAfterSeconds", 600, "engine", minimum=10),
+        builder_image=raw.get("builderImage"),
+        builder_options={str(k): str(v) for k, v in options.items()},
+        sample_data_uri=raw.get("sampleDataUri"),
+        calibration_uri=raw.get("calibrationUri"),
+    )
+
+
+def _parse_serving(raw: Mapping[str, Any]) -> ServingSpec:
+    port = _int(raw, "port", 8000, "serving", minimum=1)
+    if port > 65535:
+        raise SpecError("serving.port", f"must be <= 65535, got {port}")
+    batching = raw.get("batching") or {}
+    return ServingSpec(
+        image=raw.get("image"), port=port, resources=dict(raw.get("resources") or {}),
+        node_selector={str(k): str(v) for k, v in (raw.get("nodeSelector") or {}).items()},
+        tolerations=tuple(raw.get("tolerations") or ()), env=tuple(raw.get("env") or ()),
+        max_queue_delay_ms=float(batching.get("maxQueueDelayMs", 2.0)),
+        max_queue_size=_int(batching, "maxQueueSize", 256, "serving.batching", minimum=1),
+    )
+
+
+def _parse_scaling(raw: Mapping[str, Any]) -> ScalingSpec:
+    spec = ScalingSpec(
+        mode=cast(ScalingMode, _enum(raw, "mode", SCALING_MODES, "builtin", "scaling")),
+        min_replicas=_int(raw, "minReplicas", 1, "scaling"),
+        max_replicas=_int(raw, "maxReplicas", 4, "scaling", minimum=1),
+        metric=cast(ScalingMetric, _enum(raw, "metric", SCALING_METRICS, "inflight", "scaling")),
+        target=float(raw.get("target", 4.0)),
+        scale_up_window_seconds=_int(raw, "scaleUpWindowSeconds", 0, "scaling"),
+        scale_down_window_seconds=_int(raw, "scaleDownWindowSeconds", 300, "scaling"),
+    )
+    if spec.min_replicas > spec.max_replicas:
+        raise SpecError("scaling", f"minReplicas ({spec.min_replicas}) must be <= maxReplicas ({spec.max_replicas})")
+    if spec.target <= 0:
+        raise SpecError("scaling.target", f"must be > 0, got {spec.target}")
+    return spec

@@ -1,0 +1,65 @@
+"""Operator settings: one typed object read from ``TRTOP_*`` environment variables.
+
+The Helm chart sets these variables; tests build ``Settings`` directly. Pure data plus
+one constructor that reads the environment.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from trtop import versions
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Namespaces to watch; empty = the whole cluster (the chart's namespaced mode fills it).
+    namespaces: tuple[str, ...] = ()
+    # Where the operator itself reads engine records (a path where the store PVC is mounted, or s3://...).
+    store_uri: str = "/var/lib/trtop/engines"
+    # How build Jobs and serving pods reach the same store: a PVC name mounted at store_mount_path,
+    # or (when empty) store_uri is passed through as is (s3://...) with credentials from store_secret.
+    store_pvc: str = ""
+    store_mount_path: str = "/var/lib/trtop/engines"
+    store_secret: str = ""  # Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL
+    converter_image: str = versions.CONVERTER_IMAGE
+    server_image: str = versions.SERVER_IMAGE
+    server_cpu_image: str = versions.SERVER_CPU_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    # TensorRT version of the converter image: part of every GPU engine key, so an upgrade rebuilds.
+    tensorrt_version: str = versions.TENSORRT_VERSION
+    onnxruntime_version: str = versions.ONNXRUNTIME_VERSION
+    # Service account for build Jobs and serving pods (empty: the namespace default).
+    workload_service_account: str = ""
+    # Seconds between autoscaler decisions, and an optional Prometheus to read load from.
+    autoscale_interval_seconds: float = 15.0
+    prometheus_url: str = ""
+    # Port of the operator's own /metrics, /healthz and /readyz.
+    metrics_port: int = 8080
+    # Extra env for workloads (tests point the local runner's pods at a local store this way).
+    workload_env: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+        d = cls()
+        extra = {k[len("TRTOP_WORKLOAD_ENV_"):]: v for k, v in e.items() if k.startswith("TRTOP_WORKLOAD_ENV_")}
+        return cls(
+            namespaces=tuple(n for n in e.get("TRTOP_NAMESPACES", "").replace(",", " ").split() if n),
+            store_uri=e.get("TRTOP_STORE_URI", d.store_uri),
+            store_pvc=e.get("TRTOP_STORE_PVC", d.store_pvc),
+            store_mount_path=e.get("TRTOP_STORE_MOUNT_PATH", d.store_mount_path),
+            store_secret=e.get("TRTOP_STORE_SECRET", d.store_secret),
+            converter_image=e.get("TRTOP_CONVERTER_IMAGE", d.converter_image),
+            server_image=e.get("TRTOP_SERVER_IMAGE", d.server_image),
+            server_cpu_image=e.get("TRTOP_SERVER_CPU_IMAGE", d.server_cpu_image),
+            image_pull_policy=e.get("TRTOP_IMAGE_PULL_POLICY", d.image_pull_policy),
+            tensorrt_version=e.get("TRTOP_TENSORRT_VERSION", d.tensorrt_version),
+            onnxruntime_version=e.get("TRTOP_ONNXRUNTIME_VERSION", d.onnxruntime_version),
+            workload_service_account=e.get("TRTOP_WORKLOAD_SERVICE_ACCOUNT", d.workload_service_account),
+            autoscale_interval_seconds=float(e.get("TRTOP_AUTOSCALE_INTERVAL_SECONDS", d.autoscale_interval_seconds)),
+            prometheus_url=e.get("TRTOP_PROMETHEUS_URL", d.prometheus_url),
+            metrics_port=int(e.get("TRTOP_METRICS_PORT", d.metrics_port)),
+            workload_env=extra,
+        )

@@ -1,0 +1,74 @@
+"""Pieces every trtop workload shares: labels, owner reference, pod security, store access."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from trtop import names, versions
+from trtop.api.targets import Target
+from trtop.config import Settings
+
+Manifest = dict[str, Any]
+
+
+def labels(md_name: str, component: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    out = {
+        names.LABEL_NAME: names.APP_NAME,
+        names.LABEL_INSTANCE: md_name,
+        names.LABEL_COMPONENT: component,
+        names.LABEL_MANAGED_BY: names.APP_NAME,
+        names.LABEL_PART_OF: names.APP_NAME,
+        "app.kubernetes.io/version": versions.TRTOP_VERSION,
+        names.LABEL_MODEL_DEPLOYMENT: md_name,
+    }
+    out.update(extra or {})
+    return out
+
+
+def owner_reference(md: Mapping[str, Any]) -> dict[str, Any]:
+    meta = md["metadata"]
+    return {
+        "apiVersion": names.API_VERSION, "kind": names.KIND, "name": meta["name"], "uid": meta["uid"],
+        "controller": True, "blockOwnerDeletion": True,
+    }
+
+
+POD_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+GPU_TOLERATION: dict[str, Any] = {"key": names.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+
+
+def target_node_term(target: Target) -> dict[str, Any]:
+    """One nodeSelectorTerm admitting exactly the nodes of ``target`` (never keyed on gpu.family)."""
+    if target.is_cpu:
+        return {"matchExpressions": [{"key": names.GFD_CC_MAJOR, "operator": "DoesNotExist"}]}
+    major, minor = target.cc.split(".")
+    exprs: list[dict[str, Any]] = [
+        {"key": names.GFD_CC_MAJOR, "operator": "In", "values": [major]},
+        {"key": names.GFD_CC_MINOR, "operator": "In", "values": [minor]},
+    ]
+    if target.product:
+        exprs.append({"key": names.GFD_PRODUCT, "operator": "In",
+                      "values": [target.product, f"{target.product}-SHARED"]})
+    return {"matchExpressions": exprs}
+
+
+def store_access(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(env, envFrom, volumes, volumeMounts) that let a workload reach the engine store."""
+    env = [{"name": names.ENV_STORE_URI, "value": settings.store_mount_path if settings.store_pvc else settings.store_uri}]
+    env += [{"name": k, "value": v} for k, v in sorted(settings.workload_env.items())]
+    env_from: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    if settings.store_pvc:
+        volumes.append({"name": "engine-store", "persistentVolumeClaim": {"claimName": settings.store_pvc}})
+        mounts.append({"name": "engine-store", "mountPath": settings.store_mount_path})
+    if settings.store_secret:
+        env_from.append({"secretRef": {"name": settings.store_secret}})
+    return env, env_from, volumes, mounts

@@ -1,0 +1,52 @@
+"""What the operator observed, as plain data: the planner's input besides the spec.
+
+Built by ``trtop.k8s.observe`` from live objects; built by hand in tests.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from trtop.api.engine import EngineKey, EngineRecord
+
+JobState = Literal["active", "succeeded", "failed"]
+
+
+@dataclass(frozen=True)
+class NodeFact:
+    name: str
+    labels: Mapping[str, str]
+    schedulable: bool = True  # not cordoned, Ready
+    gpu_allocatable: int = 0
+    gpu_requested: int = 0  # by pods already bound to the node
+
+
+@dataclass(frozen=True)
+class JobFact:
+    name: str
+    key: EngineKey
+    state: JobState
+    message: str = ""  # failure reason + the converter's termination message / log tail
+    user_error: bool = False  # the converter said: do not retry (bad model, unsupported op)
+
+
+@dataclass(frozen=True)
+class DeploymentFact:
+    name: str
+    engine_set_hash: str  # ANNOTATION_ENGINE_SET on the live Deployment
+    model_revision: str  # ANNOTATION_SPEC_HASH: the model/engine revision it serves
+    replicas: int
+    ready_replicas: int
+    updated_replicas: int
+    available: bool
+    engine_keys: tuple[EngineKey, ...] = ()  # keys it serves (to keep them for rollback)
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    nodes: tuple[NodeFact, ...] = ()
+    jobs: Mapping[EngineKey, JobFact] = field(default_factory=dict)
+    records: Mapping[EngineKey, EngineRecord] = field(default_factory=dict)
+    deployment: DeploymentFact | None = None
+    store_error: str = ""  # the store could not be read this time: never treat engines as gone

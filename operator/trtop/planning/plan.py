@@ -1,0 +1,119 @@
+"""The whole reconcile decision for one ModelDeployment, as data.
+
+``plan_model_deployment(md, facts, settings, autoscaled_replicas, now)`` returns what to
+create/apply and the status to write. Rules it encodes:
+- one build Job per missing engine (``Pending``), never for Ready/Building/Failed ones;
+- first rollout: serve as soon as one engine is ready, widen as others become ready;
+- model update (the live Deployment serves another model revision): keep serving the
+  old engines while the new ones build; roll once no new engine is still building;
+- no ready engine: leave any live Deployment alone (never take serving down).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from trtop.api.spec import ModelDeploymentSpec, parse_spec
+from trtop.api.targets import Target
+from trtop.config import Settings
+from trtop.planning.builds import build_job, should_create_job
+from trtop.planning.common import Manifest
+from trtop.planning.engines import EngineStatus, engine_statuses
+from trtop.planning.facts import ClusterFacts, DeploymentFact
+from trtop.planning.serving import (
+    build_deployment, build_service, engine_set_hash, model_revision, selector_string, servable,
+)
+from trtop.planning.status import condition_dicts, conditions_for, engine_entry, phase_of
+from trtop.planning.targets import discover_targets
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: ModelDeploymentSpec
+    targets: tuple[Target, ...]
+    engines: tuple[EngineStatus, ...]
+    jobs_to_create: tuple[Manifest, ...]
+    deployment: Manifest | None  # None: leave the live Deployment (if any) as it is
+    service: Manifest | None
+    replicas: int
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+def desired_replicas(spec: ModelDeploymentSpec, live: DeploymentFact | None, autoscaled: int | None) -> int:
+    """Replicas for the Deployment: the autoscaler's in builtin mode, else the scale subresource's."""
+    s = spec.scaling
+    if s.mode == "builtin":
+        if autoscaled is not None:
+            return autoscaled
+        current = live.replicas if live is not None else s.min_replicas
+        return max(s.min_replicas, min(s.max_replicas, current))
+    if spec.replicas is not None:
+        return spec.replicas
+    return max(s.min_replicas, 1) if s.mode == "none" else (live.replicas if live else max(s.min_replicas, 1))
+
+
+def plan_model_deployment(
+    md: Mapping[str, Any], facts: ClusterFacts, settings: Settings, *, autoscaled_replicas: int | None = None,
+    scaling_limit: str = "", now: str,
+) -> Plan:
+    """Raises ``SpecError`` for a spec trtop cannot honour (the handler reports it as Stalled)."""
+    spec = parse_spec(md.get("spec") or {})
+    targets = discover_targets(spec, facts.nodes)
+    engines = engine_statuses(spec, targets, facts, settings)
+    jobs = tuple(build_job(md, spec, e, settings) for e in engines if should_create_job(e))
+    replicas = desired_replicas(spec, facts.deployment, autoscaled_replicas)
+    live = facts.deployment
+    to_serve = servable(engines)
+    revision = model_revision(spec)
+    deployment: Manifest | None = None
+    hold = ""
+    if to_serve:
+        updating = live is not None and live.model_revision != revision
+        still_building = [e for e in engines if e.state in ("Building", "Pending")]
+        if updating and still_building:
+            hold = (f"serving the previous model revision until {len(still_building)} new engine(s) finish "
+                    "building")
+        else:
+            deployment = build_deployment(md, spec, to_serve, replicas, settings)
+    elif live is not None:
+        hold = "no engine of the current spec is ready; the live Deployment keeps serving what it has"
+    rollout_pending = (
+        (deployment is not None and live is not None and (
+            live.engine_set_hash != engine_set_hash(to_serve) or live.model_revision != revision))
+        or (live is not None and live.updated_replicas < live.replicas)
+    )
+    conds = conditions_for(engines, live, replicas, rollout_pending=rollout_pending, hold_message=hold,
+                           scaling_limit=scaling_limit)
+    meta = md.get("metadata", {})
+    previous = (md.get("status") or {})
+    generation = int(meta.get("generation", 0))
+    ready_count = sum(1 for e in engines if e.state == "Ready")
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "phase": phase_of(conds),
+        "message": next(c.message for c in conds if c.type == "Ready"),
+        "conditions": condition_dicts(conds, previous.get("conditions", []), now, generation),
+        "engines": [engine_entry(e) for e in engines],
+        "enginesReady": f"{ready_count}/{len(engines)}",
+        "targets": [str(t) for t in targets],
+        "modelRevision": revision,
+        "servedEngines": [e.key for e in to_serve] if deployment is not None else
+                         list(live.engine_keys if live else ()),
+        "previousEngines": _previous_engines(previous, live, revision, spec.rollout.keep_previous_engines),
+        "replicas": live.replicas if live else 0,
+        "readyReplicas": live.ready_replicas if live else 0,
+        "desiredReplicas": replicas,
+        "selector": selector_string(meta.get("name", "")),
+    }
+    return Plan(spec, targets, engines, jobs, deployment, build_service(md, spec) if to_serve or live else None,
+                replicas, status)
+
+
+def _previous_engines(previous: Mapping[str, Any], live: DeploymentFact | None, revision: str,
+                      keep: int) -> list[str]:
+    """Engines of the revision being replaced: kept (never garbage-collected) for rollback."""
+    kept = list(previous.get("previousEngines") or [])
+    if live is not None and live.model_revision and live.model_revision != revision:
+        kept = [k for k in live.engine_keys if k not in kept] + kept
+    return kept[: max(keep, 0) * 8]

@@ -1,0 +1,152 @@
+"""The inference Deployment and Service: pods that load the engine matching their GPU.
+
+Node affinity admits only architectures with a Ready engine; the engine set travels in
+``TRTOP_ENGINE_SET`` and the server picks its own by compute capability at start-up
+(the idea of Triton's ``cc_model_filenames``). When GPU engines exist, CPU engines are
+left out (one pod template cannot both request and not request a GPU).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from trtop import names
+from trtop.api.engine import EngineKey
+from trtop.api.spec import ModelDeploymentSpec
+from trtop.config import Settings
+from trtop.planning.common import (
+    CONTAINER_SECURITY_CONTEXT, GPU_TOLERATION, POD_SECURITY_CONTEXT, Manifest, labels, owner_reference,
+    store_access, target_node_term,
+)
+from trtop.planning.engines import EngineStatus
+
+SERVER_CONTAINER = "server"
+
+
+def servable(engines: Iterable[EngineStatus]) -> list[EngineStatus]:
+    """Ready engines the Deployment will serve: GPU ones when any exist, else CPU ones."""
+    ready = [e for e in engines if e.state == "Ready" and e.record is not None]
+    gpu = [e for e in ready if not e.target.is_cpu]
+    return sorted(gpu or ready, key=lambda e: e.target)
+
+
+def engine_set(engines: Sequence[EngineStatus]) -> list[dict[str, Any]]:
+    return [
+        {"key": e.key, "target": e.target.to_dict(), "backend": e.record.backend, "artifact": e.record.artifact}
+        for e in engines if e.record is not None
+    ]
+
+
+def engine_set_hash(engines: Sequence[EngineStatus]) -> str:
+    return hashlib.sha256(json.dumps(engine_set(engines), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_revision(spec: ModelDeploymentSpec) -> str:
+    """Hash of what decides the engines' contents (model + engine settings, not targets)."""
+    e = spec.engine
+    ident = {"model": repr(spec.model), "precision": e.precision, "batch": repr(e.batch), "method": e.method,
+             "ws": e.workspace_mib, "hw": e.hardware_compatibility, "opts": sorted(e.builder_options.items())}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def selector_labels(md_name: str) -> dict[str, str]:
+    return {names.LABEL_MODEL_DEPLOYMENT: md_name, names.LABEL_COMPONENT: names.COMPONENT_INFERENCE}
+
+
+def selector_string(md_name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(md_name).items()))
+
+
+def build_deployment(
+    md: Mapping[str, Any], spec: ModelDeploymentSpec, engines: Sequence[EngineStatus], replicas: int,
+    settings: Settings,
+) -> Manifest:
+    meta = md["metadata"]
+    md_name = meta["name"]
+    gpu = any(not e.target.is_cpu for e in engines)
+    env, env_from, volumes, mounts = store_access(settings)
+    env += [
+        {"name": names.ENV_MODEL_NAME, "value": md_name},
+        {"name": names.ENV_ENGINE_SET, "value": json.dumps(engine_set(engines), sort_keys=True)},
+        *spec.serving.env,
+    ]
+    resources: dict[str, Any] = json.loads(json.dumps(spec.serving.resources)) if spec.serving.resources else {}
+    if gpu:
+        resources.setdefault("limits", {})[names.GPU_RESOURCE] = 1
+    pod_labels = labels(md_name, names.COMPONENT_INFERENCE)
+    revision = model_revision(spec)
+    set_hash = engine_set_hash(engines)
+    port = spec.serving.port
+    pod_spec: dict[str, Any] = {
+        "securityContext": POD_SECURITY_CONTEXT,
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [target_node_term(e.target) for e in engines]}}},
+        "tolerations": [GPU_TOLERATION, *spec.serving.tolerations] if gpu else list(spec.serving.tolerations),
+        "terminationGracePeriodSeconds": 60,
+        "containers": [{
+            "name": SERVER_CONTAINER,
+            "image": spec.serving.image or (settings.server_image if gpu else settings.server_cpu_image),
+            "imagePullPolicy": settings.image_pull_policy,
+            "command": ["trtop", "serve", "--host", "0.0.0.0", "--port", str(port),
+                        "--max-queue-delay-ms", str(spec.serving.max_queue_delay_ms),
+                        "--max-queue-size", str(spec.serving.max_queue_size)],
+            "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+            "env": env, "envFrom": env_from, "volumeMounts": mounts, "resources": resources,
+            "securityContext": CONTAINER_SECURITY_CONTEXT,
+            "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5},
+            "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10,
+                              "failureThreshold": 6},
+            "startupProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 5,
+                             "failureThreshold": 120},
+        }],
+        "volumes": volumes,
+    }
+    if spec.serving.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.serving.node_selector)
+    if settings.workload_service_account:
+        pod_spec["serviceAccountName"] = settings.workload_service_account
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {
+            "name": md_name, "namespace": meta["namespace"], "labels": pod_labels,
+            "annotations": {names.ANNOTATION_SPEC_HASH: revision, names.ANNOTATION_ENGINE_SET: set_hash,
+                            f"{names.GROUP}/engine-keys": ",".join(e.key for e in engines)},
+            "ownerReferences": [owner_reference(md)],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector_labels(md_name)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {
+                "maxSurge": _int_or_str(spec.rollout.max_surge),
+                "maxUnavailable": _int_or_str(spec.rollout.max_unavailable)}},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": {
+                    names.ANNOTATION_SPEC_HASH: revision, names.ANNOTATION_ENGINE_SET: set_hash,
+                    "prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+                    "prometheus.io/path": "/metrics"}},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def build_service(md: Mapping[str, Any], spec: ModelDeploymentSpec) -> Manifest:
+    meta = md["metadata"]
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"],
+                     "labels": labels(meta["name"], names.COMPONENT_INFERENCE),
+                     "ownerReferences": [owner_reference(md)]},
+        "spec": {"selector": selector_labels(meta["name"]),
+                 "ports": [{"name": "http", "port": spec.serving.port, "targetPort": "http", "protocol": "TCP"}]},
+    }
+
+
+def served_keys(engines: Sequence[EngineStatus]) -> tuple[EngineKey, ...]:
+    return tuple(e.key for e in engines)
+
+
+def _int_or_str(value: str) -> int | str:
+    return int(value) if value.isdigit() else value

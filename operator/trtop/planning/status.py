@@ -1,0 +1,162 @@
+"""The status contract: kstatus conditions, phase, ``engines[]``, and the Events to post.
+
+Conditions keep their ``lastTransitionTime`` while their status is unchanged, so a
+reconcile that changes nothing writes nothing new. ``observedGeneration`` is always the
+object's own generation (never a child's), so ``kubectl wait``, Helm, Argo CD and Flux
+can trust it.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from trtop import names
+from trtop.planning.engines import EngineStatus
+from trtop.planning.facts import DeploymentFact
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # "Normal" | "Warning"
+    reason: str
+    message: str
+
+
+def engine_entry(e: EngineStatus) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "key": e.key, "target": str(e.target), "cc": e.target.cc, "product": e.target.product or "",
+        "state": e.state, "message": e.message[-1024:], "job": e.job_name or "",
+    }
+    if e.record is not None:
+        r = e.record
+        entry.update({
+            "artifact": f"{e.key}/{r.artifact}", "backend": r.backend,
+            "buildSeconds": round(float(r.build_seconds), 2),
+            "parityMaxAbsError": float(r.parity.get("max_abs_error", 0.0)),
+            "benchmark": {k: {m: round(float(v), 3) for m, v in d.items()}
+                          for k, d in r.benchmark.items() if isinstance(d, Mapping)},
+        })
+    return entry
+
+
+def conditions_for(
+    engines: Sequence[EngineStatus], deployment: DeploymentFact | None, desired_replicas: int,
+    *, rollout_pending: bool, hold_message: str, scaling_limit: str = "",
+) -> list[Condition]:
+    ready = [e for e in engines if e.state == "Ready"]
+    failed = [e for e in engines if e.state in ("Failed", "Unschedulable")]
+    busy = [e for e in engines if e.state in ("Building", "Pending")]
+    conds: list[Condition] = []
+    if not engines:
+        conds.append(Condition(names.COND_ENGINES_READY, False, "NoTargets",
+                               "no GPU architecture matches: add GPU nodes with GPU Feature Discovery labels, "
+                               "widen serving.nodeSelector, or list engine.targets explicitly"))
+    elif not failed and not busy:
+        conds.append(Condition(names.COND_ENGINES_READY, True, "AllEnginesReady",
+                               f"{len(ready)}/{len(engines)} engines ready: " + ", ".join(str(e.target) for e in ready)))
+    elif failed:
+        detail = "; ".join(f"{e.target}: {e.message}" for e in failed)
+        conds.append(Condition(names.COND_ENGINES_READY, False, "BuildFailed",
+                               f"{len(ready)}/{len(engines)} engines ready; failed: {detail}"[:2048]))
+    else:
+        conds.append(Condition(names.COND_ENGINES_READY, False, "Building",
+                               f"{len(ready)}/{len(engines)} engines ready; building: "
+                               + ", ".join(str(e.target) for e in busy)))
+    ready_replicas = deployment.ready_replicas if deployment else 0
+    if deployment is not None and desired_replicas == 0 and deployment.replicas == 0:
+        conds.append(Condition(names.COND_AVAILABLE, True, "ScaledToZero", "scaled to zero replicas"))
+    elif deployment is not None and deployment.available and ready_replicas > 0:
+        conds.append(Condition(names.COND_AVAILABLE, True, "MinimumReplicasAvailable",
+                               f"{ready_replicas}/{deployment.replicas} serving replicas ready"))
+    elif deployment is None:
+        conds.append(Condition(names.COND_AVAILABLE, False, "NoServingDeployment",
+                               "serving starts once an engine is ready"))
+    else:
+        conds.append(Condition(names.COND_AVAILABLE, False, "ReplicasNotReady",
+                               f"{ready_replicas}/{deployment.replicas} serving replicas ready"))
+    reconciling_why = []
+    if busy:
+        reconciling_why.append(f"building {len(busy)} engine(s)")
+    if rollout_pending:
+        reconciling_why.append("rolling out the serving Deployment")
+    if hold_message:
+        reconciling_why.append(hold_message)
+    conds.append(Condition(names.COND_RECONCILING, bool(reconciling_why),
+                           "Progressing" if reconciling_why else "Reconciled",
+                           "; ".join(reconciling_why) or "everything matches the spec"))
+    stalled_reason = ""
+    if not engines:
+        stalled_reason = "NoTargets"
+    elif not ready and not busy:
+        stalled_reason = "AllBuildsFailed"
+    conds.append(Condition(names.COND_STALLED, bool(stalled_reason), stalled_reason or "NotStalled",
+                           conds[0].message if stalled_reason else "making progress or done"))
+    conds.append(Condition(names.COND_DEGRADED, bool(failed and ready), "SomeTargetsFailed" if failed and ready else "AllTargetsHealthy",
+                           "serving on the architectures that work; " + conds[0].message if failed and ready
+                           else "no target is failing"))
+    if scaling_limit:
+        conds.append(Condition(names.COND_SCALING_LIMITED, True, "GPUCapacity", scaling_limit))
+    else:
+        conds.append(Condition(names.COND_SCALING_LIMITED, False, "WithinCapacity", "the cluster can host the desired replicas"))
+    available = next(c for c in conds if c.type == names.COND_AVAILABLE).status
+    is_ready = available and not reconciling_why and not stalled_reason
+    conds.insert(0, Condition(names.COND_READY, is_ready, "Ready" if is_ready else "NotReady",
+                              "serving the current spec" if is_ready else
+                              "; ".join(c.message for c in conds if c.type in (names.COND_STALLED, names.COND_RECONCILING)
+                                        and c.status) or conds[1].message))
+    return conds
+
+
+def phase_of(conds: Sequence[Condition]) -> str:
+    by = {c.type: c for c in conds}
+    if by[names.COND_STALLED].status:
+        return "Failed" if by[names.COND_STALLED].reason == "AllBuildsFailed" else "Stalled"
+    if by[names.COND_READY].status:
+        return "Degraded" if by[names.COND_DEGRADED].status else "Ready"
+    if by[names.COND_ENGINES_READY].reason in ("Building",) or not by[names.COND_AVAILABLE].status:
+        return "Building" if by[names.COND_ENGINES_READY].reason == "Building" else "Progressing"
+    return "Progressing"
+
+
+def condition_dicts(conds: Sequence[Condition], previous: Sequence[Mapping[str, Any]], now: str,
+                    generation: int) -> list[dict[str, Any]]:
+    prev = {c.get("type"): c for c in previous}
+    out = []
+    for c in conds:
+        status = "True" if c.status else "False"
+        old = prev.get(c.type)
+        since = old.get("lastTransitionTime", now) if old and old.get("status") == status else now
+        out.append({"type": c.type, "status": status, "reason": c.reason, "message": c.message,
+                    "lastTransitionTime": since, "observedGeneration": generation})
+    return out
+
+
+def events_between(previous: Mapping[str, Any], current: Mapping[str, Any]) -> list[Event]:
+    """Events a person wants to see: each engine state change and each phase change."""
+    events: list[Event] = []
+    old_engines = {e.get("key"): e for e in previous.get("engines", [])}
+    for e in current.get("engines", []):
+        before = old_engines.get(e["key"], {}).get("state")
+        if before == e["state"]:
+            continue
+        kind = "Warning" if e["state"] in ("Failed", "Unschedulable") else "Normal"
+        text = f"engine {e['key']} for {e['target']}: {before or 'new'} -> {e['state']}"
+        if e["state"] == "Ready" and "buildSeconds" in e:
+            text += f" (built in {e['buildSeconds']} s, parity max abs error {e.get('parityMaxAbsError', 0):.3g})"
+        elif e.get("message"):
+            text += f": {e['message']}"
+        events.append(Event(kind, f"Engine{e['state']}", text[:1024]))
+    if previous.get("phase") != current.get("phase"):
+        kind = "Warning" if current.get("phase") in ("Failed", "Stalled", "Degraded") else "Normal"
+        events.append(Event(kind, f"Phase{current.get('phase')}",
+                            f"phase {previous.get('phase') or 'new'} -> {current.get('phase')}: {current.get('message', '')}"[:1024]))
+    return events

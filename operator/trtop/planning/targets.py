@@ -1,0 +1,46 @@
+"""Target discovery: which architectures a ModelDeployment needs engines for.
+
+From schedulable nodes that match the serving nodeSelector, keyed on GFD
+``gpu.compute.major/minor`` (+ product when hardware compatibility is ``none``),
+never on ``gpu.family``; plus the spec's explicit targets.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from trtop.api.spec import ModelDeploymentSpec
+from trtop.api.targets import Target, gpu_target_of_node
+from trtop.planning.facts import NodeFact
+
+
+def node_matches_selector(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def discover_targets(spec: ModelDeploymentSpec, nodes: Iterable[NodeFact]) -> tuple[Target, ...]:
+    """Sorted, de-duplicated targets: explicit ones, plus (when ``auto``) every GPU type present."""
+    found: set[Target] = set(spec.engine.targets)
+    if spec.engine.auto_targets:
+        with_product = spec.engine.hardware_compatibility == "none"
+        for node in nodes:
+            if not node.schedulable or not node_matches_selector(node.labels, spec.serving.node_selector):
+                continue
+            target = gpu_target_of_node(node.labels, with_product=with_product)
+            if target is not None and node.gpu_allocatable > 0:
+                found.add(target)
+    return tuple(sorted(found))
+
+
+def nodes_for_target(target: Target, nodes: Iterable[NodeFact]) -> list[NodeFact]:
+    """Schedulable nodes an engine for ``target`` can be built or served on."""
+    out = []
+    for node in nodes:
+        if not node.schedulable:
+            continue
+        gpu = gpu_target_of_node(node.labels, with_product=target.product is not None)
+        if target.is_cpu:
+            if gpu is None:
+                out.append(node)
+        elif gpu is not None and gpu == target and node.gpu_allocatable > 0:
+            out.append(node)
+    return out
