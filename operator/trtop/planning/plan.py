@@ -68,14 +68,12 @@ def plan_model_deployment(
     revision = model_revision(spec)
     deployment: Manifest | None = None
     hold = ""
-    if to_serve:
-        updating = live is not None and live.model_revision != revision
-        still_building = [e for e in engines if e.state in ("Building", "Pending")]
-        if updating and still_building:
-            hold = (f"serving the previous model revision until {len(still_building)} new engine(s) finish "
-                    "building")
-        else:
-            deployment = build_deployment(md, spec, to_serve, replicas, settings)
+    updating = live is not None and live.model_revision != revision
+    still_building = [e for e in engines if e.state in ("Building", "Pending")]
+    if updating and still_building:
+        hold = f"serving the previous model revision until {len(still_building)} new engine(s) finish building"
+    elif to_serve:
+        deployment = build_deployment(md, spec, to_serve, replicas, settings)
     elif live is not None:
         hold = "no engine of the current spec is ready; the live Deployment keeps serving what it has"
     rollout_pending = (

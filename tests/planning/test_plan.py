@@ -1,0 +1,183 @@
+"""The planner across cluster shapes: builds, reuse, serving, widening, failures, updates."""
+from dataclasses import replace
+
+import pytest
+
+from trtop import names
+from trtop.api.errors import SpecError
+from trtop.planning.facts import ClusterFacts, DeploymentFact, JobFact
+from trtop.planning.plan import plan_model_deployment
+
+from .conftest import md_body, record_for
+
+NOW = "2026-11-24T00:00:00Z"
+
+
+def plan(body, facts, settings, **kw):
+    return plan_model_deployment(body, facts, settings, now=NOW, **kw)
+
+
+def cond(status, type_):
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def test_fresh_cluster_builds_one_job_per_architecture(mixed_cluster, settings):
+    p = plan(md_body(), ClusterFacts(nodes=mixed_cluster), settings)
+    assert len(p.jobs_to_create) == 3
+    assert p.deployment is None  # nothing to serve yet
+    names_ = {j["metadata"]["name"] for j in p.jobs_to_create}
+    assert len(names_) == 3 and all(len(n) <= 63 for n in names_)
+    assert p.status["phase"] == "Building" and p.status["enginesReady"] == "0/3"
+    assert cond(p.status, "Ready")["status"] == "False"
+    assert cond(p.status, "Reconciling")["status"] == "True"
+
+
+def test_build_job_is_pinned_bounded_non_root_and_owned(mixed_cluster, settings):
+    p = plan(md_body(), ClusterFacts(nodes=mixed_cluster), settings)
+    job = next(j for j in p.jobs_to_create if "sm89" in j["metadata"]["name"])
+    spec = job["spec"]
+    pod = spec["template"]["spec"]
+    exprs = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"]
+    assert {e["key"]: e["values"] for e in exprs} == {
+        names.GFD_CC_MAJOR: ["8"], names.GFD_CC_MINOR: ["9"], names.GFD_PRODUCT: ["NVIDIA-L4", "NVIDIA-L4-SHARED"]}
+    assert pod["containers"][0]["resources"]["limits"][names.GPU_RESOURCE] == 1
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["restartPolicy"] == "Never"
+    assert spec["activeDeadlineSeconds"] == 3600 and spec["backoffLimit"] == 2 and spec["ttlSecondsAfterFinished"] > 0
+    assert spec["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2]
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert names.ENV_ENGINE_REQUEST in env and job["metadata"]["labels"][names.LABEL_ENGINE_KEY] in env[names.ENV_ENGINE_REQUEST]
+
+
+def test_same_facts_same_plan(mixed_cluster, settings):
+    a = plan(md_body(), ClusterFacts(nodes=mixed_cluster), settings)
+    b = plan(md_body(), ClusterFacts(nodes=mixed_cluster), settings)
+    assert a.jobs_to_create == b.jobs_to_create and a.status == b.status
+
+
+def test_running_jobs_are_not_duplicated(mixed_cluster, settings):
+    first = plan(md_body(), ClusterFacts(nodes=mixed_cluster), settings)
+    jobs = {e.key: JobFact(e.job_name, e.key, "active") for e in first.engines}
+    again = plan(md_body(), ClusterFacts(nodes=mixed_cluster, jobs=jobs), settings)
+    assert again.jobs_to_create == ()
+    assert {e["state"] for e in again.status["engines"]} == {"Building"}
+
+
+def test_existing_engines_are_reused_and_served(mixed_cluster, settings):
+    first = plan(md_body(), ClusterFacts(nodes=mixed_cluster), settings)
+    records = {e.key: record_for(e) for e in first.engines}
+    p = plan(md_body(), ClusterFacts(nodes=mixed_cluster, records=records), settings)
+    assert p.jobs_to_create == ()
+    terms = p.deployment["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert len(terms) == 3
+    assert p.status["enginesReady"] == "3/3"
+    assert cond(p.status, "EnginesReady")["status"] == "True"
+
+
+def test_serving_starts_with_first_ready_engine_and_widens(mixed_cluster, settings):
+    first = plan(md_body(), ClusterFacts(nodes=mixed_cluster), settings)
+    h100 = next(e for e in first.engines if e.target.cc == "9.0")
+    others = {e.key: JobFact(e.job_name, e.key, "active") for e in first.engines if e is not h100}
+    p1 = plan(md_body(), ClusterFacts(nodes=mixed_cluster, records={h100.key: record_for(h100)}, jobs=others), settings)
+    terms1 = p1.deployment["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert len(terms1) == 1 and p1.deployment["spec"]["replicas"] == 1
+    all_records = {e.key: record_for(e) for e in first.engines}
+    p2 = plan(md_body(), ClusterFacts(nodes=mixed_cluster, records=all_records), settings)
+    terms2 = p2.deployment["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert len(terms2) == 3
+
+
+def test_failure_on_one_architecture_keeps_serving_the_others(mixed_cluster, settings):
+    first = plan(md_body(), ClusterFacts(nodes=mixed_cluster), settings)
+    l4 = next(e for e in first.engines if e.target.cc == "8.9")
+    records = {e.key: record_for(e) for e in first.engines if e is not l4}
+    jobs = {l4.key: JobFact(l4.job_name, l4.key, "failed", "BackoffLimitExceeded: exit code 3: out of memory")}
+    live = DeploymentFact("resnet", "x", "y", 1, 1, 1, True)
+    p = plan(md_body(), ClusterFacts(nodes=mixed_cluster, records=records, jobs=jobs, deployment=live), settings)
+    assert p.deployment is not None and p.jobs_to_create == ()
+    assert cond(p.status, "Degraded")["status"] == "True"
+    assert "out of memory" in cond(p.status, "EnginesReady")["message"]
+    assert p.status["phase"] in ("Degraded", "Progressing")
+
+
+def test_all_builds_failed_is_stalled_and_live_deployment_left_alone(mixed_cluster, settings):
+    first = plan(md_body(), ClusterFacts(nodes=mixed_cluster), settings)
+    jobs = {e.key: JobFact(e.job_name, e.key, "failed", "exit code 2: unsupported op Foo") for e in first.engines}
+    live = DeploymentFact("resnet", "x", "old", 2, 2, 2, True)
+    p = plan(md_body(), ClusterFacts(nodes=mixed_cluster, jobs=jobs, deployment=live), settings)
+    assert p.deployment is None  # never takes serving down
+    assert cond(p.status, "Stalled")["status"] == "True" and p.status["phase"] == "Failed"
+
+
+def test_job_success_without_published_engine_is_not_trusted(mixed_cluster, settings):
+    first = plan(md_body(), ClusterFacts(nodes=mixed_cluster[:2]), settings)
+    e = first.engines[0]
+    p = plan(md_body(), ClusterFacts(nodes=mixed_cluster[:2], jobs={e.key: JobFact(e.job_name, e.key, "succeeded")}),
+             settings)
+    assert p.status["engines"][0]["state"] == "Failed"
+    assert "no engine.json" in p.status["engines"][0]["message"]
+    unreadable = replace(ClusterFacts(nodes=mixed_cluster[:2], jobs={e.key: JobFact(e.job_name, e.key, "succeeded")}),
+                         store_error="timeout")
+    assert plan(md_body(), unreadable, settings).status["engines"][0]["state"] == "Building"
+
+
+def test_model_update_builds_first_then_rolls(mixed_cluster, settings):
+    old = plan(md_body(), ClusterFacts(nodes=mixed_cluster[:2]), settings)
+    old_records = {e.key: record_for(e) for e in old.engines}
+    served = plan(md_body(), ClusterFacts(nodes=mixed_cluster[:2], records=old_records), settings)
+    live = DeploymentFact("resnet", served.deployment["metadata"]["annotations"][names.ANNOTATION_ENGINE_SET],
+                          served.deployment["metadata"]["annotations"][names.ANNOTATION_SPEC_HASH], 2, 2, 2, True,
+                          tuple(old_records))
+    new_body = md_body({"model": {"uri": "s3://models/resnet-v2", "format": "savedmodel"}}, generation=2)
+    building = plan(new_body, ClusterFacts(nodes=mixed_cluster[:2], records=old_records, deployment=live), settings)
+    assert len(building.jobs_to_create) == 1 and building.deployment is None
+    assert "previous model revision" in cond(building.status, "Reconciling")["message"]
+    new_records = {**old_records, **{e.key: record_for(e) for e in building.engines}}
+    rolled = plan(new_body, ClusterFacts(nodes=mixed_cluster[:2], records=new_records, deployment=live), settings)
+    assert rolled.deployment is not None
+    assert rolled.status["previousEngines"] == list(old_records)
+    assert rolled.status["observedGeneration"] == 2
+
+
+def test_no_gpu_nodes_is_stalled_with_actionable_message(settings):
+    p = plan(md_body(), ClusterFacts(nodes=()), settings)
+    assert cond(p.status, "Stalled")["status"] == "True"
+    assert "GPU" in cond(p.status, "Stalled")["message"]
+
+
+def test_conditions_keep_transition_time_when_unchanged(mixed_cluster, settings):
+    p1 = plan(md_body(), ClusterFacts(nodes=mixed_cluster), settings)
+    body = md_body(status=p1.status)
+    p2 = plan_model_deployment(body, ClusterFacts(nodes=mixed_cluster), settings, now="2030-01-01T00:00:00Z")
+    assert p2.status["conditions"] == p1.status["conditions"]
+
+
+def test_scale_modes(mixed_cluster, settings):
+    records = {e.key: record_for(e) for e in plan(md_body(), ClusterFacts(nodes=mixed_cluster), settings).engines}
+    facts = ClusterFacts(nodes=mixed_cluster, records=records)
+    fixed = md_body({"model": {"uri": "s3://models/resnet"}, "replicas": 3, "scaling": {"mode": "none"}})
+    assert plan(fixed, facts, settings).deployment["spec"]["replicas"] == 3
+    builtin = md_body({"model": {"uri": "s3://models/resnet"}, "scaling": {"minReplicas": 2, "maxReplicas": 5}})
+    assert plan(builtin, facts, settings).deployment["spec"]["replicas"] == 2
+    assert plan(builtin, facts, settings, autoscaled_replicas=4).deployment["spec"]["replicas"] == 4
+
+
+def test_spec_errors_raise_for_the_handler(settings):
+    with pytest.raises(SpecError):
+        plan(md_body({"model": {"uri": "ftp://nope"}}), ClusterFacts(), settings)
+
+
+def test_cpu_target_serves_without_gpu(mixed_cluster, settings):
+    body = md_body({"model": {"uri": "file:///models/m", "format": "keras"}, "engine": {"targets": ["cpu"]}})
+    first = plan(body, ClusterFacts(nodes=mixed_cluster), settings)
+    assert first.engines[0].request.backend == "onnxruntime"
+    job_pod = first.jobs_to_create[0]["spec"]["template"]["spec"]
+    assert names.GPU_RESOURCE not in job_pod["containers"][0]["resources"]["limits"]
+    p = plan(body, ClusterFacts(nodes=mixed_cluster, records={first.engines[0].key: record_for(first.engines[0])}),
+             settings)
+    ctr = p.deployment["spec"]["template"]["spec"]["containers"][0]
+    assert names.GPU_RESOURCE not in ctr["resources"].get("limits", {})
+    assert ctr["image"] == settings.server_cpu_image
