@@ -153,7 +153,10 @@ class EngineRecord:
     @classmethod
     def from_json(cls, text: str) -> EngineRecord:
         d = json.loads(text)
-        spec = lambda t: TensorSpec(t["name"], t["dtype"], tuple(t["shape"]))  # noqa: E731
+
+        def spec(t: Mapping[str, Any]) -> TensorSpec:
+            return TensorSpec(t["name"], t["dtype"], tuple(t["shape"]))
+
         return cls(
             key=EngineKey(d["key"]), target=Target.from_dict(d["target"]), backend=d["backend"],
             artifact=d["artifact"], precision=d["precision"], batch=BatchProfile(**d["batch"]),

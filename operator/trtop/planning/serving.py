@@ -70,7 +70,7 @@ def build_deployment(
     env += [
         {"name": names.ENV_MODEL_NAME, "value": md_name},
         {"name": names.ENV_ENGINE_SET, "value": json.dumps(engine_set(engines), sort_keys=True)},
-        *spec.serving.env,
+        *(dict(e) for e in spec.serving.env),
     ]
     resources: dict[str, Any] = json.loads(json.dumps(spec.serving.resources)) if spec.serving.resources else {}
     if gpu:
