@@ -181,3 +181,14 @@ def test_cpu_target_serves_without_gpu(mixed_cluster, settings):
     ctr = p.deployment["spec"]["template"]["spec"]["containers"][0]
     assert names.GPU_RESOURCE not in ctr["resources"].get("limits", {})
     assert ctr["image"] == settings.server_cpu_image
+
+
+def test_ignored_settings_are_reported_not_silent(mixed_cluster, settings):
+    from trtop.planning.status import events_between
+
+    body = md_body({"model": {"uri": "s3://models/resnet"}, "replicas": 5})
+    p = plan(body, ClusterFacts(nodes=mixed_cluster), settings)
+    assert any("spec.replicas=5 is ignored" in w for w in p.status["warnings"])
+    events = events_between({}, p.status)
+    assert any(e.reason == "SpecIgnored" and e.type == "Warning" for e in events)
+    assert not any(e.reason == "SpecIgnored" for e in events_between(p.status, p.status))

@@ -10,7 +10,7 @@ create/apply and the status to write. Rules it encodes:
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +85,7 @@ def plan_model_deployment(
                            scaling_limit=scaling_limit)
     meta = md.get("metadata", {})
     previous = (md.get("status") or {})
+    warnings = spec_warnings(spec, engines, to_serve)
     generation = int(meta.get("generation", 0))
     ready_count = sum(1 for e in engines if e.state == "Ready")
     status: dict[str, Any] = {
@@ -103,9 +104,24 @@ def plan_model_deployment(
         "readyReplicas": live.ready_replicas if live else 0,
         "desiredReplicas": replicas,
         "selector": selector_string(meta.get("name", "")),
+        "warnings": warnings,
     }
     return Plan(spec, targets, engines, jobs, deployment, build_service(md, spec) if to_serve or live else None,
                 replicas, status)
+
+
+def spec_warnings(spec: ModelDeploymentSpec, engines: Sequence[EngineStatus],
+                  served: Sequence[EngineStatus]) -> list[str]:
+    """Settings trtop accepts but cannot honour as written: said out loud, never silently ignored."""
+    out = []
+    if spec.scaling.mode == "builtin" and spec.replicas is not None:
+        out.append(f"spec.replicas={spec.replicas} is ignored because scaling.mode is builtin (trtop scales "
+                   f"between minReplicas and maxReplicas); set scaling.mode to none or external to fix replicas")
+    cpu_ready = [e for e in engines if e.state == "Ready" and e.target.is_cpu]
+    if cpu_ready and served and not served[0].target.is_cpu:
+        out.append("the cpu engine is built but not served: one serving Deployment requests a GPU when GPU "
+                   "engines exist; use a separate ModelDeployment with targets [cpu] to serve on CPU nodes")
+    return out
 
 
 def _previous_engines(previous: Mapping[str, Any], live: DeploymentFact | None, revision: str,

@@ -155,6 +155,9 @@ def events_between(previous: Mapping[str, Any], current: Mapping[str, Any]) -> l
         elif e.get("message"):
             text += f": {e['message']}"
         events.append(Event(kind, f"Engine{e['state']}", text[:1024]))
+    for warning in current.get("warnings", []):
+        if warning not in previous.get("warnings", []):
+            events.append(Event("Warning", "SpecIgnored", warning[:1024]))
     if previous.get("phase") != current.get("phase"):
         kind = "Warning" if current.get("phase") in ("Failed", "Stalled", "Degraded") else "Normal"
         events.append(Event(kind, f"Phase{current.get('phase')}",
