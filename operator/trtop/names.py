@@ -79,3 +79,18 @@ METRIC_COMPUTE_SECONDS: Final = "trtop_inference_compute_seconds"  # histogram{m
 METRIC_REQUEST_SECONDS: Final = "trtop_inference_request_duration_seconds"  # histogram{model}
 METRIC_BATCH_SIZE: Final = "trtop_inference_batch_size"  # histogram{model}
 METRIC_MODEL_LOAD_SECONDS: Final = "trtop_model_load_seconds"  # gauge{model}
+
+# Dev cluster and tests only (trtop.devcluster, tests/): fake-node bookkeeping and the kwok
+# stage hooks in trtop/devcluster/stages.yaml (that YAML repeats these strings; a test checks).
+KWOK_NODE_ANNOTATION: Final = "kwok.x-k8s.io/node"  # value "fake": kwok keeps this node alive
+LABEL_DEV_POOL: Final = f"{GROUP}/dev-pool"  # node label: the pools-file pool that made it
+LABEL_LOCAL_RUNNER: Final = f"{GROUP}/local-runner"  # node label "true": kwok ignores it and its pods
+LABEL_KWOK_SKIP: Final = f"{GROUP}/kwok-skip"  # pod label "true": kwok leaves the pod alone
+LABEL_KWOK_FAIL: Final = f"{GROUP}/kwok-fail"  # pod label "true": kwok fails it (exit code 1)
+ANNOTATION_KWOK_COMPLETE_AFTER: Final = f"{GROUP}/kwok-complete-after"  # pod: Go duration, "5s"
+# More GPU Feature Discovery labels the fake GPU nodes carry (see docs/dev-cluster.md).
+GFD_DRIVER_VERSION: Final = "nvidia.com/cuda.driver-version.full"
+GFD_CUDA_RUNTIME_VERSION: Final = "nvidia.com/cuda.runtime-version.full"
+GFD_REPLICAS: Final = "nvidia.com/gpu.replicas"
+GFD_SHARING_STRATEGY: Final = "nvidia.com/gpu.sharing-strategy"
+GFD_MIG_CAPABLE: Final = "nvidia.com/mig.capable"
