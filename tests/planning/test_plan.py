@@ -192,3 +192,18 @@ def test_ignored_settings_are_reported_not_silent(mixed_cluster, settings):
     events = events_between({}, p.status)
     assert any(e.reason == "SpecIgnored" and e.type == "Warning" for e in events)
     assert not any(e.reason == "SpecIgnored" for e in events_between(p.status, p.status))
+
+
+def test_pod_labels_and_annotations_reach_build_and_serving_pods(mixed_cluster, settings):
+    body = md_body({"model": {"uri": "s3://models/resnet"},
+                    "engine": {"podAnnotations": {"sidecar.istio.io/inject": "false"}, "podLabels": {"team": "ml"}},
+                    "serving": {"podAnnotations": {"a": "b"}}})
+    first = plan(body, ClusterFacts(nodes=mixed_cluster), settings)
+    meta = first.jobs_to_create[0]["spec"]["template"]["metadata"]
+    assert meta["annotations"] == {"sidecar.istio.io/inject": "false"} and meta["labels"]["team"] == "ml"
+    records = {e.key: record_for(e) for e in first.engines}
+    served = plan(body, ClusterFacts(nodes=mixed_cluster, records=records), settings)
+    assert served.deployment["spec"]["template"]["metadata"]["annotations"]["a"] == "b"
+    with pytest.raises(SpecError, match="set by trtop"):
+        plan(md_body({"model": {"uri": "s3://m"}, "engine": {"podLabels": {"app.kubernetes.io/name": "x"}}}),
+             ClusterFacts(), settings)

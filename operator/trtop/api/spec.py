@@ -48,6 +48,8 @@ class EngineSpec:
     builder_options: Mapping[str, str] = field(default_factory=dict)
     sample_data_uri: str | None = None
     calibration_uri: str | None = None
+    pod_labels: Mapping[str, str] = field(default_factory=dict)
+    pod_annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class ServingSpec:
     env: tuple[Mapping[str, Any], ...] = ()
     max_queue_delay_ms: float = 2.0
     max_queue_size: int = 256
+    pod_labels: Mapping[str, str] = field(default_factory=dict)
+    pod_annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,14 @@ def _int(raw: Mapping[str, Any], key: str, default: int, where: str, *, minimum:
     return value
 
 
+def _strings(raw: Mapping[str, Any], key: str, where: str) -> dict[str, str]:
+    value = raw.get(key) or {}
+    reserved = [k for k in value if str(k).startswith("app.kubernetes.io/") or str(k).startswith("trtop.io/model")]
+    if reserved and key == "podLabels":
+        raise SpecError(f"{where}.{key}", f"labels {reserved} are set by trtop (they select its pods); pick other keys")
+    return {str(k): str(v) for k, v in value.items()}
+
+
 def _parse_model(raw: Mapping[str, Any]) -> ModelSource:
     uri = raw.get("uri")
     if not isinstance(uri, str) or not uri:
@@ -195,6 +207,8 @@ def _parse_engine(raw: Mapping[str, Any]) -> EngineSpec:
         builder_options={str(k): str(v) for k, v in options.items()},
         sample_data_uri=raw.get("sampleDataUri"),
         calibration_uri=raw.get("calibrationUri"),
+        pod_labels=_strings(raw, "podLabels", "engine"),
+        pod_annotations=_strings(raw, "podAnnotations", "engine"),
     )
 
 
@@ -209,6 +223,8 @@ def _parse_serving(raw: Mapping[str, Any]) -> ServingSpec:
         tolerations=tuple(raw.get("tolerations") or ()), env=tuple(raw.get("env") or ()),
         max_queue_delay_ms=float(batching.get("maxQueueDelayMs", 2.0)),
         max_queue_size=_int(batching, "maxQueueSize", 256, "serving.batching", minimum=1),
+        pod_labels=_strings(raw, "podLabels", "serving"),
+        pod_annotations=_strings(raw, "podAnnotations", "serving"),
     )
 
 

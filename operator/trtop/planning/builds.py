@@ -75,7 +75,9 @@ def build_job(md: Mapping[str, Any], spec: ModelDeploymentSpec, engine: EngineSt
                                                       "values": [EXIT_USER_ERROR]}},
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
             ]},
-            "template": {"metadata": {"labels": lbls}, "spec": pod_spec},
+            "template": {"metadata": {"labels": {**spec.engine.pod_labels, **lbls},
+                                      "annotations": dict(spec.engine.pod_annotations)},
+                         "spec": pod_spec},
         },
     }
 

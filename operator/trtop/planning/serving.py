@@ -122,7 +122,8 @@ def build_deployment(
                 "maxSurge": _int_or_str(spec.rollout.max_surge),
                 "maxUnavailable": _int_or_str(spec.rollout.max_unavailable)}},
             "template": {
-                "metadata": {"labels": pod_labels, "annotations": {
+                "metadata": {"labels": {**spec.serving.pod_labels, **pod_labels}, "annotations": {
+                    **spec.serving.pod_annotations,
                     names.ANNOTATION_SPEC_HASH: revision, names.ANNOTATION_ENGINE_SET: set_hash,
                     "prometheus.io/scrape": "true", "prometheus.io/port": str(port),
                     "prometheus.io/path": "/metrics"}},
