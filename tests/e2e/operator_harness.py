@@ -109,9 +109,10 @@ class OperatorProcess:
 class ConverterStandIn(threading.Thread):
     """Publishes an engine for each new build Job's key (except targets in ``fail_targets``)."""
 
-    def __init__(self, api: client.BatchV1Api, namespace: str, store: Path) -> None:
+    def __init__(self, api: client.ApiClient, namespace: str, store: Path) -> None:
         super().__init__(daemon=True)
-        self.api, self.namespace, self.store = api, namespace, store
+        self.batch, self.core = client.BatchV1Api(api), client.CoreV1Api(api)
+        self.namespace, self.store = namespace, store
         self.fail_targets: set[str] = set()  # target strings ("8.9/NVIDIA-L4") whose builds publish nothing
         self.hold = threading.Event()  # while set, builds stay "running" (nothing is published)
         self.seen: dict[str, str] = {}  # key -> Job name, for every build Job ever seen
@@ -121,14 +122,23 @@ class ConverterStandIn(threading.Thread):
         selector = f"{names.LABEL_COMPONENT}={names.COMPONENT_ENGINE_BUILD}"
         while not self._stop.is_set():
             try:
-                for job in self.api.list_namespaced_job(self.namespace, label_selector=selector).items:
+                for job in self.batch.list_namespaced_job(self.namespace, label_selector=selector).items:
                     request = EngineRequest.from_json(job.metadata.annotations[names.ANNOTATION_ENGINE_REQUEST])
                     self.seen.setdefault(request.key, job.metadata.name)
-                    if not self.hold.is_set() and str(request.target) not in self.fail_targets:
+                    if str(request.target) in self.fail_targets:
+                        self._fail_pods_of(job.metadata.name)
+                    elif not self.hold.is_set():
                         publish_fake_engine(self.store, request)
             except Exception:  # noqa: BLE001 - the API may be briefly unavailable; try again
                 pass
             self._stop.wait(0.3)
+
+    def _fail_pods_of(self, job_name: str) -> None:
+        """Label the Job's pods so kwok fails them (exit code 1): a real failed build Job."""
+        for pod in self.core.list_namespaced_pod(self.namespace, label_selector=f"job-name={job_name}").items:
+            if (pod.metadata.labels or {}).get(names.LABEL_KWOK_FAIL) != "true":
+                self.core.patch_namespaced_pod(pod.metadata.name, self.namespace,
+                                               {"metadata": {"labels": {names.LABEL_KWOK_FAIL: "true"}}})
 
     def stop(self) -> None:
         self._stop.set()

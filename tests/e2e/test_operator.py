@@ -1,0 +1,228 @@
+"""The operator end to end on the dev cluster, driven the way users drive it (`kubectl apply -f`).
+
+Real kube-apiserver/etcd/controller-manager/scheduler, kwok GPU nodes, the real operator
+process; the converter's part is played by ConverterStandIn (see operator_harness.py).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from trtop import names
+
+from .operator_harness import (
+    ConverterStandIn, OperatorProcess, condition, dump, events_for, get_md, load_clients, wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+L4 = "8.9/NVIDIA-L4"
+
+
+@pytest.fixture
+def world(dev_cluster, namespace, tmp_path):
+    """(operator, stand-in, clients, apply) for one namespace; the operator is stopped cleanly after."""
+    store = tmp_path / "store"
+    store.mkdir()
+    api, custom = load_clients(dev_cluster.kubeconfig)
+    stand_in = ConverterStandIn(api, namespace, store)
+    stand_in.start()
+    op = OperatorProcess(dev_cluster.kubeconfig, namespace, store, tmp_path / "operator.log").start()
+
+    class World:
+        operator = op
+        converter = stand_in
+        core = client.CoreV1Api(api)
+        apps = client.AppsV1Api(api)
+        batch = client.BatchV1Api(api)
+        ns = namespace
+
+        def apply(self, name: str, spec: dict) -> None:
+            manifest = {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": name},
+                        "spec": spec}
+            path = tmp_path / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(manifest))
+            dev_cluster.kubectl("apply", "-n", namespace, "-f", str(path))
+
+        def md(self, name: str) -> dict:
+            return get_md(custom, namespace, name)
+
+        def jobs(self) -> list:
+            sel = f"{names.LABEL_COMPONENT}={names.COMPONENT_ENGINE_BUILD}"
+            return self.batch.list_namespaced_job(namespace, label_selector=sel).items
+
+        def wait_condition(self, name: str, type_: str, status: str = "True", timeout: float = 90) -> dict:
+            return wait_for(f"{type_}={status} on md/{name}", lambda: (
+                (md := self.md(name)) and condition(md, type_).get("status") == status
+                and md["status"].get("observedGeneration") == md["metadata"]["generation"] and md), timeout=timeout)
+
+        def affinity_terms(self, name: str) -> list:
+            d = self.apps.read_namespaced_deployment(name, namespace)
+            return d.spec.template.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution \
+                .node_selector_terms
+
+    yield World()
+    stand_in.stop()
+    code = op.stop()
+    log = op.log()
+    assert "Traceback" not in log, log[-4000:]
+    assert code in (0, -15), f"operator exit code {code}: {log[-2000:]}"
+
+
+def gpu_spec(**engine) -> dict:
+    return {
+        "model": {"uri": "s3://models/resnet50", "format": "savedmodel"},
+        "engine": {"batch": {"min": 1, "opt": 4, "max": 16}, "backoffLimit": 0,
+                   "podAnnotations": {names.ANNOTATION_KWOK_COMPLETE_AFTER: "3s"}, **engine},
+        "scaling": {"mode": "none"},
+        "replicas": 2,
+    }
+
+
+def gpu_types(dev_cluster) -> set[str]:
+    nodes = client.CoreV1Api(load_clients(dev_cluster.kubeconfig)[0]).list_node().items
+    return {f"{n.metadata.labels[names.GFD_CC_MAJOR]}.{n.metadata.labels[names.GFD_CC_MINOR]}/"
+            f"{n.metadata.labels[names.GFD_PRODUCT]}" for n in nodes if names.GFD_CC_MAJOR in (n.metadata.labels or {})}
+
+
+def test_one_build_per_architecture_then_ready(world, dev_cluster):
+    world.apply("resnet", gpu_spec())
+    archs = gpu_types(dev_cluster)
+    assert len(archs) >= 3
+    dev_cluster.kubectl("wait", "-n", world.ns, "--for=condition=Ready", "md/resnet", "--timeout=120s")
+    md = world.md("resnet")
+    assert md["status"]["enginesReady"] == f"{len(archs)}/{len(archs)}"
+    assert {e["target"] for e in md["status"]["engines"]} == archs
+    assert len(world.jobs()) == len(archs) == len(world.converter.seen)
+    assert len(world.affinity_terms("resnet")) == len(archs)
+    dep = world.apps.read_namespaced_deployment("resnet", world.ns)
+    assert dep.status.ready_replicas == 2
+    pods = world.core.list_namespaced_pod(world.ns, label_selector=md["status"]["selector"]).items
+    nodes = {n.metadata.name: n for n in world.core.list_node().items}
+    assert pods and all(names.GFD_CC_MAJOR in nodes[p.spec.node_name].metadata.labels for p in pods)
+    reasons = {e.reason for e in events_for(world.core, world.ns, "resnet")}
+    assert {"EngineReady", "PhaseReady"} <= reasons
+    # kubectl shows the printer columns people read.
+    table = dev_cluster.kubectl("get", "md", "-n", world.ns, "resnet")
+    assert "Ready" in table and f"{len(archs)}/{len(archs)}" in table
+    metrics = world.operator.metrics()
+    assert "trtop_operator_builds_total" in metrics and "trtop_operator_reconciles_total" in metrics
+
+
+def test_new_gpu_type_joins_one_new_build_and_wider_affinity(world, dev_cluster):
+    world.apply("resnet", gpu_spec())
+    world.wait_condition("resnet", "Ready")
+    jobs_before = {j.metadata.name: j.metadata.uid for j in world.jobs()}
+    terms_before = len(world.affinity_terms("resnet"))
+    dev_cluster.add_node("t4-0", {
+        names.GFD_PRODUCT: "Tesla-T4", names.GFD_CC_MAJOR: "7", names.GFD_CC_MINOR: "5",
+        names.GFD_FAMILY: "turing", names.GFD_COUNT: "4", names.GFD_MEMORY: "15360"}, gpus=4)
+    try:
+        wait_for("a T4 build Job", lambda: len(world.jobs()) == len(jobs_before) + 1, timeout=60)
+        wait_for("affinity widened to T4", lambda: len(world.affinity_terms("resnet")) == terms_before + 1, timeout=60)
+        jobs_after = {j.metadata.name: j.metadata.uid for j in world.jobs()}
+        assert {k: jobs_after[k] for k in jobs_before} == jobs_before  # the others were not rebuilt
+        md = world.wait_condition("resnet", "Ready")
+        assert any(e["target"] == "7.5/Tesla-T4" and e["state"] == "Ready" for e in md["status"]["engines"])
+    finally:
+        dev_cluster.delete_node("t4-0")
+
+
+def test_build_failure_on_one_architecture_degrades_but_serves(world, dev_cluster):
+    world.converter.fail_targets.add(L4)
+    world.apply("resnet", gpu_spec())
+    md = wait_for("L4 engine Failed", lambda: (m := world.md("resnet")) and any(
+        e["target"] == L4 and e["state"] == "Failed" for e in m.get("status", {}).get("engines", [])) and m, timeout=90)
+    md = world.wait_condition("resnet", "Degraded")
+    assert md["status"]["phase"] == "Degraded"
+    assert condition(md, "Available")["status"] == "True"
+    failed = next(e for e in md["status"]["engines"] if e["target"] == L4)
+    assert "exit code 1" in failed["message"] or "BackoffLimitExceeded" in failed["message"], dump(failed)
+    assert L4 in condition(md, "EnginesReady")["message"]
+    terms = world.affinity_terms("resnet")
+    products = {e.values[0] for t in terms for e in t.match_expressions if e.key == names.GFD_PRODUCT}
+    assert "NVIDIA-L4" not in products and len(products) >= 2
+    warnings = [e for e in events_for(world.core, world.ns, "resnet") if e.type == "Warning"]
+    assert any(e.reason == "EngineFailed" for e in warnings)
+
+
+def test_model_update_builds_new_engines_first_then_rolls(world, dev_cluster):
+    world.apply("resnet", gpu_spec())
+    world.wait_condition("resnet", "Ready")
+    old = world.md("resnet")
+    old_keys = {e["key"] for e in old["status"]["engines"]}
+    old_revision = old["status"]["modelRevision"]
+    world.converter.hold.set()
+    spec = gpu_spec()
+    spec["model"]["uri"] = "s3://models/resnet50-v2"
+    world.apply("resnet", spec)
+    wait_for("new build Jobs", lambda: len(world.jobs()) == 2 * len(old_keys), timeout=60)
+    time.sleep(3)  # several reconciles while the new engines build
+    dep = world.apps.read_namespaced_deployment("resnet", world.ns)
+    assert dep.metadata.annotations[names.ANNOTATION_SPEC_HASH] == old_revision  # still serving the old model
+    md = world.md("resnet")
+    assert condition(md, "Reconciling")["status"] == "True"
+    assert "previous model revision" in condition(md, "Reconciling")["message"]
+    world.converter.hold.clear()
+    md = world.wait_condition("resnet", "Ready")
+    dep = world.apps.read_namespaced_deployment("resnet", world.ns)
+    assert dep.metadata.annotations[names.ANNOTATION_SPEC_HASH] == md["status"]["modelRevision"] != old_revision
+    assert set(md["status"]["previousEngines"]) == old_keys  # kept for rollback
+
+
+def test_operator_killed_mid_build_restarts_without_duplicates(world, dev_cluster):
+    world.converter.hold.set()
+    world.apply("resnet", gpu_spec())
+    wait_for("build Jobs", lambda: len(world.jobs()) >= 3, timeout=60)
+    before = sorted((j.metadata.name, j.metadata.uid) for j in world.jobs())
+    world.operator.kill()
+    world.operator.start()
+    time.sleep(4)  # the restarted operator reconciles several times
+    assert sorted((j.metadata.name, j.metadata.uid) for j in world.jobs()) == before
+    world.converter.hold.clear()
+    world.wait_condition("resnet", "Ready")
+    assert sorted((j.metadata.name, j.metadata.uid) for j in world.jobs()) == before
+
+
+def test_delete_leaves_nothing_behind(world, dev_cluster):
+    world.apply("resnet", gpu_spec())
+    world.wait_condition("resnet", "Ready")
+    dev_cluster.kubectl("delete", "-n", world.ns, "md/resnet", "--wait=true", "--timeout=60s")
+    sel = f"{names.LABEL_MODEL_DEPLOYMENT}=resnet"
+
+    def leftovers() -> list:
+        return (world.batch.list_namespaced_job(world.ns, label_selector=sel).items
+                + world.apps.list_namespaced_deployment(world.ns, label_selector=sel).items
+                + world.core.list_namespaced_service(world.ns, label_selector=sel).items)
+    wait_for("garbage collection of Jobs, Deployment, Service", lambda: not leftovers(), timeout=90)
+
+
+@pytest.mark.parametrize("spec,fragment", [
+    ({"model": {"uri": "ftp://models/x"}}, "model.uri must start with"),
+    ({"model": {"uri": "s3://m/x", "format": "pickle"}}, "Unsupported value"),
+    ({"model": {"uri": "s3://m/x"}, "engine": {"batch": {"min": 8, "opt": 2, "max": 4}}}, "min <= opt <= max"),
+    ({"model": {"uri": "s3://m/x"}, "scaling": {"minReplicas": 5, "maxReplicas": 1}}, "minReplicas must be <="),
+    ({"model": {"uri": "s3://m/x"}, "engine": {"targets": ["hopper"]}}, "should match"),
+    ({"model": {"uri": "s3://m/x", "format": "onnx"}, "engine": {"method": "tf-trt"}}, "needs method onnx"),
+    ({"engine": {}}, "model: Required value"),
+])
+def test_malformed_specs_are_rejected_by_the_api_server(dev_cluster, namespace, tmp_path, spec, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": names.API_VERSION, "kind": names.KIND,
+                                    "metadata": {"name": "bad"}, "spec": spec}))
+    result = dev_cluster.kubectl("apply", "-n", namespace, "-f", str(path), check=False)
+    assert result.returncode != 0 and fragment in result.stderr, result.stderr
+
+
+def test_spec_errors_the_schema_cannot_catch_become_stalled(world):
+    world.apply("shapes", {"model": {"uri": "s3://m/x", "inputShapes": {"x": [0, 3]}}})
+    md = world.wait_condition("shapes", "Stalled")
+    assert condition(md, "Stalled")["reason"] == "InvalidSpec"
+    assert "model.inputShapes.x" in condition(md, "Stalled")["message"]
+    assert not world.jobs()
+    assert any(e.reason == "InvalidSpec" for e in events_for(world.core, world.ns, "shapes"))
+    world.apply("shapes", {"model": {"uri": "s3://m/x", "inputShapes": {"x": [-1, 3]}}})  # the fix recovers
+    wait_for("Stalled cleared", lambda: condition(world.md("shapes"), "Stalled").get("reason") != "InvalidSpec")
