@@ -20,6 +20,18 @@ from typing import Protocol
 from trtop.api.engine import EngineKey, EngineRecord
 
 
+class StoreError(Exception):
+    """A store operation failed; the message names the store and what to check."""
+
+
+class EngineNotFoundError(StoreError, LookupError):
+    """``fetch`` of a key that has no complete (published) engine."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store could not be reached or refused us (network, credentials): often transient."""
+
+
 class EngineStore(Protocol):
     uri: str
 
@@ -33,7 +45,10 @@ class EngineStore(Protocol):
         """
 
     def fetch(self, key: EngineKey, dest: Path) -> Path:
-        """Copy the published folder of ``key`` under ``dest`` and return the local folder."""
+        """Copy the published folder of ``key`` under ``dest`` and return the local folder.
+
+        Raises ``EngineNotFoundError`` when ``key`` is not published.
+        """
 
     def list_keys(self) -> list[EngineKey]:
         """Keys with a complete engine."""

@@ -1,0 +1,191 @@
+"""The engine store on a filesystem: a PVC mount (``/var/lib/trtop/engines``) or ``file://`` URI.
+
+Publishing copies the built folder into ``<root>/.staging/<key>-<random>/`` (same
+filesystem as the engines), flushes it to disk, then renames it to ``<root>/<key>``. A
+rename is atomic, and renaming a directory onto an existing non-empty one fails, so:
+readers see a key only once it is complete; a build killed half-way leaves only a
+staging folder (never listed, swept after a day); of two builds of one key the first
+rename wins and the second returns False without touching it.
+
+Used through ``trtop.store.open_store`` by the converter, the operator and the server.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from trtop import names
+from trtop.api.engine import EngineKey, EngineRecord
+from trtop.store import EngineNotFoundError
+
+STAGING_DIR = ".staging"
+TRASH_DIR = ".trash"
+STALE_STAGING_SECONDS = 24 * 3600  # a staging folder this old belongs to a dead build
+
+
+def root_of(uri: str) -> Path:
+    """``file:///data/engines`` or ``/data/engines`` -> ``Path('/data/engines')``."""
+    if uri.startswith("file://"):
+        parsed = urlparse(uri)
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"engine store URI {uri!r}: file:// URIs name a local path (file:///path)")
+        return Path(unquote(parsed.path))
+    return Path(uri)
+
+
+class FilesystemStore:
+    """Engines as folders under one root directory."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.root = root_of(uri)
+
+    # -- reading ------------------------------------------------------------------------
+    def get_record(self, key: EngineKey) -> EngineRecord | None:
+        path = self._key_dir(key) / names.ENGINE_METADATA_FILE
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        return EngineRecord.from_json(text)
+
+    def list_keys(self) -> list[EngineKey]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            EngineKey(p.name) for p in self.root.iterdir()
+            if _is_key_name(p.name) and (p / names.ENGINE_METADATA_FILE).is_file()
+        )
+
+    def fetch(self, key: EngineKey, dest: Path) -> Path:
+        src = self._key_dir(key)
+        if not (src / names.ENGINE_METADATA_FILE).is_file():
+            raise EngineNotFoundError(f"engine {key} is not published in {self.uri}")
+        dest.mkdir(parents=True, exist_ok=True)
+        final = dest / key
+        if (final / names.ENGINE_METADATA_FILE).is_file():
+            return final  # fetched before; published folders never change
+        tmp = dest / f".{key}-{uuid.uuid4().hex[:8]}"
+        shutil.copytree(src, tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (final / names.ENGINE_METADATA_FILE).is_file():
+                raise
+        return final
+
+    def get_blob(self, name: str) -> bytes | None:
+        try:
+            return self._blob_path(name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    # -- writing ------------------------------------------------------------------------
+    def publish(self, key: EngineKey, folder: Path) -> bool:
+        if not (folder / names.ENGINE_METADATA_FILE).is_file():
+            raise ValueError(f"{folder} has no {names.ENGINE_METADATA_FILE}: nothing to publish")
+        final = self._key_dir(key)
+        if final.exists():
+            return False
+        staging_root = self.root / STAGING_DIR
+        staging_root.mkdir(parents=True, exist_ok=True)
+        self._sweep(staging_root)
+        staging = staging_root / f"{key}-{uuid.uuid4().hex[:12]}"
+        try:
+            shutil.copytree(folder, staging)
+            _fsync_tree(staging)
+            try:
+                os.rename(staging, final)
+            except OSError as e:
+                if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    return False  # another build of this key published first
+                raise
+            _fsync_dir(self.root)
+            return True
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def delete(self, key: EngineKey) -> None:
+        src = self._key_dir(key)
+        if not src.exists():
+            return
+        trash_root = self.root / TRASH_DIR
+        trash_root.mkdir(parents=True, exist_ok=True)
+        trash = trash_root / f"{key}-{uuid.uuid4().hex[:12]}"
+        try:
+            os.rename(src, trash)  # the key disappears at once; the bytes go after
+        except FileNotFoundError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def put_blob(self, name: str, data: bytes) -> None:
+        path = self._blob_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    # -- helpers ------------------------------------------------------------------------
+    def _key_dir(self, key: EngineKey) -> Path:
+        if not _is_key_name(key) or "/" in key or key in (".", ".."):
+            raise ValueError(f"{key!r} is not an engine key")
+        return self.root / key
+
+    def _blob_path(self, name: str) -> Path:
+        parts = Path(name).parts
+        if not parts or Path(name).is_absolute() or any(p in ("..", ".") for p in parts):
+            raise ValueError(f"blob name {name!r} must be a relative path without '..'")
+        return self.root.joinpath(*parts)
+
+    def _sweep(self, staging_root: Path) -> None:
+        """Remove staging folders of builds that died long ago (a live build is never that old)."""
+        cutoff = time.time() - STALE_STAGING_SECONDS
+        for p in staging_root.iterdir():
+            try:
+                if p.stat().st_mtime < cutoff:
+                    shutil.rmtree(p, ignore_errors=True)
+            except FileNotFoundError:
+                pass
+
+
+def _is_key_name(name: str) -> bool:
+    # Keys are "e-<hex>"; "_timing-caches", ".staging" and ".trash" are the store's own.
+    return bool(name) and not name.startswith((".", "_"))
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush file contents before the rename makes them visible (a crash must not show zeros)."""
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some network filesystems refuse fsync on directories
+    finally:
+        os.close(fd)

@@ -1,0 +1,65 @@
+"""Store fixtures: a real S3-compatible server (moto in server mode, over HTTP) and sample engine folders."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from trtop import names
+from trtop.api.engine import BatchProfile, EngineKey, EngineRecord, TensorSpec
+from trtop.api.targets import Target
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """One moto S3 server for the session; each test gets its own bucket."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """AWS_* variables pointing boto3 at the test server (as the chart's store Secret would)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return s3_endpoint
+
+
+@pytest.fixture
+def s3_bucket(s3_env: str) -> str:
+    from trtop.store.s3 import s3_client
+
+    name = f"engines-{uuid.uuid4().hex[:10]}"
+    s3_client().create_bucket(Bucket=name)
+    return name
+
+
+def make_record(key: str, artifact: str = "model.onnx") -> EngineRecord:
+    return EngineRecord(
+        key=EngineKey(key), target=Target.parse("cpu"), backend="onnxruntime", artifact=artifact,
+        precision="fp32", batch=BatchProfile(1, 4, 8),
+        inputs=(TensorSpec("x", "float32", (-1, 4)),), outputs=(TensorSpec("y", "float32", (-1, 2)),),
+        model_digest="sha256:" + "0" * 64, versions={"converter": "1"}, parity={"max_abs_error": 0.0},
+        benchmark={}, build_seconds=1.5,
+    )
+
+
+def make_engine_folder(root: Path, key: str, payload: bytes = b"onnx-bytes") -> Path:
+    """A built folder as the converter leaves it: artifact, a nested extra file, engine.json."""
+    folder = root / f"build-{uuid.uuid4().hex[:6]}"
+    (folder / "extra").mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(payload)
+    (folder / "extra" / "notes.txt").write_text("nested files travel too")
+    (folder / names.ENGINE_METADATA_FILE).write_text(make_record(key).to_json())
+    return folder
