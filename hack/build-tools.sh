@@ -4,6 +4,8 @@
 # Kubernetes (apiserver, controller-manager, scheduler, kubectl), etcd, kwok+kwokctl and helm
 # each get their own wrapper module so their dependency versions never mix.
 # A warm cache makes this a no-op that takes well under a second.
+# Usage: hack/build-tools.sh [all|etcd|kwok|helm|kubernetes|kind]   (kind is not part of all:
+# only `trtop dev cluster up --provider kind` needs it). Concurrent runs wait for each other.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
@@ -13,13 +15,24 @@ export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
 log() { printf '[build-tools %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 only=${1:-all}
+case $only in all|etcd|kwok|helm|kubernetes|kind) ;; *) echo "usage: $0 [all|etcd|kwok|helm|kubernetes|kind]" >&2; exit 2 ;; esac
+
+mkdir -p "$cache/bin"
+# One build at a time per cache (CI, the pytest fixture and a person may start it together).
+exec 9>"$cache/.build.lock"
+flock 9
+started=$SECONDS
+need_go() {
+  command -v go >/dev/null || { echo "build-tools: Go >= 1.26 is needed to build $1 (https://go.dev/dl/)" >&2; exit 1; }
+}
 
 build_kubernetes() {
   local v=$KUBERNETES_VERSION out="$cache/bin/kubernetes-$KUBERNETES_VERSION"
   if [[ -x $out/kubectl && -x $out/kube-apiserver && -x $out/kube-controller-manager && -x $out/kube-scheduler ]]; then
     return 0
   fi
-  log "building Kubernetes $v (cold: 10-25 min on 2 cores)"
+  need_go Kubernetes
+  log "building Kubernetes $v (cold: 5-25 min on 2 cores)"
   local mod="$cache/src/kubernetes-$v"
   rm -rf "$mod"; mkdir -p "$mod" "$out.tmp"
   local staging=${v/v1./v0.}
@@ -60,6 +73,9 @@ GO
       go build -trimpath -ldflags "$ld" -o "$out.tmp/$c" "k8s.io/kubernetes/cmd/$c"
     done
   )
+  # A build without the ldflags reports v0.0.0-master and breaks helm's kubeVersion checks.
+  "$out.tmp/kubectl" version --client | grep -q "Client Version: $v" \
+    || { echo "build-tools: kubectl does not report $v" >&2; exit 1; }
   rm -rf "$out"; mv "$out.tmp" "$out"
 }
 
@@ -68,6 +84,7 @@ build_simple() {  # name version module-for-go-get package=binary...
   local out="$cache/bin/$name-$v" p ok=1
   for p in "$@"; do [[ -x $out/${p#*=} ]] || ok=0; done
   [[ $ok == 1 ]] && return 0
+  need_go "$name"
   log "building $name $v"
   local mod="$cache/src/$name-$v"
   rm -rf "$mod"; mkdir -p "$mod" "$out.tmp"
@@ -90,5 +107,7 @@ case $only in
               build_simple kwok "$KWOK_VERSION" sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok=kwok sigs.k8s.io/kwok/cmd/kwokctl=kwokctl ;;&
   all|helm) LDFLAGS_EXTRA="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
               build_simple helm "$HELM_VERSION" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm=helm ;;&
-  all|kubernetes) build_kubernetes ;;
+  all|kubernetes) build_kubernetes ;;&
+  kind) build_simple kind "$KIND_VERSION" sigs.k8s.io/kind sigs.k8s.io/kind=kind ;;
 esac
+if (( SECONDS - started > 2 )); then log "done in $((SECONDS - started))s"; fi

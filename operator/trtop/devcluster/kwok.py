@@ -1,0 +1,192 @@
+"""The kwok provider: a real control plane from our own binaries via ``kwokctl --runtime binary``.
+
+kwokctl starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
+kwok-controller as detached processes, records their pids under
+``.work/dev-cluster/kwok/clusters/<name>/pids`` and writes our kubeconfig. Every binary is
+passed explicitly and kubectl comes from PATH / KWOK_KUBECTL_BINARY, so nothing is ever
+downloaded (``--dry-run`` shows it). Called by ``trtop.devcluster.cluster``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from trtop.devcluster import workspace
+from trtop.devcluster.kubectl import Kubectl
+from trtop.devcluster.tools import Tools
+
+Log = Callable[[str], None]
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok-controller")
+
+
+class KwokError(RuntimeError):
+    """kwokctl failed; the message points at its log."""
+
+
+@dataclass(frozen=True)
+class KwokCluster:
+    """One kwokctl cluster of this checkout."""
+
+    root: Path
+    name: str
+    tools: Tools
+
+    @property
+    def kubeconfig(self) -> Path:
+        return workspace.kubeconfig_path(self.root, self.name)
+
+    @property
+    def state_dir(self) -> Path:
+        return workspace.kwok_workdir(self.root) / "clusters" / self.name
+
+    @property
+    def log_file(self) -> Path:
+        return workspace.work_dir(self.root) / f"{self.name}.kwokctl.log"
+
+    def kubectl(self) -> Kubectl:
+        return Kubectl(self.tools.kubectl, self.kubeconfig, self.tools.helm)
+
+    def env(self) -> dict[str, str]:
+        """kwokctl's environment: state inside .work/, our kubectl, no ~/.kwok config."""
+        return {
+            **os.environ,
+            "KWOK_WORKDIR": str(workspace.kwok_workdir(self.root)),
+            "KWOK_KUBECTL_BINARY": str(self.tools.kubectl),
+            "PATH": self.tools.search_path(),
+        }
+
+    def config_files(self) -> list[Path]:
+        """kwokctl.yaml (kwok manages annotated nodes only) and stages.yaml, from package data."""
+        out = workspace.work_dir(self.root) / "config"
+        out.mkdir(parents=True, exist_ok=True)
+        files = []
+        for name in ("kwokctl.yaml", "stages.yaml"):
+            path = out / name
+            path.write_text(resources.files("trtop.devcluster").joinpath(name).read_text())
+            files.append(path)
+        return files
+
+    def create_argv(self) -> list[str]:
+        t = self.tools
+        config = [arg for path in self.config_files() for arg in ("-c", str(path))]
+        return [
+            str(t.kwokctl), *config, "create", "cluster", "--name", self.name, "--runtime", "binary",
+            "--kube-apiserver-binary", str(t.kube_apiserver),
+            "--kube-controller-manager-binary", str(t.kube_controller_manager),
+            "--kube-scheduler-binary", str(t.kube_scheduler),
+            "--etcd-binary", str(t.etcd),
+            "--kwok-controller-binary", str(t.kwok),
+            "--kubeconfig", str(self.kubeconfig),
+            "--wait", "120s",
+        ]
+
+    def exists(self) -> bool:
+        return (self.state_dir / "kwok.yaml").is_file()
+
+    def pids(self) -> dict[str, int]:
+        """Component -> pid recorded by kwokctl (only those whose process still runs)."""
+        alive = {}
+        for component in COMPONENTS:
+            pid = _read_pid(self.state_dir / "pids" / f"{component}.pid")
+            if pid and _running(pid):
+                alive[component] = pid
+        return alive
+
+    def create(self, log: Log, *, dry_run: bool = False) -> None:
+        argv = self.create_argv() + (["--dry-run"] if dry_run else [])
+        self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+        if dry_run:
+            subprocess.run(argv, env=self.env(), check=True)
+            return
+        log(f"starting the control plane (kwokctl --runtime binary; log: {self.log_file})")
+        self._kwokctl(argv)
+
+    def start(self, log: Log) -> None:
+        """Restart a stopped cluster (e.g. after a reboot) from its saved state."""
+        log("the cluster exists but is stopped: starting it again")
+        self._kwokctl([str(self.tools.kwokctl), "start", "cluster", "--name", self.name, "--wait", "120s"])
+
+    def delete(self, log: Log) -> list[int]:
+        """Delete the cluster; return pids that had to be killed by force (should be none)."""
+        pids = self.pids()
+        if self.exists():
+            log(f"deleting cluster {self.name} (stopping {len(pids)} processes)")
+            self._kwokctl([str(self.tools.kwokctl), "delete", "cluster", "--name", self.name,
+                           "--kubeconfig", str(self.kubeconfig)], check=False)
+        forced = _stop(pids.values())
+        if self.kubeconfig.is_file() and "server:" not in self.kubeconfig.read_text():
+            self.kubeconfig.unlink()
+        self.log_file.unlink(missing_ok=True)
+        _remove_if_unused(workspace.work_dir(self.root))
+        return forced
+
+    def _kwokctl(self, argv: list[str], *, check: bool = True) -> None:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("a") as out:
+            out.write(f"\n$ {' '.join(argv)}\n")
+            out.flush()
+            result = subprocess.run(argv, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, check=False)
+        if check and result.returncode != 0:
+            tail = "\n".join(self.log_file.read_text().splitlines()[-15:])
+            raise KwokError(
+                f"kwokctl failed (exit {result.returncode}); last lines of {self.log_file}:\n{tail}\n"
+                f"component logs: {self.state_dir / 'logs'}; `trtop dev cluster down --name {self.name}` cleans up"
+            )
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie counts as gone: it holds no port and no memory.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _stop(pids: Iterable[int], grace: float = 10.0) -> list[int]:
+    """Wait for the given pids (ours, from kwokctl's pid files) to exit; SIGKILL stragglers."""
+    pids = list(pids)
+    remaining = list(pids)
+    deadline = time.monotonic() + grace
+    while remaining and time.monotonic() < deadline:
+        remaining = [p for p in remaining if _running(p)]
+        if remaining:
+            time.sleep(0.2)
+    for pid in remaining:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    # kwokctl detached them (setsid), so init reaps them; wait a moment so `ps` shows none.
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{p}").exists() for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return remaining
+
+
+def _remove_if_unused(work: Path) -> None:
+    """Drop .work/dev-cluster once no cluster of any name is left in it (caches live elsewhere)."""
+    clusters = work / "kwok" / "clusters"
+    if (clusters.is_dir() and any(clusters.iterdir())) or any(work.glob("*kubeconfig")):
+        return
+    shutil.rmtree(work, ignore_errors=True)

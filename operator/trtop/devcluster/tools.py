@@ -1,0 +1,107 @@
+"""The dev cluster's binaries: pinned in hack/versions.env, built and cached by hack/build-tools.sh.
+
+``ensure_tools`` runs the build script (a no-op in well under a second once the cache is
+warm) and returns where each binary is. Called by the providers, the CLI and the tests'
+kubectl/helm helpers.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+_LINE = re.compile(r"^([A-Z_][A-Z0-9_]*)=(\S*)\s*(#.*)?$")
+
+
+class ToolsError(RuntimeError):
+    """A binary the dev cluster needs is missing and could not be built."""
+
+
+@dataclass(frozen=True)
+class Tools:
+    """Absolute paths of every binary, from the version-keyed cache."""
+
+    kube_apiserver: Path
+    kube_controller_manager: Path
+    kube_scheduler: Path
+    kubectl: Path
+    etcd: Path
+    kwok: Path
+    kwokctl: Path
+    helm: Path
+    kind: Path
+
+    def missing(self, *, with_kind: bool = False) -> list[Path]:
+        paths = [self.kube_apiserver, self.kube_controller_manager, self.kube_scheduler, self.kubectl,
+                 self.etcd, self.kwok, self.kwokctl, self.helm] + ([self.kind] if with_kind else [])
+        return [p for p in paths if not os.access(p, os.X_OK)]
+
+    def search_path(self) -> str:
+        """PATH with our kubectl, helm and kwokctl first (kwokctl looks kubectl up on PATH)."""
+        dirs = dict.fromkeys(str(p.parent) for p in (self.kubectl, self.helm, self.kwokctl, self.etcd))
+        return os.pathsep.join([*dirs, os.environ.get("PATH", "")])
+
+
+def parse_versions(text: str) -> dict[str, str]:
+    """``NAME=value`` lines of versions.env (comments and blank lines ignored)."""
+    versions: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _LINE.match(line)
+        if not match:
+            raise ToolsError(f"versions.env: cannot read line {line!r} (expected NAME=value)")
+        versions[match.group(1)] = match.group(2)
+    return versions
+
+
+def read_versions(root: Path) -> dict[str, str]:
+    return parse_versions((root / "hack" / "versions.env").read_text())
+
+
+def cache_dir() -> Path:
+    """$TRTOP_CACHE, else $XDG_CACHE_HOME/trtop, else ~/.cache/trtop (as hack/build-tools.sh)."""
+    if os.environ.get("TRTOP_CACHE"):
+        return Path(os.environ["TRTOP_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "trtop"
+
+
+def tools_for(versions: dict[str, str], cache: Path) -> Tools:
+    """Where build-tools.sh puts each binary: ``<cache>/bin/<tool>-<version>/``."""
+    k8s = cache / "bin" / f"kubernetes-{versions['KUBERNETES_VERSION']}"
+    kwok = cache / "bin" / f"kwok-{versions['KWOK_VERSION']}"
+    return Tools(
+        kube_apiserver=k8s / "kube-apiserver",
+        kube_controller_manager=k8s / "kube-controller-manager",
+        kube_scheduler=k8s / "kube-scheduler",
+        kubectl=k8s / "kubectl",
+        etcd=cache / "bin" / f"etcd-{versions['ETCD_VERSION']}" / "etcd",
+        kwok=kwok / "kwok",
+        kwokctl=kwok / "kwokctl",
+        helm=cache / "bin" / f"helm-{versions['HELM_VERSION']}" / "helm",
+        kind=cache / "bin" / f"kind-{versions['KIND_VERSION']}" / "kind",
+    )
+
+
+def ensure_tools(root: Path, *, with_kind: bool = False, build: bool = True) -> Tools:
+    """Build what is missing (hack/build-tools.sh; cold: ~10 min) and return every path."""
+    tools = tools_for(read_versions(root), cache_dir())
+    if build and tools.missing(with_kind=with_kind):
+        targets = ["all", "kind"] if with_kind else ["all"]
+        for target in targets:
+            result = subprocess.run(["bash", str(root / "hack" / "build-tools.sh"), target], check=False)
+            if result.returncode != 0:
+                raise ToolsError(
+                    f"hack/build-tools.sh {target} failed (exit {result.returncode}); it needs Go >= 1.26 and "
+                    "the Go module proxy; its output above says which tool failed"
+                )
+    missing = tools.missing(with_kind=with_kind)
+    if missing:
+        raise ToolsError(
+            "missing binaries: " + ", ".join(map(str, missing)) + "; run hack/build-tools.sh"
+            + (" kind" if with_kind else "")
+        )
+    return tools
