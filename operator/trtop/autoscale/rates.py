@@ -1,0 +1,83 @@
+"""Per-pod load from a serving pod's /metrics text: totals from one scrape, rates from two.
+
+Pure: ``parse_totals`` reads the Prometheus text format (prometheus_client's parser) into the
+few numbers the autoscaler needs; ``pod_load`` turns the previous and the current scrape of one
+pod into its in-flight requests, requests per second, or mean queue seconds. Called by
+``trtop.autoscale.load.DirectScraper``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from trtop import names
+from trtop.api.spec import ScalingMetric
+
+_REQUESTS = names.METRIC_REQUESTS  # the counter's sample name ends in _total already
+_QUEUE_SUM = names.METRIC_QUEUE_SECONDS + "_sum"
+_QUEUE_COUNT = names.METRIC_QUEUE_SECONDS + "_count"
+
+
+class MetricsFormatError(ValueError):
+    """The /metrics body is not Prometheus text, or lacks the inference server's metrics."""
+
+
+@dataclass(frozen=True)
+class MetricTotals:
+    """Sums over every label set (model, outcome) of one pod's server metrics."""
+
+    inflight: float
+    requests: float
+    queue_seconds_sum: float
+    queue_count: float
+
+
+@dataclass(frozen=True)
+class Scrape:
+    at: float  # seconds, the caller's clock
+    totals: MetricTotals
+
+
+def parse_totals(text: str) -> MetricTotals:
+    """The inference server's load metrics in one /metrics body. Raises MetricsFormatError."""
+    found = {names.METRIC_INFLIGHT: 0.0, _REQUESTS: 0.0, _QUEUE_SUM: 0.0, _QUEUE_COUNT: 0.0}
+    seen: set[str] = set()
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in found:
+                    found[sample.name] += float(sample.value)
+                    seen.add(sample.name)
+    except ValueError as e:  # the parser raises ValueError on malformed lines
+        raise MetricsFormatError(f"not Prometheus text format: {e}") from e
+    if names.METRIC_INFLIGHT not in seen:
+        raise MetricsFormatError(
+            f"no {names.METRIC_INFLIGHT} sample: is this a trtop inference server's /metrics?")
+    # A server that has served nothing yet may have no labelled counter/histogram children:
+    # those totals are then genuinely 0.
+    return MetricTotals(found[names.METRIC_INFLIGHT], found[_REQUESTS], found[_QUEUE_SUM], found[_QUEUE_COUNT])
+
+
+def counter_increase(previous: float, current: float) -> float:
+    """Increase of a counter between two samples; a drop means the process restarted and the
+    counter began again at 0 (Prometheus' rate() makes the same assumption)."""
+    return current - previous if current >= previous else current
+
+
+def pod_load(metric: ScalingMetric, previous: Scrape | None, current: Scrape) -> float | None:
+    """One pod's load in the metric's unit; None when a rate needs a previous scrape."""
+    if metric == "inflight":
+        return current.totals.inflight
+    if previous is None or current.at <= previous.at:
+        return None
+    if metric == "rps":
+        return counter_increase(previous.totals.requests, current.totals.requests) / (current.at - previous.at)
+    # queue-time: mean seconds waited by the requests that finished queueing in between.
+    count = counter_increase(previous.totals.queue_count, current.totals.queue_count)
+    if count <= 0:
+        return 0.0  # nothing queued, nothing waited
+    waited = counter_increase(previous.totals.queue_seconds_sum, current.totals.queue_seconds_sum)
+    if current.totals.queue_count < previous.totals.queue_count:
+        waited = current.totals.queue_seconds_sum  # restarted: sum and count began again together
+    return waited / count
