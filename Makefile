@@ -1,0 +1,50 @@
+# trtop's few make targets: container images (needs Docker), plain manifests, lints.
+#   make images      build the four images, tagged with operator/trtop/versions.py
+#   make push        push them (REGISTRY=... to retag: make images push REGISTRY=my.reg/trtop)
+#   make manifests   regenerate deploy/ from charts/trtop (hack/gen-manifests.sh)
+#   make lock        pin images/constraints.txt to the test environment (images/lock.py)
+#   make lint        helm lint, hadolint, and the no-drift checks of deploy/ and the lock
+PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+DOCKER ?= docker
+HADOLINT ?= $(if $(wildcard .venv/bin/hadolint),.venv/bin/hadolint,hadolint)
+include hack/versions.env
+HELM ?= $(or $(TRTOP_CACHE),$(HOME)/.cache/trtop)/bin/helm-$(HELM_VERSION)/helm
+
+# Every image name and version comes from operator/trtop/versions.py, the one place.
+version = $(shell PYTHONPATH=operator $(PYTHON) -c 'from trtop import versions as v; print(v.$(1))')
+TRTOP_VERSION := $(call version,TRTOP_VERSION)
+TENSORRT_VERSION := $(call version,TENSORRT_VERSION)
+TENSORRT_BASE_IMAGE := $(call version,TENSORRT_BASE_IMAGE)
+REGISTRY ?= $(call version,IMAGE_REGISTRY)
+BUILD = $(DOCKER) build --build-arg TRTOP_VERSION=$(TRTOP_VERSION)
+GPU_ARGS = --build-arg TENSORRT_BASE_IMAGE=$(TENSORRT_BASE_IMAGE) --build-arg TENSORRT_VERSION=$(TENSORRT_VERSION)
+IMAGES = operator converter server server-cpu
+
+.PHONY: images push manifests lock lint $(addprefix image-,$(IMAGES))
+
+images: $(addprefix image-,$(IMAGES))
+
+image-operator:
+	$(BUILD) -f images/operator/Dockerfile -t $(REGISTRY)/operator:$(TRTOP_VERSION) .
+image-converter:
+	$(BUILD) $(GPU_ARGS) -f images/converter/Dockerfile -t $(REGISTRY)/converter:$(TRTOP_VERSION) .
+image-server:
+	$(BUILD) $(GPU_ARGS) -f images/server/Dockerfile -t $(REGISTRY)/server:$(TRTOP_VERSION) .
+image-server-cpu:
+	$(BUILD) -f images/server/Dockerfile.cpu -t $(REGISTRY)/server-cpu:$(TRTOP_VERSION) .
+
+push:
+	for i in $(IMAGES); do $(DOCKER) push $(REGISTRY)/$$i:$(TRTOP_VERSION) || exit 1; done
+
+manifests:
+	HELM=$(HELM) hack/gen-manifests.sh
+
+lock:
+	$(PYTHON) images/lock.py
+
+lint:
+	$(HELM) lint --strict charts/trtop
+	$(HELM) lint --strict charts/trtop -f charts/trtop/ci/namespaced-values.yaml
+	$(HADOLINT) images/operator/Dockerfile images/converter/Dockerfile images/server/Dockerfile images/server/Dockerfile.cpu
+	$(PYTHON) images/lock.py --check
+	$(PYTHON) -m pytest -q tests/charts -m 'not e2e'
