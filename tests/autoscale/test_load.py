@@ -62,7 +62,7 @@ async def test_direct_scrape_computes_rps_and_queue_time_from_two_scrapes(
     a.queue.labels(model="m").observe(1.0)
     clock.t = 1020.0
     third = await scraper.read(pods, "queue-time")
-    assert third.samples[0].value == pytest.approx(1.0)
+    assert third.samples[0].value == pytest.approx(1000.0)  # milliseconds
 
 
 async def test_unreachable_and_wrong_endpoints_are_missing_with_a_reason(exporters: Callable[[], Exporter]) -> None:
@@ -122,7 +122,7 @@ def test_open_load_source_picks_by_url() -> None:
 @pytest.mark.parametrize("metric,parts", [
     ("inflight", ['sum by (pod) (trtop_inference_inflight_requests{namespace="ns",pod=~"a-1|b-2"})']),
     ("rps", ["rate(trtop_inference_requests_total{", "[30s]", "unless sum by (pod) (trtop_inference_requests_total"]),
-    ("queue-time", ["rate(trtop_inference_queue_seconds_sum{", ") / sum by (pod) (rate(trtop_inference_queue_seconds_count{"]),
+    ("queue-time", ["1000 * sum by (pod) (rate(trtop_inference_queue_seconds_sum{", ") / sum by (pod) (rate(trtop_inference_queue_seconds_count{"]),
 ])
 def test_build_queries(metric: ScalingMetric, parts: list[str]) -> None:
     value, scraped = build_queries(metric, "ns", ["a-1", "b-2"], rate_window="30s")
@@ -191,7 +191,7 @@ async def test_against_a_real_prometheus(exporters: Callable[[], Exporter],
                                                            "pod-starting": None}
     assert values["pod-a"] == pytest.approx(true_rate, rel=0.25) and values["pod-b"] == 0.0 and values["pod-idle"] == 0.0
     q = {s.name: s.value for s in queue.samples}
-    assert q["pod-a"] == pytest.approx(0.25) and q["pod-b"] == 0.0 and q["pod-idle"] == 0.0
+    assert q["pod-a"] == pytest.approx(250.0) and q["pod-b"] == 0.0 and q["pod-idle"] == 0.0
     # Sample times are the scrapes' times (Prometheus' clock), recent.
     assert all(abs(s.sampled_at - time.time()) < 10 for s in inflight.samples if s.sampled_at)
     assert await reader.query_scalar('sum(trtop_inference_inflight_requests{namespace="serving"})') == 10.0

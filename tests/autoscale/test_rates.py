@@ -66,11 +66,11 @@ def test_inflight_needs_one_scrape_rates_need_two() -> None:
 def test_rps_and_queue_time_between_two_scrapes() -> None:
     prev, cur = scrape(100.0, requests=40, qsum=1.0, qcount=10), scrape(110.0, requests=70, qsum=4.0, qcount=16)
     assert pod_load("rps", prev, cur) == pytest.approx(3.0)
-    assert pod_load("queue-time", prev, cur) == pytest.approx(0.5)
+    assert pod_load("queue-time", prev, cur) == pytest.approx(500.0)  # milliseconds
     assert pod_load("queue-time", prev, scrape(110.0, qsum=1.0, qcount=10)) == 0.0  # nothing queued
 
 
 def test_rates_after_a_server_restart_count_from_zero() -> None:
     prev, cur = scrape(100.0, requests=1000, qsum=50.0, qcount=500), scrape(105.0, requests=20, qsum=2.0, qcount=4)
     assert pod_load("rps", prev, cur) == pytest.approx(4.0)
-    assert pod_load("queue-time", prev, cur) == pytest.approx(0.5)
+    assert pod_load("queue-time", prev, cur) == pytest.approx(500.0)

@@ -29,7 +29,7 @@ from trtop.autoscale.policy import RatePolicy, ScalingPolicy, SelectPolicy
 # ceil() of a float quotient: a tiny epsilon keeps 6/5*5 = 6.000000000000001 from becoming 7.
 _EPSILON = 1e-9
 
-_UNITS = {"inflight": "in-flight requests", "rps": "requests/s", "queue-time": "s queue time"}
+_UNITS = {"inflight": "in-flight requests", "rps": "requests/s", "queue-time": "ms queue time"}
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,9 @@ def build_queries(metric: ScalingMetric, namespace: str, pod_names: Sequence[str
             value = f"{by} (rate({counter}{sel}[{rate_window}]))"
         else:
             q, counter = names.METRIC_QUEUE_SECONDS, names.METRIC_QUEUE_SECONDS + "_count"
-            value = f"{by} (rate({q}_sum{sel}[{rate_window}])) / {by} (rate({q}_count{sel}[{rate_window}]))"
+            # Milliseconds, the unit of spec.scaling.target for queue-time.
+            value = (f"1000 * {by} (rate({q}_sum{sel}[{rate_window}]))"
+                     f" / {by} (rate({q}_count{sel}[{rate_window}]))")
         # A server that has served nothing has no counter series yet: its load is 0, not unknown.
         value = f"({value}) or ({by} (0 * {names.METRIC_INFLIGHT}{sel}) unless {by} ({counter}{sel}))"
     scraped_at = f"max by ({pod_label}) (timestamp({names.METRIC_INFLIGHT}{sel}))"

@@ -46,7 +46,7 @@ class ScalingPolicy:
     min_replicas: int = 1
     max_replicas: int = 4
     # What one replica's load is measured in: in-flight requests, requests per second, or
-    # the mean seconds a request waited in the batching queue.
+    # the mean milliseconds a request waited in the batching queue.
     metric: ScalingMetric = "inflight"
     # The per-replica value of ``metric`` the autoscaler aims for.
     target: float = 4.0

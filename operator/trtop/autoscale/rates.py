@@ -2,7 +2,8 @@
 
 Pure: ``parse_totals`` reads the Prometheus text format (prometheus_client's parser) into the
 few numbers the autoscaler needs; ``pod_load`` turns the previous and the current scrape of one
-pod into its in-flight requests, requests per second, or mean queue seconds. Called by
+pod into its in-flight requests, requests per second, or mean queue time in milliseconds
+(the unit of ``spec.scaling.target`` for queue-time; the server's histogram is in seconds). Called by
 ``trtop.autoscale.load.DirectScraper``.
 """
 from __future__ import annotations
@@ -73,11 +74,11 @@ def pod_load(metric: ScalingMetric, previous: Scrape | None, current: Scrape) ->
         return None
     if metric == "rps":
         return counter_increase(previous.totals.requests, current.totals.requests) / (current.at - previous.at)
-    # queue-time: mean seconds waited by the requests that finished queueing in between.
+    # queue-time: mean milliseconds waited by the requests that finished queueing in between.
     count = counter_increase(previous.totals.queue_count, current.totals.queue_count)
     if count <= 0:
         return 0.0  # nothing queued, nothing waited
     waited = counter_increase(previous.totals.queue_seconds_sum, current.totals.queue_seconds_sum)
     if current.totals.queue_count < previous.totals.queue_count:
         waited = current.totals.queue_seconds_sum  # restarted: sum and count began again together
-    return waited / count
+    return 1000.0 * waited / count
