@@ -93,19 +93,32 @@ build_simple() {  # name version module-for-go-get package=binary...
     go mod init "trtop.local/$name-tools" >/dev/null 2>&1
     go get "$modpath@$v" >/dev/null
     for p in "$@"; do go get "${p%=*}@$v" >/dev/null; done
+    local ld="-s -w ${LDFLAGS_EXTRA:-}"
+    if [[ -n ${LDFLAGS_FN:-} ]]; then ld+=" $($LDFLAGS_FN)"; fi
     for p in "$@"; do
       log "  go build ${p#*=}"
-      go build -trimpath -ldflags "-s -w ${LDFLAGS_EXTRA:-}" -o "$out.tmp/${p#*=}" "${p%=*}"
+      go build -trimpath -ldflags "$ld" -o "$out.tmp/${p#*=}" "${p%=*}"
     done
   )
   rm -rf "$out"; mv "$out.tmp" "$out"
+}
+
+# helm's Makefile: the Kubernetes version `helm template` assumes (and lints against) is the
+# client-go it was built with, +1 major; without it helm says v1.20 and kubeVersion checks fail.
+helm_kube_ldflags() {
+  local v; v=$(go list -f '{{.Version}}' -m k8s.io/client-go)
+  local minor=${v#v0.}; minor=${minor%%.*}
+  local p
+  for p in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    printf -- ' -X %s.k8sVersionMajor=1 -X %s.k8sVersionMinor=%s' "$p" "$p" "$minor"
+  done
 }
 
 case $only in
   all|etcd) build_simple etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3=etcd ;;&
   all|kwok) LDFLAGS_EXTRA="-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=$KUBERNETES_VERSION" \
               build_simple kwok "$KWOK_VERSION" sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok=kwok sigs.k8s.io/kwok/cmd/kwokctl=kwokctl ;;&
-  all|helm) LDFLAGS_EXTRA="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+  all|helm) LDFLAGS_EXTRA="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" LDFLAGS_FN=helm_kube_ldflags \
               build_simple helm "$HELM_VERSION" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm=helm ;;&
   all|kubernetes) build_kubernetes ;;&
   kind) build_simple kind "$KIND_VERSION" sigs.k8s.io/kind sigs.k8s.io/kind=kind ;;

@@ -8,6 +8,7 @@ downloaded (``--dry-run`` shows it). Called by ``trtop.devcluster.cluster``.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -106,7 +107,11 @@ class KwokCluster:
             subprocess.run(argv, env=self.env(), check=True)
             return
         log(f"starting the control plane (kwokctl --runtime binary; log: {self.log_file})")
-        self._kwokctl(argv)
+        # kwokctl picks free ports at create time: two creates at once could pick the same ones.
+        lock = self.root / ".work" / "dev-cluster-create.lock"
+        with lock.open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            self._kwokctl(argv)
 
     def start(self, log: Log) -> None:
         """Restart a stopped cluster (e.g. after a reboot) from its saved state."""

@@ -231,8 +231,9 @@ def _parse_gpu(item: object, defaults: Mapping[str, Any], where: str) -> Gpu:
     product = item.get("product")
     if not isinstance(product, str) or not product or " " in product:
         raise PoolsError(f"{where}: product {product!r} must be GFD's form, spaces as '-' (NVIDIA-L4)")
-    cc = str(item.get("computeCapability", ""))
-    if not _CC.match(cc):
+    cc = item.get("computeCapability", "")
+    # Unquoted, YAML reads 8.10 as the float 8.1: insist on a string.
+    if not isinstance(cc, str) or not _CC.match(cc):
         raise PoolsError(f"{where}: computeCapability {cc!r} must be 'MAJOR.MINOR' in quotes, e.g. \"9.0\"")
     return Gpu(
         product=product,

@@ -1,0 +1,53 @@
+"""The kwok stages and kwokctl config shipped as package data agree with trtop.names."""
+from __future__ import annotations
+
+from importlib import resources
+
+import yaml
+
+from trtop import names
+
+
+def _docs(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(resources.files("trtop.devcluster").joinpath(name).read_text()) if d]
+
+
+def _stages() -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in _docs("stages.yaml")}
+
+
+def _keys(stage: dict) -> dict[str, tuple[str, list[str]]]:
+    return {e["key"]: (e["operator"], e.get("values", [])) for e in stage["spec"]["selector"]["matchExpressions"]}
+
+
+def test_stages_keep_kwoks_node_and_pod_lifecycle_and_add_ours() -> None:
+    assert set(_stages()) == {"node-initialize", "node-heartbeat-with-lease", "pod-ready", "pod-complete",
+                              "pod-fail", "pod-delete"}
+
+
+def test_every_pod_stage_skips_pods_carrying_the_skip_label() -> None:
+    skip = f'.metadata.labels["{names.LABEL_KWOK_SKIP}"]'
+    for name, stage in _stages().items():
+        if stage["spec"]["resourceRef"]["kind"] == "Pod":
+            assert _keys(stage)[skip] == ("NotIn", ["true"]), name
+
+
+def test_fail_and_complete_are_mutually_exclusive_on_the_fail_label() -> None:
+    fail = f'.metadata.labels["{names.LABEL_KWOK_FAIL}"]'
+    assert _keys(_stages()["pod-fail"])[fail] == ("In", ["true"])
+    assert _keys(_stages()["pod-complete"])[fail] == ("NotIn", ["true"])
+    assert "exitCode: 1" in _stages()["pod-fail"]["spec"]["next"]["statusTemplate"]
+
+
+def test_completion_delay_reads_the_annotation_with_a_short_default() -> None:
+    for name in ("pod-complete", "pod-fail"):
+        delay = _stages()[name]["spec"]["delay"]
+        assert delay["durationFrom"]["jq"]["expression"] == f'.metadata.annotations["{names.ANNOTATION_KWOK_COMPLETE_AFTER}"]'
+        assert delay["durationMilliseconds"] <= 2000
+
+
+def test_kwok_manages_only_nodes_with_the_fake_annotation() -> None:
+    (config,) = _docs("kwokctl.yaml")
+    (patch,) = config["componentsPatches"]
+    args = {a["key"]: a["value"] for a in patch["extraArgs"]}
+    assert args == {"manage-all-nodes": "false", "manage-nodes-with-annotation-selector": f"{names.KWOK_NODE_ANNOTATION}=fake"}
