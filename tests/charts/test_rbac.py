@@ -1,0 +1,94 @@
+"""RBAC of least privilege: what the operator (trtop.k8s + kopf) does is allowed, nothing else.
+
+Cluster-wide: one ClusterRole. Namespaced: a Role per watched namespace for everything it
+changes, plus a read-only ClusterRole for what is cluster-scoped by nature (nodes, the
+GPUs pods already request on them, the CRDs and namespaces kopf observes).
+The e2e twin (test_cluster.py) asks the real API server with `kubectl auth can-i`.
+"""
+from __future__ import annotations
+
+import pytest
+
+from tests.charts.chart import NAMESPACE, NAMESPACED_VALUES, RELEASE, by_kind, one
+
+NAMESPACED = ("-f", str(NAMESPACED_VALUES))
+
+# (apiGroup, resource, verbs) the operator uses inside each namespace it serves.
+IN_NAMESPACE = [
+    ("trtop.io", "modeldeployments", {"get", "list", "watch", "patch"}),
+    ("trtop.io", "modeldeployments/status", {"get", "patch"}),
+    ("batch", "jobs", {"get", "list", "watch", "create", "delete"}),
+    ("apps", "deployments", {"get", "list", "watch", "create", "patch", "delete"}),
+    ("", "services", {"get", "list", "watch", "create", "patch", "delete"}),
+    ("", "pods", {"get", "list", "watch"}),
+    ("", "events", {"create", "patch"}),
+]
+# Cluster-scoped reads both modes need.
+CLUSTER_READS = [
+    ("", "nodes", {"get", "list", "watch"}),
+    ("", "pods", {"list"}),  # all namespaces: GPUs already requested on each node
+    ("apiextensions.k8s.io", "customresourcedefinitions", {"list", "watch"}),
+]
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+DANGEROUS_VERBS = {"escalate", "bind", "impersonate", "*"}
+
+
+def allowed(rules, group, resource):
+    verbs: set[str] = set()
+    for rule in rules:
+        if group in rule.get("apiGroups", []) and resource in rule.get("resources", []):
+            verbs |= set(rule["verbs"])
+    return verbs
+
+
+def assert_grants(rules, needs):
+    for group, resource, verbs in needs:
+        missing = verbs - allowed(rules, group, resource)
+        assert not missing, f"{group or 'core'}/{resource} lacks {sorted(missing)}"
+
+
+@pytest.mark.parametrize("mode", ["cluster-wide", "namespaced"])
+def test_no_wildcards_secrets_or_escalation(render, mode):
+    objects = render(*(NAMESPACED if mode == "namespaced" else ()))
+    for role in by_kind(objects, "ClusterRole") + by_kind(objects, "Role"):
+        for rule in role["rules"]:
+            assert "*" not in rule["apiGroups"] and "*" not in rule["resources"], rule
+            assert not set(rule["verbs"]) & DANGEROUS_VERBS, rule
+            assert not {"secrets", "configmaps", "serviceaccounts", "roles", "rolebindings", "clusterroles",
+                        "clusterrolebindings", "nodes/proxy", "pods/exec"} & set(rule["resources"]), rule
+
+
+def test_cluster_wide_grants_everything_in_one_cluster_role(render):
+    objects = render()
+    role = one(objects, "ClusterRole")
+    assert_grants(role["rules"], IN_NAMESPACE + CLUSTER_READS)
+    assert_grants(role["rules"], [("kopf.dev", "clusterkopfpeerings", {"get", "list", "watch", "patch"})])
+    # A cluster-wide kopf operator never lists namespaces: least privilege leaves them out.
+    assert allowed(role["rules"], "", "namespaces") == set()
+    assert by_kind(objects, "Role") == by_kind(objects, "RoleBinding") == []
+    binding = one(objects, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}]
+
+
+def test_namespaced_grants_changes_only_in_the_watched_namespaces(render):
+    objects = render(*NAMESPACED)
+    roles = by_kind(objects, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    for role in roles:
+        assert_grants(role["rules"], IN_NAMESPACE + [("kopf.dev", "kopfpeerings", {"get", "list", "watch", "patch"})])
+    bindings = by_kind(objects, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for binding in bindings:
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RELEASE}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}]
+
+
+def test_namespaced_cluster_role_only_reads(render):
+    role = one(render(*NAMESPACED), "ClusterRole")
+    assert role["metadata"]["name"] == f"{RELEASE}-cluster-read"
+    assert_grants(role["rules"], CLUSTER_READS + [("", "namespaces", {"list", "watch"})])
+    for rule in role["rules"]:
+        assert not set(rule["verbs"]) & WRITE_VERBS, rule
+    assert {r for rule in role["rules"] for r in rule["resources"]} == {
+        "nodes", "pods", "customresourcedefinitions", "namespaces"}
