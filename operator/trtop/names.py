@@ -94,3 +94,21 @@ GFD_CUDA_RUNTIME_VERSION: Final = "nvidia.com/cuda.runtime-version.full"
 GFD_REPLICAS: Final = "nvidia.com/gpu.replicas"
 GFD_SHARING_STRATEGY: Final = "nvidia.com/gpu.sharing-strategy"
 GFD_MIG_CAPABLE: Final = "nvidia.com/mig.capable"
+# `trtop serve` settings (trtop.serve.settings), besides ENV_ENGINE_SET / ENV_STORE_URI / ENV_MODEL_NAME:
+# each command-line option of the server can also come from one of these.
+ENV_SERVE_ENGINE_DIR: Final = "TRTOP_ENGINE_DIR"  # a folder with engine.json + artifact (one store key)
+ENV_SERVE_MODEL_PATH: Final = "TRTOP_MODEL_PATH"  # a raw .onnx / SavedModel / .plan for quick tries
+ENV_SERVE_BACKEND: Final = "TRTOP_BACKEND"  # auto | onnxruntime | tensorrt | tensorflow | module:attr
+ENV_SERVE_HOST: Final = "TRTOP_HOST"
+ENV_SERVE_PORT: Final = "TRTOP_PORT"
+ENV_SERVE_MAX_BATCH: Final = "TRTOP_MAX_BATCH"
+ENV_SERVE_MAX_QUEUE_DELAY_MS: Final = "TRTOP_MAX_QUEUE_DELAY_MS"
+ENV_SERVE_MAX_QUEUE_SIZE: Final = "TRTOP_MAX_QUEUE_SIZE"
+ENV_SERVE_TIMEOUT_S: Final = "TRTOP_TIMEOUT_S"
+ENV_SERVE_MAX_BODY_MB: Final = "TRTOP_MAX_BODY_MB"
+ENV_SERVE_THREADS: Final = "TRTOP_THREADS"
+ENV_SERVE_DRAIN_DELAY_S: Final = "TRTOP_DRAIN_DELAY_S"
+ENV_SERVE_SHUTDOWN_TIMEOUT_S: Final = "TRTOP_SHUTDOWN_TIMEOUT_S"
+ENV_SERVE_CACHE_DIR: Final = "TRTOP_ENGINE_CACHE_DIR"
+ENV_SERVE_DEVICE: Final = "TRTOP_DEVICE"  # "cpu" or "9.0/NVIDIA-H100-80GB-HBM3": overrides NVML (tests, debugging)
+ENV_SERVE_LOG_LEVEL: Final = "TRTOP_LOG_LEVEL"

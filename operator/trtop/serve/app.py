@@ -1,0 +1,164 @@
+"""HTTP routes of the Open Inference Protocol v2 (KServe v2 / Triton HTTP) plus ``/metrics``.
+
+Thin: read the body within its limit, call ``protocol`` to parse, the service to infer,
+``protocol`` to encode; map domain errors to status codes (the only place that knows
+them) with a JSON ``{"error": ...}`` body. Built by ``server``; tests may mount it in-process.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from trtop.serve.errors import (
+    BadRequest, InferenceFailed, ModelNotFound, NotReady, Overloaded, PayloadTooLarge, ServeError, TimedOut,
+)
+from trtop.serve.model import VERSION, ModelInfo, model_config, model_metadata
+from trtop.serve.protocol import decode_body, encode_infer_response, error_body, parse_infer_request
+from trtop.serve.service import InferenceService
+from trtop.versions import TRTOP_VERSION
+
+HEADER_LENGTH = "inference-header-content-length"
+STATUS: dict[type[ServeError], int] = {
+    BadRequest: 400, ModelNotFound: 404, PayloadTooLarge: 413, NotReady: 503, Overloaded: 503,
+    TimedOut: 504, InferenceFailed: 500,
+}
+JSON = "application/json"
+
+
+def json_response(doc: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(json.dumps(doc, separators=(",", ":")), status, headers, media_type=JSON)
+
+
+def error_response(exc: ServeError) -> Response:
+    status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
+    headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if isinstance(exc, Overloaded) else None
+    return Response(error_body(str(exc)), status, headers, media_type=JSON)
+
+
+def build_app(
+    service: InferenceService, *, max_body_bytes: int,
+    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
+) -> Starlette:
+    metrics = service.metrics
+
+    def model_of(request: Request) -> ModelInfo:
+        name = request.path_params["model"]
+        version = request.path_params.get("version")
+        if name != service.name:
+            raise ModelNotFound(f"model {name!r} is not served here; this server serves {service.name!r}")
+        if version not in (None, "", VERSION):
+            raise ModelNotFound(f"model {name!r} has no version {version!r}; this server serves version {VERSION}")
+        if service.info is None:
+            raise NotReady(f"model {name!r} is {service.state}" + (f": {service.error}" if service.error else ""))
+        return service.info
+
+    async def live(request: Request) -> Response:
+        return json_response({"live": True})
+
+    async def ready(request: Request) -> Response:
+        if service.ready:
+            return json_response({"ready": True})
+        return json_response({"ready": False, "error": f"model {service.name!r} is {service.state}"}, 503)
+
+    async def server_metadata(request: Request) -> Response:
+        return json_response({"name": "trtop", "version": TRTOP_VERSION,
+                              "extensions": ["binary_tensor_data", "model_configuration"]})
+
+    async def metadata(request: Request) -> Response:
+        try:
+            return json_response(model_metadata(model_of(request)))
+        except ServeError as exc:
+            return error_response(exc)
+
+    async def config(request: Request) -> Response:
+        try:
+            return json_response(model_config(model_of(request)))
+        except ServeError as exc:
+            return error_response(exc)
+
+    async def model_ready(request: Request) -> Response:
+        try:
+            model_of(request)
+        except ServeError as exc:
+            return error_response(exc)
+        return json_response({"name": service.name, "ready": service.ready}, 200 if service.ready else 503)
+
+    async def infer(request: Request) -> Response:
+        started = time.perf_counter()
+        metrics.request_started()
+        outcome = "success"
+        try:
+            info = model_of(request)
+            body = decode_body(await _read_body(request, max_body_bytes), request.headers.get("content-encoding"),
+                               max_body_bytes)
+            header_length = request.headers.get(HEADER_LENGTH)
+            try:
+                length = None if header_length is None else int(header_length)
+            except ValueError:
+                raise BadRequest(f"Inference-Header-Content-Length {header_length!r} is not an integer") from None
+            parsed = parse_infer_request(body, length)
+            admitted, outputs = await service.infer(parsed)
+            payload, json_length = encode_infer_response(
+                model=info.name, version=VERSION, request_id=parsed.id,
+                outputs=[(o.name, outputs[o.name], o.binary) for o in admitted.outputs],
+            )
+            if json_length is None:
+                return Response(payload, media_type=JSON)
+            return Response(payload, headers={"Inference-Header-Content-Length": str(json_length)},
+                            media_type="application/octet-stream")
+        except ServeError as exc:
+            outcome = exc.outcome
+            return error_response(exc)
+        finally:
+            metrics.request_finished(outcome, time.perf_counter() - started)
+
+    async def prometheus(request: Request) -> Response:
+        text, content_type = metrics.render()
+        return Response(text, media_type=content_type)
+
+    model_paths = ("/v2/models/{model}", "/v2/models/{model}/versions/{version}")
+    routes = [
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+    ]
+    for base in model_paths:
+        routes += [
+            Route(base, metadata, methods=["GET"]),
+            Route(base + "/ready", model_ready, methods=["GET"]),
+            Route(base + "/config", config, methods=["GET"]),
+            Route(base + "/infer", infer, methods=["POST"]),
+        ]
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return Response(error_body(f"{request.method} {request.url.path}: {exc.detail}"), exc.status_code,
+                        media_type=JSON)
+
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing at the first byte past ``limit`` (never buffers more)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body is {declared} bytes; this server accepts at most {limit} "
+                              "(raise --max-body-mb or send smaller batches)")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes; raise --max-body-mb or send smaller batches")
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

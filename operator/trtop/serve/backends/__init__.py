@@ -1,0 +1,1 @@
+"""Runtime backends (one module each, imported only when chosen through ``trtop.serve.runtime.BACKENDS``)."""

@@ -1,0 +1,84 @@
+"""ONNX Runtime backend: CPU engines (dev, CI, CPU pools) and the CUDA provider where present.
+
+Loaded by ``trtop.serve.runtime.load_runtime`` for ``backend == "onnxruntime"``.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from trtop.api.engine import TensorSpec
+from trtop.serve.errors import StartupError
+from trtop.serve.runtime import RuntimeOptions
+from trtop.serve.types import Feeds, Outputs
+
+log = logging.getLogger(__name__)
+
+# ONNX Runtime's type strings -> numpy dtype names.
+_DTYPES = {
+    "tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+    "tensor(int8)": "int8", "tensor(int16)": "int16", "tensor(int32)": "int32", "tensor(int64)": "int64",
+    "tensor(uint8)": "uint8", "tensor(uint16)": "uint16", "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64", "tensor(bool)": "bool",
+}
+
+
+class OnnxRuntime:
+    """One ``InferenceSession``; ``run`` is called from the scheduler's worker thread."""
+
+    def __init__(self, path: Path, options: RuntimeOptions) -> None:
+        so = ort.SessionOptions()
+        # One batch runs at a time (the scheduler serialises them), so all cores go to intra-op
+        # parallelism; inter-op threads would only compete with it.
+        so.intra_op_num_threads = options.thread_count
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        if options.use_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+            raise StartupError(f"ONNX Runtime could not load {path}: {exc}") from exc
+        self._inputs = tuple(_spec(a) for a in self._session.get_inputs())
+        self._outputs = tuple(_spec(a) for a in self._session.get_outputs())
+        log.info("ONNX Runtime %s loaded %s with %s, %d threads",
+                 ort.__version__, path, self._session.get_providers()[0], options.thread_count)
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._outputs
+
+    @property
+    def max_batch(self) -> int | None:
+        fixed = {s.shape[0] for s in self._inputs if s.shape and s.shape[0] > 0}
+        return min(fixed) if fixed else None
+
+    @property
+    def platform(self) -> str:
+        return "onnxruntime_onnx"
+
+    def run(self, feeds: Feeds, outputs: Sequence[str]) -> Outputs:
+        names = list(outputs)
+        values = self._session.run(names, dict(feeds))
+        return dict(zip(names, values, strict=True))
+
+    def close(self) -> None:
+        del self._session
+
+
+def _spec(arg: Any) -> TensorSpec:
+    dtype = _DTYPES.get(str(arg.type))
+    if dtype is None:
+        raise StartupError(f"tensor {arg.name!r} has type {arg.type}, which the server does not support")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)
+    return TensorSpec(str(arg.name), dtype, shape)

@@ -1,0 +1,200 @@
+"""Open Inference Protocol v2 wire format: parse infer requests, encode responses and metadata.
+
+JSON tensors and Triton's binary tensor extension: the JSON header is followed by raw
+tensor bytes, its length in the ``Inference-Header-Content-Length`` header; inputs carry
+``parameters.binary_data_size``; outputs are returned binary when the request asks
+(``outputs[].parameters.binary_data`` or the request-level ``binary_data_output``), which
+is what ``tritonclient.http`` does by default for numpy data. Binary inputs become
+numpy views of the body (``np.frombuffer``, no copy).
+
+Pure functions over bytes and numpy; ``app`` calls them, the data plane never sees JSON.
+"""
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from trtop.api.engine import TensorSpec
+from trtop.serve.errors import BadRequest, PayloadTooLarge
+from trtop.serve.types import Array
+
+# v2 datatype <-> numpy dtype name. BYTES (strings) and BF16 have no numpy dtype here.
+DATATYPES: dict[str, str] = {
+    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+    "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
+    "FP16": "float16", "FP32": "float32", "FP64": "float64",
+}
+V2_OF_NUMPY: dict[str, str] = {v: k for k, v in DATATYPES.items()}
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    inputs: dict[str, Array]
+    outputs: tuple[RequestedOutput, ...] | None  # None: every output of the model
+    binary_output: bool  # default form for outputs not named (request parameter binary_data_output)
+    timeout_s: float | None  # request parameter "timeout" (microseconds, as Triton)
+
+
+def v2_datatype(dtype: str) -> str:
+    """The v2 datatype name of a numpy dtype name (``float32`` -> ``FP32``)."""
+    return V2_OF_NUMPY.get(dtype, dtype.upper())
+
+
+def decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo ``Content-Encoding: gzip|deflate`` (what tritonclient's request compression sends)."""
+    if not encoding or encoding == "identity":
+        return body
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding.lower())
+    if wbits is None:
+        raise BadRequest(f"Content-Encoding {encoding!r} is not supported (use gzip, deflate or none)")
+    d = zlib.decompressobj(wbits)
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise BadRequest(f"the {encoding} body could not be decompressed: {exc}") from None
+    if len(out) > limit:
+        raise PayloadTooLarge(f"the decompressed body is larger than the limit of {limit} bytes")
+    return out
+
+
+def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
+    """An ``InferRequest`` from a body (JSON, or JSON header + binary tensors)."""
+    if header_length is None:
+        header_bytes, binary = body, memoryview(b"")
+    else:
+        if not 0 < header_length <= len(body):
+            raise BadRequest(f"Inference-Header-Content-Length {header_length} is outside the body ({len(body)} bytes)")
+        header_bytes, binary = body[:header_length], memoryview(body)[header_length:]
+    try:
+        doc = json.loads(header_bytes)
+    except (ValueError, UnicodeDecodeError) as exc:
+        hint = "" if header_length is not None else " (binary tensors need the Inference-Header-Content-Length header)"
+        raise BadRequest(f"the request is not valid JSON: {exc}{hint}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
+        raise BadRequest('the request must be a JSON object with a non-empty "inputs" list')
+    params = _object(doc.get("parameters"), "parameters")
+    inputs: dict[str, Array] = {}
+    offset = 0
+    for raw in doc["inputs"]:
+        name, array, used = _parse_input(raw, binary, offset)
+        if name in inputs:
+            raise BadRequest(f"input {name!r} appears twice in the request")
+        inputs[name] = array
+        offset += used
+    if offset != len(binary):
+        raise BadRequest(f"the body has {len(binary)} bytes of binary tensor data but the inputs declare {offset}")
+    outputs = None
+    if doc.get("outputs") is not None:
+        if not isinstance(doc["outputs"], list):
+            raise BadRequest('"outputs" must be a list')
+        outputs = tuple(_parse_output(o, bool(params.get("binary_data_output", False))) for o in doc["outputs"])
+    timeout = params.get("timeout")
+    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0):
+        raise BadRequest('parameter "timeout" must be a positive integer (microseconds)')
+    rid = doc.get("id")
+    return InferRequest(
+        id=None if rid is None else str(rid), inputs=inputs, outputs=outputs,
+        binary_output=bool(params.get("binary_data_output", False)),
+        timeout_s=None if timeout is None else timeout / 1e6,
+    )
+
+
+def _parse_input(raw: Any, binary: memoryview, offset: int) -> tuple[str, Array, int]:
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise BadRequest('each input must be an object with a "name"')
+    name = raw["name"]
+    shape = raw.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise BadRequest(f'input {name!r}: "shape" must be a list of non-negative integers, got {shape!r}')
+    datatype = raw.get("datatype")
+    if datatype not in DATATYPES:
+        raise BadRequest(f"input {name!r}: datatype {datatype!r} is not supported; use one of {', '.join(DATATYPES)}")
+    dtype = np.dtype(DATATYPES[datatype])
+    count = math.prod(shape)
+    params = _object(raw.get("parameters"), f"input {name!r} parameters")
+    size = params.get("binary_data_size")
+    if size is not None:
+        if "data" in raw:
+            raise BadRequest(f"input {name!r} has both JSON data and binary_data_size")
+        if not isinstance(size, int) or size != count * dtype.itemsize:
+            raise BadRequest(f"input {name!r}: binary_data_size {size} does not match shape {shape} of "
+                             f"{datatype} ({count * dtype.itemsize} bytes)")
+        if offset + size > len(binary):
+            raise BadRequest(f"input {name!r}: the body ends before its {size} bytes of binary data")
+        return name, np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape), size
+    if "data" not in raw:
+        raise BadRequest(f'input {name!r} has neither "data" nor parameters.binary_data_size')
+    try:
+        array = np.asarray(raw["data"], dtype=dtype)
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(f"input {name!r}: data is not a list of {datatype} values ({exc})") from None
+    if array.size != count:
+        raise BadRequest(f"input {name!r}: data has {array.size} values but shape {shape} needs {count}")
+    return name, array.reshape(shape), 0
+
+
+def _parse_output(raw: Any, default_binary: bool) -> RequestedOutput:
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise BadRequest('each requested output must be an object with a "name"')
+    params = _object(raw.get("parameters"), f"output {raw['name']!r} parameters")
+    if params.get("classification"):
+        raise BadRequest("the classification extension is not supported by this server")
+    return RequestedOutput(raw["name"], bool(params.get("binary_data", default_binary)))
+
+
+def _object(value: Any, what: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be a JSON object")
+    return value
+
+
+def encode_infer_response(
+    *, model: str, version: str, request_id: str | None, outputs: Sequence[tuple[str, Array, bool]],
+) -> tuple[bytes, int | None]:
+    """The response body and, when any output is binary, the JSON header's length."""
+    entries: list[dict[str, Any]] = []
+    chunks: list[Array] = []
+    for name, array, binary in outputs:
+        entry: dict[str, Any] = {"name": name, "datatype": v2_datatype(array.dtype.name), "shape": list(array.shape)}
+        if binary:
+            data = np.ascontiguousarray(array)
+            entry["parameters"] = {"binary_data_size": data.nbytes}
+            chunks.append(data)
+        else:
+            entry["data"] = array.ravel().tolist()
+        entries.append(entry)
+    doc: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": entries}
+    if request_id is not None:
+        doc["id"] = request_id
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    if not chunks:
+        return header, None
+    return b"".join([header, *(_raw(c) for c in chunks)]), len(header)
+
+
+def _raw(array: Array) -> memoryview | bytes:
+    # A byte view of a C-contiguous array (no copy before the join); empty arrays cannot be cast.
+    return array.data.cast("B") if array.size else b""
+
+
+def error_body(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
+
+
+def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": v2_datatype(spec.dtype), "shape": list(spec.shape)}

@@ -1,0 +1,123 @@
+"""The runtime interface every backend implements, and the table that picks one by name.
+
+A runtime loads one model/engine file and runs batches of numpy arrays; it knows nothing
+of HTTP, queues or metrics. ``load_runtime`` is called by the server at start-up with a
+backend name from ``BACKENDS`` (or any ``"module:attr"`` import path, for custom
+backends and test doubles); the backend modules import their heavy libraries
+(onnxruntime, tensorrt, tensorflow) only when chosen.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, cast
+
+from trtop.api.engine import TensorSpec
+from trtop.serve.errors import StartupError
+from trtop.serve.types import Feeds, Outputs
+
+# backend name -> "module:factory"; a factory is called as factory(path, options).
+BACKENDS: dict[str, str] = {
+    "onnxruntime": "trtop.serve.backends.onnxruntime_impl:OnnxRuntime",
+    "tensorrt": "trtop.serve.backends.tensorrt_impl:TensorRTRuntime",
+    "tensorflow": "trtop.serve.backends.tensorflow_impl:TensorFlowRuntime",
+}
+
+
+def default_threads() -> int:
+    """CPU cores this process may use (cgroup/affinity aware, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    # Compute threads for CPU backends (ONNX Runtime intra-op); 0 = every core we may use.
+    threads: int = 0
+    # Use a GPU when the backend and the machine have one (ONNX Runtime's CUDA provider).
+    use_gpu: bool = True
+    # GPU ordinal inside the container (a pod sees only the GPUs it was given).
+    device_index: int = 0
+
+    @property
+    def thread_count(self) -> int:
+        return self.threads if self.threads > 0 else default_threads()
+
+
+class Runtime(Protocol):
+    """One loaded model. ``run`` is called from one worker thread at a time."""
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        """Input names, numpy dtypes and shapes (-1 = dynamic; dim 0 is the batch)."""
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        """Output names, dtypes and shapes, as for inputs."""
+
+    @property
+    def max_batch(self) -> int | None:
+        """The largest batch the model itself accepts (a TensorRT profile's max), None = no limit."""
+
+    @property
+    def platform(self) -> str:
+        """Triton-style platform name reported in model metadata (``onnxruntime_onnx`` ...)."""
+
+    def run(self, feeds: Feeds, outputs: Sequence[str]) -> Outputs:
+        """Run one batch; returns the named outputs with the batch dimension first."""
+
+    def close(self) -> None:
+        """Free the model's memory (called once at shutdown)."""
+
+
+RuntimeFactory = Callable[[Path, RuntimeOptions], Runtime]
+
+
+def resolve_backend(name: str) -> RuntimeFactory:
+    """The factory for a backend name in ``BACKENDS`` or a ``"module:attr"`` import path."""
+    target = BACKENDS.get(name, name)
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise StartupError(
+            f"backend {name!r} is not one of {sorted(BACKENDS)} nor a 'module:attribute' import path"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise StartupError(
+            f"backend {name!r} needs a library that is not installed here ({exc}); "
+            "use the server image built for this backend, or choose another with --backend"
+        ) from exc
+    try:
+        factory = getattr(module, attr)
+    except AttributeError:
+        raise StartupError(f"backend {name!r}: module {module_name!r} has no attribute {attr!r}") from None
+    return cast(RuntimeFactory, factory)
+
+
+def load_runtime(backend: str, path: Path, options: RuntimeOptions) -> Runtime:
+    """Load ``path`` with ``backend``; StartupError with the library's reason when it cannot."""
+    factory = resolve_backend(backend)
+    if not path.exists():
+        raise StartupError(f"model file {path} does not exist")
+    return factory(path, options)
+
+
+def guess_backend(path: Path) -> str:
+    """Backend for a raw model path: ``*.onnx`` -> onnxruntime, SavedModel folder -> tensorflow, ``*.plan``/``*.engine`` -> tensorrt."""
+    if path.is_dir() and (path / "saved_model.pb").exists():
+        return "tensorflow"
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return "onnxruntime"
+    if suffix in (".plan", ".engine", ".trt"):
+        return "tensorrt"
+    raise StartupError(
+        f"cannot tell the backend of {path}: expected a .onnx file, a .plan/.engine file or a "
+        "SavedModel folder (with saved_model.pb); pass --backend to say which"
+    )

@@ -1,0 +1,164 @@
+"""The asyncio side of dynamic batching: a bounded queue, one worker, one compute thread.
+
+``InferenceService`` submits admitted requests; the worker asks ``batching.next_batch``
+what to run, runs merge -> backend -> split on a dedicated thread (the backends release
+the GIL while computing, so the event loop keeps parsing requests meanwhile), and hands
+each request its own slice. Batches run one at a time: a backend already uses every
+core (or the whole GPU) for one batch.
+
+Guarantees: a full queue refuses at once (``Overloaded``) instead of growing; a request
+past its deadline leaves the queue (``TimedOut``) and never runs; when a merged batch
+fails, its requests are re-run one by one so a request that breaks the backend fails
+alone; ``close`` runs everything still queued before stopping (graceful drain).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from trtop.serve.batching import BatchPolicy, Pending, merge, next_batch, split
+from trtop.serve.errors import InferenceFailed, NotReady, Overloaded, ServeError, TimedOut
+from trtop.serve.types import Feeds, Outputs
+
+log = logging.getLogger(__name__)
+
+RunBatch = Callable[[Feeds], Outputs]  # one merged batch in, all outputs out
+
+
+class BatchObserver(Protocol):
+    def dequeued(self, waited_s: float) -> None: ...
+
+    def batch_done(self, rows: int, compute_s: float) -> None: ...
+
+
+@dataclass(eq=False)
+class _Item:
+    pending: Pending
+    feeds: Feeds
+    future: asyncio.Future[Outputs] = field(repr=False)
+
+
+class Scheduler:
+    """Queue + worker for one model. Create, ``start()`` inside the event loop, ``close()`` at the end."""
+
+    def __init__(
+        self, run: RunBatch, policy: BatchPolicy, *, max_queue: int, observer: BatchObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_queue < 1:
+            raise ValueError(f"max queue size must be >= 1, got {max_queue}")
+        self._run = run
+        self.policy = policy
+        self._max_queue = max_queue
+        self._observer = observer
+        self._clock = clock
+        self._queue: list[_Item] = []
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtop-batch")
+        self._worker: asyncio.Task[None] | None = None
+        self._flush = False  # draining: run what is queued without waiting for company
+        self._closing = False
+        self.batches = 0
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._worker = asyncio.get_running_loop().create_task(self._work(), name="trtop-batch-worker")
+
+    def flush(self) -> None:
+        """Stop waiting for batches to fill (the server is draining)."""
+        self._flush = True
+        self._wakeup.set()
+
+    async def submit(self, feeds: Feeds, rows: int, signature: Hashable, timeout_s: float) -> Outputs:
+        """Queue one admitted request and wait for its outputs (rows = its batch dimension)."""
+        if self._closing:
+            raise NotReady("the server is shutting down and takes no new requests")
+        if len(self._queue) >= self._max_queue:
+            raise Overloaded(f"the queue is full ({self._max_queue} requests waiting); retry shortly or add replicas")
+        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        item = _Item(Pending(rows, signature, self._clock()), feeds, future)
+        self._queue.append(item)
+        self._wakeup.set()
+        try:
+            return await asyncio.wait_for(future, timeout_s)  # cancels the future on timeout
+        except TimeoutError:
+            if item in self._queue:
+                self._queue.remove(item)
+                raise TimedOut(f"the request waited {timeout_s:g}s in the queue without running; "
+                               "the server is overloaded (add replicas) or the timeout is too short") from None
+            raise TimedOut(f"the request did not finish within {timeout_s:g}s") from None
+
+    async def close(self) -> None:
+        """Run everything still queued, then stop the worker and its thread."""
+        self._closing = True
+        self.flush()
+        if self._worker is not None:
+            await self._worker
+        self._executor.shutdown(wait=True)
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            now = self._clock()
+            decision = next_batch([i.pending for i in self._queue], self.policy, now, flush=self._flush)
+            if not decision.take:
+                if self._closing and not self._queue:
+                    return
+                self._wakeup.clear()
+                timeout = None if decision.wake_at is None else max(0.0, decision.wake_at - now)
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), timeout)
+                except TimeoutError:
+                    pass
+                continue
+            chosen = set(decision.take)
+            items = [it for i, it in enumerate(self._queue) if i in chosen and not it.future.done()]
+            self._queue = [it for i, it in enumerate(self._queue) if i not in chosen]
+            if self._observer is not None:
+                for it in items:
+                    self._observer.dequeued(now - it.pending.enqueued_at)
+            if items:
+                await self._run_items(loop, items)
+
+    async def _run_items(self, loop: asyncio.AbstractEventLoop, items: list[_Item]) -> None:
+        rows = [it.pending.rows for it in items]
+        try:
+            parts, seconds = await loop.run_in_executor(self._executor, self._compute, [it.feeds for it in items], rows)
+        except Exception as exc:  # the backend's own exception types vary
+            if len(items) > 1:
+                log.warning("a batch of %d requests failed (%s); running them one by one", len(items), exc)
+                for it in items:
+                    await self._run_items(loop, [it])
+                return
+            _resolve_error(items[0], exc)
+            return
+        self.batches += 1
+        if self._observer is not None:
+            self._observer.batch_done(sum(rows), seconds)
+        for it, part in zip(items, parts, strict=True):
+            if not it.future.done():  # it may have timed out while running
+                it.future.set_result(part)
+
+    def _compute(self, feeds: list[Feeds], rows: list[int]) -> tuple[list[Outputs], float]:
+        start = time.perf_counter()
+        parts = split(self._run(merge(feeds)), rows)
+        return parts, time.perf_counter() - start
+
+
+def _resolve_error(item: _Item, exc: Exception) -> None:
+    if item.future.done():
+        return
+    if isinstance(exc, ServeError):
+        item.future.set_exception(exc)
+    else:
+        log.error("inference failed: %s", exc, exc_info=exc)
+        item.future.set_exception(InferenceFailed(f"the backend failed to run this request: {exc}"))
+

@@ -1,0 +1,154 @@
+"""The server process: pick the engine, listen, load in the background, drain on SIGTERM.
+
+Start-up: read the device and choose the engine before listening (a pod with no usable
+engine exits at once, code 2, with the reason); then listen at once so liveness holds
+while the model is fetched, loaded and warmed up; readiness turns true only after that.
+A load failure exits with code 1.
+
+SIGTERM (a rolling update or scale-down): readiness turns false at once; the server
+keeps serving for ``drain_delay_s`` (endpoints take a moment to drop the pod), then
+stops accepting connections, runs everything queued without waiting for batches to
+fill, answers every in-flight request and exits 0. A second SIGINT forces the exit.
+Called by ``cli``.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+from starlette.applications import Starlette
+
+from trtop.serve.app import build_app
+from trtop.serve.device import detect_device
+from trtop.serve.errors import StartupError
+from trtop.serve.metrics import ServerMetrics
+from trtop.serve.runtime import RuntimeOptions, load_runtime
+from trtop.serve.service import BatchingConfig, InferenceService, Loaded
+from trtop.serve.settings import ServeSettings
+from trtop.serve.source import Servable, fetch_servable, resolve_servable
+
+log = logging.getLogger(__name__)
+
+EXIT_LOAD_FAILED = 1
+EXIT_NO_ENGINE = 2
+
+
+class InferenceServer(uvicorn.Server):
+    """uvicorn's server with a readiness-first drain and our own exit code."""
+
+    def __init__(self, config: uvicorn.Config, service: InferenceService, drain_delay_s: float) -> None:
+        super().__init__(config)
+        self.service = service
+        self.drain_delay_s = drain_delay_s
+        self.exit_code = 0
+        self._stop_at: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.service.begin_drain()
+        if self._stop_at is None and self.drain_delay_s > 0 and not self.should_exit:
+            log.info("signal %d: not ready; serving %.1fs more before draining", sig, self.drain_delay_s)
+            self._stop_at = time.monotonic() + self.drain_delay_s
+            return
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._stop_at is not None and time.monotonic() >= self._stop_at:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.service.flush()  # nobody new can join a batch: run what is queued now
+        await super().shutdown(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises a caught SIGTERM after its graceful shutdown (so the process dies by the
+        # signal); a drained server should exit with its own code instead, so we own the handlers.
+        sigs = (signal.SIGINT, signal.SIGTERM)
+        previous = {s: signal.signal(s, self.handle_exit) for s in sigs}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def build_loader(servable: Servable, settings: ServeSettings) -> Loaded:
+    """Fetch (when from the store) and load the model; runs in the loader thread."""
+    path, record = fetch_servable(servable, Path(settings.cache_dir))
+    runtime = load_runtime(servable.backend, path, RuntimeOptions(threads=settings.threads))
+    return Loaded(runtime, record, servable.backend, servable.key, str(servable.target or ""))
+
+
+def create_server(settings: ServeSettings) -> InferenceServer:
+    """Everything up to listening: device, engine choice, service, app, uvicorn config."""
+    device = detect_device(settings.device)
+    servable = resolve_servable(settings, device)
+    log.info("serving %r: %s on %s with the %s backend", settings.model_name, servable.origin, device,
+             servable.backend)
+    metrics = ServerMetrics(settings.model_name)
+    service = InferenceService(
+        settings.model_name, lambda: build_loader(servable, settings),
+        BatchingConfig(settings.max_batch, settings.max_queue_delay_ms / 1000, settings.max_queue_size,
+                       settings.timeout_s),
+        metrics,
+    )
+    holder: list[InferenceServer] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        task = asyncio.get_running_loop().create_task(_load(service, holder[0]))
+        yield
+        if not task.done():
+            task.cancel()
+        await service.close()
+
+    app = build_app(service, max_body_bytes=settings.max_body_bytes, lifespan=lifespan)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, lifespan="on", access_log=False,
+        log_level=settings.log_level.lower(),
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None,
+        # Clients keep connections open between requests; keep-alive longer than typical LB idle timeouts
+        # would hold sockets for nothing, shorter makes clients reconnect under light load.
+        timeout_keep_alive=30,
+    )
+    server = InferenceServer(config, service, settings.drain_delay_s)
+    holder.append(server)
+    return server
+
+
+async def _load(service: InferenceService, server: InferenceServer) -> None:
+    try:
+        await service.start()
+    except Exception as exc:
+        log.error("could not load model %r: %s", service.name, exc, exc_info=not isinstance(exc, StartupError))
+        server.exit_code = EXIT_LOAD_FAILED
+        server.should_exit = True
+
+
+def run_server(settings: ServeSettings) -> int:
+    """Serve until SIGTERM/SIGINT; the process exit code."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        server = create_server(settings)
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_NO_ENGINE
+    server.run()
+    return server.exit_code

@@ -1,0 +1,159 @@
+"""One served model: load + warm up in the background, then admit and infer through the scheduler.
+
+The app's only handle on the data plane. States: ``loading`` -> ``ready`` -> ``draining``
+(SIGTERM: not ready, still serving) -> ``stopped``; ``failed`` when loading raised.
+Called by ``app`` (infer, metadata, readiness) and ``server`` (start, drain, close).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from trtop.api.engine import EngineRecord
+from trtop.serve.batching import BatchPolicy
+from trtop.serve.errors import NotReady
+from trtop.serve.metrics import ServerMetrics
+from trtop.serve.model import Admitted, ModelInfo, admit
+from trtop.serve.protocol import InferRequest
+from trtop.serve.runtime import Runtime
+from trtop.serve.scheduler import Scheduler
+from trtop.serve.types import Array, Feeds, Outputs
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH = 32  # a raw model with a dynamic batch and no engine record to say otherwise
+
+State = Literal["loading", "ready", "draining", "failed", "stopped"]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What the loader hands the service: the runtime and where it came from."""
+
+    runtime: Runtime
+    record: EngineRecord | None = None
+    backend: str = ""
+    key: str = ""
+    target: str = ""
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch: int = 0  # 0: from the engine
+    max_queue_delay_s: float = 0.002
+    max_queue_size: int = 256
+    timeout_s: float = 30.0
+
+
+def effective_max_batch(configured: int, record: EngineRecord | None, runtime_max: int | None) -> int:
+    """Rows per batch: the setting, else the engine's batch.max, else the model's own limit, else 32;
+    never above what the model accepts (a TensorRT profile's max or a fixed first dimension)."""
+    value = configured or (record.batch.max if record is not None else 0) or runtime_max or DEFAULT_MAX_BATCH
+    if runtime_max is not None and value > runtime_max:
+        log.warning("max batch %d is above what the model accepts (%d); using %d", value, runtime_max, runtime_max)
+        value = runtime_max
+    return value
+
+
+def warmup_feeds(info: ModelInfo, rows: int) -> dict[str, Array]:
+    """Zeros of every input at ``rows`` rows (dynamic dims beyond the batch as 1)."""
+    return {s.name: np.zeros((rows, *(d if d > 0 else 1 for d in s.shape[1:])), dtype=s.dtype) for s in info.inputs}
+
+
+class InferenceService:
+    def __init__(self, name: str, loader: Callable[[], Loaded], config: BatchingConfig, metrics: ServerMetrics) -> None:
+        self.name = name
+        self._loader = loader
+        self.config = config
+        self.metrics = metrics
+        self.state: State = "loading"
+        self.error = ""
+        self.info: ModelInfo | None = None
+        self._runtime: Runtime | None = None
+        self._scheduler: Scheduler | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    @property
+    def scheduler(self) -> Scheduler | None:
+        return self._scheduler
+
+    async def start(self) -> None:
+        """Load and warm up off the event loop (health checks keep answering), then start batching."""
+        started = time.perf_counter()
+        try:
+            info, runtime = await asyncio.to_thread(self._load)
+        except Exception as exc:
+            self.state, self.error = "failed", str(exc)
+            raise
+        self.info, self._runtime = info, runtime
+        outputs = info.output_names
+
+        def run(feeds: Feeds) -> Outputs:
+            return runtime.run(feeds, outputs)
+
+        self._scheduler = Scheduler(
+            run, BatchPolicy(info.max_batch, self.config.max_queue_delay_s),
+            max_queue=self.config.max_queue_size, observer=self.metrics,
+        )
+        self._scheduler.start()
+        seconds = time.perf_counter() - started
+        self.metrics.model_loaded(seconds)
+        if self.state == "loading":  # a SIGTERM during loading leaves it draining
+            self.state = "ready"
+        log.info("model %r ready in %.1fs: %s backend, max batch %d, inputs %s", self.name, seconds,
+                 info.backend, info.max_batch, [(s.name, s.dtype, s.shape) for s in info.inputs])
+
+    def _load(self) -> tuple[ModelInfo, Runtime]:
+        loaded = self._loader()
+        rt = loaded.runtime
+        info = ModelInfo(
+            name=self.name, platform=rt.platform, backend=loaded.backend, inputs=rt.inputs, outputs=rt.outputs,
+            max_batch=effective_max_batch(self.config.max_batch, loaded.record, rt.max_batch),
+            max_queue_delay_s=self.config.max_queue_delay_s, engine_key=loaded.key, target=loaded.target,
+        )
+        names = info.output_names
+        for rows in sorted({1, info.max_batch}):  # first-run allocations and kernel selection
+            try:
+                rt.run(warmup_feeds(info, rows), names)
+            except Exception as exc:
+                if all(d > 0 for s in info.inputs for d in s.shape[1:]):
+                    raise
+                log.warning("warm-up at batch %d failed (the model has dynamic dimensions that were set to 1): %s",
+                            rows, exc)
+        return info, rt
+
+    async def infer(self, request: InferRequest) -> tuple[Admitted, Outputs]:
+        """Admit (BadRequest before queueing), queue, wait for this request's own outputs."""
+        if self.state not in ("ready", "draining") or self.info is None or self._scheduler is None:
+            raise NotReady(f"model {self.name!r} is {self.state}" + (f": {self.error}" if self.error else ""))
+        admitted = admit(self.info, request)
+        timeout = request.timeout_s if request.timeout_s is not None else self.config.timeout_s
+        outputs = await self._scheduler.submit(admitted.feeds, admitted.rows, admitted.signature, timeout)
+        return admitted, outputs
+
+    def begin_drain(self) -> None:
+        """Not ready from now on (the pod leaves the Service's endpoints) but still serving."""
+        if self.state in ("ready", "loading"):
+            self.state = "draining"
+
+    def flush(self) -> None:
+        """Run queued requests without waiting for batches to fill (the listener has closed)."""
+        if self._scheduler is not None:
+            self._scheduler.flush()
+
+    async def close(self) -> None:
+        self.begin_drain()
+        if self._scheduler is not None:
+            await self._scheduler.close()
+        if self._runtime is not None:
+            self._runtime.close()
+        self.state = "stopped"

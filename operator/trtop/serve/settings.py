@@ -1,0 +1,127 @@
+"""Settings of ``trtop serve``: one typed object from command-line options and ``TRTOP_*`` variables.
+
+Every option has an environment variable (names in ``trtop.names``); a flag beats the
+variable, the variable beats the default. The operator sets the engine set, store URI
+and model name in the Deployment's env and the batching knobs as flags. Called by ``cli``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from trtop import names
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    # Name clients use in /v2/models/{name}/... (the ModelDeployment's name).
+    model_name: str = "model"
+    # What to serve (one of): a raw model file, an engine folder, or engine set + store.
+    model_path: str = ""
+    engine_dir: str = ""
+    engine_set: str = ""  # JSON list of {key, target, backend, artifact} or of engine keys
+    store_uri: str = ""
+    # auto (from the engine / file), onnxruntime, tensorrt, tensorflow, or module:attribute.
+    backend: str = "auto"
+    host: str = "0.0.0.0"
+    port: int = 8000
+    # Rows per batch; 0 = the engine's batch.max (32 for a raw model without a fixed batch).
+    max_batch: int = 0
+    # How long the oldest queued request waits for company before its batch runs anyway.
+    max_queue_delay_ms: float = 2.0
+    # Requests waiting beyond this are refused with 503 + Retry-After.
+    max_queue_size: int = 256
+    # Per-request deadline (queue + compute) unless the request sets parameters.timeout.
+    timeout_s: float = 30.0
+    # Largest request body accepted (413 above it).
+    max_body_mb: float = 64.0
+    # Compute threads of CPU backends; 0 = every core this process may use.
+    threads: int = 0
+    # After SIGTERM: report not ready but keep serving this long (endpoints need time to drop the
+    # pod), then stop accepting and finish what is in flight.
+    drain_delay_s: float = 0.0
+    # Longest graceful drain before in-flight requests are cancelled (below the pod's grace period).
+    shutdown_timeout_s: float = 50.0
+    # Where engines fetched from the store are kept (the pod's /tmp emptyDir).
+    cache_dir: str = "/tmp/trtop-engines"
+    # Device override ("cpu", "8.9/NVIDIA-L4"); empty = ask NVML.
+    device: str = ""
+    log_level: str = "info"
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+# field -> (flag, environment variable, help)
+_OPTIONS: dict[str, tuple[str, str, str]] = {
+    "model_name": ("--model-name", names.ENV_MODEL_NAME, "model name in the v2 URLs"),
+    "model_path": ("--model", names.ENV_SERVE_MODEL_PATH, "a raw model: .onnx file, SavedModel folder or .plan"),
+    "engine_dir": ("--engine-dir", names.ENV_SERVE_ENGINE_DIR, "an engine folder (engine.json + artifact)"),
+    "engine_set": ("--engine-set", names.ENV_ENGINE_SET, "JSON engine set (the operator sets the variable)"),
+    "store_uri": ("--store-uri", names.ENV_STORE_URI, "engine store URI (file path, file:// or s3://)"),
+    "backend": ("--backend", names.ENV_SERVE_BACKEND, "auto|onnxruntime|tensorrt|tensorflow|module:attr"),
+    "host": ("--host", names.ENV_SERVE_HOST, "address to listen on"),
+    "port": ("--port", names.ENV_SERVE_PORT, "port to listen on"),
+    "max_batch": ("--max-batch", names.ENV_SERVE_MAX_BATCH, "rows per batch (0: the engine's max)"),
+    "max_queue_delay_ms": ("--max-queue-delay-ms", names.ENV_SERVE_MAX_QUEUE_DELAY_MS,
+                           "how long a request may wait for a batch to fill"),
+    "max_queue_size": ("--max-queue-size", names.ENV_SERVE_MAX_QUEUE_SIZE, "queued requests before 503"),
+    "timeout_s": ("--timeout-s", names.ENV_SERVE_TIMEOUT_S, "per-request deadline in seconds"),
+    "max_body_mb": ("--max-body-mb", names.ENV_SERVE_MAX_BODY_MB, "largest request body in MiB"),
+    "threads": ("--threads", names.ENV_SERVE_THREADS, "compute threads of CPU backends (0: all cores)"),
+    "drain_delay_s": ("--drain-delay-s", names.ENV_SERVE_DRAIN_DELAY_S,
+                      "after SIGTERM, seconds to keep serving while not ready"),
+    "shutdown_timeout_s": ("--shutdown-timeout-s", names.ENV_SERVE_SHUTDOWN_TIMEOUT_S,
+                           "longest graceful drain in seconds"),
+    "cache_dir": ("--cache-dir", names.ENV_SERVE_CACHE_DIR, "where fetched engines are kept"),
+    "device": ("--device", names.ENV_SERVE_DEVICE, "device override: cpu or CC[/PRODUCT] (default: NVML)"),
+    "log_level": ("--log-level", names.ENV_SERVE_LOG_LEVEL, "debug|info|warning|error"),
+}
+
+
+def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) -> ServeSettings:
+    """Settings from flags over ``TRTOP_*`` variables over defaults; exits with usage on bad input."""
+    environ = os.environ if env is None else env
+    defaults = ServeSettings()
+    parser = argparse.ArgumentParser(prog="trtop serve", description="Serve a model over the Open Inference Protocol v2.")
+    for f in fields(ServeSettings):
+        flag, var, help_ = _OPTIONS[f.name]
+        default: Any = getattr(defaults, f.name)
+        kind = type(default)
+        raw = environ.get(var)
+        if raw not in (None, ""):
+            try:
+                default = kind(raw)
+            except ValueError:
+                parser.error(f"{var}={raw!r} is not a valid {kind.__name__}")
+        parser.add_argument(flag, dest=f.name, type=kind, default=default, help=f"{help_} (env {var})")
+    ns = parser.parse_args(list(argv))
+    settings = ServeSettings(**vars(ns))
+    problems = _problems(settings)
+    if problems:
+        parser.error("; ".join(problems))
+    return settings
+
+
+def _problems(s: ServeSettings) -> list[str]:
+    out = []
+    sources = [n for n, v in (("--model", s.model_path), ("--engine-dir", s.engine_dir)) if v]
+    if len(sources) > 1:
+        out.append("give only one of --model and --engine-dir")
+    if s.max_batch < 0:
+        out.append("--max-batch must be >= 0")
+    if s.max_queue_delay_ms < 0:
+        out.append("--max-queue-delay-ms must be >= 0")
+    if s.max_queue_size < 1:
+        out.append("--max-queue-size must be >= 1")
+    if s.timeout_s <= 0:
+        out.append("--timeout-s must be > 0")
+    if s.max_body_mb <= 0:
+        out.append("--max-body-mb must be > 0")
+    if not 0 < s.port < 65536:
+        out.append("--port must be 1-65535")
+    return out
