@@ -235,13 +235,15 @@ def test_an_outage_restarts_the_scale_down_window() -> None:
 def test_gpu_capacity_caps_scale_up_and_says_by_how_much() -> None:
     d, _ = decide(policy(**NO_WINDOW), obs(4, pods(16, 16, 16, 16), schedulable_capacity=5), ScalingHistory())
     assert (d.desired_replicas, d.capped, d.capped_by, d.limit_reason) == (5, True, 3, "GPUCapacity")
-    assert "wanted 8 replicas" in d.capacity_message and "capped by 3" in d.capacity_message
+    assert d.capacity_message == ("wanted 8 replicas but the cluster's GPUs on architectures with a ready engine "
+                                  "can host only 5: asking for 5, capped by 3")
     assert "can host only 5" in d.reason
 
 
 def test_gpu_capacity_below_current_never_scales_down() -> None:
     d, _ = decide(policy(**NO_WINDOW), obs(4, pods(8, 8, 8, 8), schedulable_capacity=3), ScalingHistory())
     assert (d.desired_replicas, d.capped_by) == (4, 4)
+    assert "wanted 8 replicas" in d.capacity_message and "can host only 3: asking for 4" in d.capacity_message
     d, _ = decide(policy(**NO_WINDOW), obs(4, pods(4, 4, 4, 4), schedulable_capacity=3), ScalingHistory())
     assert (d.desired_replicas, d.capped, d.capacity_message) == (4, False, "")
 

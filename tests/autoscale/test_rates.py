@@ -74,3 +74,16 @@ def test_rates_after_a_server_restart_count_from_zero() -> None:
     prev, cur = scrape(100.0, requests=1000, qsum=50.0, qcount=500), scrape(105.0, requests=20, qsum=2.0, qcount=4)
     assert pod_load("rps", prev, cur) == pytest.approx(4.0)
     assert pod_load("queue-time", prev, cur) == pytest.approx(500.0)
+
+
+def test_parse_totals_reads_the_real_servers_exposition() -> None:
+    serve_metrics = pytest.importorskip("trtop.serve.metrics")
+    m = serve_metrics.ServerMetrics("resnet50")
+    m.request_started()
+    m.request_started()
+    m.request_finished("success", 0.02)
+    m.dequeued(0.004)
+    body, _ = m.render()
+    t = parse_totals(body.decode())
+    assert (t.inflight, t.requests, t.queue_count) == (1.0, 1.0, 1.0)
+    assert t.queue_seconds_sum == pytest.approx(0.004)

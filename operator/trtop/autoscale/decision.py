@@ -21,7 +21,7 @@ with ``min == 0`` scales from zero on ``pending_load`` instead of disabling auto
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from trtop.autoscale.history import ScalingHistory
 from trtop.autoscale.policy import RatePolicy, ScalingPolicy, SelectPolicy
@@ -72,6 +72,7 @@ class Decision:
     metric_pods: int = 0
     missing_pods: int = 0
     unready_pods: int = 0
+    schedulable_capacity: int | None = None  # the observation's, echoed for messages
 
     @property
     def changed(self) -> bool:
@@ -93,8 +94,9 @@ class Decision:
         if not self.capped:
             return ""
         wanted = self.desired_replicas + self.capped_by
-        return (f"wanted {wanted} replicas but the cluster's free GPUs on architectures with a ready "
-                f"engine can host only {self.desired_replicas}: capped by {self.capped_by}")
+        return (f"wanted {wanted} replicas but the cluster's GPUs on architectures with a ready engine "
+                f"can host only {self.schedulable_capacity}: asking for {self.desired_replicas}, "
+                f"capped by {self.capped_by}")
 
 
 def decide(policy: ScalingPolicy, observation: Observation,
@@ -317,7 +319,6 @@ def _finish(policy: ScalingPolicy, obs: Observation, history: ScalingHistory, de
                    f"only {cap} replica(s)")
     keep = max(policy.scale_up_window_seconds, policy.scale_down_window_seconds)
     new_history = history.recorded(obs.at, recommendation, desired - cur, keep, policy.longest_period_seconds)
-    final = Decision(desired, cur, reason, decision.metric_value, decision.recommendation, capped_by,
-                     decision.limited_by_rate, limit, decision.held, decision.metric_pods,
-                     decision.missing_pods, decision.unready_pods)
+    final = replace(decision, desired_replicas=desired, reason=reason, capped_by=capped_by, limit_reason=limit,
+                    schedulable_capacity=cap)
     return final, new_history
