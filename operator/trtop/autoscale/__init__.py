@@ -4,6 +4,7 @@ Layout (functional core, thin shell):
 - ``policy``   : ScalingPolicy / RatePolicy (plain data; ``policy_from_spec`` maps the API spec).
 - ``history``  : ScalingHistory, the recommendations and scale events a decision remembers.
 - ``decision`` : ``decide(policy, observation, history) -> (Decision, history)``, pure.
+- ``capacity`` : ``schedulable_capacity(nodes, ...)``, the GPU cap fed into the Observation.
 - ``rates``    : pure counter/histogram rate math over two scrapes of a pod.
 - ``load``     : async readers of load (each pod's /metrics, or a Prometheus HTTP API).
 
