@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.store.conftest import s3_endpoint, s3_env  # noqa: F401 (shared fixtures: a real S3 server)
 from trtop.api.engine import BatchProfile, EngineKey, EngineRequest, ModelSource, engine_key
 from trtop.api.targets import Target
 

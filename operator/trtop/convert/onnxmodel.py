@@ -75,9 +75,9 @@ def prepare(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]])
                 )
             dim.Clear()
             dim.dim_value = int(wanted[i])
-    for value in graph.output:
+    for value in graph.output:  # outputs follow the inputs' batch (the record's contract: dim 0 is the batch)
         dims = value.type.tensor_type.shape.dim
-        if dims and not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
+        if dims:
             _make_batch_dynamic(dims[0])
     return model
 

@@ -111,6 +111,7 @@ def convert(request: EngineRequest, store: EngineStore, workdir: Path, *,
         tf_model = _load_tf(request, model_path, workdir) if request.model.format != "onnx" else None
     with stage("onnx"):
         if request.method == "tf-trt":
+            assert tf_model is not None  # check_request refuses tf-trt for ONNX models
             inputs, outputs = tf_model.inputs, tf_model.outputs  # TF-TRT works on the SavedModel itself
             prepared = model_path
         else:

@@ -10,8 +10,6 @@ honour before anything is fetched, and ``BuilderSettings`` parses ``builder_opti
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, get_args
@@ -172,11 +170,3 @@ def _stdin() -> str:
 
     return sys.stdin.read()
 
-
-def env_snapshot() -> dict[str, str]:
-    return dict(os.environ)
-
-
-def request_summary(request: EngineRequest) -> str:
-    return json.dumps({"key": request.key, "model": request.model.uri, "target": str(request.target),
-                       "backend": request.backend, "precision": request.precision})

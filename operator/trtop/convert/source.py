@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tarfile
 import time
 import urllib.error
@@ -95,6 +94,7 @@ def _http_download(url: str, dest: Path, headers: Mapping[str, str]) -> Path:
                 _copy_stream(response, dest, total, url)
             return dest
         except urllib.error.HTTPError as e:
+            e.close()  # it holds the connection open until garbage-collected
             if e.code in _USER_HTTP:
                 raise ModelNotFoundError(f"{url}: HTTP {e.code} {e.reason}: check the URI and its access rights") from e
             raise NetworkError(f"{url}: HTTP {e.code} {e.reason}") from e
@@ -280,10 +280,3 @@ def _sha256_file(path: Path) -> str:
             h.update(chunk)
     return h.hexdigest()
 
-
-def copy_tree(src: Path, dest: Path) -> None:
-    """Copy a file or folder (used to give the converter a private, writable copy)."""
-    if src.is_dir():
-        shutil.copytree(src, dest)
-    else:
-        shutil.copy2(src, dest)

@@ -175,7 +175,7 @@ def _make_logger() -> tuple[trt.ILogger, list[str], list[str]]:
     errors: list[str] = []
     warnings: list[str] = []
 
-    class CapturingLogger(trt.ILogger):
+    class CapturingLogger(trt.ILogger):  # type: ignore[misc, unused-ignore]  # Any where the stubs are absent
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
 

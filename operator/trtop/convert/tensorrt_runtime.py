@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     import tensorrt as trt
 
 _H2D, _D2H = 1, 2  # cudaMemcpyKind
+# tensorrt.DataType member name -> numpy dtype (I/O stays fp32 after AutoCast with keep_io_types).
+_NUMPY_TYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "INT64": "int64",
+                "BOOL": "bool", "UINT8": "uint8"}
 
 
 class CudaRuntime:
@@ -84,7 +87,7 @@ class TrtRunner:
             name = self.engine.get_tensor_name(i)
             mode = self.engine.get_tensor_mode(name)
             (self.inputs if mode == trt.TensorIOMode.INPUT else self.outputs).append(name)
-            self.dtypes[name] = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+            self.dtypes[name] = _numpy_dtype(name, self.engine.get_tensor_dtype(name).name)
         self.stream = self.cuda.stream()
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -113,6 +116,12 @@ class TrtRunner:
         finally:
             for ptr in allocations:
                 self.cuda.free(ptr)
+
+
+def _numpy_dtype(tensor: str, trt_type: str) -> np.dtype[np.generic]:
+    if trt_type not in _NUMPY_TYPES:
+        raise RuntimeError(f"engine I/O tensor {tensor!r} has TensorRT type {trt_type}, which numpy cannot hold")
+    return np.dtype(_NUMPY_TYPES[trt_type])
 
 
 def _load_cudart() -> ctypes.CDLL:
