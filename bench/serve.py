@@ -1,0 +1,299 @@
+"""Benchmark of ``trtop serve``: closed-loop load against MobileNetV2 on ONNX Runtime (CPU).
+
+    .venv/bin/python bench/serve.py            # full run, a few minutes
+    .venv/bin/python bench/serve.py --quick    # shorter windows, for a smoke check
+
+Measures, in one run and on the same machine:
+- the backend's own best: ONNX Runtime in-process, no server, best batch size;
+- ``trtop serve`` with dynamic batching at concurrency 1, 8, 32, 64;
+- the same server without batching (``--max-batch 1``);
+- the seed's way: TensorFlow ``model.predict`` per request (batch 1, one caller).
+Targets at concurrency 32: throughput >= 85% of the in-process best; p99 <= 2.5 x p50.
+
+The model is MobileNetV2 224x224 with random weights (``tf.keras.applications``,
+``weights=None``: no download) exported to ONNX with tf2onnx, cached under
+``.work/bench/``. Load comes from a separate client process (asyncio on raw sockets,
+binary tensor extension, one precomputed request) so the client costs little CPU; on a
+small machine it still shares the cores with the server, which the table includes.
+Results are also written to ``.work/bench/serve-results.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / ".work" / "bench"
+ONNX = WORK / "mobilenetv2.onnx"
+KERAS = WORK / "mobilenetv2.keras"
+SAVED = WORK / "mobilenetv2_savedmodel"
+MODEL = "mobilenet"
+SHAPE = (224, 224, 3)
+TARGET_RATIO, TARGET_TAIL = 0.85, 2.5
+
+
+# -- the model --------------------------------------------------------------------------
+def ensure_model() -> None:
+    if ONNX.exists() and KERAS.exists():
+        return
+    WORK.mkdir(parents=True, exist_ok=True)
+    print("building MobileNetV2 (random weights) and converting it to ONNX ...", flush=True)
+    code = (
+        "import os; os.environ['TF_CPP_MIN_LOG_LEVEL']='2'\n"
+        "import tensorflow as tf\n"
+        "m = tf.keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))\n"
+        f"m.save({str(KERAS)!r}); m.export({str(SAVED)!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(SAVED), "--output", str(ONNX),
+                    "--opset", "17"], check=True, capture_output=True)
+
+
+def input_name() -> str:
+    import onnxruntime as ort
+
+    return str(ort.InferenceSession(str(ONNX), providers=["CPUExecutionProvider"]).get_inputs()[0].name)
+
+
+# -- baselines --------------------------------------------------------------------------
+def bench_inprocess(seconds: float) -> dict[int, float]:
+    """img/s of ONNX Runtime alone per batch size (same session options as the server)."""
+    from trtop.serve.backends.onnxruntime_impl import OnnxRuntime
+    from trtop.serve.runtime import RuntimeOptions
+
+    rt = OnnxRuntime(ONNX, RuntimeOptions())
+    name, out = rt.inputs[0].name, [rt.outputs[0].name]
+    result = {}
+    for batch in (1, 8, 16, 32, 64):
+        x = np.random.rand(batch, *SHAPE).astype(np.float32)
+        rt.run({name: x}, out)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            rt.run({name: x}, out)
+            n += batch
+        result[batch] = n / (time.perf_counter() - start)
+    rt.close()
+    return result
+
+
+def bench_tf_predict(seconds: float) -> dict[str, float]:
+    """The seed's way: ``model.predict`` on one image per request, one caller."""
+    code = f"""
+import os, time, json; os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
+import numpy as np, tensorflow as tf
+m = tf.keras.models.load_model({str(KERAS)!r})
+x = np.random.rand(1, 224, 224, 3).astype(np.float32)
+m.predict(x, verbose=0)
+lat = []; start = time.perf_counter()
+while time.perf_counter() - start < {seconds}:
+    t = time.perf_counter(); m.predict(x, verbose=0); lat.append(time.perf_counter() - t)
+print(json.dumps({{"n": len(lat), "seconds": time.perf_counter() - start, "lat": lat}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    doc = json.loads(out.strip().splitlines()[-1])
+    lat = np.array(doc["lat"]) * 1000
+    return {"throughput": doc["n"] / doc["seconds"], "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99))}
+
+
+# -- the server ---------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(port: int, extra: list[str]) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "trtop.cli", "serve", "--model", str(ONNX), "--model-name", MODEL,
+           "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not become ready within 60s")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def batch_stats(port: int) -> tuple[float, float]:
+    """(sum, count) of the server's batch size histogram."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    total = float(re.search(r"^trtop_inference_batch_size_sum\{[^}]*\} (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    count = float(re.search(r"^trtop_inference_batch_size_count\{[^}]*\} (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    return total, count
+
+
+def run_load(port: int, concurrency: int, seconds: float, warmup: float) -> dict[str, float]:
+    before = batch_stats(port)
+    cmd = [sys.executable, __file__, "--client", "--port", str(port), "--concurrency", str(concurrency),
+           "--duration", str(seconds), "--warmup", str(warmup)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    after = batch_stats(port)
+    result["mean_batch"] = (after[0] - before[0]) / max(1.0, after[1] - before[1])
+    return result
+
+
+# -- the client process -----------------------------------------------------------------
+def request_bytes(port: int, name: str) -> bytes:
+    x = np.random.rand(1, *SHAPE).astype(np.float32)
+    header = json.dumps({"inputs": [{"name": name, "shape": [1, *SHAPE], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    body = header + x.tobytes()
+    head = (f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {len(header)}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+async def _connection(port: int, payload: bytes, start: float, stop: float, lat: list[float],
+                      errors: list[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    while True:
+        t0 = time.perf_counter()
+        if t0 >= stop:
+            break
+        writer.write(payload)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+        await reader.readexactly(length)
+        t1 = time.perf_counter()
+        if status != 200:
+            errors.append(status)
+        elif t0 >= start:
+            lat.append(t1 - t0)
+    writer.close()
+
+
+async def _client(port: int, concurrency: int, seconds: float, warmup: float) -> dict[str, float]:
+    payload = request_bytes(port, input_name())
+    lat: list[float] = []
+    errors: list[int] = []
+    start = time.perf_counter() + warmup
+    stop = start + seconds
+    await asyncio.gather(*(_connection(port, payload, start, stop, lat, errors) for _ in range(concurrency)))
+    ms = np.array(lat) * 1000
+    return {"concurrency": concurrency, "requests": len(lat), "errors": len(errors),
+            "throughput": len(lat) / seconds, "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99))}
+
+
+def client_main(args: argparse.Namespace) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    print(json.dumps(asyncio.run(_client(args.port, int(args.concurrency), args.duration, args.warmup))))
+
+
+# -- the report ---------------------------------------------------------------------------
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="short windows (smoke check)")
+    p.add_argument("--duration", type=float, default=0, help="seconds per load point")
+    p.add_argument("--concurrency", default="1,8,32,64")
+    p.add_argument("--delay-ms", type=float, default=None, help="server --max-queue-delay-ms")
+    p.add_argument("--max-batch", type=int, default=32, help="server --max-batch when batching")
+    p.add_argument("--server-arg", action="append", default=[], help="extra server flag (repeatable)")
+    p.add_argument("--skip-tf", action="store_true")
+    p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--warmup", type=float, default=1.0, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.client:
+        client_main(args)
+        return 0
+    seconds = args.duration or (3.0 if args.quick else 8.0)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    ensure_model()
+    load = os.getloadavg()
+    print(f"machine: {os.cpu_count()} cores, load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    inproc = bench_inprocess(1.0 if args.quick else 3.0)
+    best_batch = max(inproc, key=lambda b: inproc[b])
+    best = inproc[best_batch]
+    print("in-process ONNX Runtime (img/s by batch): " + ", ".join(f"b{b}={v:.1f}" for b, v in inproc.items()))
+    results: dict[str, Any] = {"inprocess": inproc, "inprocess_best": best, "inprocess_best_batch": best_batch,
+                               "load_before": load, "batched": {}, "unbatched": {}}
+    extra = [*(["--max-queue-delay-ms", str(args.delay_ms)] if args.delay_ms is not None else []),
+             *args.server_arg]
+    for label, flags in (("batched", ["--max-batch", str(args.max_batch), *extra]),
+                         ("unbatched", ["--max-batch", "1", *args.server_arg])):
+        port = free_port()
+        proc = start_server(port, flags)
+        try:
+            for c in levels:
+                r = run_load(port, c, seconds, 1.0 if args.quick else 2.0)
+                results[label][c] = r
+                print(f"  {label:<9} c={c:<3} {r['throughput']:7.1f} img/s  p50 {r['p50_ms']:7.1f} ms  "
+                      f"p99 {r['p99_ms']:7.1f} ms  mean batch {r['mean_batch']:5.1f}  errors {r['errors']}",
+                      flush=True)
+        finally:
+            stop_server(proc)
+    if not args.skip_tf:
+        results["tf_predict"] = bench_tf_predict(3.0 if args.quick else 6.0)
+    results["load_after"] = os.getloadavg()
+    report(results, levels)
+    (WORK / "serve-results.json").write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+def report(results: dict[str, Any], levels: list[int]) -> None:
+    best = results["inprocess_best"]
+    print(f"\nMobileNetV2 224x224 fp32, ONNX Runtime CPU, {os.cpu_count()} cores "
+          f"(load average {results['load_before'][0]:.2f} before, {results['load_after'][0]:.2f} after)")
+    print(f"in-process best: {best:.1f} img/s at batch {results['inprocess_best_batch']} (no server)")
+    if "tf_predict" in results:
+        tf = results["tf_predict"]
+        print(f"TF model.predict per request: {tf['throughput']:.1f} img/s, p50 {tf['p50_ms']:.1f} ms, "
+              f"p99 {tf['p99_ms']:.1f} ms")
+    print(f"\n{'conc':>4} | {'batched img/s':>13} {'p50 ms':>7} {'p99 ms':>7} {'batch':>5} {'/best':>6} "
+          f"{'p99/p50':>7} | {'unbatched img/s':>15} {'p50 ms':>7} {'p99 ms':>7}")
+    for c in levels:
+        b, u = results["batched"][c], results["unbatched"][c]
+        print(f"{c:>4} | {b['throughput']:>13.1f} {b['p50_ms']:>7.1f} {b['p99_ms']:>7.1f} {b['mean_batch']:>5.1f} "
+              f"{b['throughput'] / best:>6.0%} {b['p99_ms'] / b['p50_ms']:>7.2f} | {u['throughput']:>15.1f} "
+              f"{u['p50_ms']:>7.1f} {u['p99_ms']:>7.1f}")
+    if 32 in results["batched"]:
+        b = results["batched"][32]
+        ratio, tail = b["throughput"] / best, b["p99_ms"] / b["p50_ms"]
+        ok = "met" if ratio >= TARGET_RATIO and tail <= TARGET_TAIL else "NOT met"
+        print(f"\ntargets at concurrency 32: throughput {ratio:.0%} of in-process best (>= {TARGET_RATIO:.0%}), "
+              f"p99/p50 {tail:.2f} (<= {TARGET_TAIL}): {ok}")
+        if "tf_predict" in results:
+            print(f"vs TF model.predict per request: {b['throughput'] / results['tf_predict']['throughput']:.1f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The batching policy and merge/split, as pure functions."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trtop.serve.batching import BatchPolicy, Decision, Pending, merge, next_batch, signature_of, split
+
+A, B = ("a",), ("b",)
+POLICY = BatchPolicy(max_batch=8, max_delay=0.005)
+
+
+def p(rows: int, at: float, sig: tuple[str, ...] = A) -> Pending:
+    return Pending(rows, sig, at)
+
+
+class TestNextBatch:
+    def test_empty_queue_waits_for_arrivals(self) -> None:
+        assert next_batch([], POLICY, now=1.0) == Decision((), None)
+
+    def test_waits_for_company_until_the_oldest_is_due(self) -> None:
+        d = next_batch([p(1, 1.000), p(1, 1.001)], POLICY, now=1.002)
+        assert d.take == () and d.wake_at == pytest.approx(1.005)
+
+    def test_runs_when_the_oldest_has_waited_max_delay(self) -> None:
+        assert next_batch([p(1, 1.000), p(1, 1.001)], POLICY, now=1.005).take == (0, 1)
+
+    def test_runs_at_once_when_full(self) -> None:
+        assert next_batch([p(4, 1.0), p(4, 1.0)], POLICY, now=1.0).take == (0, 1)
+
+    def test_counts_rows_not_requests(self) -> None:
+        d = next_batch([p(3, 1.0), p(3, 1.0), p(3, 1.0)], POLICY, now=1.0)
+        assert d.take == () and d.wake_at == pytest.approx(1.005)  # 9 rows do not fit; 6 do but are not full
+        assert next_batch([p(3, 1.0), p(3, 1.0), p(3, 1.0)], POLICY, now=1.006).take == (0, 1)
+
+    def test_a_smaller_request_further_back_fills_the_gap(self) -> None:
+        assert next_batch([p(5, 1.0), p(4, 1.0), p(3, 1.0)], POLICY, now=1.0).take == (0, 2)
+
+    def test_only_requests_with_the_oldest_ones_signature_merge(self) -> None:
+        q = [p(2, 1.0, A), p(2, 1.0, B), p(2, 1.0, A), p(6, 1.0, B)]
+        assert next_batch(q, POLICY, now=1.01).take == (0, 2)
+        assert next_batch(q[1:2] + q[3:], POLICY, now=1.0).take == (0, 1)  # B: 2 + 6 = full
+
+    def test_flush_runs_without_waiting(self) -> None:
+        assert next_batch([p(1, 1.0)], POLICY, now=1.0, flush=True).take == (0,)
+
+    def test_zero_delay_never_waits(self) -> None:
+        assert next_batch([p(1, 1.0)], BatchPolicy(8, 0.0), now=1.0).take == (0,)
+
+    def test_the_head_always_goes_even_if_alone(self) -> None:
+        assert next_batch([p(8, 1.0), p(1, 1.0)], POLICY, now=1.0).take == (0,)
+
+    @pytest.mark.parametrize("max_batch,delay", [(0, 0.0), (4, -1.0)])
+    def test_policy_rejects_nonsense(self, max_batch: int, delay: float) -> None:
+        with pytest.raises(ValueError):
+            BatchPolicy(max_batch, delay)
+
+
+class TestMergeSplit:
+    def test_round_trip_keeps_each_requests_rows(self) -> None:
+        reqs = [{"x": np.full((n, 3), i, np.float32)} for i, n in enumerate((1, 3, 2))]
+        batch = merge(reqs)
+        assert batch["x"].shape == (6, 3)
+        parts = split({"y": batch["x"] * 10}, [1, 3, 2])
+        for i, (part, n) in enumerate(zip(parts, (1, 3, 2), strict=True)):
+            np.testing.assert_array_equal(part["y"], np.full((n, 3), i * 10, np.float32))
+
+    def test_single_request_is_not_copied(self) -> None:
+        x = np.zeros((2, 3), np.float32)
+        assert merge([{"x": x}])["x"] is x
+
+    def test_split_refuses_outputs_without_the_batch_dimension(self) -> None:
+        with pytest.raises(ValueError, match="batch dimension first"):
+            split({"y": np.zeros((5,), np.float32)}, [2, 2])
+
+    def test_signature_ignores_the_batch_dimension_only(self) -> None:
+        a = signature_of({"x": np.zeros((1, 7), np.int64)})
+        assert a == signature_of({"x": np.zeros((5, 7), np.int64)})
+        assert a != signature_of({"x": np.zeros((1, 8), np.int64)})
+        assert a != signature_of({"x": np.zeros((1, 7), np.int32)})

@@ -1,0 +1,115 @@
+"""The v2 wire format: JSON and binary tensors in, JSON and binary tensors out."""
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+
+import numpy as np
+import pytest
+
+from trtop.serve.errors import BadRequest, PayloadTooLarge
+from trtop.serve.protocol import RequestedOutput, decode_body, encode_infer_response, parse_infer_request
+
+
+def binary_body(arrays: dict[str, np.ndarray], datatype: str = "FP32", **extra: object) -> tuple[bytes, int]:
+    header = json.dumps({"inputs": [{"name": n, "shape": list(a.shape), "datatype": datatype,
+                                     "parameters": {"binary_data_size": a.nbytes}} for n, a in arrays.items()],
+                         **extra}).encode()
+    return header + b"".join(a.tobytes() for a in arrays.values()), len(header)
+
+
+class TestParse:
+    def test_json_tensor_flat_or_nested(self) -> None:
+        for data in ([1, 2, 3, 4, 5, 6], [[1, 2, 3], [4, 5, 6]]):
+            body = json.dumps({"id": "r1", "inputs": [{"name": "x", "shape": [2, 3], "datatype": "INT32",
+                                                       "data": data}]}).encode()
+            req = parse_infer_request(body, None)
+            assert req.id == "r1" and req.outputs is None and not req.binary_output
+            np.testing.assert_array_equal(req.inputs["x"], np.arange(1, 7, dtype=np.int32).reshape(2, 3))
+
+    def test_binary_tensors_are_views_of_the_body_in_order(self) -> None:
+        a, b = np.arange(6, dtype=np.float32).reshape(2, 3), np.ones((2, 1), np.float32)
+        body, n = binary_body({"a": a, "b": b}, parameters={"binary_data_output": True})
+        req = parse_infer_request(body, n)
+        np.testing.assert_array_equal(req.inputs["a"], a)
+        np.testing.assert_array_equal(req.inputs["b"], b)
+        assert req.binary_output and not req.inputs["a"].flags.owndata
+
+    def test_requested_outputs_and_timeout(self) -> None:
+        body = json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}],
+                           "outputs": [{"name": "y", "parameters": {"binary_data": True}}, {"name": "s"}],
+                           "parameters": {"timeout": 250000}}).encode()
+        req = parse_infer_request(body, None)
+        assert req.outputs == (RequestedOutput("y", True), RequestedOutput("s", False))
+        assert req.timeout_s == pytest.approx(0.25)
+
+    @pytest.mark.parametrize("body,match", [
+        (b"{nope", "not valid JSON"),
+        (b'{"inputs": []}', "non-empty"),
+        (b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1]}]}', "1 values but shape"),
+        (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}', "not supported"),
+        (b'{"inputs": [{"name": "x", "shape": [-1], "datatype": "FP32", "data": [1]}]}', "non-negative"),
+        (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": ["a"]}]}', "not a list of FP32"),
+        (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32"}]}', "neither"),
+        (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]},'
+         b' {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}', "twice"),
+        (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}], "parameters": {"timeout": -5}}',
+         "timeout"),
+        (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}],'
+         b' "outputs": [{"name": "y", "parameters": {"classification": 3}}]}', "classification"),
+    ])
+    def test_malformed_requests_say_what_is_wrong(self, body: bytes, match: str) -> None:
+        with pytest.raises(BadRequest, match=match):
+            parse_infer_request(body, None)
+
+    def test_binary_size_must_match_shape_and_body(self) -> None:
+        a = np.zeros((2, 2), np.float32)
+        body, n = binary_body({"a": a})
+        with pytest.raises(BadRequest, match="ends before"):
+            parse_infer_request(body[:-1], n)
+        with pytest.raises(BadRequest, match="declare"):
+            parse_infer_request(body + b"\0", n)
+        bad = body.replace(b'"binary_data_size": 16', b'"binary_data_size": 12')
+        with pytest.raises(BadRequest, match="does not match shape"):
+            parse_infer_request(bad, n)
+        with pytest.raises(BadRequest, match="outside the body"):
+            parse_infer_request(body, len(body) + 1)
+
+
+class TestDecodeBody:
+    def test_gzip_and_deflate(self) -> None:
+        raw = b'{"inputs": []}' * 10
+        assert decode_body(gzip.compress(raw), "gzip", 1000) == raw
+        assert decode_body(zlib.compress(raw), "deflate", 1000) == raw
+        assert decode_body(raw, None, 1000) == raw
+
+    def test_decompression_bomb_is_refused(self) -> None:
+        with pytest.raises(PayloadTooLarge):
+            decode_body(gzip.compress(b"\0" * 100_000), "gzip", 1000)
+
+    def test_unknown_encoding(self) -> None:
+        with pytest.raises(BadRequest, match="br"):
+            decode_body(b"x", "br", 10)
+
+
+class TestEncode:
+    def test_json_outputs(self) -> None:
+        body, n = encode_infer_response(model="m", version="1", request_id="7",
+                                        outputs=[("y", np.array([[1.5, 2.0]], np.float32), False)])
+        assert n is None
+        assert json.loads(body) == {"model_name": "m", "model_version": "1", "id": "7", "outputs": [
+            {"name": "y", "datatype": "FP32", "shape": [1, 2], "data": [1.5, 2.0]}]}
+
+    def test_binary_outputs_follow_the_header(self) -> None:
+        y = np.arange(6, dtype=np.int64).reshape(3, 2)[1:]  # a view, as split() returns
+        s = np.array([[True], [False]])
+        body, n = encode_infer_response(model="m", version="1", request_id=None,
+                                        outputs=[("y", y, True), ("s", s, False), ("e", np.zeros((0, 2), np.float32), True)])
+        assert n is not None
+        header = json.loads(body[:n])
+        assert header["outputs"][0] == {"name": "y", "datatype": "INT64", "shape": [2, 2],
+                                        "parameters": {"binary_data_size": 32}}
+        assert header["outputs"][1]["data"] == [True, False]
+        assert header["outputs"][2]["parameters"]["binary_data_size"] == 0
+        np.testing.assert_array_equal(np.frombuffer(body[n:], np.int64).reshape(2, 2), y)

@@ -1,0 +1,79 @@
+"""The backend table and the ONNX Runtime / TensorFlow backends on tiny models."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trtop.serve.errors import StartupError
+from trtop.serve.runtime import RuntimeOptions, guess_backend, load_runtime, resolve_backend
+
+from .conftest import make_affine_onnx
+
+
+def test_backend_names_and_import_paths() -> None:
+    from trtop.serve.backends.onnxruntime_impl import OnnxRuntime
+
+    assert resolve_backend("onnxruntime") is OnnxRuntime
+    assert resolve_backend("trtop.serve.backends.onnxruntime_impl:OnnxRuntime") is OnnxRuntime
+    with pytest.raises(StartupError, match="not one of"):
+        resolve_backend("pytorch")
+    with pytest.raises(StartupError, match="not installed here"):
+        resolve_backend("no_such_module_xyz:Thing")
+    with pytest.raises(StartupError, match="has no attribute"):
+        resolve_backend("trtop.serve.runtime:Nope")
+
+
+def test_guess_backend(tmp_path: Path) -> None:
+    (tmp_path / "sm").mkdir()
+    (tmp_path / "sm" / "saved_model.pb").write_bytes(b"")
+    assert guess_backend(tmp_path / "sm") == "tensorflow"
+    assert guess_backend(tmp_path / "m.onnx") == "onnxruntime"
+    assert guess_backend(tmp_path / "m.plan") == "tensorrt"
+    with pytest.raises(StartupError, match="--backend"):
+        guess_backend(tmp_path / "m.bin")
+
+
+def test_onnxruntime_runs_a_batch(affine_onnx: Path) -> None:
+    rt = load_runtime("onnxruntime", affine_onnx, RuntimeOptions(threads=1))
+    assert [(s.name, s.dtype, s.shape) for s in rt.inputs] == [("x", "float32", (-1, 4))]
+    assert [s.name for s in rt.outputs] == ["y", "s"] and rt.max_batch is None
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    out = rt.run({"x": np.frombuffer(x.tobytes(), np.float32).reshape(2, 4)}, ["s", "y"])  # read-only input
+    np.testing.assert_array_equal(out["y"], x * 2 + 1)
+    np.testing.assert_array_equal(out["s"], x.sum(axis=1, keepdims=True))
+    rt.close()
+
+
+def test_onnxruntime_fixed_batch_is_the_max(tmp_path: Path) -> None:
+    rt = load_runtime("onnxruntime", make_affine_onnx(tmp_path / "b1.onnx", batch=1), RuntimeOptions(threads=1))
+    assert rt.max_batch == 1
+
+
+def test_unloadable_model_is_a_startup_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    with pytest.raises(StartupError, match="ONNX Runtime could not load"):
+        load_runtime("onnxruntime", tmp_path / "bad.onnx", RuntimeOptions(threads=1))
+    with pytest.raises(StartupError, match="does not exist"):
+        load_runtime("onnxruntime", tmp_path / "missing.onnx", RuntimeOptions())
+
+
+@pytest.mark.slow
+def test_tensorflow_savedmodel(tmp_path: Path) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    tf = pytest.importorskip("tensorflow")
+
+    class Affine(tf.Module):  # type: ignore[misc]
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def serve(self, x: object) -> dict[str, object]:
+            return {"y": x * 2.0 + 1.0}
+
+    module = Affine()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
+    rt = load_runtime(guess_backend(tmp_path / "sm"), tmp_path / "sm", RuntimeOptions(threads=1, use_gpu=False))
+    assert [(s.name, s.dtype, s.shape) for s in rt.inputs] == [("x", "float32", (-1, 4))]
+    assert rt.platform == "tensorflow_savedmodel"
+    x = np.ones((3, 4), np.float32)
+    np.testing.assert_array_equal(rt.run({"x": x}, ["y"])["y"], x * 3)

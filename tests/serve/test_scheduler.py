@@ -1,0 +1,125 @@
+"""The batching worker: real asyncio, a fake backend that records the batches it ran."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Hashable
+
+import numpy as np
+import pytest
+
+from trtop.serve.batching import BatchPolicy, signature_of
+from trtop.serve.errors import InferenceFailed, NotReady, Overloaded, TimedOut
+from trtop.serve.scheduler import Scheduler
+from trtop.serve.types import Feeds, Outputs
+
+
+class FakeBackend:
+    """y = 10 * x; remembers batch sizes; can block (gate) or fail on a poison value."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, feeds: Feeds) -> Outputs:
+        self.gate.wait(10)
+        x = feeds["x"]
+        if (x == -1).any():
+            raise RuntimeError("poison")
+        self.batches.append(x.shape[0])
+        return {"y": x * 10}
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+        self.rows: list[int] = []
+
+    def dequeued(self, waited_s: float) -> None:
+        self.waits.append(waited_s)
+
+    def batch_done(self, rows: int, compute_s: float) -> None:
+        self.rows.append(rows)
+
+
+def feeds(value: float, rows: int = 1, width: int = 2) -> tuple[Feeds, int, Hashable]:
+    f = {"x": np.full((rows, width), value, np.float32)}
+    return f, rows, signature_of(f)
+
+
+async def submit(s: Scheduler, value: float, rows: int = 1, width: int = 2, timeout: float = 5.0) -> Outputs:
+    f, r, sig = feeds(value, rows, width)
+    return await s.submit(f, r, sig, timeout)
+
+
+@pytest.fixture
+def backend() -> FakeBackend:
+    return FakeBackend()
+
+
+async def test_concurrent_requests_form_batches_and_get_their_own_rows(backend: FakeBackend) -> None:
+    obs = Observer()
+    s = Scheduler(backend, BatchPolicy(8, 0.05), max_queue=100, observer=obs)
+    s.start()
+    results = await asyncio.gather(*(submit(s, i, rows=1 + i % 2) for i in range(12)))
+    for i, out in enumerate(results):
+        np.testing.assert_array_equal(out["y"], np.full((1 + i % 2, 2), i * 10, np.float32))
+    assert max(backend.batches) > 1 and all(b <= 8 for b in backend.batches)
+    assert sum(backend.batches) == sum(1 + i % 2 for i in range(12)) == sum(obs.rows)
+    assert len(obs.waits) == 12
+    await s.close()
+
+
+async def test_different_shapes_never_share_a_batch(backend: FakeBackend) -> None:
+    s = Scheduler(backend, BatchPolicy(8, 0.05), max_queue=100)
+    s.start()
+    outs = await asyncio.gather(*(submit(s, i, width=2 + i % 2) for i in range(6)))
+    assert [o["y"].shape[1] for o in outs] == [2, 3, 2, 3, 2, 3]
+    assert sorted(backend.batches) == [3, 3]
+    await s.close()
+
+
+async def test_full_queue_is_refused_at_once(backend: FakeBackend) -> None:
+    backend.gate.clear()  # the first batch blocks in the backend
+    s = Scheduler(backend, BatchPolicy(1, 0.0), max_queue=2)
+    s.start()
+    first = asyncio.ensure_future(submit(s, 1))
+    await asyncio.sleep(0.05)  # running, queue empty
+    queued = [asyncio.ensure_future(submit(s, v)) for v in (2, 3)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded, match="queue is full"):
+        await submit(s, 4)
+    backend.gate.set()
+    assert [(await t)["y"][0, 0] for t in (first, *queued)] == [10, 20, 30]
+    await s.close()
+
+
+async def test_a_request_past_its_deadline_leaves_the_queue_and_never_runs(backend: FakeBackend) -> None:
+    s = Scheduler(backend, BatchPolicy(8, 10.0), max_queue=10)  # nothing runs before the delay
+    s.start()
+    with pytest.raises(TimedOut, match="waited 0.05s in the queue"):
+        await submit(s, 1, timeout=0.05)
+    assert s.queued == 0
+    await s.close()
+    assert backend.batches == []
+
+
+async def test_a_failing_request_fails_alone(backend: FakeBackend) -> None:
+    s = Scheduler(backend, BatchPolicy(8, 0.05), max_queue=10)
+    s.start()
+    results = await asyncio.gather(submit(s, 1), submit(s, -1), submit(s, 3), return_exceptions=True)
+    assert isinstance(results[1], InferenceFailed) and "poison" in str(results[1])
+    assert [r["y"][0, 0] for r in (results[0], results[2])] == [10, 30]  # type: ignore[index]
+    await s.close()
+
+
+async def test_close_runs_what_is_queued_without_waiting_for_the_delay(backend: FakeBackend) -> None:
+    s = Scheduler(backend, BatchPolicy(8, 30.0), max_queue=10)
+    s.start()
+    pending = [asyncio.ensure_future(submit(s, v)) for v in (1, 2)]
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(s.close(), 2)
+    assert [(await t)["y"][0, 0] for t in pending] == [10, 20]
+    with pytest.raises(NotReady):
+        await submit(s, 3)

@@ -1,0 +1,35 @@
+"""Server settings: flags beat TRTOP_* variables, which beat defaults."""
+from __future__ import annotations
+
+import pytest
+
+from trtop import names
+from trtop.serve.settings import ServeSettings, parse_settings
+
+
+def test_defaults() -> None:
+    s = parse_settings([], env={})
+    assert s == ServeSettings()
+    assert s.max_body_bytes == 64 * 1024 * 1024
+
+
+def test_env_then_flags() -> None:
+    env = {names.ENV_MODEL_NAME: "resnet", names.ENV_SERVE_MAX_QUEUE_DELAY_MS: "7.5", names.ENV_SERVE_PORT: "9000",
+           names.ENV_ENGINE_SET: '["e-1"]', names.ENV_STORE_URI: "s3://b/p"}
+    s = parse_settings(["--port", "9100"], env=env)
+    assert (s.model_name, s.max_queue_delay_ms, s.port, s.engine_set, s.store_uri) == (
+        "resnet", 7.5, 9100, '["e-1"]', "s3://b/p")
+
+
+@pytest.mark.parametrize("argv,env,match", [
+    (["--max-queue-size", "0"], {}, "max-queue-size"),
+    (["--model", "a.onnx", "--engine-dir", "d"], {}, "only one"),
+    (["--timeout-s", "0"], {}, "timeout"),
+    ([], {names.ENV_SERVE_PORT: "http"}, "TRTOP_PORT"),
+])
+def test_bad_settings_exit_with_usage(argv: list[str], env: dict[str, str], match: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_settings(argv, env=env)
+    assert exc.value.code == 2
+    assert match in capsys.readouterr().err
