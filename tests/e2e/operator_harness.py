@@ -63,9 +63,11 @@ class OperatorProcess:
             "PYTHONUNBUFFERED": "1", **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log_file: Any = None
 
     def start(self) -> OperatorProcess:
-        log = self.log_path.open("ab")
+        self._close_log()
+        log = self._log_file = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "trtop.cli", "operator", "--standalone",
              "--liveness", f"http://127.0.0.1:{self.health_port}/healthz"],
@@ -91,6 +93,12 @@ class OperatorProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
 
     def stop(self) -> int:
         if self.proc and self.proc.poll() is None:
@@ -100,6 +108,7 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        self._close_log()
         return self.proc.returncode if self.proc else 0
 
     def log(self) -> str:

@@ -40,7 +40,7 @@ def test_build_job_is_pinned_bounded_non_root_and_owned(mixed_cluster, settings)
     exprs = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"]
     assert {e["key"]: e["values"] for e in exprs} == {
         names.GFD_CC_MAJOR: ["8"], names.GFD_CC_MINOR: ["9"], names.GFD_PRODUCT: ["NVIDIA-L4", "NVIDIA-L4-SHARED"]}
-    assert pod["containers"][0]["resources"]["limits"][names.GPU_RESOURCE] == 1
+    assert pod["containers"][0]["resources"]["limits"][names.GPU_RESOURCE] == "1"
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["restartPolicy"] == "Never"
     assert spec["activeDeadlineSeconds"] == 3600 and spec["backoffLimit"] == 2 and spec["ttlSecondsAfterFinished"] > 0
     assert spec["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2]

@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
         clusterwide=not settings.namespaces,
         namespaces=list(settings.namespaces),
         standalone=args.standalone,
-        peering_name=args.peering,
+        peering_name=None if args.standalone else args.peering,  # a name makes peering mandatory
         priority=args.priority,
         liveness_endpoint=args.liveness or None,
     ))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -22,6 +24,7 @@ from trtop.config import Settings
 from trtop.handlers import metrics
 from trtop.k8s import observe
 from trtop.k8s.apply import apply, create_job
+from trtop.k8s.events import post_event
 from trtop.planning.engines import engine_statuses
 from trtop.planning.facts import ClusterFacts, JobFact
 from trtop.planning.plan import Plan, plan_model_deployment
@@ -32,6 +35,8 @@ from trtop.store import open_store
 log = logging.getLogger(__name__)
 _seen_ready: set[str] = set()  # engine keys this process has counted (cache-hit metric)
 _built_by_us: set[str] = set()
+# One reconcile at a time per object: kopf's handlers and the resync loop may both call in.
+_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
 
 def now() -> str:
@@ -40,6 +45,12 @@ def now() -> str:
 
 def reconcile(body: Mapping[str, Any], patch: kopf.Patch, logger: logging.Logger | kopf.Logger,
               settings: Settings, autoscaled: int | None = None, scaling_limit: str = "") -> Plan | None:
+    with _locks[str(body["metadata"].get("uid"))]:
+        return _reconcile(body, patch, logger, settings, autoscaled, scaling_limit)
+
+
+def _reconcile(body: Mapping[str, Any], patch: kopf.Patch, logger: logging.Logger | kopf.Logger,
+               settings: Settings, autoscaled: int | None, scaling_limit: str) -> Plan | None:
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     status = dict(body.get("status") or {})
@@ -57,8 +68,8 @@ def reconcile(body: Mapping[str, Any], patch: kopf.Patch, logger: logging.Logger
         for job in created:
             metrics.BUILDS.labels("created").inc()
             _built_by_us.add(job["metadata"]["labels"][names.LABEL_ENGINE_KEY])
-            logger.info(f"Created build Job {job['metadata']['name']} for target "
-                        f"{job['metadata']['labels'][names.LABEL_TARGET]}.")
+            post_event(body, "Normal", "BuildStarted", f"Created build Job {job['metadata']['name']} for target "
+                       f"{job['metadata']['labels'][names.LABEL_TARGET]}.")
         if plan.jobs_to_create:  # they exist now (ours or a concurrent one's): plan again with them
             jobs = dict(facts.jobs)
             for job in plan.jobs_to_create:
@@ -104,8 +115,8 @@ def _count_engines(plan: Plan) -> None:
 def _write_status(old: Mapping[str, Any], new: Mapping[str, Any], patch: kopf.Patch,
                   logger: logging.Logger | kopf.Logger, body: Mapping[str, Any]) -> None:
     for event in events_between(old, new):
-        # kopf.event posts the Event; the module logger (not kopf's, which posts too) logs it once.
-        kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)
+        # The module logger (not kopf's, which would post a second Event) logs it once.
+        post_event(body, event.type, event.reason, event.message)
         (log.warning if event.type == "Warning" else log.info)("%s/%s: %s", body["metadata"]["namespace"],
                                                                  body["metadata"]["name"], event.message)
     for field, value in new.items():
@@ -132,7 +143,7 @@ def _report_spec_error(body: Mapping[str, Any], patch: kopf.Patch, logger: loggi
     kept = [c for t, c in prev.items() if t not in {c["type"] for c in conds}]
     new = {"observedGeneration": gen, "phase": "Stalled", "message": message, "conditions": conds + kept}
     if old.get("message") != message:
-        kopf.event(dict(body), type="Warning", reason="InvalidSpec", message=message)
+        post_event(body, "Warning", "InvalidSpec", message)
         log.warning("%s/%s: %s", body["metadata"]["namespace"], body["metadata"]["name"], message)
     for field, value in new.items():
         if old.get(field) != value:

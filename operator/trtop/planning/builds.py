@@ -38,7 +38,7 @@ def build_job(md: Mapping[str, Any], spec: ModelDeploymentSpec, engine: EngineSt
         mounts.append({"name": "model", "mountPath": f"{MODEL_MOUNT_ROOT}/{claim}", "readOnly": True})
     resources: dict[str, Any] = {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "16Gi"}}
     if not request.target.is_cpu:
-        resources["limits"][names.GPU_RESOURCE] = 1
+        resources["limits"][names.GPU_RESOURCE] = "1"
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "securityContext": POD_SECURITY_CONTEXT,

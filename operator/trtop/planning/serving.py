@@ -74,7 +74,7 @@ def build_deployment(
     ]
     resources: dict[str, Any] = json.loads(json.dumps(spec.serving.resources)) if spec.serving.resources else {}
     if gpu:
-        resources.setdefault("limits", {})[names.GPU_RESOURCE] = 1
+        resources.setdefault("limits", {})[names.GPU_RESOURCE] = "1"
     pod_labels = labels(md_name, names.COMPONENT_INFERENCE)
     revision = model_revision(spec)
     set_hash = engine_set_hash(engines)
