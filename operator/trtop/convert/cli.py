@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Build (or reuse) one engine; always leave a termination summary behind."""
-    termination = env.get(ENV_TERMINATION_LOG, DEFAULT_TERMINATION_LOG)
+    # In a pod the kubelet mounts the default file; elsewhere (a laptop) write nothing unless asked to.
+    termination = env.get(ENV_TERMINATION_LOG) or (
+        DEFAULT_TERMINATION_LOG if os.path.exists(DEFAULT_TERMINATION_LOG) else "")
     summary: dict[str, Any]
     try:
         with _stop_on_sigterm():
@@ -123,6 +125,8 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def write_termination_message(path: str, summary: Mapping[str, Any]) -> None:
     """Write the JSON summary where Kubernetes reads the termination message (trimmed to fit)."""
+    if not path:
+        return
     data = dict(summary)
     text = json.dumps(data, sort_keys=True)
     if len(text.encode()) > TERMINATION_LIMIT:
