@@ -5,7 +5,6 @@ Imported by ``trtop operator`` (kopf.operator) and by ``kopf run -m trtop.handle
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from typing import Any
 
@@ -13,7 +12,7 @@ import kopf
 
 from trtop import names
 from trtop.config import Settings
-from trtop.handlers import resync
+from trtop.handlers import autoscaling, resync
 from trtop.handlers.modeldeployment import reconcile
 
 SETTINGS = Settings.from_env()
@@ -27,6 +26,7 @@ async def on_startup_operator(settings: kopf.OperatorSettings, **_: Any) -> None
 
     configure(settings, SETTINGS)
     _background.append(resync.start(SETTINGS, RECONCILE_INTERVAL))
+    _background.append(autoscaling.start(SETTINGS))
 
 
 @kopf.on.cleanup()
@@ -40,5 +40,5 @@ async def on_cleanup_operator(**_: Any) -> None:
 @kopf.on.resume(names.GROUP, names.VERSION, names.PLURAL)
 @kopf.on.create(names.GROUP, names.VERSION, names.PLURAL)
 @kopf.on.update(names.GROUP, names.VERSION, names.PLURAL, field="spec")
-def on_change_model_deployment(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
+def on_change_model_deployment(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
     reconcile(body, patch, logger, SETTINGS)

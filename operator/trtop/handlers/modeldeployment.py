@@ -22,6 +22,7 @@ from trtop.api.errors import SpecError
 from trtop.api.spec import parse_spec
 from trtop.config import Settings
 from trtop.handlers import metrics
+from trtop.handlers.scale_state import last_decision
 from trtop.k8s import observe
 from trtop.k8s.apply import apply, create_job
 from trtop.k8s.events import post_event
@@ -45,7 +46,10 @@ def now() -> str:
 
 def reconcile(body: Mapping[str, Any], patch: kopf.Patch, logger: logging.Logger | kopf.Logger,
               settings: Settings, autoscaled: int | None = None, scaling_limit: str = "") -> Plan | None:
-    with _locks[str(body["metadata"].get("uid"))]:
+    uid = str(body["metadata"].get("uid"))
+    if autoscaled is None:  # every reconcile keeps the autoscaler's last decision
+        autoscaled, scaling_limit = last_decision(uid)
+    with _locks[uid]:
         return _reconcile(body, patch, logger, settings, autoscaled, scaling_limit)
 
 
@@ -129,7 +133,7 @@ def _report_spec_error(body: Mapping[str, Any], patch: kopf.Patch, logger: loggi
     old = dict(body.get("status") or {})
     gen = int(body["metadata"].get("generation", 0))
     message = f"{error} (fix the spec; nothing was built or changed)"
-    conds = [
+    conds: list[dict[str, Any]] = [
         {"type": names.COND_READY, "status": "False", "reason": "InvalidSpec", "message": message},
         {"type": names.COND_STALLED, "status": "True", "reason": "InvalidSpec", "message": message},
         {"type": names.COND_RECONCILING, "status": "False", "reason": "InvalidSpec", "message": message},

@@ -1,0 +1,121 @@
+"""The builtin autoscaler's shell: read load, ``decide`` (pure), apply through reconcile.
+
+Runs as one loop per operator (like the resync loop, no finalizer). For each
+ModelDeployment with ``scaling.mode: builtin`` and a serving Deployment, every
+``TRTOP_AUTOSCALE_INTERVAL_SECONDS``: read each serving pod's load (its ``/metrics``, or
+Prometheus when ``TRTOP_PROMETHEUS_URL`` is set), cap by the GPUs the cluster can still
+host on architectures with a ready engine, decide like the HPA, and when the count
+changes, reconcile with it (so the Deployment is server-side applied with the new
+replicas) and post an Event with the readings behind it. Decisions live in memory; after
+a restart the live Deployment's replicas are the starting point (see docs/autoscaling.md).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import kopf
+
+from trtop import names
+from trtop.api.errors import SpecError
+from trtop.api.spec import parse_spec
+from trtop.api.targets import Target
+from trtop.autoscale import Decision, Observation, ScalingHistory, decide, policy_from_spec
+from trtop.autoscale.capacity import schedulable_capacity
+from trtop.autoscale.load import LoadSource, endpoint_from_pod, open_load_source
+from trtop.config import Settings
+from trtop.handlers import metrics
+from trtop.handlers.modeldeployment import reconcile
+from trtop.handlers.scale_state import STATES, ScaleState
+from trtop.k8s import observe
+from trtop.k8s.client import get_clients
+from trtop.k8s.events import list_model_deployments, patch_status, post_event
+from trtop.planning.facts import NodeFact
+from trtop.planning.targets import nodes_for_target
+
+log = logging.getLogger(__name__)
+
+
+async def autoscale_once(settings: Settings, source: LoadSource) -> None:
+    bodies = await asyncio.to_thread(list_model_deployments, settings.namespaces)
+    nodes: tuple[NodeFact, ...] | None = None
+    for body in bodies:
+        try:
+            spec = parse_spec(body.get("spec") or {})
+        except SpecError:
+            continue
+        if spec.scaling.mode != "builtin" or body["metadata"].get("deletionTimestamp"):
+            STATES.pop(body["metadata"]["uid"], None)
+            continue
+        meta = body["metadata"]
+        live = await asyncio.to_thread(observe.observe_deployment, meta["namespace"], meta["name"])
+        if live is None:
+            continue
+        if nodes is None:
+            nodes = await asyncio.to_thread(observe.observe_nodes)
+        pods = await asyncio.to_thread(_serving_pods, body)
+        endpoints = [e for e in (endpoint_from_pod(p, spec.serving.port) for p in pods) if e is not None]
+        reading = await source.read(endpoints, spec.scaling.metric)
+        served = [Target.parse(e["target"]) for e in (body.get("status") or {}).get("engines", [])
+                  if e.get("state") == "Ready" and e.get("key") in (body.get("status") or {}).get("servedEngines", [])]
+        gpu = any(not t.is_cpu for t in served)
+        eligible = {n.name for t in served for n in nodes_for_target(t, nodes)}
+        capacity = schedulable_capacity(nodes, eligible=lambda n: n.name in eligible,
+                                        gpus_per_replica=1 if gpu else 0, running_replicas=live.replicas)
+        observation = Observation(at=time.time(), current_replicas=live.replicas, pods=reading.samples,
+                                  schedulable_capacity=capacity)
+        state = STATES.setdefault(meta["uid"], ScaleState(ScalingHistory()))
+        decision, state.history = decide(policy_from_spec(spec.scaling), observation, state.history)
+        state.desired, state.limit = decision.desired_replicas, decision.capacity_message if decision.capped else ""
+        await asyncio.to_thread(_apply, body, decision, reading.errors, settings)
+
+
+def _serving_pods(body: dict[str, Any]) -> list[dict[str, Any]]:
+    c = get_clients()
+    selector = (body.get("status") or {}).get("selector") or (
+        f"{names.LABEL_MODEL_DEPLOYMENT}={body['metadata']['name']},"
+        f"{names.LABEL_COMPONENT}={names.COMPONENT_INFERENCE}")
+    pods = c.core.list_namespaced_pod(body["metadata"]["namespace"], label_selector=selector).items
+    return [c.api.sanitize_for_serialization(p) for p in pods]  # type: ignore[no-untyped-call]
+
+
+def _apply(body: dict[str, Any], decision: Decision, errors: tuple[str, ...], settings: Settings) -> None:
+    status = body.get("status") or {}
+    reading = {"metric": decision.metric_value, "pods": decision.metric_pods, "missing": decision.missing_pods,
+               "desired": decision.desired_replicas, "reason": decision.reason,
+               "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if decision.changed:
+        patch = kopf.Patch()
+        reconcile(body, patch, log, settings, autoscaled=decision.desired_replicas,
+                  scaling_limit=decision.capacity_message if decision.capped else "")
+        patch.status["lastScale"] = reading
+        patch_status(body, dict(patch.status))
+        metrics.SCALE_CHANGES.labels(decision.direction).inc()
+        post_event(body, "Normal", "Scaled" + decision.direction.capitalize(),
+                   f"replicas {decision.current_replicas} -> {decision.desired_replicas}: {decision.reason}")
+    elif decision.capped and status.get("lastCapped") != decision.capacity_message:
+        post_event(body, "Warning", "ScalingLimited", decision.capacity_message)
+        patch_status(body, {"lastCapped": decision.capacity_message})
+    if errors:
+        log.info("%s/%s: load readings missing: %s", body["metadata"]["namespace"], body["metadata"]["name"],
+                 "; ".join(errors)[:500])
+
+
+async def autoscale_forever(settings: Settings, stopped: asyncio.Event) -> None:
+    source = open_load_source(settings.prometheus_url)
+    while not stopped.is_set():
+        try:
+            await autoscale_once(settings, source)
+        except Exception:  # noqa: BLE001 - a failed round (API or metrics down) is retried next round
+            log.exception("Autoscale round failed")
+        try:
+            await asyncio.wait_for(stopped.wait(), timeout=settings.autoscale_interval_seconds)
+        except asyncio.TimeoutError:
+            pass
+
+
+def start(settings: Settings) -> tuple[asyncio.Task[Any], asyncio.Event]:
+    stopped = asyncio.Event()
+    return asyncio.create_task(autoscale_forever(settings, stopped), name="trtop-autoscale"), stopped

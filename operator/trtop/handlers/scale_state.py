@@ -1,0 +1,26 @@
+"""The autoscaler's last decision per ModelDeployment, shared by the autoscale and reconcile loops.
+
+In memory on purpose: after a restart the live Deployment's replicas are the starting
+point, and a fresh history makes scale-down wait a full window (the HPA does the same).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from trtop.autoscale import ScalingHistory
+
+
+@dataclass
+class ScaleState:
+    history: ScalingHistory
+    desired: int | None = None
+    limit: str = ""  # ScalingLimited message while capped by GPUs
+
+
+STATES: dict[str, ScaleState] = {}
+
+
+def last_decision(uid: str) -> tuple[int | None, str]:
+    """(replicas, capacity message) of the last decision; (None, "") before the first."""
+    state = STATES.get(uid)
+    return (state.desired, state.limit) if state else (None, "")
