@@ -207,3 +207,14 @@ def test_pod_labels_and_annotations_reach_build_and_serving_pods(mixed_cluster, 
     with pytest.raises(SpecError, match="set by trtop"):
         plan(md_body({"model": {"uri": "s3://m"}, "engine": {"podLabels": {"app.kubernetes.io/name": "x"}}}),
              ClusterFacts(), settings)
+
+
+def test_build_jobs_follow_the_serving_node_selector(mixed_cluster, settings):
+    body = md_body({"model": {"uri": "file:///m.keras", "format": "keras"}, "engine": {"targets": ["cpu"]},
+                    "serving": {"nodeSelector": {"kubernetes.io/hostname": "cpu-1"}}})
+    job = plan(body, ClusterFacts(nodes=mixed_cluster), settings).jobs_to_create[0]
+    assert job["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "cpu-1"}
+    nowhere = md_body({"model": {"uri": "file:///m.keras", "format": "keras"}, "engine": {"targets": ["cpu"]},
+                       "serving": {"nodeSelector": {"pool": "missing"}}})
+    p = plan(nowhere, ClusterFacts(nodes=mixed_cluster), settings)
+    assert p.jobs_to_create == () and p.status["engines"][0]["state"] == "Unschedulable"

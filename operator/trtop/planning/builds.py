@@ -57,6 +57,8 @@ def build_job(md: Mapping[str, Any], spec: ModelDeploymentSpec, engine: EngineSt
         }],
         "volumes": volumes,
     }
+    if spec.serving.node_selector:  # build where serving may run (discovery used the same selector)
+        pod_spec["nodeSelector"] = dict(spec.serving.node_selector)
     if settings.workload_service_account:
         pod_spec["serviceAccountName"] = settings.workload_service_account
     return {

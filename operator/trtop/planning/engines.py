@@ -7,7 +7,7 @@ Unschedulable when no node can build it.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -16,7 +16,7 @@ from trtop.api.spec import ModelDeploymentSpec
 from trtop.api.targets import Target
 from trtop.config import Settings
 from trtop.planning.facts import ClusterFacts, NodeFact
-from trtop.planning.targets import nodes_for_target
+from trtop.planning.targets import node_matches_selector, nodes_for_target
 
 EngineState = Literal["Ready", "Building", "Pending", "Failed", "Unschedulable"]
 MODEL_MOUNT_ROOT = "/mnt/models"  # pvc://<claim>/<path> is mounted here in build Jobs
@@ -74,14 +74,11 @@ def job_name(request: EngineRequest) -> str:
 def engine_statuses(
     spec: ModelDeploymentSpec, targets: Iterable[Target], facts: ClusterFacts, settings: Settings,
 ) -> tuple[EngineStatus, ...]:
-    out = []
-    for target in targets:
-        request = build_engine_request(spec, target, settings)
-        out.append(_status_of(request, facts, facts.nodes))
-    return tuple(out)
+    usable = [n for n in facts.nodes if node_matches_selector(n.labels, spec.serving.node_selector)]
+    return tuple(_status_of(build_engine_request(spec, t, settings), facts, usable) for t in targets)
 
 
-def _status_of(request: EngineRequest, facts: ClusterFacts, nodes: tuple[NodeFact, ...]) -> EngineStatus:
+def _status_of(request: EngineRequest, facts: ClusterFacts, nodes: Sequence[NodeFact]) -> EngineStatus:
     key, name = request.key, job_name(request)
     record = facts.records.get(key)
     if record is not None:
