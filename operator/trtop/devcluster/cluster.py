@@ -81,6 +81,7 @@ def up(name: str = workspace.DEFAULT_NAME, *, pools_file: Path | None = None, pr
     result = apply_pools(kubectl, pools)
     _wait_nodes(kubectl, [n for p in pools if not p.local_runner for n in p.node_names()], log)
     _report(result, log)
+    install_crds(kubectl, root, log)
     log(f"ready. Use it with:\n\n    export KUBECONFIG={cluster.kubeconfig}\n")
     return ClusterInfo(name, "kwok", cluster.kubeconfig, created, kubectl)
 
@@ -144,6 +145,19 @@ def apply_nodes(name: str = workspace.DEFAULT_NAME, *, pools_file: Path | None =
     return result
 
 
+def install_crds(kubectl: Kubectl, root: Path, log: Log, timeout: float = 60) -> list[str]:
+    """Apply the checkout's CRDs (crds/*.yaml) and wait until the API serves them."""
+    files = sorted((root / "crds").glob("*.yaml"))
+    if not files:
+        return []
+    args = [arg for f in files for arg in ("-f", str(f))]
+    out = kubectl.run("apply", "--server-side", "--force-conflicts", "--field-manager", "trtop-dev", *args, "-o", "name")
+    crds = out.split()
+    kubectl.run("wait", "--for=condition=Established", f"--timeout={int(timeout)}s", *crds, timeout=timeout + 10)
+    log(f"CRDs installed: {', '.join(c.split('/', 1)[-1] for c in crds)}")
+    return crds
+
+
 def _wait_ready(kubectl: Kubectl, log: Log, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not kubectl.ready():
@@ -175,4 +189,4 @@ def _provider_of(root: Path, name: str) -> str:
     return path.read_text().strip() if path.is_file() else "kwok"
 
 
-__all__ = ["ClusterInfo", "Tools", "apply_nodes", "down", "progress_log", "status", "up"]
+__all__ = ["ClusterInfo", "Tools", "apply_nodes", "down", "install_crds", "progress_log", "status", "up"]

@@ -129,6 +129,7 @@ def start_session(name: str = TEST_CLUSTER, log: Callable[[str], None] | None = 
         if not client.ready():
             raise RuntimeError(f"the cluster of KUBECONFIG={given} does not answer /readyz; start it "
                                "(`trtop dev cluster up`) or unset KUBECONFIG to let the tests start their own")
+        cluster.install_crds(client, root, log or cluster.progress_log("test-cluster"))
         return DevCluster(kubeconfig, client, None, False)
     with _lock(root, name):
         info = cluster.up(name, log=log or cluster.progress_log("test-cluster"))
