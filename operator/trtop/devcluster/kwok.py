@@ -15,6 +15,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -24,6 +25,7 @@ from trtop.devcluster.kubectl import Kubectl
 from trtop.devcluster.tools import Tools
 
 Log = Callable[[str], None]
+CONFIG_FILES = ("kwokctl.yaml", "stages.yaml")
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok-controller")
 
 
@@ -63,20 +65,9 @@ class KwokCluster:
             "PATH": self.tools.search_path(),
         }
 
-    def config_files(self) -> list[Path]:
-        """kwokctl.yaml (kwok manages annotated nodes only) and stages.yaml, from package data."""
-        out = workspace.work_dir(self.root) / "config"
-        out.mkdir(parents=True, exist_ok=True)
-        files = []
-        for name in ("kwokctl.yaml", "stages.yaml"):
-            path = out / name
-            path.write_text(resources.files("trtop.devcluster").joinpath(name).read_text())
-            files.append(path)
-        return files
-
-    def create_argv(self) -> list[str]:
+    def create_argv(self, config_files: list[Path]) -> list[str]:
         t = self.tools
-        config = [arg for path in self.config_files() for arg in ("-c", str(path))]
+        config = [arg for path in config_files for arg in ("-c", str(path))]
         return [
             str(t.kwokctl), *config, "create", "cluster", "--name", self.name, "--runtime", "binary",
             "--kube-apiserver-binary", str(t.kube_apiserver),
@@ -101,17 +92,21 @@ class KwokCluster:
         return alive
 
     def create(self, log: Log, *, dry_run: bool = False) -> None:
-        argv = self.create_argv() + (["--dry-run"] if dry_run else [])
-        self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
-        if dry_run:
-            subprocess.run(argv, env=self.env(), check=True)
-            return
-        log(f"starting the control plane (kwokctl --runtime binary; log: {self.log_file})")
-        # kwokctl picks free ports at create time: two creates at once could pick the same ones.
-        lock = self.root / ".work" / "dev-cluster-create.lock"
-        with lock.open("w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            self._kwokctl(argv)
+        with ExitStack() as stack:
+            # kwokctl.yaml (kwok manages annotated nodes only) and stages.yaml, from package data;
+            # kwokctl copies them into the cluster's state, so a temporary path is enough.
+            package = resources.files("trtop.devcluster")
+            files = [stack.enter_context(resources.as_file(package.joinpath(n))) for n in CONFIG_FILES]
+            argv = self.create_argv(files) + (["--dry-run"] if dry_run else [])
+            if dry_run:
+                subprocess.run(argv, env=self.env(), check=True)
+                return
+            self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+            log(f"starting the control plane (kwokctl --runtime binary; log: {self.log_file})")
+            # kwokctl picks free ports at create time: two creates at once could pick the same ones.
+            with (self.root / ".work" / "dev-cluster-create.lock").open("w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                self._kwokctl(argv)
 
     def start(self, log: Log) -> None:
         """Restart a stopped cluster (e.g. after a reboot) from its saved state."""
