@@ -17,4 +17,4 @@ SERVER_CPU_IMAGE: Final = f"{IMAGE_REGISTRY}/server-cpu:{TRTOP_VERSION}"
 TENSORRT_VERSION: Final = "10.13.0"
 TENSORRT_BASE_IMAGE: Final = "nvcr.io/nvidia/tensorrt:25.08-py3"
 # ONNX Runtime: the CPU target's "engine version" (part of CPU engine keys).
-ONNXRUNTIME_VERSION: Final = "1.31"
+ONNXRUNTIME_VERSION: Final = "1.32"

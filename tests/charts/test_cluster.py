@@ -217,10 +217,6 @@ def test_namespaced_operator_serves_its_namespace_and_ignores_others(dev_cluster
     assert "Pausing" not in log
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the operator's resync and autoscaler loops (trtop.handlers.resync/autoscaling) are plain asyncio "
-    "tasks that kopf's peering pause does not stop: a paused standby replica still reconciles every "
-    "ModelDeployment. They must act only while this replica holds the peering (highest live priority)."))
 def test_two_replicas_one_works_the_other_takes_over(dev_cluster, namespaced_release, tmp_path):
     """Replicas peer through the chart's KopfPeering: the highest priority works, the other waits and takes over."""
     install = namespaced_release

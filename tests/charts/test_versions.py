@@ -75,9 +75,6 @@ def test_every_image_dockerfile_is_versioned():
         "converter/Dockerfile", "operator/Dockerfile", "server/Dockerfile", "server/Dockerfile.cpu"]
 
 
-@pytest.mark.xfail(strict=True, reason="versions.ONNXRUNTIME_VERSION is 1.31 while the tested environment "
-                                       "(and so images/constraints.txt) has onnxruntime 1.32: CPU engine keys "
-                                       "name a runtime the images do not carry; bump one of them")
 def test_images_carry_the_onnxruntime_that_cpu_engine_keys_name():
     pins = dict(line.split("==") for line in (ROOT / "images" / "constraints.txt").read_text().splitlines()
                 if "==" in line and not line.startswith("#"))

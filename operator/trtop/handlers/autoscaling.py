@@ -29,7 +29,7 @@ from trtop.config import Settings
 from trtop.handlers import metrics
 from trtop.handlers.modeldeployment import reconcile
 from trtop.handlers.scale_state import STATES, ScaleState
-from trtop.k8s import observe
+from trtop.k8s import observe, peering
 from trtop.k8s.client import get_clients
 from trtop.k8s.events import list_model_deployments, patch_status, post_event
 from trtop.planning.facts import NodeFact
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 
 async def autoscale_once(settings: Settings, source: LoadSource) -> None:
+    if not await asyncio.to_thread(peering.this_replica_works):
+        return
     bodies = await asyncio.to_thread(list_model_deployments, settings.namespaces)
     nodes: tuple[NodeFact, ...] | None = None
     for body in bodies:

@@ -45,6 +45,10 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings.from_env()
     import trtop.handlers.main  # noqa: F401 - registers the handlers
+    from trtop.k8s import peering
+
+    peering.configure(standalone=args.standalone, name=args.peering, priority=args.priority,
+                      namespaces=settings.namespaces)
 
     kopf.configure(verbose=args.verbose)
     asyncio.run(kopf.operator(

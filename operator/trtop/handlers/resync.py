@@ -17,13 +17,16 @@ from kubernetes.client.exceptions import ApiException
 
 from trtop.config import Settings
 from trtop.handlers.modeldeployment import reconcile
+from trtop.k8s import peering
 from trtop.k8s.events import list_model_deployments, patch_status
 
 log = logging.getLogger(__name__)
 
 
 def resync_once(settings: Settings) -> int:
-    """Reconcile each ModelDeployment once; returns how many were handled."""
+    """Reconcile each ModelDeployment once; returns how many were handled (0 on a standby replica)."""
+    if not peering.this_replica_works():
+        return 0
     count = 0
     for body in list_model_deployments(settings.namespaces):
         if body["metadata"].get("deletionTimestamp"):
