@@ -7,5 +7,6 @@ cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$py" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
+# images/constraints.txt pins what the images carry (make lock): CI tests those versions.
+.venv/bin/python -m pip install -q -c images/constraints.txt -e '.[dev]'
 .venv/bin/python -m pip install -q --no-deps 'tensorrt-stubs==10.13.0.35.1'

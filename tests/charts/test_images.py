@@ -23,7 +23,7 @@ IMAGES = ROOT / "images"
 EXTRAS = {
     "operator/Dockerfile": "operator",
     "converter/Dockerfile": "convert",
-    "server/Dockerfile": "serve",
+    "server/Dockerfile": "serve,gpu",  # + cuda-python for the TensorRT backend's buffers
     "server/Dockerfile.cpu": "serve",
 }
 DOCKERFILES = {name: IMAGES / name for name in EXTRAS}
