@@ -30,7 +30,7 @@ from trtop.handlers import metrics
 from trtop.handlers.modeldeployment import reconcile
 from trtop.handlers.scale_state import STATES, ScaleState
 from trtop.k8s import observe, peering
-from trtop.k8s.client import get_clients
+from trtop.k8s.client import get_clients, plain
 from trtop.k8s.events import list_model_deployments, patch_status, post_event
 from trtop.planning.facts import NodeFact
 from trtop.planning.targets import nodes_for_target
@@ -79,8 +79,7 @@ def _serving_pods(body: dict[str, Any]) -> list[dict[str, Any]]:
     selector = (body.get("status") or {}).get("selector") or (
         f"{names.LABEL_MODEL_DEPLOYMENT}={body['metadata']['name']},"
         f"{names.LABEL_COMPONENT}={names.COMPONENT_INFERENCE}")
-    pods = c.core.list_namespaced_pod(body["metadata"]["namespace"], label_selector=selector).items
-    return [c.api.sanitize_for_serialization(p) for p in pods]  # type: ignore[no-untyped-call]
+    return list(plain(c.core.list_namespaced_pod(body["metadata"]["namespace"], label_selector=selector))["items"])
 
 
 def _apply(body: dict[str, Any], decision: Decision, errors: tuple[str, ...], settings: Settings) -> None:

@@ -33,7 +33,7 @@ def create_job(manifest: Mapping[str, Any]) -> bool:
     """Create a build Job. Returns False when it already exists (a restart, a repeated event)."""
     c = get_clients()
     try:
-        c.batch.create_namespaced_job(manifest["metadata"]["namespace"], dict(manifest))
+        c.batch.create_namespaced_job(manifest["metadata"]["namespace"], dict(manifest))  # type: ignore[arg-type]
     except ApiException as e:
         if e.status == 409:
             log.debug("Job %s already exists", manifest["metadata"]["name"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 from kubernetes import client, config, dynamic
 
@@ -23,9 +24,14 @@ class Clients:
 @functools.lru_cache(maxsize=1)
 def get_clients() -> Clients:
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config()
+        config.load_kube_config()  # type: ignore[no-untyped-call]
     api = client.ApiClient()
     return Clients(api, client.CoreV1Api(api), client.AppsV1Api(api), client.BatchV1Api(api),
-                   client.CustomObjectsApi(api), dynamic.DynamicClient(api))
+                   client.CustomObjectsApi(api), dynamic.DynamicClient(api))  # type: ignore[no-untyped-call]
+
+
+def plain(obj: Any) -> Any:
+    """A typed client object as the plain dict the API sent (camelCase keys): what trtop reasons on."""
+    return get_clients().api.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]

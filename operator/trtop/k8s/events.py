@@ -19,7 +19,7 @@ def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -
     """Best effort: an Event that cannot be posted is logged, never fails a reconcile."""
     meta = body["metadata"]
     now = dt.datetime.now(dt.timezone.utc)
-    event = {
+    event: dict[str, Any] = {
         "apiVersion": "v1", "kind": "Event",
         "metadata": {"name": f"{meta['name']}.{secrets.token_hex(8)}", "namespace": meta["namespace"]},
         "involvedObject": {"apiVersion": names.API_VERSION, "kind": names.KIND, "name": meta["name"],
@@ -31,7 +31,7 @@ def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -
         "firstTimestamp": now.isoformat(), "lastTimestamp": now.isoformat(), "count": 1,
     }
     try:
-        get_clients().core.create_namespaced_event(meta["namespace"], event)
+        get_clients().core.create_namespaced_event(meta["namespace"], event)  # type: ignore[arg-type]
     except (ApiException, ValueError) as e:
         log.warning("Could not post Event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], e)
 
@@ -46,8 +46,10 @@ def patch_status(body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
 def list_model_deployments(namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
     custom = get_clients().custom
     if not namespaces:
-        return list(custom.list_cluster_custom_object(names.GROUP, names.VERSION, names.PLURAL)["items"])
+        listed: Any = custom.list_cluster_custom_object(names.GROUP, names.VERSION, names.PLURAL)
+        return list(listed["items"])
     out: list[dict[str, Any]] = []
     for ns in namespaces:
-        out += custom.list_namespaced_custom_object(names.GROUP, names.VERSION, ns, names.PLURAL)["items"]
+        page: Any = custom.list_namespaced_custom_object(names.GROUP, names.VERSION, ns, names.PLURAL)
+        out += page["items"]
     return out

@@ -2,25 +2,28 @@
 
 Nodes (labels, schedulable, GPUs allocatable and requested), this namespace's build
 Jobs (state + the converter's termination message), the serving Deployment, and the
-store records of the keys the spec needs. Read errors of the store become
-``ClusterFacts.store_error`` so the planner never mistakes "could not look" for "gone".
+store records of the keys the spec needs. Objects are read as the plain dicts the API
+sends. Read errors of the store become ``ClusterFacts.store_error`` so the planner never
+mistakes "could not look" for "gone".
 """
 from __future__ import annotations
 
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+from kubernetes.client.exceptions import ApiException
 
 from trtop import names
 from trtop.api.engine import EngineKey, EngineRecord
-from trtop.k8s.client import get_clients
+from trtop.k8s.client import get_clients, plain
 from trtop.planning.facts import DeploymentFact, JobFact, NodeFact
 from trtop.store import EngineStore
 
 log = logging.getLogger(__name__)
-USER_ERROR_EXIT = 2
+USER_ERROR_EXIT = 2  # the converter's "do not retry" exit code
 
 
 def _qty(value: Any) -> int:
@@ -30,23 +33,27 @@ def _qty(value: Any) -> int:
         return 0
 
 
+def _true(conditions: Iterable[Mapping[str, Any]] | None, type_: str) -> Mapping[str, Any] | None:
+    return next((c for c in conditions or () if c.get("type") == type_ and c.get("status") == "True"), None)
+
+
 def observe_nodes() -> tuple[NodeFact, ...]:
     c = get_clients()
     requested: dict[str, int] = defaultdict(int)
-    for pod in c.core.list_pod_for_all_namespaces(field_selector="status.phase!=Succeeded,status.phase!=Failed").items:
-        if not pod.spec.node_name:
-            continue
-        for ctr in pod.spec.containers or []:
-            limits = (ctr.resources.limits or {}) if ctr.resources else {}
-            requested[pod.spec.node_name] += _qty(limits.get(names.GPU_RESOURCE, 0))
+    pods = plain(c.core.list_pod_for_all_namespaces(field_selector="status.phase!=Succeeded,status.phase!=Failed"))
+    for pod in pods["items"]:
+        node = pod["spec"].get("nodeName")
+        for ctr in pod["spec"].get("containers", []) if node else []:
+            requested[node] += _qty(((ctr.get("resources") or {}).get("limits") or {}).get(names.GPU_RESOURCE, 0))
     out = []
-    for node in c.core.list_node().items:
-        ready = any(cond.type == "Ready" and cond.status == "True" for cond in (node.status.conditions or []))
+    for node in plain(c.core.list_node())["items"]:
+        meta, status = node["metadata"], node.get("status") or {}
         out.append(NodeFact(
-            name=node.metadata.name, labels=dict(node.metadata.labels or {}),
-            schedulable=ready and not node.spec.unschedulable,
-            gpu_allocatable=_qty((node.status.allocatable or {}).get(names.GPU_RESOURCE, 0)),
-            gpu_requested=requested.get(node.metadata.name, 0),
+            name=meta["name"], labels=dict(meta.get("labels") or {}),
+            schedulable=_true(status.get("conditions"), "Ready") is not None
+            and not (node.get("spec") or {}).get("unschedulable", False),
+            gpu_allocatable=_qty((status.get("allocatable") or {}).get(names.GPU_RESOURCE, 0)),
+            gpu_requested=requested.get(meta["name"], 0),
         ))
     return tuple(out)
 
@@ -54,66 +61,60 @@ def observe_nodes() -> tuple[NodeFact, ...]:
 def observe_jobs(namespace: str) -> dict[EngineKey, JobFact]:
     c = get_clients()
     selector = f"{names.LABEL_COMPONENT}={names.COMPONENT_ENGINE_BUILD}"
-    jobs = c.batch.list_namespaced_job(namespace, label_selector=selector).items
     out: dict[EngineKey, JobFact] = {}
-    for job in jobs:
-        key = EngineKey((job.metadata.labels or {}).get(names.LABEL_ENGINE_KEY, ""))
-        if not key or job.metadata.deletion_timestamp:
+    for job in plain(c.batch.list_namespaced_job(namespace, label_selector=selector))["items"]:
+        meta, status = job["metadata"], job.get("status") or {}
+        key = EngineKey((meta.get("labels") or {}).get(names.LABEL_ENGINE_KEY, ""))
+        if not key or meta.get("deletionTimestamp"):
             continue
-        conds = {cond.type: cond for cond in (job.status.conditions or []) if cond.status == "True"}
-        if "Failed" in conds:
-            message, user_error = _failure_details(namespace, job.metadata.name)
-            reason = conds["Failed"].reason or "Failed"
-            text = f"{reason}: {conds['Failed'].message or ''}".strip(": ")
-            out[key] = JobFact(job.metadata.name, key, "failed", f"{text}. {message}".strip(". ") or text,
-                               user_error)
-        elif "Complete" in conds or "SuccessCriteriaMet" in conds:
-            out[key] = JobFact(job.metadata.name, key, "succeeded")
+        name = meta["name"]
+        failed = _true(status.get("conditions"), "Failed")
+        if failed is not None:
+            detail, user_error = _failure_details(namespace, name)
+            text = f"{failed.get('reason') or 'Failed'}: {failed.get('message') or ''}".strip(": ")
+            out[key] = JobFact(name, key, "failed", f"{text}. {detail}".strip(". ") or text, user_error)
+        elif _true(status.get("conditions"), "Complete") or _true(status.get("conditions"), "SuccessCriteriaMet"):
+            out[key] = JobFact(name, key, "succeeded")
         else:
-            out[key] = JobFact(job.metadata.name, key, "active")
+            out[key] = JobFact(name, key, "active")
     return out
 
 
 def _failure_details(namespace: str, job_name: str) -> tuple[str, bool]:
     """The last failed pod's termination message (the converter's JSON summary or log tail)."""
-    c = get_clients()
-    pods = c.core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}").items
-    for pod in sorted(pods, key=lambda p: p.metadata.creation_timestamp or 0, reverse=True):
-        for cs in (pod.status.container_statuses or []) if pod.status else []:
-            term = cs.state.terminated if cs.state else None
-            if term is None:
+    pods = plain(get_clients().core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}"))["items"]
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True):
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated")
+            if not term:
                 continue
-            text = (term.message or "").strip()
+            text = (term.get("message") or "").strip()
             try:
                 summary = json.loads(text)
                 text = summary.get("error") or summary.get("message") or text
             except (ValueError, AttributeError):
                 pass
             tail = " | ".join(text.splitlines()[-5:])[-800:]
-            return (f"exit code {term.exit_code}: {tail}" if tail else f"exit code {term.exit_code}",
-                    term.exit_code == USER_ERROR_EXIT)
+            code = term.get("exitCode")
+            return (f"exit code {code}: {tail}" if tail else f"exit code {code}", code == USER_ERROR_EXIT)
     return "", False
 
 
 def observe_deployment(namespace: str, name: str) -> DeploymentFact | None:
-    from kubernetes.client.exceptions import ApiException
-
-    c = get_clients()
     try:
-        d = c.apps.read_namespaced_deployment(name, namespace)
+        d = plain(get_clients().apps.read_namespaced_deployment(name, namespace))
     except ApiException as e:
         if e.status == 404:
             return None
         raise
-    ann = d.metadata.annotations or {}
-    st = d.status
-    available = any(cond.type == "Available" and cond.status == "True" for cond in (st.conditions or []))
+    ann = d["metadata"].get("annotations") or {}
+    st = d.get("status") or {}
     keys = tuple(EngineKey(k) for k in ann.get(f"{names.GROUP}/engine-keys", "").split(",") if k)
     return DeploymentFact(
         name=name, engine_set_hash=ann.get(names.ANNOTATION_ENGINE_SET, ""),
-        model_revision=ann.get(names.ANNOTATION_SPEC_HASH, ""), replicas=d.spec.replicas or 0,
-        ready_replicas=st.ready_replicas or 0, updated_replicas=st.updated_replicas or 0,
-        available=available, engine_keys=keys,
+        model_revision=ann.get(names.ANNOTATION_SPEC_HASH, ""), replicas=int(d["spec"].get("replicas") or 0),
+        ready_replicas=int(st.get("readyReplicas") or 0), updated_replicas=int(st.get("updatedReplicas") or 0),
+        available=_true(st.get("conditions"), "Available") is not None, engine_keys=keys,
     )
 
 

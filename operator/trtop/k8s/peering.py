@@ -57,6 +57,7 @@ def allowed(config: PeeringConfig) -> bool:
         return True
     custom = get_clients().custom
     now = dt.datetime.now(dt.timezone.utc)
+    objs: list[Any]
     try:
         if not config.namespaces:
             objs = [custom.get_cluster_custom_object(KOPF_GROUP, KOPF_VERSION, "clusterkopfpeerings", config.name)]
