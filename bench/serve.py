@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import socket
 import subprocess
 import sys
@@ -68,23 +69,41 @@ def input_name() -> str:
 
 
 # -- baselines --------------------------------------------------------------------------
-def bench_inprocess(seconds: float) -> dict[int, float]:
-    """img/s of ONNX Runtime alone per batch size (same session options as the server)."""
-    from trtop.serve.backends.onnxruntime_impl import OnnxRuntime
-    from trtop.serve.runtime import RuntimeOptions
+def bench_inprocess(seconds: float, cpu_ms: dict[str, float]) -> dict[str, float]:
+    """img/s of ONNX Runtime alone, by way of running and batch size (the server's session options).
 
-    rt = OnnxRuntime(ONNX, RuntimeOptions())
-    name, out = rt.inputs[0].name, [rt.outputs[0].name]
+    Two ways: one run at a time using every core (intra-op threads = cores), and one
+    single-threaded run per core side by side (what ``--instances`` does); the best of all
+    is the limit of this machine. ``cpu_ms`` receives the CPU milliseconds spent per image.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trtop.serve.backends.onnxruntime_impl import OnnxRuntime
+    from trtop.serve.runtime import RuntimeOptions, default_threads
+
+    cores = default_threads()
     result = {}
-    for batch in (1, 8, 16, 32, 64):
-        x = np.random.rand(batch, *SHAPE).astype(np.float32)
-        rt.run({name: x}, out)
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
+    for workers, threads in ((1, cores), (cores, 1)):
+        rt = OnnxRuntime(ONNX, RuntimeOptions(threads=threads))
+        name, out = rt.inputs[0].name, [rt.outputs[0].name]
+        for batch in (1, 8, 32):
+            x = np.random.rand(batch, *SHAPE).astype(np.float32)
             rt.run({name: x}, out)
-            n += batch
-        result[batch] = n / (time.perf_counter() - start)
-    rt.close()
+            stop = time.perf_counter() + seconds
+
+            def loop() -> int:
+                n = 0
+                while time.perf_counter() < stop:
+                    rt.run({name: x}, out)
+                    n += batch
+                return n
+
+            start, cpu = time.perf_counter(), time.process_time()
+            with ThreadPoolExecutor(workers) as pool:
+                done = sum(pool.map(lambda _: loop(), range(workers)))
+            result[f"{workers}x{threads}t b{batch}"] = done / (time.perf_counter() - start)
+            cpu_ms[f"{workers}x{threads}t b{batch}"] = (time.process_time() - cpu) * 1000 / done
+        rt.close()
     return result
 
 
@@ -151,14 +170,29 @@ def batch_stats(port: int) -> tuple[float, float]:
     return total, count
 
 
-def run_load(port: int, concurrency: int, seconds: float, warmup: float) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_load(proc: subprocess.Popen[bytes], port: int, concurrency: int, seconds: float,
+             warmup: float) -> dict[str, float]:
     before = batch_stats(port)
+    server_cpu = cpu_seconds(proc.pid)
+    client_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     cmd = [sys.executable, __file__, "--client", "--port", str(port), "--concurrency", str(concurrency),
            "--duration", str(seconds), "--warmup", str(warmup)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    server_cpu = cpu_seconds(proc.pid) - server_cpu
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client = usage.ru_utime + usage.ru_stime - client_cpu.ru_utime - client_cpu.ru_stime
     result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
     after = batch_stats(port)
     result["mean_batch"] = (after[0] - before[0]) / max(1.0, after[1] - before[1])
+    # CPU per image over the whole client run (warm-up included): server + client.
+    result["server_cpu_ms"] = server_cpu * 1000 / result["all_requests"]
+    result["client_cpu_ms"] = client * 1000 / result["all_requests"]
     return result
 
 
@@ -176,7 +210,7 @@ def request_bytes(port: int, name: str) -> bytes:
 
 
 async def _connection(port: int, payload: bytes, start: float, stop: float, lat: list[float],
-                      errors: list[int]) -> None:
+                      errors: list[int], done: list[int]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     while True:
         t0 = time.perf_counter()
@@ -188,6 +222,7 @@ async def _connection(port: int, payload: bytes, start: float, stop: float, lat:
         length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
         await reader.readexactly(length)
         t1 = time.perf_counter()
+        done[0] += 1
         if status != 200:
             errors.append(status)
         elif t0 >= start:
@@ -199,11 +234,12 @@ async def _client(port: int, concurrency: int, seconds: float, warmup: float) ->
     payload = request_bytes(port, input_name())
     lat: list[float] = []
     errors: list[int] = []
+    done = [0]
     start = time.perf_counter() + warmup
     stop = start + seconds
-    await asyncio.gather(*(_connection(port, payload, start, stop, lat, errors) for _ in range(concurrency)))
+    await asyncio.gather(*(_connection(port, payload, start, stop, lat, errors, done) for _ in range(concurrency)))
     ms = np.array(lat) * 1000
-    return {"concurrency": concurrency, "requests": len(lat), "errors": len(errors),
+    return {"concurrency": concurrency, "requests": len(lat), "all_requests": done[0], "errors": len(errors),
             "throughput": len(lat) / seconds, "p50_ms": float(np.percentile(ms, 50)),
             "p99_ms": float(np.percentile(ms, 99))}
 
@@ -219,14 +255,17 @@ def client_main(args: argparse.Namespace) -> None:
 
 
 # -- the report ---------------------------------------------------------------------------
+# The server's flags for the batched run (bench/serve.py --server-arg adds to both runs).
+BATCHED_FLAGS = ["--max-batch", "32"]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="short windows (smoke check)")
     p.add_argument("--duration", type=float, default=0, help="seconds per load point")
     p.add_argument("--concurrency", default="1,8,32,64")
-    p.add_argument("--delay-ms", type=float, default=None, help="server --max-queue-delay-ms")
-    p.add_argument("--max-batch", type=int, default=32, help="server --max-batch when batching")
-    p.add_argument("--server-arg", action="append", default=[], help="extra server flag (repeatable)")
+    p.add_argument("--server-arg", action="append", default=[], help="extra server flag for both runs (repeatable)")
+    p.add_argument("--batched-arg", action="append", default=[], help="extra server flag for the batched run")
     p.add_argument("--skip-tf", action="store_true")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -236,31 +275,37 @@ def main() -> int:
         client_main(args)
         return 0
     seconds = args.duration or (3.0 if args.quick else 8.0)
+    warmup = 1.0 if args.quick else 2.0
     levels = [int(c) for c in args.concurrency.split(",")]
     ensure_model()
     load = os.getloadavg()
     print(f"machine: {os.cpu_count()} cores, load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    inproc = bench_inprocess(1.0 if args.quick else 3.0)
-    best_batch = max(inproc, key=lambda b: inproc[b])
-    best = inproc[best_batch]
-    print("in-process ONNX Runtime (img/s by batch): " + ", ".join(f"b{b}={v:.1f}" for b, v in inproc.items()))
-    results: dict[str, Any] = {"inprocess": inproc, "inprocess_best": best, "inprocess_best_batch": best_batch,
-                               "load_before": load, "batched": {}, "unbatched": {}}
-    extra = [*(["--max-queue-delay-ms", str(args.delay_ms)] if args.delay_ms is not None else []),
-             *args.server_arg]
-    for label, flags in (("batched", ["--max-batch", str(args.max_batch), *extra]),
-                         ("unbatched", ["--max-batch", "1", *args.server_arg])):
+    cpu_ms: dict[str, float] = {}
+    inproc = bench_inprocess(1.0 if args.quick else 2.5, cpu_ms)
+    best_way = max(inproc, key=lambda b: inproc[b])
+    print("in-process ONNX Runtime, img/s (runs x threads, batch): "
+          + ", ".join(f"{b}={v:.1f}" for b, v in inproc.items()), flush=True)
+    results: dict[str, Any] = {"inprocess": inproc, "inprocess_cpu_ms": cpu_ms, "inprocess_best": inproc[best_way],
+                               "inprocess_best_way": best_way, "load_before": load, "batched": {}, "unbatched": {},
+                               "flags": {}}
+    runs = (("batched", [*BATCHED_FLAGS, *args.batched_arg, *args.server_arg]),
+            ("unbatched", ["--max-batch", "1", *args.server_arg]))
+    for label, flags in runs:
+        results["flags"][label] = flags
         port = free_port()
         proc = start_server(port, flags)
         try:
             for c in levels:
-                r = run_load(port, c, seconds, 1.0 if args.quick else 2.0)
+                r = run_load(proc, port, c, seconds, warmup)
                 results[label][c] = r
                 print(f"  {label:<9} c={c:<3} {r['throughput']:7.1f} img/s  p50 {r['p50_ms']:7.1f} ms  "
-                      f"p99 {r['p99_ms']:7.1f} ms  mean batch {r['mean_batch']:5.1f}  errors {r['errors']}",
-                      flush=True)
+                      f"p99 {r['p99_ms']:7.1f} ms  mean batch {r['mean_batch']:5.1f}  errors {r['errors']}  "
+                      f"cpu/img {r['server_cpu_ms']:.1f}+{r['client_cpu_ms']:.1f} ms", flush=True)
         finally:
             stop_server(proc)
+    # The machine may be shared: measure the in-process best again, so a drift in background load shows.
+    again: dict[str, float] = {}
+    results["inprocess_after"] = bench_inprocess(1.0 if args.quick else 2.5, again)
     if not args.skip_tf:
         results["tf_predict"] = bench_tf_predict(3.0 if args.quick else 6.0)
     results["load_after"] = os.getloadavg()
@@ -270,21 +315,29 @@ def main() -> int:
 
 
 def report(results: dict[str, Any], levels: list[int]) -> None:
-    best = results["inprocess_best"]
+    best, way = results["inprocess_best"], results["inprocess_best_way"]
+    after = max(results["inprocess_after"].values())
+    best_cpu = results["inprocess_cpu_ms"][way]
     print(f"\nMobileNetV2 224x224 fp32, ONNX Runtime CPU, {os.cpu_count()} cores "
           f"(load average {results['load_before'][0]:.2f} before, {results['load_after'][0]:.2f} after)")
-    print(f"in-process best: {best:.1f} img/s at batch {results['inprocess_best_batch']} (no server)")
+    print(f"in-process best: {best:.1f} img/s ({way}; no server); {after:.1f} img/s measured again after the "
+          f"server runs; {best_cpu:.1f} CPU ms per image")
     if "tf_predict" in results:
         tf = results["tf_predict"]
         print(f"TF model.predict per request: {tf['throughput']:.1f} img/s, p50 {tf['p50_ms']:.1f} ms, "
               f"p99 {tf['p99_ms']:.1f} ms")
+    print(f"server flags: batched {' '.join(results['flags']['batched'])}; "
+          f"unbatched {' '.join(results['flags']['unbatched'])}")
     print(f"\n{'conc':>4} | {'batched img/s':>13} {'p50 ms':>7} {'p99 ms':>7} {'batch':>5} {'/best':>6} "
-          f"{'p99/p50':>7} | {'unbatched img/s':>15} {'p50 ms':>7} {'p99 ms':>7}")
+          f"{'p99/p50':>7} {'cpu/img':>7} | {'unbatched img/s':>15} {'p50 ms':>7} {'p99 ms':>7} {'cpu/img':>7}")
     for c in levels:
         b, u = results["batched"][c], results["unbatched"][c]
         print(f"{c:>4} | {b['throughput']:>13.1f} {b['p50_ms']:>7.1f} {b['p99_ms']:>7.1f} {b['mean_batch']:>5.1f} "
-              f"{b['throughput'] / best:>6.0%} {b['p99_ms'] / b['p50_ms']:>7.2f} | {u['throughput']:>15.1f} "
-              f"{u['p50_ms']:>7.1f} {u['p99_ms']:>7.1f}")
+              f"{b['throughput'] / best:>6.0%} {b['p99_ms'] / b['p50_ms']:>7.2f} "
+              f"{b['server_cpu_ms'] + b['client_cpu_ms']:>7.1f} | {u['throughput']:>15.1f} "
+              f"{u['p50_ms']:>7.1f} {u['p99_ms']:>7.1f} {u['server_cpu_ms'] + u['client_cpu_ms']:>7.1f}")
+    print("(cpu/img: CPU ms per image of server + client process, vs "
+          f"{best_cpu:.1f} for the in-process best)")
     if 32 in results["batched"]:
         b = results["batched"][32]
         ratio, tail = b["throughput"] / best, b["p99_ms"] / b["p50_ms"]

@@ -77,3 +77,18 @@ def test_tensorflow_savedmodel(tmp_path: Path) -> None:
     assert rt.platform == "tensorflow_savedmodel"
     x = np.ones((3, 4), np.float32)
     np.testing.assert_array_equal(rt.run({"x": x}, ["y"])["y"], x * 3)
+
+
+@pytest.mark.parametrize("instances,threads,backend,gpu,cores,expected", [
+    (0, 0, "onnxruntime", False, 2, (2, 1)),  # CPU: side-by-side single-threaded runs
+    (0, 0, "onnxruntime", False, 16, (4, 4)),  # capped: more would cost latency at low load
+    (0, 0, "onnxruntime", True, 16, (1, 16)),  # CUDA provider: one batch owns the GPU
+    (0, 0, "tensorrt", True, 8, (1, 8)),
+    (1, 0, "onnxruntime", False, 8, (1, 8)),  # explicit settings win
+    (3, 2, "onnxruntime", False, 8, (3, 2)),
+])
+def test_parallelism(instances: int, threads: int, backend: str, gpu: bool, cores: int,
+                     expected: tuple[int, int]) -> None:
+    from trtop.serve.runtime import parallelism
+
+    assert parallelism(instances, threads, backend=backend, gpu=gpu, cores=cores) == expected

@@ -123,3 +123,15 @@ async def test_close_runs_what_is_queued_without_waiting_for_the_delay(backend: 
     assert [(await t)["y"][0, 0] for t in pending] == [10, 20]
     with pytest.raises(NotReady):
         await submit(s, 3)
+
+
+async def test_instances_run_batches_side_by_side(backend: FakeBackend) -> None:
+    backend.gate.clear()
+    s = Scheduler(backend, BatchPolicy(1, 0.0), max_queue=10, instances=2)
+    s.start()
+    tasks = [asyncio.ensure_future(submit(s, v)) for v in (1, 2, 3)]
+    await asyncio.sleep(0.05)
+    assert s.queued == 1  # two batches are in the backend, the third waits for a free instance
+    backend.gate.set()
+    assert [(await t)["y"][0, 0] for t in tasks] == [10, 20, 30]
+    await s.close()

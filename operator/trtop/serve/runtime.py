@@ -35,6 +35,25 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+GPU_BACKENDS = frozenset({"tensorrt"})
+MAX_AUTO_INSTANCES = 4  # beyond this, more single-threaded runs cost latency at low load for little gain
+
+
+def parallelism(instances: int, threads: int, *, backend: str, gpu: bool, cores: int) -> tuple[int, int]:
+    """(batches at once, compute threads per batch) from the settings, where 0 means "choose".
+
+    One batch at a time on a GPU (it takes the whole device). On CPU, several batches side by
+    side with the cores split between them: one multi-threaded run stalls at every parallel
+    section when another thread (the event loop, a neighbour pod) takes a core, while
+    independent runs just share the cores (measured on 2 cores, MobileNetV2, 32 clients).
+    """
+    if instances <= 0:
+        instances = 1 if (gpu or backend in GPU_BACKENDS) else max(1, min(cores, MAX_AUTO_INSTANCES))
+    if threads <= 0:
+        threads = max(1, cores // instances)
+    return instances, threads
+
+
 @dataclass(frozen=True)
 class RuntimeOptions:
     # Compute threads for CPU backends (ONNX Runtime intra-op); 0 = every core we may use.
@@ -50,7 +69,8 @@ class RuntimeOptions:
 
 
 class Runtime(Protocol):
-    """One loaded model. ``run`` is called from one worker thread at a time."""
+    """One loaded model. ``run`` may be called from several threads at once (``--instances``): a backend
+    that cannot run batches concurrently serialises them itself."""
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:

@@ -3,8 +3,9 @@
 ``InferenceService`` submits admitted requests; the worker asks ``batching.next_batch``
 what to run, runs merge -> backend -> split on a dedicated thread (the backends release
 the GIL while computing, so the event loop keeps parsing requests meanwhile), and hands
-each request its own slice. Batches run one at a time: a backend already uses every
-core (or the whole GPU) for one batch.
+each request its own slice. ``instances`` batches may run at once (Triton's instance
+count): 1 when the backend spreads one batch over every core or the whole GPU; more
+when each run uses one core (no barrier between threads that other work can stall).
 
 Guarantees: a full queue refuses at once (``Overloaded``) instead of growing; a request
 past its deadline leaves the queue (``TimedOut``) and never runs; when a merged batch
@@ -21,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from trtop.serve.batching import BatchPolicy, Pending, merge, next_batch, split
+from trtop.serve.batching import BatchPolicy, Decision, Pending, merge, next_batch, split
 from trtop.serve.errors import InferenceFailed, NotReady, Overloaded, ServeError, TimedOut
 from trtop.serve.types import Feeds, Outputs
 
@@ -48,10 +49,12 @@ class Scheduler:
 
     def __init__(
         self, run: RunBatch, policy: BatchPolicy, *, max_queue: int, observer: BatchObserver | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        instances: int = 1, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_queue < 1:
             raise ValueError(f"max queue size must be >= 1, got {max_queue}")
+        if instances < 1:
+            raise ValueError(f"instances must be >= 1, got {instances}")
         self._run = run
         self.policy = policy
         self._max_queue = max_queue
@@ -59,8 +62,10 @@ class Scheduler:
         self._clock = clock
         self._queue: list[_Item] = []
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtop-batch")
+        self._instances = instances
+        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="trtop-batch")
         self._worker: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
         self._flush = False  # draining: run what is queued without waiting for company
         self._closing = False
         self.batches = 0
@@ -102,17 +107,21 @@ class Scheduler:
         self.flush()
         if self._worker is not None:
             await self._worker
+        if self._running:
+            await asyncio.wait(self._running)
         self._executor.shutdown(wait=True)
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             now = self._clock()
-            decision = next_batch([i.pending for i in self._queue], self.policy, now, flush=self._flush)
+            busy = len(self._running) >= self._instances
+            decision = Decision() if busy else next_batch(
+                [i.pending for i in self._queue], self.policy, now, flush=self._flush)
             if not decision.take:
                 if self._closing and not self._queue:
                     return
-                self._wakeup.clear()
+                self._wakeup.clear()  # set again by an arrival, a finished batch or flush()
                 timeout = None if decision.wake_at is None else max(0.0, decision.wake_at - now)
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), timeout)
@@ -126,7 +135,13 @@ class Scheduler:
                 for it in items:
                     self._observer.dequeued(now - it.pending.enqueued_at)
             if items:
-                await self._run_items(loop, items)
+                task = loop.create_task(self._run_items(loop, items))
+                self._running.add(task)
+                task.add_done_callback(self._batch_finished)
+
+    def _batch_finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._wakeup.set()
 
     async def _run_items(self, loop: asyncio.AbstractEventLoop, items: list[_Item]) -> None:
         rows = [it.pending.rows for it in items]

@@ -32,7 +32,7 @@ from trtop.serve.app import build_app
 from trtop.serve.device import detect_device
 from trtop.serve.errors import StartupError
 from trtop.serve.metrics import ServerMetrics
-from trtop.serve.runtime import RuntimeOptions, load_runtime
+from trtop.serve.runtime import RuntimeOptions, default_threads, load_runtime, parallelism
 from trtop.serve.service import BatchingConfig, InferenceService, Loaded
 from trtop.serve.settings import ServeSettings
 from trtop.serve.source import Servable, fetch_servable, resolve_servable
@@ -86,10 +86,10 @@ class InferenceServer(uvicorn.Server):
                 signal.signal(s, handler)
 
 
-def build_loader(servable: Servable, settings: ServeSettings) -> Loaded:
+def build_loader(servable: Servable, settings: ServeSettings, threads: int, gpu: bool) -> Loaded:
     """Fetch (when from the store) and load the model; runs in the loader thread."""
     path, record = fetch_servable(servable, Path(settings.cache_dir))
-    runtime = load_runtime(servable.backend, path, RuntimeOptions(threads=settings.threads))
+    runtime = load_runtime(servable.backend, path, RuntimeOptions(threads=threads, use_gpu=gpu))
     return Loaded(runtime, record, servable.backend, servable.key, str(servable.target or ""))
 
 
@@ -97,13 +97,15 @@ def create_server(settings: ServeSettings) -> InferenceServer:
     """Everything up to listening: device, engine choice, service, app, uvicorn config."""
     device = detect_device(settings.device)
     servable = resolve_servable(settings, device)
-    log.info("serving %r: %s on %s with the %s backend", settings.model_name, servable.origin, device,
-             servable.backend)
+    instances, threads = parallelism(settings.instances, settings.threads, backend=servable.backend,
+                                     gpu=not device.is_cpu, cores=default_threads())
+    log.info("serving %r: %s on %s with the %s backend (%d batch(es) at once, %d thread(s) each)",
+             settings.model_name, servable.origin, device, servable.backend, instances, threads)
     metrics = ServerMetrics(settings.model_name)
     service = InferenceService(
-        settings.model_name, lambda: build_loader(servable, settings),
+        settings.model_name, lambda: build_loader(servable, settings, threads, not device.is_cpu),
         BatchingConfig(settings.max_batch, settings.max_queue_delay_ms / 1000, settings.max_queue_size,
-                       settings.timeout_s),
+                       settings.timeout_s, instances),
         metrics,
     )
     holder: list[InferenceServer] = []

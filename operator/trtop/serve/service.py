@@ -49,6 +49,7 @@ class BatchingConfig:
     max_queue_delay_s: float = 0.002
     max_queue_size: int = 256
     timeout_s: float = 30.0
+    instances: int = 1  # batches that may run at once
 
 
 def effective_max_batch(configured: int, record: EngineRecord | None, runtime_max: int | None) -> int:
@@ -102,7 +103,7 @@ class InferenceService:
 
         self._scheduler = Scheduler(
             run, BatchPolicy(info.max_batch, self.config.max_queue_delay_s),
-            max_queue=self.config.max_queue_size, observer=self.metrics,
+            max_queue=self.config.max_queue_size, observer=self.metrics, instances=self.config.instances,
         )
         self._scheduler.start()
         seconds = time.perf_counter() - started

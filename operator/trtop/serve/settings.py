@@ -38,7 +38,9 @@ class ServeSettings:
     timeout_s: float = 30.0
     # Largest request body accepted (413 above it).
     max_body_mb: float = 64.0
-    # Compute threads of CPU backends; 0 = every core this process may use.
+    # Batches that may run at once (Triton's instance count); 0 = 1 on a GPU, min(cores, 4) on CPU.
+    instances: int = 0
+    # Compute threads per batch for CPU backends; 0 = the cores this process may use / instances.
     threads: int = 0
     # After SIGTERM: report not ready but keep serving this long (endpoints need time to drop the
     # pod), then stop accepting and finish what is in flight.
@@ -72,7 +74,8 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "max_queue_size": ("--max-queue-size", names.ENV_SERVE_MAX_QUEUE_SIZE, "queued requests before 503"),
     "timeout_s": ("--timeout-s", names.ENV_SERVE_TIMEOUT_S, "per-request deadline in seconds"),
     "max_body_mb": ("--max-body-mb", names.ENV_SERVE_MAX_BODY_MB, "largest request body in MiB"),
-    "threads": ("--threads", names.ENV_SERVE_THREADS, "compute threads of CPU backends (0: all cores)"),
+    "instances": ("--instances", names.ENV_SERVE_INSTANCES, "batches that may run at once (0: 1 on GPU, min(cores, 4) on CPU)"),
+    "threads": ("--threads", names.ENV_SERVE_THREADS, "compute threads per batch (0: cores / instances)"),
     "drain_delay_s": ("--drain-delay-s", names.ENV_SERVE_DRAIN_DELAY_S,
                       "after SIGTERM, seconds to keep serving while not ready"),
     "shutdown_timeout_s": ("--shutdown-timeout-s", names.ENV_SERVE_SHUTDOWN_TIMEOUT_S,
@@ -116,6 +119,8 @@ def _problems(s: ServeSettings) -> list[str]:
         out.append("--max-batch must be >= 0")
     if s.max_queue_delay_ms < 0:
         out.append("--max-queue-delay-ms must be >= 0")
+    if s.instances < 0:
+        out.append("--instances must be >= 0")
     if s.max_queue_size < 1:
         out.append("--max-queue-size must be >= 1")
     if s.timeout_s <= 0:

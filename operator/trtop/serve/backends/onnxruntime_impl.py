@@ -38,6 +38,10 @@ class OnnxRuntime:
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ONNX Runtime's pool threads spin between parallel sections by default; in a server they
+        # would burn the cycles the event loop needs to read requests (measured on 2 cores:
+        # 12.8 vs 8.7 CPU ms per MobileNetV2 image, 90 vs 203 img/s at 32 clients).
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if options.use_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")

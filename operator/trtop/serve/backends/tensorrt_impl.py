@@ -9,6 +9,7 @@ and by ``tensorrt-stubs`` (mypy), not by a real GPU run.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ class TensorRTRuntime:
         self._context = engine.create_execution_context()
         self._stream = self._cuda.new_stream()
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+        self._lock = threading.Lock()  # one context and one set of buffers: one batch at a time
         inputs: list[TensorSpec] = []
         outputs: list[TensorSpec] = []
         self._max_batch: int | None = None
@@ -95,6 +97,10 @@ class TensorRTRuntime:
         return "tensorrt_plan"
 
     def run(self, feeds: Feeds, outputs: Sequence[str]) -> Outputs:
+        with self._lock:
+            return self._run(feeds, outputs)
+
+    def _run(self, feeds: Feeds, outputs: Sequence[str]) -> Outputs:
         ctx, cuda, stream = self._context, self._cuda, self._stream
         for name, value in feeds.items():
             host = np.ascontiguousarray(value)
