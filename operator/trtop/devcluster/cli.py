@@ -5,6 +5,7 @@
     trtop dev cluster status [--name trtop-dev]
     trtop dev cluster kubeconfig [--name trtop-dev]
     trtop dev nodes apply [--name trtop-dev] [--pools FILE] [--no-prune]
+    trtop dev runner [--name trtop-dev] [--node-name local-runner] ...   (trtop.localrunner.cli)
 
 Dispatched from ``trtop.cli``; the work happens in ``trtop.devcluster.cluster``.
 """
@@ -47,10 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     apply.add_argument("--pools", type=Path, help="pools YAML (default: trtop/devcluster/pools.yaml)")
     apply.add_argument("--no-prune", dest="prune", action="store_false",
                        help="keep pool nodes that are not in the file")
+    groups.add_parser("runner", add_help=False,
+                      help="the local kubelet stand-in: run one node's pods as local processes (`runner --help`)")
     return parser
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["runner"]:  # its own options: docs/local-runner.md
+        from trtop.localrunner.cli import main as runner_main
+
+        return runner_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.group == "cluster" and args.action == "up":
