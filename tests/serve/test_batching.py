@@ -29,9 +29,9 @@ class TestNextBatch:
         assert next_batch([p(4, 1.0), p(4, 1.0)], POLICY, now=1.0).take == (0, 1)
 
     def test_counts_rows_not_requests(self) -> None:
-        d = next_batch([p(3, 1.0), p(3, 1.0), p(3, 1.0)], POLICY, now=1.0)
-        assert d.take == () and d.wake_at == pytest.approx(1.005)  # 9 rows do not fit; 6 do but are not full
-        assert next_batch([p(3, 1.0), p(3, 1.0), p(3, 1.0)], POLICY, now=1.006).take == (0, 1)
+        assert next_batch([p(3, 1.0), p(3, 1.0)], POLICY, now=1.0).take == ()  # 6 rows of 8: wait
+        # 9 rows queued: more than a batch holds, so it leaves now with the 6 that fit
+        assert next_batch([p(3, 1.0), p(3, 1.0), p(3, 1.0)], POLICY, now=1.0).take == (0, 1)
 
     def test_a_smaller_request_further_back_fills_the_gap(self) -> None:
         assert next_batch([p(5, 1.0), p(4, 1.0), p(3, 1.0)], POLICY, now=1.0).take == (0, 2)
@@ -78,3 +78,14 @@ class TestMergeSplit:
         assert a == signature_of({"x": np.zeros((5, 7), np.int64)})
         assert a != signature_of({"x": np.zeros((1, 8), np.int64)})
         assert a != signature_of({"x": np.zeros((1, 7), np.int32)})
+
+
+class TestSharingBetweenInstances:
+    def test_queued_rows_are_shared_among_idle_instances(self) -> None:
+        q = [p(1, 1.0) for _ in range(8)]
+        assert next_batch(q, POLICY, now=1.0, idle=2).take == (0, 1, 2, 3)  # full queue, two batches of 4
+        assert next_batch(q[:3], POLICY, now=1.01, idle=2).take == (0, 1)  # due: ceil(3 / 2)
+        assert next_batch(q[:3], POLICY, now=1.01, idle=1).take == (0, 1, 2)
+
+    def test_sharing_never_splits_a_request_or_skips_the_head(self) -> None:
+        assert next_batch([p(6, 1.0), p(1, 1.0)], POLICY, now=1.01, idle=4).take == (0,)

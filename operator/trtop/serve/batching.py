@@ -11,6 +11,9 @@ Rules:
   its signature fill the batch in arrival order while their rows fit ``max_batch``.
 - A batch leaves at once when full; otherwise when its oldest request has waited
   ``max_delay`` (or at once when ``flush``: the server is draining).
+- With several idle instances (batches that may run at once), the queued rows are shared
+  between them instead of all going to the first: 8 queued rows and 2 idle instances
+  make two batches of 4 that run side by side, not one of 8 beside an idle core.
 """
 from __future__ import annotations
 
@@ -51,26 +54,29 @@ class Decision:
     wake_at: float | None = None  # None: only when something new arrives
 
 
-def next_batch(pending: Sequence[Pending], policy: BatchPolicy, now: float, *, flush: bool = False) -> Decision:
-    """The next batch to run from a FIFO queue, or when to look again."""
+def next_batch(
+    pending: Sequence[Pending], policy: BatchPolicy, now: float, *, flush: bool = False, idle: int = 1,
+) -> Decision:
+    """The next batch to run from a FIFO queue, or when to look again (``idle``: free instances)."""
     if not pending:
         return Decision()
     head = pending[0]
+    same = [i for i, item in enumerate(pending) if item.signature == head.signature]
+    queued = sum(pending[i].rows for i in same)
+    due = head.enqueued_at + policy.max_delay
+    if not (queued >= policy.max_batch or flush or now >= due):
+        return Decision((), due)
+    limit = min(policy.max_batch, -(-queued // max(1, idle)))  # ceil: share the rows among idle instances
     take: list[int] = []
     rows = 0
-    for i, item in enumerate(pending):
-        if item.signature != head.signature:
-            continue
-        if rows + item.rows > policy.max_batch and take:
+    for i in same:
+        if rows + pending[i].rows > limit and take:
             continue  # a smaller one further back may still fit
         take.append(i)
-        rows += item.rows
-        if rows >= policy.max_batch:
+        rows += pending[i].rows
+        if rows >= limit:
             break
-    due = head.enqueued_at + policy.max_delay
-    if rows >= policy.max_batch or flush or now >= due:
-        return Decision(tuple(take))
-    return Decision((), due)
+    return Decision(tuple(take))
 
 
 def signature_of(feeds: Feeds) -> Hashable:

@@ -115,9 +115,9 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         while True:
             now = self._clock()
-            busy = len(self._running) >= self._instances
-            decision = Decision() if busy else next_batch(
-                [i.pending for i in self._queue], self.policy, now, flush=self._flush)
+            idle = self._instances - len(self._running)
+            decision = Decision() if idle <= 0 else next_batch(
+                [i.pending for i in self._queue], self.policy, now, flush=self._flush, idle=idle)
             if not decision.take:
                 if self._closing and not self._queue:
                     return
