@@ -48,7 +48,7 @@ class Kube:
     def __init__(self, kubeconfig: str) -> None:
         cfg = k8s_client.Configuration()
         try:
-            k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+            k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
         except (k8s_config.ConfigException, OSError) as err:
             raise KubeError("load", kubeconfig, 0, f"cannot read kubeconfig {kubeconfig}: {err}") from err
         self.kubeconfig = kubeconfig
@@ -140,9 +140,10 @@ class Kube:
                 self._watches.discard(resp)
             resp.release_conn()
 
-    def interrupt_watches(self) -> None:
-        """End every open watch now (they return as if the server had closed them)."""
-        self._closed.set()
+    def interrupt_watches(self, *, final: bool = True) -> None:
+        """End every open watch now; ``final=False`` only breaks them (tests of the resume path)."""
+        if final:
+            self._closed.set()
         with self._lock:
             watches = list(self._watches)
         for resp in watches:

@@ -123,8 +123,11 @@ class NodeAgent:
         self.heartbeat()
 
     def heartbeat(self, ready: bool = True) -> None:
-        """Post the conditions and renew the Lease."""
-        node = self.kube.get(self.path)
+        """Post the conditions and renew the Lease (registering again if someone deleted the node)."""
+        node = self.kube.get_or_none(self.path)
+        if node is None:
+            log.warning("node %s was deleted from the cluster; registering it again", self.name)
+            node = self.kube.apply(self.path, build_node(self.name, self.shape))
         self._uid = node["metadata"]["uid"]
         status = build_node_status(self.name, self.shape, ready=ready, at=now(),
                                    previous=node.get("status", {}).get("conditions") or [])

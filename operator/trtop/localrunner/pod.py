@@ -46,6 +46,11 @@ class RunnerContext:
         return self.work_dir / "logs" / f"{namespace}_{name}.log"
 
 
+def final_delete(uid: str) -> dict[str, Any]:
+    """The kubelet's last word on a pod: delete it now, but only this incarnation of the name."""
+    return {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
+
+
 class PodWorker(threading.Thread):
     def __init__(self, ctx: RunnerContext, pod: Mapping[str, Any], pod_ip: str, on_done: Callable[[str], None]) -> None:
         meta = pod["metadata"]
@@ -187,9 +192,13 @@ class PodWorker(threading.Thread):
             if self.slots:  # like kubelets since 1.27: a deleted pod ends in a terminal phase
                 views = [s.view for s in self.slots]
                 self._post(phase=phase_of("Never", views, restarting=False), views=views)
-            self.ctx.kube.delete(pod_path(self.namespace, self.pod_name), {
-                "apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
-                "preconditions": {"uid": self.uid}})
+            for attempt in range(5):
+                try:
+                    self.ctx.kube.delete(pod_path(self.namespace, self.pod_name), final_delete(self.uid))
+                    break
+                except KubeError as err:
+                    log.warning("%s: final delete failed (attempt %d of 5): %s", self.label, attempt + 1, err)
+                    time.sleep(1.0)
             log.info("%s: deleted (processes stopped)", self.label)
         elif self.slots and self._posted and self._posted.get("phase") not in ("Succeeded", "Failed"):
             self._post(phase="Running", views=[s.view for s in self.slots], reason="LocalRunnerStopped",

@@ -25,7 +25,7 @@ from typing import Any
 from trtop.localrunner.addresses import LoopbackAddresses
 from trtop.localrunner.kube import Kube, KubeError, pod_path
 from trtop.localrunner.node import HEARTBEAT_SECONDS, HOST_IP, NodeAgent, NodeShape
-from trtop.localrunner.pod import PodWorker, RunnerContext
+from trtop.localrunner.pod import PodWorker, RunnerContext, final_delete
 
 log = logging.getLogger("trtop.localrunner")
 
@@ -122,6 +122,12 @@ class LocalRunner:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
+    def placement(self) -> dict[str, Any]:
+        """Pod spec fields that put a pod on this runner's node: nodeSelector + tolerations of its taints."""
+        tolerations = [{"key": t["key"], "operator": "Equal", "value": t.get("value", ""), "effect": t["effect"]}
+                       for t in self.shape.taints]
+        return {"nodeSelector": {"kubernetes.io/hostname": self.node_name}, "tolerations": tolerations}
+
     def log_path(self, namespace: str, pod: str) -> Path:
         """Where the processes of pod ``namespace/pod`` write stdout and stderr."""
         return self.work_dir / "logs" / f"{namespace}_{pod}.log"
@@ -195,9 +201,7 @@ class LocalRunner:
             status = pod.get("status") or {}
             if uid in self._finished or status.get("phase") in TERMINAL or meta.get("deletionTimestamp"):
                 if meta.get("deletionTimestamp"):  # nothing of ours runs: the kubelet's final delete
-                    self._ctx.kube.delete(pod_path(meta["namespace"], meta["name"]), {
-                        "apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
-                        "preconditions": {"uid": uid}})
+                    self._ctx.kube.delete(pod_path(meta["namespace"], meta["name"]), final_delete(uid))
                 return
             address = self._addresses.take(uid, wanted=status.get("podIP"))
             worker = PodWorker(self._ctx, pod, address, self._worker_done)
