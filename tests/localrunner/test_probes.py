@@ -62,3 +62,8 @@ def test_prober_thresholds_and_timing() -> None:
     assert prober.passing and not prober.failed_out
     prober.record(False, "down", 111.0)
     assert not prober.passing and prober.failed_out and prober.last_error == "down"
+
+
+def test_a_probe_on_an_unknown_named_port_fails_instead_of_raising() -> None:
+    ok, why = check({"httpGet": {"path": "/", "port": "metrics"}}, CONTAINER, "127.0.0.5")
+    assert not ok and "names no port" in why

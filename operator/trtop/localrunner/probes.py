@@ -28,7 +28,14 @@ def resolve_port(port: int | str, container: Mapping[str, Any]) -> int:
 
 
 def check(probe: Mapping[str, Any], container: Mapping[str, Any], pod_ip: str) -> tuple[bool, str]:
-    """Run one probe; (passed, what failed)."""
+    """Run one probe; (passed, what failed). A probe naming no port fails, as on a kubelet."""
+    try:
+        return _check(probe, container, pod_ip)
+    except PodSpecError as err:
+        return False, str(err)
+
+
+def _check(probe: Mapping[str, Any], container: Mapping[str, Any], pod_ip: str) -> tuple[bool, str]:
     timeout = float(probe.get("timeoutSeconds", 1))
     if "httpGet" in probe:
         get = probe["httpGet"]
