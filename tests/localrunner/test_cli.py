@@ -21,11 +21,11 @@ def test_errors_are_one_line_and_exit_1(tmp_path: Path, capsys: pytest.CaptureFi
     assert "KEY=VALUE:EFFECT" in capsys.readouterr().err
 
 
-def test_runs_until_sigterm_then_leaves(dev_cluster: DevCluster, tmp_path: Path) -> None:
+def test_runs_until_sigterm_then_marks_its_node_not_ready(dev_cluster: DevCluster, tmp_path: Path) -> None:
     node = f"local-runner-cli-{secrets.token_hex(3)}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "trtop.cli", "dev", "runner", "--kubeconfig", dev_cluster.kubeconfig, "--node-name", node,
-         "--work-dir", str(tmp_path), "--taint", "trtop.io/local-runner=true:NoSchedule", "--label", "team=ml"],
+         "--work-dir", str(tmp_path), "--taint", "trtop.io/local-runner=true:NoSchedule", "--label", "team=ml", "--no-delete-node-on-exit"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None
@@ -36,5 +36,9 @@ def test_runs_until_sigterm_then_leaves(dev_cluster: DevCluster, tmp_path: Path)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out
-    assert dev_cluster.kubectl("get", "node", node, check=False).returncode != 0
+    try:
+        assert proc.returncode == 0, out
+        conditions = dev_cluster.get("node", node)["status"]["conditions"]
+        assert next(c for c in conditions if c["type"] == "Ready")["status"] == "False"
+    finally:
+        dev_cluster.delete_node(node)

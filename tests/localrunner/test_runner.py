@@ -204,12 +204,17 @@ def test_a_pod_that_cannot_run_fails_with_a_reason(dev_cluster: DevCluster, name
     del no_command["spec"]["containers"][0]["command"]
     odd_volume = bare_pod("oddvol", local_runner.node_name, [PY, "-c", "pass"],
                           volumes=[{"name": "v", "nfs": {"server": "192.0.2.1", "path": "/exports"}}])
-    dev_cluster.apply([no_command, odd_volume], namespace=namespace)
-    for name, reason in (("nocmd", "NoCommand"), ("oddvol", "UnsupportedVolume")):
+    no_binary = bare_pod("nobin", local_runner.node_name, ["no-such-program-here", "--flag"])
+    dev_cluster.apply([no_command, odd_volume, no_binary], namespace=namespace)
+    for name, reason in (("nocmd", "NoCommand"), ("oddvol", "UnsupportedVolume"), ("nobin", "StartError")):
         status = wait_for(f"pod {name} Failed", lambda: (s := pod_status(dev_cluster, namespace, name))
                           .get("phase") == "Failed" and s)
-        assert status["reason"] == reason
-        assert status["containerStatuses"][0]["state"]["terminated"]["reason"] == reason
+        terminated = status["containerStatuses"][0]["state"]["terminated"]
+        assert terminated["reason"] == reason
+        if reason == "StartError":  # the process could not start: a container's failure, not the pod's
+            assert terminated["exitCode"] == 128 and "no-such-program-here" in terminated["message"]
+        else:
+            assert status["reason"] == reason
 
 
 def test_stop_leaves_no_process_behind_and_removes_the_node(dev_cluster: DevCluster, namespace: str,

@@ -2,10 +2,10 @@
 
     trtop dev runner [--name trtop-dev | --kubeconfig FILE] [--node-name local-runner]
                      [--pvc-root DIR] [--work-dir DIR] [--cpu 32] [--memory 128Gi] [--pods 110]
-                     [--label K=V]... [--taint K=V:EFFECT]... [--env K=V]... [--keep-node] [--verbose]
+                     [--label K=V]... [--taint K=V:EFFECT]... [--env K=V]... [--no-delete-node-on-exit] [--verbose]
 
 Runs until SIGINT/SIGTERM, then stops every process it started and deletes its node
-(``--keep-node``: marks it NotReady). Dispatched from ``trtop.devcluster.cli``.
+(``--no-delete-node-on-exit``: marks it NotReady). Dispatched from ``trtop.devcluster.cli``.
 """
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--taint", action="append", default=[], metavar="K=V:EFFECT", help="a node taint (repeatable)")
     p.add_argument("--env", action="append", default=[], metavar="K=V",
                    help="a variable for every process, below the pod's own env (repeatable)")
-    p.add_argument("--keep-node", dest="delete_node", action="store_false",
-                   help="on exit mark the node NotReady instead of deleting it")
+    p.add_argument("--delete-node-on-exit", dest="delete_node", action=argparse.BooleanOptionalAction, default=True,
+                   help="on exit delete the node (default), or with --no-delete-node-on-exit mark it NotReady")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return p
 

@@ -58,8 +58,16 @@ class ContainerSlot:
         self.termination_file.parent.mkdir(parents=True, exist_ok=True)
         self.termination_file.write_text("")
         banner = f"{self.pod_label} container {self.view.name} start #{self.view.restart_count} at {now()}"
-        self.process = ContainerProcess(self.spec, self.log_path, banner)
         self._started_mono = mono = time.monotonic()
+        try:
+            self.process = ContainerProcess(self.spec, self.log_path, banner)
+        except OSError as err:  # the kubelet's StartError: exit code 128, like a missing executable in a container
+            self.process, self.restart_at = None, None
+            self.view = replace(self.view, started_at=now())
+            self._exited(128, f"cannot start {self.spec.argv[0]!r}: {err.strerror or err}")
+            self.view = replace(self.view, reason="StartError")
+            log.warning("%s: container %s: %s", self.pod_label, self.view.name, self.view.message)
+            return
         probes = {k: self.container.get(k) for k in ("startupProbe", "livenessProbe", "readinessProbe")}
         self._startup = Prober(probes["startupProbe"], mono) if probes["startupProbe"] else None
         self._liveness = Prober(probes["livenessProbe"], mono) if probes["livenessProbe"] else None
