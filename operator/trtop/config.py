@@ -35,7 +35,8 @@ class Settings:
     # Seconds between autoscaler decisions, and an optional Prometheus to read load from.
     autoscale_interval_seconds: float = 15.0
     prometheus_url: str = ""
-    # Port of the operator's own /metrics, /healthz and /readyz.
+    # Address and port of the operator's own /metrics (the chart's probes use kopf's :8081/healthz).
+    metrics_host: str = "0.0.0.0"
     metrics_port: int = 8080
     # Extra env for workloads (tests point the local runner's pods at a local store this way).
     workload_env: Mapping[str, str] = field(default_factory=dict)
@@ -60,6 +61,7 @@ class Settings:
             workload_service_account=e.get("TRTOP_WORKLOAD_SERVICE_ACCOUNT", d.workload_service_account),
             autoscale_interval_seconds=float(e.get("TRTOP_AUTOSCALE_INTERVAL_SECONDS", d.autoscale_interval_seconds)),
             prometheus_url=e.get("TRTOP_PROMETHEUS_URL", d.prometheus_url),
+            metrics_host=e.get("TRTOP_METRICS_HOST", d.metrics_host),
             metrics_port=int(e.get("TRTOP_METRICS_PORT", d.metrics_port)),
             workload_env=extra,
         )

@@ -26,6 +26,6 @@ def configure(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
     kopf_settings.posting.level = logging.INFO
     kopf_settings.batching.error_delays = [1, 2, 5, 10, 30]
     if settings.metrics_port and not _metrics_started:
-        start_http_server(settings.metrics_port)
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
         _metrics_started = True
-        log.info("Operator metrics on :%d/metrics", settings.metrics_port)
+        log.info("Operator metrics on %s:%d/metrics", settings.metrics_host, settings.metrics_port)

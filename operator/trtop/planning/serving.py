@@ -69,6 +69,8 @@ def build_deployment(
     env, env_from, volumes, mounts = store_access(settings)
     env += [
         {"name": names.ENV_MODEL_NAME, "value": md_name},
+        # Fetched engines go to the pod's own /tmp (an emptyDir): the root filesystem is read-only.
+        {"name": "TRTOP_ENGINE_CACHE_DIR", "value": "/tmp/trtop-engines"},
         {"name": names.ENV_ENGINE_SET, "value": json.dumps(engine_set(engines), sort_keys=True)},
         *(dict(e) for e in spec.serving.env),
     ]
@@ -91,7 +93,9 @@ def build_deployment(
             "imagePullPolicy": settings.image_pull_policy,
             "command": ["trtop", "serve", "--host", "0.0.0.0", "--port", str(port),
                         "--max-queue-delay-ms", str(spec.serving.max_queue_delay_ms),
-                        "--max-queue-size", str(spec.serving.max_queue_size)],
+                        "--max-queue-size", str(spec.serving.max_queue_size),
+                        # After SIGTERM keep answering (not ready) while endpoints drop the pod.
+                        "--drain-delay-s", "5"],
             "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
             "env": env, "envFrom": env_from, "volumeMounts": mounts, "resources": resources,
             "securityContext": CONTAINER_SECURITY_CONTEXT,
