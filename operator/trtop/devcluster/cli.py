@@ -6,6 +6,7 @@
     trtop dev cluster kubeconfig [--name trtop-dev]
     trtop dev nodes apply [--name trtop-dev] [--pools FILE] [--no-prune]
     trtop dev runner [--name trtop-dev] [--node-name local-runner] ...   (trtop.localrunner.cli)
+    trtop dev demo [--name trtop-dev] [--keep]                          (trtop.devcluster.demo)
 
 Dispatched from ``trtop.cli``; the work happens in ``trtop.devcluster.cluster``.
 """
@@ -48,12 +49,18 @@ def _parser() -> argparse.ArgumentParser:
     apply.add_argument("--pools", type=Path, help="pools YAML (default: trtop/devcluster/pools.yaml)")
     apply.add_argument("--no-prune", dest="prune", action="store_false",
                        help="keep pool nodes that are not in the file")
+    groups.add_parser("demo", add_help=False,
+                      help="the demo: cluster up, local runner, Helm install, a real model built, served and scaled")
     groups.add_parser("runner", add_help=False,
                       help="the local kubelet stand-in: run one node's pods as local processes (`runner --help`)")
     return parser
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["demo"]:  # the whole path, from kubectl apply to an answer (README)
+        from trtop.devcluster.demo import main as demo_main
+
+        return demo_main(argv[1:])
     if argv[:1] == ["runner"]:  # its own options: docs/local-runner.md
         from trtop.localrunner.cli import main as runner_main
 

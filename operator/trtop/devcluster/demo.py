@@ -36,7 +36,7 @@ class Timeline:
     rows: list[tuple[float, int, int, int, float]] = field(default_factory=list)  # t, ok, desired, ready, metric
 
     def table(self) -> str:
-        lines = ["   t(s)  answers  desired  ready  in-flight/replica"]
+        lines = ["   t(s)  answers  desired  ready  metric at last scale"]
         lines += [f"  {t:5.0f}  {ok:7d}  {d:7d}  {r:5d}  {m:8.2f}" for t, ok, d, r, m in self.rows]
         return "\n".join(lines)
 
@@ -64,7 +64,13 @@ class Demo:
         self.t0 = time.monotonic()
 
     # --- steps -------------------------------------------------------------------------------
-    def install(self) -> None:
+    def reset(self) -> None:
+        """Remove what an earlier run left (the engines under .work/demo/engines stay: a rerun reuses them)."""
+        self.dev.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", check=False)
+        self.dev.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=120s", timeout=150)
+        self.dev.kubectl("delete", "pv", f"{NAMESPACE}-engines", f"{NAMESPACE}-models", "--ignore-not-found")
+
+    def install(self, *, watch_only_demo_namespace: bool = False) -> None:
         self._step("storage: the engine-store and models claims, bound to hostPath volumes under .work/demo")
         self.dev.kubectl("create", "namespace", NAMESPACE, check=False)
         self.dev.apply(storage_manifests(self.storage))
@@ -75,6 +81,8 @@ class Demo:
                       "--set", "store.pvc.create=false", "--set", "store.pvc.existingClaim=trtop-engines",
                       "--set-string", f"nodeSelector.{names.LABEL_LOCAL_RUNNER.replace('.', chr(92) + '.')}=true",
                       "--set", "operator.reconcileIntervalSeconds=2", "--set", "operator.autoscaleIntervalSeconds=3",
+                      *(("--set", "rbac.namespaced=true", "--set", f"watchNamespaces={{{NAMESPACE}}}")
+                        if watch_only_demo_namespace else ()),
                       "--wait", "--timeout", "180s", timeout=240)
         self.say("  " + self.dev.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide").replace("\n", "\n  "))
 
@@ -83,9 +91,11 @@ class Demo:
         self.dev.kubectl("apply", "-n", NAMESPACE, "-f", str(self.root / "examples/demo/modeldeployment.yaml"))
         seen: set[str] = set()
 
-        def ready() -> dict[str, Any] | None:
+        def ready() -> Any:
             md = self.dev.get("md", MODEL, "-n", NAMESPACE)
             status = md.get("status") or {}
+            if not status:
+                return None
             line = f"phase={status.get('phase')} engines={status.get('enginesReady')} " + " ".join(
                 f"[{e['target']}: {e['state']}]" for e in status.get("engines", []))
             if line not in seen:
@@ -140,7 +150,8 @@ class Demo:
         self.say(self.result.timeline.table())
 
     def summary(self) -> str:
-        evs = self.dev.get("events", "-n", NAMESPACE, "--field-selector", f"involvedObject.name={MODEL}")["items"]
+        evs = self.dev.get("events", "-n", NAMESPACE, "--field-selector",
+                           f"involvedObject.name={MODEL},involvedObject.kind={names.KIND}")["items"]
         self.result.events = [f"{e['reason']}: {e['message']}" for e in
                               sorted(evs, key=lambda e: e.get("lastTimestamp") or e["metadata"]["creationTimestamp"])]
         text = "\n".join([
@@ -239,16 +250,30 @@ def _tensorflow_answer(path: Path, image: np.ndarray[Any, Any]) -> np.ndarray[An
 def main(argv: list[str]) -> int:
     from trtop.localrunner.runner import LocalRunner
 
-    name = argv[0] if argv else workspace.DEFAULT_NAME
-    info = cluster.up(name)
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="trtop dev demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--name", default=workspace.DEFAULT_NAME, help="dev cluster name (default %(default)s)")
+    parser.add_argument("--keep", action="store_true", help="keep the local runner (and so the pods) running "
+                        "after the demo, until Ctrl-C")
+    args = parser.parse_args(argv)
+    info = cluster.up(args.name)
     assert info is not None
-    dev = DevCluster(str(info.kubeconfig), info.kubectl, name, info.created)
+    dev = DevCluster(str(info.kubeconfig), info.kubectl, args.name, info.created)
     with LocalRunner(info.kubeconfig) as runner:
         demo = Demo(dev, runner)
+        demo.reset()
         demo.install()
         demo.deploy()
         demo.ask()
         demo.load()
         demo.summary()
+        if args.keep:
+            print("\nThe local runner keeps the operator and the server running; Ctrl-C stops it.")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
         print("\nThe local runner stops now (its processes end); the cluster keeps running.")
     return 0

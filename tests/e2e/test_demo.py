@@ -1,0 +1,73 @@
+"""The truly end-to-end path, as the demo runs it, with every step real.
+
+Dev cluster (real control plane) + the local runner (the kubelet stand-in for one node)
+-> trtop installed with Helm -> the demo's Keras model on a claim -> `kubectl apply -f
+examples/demo/modeldeployment.yaml` -> the real converter in a build Job -> the real
+server in the serving Deployment -> an inference request checked against TensorFlow ->
+load -> the builtin autoscaler scales up, holds, and scales down after its window.
+"""
+from __future__ import annotations
+
+import pytest
+
+from trtop import names
+from trtop.devcluster.demo import NAMESPACE, Demo
+from trtop.localrunner.runner import LocalRunner
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+AUTOSCALE_INTERVAL = 3  # operator.autoscaleIntervalSeconds the demo installs with
+SCALE_DOWN_WINDOW = 20  # scaling.scaleDownWindowSeconds of examples/demo/modeldeployment.yaml
+
+
+@pytest.fixture
+def demo(dev_cluster, tmp_path):
+    lines: list[str] = []
+    with LocalRunner(dev_cluster.kubeconfig, node_name="local-runner", work_dir=tmp_path / "runner") as runner:
+        d = Demo(dev_cluster, runner, say=lines.append)
+        d.reset()
+        try:
+            yield d
+        finally:
+            print("\n".join(lines))
+            d.reset()
+
+
+def test_kubectl_apply_to_a_real_answer_and_scaling(demo, dev_cluster):
+    demo.install(watch_only_demo_namespace=True)
+    md = demo.deploy(timeout=300)
+
+    # Status contract along the way.
+    status = md["status"]
+    assert status["observedGeneration"] == md["metadata"]["generation"]
+    assert status["enginesReady"] == "1/1" and status["phase"] == "Ready"
+    engine = status["engines"][0]
+    assert engine["target"] == "cpu" and engine["backend"] == "onnxruntime" and engine["state"] == "Ready"
+    assert engine["parityMaxAbsError"] < 1e-4  # the converter verified it against TensorFlow
+    dev_cluster.kubectl("wait", "-n", NAMESPACE, "--for=condition=Ready", "md/demo", "--timeout=10s")
+
+    # A real answer, equal to TensorFlow's on the same input.
+    demo.ask()
+    assert len(demo.result.answer) == 10 and abs(sum(demo.result.answer) - 1) < 1e-4
+    assert demo.result.max_abs_error < 1e-4
+    assert demo.result.answer.index(max(demo.result.answer)) == demo.result.expected.index(max(demo.result.expected))
+
+    # Load: up within two autoscale periods, no oscillation, down only after the window.
+    demo.load(seconds=30, concurrency=12, settle=SCALE_DOWN_WINDOW + 6 * AUTOSCALE_INTERVAL)
+    rows = demo.result.timeline.rows
+    load_start, load_end = rows[0][0], rows[0][0] + 30
+    first_up = next(t for t, _, desired, _, _ in rows if desired > 1)
+    assert first_up - load_start <= 2 * AUTOSCALE_INTERVAL + 4, demo.result.timeline.table()
+    during = [desired for t, _, desired, _, _ in rows if first_up <= t <= load_end]
+    assert during == sorted(during), f"replicas went down under constant load:\n{demo.result.timeline.table()}"
+    assert demo.result.max_replicas_seen == 3  # maxReplicas of the example
+    first_down = next(t for t, _, desired, _, _ in rows if t > load_end and desired < demo.result.max_replicas_seen)
+    assert first_down - load_end >= SCALE_DOWN_WINDOW - AUTOSCALE_INTERVAL, demo.result.timeline.table()
+    assert demo.result.final_replicas == 1, demo.result.timeline.table()
+
+    # What people read: Events for each transition and each scale change.
+    text = demo.summary()
+    reasons = {e.split(":")[0] for e in demo.result.events}
+    assert {"EngineBuilding", "EngineReady", "PhaseReady", "ScaledUp", "ScaledDown"} <= reasons, text
+    pods = dev_cluster.get("pods", "-n", NAMESPACE, "-l", f"{names.LABEL_COMPONENT}={names.COMPONENT_ENGINE_BUILD}")
+    assert pods["items"] and all(p["status"]["phase"] == "Succeeded" for p in pods["items"])
