@@ -24,7 +24,7 @@ SCALE_DOWN_WINDOW = 20  # scaling.scaleDownWindowSeconds of examples/demo/modeld
 def demo(dev_cluster, tmp_path):
     lines: list[str] = []
     with LocalRunner(dev_cluster.kubeconfig, node_name="local-runner", work_dir=tmp_path / "runner") as runner:
-        d = Demo(dev_cluster, runner, say=lines.append)
+        d = Demo(dev_cluster, runner, say=lines.append, storage=tmp_path / "storage")  # an empty engine store
         d.reset()
         try:
             yield d

@@ -55,10 +55,11 @@ class DemoResult:
 
 
 class Demo:
-    def __init__(self, dev: DevCluster, runner: Any, say: Callable[[str], None] = print) -> None:
+    def __init__(self, dev: DevCluster, runner: Any, say: Callable[[str], None] = print,
+                 storage: Path | None = None) -> None:
         self.dev, self.runner, self.say = dev, runner, say
         self.root = workspace.repo_root()
-        self.storage = self.root / ".work" / "demo"
+        self.storage = storage or self.root / ".work" / "demo"  # engines/ and models/ (hostPath volumes)
         self.model_path = self.storage / "models" / "demo.keras"
         self.result = DemoResult()
         self.t0 = time.monotonic()
