@@ -1,0 +1,76 @@
+"""On a real NVIDIA GPU: the server reads its device and picks its engine like cc_model_filenames,
+and the TensorRT backend's CUDA buffers work. Skipped (saying why) where there is no GPU.
+
+TensorRT itself is not needed here; tests/convert/test_tensorrt_gpu.py covers the engine
+build and run wherever `import tensorrt` gives the real library.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from trtop.serve.device import detect_device, gfd_product
+from trtop.serve.selection import EngineChoice, choose_engine, parse_engine_set
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def nvml():
+    pynvml = pytest.importorskip("pynvml", reason="nvidia-ml-py is not installed")
+    try:
+        pynvml.nvmlInit()
+    except Exception as e:  # noqa: BLE001 - any NVML failure means: no usable GPU here
+        pytest.skip(f"no NVIDIA GPU/driver visible to NVML: {e}")
+    yield pynvml
+    pynvml.nvmlShutdown()
+
+
+def test_device_is_what_nvml_reports(nvml):
+    handle = nvml.nvmlDeviceGetHandleByIndex(0)
+    name = nvml.nvmlDeviceGetName(handle)
+    name = name.decode() if isinstance(name, bytes) else name
+    major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
+    device = detect_device()
+    print(f"NVML: {name!r} compute capability {major}.{minor} -> {device!r}")
+    assert device.cc == f"{major}.{minor}" and device.product == gfd_product(name)
+    assert device.source == "nvml"
+
+
+def test_server_picks_the_engine_built_for_this_gpu(nvml):
+    device = detect_device()
+    others = [{"key": "e-other1", "target": {"cc": "7.5", "product": "Tesla-T4"}, "backend": "tensorrt",
+               "artifact": "model.plan"},
+              {"key": "e-cpu", "target": {"cc": "cpu", "product": None}, "backend": "onnxruntime",
+               "artifact": "model.onnx"}]
+    mine = {"key": "e-mine", "target": {"cc": device.cc, "product": device.product}, "backend": "tensorrt",
+            "artifact": "model.plan"}
+    entries = [e for e in parse_engine_set(json.dumps([*others[:1], mine, others[1]]))
+               if isinstance(e, EngineChoice)]
+    assert choose_engine(entries, device).key == "e-mine"
+    # Without an engine for this GPU the CPU engine is the fallback, never another GPU's plan.
+    assert choose_engine([e for e in entries if e.key != "e-mine"], device).key == "e-cpu"
+
+
+def test_cuda_buffers_round_trip(nvml):
+    cuda_memory = pytest.importorskip("trtop.serve.backends.cuda_memory")
+    try:
+        rt = cuda_memory.CudaRuntime()
+    except Exception as e:  # noqa: BLE001 - cuda-python missing: the GPU image carries it
+        pytest.skip(f"cuda-python not usable here: {e}")
+    rt.set_device(0)
+    stream = rt.new_stream()
+    host = np.arange(1 << 20, dtype=np.float32)
+    back = np.zeros_like(host)
+    ptr = rt.alloc(host.nbytes)
+    try:
+        rt.to_device(ptr, host, stream)
+        rt.to_host(back, ptr, stream)
+        rt.synchronize(stream)
+    finally:
+        rt.free(ptr)
+    np.testing.assert_array_equal(back, host)
+    with pytest.raises(RuntimeError, match="cudaMalloc"):
+        rt.alloc(1 << 50)  # 1 PiB: the error comes back as a clear message, not a crash
