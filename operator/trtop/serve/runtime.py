@@ -68,6 +68,30 @@ class RuntimeOptions:
         return self.threads if self.threads > 0 else default_threads()
 
 
+class FixedIO:
+    """Shared by the backends: inputs and outputs fixed at load time, kept in ``_inputs``/``_outputs``.
+
+    ``max_batch`` is the smallest fixed first dimension of the inputs (None when the batch
+    is dynamic); a backend that knows better (TensorRT's profile) overrides it.
+    """
+
+    _inputs: tuple[TensorSpec, ...] = ()
+    _outputs: tuple[TensorSpec, ...] = ()
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._outputs
+
+    @property
+    def max_batch(self) -> int | None:
+        fixed = {s.shape[0] for s in self._inputs if s.shape and s.shape[0] > 0}
+        return min(fixed) if fixed else None
+
+
 class Runtime(Protocol):
     """One loaded model. ``run`` may be called from several threads at once (``--instances``): a backend
     that cannot run batches concurrently serialises them itself."""

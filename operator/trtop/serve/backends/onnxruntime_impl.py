@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from trtop.api.engine import TensorSpec
 from trtop.serve.errors import StartupError
-from trtop.serve.runtime import RuntimeOptions
+from trtop.serve.runtime import FixedIO, RuntimeOptions
 from trtop.serve.types import Feeds, Outputs
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ _DTYPES = {
 }
 
 
-class OnnxRuntime:
+class OnnxRuntime(FixedIO):
     """One ``InferenceSession``; ``run`` is called from the scheduler's worker thread."""
 
     def __init__(self, path: Path, options: RuntimeOptions) -> None:
@@ -53,19 +53,6 @@ class OnnxRuntime:
         self._outputs = tuple(_spec(a) for a in self._session.get_outputs())
         log.info("ONNX Runtime %s loaded %s with %s, %d threads",
                  ort.__version__, path, self._session.get_providers()[0], options.thread_count)
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
-
-    @property
-    def max_batch(self) -> int | None:
-        fixed = {s.shape[0] for s in self._inputs if s.shape and s.shape[0] > 0}
-        return min(fixed) if fixed else None
 
     @property
     def platform(self) -> str:

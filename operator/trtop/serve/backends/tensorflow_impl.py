@@ -14,7 +14,7 @@ import numpy as np
 
 from trtop.api.engine import TensorSpec
 from trtop.serve.errors import StartupError
-from trtop.serve.runtime import RuntimeOptions
+from trtop.serve.runtime import FixedIO, RuntimeOptions
 from trtop.serve.types import Feeds, Outputs
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 SIGNATURE = "serving_default"
 
 
-class TensorFlowRuntime:
+class TensorFlowRuntime(FixedIO):
     """A SavedModel's ``serving_default`` signature, called eagerly on numpy batches."""
 
     def __init__(self, path: Path, options: RuntimeOptions) -> None:
@@ -51,19 +51,6 @@ class TensorFlowRuntime:
         self._inputs = tuple(_spec(name, s) for name, s in sorted(kwargs.items()))
         self._outputs = tuple(_spec(name, s) for name, s in sorted(self._fn.structured_outputs.items()))
         log.info("TensorFlow %s loaded %s", tf.__version__, path)
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
-
-    @property
-    def max_batch(self) -> int | None:
-        fixed = {s.shape[0] for s in self._inputs if s.shape and s.shape[0] > 0}
-        return min(fixed) if fixed else None
 
     @property
     def platform(self) -> str:

@@ -20,7 +20,7 @@ import tensorrt as trt
 from trtop.api.engine import TensorSpec
 from trtop.serve.backends.cuda_memory import CudaRuntime, DeviceMemory
 from trtop.serve.errors import InferenceFailed, StartupError
-from trtop.serve.runtime import RuntimeOptions
+from trtop.serve.runtime import FixedIO, RuntimeOptions
 from trtop.serve.types import Array, Feeds, Outputs
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class _Logger(trt.ILogger):  # type: ignore[misc,unused-ignore]  # Any without u
             log.warning("TensorRT: %s", msg)
 
 
-class TensorRTRuntime:
+class TensorRTRuntime(FixedIO):
     """One engine, one execution context, one CUDA stream; buffers grow to the largest batch seen."""
 
     def __init__(self, path: Path, options: RuntimeOptions, cuda: DeviceMemory | None = None) -> None:
@@ -79,14 +79,6 @@ class TensorRTRuntime:
                 outputs.append(spec)
         self._inputs, self._outputs = tuple(inputs), tuple(outputs)
         log.info("TensorRT %s loaded %s (max batch %s)", trt.__version__, path, self._max_batch)
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
 
     @property
     def max_batch(self) -> int | None:
