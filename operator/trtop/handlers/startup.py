@@ -19,7 +19,6 @@ def configure(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
     kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="trtop.io")
     kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="trtop.io", key="last-handled-configuration")
-    kopf_settings.persistence.finalizer = "trtop.io/kopf-finalizer"
     kopf_settings.watching.server_timeout = 60
     kopf_settings.watching.client_timeout = 90
     kopf_settings.execution.max_workers = 8

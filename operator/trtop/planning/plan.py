@@ -130,4 +130,6 @@ def _previous_engines(previous: Mapping[str, Any], live: DeploymentFact | None, 
     kept = list(previous.get("previousEngines") or [])
     if live is not None and live.model_revision and live.model_revision != revision:
         kept = [k for k in live.engine_keys if k not in kept] + kept
-    return kept[: max(keep, 0) * 8]
+    # ``keep`` revisions' worth, a revision being as many engines as the live one serves.
+    per_revision = max(len(live.engine_keys), 1) if live is not None else max(len(kept), 1)
+    return kept[: max(keep, 0) * per_revision]
