@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
+from trtop import names
 from trtop.api.engine import BatchProfile, HardwareCompatibility, Method, ModelFormat, ModelSource, Precision
 from trtop.api.errors import SpecError
 from trtop.api.targets import Target
@@ -141,7 +142,7 @@ def _int(raw: Mapping[str, Any], key: str, default: int, where: str, *, minimum:
 
 def _strings(raw: Mapping[str, Any], key: str, where: str) -> dict[str, str]:
     value = raw.get(key) or {}
-    reserved = [k for k in value if str(k).startswith("app.kubernetes.io/") or str(k).startswith("trtop.io/model")]
+    reserved = [k for k in value if str(k).startswith("app.kubernetes.io/") or str(k) == names.LABEL_MODEL_DEPLOYMENT]
     if reserved and key == "podLabels":
         raise SpecError(f"{where}.{key}", f"labels {reserved} are set by trtop (they select its pods); pick other keys")
     return {str(k): str(v) for k, v in value.items()}

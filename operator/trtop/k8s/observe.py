@@ -109,7 +109,7 @@ def observe_deployment(namespace: str, name: str) -> DeploymentFact | None:
         raise
     ann = d["metadata"].get("annotations") or {}
     st = d.get("status") or {}
-    keys = tuple(EngineKey(k) for k in ann.get(f"{names.GROUP}/engine-keys", "").split(",") if k)
+    keys = tuple(EngineKey(k) for k in ann.get(names.ANNOTATION_ENGINE_KEYS, "").split(",") if k)
     return DeploymentFact(
         name=name, engine_set_hash=ann.get(names.ANNOTATION_ENGINE_SET, ""),
         model_revision=ann.get(names.ANNOTATION_SPEC_HASH, ""), replicas=int(d["spec"].get("replicas") or 0),

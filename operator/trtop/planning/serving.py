@@ -116,7 +116,7 @@ def build_deployment(
         "metadata": {
             "name": md_name, "namespace": meta["namespace"], "labels": pod_labels,
             "annotations": {names.ANNOTATION_SPEC_HASH: revision, names.ANNOTATION_ENGINE_SET: set_hash,
-                            f"{names.GROUP}/engine-keys": ",".join(e.key for e in engines)},
+                            names.ANNOTATION_ENGINE_KEYS: ",".join(e.key for e in engines)},
             "ownerReferences": [owner_reference(md)],
         },
         "spec": {
