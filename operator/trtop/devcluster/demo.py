@@ -36,7 +36,7 @@ class Timeline:
     rows: list[tuple[float, int, int, int, float]] = field(default_factory=list)  # t, ok, desired, ready, metric
 
     def table(self) -> str:
-        lines = ["   t(s)  answers  desired  ready  metric at last scale"]
+        lines = ["   t(s)  answers  desired  ready  in-flight per pod (last reading)"]
         lines += [f"  {t:5.0f}  {ok:7d}  {d:7d}  {r:5d}  {m:8.2f}" for t, ok, d, r, m in self.rows]
         return "\n".join(lines)
 
@@ -194,7 +194,7 @@ class Demo:
         md = self.dev.get("md", MODEL, "-n", NAMESPACE)
         st = md.get("status") or {}
         desired, ready = int(st.get("desiredReplicas") or 0), int(st.get("readyReplicas") or 0)
-        metric = float((st.get("lastScale") or {}).get("metric") or 0.0)
+        metric = float((st.get("lastMetric") or {}).get("metric") or 0.0)
         self.result.timeline.rows.append((self._t(), answers, desired, ready, metric))
         self.result.max_replicas_seen = max(self.result.max_replicas_seen, desired)
         self.result.final_replicas = desired

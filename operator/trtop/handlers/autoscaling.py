@@ -92,13 +92,23 @@ def _apply(body: dict[str, Any], decision: Decision, errors: tuple[str, ...], se
         reconcile(body, patch, log, settings, autoscaled=decision.desired_replicas,
                   scaling_limit=decision.capacity_message if decision.capped else "")
         patch.status["lastScale"] = reading
+        patch.status["lastMetric"] = {k: v for k, v in reading.items() if k != "reason"}
         patch_status(body, dict(patch.status))
         metrics.SCALE_CHANGES.labels(decision.direction).inc()
         post_event(body, "Normal", "Scaled" + decision.direction.capitalize(),
                    f"replicas {decision.current_replicas} -> {decision.desired_replicas}: {decision.reason}")
-    elif decision.capped and status.get("lastCapped") != decision.capacity_message:
-        post_event(body, "Warning", "ScalingLimited", decision.capacity_message)
-        patch_status(body, {"lastCapped": decision.capacity_message})
+    else:
+        update: dict[str, Any] = {}
+        if decision.capped and status.get("lastCapped") != decision.capacity_message:
+            post_event(body, "Warning", "ScalingLimited", decision.capacity_message)
+            update["lastCapped"] = decision.capacity_message
+        # The last reading, like an HPA's currentMetrics: written only when the figures move.
+        last = status.get("lastMetric") or {}
+        if (last.get("metric"), last.get("pods"), last.get("desired")) != (
+                reading["metric"], reading["pods"], reading["desired"]):
+            update["lastMetric"] = {k: v for k, v in reading.items() if k != "reason"}
+        if update:
+            patch_status(body, update)
     if errors:
         log.info("%s/%s: load readings missing: %s", body["metadata"]["namespace"], body["metadata"]["name"],
                  "; ".join(errors)[:500])
