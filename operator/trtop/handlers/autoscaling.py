@@ -89,7 +89,7 @@ def _apply(body: dict[str, Any], decision: Decision, errors: tuple[str, ...], se
                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if decision.changed:
         patch = kopf.Patch()
-        reconcile(body, patch, log, settings, autoscaled=decision.desired_replicas,
+        reconcile(body, patch, settings, autoscaled=decision.desired_replicas,
                   scaling_limit=decision.capacity_message if decision.capped else "")
         patch.status["lastScale"] = reading
         patch.status["lastMetric"] = {k: v for k, v in reading.items() if k != "reason"}

@@ -40,5 +40,5 @@ async def on_cleanup_operator(**_: Any) -> None:
 @kopf.on.resume(names.GROUP, names.VERSION, names.PLURAL)
 @kopf.on.create(names.GROUP, names.VERSION, names.PLURAL)
 @kopf.on.update(names.GROUP, names.VERSION, names.PLURAL, field="spec")
-def on_change_model_deployment(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
-    reconcile(body, patch, logger, SETTINGS)
+def on_change_model_deployment(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    reconcile(body, patch, SETTINGS)

@@ -44,24 +44,24 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def reconcile(body: Mapping[str, Any], patch: kopf.Patch, logger: logging.Logger | kopf.Logger,
-              settings: Settings, autoscaled: int | None = None, scaling_limit: str = "") -> Plan | None:
+def reconcile(body: Mapping[str, Any], patch: kopf.Patch, settings: Settings,
+              autoscaled: int | None = None, scaling_limit: str = "") -> Plan | None:
     uid = str(body["metadata"].get("uid"))
     if autoscaled is None:  # every reconcile keeps the autoscaler's last decision
         autoscaled, scaling_limit = last_decision(uid)
     with _locks[uid]:
-        return _reconcile(body, patch, logger, settings, autoscaled, scaling_limit)
+        return _reconcile(body, patch, settings, autoscaled, scaling_limit)
 
 
-def _reconcile(body: Mapping[str, Any], patch: kopf.Patch, logger: logging.Logger | kopf.Logger,
-               settings: Settings, autoscaled: int | None, scaling_limit: str) -> Plan | None:
+def _reconcile(body: Mapping[str, Any], patch: kopf.Patch, settings: Settings, autoscaled: int | None,
+               scaling_limit: str) -> Plan | None:
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     status = dict(body.get("status") or {})
     try:
         spec = parse_spec(body.get("spec") or {})
     except SpecError as e:
-        _report_spec_error(body, patch, logger, e)
+        _report_spec_error(body, patch, e)
         metrics.RECONCILES.labels("invalid-spec").inc()
         return None
     try:
@@ -89,7 +89,7 @@ def _reconcile(body: Mapping[str, Any], patch: kopf.Patch, logger: logging.Logge
         metrics.RECONCILES.labels("api-error").inc()
         raise kopf.TemporaryError(f"Kubernetes API error ({e.status} {e.reason}); retrying.", delay=5) from e
     _count_engines(plan)
-    _write_status(status, plan.status, patch, logger, body)
+    _write_status(status, plan.status, patch, body)
     metrics.RECONCILES.labels("ok").inc()
     return plan
 
@@ -117,7 +117,7 @@ def _count_engines(plan: Plan) -> None:
 
 
 def _write_status(old: Mapping[str, Any], new: Mapping[str, Any], patch: kopf.Patch,
-                  logger: logging.Logger | kopf.Logger, body: Mapping[str, Any]) -> None:
+                  body: Mapping[str, Any]) -> None:
     for event in events_between(old, new):
         # The module logger (not kopf's, which would post a second Event) logs it once.
         post_event(body, event.type, event.reason, event.message)
@@ -128,8 +128,7 @@ def _write_status(old: Mapping[str, Any], new: Mapping[str, Any], patch: kopf.Pa
             patch.status[field] = value
 
 
-def _report_spec_error(body: Mapping[str, Any], patch: kopf.Patch, logger: logging.Logger | kopf.Logger,
-                       error: SpecError) -> None:
+def _report_spec_error(body: Mapping[str, Any], patch: kopf.Patch, error: SpecError) -> None:
     old = dict(body.get("status") or {})
     gen = int(body["metadata"].get("generation", 0))
     message = f"{error} (fix the spec; nothing was built or changed)"

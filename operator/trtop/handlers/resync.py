@@ -33,7 +33,7 @@ def resync_once(settings: Settings) -> int:
             continue
         patch = kopf.Patch()
         try:
-            reconcile(body, patch, log, settings)
+            reconcile(body, patch, settings)
             if patch.status:
                 patch_status(body, dict(patch.status))
         except (kopf.TemporaryError, ApiException) as e:
