@@ -49,7 +49,13 @@ def test_stop_kills_the_whole_group_after_the_grace_period(tmp_path: Path) -> No
     code = process.stop(grace=0.5)
     assert code == -signal.SIGKILL
     assert 0.5 <= time.monotonic() - started < 5
-    assert not alive(process.pid) and not alive(child)
+    assert not alive(process.pid)
+    # SIGKILL to the group is delivered asynchronously: on a loaded machine the child may
+    # take a moment to go.
+    deadline = time.monotonic() + 5
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(child)
 
 
 def test_an_exited_process_leaves_no_child_behind(tmp_path: Path) -> None:
