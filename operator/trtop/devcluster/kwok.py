@@ -87,7 +87,7 @@ class KwokCluster:
         alive = {}
         for component in COMPONENTS:
             pid = _read_pid(self.state_dir / "pids" / f"{component}.pid")
-            if pid and _running(pid):
+            if pid and process_running(pid):
                 alive[component] = pid
         return alive
 
@@ -149,7 +149,8 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -169,7 +170,7 @@ def _stop(pids: Iterable[int], grace: float = 10.0) -> list[int]:
     remaining = list(pids)
     deadline = time.monotonic() + grace
     while remaining and time.monotonic() < deadline:
-        remaining = [p for p in remaining if _running(p)]
+        remaining = [p for p in remaining if process_running(p)]
         if remaining:
             time.sleep(0.2)
     for pid in remaining:

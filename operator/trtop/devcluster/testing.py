@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from trtop import names
 from trtop.devcluster import cluster, workspace
 from trtop.devcluster.kubectl import Kubectl, KubectlError
+from trtop.devcluster.kwok import process_running
 from trtop.devcluster.nodes import NodesResult, apply_pools
 from trtop.devcluster.pools import Pool, build_node, read_pools
 from trtop.devcluster.tools import ensure_tools
@@ -150,7 +151,7 @@ def stop_session(session: DevCluster) -> None:
     with _lock(root, session.name):
         users = _users(root, session.name)
         (users / str(os.getpid())).unlink(missing_ok=True)
-        others = [p for p in users.glob("*") if p.name.isdigit() and _alive(int(p.name))] if users.is_dir() else []
+        others = [p for p in users.glob("*") if p.name.isdigit() and process_running(int(p.name))] if users.is_dir() else []
         made_by_tests = (users / "created-by-tests").is_file()
         if made_by_tests and not others and os.environ.get("TRTOP_TEST_KEEP_CLUSTER") != "1":
             cluster.down(session.name, log=cluster.progress_log("test-cluster"))
@@ -206,11 +207,3 @@ def _lock(root: Path, name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
