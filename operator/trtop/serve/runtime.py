@@ -91,6 +91,9 @@ class FixedIO:
         fixed = {s.shape[0] for s in self._inputs if s.shape and s.shape[0] > 0}
         return min(fixed) if fixed else None
 
+    def prepare(self, batch_sizes: Sequence[int]) -> None:
+        """Nothing to set up per batch size (warm-up runs still happen)."""
+
 
 class Runtime(Protocol):
     """One loaded model. ``run`` may be called from several threads at once (``--instances``): a backend
@@ -111,6 +114,12 @@ class Runtime(Protocol):
     @property
     def platform(self) -> str:
         """Triton-style platform name reported in model metadata (``onnxruntime_onnx`` ...)."""
+
+    def prepare(self, batch_sizes: Sequence[int]) -> None:
+        """Called once after loading, before warm-up, with the batch sizes (buckets) the server will
+        run; ``run`` then only ever sees these batch dimensions. A backend builds per-size state here
+        (TensorRT: an execution context / profile and a CUDA graph per size; ONNX Runtime CUDA: tuned
+        algorithms per shape)."""
 
     def run(self, feeds: Feeds, outputs: Sequence[str]) -> Outputs:
         """Run one batch; returns the named outputs with the batch dimension first."""
