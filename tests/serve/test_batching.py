@@ -89,3 +89,61 @@ class TestSharingBetweenInstances:
 
     def test_sharing_never_splits_a_request_or_skips_the_head(self) -> None:
         assert next_batch([p(6, 1.0), p(1, 1.0)], POLICY, now=1.01, idle=4).take == (0,)
+
+
+class TestIdleDispatch:
+    def test_a_request_that_finds_an_instance_free_runs_at_once(self) -> None:
+        idle_arrival = Pending(1, A, 1.0, arrived_busy=False)
+        assert next_batch([idle_arrival], POLICY, now=1.0).take == (0,)
+
+    def test_requests_that_queued_while_busy_may_wait_for_a_fuller_batch(self) -> None:
+        busy_arrival = Pending(1, A, 1.0, arrived_busy=True)
+        assert next_batch([busy_arrival], POLICY, now=1.001) == Decision((), 1.005)
+
+    def test_without_a_delay_a_freed_instance_takes_what_queued_at_once(self) -> None:
+        q = [Pending(1, A, 1.0 + i / 1000) for i in range(5)]
+        assert next_batch(q, BatchPolicy(8), now=1.005).take == (0, 1, 2, 3, 4)  # no buckets: every size runs
+
+    def test_no_idle_instance_means_no_batch(self) -> None:
+        assert next_batch([p(1, 1.0)], POLICY, now=2.0, idle=0) == Decision()
+
+
+BUCKETED = BatchPolicy(max_batch=32, buckets=(1, 2, 4, 8, 16, 32))
+
+
+class TestBuckets:
+    def test_single_rows_round_down_to_a_bucket_instead_of_padding(self) -> None:
+        q = [p(1, 1.0) for _ in range(19)]
+        d = next_batch(q, BUCKETED, now=1.0)
+        assert len(d.take) == 16 and d.size == 16
+
+    def test_rows_that_cannot_land_on_a_bucket_are_padded_up(self) -> None:
+        d = next_batch([p(3, 1.0)], BUCKETED, now=1.0)
+        assert d.take == (0,) and d.size == 4
+
+    def test_a_prefix_that_lands_on_a_bucket_is_preferred(self) -> None:
+        d = next_batch([p(2, 1.0), p(2, 1.0), p(3, 1.0)], BUCKETED, now=1.0)  # 7 rows: 2+2 = 4 exactly
+        assert d.take == (0, 1) and d.size == 4
+
+    def test_bucket_for_and_below(self) -> None:
+        assert [BUCKETED.bucket_for(n) for n in (1, 3, 5, 17, 32)] == [1, 4, 8, 32, 32]
+        assert [BUCKETED.bucket_below(n) for n in (1, 3, 5, 17, 32)] == [1, 2, 4, 16, 32]
+
+    @pytest.mark.parametrize("buckets", [(0, 4, 32), (1, 4, 2, 32), (1, 2, 16)])
+    def test_policy_rejects_buckets_that_do_not_cover_the_range(self, buckets: tuple[int, ...]) -> None:
+        with pytest.raises(ValueError, match="buckets"):
+            BatchPolicy(32, buckets=buckets)
+
+    def test_padding_repeats_the_last_real_row_and_split_drops_it(self) -> None:
+        reqs = [{"x": np.full((1, 2), 1.0, np.float32)}, {"x": np.full((2, 2), 2.0, np.float32)}]
+        batch = merge(reqs, size=4)["x"]
+        np.testing.assert_array_equal(batch, [[1, 1], [2, 2], [2, 2], [2, 2]])
+        parts = split({"y": batch * 10}, [1, 2], size=4)
+        assert [part["y"].shape for part in parts] == [(1, 2), (2, 2)]
+        with pytest.raises(ValueError, match="expected 4 rows"):
+            split({"y": batch[:3]}, [1, 2], size=4)
+
+    def test_one_request_padded_is_copied_not_passed_through(self) -> None:
+        x = np.zeros((3, 2), np.float32)
+        out = merge([{"x": x}], size=4)["x"]
+        assert out.shape == (4, 2) and out is not x

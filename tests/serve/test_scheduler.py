@@ -96,13 +96,41 @@ async def test_full_queue_is_refused_at_once(backend: FakeBackend) -> None:
 
 
 async def test_a_request_past_its_deadline_leaves_the_queue_and_never_runs(backend: FakeBackend) -> None:
-    s = Scheduler(backend, BatchPolicy(8, 10.0), max_queue=10)  # nothing runs before the delay
+    backend.gate.clear()  # the only instance is busy, so the next request queues
+    s = Scheduler(backend, BatchPolicy(8, 10.0), max_queue=10)
     s.start()
+    first = asyncio.ensure_future(submit(s, 1))
+    await asyncio.sleep(0.02)
     with pytest.raises(TimedOut, match="waited 0.05s in the queue"):
-        await submit(s, 1, timeout=0.05)
+        await submit(s, 2, timeout=0.05)
     assert s.queued == 0
+    backend.gate.set()
+    assert (await first)["y"][0, 0] == 10
     await s.close()
-    assert backend.batches == []
+    assert backend.batches == [1]
+
+
+async def test_a_lone_request_runs_at_once_whatever_the_queue_delay(backend: FakeBackend) -> None:
+    s = Scheduler(backend, BatchPolicy(8, 10.0), max_queue=10)
+    s.start()
+    out = await asyncio.wait_for(submit(s, 4), 1.0)  # would wait 10 s if the delay applied when idle
+    assert out["y"][0, 0] == 40
+    await s.close()
+
+
+async def test_batches_run_at_bucket_sizes_and_each_request_gets_its_rows(backend: FakeBackend) -> None:
+    backend.gate.clear()
+    s = Scheduler(backend, BatchPolicy(8, 0.0, (1, 2, 4, 8)), max_queue=100)
+    s.start()
+    first = asyncio.ensure_future(submit(s, 100))
+    await asyncio.sleep(0.02)
+    rest = [asyncio.ensure_future(submit(s, v, rows=r)) for v, r in ((1, 1), (2, 2))]  # 3 rows: padded to 4
+    await asyncio.sleep(0.02)
+    backend.gate.set()
+    outs = await asyncio.gather(first, *rest)
+    assert backend.batches == [1, 4]
+    assert [o["y"].shape[0] for o in outs] == [1, 1, 2] and outs[2]["y"][1, 0] == 20
+    await s.close()
 
 
 async def test_a_failing_request_fails_alone(backend: FakeBackend) -> None:

@@ -207,13 +207,13 @@ class TestDrainAndReadiness:
 
     def test_ready_only_after_load_and_warm_up(self, start_server: Start, affine_onnx: Path) -> None:
         s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--backend", SLOW],
-                         env={"FAKE_LOAD_DELAY_S": "1.5"})
+                         env={"FAKE_LOAD_DELAY_S": "4"})  # longer than a front-end takes to start
         s.wait_live()
         assert httpx.get(s.url + "/v2/health/ready").status_code == 503
         r = httpx.post(s.url + "/v2/models/a/infer", json=infer_json(np.ones((1, 4), np.float32)))
         assert r.status_code == 503 and "loading" in r.json()["error"]
         s.wait_ready()
-        assert metric_value(httpx.get(s.url + "/metrics").text, "trtop_model_load_seconds", model="a") >= 1.5
+        assert metric_value(httpx.get(s.url + "/metrics").text, "trtop_model_load_seconds", model="a") >= 4
 
     def test_a_model_that_fails_to_load_exits_1(self, start_server: Start, affine_onnx: Path) -> None:
         s = start_server(["--model", str(affine_onnx), "--backend", SLOW], env={"FAKE_LOAD_FAIL": "1"})

@@ -44,6 +44,10 @@ class Recorder:
 
     def __init__(self) -> None:
         self.rows: list[int] = []
+        self.prepared: list[int] = []
+
+    def prepare(self, batch_sizes: Sequence[int]) -> None:
+        self.prepared = list(batch_sizes)
 
     def run(self, feeds: Feeds, outputs: Sequence[str]) -> Outputs:
         self.rows.append(feeds["x"].shape[0])
@@ -60,10 +64,23 @@ async def test_warms_up_before_ready_and_serves_while_draining() -> None:
     with pytest.raises(NotReady, match="loading"):
         await svc.infer(req)
     await svc.start()
-    assert svc.ready and rt.rows == [1, 6]  # warm-up at batch 1 and the max batch
+    assert svc.ready and rt.prepared == rt.rows == [1, 2, 4, 6]  # every bucket prepared and warmed before ready
+    assert svc.info is not None and svc.info.buckets == (1, 2, 4, 6)
     svc.begin_drain()
     assert not svc.ready
     _, out = await svc.infer(req)
     np.testing.assert_array_equal(out["y"], np.ones((1, 2), np.float32))
     await svc.close()
     assert svc.state == "stopped"
+
+
+async def test_buckets_come_from_the_setting_or_the_engine_record() -> None:
+    from trtop.serve.service import choose_buckets
+    from tests.serve.conftest import affine_record
+    from dataclasses import replace
+
+    record = replace(affine_record(max_batch=16), buckets=(1, 8, 16))
+    assert choose_buckets(None, record, 16) == (1, 8, 16)
+    assert choose_buckets(None, None, 16) == (1, 2, 4, 8, 16)
+    assert choose_buckets((4, 12), record, 16) == (4, 12, 16)
+    assert choose_buckets((), record, 3) == (1, 2, 3)  # "all": every size, nothing padded

@@ -23,29 +23,21 @@ from trtop.serve.errors import (
 )
 from trtop.serve.model import VERSION, ModelInfo, model_config, model_metadata
 from trtop.serve.protocol import decode_body, encode_infer_response, error_body, parse_infer_request
-from trtop.serve.service import InferenceService
+from trtop.serve.infer_http import HEADER_LENGTH, JSON, FastInfer, error_parts, infer_body
+from trtop.serve.handle import ModelHandle
 from trtop.versions import TRTOP_VERSION
-
-HEADER_LENGTH = "inference-header-content-length"
-STATUS: dict[type[ServeError], int] = {
-    BadRequest: 400, ModelNotFound: 404, PayloadTooLarge: 413, NotReady: 503, Overloaded: 503,
-    TimedOut: 504, InferenceFailed: 500,
-}
-JSON = "application/json"
-
 
 def json_response(doc: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     return Response(json.dumps(doc, separators=(",", ":")), status, headers, media_type=JSON)
 
 
 def error_response(exc: ServeError) -> Response:
-    status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
-    headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if isinstance(exc, Overloaded) else None
-    return Response(error_body(str(exc)), status, headers, media_type=JSON)
+    status, headers, body = error_parts(exc)
+    return Response(body, status, headers)
 
 
 def build_app(
-    service: InferenceService, *, max_body_bytes: int,
+    service: ModelHandle, *, max_body_bytes: int,
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
 ) -> Starlette:
     metrics = service.metrics
@@ -98,23 +90,11 @@ def build_app(
         outcome = "success"
         try:
             info = model_of(request)
-            body = decode_body(await _read_body(request, max_body_bytes), request.headers.get("content-encoding"),
-                               max_body_bytes)
-            header_length = request.headers.get(HEADER_LENGTH)
-            try:
-                length = None if header_length is None else int(header_length)
-            except ValueError:
-                raise BadRequest(f"Inference-Header-Content-Length {header_length!r} is not an integer") from None
-            parsed = parse_infer_request(body, length)
-            admitted, outputs = await service.infer(parsed)
-            payload, json_length = encode_infer_response(
-                model=info.name, version=VERSION, request_id=parsed.id,
-                outputs=[(o.name, outputs[o.name], o.binary) for o in admitted.outputs],
-            )
-            if json_length is None:
-                return Response(payload, media_type=JSON)
-            return Response(payload, headers={"Inference-Header-Content-Length": str(json_length)},
-                            media_type="application/octet-stream")
+            body = await _read_body(request, max_body_bytes)
+            status, headers, payload = await infer_body(
+                service, info, body, request.headers.get(HEADER_LENGTH), request.headers.get("content-encoding"),
+                max_body_bytes)
+            return Response(payload, status, headers)
         except ServeError as exc:
             outcome = exc.outcome
             return error_response(exc)
@@ -122,7 +102,7 @@ def build_app(
             metrics.request_finished(outcome, time.perf_counter() - started)
 
     async def prometheus(request: Request) -> Response:
-        text, content_type = metrics.render()
+        text, content_type = await service.render_metrics()
         return Response(text, media_type=content_type)
 
     model_paths = ("/v2/models/{model}", "/v2/models/{model}/versions/{version}")
@@ -145,7 +125,8 @@ def build_app(
         return Response(error_body(f"{request.method} {request.url.path}: {exc.detail}"), exc.status_code,
                         media_type=JSON)
 
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    return FastInfer(app, service, max_body_bytes)  # type: ignore[return-value]
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -1,24 +1,33 @@
-"""Dynamic batching as pure functions: which queued requests run together, and when.
+"""Dynamic batching as pure functions: which queued requests run together, when, and at what size.
 
 ``next_batch`` is the policy (the scheduler's asyncio worker calls it with the queue and
-the clock); ``merge`` and ``split`` join requests along the batch dimension and cut the
-results back. No asyncio, no clock, no backend here, so every rule is tested directly.
+the clock); ``merge``, ``pad`` and ``split`` join requests along the batch dimension,
+fill a batch up to its bucket and cut the results back. No asyncio, no clock, no backend
+here, so every rule is tested directly.
 
-Rules:
+Rules (Triton's dynamic batcher, with shape buckets):
+- No idle wait: a request that arrives while an instance is free runs at once, alone if
+  it is alone. Batches form from what queued up while every instance was busy; when an
+  instance frees up it takes them at once (``max_delay`` > 0 lets a freed instance wait
+  that long, counted from the oldest request's arrival, for a fuller batch: it applies
+  only to requests that arrived while every instance was busy).
 - Requests merge only when their ``signature`` (input shapes beyond the batch dim)
   is equal: a model cannot run a batch of mixed sequence lengths or image sizes.
 - The oldest request always goes in the next batch (no starvation); younger requests of
   its signature fill the batch in arrival order while their rows fit ``max_batch``.
-- A batch leaves at once when full; otherwise when its oldest request has waited
-  ``max_delay`` (or at once when ``flush``: the server is draining).
+- Buckets: a batch runs only at one of the policy's ``buckets`` (the sizes the engine was
+  warmed for). The policy takes rows that land exactly on a bucket when the queue allows
+  (19 queued single-row requests make a batch of 16; the other 3 go next) and pads up to
+  the next bucket only when it cannot (one request of 3 rows runs as 4).
 - With several idle instances (batches that may run at once), the queued rows are shared
   between them instead of all going to the first: 8 queued rows and 2 idle instances
   make two batches of 4 that run side by side, not one of 8 beside an idle core.
 """
 from __future__ import annotations
 
+import bisect
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,41 +41,63 @@ class Pending:
     rows: int  # its batch dimension (a request with batch 4 counts 4)
     signature: Hashable  # shapes beyond the batch dim; only equal signatures merge
     enqueued_at: float  # monotonic seconds
+    arrived_busy: bool = True  # every instance was busy when it arrived (only then may it wait)
 
 
 @dataclass(frozen=True)
 class BatchPolicy:
     max_batch: int  # rows per batch (the engine's batch.max)
-    max_delay: float  # seconds the oldest request may wait for company
+    max_delay: float = 0.0  # seconds a freed instance may wait for company (requests that arrived busy)
+    buckets: tuple[int, ...] = field(default=())  # batch sizes that run; () = every size up to max_batch
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise ValueError(f"max batch must be >= 1, got {self.max_batch}")
         if self.max_delay < 0:
             raise ValueError(f"max queue delay must be >= 0, got {self.max_delay}")
+        if self.buckets and (list(self.buckets) != sorted(set(self.buckets)) or self.buckets[0] < 1
+                             or self.buckets[-1] != self.max_batch):
+            raise ValueError(f"buckets must be increasing sizes >= 1 ending at max batch {self.max_batch}, "
+                             f"got {list(self.buckets)}")
+
+    def bucket_for(self, rows: int) -> int:
+        """The batch size a batch of ``rows`` rows runs at (the smallest bucket that holds it)."""
+        if not self.buckets:
+            return rows
+        return self.buckets[bisect.bisect_left(self.buckets, rows)]
+
+    def bucket_below(self, rows: int) -> int:
+        """The largest bucket <= rows (rows itself without buckets)."""
+        if not self.buckets:
+            return rows
+        i = bisect.bisect_right(self.buckets, rows)
+        return self.buckets[i - 1] if i else rows
 
 
 @dataclass(frozen=True)
 class Decision:
-    """``take``: queue indices to run now (empty: nothing yet); ``wake_at``: when to ask again."""
+    """``take``: queue indices to run now (empty: nothing yet); ``wake_at``: when to ask again;
+    ``size``: the batch size it runs at (its bucket: >= the rows taken, padded)."""
 
     take: tuple[int, ...] = ()
     wake_at: float | None = None  # None: only when something new arrives
+    size: int = 0
 
 
 def next_batch(
     pending: Sequence[Pending], policy: BatchPolicy, now: float, *, flush: bool = False, idle: int = 1,
 ) -> Decision:
     """The next batch to run from a FIFO queue, or when to look again (``idle``: free instances)."""
-    if not pending:
+    if not pending or idle < 1:
         return Decision()
     head = pending[0]
     same = [i for i, item in enumerate(pending) if item.signature == head.signature]
     queued = sum(pending[i].rows for i in same)
-    due = head.enqueued_at + policy.max_delay
-    if not (queued >= policy.max_batch or flush or now >= due):
-        return Decision((), due)
-    limit = min(policy.max_batch, -(-queued // max(1, idle)))  # ceil: share the rows among idle instances
+    if head.arrived_busy and policy.max_delay > 0 and not flush and queued < policy.max_batch:
+        due = head.enqueued_at + policy.max_delay
+        if now < due:
+            return Decision((), due)
+    limit = min(policy.max_batch, -(-queued // idle))  # ceil: share the rows among idle instances
     take: list[int] = []
     rows = 0
     for i in same:
@@ -76,7 +107,21 @@ def next_batch(
         rows += pending[i].rows
         if rows >= limit:
             break
-    return Decision(tuple(take))
+    take, rows = _round_down_to_bucket(pending, take, rows, policy)
+    return Decision(tuple(take), size=policy.bucket_for(rows))
+
+
+def _round_down_to_bucket(pending: Sequence[Pending], take: list[int], rows: int,
+                          policy: BatchPolicy) -> tuple[list[int], int]:
+    """Drop the youngest requests while that lands exactly on a smaller bucket (no padding);
+    keep the batch as it is when no prefix of it does (it is padded up instead)."""
+    target = policy.bucket_below(rows)
+    if target == rows:
+        return take, rows
+    kept, total = list(take), rows
+    while len(kept) > 1 and total > target:
+        total -= pending[kept.pop()].rows
+    return (kept, total) if total == target else (take, rows)
 
 
 def signature_of(feeds: Feeds) -> Hashable:
@@ -84,23 +129,43 @@ def signature_of(feeds: Feeds) -> Hashable:
     return tuple(sorted((name, a.dtype.str, a.shape[1:]) for name, a in feeds.items()))
 
 
-def merge(requests: Sequence[Feeds]) -> dict[str, Array]:
-    """One batch from requests of one signature (a single request is passed through, no copy)."""
-    if len(requests) == 1:
+def merge(requests: Sequence[Feeds], size: int = 0) -> dict[str, Array]:
+    """One batch of ``size`` rows (0: just the requests' rows) from requests of one signature.
+
+    A single request that fills the batch is passed through (no copy); otherwise the rows are
+    copied once into a new array whose padding rows repeat the last real row (valid input for
+    any model, so padding never produces NaNs or slow paths; their outputs are dropped).
+    """
+    rows = sum(next(iter(r.values())).shape[0] for r in requests)
+    size = max(size, rows)
+    if len(requests) == 1 and size == rows:
         return dict(requests[0])
-    return {name: np.concatenate([r[name] for r in requests], axis=0) for name in requests[0]}
+    out: dict[str, Array] = {}
+    for name, first in requests[0].items():
+        batch = np.empty((size, *first.shape[1:]), dtype=first.dtype)
+        start = 0
+        for r in requests:
+            part = r[name]
+            batch[start:start + part.shape[0]] = part
+            start += part.shape[0]
+        if size > rows:
+            batch[rows:] = batch[rows - 1]
+        out[name] = batch
+    return out
 
 
-def split(outputs: Outputs, rows: Sequence[int]) -> list[Outputs]:
-    """Cut batch outputs back into per-request views (row counts in request order)."""
+def split(outputs: Outputs, rows: Sequence[int], size: int = 0) -> list[Outputs]:
+    """Cut the outputs of a batch of ``size`` rows (0: the requests' rows; more when padded) back
+    into per-request views (row counts in request order); padding rows are dropped."""
     total = sum(rows)
+    expected = max(size, total)
     for name, a in outputs.items():
-        if a.ndim == 0 or a.shape[0] != total:
+        if a.ndim == 0 or a.shape[0] != expected:
             raise ValueError(
-                f"output {name!r} has shape {a.shape}, expected {total} rows (one per input row): "
+                f"output {name!r} has shape {a.shape}, expected {expected} rows (one per input row): "
                 "a model must keep the batch dimension first in its outputs to be batched"
             )
-    if len(rows) == 1:
+    if len(rows) == 1 and expected == total:
         return [dict(outputs)]
     parts: list[Outputs] = []
     start = 0

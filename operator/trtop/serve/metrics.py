@@ -64,6 +64,13 @@ class ServerMetrics:
         if outcome == "success":
             self._latency_child.observe(seconds)
 
+    def requests_reported(self, started: int, finished: list[tuple[str, float]]) -> None:
+        """What a front-end process counted since its last report (the engine process holds the totals)."""
+        if started:
+            self._inflight_child.inc(started)
+        for outcome, seconds in finished:
+            self.request_finished(outcome, seconds)
+
     # -- the scheduler (BatchObserver) ---------------------------------------------------
     def dequeued(self, waited_s: float) -> None:
         self._queue_child.observe(waited_s)

@@ -33,6 +33,7 @@ class ModelInfo:
     max_queue_delay_s: float = 0.0
     engine_key: str = ""
     target: str = ""
+    buckets: tuple[int, ...] = ()  # batch sizes the engine runs at (warmed at start)
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -110,7 +111,7 @@ def model_metadata(info: ModelInfo) -> dict[str, Any]:
         "inputs": [tensor_metadata(s) for s in info.inputs],
         "outputs": [tensor_metadata(s) for s in info.outputs],
         "parameters": {"engine_key": info.engine_key, "target": info.target, "backend": info.backend,
-                       "max_batch_size": info.max_batch},
+                       "max_batch_size": info.max_batch, "batch_sizes": ",".join(map(str, info.buckets))},
     }
 
 
@@ -123,5 +124,6 @@ def model_config(info: ModelInfo) -> dict[str, Any]:
         "name": info.name, "platform": info.platform, "backend": info.backend,
         "max_batch_size": info.max_batch,
         "input": [tensor(s) for s in info.inputs], "output": [tensor(s) for s in info.outputs],
-        "dynamic_batching": {"max_queue_delay_microseconds": int(info.max_queue_delay_s * 1e6)},
+        "dynamic_batching": {"max_queue_delay_microseconds": int(info.max_queue_delay_s * 1e6),
+                             "preferred_batch_size": list(info.buckets)},
     }

@@ -89,7 +89,8 @@ class Scheduler:
         if len(self._queue) >= self._max_queue:
             raise Overloaded(f"the queue is full ({self._max_queue} requests waiting); retry shortly or add replicas")
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
-        item = _Item(Pending(rows, signature, self._clock()), feeds, future)
+        busy = len(self._running) >= self._instances
+        item = _Item(Pending(rows, signature, self._clock(), busy), feeds, future)
         self._queue.append(item)
         self._wakeup.set()
         try:
@@ -135,7 +136,7 @@ class Scheduler:
                 for it in items:
                     self._observer.dequeued(now - it.pending.enqueued_at)
             if items:
-                task = loop.create_task(self._run_items(loop, items))
+                task = loop.create_task(self._run_items(loop, items, decision.size))
                 self._running.add(task)
                 task.add_done_callback(self._batch_finished)
 
@@ -143,28 +144,29 @@ class Scheduler:
         self._running.discard(task)
         self._wakeup.set()
 
-    async def _run_items(self, loop: asyncio.AbstractEventLoop, items: list[_Item]) -> None:
+    async def _run_items(self, loop: asyncio.AbstractEventLoop, items: list[_Item], size: int = 0) -> None:
         rows = [it.pending.rows for it in items]
         try:
-            parts, seconds = await loop.run_in_executor(self._executor, self._compute, [it.feeds for it in items], rows)
+            parts, seconds = await loop.run_in_executor(
+                self._executor, self._compute, [it.feeds for it in items], rows, size)
         except Exception as exc:  # the backend's own exception types vary
             if len(items) > 1:
                 log.warning("a batch of %d requests failed (%s); running them one by one", len(items), exc)
                 for it in items:
-                    await self._run_items(loop, [it])
+                    await self._run_items(loop, [it], self.policy.bucket_for(it.pending.rows))
                 return
             _resolve_error(items[0], exc)
             return
         self.batches += 1
         if self._observer is not None:
-            self._observer.batch_done(sum(rows), seconds)
+            self._observer.batch_done(sum(rows), seconds)  # real rows; padding is not work done
         for it, part in zip(items, parts, strict=True):
             if not it.future.done():  # it may have timed out while running
                 it.future.set_result(part)
 
-    def _compute(self, feeds: list[Feeds], rows: list[int]) -> tuple[list[Outputs], float]:
+    def _compute(self, feeds: list[Feeds], rows: list[int], size: int) -> tuple[list[Outputs], float]:
         start = time.perf_counter()
-        parts = split(self._run(merge(feeds)), rows)
+        parts = split(self._run(merge(feeds, size)), rows, size)
         return parts, time.perf_counter() - start
 
 

@@ -24,15 +24,20 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 
 from trtop.serve.app import build_app
+from trtop.serve.arena import Arena
+from trtop.serve.channel import Channel
 from trtop.serve.device import detect_device
 from trtop.serve.errors import StartupError
+from trtop.serve.frontend import REPORT_INTERVAL_S, RemoteModel
 from trtop.serve.metrics import ServerMetrics
 from trtop.serve.runtime import RuntimeOptions, default_threads, load_runtime, parallelism
+from trtop.serve.handle import ModelHandle
 from trtop.serve.service import BatchingConfig, InferenceService, Loaded
 from trtop.serve.settings import ServeSettings
 from trtop.serve.source import Servable, fetch_servable, resolve_servable
@@ -41,12 +46,13 @@ log = logging.getLogger(__name__)
 
 EXIT_LOAD_FAILED = 1
 EXIT_NO_ENGINE = 2
+MAX_AUTO_FRONTENDS = 8
 
 
 class InferenceServer(uvicorn.Server):
     """uvicorn's server with a readiness-first drain and our own exit code."""
 
-    def __init__(self, config: uvicorn.Config, service: InferenceService, drain_delay_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, service: ModelHandle, drain_delay_s: float) -> None:
         super().__init__(config)
         self.service = service
         self.drain_delay_s = drain_delay_s
@@ -93,8 +99,8 @@ def build_loader(servable: Servable, settings: ServeSettings, threads: int, gpu:
     return Loaded(runtime, record, servable.backend, servable.key, str(servable.target or ""))
 
 
-def create_server(settings: ServeSettings) -> InferenceServer:
-    """Everything up to listening: device, engine choice, service, app, uvicorn config."""
+def create_service(settings: ServeSettings) -> tuple[InferenceService, bool]:
+    """The model service (not loaded yet) for this device; (service, on a GPU)."""
     device = detect_device(settings.device)
     servable = resolve_servable(settings, device)
     instances, threads = parallelism(settings.instances, settings.threads, backend=servable.backend,
@@ -105,9 +111,15 @@ def create_server(settings: ServeSettings) -> InferenceServer:
     service = InferenceService(
         settings.model_name, lambda: build_loader(servable, settings, threads, not device.is_cpu),
         BatchingConfig(settings.max_batch, settings.max_queue_delay_ms / 1000, settings.max_queue_size,
-                       settings.timeout_s, instances),
+                       settings.timeout_s, instances, settings.bucket_sizes),
         metrics,
     )
+    return service, not device.is_cpu
+
+
+def create_server(settings: ServeSettings) -> InferenceServer:
+    """The single-process server: device, engine choice, service, app, uvicorn config."""
+    service, _ = create_service(settings)
     holder: list[InferenceServer] = []
 
     @contextlib.asynccontextmanager
@@ -119,7 +131,13 @@ def create_server(settings: ServeSettings) -> InferenceServer:
         await service.close()
 
     app = build_app(service, max_body_bytes=settings.max_body_bytes, lifespan=lifespan)
-    config = uvicorn.Config(
+    server = InferenceServer(uvicorn_config(app, settings), service, settings.drain_delay_s)
+    holder.append(server)
+    return server
+
+
+def uvicorn_config(app: Starlette, settings: ServeSettings, **extra: Any) -> uvicorn.Config:
+    return uvicorn.Config(
         app, host=settings.host, port=settings.port, lifespan="on", access_log=False,
         log_level=settings.log_level.lower(),
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
@@ -128,10 +146,46 @@ def create_server(settings: ServeSettings) -> InferenceServer:
         # Clients keep connections open between requests; keep-alive longer than typical LB idle timeouts
         # would hold sockets for nothing, shorter makes clients reconnect under light load.
         timeout_keep_alive=30,
+        backlog=settings.max_connections,
+        limit_concurrency=settings.max_connections,
+        **extra,
     )
-    server = InferenceServer(config, service, settings.drain_delay_s)
+
+
+def serve_frontend(settings: ServeSettings, arena: Arena, listen: socket.socket, channel_sock: socket.socket,
+                   index: int) -> int:
+    """A front-end process: HTTP routes on ``listen`` in front of the engine process (``frontend``)."""
+    model = RemoteModel(settings.model_name, arena, settings.timeout_s)
+    holder: list[InferenceServer] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        server = holder[0]
+
+        def engine_gone() -> None:
+            model.on_engine_gone()
+            server.exit_code = 0 if model.state == "draining" or server.should_exit else 1
+            server.should_exit = True
+
+        channel = await Channel.open(channel_sock, model.on_message, engine_gone)
+        model.attach(channel)
+        reporter = asyncio.get_running_loop().create_task(_report(model))
+        yield
+        reporter.cancel()
+        model.report()
+        channel.close()
+
+    app = build_app(model, max_body_bytes=settings.max_body_bytes, lifespan=lifespan)
+    server = InferenceServer(uvicorn_config(app, settings, log_config=None), model, settings.drain_delay_s)
     holder.append(server)
-    return server
+    server.run(sockets=[listen])
+    return server.exit_code
+
+
+async def _report(model: RemoteModel) -> None:
+    while True:
+        await asyncio.sleep(REPORT_INTERVAL_S)
+        model.report()
 
 
 async def _load(service: InferenceService, server: InferenceServer) -> None:
@@ -148,9 +202,21 @@ def run_server(settings: ServeSettings) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     try:
+        if frontend_count(settings) > 0:
+            from trtop.serve.supervisor import run_supervised
+
+            return run_supervised(settings)
         server = create_server(settings)
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_NO_ENGINE
     server.run()
     return server.exit_code
+
+
+def frontend_count(settings: ServeSettings) -> int:
+    """Front-end processes: the setting, else one per core beyond the first (the engine's), at most 8,
+    and none on a single core (the engine process then serves HTTP itself)."""
+    if settings.frontends >= 0:
+        return settings.frontends
+    return min(MAX_AUTO_FRONTENDS, default_threads() - 1)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-from trtop.api.engine import EngineRecord
+from trtop.api.engine import EngineRecord, batch_buckets
 from trtop.serve.batching import BatchPolicy
 from trtop.serve.errors import NotReady
 from trtop.serve.metrics import ServerMetrics
@@ -46,10 +46,18 @@ class Loaded:
 @dataclass(frozen=True)
 class BatchingConfig:
     max_batch: int = 0  # 0: from the engine
-    max_queue_delay_s: float = 0.002
+    max_queue_delay_s: float = 0.0
     max_queue_size: int = 256
     timeout_s: float = 30.0
     instances: int = 1  # batches that may run at once
+    buckets: tuple[int, ...] | None = None  # None: the engine record's, else powers of two; (): every size
+
+
+def choose_buckets(configured: tuple[int, ...] | None, record: EngineRecord | None, max_batch: int) -> tuple[int, ...]:
+    """The batch sizes this server runs: the setting, else the engine's own, else powers of two."""
+    if configured is not None:
+        return batch_buckets(max_batch, configured) if configured else tuple(range(1, max_batch + 1))
+    return batch_buckets(max_batch, record.buckets if record is not None else ())
 
 
 def effective_max_batch(configured: int, record: EngineRecord | None, runtime_max: int | None) -> int:
@@ -60,6 +68,20 @@ def effective_max_batch(configured: int, record: EngineRecord | None, runtime_ma
         log.warning("max batch %d is above what the model accepts (%d); using %d", value, runtime_max, runtime_max)
         value = runtime_max
     return value
+
+
+def warm(rt: Runtime, info: ModelInfo) -> None:
+    """Run every bucket once before readiness: first-run allocations, kernel and algorithm choice
+    happen here, not on a user's request (ONNX Runtime's CUDA provider tunes per new shape)."""
+    names = info.output_names
+    for rows in info.buckets:
+        try:
+            rt.run(warmup_feeds(info, rows), names)
+        except Exception as exc:
+            if all(d > 0 for s in info.inputs for d in s.shape[1:]):
+                raise
+            log.warning("warm-up at batch %d failed (the model has dynamic dimensions that were set to 1): %s",
+                        rows, exc)
 
 
 def warmup_feeds(info: ModelInfo, rows: int) -> dict[str, Array]:
@@ -102,7 +124,7 @@ class InferenceService:
             return runtime.run(feeds, outputs)
 
         self._scheduler = Scheduler(
-            run, BatchPolicy(info.max_batch, self.config.max_queue_delay_s),
+            run, BatchPolicy(info.max_batch, self.config.max_queue_delay_s, info.buckets),
             max_queue=self.config.max_queue_size, observer=self.metrics, instances=self.config.instances,
         )
         self._scheduler.start()
@@ -110,26 +132,20 @@ class InferenceService:
         self.metrics.model_loaded(seconds)
         if self.state == "loading":  # a SIGTERM during loading leaves it draining
             self.state = "ready"
-        log.info("model %r ready in %.1fs: %s backend, max batch %d, inputs %s", self.name, seconds,
-                 info.backend, info.max_batch, [(s.name, s.dtype, s.shape) for s in info.inputs])
+        log.info("model %r ready in %.1fs: %s backend, batch sizes %s, inputs %s", self.name, seconds,
+                 info.backend, list(info.buckets), [(s.name, s.dtype, s.shape) for s in info.inputs])
 
     def _load(self) -> tuple[ModelInfo, Runtime]:
         loaded = self._loader()
         rt = loaded.runtime
+        max_batch = effective_max_batch(self.config.max_batch, loaded.record, rt.max_batch)
         info = ModelInfo(
             name=self.name, platform=rt.platform, backend=loaded.backend, inputs=rt.inputs, outputs=rt.outputs,
-            max_batch=effective_max_batch(self.config.max_batch, loaded.record, rt.max_batch),
-            max_queue_delay_s=self.config.max_queue_delay_s, engine_key=loaded.key, target=loaded.target,
+            max_batch=max_batch, max_queue_delay_s=self.config.max_queue_delay_s, engine_key=loaded.key,
+            target=loaded.target, buckets=choose_buckets(self.config.buckets, loaded.record, max_batch),
         )
-        names = info.output_names
-        for rows in sorted({1, info.max_batch}):  # first-run allocations and kernel selection
-            try:
-                rt.run(warmup_feeds(info, rows), names)
-            except Exception as exc:
-                if all(d > 0 for s in info.inputs for d in s.shape[1:]):
-                    raise
-                log.warning("warm-up at batch %d failed (the model has dynamic dimensions that were set to 1): %s",
-                            rows, exc)
+        rt.prepare(info.buckets)
+        warm(rt, info)
         return info, rt
 
     async def infer(self, request: InferRequest) -> tuple[Admitted, Outputs]:
@@ -140,6 +156,18 @@ class InferenceService:
         timeout = request.timeout_s if request.timeout_s is not None else self.config.timeout_s
         outputs = await self._scheduler.submit(admitted.feeds, admitted.rows, admitted.signature, timeout)
         return admitted, outputs
+
+    async def submit(self, feeds: Feeds, rows: int, signature: Hashable, timeout_s: float) -> Outputs:
+        """Queue feeds admitted elsewhere (a front-end process) and wait for their outputs."""
+        if self.state not in ("ready", "draining") or self._scheduler is None:
+            raise NotReady(f"model {self.name!r} is {self.state}" + (f": {self.error}" if self.error else ""))
+        return await self._scheduler.submit(feeds, rows, signature, timeout_s)
+
+    async def render_metrics(self) -> tuple[bytes, str]:
+        return self.metrics.render()
+
+    def statistics_snapshot(self) -> object:
+        return None
 
     def begin_drain(self) -> None:
         """Not ready from now on (the pod leaves the Service's endpoints) but still serving."""

@@ -30,14 +30,25 @@ class ServeSettings:
     port: int = 8000
     # Rows per batch; 0 = the engine's batch.max (32 for a raw model without a fixed batch).
     max_batch: int = 0
-    # How long the oldest queued request waits for company before its batch runs anyway.
-    max_queue_delay_ms: float = 2.0
+    # How long a freed instance may wait for a fuller batch (only for requests that arrived while every
+    # instance was busy; a request that finds an instance free always runs at once).
+    max_queue_delay_ms: float = 0.0
+    # Batch sizes that run (batches are padded up to one): "auto" = the engine's own, else powers of two
+    # up to the max batch; a comma list ("1,4,16,32"); "all" = every size (no padding, no warm-up per size).
+    buckets: str = "auto"
     # Requests waiting beyond this are refused with 503 + Retry-After.
     max_queue_size: int = 256
     # Per-request deadline (queue + compute) unless the request sets parameters.timeout.
     timeout_s: float = 30.0
     # Largest request body accepted (413 above it).
     max_body_mb: float = 64.0
+    # Tensor bytes all requests in flight may hold (inputs + outputs); above it 503 + Retry-After.
+    max_inflight_mb: float = 256.0
+    # Open client connections at most (HTTP); beyond it new connections get 503.
+    max_connections: int = 1024
+    # Front-end processes that parse HTTP/gRPC in front of the one engine process; -1 = one per core
+    # beyond the engine's (at most 8); 0 = one process does everything.
+    frontends: int = -1
     # Batches that may run at once (Triton's instance count); 0 = 1 on a GPU, min(cores, 4) on CPU.
     instances: int = 0
     # Compute threads per batch for CPU backends; 0 = the cores this process may use / instances.
@@ -57,6 +68,16 @@ class ServeSettings:
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
 
+    @property
+    def bucket_sizes(self) -> tuple[int, ...] | None:
+        """None: auto; (): every size; else the listed sizes."""
+        text = self.buckets.strip().lower()
+        if text in ("", "auto"):
+            return None
+        if text == "all":
+            return ()
+        return tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+
 
 # field -> (flag, environment variable, help)
 _OPTIONS: dict[str, tuple[str, str, str]] = {
@@ -71,9 +92,15 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "max_batch": ("--max-batch", names.ENV_SERVE_MAX_BATCH, "rows per batch (0: the engine's max)"),
     "max_queue_delay_ms": ("--max-queue-delay-ms", names.ENV_SERVE_MAX_QUEUE_DELAY_MS,
                            "how long a request may wait for a batch to fill"),
+    "buckets": ("--buckets", names.ENV_SERVE_BUCKETS, "batch sizes that run: auto, all or a comma list"),
     "max_queue_size": ("--max-queue-size", names.ENV_SERVE_MAX_QUEUE_SIZE, "queued requests before 503"),
     "timeout_s": ("--timeout-s", names.ENV_SERVE_TIMEOUT_S, "per-request deadline in seconds"),
     "max_body_mb": ("--max-body-mb", names.ENV_SERVE_MAX_BODY_MB, "largest request body in MiB"),
+    "max_inflight_mb": ("--max-inflight-mb", names.ENV_SERVE_MAX_INFLIGHT_MB,
+                        "tensor MiB in flight before 503 (inputs + outputs of every request)"),
+    "max_connections": ("--max-connections", names.ENV_SERVE_MAX_CONNECTIONS, "open client connections at most"),
+    "frontends": ("--frontends", names.ENV_SERVE_FRONTENDS,
+                  "front-end processes (-1: one per core beyond the engine's, at most 8; 0: single process)"),
     "instances": ("--instances", names.ENV_SERVE_INSTANCES, "batches that may run at once (0: 1 on GPU, min(cores, 4) on CPU)"),
     "threads": ("--threads", names.ENV_SERVE_THREADS, "compute threads per batch (0: cores / instances)"),
     "drain_delay_s": ("--drain-delay-s", names.ENV_SERVE_DRAIN_DELAY_S,
@@ -117,6 +144,13 @@ def _problems(s: ServeSettings) -> list[str]:
         out.append("give only one of --model and --engine-dir")
     if s.max_batch < 0:
         out.append("--max-batch must be >= 0")
+    try:
+        sizes = s.bucket_sizes
+    except ValueError:
+        out.append(f"--buckets {s.buckets!r} is not auto, all or a comma list of batch sizes")
+    else:
+        if sizes and sizes[0] < 1:
+            out.append("--buckets sizes must be >= 1")
     if s.max_queue_delay_ms < 0:
         out.append("--max-queue-delay-ms must be >= 0")
     if s.instances < 0:
@@ -127,6 +161,12 @@ def _problems(s: ServeSettings) -> list[str]:
         out.append("--timeout-s must be > 0")
     if s.max_body_mb <= 0:
         out.append("--max-body-mb must be > 0")
+    if s.max_inflight_mb < s.max_body_mb:
+        out.append("--max-inflight-mb must be at least --max-body-mb")
+    if s.max_connections < 1:
+        out.append("--max-connections must be >= 1")
+    if s.frontends < -1:
+        out.append("--frontends must be -1 (auto), 0 or more")
     if not 0 < s.port < 65536:
         out.append("--port must be 1-65535")
     return out

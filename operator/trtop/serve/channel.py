@@ -1,0 +1,92 @@
+"""Small messages between the engine process and a front-end, over one end of a socketpair.
+
+Each message is a tuple, pickled and framed by a 4-byte length. Only the two processes of
+one pod hold the sockets (a socketpair made by the engine process before it starts the
+front-end), so pickle carries nothing a tenant wrote: request bodies travel as bytes in
+the shared arena, never through here. Messages sent during one event-loop turn leave in
+one write (under load a front-end answers many requests per turn), so the cost per
+request is a fraction of a system call. ``on_close`` runs once when the peer goes away.
+Used by ``frontend`` and ``dispatcher``.
+"""
+from __future__ import annotations
+
+import asyncio
+import pickle
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any, cast
+
+_HEADER = struct.Struct("<I")
+MAX_MESSAGE = 64 * 1024 * 1024  # metrics text and inline outputs stay far below this
+
+Message = tuple[Any, ...]
+
+
+class Channel(asyncio.Protocol):
+    """Framed pickled tuples both ways; ``on_message`` is called for each in order."""
+
+    def __init__(self, on_message: Callable[[Message], None], on_close: Callable[[], None]) -> None:
+        self._on_message = on_message
+        self._on_close = on_close
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._outbox: list[bytes] = []
+        self._flush_scheduled = False
+        self.closed = False
+
+    @classmethod
+    async def open(cls, sock: socket.socket, on_message: Callable[[Message], None],
+                   on_close: Callable[[], None]) -> Channel:
+        loop = asyncio.get_running_loop()
+        _, protocol = await loop.connect_accepted_socket(lambda: cls(on_message, on_close), sock)
+        return protocol
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's classes
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buffer
+        buf += data
+        pos = 0
+        end = len(buf)
+        while end - pos >= 4:
+            (length,) = _HEADER.unpack_from(buf, pos)
+            if length > MAX_MESSAGE:
+                self.close()
+                return
+            if end - pos - 4 < length:
+                break
+            message = pickle.loads(memoryview(buf)[pos + 4:pos + 4 + length])
+            pos += 4 + length
+            self._on_message(message)
+        if pos:
+            del buf[:pos]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self.closed = True
+            self._on_close()
+
+    # -- sending ----------------------------------------------------------------------
+    def send(self, message: Message) -> None:
+        if self.closed or self._transport is None:
+            return
+        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        self._outbox.append(_HEADER.pack(len(payload)))
+        self._outbox.append(payload)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._outbox and self._transport is not None and not self.closed:
+            self._transport.write(b"".join(self._outbox))
+        self._outbox.clear()
+
+    def close(self) -> None:
+        self._flush()
+        if self._transport is not None:
+            self._transport.close()

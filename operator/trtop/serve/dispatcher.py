@@ -1,0 +1,121 @@
+"""The engine process's end of one front-end: descriptors in, batched inference, results in place.
+
+A front-end sends ``("infer", id, rows, inputs, outputs, timeout_s)`` where ``inputs`` and
+``outputs`` are ``(name, dtype, shape, offset)`` places in its arena; the dispatcher wraps
+the inputs as numpy views (no copy), submits them to the service's scheduler (where they
+batch with every other front-end's requests), writes each output into its place and
+replies ``("done", id, error, outputs)``. An output without a place (a shape only known
+after the run) travels inline as bytes. Every descriptor gets exactly one reply, even on
+error, because the front-end frees the request's arena regions only then.
+
+Front-ends also report finished requests for the metrics (``"requests"``) and ask for the
+exposition text (``"metrics"``) and the statistics (``"statistics"``): the engine process
+holds the one copy of both for the pod. When a front-end goes away, its queued requests
+still run or time out, and their replies are dropped.
+Made by ``supervisor``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+import numpy as np
+
+from trtop.serve.arena import Arena
+from trtop.serve.batching import signature_of
+from trtop.serve.channel import Channel, Message
+from trtop.serve.errors import InferenceFailed, NotReady, ServeError
+from trtop.serve.service import InferenceService
+
+log = logging.getLogger(__name__)
+
+Place = tuple[str, str, tuple[int, ...], int]  # name, dtype, shape, offset
+
+
+def error_of(exc: BaseException) -> tuple[str, str, float]:
+    """(error class name, message, retry-after seconds) as a front-end rebuilds it."""
+    if isinstance(exc, ServeError):
+        return type(exc).__name__, str(exc), float(getattr(exc, "retry_after_s", 0.0))
+    return InferenceFailed.__name__, f"the backend failed to run this request: {exc}", 0.0
+
+
+class Dispatcher:
+    def __init__(self, index: int, service: InferenceService, arena: Arena) -> None:
+        self.index = index
+        self.service = service
+        self.arena = arena
+        self.channel: Channel | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = asyncio.Event()
+
+    async def open(self, sock: socket.socket) -> None:
+        self.channel = await Channel.open(sock, self._on_message, self._on_close)
+
+    def send_state(self) -> None:
+        """Tell the front-end what the model is and whether it serves (on start and every change)."""
+        if self.channel is not None:
+            s = self.service
+            self.channel.send(("state", s.state, s.error, s.info))
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def _on_close(self) -> None:
+        self.closed.set()
+
+    def _on_message(self, message: Message) -> None:
+        kind = message[0]
+        if kind == "infer":
+            task = asyncio.get_running_loop().create_task(self._infer(message))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif kind == "requests":
+            _, started, finished = message
+            self.service.metrics.requests_reported(started, finished)
+        elif kind == "metrics":
+            text, content_type = self.service.metrics.render()
+            self._send(("metrics", message[1], text, content_type))
+        elif kind == "statistics":
+            self._send(("statistics", message[1], self.service.statistics_snapshot()))
+        else:
+            log.warning("front-end %d sent an unknown message %r; ignored", self.index, kind)
+
+    def _send(self, message: Message) -> None:
+        if self.channel is not None:
+            self.channel.send(message)
+
+    async def _infer(self, message: Message) -> None:
+        _, rid, rows, inputs, outputs, timeout_s = message
+        try:
+            feeds = {name: self.arena.view(offset, dtype, shape) for name, dtype, shape, offset in inputs}
+            result = await self.service.submit(feeds, rows, signature_of(feeds), timeout_s)
+            places = [self._place(name, result[name], where) for name, where in outputs]
+        except ServeError as exc:
+            self._send(("done", rid, error_of(exc), None))
+            return
+        except Exception as exc:  # the backend's own types; the request fails alone
+            log.error("request %s of front-end %d failed: %s", rid, self.index, exc, exc_info=exc)
+            self._send(("done", rid, error_of(exc), None))
+            return
+        self._send(("done", rid, None, places))
+
+    def _place(self, name: str, value: Any, where: tuple[int, tuple[int, ...]] | None) -> tuple[Any, ...]:
+        """Write one output into its arena place when it fits there, else send it inline."""
+        array = np.ascontiguousarray(value)
+        if where is not None:
+            offset, shape = where
+            if tuple(array.shape) == tuple(shape):
+                np.copyto(self.arena.view(offset, array.dtype, array.shape), array)
+                return name, array.dtype.str, array.shape, offset, None
+        return name, array.dtype.str, array.shape, -1, array.tobytes()
+
+    async def wait_idle(self) -> None:
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+
+def not_ready(service: InferenceService) -> NotReady:
+    return NotReady(f"model {service.name!r} is {service.state}" + (f": {service.error}" if service.error else ""))

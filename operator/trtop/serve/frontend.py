@@ -1,0 +1,257 @@
+"""A front-end process: HTTP (and gRPC) on its own core, the model in the engine process.
+
+``RemoteModel`` is the handle the routes use, with the same surface as
+``InferenceService`` (``name``, ``state``, ``info``, ``infer``...), so ``app`` and the
+gRPC service do not know which one they hold. ``infer`` admits the request here (every
+check that can refuse it happens before it reaches the engine), places its tensors in
+the shared arena, sends a descriptor and waits for the engine's reply; outputs are
+copied out of the arena and the regions freed as soon as the reply arrives.
+
+``main`` is the process entry point the supervisor starts (``python -m
+trtop.serve.frontend``): it inherits the listening socket, its arena and its channel as
+file descriptors, serves until SIGTERM (drain: not ready, keep serving for the drain
+delay, stop accepting, answer what is in flight) and exits when the engine goes away.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, fields
+import numpy as np
+
+from trtop.serve import errors
+from trtop.serve.arena import Allocator, Arena
+from trtop.serve.channel import Channel, Message
+from trtop.serve.errors import NotReady, Overloaded, ServeError
+from trtop.serve.model import Admitted, ModelInfo, admit
+from trtop.serve.protocol import InferRequest
+from trtop.serve.settings import ServeSettings
+from trtop.serve.types import Array, Outputs
+
+log = logging.getLogger(__name__)
+
+REPORT_INTERVAL_S = 0.02  # finished requests reach the engine's metrics within this
+
+
+class LocalCounts:
+    """Requests this front-end started and finished since the last report (for the engine's metrics)."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.finished: list[tuple[str, float]] = []
+
+    def request_started(self) -> None:
+        self.started += 1
+
+    def request_finished(self, outcome: str, seconds: float) -> None:
+        self.finished.append((outcome, seconds))
+
+    def take(self) -> tuple[int, list[tuple[str, float]]]:
+        started, finished = self.started, self.finished
+        self.started, self.finished = 0, []
+        return started, finished
+
+
+@dataclass
+class _Waiting:
+    future: asyncio.Future[Message]
+    regions: list[int]
+
+
+class RemoteModel:
+    """The model as a front-end sees it: admission here, batching and compute in the engine process."""
+
+    def __init__(self, name: str, arena: Arena, default_timeout_s: float) -> None:
+        self.name = name
+        self.state = "loading"
+        self.error = ""
+        self.info: ModelInfo | None = None
+        self.metrics = LocalCounts()
+        self._arena = arena
+        self._alloc = Allocator(arena.size)
+        self._timeout = default_timeout_s
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, _Waiting] = {}
+        self._channel: Channel | None = None
+        self._draining = False
+        self.engine_gone = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready" and not self._draining
+
+    def attach(self, channel: Channel) -> None:
+        self._channel = channel
+
+    # -- messages from the engine ---------------------------------------------------------
+    def on_message(self, message: Message) -> None:
+        kind = message[0]
+        if kind == "done" or kind == "metrics" or kind == "statistics":
+            waiting = self._waiting.pop(message[1], None)
+            if waiting is not None and not waiting.future.done():
+                waiting.future.set_result(message)
+            if waiting is not None:
+                for offset in waiting.regions:
+                    self._alloc.free(offset)
+        elif kind == "state":
+            _, state, error, info = message
+            self.state = "draining" if self._draining and state == "ready" else state
+            self.error, self.info = error, info
+
+    def on_engine_gone(self) -> None:
+        self.state, self.error = "failed", "the engine process has stopped"
+        for waiting in self._waiting.values():
+            if not waiting.future.done():
+                waiting.future.set_exception(NotReady("the engine process has stopped"))
+        self._waiting.clear()
+        self.engine_gone.set()
+
+    # -- the handle ---------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        self._draining = True
+        if self.state in ("ready", "loading"):
+            self.state = "draining"
+
+    def flush(self) -> None:
+        """Nothing queued here: the engine process runs what is queued when it drains."""
+
+    async def close(self) -> None:
+        self.begin_drain()
+
+    async def infer(self, request: InferRequest) -> tuple[Admitted, Outputs]:
+        info = self.info
+        if self.state not in ("ready", "draining") or info is None or self._channel is None:
+            raise NotReady(f"model {self.name!r} is {self.state}" + (f": {self.error}" if self.error else ""))
+        admitted = admit(info, request)
+        timeout = request.timeout_s if request.timeout_s is not None else self._timeout
+        regions: list[int] = []
+        try:
+            inputs = [self._put(name, array, regions) for name, array in admitted.feeds.items()]
+            outputs = [(o.name, self._room(info, o.name, admitted.rows, regions)) for o in admitted.outputs]
+        except Overloaded:
+            for offset in regions:
+                self._alloc.free(offset)
+            raise
+        rid = next(self._ids)
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = _Waiting(future, regions)
+        self._channel.send(("infer", rid, admitted.rows, inputs, outputs, timeout))
+        _, _, error, places = await future
+        if error is not None:
+            raise _rebuild(error)
+        return admitted, {name: self._take(dtype, shape, offset, inline)
+                          for name, dtype, shape, offset, inline in places}
+
+    async def ask(self, kind: str) -> Message:
+        """A question for the engine process (``metrics``, ``statistics``) and its answer."""
+        if self._channel is None or self._channel.closed:
+            raise NotReady("the engine process is not connected")
+        rid = next(self._ids)
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = _Waiting(future, [])
+        self._channel.send((kind, rid))
+        return await future
+
+    async def render_metrics(self) -> tuple[bytes, str]:
+        self.report()
+        _, _, text, content_type = await self.ask("metrics")
+        return text, content_type
+
+    def report(self) -> None:
+        started, finished = self.metrics.take()
+        if (started or finished) and self._channel is not None:
+            self._channel.send(("requests", started, finished))
+
+    # -- arena ---------------------------------------------------------------------------
+    def _region(self, nbytes: int, regions: list[int]) -> int:
+        offset = self._alloc.alloc(nbytes)
+        if offset is None:
+            raise Overloaded(f"this server holds {self._alloc.used_bytes} bytes of tensors in flight, its limit "
+                             f"(--max-inflight-mb); retry shortly or add replicas")
+        regions.append(offset)
+        return offset
+
+    def _put(self, name: str, array: Array, regions: list[int]) -> tuple[str, str, tuple[int, ...], int]:
+        offset = self._arena.offset_of(array)
+        if offset is None:
+            offset = self._region(array.nbytes, regions)
+            np.copyto(self._arena.view(offset, array.dtype, array.shape), array)
+        return name, array.dtype.str, tuple(array.shape), offset
+
+    def _room(self, info: ModelInfo, name: str, rows: int, regions: list[int]) -> tuple[int, tuple[int, ...]] | None:
+        spec = next(s for s in info.outputs if s.name == name)
+        if any(d < 0 for d in spec.shape[1:]):
+            return None  # its size is known only after the run: it comes back inline
+        shape = (rows, *spec.shape[1:])
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+        return self._region(nbytes, regions), shape
+
+    def _take(self, dtype: str, shape: tuple[int, ...], offset: int, inline: bytes | None) -> Array:
+        if inline is not None:
+            return np.frombuffer(inline, dtype=dtype).reshape(shape)
+        return self._arena.view(offset, dtype, shape).copy()  # the region is freed right after
+
+
+_ERRORS: dict[str, type[ServeError]] = {
+    cls.__name__: cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, ServeError)
+}
+
+
+def _rebuild(error: tuple[str, str, float]) -> ServeError:
+    name, message, retry_after = error
+    cls = _ERRORS.get(name, errors.InferenceFailed)
+    if cls is Overloaded:
+        return Overloaded(message, retry_after or 1.0)
+    return cls(message)
+
+
+# -- the process --------------------------------------------------------------------------
+ENV_FRONTEND = "TRTOP_FRONTEND_SETUP"  # JSON: settings + inherited descriptors (set by the supervisor)
+
+
+def setup_env(settings: ServeSettings, *, index: int, listen_fd: int, channel_fd: int, arena_fd: int,
+              arena_size: int) -> dict[str, str]:
+    doc = {"settings": {f.name: getattr(settings, f.name) for f in fields(ServeSettings)}, "index": index,
+           "listen_fd": listen_fd, "channel_fd": channel_fd, "arena_fd": arena_fd, "arena_size": arena_size}
+    return {ENV_FRONTEND: json.dumps(doc)}
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when the engine process dies (no orphaned front-ends)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def main() -> int:
+    doc = json.loads(os.environ[ENV_FRONTEND])
+    settings = ServeSettings(**doc["settings"])
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format=f"%(asctime)s %(levelname)s frontend-{doc['index']} %(name)s: %(message)s",
+                        stream=sys.stderr)
+    _die_with_parent()
+    if os.getppid() == 1:
+        return 1
+    from trtop.serve.server import serve_frontend
+
+    arena = Arena(doc["arena_fd"], doc["arena_size"])
+    listen = socket.socket(fileno=doc["listen_fd"])
+    channel_sock = socket.socket(fileno=doc["channel_fd"])
+    started = time.monotonic()
+    code = serve_frontend(settings, arena, listen, channel_sock, doc["index"])
+    log.debug("front-end %d exits with %d after %.1fs", doc["index"], code, time.monotonic() - started)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

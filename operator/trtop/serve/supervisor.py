@@ -1,0 +1,183 @@
+"""The engine process of a multi-process server: the model, the batcher and its front-ends.
+
+One engine process per GPU holds the model and the one scheduler that batches every
+request of the pod; N front-end processes (``frontend``) do the HTTP/gRPC work on other
+cores, so Python's GIL serialises neither side (vLLM V1 splits its API server and engine
+core the same way). The engine process binds the listening socket first (a port conflict
+fails at once) and hands it to every front-end, which all accept on it; each front-end
+gets its own shared arena and channel (``dispatcher``).
+
+Lifecycle: front-ends start at once (liveness answers while the model loads); the model
+loads and warms every bucket, then each front-end is told it is ready. A front-end that
+dies is replaced; its in-flight requests are lost to their clients (their connections
+closed with it) but nothing else is touched. SIGTERM: not ready everywhere, front-ends
+drain (serve for the drain delay, stop accepting, answer what is in flight), then the
+engine runs what is still queued and exits 0. A load failure exits 1 with the reason.
+Called by ``server.run_server`` when ``--frontends`` is above 0.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+
+from trtop.serve.arena import Arena
+from trtop.serve.dispatcher import Dispatcher
+from trtop.serve.errors import StartupError
+from trtop.serve.frontend import setup_env
+from trtop.serve.service import InferenceService
+from trtop.serve.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+EXIT_LOAD_FAILED = 1
+RESPAWN_DELAY_S = 0.5
+ARENA_SLACK = 4 * 1024 * 1024  # room for outputs beside the largest body a front-end may hold
+
+
+def arena_bytes(settings: ServeSettings, count: int) -> int:
+    """Each front-end's share of the bytes in flight, never below one largest request."""
+    share = int(settings.max_inflight_mb * 1024 * 1024) // max(1, count)
+    return max(share, settings.max_body_bytes + ARENA_SLACK)
+
+
+def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {exc}") from exc
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Supervisor:
+    def __init__(self, settings: ServeSettings, service: InferenceService, count: int) -> None:
+        self.settings = settings
+        self.service = service
+        self.count = count
+        self.listen = listen_socket(settings.host, settings.port, min(settings.max_connections, 4096))
+        self.arena_size = arena_bytes(settings, count)
+        self.dispatchers: dict[int, Dispatcher] = {}
+        self.processes: dict[int, asyncio.subprocess.Process] = {}
+        self.stopping = False
+        self.exit_code = 0
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._done = asyncio.Event()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.begin_shutdown)
+        for i in range(self.count):
+            await self._start_frontend(i)
+        log.info("serving %r on %s:%d through %d front-end processes", self.service.name, self.settings.host,
+                 self.settings.port, self.count)
+        load = loop.create_task(self._load())
+        await self._done.wait()
+        if not load.done():
+            load.cancel()
+        await self._stop_frontends()
+        await self.service.close()
+        self.listen.close()
+        return self.exit_code
+
+    async def _load(self) -> None:
+        try:
+            await self.service.start()
+        except Exception as exc:
+            log.error("could not load model %r: %s", self.service.name, exc, exc_info=not isinstance(exc, StartupError))
+            self.exit_code = EXIT_LOAD_FAILED
+            self._broadcast_state()
+            self._done.set()
+            return
+        self._broadcast_state()
+
+    def _broadcast_state(self) -> None:
+        for d in self.dispatchers.values():
+            d.send_state()
+
+    async def _start_frontend(self, index: int) -> None:
+        arena = Arena.create(self.arena_size, f"trtop-frontend-{index}")
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        env.update(setup_env(self.settings, index=index, listen_fd=self.listen.fileno(), channel_fd=theirs.fileno(),
+                             arena_fd=arena.fd, arena_size=arena.size))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "trtop.serve.frontend", env=env,
+            pass_fds=(self.listen.fileno(), theirs.fileno(), arena.fd))
+        theirs.close()
+        arena.release_fd()  # the mapping stays; the front-end holds its own descriptor
+        dispatcher = Dispatcher(index, self.service, arena)
+        await dispatcher.open(ours)
+        dispatcher.send_state()
+        self.dispatchers[index] = dispatcher
+        self.processes[index] = proc
+        task = asyncio.get_running_loop().create_task(self._watch(index, proc, dispatcher))
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, index: int, proc: asyncio.subprocess.Process, dispatcher: Dispatcher) -> None:
+        code = await proc.wait()
+        await dispatcher.closed.wait()
+        if self.stopping:
+            return
+        log.warning("front-end %d (pid %d) exited with code %s; starting a new one (the others keep serving)",
+                    index, proc.pid, code)
+        await asyncio.sleep(RESPAWN_DELAY_S)
+        if not self.stopping:
+            await self._start_frontend(index)
+
+    def begin_shutdown(self) -> None:
+        if self.stopping:
+            return
+        log.info("stopping: not ready; front-ends drain for %.1fs, then finish what is in flight",
+                 self.settings.drain_delay_s)
+        self.stopping = True
+        self.service.begin_drain()
+        self._broadcast_state()
+        for proc in self.processes.values():
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        self._done.set()
+
+    async def _stop_frontends(self) -> None:
+        procs = [p for p in self.processes.values() if p.returncode is None]
+        if not self.stopping:  # a load failure: nothing to drain
+            self.stopping = True
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+        budget = self.settings.drain_delay_s + self.settings.shutdown_timeout_s
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), budget)
+        except TimeoutError:
+            log.warning("front-ends did not stop within %.0fs; killing them", budget)
+            for p in procs:
+                if p.returncode is None:
+                    p.kill()
+        for d in self.dispatchers.values():
+            await d.wait_idle()
+
+
+def run_supervised(settings: ServeSettings) -> int:
+    """The engine process: its exit code (0 after a drain, 1 when the model failed to load)."""
+    from trtop.serve.server import create_service, frontend_count
+
+    service, _ = create_service(settings)
+
+    async def main() -> int:
+        return await Supervisor(settings, service, frontend_count(settings)).run()
+
+    try:
+        import uvloop
+
+        return int(uvloop.run(main()))
+    except ImportError:
+        return asyncio.run(main())
