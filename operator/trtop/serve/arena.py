@@ -15,6 +15,7 @@ Called by ``frontend`` (alloc/free/write) and ``dispatcher`` (views).
 from __future__ import annotations
 
 import bisect
+import math
 import mmap
 import os
 from typing import Any
@@ -97,10 +98,9 @@ class Arena:
     def view(self, offset: int, dtype: str | np.dtype[Any], shape: tuple[int, ...]) -> Array:
         """An array over the arena's bytes at ``offset`` (no copy; writes are shared)."""
         dt = np.dtype(dtype)
-        count = int(np.prod(shape, dtype=np.int64))
-        if offset < 0 or offset + count * dt.itemsize > self.size:
+        if offset < 0 or offset + math.prod(shape) * dt.itemsize > self.size:
             raise ValueError(f"{dt.name}{list(shape)} at offset {offset} does not fit an arena of {self.size} bytes")
-        return self._base[offset:offset + count * dt.itemsize].view(dt).reshape(shape)
+        return np.ndarray(shape, dt, buffer=self._map, offset=offset)
 
     def offset_of(self, array: Array) -> int | None:
         """Where ``array`` lies in this arena when it is a contiguous view of it, else None."""

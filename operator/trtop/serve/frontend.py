@@ -19,6 +19,7 @@ import ctypes
 import itertools
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -82,6 +83,7 @@ class RemoteModel:
         self._waiting: dict[int, _Waiting] = {}
         self._channel: Channel | None = None
         self._draining = False
+        self._row_shapes: dict[str, tuple[tuple[int, ...], int]] = {}
         self.engine_gone = asyncio.Event()
 
     @property
@@ -105,6 +107,10 @@ class RemoteModel:
             _, state, error, info = message
             self.state = "draining" if self._draining and state == "ready" else state
             self.error, self.info = error, info
+            if info is not None:  # outputs of a fixed size per row get their arena room before the run
+                self._row_shapes = {
+                    s.name: (s.shape[1:], math.prod(s.shape[1:]) * np.dtype(s.dtype).itemsize)
+                    for s in info.outputs if all(d >= 0 for d in s.shape[1:])}
 
     def on_engine_gone(self) -> None:
         self.state, self.error = "failed", "the engine process has stopped"
@@ -187,12 +193,11 @@ class RemoteModel:
         return name, array.dtype.str, tuple(array.shape), offset
 
     def _room(self, info: ModelInfo, name: str, rows: int, regions: list[int]) -> tuple[int, tuple[int, ...]] | None:
-        spec = next(s for s in info.outputs if s.name == name)
-        if any(d < 0 for d in spec.shape[1:]):
+        row = self._row_shapes.get(name)
+        if row is None:
             return None  # its size is known only after the run: it comes back inline
-        shape = (rows, *spec.shape[1:])
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
-        return self._region(nbytes, regions), shape
+        row_shape, row_bytes = row
+        return self._region(rows * row_bytes, regions), (rows, *row_shape)
 
     def _take(self, dtype: str, shape: tuple[int, ...], offset: int, inline: bytes | None) -> Array:
         if inline is not None:

@@ -147,6 +147,7 @@ def uvicorn_config(app: Starlette, settings: ServeSettings, **extra: Any) -> uvi
         # would hold sockets for nothing, shorter makes clients reconnect under light load.
         timeout_keep_alive=30,
         backlog=settings.max_connections,
+        proxy_headers=False,  # nothing here reads the client address; the middleware costs ~2% per request
         limit_concurrency=settings.max_connections,
         **extra,
     )

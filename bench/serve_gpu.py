@@ -1,0 +1,267 @@
+"""GPU benchmark of ``trtop serve`` with Triton's ``perf_analyzer`` as the client (run on a GPU host).
+
+    PYTHONPATH=/tmp/site:$PWD/operator python3 bench/serve_gpu.py --out /tmp/out \\
+        --perf-analyzer /tmp/pa/perf_analyzer/bin/perf_analyzer
+
+ONNX Runtime's CUDA provider stands in for TensorRT (which cannot be installed there);
+the server code in front of it is the same. In one run it measures:
+
+- the engine alone: ResNet-50 fp32 (torchvision, random weights) in-process at each batch
+  bucket (1..32, numpy in and out, as the server feeds it), and its batch-1 latency;
+- ``trtop serve`` (default settings: front-end processes, warmed buckets) under
+  ``perf_analyzer`` over HTTP at concurrency 1..128: throughput, p50/p99 and whether the
+  window was stable, with the GPU's utilisation and the server's CPU cores during it;
+- the request ceiling of the server on a tiny model (16x16 MatMul), over HTTP and gRPC.
+
+Prints the tables (markdown) and writes them with the raw figures to ``--out``.
+Targets (issue P8): >= 0.85 x the in-process best at the best concurrency, stable
+windows everywhere, p99 <= 2.5 x p50; tiny model >= 20,000 req/s over HTTP and gRPC.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import models  # noqa: E402
+
+DEVICE = "9.0/NVIDIA-H200"
+BUCKETS = (1, 2, 4, 8, 16, 32)
+TARGET_RATIO, TARGET_TAIL, TARGET_TINY = 0.85, 2.5, 20000.0
+
+
+def inprocess(path: Path, seconds: float) -> dict[str, Any]:
+    """img/s of ONNX Runtime CUDA alone at each bucket (the server's session options), batch-1 p50."""
+    from trtop.serve.backends.onnxruntime_impl import OnnxRuntime
+    from trtop.serve.runtime import RuntimeOptions
+
+    rt = OnnxRuntime(path, RuntimeOptions(threads=1, use_gpu=True))
+    name, out = rt.inputs[0].name, [rt.outputs[0].name]
+    shape = rt.inputs[0].shape[1:]
+    result: dict[str, Any] = {"throughput": {}}
+    for b in BUCKETS:
+        x = np.random.rand(b, *shape).astype(np.float32)
+        for _ in range(5):
+            rt.run({name: x}, out)
+        n, lat, stop = 0, [], time.perf_counter() + seconds
+        while time.perf_counter() < stop:
+            t = time.perf_counter()
+            rt.run({name: x}, out)
+            lat.append(time.perf_counter() - t)
+            n += b
+        result["throughput"][b] = n / sum(lat)
+        if b == 1:
+            result["b1_p50_ms"] = float(np.percentile(np.array(lat) * 1000, 50))
+    rt.close()
+    result["best"] = max(result["throughput"].values())
+    result["best_batch"] = max(result["throughput"], key=lambda k: result["throughput"][k])
+    return result
+
+
+class Server:
+    def __init__(self, model: Path, name: str, port: int, grpc_port: int, extra: list[str], log: Path) -> None:
+        env = {**os.environ, "TRTOP_DEVICE": DEVICE}
+        cmd = [sys.executable, "-m", "trtop.cli", "serve", "--model", str(model), "--model-name", name,
+               "--host", "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_port),
+               "--log-level", "warning", *extra]
+        self.log = open(log, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}: {log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/v2/health/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("server not ready in 300 s")
+
+    def pids(self) -> list[int]:
+        try:
+            kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            kids = []
+        return [self.proc.pid, *map(int, kids)]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for p in pids:
+        try:
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            pass
+    return total
+
+
+class GpuSampler:
+    """nvidia-smi utilisation samples while a window runs."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True, timeout=5).stdout.strip()
+                self.samples.append(float(out.splitlines()[0]))
+            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+                pass
+            self._stop.wait(0.5)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return float(np.mean(self.samples)) if self.samples else float("nan")
+
+
+def perf(pa: str, model: str, url: str, protocol: str, concurrency: int, window_ms: int,
+         server: Server, tmp: Path) -> dict[str, Any]:
+    csv_path = tmp / f"pa-{model}-{protocol}-{concurrency}.csv"
+    cmd = [pa, "-m", model, "-u", url, "-i", protocol, "--concurrency-range", f"{concurrency}:{concurrency}",
+           "--measurement-interval", str(window_ms), "--stability-percentage", "10", "--max-trials", "8",
+           "-f", str(csv_path)]
+    sampler = GpuSampler()
+    cpu0, t0 = cpu_seconds(server.pids()), time.monotonic()
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    cores = (cpu_seconds(server.pids()) - cpu0) / (time.monotonic() - t0)
+    gpu = sampler.stop()
+    text = run.stdout + run.stderr
+    stable = "Failed to obtain stable measurement" not in text and run.returncode == 0
+    row: dict[str, Any] = {"concurrency": concurrency, "stable": stable, "rc": run.returncode, "gpu_util": gpu,
+                           "server_cores": cores}
+    if csv_path.exists():
+        rows = list(csv.DictReader(csv_path.open()))
+        if rows:
+            r = rows[0]
+            row.update(throughput=float(r["Inferences/Second"]), p50_ms=float(r["p50 latency"]) / 1000,
+                       p99_ms=float(r["p99 latency"]) / 1000)
+    if "throughput" not in row:
+        row["error"] = text[-1500:]
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("/tmp/bench-out"))
+    ap.add_argument("--perf-analyzer", default="/tmp/pa/perf_analyzer/bin/perf_analyzer")
+    ap.add_argument("--concurrency", default="1,2,4,8,16,32,64,128")
+    ap.add_argument("--window-ms", type=int, default=3000)
+    ap.add_argument("--server-arg", action="append", default=[])
+    ap.add_argument("--skip-tiny", action="store_true")
+    ap.add_argument("--skip-resnet", action="store_true")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    tmp = args.out
+    results: dict[str, Any] = {"cores": os.cpu_count(), "server_args": args.server_arg}
+    levels = [int(c) for c in args.concurrency.split(",")]
+    if not args.skip_resnet:
+        resnet = models.resnet50()
+        print("in-process ONNX Runtime CUDA (ResNet-50) ...", flush=True)
+        base = inprocess(resnet, 3.0)
+        results["inprocess"] = base
+        print(json.dumps(base), flush=True)
+        server = Server(resnet, "resnet50", 8000, 8001, ["--max-batch", "32", *args.server_arg], tmp / "server-resnet.log")
+        rows = []
+        try:
+            for c in levels:
+                row = perf(args.perf_analyzer, "resnet50", "127.0.0.1:8000", "http", c, args.window_ms, server, tmp)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        finally:
+            server.stop()
+        results["resnet50_http"] = rows
+    if not args.skip_tiny:
+        tiny = models.tiny()
+        server = Server(tiny, "tiny", 8010, 8011, ["--max-batch", "64", *args.server_arg], tmp / "server-tiny.log")
+        rows = []
+        try:
+            for protocol, url in (("http", "127.0.0.1:8010"), ("grpc", "127.0.0.1:8011")):
+                for c in (64, 128, 256):
+                    row = perf(args.perf_analyzer, "tiny", url, protocol, c, args.window_ms, server, tmp)
+                    row["protocol"] = protocol
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+        finally:
+            server.stop()
+        results["tiny"] = rows
+    report(results)
+    (args.out / "serve-gpu.json").write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+def report(results: dict[str, Any]) -> None:
+    lines = []
+    if "inprocess" in results:
+        base = results["inprocess"]
+        best = base["best"]
+        lines.append(f"In-process ONNX Runtime CUDA, ResNet-50 fp32: best {best:,.0f} img/s at batch "
+                     f"{base['best_batch']}; batch 1: {base['throughput'][1]:,.0f} img/s, p50 "
+                     f"{base['b1_p50_ms']:.2f} ms. By bucket: "
+                     + ", ".join(f"{b}: {v:,.0f}" for b, v in base["throughput"].items()))
+        lines.append("")
+        lines.append("| concurrency | img/s | / in-process best | p50 ms | p99 ms | p99/p50 | stable | GPU util % "
+                     "| server cores busy |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        top = None
+        for r in results["resnet50_http"]:
+            if "throughput" not in r:
+                lines.append(f"| {r['concurrency']} | failed | | | | | {r['stable']} | | |")
+                continue
+            tail = r["p99_ms"] / r["p50_ms"]
+            lines.append(f"| {r['concurrency']} | {r['throughput']:,.0f} | {r['throughput'] / best:.2f} | "
+                         f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {tail:.2f} | {'yes' if r['stable'] else 'NO'} | "
+                         f"{r['gpu_util']:.0f} | {r['server_cores']:.1f} |")
+            if top is None or r["throughput"] > top["throughput"]:
+                top = r
+        if top is not None:
+            ok = top["throughput"] / best >= TARGET_RATIO
+            lines.append(f"\nBest: {top['throughput']:,.0f} img/s at concurrency {top['concurrency']} = "
+                         f"{top['throughput'] / best:.2f} x in-process best (target >= {TARGET_RATIO}): "
+                         f"{'met' if ok else 'NOT met'}")
+    if "tiny" in results:
+        lines.append("\n| tiny model | concurrency | req/s | p50 ms | p99 ms | stable | server cores busy |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for r in results["tiny"]:
+            lines.append(f"| {r['protocol']} | {r['concurrency']} | {r.get('throughput', float('nan')):,.0f} | "
+                         f"{r.get('p50_ms', float('nan')):.2f} | {r.get('p99_ms', float('nan')):.2f} | "
+                         f"{'yes' if r['stable'] else 'NO'} | {r['server_cores']:.1f} |")
+        for protocol in ("http", "grpc"):
+            got = max((r.get("throughput", 0.0) for r in results["tiny"] if r["protocol"] == protocol), default=0.0)
+            lines.append(f"tiny ceiling over {protocol}: {got:,.0f} req/s (target >= {TARGET_TINY:,.0f}): "
+                         f"{'met' if got >= TARGET_TINY else 'NOT met'}")
+    text = "\n".join(lines)
+    results["report"] = text
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The multi-process server: front-end processes in front of one engine process.
+
+Real processes over real HTTP: requests from every front-end batch together in the one
+engine; a front-end killed with requests in flight is replaced while the others keep
+serving and nothing hangs; SIGTERM drains every process; the bytes in flight are bounded.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from .conftest import ServerProcess, metric_value
+
+pytestmark = pytest.mark.slow
+SLOW = "tests.serve.fakes:SlowOnnxRuntime"
+Start = Callable[..., ServerProcess]
+
+
+def infer_json(x: np.ndarray) -> dict[str, object]:
+    return {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+
+
+def frontends(server: ServerProcess) -> list[int]:
+    """pids of the engine process's front-end children."""
+    pid = server.proc.pid
+    try:
+        kids = (Path(f"/proc/{pid}/task/{pid}/children")).read_text().split()
+    except OSError:
+        return []
+    return [int(k) for k in kids if "trtop.serve.frontend" in Path(f"/proc/{k}/cmdline").read_text(errors="replace")]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what} within {timeout}s")
+
+
+async def post_many(url: str, values: list[float], timeout: float = 30) -> list[object]:
+    """One connection per request (so they spread over the front-ends); exceptions returned, not raised."""
+    async def one(v: float) -> object:
+        async with httpx.AsyncClient(base_url=url, timeout=timeout) as client:
+            r = await client.post("/v2/models/a/infer", json=infer_json(np.full((1, 4), v, np.float32)))
+            return r
+    return await asyncio.gather(*(one(v) for v in values), return_exceptions=True)
+
+
+async def test_requests_from_every_frontend_batch_in_one_engine(start_server: Start, affine_onnx: Path) -> None:
+    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "2", "--backend", SLOW],
+                     env={"FAKE_RUN_DELAY_S": "0.2"})
+    s.wait_ready()
+    wait_for(lambda: len(frontends(s)) == 2, 10, "two front-end processes")
+    results = await post_many(s.url, [float(i) for i in range(12)])
+    for i, r in enumerate(results):
+        assert isinstance(r, httpx.Response) and r.status_code == 200, r
+        assert r.json()["outputs"][0]["data"] == [2 * i + 1.0] * 4  # its own rows: y = 2x + 1
+    text = httpx.get(s.url + "/metrics").text
+    batches = metric_value(text, "trtop_inference_batch_size_count", model="a")
+    assert batches < 12, "12 requests over 2 front-ends should share batches in the one engine"
+    assert metric_value(text, "trtop_inference_requests_total", model="a", outcome="success") >= 12
+
+
+async def test_a_killed_frontend_is_replaced_and_the_others_keep_serving(start_server: Start,
+                                                                         affine_onnx: Path) -> None:
+    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "2", "--backend", SLOW],
+                     env={"FAKE_RUN_DELAY_S": "0.3"})
+    s.wait_ready()
+    wait_for(lambda: len(frontends(s)) == 2, 10, "two front-end processes")
+    victim = frontends(s)[0]
+    in_flight = asyncio.ensure_future(post_many(s.url, [float(i) for i in range(8)], timeout=20))
+    await asyncio.sleep(0.15)
+    os.kill(victim, signal.SIGKILL)
+    results = await asyncio.wait_for(in_flight, 25)  # nothing hangs: each answered or its connection dropped
+    # Those the victim had accepted lose their connection; any the survivor had are answered.
+    assert all(isinstance(r, httpx.TransportError) or (isinstance(r, httpx.Response) and r.status_code == 200)
+               for r in results), results
+    later = await post_many(s.url, [1.0] * 6)  # the survivor (and then the replacement) serve
+    assert all(isinstance(r, httpx.Response) and r.status_code == 200 for r in later), later
+    wait_for(lambda: len(frontends(s)) == 2 and victim not in frontends(s), 15, "a replacement front-end")
+    assert "exited with code -9; starting a new one" in s.logs()
+    assert s.proc.poll() is None
+
+
+async def test_sigterm_drains_every_process_and_answers_what_is_in_flight(start_server: Start,
+                                                                            affine_onnx: Path) -> None:
+    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "2", "--backend", SLOW,
+                      "--drain-delay-s", "0.5"], env={"FAKE_RUN_DELAY_S": "0.3"})
+    s.wait_ready()
+    wait_for(lambda: len(frontends(s)) == 2, 10, "two front-end processes")
+    children = frontends(s)
+    in_flight = asyncio.ensure_future(post_many(s.url, [float(i) for i in range(6)]))
+    await asyncio.sleep(0.1)
+    s.terminate()
+    results = await in_flight
+    assert all(isinstance(r, httpx.Response) and r.status_code == 200 for r in results), results
+    assert s.wait_exit(30) == 0, s.logs()
+    assert not any(Path(f"/proc/{c}").exists() for c in children), "a front-end outlived its engine"
+
+
+async def test_bytes_in_flight_are_bounded(start_server: Start, affine_onnx: Path) -> None:
+    # One front-end's arena: --max-inflight-mb, never below one largest body + 4 MiB for outputs (5 MiB here).
+    # Each request holds ~1.8 MiB (0.9 MiB in, as much out): a few fit, the rest get 503 + Retry-After at once.
+    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "1", "--max-body-mb", "1",
+                      "--max-inflight-mb", "1", "--max-batch", "60000", "--backend", SLOW],
+                     env={"FAKE_RUN_DELAY_S": "0.5"})
+    s.wait_ready()
+    x = np.ones((56000, 4), np.float32)
+    header = (b'{"inputs":[{"name":"x","shape":[56000,4],"datatype":"FP32","parameters":{"binary_data_size":%d}}],'
+              b'"parameters":{"binary_data_output":true}}' % x.nbytes)
+
+    async def one(client: httpx.AsyncClient) -> httpx.Response:
+        return await client.post("/v2/models/a/infer", content=header + x.tobytes(),
+                                 headers={"Inference-Header-Content-Length": str(len(header))})
+
+    async with httpx.AsyncClient(base_url=s.url, timeout=30) as client:
+        results = await asyncio.gather(*(one(client) for _ in range(8)))
+    codes = sorted(r.status_code for r in results)
+    assert 200 in codes and 503 in codes and set(codes) == {200, 503}, codes
+    refused = next(r for r in results if r.status_code == 503)
+    assert refused.headers["retry-after"] and "in flight" in refused.json()["error"]
+    text = httpx.get(s.url + "/metrics").text
+    assert metric_value(text, "trtop_inference_requests_total", model="a", outcome="overloaded") == codes.count(503)
