@@ -131,3 +131,28 @@ async def test_bytes_in_flight_are_bounded(start_server: Start, affine_onnx: Pat
     assert refused.headers["retry-after"] and "in flight" in refused.json()["error"]
     text = httpx.get(s.url + "/metrics").text
     assert metric_value(text, "trtop_inference_requests_total", model="a", outcome="overloaded") == codes.count(503)
+
+
+def _raw_request(port: int, declared: int, sent: bytes) -> "socket.socket":
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"POST /v2/models/a/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % declared + sent)
+    return sock
+
+
+def test_slow_bodies_time_out_and_bodies_beyond_the_budget_are_refused_before_reading(
+        start_server: Start, affine_onnx: Path) -> None:
+    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "0", "--max-body-mb", "1",
+                      "--max-inflight-mb", "1", "--body-timeout-s", "1"])
+    s.wait_ready()
+    slow = _raw_request(s.port, 700_000, b'{"inputs"')  # holds 700 kB of the 1 MiB budget, then stalls
+    time.sleep(0.3)
+    r = httpx.post(s.url + "/v2/models/a/infer", content=b"x" * 600_000)
+    assert r.status_code == 503 and r.headers["retry-after"] and "in flight" in r.json()["error"]
+    answer = slow.recv(4096)
+    assert b" 400 " in answer.split(b"\r\n")[0] and b"did not arrive within 1s" in answer
+    slow.close()
+    ok = httpx.post(s.url + "/v2/models/a/infer", json=infer_json(np.ones((1, 4), np.float32)))
+    assert ok.status_code == 200  # the budget is free again

@@ -113,3 +113,17 @@ class TestEncode:
         assert header["outputs"][1]["data"] == [True, False]
         assert header["outputs"][2]["parameters"]["binary_data_size"] == 0
         np.testing.assert_array_equal(np.frombuffer(body[n:], np.int64).reshape(2, 2), y)
+
+
+class TestMalformedValues:
+    """Hostile bodies are 400s with a message, never 500s (P10: every malformed value is a 400)."""
+
+    @pytest.mark.parametrize("body", [
+        b'{"inputs":[{"name":"x","shape":[1],"datatype":"INT32","data":[99999999999999999999999]}]}',
+        b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":' + b"[" * 100000 + b"]" * 100000 + b"}]}",
+        b'{"inputs":[{"name":"x","shape":[1],"datatype":"INT8","data":[1e400]}]}',
+        b'{"inputs":[{"name":"x","shape":[100000000],"datatype":"FP32","data":[1]}]}',
+    ], ids=["overflow", "deep-nesting", "float-into-int", "too-many-json-values"])
+    def test_refused_as_bad_request(self, body: bytes) -> None:
+        with pytest.raises(BadRequest):
+            parse_infer_request(body, None)

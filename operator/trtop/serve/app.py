@@ -37,7 +37,7 @@ def error_response(exc: ServeError) -> Response:
 
 
 def build_app(
-    service: ModelHandle, *, max_body_bytes: int,
+    service: ModelHandle, *, max_body_bytes: int, max_inflight_bytes: int = 0, body_timeout_s: float = 30.0,
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
 ) -> Starlette:
     metrics = service.metrics
@@ -126,7 +126,8 @@ def build_app(
                         media_type=JSON)
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
-    return FastInfer(app, service, max_body_bytes)  # type: ignore[return-value]
+    return FastInfer(app, service, max_body_bytes, max_inflight_bytes=max_inflight_bytes,  # type: ignore[return-value]
+                     body_timeout_s=body_timeout_s)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

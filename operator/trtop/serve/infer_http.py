@@ -8,6 +8,7 @@ Built by ``app.build_app``.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -63,10 +64,17 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class FastInfer:
-    def __init__(self, app: ASGIApp, service: ModelHandle, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, service: ModelHandle, max_body_bytes: int, *,
+                 max_inflight_bytes: int = 0, body_timeout_s: float = 30.0) -> None:
         self.app = app
         self.service = service
         self.limit = max_body_bytes
+        # Bodies being read or served by this process at once (declared lengths): a request that would
+        # pass the budget is refused before its body is read, so memory stays bounded however many
+        # clients send at once. 0: no budget.
+        self.inflight_budget = max_inflight_bytes
+        self.inflight_bytes = 0
+        self.body_timeout_s = body_timeout_s
         base = f"/v2/models/{service.name}"
         self.paths = frozenset({base + "/infer", f"{base}/versions/{VERSION}/infer"})
 
@@ -81,6 +89,7 @@ class FastInfer:
         metrics = self.service.metrics
         metrics.request_started()
         outcome = "success"
+        reserved = 0
         try:
             header_length = encoding = declared = None
             for key, value in scope["headers"]:
@@ -90,10 +99,19 @@ class FastInfer:
                     header_length = value.decode("latin-1")
                 elif key == b"content-encoding":
                     encoding = value.decode("latin-1")
-            if declared is not None and declared.isdigit() and int(declared) > self.limit:
-                raise PayloadTooLarge(f"the body is {int(declared)} bytes; this server accepts at most {self.limit} "
+            length = int(declared) if declared is not None and declared.isdigit() else self.limit
+            if length > self.limit:
+                raise PayloadTooLarge(f"the body is {length} bytes; this server accepts at most {self.limit} "
                                       "(raise --max-body-mb or send smaller batches)")
-            body = await _read(receive, self.limit)
+            if self.inflight_budget and self.inflight_bytes + length > self.inflight_budget:
+                raise Overloaded(f"this server holds {self.inflight_bytes} bytes of requests in flight and its limit is "
+                                 f"{self.inflight_budget} (--max-inflight-mb); retry shortly or add replicas")
+            self.inflight_bytes += length
+            reserved = length
+            try:
+                body = await asyncio.wait_for(_read(receive, self.limit), self.body_timeout_s)
+            except TimeoutError:
+                raise BadRequest(f"the body did not arrive within {self.body_timeout_s:g}s") from None
             info = self.service.info
             if info is None:
                 raise NotReady(f"model {self.service.name!r} is {self.service.state}")
@@ -102,6 +120,7 @@ class FastInfer:
             outcome = exc.outcome
             status, headers, payload = error_parts(exc)
         finally:
+            self.inflight_bytes -= reserved
             metrics.request_finished(outcome, time.perf_counter() - started)
         raw = [(b"content-length", str(len(payload)).encode())]
         raw += [(k.encode(), v.encode()) for k, v in headers.items()]

@@ -24,6 +24,9 @@ from trtop.api.engine import TensorSpec
 from trtop.serve.errors import BadRequest, PayloadTooLarge
 from trtop.serve.types import Array
 
+# JSON "data" is parsed into Python objects first (~50 bytes each): beyond this, binary tensors are required.
+MAX_JSON_VALUES = 4_000_000
+
 # v2 datatype <-> numpy dtype name. BYTES (strings) and BF16 have no numpy dtype here.
 DATATYPES: dict[str, str] = {
     "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
@@ -79,8 +82,8 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
             raise BadRequest(f"Inference-Header-Content-Length {header_length} is outside the body ({len(body)} bytes)")
         header_bytes, binary = body[:header_length], memoryview(body)[header_length:]
     try:
-        doc = json.loads(header_bytes)
-    except (ValueError, UnicodeDecodeError) as exc:
+        doc = json.loads(bytes(header_bytes))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         hint = "" if header_length is not None else " (binary tensors need the Inference-Header-Content-Length header)"
         raise BadRequest(f"the request is not valid JSON: {exc}{hint}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
@@ -137,9 +140,12 @@ def _parse_input(raw: Any, binary: memoryview, offset: int) -> tuple[str, Array,
         return name, np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape), size
     if "data" not in raw:
         raise BadRequest(f'input {name!r} has neither "data" nor parameters.binary_data_size')
+    if count > MAX_JSON_VALUES:
+        raise BadRequest(f"input {name!r}: {count} values is too many for JSON data (at most {MAX_JSON_VALUES}); "
+                         "send large tensors as binary data (Inference-Header-Content-Length)")
     try:
         array = np.asarray(raw["data"], dtype=dtype)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise BadRequest(f"input {name!r}: data is not a list of {datatype} values ({exc})") from None
     if array.size != count:
         raise BadRequest(f"input {name!r}: data has {array.size} values but shape {shape} needs {count}")

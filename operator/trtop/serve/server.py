@@ -130,7 +130,8 @@ def create_server(settings: ServeSettings) -> InferenceServer:
             task.cancel()
         await service.close()
 
-    app = build_app(service, max_body_bytes=settings.max_body_bytes, lifespan=lifespan)
+    app = build_app(service, max_body_bytes=settings.max_body_bytes, lifespan=lifespan,
+                    max_inflight_bytes=settings.max_inflight_bytes, body_timeout_s=settings.body_timeout_s)
     server = InferenceServer(uvicorn_config(app, settings), service, settings.drain_delay_s)
     holder.append(server)
     return server
@@ -176,7 +177,9 @@ def serve_frontend(settings: ServeSettings, arena: Arena, listen: socket.socket,
         model.report()
         channel.close()
 
-    app = build_app(model, max_body_bytes=settings.max_body_bytes, lifespan=lifespan)
+    app = build_app(model, max_body_bytes=settings.max_body_bytes, lifespan=lifespan,
+                    max_inflight_bytes=settings.max_inflight_bytes // max(1, frontend_count(settings)),
+                    body_timeout_s=settings.body_timeout_s)
     server = InferenceServer(uvicorn_config(app, settings, log_config=None), model, settings.drain_delay_s)
     holder.append(server)
     server.run(sockets=[listen])

@@ -44,6 +44,8 @@ class ServeSettings:
     max_body_mb: float = 64.0
     # Tensor bytes all requests in flight may hold (inputs + outputs); above it 503 + Retry-After.
     max_inflight_mb: float = 256.0
+    # A request body must arrive within this (slow senders would hold memory and connections).
+    body_timeout_s: float = 30.0
     # Open client connections at most (HTTP); beyond it new connections get 503.
     max_connections: int = 1024
     # Front-end processes that parse HTTP/gRPC in front of the one engine process; -1 = one per core
@@ -67,6 +69,10 @@ class ServeSettings:
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def max_inflight_bytes(self) -> int:
+        return int(self.max_inflight_mb * 1024 * 1024)
 
     @property
     def bucket_sizes(self) -> tuple[int, ...] | None:
@@ -98,6 +104,7 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "max_body_mb": ("--max-body-mb", names.ENV_SERVE_MAX_BODY_MB, "largest request body in MiB"),
     "max_inflight_mb": ("--max-inflight-mb", names.ENV_SERVE_MAX_INFLIGHT_MB,
                         "tensor MiB in flight before 503 (inputs + outputs of every request)"),
+    "body_timeout_s": ("--body-timeout-s", names.ENV_SERVE_BODY_TIMEOUT_S, "seconds a request body may take to arrive"),
     "max_connections": ("--max-connections", names.ENV_SERVE_MAX_CONNECTIONS, "open client connections at most"),
     "frontends": ("--frontends", names.ENV_SERVE_FRONTENDS,
                   "front-end processes (-1: one per core beyond the engine's, at most 8; 0: single process)"),
@@ -163,6 +170,8 @@ def _problems(s: ServeSettings) -> list[str]:
         out.append("--max-body-mb must be > 0")
     if s.max_inflight_mb < s.max_body_mb:
         out.append("--max-inflight-mb must be at least --max-body-mb")
+    if s.body_timeout_s <= 0:
+        out.append("--body-timeout-s must be > 0")
     if s.max_connections < 1:
         out.append("--max-connections must be >= 1")
     if s.frontends < -1:
