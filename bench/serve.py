@@ -168,7 +168,7 @@ def free_port() -> int:
 
 def start_server(port: int, extra: list[str]) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "trtop.cli", "serve", "--model", str(ONNX), "--model-name", MODEL,
-           "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra]
+           "--host", "127.0.0.1", "--port", str(port), "--grpc-port", "0", "--log-level", "warning", *extra]
     env = {**os.environ, "TRTOP_DEVICE": "cpu"}  # a CPU benchmark, also on a machine with a GPU
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 60

@@ -102,6 +102,8 @@ ENV_SERVE_MODEL_PATH: Final = "TRTOP_MODEL_PATH"  # a raw .onnx / SavedModel / .
 ENV_SERVE_BACKEND: Final = "TRTOP_BACKEND"  # auto | onnxruntime | tensorrt | tensorflow | module:attr
 ENV_SERVE_HOST: Final = "TRTOP_HOST"
 ENV_SERVE_PORT: Final = "TRTOP_PORT"
+ENV_SERVE_GRPC_PORT: Final = "TRTOP_GRPC_PORT"  # 0 = no gRPC
+SERVE_GRPC_PORT: Final = 8001  # the gRPC protocol's port (Triton's), in the pod and on the Service
 ENV_SERVE_MAX_BATCH: Final = "TRTOP_MAX_BATCH"
 ENV_SERVE_MAX_QUEUE_DELAY_MS: Final = "TRTOP_MAX_QUEUE_DELAY_MS"
 ENV_SERVE_BUCKETS: Final = "TRTOP_BATCH_BUCKETS"

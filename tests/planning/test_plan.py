@@ -218,3 +218,17 @@ def test_build_jobs_follow_the_serving_node_selector(mixed_cluster, settings):
                        "serving": {"nodeSelector": {"pool": "missing"}}})
     p = plan(nowhere, ClusterFacts(nodes=mixed_cluster), settings)
     assert p.jobs_to_create == () and p.status["engines"][0]["state"] == "Unschedulable"
+
+
+@pytest.mark.parametrize("http_port,grpc_port", [(8000, 8001), (8001, 8002)])
+def test_the_pod_and_the_service_expose_http_and_grpc(mixed_cluster, settings, http_port, grpc_port):
+    body = md_body({"model": {"uri": "s3://models/resnet", "format": "savedmodel"}, "serving": {"port": http_port}})
+    first = plan(body, ClusterFacts(nodes=mixed_cluster), settings)
+    p = plan(body, ClusterFacts(nodes=mixed_cluster, records={e.key: record_for(e) for e in first.engines}),
+             settings)
+    ctr = p.deployment["spec"]["template"]["spec"]["containers"][0]
+    assert ctr["ports"] == [{"name": "http", "containerPort": http_port, "protocol": "TCP"},
+                            {"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"}]
+    assert ctr["command"][ctr["command"].index("--grpc-port") + 1] == str(grpc_port)
+    assert [(x["name"], x["port"], x["targetPort"], x.get("appProtocol")) for x in p.service["spec"]["ports"]] == [
+        ("http", http_port, "http", None), ("grpc", grpc_port, "grpc", "grpc")]

@@ -88,7 +88,8 @@ class ServerProcess:
         self.log_path = (log_dir or Path("/tmp")) / f"trtop-serve-{self.port}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("TRTOP_")}
-        full_env.update({"TRTOP_DEVICE": "cpu", "TRTOP_THREADS": "1", "TRTOP_INSTANCES": "1", **(env or {})})
+        full_env.update({"TRTOP_DEVICE": "cpu", "TRTOP_THREADS": "1", "TRTOP_INSTANCES": "1", "TRTOP_GRPC_PORT": "0",
+                         **(env or {})})
         cmd = [sys.executable, "-m", "trtop.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
 

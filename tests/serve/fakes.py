@@ -2,7 +2,8 @@
 
 ONNX Runtime with injected delays/failures (read from the environment, since it runs in
 the server process): ``FAKE_LOAD_DELAY_S`` (seconds before loading), ``FAKE_RUN_DELAY_S``
-(seconds per batch), ``FAKE_LOAD_FAIL`` (raise while loading).
+(seconds per batch), ``FAKE_LOAD_FAIL`` (raise while loading), ``FAKE_RUN_FAIL_VALUE`` (raise
+when an input holds that number: a request carrying it breaks the backend, warm-up's zeros do not).
 """
 from __future__ import annotations
 
@@ -23,7 +24,10 @@ class SlowOnnxRuntime(OnnxRuntime):
             raise RuntimeError("the test asked this load to fail")
         super().__init__(path, options)
         self.run_delay = float(os.environ.get("FAKE_RUN_DELAY_S", "0"))
+        self.fail_value = float(os.environ.get("FAKE_RUN_FAIL_VALUE", "nan"))
 
     def run(self, feeds: Feeds, outputs: Sequence[str]) -> Outputs:
         time.sleep(self.run_delay)
+        if any((a == self.fail_value).any() for a in feeds.values()):
+            raise RuntimeError(f"the test asked inputs holding {self.fail_value:g} to fail")
         return super().run(feeds, outputs)

@@ -21,11 +21,19 @@ def test_env_then_flags() -> None:
         "resnet", 7.5, 9100, '["e-1"]', "s3://b/p")
 
 
+def test_grpc_port_defaults_to_tritons_and_0_turns_it_off() -> None:
+    assert parse_settings([], env={}).grpc_port == 8001
+    assert parse_settings([], env={names.ENV_SERVE_GRPC_PORT: "0"}).grpc_port == 0
+    assert parse_settings(["--grpc-port", "9001"], env={names.ENV_SERVE_GRPC_PORT: "0"}).grpc_port == 9001
+
+
 @pytest.mark.parametrize("argv,env,match", [
     (["--max-queue-size", "0"], {}, "max-queue-size"),
     (["--model", "a.onnx", "--engine-dir", "d"], {}, "only one"),
     (["--timeout-s", "0"], {}, "timeout"),
     ([], {names.ENV_SERVE_PORT: "http"}, "TRTOP_PORT"),
+    (["--grpc-port", "-1"], {}, "--grpc-port must be 0 (off) or 1-65535"),
+    (["--grpc-port", "8000"], {}, "give gRPC its own port"),
 ])
 def test_bad_settings_exit_with_usage(argv: list[str], env: dict[str, str], match: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:

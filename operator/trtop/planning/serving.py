@@ -59,6 +59,11 @@ def selector_string(md_name: str) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(md_name).items()))
 
 
+def grpc_port(http_port: int) -> int:
+    """The pod's and the Service's gRPC port: Triton's 8001, or the next one when HTTP has taken it."""
+    return names.SERVE_GRPC_PORT if http_port != names.SERVE_GRPC_PORT else http_port + 1
+
+
 def build_deployment(
     md: Mapping[str, Any], spec: ModelDeploymentSpec, engines: Sequence[EngineStatus], replicas: int,
     settings: Settings,
@@ -92,11 +97,13 @@ def build_deployment(
             "image": spec.serving.image or (settings.server_image if gpu else settings.server_cpu_image),
             "imagePullPolicy": settings.image_pull_policy,
             "command": ["trtop", "serve", "--host", "0.0.0.0", "--port", str(port),
+                        "--grpc-port", str(grpc_port(port)),
                         "--max-queue-delay-ms", str(spec.serving.max_queue_delay_ms),
                         "--max-queue-size", str(spec.serving.max_queue_size),
                         # After SIGTERM keep answering (not ready) while endpoints drop the pod.
                         "--drain-delay-s", "5"],
-            "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+            "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"},
+                      {"name": "grpc", "containerPort": grpc_port(port), "protocol": "TCP"}],
             "env": env, "envFrom": env_from, "volumeMounts": mounts, "resources": resources,
             "securityContext": CONTAINER_SECURITY_CONTEXT,
             "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5},
@@ -145,7 +152,9 @@ def build_service(md: Mapping[str, Any], spec: ModelDeploymentSpec) -> Manifest:
                      "labels": labels(meta["name"], names.COMPONENT_INFERENCE),
                      "ownerReferences": [owner_reference(md)]},
         "spec": {"selector": selector_labels(meta["name"]),
-                 "ports": [{"name": "http", "port": spec.serving.port, "targetPort": "http", "protocol": "TCP"}]},
+                 "ports": [{"name": "http", "port": spec.serving.port, "targetPort": "http", "protocol": "TCP"},
+                           {"name": "grpc", "port": grpc_port(spec.serving.port), "targetPort": "grpc",
+                            "protocol": "TCP", "appProtocol": "grpc"}]},
     }
 
 

@@ -21,10 +21,12 @@ from starlette.routing import Route
 from trtop.serve.errors import (
     BadRequest, InferenceFailed, ModelNotFound, NotReady, Overloaded, PayloadTooLarge, ServeError, TimedOut,
 )
+from trtop.serve.handle import EXTENSIONS, SERVER_NAME, check_model
 from trtop.serve.model import VERSION, ModelInfo, model_config, model_metadata
 from trtop.serve.protocol import decode_body, encode_infer_response, error_body, parse_infer_request
 from trtop.serve.infer_http import HEADER_LENGTH, JSON, FastInfer, error_parts, infer_body
 from trtop.serve.handle import ModelHandle
+from trtop.serve.statistics import statistics_json
 from trtop.versions import TRTOP_VERSION
 
 def json_response(doc: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -43,15 +45,9 @@ def build_app(
     metrics = service.metrics
 
     def model_of(request: Request) -> ModelInfo:
-        name = request.path_params["model"]
-        version = request.path_params.get("version")
-        if name != service.name:
-            raise ModelNotFound(f"model {name!r} is not served here; this server serves {service.name!r}")
-        if version not in (None, "", VERSION):
-            raise ModelNotFound(f"model {name!r} has no version {version!r}; this server serves version {VERSION}")
-        if service.info is None:
-            raise NotReady(f"model {name!r} is {service.state}" + (f": {service.error}" if service.error else ""))
-        return service.info
+        info = check_model(service, request.path_params["model"], request.path_params.get("version"))
+        assert info is not None
+        return info
 
     async def live(request: Request) -> Response:
         return json_response({"live": True})
@@ -62,8 +58,7 @@ def build_app(
         return json_response({"ready": False, "error": f"model {service.name!r} is {service.state}"}, 503)
 
     async def server_metadata(request: Request) -> Response:
-        return json_response({"name": "trtop", "version": TRTOP_VERSION,
-                              "extensions": ["binary_tensor_data", "model_configuration"]})
+        return json_response({"name": SERVER_NAME, "version": TRTOP_VERSION, "extensions": list(EXTENSIONS)})
 
     async def metadata(request: Request) -> Response:
         try:
@@ -101,6 +96,19 @@ def build_app(
         finally:
             metrics.request_finished(outcome, time.perf_counter() - started)
 
+    async def stats(request: Request) -> Response:
+        """The statistics extension: ``/v2/models/stats`` (every model) or one model's."""
+        if "model" in request.path_params:
+            try:
+                check_model(service, request.path_params["model"], request.path_params.get("version"), loaded=False)
+            except ServeError as exc:
+                return error_response(exc)
+        try:
+            snapshot = await service.statistics_snapshot()
+        except ServeError as exc:  # the engine process is not reachable
+            return error_response(exc)
+        return json_response(statistics_json([(service.name, VERSION, snapshot)]))
+
     async def prometheus(request: Request) -> Response:
         text, content_type = await service.render_metrics()
         return Response(text, media_type=content_type)
@@ -111,12 +119,14 @@ def build_app(
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2", server_metadata, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
+        Route("/v2/models/stats", stats, methods=["GET"]),  # before /v2/models/{model}
     ]
     for base in model_paths:
         routes += [
             Route(base, metadata, methods=["GET"]),
             Route(base + "/ready", model_ready, methods=["GET"]),
             Route(base + "/config", config, methods=["GET"]),
+            Route(base + "/stats", stats, methods=["GET"]),
             Route(base + "/infer", infer, methods=["POST"]),
         ]
 

@@ -8,9 +8,10 @@ replies ``("done", id, error, outputs)``. An output without a place (a shape onl
 after the run) travels inline as bytes. Every descriptor gets exactly one reply, even on
 error, because the front-end frees the request's arena regions only then.
 
-Front-ends also report finished requests for the metrics (``"requests"``) and ask for the
-exposition text (``"metrics"``) and the statistics (``"statistics"``): the engine process
-holds the one copy of both for the pod. When a front-end goes away, its queued requests
+Front-ends also report finished requests for the metrics (``"requests"``) and requests they
+refused at admission for the statistics (``"failed"``), and ask for the exposition text
+(``"metrics"``) and the statistics (``"statistics"``): the engine process holds the one
+copy of both for the pod. When a front-end goes away, its queued requests
 still run or time out, and their replies are dropped.
 Made by ``supervisor``.
 """
@@ -79,7 +80,9 @@ class Dispatcher:
             text, content_type = self.service.metrics.render()
             self._send(("metrics", message[1], text, content_type))
         elif kind == "statistics":
-            self._send(("statistics", message[1], self.service.statistics_snapshot()))
+            self._send(("statistics", message[1], self.service.statistics.snapshot()))
+        elif kind == "failed":  # a request the front-end refused before it reached the engine
+            self.service.statistics.record_failure(message[1])
         else:
             log.warning("front-end %d sent an unknown message %r; ignored", self.index, kind)
 

@@ -35,6 +35,7 @@ from trtop.serve.errors import NotReady, Overloaded, ServeError
 from trtop.serve.model import Admitted, ModelInfo, admit
 from trtop.serve.protocol import InferRequest
 from trtop.serve.settings import ServeSettings
+from trtop.serve.statistics import StatsSnapshot
 from trtop.serve.types import Array, Outputs
 
 log = logging.getLogger(__name__)
@@ -136,15 +137,17 @@ class RemoteModel:
         info = self.info
         if self.state not in ("ready", "draining") or info is None or self._channel is None:
             raise NotReady(f"model {self.name!r} is {self.state}" + (f": {self.error}" if self.error else ""))
-        admitted = admit(info, request)
-        timeout = request.timeout_s if request.timeout_s is not None else self._timeout
+        started = time.perf_counter_ns()
         regions: list[int] = []
         try:
+            admitted = admit(info, request)
+            timeout = request.timeout_s if request.timeout_s is not None else self._timeout
             inputs = [self._put(name, array, regions) for name, array in admitted.feeds.items()]
             outputs = [(o.name, self._room(info, o.name, admitted.rows, regions)) for o in admitted.outputs]
-        except Overloaded:
+        except ServeError:  # refused here (admission, no room): a failure in the engine's statistics
             for offset in regions:
                 self._alloc.free(offset)
+            self._channel.send(("failed", time.perf_counter_ns() - started))
             raise
         rid = next(self._ids)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
@@ -170,6 +173,11 @@ class RemoteModel:
         self.report()
         _, _, text, content_type = await self.ask("metrics")
         return text, content_type
+
+    async def statistics_snapshot(self) -> StatsSnapshot:
+        _, _, snapshot = await self.ask("statistics")
+        assert isinstance(snapshot, StatsSnapshot)
+        return snapshot
 
     def report(self) -> None:
         started, finished = self.metrics.take()

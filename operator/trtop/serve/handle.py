@@ -2,15 +2,23 @@
 
 ``InferenceService`` (the model in this process) and ``frontend.RemoteModel`` (the model
 in the engine process, reached over shared memory) both provide it, so the routes are
-the same in a single-process server and in each front-end process.
+the same in a single-process server and in each front-end process. ``check_model`` is
+the one place that turns the model name and version of a URL or an RPC into the model's
+info or a ServeError, so both protocols refuse with the same words.
 """
 from __future__ import annotations
 
 from typing import Protocol
 
-from trtop.serve.model import Admitted, ModelInfo
+from trtop.serve.errors import ModelNotFound, NotReady
+from trtop.serve.model import VERSION, Admitted, ModelInfo
 from trtop.serve.protocol import InferRequest
+from trtop.serve.statistics import StatsSnapshot
 from trtop.serve.types import Outputs
+
+SERVER_NAME = "trtop"
+# What ``GET /v2`` and ServerMetadata list (Triton's extension names).
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics")
 
 
 class RequestCounter(Protocol):
@@ -43,6 +51,9 @@ class ModelHandle(Protocol):
     async def render_metrics(self) -> tuple[bytes, str]:
         """The Prometheus exposition text of the whole pod and its content type."""
 
+    async def statistics_snapshot(self) -> StatsSnapshot:
+        """The statistics extension's counters of the whole pod."""
+
     def begin_drain(self) -> None:
         """Not ready from now on, still serving."""
 
@@ -50,3 +61,19 @@ class ModelHandle(Protocol):
         """Run what is queued without waiting for batches to fill."""
 
     async def close(self) -> None: ...
+
+
+def check_model(handle: ModelHandle, name: str, version: str | None, *, loaded: bool = True) -> ModelInfo | None:
+    """The model's info when ``name``/``version`` are what this server serves (version empty = any);
+    ModelNotFound otherwise; NotReady while it is not loaded (unless ``loaded`` is False)."""
+    if name != handle.name:
+        raise ModelNotFound(f"model {name!r} is not served here; this server serves {handle.name!r}")
+    if version not in (None, "", VERSION):
+        raise ModelNotFound(f"model {name!r} has no version {version!r}; this server serves version {VERSION}")
+    if loaded and handle.info is None:
+        raise NotReady(not_ready_message(handle))
+    return handle.info
+
+
+def not_ready_message(handle: ModelHandle) -> str:
+    return f"model {handle.name!r} is {handle.state}" + (f": {handle.error}" if handle.error else "")

@@ -3,12 +3,13 @@
 Start-up: read the device and choose the engine before listening (a pod with no usable
 engine exits at once, code 2, with the reason); then listen at once so liveness holds
 while the model is fetched, loaded and warmed up; readiness turns true only after that.
-A load failure exits with code 1.
+A load failure exits with code 1. The gRPC protocol (``--grpc-port``) listens beside HTTP
+on the same event loop, started once HTTP is up; failing to bind it also exits with 1.
 
 SIGTERM (a rolling update or scale-down): readiness turns false at once; the server
 keeps serving for ``drain_delay_s`` (endpoints take a moment to drop the pod), then
-stops accepting connections, runs everything queued without waiting for batches to
-fill, answers every in-flight request and exits 0. A second SIGINT forces the exit.
+stops accepting connections (HTTP and gRPC), runs everything queued without waiting for
+batches to fill, answers every in-flight request of both and exits 0. A second SIGINT forces the exit.
 Called by ``cli``.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -45,6 +46,7 @@ from trtop.serve.source import Servable, fetch_servable, resolve_servable
 log = logging.getLogger(__name__)
 
 EXIT_LOAD_FAILED = 1
+EXIT_CANNOT_LISTEN = 1
 EXIT_NO_ENGINE = 2
 MAX_AUTO_FRONTENDS = 8
 
@@ -52,12 +54,41 @@ MAX_AUTO_FRONTENDS = 8
 class InferenceServer(uvicorn.Server):
     """uvicorn's server with a readiness-first drain and our own exit code."""
 
-    def __init__(self, config: uvicorn.Config, service: ModelHandle, drain_delay_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, service: ModelHandle, drain_delay_s: float,
+                 grpc_server: Callable[[], Any] | None = None, grace_s: float = 30.0) -> None:
         super().__init__(config)
         self.service = service
         self.drain_delay_s = drain_delay_s
         self.exit_code = 0
         self._stop_at: float | None = None
+        self._build_grpc = grpc_server  # -> grpc.aio.Server (bound, not started)
+        self._grace_s = grace_s
+        self._grpc: Any = None
+        self._grpc_stop: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self._build_grpc is None or self.should_exit:
+            return
+        try:
+            self._grpc = self._build_grpc()
+            await self._grpc.start()
+        except Exception as exc:  # grpc raises RuntimeError when the port cannot be bound
+            log.error("cannot serve gRPC: %s (is the port in use? --grpc-port 0 turns gRPC off)", exc)
+            self._grpc = None
+            self.exit_code = EXIT_CANNOT_LISTEN
+            self.should_exit = True
+
+    def _stop_grpc(self) -> None:
+        """gRPC takes no new RPCs from now on; those in flight have up to the shutdown timeout."""
+        if self._grpc is not None and self._grpc_stop is None:
+            self._grpc_stop = asyncio.get_running_loop().create_task(self._grpc.stop(self._grace_s))
+
+    async def grpc_stopped(self) -> None:
+        """Stop gRPC (if not yet) and wait until every in-flight RPC is answered."""
+        self._stop_grpc()
+        if self._grpc_stop is not None:
+            await self._grpc_stop
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.service.begin_drain()
@@ -77,6 +108,7 @@ class InferenceServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.service.flush()  # nobody new can join a batch: run what is queued now
+        self._stop_grpc()  # gRPC drains beside HTTP's connections
         await super().shutdown(sockets)
 
     @contextlib.contextmanager
@@ -128,13 +160,29 @@ def create_server(settings: ServeSettings) -> InferenceServer:
         yield
         if not task.done():
             task.cancel()
+        await holder[0].grpc_stopped()  # in-flight RPCs are answered before the scheduler stops
         await service.close()
 
     app = build_app(service, max_body_bytes=settings.max_body_bytes, lifespan=lifespan,
                     max_inflight_bytes=settings.max_inflight_bytes, body_timeout_s=settings.body_timeout_s)
-    server = InferenceServer(uvicorn_config(app, settings), service, settings.drain_delay_s)
+    server = InferenceServer(uvicorn_config(app, settings), service, settings.drain_delay_s,
+                             grpc_factory(service, settings, reuse_port=False), settings.shutdown_timeout_s)
     holder.append(server)
     return server
+
+
+def grpc_factory(handle: ModelHandle, settings: ServeSettings, *, reuse_port: bool) -> Callable[[], Any] | None:
+    """What builds the gRPC server (grpc.aio needs the running loop), or None when gRPC is off."""
+    if not settings.grpc_port:
+        return None
+
+    def build() -> Any:
+        from trtop.serve.grpc import build_grpc_server  # grpcio is loaded only when gRPC is on
+
+        return build_grpc_server(handle, host=settings.host, port=settings.grpc_port,
+                                 max_message_bytes=settings.max_body_bytes, reuse_port=reuse_port)
+
+    return build
 
 
 def uvicorn_config(app: Starlette, settings: ServeSettings, **extra: Any) -> uvicorn.Config:
@@ -173,6 +221,7 @@ def serve_frontend(settings: ServeSettings, arena: Arena, listen: socket.socket,
         model.attach(channel)
         reporter = asyncio.get_running_loop().create_task(_report(model))
         yield
+        await server.grpc_stopped()  # every RPC in flight answered before the channel closes
         reporter.cancel()
         model.report()
         channel.close()
@@ -180,7 +229,9 @@ def serve_frontend(settings: ServeSettings, arena: Arena, listen: socket.socket,
     app = build_app(model, max_body_bytes=settings.max_body_bytes, lifespan=lifespan,
                     max_inflight_bytes=settings.max_inflight_bytes // max(1, frontend_count(settings)),
                     body_timeout_s=settings.body_timeout_s)
-    server = InferenceServer(uvicorn_config(app, settings, log_config=None), model, settings.drain_delay_s)
+    # Every front-end listens for gRPC on the same port (SO_REUSEPORT; the engine process holds the port).
+    server = InferenceServer(uvicorn_config(app, settings, log_config=None), model, settings.drain_delay_s,
+                             grpc_factory(model, settings, reuse_port=True), settings.shutdown_timeout_s)
     holder.append(server)
     server.run(sockets=[listen])
     return server.exit_code

@@ -17,12 +17,14 @@ import numpy as np
 
 from trtop.api.engine import EngineRecord, batch_buckets
 from trtop.serve.batching import BatchPolicy
-from trtop.serve.errors import NotReady
+from trtop.serve.errors import NotReady, ServeError
+from trtop.serve.handle import not_ready_message
 from trtop.serve.metrics import ServerMetrics
 from trtop.serve.model import Admitted, ModelInfo, admit
 from trtop.serve.protocol import InferRequest
 from trtop.serve.runtime import Runtime
 from trtop.serve.scheduler import Scheduler
+from trtop.serve.statistics import ModelStatistics, StatsSnapshot
 from trtop.serve.types import Array, Feeds, Outputs
 
 log = logging.getLogger(__name__)
@@ -89,12 +91,31 @@ def warmup_feeds(info: ModelInfo, rows: int) -> dict[str, Array]:
     return {s.name: np.zeros((rows, *(d if d > 0 else 1 for d in s.shape[1:])), dtype=s.dtype) for s in info.inputs}
 
 
+class _Observer:
+    """The scheduler's batch callbacks, to the Prometheus metrics and the statistics extension."""
+
+    def __init__(self, metrics: ServerMetrics, statistics: ModelStatistics) -> None:
+        self.metrics = metrics
+        self.statistics = statistics
+        self.last_compute_ns = 0
+
+    def dequeued(self, waited_s: float) -> None:
+        self.metrics.dequeued(waited_s)
+
+    def batch_done(self, rows: int, compute_s: float) -> None:
+        self.metrics.batch_done(rows, compute_s)
+        self.last_compute_ns = int(compute_s * 1e9)
+        self.statistics.record_batch(rows, self.last_compute_ns)
+
+
 class InferenceService:
     def __init__(self, name: str, loader: Callable[[], Loaded], config: BatchingConfig, metrics: ServerMetrics) -> None:
         self.name = name
         self._loader = loader
         self.config = config
         self.metrics = metrics
+        self.statistics = ModelStatistics()
+        self._observer = _Observer(metrics, self.statistics)
         self.state: State = "loading"
         self.error = ""
         self.info: ModelInfo | None = None
@@ -125,7 +146,7 @@ class InferenceService:
 
         self._scheduler = Scheduler(
             run, BatchPolicy(info.max_batch, self.config.max_queue_delay_s, info.buckets),
-            max_queue=self.config.max_queue_size, observer=self.metrics, instances=self.config.instances,
+            max_queue=self.config.max_queue_size, observer=self._observer, instances=self.config.instances,
         )
         self._scheduler.start()
         seconds = time.perf_counter() - started
@@ -150,24 +171,41 @@ class InferenceService:
 
     async def infer(self, request: InferRequest) -> tuple[Admitted, Outputs]:
         """Admit (BadRequest before queueing), queue, wait for this request's own outputs."""
-        if self.state not in ("ready", "draining") or self.info is None or self._scheduler is None:
-            raise NotReady(f"model {self.name!r} is {self.state}" + (f": {self.error}" if self.error else ""))
-        admitted = admit(self.info, request)
+        started = time.perf_counter_ns()
+        try:
+            if self.state not in ("ready", "draining") or self.info is None:
+                raise NotReady(not_ready_message(self))
+            admitted = admit(self.info, request)
+        except ServeError:
+            self.statistics.record_failure(time.perf_counter_ns() - started)
+            raise
         timeout = request.timeout_s if request.timeout_s is not None else self.config.timeout_s
-        outputs = await self._scheduler.submit(admitted.feeds, admitted.rows, admitted.signature, timeout)
+        outputs = await self.submit(admitted.feeds, admitted.rows, admitted.signature, timeout, started)
         return admitted, outputs
 
-    async def submit(self, feeds: Feeds, rows: int, signature: Hashable, timeout_s: float) -> Outputs:
-        """Queue feeds admitted elsewhere (a front-end process) and wait for their outputs."""
-        if self.state not in ("ready", "draining") or self._scheduler is None:
-            raise NotReady(f"model {self.name!r} is {self.state}" + (f": {self.error}" if self.error else ""))
-        return await self._scheduler.submit(feeds, rows, signature, timeout_s)
+    async def submit(self, feeds: Feeds, rows: int, signature: Hashable, timeout_s: float,
+                     started_ns: int | None = None) -> Outputs:
+        """Queue admitted feeds (from ``infer`` or a front-end process) and wait for their outputs."""
+        started = time.perf_counter_ns() if started_ns is None else started_ns
+        try:
+            if self.state not in ("ready", "draining") or self._scheduler is None:
+                raise NotReady(not_ready_message(self))
+            outputs = await self._scheduler.submit(feeds, rows, signature, timeout_s)
+        except ServeError:
+            self.statistics.record_failure(time.perf_counter_ns() - started)
+            raise
+        total = time.perf_counter_ns() - started
+        # The scheduler reports compute per batch, not per request: the batch that finished last is this
+        # request's with one instance (its future resolves right after); an estimate with several.
+        compute = min(self._observer.last_compute_ns, total)
+        self.statistics.record_success(rows=rows, total_ns=total, queue_ns=total - compute, compute_infer_ns=compute)
+        return outputs
 
     async def render_metrics(self) -> tuple[bytes, str]:
         return self.metrics.render()
 
-    def statistics_snapshot(self) -> object:
-        return None
+    async def statistics_snapshot(self) -> StatsSnapshot:
+        return self.statistics.snapshot()
 
     def begin_drain(self) -> None:
         """Not ready from now on (the pod leaves the Service's endpoints) but still serving."""

@@ -28,6 +28,8 @@ class ServeSettings:
     backend: str = "auto"
     host: str = "0.0.0.0"
     port: int = 8000
+    # The KServe v2 / Triton gRPC protocol's port (Triton's default); 0 = no gRPC.
+    grpc_port: int = names.SERVE_GRPC_PORT
     # Rows per batch; 0 = the engine's batch.max (32 for a raw model without a fixed batch).
     max_batch: int = 0
     # How long a freed instance may wait for a fuller batch (only for requests that arrived while every
@@ -40,7 +42,7 @@ class ServeSettings:
     max_queue_size: int = 256
     # Per-request deadline (queue + compute) unless the request sets parameters.timeout.
     timeout_s: float = 30.0
-    # Largest request body accepted (413 above it).
+    # Largest request body accepted (413 above it); also the largest gRPC request message.
     max_body_mb: float = 64.0
     # Tensor bytes all requests in flight may hold (inputs + outputs); above it 503 + Retry-After.
     max_inflight_mb: float = 256.0
@@ -95,13 +97,14 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "backend": ("--backend", names.ENV_SERVE_BACKEND, "auto|onnxruntime|tensorrt|tensorflow|module:attr"),
     "host": ("--host", names.ENV_SERVE_HOST, "address to listen on"),
     "port": ("--port", names.ENV_SERVE_PORT, "port to listen on"),
+    "grpc_port": ("--grpc-port", names.ENV_SERVE_GRPC_PORT, "gRPC port (0: no gRPC)"),
     "max_batch": ("--max-batch", names.ENV_SERVE_MAX_BATCH, "rows per batch (0: the engine's max)"),
     "max_queue_delay_ms": ("--max-queue-delay-ms", names.ENV_SERVE_MAX_QUEUE_DELAY_MS,
                            "how long a request may wait for a batch to fill"),
     "buckets": ("--buckets", names.ENV_SERVE_BUCKETS, "batch sizes that run: auto, all or a comma list"),
     "max_queue_size": ("--max-queue-size", names.ENV_SERVE_MAX_QUEUE_SIZE, "queued requests before 503"),
     "timeout_s": ("--timeout-s", names.ENV_SERVE_TIMEOUT_S, "per-request deadline in seconds"),
-    "max_body_mb": ("--max-body-mb", names.ENV_SERVE_MAX_BODY_MB, "largest request body in MiB"),
+    "max_body_mb": ("--max-body-mb", names.ENV_SERVE_MAX_BODY_MB, "largest request body (and gRPC message) in MiB"),
     "max_inflight_mb": ("--max-inflight-mb", names.ENV_SERVE_MAX_INFLIGHT_MB,
                         "tensor MiB in flight before 503 (inputs + outputs of every request)"),
     "body_timeout_s": ("--body-timeout-s", names.ENV_SERVE_BODY_TIMEOUT_S, "seconds a request body may take to arrive"),
@@ -178,4 +181,8 @@ def _problems(s: ServeSettings) -> list[str]:
         out.append("--frontends must be -1 (auto), 0 or more")
     if not 0 < s.port < 65536:
         out.append("--port must be 1-65535")
+    if not 0 <= s.grpc_port < 65536:
+        out.append("--grpc-port must be 0 (off) or 1-65535")
+    elif s.grpc_port == s.port:
+        out.append(f"--grpc-port and --port are both {s.port}; give gRPC its own port (or 0 for none)")
     return out

@@ -58,12 +58,28 @@ def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Hold the gRPC port for this pod's front-ends, which each listen on it with SO_REUSEPORT:
+    bound with SO_REUSEPORT but never listening (the kernel hands connections only to listening
+    sockets), so a port another program holds fails here at once instead of in every front-end."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen for gRPC on {host}:{port}: {exc} (--grpc-port 0 turns gRPC off)") from exc
+    return sock
+
+
 class Supervisor:
     def __init__(self, settings: ServeSettings, service: InferenceService, count: int) -> None:
         self.settings = settings
         self.service = service
         self.count = count
         self.listen = listen_socket(settings.host, settings.port, min(settings.max_connections, 4096))
+        self.grpc_hold = reserve_port(settings.host, settings.grpc_port) if settings.grpc_port else None
         self.arena_size = arena_bytes(settings, count)
         self.dispatchers: dict[int, Dispatcher] = {}
         self.processes: dict[int, asyncio.subprocess.Process] = {}
@@ -87,6 +103,8 @@ class Supervisor:
         await self._stop_frontends()
         await self.service.close()
         self.listen.close()
+        if self.grpc_hold is not None:
+            self.grpc_hold.close()
         return self.exit_code
 
     async def _load(self) -> None:

@@ -1,0 +1,182 @@
+"""``inference.GRPCInferenceService`` (KServe v2 / Triton gRPC) on grpc.aio, over a model handle.
+
+Thin, like ``app``: ``wire`` parses and encodes, the handle admits and infers, and domain
+errors become status codes here (the only place that knows them), with the HTTP API's
+messages. The handlers are registered from the service descriptor, so every RPC of the
+protocol answers: the ones this server has not got say so with UNIMPLEMENTED. The server
+runs on the event loop of the HTTP server; ``server`` (the process) builds, starts and
+stops it. Requests larger than ``max_message_bytes`` (the HTTP body limit) are refused by
+grpc itself with RESOURCE_EXHAUSTED.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+from trtop.serve.errors import (
+    BadRequest, InferenceFailed, ModelNotFound, NotReady, Overloaded, PayloadTooLarge, ServeError, TimedOut,
+)
+from trtop.serve.grpc import wire
+from trtop.serve.grpc.proto import grpc_service_pb2 as pb
+from trtop.serve.handle import EXTENSIONS, SERVER_NAME, ModelHandle, check_model
+from trtop.serve.model import VERSION, ModelInfo
+from trtop.versions import TRTOP_VERSION
+
+log = logging.getLogger(__name__)
+
+SERVICE = "inference.GRPCInferenceService"
+STATUS: dict[type[ServeError], grpc.StatusCode] = {
+    BadRequest: grpc.StatusCode.INVALID_ARGUMENT, ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED, NotReady: grpc.StatusCode.UNAVAILABLE,
+    Overloaded: grpc.StatusCode.UNAVAILABLE, TimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
+    InferenceFailed: grpc.StatusCode.INTERNAL,
+}
+Context = Any  # grpc.aio.ServicerContext (grpc ships no type hints)
+
+
+def status_of(exc: ServeError) -> grpc.StatusCode:
+    return next((code for cls, code in STATUS.items() if isinstance(exc, cls)), grpc.StatusCode.INTERNAL)
+
+
+def _fail(context: Context, exc: ServeError) -> None:
+    """The RPC ends with the error's code and message (no exception: the hot path stays cheap)."""
+    context.set_code(status_of(exc))
+    context.set_details(str(exc))
+    if isinstance(exc, Overloaded):
+        context.set_trailing_metadata((("retry-after", str(max(1, round(exc.retry_after_s)))),))
+
+
+class InferenceServicer:
+    """The implemented RPCs; each takes the request message and the context, returns the response."""
+
+    def __init__(self, handle: ModelHandle) -> None:
+        self.handle = handle
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.handle.ready)
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=TRTOP_VERSION, extensions=EXTENSIONS)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
+        try:
+            check_model(self.handle, request.name, request.version, loaded=False)
+        except ServeError as exc:
+            _fail(context, exc)
+            return pb.ModelReadyResponse()
+        return pb.ModelReadyResponse(ready=self.handle.ready)
+
+    def _info(self, name: str, version: str, context: Context) -> ModelInfo | None:
+        """The loaded model's info, or None with the RPC failed (unknown model or version, not loaded)."""
+        try:
+            return check_model(self.handle, name, version)
+        except ServeError as exc:
+            _fail(context, exc)
+            return None
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context) -> pb.ModelMetadataResponse:
+        info = self._info(request.name, request.version, context)
+        return pb.ModelMetadataResponse() if info is None else wire.metadata_response(info)
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:
+        info = self._info(request.name, request.version, context)
+        return pb.ModelConfigResponse() if info is None else wire.config_response(info)
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest,
+                              context: Context) -> pb.ModelStatisticsResponse:
+        if request.name:  # empty: every model (Triton's convention)
+            try:
+                check_model(self.handle, request.name, request.version, loaded=False)
+            except ServeError as exc:
+                _fail(context, exc)
+                return pb.ModelStatisticsResponse()
+        try:
+            snapshot = await self.handle.statistics_snapshot()
+        except ServeError as exc:  # the engine process is not reachable
+            _fail(context, exc)
+            return pb.ModelStatisticsResponse()
+        return wire.statistics_response([(self.handle.name, VERSION, snapshot)])
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+        started = time.perf_counter()
+        metrics = self.handle.metrics
+        metrics.request_started()
+        outcome = "success"
+        try:
+            info = check_model(self.handle, request.model_name, request.model_version)
+            assert info is not None
+            parsed = wire.parse_infer_request(request)
+            remaining = context.time_remaining()  # the client's deadline bounds the queue wait too
+            if remaining is not None and (parsed.timeout_s is None or remaining < parsed.timeout_s):
+                parsed = dataclasses.replace(parsed, timeout_s=max(remaining, 1e-3))
+            admitted, outputs = await self.handle.infer(parsed)
+            return wire.infer_response(info.name, parsed.id, [(o.name, outputs[o.name]) for o in admitted.outputs])
+        except ServeError as exc:
+            outcome = exc.outcome
+            _fail(context, exc)
+            return pb.ModelInferResponse()
+        finally:
+            metrics.request_finished(outcome, time.perf_counter() - started)
+
+
+def _unimplemented(method: str) -> Callable[[Any, Context], Awaitable[Any]]:
+    message = (f"{SERVICE}/{method} is not implemented by trtop serve; it implements ServerLive, ServerReady, "
+               "ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelInfer and ModelStatistics")
+
+    async def unary(request: Any, context: Context) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+    return unary
+
+
+async def _unimplemented_stream(method: str, requests: AsyncIterator[Any], context: Context) -> None:
+    await _unimplemented(method)(None, context)
+
+
+def generic_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """Handlers for every method of the service descriptor (implemented or UNIMPLEMENTED)."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        request_cls: type[Message] = getattr(pb, method.input_type.name)
+        response_cls: type[Message] = getattr(pb, method.output_type.name)
+        codec = {"request_deserializer": request_cls.FromString, "response_serializer": response_cls.SerializeToString}
+        if method.client_streaming or method.server_streaming:
+            name = method.name
+
+            async def stream(requests: AsyncIterator[Any], context: Context, name: str = name) -> None:
+                await _unimplemented_stream(name, requests, context)
+
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(stream, **codec)
+        else:
+            impl = getattr(servicer, method.name, None) or _unimplemented(method.name)
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(impl, **codec)
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+
+def build_grpc_server(
+    handle: ModelHandle, *, host: str, port: int, max_message_bytes: int, reuse_port: bool,
+) -> grpc.aio.Server:
+    """A grpc.aio server bound to ``host:port`` (not started: ``await server.start()`` in the event loop).
+
+    ``reuse_port``: several processes may listen on the port (SO_REUSEPORT; the kernel spreads
+    connections); off, a second bind fails instead of sharing silently (grpc's default is on)."""
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+    ]
+    server = grpc.aio.server(options=options)
+    server.add_generic_rpc_handlers((generic_handler(InferenceServicer(handle)),))
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    server.add_insecure_port(address)  # raises RuntimeError when the address cannot be bound
+    log.info("gRPC (%s) on %s", SERVICE, address)
+    return server

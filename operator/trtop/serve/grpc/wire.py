@@ -1,0 +1,133 @@
+"""The gRPC messages of the v2 protocol <-> the data plane's types (pure; ``grpc.server`` calls them).
+
+Inputs come either all in ``raw_input_contents`` (one little-endian buffer per input, in
+order: what ``tritonclient.grpc`` sends for numpy data; read with ``np.frombuffer``, no
+further copy) or each in its typed ``contents`` field (``fp32_contents``, ``int_contents``
+...; FP16 has none and must be raw). Outputs always go back in ``raw_output_contents``.
+The checks and their words follow the HTTP parser (``serve.protocol``); everything about
+the model itself (names, shapes, batch) is left to admission, as over HTTP.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from trtop.serve.errors import BadRequest
+from trtop.serve.grpc.proto import grpc_service_pb2 as pb
+from trtop.serve.grpc.proto import model_config_pb2 as mc
+from trtop.serve.model import VERSION, ModelInfo, model_config, model_metadata
+from trtop.serve.protocol import DATATYPES, InferRequest, RequestedOutput, v2_datatype
+from trtop.serve.statistics import StatsSnapshot, model_stats_json
+from trtop.serve.types import Array
+
+# v2 datatype -> the InferTensorContents field that carries it (FP16, BF16: raw only).
+CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
+}
+SHARED_MEMORY = "shared_memory_region"
+
+
+def parse_infer_request(req: pb.ModelInferRequest) -> InferRequest:
+    """An ``InferRequest`` from a ``ModelInferRequest``; BadRequest names the first problem."""
+    if not req.inputs:
+        raise BadRequest("the request must have at least one input")
+    raw = req.raw_input_contents
+    if raw and len(raw) != len(req.inputs):
+        raise BadRequest(f"raw_input_contents has {len(raw)} entries for {len(req.inputs)} inputs; "
+                         "send one per input, in the order of the inputs")
+    inputs: dict[str, Array] = {}
+    for index, tensor in enumerate(req.inputs):
+        name = tensor.name
+        if name in inputs:
+            raise BadRequest(f"input {name!r} appears twice in the request")
+        inputs[name] = _input(tensor, raw[index] if raw else None)
+    outputs = None
+    if req.outputs:
+        outputs = tuple(_output(o) for o in req.outputs)
+    return InferRequest(id=req.id or None, inputs=inputs, outputs=outputs, binary_output=True,
+                        timeout_s=_timeout_s(req))
+
+
+def _input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> Array:
+    name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
+    if any(d < 0 for d in shape):
+        raise BadRequest(f'input {name!r}: "shape" must be a list of non-negative integers, got {shape!r}')
+    if datatype not in DATATYPES:
+        raise BadRequest(f"input {name!r}: datatype {datatype!r} is not supported; use one of {', '.join(DATATYPES)}")
+    if SHARED_MEMORY in tensor.parameters:
+        raise BadRequest(f"input {name!r}: the shared memory extension is not supported by this server; "
+                         "send the tensor in the request")
+    dtype = np.dtype(DATATYPES[datatype])
+    count = math.prod(shape)
+    if raw is not None:
+        if tensor.HasField("contents"):
+            raise BadRequest(f"input {name!r} has both contents and raw_input_contents; send one of them")
+        if len(raw) != count * dtype.itemsize:
+            raise BadRequest(f"input {name!r}: raw_input_contents has {len(raw)} bytes but shape {shape} of "
+                             f"{datatype} needs {count * dtype.itemsize}")
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise BadRequest(f"input {name!r}: {datatype} tensors have no typed contents field; "
+                         "send them in raw_input_contents")
+    values = getattr(tensor.contents, field)
+    if len(values) != count:
+        raise BadRequest(f"input {name!r}: contents.{field} has {len(values)} values but shape {shape} "
+                         f"of {datatype} needs {count}")
+    try:
+        array = np.array(values, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise BadRequest(f"input {name!r}: contents.{field} are not {datatype} values ({exc})") from None
+    return array.reshape(shape)
+
+
+def _output(out: pb.ModelInferRequest.InferRequestedOutputTensor) -> RequestedOutput:
+    if "classification" in out.parameters:
+        raise BadRequest("the classification extension is not supported by this server")
+    if SHARED_MEMORY in out.parameters:
+        raise BadRequest(f"output {out.name!r}: the shared memory extension is not supported by this server")
+    return RequestedOutput(out.name, True)
+
+
+def _timeout_s(req: pb.ModelInferRequest) -> float | None:
+    if "timeout" not in req.parameters:
+        return None
+    param = req.parameters["timeout"]
+    if param.WhichOneof("parameter_choice") != "int64_param" or param.int64_param <= 0:
+        raise BadRequest('parameter "timeout" must be a positive integer (microseconds)')
+    return float(param.int64_param) / 1e6
+
+
+def infer_response(model: str, request_id: str | None, outputs: Sequence[tuple[str, Array]]) -> pb.ModelInferResponse:
+    """Every output as raw little-endian bytes (``raw_output_contents``), in the order asked."""
+    tensors = []
+    raws = []
+    for name, array in outputs:
+        data = np.ascontiguousarray(array)
+        tensors.append(pb.ModelInferResponse.InferOutputTensor(
+            name=name, datatype=v2_datatype(data.dtype.name), shape=data.shape))
+        raws.append(data.tobytes())
+    return pb.ModelInferResponse(model_name=model, model_version=VERSION, id=request_id or "", outputs=tensors,
+                                 raw_output_contents=raws)
+
+
+def metadata_response(info: ModelInfo) -> pb.ModelMetadataResponse:
+    doc = model_metadata(info)
+    tensor = pb.ModelMetadataResponse.TensorMetadata
+    return pb.ModelMetadataResponse(
+        name=doc["name"], versions=doc["versions"], platform=doc["platform"],
+        inputs=[tensor(**t) for t in doc["inputs"]], outputs=[tensor(**t) for t in doc["outputs"]])
+
+
+def config_response(info: ModelInfo) -> pb.ModelConfigResponse:
+    """Triton's ModelConfig from the same document as ``GET /v2/models/{name}/config``."""
+    return pb.ModelConfigResponse(config=mc.ModelConfig(**model_config(info)))  # nested dicts, enum names
+
+
+def statistics_response(models: Iterable[tuple[str, str, StatsSnapshot]]) -> pb.ModelStatisticsResponse:
+    """The statistics extension's answer; the same fields as the HTTP JSON (they share the names)."""
+    return pb.ModelStatisticsResponse(model_stats=[model_stats_json(*m) for m in models])

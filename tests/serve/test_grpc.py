@@ -1,0 +1,317 @@
+"""``trtop serve``'s gRPC protocol with the official ``tritonclient.grpc``, and the statistics extension.
+
+A real server process per fixture (HTTP and gRPC on free ports, tiny ONNX models); every
+implemented RPC, raw and typed tensor contents, errors with HTTP's messages mapped to
+status codes, the statistics over HTTP and gRPC after some requests, and a drain with
+RPCs in flight. Malformed requests the client library cannot produce go through the raw stub.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as tg
+import tritonclient.grpc.aio as tga
+import tritonclient.http as th
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from .conftest import ServerProcess, free_port, make_affine_onnx
+
+pytestmark = pytest.mark.slow
+SLOW = "tests.serve.fakes:SlowOnnxRuntime"
+Start = Callable[..., ServerProcess]
+
+
+def grpc_server(args: list[str], tmp: Path, env: dict[str, str] | None = None) -> tuple[ServerProcess, str]:
+    port = free_port()
+    return ServerProcess([*args, "--grpc-port", str(port)], env, tmp), f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module", params=["0", "1"], ids=["one-process", "front-end"])
+def served(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
+    """The affine model (y = 2x + 1, s = sum x): batches of up to 8, a 20 ms window, 50 KiB messages;
+    gRPC in the one server process, or in a front-end process in front of the engine process."""
+    tmp = tmp_path_factory.mktemp("grpc")
+    s, address = grpc_server(["--model", str(make_affine_onnx(tmp / "affine.onnx")), "--model-name", "affine",
+                              "--max-batch", "8", "--max-queue-delay-ms", "20", "--max-body-mb", "0.05",
+                              "--frontends", request.param], tmp)
+    try:
+        s.wait_ready()
+        yield s, address
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def client(served: tuple[ServerProcess, str]) -> Iterator[tg.InferenceServerClient]:
+    c = tg.InferenceServerClient(served[1])
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def stub(served: tuple[ServerProcess, str]) -> Iterator[service_pb2_grpc.GRPCInferenceServiceStub]:
+    with grpc.insecure_channel(served[1]) as channel:
+        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+def x_input(x: np.ndarray, name: str = "x", datatype: str = "FP32") -> tg.InferInput:
+    i = tg.InferInput(name, list(x.shape), datatype)
+    i.set_data_from_numpy(x)
+    return i
+
+
+def fails(call: Callable[[], Any]) -> tuple[str, str]:
+    """The status code name and message of a call that must fail."""
+    with pytest.raises(InferenceServerException) as info:
+        call()
+    return str(info.value.status()).removeprefix("StatusCode."), info.value.message() or ""
+
+
+def test_generated_descriptors_are_tritonclients_so_both_load_in_one_process() -> None:
+    from trtop.serve.grpc.proto import grpc_service_pb2, model_config_pb2
+    from tritonclient.grpc import model_config_pb2 as client_config
+    assert grpc_service_pb2.DESCRIPTOR.serialized_pb == service_pb2.DESCRIPTOR.serialized_pb
+    assert model_config_pb2.DESCRIPTOR.serialized_pb == client_config.DESCRIPTOR.serialized_pb
+
+
+class TestRPCs:
+    def test_health_and_metadata(self, client: tg.InferenceServerClient) -> None:
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("affine")
+        assert client.is_model_ready("affine", "1")
+        server = client.get_server_metadata(as_json=True)
+        assert server["name"] == "trtop" and "statistics" in server["extensions"]
+        meta = client.get_model_metadata("affine", as_json=True)
+        assert (meta["name"], meta["versions"], meta["platform"]) == ("affine", ["1"], "onnxruntime_onnx")
+        assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": ["-1", "4"]}]  # int64 as JSON strings
+        assert [o["name"] for o in meta["outputs"]] == ["y", "s"]
+        config = client.get_model_config("affine").config
+        assert (config.name, config.max_batch_size, config.backend) == ("affine", 8, "onnxruntime")
+        assert [(t.name, list(t.dims)) for t in config.input] == [("x", [4])]
+        assert config.input[0].data_type == tg.model_config_pb2.TYPE_FP32
+        assert config.dynamic_batching.max_queue_delay_microseconds == 20_000
+
+    def test_infer_raw_tensors_all_and_chosen_outputs(self, client: tg.InferenceServerClient) -> None:
+        x = np.arange(12, dtype=np.float32).reshape(3, 4)
+        result = client.infer("affine", [x_input(x)], request_id="r-1")
+        np.testing.assert_array_equal(result.as_numpy("y"), x * 2 + 1)
+        np.testing.assert_array_equal(result.as_numpy("s"), x.sum(1, keepdims=True))
+        response = result.get_response()
+        assert (response.id, response.model_name, response.model_version) == ("r-1", "affine", "1")
+        only_s = client.infer("affine", [x_input(x)], outputs=[tg.InferRequestedOutput("s")], model_version="1")
+        assert only_s.as_numpy("y") is None
+        np.testing.assert_array_equal(only_s.as_numpy("s"), [[6.0], [22.0], [38.0]])
+        gzip = client.infer("affine", [x_input(x)], compression_algorithm="gzip")
+        np.testing.assert_array_equal(gzip.as_numpy("y"), x * 2 + 1)
+
+    def test_infer_typed_contents(self, stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+        request = service_pb2.ModelInferRequest(model_name="affine", inputs=[
+            service_pb2.ModelInferRequest.InferInputTensor(
+                name="x", datatype="FP32", shape=[2, 4],
+                contents=service_pb2.InferTensorContents(fp32_contents=[0, 1, 2, 3, 4, 5, 6, 7]))])
+        response = stub.ModelInfer(request)
+        assert [(o.name, o.datatype, list(o.shape)) for o in response.outputs] == [("y", "FP32", [2, 4]),
+                                                                                   ("s", "FP32", [2, 1])]
+        assert np.frombuffer(response.raw_output_contents[1], np.float32).tolist() == [6.0, 22.0]
+
+    def test_concurrent_requests_get_their_own_rows(self, served: tuple[ServerProcess, str]) -> None:
+        async def run() -> None:
+            async with tga.InferenceServerClient(served[1]) as c:
+                inputs = [np.random.rand(1 + i % 3, 4).astype(np.float32) + i for i in range(24)]
+                results = await asyncio.gather(*(c.infer("affine", [x_input(x)]) for x in inputs))
+            for x, r in zip(inputs, results, strict=True):
+                np.testing.assert_allclose(r.as_numpy("y"), x * 2 + 1, rtol=1e-6)
+
+        asyncio.run(run())
+
+
+class TestErrors:
+    @pytest.mark.parametrize("x,name,datatype,code,match", [
+        (np.ones((1, 4), np.float32), "z", "FP32", "INVALID_ARGUMENT", "unknown input 'z'"),
+        (np.ones((1, 3), np.float32), "x", "FP32", "INVALID_ARGUMENT", "the model expects [-1, 4]"),
+        (np.ones((1, 4), np.float64), "x", "FP64", "INVALID_ARGUMENT", "datatype FP64, the model expects FP32"),
+        (np.ones((9, 4), np.float32), "x", "FP32", "INVALID_ARGUMENT", "max batch of 8"),
+        (np.ones((4000, 4), np.float32), "x", "FP32", "RESOURCE_EXHAUSTED", "larger than max"),
+    ])
+    def test_admission_errors_say_what_is_wrong(self, client: tg.InferenceServerClient, x: np.ndarray, name: str,
+                                                datatype: str, code: str, match: str) -> None:
+        assert fails(lambda: client.infer("affine", [x_input(x, name, datatype)]))[0] == code
+        assert match in fails(lambda: client.infer("affine", [x_input(x, name, datatype)]))[1]
+
+    def test_model_and_version_not_found(self, client: tg.InferenceServerClient) -> None:
+        x = x_input(np.ones((1, 4), np.float32))
+        assert fails(lambda: client.infer("nope", [x])) == (
+            "NOT_FOUND", "model 'nope' is not served here; this server serves 'affine'")
+        code, message = fails(lambda: client.infer("affine", [x], model_version="2"))
+        assert code == "NOT_FOUND" and "no version '2'" in message
+        assert fails(lambda: client.get_model_metadata("nope"))[0] == "NOT_FOUND"
+        assert fails(lambda: client.get_model_config("affine", "3"))[0] == "NOT_FOUND"
+        assert fails(lambda: client.is_model_ready("nope"))[0] == "NOT_FOUND"
+        outputs = [tg.InferRequestedOutput("w")]
+        assert "unknown output 'w'" in fails(lambda: client.infer("affine", [x], outputs=outputs))[1]
+
+    def test_rpcs_not_implemented_say_which_are(self, client: tg.InferenceServerClient) -> None:
+        code, message = fails(client.get_model_repository_index)
+        assert code == "UNIMPLEMENTED" and "RepositoryIndex is not implemented" in message and "ModelInfer" in message
+        assert fails(client.get_system_shared_memory_status)[0] == "UNIMPLEMENTED"
+
+    @pytest.mark.parametrize("tensor,raw,match", [
+        ({"datatype": "FP32", "shape": [1, 4], "contents": {"fp32_contents": [1, 2, 3]}}, [],
+         "contents.fp32_contents has 3 values but shape [1, 4] of FP32 needs 4"),
+        ({"datatype": "FP16", "shape": [1, 4], "contents": {}}, [], "FP16 tensors have no typed contents"),
+        ({"datatype": "FP32", "shape": [1, 4]}, [b"\0" * 12], "raw_input_contents has 12 bytes but shape [1, 4]"),
+        ({"datatype": "FP32", "shape": [1, 4], "contents": {"fp32_contents": [1, 2, 3, 4]}}, [b"\0" * 16],
+         "both contents and raw_input_contents"),
+        ({"datatype": "FP32", "shape": [1, 4]}, [b"\0" * 16, b"\0" * 16], "raw_input_contents has 2 entries for 1"),
+        ({"datatype": "BYTES", "shape": [1]}, [b"abcd"], "datatype 'BYTES' is not supported"),
+        ({"datatype": "FP32", "shape": [1, 4], "parameters": {"shared_memory_region": {"string_param": "r"}}},
+         [b"\0" * 16], "shared memory extension is not supported"),
+    ])
+    def test_malformed_tensors(self, stub: service_pb2_grpc.GRPCInferenceServiceStub, tensor: dict[str, Any],
+                               raw: list[bytes], match: str) -> None:
+        request = service_pb2.ModelInferRequest(model_name="affine", raw_input_contents=raw, inputs=[
+            service_pb2.ModelInferRequest.InferInputTensor(name="x", **tensor)])
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(request)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert match in info.value.details()
+
+    def test_overload_unavailable_server_deadline_and_backend_failure(self, tmp_path: Path) -> None:
+        s, address = grpc_server(["--model", str(make_affine_onnx(tmp_path / "a.onnx")), "--model-name", "a",
+                                  "--backend", SLOW, "--max-batch", "4", "--max-queue-size", "1",
+                                  "--max-queue-delay-ms", "0"], tmp_path,
+                                 env={"FAKE_RUN_DELAY_S": "0.5", "FAKE_RUN_FAIL_VALUE": "-7"})
+        try:
+            s.wait_ready()
+            asyncio.run(self._overload(address))
+        finally:
+            s.stop()
+
+    async def _overload(self, address: str) -> None:
+        one = [x_input(np.ones((1, 4), np.float32))]
+        async with tga.InferenceServerClient(address) as c:
+            running = asyncio.ensure_future(c.infer("a", one))
+            await asyncio.sleep(0.2)
+            queued = asyncio.ensure_future(c.infer("a", one))
+            await asyncio.sleep(0.1)
+            with pytest.raises(InferenceServerException) as refused:
+                await c.infer("a", one)
+            assert refused.value.status() == "StatusCode.UNAVAILABLE"
+            assert "queue is full" in (refused.value.message() or "")
+            await running
+            await queued
+            busy = asyncio.ensure_future(c.infer("a", one))
+            await asyncio.sleep(0.1)
+            with pytest.raises(InferenceServerException) as late:
+                await c.infer("a", one, timeout=100_000)  # parameters.timeout, microseconds
+            assert late.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+            assert "waited 0.1s in the queue" in (late.value.message() or "")
+            await busy
+            with pytest.raises(InferenceServerException) as broken:
+                await c.infer("a", [x_input(np.full((3, 4), -7, np.float32))])
+            assert broken.value.status() == "StatusCode.INTERNAL"
+            assert "the backend failed to run this request" in (broken.value.message() or "")
+
+
+class TestStatistics:
+    def test_counts_over_http_and_grpc_after_requests_and_a_bad_one(self, served: tuple[ServerProcess, str],
+                                                                    client: tg.InferenceServerClient) -> None:
+        s = served[0]
+        http = th.InferenceServerClient(s.url.removeprefix("http://"))
+        before = http.get_inference_statistics("affine")["model_stats"][0]
+        started_ms = time.time() * 1000
+        rows = [1, 2, 3, 1]
+        for n in rows:
+            client.infer("affine", [x_input(np.ones((n, 4), np.float32))])
+        fails(lambda: client.infer("affine", [x_input(np.ones((1, 4), np.float64), datatype="FP64")]))
+
+        after = http.get_inference_statistics("affine")["model_stats"][0]
+        assert (after["name"], after["version"]) == ("affine", "1")
+        delta = {k: {f: after["inference_stats"][k][f] - before["inference_stats"][k][f] for f in ("count", "ns")}
+                 for k in ("success", "fail", "queue", "compute_infer")}
+        assert after["inference_count"] - before["inference_count"] == sum(rows)
+        assert 1 <= after["execution_count"] - before["execution_count"] <= len(rows)
+        assert delta["success"]["count"] == delta["queue"]["count"] == delta["compute_infer"]["count"] == len(rows)
+        assert delta["fail"]["count"] == 1 and delta["fail"]["ns"] > 0
+        assert delta["compute_infer"]["ns"] > 0 and delta["queue"]["ns"] >= 0
+        assert delta["success"]["ns"] >= delta["queue"]["ns"] + delta["compute_infer"]["ns"]
+        assert after["last_inference"] >= started_ms - 1
+        sizes = {b["batch_size"] for b in after["batch_stats"]}
+        assert sizes <= set(range(1, 9)) and {3} <= sizes
+
+        rpc = client.get_inference_statistics("affine", as_json=True)["model_stats"][0]
+        assert int(rpc["inference_count"]) == after["inference_count"]
+        assert int(rpc["inference_stats"]["fail"]["count"]) == after["inference_stats"]["fail"]["count"]
+        everything = client.get_inference_statistics(as_json=True)["model_stats"]
+        assert [m["name"] for m in everything] == ["affine"]
+        assert fails(lambda: client.get_inference_statistics("nope"))[0] == "NOT_FOUND"
+        for path in ("/v2/models/stats", "/v2/models/affine/stats", "/v2/models/affine/versions/1/stats"):
+            body = httpx.get(s.url + path).json()
+            assert body["model_stats"][0]["inference_count"] == after["inference_count"], path
+        missing = httpx.get(s.url + "/v2/models/nope/stats")
+        assert missing.status_code == 404 and "'nope' is not served here" in missing.json()["error"]
+        http.close()
+
+    def test_grpc_requests_count_in_the_prometheus_metrics(self, served: tuple[ServerProcess, str],
+                                                           client: tg.InferenceServerClient) -> None:
+        from .conftest import metric_value
+        url = served[0].url + "/metrics"
+        before = metric_value(httpx.get(url).text, "trtop_inference_requests_total", model="affine", outcome="success")
+        client.infer("affine", [x_input(np.ones((1, 4), np.float32))])
+        after = metric_value(httpx.get(url).text, "trtop_inference_requests_total", model="affine", outcome="success")
+        assert after == before + 1
+
+
+class TestLifecycle:
+    @pytest.mark.parametrize("frontends", ["0", "1"])
+    def test_sigterm_answers_rpcs_in_flight_then_exits_0(self, tmp_path: Path, frontends: str) -> None:
+        s, address = grpc_server(["--model", str(make_affine_onnx(tmp_path / "a.onnx")), "--model-name", "a",
+                                  "--backend", SLOW, "--max-batch", "2", "--max-queue-delay-ms", "10000",
+                                  "--frontends", frontends], tmp_path,
+                                 env={"FAKE_RUN_DELAY_S": "0.3"})
+        try:
+            s.wait_ready()
+
+            async def run() -> None:
+                async with tga.InferenceServerClient(address) as c:
+                    inputs = [np.full((1, 4), i, np.float32) for i in range(5)]
+                    pending = []
+                    for x in inputs:  # batches [0, 1], [2, 3]; 4 waits 10 s for a partner
+                        pending.append(asyncio.ensure_future(c.infer("a", [x_input(x)])))
+                        await asyncio.sleep(0.02)
+                    await asyncio.sleep(0.1)
+                    started = time.monotonic()
+                    s.terminate()
+                    results = await asyncio.gather(*pending)
+                    for x, r in zip(inputs, results, strict=True):
+                        np.testing.assert_array_equal(r.as_numpy("y"), x * 2 + 1)
+                    assert time.monotonic() - started < 5
+
+            asyncio.run(run())
+            assert s.wait_exit(20) == 0, s.logs()
+        finally:
+            s.stop()
+
+    @pytest.mark.parametrize("frontends", ["0", "1"])
+    def test_a_grpc_port_in_use_stops_the_server_and_says_so(self, tmp_path: Path, frontends: str) -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            s = ServerProcess(["--model", str(make_affine_onnx(tmp_path / "a.onnx")), "--grpc-port", str(port),
+                               "--frontends", frontends], log_dir=tmp_path)
+            try:
+                assert s.wait_exit(30) != 0
+                assert f"gRPC on 127.0.0.1:{port}" in s.logs() or "cannot serve gRPC" in s.logs()
+            finally:
+                s.stop()
