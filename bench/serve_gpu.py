@@ -143,21 +143,41 @@ class GpuSampler:
         return float(np.mean(self.samples)) if self.samples else float("nan")
 
 
+def scrape(url: str) -> dict[str, float]:
+    """The server's batch size, queue and compute histograms (sums and counts) from /metrics."""
+    import re
+
+    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    out = {}
+    for k in ("batch_size", "queue_seconds", "compute_seconds"):
+        for suffix in ("sum", "count"):
+            m = re.search(rf"^trtop_inference_{k}_{suffix}\{{[^}}]*\}} (\S+)$", text, re.M)
+            if m:
+                out[f"{k}_{suffix}"] = float(m.group(1))
+    return out
+
+
 def perf(pa: str, model: str, url: str, protocol: str, concurrency: int, window_ms: int,
          server: Server, tmp: Path) -> dict[str, Any]:
     csv_path = tmp / f"pa-{model}-{protocol}-{concurrency}.csv"
     cmd = [pa, "-m", model, "-u", url, "-i", protocol, "--concurrency-range", f"{concurrency}:{concurrency}",
-           "--measurement-interval", str(window_ms), "--stability-percentage", "10", "--max-trials", "8",
+           "--measurement-interval", str(window_ms), "--stability-percentage", "10", "--max-trials", "6",
            "-f", str(csv_path)]
     sampler = GpuSampler()
+    m0 = scrape(server.url)
     cpu0, t0 = cpu_seconds(server.pids()), time.monotonic()
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     cores = (cpu_seconds(server.pids()) - cpu0) / (time.monotonic() - t0)
     gpu = sampler.stop()
+    m1 = scrape(server.url)
+    d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in m1}
     text = run.stdout + run.stderr
     stable = "Failed to obtain stable measurement" not in text and run.returncode == 0
     row: dict[str, Any] = {"concurrency": concurrency, "stable": stable, "rc": run.returncode, "gpu_util": gpu,
-                           "server_cores": cores}
+                           "server_cores": cores,
+                           "mean_batch": d.get("batch_size_sum", 0.0) / max(1.0, d.get("batch_size_count", 0.0)),
+                           "batch_ms": 1000 * d.get("compute_seconds_sum", 0.0) / max(1.0, d.get("compute_seconds_count", 0.0)),
+                           "queue_ms": 1000 * d.get("queue_seconds_sum", 0.0) / max(1.0, d.get("queue_seconds_count", 0.0))}
     if csv_path.exists():
         rows = list(csv.DictReader(csv_path.open()))
         if rows:
@@ -175,7 +195,9 @@ def main() -> int:
     ap.add_argument("--perf-analyzer", default="/tmp/pa/perf_analyzer/bin/perf_analyzer")
     ap.add_argument("--concurrency", default="1,2,4,8,16,32,64,128")
     ap.add_argument("--window-ms", type=int, default=3000)
-    ap.add_argument("--server-arg", action="append", default=[])
+    ap.add_argument("--server-arg", action="append", default=[], help="a server flag for every run (repeatable)")
+    ap.add_argument("--config", action="append", default=[],
+                    help="NAME=FLAGS: also serve ResNet-50 with these extra flags (repeatable), e.g. i2=--instances=2")
     ap.add_argument("--skip-tiny", action="store_true")
     ap.add_argument("--skip-resnet", action="store_true")
     args = ap.parse_args()
@@ -189,16 +211,21 @@ def main() -> int:
         base = inprocess(resnet, 3.0)
         results["inprocess"] = base
         print(json.dumps(base), flush=True)
-        server = Server(resnet, "resnet50", 8000, 8001, ["--max-batch", "32", *args.server_arg], tmp / "server-resnet.log")
-        rows = []
-        try:
-            for c in levels:
-                row = perf(args.perf_analyzer, "resnet50", "127.0.0.1:8000", "http", c, args.window_ms, server, tmp)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-        finally:
-            server.stop()
-        results["resnet50_http"] = rows
+        configs = [("default", [])] + [(c.split("=", 1)[0], c.split("=", 1)[1].split()) for c in args.config]
+        results["resnet50_http"] = {}
+        for label, flags in configs:
+            print(f"trtop serve ResNet-50, {label}: {flags}", flush=True)
+            server = Server(resnet, "resnet50", 8000, 8001, ["--max-batch", "32", *args.server_arg, *flags],
+                            tmp / f"server-resnet-{label}.log")
+            rows = []
+            try:
+                for c in levels:
+                    row = perf(args.perf_analyzer, "resnet50", "127.0.0.1:8000", "http", c, args.window_ms, server, tmp)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+            finally:
+                server.stop()
+            results["resnet50_http"][label] = {"flags": flags, "rows": rows}
     if not args.skip_tiny:
         tiny = models.tiny()
         server = Server(tiny, "tiny", 8010, 8011, ["--max-batch", "64", *args.server_arg], tmp / "server-tiny.log")
@@ -218,6 +245,30 @@ def main() -> int:
     return 0
 
 
+def _resnet_table(label: str, flags: list[str], rows: list[dict[str, Any]], best: float) -> list[str]:
+    lines = ["", f"trtop serve, {label} ({' '.join(flags) or 'default settings'}), perf_analyzer over HTTP:", "",
+             "| concurrency | img/s | / in-process best | p50 ms | p99 ms | p99/p50 | stable | GPU util % "
+             "| server cores busy | mean batch | ms per batch | queue ms |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    top: dict[str, Any] | None = None
+    for r in rows:
+        if "throughput" not in r:
+            lines.append(f"| {r['concurrency']} | failed | | | | | {r['stable']} | | |")
+            continue
+        tail = r["p99_ms"] / r["p50_ms"]
+        lines.append(f"| {r['concurrency']} | {r['throughput']:,.0f} | {r['throughput'] / best:.2f} | "
+                     f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {tail:.2f} | {'yes' if r['stable'] else 'NO'} | "
+                     f"{r['gpu_util']:.0f} | {r['server_cores']:.1f} | {r['mean_batch']:.1f} | {r['batch_ms']:.2f} | "
+                     f"{r['queue_ms']:.2f} |")
+        if top is None or r["throughput"] > top["throughput"]:
+            top = r
+    if top is not None:
+        ok = top["throughput"] / best >= TARGET_RATIO
+        lines.append(f"\nBest: {top['throughput']:,.0f} img/s at concurrency {top['concurrency']} = "
+                     f"{top['throughput'] / best:.2f} x in-process best (target >= {TARGET_RATIO}): "
+                     f"{'met' if ok else 'NOT met'}")
+    return lines
+
+
 def report(results: dict[str, Any]) -> None:
     lines = []
     if "inprocess" in results:
@@ -227,26 +278,8 @@ def report(results: dict[str, Any]) -> None:
                      f"{base['best_batch']}; batch 1: {base['throughput'][1]:,.0f} img/s, p50 "
                      f"{base['b1_p50_ms']:.2f} ms. By bucket: "
                      + ", ".join(f"{b}: {v:,.0f}" for b, v in base["throughput"].items()))
-        lines.append("")
-        lines.append("| concurrency | img/s | / in-process best | p50 ms | p99 ms | p99/p50 | stable | GPU util % "
-                     "| server cores busy |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
-        top = None
-        for r in results["resnet50_http"]:
-            if "throughput" not in r:
-                lines.append(f"| {r['concurrency']} | failed | | | | | {r['stable']} | | |")
-                continue
-            tail = r["p99_ms"] / r["p50_ms"]
-            lines.append(f"| {r['concurrency']} | {r['throughput']:,.0f} | {r['throughput'] / best:.2f} | "
-                         f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {tail:.2f} | {'yes' if r['stable'] else 'NO'} | "
-                         f"{r['gpu_util']:.0f} | {r['server_cores']:.1f} |")
-            if top is None or r["throughput"] > top["throughput"]:
-                top = r
-        if top is not None:
-            ok = top["throughput"] / best >= TARGET_RATIO
-            lines.append(f"\nBest: {top['throughput']:,.0f} img/s at concurrency {top['concurrency']} = "
-                         f"{top['throughput'] / best:.2f} x in-process best (target >= {TARGET_RATIO}): "
-                         f"{'met' if ok else 'NOT met'}")
+        for label, run in results["resnet50_http"].items():
+            lines += _resnet_table(label, run["flags"], run["rows"], best)
     if "tiny" in results:
         lines.append("\n| tiny model | concurrency | req/s | p50 ms | p99 ms | stable | server cores busy |")
         lines.append("|---|---|---|---|---|---|---|")

@@ -74,3 +74,20 @@ def test_cuda_buffers_round_trip(nvml):
     np.testing.assert_array_equal(back, host)
     with pytest.raises(RuntimeError, match="cudaMalloc"):
         rt.alloc(1 << 50)  # 1 PiB: the error comes back as a clear message, not a crash
+
+
+def test_onnxruntime_cuda_gets_one_fixed_shape_session_per_bucket(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime here has no CUDA provider (install onnxruntime-gpu)")
+    from trtop.serve.backends.onnxruntime_impl import OnnxRuntime
+    from trtop.serve.runtime import RuntimeOptions
+
+    from .conftest import make_affine_onnx
+
+    rt = OnnxRuntime(make_affine_onnx(tmp_path / "a.onnx"), RuntimeOptions(threads=1, use_gpu=True))
+    rt.prepare((1, 2, 4))
+    assert sorted(rt._by_batch) == [1, 2, 4]
+    for rows in (1, 2, 4):
+        x = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4)
+        np.testing.assert_allclose(rt.run({"x": x}, ["y"])["y"], 2 * x + 1)

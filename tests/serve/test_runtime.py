@@ -82,8 +82,8 @@ def test_tensorflow_savedmodel(tmp_path: Path) -> None:
 @pytest.mark.parametrize("instances,threads,backend,gpu,cores,expected", [
     (0, 0, "onnxruntime", False, 2, (2, 1)),  # CPU: side-by-side single-threaded runs
     (0, 0, "onnxruntime", False, 16, (4, 4)),  # capped: more would cost latency at low load
-    (0, 0, "onnxruntime", True, 16, (1, 16)),  # CUDA provider: one batch owns the GPU
-    (0, 0, "tensorrt", True, 8, (1, 8)),
+    (0, 0, "onnxruntime", True, 16, (1, 1)),  # CUDA provider: one batch owns the GPU, one CPU thread
+    (0, 0, "tensorrt", True, 8, (1, 1)),
     (1, 0, "onnxruntime", False, 8, (1, 8)),  # explicit settings win
     (3, 2, "onnxruntime", False, 8, (3, 2)),
 ])
@@ -92,3 +92,13 @@ def test_parallelism(instances: int, threads: int, backend: str, gpu: bool, core
     from trtop.serve.runtime import parallelism
 
     assert parallelism(instances, threads, backend=backend, gpu=gpu, cores=cores) == expected
+
+
+def test_onnxruntime_on_cpu_keeps_one_session_for_every_bucket(tmp_path: Path) -> None:
+    from trtop.serve.backends.onnxruntime_impl import OnnxRuntime
+
+    rt = OnnxRuntime(make_affine_onnx(tmp_path / "a.onnx"), RuntimeOptions(threads=1, use_gpu=False))
+    rt.prepare((1, 2, 4))
+    assert rt._by_batch == {}
+    out = rt.run({"x": np.ones((4, 4), np.float32)}, ["y"])
+    assert out["y"].shape == (4, 4)
