@@ -147,3 +147,24 @@ class TestBuckets:
         x = np.zeros((3, 2), np.float32)
         out = merge([{"x": x}], size=4)["x"]
         assert out.shape == (4, 2) and out is not x
+
+
+class TestBatchBuffers:
+    def test_a_batch_reuses_the_buffers_of_an_earlier_one_of_its_shape(self) -> None:
+        from trtop.serve.batching import BatchBuffers
+
+        pool = BatchBuffers(keep=1)
+        reqs = [{"x": np.full((1, 2), 1.0, np.float32)}, {"x": np.full((2, 2), 2.0, np.float32)}]
+        first = pool.take(reqs, 4)
+        assert first is not None and first["x"].shape == (4, 2)
+        merged = merge(reqs, 4, first)
+        assert merged["x"] is first["x"]
+        np.testing.assert_array_equal(merged["x"], [[1, 1], [2, 2], [2, 2], [2, 2]])
+        pool.give(reqs, 4, first)
+        assert pool.take(reqs, 4) is first  # the same arrays, no new allocation
+        assert pool.take(reqs, 4) is not first  # taken: a second batch gets its own
+
+    def test_a_request_that_fills_its_batch_needs_no_buffer(self) -> None:
+        from trtop.serve.batching import BatchBuffers
+
+        assert BatchBuffers().take([{"x": np.zeros((4, 2), np.float32)}], 4) is None

@@ -26,6 +26,7 @@ Rules (Triton's dynamic batcher, with shape buckets):
 from __future__ import annotations
 
 import bisect
+import threading
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
@@ -129,12 +130,13 @@ def signature_of(feeds: Feeds) -> Hashable:
     return tuple(sorted((name, a.dtype.str, a.shape[1:]) for name, a in feeds.items()))
 
 
-def merge(requests: Sequence[Feeds], size: int = 0) -> dict[str, Array]:
+def merge(requests: Sequence[Feeds], size: int = 0, into: dict[str, Array] | None = None) -> dict[str, Array]:
     """One batch of ``size`` rows (0: just the requests' rows) from requests of one signature.
 
     A single request that fills the batch is passed through (no copy); otherwise the rows are
-    copied once into a new array whose padding rows repeat the last real row (valid input for
-    any model, so padding never produces NaNs or slow paths; their outputs are dropped).
+    copied once into ``into`` (reused buffers of exactly that shape: ``BatchBuffers``) or new
+    arrays; padding rows repeat the last real row (valid input for any model, so padding never
+    produces NaNs or slow paths; their outputs are dropped).
     """
     rows = sum(next(iter(r.values())).shape[0] for r in requests)
     size = max(size, rows)
@@ -142,7 +144,7 @@ def merge(requests: Sequence[Feeds], size: int = 0) -> dict[str, Array]:
         return dict(requests[0])
     out: dict[str, Array] = {}
     for name, first in requests[0].items():
-        batch = np.empty((size, *first.shape[1:]), dtype=first.dtype)
+        batch = into[name] if into is not None else np.empty((size, *first.shape[1:]), dtype=first.dtype)
         start = 0
         for r in requests:
             part = r[name]
@@ -152,6 +154,38 @@ def merge(requests: Sequence[Feeds], size: int = 0) -> dict[str, Array]:
             batch[rows:] = batch[rows - 1]
         out[name] = batch
     return out
+
+
+class BatchBuffers:
+    """Reused input buffers per (signature, batch size): a fresh 19 MB array per batch (ResNet-50 at 32)
+    costs the kernel's page faults and zeroing on every batch (~4 ms on an H200 host, more than the
+    copy itself). Thread-safe: each batch takes a set and gives it back after its run."""
+
+    def __init__(self, keep: int = 2) -> None:
+        self._free: dict[tuple[Hashable, int], list[dict[str, Array]]] = {}
+        self._keep = keep  # sets kept per shape (one per instance that may run it at once)
+        self._lock = threading.Lock()
+
+    def take(self, requests: Sequence[Feeds], size: int) -> dict[str, Array] | None:
+        """A set of arrays shaped for this batch (None when the batch needs no copy)."""
+        rows = sum(next(iter(r.values())).shape[0] for r in requests)
+        if len(requests) == 1 and max(size, rows) == rows:
+            return None
+        key = (signature_of(requests[0]), max(size, rows))
+        with self._lock:
+            free = self._free.get(key)
+            if free:
+                return free.pop()
+        return {name: np.empty((key[1], *a.shape[1:]), dtype=a.dtype) for name, a in requests[0].items()}
+
+    def give(self, requests: Sequence[Feeds], size: int, buffers: dict[str, Array] | None) -> None:
+        if buffers is None:
+            return
+        key = (signature_of(requests[0]), next(iter(buffers.values())).shape[0])
+        with self._lock:
+            free = self._free.setdefault(key, [])
+            if len(free) < self._keep:
+                free.append(buffers)
 
 
 def split(outputs: Outputs, rows: Sequence[int], size: int = 0) -> list[Outputs]:

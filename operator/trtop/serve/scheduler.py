@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from trtop.serve.batching import BatchPolicy, Decision, Pending, merge, next_batch, split
+from trtop.serve.batching import BatchBuffers, BatchPolicy, Decision, Pending, merge, next_batch, split
 from trtop.serve.errors import InferenceFailed, NotReady, Overloaded, ServeError, TimedOut
 from trtop.serve.types import Feeds, Outputs
 
@@ -64,6 +64,7 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self._instances = instances
         self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="trtop-batch")
+        self._buffers = BatchBuffers(keep=instances)
         self._worker: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._flush = False  # draining: run what is queued without waiting for company
@@ -166,7 +167,12 @@ class Scheduler:
 
     def _compute(self, feeds: list[Feeds], rows: list[int], size: int) -> tuple[list[Outputs], float]:
         start = time.perf_counter()
-        parts = split(self._run(merge(feeds, size)), rows, size)
+        buffers = self._buffers.take(feeds, size)
+        try:
+            outputs = self._run(merge(feeds, size, buffers))
+        finally:
+            self._buffers.give(feeds, size, buffers)  # the outputs never alias the inputs
+        parts = split(outputs, rows, size)
         return parts, time.perf_counter() - start
 
 
