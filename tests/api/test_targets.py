@@ -2,7 +2,7 @@
 import pytest
 
 from trtop import names
-from trtop.api.targets import Target, gpu_target_of_node, normalize_product, target_matches_device
+from trtop.api.targets import Target, gpu_target_of_node, normalize_product, product_slug, target_matches_device
 
 
 @pytest.mark.parametrize("raw,expected", [
@@ -52,3 +52,9 @@ def test_device_matching_like_cc_model_filenames():
     assert not target_matches_device(Target("8.9"), "8.6", "NVIDIA-A10G")
     assert target_matches_device(Target("8.0", "NVIDIA-A100-SXM4-80GB"), "8.0", "NVIDIA-A100-SXM4-80GB-MIG-1g.10gb")
     assert not target_matches_device(Target("8.0", "NVIDIA-A100-SXM4-80GB"), "8.0", "NVIDIA-A100-SXM4-40GB")
+
+
+def test_products_match_in_nvml_and_gfd_spelling() -> None:
+    assert product_slug("NVIDIA H100 80GB HBM3") == product_slug("NVIDIA-H100-80GB-HBM3-SHARED") == "nvidia-h100-80gb-hbm3"
+    assert target_matches_device(Target("9.0", "NVIDIA-H100-80GB-HBM3"), "9.0", "NVIDIA H100 80GB HBM3")
+    assert not target_matches_device(Target("9.0", "NVIDIA-H100-80GB-HBM3"), "9.0", "NVIDIA H100 PCIe")

@@ -23,7 +23,7 @@ IMAGES = ROOT / "images"
 EXTRAS = {
     "operator/Dockerfile": "operator",
     "converter/Dockerfile": "convert",
-    "server/Dockerfile": "serve,gpu",  # + cuda-python for the TensorRT backend's buffers
+    "server/Dockerfile": "serve,gpu",  # + nvidia-ml-py: the server reads its GPU with NVML
     "server/Dockerfile.cpu": "serve",
 }
 DOCKERFILES = {name: IMAGES / name for name in EXTRAS}

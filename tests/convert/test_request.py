@@ -92,3 +92,5 @@ def test_contradictions_are_found_before_fetching(changes: dict[str, object], me
 def test_builder_settings_parse_strings() -> None:
     settings = BuilderSettings.parse({"optimization_level": "5", "version_compatible": "true", "verify_atol": "0.5"})
     assert settings == BuilderSettings(optimization_level=5, version_compatible=True, verify_atol=0.5)
+    assert BuilderSettings.parse({"profile_per_bucket": "yes"}).profile_per_bucket
+    assert not BuilderSettings.parse({"profile_per_bucket": "false"}).profile_per_bucket

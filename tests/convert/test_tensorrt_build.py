@@ -51,6 +51,13 @@ def test_trt10_fp16_uses_builder_flags_on_a_weakly_typed_network(monkeypatch: py
     assert names(calls, "config.hardware_compatibility_level") == [("config.hardware_compatibility_level", "NONE")]
 
 
+def test_one_fixed_shape_profile_per_bucket(monkeypatch: pytest.MonkeyPatch, onnx_file: Path) -> None:
+    calls = install(monkeypatch, "10.13.0")
+    build_engine(onnx_file, options("fp32", 10, profile_buckets=(2, 4, 8)))
+    assert names(calls, "set_shape") == [("set_shape", "x", (b, 4), (b, 4), (b, 4)) for b in (2, 4, 8)]
+    assert len(names(calls, "add_optimization_profile")) == 3
+
+
 def test_trt10_int8_is_explicit_quantization_with_fp16_fallback(monkeypatch: pytest.MonkeyPatch,
                                                                onnx_file: Path) -> None:
     calls = install(monkeypatch, "10.13.0")

@@ -16,7 +16,7 @@ import pytest
 from tests.convert.conftest import make_request, write_onnx_gemm
 from trtop.api.engine import BatchProfile
 from trtop.convert import errors
-from trtop.convert.nvml import read_gpu
+from trtop.gpu.nvml import read_gpu
 
 pytestmark = pytest.mark.gpu
 
@@ -53,26 +53,34 @@ def test_build_verify_and_publish_on_this_gpu(tensorrt_version: str, tmp_path: P
     assert record.artifact == "model.plan" and (store / request.key / "model.plan").stat().st_size > 0
     assert record.versions["tensorrt"] == tensorrt_version and record.device["cc"] == gpu.cc
     assert record.parity["max_abs_error"] <= (1e-4 if precision == "fp32" else 1e-2)
+    assert record.buckets == (1, 2, 4, 8, 16)
 
 
-def test_engine_runs_at_every_batch_of_its_profile(tensorrt_version: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("per_bucket", [False, True])
+def test_engine_runs_at_every_bucket_as_the_server_runs_it(tensorrt_version: str, tmp_path: Path,
+                                                           per_bucket: bool) -> None:
     from trtop.api.engine import TensorSpec
     from trtop.convert import onnxmodel
     from trtop.convert.precision import plan_precision
     from trtop.convert.tensorrt_build import BuildOptions, build_engine, tensorrt_major
-    from trtop.convert.tensorrt_runtime import TrtRunner
+    from trtop.gpu.tensorrt import TensorRTEngine
 
     model = onnxmodel.prepare(onnxmodel.load_onnx(write_onnx_gemm(tmp_path / "m.onnx")), {})
     onnxmodel.save_onnx(model, tmp_path / "p.onnx")
     plan = plan_precision("fp32", "tensorrt", tensorrt_major(tensorrt_version))
     result = build_engine(tmp_path / "p.onnx", BuildOptions(
-        inputs=(TensorSpec("x", "float32", (-1, 4)),), batch=BatchProfile(1, 8, 32), workspace_mib=256, plan=plan))
+        inputs=(TensorSpec("x", "float32", (-1, 4)),), batch=BatchProfile(1, 8, 32), workspace_mib=256, plan=plan,
+        profile_buckets=(1, 2, 4, 8, 16, 32) if per_bucket else ()))
     assert result.timing_cache
-    runner = TrtRunner(result.engine)
+    runner = TensorRTEngine(result.engine)
+    runner.prepare([1, 2, 4, 8, 16, 32])
+    print(f"buckets: {runner.describe_buckets()}")
+    assert len(runner.profiles) == (6 if per_bucket else 1)
     reference = onnxmodel.ort_session(tmp_path / "p.onnx")
-    for batch in (1, 8, 32):
+    for batch in (1, 3, 8, 17, 32):  # 3 and 17 are padded to the buckets 4 and 32
         x = np.random.default_rng(batch).standard_normal((batch, 4)).astype(np.float32)
         np.testing.assert_allclose(runner({"x": x})["y"], onnxmodel.run_ort(reference, {"x": x})["y"], atol=1e-4)
+    runner.close()
 
 
 def test_a_wrong_target_is_refused(tensorrt_version: str, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The TensorRT boundary type-checks against ``tensorrt-stubs`` (mypy --strict), and a wrong call is caught.
+"""The TensorRT boundary (the converter's builder, the shared runtime, the server's backend) type-checks
+against ``tensorrt-stubs`` (mypy --strict), and a wrong call is caught.
 
 tensorrt-stubs installs ``tensorrt/__init__.pyi`` without a ``py.typed`` marker, so mypy
 ignores it in site-packages; and the 10.13 stubs contain a few syntax errors (a parameter
@@ -21,7 +22,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-BOUNDARY = [REPO / "operator/trtop/convert/tensorrt_build.py", REPO / "operator/trtop/convert/tensorrt_runtime.py"]
+BOUNDARY = [REPO / "operator/trtop/convert/tensorrt_build.py", REPO / "operator/trtop/gpu/tensorrt.py",
+            REPO / "operator/trtop/gpu/bucket.py", REPO / "operator/trtop/serve/backends/tensorrt_impl.py"]
 
 
 def sanitized_stubs(dest: Path) -> Path:
@@ -64,9 +66,15 @@ def test_boundary_matches_the_stubs_and_a_wrong_call_is_caught(tmp_path: Path) -
         assert good in source
         source = source.replace(good, bad)
     mutant.write_text(source)
-    found = mypy([*BOUNDARY, mutant], stubs, tmp_path)
+    runtime_mutant = tmp_path / "mutant_runtime.py"
+    source = BOUNDARY[1].read_text()
+    good = "context.set_device_memory(self._scratch, self._scratch_size)"
+    assert good in source
+    runtime_mutant.write_text(source.replace(good, "context.set_device_memory(self._scratch)"))
+    found = mypy([*BOUNDARY, mutant, runtime_mutant], stubs, tmp_path)
     for path in BOUNDARY:
         assert found[str(path)] == [], "\n".join(found[str(path)])
     mutant_errors = "\n".join(found[str(mutant)])
     assert "set_memory_pool_limit" in mutant_errors and "MemoryPoolType" in mutant_errors
     assert "build_serialized_network" in mutant_errors
+    assert "set_device_memory" in "\n".join(found[str(runtime_mutant)])

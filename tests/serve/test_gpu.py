@@ -1,8 +1,9 @@
-"""On a real NVIDIA GPU: the server reads its device and picks its engine like cc_model_filenames,
-and the TensorRT backend's CUDA buffers work. Skipped (saying why) where there is no GPU.
+"""On a real NVIDIA GPU: the server reads its device and picks its engine like cc_model_filenames.
+Skipped (saying why) where there is no GPU.
 
-TensorRT itself is not needed here; tests/convert/test_tensorrt_gpu.py covers the engine
-build and run wherever `import tensorrt` gives the real library.
+The CUDA buffers, pinned copies and graphs are tested on a GPU in tests/gpu/test_cuda.py;
+TensorRT itself in tests/convert/test_tensorrt_gpu.py, wherever `import tensorrt` gives
+the real library.
 """
 from __future__ import annotations
 
@@ -52,28 +53,6 @@ def test_server_picks_the_engine_built_for_this_gpu(nvml):
     assert choose_engine(entries, device).key == "e-mine"
     # Without an engine for this GPU the CPU engine is the fallback, never another GPU's plan.
     assert choose_engine([e for e in entries if e.key != "e-mine"], device).key == "e-cpu"
-
-
-def test_cuda_buffers_round_trip(nvml):
-    cuda_memory = pytest.importorskip("trtop.serve.backends.cuda_memory")
-    try:
-        rt = cuda_memory.CudaRuntime()
-    except Exception as e:  # noqa: BLE001 - cuda-python missing: the GPU image carries it
-        pytest.skip(f"cuda-python not usable here: {e}")
-    rt.set_device(0)
-    stream = rt.new_stream()
-    host = np.arange(1 << 20, dtype=np.float32)
-    back = np.zeros_like(host)
-    ptr = rt.alloc(host.nbytes)
-    try:
-        rt.to_device(ptr, host, stream)
-        rt.to_host(back, ptr, stream)
-        rt.synchronize(stream)
-    finally:
-        rt.free(ptr)
-    np.testing.assert_array_equal(back, host)
-    with pytest.raises(RuntimeError, match="cudaMalloc"):
-        rt.alloc(1 << 50)  # 1 PiB: the error comes back as a clear message, not a crash
 
 
 def test_onnxruntime_cuda_gets_one_fixed_shape_session_per_bucket(tmp_path):

@@ -81,8 +81,17 @@ def gpu_target_of_node(labels: Mapping[str, str], *, with_product: bool) -> Targ
     )
 
 
+def product_slug(product: str) -> str:
+    """GFD's ``NVIDIA-H100-80GB-HBM3(-SHARED)`` and NVML's ``NVIDIA H100 80GB HBM3`` both -> ``nvidia-h100-80gb-hbm3``."""
+    return re.sub(r"[^a-z0-9]+", "-", normalize_product(product).lower()).strip("-")
+
+
 def target_matches_device(target: Target, cc: str, product: str | None) -> bool:
-    """Whether an engine for ``target`` may run on a device with this CC and (GFD-style) product."""
+    """Whether an engine for ``target`` may run on a device with this CC and product (GFD or NVML spelling).
+
+    The one rule: the server picking its engine and the converter checking the node it landed on
+    both ask this (through ``trtop.gpu.device.Device.runs``).
+    """
     if target.cc != cc:
         return False
-    return target.product is None or (product is not None and normalize_product(product) == target.product)
+    return target.product is None or (product is not None and product_slug(product) == product_slug(target.product))

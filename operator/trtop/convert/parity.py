@@ -114,3 +114,10 @@ def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndar
                 worst_abs, worst = abs_err, name
             worst_rel = max(worst_rel, rel_err)
     return Parity(worst_abs, worst_rel, atol, rtol, batch, worst, passed)
+
+
+def worst(a: Parity, b: Parity) -> Parity:
+    """Two checks (e.g. two batch sizes) as one: the larger errors, passed only if both passed."""
+    big = a if a.max_abs_error >= b.max_abs_error else b
+    return Parity(big.max_abs_error, max(a.max_rel_error, b.max_rel_error), big.atol, big.rtol, big.batch,
+                  big.worst_output, a.passed and b.passed)

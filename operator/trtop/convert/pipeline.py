@@ -3,8 +3,11 @@
 ``convert(request, store, workdir)`` runs the stages in order, logs each with its
 duration, and returns what was published (or found already published: same key, no
 rebuild). Every failure is a ``ConvertError`` carrying the stage it happened in.
-The TensorRT and GPU parts are reached only through ``tensorrt_build``,
-``tensorrt_runtime`` and ``nvml``; ``read_gpu`` can be replaced for tests.
+The TensorRT and GPU parts are reached only through ``tensorrt_build`` and the shared
+``trtop.gpu`` package: its NVML reader and device rule check the node, and its
+``TensorRTEngine`` (the server's TensorRT runtime) runs the parity check and the
+benchmark at every batch bucket the record names, so what is verified is what will be
+served. ``read_gpu`` can be replaced for tests.
 Called by ``cli.py`` (the build Job's program).
 """
 from __future__ import annotations
@@ -23,24 +26,30 @@ from typing import Any
 import numpy as np
 
 from trtop import names, versions
-from trtop.api.engine import CONVERTER_VERSION, EngineKey, EngineRecord, EngineRequest, TensorSpec
+from trtop.api.engine import (
+    CONVERTER_VERSION, BatchProfile, EngineKey, EngineRecord, EngineRequest, TensorSpec, batch_buckets,
+)
 from trtop.api.targets import Target
-from trtop.convert import nvml, onnxmodel, parity, source
+from trtop.convert import onnxmodel, parity, source
 from trtop.convert.benchmark import measure
 from trtop.convert.errors import (
-    BadRequestError, ConvertError, DeviceMismatchError, NetworkError, NoDeviceError, ParityError, ResourceError,
+    BadRequestError, BuildError, ConvertError, DeviceMismatchError, InfraError, MissingDependencyError, NetworkError,
+    NoDeviceError, ParityError, ResourceError,
 )
 from trtop.convert.formats import locate_model
 from trtop.convert.precision import PrecisionPlan, plan_precision
 from trtop.convert.quantization import apply_precision
 from trtop.convert.request import BuilderSettings, check_request
+from trtop.gpu.device import Device
+from trtop.gpu.errors import CudaError, EngineLoadError, EngineRunError, GpuError, MissingLibraryError
+from trtop.gpu.nvml import GpuInfo, read_gpu as nvml_read_gpu
 from trtop.store import EngineStore, StoreError
 
 log = logging.getLogger(__name__)
 
 Feeds = Mapping[str, np.ndarray]
 Runner = Callable[[Feeds], dict[str, np.ndarray]]
-GpuReader = Callable[[], "nvml.GpuInfo | None"]
+GpuReader = Callable[[], GpuInfo | None]
 
 
 @dataclass
@@ -68,6 +77,8 @@ class Stages:
             raise
         except StoreError as e:
             raise NetworkError(str(e), stage=name) from e
+        except GpuError as e:
+            raise _gpu_failure(e, name) from e
         except MemoryError as e:
             raise ResourceError(f"out of host memory during {name}: give the build Job more memory",
                                 stage=name) from e
@@ -82,10 +93,12 @@ class _Built:
     runner: Runner
     engine_versions: dict[str, str]
     device: dict[str, str]
+    buckets: tuple[int, ...] = ()  # batch sizes the artifact runs at, each verified (TensorRT)
+    close: Callable[[], None] = lambda: None
 
 
 def convert(request: EngineRequest, store: EngineStore, workdir: Path, *,
-            read_gpu: GpuReader = nvml.read_gpu) -> Outcome:
+            read_gpu: GpuReader = nvml_read_gpu) -> Outcome:
     stage = Stages()
     with stage("lookup"):
         existing = store.get_record(request.key)
@@ -130,6 +143,9 @@ def convert(request: EngineRequest, store: EngineStore, workdir: Path, *,
         feeds, origin = _verify_inputs(request, inputs, workdir)
         atol, rtol = (settings.verify_atol or plan.tolerance[0]), (settings.verify_rtol or plan.tolerance[1])
         result = parity.compare(reference(feeds), built.runner(feeds), atol, rtol)
+        for size in (b for b in built.buckets if b != result.batch):  # each bucket: its own context, graph, profile
+            extra = parity.generate_inputs(inputs, size)
+            result = parity.worst(result, parity.compare(reference(extra), built.runner(extra), atol, rtol))
         log.info("parity on %s inputs (batch %d): max abs error %.3g, max rel error %.3g (atol %g, rtol %g)",
                  origin, result.batch, result.max_abs_error, result.max_rel_error, atol, rtol)
         if not result.passed:
@@ -145,12 +161,14 @@ def convert(request: EngineRequest, store: EngineStore, workdir: Path, *,
             bench[label] = timing.as_record()
             log.info("batch %d: p50 %.3f ms, p99 %.3f ms, %.1f samples/s", batch, timing.p50_ms, timing.p99_ms,
                      timing.throughput)
+        built.close()
     with stage("publish"):
         record = EngineRecord(
             key=request.key, target=request.target, backend=request.backend, artifact=built.artifact,
             precision=request.precision, batch=request.batch, inputs=inputs, outputs=outputs, model_digest=digest,
             versions={**_base_versions(tf_model is not None), **built.engine_versions}, parity=result.as_record(),
             benchmark=bench, build_seconds=round(time.monotonic() - started, 2), device=built.device,
+            buckets=built.buckets or engine_buckets(request.batch),
             created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
         (out / names.ENGINE_METADATA_FILE).write_text(record.to_json(), encoding="utf-8")
@@ -217,21 +235,25 @@ def _build(request: EngineRequest, settings: BuilderSettings, plan: PrecisionPla
                       {"cpu": platform.processor() or platform.machine(), "cores": str(os.cpu_count() or 0)})
 
     from trtop.convert.tensorrt_build import BuildOptions, build_engine
-    from trtop.convert.tensorrt_runtime import TrtRunner
+    from trtop.gpu.tensorrt import TensorRTEngine
 
     device = _check_gpu(request, read_gpu)
+    buckets = engine_buckets(request.batch)
     cache_name = f"_timing-caches/{Target.from_dict({'cc': device['cc'], 'product': device['name']}).slug}" \
                  f"-trt{trt_version}.cache"
     result = build_engine(onnx_path, BuildOptions(
         inputs=inputs, batch=request.batch, workspace_mib=request.workspace_mib, plan=plan,
         hardware_compatibility=request.hardware_compatibility, optimization_level=settings.optimization_level,
         version_compatible=settings.version_compatible, timing_cache=store.get_blob(cache_name),
+        profile_buckets=buckets if settings.profile_per_bucket else (),
     ))
     (out / "model.plan").write_bytes(result.engine)
     if result.timing_cache:
         store.put_blob(cache_name, result.timing_cache)
     log.info("engine: %.1f MiB, %d builder warnings", len(result.engine) / 2**20, len(result.warnings))
-    return _Built("model.plan", TrtRunner(result.engine), {"tensorrt": str(trt_version)}, device)
+    engine = TensorRTEngine(result.engine, origin="the engine it just built")
+    engine.prepare(buckets)  # as the server will: a context, pinned buffers and a CUDA graph per bucket
+    return _Built("model.plan", engine, {"tensorrt": str(trt_version)}, device, buckets, engine.close)
 
 
 def _check_gpu(request: EngineRequest, read_gpu: GpuReader) -> dict[str, str]:
@@ -242,12 +264,32 @@ def _check_gpu(request: EngineRequest, read_gpu: GpuReader) -> dict[str, str]:
             "request nvidia.com/gpu and run on a GPU node with the NVIDIA driver"
         )
     log.info("GPU: %s, compute capability %s, driver %s", gpu.name, gpu.cc, gpu.driver)
-    if not nvml.gpu_matches_target(gpu, request.target):
+    if not Device.of_gpu(gpu).runs(request.target):
         raise DeviceMismatchError(
             f"this Job runs on {gpu.name} (compute capability {gpu.cc}), but the engine is for target "
             f"{request.target}: the Job landed on the wrong node; check its node affinity and the GFD labels"
         )
     return gpu.as_dict()
+
+
+def engine_buckets(batch: BatchProfile) -> tuple[int, ...]:
+    """The batch sizes the server pads to and warms (``batch_buckets``), within the profile's min..max."""
+    return tuple(b for b in batch_buckets(batch.max) if b >= batch.min)
+
+
+def _gpu_failure(error: GpuError, stage: str) -> ConvertError:
+    """The shared GPU code's errors as the converter's exit classes."""
+    message = str(error)
+    if isinstance(error, MissingLibraryError):
+        return MissingDependencyError(message + ". Use the converter image (built on nvcr.io/nvidia/tensorrt)",
+                                      stage=stage)
+    if isinstance(error, CudaError):
+        if error.out_of_memory:
+            return ResourceError(message + ": give the build Job a GPU with more free memory", stage=stage)
+        return InfraError(message, stage=stage)
+    if isinstance(error, (EngineLoadError, EngineRunError)):
+        return BuildError(f"the engine TensorRT built does not run: {message}", stage=stage)
+    return InfraError(message, stage=stage)
 
 
 def _ort_runner(path: Path, level: str) -> Runner:

@@ -25,6 +25,8 @@ from trtop.convert.errors import BadRequestError
 BUILDER_OPTIONS = {
     "optimization_level": "TensorRT builder optimization level 0..5 (default 3)",
     "version_compatible": "true: embed the lean runtime in the engine (TensorRT VERSION_COMPATIBLE)",
+    "profile_per_bucket": "true: one TensorRT optimization profile per served batch size (fixed shapes, tuned "
+                          "kernels each; longer build, bigger engine) instead of one min..max profile",
     "ort_optimization_level": "ONNX Runtime graph optimization: disable, basic, extended (default), all",
     "verify_atol": "absolute tolerance of the parity check (default per precision)",
     "verify_rtol": "relative tolerance of the parity check (default per precision)",
@@ -35,6 +37,7 @@ BUILDER_OPTIONS = {
 class BuilderSettings:
     optimization_level: int | None = None
     version_compatible: bool = False
+    profile_per_bucket: bool = False
     ort_optimization_level: str = "extended"
     verify_atol: float | None = None
     verify_rtol: float | None = None
@@ -49,7 +52,8 @@ class BuilderSettings:
             level = options.get("optimization_level")
             settings = cls(
                 optimization_level=None if level in (None, "") else int(level),
-                version_compatible=str(options.get("version_compatible", "false")).lower() in ("1", "true", "yes"),
+                version_compatible=_flag(options.get("version_compatible")),
+                profile_per_bucket=_flag(options.get("profile_per_bucket")),
                 ort_optimization_level=str(options.get("ort_optimization_level", "extended")),
                 verify_atol=_float(options.get("verify_atol")),
                 verify_rtol=_float(options.get("verify_rtol")),
@@ -159,6 +163,10 @@ def _guess_format(uri: str) -> str:
     if path.endswith((".keras", ".h5", ".hdf5")):
         return "keras"
     return "savedmodel"
+
+
+def _flag(value: Any) -> bool:
+    return str(value if value is not None else "false").lower() in ("1", "true", "yes")
 
 
 def _float(value: Any) -> float | None:

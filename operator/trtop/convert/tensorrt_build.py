@@ -6,7 +6,9 @@ mypy can check them against ``tensorrt-stubs``. TensorRT is imported inside the
 functions: the module imports fine where TensorRT is absent.
 
 What a build does: parse the ONNX (parser errors name the failing nodes), one
-optimization profile over the batch range (min/opt/max, other dims fixed), the
+optimization profile over the batch range (min/opt/max, other dims fixed) or, with
+``profile_buckets``, one fixed-shape profile per batch size the server runs at (the
+runtime gives each bucket the profile built for it), the
 workspace limit, the precision plan (builder flags on 10, strongly typed on 11),
 hardware compatibility, a timing cache loaded from and returned to the caller, and a
 check of ``build_serialized_network``'s None with the logger's errors in the message.
@@ -51,6 +53,7 @@ class BuildOptions:
     optimization_level: int | None = None  # builder_optimization_level 0..5 (TensorRT's default: 3)
     version_compatible: bool = False  # embed the lean runtime (the server must allow host code)
     timing_cache: bytes | None = None  # from the store; device specific
+    profile_buckets: tuple[int, ...] = ()  # one profile per batch size (min = opt = max) instead of min..max
 
 
 @dataclass(frozen=True)
@@ -121,15 +124,17 @@ def build_engine(onnx_path: Path, options: BuildOptions) -> BuildResult:
     if options.optimization_level is not None:
         config.builder_optimization_level = options.optimization_level
 
-    profile = builder.create_optimization_profile()
     specs = {s.name: s for s in options.inputs}
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        shape = tensor.shape
-        dims = _fixed_dims(tensor.name, tuple(shape[j] for j in range(len(shape))), specs.get(tensor.name))
-        b = options.batch
-        profile.set_shape(tensor.name, trt.Dims([b.min, *dims]), trt.Dims([b.opt, *dims]), trt.Dims([b.max, *dims]))
-    config.add_optimization_profile(profile)
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    fixed = {t.name: _fixed_dims(t.name, tuple(t.shape[j] for j in range(len(t.shape))), specs.get(t.name))
+             for t in inputs}
+    b = options.batch
+    ranges = [(n, n, n) for n in options.profile_buckets] or [(b.min, b.opt, b.max)]
+    for low, opt, high in ranges:
+        profile = builder.create_optimization_profile()
+        for name, dims in fixed.items():
+            profile.set_shape(name, trt.Dims([low, *dims]), trt.Dims([opt, *dims]), trt.Dims([high, *dims]))
+        config.add_optimization_profile(profile)
 
     cache = config.create_timing_cache(options.timing_cache or b"")
     if not config.set_timing_cache(cache, ignore_mismatch=False):
@@ -137,9 +142,9 @@ def build_engine(onnx_path: Path, options: BuildOptions) -> BuildResult:
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
     log.info("building a TensorRT %s engine (major %d): precision %s, flags %s, strongly typed %s, "
-             "workspace %d MiB, hardware compatibility %s", version, major, options.plan.precision,
+             "workspace %d MiB, hardware compatibility %s, profiles %s", version, major, options.plan.precision,
              list(options.plan.builder_flags) or "none", bool(flags), options.workspace_mib,
-             options.hardware_compatibility)
+             options.hardware_compatibility, ranges)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise _failure(version, errors)

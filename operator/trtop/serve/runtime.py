@@ -73,6 +73,8 @@ class RuntimeOptions:
     use_gpu: bool = True
     # GPU ordinal inside the container (a pod sees only the GPUs it was given).
     device_index: int = 0
+    # TensorRT: replay each batch size as a CUDA graph (falls back to plain enqueues where capture fails).
+    cuda_graphs: bool = True
 
     @property
     def thread_count(self) -> int:

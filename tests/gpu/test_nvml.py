@@ -6,8 +6,7 @@ from typing import Any
 
 import pytest
 
-from trtop.api.targets import Target
-from trtop.convert.nvml import GpuInfo, gpu_matches_target, product_slug, read_gpu
+from trtop.gpu.nvml import GpuInfo, read_gpu
 
 
 def fake_nvml(*, count: int = 1, init_error: bool = False, name: Any = "NVIDIA H100 80GB HBM3") -> Any:
@@ -36,15 +35,6 @@ def test_none_without_driver_or_device() -> None:
     assert read_gpu(nvml=fake_nvml(init_error=True)) is None
     nvml = fake_nvml(count=0)
     assert read_gpu(nvml=nvml) is None and nvml.calls == ["init", "shutdown"]
-
-
-def test_gfd_and_nvml_names_match() -> None:
-    gpu = GpuInfo("NVIDIA H100 80GB HBM3", "9.0", "580")
-    assert product_slug("NVIDIA-H100-80GB-HBM3-SHARED") == product_slug(gpu.name) == "nvidia-h100-80gb-hbm3"
-    assert gpu_matches_target(gpu, Target.parse("9.0"))
-    assert gpu_matches_target(gpu, Target.parse("9.0/NVIDIA-H100-80GB-HBM3"))
-    assert not gpu_matches_target(gpu, Target.parse("9.0/NVIDIA-H100-PCIe"))
-    assert not gpu_matches_target(gpu, Target.parse("8.0"))
 
 
 @pytest.mark.gpu

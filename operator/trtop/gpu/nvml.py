@@ -1,18 +1,18 @@
 """What GPU this process sees, read with NVML (``nvidia-ml-py``): name, compute capability, driver.
 
-``read_gpu()`` returns None where there is no NVML library, no driver or no GPU, so
-callers decide what a missing GPU means. The converter compares the reading with the
-requested target before building (a Job on the wrong node must not publish an engine
-for the wrong architecture); the server can use it to pick its engine. NVML ignores
+The one NVML reader of the project. ``read_gpu()`` returns None where there is no NVML
+library, no driver or no GPU, so callers decide what a missing GPU means: the converter
+refuses to build (a Job on the wrong node must not publish an engine for the wrong
+architecture), the server serves on CPU (``device.detect_device``). NVML ignores
 ``CUDA_VISIBLE_DEVICES``; in a pod the device plugin exposes only the allocated GPUs.
 """
 from __future__ import annotations
 
 import importlib
-import re
+import logging
 from typing import Any, NamedTuple
 
-from trtop.api.targets import Target, normalize_product
+log = logging.getLogger(__name__)
 
 
 class GpuInfo(NamedTuple):
@@ -25,41 +25,34 @@ class GpuInfo(NamedTuple):
 
 
 def read_gpu(index: int = 0, nvml: Any = None) -> GpuInfo | None:
-    """GPU ``index`` as NVML reports it, or None when NVML or the GPU is absent."""
+    """GPU ``index`` as NVML reports it, or None when NVML or the GPU is absent (the reason is logged)."""
     if nvml is None:
         try:
             nvml = importlib.import_module("pynvml")
         except ImportError:
+            log.info("nvidia-ml-py is not installed: no GPU can be read")
             return None
     try:
         nvml.nvmlInit()
-    except Exception:  # NVMLError_LibraryNotFound / DriverNotLoaded: no GPU here
+    except Exception as exc:  # NVMLError_LibraryNotFound / DriverNotLoaded: no GPU here
+        log.info("NVML unavailable (%s): no GPU visible", exc)
         return None
     try:
         if index >= int(nvml.nvmlDeviceGetCount()):
+            log.info("NVML sees no GPU %d", index)
             return None
         handle = nvml.nvmlDeviceGetHandleByIndex(index)
         major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
         return GpuInfo(_text(nvml.nvmlDeviceGetName(handle)), f"{int(major)}.{int(minor)}",
                        _text(nvml.nvmlSystemGetDriverVersion()))
-    except Exception:
+    except Exception as exc:
+        log.warning("NVML could not read GPU %d: %s", index, exc)
         return None
     finally:
         try:
             nvml.nvmlShutdown()
         except Exception:
             pass
-
-
-def product_slug(product: str) -> str:
-    """GFD's ``NVIDIA-H100-80GB-HBM3`` and NVML's ``NVIDIA H100 80GB HBM3`` both -> ``nvidia-h100-80gb-hbm3``."""
-    return re.sub(r"[^a-z0-9]+", "-", normalize_product(product).lower()).strip("-")
-
-
-def gpu_matches_target(gpu: GpuInfo, target: Target) -> bool:
-    if gpu.cc != target.cc:
-        return False
-    return target.product is None or product_slug(gpu.name) == product_slug(target.product)
 
 
 def _text(value: Any) -> str:
