@@ -78,9 +78,10 @@ def test_outputs_are_copies_not_views_of_the_reused_pinned_buffers(monkeypatch: 
 
 def test_each_bucket_gets_the_profile_built_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
     cuda = FakeCuda()
-    engine, made = load(monkeypatch, cuda, profiles=[(1, 1, 1), (2, 2, 2), (4, 4, 4), (1, 4, 8)])
+    engine, made = load(monkeypatch, cuda, profiles=[(1, 4, 8), (1, 1, 1), (2, 2, 2), (4, 4, 4)])
     engine.prepare([1, 2, 4, 8])
-    assert {d["batch"]: d["profile"] for d in engine.describe_buckets()} == {1: 0, 2: 1, 4: 2, 8: 3}
+    assert {d["batch"]: d["profile"] for d in engine.describe_buckets()} == {1: 1, 2: 2, 4: 3, 8: 0}
+    assert sorted((c.shapes["x"][0], c.profile) for c in made.contexts) == [(1, 1), (2, 2), (4, 3), (8, 0)]
     np.testing.assert_allclose(engine.run({"x": rows(7)}, ["y"])["y"], rows(7) * 2 + 1, rtol=1e-6)
 
 

@@ -85,9 +85,14 @@ class TensorRTEngine:
         self._engine = engine
         self._inputs, self._outputs = _io_specs(engine)
         self._profiles = _batch_ranges(engine, self._inputs)
-        self._stream = self._cuda.new_stream()
-        self._scratch, self._scratch_size = self._shared_activation_memory()
         self._buckets: dict[int, Bucket] = {}
+        self._scratch = self._scratch_size = 0
+        self._stream = self._cuda.new_stream()
+        try:
+            self._scratch, self._scratch_size = self._shared_activation_memory()
+        except Exception:
+            self._cuda.destroy_stream(self._stream)
+            raise
         self._sizes = batch_buckets(self.max_batch)
         self._capture_logged = False
         self._lock = threading.Lock()  # one stream, one activation block: one batch at a time
