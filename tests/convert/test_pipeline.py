@@ -135,6 +135,7 @@ def test_onnx_model_with_fixed_batch_gets_a_dynamic_one(onnx_fixed_batch: Path, 
     record, folder = published(store, request.key)
     assert record["inputs"] == [{"name": "x", "dtype": "float32", "shape": [-1, 4]}]
     assert record["parity"]["batch"] == 8
+    assert record["buckets"] == [1, 2, 4, 8, 16, 32]  # the sizes the server pads to and warms
     dims = onnx.load(str(folder / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param == "batch"
 

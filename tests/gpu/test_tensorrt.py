@@ -85,12 +85,19 @@ def test_each_bucket_gets_the_profile_built_for_it(monkeypatch: pytest.MonkeyPat
     np.testing.assert_allclose(engine.run({"x": rows(7)}, ["y"])["y"], rows(7) * 2 + 1, rtol=1e-6)
 
 
-def test_a_size_outside_every_profile_is_refused_before_anything_is_made(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_size_above_every_profile_is_refused_before_anything_is_made(monkeypatch: pytest.MonkeyPatch) -> None:
     cuda = FakeCuda()
     engine, made = load(monkeypatch, cuda, profiles=[(2, 4, 8)])
     with pytest.raises(EngineRunError, match="batch size 16 is outside every optimization profile.*2..8"):
         engine.prepare([2, 16])
     assert made.contexts == []
+
+
+def test_sizes_no_profile_takes_move_up_to_the_next_one_that_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine, _ = load(monkeypatch, FakeCuda(), profiles=[(2, 2, 2), (4, 4, 4), (8, 8, 8)])
+    engine.prepare([1, 2, 3, 4, 8])  # e.g. batch_buckets(8) on an engine whose smallest profile is 2
+    assert engine.buckets == (2, 4, 8)
+    np.testing.assert_allclose(engine({"x": rows(1)})["y"], rows(1) * 2 + 1, rtol=1e-6)
 
 
 def test_without_prepare_buckets_are_made_on_first_use(monkeypatch: pytest.MonkeyPatch) -> None:

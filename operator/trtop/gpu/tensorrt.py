@@ -129,11 +129,12 @@ class TensorRTEngine:
     # --- running ------------------------------------------------------------------------------
     def prepare(self, batch_sizes: Sequence[int]) -> None:
         """Make one bucket per size (context, buffers, CUDA graph) now; ``run`` pads to these sizes from then on."""
-        sizes = tuple(sorted({int(b) for b in batch_sizes}))
-        if not sizes:
+        if not batch_sizes:
             raise EngineRunError("prepare() needs at least one batch size")
-        for size in sizes:
-            self._profile_for(size)  # every size must fit a profile before anything is made
+        sizes = tuple(sorted({self._fitting(int(b)) for b in batch_sizes}))  # all checked before anything is made
+        if set(sizes) != set(batch_sizes):
+            log.info("batch sizes %s run as %s: the engine's profiles take no batch of some of the asked sizes, "
+                     "so those are padded to the next size a profile takes", sorted(set(batch_sizes)), list(sizes))
         with self._lock:
             for size in [b for b in self._buckets if b not in sizes]:
                 self._buckets.pop(size).close()
@@ -187,6 +188,15 @@ class TensorRTEngine:
                 self._capture_logged = True
             self._buckets[size] = bucket
         return bucket
+
+    def _fitting(self, size: int) -> int:
+        """``size`` if a profile takes it, else the smallest larger size one takes (a batch pads up to it)."""
+        if any(p.min <= size <= p.max for p in self._profiles):
+            return size
+        larger = [p.min for p in self._profiles if p.min > size]
+        if size < 1 or not larger:
+            self._profile_for(size)  # raises, naming the profiles
+        return min(larger)
 
     def _profile_for(self, size: int) -> int:
         """The profile built for exactly this size, else the narrowest that covers it."""
