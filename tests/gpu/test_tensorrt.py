@@ -67,6 +67,16 @@ def test_runs_replay_the_graph_with_this_batchs_data_padded_to_its_bucket(monkey
     assert sum(c.runs for c in made.contexts) == runs_before  # no plain enqueue at run time
 
 
+def test_requests_are_stacked_straight_into_the_pinned_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine, _ = load(monkeypatch, FakeCuda())
+    engine.prepare([8])
+    parts = [{"x": rows(1)}, {"x": rows(3) + 10}, {"x": rows(2) - 10}]
+    y = engine.run_parts(parts, ["y"])["y"]
+    np.testing.assert_allclose(y, np.concatenate([p["x"] for p in parts]) * 2 + 1, rtol=1e-6)
+    with pytest.raises(EngineRunError, match="inputs \['x'\] are missing"):
+        engine.run_parts([{"x": rows(1)}, {}], ["y"])
+
+
 def test_outputs_are_copies_not_views_of_the_reused_pinned_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
     engine, _ = load(monkeypatch, FakeCuda())
     engine.prepare([4])

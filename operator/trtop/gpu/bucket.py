@@ -122,15 +122,21 @@ class Bucket:
         self._graph = graph
         return ""
 
-    def run(self, feeds: Mapping[str, Array], rows: int, outputs: Sequence[str]) -> dict[str, Array]:
-        """``rows`` <= ``batch`` rows of every input; rows past them are zeros and cut from the outputs."""
+    def run(self, parts: Sequence[Mapping[str, Array]], rows: int, outputs: Sequence[str]) -> dict[str, Array]:
+        """``parts`` (requests) stacked into ``rows`` <= ``batch`` rows of pinned memory, each copied once;
+        rows past them are zeros and cut from the outputs."""
         for spec in self._inputs:
             staged = self._host[spec.name].array
-            value = np.asarray(feeds[spec.name])
-            if value.shape[1:] != staged.shape[1:] or value.shape[0] != rows:
-                raise EngineRunError(f"input {spec.name!r} has shape {list(value.shape)}; the engine takes "
-                                     f"[{rows}, {', '.join(map(str, staged.shape[1:]))}]")
-            np.copyto(staged[:rows], value, casting="same_kind")
+            start = 0
+            for part in parts:
+                value = np.asarray(part[spec.name])
+                if value.shape[1:] != staged.shape[1:] or start + value.shape[0] > rows:
+                    raise EngineRunError(f"input {spec.name!r} has shape {list(value.shape)}; the engine takes "
+                                         f"[{rows}, {', '.join(map(str, staged.shape[1:]))}] in all")
+                np.copyto(staged[start:start + value.shape[0]], value, casting="same_kind")
+                start += value.shape[0]
+            if start != rows:
+                raise EngineRunError(f"input {spec.name!r} has {start} rows, the other inputs {rows}")
             if rows < self.batch:
                 staged[rows:] = 0
         if self._graph_exec:

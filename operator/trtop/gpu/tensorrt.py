@@ -10,7 +10,9 @@ cost N sets of I/O buffers, not N activation workspaces.
 
 ``prepare(sizes)`` makes the buckets up front (the server: before warm-up, with its
 padded batch sizes; the converter: before its parity check, with the record's buckets);
-``run`` pads a batch up to the smallest bucket that holds it. Without ``prepare`` the
+``run`` pads a batch up to the smallest bucket that holds it; ``run_parts`` takes the
+batch as its requests and copies each straight into the pinned buffers (no merged array
+in between: one host copy per request on the way in). Without ``prepare`` the
 buckets are ``batch_buckets(max_batch)``, made on first use. Used by
 ``trtop.convert.pipeline`` (verify, benchmark) and ``trtop.serve.backends.tensorrt_impl``.
 Importing this module needs TensorRT (ImportError otherwise, also for type stubs).
@@ -147,15 +149,21 @@ class TensorRTEngine:
 
     def run(self, feeds: Mapping[str, Array], outputs: Sequence[str]) -> dict[str, Array]:
         """Run one batch (first dimension = rows) and return the named outputs."""
-        missing = [s.name for s in self._inputs if s.name not in feeds]
-        if missing:
-            raise EngineRunError(f"inputs {missing} are missing; the engine takes {[s.name for s in self._inputs]}")
-        rows = int(np.shape(feeds[self._inputs[0].name])[0])
+        return self.run_parts([feeds], outputs)
+
+    def run_parts(self, parts: Sequence[Mapping[str, Array]], outputs: Sequence[str]) -> dict[str, Array]:
+        """Run the requests ``parts`` as one batch, their rows in order: each is copied once, straight into
+        the bucket's pinned buffers (no concatenated batch array in between). Outputs cover all rows."""
+        names = [s.name for s in self._inputs]
+        missing = sorted({n for part in parts for n in names if n not in part})
+        if missing or not parts:
+            raise EngineRunError(f"inputs {missing} are missing; the engine takes {names}")
+        rows = sum(int(np.shape(part[names[0]])[0]) for part in parts)
         size = next((b for b in self._sizes if b >= rows), None)
         if size is None or rows < 1:
             raise EngineRunError(f"a batch of {rows} rows does not fit the engine's batch sizes {list(self._sizes)}")
         with self._lock:
-            return self._bucket(size).run(feeds, rows, outputs)
+            return self._bucket(size).run(parts, rows, outputs)
 
     def __call__(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
         """Every output (the converter's runner signature)."""

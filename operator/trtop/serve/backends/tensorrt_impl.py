@@ -4,7 +4,7 @@ Loaded by ``trtop.serve.runtime.load_runtime`` for ``backend == "tensorrt"``. Th
 class is the one the converter verified this engine with (parity, benchmark), so what
 is served is what was checked; this module only reads the plan file and turns the
 shared GPU errors into ``StartupError`` (load, ``prepare``) and ``InferenceFailed``
-(``run``). TensorRT cannot run on the machines this project is developed on: this code
+(``run``, ``run_parts``). TensorRT cannot run on the machines this project is developed on: this code
 is checked with a fake ``tensorrt`` and a fake CUDA, and by ``tensorrt-stubs`` (mypy).
 """
 from __future__ import annotations
@@ -38,8 +38,8 @@ class TensorRTRuntime(TensorRTEngine):
         except GpuError as exc:
             raise StartupError(f"cannot set up the engine's batch sizes {list(batch_sizes)}: {exc}") from exc
 
-    def run(self, feeds: Feeds, outputs: Sequence[str]) -> Outputs:
+    def run_parts(self, parts: Sequence[Feeds], outputs: Sequence[str]) -> Outputs:  # ``run`` comes here too
         try:
-            return super().run(feeds, outputs)
+            return super().run_parts(parts, outputs)
         except GpuError as exc:
             raise InferenceFailed(f"TensorRT could not run this batch: {exc}") from exc
