@@ -8,7 +8,7 @@ import pytest
 
 from trtop.api.engine import TensorSpec
 from trtop.convert import errors
-from trtop.convert.parity import compare, generate_inputs, load_sample_inputs
+from trtop.convert.parity import compare, generate_inputs, load_sample_inputs, resize_batch
 
 SPECS = (TensorSpec("x", "float32", (-1, 3)), TensorSpec("ids", "int64", (-1, 2)), TensorSpec("m", "bool", (-1,)))
 
@@ -63,3 +63,10 @@ def test_sample_data(tmp_path: Path) -> None:
     path.write_bytes(b"not npz")
     with pytest.raises(errors.ModelFormatError, match="not a readable .npz"):
         load_sample_inputs(path, SPECS, 32)
+
+
+def test_resize_batch_repeats_the_rows_in_turn() -> None:
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    resized = resize_batch({"x": x}, 7)["x"]
+    assert resized.shape == (7, 2) and resized[3:6].tolist() == x.tolist() and resized[6].tolist() == x[0].tolist()
+    assert resize_batch({"x": x}, 2)["x"].tolist() == x[:2].tolist()

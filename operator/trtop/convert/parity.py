@@ -116,6 +116,11 @@ def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndar
     return Parity(worst_abs, worst_rel, atol, rtol, batch, worst, passed)
 
 
+def resize_batch(feeds: Mapping[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """The inputs' rows repeated in turn (or cut) to ``batch`` rows."""
+    return {name: np.take(a, np.arange(batch) % a.shape[0], axis=0) for name, a in feeds.items()}
+
+
 def worst(a: Parity, b: Parity) -> Parity:
     """Two checks (e.g. two batch sizes) as one: the larger errors, passed only if both passed."""
     big = a if a.max_abs_error >= b.max_abs_error else b
