@@ -161,6 +161,9 @@ class Supervisor:
         self.stopping = True
         self.service.begin_drain()
         self._broadcast_state()
+        # Once the front-ends stop accepting (after the drain delay) nobody new can join a batch:
+        # run what is queued without waiting for company.
+        asyncio.get_running_loop().call_later(self.settings.drain_delay_s, self.service.flush)
         for proc in self.processes.values():
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
