@@ -225,6 +225,28 @@ class TestErrors:
             assert "the backend failed to run this request" in (broken.value.message() or "")
 
 
+    def test_calls_in_flight_are_capped_by_max_connections(self, tmp_path: Path) -> None:
+        s, address = grpc_server(["--model", str(make_affine_onnx(tmp_path / "a.onnx")), "--model-name", "a",
+                                  "--backend", SLOW, "--max-connections", "2"], tmp_path,
+                                 env={"FAKE_RUN_DELAY_S": "0.5"})
+        try:
+            s.wait_ready()
+
+            async def run() -> None:
+                one = [x_input(np.ones((1, 4), np.float32))]
+                async with tga.InferenceServerClient(address) as c:
+                    admitted = [asyncio.ensure_future(c.infer("a", one)) for _ in range(2)]
+                    await asyncio.sleep(0.2)
+                    with pytest.raises(InferenceServerException) as refused:
+                        await c.infer("a", one)
+                    assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+                    await asyncio.gather(*admitted)
+
+            asyncio.run(run())
+        finally:
+            s.stop()
+
+
 class TestStatistics:
     def test_counts_over_http_and_grpc_after_requests_and_a_bad_one(self, served: tuple[ServerProcess, str],
                                                                     client: tg.InferenceServerClient) -> None:
