@@ -10,8 +10,9 @@ ModelInfer in flight (closed loop), the request serialized once and the response
 bytes (only its status is checked), so the client spends little CPU per call. For
 comparison the same load over HTTP: one keep-alive connection per in-flight request, a
 precomputed JSON request on raw asyncio sockets. Reports requests/s, p50/p99 and the
-server's CPU microseconds per request (from /proc), which background load on a shared
-machine disturbs less than the rate.
+server's CPU microseconds per request (from /proc: the server process and its front-end
+processes), which background load on a shared machine disturbs less than the rate. On a
+machine with 2 cores the server runs one front-end process (``--frontends`` auto).
 """
 from __future__ import annotations
 
@@ -80,8 +81,21 @@ def start_server(http: int, grpc_port: int, extra: list[str]) -> subprocess.Pope
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of the server process and its front-end processes (its descendants)."""
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+    tree, grew = {pid}, True
+    while grew:
+        more = {p for p, f in stats.items() if int(f[1]) in tree} - tree
+        tree |= more
+        grew = bool(more)
+    ticks = sum(int(stats[p][11]) + int(stats[p][12]) for p in tree if p in stats)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def request_bytes() -> bytes:

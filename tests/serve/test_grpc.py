@@ -8,6 +8,8 @@ RPCs in flight. Malformed requests the client library cannot produce go through 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -223,6 +225,28 @@ class TestErrors:
             assert "the backend failed to run this request" in (broken.value.message() or "")
 
 
+    def test_calls_in_flight_are_capped_by_max_connections(self, tmp_path: Path) -> None:
+        s, address = grpc_server(["--model", str(make_affine_onnx(tmp_path / "a.onnx")), "--model-name", "a",
+                                  "--backend", SLOW, "--max-connections", "2"], tmp_path,
+                                 env={"FAKE_RUN_DELAY_S": "0.5"})
+        try:
+            s.wait_ready()
+
+            async def run() -> None:
+                one = [x_input(np.ones((1, 4), np.float32))]
+                async with tga.InferenceServerClient(address) as c:
+                    admitted = [asyncio.ensure_future(c.infer("a", one)) for _ in range(2)]
+                    await asyncio.sleep(0.2)
+                    with pytest.raises(InferenceServerException) as refused:
+                        await c.infer("a", one)
+                    assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+                    await asyncio.gather(*admitted)
+
+            asyncio.run(run())
+        finally:
+            s.stop()
+
+
 class TestStatistics:
     def test_counts_over_http_and_grpc_after_requests_and_a_bad_one(self, served: tuple[ServerProcess, str],
                                                                     client: tg.InferenceServerClient) -> None:
@@ -272,7 +296,47 @@ class TestStatistics:
         assert after == before + 1
 
 
+def grpc_listeners(port: int) -> int:
+    """Listening TCP sockets on ``port`` (grpc listens on IPv6 with v4-mapped addresses; 0A is LISTEN)."""
+    rows = [r for f in ("tcp", "tcp6") for r in Path("/proc/net", f).read_text().splitlines()[1:]]
+    return sum(1 for r in rows if r.split()[1].endswith(f":{port:04X}") and r.split()[3] == "0A")
+
+
+def child_pids(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 class TestLifecycle:
+    def test_every_front_end_listens_for_grpc_and_a_killed_one_comes_back(self, tmp_path: Path) -> None:
+        s, address = grpc_server(["--model", str(make_affine_onnx(tmp_path / "a.onnx")), "--model-name", "a",
+                                  "--frontends", "2"], tmp_path)
+        port = int(address.rsplit(":", 1)[1])
+
+        def listeners_become(n: int) -> bool:
+            deadline = time.monotonic() + 15
+            while grpc_listeners(port) != n and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return grpc_listeners(port) == n
+
+        try:
+            s.wait_ready()
+            assert listeners_become(2), s.logs()  # SO_REUSEPORT: the kernel spreads connections over both
+            x = np.ones((1, 4), np.float32)
+
+            def infer_on_new_connections(n: int) -> None:
+                for _ in range(n):
+                    with tg.InferenceServerClient(address) as c:
+                        np.testing.assert_array_equal(c.infer("a", [x_input(x)]).as_numpy("y"), x * 2 + 1)
+
+            infer_on_new_connections(4)
+            os.kill(child_pids(s.proc.pid)[0], signal.SIGKILL)
+            assert listeners_become(1)
+            infer_on_new_connections(4)  # the other front-end answers
+            assert listeners_become(2), s.logs()  # the replacement bound the port again
+            infer_on_new_connections(4)
+        finally:
+            s.stop()
+
     @pytest.mark.parametrize("frontends", ["0", "1"])
     def test_sigterm_answers_rpcs_in_flight_then_exits_0(self, tmp_path: Path, frontends: str) -> None:
         s, address = grpc_server(["--model", str(make_affine_onnx(tmp_path / "a.onnx")), "--model-name", "a",

@@ -180,7 +180,8 @@ def grpc_factory(handle: ModelHandle, settings: ServeSettings, *, reuse_port: bo
         from trtop.serve.grpc import build_grpc_server  # grpcio is loaded only when gRPC is on
 
         return build_grpc_server(handle, host=settings.host, port=settings.grpc_port,
-                                 max_message_bytes=settings.max_body_bytes, reuse_port=reuse_port)
+                                 max_message_bytes=settings.max_body_bytes, reuse_port=reuse_port,
+                                 max_concurrent_rpcs=settings.max_connections)
 
     return build
 

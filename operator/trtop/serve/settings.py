@@ -48,7 +48,8 @@ class ServeSettings:
     max_inflight_mb: float = 256.0
     # A request body must arrive within this (slow senders would hold memory and connections).
     body_timeout_s: float = 30.0
-    # Open client connections at most (HTTP); beyond it new connections get 503.
+    # Open client connections at most (HTTP; beyond it new connections get 503) and gRPC calls in flight
+    # (beyond it RESOURCE_EXHAUSTED), in each process that serves them.
     max_connections: int = 1024
     # Front-end processes that parse HTTP/gRPC in front of the one engine process; -1 = one per core
     # beyond the engine's (at most 8); 0 = one process does everything.
@@ -108,7 +109,8 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "max_inflight_mb": ("--max-inflight-mb", names.ENV_SERVE_MAX_INFLIGHT_MB,
                         "tensor MiB in flight before 503 (inputs + outputs of every request)"),
     "body_timeout_s": ("--body-timeout-s", names.ENV_SERVE_BODY_TIMEOUT_S, "seconds a request body may take to arrive"),
-    "max_connections": ("--max-connections", names.ENV_SERVE_MAX_CONNECTIONS, "open client connections at most"),
+    "max_connections": ("--max-connections", names.ENV_SERVE_MAX_CONNECTIONS,
+                        "open client connections at most (and gRPC calls in flight)"),
     "frontends": ("--frontends", names.ENV_SERVE_FRONTENDS,
                   "front-end processes (-1: one per core beyond the engine's, at most 8; 0: single process)"),
     "instances": ("--instances", names.ENV_SERVE_INSTANCES, "batches that may run at once (0: 1 on GPU, min(cores, 4) on CPU)"),

@@ -164,17 +164,20 @@ def generic_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
 
 def build_grpc_server(
     handle: ModelHandle, *, host: str, port: int, max_message_bytes: int, reuse_port: bool,
+    max_concurrent_rpcs: int | None = None,
 ) -> grpc.aio.Server:
     """A grpc.aio server bound to ``host:port`` (not started: ``await server.start()`` in the event loop).
 
     ``reuse_port``: several processes may listen on the port (SO_REUSEPORT; the kernel spreads
-    connections); off, a second bind fails instead of sharing silently (grpc's default is on)."""
+    connections); off, a second bind fails instead of sharing silently (grpc's default is on).
+    ``max_concurrent_rpcs``: RPCs past it are refused with RESOURCE_EXHAUSTED before their
+    message is handled, so memory held by requests stays bounded (messages x this)."""
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", -1),
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
     server.add_generic_rpc_handlers((generic_handler(InferenceServicer(handle)),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     server.add_insecure_port(address)  # raises RuntimeError when the address cannot be bound
