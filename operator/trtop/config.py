@@ -6,10 +6,13 @@ one constructor that reads the environment.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from trtop import versions
+
+_SHARING_GROUP = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,34 @@ class Settings:
     metrics_port: int = 8080
     # Extra env for workloads (tests point the local runner's pods at a local store this way).
     workload_env: Mapping[str, str] = field(default_factory=dict)
+    # Engines live under <store>/<scope>/<key>/ and the scope is part of every key: by default
+    # the scope is the namespace. Namespaces named together in one group here (group name ->
+    # namespaces) trust each other: they share one scope ("shared.<group>") and so reuse each
+    # other's engines, and a build in one can publish engines the others serve. Risky: see
+    # docs/install.md ("Sharing engines across namespaces").
+    store_sharing: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Secret with read-only store credentials for serving pods ("" = they get store_secret).
+    store_read_secret: str = ""
+
+    def __post_init__(self) -> None:
+        seen: dict[str, str] = {}
+        for group, members in self.store_sharing.items():
+            if not _SHARING_GROUP.match(group):
+                raise ValueError(f"store sharing group {group!r} must be a DNS label (a-z, 0-9, '-')")
+            for ns in members:
+                if ns in seen:
+                    raise ValueError(f"namespace {ns!r} is in two store sharing groups ({seen[ns]}, {group})")
+                seen[ns] = group
+
+    def store_scope(self, namespace: str) -> str:
+        """The store scope of a namespace: its own name, or ``shared.<group>`` for a sharing group.
+
+        A namespace name is a DNS label (no dots), so a group's scope never equals a namespace.
+        """
+        for group, members in self.store_sharing.items():
+            if namespace in members:
+                return f"shared.{group}"
+        return namespace
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -64,4 +95,19 @@ class Settings:
             metrics_host=e.get("TRTOP_METRICS_HOST", d.metrics_host),
             metrics_port=int(e.get("TRTOP_METRICS_PORT", d.metrics_port)),
             workload_env=extra,
+            store_sharing=parse_sharing(e.get("TRTOP_STORE_SHARING", "")),
+            store_read_secret=e.get("TRTOP_STORE_READ_SECRET", d.store_read_secret),
         )
+
+
+def parse_sharing(text: str) -> dict[str, tuple[str, ...]]:
+    """``"ml=team-a,team-b;vision=team-c,team-d"`` -> ``{"ml": ("team-a", "team-b"), ...}``."""
+    groups: dict[str, tuple[str, ...]] = {}
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        group, sep, members = part.partition("=")
+        if not sep:
+            raise ValueError(f"TRTOP_STORE_SHARING: {part!r} is not GROUP=NAMESPACE,NAMESPACE")
+        groups[group.strip()] = tuple(n.strip() for n in members.split(",") if n.strip())
+    return groups

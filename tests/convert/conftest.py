@@ -41,8 +41,8 @@ def make_request(uri: str, fmt: str, store: Path | str, **changes: Any) -> Engin
         hardware_compatibility=changes.pop("hardware_compatibility", "none"),
         builder_options=changes.pop("builder_options", {}),
     )
-    key = engine_key(**fields, trt_version="test")
-    request = EngineRequest(key=key, **fields, store_uri=str(store))
+    key = engine_key(**fields, trt_version="test", scope="test")
+    request = EngineRequest(key=key, **fields, store_uri=str(store), scope="test")
     return replace(request, **changes)
 
 

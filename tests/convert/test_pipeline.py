@@ -1,6 +1,7 @@
 """The whole pipeline on CPU: models made by the tests -> ONNX -> ONNX Runtime engine -> verified -> published."""
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -53,6 +54,8 @@ def test_keras_model_becomes_a_verified_onnxruntime_engine(keras_single: Path, t
     assert record["versions"]["opset"] == "17"
     assert record["build_seconds"] > 0 and record["created"].endswith("Z")
     assert sorted(p.name for p in folder.iterdir()) == ["engine.json", "model.onnx"]
+    artifact = (folder / "model.onnx").read_bytes()  # the record pins the artifact's bytes
+    assert record["sha256"] == hashlib.sha256(artifact).hexdigest() and record["size"] == len(artifact)
 
     # The published artifact itself agrees with Keras, at a batch size never used in the build.
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])

@@ -27,7 +27,7 @@ def test_flags_make_the_key_the_operator_would(tmp_path: Path) -> None:
     assert request.key == engine_key(
         model=request.model, target=request.target, backend="tensorrt", precision="fp16",
         batch=BatchProfile(1, 4, 16), method="onnx", workspace_mib=4096, hardware_compatibility="none",
-        builder_options={}, trt_version=versions.TENSORRT_VERSION)
+        builder_options={}, trt_version=versions.TENSORRT_VERSION, scope="cli")
     assert request.store_uri == str(tmp_path)
 
 

@@ -8,6 +8,7 @@ store and the same Job objects.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -154,14 +155,15 @@ class ConverterStandIn(threading.Thread):
 
 
 def publish_fake_engine(store: Path, request: EngineRequest) -> None:
-    """Write ``<store>/<key>/engine.json`` (+ an artifact) in the store layout, atomically."""
-    final = store / request.key
+    """Write ``<store>/<scope>/<key>/engine.json`` (+ an artifact) in the store layout, atomically."""
+    final = store / request.scope / request.key
     if final.exists():
         return
-    tmp = store / f".tmp-{request.key}-{os.getpid()}"
+    tmp = store / request.scope / f".tmp-{request.key}-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
     artifact = "model.plan" if request.backend == "tensorrt" else "model.onnx"
-    (tmp / artifact).write_bytes(b"stand-in artifact: no TensorRT build runs on kwok nodes")
+    payload = b"stand-in artifact: no TensorRT build runs on kwok nodes"
+    (tmp / artifact).write_bytes(payload)
     record = EngineRecord(
         key=request.key, target=request.target, backend=request.backend, artifact=artifact,
         precision=request.precision, batch=request.batch,
@@ -169,6 +171,7 @@ def publish_fake_engine(store: Path, request: EngineRequest) -> None:
         model_digest="sha256:" + "0" * 64, versions={"converter": "stand-in"},
         parity={"max_abs_error": 0.0, "max_rel_error": 0.0, "tolerance": 1e-3},
         benchmark={"batch_opt": {"p50_ms": 1.0, "p99_ms": 2.0, "throughput": 1000.0}}, build_seconds=1.0,
+        sha256=hashlib.sha256(payload).hexdigest(), size=len(payload),
     )
     (tmp / names.ENGINE_METADATA_FILE).write_text(record.to_json())
     try:

@@ -69,7 +69,7 @@ def test_the_planners_build_job_and_deployment_really_run(dev_cluster: DevCluste
         })
         settings = Settings(store_pvc="engines")
         md = {"metadata": {"name": "tiny", "namespace": namespace, "uid": "00000000-0000-0000-0000-000000000001"}}
-        request = build_engine_request(spec, Target.parse("cpu"), settings)
+        request = build_engine_request(spec, Target.parse("cpu"), settings, namespace)
         building = EngineStatus(request.key, request.target, "Pending", request, job_name=job_name(request))
         job = unowned(build_job(md, spec, building, settings))
         dev_cluster.apply(job)
@@ -85,9 +85,10 @@ def test_the_planners_build_job_and_deployment_really_run(dev_cluster: DevCluste
         assert outcome == "Complete", log.read_text()[-3000:]
         summary = json.loads(pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"])
         assert summary["ok"] is True and summary["key"] == request.key and summary["backend"] == "onnxruntime"
-        assert summary["store"] == str(store)  # /var/lib/trtop/engines, mapped to the claim's hostPath
-        record = EngineRecord.from_json((store / request.key / "engine.json").read_text())
-        assert (store / request.key / record.artifact).is_file()
+        assert summary["store"] == str(store / namespace)  # the mount path, mapped to <claim's hostPath>/<namespace>
+        # The claim is mounted at the namespace's sub-path: <claim>/<namespace>/<key>/.
+        record = EngineRecord.from_json((store / namespace / request.key / "engine.json").read_text())
+        assert (store / namespace / request.key / record.artifact).is_file()
 
         ready = EngineStatus(request.key, request.target, "Ready", request, record=record, job_name=building.job_name)
         deployment = unowned(build_deployment(md, spec, [ready], 1, settings))

@@ -42,7 +42,7 @@ def record_for(engine) -> EngineRecord:
                         inputs=(TensorSpec("x", "float32", (-1, 4)),), outputs=(TensorSpec("y", "float32", (-1, 2)),),
                         model_digest="sha256:00", versions={}, parity={"max_abs_error": 1e-6},
                         benchmark={"batch_opt": {"p50_ms": 1.0, "p99_ms": 2.0, "throughput": 100.0}},
-                        build_seconds=42.0)
+                        build_seconds=42.0, sha256=engine.key[2:] * 4, size=1234)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from trtop import names
 from trtop.api.engine import BatchProfile, EngineKey, EngineRecord, TensorSpec
 from trtop.api.targets import Target
+from trtop.store.integrity import artifact_digest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,10 +59,11 @@ def affine_record(key: str = "e-0123456789abcdef", target: Target = Target.parse
                   backend: str = "onnxruntime", artifact: str = "model.onnx") -> EngineRecord:
     return EngineRecord(
         key=EngineKey(key), target=target, backend=backend, artifact=artifact,  # type: ignore[arg-type]
-        precision="fp32", batch=BatchProfile(1, 8, max_batch),
+        precision="fp32", batch=BatchProfile(1, min(8, max_batch), max_batch),
         inputs=(TensorSpec("x", "float32", (-1, 4)),), outputs=(TensorSpec("y", "float32", (-1, 4)),
                                                                TensorSpec("s", "float32", (-1, 1))),
         model_digest="sha256:00", versions={"onnxruntime": "1.32"}, parity={}, benchmark={}, build_seconds=1.0,
+        sha256="0" * 64, size=0,  # make_engine_dir fills in the real ones
     )
 
 
@@ -69,7 +72,8 @@ def make_engine_dir(root: Path, record: EngineRecord) -> Path:
     folder = root / record.key
     folder.mkdir(parents=True)
     make_affine_onnx(folder / record.artifact)
-    (folder / names.ENGINE_METADATA_FILE).write_text(record.to_json())
+    sha256, size = artifact_digest(folder / record.artifact)
+    (folder / names.ENGINE_METADATA_FILE).write_text(replace(record, sha256=sha256, size=size).to_json())
     return folder
 
 

@@ -42,17 +42,17 @@ def test_device_is_what_nvml_reports(nvml):
 
 def test_server_picks_the_engine_built_for_this_gpu(nvml):
     device = detect_device()
-    others = [{"key": "e-other1", "target": {"cc": "7.5", "product": "Tesla-T4"}, "backend": "tensorrt",
+    others = [{"key": "e-000000000000b001", "target": {"cc": "7.5", "product": "Tesla-T4"}, "backend": "tensorrt",
                "artifact": "model.plan"},
-              {"key": "e-cpu", "target": {"cc": "cpu", "product": None}, "backend": "onnxruntime",
+              {"key": "e-00000000000000c0", "target": {"cc": "cpu", "product": None}, "backend": "onnxruntime",
                "artifact": "model.onnx"}]
-    mine = {"key": "e-mine", "target": {"cc": device.cc, "product": device.product}, "backend": "tensorrt",
+    mine = {"key": "e-000000000000a1ee", "target": {"cc": device.cc, "product": device.product}, "backend": "tensorrt",
             "artifact": "model.plan"}
     entries = [e for e in parse_engine_set(json.dumps([*others[:1], mine, others[1]]))
                if isinstance(e, EngineChoice)]
-    assert choose_engine(entries, device).key == "e-mine"
+    assert choose_engine(entries, device).key == "e-000000000000a1ee"
     # Without an engine for this GPU the CPU engine is the fallback, never another GPU's plan.
-    assert choose_engine([e for e in entries if e.key != "e-mine"], device).key == "e-cpu"
+    assert choose_engine([e for e in entries if e.key != "e-000000000000a1ee"], device).key == "e-00000000000000c0"
 
 
 def test_onnxruntime_cuda_gets_one_fixed_shape_session_per_bucket(tmp_path):

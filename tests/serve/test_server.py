@@ -226,28 +226,30 @@ class TestDrainAndReadiness:
 
 class TestEngineSelection:
     def store(self, root: Path) -> str:
-        make_engine_dir(root, affine_record("e-cpu", max_batch=4))
-        make_engine_dir(root, affine_record("e-sm90", target=Target.parse("9.0/NVIDIA-H100-80GB-HBM3")))
+        make_engine_dir(root, affine_record("e-00000000000000c0", max_batch=4))
+        make_engine_dir(root, affine_record("e-0000000000000090", target=Target.parse("9.0/NVIDIA-H100-80GB-HBM3")))
         return f"file://{root}"
 
     def test_picks_the_engine_for_this_device_from_the_store(self, start_server: Start, tmp_path: Path) -> None:
-        engine_set = json.dumps([{"key": k, "target": t, "backend": "onnxruntime", "artifact": "model.onnx"}
-                                 for k, t in (("e-sm90", {"cc": "9.0", "product": "NVIDIA-H100-80GB-HBM3"}),
-                                              ("e-cpu", {"cc": "cpu", "product": None}))])
-        s = start_server([], env={"TRTOP_ENGINE_SET": engine_set, "TRTOP_STORE_URI": self.store(tmp_path / "store"),
+        store = self.store(tmp_path / "store")
+        engine_set = json.dumps([{"key": k, "target": t, "backend": "onnxruntime", "artifact": "model.onnx",
+                                  "sha256": json.loads((tmp_path / "store" / k / "engine.json").read_text())["sha256"]}
+                                 for k, t in (("e-0000000000000090", {"cc": "9.0", "product": "NVIDIA-H100-80GB-HBM3"}),
+                                              ("e-00000000000000c0", {"cc": "cpu", "product": None}))])
+        s = start_server([], env={"TRTOP_ENGINE_SET": engine_set, "TRTOP_STORE_URI": store,
                                   "TRTOP_MODEL_NAME": "m", "TRTOP_ENGINE_CACHE_DIR": str(tmp_path / "cache")})
         s.wait_ready()
         params = httpx.get(s.url + "/v2/models/m").json()["parameters"]
-        assert (params["engine_key"], params["target"], params["max_batch_size"]) == ("e-cpu", "cpu", 4)
-        assert (tmp_path / "cache" / "e-cpu" / "model.onnx").exists()
+        assert (params["engine_key"], params["target"], params["max_batch_size"]) == ("e-00000000000000c0", "cpu", 4)
+        assert (tmp_path / "cache" / "e-00000000000000c0" / "model.onnx").exists()
 
     def test_no_matching_engine_refuses_to_start_and_says_why(self, start_server: Start, tmp_path: Path) -> None:
-        s = start_server([], env={"TRTOP_ENGINE_SET": '["e-sm90"]', "TRTOP_STORE_URI": self.store(tmp_path / "store"),
+        s = start_server([], env={"TRTOP_ENGINE_SET": '["e-0000000000000090"]', "TRTOP_STORE_URI": self.store(tmp_path / "store"),
                                   "TRTOP_DEVICE": "8.9/NVIDIA-L4"})
         assert s.wait_exit(30) == 2
         logs = s.logs()
         assert "GPU NVIDIA-L4 (compute capability 8.9)" in logs
-        assert "e-sm90 for 9.0/NVIDIA-H100-80GB-HBM3 (onnxruntime)" in logs
+        assert "e-0000000000000090 for 9.0/NVIDIA-H100-80GB-HBM3 (onnxruntime)" in logs
 
     def test_engine_dir(self, start_server: Start, tmp_path: Path) -> None:
         folder = make_engine_dir(tmp_path, affine_record(max_batch=5))

@@ -1,6 +1,8 @@
 """Store fixtures: a real S3-compatible server (moto in server mode, over HTTP) and sample engine folders."""
 from __future__ import annotations
 
+import hashlib
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +12,7 @@ import pytest
 from trtop import names
 from trtop.api.engine import BatchProfile, EngineKey, EngineRecord, TensorSpec
 from trtop.api.targets import Target
+from trtop.store import EngineStore
 
 
 @pytest.fixture(scope="session")
@@ -45,13 +48,30 @@ def s3_bucket(s3_env: str) -> str:
     return name
 
 
-def make_record(key: str, artifact: str = "model.onnx") -> EngineRecord:
+def race_publish(store: EngineStore, key: str, folders: list[Path]) -> list[bool]:
+    """Publish every folder as ``key`` at once, one thread each (builds racing); their results."""
+    results: list[bool] = []
+    barrier = threading.Barrier(len(folders))
+
+    def build(folder: Path) -> None:
+        barrier.wait()
+        results.append(store.publish(EngineKey(key), folder))
+
+    threads = [threading.Thread(target=build, args=(f,)) for f in folders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def make_record(key: str, artifact: str = "model.onnx", payload: bytes = b"onnx-bytes") -> EngineRecord:
     return EngineRecord(
         key=EngineKey(key), target=Target.parse("cpu"), backend="onnxruntime", artifact=artifact,
         precision="fp32", batch=BatchProfile(1, 4, 8),
         inputs=(TensorSpec("x", "float32", (-1, 4)),), outputs=(TensorSpec("y", "float32", (-1, 2)),),
         model_digest="sha256:" + "0" * 64, versions={"converter": "1"}, parity={"max_abs_error": 0.0},
-        benchmark={}, build_seconds=1.5,
+        benchmark={}, build_seconds=1.5, sha256=hashlib.sha256(payload).hexdigest(), size=len(payload),
     )
 
 
@@ -61,5 +81,5 @@ def make_engine_folder(root: Path, key: str, payload: bytes = b"onnx-bytes") -> 
     (folder / "extra").mkdir(parents=True)
     (folder / "model.onnx").write_bytes(payload)
     (folder / "extra" / "notes.txt").write_text("nested files travel too")
-    (folder / names.ENGINE_METADATA_FILE).write_text(make_record(key).to_json())
+    (folder / names.ENGINE_METADATA_FILE).write_text(make_record(key, payload=payload).to_json())
     return folder

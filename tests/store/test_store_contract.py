@@ -1,13 +1,17 @@
 """The EngineStore contract, checked the same way on both backends (filesystem and a real S3 server)."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
 
-from tests.store.conftest import make_engine_folder, make_record
+from tests.store.conftest import make_engine_folder, make_record, race_publish
 from trtop.api.engine import EngineKey
-from trtop.store import EngineNotFoundError, EngineStore, open_store
+from trtop.store import EngineNotFoundError, EngineStore, InvalidRecordError, open_store
+from trtop.store.integrity import IntegrityError
 from trtop.store.filesystem import FilesystemStore
 from trtop.store.s3 import S3Store
 
@@ -34,7 +38,8 @@ def test_publish_then_read_back(store: EngineStore, tmp_path: Path) -> None:
     assert store.get_record(KEY) is None
     assert store.list_keys() == []
     assert store.publish(KEY, make_engine_folder(tmp_path, KEY)) is True
-    assert store.get_record(KEY) == make_record(KEY)
+    record = store.get_record(KEY)
+    assert record is not None and dataclasses.replace(record, folder="") == make_record(KEY)
     assert store.list_keys() == [KEY]
     local = store.fetch(KEY, tmp_path / "cache")
     assert local == tmp_path / "cache" / KEY
@@ -87,3 +92,55 @@ def test_publish_needs_engine_json(store: EngineStore, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no engine.json"):
         store.publish(KEY, folder)
     assert store.get_record(KEY) is None
+
+
+def test_racing_builds_leave_one_engine_whose_bytes_match_its_record(store: EngineStore, tmp_path: Path) -> None:
+    folders = [make_engine_folder(tmp_path, KEY, f"build-{i}".encode() * 5000) for i in range(4)]
+    assert sorted(race_publish(store, KEY, folders)) == [False, False, False, True]
+    record = store.get_record(KEY)
+    assert record is not None
+    local = store.fetch(KEY, tmp_path / "cache")
+    data = (local / "model.onnx").read_bytes()
+    assert hashlib.sha256(data).hexdigest() == record.sha256 and len(data) == record.size
+
+
+def test_publish_refuses_a_folder_whose_artifact_differs_from_its_record(store: EngineStore, tmp_path: Path) -> None:
+    folder = make_engine_folder(tmp_path, KEY)
+    (folder / "model.onnx").write_bytes(b"changed after the record was written")
+    with pytest.raises(IntegrityError, match=f"engine {KEY}.*refusing"):
+        store.publish(KEY, folder)
+    assert store.get_record(KEY) is None
+
+
+def test_publish_refuses_a_record_for_another_key(store: EngineStore, tmp_path: Path) -> None:
+    folder = make_engine_folder(tmp_path, EngineKey("e-ffffffffffffffff"))
+    with pytest.raises(InvalidRecordError, match="read from the location of"):
+        store.publish(KEY, folder)
+
+
+def test_publish_refuses_links(store: EngineStore, tmp_path: Path) -> None:
+    folder = make_engine_folder(tmp_path, KEY)
+    (folder / "token").symlink_to("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    with pytest.raises(IntegrityError, match="link"):
+        store.publish(KEY, folder)
+
+
+def test_a_malformed_record_is_a_clear_error_not_a_crash(store: EngineStore, tmp_path: Path) -> None:
+    folder = make_engine_folder(tmp_path, KEY)
+    doc = json.loads((folder / "engine.json").read_text())
+    doc["parity"] = []
+    _write_committed_record(store, KEY, json.dumps(doc).encode())
+    with pytest.raises(InvalidRecordError, match="'parity' must be an object"):
+        store.get_record(KEY)
+    with pytest.raises(InvalidRecordError):
+        store.fetch(KEY, tmp_path / "cache")
+
+
+def _write_committed_record(store: EngineStore, key: EngineKey, body: bytes) -> None:
+    """What a writer that bypasses publish (a tenant with store access) can leave behind."""
+    if isinstance(store, FilesystemStore):
+        (store.root / key).mkdir(parents=True, exist_ok=True)
+        (store.root / key / "engine.json").write_bytes(body)
+    else:
+        assert isinstance(store, S3Store)
+        store.client.put_object(Bucket=store.bucket, Key=store._object(key, "engine.json"), Body=body)

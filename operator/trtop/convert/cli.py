@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_argument("--builder-option", action="append", metavar="KEY=VALUE", help="repeatable")
     flags.add_argument("--sample-data", metavar="URI", help=".npz with one array per input, for verification")
     flags.add_argument("--calibration-data", metavar="URI", help=".npz for int8/fp8 calibration")
+    flags.add_argument("--scope", default="cli", help="store scope part of the key (the operator uses the "
+                                                       "namespace; give --store the scope's own folder)")
     return p
 
 

@@ -44,6 +44,7 @@ from trtop.gpu.device import Device
 from trtop.gpu.errors import CudaError, EngineLoadError, EngineRunError, GpuError, MissingLibraryError
 from trtop.gpu.nvml import GpuInfo, read_gpu as nvml_read_gpu
 from trtop.store import EngineStore, StoreError
+from trtop.store.integrity import artifact_digest
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +164,14 @@ def convert(request: EngineRequest, store: EngineStore, workdir: Path, *,
                      timing.throughput)
         built.close()
     with stage("publish"):
+        sha256, size = artifact_digest(out / built.artifact)
         record = EngineRecord(
             key=request.key, target=request.target, backend=request.backend, artifact=built.artifact,
             precision=request.precision, batch=request.batch, inputs=inputs, outputs=outputs, model_digest=digest,
             versions={**_base_versions(tf_model is not None), **built.engine_versions}, parity=result.as_record(),
             benchmark=bench, build_seconds=round(time.monotonic() - started, 2), device=built.device,
             buckets=built.buckets or engine_buckets(request.batch),
-            created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), sha256=sha256, size=size,
         )
         (out / names.ENGINE_METADATA_FILE).write_text(record.to_json(), encoding="utf-8")
         published = store.publish(request.key, out)

@@ -121,9 +121,10 @@ def request_from_flags(args: argparse.Namespace) -> EngineRequest:
         builder_options=options,
     )
     engine_version = versions.ONNXRUNTIME_VERSION if backend == "onnxruntime" else versions.TENSORRT_VERSION
-    key = engine_key(**fields, trt_version=engine_version)
+    scope = getattr(args, "scope", None) or "cli"
+    key = engine_key(**fields, trt_version=engine_version, scope=scope)
     return EngineRequest(key=key, **fields, calibration_uri=args.calibration_data, sample_data_uri=args.sample_data,
-                         store_uri=args.store or "")
+                         store_uri=args.store or "", scope=scope)
 
 
 def check_request(request: EngineRequest) -> BuilderSettings:

@@ -31,7 +31,7 @@ from trtop.planning.facts import ClusterFacts, JobFact
 from trtop.planning.plan import Plan, plan_model_deployment
 from trtop.planning.status import events_between
 from trtop.planning.targets import discover_targets
-from trtop.store import open_store
+from trtop.store import open_store, scoped_uri
 
 log = logging.getLogger(__name__)
 _seen_ready: set[str] = set()  # engine keys this process has counted (cache-hit metric)
@@ -97,8 +97,9 @@ def _reconcile(body: Mapping[str, Any], patch: kopf.Patch, settings: Settings, a
 def _observe(ns: str, name: str, spec: Any, settings: Settings) -> ClusterFacts:
     nodes = observe.observe_nodes()
     base = ClusterFacts(nodes=nodes)
-    requests = engine_statuses(spec, discover_targets(spec, nodes), base, settings)
-    records, store_error = observe.read_records(open_store(settings.store_uri), [e.key for e in requests])
+    requests = engine_statuses(spec, discover_targets(spec, nodes), base, settings, ns)
+    store = open_store(scoped_uri(settings.store_uri, settings.store_scope(ns)))
+    records, store_error = observe.read_records(store, [e.key for e in requests])
     return ClusterFacts(nodes=nodes, jobs=observe.observe_jobs(ns), records=records,
                         deployment=observe.observe_deployment(ns, name), store_error=store_error)
 

@@ -30,7 +30,7 @@ def build_job(md: Mapping[str, Any], spec: ModelDeploymentSpec, engine: EngineSt
     lbls = labels(md_name, names.COMPONENT_ENGINE_BUILD, {
         names.LABEL_ENGINE_KEY: request.key, names.LABEL_TARGET: request.target.slug,
     })
-    env, env_from, volumes, mounts = store_access(settings)
+    env, env_from, volumes, mounts = store_access(settings, request.scope, write=True)
     env.append({"name": names.ENV_ENGINE_REQUEST, "value": request.to_json()})
     if spec.model.uri.startswith("pvc://"):
         claim = spec.model.uri[len("pvc://"):].split("/", 1)[0]

@@ -7,6 +7,7 @@ from typing import Any
 from trtop import names, versions
 from trtop.api.targets import Target
 from trtop.config import Settings
+from trtop.store import scoped_uri
 
 Manifest = dict[str, Any]
 
@@ -59,16 +60,31 @@ def target_node_term(target: Target) -> dict[str, Any]:
     return {"matchExpressions": exprs}
 
 
-def store_access(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(env, envFrom, volumes, volumeMounts) that let a workload reach the engine store."""
-    env = [{"name": names.ENV_STORE_URI, "value": settings.store_mount_path if settings.store_pvc else settings.store_uri}]
+def workload_store_uri(settings: Settings, scope: str) -> str:
+    """The store as a workload sees it: only its scope (the claim's sub-path, or the bucket prefix's)."""
+    return settings.store_mount_path if settings.store_pvc else scoped_uri(settings.store_uri, scope)
+
+
+def store_access(
+    settings: Settings, scope: str, *, write: bool,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(env, envFrom, volumes, volumeMounts) that let a workload reach its scope of the engine store.
+
+    A claim is mounted at its ``<scope>`` sub-path only (read-only unless ``write``: build Jobs
+    write, serving pods only read); S3 gets the scope's prefix, and serving pods the
+    read-only Secret when the chart names one.
+    """
+    env = [{"name": names.ENV_STORE_URI, "value": workload_store_uri(settings, scope)}]
     env += [{"name": k, "value": v} for k, v in sorted(settings.workload_env.items())]
     env_from: list[dict[str, Any]] = []
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if settings.store_pvc:
-        volumes.append({"name": "engine-store", "persistentVolumeClaim": {"claimName": settings.store_pvc}})
-        mounts.append({"name": "engine-store", "mountPath": settings.store_mount_path})
-    if settings.store_secret:
-        env_from.append({"secretRef": {"name": settings.store_secret}})
+        volumes.append({"name": "engine-store", "persistentVolumeClaim": {"claimName": settings.store_pvc,
+                                                                          "readOnly": not write}})
+        mounts.append({"name": "engine-store", "mountPath": settings.store_mount_path, "subPath": scope,
+                       "readOnly": not write})
+    secret = settings.store_secret if write else (settings.store_read_secret or settings.store_secret)
+    if secret:
+        env_from.append({"secretRef": {"name": secret}})
     return env, env_from, volumes, mounts

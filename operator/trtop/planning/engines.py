@@ -15,6 +15,7 @@ from trtop.api.engine import Backend, EngineKey, EngineRecord, EngineRequest, Mo
 from trtop.api.spec import ModelDeploymentSpec
 from trtop.api.targets import Target
 from trtop.config import Settings
+from trtop.planning.common import workload_store_uri
 from trtop.planning.facts import ClusterFacts, NodeFact
 from trtop.planning.targets import node_matches_selector, nodes_for_target
 
@@ -44,26 +45,24 @@ def workload_model_uri(uri: str) -> str:
     return uri
 
 
-def build_engine_request(spec: ModelDeploymentSpec, target: Target, settings: Settings) -> EngineRequest:
+def build_engine_request(spec: ModelDeploymentSpec, target: Target, settings: Settings, namespace: str) -> EngineRequest:
     backend = backend_for(target)
     e = spec.engine
+    scope = settings.store_scope(namespace)
     key = engine_key(
         model=spec.model, target=target, backend=backend, precision=e.precision, batch=e.batch,
         method=e.method, workspace_mib=e.workspace_mib, hardware_compatibility=e.hardware_compatibility,
         builder_options=e.builder_options,
         trt_version=settings.tensorrt_version if backend == "tensorrt" else settings.onnxruntime_version,
+        scope=scope,
     )
     model: ModelSource = replace(spec.model, uri=workload_model_uri(spec.model.uri))
     return EngineRequest(
         key=key, model=model, target=target, backend=backend, precision=e.precision, batch=e.batch,
         method=e.method, workspace_mib=e.workspace_mib, hardware_compatibility=e.hardware_compatibility,
         builder_options=e.builder_options, calibration_uri=e.calibration_uri,
-        sample_data_uri=e.sample_data_uri, store_uri=workload_store_uri(settings),
+        sample_data_uri=e.sample_data_uri, store_uri=workload_store_uri(settings, scope), scope=scope,
     )
-
-
-def workload_store_uri(settings: Settings) -> str:
-    return settings.store_mount_path if settings.store_pvc else settings.store_uri
 
 
 def job_name(request: EngineRequest) -> str:
@@ -72,10 +71,10 @@ def job_name(request: EngineRequest) -> str:
 
 
 def engine_statuses(
-    spec: ModelDeploymentSpec, targets: Iterable[Target], facts: ClusterFacts, settings: Settings,
+    spec: ModelDeploymentSpec, targets: Iterable[Target], facts: ClusterFacts, settings: Settings, namespace: str,
 ) -> tuple[EngineStatus, ...]:
     usable = [n for n in facts.nodes if node_matches_selector(n.labels, spec.serving.node_selector)]
-    return tuple(_status_of(build_engine_request(spec, t, settings), facts, usable) for t in targets)
+    return tuple(_status_of(build_engine_request(spec, t, settings, namespace), facts, usable) for t in targets)
 
 
 def _status_of(request: EngineRequest, facts: ClusterFacts, nodes: Sequence[NodeFact]) -> EngineStatus:

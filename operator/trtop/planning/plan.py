@@ -60,7 +60,7 @@ def plan_model_deployment(
     """Raises ``SpecError`` for a spec trtop cannot honour (the handler reports it as Stalled)."""
     spec = parse_spec(md.get("spec") or {})
     targets = discover_targets(spec, facts.nodes)
-    engines = engine_statuses(spec, targets, facts, settings)
+    engines = engine_statuses(spec, targets, facts, settings, md["metadata"]["namespace"])
     jobs = tuple(build_job(md, spec, e, settings) for e in engines if should_create_job(e))
     replicas = desired_replicas(spec, facts.deployment, autoscaled_replicas)
     live = facts.deployment

@@ -33,8 +33,10 @@ def servable(engines: Iterable[EngineStatus]) -> list[EngineStatus]:
 
 
 def engine_set(engines: Sequence[EngineStatus]) -> list[dict[str, Any]]:
+    """What each serving pod may load: key, target, backend and the artifact's pinned sha256 and size."""
     return [
-        {"key": e.key, "target": e.target.to_dict(), "backend": e.record.backend, "artifact": e.record.artifact}
+        {"key": e.key, "target": e.target.to_dict(), "backend": e.record.backend, "artifact": e.record.artifact,
+         "sha256": e.record.sha256, "size": e.record.size}
         for e in engines if e.record is not None
     ]
 
@@ -71,7 +73,7 @@ def build_deployment(
     meta = md["metadata"]
     md_name = meta["name"]
     gpu = any(not e.target.is_cpu for e in engines)
-    env, env_from, volumes, mounts = store_access(settings)
+    env, env_from, volumes, mounts = store_access(settings, settings.store_scope(meta["namespace"]), write=False)
     env += [
         {"name": names.ENV_MODEL_NAME, "value": md_name},
         # Fetched engines go to the pod's own /tmp (an emptyDir): the root filesystem is read-only.

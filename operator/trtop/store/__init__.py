@@ -1,10 +1,18 @@
 """The engine store: content-addressed engines, published atomically, read by everyone.
 
-Layout (both backends): ``<root>/<key>/engine.json`` plus the artifact named in it, and
-``<root>/_timing-caches/<target-slug>.cache`` for TensorRT timing caches (device specific).
+Layout (both backends): ``<root>/<scope>/<key>/engine.json`` plus the artifact named in
+it, and ``<root>/<scope>/_timing-caches/<target-slug>.cache`` for TensorRT timing caches
+(device specific). The scope is the namespace (or ``shared.<group>`` for namespaces that
+trust each other, ``Settings.store_scope``); workloads get only their scope
+(``scoped_uri``: a sub-path of the claim, or of the bucket prefix), so a tenant's build
+can neither read nor write another tenant's engines. A store object opened on a scoped
+URI sees ``<key>/...`` below it and nothing else.
+
 A key's folder is visible only once complete (``engine.json`` is written last / the
 publish is a rename), so a killed build leaves nothing half-written behind, and two
-builds of one key cannot corrupt each other: the first complete publish wins.
+builds of one key cannot corrupt each other: the first complete publish wins and is never
+overwritten. Records are read with ``trtop.api.engine.parse_record`` (strict) and the
+artifact's bytes are checked against the record's sha256 before a fetched copy is used.
 
 Users: the converter (publish), the operator (is the engine there? read its record),
 the server (fetch the artifact for its GPU). Backends are picked by URI scheme from
@@ -14,6 +22,7 @@ S3-compatible service, endpoint from ``AWS_ENDPOINT_URL``).
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 from typing import Protocol
 
@@ -30,6 +39,25 @@ class EngineNotFoundError(StoreError, LookupError):
 
 class StoreUnavailableError(StoreError):
     """The store could not be reached or refused us (network, credentials): often transient."""
+
+
+class InvalidRecordError(StoreError):
+    """A key's ``engine.json`` is not a valid record (or names another key): the engine is not used."""
+
+
+_SCOPE = re.compile(r"^(shared\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def is_scope_name(name: str) -> bool:
+    """A namespace name (DNS label) or ``shared.<group>``: never ``.staging``, ``_timing-caches``, ``..``."""
+    return bool(_SCOPE.match(name))
+
+
+def scoped_uri(uri: str, scope: str) -> str:
+    """The store URI of one scope: ``s3://b/p`` -> ``s3://b/p/team-a``, ``/data/e`` -> ``/data/e/team-a``."""
+    if not is_scope_name(scope):
+        raise ValueError(f"store scope {scope!r} is not a namespace name or shared.<group>")
+    return f"{uri.rstrip('/')}/{scope}"
 
 
 class EngineStore(Protocol):

@@ -1,11 +1,13 @@
 """The engine store on a filesystem: a PVC mount (``/var/lib/trtop/engines``) or ``file://`` URI.
 
 Publishing copies the built folder into ``<root>/.staging/<key>-<random>/`` (same
-filesystem as the engines), flushes it to disk, then renames it to ``<root>/<key>``. A
-rename is atomic, and renaming a directory onto an existing non-empty one fails, so:
-readers see a key only once it is complete; a build killed half-way leaves only a
-staging folder (never listed, swept after a day); of two builds of one key the first
-rename wins and the second returns False without touching it.
+filesystem as the engines), checks the artifact against the record's sha256, flushes it
+to disk, then renames it to ``<root>/<key>``. A rename is atomic, and renaming a
+directory onto an existing non-empty one fails, so: readers see a key only once it is
+complete; a build killed half-way leaves only a staging folder (never listed, swept after
+a day); of two builds of one key the first rename wins and the second returns False
+without touching it. Only regular files travel (a link in a built or stored folder is
+refused), and a fetched copy is checked against the record before it becomes visible.
 
 Used through ``trtop.store.open_store`` by the converter, the operator and the server.
 """
@@ -20,8 +22,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from trtop import names
-from trtop.api.engine import EngineKey, EngineRecord
-from trtop.store import EngineNotFoundError
+from trtop.api.engine import MAX_RECORD_BYTES, EngineKey, EngineRecord, RecordError, is_engine_key, parse_record
+from trtop.store import EngineNotFoundError, InvalidRecordError
+from trtop.store.integrity import install_checked, regular_files, verify_artifact
 
 STAGING_DIR = ".staging"
 TRASH_DIR = ".trash"
@@ -49,36 +52,34 @@ class FilesystemStore:
     def get_record(self, key: EngineKey) -> EngineRecord | None:
         path = self._key_dir(key) / names.ENGINE_METADATA_FILE
         try:
-            text = path.read_text(encoding="utf-8")
+            return read_record_file(path, key)
         except FileNotFoundError:
             return None
-        return EngineRecord.from_json(text)
 
     def list_keys(self) -> list[EngineKey]:
         if not self.root.is_dir():
             return []
         return sorted(
             EngineKey(p.name) for p in self.root.iterdir()
-            if _is_key_name(p.name) and (p / names.ENGINE_METADATA_FILE).is_file()
+            if is_engine_key(p.name) and (p / names.ENGINE_METADATA_FILE).is_file()
         )
 
     def fetch(self, key: EngineKey, dest: Path) -> Path:
         src = self._key_dir(key)
-        if not (src / names.ENGINE_METADATA_FILE).is_file():
-            raise EngineNotFoundError(f"engine {key} is not published in {self.uri}")
+        try:
+            record = read_record_file(src / names.ENGINE_METADATA_FILE, key)
+        except FileNotFoundError:
+            raise EngineNotFoundError(f"engine {key} is not published in {self.uri}") from None
         dest.mkdir(parents=True, exist_ok=True)
         final = dest / key
         if (final / names.ENGINE_METADATA_FILE).is_file():
-            return final  # fetched before; published folders never change
+            return final  # fetched and checked before; the server checks the bytes again
         tmp = dest / f".{key}-{uuid.uuid4().hex[:8]}"
-        shutil.copytree(src, tmp)
         try:
-            os.rename(tmp, final)
-        except OSError:
+            copy_regular_tree(src, tmp)
+            return install_checked(tmp, final, record, self.uri)
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            if not (final / names.ENGINE_METADATA_FILE).is_file():
-                raise
-        return final
 
     def get_blob(self, name: str) -> bytes | None:
         try:
@@ -98,7 +99,9 @@ class FilesystemStore:
         self._sweep(staging_root)
         staging = staging_root / f"{key}-{uuid.uuid4().hex[:12]}"
         try:
-            shutil.copytree(folder, staging)
+            copy_regular_tree(folder, staging)
+            record = read_record_file(staging / names.ENGINE_METADATA_FILE, key)
+            verify_artifact(staging, record, origin=f"the build folder {folder}")
             _fsync_tree(staging)
             try:
                 os.rename(staging, final)
@@ -140,7 +143,7 @@ class FilesystemStore:
 
     # -- helpers ------------------------------------------------------------------------
     def _key_dir(self, key: EngineKey) -> Path:
-        if not _is_key_name(key) or "/" in key or key in (".", ".."):
+        if not is_engine_key(key):
             raise ValueError(f"{key!r} is not an engine key")
         return self.root / key
 
@@ -161,9 +164,24 @@ class FilesystemStore:
                 pass
 
 
-def _is_key_name(name: str) -> bool:
-    # Keys are "e-<hex>"; "_timing-caches", ".staging" and ".trash" are the store's own.
-    return bool(name) and not name.startswith((".", "_"))
+def read_record_file(path: Path, key: EngineKey) -> EngineRecord:
+    """The record at ``path`` (bounded read, strict parse); FileNotFoundError when there is none."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_RECORD_BYTES + 1)
+    try:
+        return parse_record(data, key=key, where=str(path))
+    except RecordError as exc:
+        raise InvalidRecordError(str(exc)) from None
+
+
+def copy_regular_tree(src: Path, dst: Path) -> None:
+    """Copy the files of ``src`` to a new ``dst``; ``IntegrityError`` at a link or special file."""
+    files = regular_files(src)
+    dst.mkdir(parents=True)
+    for file in files:
+        target = dst / file.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, target)
 
 
 def _fsync_tree(root: Path) -> None:

@@ -15,7 +15,9 @@ Used through ``trtop.store.open_store`` by the converter, the operator and the s
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -24,12 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from trtop import names
-from trtop.api.engine import EngineKey, EngineRecord
-from trtop.store import EngineNotFoundError, StoreUnavailableError
+from trtop.api.engine import MAX_RECORD_BYTES, EngineKey, EngineRecord, RecordError, is_engine_key, parse_record
+from trtop.store import EngineNotFoundError, InvalidRecordError, StoreError, StoreUnavailableError
+from trtop.store.integrity import IntegrityError, install_checked, regular_files, verify_artifact
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 _LOST_RACE = {"412", "PreconditionFailed", "409", "ConditionalRequestConflict"}
 _UNSUPPORTED = {"501", "NotImplemented"}
+UPLOAD_FOLDER = re.compile(r"^b-[0-9a-f]{12}$")
+MAX_EXTRA_BYTES = 64 << 20  # files beside the artifact in one engine (notes, small side files)
+MAX_OBJECTS = 10_000  # objects one engine may have
 
 
 def s3_client() -> Any:
@@ -79,47 +85,65 @@ class S3Store:
 
     # -- reading ------------------------------------------------------------------------
     def get_record(self, key: EngineKey) -> EngineRecord | None:
-        data = self._get(self._object(key, names.ENGINE_METADATA_FILE))
-        return None if data is None else EngineRecord.from_json(data.decode("utf-8"))
+        obj = self._object(key, names.ENGINE_METADATA_FILE)
+        data = self._get(obj, limit=MAX_RECORD_BYTES)
+        if data is None:
+            return None
+        try:
+            return parse_record(data, key=key, where=f"s3://{self.bucket}/{obj}")
+        except RecordError as exc:
+            raise InvalidRecordError(str(exc)) from None
 
     def list_keys(self) -> list[EngineKey]:
         base = f"{self.prefix}/" if self.prefix else ""
         keys = []
-        for obj in self._list(base):
-            rest = obj[len(base):]
-            folder, _, leaf = rest.partition("/")
-            if leaf == names.ENGINE_METADATA_FILE and folder and not folder.startswith((".", "_")):
+        for obj, _ in self._list(base):
+            folder, _, leaf = obj[len(base):].partition("/")
+            if leaf == names.ENGINE_METADATA_FILE and is_engine_key(folder):
                 keys.append(EngineKey(folder))
         return sorted(keys)
 
     def fetch(self, key: EngineKey, dest: Path) -> Path:
-        meta = self._get(self._object(key, names.ENGINE_METADATA_FILE))
-        if meta is None:
+        record = self.get_record(key)
+        if record is None:
             raise EngineNotFoundError(f"engine {key} is not published in {self.uri}")
         final = dest / key
         if (final / names.ENGINE_METADATA_FILE).is_file():
-            return final
+            return final  # fetched and checked before; the server checks the bytes again
         dest.mkdir(parents=True, exist_ok=True)
         tmp = dest / f".{key}-{uuid.uuid4().hex[:8]}"
-        base = self._object(key, "")
+        base = self._object(key, f"{record.folder}/" if record.folder else "")
         try:
+            objects = self._committed_objects(record, base)
             with self._errors("download"):
-                for obj in self._list(base):
-                    rel = obj[len(base):]
-                    if rel == names.ENGINE_METADATA_FILE or not rel or rel.endswith("/"):
-                        continue
+                for obj, rel in objects:
                     target = tmp.joinpath(*rel.split("/"))
                     target.parent.mkdir(parents=True, exist_ok=True)
                     self.client.download_file(self.bucket, obj, str(target))
             tmp.mkdir(parents=True, exist_ok=True)
-            (tmp / names.ENGINE_METADATA_FILE).write_bytes(meta)
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / names.ENGINE_METADATA_FILE).is_file():
-                raise
+            (tmp / names.ENGINE_METADATA_FILE).write_text(dataclasses.replace(record, folder="").to_json())
+            return install_checked(tmp, final, record, self.uri)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return final
+
+    def _committed_objects(self, record: EngineRecord, base: str) -> list[tuple[str, str]]:
+        """(object, relative name) of the committed engine's files, each name checked, the total bounded."""
+        out: list[tuple[str, str]] = []
+        total = 0
+        for obj, size in self._list(base):
+            rel = obj[len(base):]
+            first = rel.split("/", 1)[0]
+            if rel == names.ENGINE_METADATA_FILE or rel.endswith("/") or (not record.folder and UPLOAD_FOLDER.match(first)):
+                continue  # the record itself, folder markers, other builds' upload folders
+            if any(part in ("", ".", "..") for part in rel.split("/")) or "\\" in rel:
+                raise IntegrityError(f"engine {record.key} in {self.uri}: object name {obj!r} would leave the "
+                                     "engine folder; refusing the engine")
+            total += size
+            out.append((obj, rel))
+            if len(out) > MAX_OBJECTS or total > record.size + MAX_EXTRA_BYTES:
+                raise IntegrityError(f"engine {record.key} in {self.uri}: more objects or bytes than its record "
+                                     f"announces ({record.size} bytes of artifact); refusing the engine")
+        return out
 
     def get_blob(self, name: str) -> bytes | None:
         return self._get(self._blob(name))
@@ -129,15 +153,34 @@ class S3Store:
         meta = folder / names.ENGINE_METADATA_FILE
         if not meta.is_file():
             raise ValueError(f"{folder} has no {names.ENGINE_METADATA_FILE}: nothing to publish")
+        try:
+            record = parse_record(meta.read_bytes(), key=key, where=str(meta))
+        except RecordError as exc:
+            raise InvalidRecordError(str(exc)) from None
+        verify_artifact(folder, record, origin=f"the build folder {folder}")
         commit = self._object(key, names.ENGINE_METADATA_FILE)
         if self._exists(commit):
             return False
-        with self._errors("upload"):
-            for path in sorted(folder.rglob("*")):
-                if path.is_file() and path != meta:
-                    rel = path.relative_to(folder).as_posix()
-                    self.client.upload_file(str(path), self.bucket, self._object(key, rel))
-        body = meta.read_bytes()
+        upload = f"b-{uuid.uuid4().hex[:12]}"
+        base = self._object(key, f"{upload}/")
+        files = {p.relative_to(folder).as_posix(): p.stat().st_size for p in regular_files(folder) if p != meta}
+        try:
+            with self._errors("upload"):
+                for rel in sorted(files):
+                    self.client.upload_file(str(folder / rel), self.bucket, base + rel)
+            uploaded = {obj[len(base):]: size for obj, size in self._list(base)}
+            if uploaded != files:
+                raise IntegrityError(f"engine {key}: the upload to {self.uri} is incomplete or changed "
+                                     f"({len(uploaded)} of {len(files)} files as written); not committing it")
+            committed = self._commit(commit, dataclasses.replace(record, folder=upload).to_json().encode())
+        except BaseException:
+            self._remove(base)
+            raise
+        if not committed:
+            self._remove(base)  # another build of this key committed first: its engine stays
+        return committed
+
+    def _commit(self, commit: str, body: bytes) -> bool:
         try:
             self.client.put_object(Bucket=self.bucket, Key=commit, Body=body, IfNoneMatch="*",
                                    ContentType="application/json")
@@ -154,12 +197,23 @@ class S3Store:
                 self.client.put_object(Bucket=self.bucket, Key=commit, Body=body, ContentType="application/json")
         return True
 
+    def _remove(self, prefix: str) -> None:
+        """Best effort: delete every object under ``prefix`` (an abandoned upload folder)."""
+        try:
+            self._delete_objects([obj for obj, _ in self._list(prefix)])
+        except StoreError:
+            pass
+
     def delete(self, key: EngineKey) -> None:
         with self._errors("delete"):
             self.client.delete_object(Bucket=self.bucket, Key=self._object(key, names.ENGINE_METADATA_FILE))
-            objects = [{"Key": k} for k in self._list(self._object(key, ""))]
+        self._delete_objects([obj for obj, _ in self._list(self._object(key, ""))])
+
+    def _delete_objects(self, objects: list[str]) -> None:
+        with self._errors("delete"):
             for i in range(0, len(objects), 1000):
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects[i:i + 1000], "Quiet": True})
+                batch = [{"Key": k} for k in objects[i:i + 1000]]
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
     def put_blob(self, name: str, data: bytes) -> None:
         obj = self._blob(name)
@@ -168,7 +222,7 @@ class S3Store:
 
     # -- helpers ------------------------------------------------------------------------
     def _object(self, key: EngineKey, name: str) -> str:
-        if not key or "/" in key or key.startswith((".", "_")):
+        if not is_engine_key(key):
             raise ValueError(f"{key!r} is not an engine key")
         return "/".join(p for p in (self.prefix, key) if p) + "/" + name
 
@@ -178,10 +232,12 @@ class S3Store:
             raise ValueError(f"blob name {name!r} must be a relative path without '..'")
         return "/".join(p for p in (self.prefix, name) if p)
 
-    def _get(self, obj: str) -> bytes | None:
+    def _get(self, obj: str, limit: int | None = None) -> bytes | None:
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=obj)
-            data: bytes = response["Body"].read()
+            body = response["Body"]
+            data: bytes = body.read() if limit is None else body.read(limit + 1)
+            body.close()
             return data
         except Exception as e:
             if error_code(e) in _MISSING:
@@ -197,18 +253,19 @@ class S3Store:
                 return False
             raise self._unavailable("read", e) from e
 
-    def _list(self, prefix: str) -> Iterator[str]:
+    def _list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """(object name, size) of every object under ``prefix``."""
         with self._errors("list"):
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
             for page in pages:
                 for obj in page.get("Contents", []):
-                    yield str(obj["Key"])
+                    yield str(obj["Key"]), int(obj.get("Size", 0))
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
         try:
             yield
-        except (StoreUnavailableError, EngineNotFoundError, OSError, ValueError):
+        except (StoreError, OSError, ValueError):
             raise
         except Exception as e:
             raise self._unavailable(action, e) from e

@@ -1,0 +1,108 @@
+"""Pinned bytes: the artifact's sha256 and size, computed at build time and checked wherever it is opened.
+
+An artifact is one file (``model.plan``, ``model.onnx``) or one folder (a TF-TRT
+SavedModel). A file's digest is the sha256 of its bytes (``sha256sum`` gives the same);
+a folder's is the sha256 of the listing ``<relative path>\\0<sha256 of file>\\n`` over its
+files in path order, and its size the sum of theirs. Symbolic links and special files are
+refused: a build pod (tenant code) must not make the server read something outside the
+engine folder.
+
+Users: the converter (writes ``sha256``/``size`` into the record), both stores (check at
+publish and before a fetched copy becomes visible) and the server (checks again against
+the sha256 the operator pinned in the engine set, just before loading).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+from trtop.api.engine import EngineRecord
+from trtop.store import StoreError
+
+CHUNK = 1 << 20
+
+
+class IntegrityError(StoreError):
+    """An engine's bytes are not the ones its record (or the engine set) pins; the message names the key."""
+
+
+def artifact_digest(path: Path) -> tuple[str, int]:
+    """(hex sha256, size in bytes) of a file or folder artifact; IntegrityError for links and specials."""
+    mode = os.lstat(path).st_mode
+    if stat.S_ISREG(mode):
+        return _sha256_file(path)
+    if not stat.S_ISDIR(mode):
+        raise IntegrityError(f"{path} is not a regular file or folder (a link or a special file)")
+    listing = hashlib.sha256()
+    total = 0
+    for file in regular_files(path):
+        digest, size = _sha256_file(file)
+        listing.update(f"{file.relative_to(path).as_posix()}\0{digest}\n".encode())
+        total += size
+    return listing.hexdigest(), total
+
+
+def regular_files(root: Path) -> list[Path]:
+    """Every file under ``root`` in path order; IntegrityError at the first link or special file."""
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            p = Path(dirpath) / name
+            mode = os.lstat(p).st_mode
+            if stat.S_ISLNK(mode) or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise IntegrityError(f"{p} is a link or a special file: an engine folder holds only files and folders")
+            if stat.S_ISREG(mode):
+                out.append(p)
+    return sorted(out, key=lambda p: p.relative_to(root).as_posix())
+
+
+def artifact_path(folder: Path, record: EngineRecord) -> Path:
+    """The artifact's path, refused unless it lies inside ``folder`` (after resolving links)."""
+    path = folder / record.artifact
+    if not path.resolve().is_relative_to(folder.resolve()) or path.resolve() == folder.resolve():
+        raise IntegrityError(f"engine {record.key}: artifact {record.artifact!r} points outside the engine folder")
+    return path
+
+
+def verify_artifact(folder: Path, record: EngineRecord, *, pinned_sha256: str = "", origin: str = "") -> Path:
+    """The artifact's path once its bytes match the record (and ``pinned_sha256`` when given)."""
+    where = f" in {origin}" if origin else ""
+    path = artifact_path(folder, record)
+    if not os.path.lexists(path):
+        raise IntegrityError(f"engine {record.key}{where}: artifact {record.artifact} is missing")
+    digest, size = artifact_digest(path)
+    if pinned_sha256 and pinned_sha256 != record.sha256:
+        raise IntegrityError(
+            f"engine {record.key}{where}: its record pins sha256 {record.sha256}, but the engine set pins "
+            f"{pinned_sha256}: the record was replaced after the operator read it; refusing to serve it"
+        )
+    if digest != record.sha256 or size != record.size:
+        raise IntegrityError(
+            f"engine {record.key}{where}: artifact {record.artifact} has sha256 {digest} ({size} bytes), but its "
+            f"record pins {record.sha256} ({record.size} bytes): the bytes were changed or cut short after the "
+            "build; refusing them. Delete the engine (trtop store gc, or remove its folder) to have it rebuilt"
+        )
+    return path
+
+
+def install_checked(tmp: Path, final: Path, record: EngineRecord, origin: str) -> Path:
+    """Make a fetched copy visible as ``final`` only once its artifact matches the record."""
+    verify_artifact(tmp, record, origin=origin)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():  # a concurrent fetch of the same key renamed first: keep that one
+            raise
+    return final
+
+
+def _sha256_file(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size

@@ -1,0 +1,101 @@
+"""Tenancy in the plan: keys and store locations per namespace, read-only serving, pinned engine sets."""
+import json
+
+import pytest
+
+from trtop import names
+from trtop.config import Settings, parse_sharing
+from trtop.planning.facts import ClusterFacts
+from trtop.planning.plan import plan_model_deployment
+
+from .conftest import cpu_node, md_body, record_for
+
+NOW = "2026-11-24T00:00:00Z"
+SPEC = {"model": {"uri": "pvc://models/resnet", "format": "savedmodel"}, "engine": {"targets": ["cpu"]}}
+NODES = (cpu_node("cpu-0"),)
+
+
+def in_namespace(namespace: str) -> dict:
+    body = md_body(SPEC)
+    body["metadata"]["namespace"] = namespace
+    return body
+
+
+def plan(body, settings, records=None):
+    return plan_model_deployment(body, ClusterFacts(nodes=NODES, records=records or {}), settings, now=NOW)
+
+
+def pod_of(manifest):
+    return manifest["spec"]["template"]["spec"]
+
+
+def container_env(manifest):
+    return {e["name"]: e.get("value") for e in pod_of(manifest)["containers"][0]["env"]}
+
+
+def served(body, settings):
+    first = plan(body, settings)
+    return plan(body, settings, {e.key: record_for(e) for e in first.engines})
+
+
+def test_two_namespaces_with_the_same_model_get_different_keys():
+    settings = Settings(store_pvc="engines")
+    a, b = plan(in_namespace("team-a"), settings), plan(in_namespace("team-b"), settings)
+    assert a.engines[0].key != b.engines[0].key
+    assert a.engines[0].request.scope == "team-a" and b.engines[0].request.scope == "team-b"
+
+
+def test_a_record_under_another_namespaces_key_is_not_found():
+    """team-b's engine (same model URI) is in the facts: team-a still builds its own."""
+    settings = Settings(store_pvc="engines")
+    theirs = served(in_namespace("team-b"), settings).engines[0]
+    mine = plan(in_namespace("team-a"), settings, {theirs.key: record_for(theirs)})
+    assert mine.engines[0].state == "Pending" and len(mine.jobs_to_create) == 1
+
+
+def test_sharing_namespaces_share_keys_and_scope():
+    settings = Settings(store_pvc="engines", store_sharing={"ml": ("team-a", "team-b")})
+    a, b = plan(in_namespace("team-a"), settings), plan(in_namespace("team-b"), settings)
+    c = plan(in_namespace("team-c"), settings)
+    assert a.engines[0].key == b.engines[0].key != c.engines[0].key
+    assert a.engines[0].request.scope == "shared.ml" and c.engines[0].request.scope == "team-c"
+
+
+def test_sharing_setting_is_parsed_and_checked():
+    assert parse_sharing("ml=team-a, team-b; cv=team-c") == {"ml": ("team-a", "team-b"), "cv": ("team-c",)}
+    with pytest.raises(ValueError, match="two store sharing groups"):
+        Settings(store_sharing={"ml": ("team-a",), "cv": ("team-a",)})
+    with pytest.raises(ValueError, match="DNS label"):
+        Settings(store_sharing={"Bad.Group": ("team-a",)})
+    assert Settings.from_env({"TRTOP_STORE_SHARING": "ml=a,b"}).store_scope("b") == "shared.ml"
+
+
+def test_claim_is_mounted_at_the_scope_only_writable_for_builds_read_only_for_serving():
+    settings = Settings(store_pvc="engines")
+    job = plan(in_namespace("team-a"), settings).jobs_to_create[0]
+    deployment = served(in_namespace("team-a"), settings).deployment
+    for manifest, read_only in ((job, False), (deployment, True)):
+        pod = pod_of(manifest)
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "engine-store"]
+        (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "engine-store"]
+        assert volume["persistentVolumeClaim"] == {"claimName": "engines", "readOnly": read_only}
+        assert mount["subPath"] == "team-a" and mount["readOnly"] is read_only
+        assert container_env(manifest)[names.ENV_STORE_URI] == settings.store_mount_path
+
+
+def test_s3_workloads_get_their_scope_and_serving_pods_the_read_only_secret():
+    settings = Settings(store_uri="s3://bucket/engines", store_secret="store-rw", store_read_secret="store-ro")
+    job = plan(in_namespace("team-a"), settings).jobs_to_create[0]
+    deployment = served(in_namespace("team-a"), settings).deployment
+    request = json.loads(container_env(job)[names.ENV_ENGINE_REQUEST])
+    assert request["store_uri"] == container_env(job)[names.ENV_STORE_URI] == "s3://bucket/engines/team-a"
+    assert container_env(deployment)[names.ENV_STORE_URI] == "s3://bucket/engines/team-a"
+    assert pod_of(job)["containers"][0]["envFrom"] == [{"secretRef": {"name": "store-rw"}}]
+    assert pod_of(deployment)["containers"][0]["envFrom"] == [{"secretRef": {"name": "store-ro"}}]
+
+
+def test_the_engine_set_pins_each_artifacts_sha256():
+    deployment = served(in_namespace("team-a"), Settings(store_pvc="engines")).deployment
+    (entry,) = json.loads(container_env(deployment)[names.ENV_ENGINE_SET])
+    assert set(entry) == {"key", "target", "backend", "artifact", "sha256", "size"}
+    assert entry["sha256"] == entry["key"][2:] * 4 and entry["size"] == 1234
