@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from trtop import versions
+from trtop.api.fetch import FetchPolicy
 
 _SHARING_GROUP = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -51,6 +52,10 @@ class Settings:
     store_sharing: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Secret with read-only store credentials for serving pods ("" = they get store_secret).
     store_read_secret: str = ""
+    # What build Jobs may fetch (schemes, hosts, private networks, byte caps, deadline): passed to
+    # every build Job as TRTOP_FETCH_POLICY; read from TRTOP_FETCH_SCHEMES, TRTOP_FETCH_HOSTS,
+    # TRTOP_FETCH_PRIVATE_NETWORKS, TRTOP_FETCH_MAX_BYTES, ... (trtop.api.fetch.FetchPolicy).
+    fetch_policy: FetchPolicy = FetchPolicy()
 
     def __post_init__(self) -> None:
         seen: dict[str, str] = {}
@@ -97,6 +102,7 @@ class Settings:
             workload_env=extra,
             store_sharing=parse_sharing(e.get("TRTOP_STORE_SHARING", "")),
             store_read_secret=e.get("TRTOP_STORE_READ_SECRET", d.store_read_secret),
+            fetch_policy=FetchPolicy.from_env(e),
         )
 
 

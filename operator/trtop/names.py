@@ -71,6 +71,7 @@ ENV_ENGINE_REQUEST: Final = "TRTOP_ENGINE_REQUEST"
 ENV_ENGINE_SET: Final = "TRTOP_ENGINE_SET"
 ENV_STORE_URI: Final = "TRTOP_STORE_URI"
 ENV_MODEL_NAME: Final = "TRTOP_MODEL_NAME"
+ENV_FETCH_POLICY: Final = "TRTOP_FETCH_POLICY"  # build Jobs: the operator's FetchPolicy as JSON
 
 # Prometheus metrics of the inference server (read by the autoscaler and by users).
 METRIC_REQUESTS: Final = "trtop_inference_requests_total"  # counter{model,outcome}

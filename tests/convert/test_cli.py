@@ -16,6 +16,7 @@ import pytest
 
 from tests.convert.conftest import make_request
 from trtop import names
+from trtop.convert.guard import PERMISSIVE
 from trtop.convert import cli, errors, source
 from trtop.convert.cli import build_parser, write_termination_message
 
@@ -29,7 +30,9 @@ def trtop(*argv: str, env: dict[str, str], **kwargs: object) -> subprocess.Popen
 
 def child_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRTOP_")}
-    env.update({"TRTOP_TERMINATION_LOG": str(tmp_path / "termination-log"), **extra})
+    # A build Job gets the operator's fetch policy; here models live under /tmp and servers on loopback.
+    env.update({"TRTOP_TERMINATION_LOG": str(tmp_path / "termination-log"),
+                names.ENV_FETCH_POLICY: PERMISSIVE.to_json(), **extra})
     return env
 
 

@@ -4,8 +4,9 @@ import json
 import pytest
 
 from trtop import names
+from trtop.api.fetch import FetchPolicy
 from trtop.config import Settings, parse_sharing
-from trtop.planning.facts import ClusterFacts
+from trtop.planning.facts import ClusterFacts, JobFact
 from trtop.planning.plan import plan_model_deployment
 
 from .conftest import cpu_node, md_body, record_for
@@ -99,3 +100,23 @@ def test_the_engine_set_pins_each_artifacts_sha256():
     (entry,) = json.loads(container_env(deployment)[names.ENV_ENGINE_SET])
     assert set(entry) == {"key", "target", "backend", "artifact", "sha256", "size"}
     assert entry["sha256"] == entry["key"][2:] * 4 and entry["size"] == 1234
+
+
+def test_build_jobs_carry_the_operators_fetch_policy():
+    settings = Settings.from_env({"TRTOP_FETCH_HOSTS": "models.example.com", "TRTOP_FETCH_MAX_BYTES": "1000",
+                                  "TRTOP_FETCH_PRIVATE_NETWORKS": "10.1.0.0/16"})
+    job = plan(in_namespace("team-a"), settings).jobs_to_create[0]
+    policy = FetchPolicy.from_json(container_env(job)[names.ENV_FETCH_POLICY])
+    assert policy.hosts == ("models.example.com",) and policy.max_bytes == 1000
+    assert policy.private_networks == ("10.1.0.0/16",) and "http" not in policy.schemes
+
+
+def test_job_failure_messages_are_redacted_in_status():
+    settings = Settings()
+    first = plan(in_namespace("team-a"), settings)
+    engine = first.engines[0]
+    failed = {engine.key: JobFact(engine.job_name, engine.key, "failed",
+                                  "https://u:p4ss@host/m.onnx?X-Amz-Signature=abc123: HTTP 403")}
+    p = plan_model_deployment(in_namespace("team-a"), ClusterFacts(nodes=NODES, jobs=failed), settings, now=NOW)
+    text = json.dumps(p.status)
+    assert "p4ss" not in text and "abc123" not in text and "HTTP 403" in text

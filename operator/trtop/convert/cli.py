@@ -26,6 +26,8 @@ from types import FrameType
 from typing import Any
 
 from trtop import names
+from trtop.api.fetch import FetchPolicy, redact
+from trtop.convert.guard import PERMISSIVE
 from trtop.convert.errors import (
     EXIT_INTERNAL_ERROR, EXIT_OK, BadRequestError, ConvertError, PreemptedError,
 )
@@ -95,6 +97,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             from trtop.store import open_store
 
             request = read_request(args, env)
+            policy = fetch_policy(env)
             log.info("engine %s: %s (%s) -> target %s, backend %s, precision %s, store %s", request.key,
                      request.model.uri, request.model.format, request.target, request.backend, request.precision,
                      request.store_uri)
@@ -103,7 +106,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             except ValueError as e:
                 raise BadRequestError(str(e)) from e
             with _workdir(args.workdir) as workdir:
-                outcome = convert(request, store, workdir)
+                outcome = convert(request, store, workdir, policy=policy)
         record = outcome.record
         summary = {
             "ok": True, "key": outcome.key, "reused": outcome.reused, "store": request.store_uri,
@@ -115,14 +118,26 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         log.info("done: engine %s %s", outcome.key, "reused" if outcome.reused else "built and published")
     except ConvertError as e:
         code = e.exit_code
-        summary = {"ok": False, "class": e.kind, "exit_code": code, "stage": e.stage, "error": e.message}
+        summary = {"ok": False, "class": e.kind, "exit_code": code, "stage": e.stage, "error": redact(e.message)}
         log.error("%s error%s: %s", e.kind, f" in stage {e.stage}" if e.stage else "", e.message)
     except Exception as e:  # a bug: say so, keep the traceback in the log
         code = EXIT_INTERNAL_ERROR
-        summary = {"ok": False, "class": "internal", "exit_code": code, "error": f"{type(e).__name__}: {e}"}
+        summary = {"ok": False, "class": "internal", "exit_code": code, "error": redact(f"{type(e).__name__}: {e}")}
         log.exception("internal error (a bug in trtop convert; please report it)")
     write_termination_message(termination, summary)
     return code
+
+
+def fetch_policy(env: Mapping[str, str]) -> FetchPolicy:
+    """The operator's policy (``TRTOP_FETCH_POLICY``); in a build Job without one, the strict default;
+    run by hand (no request in the env), anything the person may read."""
+    text = env.get(names.ENV_FETCH_POLICY, "")
+    if text:
+        try:
+            return FetchPolicy.from_json(text)
+        except (ValueError, TypeError) as e:
+            raise BadRequestError(f"{names.ENV_FETCH_POLICY} is not a valid fetch policy: {e}") from e
+    return FetchPolicy() if env.get(names.ENV_ENGINE_REQUEST) else PERMISSIVE
 
 
 def write_termination_message(path: str, summary: Mapping[str, Any]) -> None:
@@ -170,6 +185,16 @@ def _stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+class RedactingFilter(logging.Filter):
+    """Credentials in URIs never reach the log (or the log-fallback termination message)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), None
+        return True
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())

@@ -59,6 +59,18 @@ class ModelFormatError(UserError):
     """The model is corrupt, of an unknown format, or not the format the request says."""
 
 
+class FetchRefusedError(UserError):
+    """A URI the platform's fetch policy does not allow (scheme, host, private address, path, redirect)."""
+
+
+class TooLargeError(UserError):
+    """A download or an unpacked archive exceeds the fetch policy's byte or file caps."""
+
+
+class UnsafeArchiveError(UserError):
+    """An archive member would land outside the target folder (zip/tar slip), or is a link or device."""
+
+
 class UnsupportedOpError(UserError):
     """The model uses an operation the ONNX converter or the backend cannot handle."""
 

@@ -29,6 +29,7 @@ from trtop import names, versions
 from trtop.api.engine import (
     CONVERTER_VERSION, BatchProfile, EngineKey, EngineRecord, EngineRequest, TensorSpec, batch_buckets,
 )
+from trtop.api.fetch import FetchPolicy, redact
 from trtop.api.targets import Target
 from trtop.convert import onnxmodel, parity, source
 from trtop.convert.benchmark import measure
@@ -37,6 +38,7 @@ from trtop.convert.errors import (
     NoDeviceError, ParityError, ResourceError,
 )
 from trtop.convert.formats import locate_model
+from trtop.convert.guard import PERMISSIVE
 from trtop.convert.precision import PrecisionPlan, plan_precision
 from trtop.convert.quantization import apply_precision
 from trtop.convert.request import BuilderSettings, check_request
@@ -99,7 +101,8 @@ class _Built:
 
 
 def convert(request: EngineRequest, store: EngineStore, workdir: Path, *,
-            read_gpu: GpuReader = nvml_read_gpu) -> Outcome:
+            read_gpu: GpuReader = nvml_read_gpu, policy: FetchPolicy = PERMISSIVE) -> Outcome:
+    """``policy``: what the request's URIs may reach (the build Job passes the operator's)."""
     stage = Stages()
     with stage("lookup"):
         existing = store.get_record(request.key)
@@ -116,9 +119,9 @@ def convert(request: EngineRequest, store: EngineStore, workdir: Path, *,
             tfmodel.require_tftrt()
         plan, trt_version = _plan(request)
     with stage("fetch"):
-        local = source.fetch(request.model.uri, workdir)
+        local = source.fetch(request.model.uri, workdir, policy)
         digest = source.digest_of(local)
-        log.info("model %s: %s", request.model.uri, digest)
+        log.info("model %s: %s", redact(request.model.uri), digest)
         source.check_digest(digest, request.model.digest, request.model.uri)
     with stage("load"):
         model_path = locate_model(local, request.model.format)
@@ -134,14 +137,14 @@ def convert(request: EngineRequest, store: EngineStore, workdir: Path, *,
         log.info("inputs %s; outputs %s", _io_text(inputs), _io_text(outputs))
         reference = tf_model.reference if tf_model is not None else _ort_runner(prepared, "disable")
     with stage("precision"):
-        calibration = _calibration(request, inputs, workdir) if plan.needs_calibration else None
+        calibration = _calibration(request, inputs, workdir, policy) if plan.needs_calibration else None
         build_input = apply_precision(plan, prepared, workdir / "model.precision.onnx", calibration)
     out = workdir / "out"
     out.mkdir()
     with stage("build"):
         built = _build(request, settings, plan, trt_version, build_input, inputs, out, store, read_gpu, tf_model)
     with stage("verify"):
-        feeds, origin = _verify_inputs(request, inputs, workdir)
+        feeds, origin = _verify_inputs(request, inputs, workdir, policy)
         atol, rtol = (settings.verify_atol or plan.tolerance[0]), (settings.verify_rtol or plan.tolerance[1])
         result = parity.compare(reference(feeds), built.runner(feeds), atol, rtol)
         for size in (b for b in built.buckets if b != result.batch):  # each bucket: its own context, graph, profile
@@ -299,21 +302,23 @@ def _ort_runner(path: Path, level: str) -> Runner:
     return lambda feeds: onnxmodel.run_ort(session, feeds)
 
 
-def _verify_inputs(request: EngineRequest, inputs: tuple[TensorSpec, ...], workdir: Path) -> tuple[Feeds, str]:
+def _verify_inputs(request: EngineRequest, inputs: tuple[TensorSpec, ...], workdir: Path,
+                   policy: FetchPolicy) -> tuple[Feeds, str]:
     if request.sample_data_uri:
-        path = source.fetch(request.sample_data_uri, workdir / "sample")
+        path = source.fetch(request.sample_data_uri, workdir / "sample", policy)
         return parity.load_sample_inputs(path, inputs, request.batch.max), "sample"
     return parity.generate_inputs(inputs, request.batch.opt), "generated"
 
 
-def _calibration(request: EngineRequest, inputs: tuple[TensorSpec, ...], workdir: Path) -> dict[str, np.ndarray]:
+def _calibration(request: EngineRequest, inputs: tuple[TensorSpec, ...], workdir: Path,
+                 policy: FetchPolicy) -> dict[str, np.ndarray]:
     uri = request.calibration_uri or request.sample_data_uri
     if not uri:
         raise BadRequestError(
             f"precision {request.precision} needs calibration data: set engine.calibrationUri to an .npz file with "
             "one array per model input (a few hundred representative samples)"
         )
-    path = source.fetch(uri, workdir / "calibration")
+    path = source.fetch(uri, workdir / "calibration", policy)
     return parity.load_sample_inputs(path, inputs, max_batch=1 << 30)
 
 

@@ -7,6 +7,14 @@ variables) and ``gs://bucket/object`` (the GCS JSON API over HTTPS; a token from
 ``GOOGLE_OAUTH_ACCESS_TOKEN`` or google-auth's default credentials, anonymous for public
 buckets; ``STORAGE_EMULATOR_HOST`` points it at an emulator).
 
+Every fetch obeys a ``FetchPolicy`` (``trtop.api.fetch``; the build Job gets the
+operator's in ``TRTOP_FETCH_POLICY``): allowed schemes and hosts, no private, loopback or
+link-local address (checked at every redirect, by ``guard`` / ``http_fetch``), file paths
+only under the model mount, byte caps on downloads (also for s3:// and gs:// folders) and
+on unpacked archives (``archives``), object names that stay inside the target folder, and
+one deadline per fetch. Credentials in URIs never reach a log line or an error message
+(``redact``).
+
 The digest is ``sha256:<hex>``: of the bytes for a single file (an archive is digested as
 downloaded, so ``sha256sum`` gives the same answer), and for a folder of the listing
 ``<relative path>\\0<sha256 of file>\\n`` over all files in path order. ``trtop convert
@@ -18,47 +26,56 @@ import hashlib
 import json
 import logging
 import os
-import tarfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-import zipfile
 from collections.abc import Callable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
+from trtop.api.fetch import FetchPolicy, redact
+from trtop.convert import archives, http_fetch
 from trtop.convert.errors import (
-    BadRequestError, DigestMismatchError, ModelFormatError, ModelNotFoundError, NetworkError, UserError,
+    BadRequestError, DigestMismatchError, ModelNotFoundError, NetworkError, TooLargeError, UnsafeArchiveError,
+    UserError,
 )
+from trtop.convert.guard import PERMISSIVE, Deadline, check_local_path, check_scheme
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CHUNK = 1 << 20
-ARCHIVES = (".tar.gz", ".tgz", ".tar", ".zip")
 RETRY_DELAYS = (0.5, 2.0)  # seconds between attempts at a remote source; the Job retries beyond
-_USER_HTTP = {400, 401, 403, 404, 410}
+SCHEMES = ("file", "https", "http", "s3", "gs")
 
 
-def fetch(uri: str, workdir: Path) -> Path:
-    """The local path of ``uri`` (fetched under ``workdir`` when remote; archives unpacked)."""
-    scheme = uri.split("://", 1)[0] if "://" in uri else "file"
+def fetch(uri: str, workdir: Path, policy: FetchPolicy = PERMISSIVE) -> Path:
+    """The local path of ``uri`` (fetched under ``workdir`` when remote; archives unpacked).
+
+    ``policy``: what may be fetched; the default allows everything a person at a terminal
+    may read, the build Job passes the operator's (``trtop convert`` reads it from the env).
+    """
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else "file"
+    if scheme not in SCHEMES:
+        raise BadRequestError(f"{redact(uri)}: scheme {scheme!r} is not one of file, https, s3, gs")
+    check_scheme(uri, policy)
     if scheme == "file":
         path = Path(urllib.parse.unquote(urllib.parse.urlparse(uri).path)) if uri.startswith("file://") else Path(uri)
         if not path.exists():
-            raise ModelNotFoundError(f"{uri}: no such file or folder (is the model's volume mounted at that path?)")
+            raise ModelNotFoundError(f"{redact(uri)}: no such file or folder (is the model's volume mounted at "
+                                     "that path?)")
+        check_local_path(uri, path, policy)
         return path
     dest = workdir / "source"
     dest.mkdir(parents=True, exist_ok=True)
-    if scheme == "https" or scheme == "http":
-        name = Path(urllib.parse.urlparse(uri).path).name or "model"
-        return _unpack(_http_download(uri, dest / name, {}))
-    if scheme == "s3":
-        return _unpack(_s3_download(uri, dest))
-    if scheme == "gs":
-        return _unpack(_gcs_download(uri, dest))
-    raise BadRequestError(f"{uri}: scheme {scheme!r} is not one of file, https, s3, gs")
+    deadline = Deadline(policy.deadline_seconds, uri)
+    if scheme in ("https", "http"):
+        name = _safe_name(Path(urllib.parse.urlparse(uri).path).name) or "model"
+        local = _with_retries(lambda: http_fetch.download(uri, dest / name, policy, deadline), uri, deadline)
+    elif scheme == "s3":
+        local = _s3_download(uri, dest, policy, deadline)
+    else:
+        local = _gcs_download(uri, dest, policy, deadline)
+    return archives.unpack(local, policy, deadline)
 
 
 def digest_of(path: Path) -> str:
@@ -85,26 +102,7 @@ def check_digest(actual: str, expected: str | None, uri: str) -> None:
 
 
 # --- schemes -----------------------------------------------------------------------------------
-def _http_download(url: str, dest: Path, headers: Mapping[str, str]) -> Path:
-    def attempt() -> Path:
-        request = urllib.request.Request(url, headers=dict(headers))
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                total = int(response.headers.get("Content-Length") or 0)
-                _copy_stream(response, dest, total, url)
-            return dest
-        except urllib.error.HTTPError as e:
-            e.close()  # it holds the connection open until garbage-collected
-            if e.code in _USER_HTTP:
-                raise ModelNotFoundError(f"{url}: HTTP {e.code} {e.reason}: check the URI and its access rights") from e
-            raise NetworkError(f"{url}: HTTP {e.code} {e.reason}") from e
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-            reason = getattr(e, "reason", e)
-            raise NetworkError(f"{url}: cannot reach the host ({reason}); check the host name and the network") from e
-    return _with_retries(attempt, url)
-
-
-def _s3_download(uri: str, dest: Path) -> Path:
+def _s3_download(uri: str, dest: Path, policy: FetchPolicy, deadline: Deadline) -> Path:
     from trtop.store.s3 import error_code, s3_client, split_s3_uri
 
     bucket, key = split_s3_uri(uri)
@@ -113,38 +111,42 @@ def _s3_download(uri: str, dest: Path) -> Path:
     def attempt() -> Path:
         try:
             try:
-                client.head_object(Bucket=bucket, Key=key)
+                head = client.head_object(Bucket=bucket, Key=key)
                 single = bool(key)
             except Exception as e:
                 if error_code(e) not in {"404", "NoSuchKey", "NotFound"}:
                     raise
                 single = False
             if single:
-                target = dest / Path(key).name
-                log.info("downloading s3://%s/%s", bucket, key)
+                _check_size(int(head.get("ContentLength", 0)), policy, uri)
+                target = dest / (_safe_name(Path(key).name) or "model")
+                log.info("downloading %s", redact(uri))
                 client.download_file(bucket, key, str(target))
                 return target
             prefix = f"{key}/" if key else ""
-            folder = dest / (Path(key).name or bucket)
-            count = 0
+            folder = dest / (_safe_name(Path(key).name) or "model")
+            objects = []
             for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                deadline.left()
                 for obj in page.get("Contents", []):
                     rel = obj["Key"][len(prefix):]
-                    if not rel or rel.endswith("/"):
-                        continue
-                    target = folder.joinpath(*rel.split("/"))
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    client.download_file(bucket, obj["Key"], str(target))
-                    count += 1
-            if not count:
-                raise ModelNotFoundError(f"{uri}: no object and no objects under it")
-            log.info("downloaded %d objects from %s", count, uri)
+                    if rel and not rel.endswith("/"):
+                        objects.append((obj["Key"], _inside(folder, rel, uri), int(obj.get("Size", 0))))
+                _check_count(len(objects), policy, uri)
+            if not objects:
+                raise ModelNotFoundError(f"{redact(uri)}: no object and no objects under it")
+            _check_size(sum(size for _, _, size in objects), policy, uri)
+            for name, target, _ in objects:
+                deadline.left()
+                target.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(bucket, name, str(target))
+            log.info("downloaded %d objects from %s", len(objects), redact(uri))
             return folder
         except UserError:
             raise
         except Exception as e:
             raise _s3_error(uri, e) from e
-    return _with_retries(attempt, uri)
+    return _with_retries(attempt, uri, deadline)
 
 
 def _s3_error(uri: str, exc: Exception) -> Exception:
@@ -152,16 +154,18 @@ def _s3_error(uri: str, exc: Exception) -> Exception:
 
     code = error_code(exc)
     name = type(exc).__name__
+    if isinstance(exc, NetworkError):
+        return exc
     if code in {"NoSuchBucket", "404", "NoSuchKey"}:
-        return ModelNotFoundError(f"{uri}: {code}: check the bucket and key")
+        return ModelNotFoundError(f"{redact(uri)}: {code}: check the bucket and key")
     if code in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"} or name == "NoCredentialsError":
-        return UserError(f"{uri}: {code or name}: the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) "
+        return UserError(f"{redact(uri)}: {code or name}: the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) "
                          "cannot read this object")
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
-    return NetworkError(f"{uri}: cannot read from {endpoint}: {exc}")
+    return NetworkError(redact(f"{uri}: cannot read from {endpoint}: {exc}"))
 
 
-def _gcs_download(uri: str, dest: Path) -> Path:
+def _gcs_download(uri: str, dest: Path, policy: FetchPolicy, deadline: Deadline) -> Path:
     bucket, _, obj = uri[len("gs://"):].partition("/")
     obj = obj.strip("/")
     base = os.environ.get("STORAGE_EMULATOR_HOST", "https://storage.googleapis.com").rstrip("/")
@@ -169,18 +173,24 @@ def _gcs_download(uri: str, dest: Path) -> Path:
         base = "http://" + base
     headers = _gcs_headers()
     api = f"{base}/storage/v1/b/{urllib.parse.quote(bucket, safe='')}/o"
+    # The API endpoint is the platform's (the env), not the tenant's: only caps and the deadline apply.
+    endpoint = FetchPolicy(schemes=("https", "http"), private_networks=("0.0.0.0/0", "::/0"),
+                           max_bytes=policy.max_bytes, deadline_seconds=policy.deadline_seconds)
+
+    def get(url: str, target: Path) -> Path:
+        return _with_retries(lambda: http_fetch.download(url, target, endpoint, deadline, headers), uri, deadline)
 
     def media(name: str) -> str:
         return f"{api}/{urllib.parse.quote(name, safe='')}?alt=media"
 
     if obj:
         try:
-            return _http_download(media(obj), dest / Path(obj).name, headers)
+            return get(media(obj), dest / (_safe_name(Path(obj).name) or "model"))
         except ModelNotFoundError as e:
             if "HTTP 404" not in str(e):
                 raise _gcs_auth_hint(uri, e) from e
     prefix = f"{obj}/" if obj else ""
-    folder = dest / (Path(obj).name or bucket)
+    folder = dest / (_safe_name(Path(obj).name) or "model")
     names: list[str] = []
     token = ""
     while True:
@@ -188,21 +198,25 @@ def _gcs_download(uri: str, dest: Path) -> Path:
                                         **({"pageToken": token} if token else {})})
         listing = dest / ".listing.json"
         try:
-            _http_download(f"{api}?{query}", listing, headers)
+            get(f"{api}?{query}", listing)
         except ModelNotFoundError as e:
             raise _gcs_auth_hint(uri, e) from e
         page: dict[str, Any] = json.loads(listing.read_text())
         listing.unlink()
         names += [item["name"] for item in page.get("items", []) if not item["name"].endswith("/")]
+        _check_count(len(names), policy, uri)
         token = page.get("nextPageToken", "")
         if not token:
             break
     if not names:
-        raise ModelNotFoundError(f"{uri}: no object and no objects under it")
+        raise ModelNotFoundError(f"{redact(uri)}: no object and no objects under it")
+    spent = 0
     for name in names:
-        target = folder.joinpath(*name[len(prefix):].split("/"))
+        target = _inside(folder, name[len(prefix):], uri)
         target.parent.mkdir(parents=True, exist_ok=True)
-        _http_download(media(name), target, headers)
+        get(media(name), target)
+        spent += target.stat().st_size
+        _check_size(spent, policy, uri)
     return folder
 
 
@@ -226,51 +240,45 @@ def _gcs_headers() -> dict[str, str]:
 def _gcs_auth_hint(uri: str, exc: ModelNotFoundError) -> UserError:
     hint = "" if _gcs_headers() else (" No credentials were given: set GOOGLE_OAUTH_ACCESS_TOKEN or "
                                        "GOOGLE_APPLICATION_CREDENTIALS (with google-auth installed).")
-    return ModelNotFoundError(f"{uri}: {exc.message}.{hint}")
+    return ModelNotFoundError(f"{redact(uri)}: {exc.message}.{hint}")
 
 
 # --- helpers -----------------------------------------------------------------------------------
-def _with_retries(attempt: Callable[[], T], what: str) -> T:
+def _with_retries(attempt: Callable[[], T], what: str, deadline: Deadline) -> T:
     for delay in (*RETRY_DELAYS, None):
         try:
             return attempt()
         except NetworkError as e:
             if delay is None:
                 raise
-            log.warning("%s; retrying in %.1f s", e.message, delay)
-            time.sleep(delay)
+            log.warning("%s; retrying in %.1f s", redact(e.message), delay)
+            time.sleep(min(delay, deadline.left()))
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
-def _copy_stream(response: Any, dest: Path, total: int, what: str) -> None:
-    done, last = 0, time.monotonic()
-    with open(dest, "wb") as f:
-        while chunk := response.read(CHUNK):
-            f.write(chunk)
-            done += len(chunk)
-            if time.monotonic() - last > 5:
-                last = time.monotonic()
-                share = f" of {total / 2**20:.1f} MiB ({100 * done / total:.0f}%)" if total else ""
-                log.info("fetching %s: %.1f MiB%s", what, done / 2**20, share)
+def _safe_name(name: str) -> str:
+    """A downloaded file's local name: one harmless path component ("" when there is none)."""
+    name = name.replace("\\", "_").strip()
+    return "" if name in ("", ".", "..") else name[:200]
 
 
-def _unpack(path: Path) -> Path:
-    name = path.name.lower()
-    if not path.is_file() or not name.endswith(ARCHIVES):
-        return path
-    out = path.parent / "unpacked"
-    try:
-        if name.endswith(".zip"):
-            with zipfile.ZipFile(path) as z:
-                z.extractall(out)
-        else:
-            with tarfile.open(path) as t:
-                t.extractall(out, filter="data")
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
-        raise ModelFormatError(f"{path.name}: not a readable archive ({e})") from e
-    entries = list(out.iterdir())
-    # An archive of one top folder (tar czf m.tgz saved_model/) is that folder.
-    return entries[0] if len(entries) == 1 and entries[0].is_dir() else out
+def _inside(folder: Path, rel: str, uri: str) -> Path:
+    """``folder/rel`` for an object name below a prefix; refused when it would leave ``folder``."""
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or any(p in ("", ".", "..") for p in rel.split("/")) or "\\" in rel:
+        raise UnsafeArchiveError(f"{redact(uri)}: object name {rel!r} would land outside the download folder")
+    return folder.joinpath(*pure.parts)
+
+
+def _check_size(total: int, policy: FetchPolicy, uri: str) -> None:
+    if total > policy.max_bytes:
+        raise TooLargeError(f"{redact(uri)}: {total} bytes, more than the {policy.max_bytes} a fetch may download "
+                            "(fetch.maxBytes)")
+
+
+def _check_count(count: int, policy: FetchPolicy, uri: str) -> None:
+    if count > policy.max_files:
+        raise TooLargeError(f"{redact(uri)}: more than {policy.max_files} objects (fetch.maxFiles)")
 
 
 def _sha256_file(path: Path) -> str:

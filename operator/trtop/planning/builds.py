@@ -12,13 +12,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from trtop import names
+from trtop.api.fetch import MODEL_MOUNT_ROOT
 from trtop.api.spec import ModelDeploymentSpec
 from trtop.config import Settings
 from trtop.planning.common import (
     CONTAINER_SECURITY_CONTEXT, GPU_TOLERATION, POD_SECURITY_CONTEXT, Manifest, labels, owner_reference,
     store_access, target_node_term,
 )
-from trtop.planning.engines import MODEL_MOUNT_ROOT, EngineStatus
+from trtop.planning.engines import EngineStatus
 
 EXIT_USER_ERROR = 2  # the converter's "do not retry" exit code (see docs/converter.md)
 CONVERT_CONTAINER = "convert"
@@ -32,6 +33,7 @@ def build_job(md: Mapping[str, Any], spec: ModelDeploymentSpec, engine: EngineSt
     })
     env, env_from, volumes, mounts = store_access(settings, request.scope, write=True)
     env.append({"name": names.ENV_ENGINE_REQUEST, "value": request.to_json()})
+    env.append({"name": names.ENV_FETCH_POLICY, "value": settings.fetch_policy.to_json()})
     if spec.model.uri.startswith("pvc://"):
         claim = spec.model.uri[len("pvc://"):].split("/", 1)[0]
         volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})

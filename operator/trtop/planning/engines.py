@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from trtop.api.engine import Backend, EngineKey, EngineRecord, EngineRequest, ModelSource, engine_key
+from trtop.api.fetch import MODEL_MOUNT_ROOT, redact
 from trtop.api.spec import ModelDeploymentSpec
 from trtop.api.targets import Target
 from trtop.config import Settings
@@ -20,7 +21,6 @@ from trtop.planning.facts import ClusterFacts, NodeFact
 from trtop.planning.targets import node_matches_selector, nodes_for_target
 
 EngineState = Literal["Ready", "Building", "Pending", "Failed", "Unschedulable"]
-MODEL_MOUNT_ROOT = "/mnt/models"  # pvc://<claim>/<path> is mounted here in build Jobs
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,8 @@ def _status_of(request: EngineRequest, facts: ClusterFacts, nodes: Sequence[Node
         if job.state == "active":
             return EngineStatus(key, request.target, "Building", request, "build Job is running", job_name=name)
         if job.state == "failed":
-            return EngineStatus(key, request.target, "Failed", request, job.message or "build Job failed", job_name=name)
+            return EngineStatus(key, request.target, "Failed", request, redact(job.message or "build Job failed"),
+                                job_name=name)
         if facts.store_error:  # succeeded, but we could not look: do not call it failed yet
             return EngineStatus(key, request.target, "Building", request, "waiting for the engine store", job_name=name)
         return EngineStatus(
