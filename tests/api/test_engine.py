@@ -102,6 +102,7 @@ def test_a_valid_record_parses():
     ({"benchmark": {"batch_opt": [1]}}, "'batch_opt' must be an object"),
     ({"build_seconds": float("inf")}, "'build_seconds' must be a finite number"),
     ({"folder": "../x"}, "folder '../x'"),
+    ({"buckets": [0, 64]}, "'buckets' must be a list of up to 64 batch sizes between 1 and batch.max"),
 ])
 def test_malformed_records_are_refused_naming_the_field(changes, match):
     doc = {**record_doc(), **changes}
