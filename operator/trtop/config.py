@@ -56,6 +56,13 @@ class Settings:
     # every build Job as TRTOP_FETCH_POLICY; read from TRTOP_FETCH_SCHEMES, TRTOP_FETCH_HOSTS,
     # TRTOP_FETCH_PRIVATE_NETWORKS, TRTOP_FETCH_MAX_BYTES, ... (trtop.api.fetch.FetchPolicy).
     fetch_policy: FetchPolicy = FetchPolicy()
+    # Images a ModelDeployment may pick (engine.builderImage, serving.image): exact references or
+    # prefixes ending in "*" ("registry.example.com/ml/*"). Empty: only the operator's own images.
+    allowed_images: tuple[str, ...] = ()
+    # sizeLimit of the /tmp emptyDir of build Jobs (downloads, unpacked models, the built engine)
+    # and of serving pods (the fetched engine).
+    build_tmp_size: str = "48Gi"
+    serving_tmp_size: str = "16Gi"
 
     def __post_init__(self) -> None:
         seen: dict[str, str] = {}
@@ -103,6 +110,9 @@ class Settings:
             store_sharing=parse_sharing(e.get("TRTOP_STORE_SHARING", "")),
             store_read_secret=e.get("TRTOP_STORE_READ_SECRET", d.store_read_secret),
             fetch_policy=FetchPolicy.from_env(e),
+            allowed_images=tuple(i for i in e.get("TRTOP_ALLOWED_IMAGES", "").replace(",", " ").split() if i),
+            build_tmp_size=e.get("TRTOP_BUILD_TMP_SIZE", d.build_tmp_size),
+            serving_tmp_size=e.get("TRTOP_SERVING_TMP_SIZE", d.serving_tmp_size),
         )
 
 

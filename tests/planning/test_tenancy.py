@@ -4,6 +4,7 @@ import json
 import pytest
 
 from trtop import names
+from trtop.api.errors import SpecError
 from trtop.api.fetch import FetchPolicy
 from trtop.config import Settings, parse_sharing
 from trtop.planning.facts import ClusterFacts, JobFact
@@ -120,3 +121,64 @@ def test_job_failure_messages_are_redacted_in_status():
     p = plan_model_deployment(in_namespace("team-a"), ClusterFacts(nodes=NODES, jobs=failed), settings, now=NOW)
     text = json.dumps(p.status)
     assert "p4ss" not in text and "abc123" not in text and "HTTP 403" in text
+
+
+def test_build_and_serving_pods_get_no_api_token_and_bounded_tmp():
+    settings = Settings(store_pvc="engines", build_tmp_size="20Gi", serving_tmp_size="5Gi")
+    job = plan(in_namespace("team-a"), settings).jobs_to_create[0]
+    deployment = served(in_namespace("team-a"), settings).deployment
+    for manifest, size in ((job, "20Gi"), (deployment, "5Gi")):
+        pod = pod_of(manifest)
+        assert pod["automountServiceAccountToken"] is False
+        (tmp,) = [v for v in pod["volumes"] if v["name"] == "tmp"]
+        assert tmp["emptyDir"] == {"sizeLimit": size}
+
+
+def with_images(builder=None, server=None) -> dict:
+    body = in_namespace("team-a")
+    body["spec"] = {**SPEC, "engine": {**SPEC["engine"], **({"builderImage": builder} if builder else {})},
+                    **({"serving": {"image": server}} if server else {})}
+    return body
+
+
+@pytest.mark.parametrize("builder,server,field", [
+    ("evil.example.com/miner:latest", None, "engine.builderImage"),
+    (None, "docker.io/library/python:3", "serving.image"),
+])
+def test_images_outside_the_allowed_list_are_a_spec_error(builder, server, field):
+    with pytest.raises(SpecError, match=f"spec.{field}: .* is not in the platform's allowed images"):
+        plan(with_images(builder, server), Settings())
+
+
+def test_allowed_images_by_exact_name_and_prefix():
+    settings = Settings.from_env({"TRTOP_ALLOWED_IMAGES": "registry.example.com/ml/*, docker.io/me/server:1"})
+    job = plan(with_images(builder="registry.example.com/ml/converter:2"), settings).jobs_to_create[0]
+    assert pod_of(job)["containers"][0]["image"] == "registry.example.com/ml/converter:2"
+    assert plan(with_images(server="docker.io/me/server:1"), settings).jobs_to_create
+    own = plan(with_images(builder=settings.converter_image), Settings()).jobs_to_create[0]
+    assert pod_of(own)["containers"][0]["image"] == settings.converter_image
+    with pytest.raises(SpecError):
+        plan(with_images(builder="registry.example.com/other/x:1"), settings)
+
+
+TAINTS = [{"key": "nvidia.com/gpu.product", "operator": "Equal", "value": "H100", "effect": "NoSchedule"},
+          {"key": "dedicated", "operator": "Equal", "value": "inference", "effect": "NoSchedule"}]
+
+
+def test_build_jobs_get_only_the_gpu_tolerations_of_serving_by_default():
+    body = in_namespace("team-a")
+    body["spec"] = {**SPEC, "serving": {"tolerations": TAINTS}}
+    job = plan(body, Settings()).jobs_to_create[0]
+    keys = [t["key"] for t in pod_of(job)["tolerations"]]
+    assert keys == [names.GPU_RESOURCE, "nvidia.com/gpu.product"]
+
+
+def test_engine_tolerations_replace_the_default():
+    body = in_namespace("team-a")
+    build_taint = {"key": "builds", "operator": "Exists", "effect": "NoSchedule"}
+    body["spec"] = {**SPEC, "engine": {**SPEC["engine"], "tolerations": [build_taint]},
+                    "serving": {"tolerations": TAINTS}}
+    job = plan(body, Settings()).jobs_to_create[0]
+    assert [t["key"] for t in pod_of(job)["tolerations"]] == [names.GPU_RESOURCE, "builds"]
+    deployment = served(body, Settings()).deployment
+    assert [t["key"] for t in pod_of(deployment)["tolerations"]] == ["nvidia.com/gpu.product", "dedicated"]

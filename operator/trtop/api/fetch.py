@@ -33,8 +33,8 @@ class FetchPolicy:
     # Folders file:// paths must lie in (after resolving links).
     file_roots: tuple[str, ...] = (MODEL_MOUNT_ROOT,)
     # Bytes one fetch may download, and bytes an archive may unpack to.
-    max_bytes: int = 64 * GiB
-    max_extracted_bytes: int = 64 * GiB
+    max_bytes: int = 16 * GiB
+    max_extracted_bytes: int = 16 * GiB
     # Files an archive (or an s3:// / gs:// folder) may hold.
     max_files: int = 100_000
     # Seconds one fetch may take, retries included.

@@ -51,6 +51,8 @@ class EngineSpec:
     calibration_uri: str | None = None
     pod_labels: Mapping[str, str] = field(default_factory=dict)
     pod_annotations: Mapping[str, str] = field(default_factory=dict)
+    # Tolerations of build Jobs; None: the serving tolerations of GPU taints (keys under nvidia.com/).
+    tolerations: tuple[Mapping[str, Any], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,7 @@ def _parse_engine(raw: Mapping[str, Any]) -> EngineSpec:
         calibration_uri=raw.get("calibrationUri"),
         pod_labels=_strings(raw, "podLabels", "engine"),
         pod_annotations=_strings(raw, "podAnnotations", "engine"),
+        tolerations=tuple(raw["tolerations"]) if isinstance(raw.get("tolerations"), list) else None,
     )
 
 

@@ -56,7 +56,7 @@ async def autoscale_once(settings: Settings, source: LoadSource) -> None:
         if live is None:
             continue
         if nodes is None:
-            nodes = await asyncio.to_thread(observe.observe_nodes)
+            nodes = await asyncio.to_thread(observe.observe_nodes, settings.namespaces)
         pods = await asyncio.to_thread(_serving_pods, body)
         endpoints = [e for e in (endpoint_from_pod(p, spec.serving.port) for p in pods) if e is not None]
         reading = await source.read(endpoints, spec.scaling.metric)

@@ -28,6 +28,7 @@ from trtop.k8s.apply import apply, create_job
 from trtop.k8s.events import post_event
 from trtop.planning.engines import engine_statuses
 from trtop.planning.facts import ClusterFacts, JobFact
+from trtop.planning.images import check_images
 from trtop.planning.plan import Plan, plan_model_deployment
 from trtop.planning.status import events_between
 from trtop.planning.targets import discover_targets
@@ -60,6 +61,7 @@ def _reconcile(body: Mapping[str, Any], patch: kopf.Patch, settings: Settings, a
     status = dict(body.get("status") or {})
     try:
         spec = parse_spec(body.get("spec") or {})
+        check_images(spec, settings)
     except SpecError as e:
         _report_spec_error(body, patch, e)
         metrics.RECONCILES.labels("invalid-spec").inc()
@@ -95,7 +97,7 @@ def _reconcile(body: Mapping[str, Any], patch: kopf.Patch, settings: Settings, a
 
 
 def _observe(ns: str, name: str, spec: Any, settings: Settings) -> ClusterFacts:
-    nodes = observe.observe_nodes()
+    nodes = observe.observe_nodes(settings.namespaces)
     base = ClusterFacts(nodes=nodes)
     requests = engine_statuses(spec, discover_targets(spec, nodes), base, settings, ns)
     store = open_store(scoped_uri(settings.store_uri, settings.store_scope(ns)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -37,11 +37,17 @@ def _true(conditions: Iterable[Mapping[str, Any]] | None, type_: str) -> Mapping
     return next((c for c in conditions or () if c.get("type") == type_ and c.get("status") == "True"), None)
 
 
-def observe_nodes() -> tuple[NodeFact, ...]:
+def observe_nodes(namespaces: Sequence[str] = ()) -> tuple[NodeFact, ...]:
+    """Nodes and the GPUs pods request on them: the pods of ``namespaces`` only when given (a namespaced
+    operator may not list other namespaces' pods, so it sees only its own GPU use)."""
     c = get_clients()
     requested: dict[str, int] = defaultdict(int)
-    pods = plain(c.core.list_pod_for_all_namespaces(field_selector="status.phase!=Succeeded,status.phase!=Failed"))
-    for pod in pods["items"]:
+    running = "status.phase!=Succeeded,status.phase!=Failed"
+    if namespaces:
+        items = [p for ns in namespaces for p in plain(c.core.list_namespaced_pod(ns, field_selector=running))["items"]]
+    else:
+        items = plain(c.core.list_pod_for_all_namespaces(field_selector=running))["items"]
+    for pod in items:
         node = pod["spec"].get("nodeName")
         for ctr in pod["spec"].get("containers", []) if node else []:
             requested[node] += _qty(((ctr.get("resources") or {}).get("limits") or {}).get(names.GPU_RESOURCE, 0))

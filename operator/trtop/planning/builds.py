@@ -16,8 +16,8 @@ from trtop.api.fetch import MODEL_MOUNT_ROOT
 from trtop.api.spec import ModelDeploymentSpec
 from trtop.config import Settings
 from trtop.planning.common import (
-    CONTAINER_SECURITY_CONTEXT, GPU_TOLERATION, POD_SECURITY_CONTEXT, Manifest, labels, owner_reference,
-    store_access, target_node_term,
+    CONTAINER_SECURITY_CONTEXT, GPU_TOLERATION, NO_API_TOKEN, POD_SECURITY_CONTEXT, Manifest, labels,
+    owner_reference, store_access, target_node_term,
 )
 from trtop.planning.engines import EngineStatus
 
@@ -31,7 +31,8 @@ def build_job(md: Mapping[str, Any], spec: ModelDeploymentSpec, engine: EngineSt
     lbls = labels(md_name, names.COMPONENT_ENGINE_BUILD, {
         names.LABEL_ENGINE_KEY: request.key, names.LABEL_TARGET: request.target.slug,
     })
-    env, env_from, volumes, mounts = store_access(settings, request.scope, write=True)
+    env, env_from, volumes, mounts = store_access(settings, request.scope, write=True,
+                                                  tmp_size=settings.build_tmp_size)
     env.append({"name": names.ENV_ENGINE_REQUEST, "value": request.to_json()})
     env.append({"name": names.ENV_FETCH_POLICY, "value": settings.fetch_policy.to_json()})
     if spec.model.uri.startswith("pvc://"):
@@ -43,10 +44,11 @@ def build_job(md: Mapping[str, Any], spec: ModelDeploymentSpec, engine: EngineSt
         resources["limits"][names.GPU_RESOURCE] = "1"
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        **NO_API_TOKEN,
         "securityContext": POD_SECURITY_CONTEXT,
         "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": [target_node_term(request.target)]}}},
-        "tolerations": [GPU_TOLERATION, *spec.serving.tolerations],
+        "tolerations": build_tolerations(spec),
         "containers": [{
             "name": CONVERT_CONTAINER,
             "image": spec.engine.builder_image or settings.converter_image,
@@ -84,6 +86,16 @@ def build_job(md: Mapping[str, Any], spec: ModelDeploymentSpec, engine: EngineSt
                          "spec": pod_spec},
         },
     }
+
+
+def build_tolerations(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    """engine.tolerations, else only the serving tolerations of GPU taints (keys under nvidia.com/):
+    a taint meant for serving pods (a dedicated inference pool) does not let builds in."""
+    if spec.engine.tolerations is not None:
+        chosen = spec.engine.tolerations
+    else:
+        chosen = tuple(t for t in spec.serving.tolerations if str(t.get("key", "")).startswith("nvidia.com/"))
+    return [GPU_TOLERATION, *(dict(t) for t in chosen if dict(t) != GPU_TOLERATION)]
 
 
 def should_create_job(engine: EngineStatus) -> bool:

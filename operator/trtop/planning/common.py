@@ -34,6 +34,8 @@ def owner_reference(md: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# Build and serving pods run tenant-chosen models (and maybe images): no API token in them.
+NO_API_TOKEN: dict[str, Any] = {"automountServiceAccountToken": False}
 POD_SECURITY_CONTEXT: dict[str, Any] = {
     "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
     "seccompProfile": {"type": "RuntimeDefault"},
@@ -66,7 +68,7 @@ def workload_store_uri(settings: Settings, scope: str) -> str:
 
 
 def store_access(
-    settings: Settings, scope: str, *, write: bool,
+    settings: Settings, scope: str, *, write: bool, tmp_size: str,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """(env, envFrom, volumes, volumeMounts) that let a workload reach its scope of the engine store.
 
@@ -77,7 +79,7 @@ def store_access(
     env = [{"name": names.ENV_STORE_URI, "value": workload_store_uri(settings, scope)}]
     env += [{"name": k, "value": v} for k, v in sorted(settings.workload_env.items())]
     env_from: list[dict[str, Any]] = []
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": tmp_size}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if settings.store_pvc:
         volumes.append({"name": "engine-store", "persistentVolumeClaim": {"claimName": settings.store_pvc,

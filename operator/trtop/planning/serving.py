@@ -17,8 +17,8 @@ from trtop.api.engine import EngineKey
 from trtop.api.spec import ModelDeploymentSpec
 from trtop.config import Settings
 from trtop.planning.common import (
-    CONTAINER_SECURITY_CONTEXT, GPU_TOLERATION, POD_SECURITY_CONTEXT, Manifest, labels, owner_reference,
-    store_access, target_node_term,
+    CONTAINER_SECURITY_CONTEXT, GPU_TOLERATION, NO_API_TOKEN, POD_SECURITY_CONTEXT, Manifest, labels,
+    owner_reference, store_access, target_node_term,
 )
 from trtop.planning.engines import EngineStatus
 
@@ -73,7 +73,8 @@ def build_deployment(
     meta = md["metadata"]
     md_name = meta["name"]
     gpu = any(not e.target.is_cpu for e in engines)
-    env, env_from, volumes, mounts = store_access(settings, settings.store_scope(meta["namespace"]), write=False)
+    env, env_from, volumes, mounts = store_access(settings, settings.store_scope(meta["namespace"]), write=False,
+                                                  tmp_size=settings.serving_tmp_size)
     env += [
         {"name": names.ENV_MODEL_NAME, "value": md_name},
         # Fetched engines go to the pod's own /tmp (an emptyDir): the root filesystem is read-only.
@@ -89,6 +90,7 @@ def build_deployment(
     set_hash = engine_set_hash(engines)
     port = spec.serving.port
     pod_spec: dict[str, Any] = {
+        **NO_API_TOKEN,
         "securityContext": POD_SECURITY_CONTEXT,
         "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": [target_node_term(e.target) for e in engines]}}},
