@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("trtop.handlers.cli", "run the operator (kopf) against the current cluster"),
     "convert": ("trtop.convert.cli", "build one verified engine from a model (the build Job's program)"),
     "serve": ("trtop.serve.cli", "serve a model over the Open Inference Protocol v2"),
+    "store": ("trtop.handlers.gc", "engine store maintenance: `trtop store gc --dry-run`"),
     "dev": ("trtop.devcluster.cli", "the local dev cluster: `trtop dev cluster up|down|status`"),
 }
 

@@ -63,6 +63,10 @@ class Settings:
     # and of serving pods (the fetched engine).
     build_tmp_size: str = "48Gi"
     serving_tmp_size: str = "16Gi"
+    # Engine garbage collection: seconds between rounds (0 = off; the chart turns it on) and how
+    # long an engine must have been unreferenced (and published) before it is deleted.
+    gc_interval_seconds: float = 0.0
+    gc_grace_seconds: float = 86400.0
 
     def __post_init__(self) -> None:
         seen: dict[str, str] = {}
@@ -113,6 +117,8 @@ class Settings:
             allowed_images=tuple(i for i in e.get("TRTOP_ALLOWED_IMAGES", "").replace(",", " ").split() if i),
             build_tmp_size=e.get("TRTOP_BUILD_TMP_SIZE", d.build_tmp_size),
             serving_tmp_size=e.get("TRTOP_SERVING_TMP_SIZE", d.serving_tmp_size),
+            gc_interval_seconds=float(e.get("TRTOP_GC_INTERVAL_SECONDS", d.gc_interval_seconds)),
+            gc_grace_seconds=float(e.get("TRTOP_GC_GRACE_SECONDS", d.gc_grace_seconds)),
         )
 
 

@@ -12,7 +12,7 @@ import kopf
 
 from trtop import names
 from trtop.config import Settings
-from trtop.handlers import autoscaling, resync
+from trtop.handlers import autoscaling, gc, resync
 from trtop.handlers.modeldeployment import reconcile
 
 SETTINGS = Settings.from_env()
@@ -27,6 +27,9 @@ async def on_startup_operator(settings: kopf.OperatorSettings, **_: Any) -> None
     configure(settings, SETTINGS)
     _background.append(resync.start(SETTINGS, RECONCILE_INTERVAL))
     _background.append(autoscaling.start(SETTINGS))
+    collecting = gc.start(SETTINGS)
+    if collecting is not None:
+        _background.append(collecting)
 
 
 @kopf.on.cleanup()

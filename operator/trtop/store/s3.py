@@ -220,6 +220,27 @@ class S3Store:
         with self._errors("write"):
             self.client.put_object(Bucket=self.bucket, Key=obj, Body=data)
 
+    def list_folders(self, prefix: str) -> list[str]:
+        """Names of the "folders" right below ``<store prefix>/<prefix>`` (garbage collection)."""
+        base = "/".join(p for p in (self.prefix, prefix.strip("/")) if p)
+        base = f"{base}/" if base else ""
+        out: list[str] = []
+        with self._errors("list"):
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base, Delimiter="/")
+            for page in pages:
+                out += [str(p["Prefix"])[len(base):].rstrip("/") for p in page.get("CommonPrefixes", [])]
+        return sorted(out)
+
+    def newest_object(self, key: EngineKey) -> float:
+        """Last-modified time (epoch seconds) of the newest object under a key (0 when none)."""
+        newest = 0.0
+        with self._errors("list"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=self._object(key, "")):
+                for obj in page.get("Contents", []):
+                    newest = max(newest, obj["LastModified"].timestamp())
+        return newest
+
     # -- helpers ------------------------------------------------------------------------
     def _object(self, key: EngineKey, name: str) -> str:
         if not is_engine_key(key):
