@@ -182,3 +182,11 @@ def test_engine_tolerations_replace_the_default():
     assert [t["key"] for t in pod_of(job)["tolerations"]] == [names.GPU_RESOURCE, "builds"]
     deployment = served(body, Settings()).deployment
     assert [t["key"] for t in pod_of(deployment)["tolerations"]] == ["nvidia.com/gpu.product", "dedicated"]
+
+
+@pytest.mark.parametrize("name", ["TRTOP_ENGINE_SET", "TRTOP_BACKEND", "AWS_SECRET_ACCESS_KEY"])
+def test_serving_env_cannot_set_what_trtop_sets(name):
+    body = in_namespace("team-a")
+    body["spec"] = {**SPEC, "serving": {"env": [{"name": "LOG_FORMAT", "value": "json"}, {"name": name, "value": "x"}]}}
+    with pytest.raises(SpecError, match=rf"spec.serving.env\[1\]: {name} is set by trtop"):
+        plan(body, Settings())

@@ -28,7 +28,7 @@ from trtop.k8s.apply import apply, create_job
 from trtop.k8s.events import post_event
 from trtop.planning.engines import engine_statuses
 from trtop.planning.facts import ClusterFacts, JobFact
-from trtop.planning.images import check_images
+from trtop.planning.admission import check_spec_trust
 from trtop.planning.plan import Plan, plan_model_deployment
 from trtop.planning.status import events_between
 from trtop.planning.targets import discover_targets
@@ -61,7 +61,7 @@ def _reconcile(body: Mapping[str, Any], patch: kopf.Patch, settings: Settings, a
     status = dict(body.get("status") or {})
     try:
         spec = parse_spec(body.get("spec") or {})
-        check_images(spec, settings)
+        check_spec_trust(spec, settings)
     except SpecError as e:
         _report_spec_error(body, patch, e)
         metrics.RECONCILES.labels("invalid-spec").inc()

@@ -21,7 +21,7 @@ from trtop.planning.builds import build_job, should_create_job
 from trtop.planning.common import Manifest
 from trtop.planning.engines import EngineStatus, engine_statuses
 from trtop.planning.facts import ClusterFacts, DeploymentFact
-from trtop.planning.images import check_images
+from trtop.planning.admission import check_spec_trust
 from trtop.planning.serving import (
     build_deployment, build_service, engine_set_hash, model_revision, selector_string, servable,
 )
@@ -60,7 +60,7 @@ def plan_model_deployment(
 ) -> Plan:
     """Raises ``SpecError`` for a spec trtop cannot honour (the handler reports it as Stalled)."""
     spec = parse_spec(md.get("spec") or {})
-    check_images(spec, settings)
+    check_spec_trust(spec, settings)
     targets = discover_targets(spec, facts.nodes)
     engines = engine_statuses(spec, targets, facts, settings, md["metadata"]["namespace"])
     jobs = tuple(build_job(md, spec, e, settings) for e in engines if should_create_job(e))

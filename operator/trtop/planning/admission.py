@@ -1,13 +1,16 @@
-"""Which container images a ModelDeployment may run: the platform's allowed-images list.
+"""What a ModelDeployment may ask of the platform: allowed images, and no say over trtop's own settings.
 
 Build Jobs and serving pods run with the store's credentials and on the cluster's GPU
 nodes, so ``engine.builderImage`` and ``serving.image`` are checked against
 ``Settings.allowed_images`` (exact references, or prefixes ending in ``*``); when the
-list is empty only the operator's own images are allowed. A refusal is a ``SpecError``
-(the handler reports it as Stalled/InvalidSpec). Pure; called by the handler and the planner.
+list is empty only the operator's own images are allowed. ``serving.env`` may not set
+what trtop decides itself (the engine set, the store, the backend, the model source) nor
+store credentials (``AWS_*``, ``GOOGLE_*``); tuning variables (``TRTOP_THREADS`` ...) stay free. A refusal is a ``SpecError`` (the handler reports it as
+Stalled/InvalidSpec). Pure; called by the handler and the planner.
 """
 from __future__ import annotations
 
+from trtop import names
 from trtop.api.errors import SpecError
 from trtop.api.spec import ModelDeploymentSpec
 from trtop.config import Settings
@@ -23,6 +26,23 @@ def image_allowed(image: str, settings: Settings) -> bool:
         if pattern == "*" or image == pattern or (pattern.endswith("*") and image.startswith(pattern[:-1])):
             return True
     return False
+
+
+RESERVED_ENV = frozenset({
+    names.ENV_ENGINE_SET, names.ENV_STORE_URI, names.ENV_MODEL_NAME, names.ENV_FETCH_POLICY,
+    names.ENV_SERVE_BACKEND, names.ENV_SERVE_ENGINE_DIR, names.ENV_SERVE_MODEL_PATH, names.ENV_SERVE_CACHE_DIR,
+})
+RESERVED_ENV_PREFIXES = ("AWS_", "GOOGLE_")
+
+
+def check_spec_trust(spec: ModelDeploymentSpec, settings: Settings) -> None:
+    """SpecError naming the field when the spec picks an image or a variable it may not."""
+    check_images(spec, settings)
+    for i, env in enumerate(spec.serving.env):
+        name = str(env.get("name", ""))
+        if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES):
+            raise SpecError(f"serving.env[{i}]", f"{name} is set by trtop (the engine set, the store, the "
+                            "backend and its credentials come from the operator); remove it")
 
 
 def check_images(spec: ModelDeploymentSpec, settings: Settings) -> None:
