@@ -171,7 +171,7 @@ def read_record_file(path: Path, key: EngineKey) -> EngineRecord:
     try:
         return parse_record(data, key=key, where=str(path))
     except RecordError as exc:
-        raise InvalidRecordError(str(exc)) from None
+        raise InvalidRecordError(f"{exc}. The engine is not used; delete {path.parent} to have it rebuilt") from None
 
 
 def copy_regular_tree(src: Path, dst: Path) -> None:

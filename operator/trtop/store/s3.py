@@ -92,7 +92,8 @@ class S3Store:
         try:
             return parse_record(data, key=key, where=f"s3://{self.bucket}/{obj}")
         except RecordError as exc:
-            raise InvalidRecordError(str(exc)) from None
+            raise InvalidRecordError(f"{exc}. The engine is not used; delete s3://{self.bucket}/"
+                                     f"{self._object(key, '')} to have it rebuilt") from None
 
     def list_keys(self) -> list[EngineKey]:
         base = f"{self.prefix}/" if self.prefix else ""
