@@ -235,12 +235,12 @@ def test_file_uris_only_under_the_model_mount(tmp_path: Path) -> None:
 def test_s3_object_names_that_leave_the_folder_are_refused(s3_env: str, tmp_path: Path) -> None:
     from trtop.store.s3 import s3_client
 
-    client = s3_client()
-    client.create_bucket(Bucket="models")
-    client.put_object(Bucket="models", Key="team/resnet/saved_model.pb", Body=b"pb")
-    client.put_object(Bucket="models", Key="team/resnet/../../escaped.txt", Body=b"planted")
+    client = s3_client()  # a bucket of its own: the moto server lives for the whole session
+    client.create_bucket(Bucket="slip-models")
+    client.put_object(Bucket="slip-models", Key="team/resnet/saved_model.pb", Body=b"pb")
+    client.put_object(Bucket="slip-models", Key="team/resnet/../../escaped.txt", Body=b"planted")
     with pytest.raises(errors.UnsafeArchiveError, match="would land outside the download folder"):
-        fetch("s3://models/team/resnet", tmp_path / "w", FetchPolicy())
+        fetch("s3://slip-models/team/resnet", tmp_path / "w", FetchPolicy())
     assert not list(tmp_path.rglob("escaped.txt"))
 
 
@@ -248,10 +248,10 @@ def test_s3_folders_are_capped(s3_env: str, tmp_path: Path) -> None:
     from trtop.store.s3 import s3_client
 
     client = s3_client()
-    client.create_bucket(Bucket="big")
-    client.put_object(Bucket="big", Key="m/a.bin", Body=b"x" * 3000)
+    client.create_bucket(Bucket="big-models")
+    client.put_object(Bucket="big-models", Key="m/a.bin", Body=b"x" * 3000)
     with pytest.raises(errors.TooLargeError, match="more than the 1000 a fetch may download"):
-        fetch("s3://big/m", tmp_path, FetchPolicy(max_bytes=1000))
+        fetch("s3://big-models/m", tmp_path, FetchPolicy(max_bytes=1000))
 
 
 # --- credentials never leak ----------------------------------------------------------------------

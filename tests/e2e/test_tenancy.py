@@ -1,0 +1,83 @@
+"""Two tenants, one store, the real operator on the dev cluster: keys and locations per namespace.
+
+Both namespaces apply the same ModelDeployment (same ``pvc://models/resnet``); each gets its
+own key, its engine under ``<store>/<namespace>/<key>/``, and a Deployment whose engine set
+names only its own key with the pinned sha256 and mounts only its own sub-path, read-only.
+An engine planted under the other namespace's location is never picked up.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+from kubernetes import client
+
+from trtop import names
+from trtop.devcluster import testing
+
+from .operator_harness import ConverterStandIn, OperatorProcess, condition, get_md, load_clients, wait_for
+
+pytestmark = pytest.mark.e2e
+SPEC = {"model": {"uri": "pvc://models/resnet", "format": "savedmodel"},
+        "engine": {"targets": ["cpu"], "backoffLimit": 0,
+                   "podAnnotations": {names.ANNOTATION_KWOK_COMPLETE_AFTER: "2s"}},
+        "scaling": {"mode": "none"}}
+
+
+@pytest.fixture
+def second_namespace(dev_cluster):
+    name = testing.create_namespace(dev_cluster, "tenant-b")
+    yield name
+    testing.delete_namespace(dev_cluster, name)
+
+
+def test_two_namespaces_with_the_same_model_get_their_own_engines(dev_cluster, namespace, second_namespace,
+                                                                   tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    api, custom = load_clients(dev_cluster.kubeconfig)
+    stand_ins = [ConverterStandIn(api, ns, store) for ns in (namespace, second_namespace)]
+    for s in stand_ins:
+        s.start()
+    op = OperatorProcess(dev_cluster.kubeconfig, namespace, store, tmp_path / "operator.log",
+                         TRTOP_NAMESPACES=f"{namespace},{second_namespace}", TRTOP_STORE_PVC="engines").start()
+    try:
+        manifest = {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": "resnet"},
+                    "spec": SPEC}
+        (tmp_path / "md.yaml").write_text(yaml.safe_dump(manifest))
+        dev_cluster.kubectl("apply", "-n", namespace, "-f", str(tmp_path / "md.yaml"))
+
+        def ready(ns: str) -> dict:
+            return wait_for(f"md/resnet Ready in {ns}", lambda: (
+                (md := get_md(custom, ns, "resnet")) and condition(md, "Ready").get("status") == "True" and md),
+                timeout=90)
+
+        first = ready(namespace)
+        (key_a,) = [e["key"] for e in first["status"]["engines"]]
+        # Plant tenant A's engine in tenant B's location (what a writer with store access could do).
+        shutil.copytree(store / namespace / key_a, store / second_namespace / key_a)
+        dev_cluster.kubectl("apply", "-n", second_namespace, "-f", str(tmp_path / "md.yaml"))
+        second = ready(second_namespace)
+        (key_b,) = [e["key"] for e in second["status"]["engines"]]
+        assert key_a != key_b
+        assert stand_ins[1].seen.keys() == {key_b}  # B built its own engine; A's was not "found"
+
+        apps = client.AppsV1Api(api)
+        for ns, key in ((namespace, key_a), (second_namespace, key_b)):
+            record = json.loads((store / ns / key / "engine.json").read_text())
+            pod = apps.read_namespaced_deployment("resnet", ns).to_dict()["spec"]["template"]["spec"]
+            container = pod["containers"][0]
+            env = {e["name"]: e["value"] for e in container["env"] if e.get("value") is not None}
+            (entry,) = json.loads(env[names.ENV_ENGINE_SET])
+            assert (entry["key"], entry["sha256"]) == (key, record["sha256"])
+            (mount,) = [m for m in container["volume_mounts"] if m["name"] == "engine-store"]
+            assert (mount["sub_path"], mount["read_only"]) == (ns, True)
+            assert pod["automount_service_account_token"] is False
+    finally:
+        for s in stand_ins:
+            s.stop()
+        code = op.stop()
+    assert code in (0, -15), op.log()[-2000:]
+    assert "Traceback" not in op.log(), op.log()[-4000:]
