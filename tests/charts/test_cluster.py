@@ -115,6 +115,9 @@ def test_install_upgrade_uninstall(dev_cluster, crds, namespace):
     assert can_i(dev_cluster, account, "patch", "modeldeployments.trtop.io", "default", "--subresource=status")
     assert can_i(dev_cluster, account, "create", "jobs.batch", "kube-system")
     assert can_i(dev_cluster, account, "list", "nodes")
+    assert can_i(dev_cluster, account, "list", "pods", None, "--all-namespaces")  # GPUs requested cluster-wide
+    assert can_i(dev_cluster, account, "update", "modeldeployments.trtop.io", "default", "--subresource=finalizers")
+    assert not can_i(dev_cluster, account, "delete", "jobs.batch", "default")
     assert not can_i(dev_cluster, account, "get", "secrets", namespace)
     assert not can_i(dev_cluster, account, "create", "clusterrolebindings.rbac.authorization.k8s.io")
 
@@ -185,7 +188,13 @@ def test_namespaced_rbac_denies_other_namespaces(dev_cluster, namespaced_release
     # The read-only cluster part: nodes, and pods of all namespaces (GPUs requested per node).
     assert can_i(dev_cluster, install.account, "list", "nodes")
     assert not can_i(dev_cluster, install.account, "patch", "nodes")
-    assert can_i(dev_cluster, install.account, "list", "pods", install.other)
+    assert not can_i(dev_cluster, install.account, "list", "pods", install.other)  # no cluster-wide pod list
+    assert not can_i(dev_cluster, install.account, "list", "pods", None, "--all-namespaces")
+    assert can_i(dev_cluster, install.account, "list", "pods", install.served)
+    assert can_i(dev_cluster, install.account, "update", "modeldeployments.trtop.io", install.served,
+                 "--subresource=finalizers")
+    for verb, resource in (("delete", "jobs.batch"), ("update", "deployments.apps"), ("delete", "services")):
+        assert not can_i(dev_cluster, install.account, verb, resource, install.served), (verb, resource)
     assert not can_i(dev_cluster, install.account, "get", "pods/log", install.other)
     assert not can_i(dev_cluster, install.account, "patch", "clusterkopfpeerings.kopf.dev")
 

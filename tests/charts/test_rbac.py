@@ -1,8 +1,10 @@
 """RBAC of least privilege: what the operator (trtop.k8s + kopf) does is allowed, nothing else.
 
 Cluster-wide: one ClusterRole. Namespaced: a Role per watched namespace for everything it
-changes, plus a read-only ClusterRole for what is cluster-scoped by nature (nodes, the
-GPUs pods already request on them, the CRDs and namespaces kopf observes).
+changes, plus a read-only ClusterRole for what is cluster-scoped by nature (nodes, the CRDs
+and namespaces kopf observes) and no access to other namespaces' pods. No verb the operator
+does not use (no update, no delete: TTLs and owner references clean up), and update on
+modeldeployments/finalizers for blockOwnerDeletion (OwnerReferencesPermissionEnforcement).
 The e2e twin (test_cluster.py) asks the real API server with `kubectl auth can-i`.
 """
 from __future__ import annotations
@@ -17,17 +19,25 @@ NAMESPACED = ("-f", str(NAMESPACED_VALUES))
 IN_NAMESPACE = [
     ("trtop.io", "modeldeployments", {"get", "list", "watch", "patch"}),
     ("trtop.io", "modeldeployments/status", {"get", "patch"}),
-    ("batch", "jobs", {"get", "list", "watch", "create", "delete"}),
-    ("apps", "deployments", {"get", "list", "watch", "create", "patch", "delete"}),
-    ("", "services", {"get", "list", "watch", "create", "patch", "delete"}),
+    ("trtop.io", "modeldeployments/finalizers", {"update"}),
+    ("batch", "jobs", {"get", "list", "watch", "create"}),
+    ("apps", "deployments", {"get", "list", "watch", "create", "patch"}),
+    ("", "services", {"get", "list", "watch", "create", "patch"}),
     ("", "pods", {"get", "list", "watch"}),
     ("", "events", {"create", "patch"}),
 ]
 # Cluster-scoped reads both modes need.
 CLUSTER_READS = [
     ("", "nodes", {"get", "list", "watch"}),
-    ("", "pods", {"list"}),  # all namespaces: GPUs already requested on each node
     ("apiextensions.k8s.io", "customresourcedefinitions", {"list", "watch"}),
+]
+# Verbs nothing in trtop uses (the operator never updates or deletes what it made).
+UNUSED = [
+    ("trtop.io", "modeldeployments", {"update", "delete"}),
+    ("trtop.io", "modeldeployments/status", {"update"}),
+    ("batch", "jobs", {"update", "patch", "delete"}),
+    ("apps", "deployments", {"update", "delete"}),
+    ("", "services", {"update", "delete"}),
 ]
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 DANGEROUS_VERBS = {"escalate", "bind", "impersonate", "*"}
@@ -62,6 +72,8 @@ def test_cluster_wide_grants_everything_in_one_cluster_role(render):
     objects = render()
     role = one(objects, "ClusterRole")
     assert_grants(role["rules"], IN_NAMESPACE + CLUSTER_READS)
+    for group, resource, verbs in UNUSED:
+        assert not allowed(role["rules"], group, resource) & verbs, (group, resource)
     assert_grants(role["rules"], [("kopf.dev", "clusterkopfpeerings", {"get", "list", "watch", "patch"})])
     # A cluster-wide kopf operator never lists namespaces: least privilege leaves them out.
     assert allowed(role["rules"], "", "namespaces") == set()
@@ -77,6 +89,8 @@ def test_namespaced_grants_changes_only_in_the_watched_namespaces(render):
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
         assert_grants(role["rules"], IN_NAMESPACE + [("kopf.dev", "kopfpeerings", {"get", "list", "watch", "patch"})])
+        for group, resource, verbs in UNUSED:
+            assert not allowed(role["rules"], group, resource) & verbs, (group, resource)
     bindings = by_kind(objects, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for binding in bindings:
@@ -90,5 +104,6 @@ def test_namespaced_cluster_role_only_reads(render):
     assert_grants(role["rules"], CLUSTER_READS + [("", "namespaces", {"list", "watch"})])
     for rule in role["rules"]:
         assert not set(rule["verbs"]) & WRITE_VERBS, rule
+    # No pods: a namespaced operator cannot list other namespaces' pods (it counts its own GPU use).
     assert {r for rule in role["rules"] for r in rule["resources"]} == {
-        "nodes", "pods", "customresourcedefinitions", "namespaces"}
+        "nodes", "customresourcedefinitions", "namespaces"}

@@ -13,6 +13,7 @@ import pytest
 
 from tests.charts.chart import CHART, NAMESPACE, NAMESPACED_VALUES, RELEASE, ROOT, by_kind, container_env, one, run_helm
 from trtop import names, versions
+from trtop.api.fetch import FetchPolicy
 from trtop.config import Settings
 from trtop.handlers.cli import build_parser
 
@@ -111,12 +112,17 @@ def test_default_install_is_cluster_wide_with_the_default_images_and_a_pvc_store
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     assert settings.store_pvc == claim["metadata"]["name"] == f"{RELEASE}-engines"
     assert settings.store_uri == settings.store_mount_path == "/var/lib/trtop/engines"
-    # The operator reads engine.json through the same claim, read-only.
+    # The operator reads engine.json through the same claim; it writes only to collect garbage.
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     volume = next(v for v in pod["volumes"] if v["name"] == "engine-store")
-    assert volume["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"], "readOnly": True}
+    assert volume["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"], "readOnly": False}
     mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "engine-store")
-    assert mount["mountPath"] == settings.store_mount_path and mount["readOnly"] is True
+    assert mount["mountPath"] == settings.store_mount_path and mount["readOnly"] is False
+    assert (settings.gc_interval_seconds, settings.gc_grace_seconds) == (3600, 86400)
+    off = render("--set", "gc.enabled=false")
+    assert operator_settings(off).gc_interval_seconds == 0
+    pod = one(off, "Deployment")["spec"]["template"]["spec"]
+    assert next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "engine-store")["readOnly"] is True
 
 
 def test_existing_claim_is_mounted_and_no_claim_is_made(render):
@@ -155,6 +161,30 @@ def test_workload_settings_reach_the_operator(render):
     assert settings.workload_service_account == "engines"
     assert dict(settings.workload_env) == {"HTTPS_PROXY": "http://proxy:3128"}
     assert settings.prometheus_url == "http://prom:9090"
+
+
+def test_trust_settings_reach_the_operator(render):
+    settings = operator_settings(render(
+        "--set", "store.pvc.create=false", "--set", "store.s3.uri=s3://engines/prod",
+        "--set", "store.s3.existingSecret=rw", "--set", "store.s3.readOnlySecret=ro",
+        "--set", "store.sharing.ml={team-a,team-b}", "--set", "store.sharing.cv={team-c}",
+        "--set", "workloads.allowedImages={registry.example.com/ml/*}", "--set", "workloads.buildTmpSize=20Gi",
+        "--set", "fetch.hosts={*.example.com}", "--set", "fetch.privateNetworks={10.0.0.0/8}",
+        "--set", "fetch.maxBytes=1000", "--set", "fetch.deadlineSeconds=60"))
+    assert (settings.store_secret, settings.store_read_secret) == ("rw", "ro")
+    assert settings.store_scope("team-b") == "shared.ml" and settings.store_scope("team-c") == "shared.cv"
+    assert settings.store_scope("team-d") == "team-d"
+    assert settings.allowed_images == ("registry.example.com/ml/*",) and settings.build_tmp_size == "20Gi"
+    policy = settings.fetch_policy
+    assert policy.hosts == ("*.example.com",) and policy.private_networks == ("10.0.0.0/8",)
+    assert (policy.max_bytes, policy.deadline_seconds) == (1000, 60.0)
+    assert policy.schemes == ("https", "s3", "gs", "file")
+
+
+def test_default_trust_settings_are_the_strict_ones(render):
+    settings = operator_settings(render())
+    assert settings.store_sharing == {} and settings.allowed_images == ()
+    assert settings.fetch_policy == FetchPolicy()
 
 
 @pytest.mark.parametrize("replicas", [1, 3])

@@ -140,24 +140,30 @@ from trtop/k8s and kopf): granted by a ClusterRole in cluster-wide mode, by a Ro
 watched namespace in namespaced mode.
 */}}
 {{- define "trtop.rules.workloads" -}}
-# The ModelDeployments: kopf's annotations and finalizer (patch), status (patch).
+# The ModelDeployments: kopf's annotations (patch), status (patch). Nothing updates them.
 - apiGroups: [trtop.io]
   resources: [modeldeployments]
-  verbs: [get, list, watch, patch, update]
+  verbs: [get, list, watch, patch]
 - apiGroups: [trtop.io]
   resources: [modeldeployments/status]
-  verbs: [get, patch, update]
-# Build Jobs: created once per engine key, never updated; deleted when obsolete.
+  verbs: [get, patch]
+# Children carry ownerReferences with blockOwnerDeletion: true; where the API server enforces
+# OwnerReferencesPermissionEnforcement (OpenShift) that needs update on the owner's finalizers.
+- apiGroups: [trtop.io]
+  resources: [modeldeployments/finalizers]
+  verbs: [update]
+# Build Jobs: created once per engine key, never updated; their TTL removes them.
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, delete, patch]
-# The inference Deployment and Service: server-side apply (create + patch).
+  verbs: [get, list, watch, create]
+# The inference Deployment and Service: server-side apply (create + patch); owner references
+# remove them with their ModelDeployment.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, list, watch, create, patch]
 # Build pods' termination messages and the inference pods' load.
 - apiGroups: [""]
   resources: [pods]
@@ -179,4 +185,15 @@ watches after its start-up scan.
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
+{{- end }}
+
+{{/*
+store.sharing as TRTOP_STORE_SHARING: "group=ns1,ns2;group2=ns3" (trtop.config.parse_sharing).
+*/}}
+{{- define "trtop.storeSharing" -}}
+{{- $groups := list -}}
+{{- range $group, $members := .Values.store.sharing -}}
+{{- $groups = append $groups (printf "%s=%s" $group (join "," $members)) -}}
+{{- end -}}
+{{- join ";" $groups -}}
 {{- end }}
