@@ -13,7 +13,7 @@ import pytest
 
 from tests.charts.chart import CHART, NAMESPACE, NAMESPACED_VALUES, RELEASE, ROOT, by_kind, container_env, one, run_helm
 from trtop import names, versions
-from trtop.api.fetch import FetchPolicy
+from trtop.api.fetch import FetchPolicy, env_fields
 from trtop.config import Settings
 from trtop.handlers.cli import build_parser
 
@@ -90,6 +90,8 @@ def _variables_read_by_the_operator() -> set[str]:
     found = set()
     for path in sources:
         found |= set(re.findall(r'"(TRTOP_[A-Z_]+[A-Z])"', path.read_text()))
+    # The fetch policy is read field by field (FetchPolicy.from_env: TRTOP_FETCH_<FIELD>).
+    found |= {f"TRTOP_FETCH_{f.name.upper()}" for f in env_fields()}
     return {v for v in found if not v.endswith("_ENV")} - {"TRTOP_WORKLOAD_ENV"}
 
 

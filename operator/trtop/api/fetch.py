@@ -60,10 +60,13 @@ class FetchPolicy:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], prefix: str = "TRTOP_FETCH_") -> FetchPolicy:
-        """From ``TRTOP_FETCH_SCHEMES`` (comma lists), ``..._MAX_BYTES`` ... (the operator's settings)."""
+        """From ``TRTOP_FETCH_SCHEMES`` (comma lists), ``..._MAX_BYTES`` ... (the operator's settings).
+
+        ``file_roots`` is not a setting: it is where build Jobs mount the model (``MODEL_MOUNT_ROOT``).
+        """
         d = cls()
         values: dict[str, Any] = {}
-        for f in fields(cls):
+        for f in env_fields():
             raw = env.get(prefix + f.name.upper())
             if raw is None or raw == "":
                 continue
@@ -71,6 +74,11 @@ class FetchPolicy:
             values[f.name] = tuple(p.strip() for p in raw.split(",") if p.strip()) if isinstance(default, tuple) \
                 else type(default)(raw)
         return cls(**values)
+
+
+def env_fields() -> list[Any]:
+    """The policy fields the operator's settings may change (all but ``file_roots``)."""
+    return [f for f in fields(FetchPolicy) if f.name != "file_roots"]
 
 
 # user:password@ in a URL's authority.
