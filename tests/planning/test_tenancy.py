@@ -190,3 +190,12 @@ def test_serving_env_cannot_set_what_trtop_sets(name):
     body["spec"] = {**SPEC, "serving": {"env": [{"name": "LOG_FORMAT", "value": "json"}, {"name": name, "value": "x"}]}}
     with pytest.raises(SpecError, match=rf"spec.serving.env\[1\]: {name} is set by trtop"):
         plan(body, Settings())
+
+
+def test_builds_may_read_local_files_only_in_the_models_claim():
+    job = plan(in_namespace("team-a"), Settings()).jobs_to_create[0]
+    assert FetchPolicy.from_json(container_env(job)[names.ENV_FETCH_POLICY]).file_roots == ("/mnt/models/models",)
+    body = in_namespace("team-a")
+    body["spec"] = {**SPEC, "model": {"uri": "s3://models/resnet", "format": "savedmodel"}}
+    job = plan(body, Settings()).jobs_to_create[0]
+    assert FetchPolicy.from_json(container_env(job)[names.ENV_FETCH_POLICY]).file_roots == ()

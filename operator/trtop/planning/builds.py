@@ -9,6 +9,7 @@ retry with backoff. A succeeded Job's TTL is short: the engine lives in the stor
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from trtop import names
@@ -34,11 +35,14 @@ def build_job(md: Mapping[str, Any], spec: ModelDeploymentSpec, engine: EngineSt
     env, env_from, volumes, mounts = store_access(settings, request.scope, write=True,
                                                   tmp_size=settings.build_tmp_size)
     env.append({"name": names.ENV_ENGINE_REQUEST, "value": request.to_json()})
-    env.append({"name": names.ENV_FETCH_POLICY, "value": settings.fetch_policy.to_json()})
+    file_roots: tuple[str, ...] = ()  # local files a build may read: only the model's own claim
     if spec.model.uri.startswith("pvc://"):
         claim = spec.model.uri[len("pvc://"):].split("/", 1)[0]
         volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": "model", "mountPath": f"{MODEL_MOUNT_ROOT}/{claim}", "readOnly": True})
+        file_roots = (f"{MODEL_MOUNT_ROOT}/{claim}",)
+    policy = replace(settings.fetch_policy, file_roots=file_roots)
+    env.append({"name": names.ENV_FETCH_POLICY, "value": policy.to_json()})
     resources: dict[str, Any] = {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "16Gi"}}
     if not request.target.is_cpu:
         resources["limits"][names.GPU_RESOURCE] = "1"
