@@ -113,3 +113,12 @@ def test_abandoned_s3_uploads_are_swept(s3_bucket: str, tmp_path: Path) -> None:
     assert report.swept_uploads == 1
     left = [o["Key"] for o in s3_client().list_objects_v2(Bucket=s3_bucket)["Contents"]]
     assert all(USED in k for k in left)
+
+
+def test_a_namespaced_operator_sweeps_only_scopes_it_sees_whole() -> None:
+    from trtop.handlers.gc import served_scopes
+
+    settings = Settings(namespaces=("team-a", "team-b"), store_sharing={"ml": ("team-b", "team-c"), "cv": ("team-a",)})
+    assert served_scopes(settings) == ["shared.cv"]  # shared.ml also has team-c, which it cannot see
+    assert served_scopes(Settings(namespaces=("team-a",))) == ["team-a"]
+    assert served_scopes(Settings()) is None  # cluster-wide: every scope

@@ -49,8 +49,16 @@ def gather_references(settings: Settings) -> References:
 
 
 def served_scopes(settings: Settings) -> list[str] | None:
-    """The scopes a namespaced operator may sweep; None (every scope) for a cluster-wide one."""
-    return sorted({settings.store_scope(ns) for ns in settings.namespaces}) if settings.namespaces else None
+    """The scopes a namespaced operator may sweep; None (every scope) for a cluster-wide one.
+
+    A shared scope only when the operator serves every namespace of its group: it cannot see
+    what the others reference.
+    """
+    if not settings.namespaces:
+        return None
+    served = set(settings.namespaces)
+    return sorted({scope for scope in map(settings.store_scope, served)
+                   if set(_namespaces_of(settings, scope)) <= served})
 
 
 def gc_once(settings: Settings, collector: Collector, *, dry_run: bool = False) -> GcReport:
