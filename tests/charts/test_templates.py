@@ -117,9 +117,9 @@ def test_default_install_is_cluster_wide_with_the_default_images_and_a_pvc_store
     # The operator reads engine.json through the same claim; it writes only to collect garbage.
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     volume = next(v for v in pod["volumes"] if v["name"] == "engine-store")
-    assert volume["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"], "readOnly": False}
+    assert volume["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"]}
     mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "engine-store")
-    assert mount["mountPath"] == settings.store_mount_path and mount["readOnly"] is False
+    assert mount["mountPath"] == settings.store_mount_path and mount.get("readOnly", False) is False
     assert (settings.gc_interval_seconds, settings.gc_grace_seconds) == (3600, 86400)
     off = render("--set", "gc.enabled=false")
     assert operator_settings(off).gc_interval_seconds == 0
