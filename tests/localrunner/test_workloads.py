@@ -64,7 +64,9 @@ def test_the_planners_build_job_and_deployment_really_run(dev_cluster: DevCluste
         placement = local_runner.placement()
         spec = parse_spec({
             "model": {"uri": "pvc://models/tiny.keras", "format": "keras"},
-            "engine": {"targets": ["cpu"], "batch": {"min": 1, "opt": 2, "max": 4}, "backoffLimit": 0},
+            # Build Jobs take engine.tolerations (the serving ones only for GPU taints).
+            "engine": {"targets": ["cpu"], "batch": {"min": 1, "opt": 2, "max": 4}, "backoffLimit": 0,
+                       "tolerations": placement["tolerations"]},
             "serving": {"nodeSelector": placement["nodeSelector"], "tolerations": placement["tolerations"]},
         })
         settings = Settings(store_pvc="engines")
