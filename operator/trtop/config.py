@@ -42,6 +42,18 @@ class Settings:
     # Address and port of the operator's own /metrics (the chart's probes use kopf's :8081/healthz).
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 8080
+    # A node NotReady or cordoned for less than this still counts for the targets it serves, so
+    # a brief outage or a drain-and-return neither narrows serving nor rolls the pods twice.
+    node_grace_seconds: float = 300.0
+    # Seconds between safety-net passes over every ModelDeployment (watches trigger the rest).
+    resync_seconds: float = 300.0
+    # Timeout of one Kubernetes API call and of one engine store read, in seconds.
+    api_timeout_seconds: float = 30.0
+    store_timeout_seconds: float = 10.0
+    # Concurrent reconciles; retry delays of a failing object grow from base to max (seconds).
+    workers: int = 4
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
     # Extra env for workloads (tests point the local runner's pods at a local store this way).
     workload_env: Mapping[str, str] = field(default_factory=dict)
     # Engines live under <store>/<scope>/<key>/ and the scope is part of every key: by default
@@ -110,6 +122,13 @@ class Settings:
             prometheus_url=e.get("TRTOP_PROMETHEUS_URL", d.prometheus_url),
             metrics_host=e.get("TRTOP_METRICS_HOST", d.metrics_host),
             metrics_port=int(e.get("TRTOP_METRICS_PORT", d.metrics_port)),
+            node_grace_seconds=float(e.get("TRTOP_NODE_GRACE_SECONDS", d.node_grace_seconds)),
+            resync_seconds=float(e.get("TRTOP_RESYNC_SECONDS", d.resync_seconds)),
+            api_timeout_seconds=float(e.get("TRTOP_API_TIMEOUT_SECONDS", d.api_timeout_seconds)),
+            store_timeout_seconds=float(e.get("TRTOP_STORE_TIMEOUT_SECONDS", d.store_timeout_seconds)),
+            workers=int(e.get("TRTOP_WORKERS", d.workers)),
+            retry_base_seconds=float(e.get("TRTOP_RETRY_BASE_SECONDS", d.retry_base_seconds)),
+            retry_max_seconds=float(e.get("TRTOP_RETRY_MAX_SECONDS", d.retry_max_seconds)),
             workload_env=extra,
             store_sharing=parse_sharing(e.get("TRTOP_STORE_SHARING", "")),
             store_read_secret=e.get("TRTOP_STORE_READ_SECRET", d.store_read_secret),

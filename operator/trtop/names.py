@@ -40,6 +40,8 @@ ANNOTATION_ENGINE_REQUEST: Final = f"{GROUP}/engine-request"
 ANNOTATION_ENGINE_SET: Final = f"{GROUP}/engine-set"
 ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"
 ANNOTATION_ENGINE_KEYS: Final = f"{GROUP}/engine-keys"  # on the Deployment: the keys it serves
+# On each object trtop applies: hash of the manifest it applied (re-applied only when it differs).
+ANNOTATION_APPLIED_HASH: Final = f"{GROUP}/applied-hash"
 
 # GPU Feature Discovery node labels (NVIDIA/k8s-device-plugin).
 GFD_PRODUCT: Final = "nvidia.com/gpu.product"

@@ -45,5 +45,53 @@ def test_semantic_errors_name_the_field_and_say_why(raw, field, fragment):
     assert fragment in str(info.value)
 
 
-def test_zero_min_replicas_is_allowed_for_scale_to_zero():
-    assert parse_spec(spec(scaling={"minReplicas": 0, "maxReplicas": 3})).scaling.min_replicas == 0
+def test_zero_min_replicas_is_refused_in_builtin_mode_until_scale_from_zero_exists():
+    with pytest.raises(SpecError) as info:
+        parse_spec(spec(scaling={"minReplicas": 0, "maxReplicas": 3}))
+    assert info.value.field == "scaling.minReplicas" and "scale it up again" in str(info.value)
+    assert parse_spec(spec(scaling={"mode": "external", "minReplicas": 0})).scaling.min_replicas == 0
+
+
+def test_a_specific_and_a_product_target_of_one_cc_sort_side_by_side():
+    s = parse_spec(spec(engine={"targets": ["auto", "8.9", "8.9/NVIDIA-L4"]}))
+    assert s.engine.targets == (Target("8.9"), Target("8.9", "NVIDIA-L4")) and s.engine.auto_targets
+
+
+HOSTILE = [
+    ({"engine": {"targets": "auto"}}, "engine.targets"),
+    ({"engine": {"targets": [{"cc": "8.9"}]}}, "engine.targets"),
+    ({"engine": {"builderOptions": ["x"]}}, "engine.builderOptions"),
+    ({"engine": {"batch": "big"}}, ""),
+    ({"engine": {"builderImage": 7}}, "engine.builderImage"),
+    ({"serving": {"resources": {"limits": {"cpu": "lots"}}}}, "serving.resources.limits.cpu"),
+    ({"serving": {"resources": {"limits": "cpu"}}}, "serving.resources.limits"),
+    ({"serving": {"resources": {"bogus": {}}}}, "serving.resources.bogus"),
+    ({"serving": {"resources": ["x"]}}, "serving.resources"),
+    ({"serving": {"env": [{"name": "TRTOP_ENGINE_SET", "value": "[]"}]}}, "serving.env[0].name"),
+    ({"serving": {"env": [{"value": "x"}]}}, "serving.env[0]"),
+    ({"serving": {"env": "A=B"}}, "serving.env"),
+    ({"serving": {"tolerations": "all"}}, "serving.tolerations"),
+    ({"serving": {"nodeSelector": ["a"]}}, "serving.nodeSelector"),
+    ({"serving": {"podLabels": {"job-name": "x"}}}, "serving.podLabels"),
+    ({"engine": {"podLabels": {"controller-uid": "x"}}}, "engine.podLabels"),
+    ({"engine": {"podLabels": {"batch.kubernetes.io/job-name": "x"}}}, "engine.podLabels"),
+    ({"serving": {"podLabels": {"team": "not a label value!"}}}, "serving.podLabels"),
+    ({"serving": {"batching": {"maxQueueDelayMs": "soon"}}}, "serving.batching.maxQueueDelayMs"),
+    ({"serving": {"batching": "fast"}}, "batching"),
+    ({"scaling": {"target": "high"}}, "scaling.target"),
+    ({"scaling": {"target": float("inf")}}, "scaling.target"),
+    ({"rollout": {"maxSurge": "0", "maxUnavailable": "0"}}, "rollout"),
+    ({"rollout": {"maxSurge": "0%", "maxUnavailable": 0}}, "rollout"),
+    ({"rollout": {"maxSurge": "lots"}}, "rollout.maxSurge"),
+    ({"rollout": {"maxUnavailable": -1}}, "rollout.maxUnavailable"),
+    ({"replicas": True}, "replicas"),
+    ({"model": {"uri": "s3://b/m", "inputShapes": ["x"]}}, ""),
+    ({"model": "s3://b/m"}, "model"),
+]
+
+
+@pytest.mark.parametrize("over,field", HOSTILE)
+def test_hostile_fields_are_spec_errors_naming_the_field_never_other_exceptions(over, field):
+    with pytest.raises(SpecError) as info:
+        parse_spec(spec(**over))
+    assert info.value.field == field, str(info.value)

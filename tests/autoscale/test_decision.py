@@ -306,3 +306,10 @@ def test_policy_from_spec_keeps_the_spec_and_hpa_defaults() -> None:
 def test_invalid_policies_say_what_to_fix(kw: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         policy(**kw)
+
+
+def test_readings_of_1e308_do_not_overflow():
+    decision, _ = decide(policy(max_replicas=5), obs(2, pods(1e308, 1e308)), ScalingHistory())
+    assert decision.desired_replicas == 5
+    decision, _ = decide(policy(min_replicas=0, max_replicas=5), obs(0, (), pending_load=1e308), ScalingHistory())
+    assert decision.desired_replicas >= 1

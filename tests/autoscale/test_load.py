@@ -200,3 +200,30 @@ async def test_against_a_real_prometheus(exporters: Callable[[], Exporter],
                   Observation(time.time(), 4, inflight.samples), ScalingHistory())
     # (3 + 7 + 0) over 3 ready pods = 3.33/pod; the not-ready pod is ignored on a scale-down.
     assert d.desired_replicas == 3, d.reason
+
+
+async def test_huge_and_absurd_metrics_are_bounded(exporters: Callable[[], Exporter]) -> None:
+    """A pod's /metrics is a tenant's output: read at most MAX_METRICS_BYTES, values clamped finite."""
+    from trtop.autoscale.load import MAX_METRICS_BYTES
+    from trtop.names import METRIC_INFLIGHT
+
+    app = web.Application()
+    app.router.add_get("/big", lambda _: web.Response(text="#" * (MAX_METRICS_BYTES + 10) + "\n"))
+    app.router.add_get("/huge", lambda _: web.Response(text=f"{METRIC_INFLIGHT} 1e308\n"))
+    app.router.add_get("/nan", lambda _: web.Response(text=f"{METRIC_INFLIGHT} NaN\n"))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    pods = [endpoint(n, None, url=f"{base}/{p}") for n, p in (("big", "big"), ("h1", "huge"), ("h2", "huge"),
+                                                              ("nan", "nan"))]
+    try:
+        reading = await DirectScraper(timeout_seconds=5.0).read(pods, "inflight")
+    finally:
+        await runner.cleanup()
+    assert [s.value for s in reading.samples] == [None, 1e9, 1e9, None]
+    assert "larger than" in reading.errors[0]
+    decision, _ = decide(ScalingPolicy(min_replicas=1, max_replicas=8, target=4.0),
+                         Observation(at=1.0, current_replicas=2, pods=reading.samples), ScalingHistory())
+    assert 2 < decision.desired_replicas <= 8  # scaled up, within the rate limit and maxReplicas

@@ -4,7 +4,6 @@ from dataclasses import replace
 import pytest
 
 from trtop import names
-from trtop.api.errors import SpecError
 from trtop.planning.facts import ClusterFacts, DeploymentFact, JobFact
 from trtop.planning.plan import plan_model_deployment
 
@@ -165,9 +164,11 @@ def test_scale_modes(mixed_cluster, settings):
     assert plan(builtin, facts, settings, autoscaled_replicas=4).deployment["spec"]["replicas"] == 4
 
 
-def test_spec_errors_raise_for_the_handler(settings):
-    with pytest.raises(SpecError):
-        plan(md_body({"model": {"uri": "ftp://nope"}}), ClusterFacts(), settings)
+def test_spec_errors_are_the_planned_status_not_exceptions(settings):
+    p = plan(md_body({"model": {"uri": "ftp://nope"}}), ClusterFacts(), settings)
+    assert p.spec is None and p.jobs_to_create == () and p.to_apply == ()
+    assert cond(p.status, "Stalled")["reason"] == "InvalidSpec" and "model.uri" in cond(p.status, "Stalled")["message"]
+    assert p.status["phase"] == "Stalled" and p.status["observedGeneration"] == 1
 
 
 def test_cpu_target_serves_without_gpu(mixed_cluster, settings):
@@ -204,9 +205,9 @@ def test_pod_labels_and_annotations_reach_build_and_serving_pods(mixed_cluster, 
     records = {e.key: record_for(e) for e in first.engines}
     served = plan(body, ClusterFacts(nodes=mixed_cluster, records=records), settings)
     assert served.deployment["spec"]["template"]["metadata"]["annotations"]["a"] == "b"
-    with pytest.raises(SpecError, match="set by trtop"):
-        plan(md_body({"model": {"uri": "s3://m"}, "engine": {"podLabels": {"app.kubernetes.io/name": "x"}}}),
-             ClusterFacts(), settings)
+    refused = plan(md_body({"model": {"uri": "s3://m"}, "engine": {"podLabels": {"app.kubernetes.io/name": "x"}}}),
+                   ClusterFacts(), settings)
+    assert refused.spec is None and "set by trtop" in refused.status["message"]
 
 
 def test_build_jobs_follow_the_serving_node_selector(mixed_cluster, settings):

@@ -9,13 +9,14 @@ Checks the schema cannot express (URI schemes, target syntax, shape names) raise
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-from trtop import names
 from trtop.api.engine import BatchProfile, HardwareCompatibility, Method, ModelFormat, ModelSource, Precision
+from trtop.api import validation
 from trtop.api.errors import SpecError
 from trtop.api.targets import Target
 
@@ -98,19 +99,35 @@ class ModelDeploymentSpec:
 
 
 def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
-    """Typed, defaulted, validated spec from the object's ``spec`` dict. Raises SpecError."""
+    """Typed, defaulted, validated spec from the object's ``spec`` dict.
+
+    Raises ``SpecError`` and nothing else, whatever a tenant wrote: a value of the wrong
+    type anywhere is a SpecError naming the spec, never a TypeError in the operator.
+    """
+    try:
+        return _parse_spec(raw)
+    except SpecError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as e:
+        raise SpecError("", f"a field has a value of the wrong type ({type(e).__name__}: {str(e)[:200]})") from e
+
+
+def _parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
+    if not isinstance(raw, Mapping):
+        raise SpecError("", f"must be an object, got {type(raw).__name__}")
     model = _parse_model(_section(raw, "model", required=True))
     engine = _parse_engine(_section(raw, "engine"))
     serving = _parse_serving(_section(raw, "serving"))
     scaling = _parse_scaling(_section(raw, "scaling"))
     rollout_raw = _section(raw, "rollout")
     rollout = RolloutSpec(
-        max_surge=str(rollout_raw.get("maxSurge", "25%")),
-        max_unavailable=str(rollout_raw.get("maxUnavailable", "0")),
+        max_surge=validation.check_rollout_bound(rollout_raw, "maxSurge", "25%"),
+        max_unavailable=validation.check_rollout_bound(rollout_raw, "maxUnavailable", "0"),
         keep_previous_engines=_int(rollout_raw, "keepPreviousEngines", 1, "rollout", minimum=0),
     )
+    validation.check_rollout(rollout.max_surge, rollout.max_unavailable)
     replicas = raw.get("replicas")
-    if replicas is not None and (not isinstance(replicas, int) or replicas < 0):
+    if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0):
         raise SpecError("replicas", f"must be a whole number >= 0, got {replicas!r}")
     if model.format == "onnx" and engine.method == "tf-trt":
         raise SpecError("engine.method", "tf-trt converts TensorFlow models; an ONNX model needs method 'onnx'")
@@ -143,11 +160,14 @@ def _int(raw: Mapping[str, Any], key: str, default: int, where: str, *, minimum:
 
 
 def _strings(raw: Mapping[str, Any], key: str, where: str) -> dict[str, str]:
-    value = raw.get(key) or {}
-    reserved = [k for k in value if str(k).startswith("app.kubernetes.io/") or str(k) == names.LABEL_MODEL_DEPLOYMENT]
-    if reserved and key == "podLabels":
-        raise SpecError(f"{where}.{key}", f"labels {reserved} are set by trtop (they select its pods); pick other keys")
-    return {str(k): str(v) for k, v in value.items()}
+    return validation.check_string_map(raw.get(key), f"{where}.{key}", labels=key == "podLabels")
+
+
+def _number(raw: Mapping[str, Any], key: str, default: float, where: str) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SpecError(f"{where}.{key}", f"must be a number, got {value!r}")
+    return float(value)
 
 
 def _parse_model(raw: Mapping[str, Any]) -> ModelSource:
@@ -186,14 +206,16 @@ def _parse_engine(raw: Mapping[str, Any]) -> EngineSpec:
     if not batch.min <= batch.opt <= batch.max:
         raise SpecError("engine.batch", f"needs min <= opt <= max, got {batch.min}/{batch.opt}/{batch.max}")
     targets_raw = raw.get("targets") or [AUTO]
+    if not isinstance(targets_raw, list):
+        raise SpecError("engine.targets", "must be a list such as [auto] or [\"8.9\", cpu]")
     explicit: list[Target] = []
     for item in targets_raw:
         text = str(item)
-        if not _TARGET.match(text):
+        if not isinstance(item, str) or not _TARGET.match(text):
             raise SpecError("engine.targets", f"{text!r} is not 'auto', 'cpu', 'MAJOR.MINOR' or 'MAJOR.MINOR/PRODUCT'")
         if text != AUTO:
             explicit.append(Target.parse(text))
-    options = raw.get("builderOptions") or {}
+    options = validation.check_string_map(raw.get("builderOptions"), "engine.builderOptions")
     return EngineSpec(
         precision=cast(Precision, _enum(raw, "precision", PRECISIONS, "fp32", "engine")),
         batch=batch,
@@ -206,10 +228,10 @@ def _parse_engine(raw: Mapping[str, Any]) -> EngineSpec:
         build_timeout_seconds=_int(raw, "buildTimeoutSeconds", 3600, "engine", minimum=60),
         backoff_limit=_int(raw, "backoffLimit", 2, "engine"),
         retry_after_seconds=_int(raw, "retryAfterSeconds", 600, "engine", minimum=10),
-        builder_image=raw.get("builderImage"),
+        builder_image=_optional_string(raw, "builderImage", "engine"),
         builder_options={str(k): str(v) for k, v in options.items()},
-        sample_data_uri=raw.get("sampleDataUri"),
-        calibration_uri=raw.get("calibrationUri"),
+        sample_data_uri=_optional_string(raw, "sampleDataUri", "engine"),
+        calibration_uri=_optional_string(raw, "calibrationUri", "engine"),
         pod_labels=_strings(raw, "podLabels", "engine"),
         pod_annotations=_strings(raw, "podAnnotations", "engine"),
         tolerations=tuple(raw["tolerations"]) if isinstance(raw.get("tolerations"), list) else None,
@@ -220,12 +242,14 @@ def _parse_serving(raw: Mapping[str, Any]) -> ServingSpec:
     port = _int(raw, "port", 8000, "serving", minimum=1)
     if port > 65535:
         raise SpecError("serving.port", f"must be <= 65535, got {port}")
-    batching = raw.get("batching") or {}
+    batching = _section(raw, "batching")
     return ServingSpec(
-        image=raw.get("image"), port=port, resources=dict(raw.get("resources") or {}),
-        node_selector={str(k): str(v) for k, v in (raw.get("nodeSelector") or {}).items()},
-        tolerations=tuple(raw.get("tolerations") or ()), env=tuple(raw.get("env") or ()),
-        max_queue_delay_ms=float(batching.get("maxQueueDelayMs", 2.0)),
+        image=_optional_string(raw, "image", "serving"), port=port,
+        resources=validation.check_resources(raw.get("resources")),
+        node_selector=validation.check_string_map(raw.get("nodeSelector"), "serving.nodeSelector"),
+        tolerations=validation.check_objects(raw.get("tolerations"), "serving.tolerations"),
+        env=validation.check_env(raw.get("env")),
+        max_queue_delay_ms=_number(batching, "maxQueueDelayMs", 2.0, "serving.batching"),
         max_queue_size=_int(batching, "maxQueueSize", 256, "serving.batching", minimum=1),
         pod_labels=_strings(raw, "podLabels", "serving"),
         pod_annotations=_strings(raw, "podAnnotations", "serving"),
@@ -238,7 +262,7 @@ def _parse_scaling(raw: Mapping[str, Any]) -> ScalingSpec:
         min_replicas=_int(raw, "minReplicas", 1, "scaling"),
         max_replicas=_int(raw, "maxReplicas", 4, "scaling", minimum=1),
         metric=cast(ScalingMetric, _enum(raw, "metric", SCALING_METRICS, "inflight", "scaling")),
-        target=float(raw.get("target", 4.0)),
+        target=_number(raw, "target", 4.0, "scaling"),
         scale_up_window_seconds=_int(raw, "scaleUpWindowSeconds", 0, "scaling"),
         scale_down_window_seconds=_int(raw, "scaleDownWindowSeconds", 300, "scaling"),
     )
@@ -246,4 +270,15 @@ def _parse_scaling(raw: Mapping[str, Any]) -> ScalingSpec:
         raise SpecError("scaling", f"minReplicas ({spec.min_replicas}) must be <= maxReplicas ({spec.max_replicas})")
     if spec.target <= 0:
         raise SpecError("scaling.target", f"must be > 0, got {spec.target}")
+    if spec.mode == "builtin" and spec.min_replicas == 0:
+        raise SpecError("scaling.minReplicas", "0 is not supported with scaling.mode builtin yet (nothing would "
+                                               "scale it up again from zero); use minReplicas >= 1, or mode "
+                                               "external with an autoscaler that scales from zero (KEDA)")
     return spec
+
+
+def _optional_string(raw: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = raw.get(key)
+    if value is not None and not isinstance(value, str):
+        raise SpecError(f"{where}.{key}", f"must be a string, got {type(value).__name__}")
+    return value or None

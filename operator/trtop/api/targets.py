@@ -29,12 +29,31 @@ def normalize_product(product: str) -> str:
     return _MIG_SUFFIX.sub("", product)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Target:
-    """One architecture an engine is built for: CC, and product when engines are product-specific."""
+    """One architecture an engine is built for: CC, and product when engines are product-specific.
+
+    Ordered by (cc, product) with "no product" first, so ``8.9`` and ``8.9/NVIDIA-L4`` sort
+    side by side (a dataclass order would compare None with a string and raise).
+    """
 
     cc: ComputeCapability
     product: str | None = None
+
+    def _order(self) -> tuple[str, str]:
+        return (self.cc, self.product or "")
+
+    def __lt__(self, other: Target) -> bool:
+        return self._order() < other._order()
+
+    def __le__(self, other: Target) -> bool:
+        return self._order() <= other._order()
+
+    def __gt__(self, other: Target) -> bool:
+        return self._order() > other._order()
+
+    def __ge__(self, other: Target) -> bool:
+        return self._order() >= other._order()
 
     @property
     def is_cpu(self) -> bool:

@@ -139,13 +139,24 @@ def _from_zero(policy: ScalingPolicy, obs: Observation, history: ScalingHistory)
     if obs.pending_load <= 0:
         decision = Decision(0, 0, "scaled to zero and no load is waiting", 0.0, 0)
         return _finish(policy, obs, history, decision, 0)
-    raw = max(1, math.ceil(obs.pending_load / policy.target - _EPSILON))
+    raw = max(1, math.ceil(clamp_metric(obs.pending_load) / policy.target - _EPSILON))
     desired, limit = _limit_rate(policy, obs.at, 0, raw, history)
     reason = (f"{obs.pending_load:g} {_UNITS[policy.metric]} waiting while scaled to zero vs target "
               f"{policy.target:g} per replica" + _limit_note(policy, limit, raw, desired))
     decision = Decision(desired, 0, reason, obs.pending_load, raw,
                         limited_by_rate=limit in ("ScaleUpLimit", "ScaleDownLimit"), limit_reason=limit)
     return _finish(policy, obs, history, decision, raw)
+
+
+# A pod's reading is what a tenant's process says: bounded so that sums stay finite
+# (two pods reporting 1e308 must not overflow ceil()); far above any real load.
+METRIC_CEILING = 1e9
+
+
+def clamp_metric(value: float) -> float:
+    """A reading within [0, METRIC_CEILING] (NaN counts as 0; callers drop None/NaN first)."""
+    v = float(value)
+    return 0.0 if not v > 0 else min(v, METRIC_CEILING)
 
 
 @dataclass(frozen=True)
@@ -169,7 +180,7 @@ def _recommend(policy: ScalingPolicy, obs: Observation) -> _Reading:
         age = obs.at - (obs.at if p.sampled_at is None else p.sampled_at)
         return p.value is not None and math.isfinite(p.value) and age <= policy.max_metric_age_seconds
 
-    values = [float(p.value) for p in obs.pods if p.ready and fresh(p) and p.value is not None]
+    values = [clamp_metric(p.value) for p in obs.pods if p.ready and fresh(p) and p.value is not None]
     missing = sum(1 for p in obs.pods if p.ready and not fresh(p))
     unready = sum(1 for p in obs.pods if not p.ready)
 

@@ -11,6 +11,7 @@ Prometheus being unreachable: the pod's value is None (``decide`` treats it as m
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import re
 import time
@@ -22,8 +23,13 @@ import aiohttp
 
 from trtop import names
 from trtop.api.spec import ScalingMetric
-from trtop.autoscale.decision import PodSample
+from trtop.autoscale.decision import PodSample, clamp_metric
 from trtop.autoscale.rates import MetricsFormatError, Scrape, parse_totals, pod_load
+
+
+# A serving pod's /metrics is a few KiB; a tenant's process could send anything.
+MAX_METRICS_BYTES = 1 << 20
+MAX_PROMETHEUS_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,18 @@ class LoadReading:
 
 class LoadSource(Protocol):
     async def read(self, pods: Sequence[PodEndpoint], metric: ScalingMetric) -> LoadReading: ...
+
+
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body, or None once it grows past ``limit`` bytes (the rest is never read)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 << 10):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def endpoint_from_pod(pod: Mapping[str, Any], port: int, path: str = "/metrics") -> PodEndpoint | None:
@@ -102,7 +120,10 @@ class DirectScraper:
             return PodSample(pod.name, True, None), f"pod {pod.namespace}/{pod.name} is ready but has no IP yet"
         try:
             async with session.get(pod.metrics_url, timeout=self._timeout) as resp:
-                body = await resp.text()
+                raw = await read_bounded(resp, MAX_METRICS_BYTES)
+                if raw is None:
+                    raise MetricsFormatError(f"/metrics is larger than {MAX_METRICS_BYTES} bytes")
+                body = raw.decode("utf-8", errors="replace")
                 if resp.status != 200:
                     raise MetricsFormatError(f"HTTP {resp.status}: {body[:200]!r}")
             totals = parse_totals(body)
@@ -115,7 +136,14 @@ class DirectScraper:
         if previous is not None and current.at - previous.at > self._max_interval:
             previous = None
         self._previous[key] = current
-        return PodSample(pod.name, True, pod_load(metric, previous, current), current.at), ""
+        return PodSample(pod.name, True, _finite(pod_load(metric, previous, current)), current.at), ""
+
+
+def _finite(value: float | None) -> float | None:
+    """A tenant's reading made safe: NaN/inf or negative is no reading / 0, huge is capped."""
+    if value is None or math.isnan(value):
+        return None
+    return clamp_metric(value)
 
 
 # Pod names are DNS subdomains: [a-z0-9] with '-' and '.'; anything else cannot be a pod.
@@ -185,7 +213,7 @@ class PrometheusReader:
                     v = 0.0  # 0/0: no request queued in the window, so none waited
                 values[pod] = (v, scraped.get(pod, (evaluated_at, evaluated_at))[0])
         samples = tuple(
-            PodSample(p.name, p.ready, *values[p.name]) if p.ready and p.name in values
+            PodSample(p.name, p.ready, _finite(values[p.name][0]), values[p.name][1]) if p.ready and p.name in values
             else PodSample(p.name, p.ready, None) for p in pods)
         return LoadReading(samples, tuple(errors))
 
@@ -211,15 +239,23 @@ class PrometheusReader:
         if data.get("resultType") != "vector":
             raise PrometheusError(f"expected an instant vector from {promql!r}, got {data.get('resultType')}")
         out: dict[str, tuple[float, float]] = {}
-        for i, item in enumerate(data.get("result", [])):
-            at, raw = item["value"]
-            name = item.get("metric", {}).get(label, "") if label else str(i)
-            out[name] = (float(raw), float(at))
+        try:
+            for i, item in enumerate(data.get("result", [])):
+                at, raw = item["value"]
+                name = item.get("metric", {}).get(label, "") if label else str(i)
+                out[str(name)] = (float(raw), float(at))
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise PrometheusError(f"unexpected answer from Prometheus to {promql!r}: {e}") from e
         return out
 
     async def _get(self, session: aiohttp.ClientSession, promql: str) -> dict[str, Any]:
         async with session.get(self._url, params={"query": promql}, timeout=self._timeout) as resp:
             if resp.status >= 500:
                 raise PrometheusError(f"Prometheus at {self._url} answered HTTP {resp.status}")
-            payload: dict[str, Any] = await resp.json(content_type=None)
+            raw = await read_bounded(resp, MAX_PROMETHEUS_BYTES)
+            if raw is None:
+                raise ValueError(f"answer larger than {MAX_PROMETHEUS_BYTES} bytes")
+            payload = json.loads(raw)
+            if not isinstance(payload, dict):
+                raise ValueError("answer is not a JSON object")
             return payload

@@ -16,8 +16,6 @@ import logging
 import time
 from typing import Any
 
-import kopf
-
 from trtop import names
 from trtop.api.errors import SpecError
 from trtop.api.spec import parse_spec
@@ -30,7 +28,7 @@ from trtop.handlers import metrics
 from trtop.handlers.modeldeployment import reconcile
 from trtop.handlers.scale_state import STATES, ScaleState
 from trtop.k8s import observe, peering
-from trtop.k8s.client import get_clients, plain
+from trtop.k8s.client import get_clients, plain, timeout
 from trtop.k8s.events import list_model_deployments, patch_status, post_event
 from trtop.planning.facts import NodeFact
 from trtop.planning.targets import nodes_for_target
@@ -42,44 +40,62 @@ async def autoscale_once(settings: Settings, source: LoadSource) -> None:
     if not await asyncio.to_thread(peering.this_replica_works):
         return
     bodies = await asyncio.to_thread(list_model_deployments, settings.namespaces)
-    nodes: tuple[NodeFact, ...] | None = None
+    nodes: list[tuple[NodeFact, ...]] = []
     for body in bodies:
+        meta = body.get("metadata") or {}
         try:
-            spec = parse_spec(body.get("spec") or {})
-        except SpecError:
-            continue
-        if spec.scaling.mode != "builtin" or body["metadata"].get("deletionTimestamp"):
-            STATES.pop(body["metadata"]["uid"], None)
-            continue
-        meta = body["metadata"]
-        live = await asyncio.to_thread(observe.observe_deployment, meta["namespace"], meta["name"])
-        if live is None:
-            continue
-        if nodes is None:
-            nodes = await asyncio.to_thread(observe.observe_nodes, settings.namespaces)
-        pods = await asyncio.to_thread(_serving_pods, body)
-        endpoints = [e for e in (endpoint_from_pod(p, spec.serving.port) for p in pods) if e is not None]
-        reading = await source.read(endpoints, spec.scaling.metric)
-        served = [Target.parse(e["target"]) for e in (body.get("status") or {}).get("engines", [])
-                  if e.get("state") == "Ready" and e.get("key") in (body.get("status") or {}).get("servedEngines", [])]
-        gpu = any(not t.is_cpu for t in served)
-        eligible = {n.name for t in served for n in nodes_for_target(t, nodes)}
-        capacity = schedulable_capacity(nodes, eligible=lambda n: n.name in eligible,
-                                        gpus_per_replica=1 if gpu else 0, running_replicas=live.replicas)
-        observation = Observation(at=time.time(), current_replicas=live.replicas, pods=reading.samples,
-                                  schedulable_capacity=capacity)
-        state = STATES.setdefault(meta["uid"], ScaleState(ScalingHistory()))
-        decision, state.history = decide(policy_from_spec(spec.scaling), observation, state.history)
-        state.desired, state.limit = decision.desired_replicas, decision.capacity_message if decision.capped else ""
-        await asyncio.to_thread(_apply, body, decision, reading.errors, settings)
+            await _autoscale_one(body, settings, source, nodes)
+        except Exception as e:  # noqa: BLE001 - one object must never stop the others' autoscaling
+            log.warning("Autoscaling %s/%s skipped this round: %s: %s", meta.get("namespace"), meta.get("name"),
+                        type(e).__name__, str(e)[:300])
+
+
+async def _autoscale_one(body: dict[str, Any], settings: Settings, source: LoadSource,
+                         nodes_once: list[tuple[NodeFact, ...]]) -> None:
+    meta = body["metadata"]
+    try:
+        spec = parse_spec(body.get("spec") or {})
+    except SpecError:
+        return  # its status says InvalidSpec (the reconcile shell wrote it)
+    if spec.scaling.mode != "builtin" or meta.get("deletionTimestamp"):
+        STATES.pop(meta["uid"], None)
+        return
+    live = await asyncio.to_thread(observe.observe_deployment, meta["namespace"], meta["name"], meta["uid"])
+    if live is None or live.foreign:
+        return
+    if not nodes_once:
+        nodes_once.append(await asyncio.to_thread(observe.observe_nodes, settings.namespaces))
+    nodes = nodes_once[0]
+    pods = await asyncio.to_thread(_serving_pods, body)
+    endpoints = [e for e in (endpoint_from_pod(p, spec.serving.port) for p in pods) if e is not None]
+    reading = await source.read(endpoints, spec.scaling.metric)
+    status = body.get("status") or {}
+    served_keys = set(status.get("servedEngines") or [])
+    served = []
+    for entry in status.get("engines") or []:
+        try:
+            if entry.get("state") == "Ready" and entry.get("key") in served_keys:
+                served.append(Target.parse(str(entry["target"])))
+        except (ValueError, KeyError, AttributeError, TypeError):
+            continue  # a status entry someone else wrote: not ours to trust
+    gpu = any(not t.is_cpu for t in served)
+    eligible = {n.name for t in served for n in nodes_for_target(t, nodes)}
+    capacity = schedulable_capacity(nodes, eligible=lambda n: n.name in eligible,
+                                    gpus_per_replica=1 if gpu else 0, running_replicas=live.replicas)
+    observation = Observation(at=time.time(), current_replicas=live.replicas, pods=reading.samples,
+                              schedulable_capacity=capacity)
+    state = STATES.setdefault(meta["uid"], ScaleState(ScalingHistory()))
+    decision, state.history = decide(policy_from_spec(spec.scaling), observation, state.history)
+    state.desired, state.limit = decision.desired_replicas, decision.capacity_message if decision.capped else ""
+    await asyncio.to_thread(_apply, body, decision, reading.errors, settings)
 
 
 def _serving_pods(body: dict[str, Any]) -> list[dict[str, Any]]:
     c = get_clients()
-    selector = (body.get("status") or {}).get("selector") or (
-        f"{names.LABEL_MODEL_DEPLOYMENT}={body['metadata']['name']},"
-        f"{names.LABEL_COMPONENT}={names.COMPONENT_INFERENCE}")
-    return list(plain(c.core.list_namespaced_pod(body["metadata"]["namespace"], label_selector=selector))["items"])
+    selector = (f"{names.LABEL_MODEL_DEPLOYMENT}={body['metadata']['name']},"
+                f"{names.LABEL_COMPONENT}={names.COMPONENT_INFERENCE}")
+    return list(plain(c.core.list_namespaced_pod(body["metadata"]["namespace"], label_selector=selector,
+                                                 _request_timeout=timeout()))["items"])
 
 
 def _apply(body: dict[str, Any], decision: Decision, errors: tuple[str, ...], settings: Settings) -> None:
@@ -88,15 +104,14 @@ def _apply(body: dict[str, Any], decision: Decision, errors: tuple[str, ...], se
                "desired": decision.desired_replicas, "reason": decision.reason,
                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if decision.changed:
-        patch = kopf.Patch()
-        reconcile(body, patch, settings, autoscaled=decision.desired_replicas,
-                  scaling_limit=decision.capacity_message if decision.capped else "")
-        patch.status["lastScale"] = reading
-        patch.status["lastMetric"] = {k: v for k, v in reading.items() if k != "reason"}
-        patch_status(body, dict(patch.status))
-        metrics.SCALE_CHANGES.labels(decision.direction).inc()
-        post_event(body, "Normal", "Scaled" + decision.direction.capitalize(),
-                   f"replicas {decision.current_replicas} -> {decision.desired_replicas}: {decision.reason}")
+        outcome = reconcile(body, settings, autoscaled=decision.desired_replicas,
+                            scaling_limit=decision.capacity_message if decision.capped else "",
+                            extra_status={"lastScale": reading,
+                                          "lastMetric": {k: v for k, v in reading.items() if k != "reason"}})
+        if outcome.failure is None:
+            metrics.SCALE_CHANGES.labels(decision.direction).inc()
+            post_event(body, "Normal", "Scaled" + decision.direction.capitalize(),
+                       f"replicas {decision.current_replicas} -> {decision.desired_replicas}: {decision.reason}")
     else:
         update: dict[str, Any] = {}
         if decision.capped and status.get("lastCapped") != decision.capacity_message:
@@ -119,8 +134,9 @@ async def autoscale_forever(settings: Settings, stopped: asyncio.Event) -> None:
     while not stopped.is_set():
         try:
             await autoscale_once(settings, source)
-        except Exception:  # noqa: BLE001 - a failed round (API or metrics down) is retried next round
-            log.exception("Autoscale round failed")
+        except Exception as e:  # noqa: BLE001 - a failed round (API or metrics down) is retried next round
+            log.warning("Autoscale round failed (retried in %gs): %s: %s", settings.autoscale_interval_seconds,
+                        type(e).__name__, str(e)[:300])
         try:
             await asyncio.wait_for(stopped.wait(), timeout=settings.autoscale_interval_seconds)
         except asyncio.TimeoutError:

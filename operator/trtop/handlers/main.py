@@ -43,5 +43,5 @@ async def on_cleanup_operator(**_: Any) -> None:
 @kopf.on.resume(names.GROUP, names.VERSION, names.PLURAL)
 @kopf.on.create(names.GROUP, names.VERSION, names.PLURAL)
 @kopf.on.update(names.GROUP, names.VERSION, names.PLURAL, field="spec")
-def on_change_model_deployment(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    reconcile(body, patch, SETTINGS)
+def on_change_model_deployment(body: kopf.Body, **_: Any) -> None:
+    reconcile(body, SETTINGS)

@@ -1,8 +1,14 @@
-"""Reconcile one ModelDeployment: observe -> plan -> apply -> status + Events.
+"""The reconcile shell: the one path from a ModelDeployment to its objects and its status.
 
-Level-based: called on create/update/resume and by a timer, it arrives at the same
-place however often it runs. Errors are translated here only: a spec trtop cannot honour
-becomes a Stalled status and a Warning Event; API errors become kopf.TemporaryError.
+kopf's handlers, the safety-net resync and the autoscaler all call ``reconcile``. One way
+through: gather facts -> plan once (pure; the invalid-spec status included) -> create the
+missing build Jobs -> apply only the objects whose content differs from the live ones
+(applied-hash) -> write the status only when it changed, guarded by the object's
+resourceVersion -> post an Event per change a person wants to see.
+
+Every failure ends as a condition, never as a traceback: a 4xx of the API server is
+Stalled with the server's own message; a transient error (timeout, 5xx, conflict, the
+store) is retried with backoff (``Outcome.retry_after``) and said in Reconciling.
 """
 from __future__ import annotations
 
@@ -11,99 +17,114 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass
 from typing import Any
 
-import kopf
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from trtop import names
-from trtop.api.errors import SpecError
-from trtop.api.spec import parse_spec
 from trtop.config import Settings
 from trtop.handlers import metrics
+from trtop.handlers.facts import gather
 from trtop.handlers.scale_state import last_decision
-from trtop.k8s import observe
 from trtop.k8s.apply import apply, create_job
-from trtop.k8s.events import post_event
-from trtop.planning.engines import engine_statuses
-from trtop.planning.facts import ClusterFacts, JobFact
-from trtop.planning.admission import check_spec_trust
+from trtop.k8s.errors import Failure, from_api_exception, from_transport_error
+from trtop.k8s.events import patch_status, post_event
 from trtop.planning.plan import Plan, plan_model_deployment
-from trtop.planning.status import events_between
-from trtop.planning.targets import discover_targets
-from trtop.store import open_store, scoped_uri
+from trtop.planning.status import events_between, with_failure
 
 log = logging.getLogger(__name__)
 _seen_ready: set[str] = set()  # engine keys this process has counted (cache-hit metric)
 _built_by_us: set[str] = set()
-# One reconcile at a time per object: kopf's handlers and the resync loop may both call in.
+# One reconcile at a time per object: the kopf handlers, the resync and the autoscaler may all call in.
 _locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    plan: Plan | None
+    failure: Failure | None = None
+    status_written: bool = False
+    writes: int = 0  # API writes this reconcile made (Jobs, applies, status, Events)
+
+    @property
+    def should_retry(self) -> bool:
+        return self.failure is not None and not self.failure.stalled
 
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def reconcile(body: Mapping[str, Any], patch: kopf.Patch, settings: Settings,
-              autoscaled: int | None = None, scaling_limit: str = "") -> Plan | None:
+def reconcile(body: Mapping[str, Any], settings: Settings, *, autoscaled: int | None = None,
+              scaling_limit: str = "", extra_status: Mapping[str, Any] | None = None) -> Outcome:
+    """Bring one ModelDeployment's objects and status in line with its spec (level-based)."""
     uid = str(body["metadata"].get("uid"))
     if autoscaled is None:  # every reconcile keeps the autoscaler's last decision
         autoscaled, scaling_limit = last_decision(uid)
     with _locks[uid]:
-        return _reconcile(body, patch, settings, autoscaled, scaling_limit)
+        return _reconcile(body, settings, autoscaled, scaling_limit, extra_status or {})
 
 
-def _reconcile(body: Mapping[str, Any], patch: kopf.Patch, settings: Settings, autoscaled: int | None,
-               scaling_limit: str) -> Plan | None:
-    meta = body["metadata"]
-    ns, name = meta["namespace"], meta["name"]
-    status = dict(body.get("status") or {})
+def _reconcile(body: Mapping[str, Any], settings: Settings, autoscaled: int | None, scaling_limit: str,
+               extra_status: Mapping[str, Any]) -> Outcome:
+    old = dict(body.get("status") or {})
+    plan: Plan | None = None
+    failure: Failure | None = None
+    writes = 0
+    doing = "reading the cluster"
     try:
-        spec = parse_spec(body.get("spec") or {})
-        check_spec_trust(spec, settings)
-    except SpecError as e:
-        _report_spec_error(body, patch, e)
-        metrics.RECONCILES.labels("invalid-spec").inc()
-        return None
-    try:
-        facts = _observe(ns, name, spec, settings)
+        facts = gather(body, settings)
         plan = plan_model_deployment(body, facts, settings, autoscaled_replicas=autoscaled,
                                      scaling_limit=scaling_limit, now=now())
-        created = [job for job in plan.jobs_to_create if not facts.store_error and create_job(job)]
-        for job in created:
-            metrics.BUILDS.labels("created").inc()
-            _built_by_us.add(job["metadata"]["labels"][names.LABEL_ENGINE_KEY])
-            post_event(body, "Normal", "BuildStarted", f"Created build Job {job['metadata']['name']} for target "
-                       f"{job['metadata']['labels'][names.LABEL_TARGET]}.")
-        if plan.jobs_to_create:  # they exist now (ours or a concurrent one's): plan again with them
-            jobs = dict(facts.jobs)
-            for job in plan.jobs_to_create:
-                key = job["metadata"]["labels"][names.LABEL_ENGINE_KEY]
-                jobs.setdefault(key, JobFact(job["metadata"]["name"], key, "active"))
-            plan = plan_model_deployment(body, replace(facts, jobs=jobs), settings,
-                                         autoscaled_replicas=autoscaled, scaling_limit=scaling_limit, now=now())
-        if plan.service is not None:
-            apply(plan.service)
-        if plan.deployment is not None:
-            apply(plan.deployment)
+        for job in plan.jobs_to_create:
+            doing = f"creating build Job {job['metadata']['name']}"
+            if create_job(job):
+                writes += 1
+                _job_created(body, job)
+        for manifest in plan.to_apply:
+            doing = f"applying {manifest['kind']} {manifest['metadata']['namespace']}/{manifest['metadata']['name']}"
+            apply(manifest)
+            writes += 1
     except ApiException as e:
-        metrics.RECONCILES.labels("api-error").inc()
-        raise kopf.TemporaryError(f"Kubernetes API error ({e.status} {e.reason}); retrying.", delay=5) from e
-    _count_engines(plan)
-    _write_status(status, plan.status, patch, body)
-    metrics.RECONCILES.labels("ok").inc()
-    return plan
+        failure = from_api_exception(e, doing)
+    except (HTTPError, OSError, TimeoutError) as e:
+        failure = from_transport_error(e, doing)
+    status = dict(plan.status) if plan is not None else _fallback_status(old)
+    if failure is not None:
+        (log.warning if failure.stalled else log.info)("%s/%s: %s", body["metadata"]["namespace"],
+                                                       body["metadata"]["name"], failure.message)
+        status = with_failure(status, old.get("conditions") or [], failure.reason, failure.message,
+                              stalled=failure.stalled, now=now())
+    status.update(extra_status)
+    written, write_failure, status_writes = _write_status(body, old, status)
+    writes += status_writes
+    failure = failure or write_failure
+    if plan is not None:
+        _count_engines(plan)
+    metrics.RECONCILES.labels(_outcome_label(plan, failure)).inc()
+    return Outcome(plan, failure, written, writes)
 
 
-def _observe(ns: str, name: str, spec: Any, settings: Settings) -> ClusterFacts:
-    nodes = observe.observe_nodes(settings.namespaces)
-    base = ClusterFacts(nodes=nodes)
-    requests = engine_statuses(spec, discover_targets(spec, nodes), base, settings, ns)
-    store = open_store(scoped_uri(settings.store_uri, settings.store_scope(ns)))
-    records, store_error = observe.read_records(store, [e.key for e in requests])
-    return ClusterFacts(nodes=nodes, jobs=observe.observe_jobs(ns), records=records,
-                        deployment=observe.observe_deployment(ns, name), store_error=store_error)
+def _fallback_status(old: Mapping[str, Any]) -> dict[str, Any]:
+    """Without a plan (the facts could not be read) the failure lays over the last status."""
+    return {"observedGeneration": old.get("observedGeneration", 0), "phase": old.get("phase", "Progressing"),
+            "conditions": list(old.get("conditions") or [])}
+
+
+def _outcome_label(plan: Plan | None, failure: Failure | None) -> str:
+    if failure is not None:
+        return "stalled" if failure.stalled else "retry"
+    return "invalid-spec" if plan is not None and plan.spec is None else "ok"
+
+
+def _job_created(body: Mapping[str, Any], job: Mapping[str, Any]) -> None:
+    labels = job["metadata"]["labels"]
+    metrics.BUILDS.labels("created").inc()
+    _built_by_us.add(labels[names.LABEL_ENGINE_KEY])
+    log.info("%s/%s: created build Job %s for target %s", body["metadata"]["namespace"], body["metadata"]["name"],
+             job["metadata"]["name"], labels[names.LABEL_TARGET])
 
 
 def _count_engines(plan: Plan) -> None:
@@ -119,38 +140,25 @@ def _count_engines(plan: Plan) -> None:
             metrics.BUILDS.labels("failed").inc()
 
 
-def _write_status(old: Mapping[str, Any], new: Mapping[str, Any], patch: kopf.Patch,
-                  body: Mapping[str, Any]) -> None:
+def _write_status(body: Mapping[str, Any], old: Mapping[str, Any],
+                  new: Mapping[str, Any]) -> tuple[bool, Failure | None, int]:
+    """(written, failure, writes): patch the fields that changed, then post their Events."""
+    changed = {k: v for k, v in new.items() if old.get(k) != v}
+    if not changed:
+        return False, None, 0
+    meta = body["metadata"]
+    try:
+        patch_status(body, changed)
+    except ApiException as e:
+        if e.status == 404:  # deleted meanwhile: nothing to report on
+            return False, None, 0
+        return False, from_api_exception(e, "writing the status"), 0
+    except (HTTPError, OSError, TimeoutError) as e:
+        return False, from_transport_error(e, "writing the status"), 0
+    writes = 1
     for event in events_between(old, new):
-        # The module logger (not kopf's, which would post a second Event) logs it once.
         post_event(body, event.type, event.reason, event.message)
-        (log.warning if event.type == "Warning" else log.info)("%s/%s: %s", body["metadata"]["namespace"],
-                                                                 body["metadata"]["name"], event.message)
-    for field, value in new.items():
-        if old.get(field) != value:
-            patch.status[field] = value
-
-
-def _report_spec_error(body: Mapping[str, Any], patch: kopf.Patch, error: SpecError) -> None:
-    old = dict(body.get("status") or {})
-    gen = int(body["metadata"].get("generation", 0))
-    message = f"{error} (fix the spec; nothing was built or changed)"
-    conds: list[dict[str, Any]] = [
-        {"type": names.COND_READY, "status": "False", "reason": "InvalidSpec", "message": message},
-        {"type": names.COND_STALLED, "status": "True", "reason": "InvalidSpec", "message": message},
-        {"type": names.COND_RECONCILING, "status": "False", "reason": "InvalidSpec", "message": message},
-    ]
-    prev = {c.get("type"): c for c in old.get("conditions", [])}
-    for c in conds:
-        p = prev.get(c["type"], {})
-        c["lastTransitionTime"] = p.get("lastTransitionTime", now()) if p.get("status") == c["status"] else now()
-        c["observedGeneration"] = gen
-    # Keep the other conditions (e.g. Available of a Deployment still serving the last good spec).
-    kept = [c for t, c in prev.items() if t not in {c["type"] for c in conds}]
-    new = {"observedGeneration": gen, "phase": "Stalled", "message": message, "conditions": conds + kept}
-    if old.get("message") != message:
-        post_event(body, "Warning", "InvalidSpec", message)
-        log.warning("%s/%s: %s", body["metadata"]["namespace"], body["metadata"]["name"], message)
-    for field, value in new.items():
-        if old.get(field) != value:
-            patch.status[field] = value
+        writes += 1
+        (log.warning if event.type == "Warning" else log.info)("%s/%s: %s", meta["namespace"], meta["name"],
+                                                               event.message)
+    return True, None, writes

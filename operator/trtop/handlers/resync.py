@@ -12,13 +12,10 @@ import asyncio
 import logging
 from typing import Any
 
-import kopf
-from kubernetes.client.exceptions import ApiException
-
 from trtop.config import Settings
 from trtop.handlers.modeldeployment import reconcile
 from trtop.k8s import peering
-from trtop.k8s.events import list_model_deployments, patch_status
+from trtop.k8s.events import list_model_deployments
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +28,8 @@ def resync_once(settings: Settings) -> int:
     for body in list_model_deployments(settings.namespaces):
         if body["metadata"].get("deletionTimestamp"):
             continue
-        patch = kopf.Patch()
         try:
-            reconcile(body, patch, settings)
-            if patch.status:
-                patch_status(body, dict(patch.status))
-        except (kopf.TemporaryError, ApiException) as e:
-            log.warning("Resync of %s/%s will be retried: %s", body["metadata"]["namespace"],
-                        body["metadata"]["name"], e)
+            reconcile(body, settings)  # every failure ends in the object's status
         except Exception:  # noqa: BLE001 - one object's bug must not stop the others' reconciles
             log.exception("Resync of %s/%s failed", body["metadata"]["namespace"], body["metadata"]["name"])
         count += 1

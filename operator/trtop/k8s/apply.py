@@ -13,18 +13,22 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from trtop import names
-from trtop.k8s.client import get_clients
+from trtop.k8s.client import get_clients, timeout
 
 log = logging.getLogger(__name__)
 
 
 def apply(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """Server-side apply ``manifest`` (force: trtop owns the fields it sets on its own objects)."""
+    """Server-side apply ``manifest`` (force: trtop owns the fields it sets on its own objects).
+
+    Only for objects this ModelDeployment controls: the planner never plans one of the same
+    name that something else owns (it reports NotOwned instead).
+    """
     c = get_clients()
     resource = c.dynamic.resources.get(api_version=manifest["apiVersion"], kind=manifest["kind"])
     result = resource.server_side_apply(
         body=dict(manifest), name=manifest["metadata"]["name"], namespace=manifest["metadata"].get("namespace"),
-        field_manager=names.FIELD_MANAGER, force_conflicts=True,
+        field_manager=names.FIELD_MANAGER, force_conflicts=True, _request_timeout=timeout(),
     )
     return result.to_dict()  # type: ignore[no-any-return]
 
@@ -33,7 +37,8 @@ def create_job(manifest: Mapping[str, Any]) -> bool:
     """Create a build Job. Returns False when it already exists (a restart, a repeated event)."""
     c = get_clients()
     try:
-        c.batch.create_namespaced_job(manifest["metadata"]["namespace"], dict(manifest))  # type: ignore[arg-type]
+        c.batch.create_namespaced_job(manifest["metadata"]["namespace"], dict(manifest),  # type: ignore[arg-type]
+                                      _request_timeout=timeout())
     except ApiException as e:
         if e.status == 409:
             log.debug("Job %s already exists", manifest["metadata"]["name"])

@@ -1,6 +1,7 @@
 """Kubernetes clients for the operator: one ApiClient, typed APIs and a dynamic client for SSA.
 
-Loads in-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config.
+Loads in-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config. Every
+call passes ``timeout()`` as ``_request_timeout``: no API call can hang a reconcile.
 """
 from __future__ import annotations
 
@@ -19,6 +20,18 @@ class Clients:
     batch: client.BatchV1Api
     custom: client.CustomObjectsApi
     dynamic: dynamic.DynamicClient
+
+
+_TIMEOUT = [30.0]
+
+
+def configure_timeout(seconds: float) -> None:
+    """The (connect, read) limit of every API call (``TRTOP_API_TIMEOUT_SECONDS``)."""
+    _TIMEOUT[0] = float(seconds)
+
+
+def timeout() -> tuple[float, float]:
+    return (min(_TIMEOUT[0], 10.0), _TIMEOUT[0])
 
 
 @functools.lru_cache(maxsize=1)

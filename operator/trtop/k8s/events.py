@@ -7,10 +7,9 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
 
 from trtop import names
-from trtop.k8s.client import get_clients
+from trtop.k8s.client import get_clients, timeout
 
 log = logging.getLogger(__name__)
 
@@ -31,25 +30,37 @@ def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -
         "firstTimestamp": now.isoformat(), "lastTimestamp": now.isoformat(), "count": 1,
     }
     try:
-        get_clients().core.create_namespaced_event(meta["namespace"], event)  # type: ignore[arg-type]
-    except (ApiException, ValueError) as e:
+        get_clients().core.create_namespaced_event(meta["namespace"], event,  # type: ignore[arg-type]
+                                                   _request_timeout=timeout())
+    except Exception as e:  # noqa: BLE001 - API errors, timeouts, connection errors: an Event is best effort
         log.warning("Could not post Event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], e)
 
 
-def patch_status(body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
-    """Merge-patch the status subresource (used outside kopf handlers, by the resync loop)."""
+def patch_status(body: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge-patch the status subresource, only if the object is still the one we read.
+
+    The body's resourceVersion travels with the patch: a 409 means the object changed since
+    (a new spec), and the caller plans again from the new one instead of writing a stale status.
+    """
     meta = body["metadata"]
-    get_clients().custom.patch_namespaced_custom_object_status(
-        names.GROUP, names.VERSION, meta["namespace"], names.PLURAL, meta["name"], {"status": dict(status)})
+    patch: dict[str, Any] = {"status": dict(status)}
+    if meta.get("resourceVersion"):
+        patch["metadata"] = {"resourceVersion": meta["resourceVersion"]}
+    result: Any = get_clients().custom.patch_namespaced_custom_object_status(
+        names.GROUP, names.VERSION, meta["namespace"], names.PLURAL, meta["name"], patch,
+        _request_timeout=timeout())
+    return dict(result)
 
 
 def list_model_deployments(namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
     custom = get_clients().custom
     if not namespaces:
-        listed: Any = custom.list_cluster_custom_object(names.GROUP, names.VERSION, names.PLURAL)
+        listed: Any = custom.list_cluster_custom_object(names.GROUP, names.VERSION, names.PLURAL,
+                                                        _request_timeout=timeout())
         return list(listed["items"])
     out: list[dict[str, Any]] = []
     for ns in namespaces:
-        page: Any = custom.list_namespaced_custom_object(names.GROUP, names.VERSION, ns, names.PLURAL)
+        page: Any = custom.list_namespaced_custom_object(names.GROUP, names.VERSION, ns, names.PLURAL,
+                                                         _request_timeout=timeout())
         out += page["items"]
     return out

@@ -8,8 +8,11 @@ mistakes "could not look" for "gone".
 """
 from __future__ import annotations
 
+import concurrent.futures
+import datetime as dt
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -18,8 +21,8 @@ from kubernetes.client.exceptions import ApiException
 
 from trtop import names
 from trtop.api.engine import EngineKey, EngineRecord
-from trtop.k8s.client import get_clients, plain
-from trtop.planning.facts import DeploymentFact, JobFact, NodeFact
+from trtop.k8s.client import get_clients, plain, timeout
+from trtop.planning.facts import DeploymentFact, JobFact, NodeFact, ObjectFact
 from trtop.store import EngineStore
 
 log = logging.getLogger(__name__)
@@ -44,31 +47,57 @@ def observe_nodes(namespaces: Sequence[str] = ()) -> tuple[NodeFact, ...]:
     requested: dict[str, int] = defaultdict(int)
     running = "status.phase!=Succeeded,status.phase!=Failed"
     if namespaces:
-        items = [p for ns in namespaces for p in plain(c.core.list_namespaced_pod(ns, field_selector=running))["items"]]
+        items = [p for ns in namespaces for p in plain(c.core.list_namespaced_pod(
+            ns, field_selector=running, _request_timeout=timeout()))["items"]]
     else:
-        items = plain(c.core.list_pod_for_all_namespaces(field_selector=running))["items"]
+        items = plain(c.core.list_pod_for_all_namespaces(field_selector=running, _request_timeout=timeout()))["items"]
     for pod in items:
         node = pod["spec"].get("nodeName")
         for ctr in pod["spec"].get("containers", []) if node else []:
             requested[node] += _qty(((ctr.get("resources") or {}).get("limits") or {}).get(names.GPU_RESOURCE, 0))
     out = []
-    for node in plain(c.core.list_node())["items"]:
-        meta, status = node["metadata"], node.get("status") or {}
-        out.append(NodeFact(
-            name=meta["name"], labels=dict(meta.get("labels") or {}),
-            schedulable=_true(status.get("conditions"), "Ready") is not None
-            and not (node.get("spec") or {}).get("unschedulable", False),
-            gpu_allocatable=_qty((status.get("allocatable") or {}).get(names.GPU_RESOURCE, 0)),
-            gpu_requested=requested.get(meta["name"], 0),
-        ))
+    for node in plain(c.core.list_node(_request_timeout=timeout()))["items"]:
+        name = node["metadata"]["name"]
+        fact = node_fact(node, requested.get(name, 0), _DOWN_SEEN.get(name))
+        if fact.schedulable:
+            _DOWN_SEEN.pop(name, None)
+        else:
+            _DOWN_SEEN.setdefault(name, fact.down_since or time.time())
+        out.append(fact)
     return tuple(out)
+
+
+_DOWN_SEEN: dict[str, float] = {}  # node -> when this process first saw it not schedulable
+
+
+def node_fact(node: Mapping[str, Any], gpu_requested: int, down_since: float | None = None) -> NodeFact:
+    """A node as the planner sees it. ``down_since``: when this process saw it stop being
+    schedulable; else its Ready condition's transition time (NotReady), else unknown."""
+    meta, status = node["metadata"], node.get("status") or {}
+    ready = _true(status.get("conditions"), "Ready") is not None
+    schedulable = ready and not (node.get("spec") or {}).get("unschedulable", False)
+    if not schedulable and down_since is None and not ready:
+        cond: Mapping[str, Any] = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), {})
+        down_since = _epoch(cond.get("lastTransitionTime"))
+    return NodeFact(
+        name=meta["name"], labels=dict(meta.get("labels") or {}), schedulable=schedulable,
+        gpu_allocatable=_qty((status.get("allocatable") or {}).get(names.GPU_RESOURCE, 0)),
+        gpu_requested=gpu_requested, down_since=None if schedulable else down_since,
+    )
+
+
+def _epoch(timestamp: Any) -> float | None:
+    try:
+        return dt.datetime.fromisoformat(str(timestamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def observe_jobs(namespace: str) -> dict[EngineKey, JobFact]:
     c = get_clients()
     selector = f"{names.LABEL_COMPONENT}={names.COMPONENT_ENGINE_BUILD}"
     out: dict[EngineKey, JobFact] = {}
-    for job in plain(c.batch.list_namespaced_job(namespace, label_selector=selector))["items"]:
+    for job in plain(c.batch.list_namespaced_job(namespace, label_selector=selector, _request_timeout=timeout()))["items"]:
         meta, status = job["metadata"], job.get("status") or {}
         key = EngineKey((meta.get("labels") or {}).get(names.LABEL_ENGINE_KEY, ""))
         if not key or meta.get("deletionTimestamp"):
@@ -88,7 +117,8 @@ def observe_jobs(namespace: str) -> dict[EngineKey, JobFact]:
 
 def _failure_details(namespace: str, job_name: str) -> tuple[str, bool]:
     """The last failed pod's termination message (the converter's JSON summary or log tail)."""
-    pods = plain(get_clients().core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}"))["items"]
+    pods = plain(get_clients().core.list_namespaced_pod(
+        namespace, label_selector=f"job-name={job_name}", _request_timeout=timeout()))["items"]
     for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True):
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             term = (cs.get("state") or {}).get("terminated")
@@ -106,13 +136,24 @@ def _failure_details(namespace: str, job_name: str) -> tuple[str, bool]:
     return "", False
 
 
-def observe_deployment(namespace: str, name: str) -> DeploymentFact | None:
+def controller_uid(obj: Mapping[str, Any]) -> str:
+    """The uid of the object's controller owner ("" when it has none)."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return next((str(r.get("uid", "")) for r in refs if r.get("controller")), "")
+
+
+def observe_deployment(namespace: str, name: str, owner_uid: str | None = None) -> DeploymentFact | None:
     try:
-        d = plain(get_clients().apps.read_namespaced_deployment(name, namespace))
+        d = plain(get_clients().apps.read_namespaced_deployment(name, namespace, _request_timeout=timeout()))
     except ApiException as e:
         if e.status == 404:
             return None
         raise
+    return deployment_fact(d, owner_uid)
+
+
+def deployment_fact(d: Mapping[str, Any], owner_uid: str | None = None) -> DeploymentFact:
+    name = d["metadata"]["name"]
     ann = d["metadata"].get("annotations") or {}
     st = d.get("status") or {}
     keys = tuple(EngineKey(k) for k in ann.get(names.ANNOTATION_ENGINE_KEYS, "").split(",") if k)
@@ -121,17 +162,43 @@ def observe_deployment(namespace: str, name: str) -> DeploymentFact | None:
         model_revision=ann.get(names.ANNOTATION_SPEC_HASH, ""), replicas=int(d["spec"].get("replicas") or 0),
         ready_replicas=int(st.get("readyReplicas") or 0), updated_replicas=int(st.get("updatedReplicas") or 0),
         available=_true(st.get("conditions"), "Available") is not None, engine_keys=keys,
+        foreign=owner_uid is not None and controller_uid(d) != owner_uid,
+        applied_hash=ann.get(names.ANNOTATION_APPLIED_HASH, ""),
     )
 
 
-def read_records(store: EngineStore, keys: Iterable[EngineKey]) -> tuple[dict[EngineKey, EngineRecord], str]:
+def observe_service(namespace: str, name: str, owner_uid: str) -> ObjectFact | None:
+    try:
+        svc = plain(get_clients().core.read_namespaced_service(name, namespace, _request_timeout=timeout()))
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    return object_fact(svc, owner_uid)
+
+
+def object_fact(obj: Mapping[str, Any], owner_uid: str) -> ObjectFact:
+    ann = (obj.get("metadata") or {}).get("annotations") or {}
+    return ObjectFact(foreign=controller_uid(obj) != owner_uid, applied_hash=ann.get(names.ANNOTATION_APPLIED_HASH, ""))
+
+
+# Store reads run here so that each one can be abandoned after its timeout (a hung mount or
+# endpoint must not hang a reconcile); a few threads, shared by the process.
+_STORE_READS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="trtop-store")
+
+
+def read_records(store: EngineStore, keys: Iterable[EngineKey],
+                 timeout_seconds: float = 10.0) -> tuple[dict[EngineKey, EngineRecord], str]:
     records: dict[EngineKey, EngineRecord] = {}
     for key in keys:
         try:
-            record = store.get_record(key)
+            record = _STORE_READS.submit(store.get_record, key).result(timeout=timeout_seconds)
+        except concurrent.futures.TimeoutError:
+            log.warning("Reading engine %s from the store %s took over %ss", key, store.uri, timeout_seconds)
+            return records, f"engine store {store.uri} unreadable: no answer within {timeout_seconds:g}s"
         except Exception as e:  # noqa: BLE001 - any store failure means "could not look", never "gone"
             log.warning("Could not read engine %s from the store %s: %s", key, store.uri, e)
-            return records, f"engine store {store.uri} unreadable: {e}"
+            return records, f"engine store {store.uri} unreadable: {str(e)[:300]}"
         if record is not None:
             records[key] = record
     return records, ""

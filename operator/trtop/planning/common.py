@@ -1,6 +1,8 @@
 """Pieces every trtop workload shares: labels, owner reference, pod security, store access."""
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -90,3 +92,16 @@ def store_access(
     if secret:
         env_from.append({"secretRef": {"name": secret}})
     return env, env_from, volumes, mounts
+
+
+def with_applied_hash(manifest: Manifest) -> Manifest:
+    """``manifest`` annotated with the hash of its own content: compared with the live
+    object's annotation, it says whether an apply would change anything."""
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    meta = dict(manifest["metadata"])
+    meta["annotations"] = {**(meta.get("annotations") or {}), names.ANNOTATION_APPLIED_HASH: digest}
+    return {**manifest, "metadata": meta}
+
+
+def applied_hash(manifest: Manifest) -> str:
+    return str(((manifest.get("metadata") or {}).get("annotations") or {}).get(names.ANNOTATION_APPLIED_HASH, ""))

@@ -20,6 +20,9 @@ class NodeFact:
     schedulable: bool = True  # not cordoned, Ready
     gpu_allocatable: int = 0
     gpu_requested: int = 0  # by pods already bound to the node
+    # When it stopped being schedulable (NotReady or cordoned), epoch seconds; None while it is,
+    # or when unknown. The planner keeps such a node's targets for a grace period.
+    down_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,16 @@ class DeploymentFact:
     updated_replicas: int
     available: bool
     engine_keys: tuple[EngineKey, ...] = ()  # keys it serves (to keep them for rollback)
+    foreign: bool = False  # not controlled by this ModelDeployment: never ours to change
+    applied_hash: str = ""  # ANNOTATION_APPLIED_HASH: what trtop last applied
+
+
+@dataclass(frozen=True)
+class ObjectFact:
+    """A live object of the name trtop would give one of its own (the Service)."""
+
+    foreign: bool = False  # not controlled by this ModelDeployment: never ours to change
+    applied_hash: str = ""
 
 
 @dataclass(frozen=True)
@@ -49,4 +62,6 @@ class ClusterFacts:
     jobs: Mapping[EngineKey, JobFact] = field(default_factory=dict)
     records: Mapping[EngineKey, EngineRecord] = field(default_factory=dict)
     deployment: DeploymentFact | None = None
+    service: ObjectFact | None = None
     store_error: str = ""  # the store could not be read this time: never treat engines as gone
+    now: float = 0.0  # epoch seconds the facts describe (0: unknown, no node grace period applies)

@@ -6,32 +6,43 @@ create/apply and the status to write. Rules it encodes:
 - first rollout: serve as soon as one engine is ready, widen as others become ready;
 - model update (the live Deployment serves another model revision): keep serving the
   old engines while the new ones build; roll once no new engine is still building;
-- no ready engine: leave any live Deployment alone (never take serving down).
+- no ready engine: leave any live Deployment alone (never take serving down);
+- the store could not be read: create nothing, change no serving (StoreUnavailable);
+- a spec (or a name) trtop cannot honour: the Stalled/InvalidSpec status, nothing else.
+It never raises for anything a tenant wrote.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from trtop.api.engine import EngineKey
+from trtop.api.errors import SpecError
 from trtop.api.spec import ModelDeploymentSpec, parse_spec
+from trtop.api.validation import check_name
 from trtop.api.targets import Target
 from trtop.config import Settings
 from trtop.planning.builds import build_job, should_create_job
-from trtop.planning.common import Manifest
-from trtop.planning.engines import EngineStatus, engine_statuses
-from trtop.planning.facts import ClusterFacts, DeploymentFact
 from trtop.planning.admission import check_spec_trust
+from trtop.planning.common import Manifest, applied_hash, with_applied_hash
+from trtop.planning.engines import EngineStatus, build_engine_request, engine_statuses
+from trtop.planning.facts import ClusterFacts, DeploymentFact, NodeFact
 from trtop.planning.serving import (
     build_deployment, build_service, engine_set_hash, model_revision, selector_string, servable,
 )
-from trtop.planning.status import condition_dicts, conditions_for, engine_entry, phase_of
-from trtop.planning.targets import discover_targets
+from trtop.planning.status import (
+    condition_dicts, conditions_for, engine_entry, invalid_spec_status, phase_of, with_failure,
+)
+from trtop.planning.targets import discover_targets, with_grace
+
+STORE_UNAVAILABLE = "StoreUnavailable"
+NOT_OWNED = "NotOwned"
 
 
 @dataclass(frozen=True)
 class Plan:
-    spec: ModelDeploymentSpec
+    spec: ModelDeploymentSpec | None  # None: the spec is invalid (status says why)
     targets: tuple[Target, ...]
     engines: tuple[EngineStatus, ...]
     jobs_to_create: tuple[Manifest, ...]
@@ -39,6 +50,8 @@ class Plan:
     service: Manifest | None
     replicas: int
     status: dict[str, Any] = field(default_factory=dict)
+    # Of service/deployment, those whose content differs from what is live (by applied hash).
+    to_apply: tuple[Manifest, ...] = ()
 
 
 def desired_replicas(spec: ModelDeploymentSpec, live: DeploymentFact | None, autoscaled: int | None) -> int:
@@ -58,12 +71,26 @@ def plan_model_deployment(
     md: Mapping[str, Any], facts: ClusterFacts, settings: Settings, *, autoscaled_replicas: int | None = None,
     scaling_limit: str = "", now: str,
 ) -> Plan:
-    """Raises ``SpecError`` for a spec trtop cannot honour (the handler reports it as Stalled)."""
-    spec = parse_spec(md.get("spec") or {})
-    check_spec_trust(spec, settings)
+    """The plan; for a spec trtop cannot honour, a Plan with ``spec=None`` and the InvalidSpec status."""
+    try:
+        check_name((md.get("metadata") or {}).get("name"))
+        spec = parse_spec(md.get("spec") or {})
+        check_spec_trust(spec, settings)
+    except SpecError as e:
+        return Plan(None, (), (), (), None, None, 0, invalid_spec_status(md, str(e), now))
+    meta = md.get("metadata", {})
+    foreign = [f"{kind} {meta.get('namespace')}/{meta.get('name')}" for kind, fact in
+               (("Deployment", facts.deployment), ("Service", facts.service)) if fact is not None and fact.foreign]
+    facts = replace(facts, nodes=with_grace(facts.nodes, facts.now, settings.node_grace_seconds),
+                    deployment=None if facts.deployment is not None and facts.deployment.foreign else facts.deployment)
     targets = discover_targets(spec, facts.nodes)
-    engines = engine_statuses(spec, targets, facts, settings, md["metadata"]["namespace"])
-    jobs = tuple(build_job(md, spec, e, settings) for e in engines if should_create_job(e))
+    engines = engine_statuses(spec, targets, facts, settings, str(meta.get("namespace") or ""))
+    jobs: tuple[Manifest, ...] = ()
+    if not facts.store_error:  # an engine we could not look up may exist: build nothing
+        jobs = tuple(build_job(md, spec, e, settings) for e in engines if should_create_job(e))
+        # The shell creates them before it writes this status: they are building.
+        engines = tuple(replace(e, state="Building", message="build Job created") if should_create_job(e) else e
+                        for e in engines)
     replicas = desired_replicas(spec, facts.deployment, autoscaled_replicas)
     live = facts.deployment
     to_serve = servable(engines)
@@ -72,7 +99,9 @@ def plan_model_deployment(
     hold = ""
     updating = live is not None and live.model_revision != revision
     still_building = [e for e in engines if e.state in ("Building", "Pending")]
-    if updating and still_building:
+    if facts.store_error:
+        hold = f"{facts.store_error}; serving is left as it is until the store answers"
+    elif updating and still_building:
         hold = f"serving the previous model revision until {len(still_building)} new engine(s) finish building"
     elif to_serve:
         deployment = build_deployment(md, spec, to_serve, replicas, settings)
@@ -85,7 +114,6 @@ def plan_model_deployment(
     )
     conds = conditions_for(engines, live, replicas, rollout_pending=rollout_pending, hold_message=hold,
                            scaling_limit=scaling_limit)
-    meta = md.get("metadata", {})
     previous = (md.get("status") or {})
     warnings = spec_warnings(spec, engines, to_serve)
     generation = int(meta.get("generation", 0))
@@ -108,8 +136,30 @@ def plan_model_deployment(
         "selector": selector_string(meta.get("name", "")),
         "warnings": warnings,
     }
-    return Plan(spec, targets, engines, jobs, deployment, build_service(md, spec) if to_serve or live else None,
-                replicas, status)
+    service = build_service(md, spec) if to_serve or live else None
+    if foreign:
+        status = with_failure(status, previous.get("conditions", []), NOT_OWNED, (
+            f"{' and '.join(foreign)} already exist(s) and is not controlled by this ModelDeployment: trtop "
+            "leaves it alone; delete it or give the ModelDeployment another name"), stalled=True, now=now)
+        return Plan(spec, targets, engines, (), None, None, replicas, status)
+    if facts.store_error:
+        status = with_failure(status, previous.get("conditions", []), STORE_UNAVAILABLE, hold, stalled=False, now=now)
+    deployment = with_applied_hash(deployment) if deployment is not None else None
+    service = with_applied_hash(service) if service is not None else None
+    to_apply = tuple(m for m, fact in ((service, facts.service), (deployment, live))
+                     if m is not None and (fact is None or fact.applied_hash != applied_hash(m)))
+    return Plan(spec, targets, engines, jobs, deployment, service, replicas, status, to_apply)
+
+
+def wanted_engine_keys(md: Mapping[str, Any], nodes: Sequence[NodeFact], now: float,
+                       settings: Settings) -> tuple[EngineKey, ...]:
+    """The engine keys a plan of ``md`` will ask the store about (none for an invalid spec)."""
+    try:
+        spec = parse_spec(md.get("spec") or {})
+    except SpecError:
+        return ()
+    targets = discover_targets(spec, with_grace(nodes, now, settings.node_grace_seconds))
+    return tuple(build_engine_request(spec, t, settings, str((md.get("metadata") or {}).get("namespace") or "")).key for t in targets)
 
 
 def spec_warnings(spec: ModelDeploymentSpec, engines: Sequence[EngineStatus],

@@ -140,6 +140,15 @@ def condition_dicts(conds: Sequence[Condition], previous: Sequence[Mapping[str, 
     return out
 
 
+# Ready's reasons when a plan could not be carried out (see ``with_failure``): each is an Event.
+STALLED_REASONS = ("InvalidSpec", "ApplyRejected", "NotOwned")
+FAILURE_REASONS = (*STALLED_REASONS, "StoreUnavailable", "APIUnavailable")
+
+
+def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
+    return next((c for c in status.get("conditions") or () if isinstance(c, Mapping) and c.get("type") == type_), {})
+
+
 def events_between(previous: Mapping[str, Any], current: Mapping[str, Any]) -> list[Event]:
     """Events a person wants to see: each engine state change and each phase change."""
     events: list[Event] = []
@@ -158,8 +167,70 @@ def events_between(previous: Mapping[str, Any], current: Mapping[str, Any]) -> l
     for warning in current.get("warnings", []):
         if warning not in previous.get("warnings", []):
             events.append(Event("Warning", "SpecIgnored", warning[:1024]))
+    failing = _condition(current, names.COND_READY)
+    before = _condition(previous, names.COND_READY)
+    if failing.get("reason") in FAILURE_REASONS and (
+            failing.get("reason") != before.get("reason")
+            or (failing.get("reason") in STALLED_REASONS and failing.get("message") != before.get("message"))):
+        events.append(Event("Warning", str(failing["reason"]), str(failing.get("message", ""))[:1024]))
     if previous.get("phase") != current.get("phase"):
         kind = "Warning" if current.get("phase") in ("Failed", "Stalled", "Degraded") else "Normal"
         events.append(Event(kind, f"Phase{current.get('phase')}",
                             f"phase {previous.get('phase') or 'new'} -> {current.get('phase')}: {current.get('message', '')}"[:1024]))
     return events
+
+
+def _merge_conditions(previous: Sequence[Mapping[str, Any]], override: Sequence[Mapping[str, Any]],
+                      now: str, generation: int) -> list[dict[str, Any]]:
+    """Previous conditions with ``override`` laid over them (type, status, reason, message),
+    each transition time kept while its status is unchanged."""
+    prev = {c.get("type"): c for c in previous}
+    out = []
+    for c in override:
+        old = prev.get(c["type"]) or {}
+        since = old.get("lastTransitionTime", now) if old.get("status") == c["status"] else now
+        out.append({**c, "lastTransitionTime": since, "observedGeneration": generation})
+    types = {c["type"] for c in override}
+    return out + [dict(c) for t, c in prev.items() if t not in types]
+
+
+def invalid_spec_status(md: Mapping[str, Any], message: str, now: str) -> dict[str, Any]:
+    """The status of a spec trtop cannot honour: Stalled/InvalidSpec, serving left as it is.
+
+    Other conditions (e.g. Available of a Deployment still serving the last good spec) stay.
+    """
+    gen = int((md.get("metadata") or {}).get("generation") or 0)
+    text = f"{message} (fix the spec; nothing was built or changed)"
+    over = [{"type": t, "status": s, "reason": "InvalidSpec", "message": text} for t, s in (
+        (names.COND_READY, "False"), (names.COND_STALLED, "True"), (names.COND_RECONCILING, "False"))]
+    previous = (md.get("status") or {}).get("conditions") or []
+    return {"observedGeneration": gen, "phase": "Stalled", "message": text,
+            "conditions": _merge_conditions(previous, over, now, gen)}
+
+
+def with_failure(status: Mapping[str, Any], previous: Sequence[Mapping[str, Any]], reason: str, message: str, *,
+                 stalled: bool, now: str) -> dict[str, Any]:
+    """``status`` after its plan could not be carried out.
+
+    ``stalled``: a person must act (the API server refused an object: its own message, or an
+    object of the same name that trtop does not control); else trtop retries with backoff and
+    says why in Reconciling. Either way Ready is False with the reason.
+    """
+    gen = int(status.get("observedGeneration") or 0)
+    over = [
+        {"type": names.COND_READY, "status": "False", "reason": reason, "message": message},
+        {"type": names.COND_STALLED, "status": "True" if stalled else "False",
+         "reason": reason if stalled else "NotStalled", "message": message if stalled else "retrying"},
+        {"type": names.COND_RECONCILING, "status": "False" if stalled else "True", "reason": reason,
+         "message": message},
+    ]
+    # Conditions of this plan (EnginesReady, Available, ...) under the override, times from ``previous``.
+    planned = [c for c in status.get("conditions") or () if c.get("type") not in {o["type"] for o in over}]
+    conds = _merge_conditions(previous, over, now, gen)
+    by_type = {c["type"]: c for c in conds}
+    for c in planned:
+        by_type[c["type"]] = dict(c)
+    ordered = [by_type[t] for t in names.CONDITION_TYPES if t in by_type]
+    ordered += [c for t, c in by_type.items() if t not in names.CONDITION_TYPES]
+    return {**status, "phase": "Stalled" if stalled else status.get("phase", "Progressing"), "message": message,
+            "conditions": ordered}

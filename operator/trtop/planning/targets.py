@@ -7,6 +7,7 @@ never on ``gpu.family``; plus the spec's explicit targets.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 from trtop.api.spec import ModelDeploymentSpec
 from trtop.api.targets import Target, gpu_target_of_node
@@ -44,3 +45,16 @@ def nodes_for_target(target: Target, nodes: Iterable[NodeFact]) -> list[NodeFact
         elif gpu is not None and gpu == target and node.gpu_allocatable > 0:
             out.append(node)
     return out
+
+
+def with_grace(nodes: Iterable[NodeFact], now: float, grace_seconds: float) -> tuple[NodeFact, ...]:
+    """Nodes NotReady or cordoned for less than ``grace_seconds`` count as schedulable again.
+
+    So a node's brief outage (or a cordon for a reboot) neither drops its target from
+    serving nor rolls the pods twice (once when it leaves, once when it returns).
+    """
+    def back(node: NodeFact) -> NodeFact:
+        if node.schedulable or node.down_since is None or now <= 0 or now - node.down_since >= grace_seconds:
+            return node
+        return replace(node, schedulable=True)
+    return tuple(back(n) for n in nodes)

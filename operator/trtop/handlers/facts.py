@@ -1,0 +1,50 @@
+"""Gather the planner's facts for one ModelDeployment: the cluster, then the store.
+
+Called by the reconcile shell. Engine records are immutable (content-addressed), so a
+record read once is kept in memory: the store is asked only about keys not yet known
+Ready, through one client per process, each read bounded by ``store_timeout_seconds``.
+"""
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from trtop.api.engine import EngineKey, EngineRecord
+from trtop.config import Settings
+from trtop.k8s import observe
+from trtop.planning.facts import ClusterFacts
+from trtop.planning.plan import wanted_engine_keys
+from trtop.store import EngineStore, open_store, scoped_uri
+
+READY_RECORDS: dict[EngineKey, EngineRecord] = {}
+
+
+@functools.lru_cache(maxsize=4)
+def store_client(uri: str) -> EngineStore:
+    """One store client per process (per URI: one per store scope)."""
+    return open_store(uri)
+
+
+def gather(body: Mapping[str, Any], settings: Settings) -> ClusterFacts:
+    meta = body["metadata"]
+    ns, name, uid = meta["namespace"], meta["name"], str(meta.get("uid", ""))
+    at = time.time()
+    nodes = observe.observe_nodes(settings.namespaces)
+    records, store_error = known_records(wanted_engine_keys(body, nodes, at, settings), settings, ns)
+    return ClusterFacts(nodes=nodes, jobs=observe.observe_jobs(ns), records=records,
+                        deployment=observe.observe_deployment(ns, name, uid),
+                        service=observe.observe_service(ns, name, uid), store_error=store_error, now=at)
+
+
+def known_records(keys: tuple[EngineKey, ...], settings: Settings,
+                  namespace: str) -> tuple[dict[EngineKey, EngineRecord], str]:
+    """Records of ``keys``: from memory when known Ready, else read from the store (then kept)."""
+    missing = [k for k in keys if k not in READY_RECORDS]
+    error = ""
+    if missing:
+        found, error = observe.read_records(store_client(scoped_uri(settings.store_uri, settings.store_scope(namespace))),
+                                            missing, settings.store_timeout_seconds)
+        READY_RECORDS.update(found)
+    return {k: READY_RECORDS[k] for k in keys if k in READY_RECORDS}, error

@@ -1,0 +1,129 @@
+"""Every failure is a status the planner computes: hostile specs, the store, nodes, foreign objects."""
+import pytest
+
+from trtop import names
+from trtop.planning.facts import ClusterFacts, DeploymentFact, ObjectFact
+from trtop.planning.plan import plan_model_deployment
+from trtop.planning.status import events_between, with_failure
+
+from .conftest import gpu_node, md_body, record_for
+
+NOW = "2026-11-24T00:00:00Z"
+
+
+def plan(body, facts, settings, **kw):
+    return plan_model_deployment(body, facts, settings, now=NOW, **kw)
+
+
+def cond(status, type_):
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def served(mixed_cluster, settings, body=None):
+    """(facts with every engine Ready, the plan, a live Deployment fact matching it)."""
+    body = body or md_body()
+    first = plan(body, ClusterFacts(nodes=mixed_cluster), settings)
+    records = {e.key: record_for(e) for e in first.engines}
+    p = plan(body, ClusterFacts(nodes=mixed_cluster, records=records), settings)
+    ann = p.deployment["metadata"]["annotations"]
+    live = DeploymentFact("resnet", ann[names.ANNOTATION_ENGINE_SET], ann[names.ANNOTATION_SPEC_HASH], 1, 1, 1, True,
+                          tuple(records), applied_hash=ann[names.ANNOTATION_APPLIED_HASH])
+    svc = ObjectFact(applied_hash=p.service["metadata"]["annotations"][names.ANNOTATION_APPLIED_HASH])
+    return ClusterFacts(nodes=mixed_cluster, records=records, deployment=live, service=svc), p
+
+
+HOSTILE_SPECS = [
+    {"model": {"uri": "s3://m/x"}, "engine": {"targets": ["auto", "8.9"]}},
+    {"model": {"uri": "s3://m/x"}, "engine": {"targets": ["8.9", "8.9/NVIDIA-L4"]}},
+    {"model": {"uri": "s3://m/x"}, "serving": {"resources": {"limits": {"cpu": "lots"}}}},
+    {"model": {"uri": "s3://m/x"}, "rollout": {"maxSurge": "0", "maxUnavailable": "0"}},
+    {"model": {"uri": "s3://m/x"}, "rollout": {"maxSurge": {"a": 1}}},
+    {"model": {"uri": "s3://m/x"}, "serving": {"env": [{"name": "TRTOP_STORE_URI", "value": "/"}]}},
+    {"model": {"uri": "s3://m/x"}, "scaling": {"minReplicas": 0}},
+    {"model": {"uri": "s3://m/x"}, "engine": {"targets": [None]}},
+    {"model": {"uri": ["s3://m/x"]}},
+    {"model": {"uri": "s3://m/x"}, "scaling": "fast"},
+    "not an object",
+]
+
+
+@pytest.mark.parametrize("spec", HOSTILE_SPECS)
+def test_a_hostile_spec_always_gets_a_status(spec, mixed_cluster, settings):
+    body = md_body()
+    body["spec"] = spec
+    p = plan(body, ClusterFacts(nodes=mixed_cluster), settings)
+    assert p.status["observedGeneration"] == 1 and p.status["phase"] and p.status["conditions"]
+    if p.spec is None:
+        assert cond(p.status, "Stalled")["reason"] == "InvalidSpec" and p.to_apply == () and p.jobs_to_create == ()
+
+
+@pytest.mark.parametrize("name", ["res.net", "r" * 100, "1st"])
+def test_a_name_that_cannot_name_children_is_stalled(name, mixed_cluster, settings):
+    body = md_body()
+    body["metadata"]["name"] = name
+    p = plan(body, ClusterFacts(nodes=mixed_cluster), settings)
+    assert p.spec is None and cond(p.status, "Stalled")["reason"] == "InvalidSpec"
+    assert "metadata.name" in p.status["message"]
+
+
+def test_invalid_spec_keeps_the_conditions_of_what_still_serves(mixed_cluster, settings):
+    facts, good = served(mixed_cluster, settings)
+    body = md_body({"model": {"uri": "s3://m/x"}, "scaling": {"minReplicas": 0}}, generation=2,
+                   status={**good.status, "conditions": good.status["conditions"]})
+    p = plan(body, facts, settings)
+    assert cond(p.status, "Stalled")["reason"] == "InvalidSpec" and p.status["observedGeneration"] == 2
+    assert any(c["type"] == "Available" for c in p.status["conditions"])
+    assert any(e.reason == "InvalidSpec" for e in events_between(body["status"], p.status))
+
+
+def test_unreadable_store_builds_nothing_and_leaves_serving_untouched(mixed_cluster, settings):
+    facts, _ = served(mixed_cluster, settings)
+    one = dict(list(facts.records.items())[:1])  # the read failed after the first key
+    from dataclasses import replace
+    p = plan(md_body(), replace(facts, records=one, store_error="engine store s3://x unreadable: timeout"), settings)
+    assert p.jobs_to_create == () and p.deployment is None and p.to_apply == ()
+    assert cond(p.status, "Ready")["reason"] == "StoreUnavailable"
+    assert cond(p.status, "Reconciling")["status"] == "True" and "unreadable" in p.status["message"]
+    assert cond(p.status, "Stalled")["status"] == "False"
+
+
+def test_nothing_is_applied_when_live_objects_match(mixed_cluster, settings):
+    facts, p = served(mixed_cluster, settings)
+    again = plan(md_body(), facts, settings)
+    assert again.to_apply == () and again.deployment is not None
+    scaled = plan(md_body({"model": {"uri": "s3://models/resnet"}, "scaling": {"maxReplicas": 8}}), facts, settings,
+                  autoscaled_replicas=3)
+    assert [m["kind"] for m in scaled.to_apply] == ["Deployment"]
+
+
+def test_an_object_trtop_does_not_control_is_never_taken_over(mixed_cluster, settings):
+    from dataclasses import replace
+    facts, _ = served(mixed_cluster, settings)
+    p = plan(md_body(), replace(facts, deployment=replace(facts.deployment, foreign=True)), settings)
+    assert p.to_apply == () and p.deployment is None and p.jobs_to_create == ()
+    assert cond(p.status, "Stalled")["reason"] == "NotOwned" and "Deployment ml/resnet" in p.status["message"]
+    p = plan(md_body(), replace(facts, service=ObjectFact(foreign=True)), settings)
+    assert p.to_apply == () and cond(p.status, "Stalled")["reason"] == "NotOwned"
+
+
+@pytest.mark.parametrize("down", ["cordoned", "notready"])
+def test_a_node_briefly_down_keeps_its_target_served(down, settings):
+    from dataclasses import replace
+    cluster = (gpu_node("h100-0", "h100"), gpu_node("l4-0", "l4"))
+    facts, p = served(cluster, settings)
+    assert len(p.targets) == 2
+    gone = (cluster[0], replace(cluster[1], schedulable=False, down_since=1000.0))
+    brief = plan(md_body(), replace(facts, nodes=gone, now=1000.0 + 60), settings)
+    assert brief.targets == p.targets and brief.to_apply == ()
+    long = plan(md_body(), replace(facts, nodes=gone, now=1000.0 + settings.node_grace_seconds + 1), settings)
+    assert len(long.targets) == 1
+
+
+def test_with_failure_says_why_and_keeps_the_planned_conditions(mixed_cluster, settings):
+    p = plan(md_body(), ClusterFacts(nodes=mixed_cluster), settings)
+    rejected = with_failure(p.status, [], "ApplyRejected", "the API server refused it: spec.x: Invalid value",
+                            stalled=True, now=NOW)
+    assert cond(rejected, "Stalled")["status"] == "True" and cond(rejected, "Ready")["reason"] == "ApplyRejected"
+    assert cond(rejected, "EnginesReady") == cond(p.status, "EnginesReady") and rejected["phase"] == "Stalled"
+    retry = with_failure(p.status, [], "APIUnavailable", "timed out", stalled=False, now=NOW)
+    assert cond(retry, "Reconciling")["reason"] == "APIUnavailable" and cond(retry, "Stalled")["status"] == "False"
