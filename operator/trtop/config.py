@@ -45,7 +45,8 @@ class Settings:
     # A node NotReady or cordoned for less than this still counts for the targets it serves, so
     # a brief outage or a drain-and-return neither narrows serving nor rolls the pods twice.
     node_grace_seconds: float = 300.0
-    # Seconds between safety-net passes over every ModelDeployment (watches trigger the rest).
+    # Seconds between safety-net passes over every ModelDeployment (watches trigger the rest);
+    # TRTOP_RECONCILE_INTERVAL_SECONDS.
     resync_seconds: float = 300.0
     # Timeout of one Kubernetes API call and of one engine store read, in seconds.
     api_timeout_seconds: float = 30.0
@@ -123,7 +124,7 @@ class Settings:
             metrics_host=e.get("TRTOP_METRICS_HOST", d.metrics_host),
             metrics_port=int(e.get("TRTOP_METRICS_PORT", d.metrics_port)),
             node_grace_seconds=float(e.get("TRTOP_NODE_GRACE_SECONDS", d.node_grace_seconds)),
-            resync_seconds=float(e.get("TRTOP_RESYNC_SECONDS", d.resync_seconds)),
+            resync_seconds=float(e.get("TRTOP_RECONCILE_INTERVAL_SECONDS", d.resync_seconds)),
             api_timeout_seconds=float(e.get("TRTOP_API_TIMEOUT_SECONDS", d.api_timeout_seconds)),
             store_timeout_seconds=float(e.get("TRTOP_STORE_TIMEOUT_SECONDS", d.store_timeout_seconds)),
             workers=int(e.get("TRTOP_WORKERS", d.workers)),

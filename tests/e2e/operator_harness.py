@@ -60,7 +60,8 @@ class OperatorProcess:
         self.log_path = log_path
         self.env = {
             **os.environ, "KUBECONFIG": kubeconfig, "TRTOP_NAMESPACES": namespace, "TRTOP_STORE_URI": str(store),
-            "TRTOP_METRICS_PORT": str(self.metrics_port), "TRTOP_RECONCILE_INTERVAL_SECONDS": "1",
+            # The safety net stays slow, as in production: watches must trigger everything the tests wait for.
+            "TRTOP_METRICS_PORT": str(self.metrics_port), "TRTOP_RECONCILE_INTERVAL_SECONDS": "300",
             "PYTHONUNBUFFERED": "1", **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None

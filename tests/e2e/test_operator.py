@@ -208,6 +208,13 @@ def test_delete_leaves_nothing_behind(world, dev_cluster):
     ({"model": {"uri": "s3://m/x"}, "engine": {"targets": ["hopper"]}}, "should match"),
     ({"model": {"uri": "s3://m/x", "format": "onnx"}, "engine": {"method": "tf-trt"}}, "needs method onnx"),
     ({"engine": {}}, "model: Required value"),
+    ({"model": {"uri": "s3://m/x"}, "scaling": {"minReplicas": 0}}, "minReplicas 0 is not supported"),
+    ({"model": {"uri": "s3://m/x"}, "rollout": {"maxSurge": "0", "maxUnavailable": "0"}}, "cannot both be 0"),
+    ({"model": {"uri": "s3://m/x"}, "rollout": {"maxSurge": "lots"}}, "should match"),
+    ({"model": {"uri": "s3://m/x"}, "serving": {"resources": {"limits": {"cpu": "lots"}}}}, "should match"),
+    ({"model": {"uri": "s3://m/x"}, "serving": {"env": [{"name": "TRTOP_ENGINE_SET", "value": "[]"}]}},
+     "set by trtop"),
+    ({"model": {"uri": "s3://m/x"}, "engine": {"podLabels": {"job-name": "x"}}}, "Job/Deployment controllers"),
 ])
 def test_malformed_specs_are_rejected_by_the_api_server(dev_cluster, namespace, tmp_path, spec, fragment):
     path = tmp_path / "bad.yaml"
@@ -226,3 +233,63 @@ def test_spec_errors_the_schema_cannot_catch_become_stalled(world):
     assert any(e.reason == "InvalidSpec" for e in events_for(world.core, world.ns, "shapes"))
     world.apply("shapes", {"model": {"uri": "s3://m/x", "inputShapes": {"x": [-1, 3]}}})  # the fix recovers
     wait_for("Stalled cleared", lambda: condition(world.md("shapes"), "Stalled").get("reason") != "InvalidSpec")
+
+
+@pytest.mark.parametrize("name", ["res.net", "r" * 100, "1st"])
+def test_names_that_cannot_name_children_are_rejected_by_the_api_server(dev_cluster, namespace, tmp_path, name):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": names.API_VERSION, "kind": names.KIND,
+                                    "metadata": {"name": name}, "spec": {"model": {"uri": "s3://m/x"}}}))
+    result = dev_cluster.kubectl("apply", "-n", namespace, "-f", str(path), check=False)
+    assert result.returncode != 0 and "names the Service and Deployment" in result.stderr, result.stderr
+
+
+def test_a_refused_object_is_stalled_with_the_servers_message_and_others_carry_on(world):
+    """A 422 from the API server (an annotation key it refuses) ends as Stalled, once, with its
+    words; a neighbour with overlapping targets (auto + 8.9) is served; no traceback (fixture)."""
+    bad = gpu_spec()
+    bad["serving"] = {"podAnnotations": {"not a key!": "x"}}
+    world.apply("rejected", bad)
+    world.apply("overlap", gpu_spec(targets=["auto", "8.9"]))
+    md = world.wait_condition("rejected", "Stalled", timeout=120)
+    stalled = condition(md, "Stalled")
+    assert stalled["reason"] == "ApplyRejected" and "not a key!" in stalled["message"], dump(stalled)
+    assert any(e.reason == "ApplyRejected" for e in events_for(world.core, world.ns, "rejected"))
+    world.wait_condition("overlap", "Ready", timeout=120)
+    fixed = gpu_spec()
+    fixed["serving"] = {"podAnnotations": {"team": "ml"}}
+    world.apply("rejected", fixed)  # the fix recovers
+    world.wait_condition("rejected", "Ready", timeout=120)
+
+
+def test_an_object_trtop_does_not_control_is_never_taken_over(world, dev_cluster):
+    theirs = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "taken", "namespace": world.ns,
+                                                                  "labels": {"team": "web"}},
+              "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}}
+    world.core.create_namespaced_service(world.ns, theirs)
+    world.apply("taken", gpu_spec())
+    md = world.wait_condition("taken", "Stalled", timeout=90)
+    assert condition(md, "Stalled")["reason"] == "NotOwned" and "Service" in condition(md, "Stalled")["message"]
+    svc = world.core.read_namespaced_service("taken", world.ns)
+    assert svc.spec.selector == {"app": "web"} and not svc.metadata.owner_references
+    with pytest.raises(client.ApiException):
+        world.apps.read_namespaced_deployment("taken", world.ns)
+
+
+def test_a_cordoned_gpu_type_stays_served_within_the_grace_period(world, dev_cluster):
+    world.apply("resnet", gpu_spec())
+    world.wait_condition("resnet", "Ready")
+    dep = world.apps.read_namespaced_deployment("resnet", world.ns)
+    nodes = [n.metadata.name for n in world.core.list_node().items
+             if (n.metadata.labels or {}).get(names.GFD_PRODUCT) == "NVIDIA-L4"]
+    assert nodes
+    try:
+        for n in nodes:
+            dev_cluster.kubectl("cordon", n)
+        time.sleep(5)
+        after = world.apps.read_namespaced_deployment("resnet", world.ns)
+        assert after.metadata.generation == dep.metadata.generation  # no roll, same targets
+        assert L4 in world.md("resnet")["status"]["targets"]
+    finally:
+        for n in nodes:
+            dev_cluster.kubectl("uncordon", n)

@@ -1,11 +1,11 @@
 """The builtin autoscaler's shell: read load, ``decide`` (pure), apply through reconcile.
 
-Runs as one loop per operator (like the resync loop, no finalizer). For each
-ModelDeployment with ``scaling.mode: builtin`` and a serving Deployment, every
+Runs as one loop per operator (no finalizer). For each ModelDeployment with
+``scaling.mode: builtin`` and a serving Deployment (all read from the watch-fed cache), every
 ``TRTOP_AUTOSCALE_INTERVAL_SECONDS``: read each serving pod's load (its ``/metrics``, or
 Prometheus when ``TRTOP_PROMETHEUS_URL`` is set), cap by the GPUs the cluster can still
 host on architectures with a ready engine, decide like the HPA, and when the count
-changes, reconcile with it (so the Deployment is server-side applied with the new
+changes, call the reconcile shell with it (so the Deployment is applied with the new
 replicas) and post an Event with the readings behind it. Decisions live in memory; after
 a restart the live Deployment's replicas are the starting point (see docs/autoscaling.md).
 """
@@ -16,7 +16,6 @@ import logging
 import time
 from typing import Any
 
-from trtop import names
 from trtop.api.errors import SpecError
 from trtop.api.spec import parse_spec
 from trtop.api.targets import Target
@@ -27,9 +26,9 @@ from trtop.config import Settings
 from trtop.handlers import metrics
 from trtop.handlers.modeldeployment import reconcile
 from trtop.handlers.scale_state import STATES, ScaleState
-from trtop.k8s import observe, peering
-from trtop.k8s.client import get_clients, plain, timeout
-from trtop.k8s.events import list_model_deployments, patch_status, post_event
+from trtop.k8s import peering
+from trtop.k8s.cache import CACHE
+from trtop.k8s.events import patch_status, post_event
 from trtop.planning.facts import NodeFact
 from trtop.planning.targets import nodes_for_target
 
@@ -39,9 +38,11 @@ log = logging.getLogger(__name__)
 async def autoscale_once(settings: Settings, source: LoadSource) -> None:
     if not await asyncio.to_thread(peering.this_replica_works):
         return
-    bodies = await asyncio.to_thread(list_model_deployments, settings.namespaces)
-    nodes: list[tuple[NodeFact, ...]] = []
-    for body in bodies:
+    nodes = CACHE.nodes()
+    for key in CACHE.keys():
+        body = CACHE.model_deployment(key)
+        if body is None:
+            continue
         meta = body.get("metadata") or {}
         try:
             await _autoscale_one(body, settings, source, nodes)
@@ -51,7 +52,7 @@ async def autoscale_once(settings: Settings, source: LoadSource) -> None:
 
 
 async def _autoscale_one(body: dict[str, Any], settings: Settings, source: LoadSource,
-                         nodes_once: list[tuple[NodeFact, ...]]) -> None:
+                         nodes: tuple[NodeFact, ...]) -> None:
     meta = body["metadata"]
     try:
         spec = parse_spec(body.get("spec") or {})
@@ -60,13 +61,10 @@ async def _autoscale_one(body: dict[str, Any], settings: Settings, source: LoadS
     if spec.scaling.mode != "builtin" or meta.get("deletionTimestamp"):
         STATES.pop(meta["uid"], None)
         return
-    live = await asyncio.to_thread(observe.observe_deployment, meta["namespace"], meta["name"], meta["uid"])
+    live = CACHE.deployment((meta["namespace"], meta["name"]), meta["uid"])
     if live is None or live.foreign:
         return
-    if not nodes_once:
-        nodes_once.append(await asyncio.to_thread(observe.observe_nodes, settings.namespaces))
-    nodes = nodes_once[0]
-    pods = await asyncio.to_thread(_serving_pods, body)
+    pods = CACHE.serving_pods((meta["namespace"], meta["name"]))
     endpoints = [e for e in (endpoint_from_pod(p, spec.serving.port) for p in pods) if e is not None]
     reading = await source.read(endpoints, spec.scaling.metric)
     status = body.get("status") or {}
@@ -88,14 +86,6 @@ async def _autoscale_one(body: dict[str, Any], settings: Settings, source: LoadS
     decision, state.history = decide(policy_from_spec(spec.scaling), observation, state.history)
     state.desired, state.limit = decision.desired_replicas, decision.capacity_message if decision.capped else ""
     await asyncio.to_thread(_apply, body, decision, reading.errors, settings)
-
-
-def _serving_pods(body: dict[str, Any]) -> list[dict[str, Any]]:
-    c = get_clients()
-    selector = (f"{names.LABEL_MODEL_DEPLOYMENT}={body['metadata']['name']},"
-                f"{names.LABEL_COMPONENT}={names.COMPONENT_INFERENCE}")
-    return list(plain(c.core.list_namespaced_pod(body["metadata"]["namespace"], label_selector=selector,
-                                                 _request_timeout=timeout()))["items"])
 
 
 def _apply(body: dict[str, Any], decision: Decision, errors: tuple[str, ...], settings: Settings) -> None:
@@ -123,7 +113,7 @@ def _apply(body: dict[str, Any], decision: Decision, errors: tuple[str, ...], se
                 reading["metric"], reading["pods"], reading["desired"]):
             update["lastMetric"] = {k: v for k, v in reading.items() if k != "reason"}
         if update:
-            patch_status(body, update)
+            CACHE.remember_status_write(patch_status(body, update))
     if errors:
         log.info("%s/%s: load readings missing: %s", body["metadata"]["namespace"], body["metadata"]["name"],
                  "; ".join(errors)[:500])

@@ -1,6 +1,7 @@
 """Gather the planner's facts for one ModelDeployment: the cluster, then the store.
 
-Called by the reconcile shell. Engine records are immutable (content-addressed), so a
+Called by the reconcile shell. The cluster comes from the watch-fed cache
+(``trtop.k8s.cache``). Engine records are immutable (content-addressed), so a
 record read once is kept in memory: the store is asked only about keys not yet known
 Ready, through one client per process, each read bounded by ``store_timeout_seconds``.
 """
@@ -14,6 +15,7 @@ from typing import Any
 from trtop.api.engine import EngineKey, EngineRecord
 from trtop.config import Settings
 from trtop.k8s import observe
+from trtop.k8s.cache import CACHE
 from trtop.planning.facts import ClusterFacts
 from trtop.planning.plan import wanted_engine_keys
 from trtop.store import EngineStore, open_store, scoped_uri
@@ -28,14 +30,19 @@ def store_client(uri: str) -> EngineStore:
 
 
 def gather(body: Mapping[str, Any], settings: Settings) -> ClusterFacts:
+    """Facts from the watch-fed cache. A Deployment or Service the cache does not hold may
+    still exist without trtop's labels (someone else's): one GET says, so it is never taken over."""
     meta = body["metadata"]
     ns, name, uid = meta["namespace"], meta["name"], str(meta.get("uid", ""))
+    key = (ns, name)
     at = time.time()
-    nodes = observe.observe_nodes(settings.namespaces)
+    nodes = CACHE.nodes()
     records, store_error = known_records(wanted_engine_keys(body, nodes, at, settings), settings, ns)
-    return ClusterFacts(nodes=nodes, jobs=observe.observe_jobs(ns), records=records,
-                        deployment=observe.observe_deployment(ns, name, uid),
-                        service=observe.observe_service(ns, name, uid), store_error=store_error, now=at)
+    deployment = (CACHE.deployment(key, uid) if CACHE.knows_deployment(key)
+                  else observe.observe_deployment(ns, name, uid))
+    service = CACHE.service(key, uid) if CACHE.knows_service(key) else observe.observe_service(ns, name, uid)
+    return ClusterFacts(nodes=nodes, jobs=CACHE.jobs(ns), records=records, deployment=deployment,
+                        service=service, store_error=store_error, now=at)
 
 
 def known_records(keys: tuple[EngineKey, ...], settings: Settings,

@@ -1,23 +1,25 @@
-"""kopf registration: the decorators only, each a line or two calling the real handler.
+"""kopf registration: the decorators only, each a line or two calling the real code.
 
 Imported by ``trtop operator`` (kopf.operator) and by ``kopf run -m trtop.handlers.main``.
+Every watch is an ``on.event`` handler that updates the in-memory cache and queues the
+ModelDeployments the change concerns (no kopf finalizers, annotations or patches);
+``trtop.handlers.workers`` reconciles from the queue.
 """
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 import kopf
 
 from trtop import names
 from trtop.config import Settings
-from trtop.handlers import autoscaling, gc, resync
-from trtop.handlers.modeldeployment import reconcile
+from trtop.handlers import autoscaling, gc, workers
+from trtop.k8s.cache import CACHE
 
 SETTINGS = Settings.from_env()
-RECONCILE_INTERVAL = float(os.environ.get("TRTOP_RECONCILE_INTERVAL_SECONDS", "10"))
 _background: list[tuple[asyncio.Task[Any], asyncio.Event]] = []
+_OURS = {names.LABEL_MANAGED_BY: names.APP_NAME}
 
 
 @kopf.on.startup()
@@ -25,8 +27,12 @@ async def on_startup_operator(settings: kopf.OperatorSettings, **_: Any) -> None
     from trtop.handlers.startup import configure
 
     configure(settings, SETTINGS)
-    _background.append(resync.start(SETTINGS, RECONCILE_INTERVAL))
+    await workers.prime(SETTINGS)
+    _background.append(workers.start(SETTINGS))
     _background.append(autoscaling.start(SETTINGS))
+    collecting = gc.start(SETTINGS)
+    if collecting is not None:
+        _background.append(collecting)
     collecting = gc.start(SETTINGS)
     if collecting is not None:
         _background.append(collecting)
@@ -40,8 +46,36 @@ async def on_cleanup_operator(**_: Any) -> None:
     _background.clear()
 
 
-@kopf.on.resume(names.GROUP, names.VERSION, names.PLURAL)
-@kopf.on.create(names.GROUP, names.VERSION, names.PLURAL)
-@kopf.on.update(names.GROUP, names.VERSION, names.PLURAL, field="spec")
-def on_change_model_deployment(body: kopf.Body, **_: Any) -> None:
-    reconcile(body, SETTINGS)
+@kopf.on.probe(id="loops")
+def on_probe_loops(**_: Any) -> dict[str, float]:
+    return workers.liveness(SETTINGS)  # raises (liveness fails) when a loop stopped making progress
+
+
+@kopf.on.event(names.GROUP, names.VERSION, names.PLURAL)
+async def on_event_model_deployment(type: str | None, body: kopf.Body, **_: Any) -> None:
+    workers.enqueue(CACHE.on_model_deployment(str(type), body))
+
+
+@kopf.on.event("", "v1", "nodes")
+async def on_event_node(type: str | None, body: kopf.Body, **_: Any) -> None:
+    workers.enqueue(CACHE.on_node(str(type), body))
+
+
+@kopf.on.event("", "v1", "pods")
+async def on_event_pod(type: str | None, body: kopf.Body, **_: Any) -> None:
+    CACHE.on_pod(str(type), body)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_COMPONENT: names.COMPONENT_ENGINE_BUILD})
+async def on_event_job(type: str | None, body: kopf.Body, **_: Any) -> None:
+    workers.enqueue(CACHE.on_job(str(type), body))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=_OURS)
+async def on_event_deployment(type: str | None, body: kopf.Body, **_: Any) -> None:
+    workers.enqueue(CACHE.on_deployment(str(type), body))
+
+
+@kopf.on.event("", "v1", "services", labels=_OURS)
+async def on_event_service(type: str | None, body: kopf.Body, **_: Any) -> None:
+    workers.enqueue(CACHE.on_service(str(type), body))

@@ -29,6 +29,7 @@ from trtop.handlers import metrics
 from trtop.handlers.facts import gather
 from trtop.handlers.scale_state import last_decision
 from trtop.k8s.apply import apply, create_job
+from trtop.k8s.cache import CACHE
 from trtop.k8s.errors import Failure, from_api_exception, from_transport_error
 from trtop.k8s.events import patch_status, post_event
 from trtop.planning.plan import Plan, plan_model_deployment
@@ -148,7 +149,7 @@ def _write_status(body: Mapping[str, Any], old: Mapping[str, Any],
         return False, None, 0
     meta = body["metadata"]
     try:
-        patch_status(body, changed)
+        CACHE.remember_status_write(patch_status(body, changed))
     except ApiException as e:
         if e.status == 404:  # deleted meanwhile: nothing to report on
             return False, None, 0

@@ -24,6 +24,9 @@ def configure(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
     kopf_settings.execution.max_workers = 8
     kopf_settings.posting.level = logging.INFO
     kopf_settings.batching.error_delays = [1, 2, 5, 10, 30]
+    # kopf logs "Handler ... succeeded." for every watch event (thousands a minute in a big
+    # cluster); trtop logs what matters itself.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if settings.metrics_port and not _metrics_started:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
         _metrics_started = True

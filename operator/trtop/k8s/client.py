@@ -10,6 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client, config, dynamic
+from prometheus_client import Counter
+
+# Every request the operator's client sends (kopf's watch streams are apart), by HTTP method.
+API_REQUESTS = Counter("trtop_operator_api_requests_total", "Kubernetes API requests sent by trtop's client",
+                       ["method"])
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,13 @@ def get_clients() -> Clients:
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
     api = client.ApiClient()
+    rest = api.rest_client
+    send = rest.request
+
+    def counted(method: str, *args: Any, **kwargs: Any) -> Any:
+        API_REQUESTS.labels(method).inc()
+        return send(method, *args, **kwargs)  # type: ignore[no-untyped-call]
+    rest.request = counted  # type: ignore[method-assign]
     return Clients(api, client.CoreV1Api(api), client.AppsV1Api(api), client.BatchV1Api(api),
                    client.CustomObjectsApi(api), dynamic.DynamicClient(api))  # type: ignore[no-untyped-call]
 

@@ -120,20 +120,29 @@ def _failure_details(namespace: str, job_name: str) -> tuple[str, bool]:
     pods = plain(get_clients().core.list_namespaced_pod(
         namespace, label_selector=f"job-name={job_name}", _request_timeout=timeout()))["items"]
     for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True):
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            term = (cs.get("state") or {}).get("terminated")
-            if not term:
-                continue
-            text = (term.get("message") or "").strip()
-            try:
-                summary = json.loads(text)
-                text = summary.get("error") or summary.get("message") or text
-            except (ValueError, AttributeError):
-                pass
-            tail = " | ".join(text.splitlines()[-5:])[-800:]
-            code = term.get("exitCode")
-            return (f"exit code {code}: {tail}" if tail else f"exit code {code}", code == USER_ERROR_EXIT)
+        summary = termination(pod)
+        if summary is not None:
+            return summary["detail"], summary["exit_code"] == USER_ERROR_EXIT
     return "", False
+
+
+def termination(pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """{detail, exit_code} of a pod's terminated container: the converter's JSON summary or its
+    log tail (bounded), or None while nothing has terminated."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if not term:
+            continue
+        text = str(term.get("message") or "").strip()[-16384:]
+        try:
+            summary = json.loads(text)
+            text = str(summary.get("error") or summary.get("message") or text)
+        except (ValueError, AttributeError):
+            pass
+        tail = " | ".join(text.splitlines()[-5:])[-800:]
+        code = term.get("exitCode")
+        return {"detail": f"exit code {code}: {tail}" if tail else f"exit code {code}", "exit_code": code}
+    return None
 
 
 def controller_uid(obj: Mapping[str, Any]) -> str:

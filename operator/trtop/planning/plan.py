@@ -38,6 +38,7 @@ from trtop.planning.targets import discover_targets, with_grace
 
 STORE_UNAVAILABLE = "StoreUnavailable"
 NOT_OWNED = "NotOwned"
+RECHECK_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class Plan:
     status: dict[str, Any] = field(default_factory=dict)
     # Of service/deployment, those whose content differs from what is live (by applied hash).
     to_apply: tuple[Manifest, ...] = ()
+    # Look again after this many seconds even without an event: a Job succeeded but its engine
+    # is not in the store yet (no watch says when it appears).
+    recheck_after: float | None = None
 
 
 def desired_replicas(spec: ModelDeploymentSpec, live: DeploymentFact | None, autoscaled: int | None) -> int:
@@ -148,7 +152,10 @@ def plan_model_deployment(
     service = with_applied_hash(service) if service is not None else None
     to_apply = tuple(m for m, fact in ((service, facts.service), (deployment, live))
                      if m is not None and (fact is None or fact.applied_hash != applied_hash(m)))
-    return Plan(spec, targets, engines, jobs, deployment, service, replicas, status, to_apply)
+    unpublished = any(e.state == "Failed" and (j := facts.jobs.get(e.key)) is not None and j.state == "succeeded"
+                      for e in engines)
+    return Plan(spec, targets, engines, jobs, deployment, service, replicas, status, to_apply,
+                RECHECK_SECONDS if unpublished else None)
 
 
 def wanted_engine_keys(md: Mapping[str, Any], nodes: Sequence[NodeFact], now: float,

@@ -150,20 +150,24 @@ def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
 
 
 def events_between(previous: Mapping[str, Any], current: Mapping[str, Any]) -> list[Event]:
-    """Events a person wants to see: each engine state change and each phase change."""
+    """Events a person wants to see: engine state changes (one Event per new state, listing
+    every engine that reached it in this reconcile) and each phase change."""
     events: list[Event] = []
     old_engines = {e.get("key"): e for e in previous.get("engines", [])}
+    reached: dict[str, list[str]] = {}
     for e in current.get("engines", []):
         before = old_engines.get(e["key"], {}).get("state")
         if before == e["state"]:
             continue
-        kind = "Warning" if e["state"] in ("Failed", "Unschedulable") else "Normal"
         text = f"engine {e['key']} for {e['target']}: {before or 'new'} -> {e['state']}"
         if e["state"] == "Ready" and "buildSeconds" in e:
             text += f" (built in {e['buildSeconds']} s, parity max abs error {e.get('parityMaxAbsError', 0):.3g})"
         elif e.get("message"):
             text += f": {e['message']}"
-        events.append(Event(kind, f"Engine{e['state']}", text[:1024]))
+        reached.setdefault(e["state"], []).append(text)
+    for state, texts in reached.items():
+        kind = "Warning" if state in ("Failed", "Unschedulable") else "Normal"
+        events.append(Event(kind, f"Engine{state}", "; ".join(texts)[:1024]))
     for warning in current.get("warnings", []):
         if warning not in previous.get("warnings", []):
             events.append(Event("Warning", "SpecIgnored", warning[:1024]))

@@ -1,0 +1,311 @@
+"""In-memory indices of the cluster, maintained from watch events (informer-style).
+
+kopf streams the events (``trtop.handlers.main`` registers one ``on.event`` per kind);
+each ``on_<kind>`` here updates the index and returns the ModelDeployments the change may
+concern, which the caller puts on the work queue. A reconcile then reads memory: nodes
+(GPU labels, allocatable, schedulable, GPUs requested by pods), build Jobs by engine key
+(with their failed pods' termination messages), serving Deployments and Services by name,
+serving pods by ModelDeployment, and the ModelDeployments themselves.
+
+Thread-safety: events arrive on the event loop, reconciles run in worker threads; every
+read and write holds ``_lock`` and reads return copies.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+from trtop import names
+from trtop.api.engine import EngineKey
+from trtop.api.errors import SpecError
+from trtop.api.spec import ModelDeploymentSpec, parse_spec
+from trtop.api.targets import Target, gpu_target_of_node
+from trtop.k8s.observe import USER_ERROR_EXIT, controller_uid, deployment_fact, node_fact, object_fact, termination
+from trtop.planning.facts import DeploymentFact, JobFact, NodeFact, ObjectFact
+from trtop.planning.targets import node_matches_selector
+
+Key = tuple[str, str]  # (namespace, name) of a ModelDeployment
+
+
+def _key(body: Mapping[str, Any]) -> Key:
+    meta = body.get("metadata") or {}
+    return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+
+
+def _slim(body: Mapping[str, Any], *fields: str) -> dict[str, Any]:
+    """The fields trtop reads, without managedFields (most of an object's bytes)."""
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    return {"metadata": meta, **{f: body.get(f) or {} for f in fields}}
+
+
+def _gpus(pod: Mapping[str, Any]) -> int:
+    total = 0
+    for ctr in (pod.get("spec") or {}).get("containers") or []:
+        value = ((ctr.get("resources") or {}).get("limits") or {}).get(names.GPU_RESOURCE, 0)
+        try:
+            total += int(str(value))
+        except ValueError:
+            continue
+    return total
+
+
+class ClusterCache:
+    """What the watches have told us; see the module docstring."""
+
+    def __init__(self, clock: Any = time.time) -> None:
+        self._lock = threading.RLock()
+        self._clock = clock
+        self.mds: dict[Key, dict[str, Any]] = {}
+        self._uids: dict[str, Key] = {}
+        self._specs: dict[Key, tuple[int, ModelDeploymentSpec | None]] = {}
+        self._handled_generation: dict[Key, int] = {}
+        self._nodes: dict[str, dict[str, Any]] = {}
+        self._down_since: dict[str, float] = {}
+        self._pod_gpus: dict[Key, tuple[str, int]] = {}  # pod -> (node, GPUs)
+        self._requested: defaultdict[str, int] = defaultdict(int)
+        self._job_pods: dict[Key, dict[str, Any]] = {}  # (ns, job name) -> last terminated pod summary
+        self._serving_pods: defaultdict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
+        self._jobs: defaultdict[str, dict[EngineKey, dict[str, Any]]] = defaultdict(dict)
+        self._deployments: dict[Key, dict[str, Any]] = {}
+        self._services: dict[Key, dict[str, Any]] = {}
+        self.users_of_key: defaultdict[EngineKey, set[Key]] = defaultdict(set)  # filled after each plan
+
+    # ModelDeployments --------------------------------------------------------------------
+    def on_model_deployment(self, event: str, body: Mapping[str, Any]) -> list[Key]:
+        key = _key(body)
+        with self._lock:
+            if event == "DELETED":
+                self.mds.pop(key, None)
+                self._specs.pop(key, None)
+                self._handled_generation.pop(key, None)
+                return []
+            old = self.mds.get(key)
+            if old is not None and _rv(old) > _rv(body):
+                return []  # our own status write already gave us something newer
+            self.mds[key] = {**dict(body), **_slim(body)}
+            self._uids[str((body.get("metadata") or {}).get("uid"))] = key
+            generation = int((body.get("metadata") or {}).get("generation") or 0)
+            # Our own status writes change nothing the plan reads: no reconcile for them.
+            return [] if self._handled_generation.get(key) == generation else [key]
+
+    def remember_status_write(self, body: Mapping[str, Any]) -> None:
+        """The object the status patch returned: newer than what the watch has sent yet."""
+        with self._lock:
+            key = _key(body)
+            old = self.mds.get(key)
+            if old is None or _rv(body) >= _rv(old):
+                self.mds[key] = {**dict(body), **_slim(body)}
+
+    def handled(self, key: Key, generation: int, engine_keys: tuple[EngineKey, ...]) -> None:
+        with self._lock:
+            self._handled_generation[key] = generation
+            for users in self.users_of_key.values():
+                users.discard(key)
+            for k in engine_keys:
+                self.users_of_key[k].add(key)
+
+    def model_deployment(self, key: Key) -> dict[str, Any] | None:
+        with self._lock:
+            body = self.mds.get(key)
+            return dict(body) if body is not None else None
+
+    def keys(self) -> list[Key]:
+        with self._lock:
+            return list(self.mds)
+
+    def spec_of(self, key: Key) -> ModelDeploymentSpec | None:
+        with self._lock:
+            body = self.mds.get(key)
+            if body is None:
+                return None
+            generation = int(body["metadata"].get("generation") or 0)
+            cached = self._specs.get(key)
+            if cached is not None and cached[0] == generation:
+                return cached[1]
+            try:
+                spec: ModelDeploymentSpec | None = parse_spec(body.get("spec") or {})
+            except SpecError:
+                spec = None
+            self._specs[key] = (generation, spec)
+            return spec
+
+    # Nodes and pods ----------------------------------------------------------------------
+    def on_node(self, event: str, body: Mapping[str, Any]) -> list[Key]:
+        name = str(body["metadata"]["name"])
+        with self._lock:
+            before = self._node_fact(name)
+            if event == "DELETED":
+                self._nodes.pop(name, None)
+                self._down_since.pop(name, None)
+            else:
+                meta = body["metadata"]
+                self._nodes[name] = {"metadata": {"name": name, "labels": dict(meta.get("labels") or {})},
+                                     "spec": {"unschedulable": (body.get("spec") or {}).get("unschedulable", False)},
+                                     "status": {k: v for k, v in (body.get("status") or {}).items()
+                                                if k in ("allocatable", "conditions")}}
+            after = self._node_fact(name)
+            if after is not None and not after.schedulable:
+                self._down_since.setdefault(name, after.down_since or self._clock())
+            elif after is not None:
+                self._down_since.pop(name, None)
+            return self._concerned_by_node(before, after)
+
+    def _node_fact(self, name: str) -> NodeFact | None:
+        node = self._nodes.get(name)
+        return None if node is None else node_fact(node, self._requested.get(name, 0), self._down_since.get(name))
+
+    def nodes(self) -> tuple[NodeFact, ...]:
+        with self._lock:
+            return tuple(f for f in (self._node_fact(n) for n in self._nodes) if f is not None)
+
+    def _concerned_by_node(self, before: NodeFact | None, after: NodeFact | None) -> list[Key]:
+        """ModelDeployments whose targets or engine states this node change can alter.
+
+        Only a change in what the node offers (its GPU type, whether it counts: schedulable
+        with GPUs) matters; heartbeats and pod churn never reach the planner.
+        """
+        def offer(n: NodeFact | None) -> tuple[Any, ...] | None:
+            if n is None:
+                return None
+            return (gpu_target_of_node(n.labels, with_product=True), n.schedulable, n.gpu_allocatable > 0,
+                    tuple(sorted(n.labels.items())))
+        if offer(before) == offer(after):
+            return []
+        concerned = []
+        for key in list(self.mds):
+            spec = self.spec_of(key)
+            if spec is None:
+                continue
+            if any(n is not None and self._node_may_serve(spec, n) for n in (before, after)):
+                concerned.append(key)
+        return concerned
+
+    @staticmethod
+    def _node_may_serve(spec: ModelDeploymentSpec, node: NodeFact) -> bool:
+        if not node_matches_selector(node.labels, spec.serving.node_selector):
+            return False
+        gpu = gpu_target_of_node(node.labels, with_product=spec.engine.hardware_compatibility == "none")
+        if gpu is None:
+            return any(t.is_cpu for t in spec.engine.targets)
+        plain = gpu_target_of_node(node.labels, with_product=False)
+        return spec.engine.auto_targets or any(t in (gpu, plain, Target(gpu.cc)) for t in spec.engine.targets)
+
+    def on_pod(self, event: str, body: Mapping[str, Any]) -> list[Key]:
+        key = _key(body)
+        meta, status = body.get("metadata") or {}, body.get("status") or {}
+        labels = meta.get("labels") or {}
+        gone = event == "DELETED" or status.get("phase") in ("Succeeded", "Failed")
+        node = (body.get("spec") or {}).get("nodeName")
+        with self._lock:
+            old = self._pod_gpus.pop(key, None)
+            if old is not None:
+                self._requested[old[0]] -= old[1]
+            gpus = _gpus(body)
+            if node and gpus and not gone:
+                self._pod_gpus[key] = (str(node), gpus)
+                self._requested[str(node)] += gpus
+            job = labels.get("job-name")
+            if job and labels.get(names.LABEL_COMPONENT) == names.COMPONENT_ENGINE_BUILD:
+                summary = termination(body)
+                if summary is not None:
+                    self._job_pods[(key[0], str(job))] = summary
+            md = labels.get(names.LABEL_MODEL_DEPLOYMENT)
+            if md and labels.get(names.LABEL_COMPONENT) == names.COMPONENT_INFERENCE:
+                pods = self._serving_pods[(key[0], str(md))]
+                if event == "DELETED":
+                    pods.pop(key[1], None)
+                else:
+                    pods[key[1]] = {"metadata": {k: meta.get(k) for k in ("name", "namespace", "deletionTimestamp")},
+                                    "status": {k: status.get(k) for k in ("phase", "conditions", "podIP")}}
+        return []
+
+    def serving_pods(self, key: Key) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._serving_pods.get(key, {}).values())
+
+    # Jobs, Deployments, Services -----------------------------------------------------------
+    def on_job(self, event: str, body: Mapping[str, Any]) -> list[Key]:
+        meta = body["metadata"]
+        ns = str(meta["namespace"])
+        engine_key = EngineKey((meta.get("labels") or {}).get(names.LABEL_ENGINE_KEY, ""))
+        if not engine_key:
+            return []
+        with self._lock:
+            jobs = self._jobs[ns]
+            before = jobs.get(engine_key)
+            if event == "DELETED" or meta.get("deletionTimestamp"):
+                jobs.pop(engine_key, None)
+            else:
+                jobs[engine_key] = {"name": meta["name"], "conditions": (body.get("status") or {}).get("conditions")}
+            if before == jobs.get(engine_key):
+                return []
+            owner = self._uids.get(controller_uid(body))
+            return sorted({k for k in self.users_of_key.get(engine_key, set()) if k[0] == ns}
+                          | ({owner} if owner else set()))
+
+    def jobs(self, namespace: str) -> dict[EngineKey, JobFact]:
+        with self._lock:
+            out = {}
+            for key, job in self._jobs.get(namespace, {}).items():
+                conds = job.get("conditions") or []
+                failed = next((c for c in conds if c.get("type") == "Failed" and c.get("status") == "True"), None)
+                done = any(c.get("type") in ("Complete", "SuccessCriteriaMet") and c.get("status") == "True"
+                           for c in conds)
+                if failed is not None:
+                    text = f"{failed.get('reason') or 'Failed'}: {failed.get('message') or ''}".strip(": ")
+                    pod = self._job_pods.get((namespace, job["name"])) or {}
+                    detail = pod.get("detail", "")
+                    out[key] = JobFact(job["name"], key, "failed", f"{text}. {detail}".strip(". ") or text,
+                                       pod.get("exit_code") == USER_ERROR_EXIT)
+                else:
+                    out[key] = JobFact(job["name"], key, "succeeded" if done else "active")
+            return out
+
+    def on_deployment(self, event: str, body: Mapping[str, Any]) -> list[Key]:
+        return self._owned(self._deployments, event, body)
+
+    def on_service(self, event: str, body: Mapping[str, Any]) -> list[Key]:
+        return self._owned(self._services, event, body)
+
+    def _owned(self, index: dict[Key, dict[str, Any]], event: str, body: Mapping[str, Any]) -> list[Key]:
+        key = _key(body)
+        with self._lock:
+            if event == "DELETED":
+                index.pop(key, None)
+            else:
+                slim = _slim(body, "status")
+                slim["spec"] = {"replicas": (body.get("spec") or {}).get("replicas")}
+                index[key] = slim
+            owner = self._uids.get(controller_uid(body))
+            return [owner] if owner else []
+
+    def deployment(self, key: Key, owner_uid: str) -> DeploymentFact | None:
+        with self._lock:
+            d = self._deployments.get(key)
+            return None if d is None else deployment_fact(d, owner_uid)
+
+    def service(self, key: Key, owner_uid: str) -> ObjectFact | None:
+        with self._lock:
+            s = self._services.get(key)
+            return None if s is None else object_fact(s, owner_uid)
+
+    def knows_deployment(self, key: Key) -> bool:
+        with self._lock:
+            return key in self._deployments
+
+    def knows_service(self, key: Key) -> bool:
+        with self._lock:
+            return key in self._services
+
+
+def _rv(body: Mapping[str, Any]) -> int:
+    try:
+        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+CACHE = ClusterCache()

@@ -1,0 +1,93 @@
+"""The watch-fed cache: indices from events, and which ModelDeployments each change concerns."""
+from trtop import names
+from trtop.k8s.cache import ClusterCache
+
+L4 = {names.GFD_CC_MAJOR: "8", names.GFD_CC_MINOR: "9", names.GFD_PRODUCT: "NVIDIA-L4"}
+T4 = {names.GFD_CC_MAJOR: "7", names.GFD_CC_MINOR: "5", names.GFD_PRODUCT: "Tesla-T4"}
+
+
+def node(name, labels, gpus=4, ready=True, unschedulable=False, rv="1"):
+    return {"metadata": {"name": name, "labels": dict(labels), "resourceVersion": rv},
+            "spec": {"unschedulable": unschedulable},
+            "status": {"allocatable": {names.GPU_RESOURCE: str(gpus)},
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False",
+                                       "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}
+
+
+def md(name, spec, uid=None, generation=1, rv="1"):
+    return {"metadata": {"name": name, "namespace": "ml", "uid": uid or f"uid-{name}", "generation": generation,
+                         "resourceVersion": rv}, "spec": spec}
+
+
+def world():
+    c = ClusterCache(clock=lambda: 5000.0)
+    c.on_node("ADDED", node("l4-0", L4))
+    c.on_node("ADDED", node("cpu-0", {}))
+    auto = {"model": {"uri": "s3://m/a"}}
+    c.on_model_deployment("ADDED", md("auto", auto))
+    c.on_model_deployment("ADDED", md("cpu", {"model": {"uri": "s3://m/c"}, "engine": {"targets": ["cpu"]}}))
+    c.on_model_deployment("ADDED", md("l4only", {"model": {"uri": "s3://m/l"}, "engine": {"targets": ["8.9"]}}))
+    c.on_model_deployment("ADDED", md("pinned", {**auto, "serving": {"nodeSelector": {"pool": "x"}}}))
+    return c
+
+
+def test_a_new_gpu_type_concerns_only_objects_whose_targets_can_include_it():
+    c = world()
+    assert c.on_node("ADDED", node("t4-0", T4)) == [("ml", "auto")]
+
+
+def test_heartbeats_and_unrelated_label_churn_concern_nobody():
+    c = world()
+    again = node("l4-0", L4, rv="2")
+    again["status"]["conditions"][0]["lastHeartbeatTime"] = "2026-01-01T00:01:00Z"
+    assert c.on_node("MODIFIED", again) == []
+
+
+def test_a_cordon_concerns_the_objects_served_there_and_is_remembered():
+    c = world()
+    assert sorted(c.on_node("MODIFIED", node("l4-0", L4, unschedulable=True, rv="2"))) == [
+        ("ml", "auto"), ("ml", "l4only")]
+    fact = next(n for n in c.nodes() if n.name == "l4-0")
+    assert not fact.schedulable and fact.down_since == 5000.0
+
+
+def test_own_status_writes_do_not_requeue_but_a_new_generation_does():
+    c = world()
+    c.handled(("ml", "auto"), 1, ())
+    assert c.on_model_deployment("MODIFIED", md("auto", {"model": {"uri": "s3://m/a"}}, rv="5")) == []
+    assert c.on_model_deployment("MODIFIED", md("auto", {"model": {"uri": "s3://m/b"}}, generation=2,
+                                                rv="6")) == [("ml", "auto")]
+    c.remember_status_write(md("auto", {"model": {"uri": "s3://m/b"}}, generation=2, rv="9"))
+    assert c.on_model_deployment("MODIFIED", md("auto", {}, generation=2, rv="7")) == []  # older than ours
+    assert c.model_deployment(("ml", "auto"))["metadata"]["resourceVersion"] == "9"
+
+
+def test_job_events_concern_every_user_of_the_key_and_carry_failure_messages():
+    c = world()
+    c.handled(("ml", "auto"), 1, ("k1",))
+    c.handled(("ml", "l4only"), 1, ("k1",))
+    job = {"metadata": {"name": "trtop-sm89-k1", "namespace": "ml", "labels": {names.LABEL_ENGINE_KEY: "k1"}},
+           "status": {}}
+    assert c.on_job("ADDED", job) == [("ml", "auto"), ("ml", "l4only")]
+    assert c.on_job("MODIFIED", job) == []  # nothing the planner reads changed
+    pod = {"metadata": {"name": "p", "namespace": "ml", "labels": {
+        "job-name": "trtop-sm89-k1", names.LABEL_COMPONENT: names.COMPONENT_ENGINE_BUILD}},
+        "spec": {"nodeName": "l4-0", "containers": [{"resources": {"limits": {names.GPU_RESOURCE: "1"}}}]},
+        "status": {"phase": "Failed", "containerStatuses": [{"state": {"terminated": {
+            "exitCode": 2, "message": '{"error": "unsupported op Foo"}'}}}]}}
+    c.on_pod("MODIFIED", pod)
+    failed = {**job, "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}}
+    c.on_job("MODIFIED", failed)
+    fact = c.jobs("ml")["k1"]
+    assert fact.state == "failed" and fact.user_error and "unsupported op Foo" in fact.message
+
+
+def test_gpu_requests_follow_pods_onto_and_off_nodes():
+    c = world()
+    pod = {"metadata": {"name": "s", "namespace": "ml", "labels": {}},
+           "spec": {"nodeName": "l4-0", "containers": [{"resources": {"limits": {names.GPU_RESOURCE: "2"}}}]},
+           "status": {"phase": "Running"}}
+    c.on_pod("ADDED", pod)
+    assert next(n for n in c.nodes() if n.name == "l4-0").gpu_requested == 2
+    c.on_pod("DELETED", pod)
+    assert next(n for n in c.nodes() if n.name == "l4-0").gpu_requested == 0
