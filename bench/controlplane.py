@@ -214,6 +214,20 @@ class StandIn(threading.Thread):
                 time.sleep(0.5)
 
 
+def wait_until(what: str, check: Any, timeout: float, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as e:  # noqa: BLE001 - not up yet
+            last = e
+        time.sleep(interval)
+    raise RuntimeError(f"timed out waiting for {what}: {last!r}")
+
+
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         return str(r.read().decode())
@@ -258,7 +272,7 @@ def run_operator(c: Cluster, n: int, kubeconfig: str, result: dict[str, Any]) ->
                                  "--liveness", f"http://127.0.0.1:{health}/healthz"],
                                 env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     try:
-        testing.wait_for("operator metrics", lambda: scrape(port), timeout=120)
+        wait_until("operator metrics", lambda: scrape(port), timeout=120)
         before = c.apiserver_counts()
         docs = [md_body(i, ns) for i in range(n)]
         for d in docs:
@@ -296,6 +310,13 @@ def run_operator(c: Cluster, n: int, kubeconfig: str, result: dict[str, Any]) ->
         result["p50_s"], result["p99_s"] = quantile(text, 0.5), quantile(text, 0.99)
         result["new_type_s"], result["new_type_reconciles"] = new_gpu_type(c, ns, port)
         result["tracebacks"] = log_path.read_text(errors="replace").count("Traceback")
+        final = scrape(port)
+        (log_path.parent / f"operator-{n}.metrics").write_text(final)
+        by = re.findall(r'^trtop_operator_api_requests_total\{method="([A-Z]+)",resource="([^"]*)"\} ([0-9.e+]+)$',
+                        final, re.M)
+        log("operator's API requests by method/resource: " + ", ".join(
+            f"{m} {r}: {float(v):.0f}" for m, r, v in sorted(by, key=lambda x: -float(x[2]))))
+        log(f"operator log: {log_path}")
     finally:
         stand_in.stopped.set()
         proc.send_signal(signal.SIGTERM)
@@ -324,6 +345,21 @@ def new_gpu_type(c: Cluster, ns: str, port: int) -> tuple[float, float]:
         c.core.delete_node(node["metadata"]["name"])
 
 
+def start_cluster(name: str = "trtop-bench", attempts: int = 3) -> testing.DevCluster:
+    """The bench cluster; a start that failed (kwok picks ports at random: on a busy host one
+    can be taken) is torn down and tried again."""
+    from trtop.devcluster import cluster
+    for attempt in range(attempts):
+        try:
+            return testing.start_session(name, log=log)
+        except Exception as e:  # noqa: BLE001 - retried below
+            log(f"cluster start failed ({e}); tearing it down")
+            cluster.down(name)
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, action="append", help="ModelDeployments (repeat: 100, 300, 1000)")
@@ -333,7 +369,7 @@ def main(argv: list[str]) -> int:
     sizes = args.n or [100]
     if args.keep:
         os.environ["TRTOP_TEST_KEEP_CLUSTER"] = "1"
-    session = testing.start_session("trtop-bench", log=log)
+    session = start_cluster()
     rows = []
     try:
         c = Cluster(session)

@@ -127,3 +127,13 @@ def test_with_failure_says_why_and_keeps_the_planned_conditions(mixed_cluster, s
     assert cond(rejected, "EnginesReady") == cond(p.status, "EnginesReady") and rejected["phase"] == "Stalled"
     retry = with_failure(p.status, [], "APIUnavailable", "timed out", stalled=False, now=NOW)
     assert cond(retry, "Reconciling")["reason"] == "APIUnavailable" and cond(retry, "Stalled")["status"] == "False"
+
+
+def test_one_event_per_reconcile_leads_with_the_first_warning():
+    from trtop.planning.status import Event, one_event
+    assert one_event([]) is None
+    e = one_event([Event("Normal", "EngineReady", "a -> Ready"), Event("Normal", "PhaseProgressing", "p")])
+    assert (e.type, e.reason) == ("Normal", "EngineReady") and e.message == "a -> Ready; p"
+    e = one_event([Event("Normal", "EngineReady", "a"), Event("Warning", "EngineFailed", "b"),
+                   Event("Warning", "PhaseDegraded", "c")])
+    assert (e.type, e.reason) == ("Warning", "EngineFailed") and e.message.startswith("b; a")

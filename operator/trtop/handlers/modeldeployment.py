@@ -4,7 +4,7 @@ kopf's handlers, the safety-net resync and the autoscaler all call ``reconcile``
 through: gather facts -> plan once (pure; the invalid-spec status included) -> create the
 missing build Jobs -> apply only the objects whose content differs from the live ones
 (applied-hash) -> write the status only when it changed, guarded by the object's
-resourceVersion -> post an Event per change a person wants to see.
+resourceVersion -> post one Event saying what changed (engines, phase, failures).
 
 Every failure ends as a condition, never as a traceback: a 4xx of the API server is
 Stalled with the server's own message; a transient error (timeout, 5xx, conflict, the
@@ -12,6 +12,7 @@ store) is retried with backoff (``Outcome.retry_after``) and said in Reconciling
 """
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import logging
 import threading
@@ -33,13 +34,15 @@ from trtop.k8s.cache import CACHE
 from trtop.k8s.errors import Failure, from_api_exception, from_transport_error
 from trtop.k8s.events import patch_status, post_event
 from trtop.planning.plan import Plan, plan_model_deployment
-from trtop.planning.status import events_between, with_failure
+from trtop.planning.status import events_between, one_event, with_failure
 
 log = logging.getLogger(__name__)
 _seen_ready: set[str] = set()  # engine keys this process has counted (cache-hit metric)
 _built_by_us: set[str] = set()
 # One reconcile at a time per object: the kopf handlers, the resync and the autoscaler may all call in.
 _locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+# The writes of one plan run side by side (Jobs, Service, Deployment): each mostly waits on the API.
+_WRITES = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="trtop-write")
 
 
 @dataclass(frozen=True)
@@ -79,19 +82,17 @@ def _reconcile(body: Mapping[str, Any], settings: Settings, autoscaled: int | No
         facts = gather(body, settings)
         plan = plan_model_deployment(body, facts, settings, autoscaled_replicas=autoscaled,
                                      scaling_limit=scaling_limit, now=now())
-        for job in plan.jobs_to_create:
-            doing = f"creating build Job {job['metadata']['name']}"
-            if create_job(job):
-                writes += 1
-                _job_created(body, job)
-        for manifest in plan.to_apply:
-            doing = f"applying {manifest['kind']} {manifest['metadata']['namespace']}/{manifest['metadata']['name']}"
-            apply(manifest)
-            writes += 1
-    except ApiException as e:
-        failure = from_api_exception(e, doing)
-    except (HTTPError, OSError, TimeoutError) as e:
-        failure = from_transport_error(e, doing)
+        claimed = [job for job in plan.jobs_to_create if CACHE.claim_job(job)]
+        calls: list[tuple[str, Any, Mapping[str, Any]]] = [
+            (f"creating build Job {j['metadata']['name']}", _create_claimed, j) for j in claimed]
+        calls += [(f"applying {m['kind']} {m['metadata']['namespace']}/{m['metadata']['name']}", apply, m)
+                  for m in plan.to_apply]
+        doing = "creating build Jobs and applying objects"
+        writes += _all_at_once(body, calls)
+    except _Doing as wrapped:
+        failure = _failure_of(wrapped.__cause__, str(wrapped))
+    except (ApiException, HTTPError, OSError, TimeoutError) as e:
+        failure = _failure_of(e, doing)
     status = dict(plan.status) if plan is not None else _fallback_status(old)
     if failure is not None:
         (log.warning if failure.stalled else log.info)("%s/%s: %s", body["metadata"]["namespace"],
@@ -106,6 +107,48 @@ def _reconcile(body: Mapping[str, Any], settings: Settings, autoscaled: int | No
         _count_engines(plan)
     metrics.RECONCILES.labels(_outcome_label(plan, failure)).inc()
     return Outcome(plan, failure, written, writes)
+
+
+def _failure_of(e: BaseException | None, doing: str) -> Failure:
+    if isinstance(e, ApiException):
+        return from_api_exception(e, doing)
+    if isinstance(e, (HTTPError, OSError, TimeoutError)):
+        return from_transport_error(e, doing)
+    raise e if e is not None else RuntimeError(doing)
+
+
+def _create_claimed(job: Mapping[str, Any]) -> bool:
+    try:
+        return create_job(job)
+    except BaseException:
+        CACHE.release_job(job)
+        raise
+
+
+def _all_at_once(body: Mapping[str, Any], calls: list[tuple[str, Any, Mapping[str, Any]]]) -> int:
+    """Run the writes of one plan side by side (each waits on the API, not on us); the first
+    failure is raised, with what was being done, after all have finished. Returns the writes."""
+    if not calls:
+        return 0
+    futures = [(doing, manifest, _WRITES.submit(fn, manifest)) for doing, fn, manifest in calls]
+    failure: tuple[str, BaseException] | None = None
+    writes = 0
+    for doing, manifest, future in futures:
+        try:
+            result = future.result()
+        except BaseException as e:  # noqa: BLE001 - re-raised below, the first one wins
+            failure = failure or (doing, e)
+            continue
+        writes += 1
+        if manifest.get("kind") == "Job" and result:
+            _job_created(body, manifest)
+    if failure is not None:
+        raise _Doing(failure[0]) from failure[1]
+    return writes
+
+
+class _Doing(Exception):
+    """Carries what was being done when one of several parallel writes failed."""
 
 
 def _fallback_status(old: Mapping[str, Any]) -> dict[str, Any]:
@@ -156,10 +199,10 @@ def _write_status(body: Mapping[str, Any], old: Mapping[str, Any],
         return False, from_api_exception(e, "writing the status"), 0
     except (HTTPError, OSError, TimeoutError) as e:
         return False, from_transport_error(e, "writing the status"), 0
-    writes = 1
-    for event in events_between(old, new):
-        post_event(body, event.type, event.reason, event.message)
-        writes += 1
-        (log.warning if event.type == "Warning" else log.info)("%s/%s: %s", meta["namespace"], meta["name"],
-                                                               event.message)
-    return True, None, writes
+    event = one_event(events_between(old, new))
+    if event is None:
+        return True, None, 1
+    post_event(body, event.type, event.reason, event.message)
+    (log.warning if event.type == "Warning" else log.info)("%s/%s: %s", meta["namespace"], meta["name"],
+                                                           event.message)
+    return True, None, 2

@@ -246,6 +246,27 @@ class ClusterCache:
             return sorted({k for k in self.users_of_key.get(engine_key, set()) if k[0] == ns}
                           | ({owner} if owner else set()))
 
+    def claim_job(self, job: Mapping[str, Any]) -> bool:
+        """Mark a build Job as being created by this process; False when it is known already
+        (another object sharing the engine key made it, or is making it: no second create)."""
+        meta = job["metadata"]
+        engine_key = EngineKey((meta.get("labels") or {}).get(names.LABEL_ENGINE_KEY, ""))
+        with self._lock:
+            jobs = self._jobs[str(meta["namespace"])]
+            if engine_key in jobs:
+                return False
+            jobs[engine_key] = {"name": meta["name"], "conditions": None}
+            return True
+
+    def release_job(self, job: Mapping[str, Any]) -> None:
+        """The create of a claimed Job failed: forget the claim (the next plan tries again)."""
+        meta = job["metadata"]
+        engine_key = EngineKey((meta.get("labels") or {}).get(names.LABEL_ENGINE_KEY, ""))
+        with self._lock:
+            jobs = self._jobs[str(meta["namespace"])]
+            if (jobs.get(engine_key) or {}).get("conditions", 0) is None:
+                jobs.pop(engine_key, None)
+
     def jobs(self, namespace: str) -> dict[EngineKey, JobFact]:
         with self._lock:
             out = {}

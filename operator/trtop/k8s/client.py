@@ -6,6 +6,7 @@ call passes ``timeout()`` as ``_request_timeout``: no API call can hang a reconc
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,8 @@ from prometheus_client import Counter
 
 # Every request the operator's client sends (kopf's watch streams are apart), by HTTP method.
 API_REQUESTS = Counter("trtop_operator_api_requests_total", "Kubernetes API requests sent by trtop's client",
-                       ["method"])
+                       ["method", "resource"])
+_RESOURCE = re.compile(r"/(?:api/v1|apis/[^/]+/[^/]+)(?:/namespaces/[^/]+)?/([a-z]+)(?:/[^/?]+)?(/status|/scale)?")
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,10 @@ def get_clients() -> Clients:
     rest = api.rest_client
     send = rest.request
 
-    def counted(method: str, *args: Any, **kwargs: Any) -> Any:
-        API_REQUESTS.labels(method).inc()
-        return send(method, *args, **kwargs)  # type: ignore[no-untyped-call]
+    def counted(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        found = _RESOURCE.search(url.split("?", 1)[0])
+        API_REQUESTS.labels(method, "".join(g or "" for g in found.groups()) if found else "other").inc()
+        return send(method, url, *args, **kwargs)  # type: ignore[no-untyped-call]
     rest.request = counted  # type: ignore[method-assign]
     return Clients(api, client.CoreV1Api(api), client.AppsV1Api(api), client.BatchV1Api(api),
                    client.CustomObjectsApi(api), dynamic.DynamicClient(api))  # type: ignore[no-untyped-call]

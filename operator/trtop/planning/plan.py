@@ -112,7 +112,8 @@ def plan_model_deployment(
     elif live is not None:
         hold = "no engine of the current spec is ready; the live Deployment keeps serving what it has"
     rollout_pending = (
-        (deployment is not None and live is not None and (
+        (deployment is not None and live is None)
+        or (deployment is not None and live is not None and (
             live.engine_set_hash != engine_set_hash(to_serve) or live.model_revision != revision))
         or (live is not None and live.updated_replicas < live.replicas)
     )

@@ -140,6 +140,10 @@ def condition_dicts(conds: Sequence[Condition], previous: Sequence[Mapping[str, 
     return out
 
 
+# Transitions that are not Events (fewer API writes): the phase passing through Building or
+# Progressing (the engines' own Events say why), an engine waiting for its Job to be created.
+QUIET_ENGINE_STATES = ("Pending",)
+QUIET_PHASES = ("Building", "Progressing")
 # Ready's reasons when a plan could not be carried out (see ``with_failure``): each is an Event.
 STALLED_REASONS = ("InvalidSpec", "ApplyRejected", "NotOwned")
 FAILURE_REASONS = (*STALLED_REASONS, "StoreUnavailable", "APIUnavailable")
@@ -157,7 +161,7 @@ def events_between(previous: Mapping[str, Any], current: Mapping[str, Any]) -> l
     reached: dict[str, list[str]] = {}
     for e in current.get("engines", []):
         before = old_engines.get(e["key"], {}).get("state")
-        if before == e["state"]:
+        if before == e["state"] or e["state"] in QUIET_ENGINE_STATES:
             continue
         text = f"engine {e['key']} for {e['target']}: {before or 'new'} -> {e['state']}"
         if e["state"] == "Ready" and "buildSeconds" in e:
@@ -177,7 +181,7 @@ def events_between(previous: Mapping[str, Any], current: Mapping[str, Any]) -> l
             failing.get("reason") != before.get("reason")
             or (failing.get("reason") in STALLED_REASONS and failing.get("message") != before.get("message"))):
         events.append(Event("Warning", str(failing["reason"]), str(failing.get("message", ""))[:1024]))
-    if previous.get("phase") != current.get("phase"):
+    if previous.get("phase") != current.get("phase") and current.get("phase") not in QUIET_PHASES:
         kind = "Warning" if current.get("phase") in ("Failed", "Stalled", "Degraded") else "Normal"
         events.append(Event(kind, f"Phase{current.get('phase')}",
                             f"phase {previous.get('phase') or 'new'} -> {current.get('phase')}: {current.get('message', '')}"[:1024]))
@@ -238,3 +242,15 @@ def with_failure(status: Mapping[str, Any], previous: Sequence[Mapping[str, Any]
     ordered += [c for t, c in by_type.items() if t not in names.CONDITION_TYPES]
     return {**status, "phase": "Stalled" if stalled else status.get("phase", "Progressing"), "message": message,
             "conditions": ordered}
+
+
+def one_event(events: Sequence[Event]) -> Event | None:
+    """The changes of one reconcile as one Event (fewer API writes; ``kubectl describe`` reads
+    the same): Warning if any part is, the reason of the first Warning else of the first part
+    (engines first, the phase change last), every message joined."""
+    if not events:
+        return None
+    warnings = [e for e in events if e.type == "Warning"]
+    lead = warnings[0] if warnings else events[0]
+    message = "; ".join(e.message for e in ([lead] + [e for e in events if e is not lead]))
+    return Event("Warning" if warnings else "Normal", lead.reason, message[:1024])
