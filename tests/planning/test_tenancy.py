@@ -5,7 +5,6 @@ import re
 import pytest
 
 from trtop import names
-from trtop.api.errors import SpecError
 from trtop.api.fetch import FetchPolicy
 from trtop.config import Settings, parse_sharing
 from trtop.planning.facts import ClusterFacts, JobFact
