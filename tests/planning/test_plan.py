@@ -233,3 +233,10 @@ def test_the_pod_and_the_service_expose_http_and_grpc(mixed_cluster, settings, h
     assert ctr["command"][ctr["command"].index("--grpc-port") + 1] == str(grpc_port)
     assert [(x["name"], x["port"], x["targetPort"], x.get("appProtocol")) for x in p.service["spec"]["ports"]] == [
         ("http", http_port, "http", None), ("grpc", grpc_port, "grpc", "grpc")]
+
+
+def test_status_shows_each_engines_batch_buckets(mixed_cluster, settings):
+    first = plan(md_body(), ClusterFacts(nodes=mixed_cluster), settings)
+    records = {e.key: replace(record_for(e), buckets=(1, 2, 4, 8)) for e in first.engines}
+    p = plan(md_body(), ClusterFacts(nodes=mixed_cluster, records=records), settings)
+    assert [e["batchSizes"] for e in p.status["engines"]] == [[1, 2, 4, 8]] * 3

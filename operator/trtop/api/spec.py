@@ -64,7 +64,7 @@ class ServingSpec:
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
     env: tuple[Mapping[str, Any], ...] = ()
-    max_queue_delay_ms: float = 2.0
+    max_queue_delay_ms: float = 0.0
     max_queue_size: int = 256
     pod_labels: Mapping[str, str] = field(default_factory=dict)
     pod_annotations: Mapping[str, str] = field(default_factory=dict)
@@ -249,7 +249,7 @@ def _parse_serving(raw: Mapping[str, Any]) -> ServingSpec:
         node_selector=validation.check_string_map(raw.get("nodeSelector"), "serving.nodeSelector"),
         tolerations=validation.check_objects(raw.get("tolerations"), "serving.tolerations"),
         env=validation.check_env(raw.get("env")),
-        max_queue_delay_ms=_number(batching, "maxQueueDelayMs", 2.0, "serving.batching"),
+        max_queue_delay_ms=_number(batching, "maxQueueDelayMs", 0.0, "serving.batching"),
         max_queue_size=_int(batching, "maxQueueSize", 256, "serving.batching", minimum=1),
         pod_labels=_strings(raw, "podLabels", "serving"),
         pod_annotations=_strings(raw, "podAnnotations", "serving"),

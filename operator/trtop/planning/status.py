@@ -45,6 +45,8 @@ def engine_entry(e: EngineStatus) -> dict[str, Any]:
             "benchmark": {k: {m: round(float(v), 3) for m, v in d.items()}
                           for k, d in r.benchmark.items() if isinstance(d, Mapping)},
         })
+        if r.buckets:  # the batch sizes the engine was built/profiled for; its servers warm exactly these
+            entry["batchSizes"] = list(r.buckets)
     return entry
 
 
