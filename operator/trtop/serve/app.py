@@ -18,13 +18,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from trtop.serve.errors import (
-    BadRequest, InferenceFailed, ModelNotFound, NotReady, Overloaded, PayloadTooLarge, ServeError, TimedOut,
-)
+from trtop.serve.errors import ServeError
 from trtop.serve.handle import EXTENSIONS, SERVER_NAME, check_model
 from trtop.serve.model import VERSION, ModelInfo, model_config, model_metadata
-from trtop.serve.protocol import decode_body, encode_infer_response, error_body, parse_infer_request
-from trtop.serve.infer_http import HEADER_LENGTH, JSON, FastInfer, error_parts, infer_body
+from trtop.serve.protocol import error_body
+from trtop.serve.infer_http import HEADER_LENGTH, JSON, FastInfer, error_parts, infer_body, read_body
 from trtop.serve.handle import ModelHandle
 from trtop.serve.statistics import statistics_json
 from trtop.versions import TRTOP_VERSION
@@ -85,7 +83,7 @@ def build_app(
         outcome = "success"
         try:
             info = model_of(request)
-            body = await _read_body(request, max_body_bytes)
+            body = await read_body(request.receive, max_body_bytes)
             status, headers, payload = await infer_body(
                 service, info, body, request.headers.get(HEADER_LENGTH), request.headers.get("content-encoding"),
                 max_body_bytes)
@@ -138,19 +136,3 @@ def build_app(
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     return FastInfer(app, service, max_body_bytes, max_inflight_bytes=max_inflight_bytes,  # type: ignore[return-value]
                      body_timeout_s=body_timeout_s)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing at the first byte past ``limit`` (never buffers more)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body is {declared} bytes; this server accepts at most {limit} "
-                              "(raise --max-body-mb or send smaller batches)")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body is larger than {limit} bytes; raise --max-body-mb or send smaller batches")
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

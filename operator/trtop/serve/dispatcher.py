@@ -27,7 +27,7 @@ import numpy as np
 from trtop.serve.arena import Arena
 from trtop.serve.batching import signature_of
 from trtop.serve.channel import Channel, Message
-from trtop.serve.errors import InferenceFailed, NotReady, ServeError
+from trtop.serve.errors import InferenceFailed, ServeError
 from trtop.serve.service import InferenceService
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,3 @@ class Dispatcher:
         while self._tasks:
             await asyncio.wait(list(self._tasks))
 
-
-def not_ready(service: InferenceService) -> NotReady:
-    return NotReady(f"model {service.name!r} is {service.state}" + (f": {service.error}" if service.error else ""))

@@ -109,7 +109,7 @@ class FastInfer:
             self.inflight_bytes += length
             reserved = length
             try:
-                body = await asyncio.wait_for(_read(receive, self.limit), self.body_timeout_s)
+                body = await asyncio.wait_for(read_body(receive, self.limit), self.body_timeout_s)
             except TimeoutError:
                 raise BadRequest(f"the body did not arrive within {self.body_timeout_s:g}s") from None
             info = self.service.info
@@ -128,7 +128,8 @@ class FastInfer:
         await send({"type": "http.response.body", "body": payload})
 
 
-async def _read(receive: Receive, limit: int) -> bytes:
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """The whole body from ASGI ``receive``, refusing at the first byte past ``limit``."""
     chunks: list[bytes] = []
     size = 0
     while True:
