@@ -27,6 +27,21 @@ SPEC = {"model": {"uri": "pvc://models/resnet", "format": "savedmodel"},
         "scaling": {"mode": "none"}}
 
 
+def _bound_claim(dev_cluster, namespace: str, tmp_path) -> None:
+    """A claim ``models`` in ``namespace``, bound at once to a volume made for it (no provisioner here)."""
+    volume = f"models-{namespace}"[:63]
+    manifests = [
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
+         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                  "hostPath": {"path": str(tmp_path / volume)},
+                  "claimRef": {"namespace": namespace, "name": "models"}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models", "namespace": namespace},
+         "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "volumeName": volume,
+                  "resources": {"requests": {"storage": "1Gi"}}}},
+    ]
+    dev_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
+
+
 @pytest.fixture
 def second_namespace(dev_cluster):
     name = testing.create_namespace(dev_cluster, "tenant-b")
@@ -34,9 +49,6 @@ def second_namespace(dev_cluster):
     testing.delete_namespace(dev_cluster, name)
 
 
-@pytest.mark.xfail(reason="after merging P9's watch-driven reconcile with P10 the first namespace's engine never "
-                          "turns Ready in this two-namespace operator (no reconcile after its build Job); to fix in P9 "
-                          "follow-up. Key separation itself is covered by tests/planning/test_tenancy.py", strict=False)
 def test_two_namespaces_with_the_same_model_get_their_own_engines(dev_cluster, namespace, second_namespace,
                                                                    tmp_path):
     store = tmp_path / "store"
@@ -44,6 +56,7 @@ def test_two_namespaces_with_the_same_model_get_their_own_engines(dev_cluster, n
     api, custom = load_clients(dev_cluster.kubeconfig)
     stand_ins = [ConverterStandIn(api, ns, store) for ns in (namespace, second_namespace)]
     for s in stand_ins:
+        s.hold.set()  # publish nothing until the build pods could run (a real converter would not either)
         s.start()
     op = OperatorProcess(dev_cluster.kubeconfig, namespace, store, tmp_path / "operator.log",
                          TRTOP_NAMESPACES=f"{namespace},{second_namespace}").start()
@@ -58,6 +71,15 @@ def test_two_namespaces_with_the_same_model_get_their_own_engines(dev_cluster, n
                 (md := get_md(custom, ns, "resnet")) and condition(md, "EnginesReady").get("status") == "True"
                 and md["status"].get("servedEngines") and md), timeout=90)
 
+        # The claim does not exist yet: the build pod cannot be scheduled, and the status says why.
+        wait_for("the engine's status to name the missing claim", lambda: any(
+            'persistentvolumeclaim "models" not found' in e.get("message", "")
+            for e in ((get_md(custom, namespace, "resnet") or {}).get("status") or {}).get("engines") or []),
+            timeout=60)
+        for ns in (namespace, second_namespace):
+            _bound_claim(dev_cluster, ns, tmp_path)
+        for s in stand_ins:
+            s.hold.clear()
         first = ready(namespace)
         (key_a,) = [e["key"] for e in first["status"]["engines"]]
         # Plant tenant A's engine in tenant B's location (what a writer with store access could do).

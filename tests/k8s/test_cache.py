@@ -82,6 +82,27 @@ def test_job_events_concern_every_user_of_the_key_and_carry_failure_messages():
     assert fact.state == "failed" and fact.user_error and "unsupported op Foo" in fact.message
 
 
+def test_a_build_pod_that_cannot_start_says_why_in_its_jobs_fact_and_requeues_its_users():
+    c = world()
+    c.handled(("ml", "auto"), 1, ("k1",))
+    c.on_job("ADDED", {"metadata": {"name": "trtop-k1", "namespace": "ml", "labels": {names.LABEL_ENGINE_KEY: "k1"}},
+                       "status": {}})
+    pending = {"metadata": {"name": "trtop-k1-x", "namespace": "ml", "labels": {
+        "job-name": "trtop-k1", names.LABEL_COMPONENT: names.COMPONENT_ENGINE_BUILD, names.LABEL_ENGINE_KEY: "k1"}},
+        "spec": {}, "status": {"phase": "Pending"}}
+    assert c.on_pod("ADDED", pending) == []  # not scheduled yet: nothing to say
+    stuck = {**pending, "status": {"phase": "Pending", "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": '0/7 nodes are available: persistentvolumeclaim "models" not found.'}]}}
+    assert c.on_pod("MODIFIED", stuck) == [("ml", "auto")]
+    assert c.on_pod("MODIFIED", stuck) == []  # the same reason again concerns nobody
+    fact = c.jobs("ml")["k1"]
+    assert fact.state == "active" and 'persistentvolumeclaim "models" not found' in fact.message
+    running = {**pending, "spec": {"nodeName": "cpu-0"}, "status": {"phase": "Running"}}
+    assert c.on_pod("MODIFIED", running) == [("ml", "auto")]  # unstuck: the message goes away
+    assert c.jobs("ml")["k1"].message == ""
+
+
 def test_gpu_requests_follow_pods_onto_and_off_nodes():
     c = world()
     pod = {"metadata": {"name": "s", "namespace": "ml", "labels": {}},

@@ -33,9 +33,6 @@ async def on_startup_operator(settings: kopf.OperatorSettings, **_: Any) -> None
     collecting = gc.start(SETTINGS)
     if collecting is not None:
         _background.append(collecting)
-    collecting = gc.start(SETTINGS)
-    if collecting is not None:
-        _background.append(collecting)
 
 
 @kopf.on.cleanup()
@@ -63,7 +60,7 @@ async def on_event_node(type: str | None, body: kopf.Body, **_: Any) -> None:
 
 @kopf.on.event("", "v1", "pods")
 async def on_event_pod(type: str | None, body: kopf.Body, **_: Any) -> None:
-    CACHE.on_pod(str(type), body)
+    workers.enqueue(CACHE.on_pod(str(type), body))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_COMPONENT: names.COMPONENT_ENGINE_BUILD})

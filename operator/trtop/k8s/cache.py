@@ -23,7 +23,7 @@ from trtop.api.engine import EngineKey
 from trtop.api.errors import SpecError
 from trtop.api.spec import ModelDeploymentSpec, parse_spec
 from trtop.api.targets import Target, gpu_target_of_node
-from trtop.k8s.observe import USER_ERROR_EXIT, controller_uid, deployment_fact, node_fact, object_fact, termination
+from trtop.k8s.observe import USER_ERROR_EXIT, controller_uid, deployment_fact, node_fact, object_fact, termination, waiting
 from trtop.planning.facts import DeploymentFact, JobFact, NodeFact, ObjectFact
 from trtop.planning.targets import node_matches_selector
 
@@ -208,10 +208,19 @@ class ClusterCache:
                 self._pod_gpus[key] = (str(node), gpus)
                 self._requested[str(node)] += gpus
             job = labels.get("job-name")
+            concerned: list[Key] = []
             if job and labels.get(names.LABEL_COMPONENT) == names.COMPONENT_ENGINE_BUILD:
+                before = self._job_pods.get((key[0], str(job)))
                 summary = termination(body)
+                stuck = "" if event == "DELETED" else waiting(body)
                 if summary is not None:
                     self._job_pods[(key[0], str(job))] = summary
+                elif stuck or (before or {}).get("waiting"):
+                    self._job_pods[(key[0], str(job))] = {"waiting": stuck}
+                if stuck != (before or {}).get("waiting", "") and summary is None:
+                    # A build that cannot start says why in its engine's status (a missing claim, a bad image).
+                    engine_key = EngineKey(labels.get(names.LABEL_ENGINE_KEY, ""))
+                    concerned = sorted(k for k in self.users_of_key.get(engine_key, set()) if k[0] == key[0])
             md = labels.get(names.LABEL_MODEL_DEPLOYMENT)
             if md and labels.get(names.LABEL_COMPONENT) == names.COMPONENT_INFERENCE:
                 pods = self._serving_pods[(key[0], str(md))]
@@ -220,7 +229,7 @@ class ClusterCache:
                 else:
                     pods[key[1]] = {"metadata": {k: meta.get(k) for k in ("name", "namespace", "deletionTimestamp")},
                                     "status": {k: status.get(k) for k in ("phase", "conditions", "podIP")}}
-        return []
+        return concerned
 
     def serving_pods(self, key: Key) -> list[dict[str, Any]]:
         with self._lock:
@@ -278,11 +287,12 @@ class ClusterCache:
                 if failed is not None:
                     text = f"{failed.get('reason') or 'Failed'}: {failed.get('message') or ''}".strip(": ")
                     pod = self._job_pods.get((namespace, job["name"])) or {}
-                    detail = pod.get("detail", "")
+                    detail = pod.get("detail") or pod.get("waiting", "")
                     out[key] = JobFact(job["name"], key, "failed", f"{text}. {detail}".strip(". ") or text,
                                        pod.get("exit_code") == USER_ERROR_EXIT)
                 else:
-                    out[key] = JobFact(job["name"], key, "succeeded" if done else "active")
+                    stuck = "" if done else str((self._job_pods.get((namespace, job["name"])) or {}).get("waiting", ""))
+                    out[key] = JobFact(job["name"], key, "succeeded" if done else "active", stuck)
             return out
 
     def on_deployment(self, event: str, body: Mapping[str, Any]) -> list[Key]:

@@ -145,6 +145,28 @@ def termination(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+# Container waiting reasons that do not fix themselves: said in the engine's status while its Job waits.
+_STUCK_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+                  "CreateContainerError")
+
+
+def waiting(pod: Mapping[str, Any]) -> str:
+    """Why a pod that has not started is stuck ("" when it is not): unschedulable (a missing
+    claim, no node with room or the right labels) or a container that cannot be created."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    if status.get("phase") not in (None, "Pending"):
+        return ""
+    name = meta.get("name", "")
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason"):
+            return f"pod {name} cannot be scheduled: {cond.get('message') or cond['reason']}"[:600]
+    for cs in status.get("containerStatuses") or []:
+        wait = (cs.get("state") or {}).get("waiting") or {}
+        if wait.get("reason") in _STUCK_REASONS:
+            return f"pod {name} {wait['reason']}: {wait.get('message') or ''}".strip(": ")[:600]
+    return ""
+
+
 def controller_uid(obj: Mapping[str, Any]) -> str:
     """The uid of the object's controller owner ("" when it has none)."""
     refs = (obj.get("metadata") or {}).get("ownerReferences") or []

@@ -85,7 +85,9 @@ def _status_of(request: EngineRequest, facts: ClusterFacts, nodes: Sequence[Node
     job = facts.jobs.get(key)
     if job is not None:
         if job.state == "active":
-            return EngineStatus(key, request.target, "Building", request, "build Job is running", job_name=name)
+            # An active Job's message says why its pod has not started, when it is stuck.
+            return EngineStatus(key, request.target, "Building", request,
+                                redact(job.message) if job.message else "build Job is running", job_name=name)
         if job.state == "failed":
             return EngineStatus(key, request.target, "Failed", request, redact(job.message or "build Job failed"),
                                 job_name=name)
