@@ -67,6 +67,7 @@ CONDITION_TYPES: Final = (
 
 # Engine metadata file published beside each artifact in the engine store.
 ENGINE_METADATA_FILE: Final = "engine.json"
+TIMING_CACHES: Final = "_timing-caches"  # folder of TensorRT timing caches in a store scope (builds write it)
 
 # Environment variables passed to build Jobs and serving pods.
 ENV_ENGINE_REQUEST: Final = "TRTOP_ENGINE_REQUEST"

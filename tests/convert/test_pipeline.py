@@ -1,6 +1,7 @@
 """The whole pipeline on CPU: models made by the tests -> ONNX -> ONNX Runtime engine -> verified -> published."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import tempfile
@@ -12,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from tests.convert.conftest import make_request, with_key
-from trtop.api.engine import BatchProfile, TensorSpec
+from trtop.api.engine import BatchProfile, EngineKey, TensorSpec
 from trtop.convert import errors
 from trtop.convert.pipeline import convert
 from trtop.convert.source import digest_of
@@ -27,7 +28,8 @@ def run(request, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def published(store: Path, key: str) -> tuple[dict, Path]:  # type: ignore[type-arg]
-    folder = store / key
+    """The record and the engine's folder as a reader gets them (fetched and checked)."""
+    folder = FilesystemStore(str(store)).fetch(EngineKey(key), Path(tempfile.mkdtemp(prefix="fetched-", dir=store.parent)))
     return json.loads((folder / "engine.json").read_text()), folder
 
 
@@ -73,7 +75,7 @@ def test_rerun_with_the_same_key_reuses_the_engine(keras_single: Path, tmp_path:
     # Same key, and a model URI that no longer exists: a rebuild would fail, reuse must not look.
     gone = with_key(make_request(str(tmp_path / "gone.keras"), "keras", store), request.key)
     again = run(gone, tmp_path)
-    assert again.reused and again.record == first.record
+    assert again.reused and dataclasses.replace(again.record, folder="") == first.record  # folder: where it was stored
     assert set(again.stages) == {"lookup"}
     assert (store / request.key / "engine.json").read_text() == before
 
@@ -252,6 +254,6 @@ def test_io_of_the_record_matches_what_onnxruntime_sees(keras_multi: Path, tmp_p
     store = tmp_path / "engines"
     request = make_request(str(keras_multi), "keras", store)
     outcome = run(request, tmp_path)
-    session = ort.InferenceSession(str(store / request.key / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(published(store, request.key)[1] / "model.onnx"), providers=["CPUExecutionProvider"])
     assert outcome.record.inputs == tuple(
         TensorSpec(i.name, "float32", (-1, i.shape[1])) for i in session.get_inputs())

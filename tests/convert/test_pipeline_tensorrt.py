@@ -92,7 +92,7 @@ def test_engine_for_the_gpu_it_was_built_on(fake_trt: Any, onnx_fixed_batch: Pat
                            backend="tensorrt", precision="fp16")
     outcome = build(request, tmp_path)
     record = outcome.record
-    assert record.artifact == "model.plan" and (store / request.key / "model.plan").read_bytes() == b"PLAN-10.13.0"
+    assert record.artifact == "model.plan" and (FilesystemStore(str(store)).fetch(request.key, tmp_path / "f") / "model.plan").read_bytes() == b"PLAN-10.13.0"
     assert record.versions["tensorrt"] == "10.13.0"
     assert record.device == {"name": "NVIDIA H100 80GB HBM3", "cc": "9.0", "driver": "580.65.06"}
     assert ("set_flag", "FP16") in calls

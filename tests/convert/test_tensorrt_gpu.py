@@ -50,7 +50,7 @@ def test_build_verify_and_publish_on_this_gpu(tensorrt_version: str, tmp_path: P
     outcome = convert(request, FilesystemStore(str(store)), Path(tempfile.mkdtemp(dir=tmp_path)))
     record = outcome.record
     print(f"TensorRT {tensorrt_version} on {gpu}: parity {dict(record.parity)}, benchmark {dict(record.benchmark)}")
-    assert record.artifact == "model.plan" and (store / request.key / "model.plan").stat().st_size > 0
+    assert record.artifact == "model.plan" and (FilesystemStore(str(store)).fetch(request.key, tmp_path / "f") / "model.plan").stat().st_size > 0
     assert record.versions["tensorrt"] == tensorrt_version and record.device["cc"] == gpu.cc
     assert record.parity["max_abs_error"] <= (1e-4 if precision == "fp32" else 1e-2)
     assert record.buckets == (1, 2, 4, 8, 16)

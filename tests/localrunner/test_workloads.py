@@ -90,7 +90,7 @@ def test_the_planners_build_job_and_deployment_really_run(dev_cluster: DevCluste
         assert summary["store"] == str(store / namespace)  # the mount path, mapped to <claim's hostPath>/<namespace>
         # The claim is mounted at the namespace's sub-path: <claim>/<namespace>/<key>/.
         record = EngineRecord.from_json((store / namespace / request.key / "engine.json").read_text())
-        assert (store / namespace / request.key / record.artifact).is_file()
+        assert (store / namespace / request.key / record.folder / record.artifact).is_file()  # its upload folder
 
         ready = EngineStatus(request.key, request.target, "Ready", request, record=record, job_name=building.job_name)
         deployment = unowned(build_deployment(md, spec, [ready], 1, settings))

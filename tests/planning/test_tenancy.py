@@ -72,17 +72,22 @@ def test_sharing_setting_is_parsed_and_checked():
     assert Settings.from_env({"TRTOP_STORE_SHARING": "ml=a,b"}).store_scope("b") == "shared.ml"
 
 
-def test_claim_is_mounted_at_the_scope_only_writable_for_builds_read_only_for_serving():
+def test_builds_mount_only_their_key_and_the_timing_caches_and_serving_the_scope_read_only():
     settings = Settings(store_pvc="engines")
     job = plan(in_namespace("team-a"), settings).jobs_to_create[0]
+    key = job["metadata"]["labels"][names.LABEL_ENGINE_KEY]
     deployment = served(in_namespace("team-a"), settings).deployment
-    for manifest, read_only in ((job, False), (deployment, True)):
+    root = settings.store_mount_path
+    for manifest, read_only, expected in (
+            (job, False, {(root, "team-a", True), (f"{root}/{key}", f"team-a/{key}", False),
+                          (f"{root}/_timing-caches", "team-a/_timing-caches", False)}),
+            (deployment, True, {(root, "team-a", True)})):
         pod = pod_of(manifest)
         (volume,) = [v for v in pod["volumes"] if v["name"] == "engine-store"]
-        (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "engine-store"]
+        mounts = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "engine-store"]
         assert volume["persistentVolumeClaim"] == {"claimName": "engines", "readOnly": read_only}
-        assert mount["subPath"] == "team-a" and mount["readOnly"] is read_only
-        assert container_env(manifest)[names.ENV_STORE_URI] == settings.store_mount_path
+        assert {(m["mountPath"], m["subPath"], m["readOnly"]) for m in mounts} == expected
+        assert container_env(manifest)[names.ENV_STORE_URI] == root
 
 
 def test_s3_workloads_get_their_scope_and_serving_pods_the_read_only_secret():

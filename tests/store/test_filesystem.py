@@ -1,7 +1,8 @@
-"""Filesystem store specifics: atomic rename, killed builds, racing builds, file:// URIs."""
+"""Filesystem store specifics: the record as commit, killed builds, racing builds, file:// URIs."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from tests.store.conftest import make_engine_folder, race_publish
 from trtop.api.engine import EngineKey
 from trtop.store import open_store, scoped_uri
-from trtop.store.filesystem import STAGING_DIR, FilesystemStore, root_of
+from trtop.store.filesystem import FilesystemStore, root_of
 from trtop.store.integrity import IntegrityError
 
 KEY = EngineKey("e-0123456789abcdef")
@@ -25,36 +26,71 @@ def test_root_of_accepts_paths_and_file_uris() -> None:
 
 def test_a_killed_build_leaves_no_visible_engine(tmp_path: Path) -> None:
     store = FilesystemStore(str(tmp_path))
-    # What a build killed during publish leaves behind: a half-copied staging folder,
-    # and a key folder without engine.json (e.g. made by hand).
-    (tmp_path / STAGING_DIR / f"{KEY}-dead").mkdir(parents=True)
-    (tmp_path / STAGING_DIR / f"{KEY}-dead" / "model.onnx").write_bytes(b"half")
+    # What a build killed during publish leaves behind: a half-copied upload folder in the
+    # key's folder, and no engine.json.
+    (tmp_path / KEY / "b-000000000dead").mkdir(parents=True)
+    (tmp_path / KEY / "b-000000000dead" / "model.onnx").write_bytes(b"half")
     assert store.get_record(KEY) is None
     assert store.list_keys() == []
     assert store.publish(KEY, make_engine_folder(tmp_path / "b", KEY)) is True
     assert store.list_keys() == [KEY]
+    fetched = store.fetch(KEY, tmp_path / "cache")
+    assert (fetched / "model.onnx").read_bytes() != b"half"
+    assert not any(p.name.startswith("b-") for p in fetched.iterdir())  # not the dead build's folder
 
 
-def test_stale_staging_folders_are_swept(tmp_path: Path) -> None:
+def test_stale_upload_folders_of_the_key_are_swept(tmp_path: Path) -> None:
     store = FilesystemStore(str(tmp_path))
-    old = tmp_path / STAGING_DIR / "e-old-dead"
-    fresh = tmp_path / STAGING_DIR / "e-live-build"
+    old = tmp_path / KEY / "b-00000000001d"
+    fresh = tmp_path / KEY / "b-00000000002e"
     old.mkdir(parents=True)
     fresh.mkdir()
     two_days_ago = time.time() - 2 * 86400
     os.utime(old, (two_days_ago, two_days_ago))
     store.publish(KEY, make_engine_folder(tmp_path / "b", KEY))
     assert not old.exists()
-    assert fresh.exists()  # a build in progress elsewhere is left alone
+    assert fresh.exists()  # a build of the same key in progress is left alone
 
 
 def test_racing_builds_of_one_key_publish_exactly_once(tmp_path: Path) -> None:
     store = FilesystemStore(str(tmp_path / "engines"))
     folders = [make_engine_folder(tmp_path / "b", KEY, f"build-{i}".encode() * 1000) for i in range(8)]
     assert sorted(race_publish(store, KEY, folders)) == [False] * 7 + [True]
-    payload = (tmp_path / "engines" / KEY / "model.onnx").read_bytes()
+    record = store.get_record(KEY)
+    assert record is not None
+    payload = (tmp_path / "engines" / KEY / record.folder / "model.onnx").read_bytes()
     assert payload in {f"build-{i}".encode() * 1000 for i in range(8)}  # one whole build, not a mix
-    assert list((tmp_path / "engines" / STAGING_DIR).iterdir()) == []  # losers cleaned up
+    assert [p.name for p in (tmp_path / "engines" / KEY).iterdir() if p.name != "engine.json"] == [record.folder]
+    fetched = store.fetch(KEY, tmp_path / "cache")
+    assert (fetched / "model.onnx").read_bytes() == payload
+
+
+def test_a_committed_engine_is_never_overwritten(tmp_path: Path) -> None:
+    store = FilesystemStore(str(tmp_path))
+    assert store.publish(KEY, make_engine_folder(tmp_path / "a", KEY, b"first")) is True
+    committed = (tmp_path / KEY / "engine.json").read_bytes()
+    assert store.publish(KEY, make_engine_folder(tmp_path / "b", KEY, b"second")) is False
+    assert (tmp_path / KEY / "engine.json").read_bytes() == committed
+    assert (store.fetch(KEY, tmp_path / "cache") / "model.onnx").read_bytes() == b"first"
+
+
+def test_a_build_needs_write_access_to_its_key_folder_only(tmp_path: Path) -> None:
+    """A build pod mounts ``<scope>/<key>`` alone (the rest of the scope is not there): publish works."""
+    root = tmp_path / "scope"
+    (root / KEY).mkdir(parents=True)  # the kubelet makes the sub-path folder
+    root.chmod(0o555)  # nothing else in the scope can be written
+    try:
+        assert FilesystemStore(str(root)).publish(KEY, make_engine_folder(tmp_path / "b", KEY)) is True
+    finally:
+        root.chmod(0o755)
+    assert FilesystemStore(str(root)).list_keys() == [KEY]
+
+
+def test_engines_published_before_upload_folders_are_still_read(tmp_path: Path) -> None:
+    store = FilesystemStore(str(tmp_path / "engines"))
+    built = make_engine_folder(tmp_path / "b", KEY, b"legacy")
+    shutil.copytree(built, tmp_path / "engines" / KEY)  # the old layout: files right in the key's folder
+    assert (store.fetch(KEY, tmp_path / "cache") / "model.onnx").read_bytes() == b"legacy"
 
 
 def test_key_names_cannot_escape_the_root(tmp_path: Path) -> None:
@@ -67,7 +103,9 @@ def test_key_names_cannot_escape_the_root(tmp_path: Path) -> None:
 def test_fetch_refuses_links_planted_in_a_stored_engine(tmp_path: Path) -> None:
     store = FilesystemStore(str(tmp_path / "engines"))
     store.publish(KEY, make_engine_folder(tmp_path / "b", KEY))
-    (tmp_path / "engines" / KEY / "secret").symlink_to("/etc/hostname")
+    record = store.get_record(KEY)
+    assert record is not None
+    (tmp_path / "engines" / KEY / record.folder / "secret").symlink_to("/etc/hostname")
     with pytest.raises(IntegrityError, match="link"):
         store.fetch(KEY, tmp_path / "cache")
     assert not (tmp_path / "cache" / KEY).exists()

@@ -244,7 +244,7 @@ def _build(request: EngineRequest, settings: BuilderSettings, plan: PrecisionPla
 
     device = _check_gpu(request, read_gpu)
     buckets = engine_buckets(request.batch)
-    cache_name = f"_timing-caches/{Target.from_dict({'cc': device['cc'], 'product': device['name']}).slug}" \
+    cache_name = f"{names.TIMING_CACHES}/{Target.from_dict({'cc': device['cc'], 'product': device['name']}).slug}" \
                  f"-trt{trt_version}.cache"
     result = build_engine(onnx_path, BuildOptions(
         inputs=inputs, batch=request.batch, workspace_mib=request.workspace_mib, plan=plan,

@@ -32,7 +32,7 @@ def build_job(md: Mapping[str, Any], spec: ModelDeploymentSpec, engine: EngineSt
     lbls = labels(md_name, names.COMPONENT_ENGINE_BUILD, {
         names.LABEL_ENGINE_KEY: request.key, names.LABEL_TARGET: request.target.slug,
     })
-    env, env_from, volumes, mounts = store_access(settings, request.scope, write=True,
+    env, env_from, volumes, mounts = store_access(settings, request.scope, write_key=request.key,
                                                   tmp_size=settings.build_tmp_size)
     env.append({"name": names.ENV_ENGINE_REQUEST, "value": request.to_json()})
     file_roots: tuple[str, ...] = ()  # local files a build may read: only the model's own claim

@@ -70,13 +70,16 @@ def workload_store_uri(settings: Settings, scope: str) -> str:
 
 
 def store_access(
-    settings: Settings, scope: str, *, write: bool, tmp_size: str,
+    settings: Settings, scope: str, *, tmp_size: str, write_key: str = "",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """(env, envFrom, volumes, volumeMounts) that let a workload reach its scope of the engine store.
 
-    A claim is mounted at its ``<scope>`` sub-path only (read-only unless ``write``: build Jobs
-    write, serving pods only read); S3 gets the scope's prefix, and serving pods the
-    read-only Secret when the chart names one.
+    Every workload mounts the claim's ``<scope>`` sub-path read-only. A build Job
+    (``write_key``: the key it builds) mounts over it, writable, only what it writes:
+    ``<scope>/<key>`` (the filesystem store publishes inside the key's folder, see
+    ``trtop.store.filesystem``) and ``<scope>/_timing-caches``; so a build, whatever its image
+    or model runs, cannot touch another key's engine. S3 gets the scope's prefix (per-key write limits are the bucket
+    policy's job, docs/install.md), and serving pods the read-only Secret when the chart names one.
     """
     env = [{"name": names.ENV_STORE_URI, "value": workload_store_uri(settings, scope)}]
     env += [{"name": k, "value": v} for k, v in sorted(settings.workload_env.items())]
@@ -85,10 +88,13 @@ def store_access(
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if settings.store_pvc:
         volumes.append({"name": "engine-store", "persistentVolumeClaim": {"claimName": settings.store_pvc,
-                                                                          "readOnly": not write}})
+                                                                          "readOnly": not write_key}})
         mounts.append({"name": "engine-store", "mountPath": settings.store_mount_path, "subPath": scope,
-                       "readOnly": not write})
-    secret = settings.store_secret if write else (settings.store_read_secret or settings.store_secret)
+                       "readOnly": True})
+        if write_key:  # writable mounts over the read-only scope (the kubelet makes missing sub-paths)
+            mounts += [{"name": "engine-store", "mountPath": f"{settings.store_mount_path}/{sub}",
+                        "subPath": f"{scope}/{sub}", "readOnly": False} for sub in (write_key, names.TIMING_CACHES)]
+    secret = settings.store_secret if write_key else (settings.store_read_secret or settings.store_secret)
     if secret:
         env_from.append({"secretRef": {"name": secret}})
     return env, env_from, volumes, mounts

@@ -73,7 +73,7 @@ def build_deployment(
     meta = md["metadata"]
     md_name = meta["name"]
     gpu = any(not e.target.is_cpu for e in engines)
-    env, env_from, volumes, mounts = store_access(settings, settings.store_scope(meta["namespace"]), write=False,
+    env, env_from, volumes, mounts = store_access(settings, settings.store_scope(meta["namespace"]),
                                                   tmp_size=settings.serving_tmp_size)
     env += [
         {"name": names.ENV_MODEL_NAME, "value": md_name},

@@ -8,9 +8,9 @@ trust each other, ``Settings.store_scope``); workloads get only their scope
 can neither read nor write another tenant's engines. A store object opened on a scoped
 URI sees ``<key>/...`` below it and nothing else.
 
-A key's folder is visible only once complete (``engine.json`` is written last / the
-publish is a rename), so a killed build leaves nothing half-written behind, and two
-builds of one key cannot corrupt each other: the first complete publish wins and is never
+A key's engine is visible only once complete (``engine.json`` is the commit, written
+last and never over an existing one; a build writes only inside its key's folder), so a
+killed build leaves nothing half-written behind, and two builds of one key cannot corrupt each other: the first complete publish wins and is never
 overwritten. Records are read with ``trtop.api.engine.parse_record`` (strict) and the
 artifact's bytes are checked against the record's sha256 before a fetched copy is used.
 

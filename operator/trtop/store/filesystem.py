@@ -1,34 +1,38 @@
 """The engine store on a filesystem: a PVC mount (``/var/lib/trtop/engines``) or ``file://`` URI.
 
-Publishing copies the built folder into ``<root>/.staging/<key>-<random>/`` (same
-filesystem as the engines), checks the artifact against the record's sha256, flushes it
-to disk, then renames it to ``<root>/<key>``. A rename is atomic, and renaming a
-directory onto an existing non-empty one fails, so: readers see a key only once it is
-complete; a build killed half-way leaves only a staging folder (never listed, swept after
-a day); of two builds of one key the first rename wins and the second returns False
-without touching it. Only regular files travel (a link in a built or stored folder is
-refused), and a fetched copy is checked against the record before it becomes visible.
+Like the S3 store, a key's ``engine.json`` is the commit, and everything a build writes stays
+inside its key's folder (so a build pod needs write access to ``<scope>/<key>`` only: the
+build Job mounts just that sub-path, see ``planning.common.store_access``). Publishing copies
+the built folder into ``<root>/<key>/b-<random>/`` (an upload folder of its own), checks the
+artifact against the record's sha256, flushes it to disk, then creates ``<key>/engine.json``
+(naming that folder) with ``link()``, which fails when the name exists: of two builds of
+one key exactly one commits, and a committed engine is never overwritten. Readers see a key
+only once ``engine.json`` exists; a build killed half-way leaves only an upload folder
+(swept by the next build of that key after a day, or with the key by garbage collection).
+Only regular files travel (a link in a built or stored folder is refused), and a fetched
+copy is checked against the record before it becomes visible. Engines published before
+upload folders (files right in the key's folder, ``folder`` empty) are still read.
 
 Used through ``trtop.store.open_store`` by the converter, the operator and the server.
 """
 from __future__ import annotations
 
-import errno
+import dataclasses
 import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from trtop import names
 from trtop.api.engine import MAX_RECORD_BYTES, EngineKey, EngineRecord, RecordError, is_engine_key, parse_record
 from trtop.store import EngineNotFoundError, InvalidRecordError
-from trtop.store.integrity import install_checked, regular_files, verify_artifact
+from trtop.store.integrity import UPLOAD_FOLDER, install_checked, regular_files, verify_artifact
 
-STAGING_DIR = ".staging"
 TRASH_DIR = ".trash"
-STALE_STAGING_SECONDS = 24 * 3600  # a staging folder this old belongs to a dead build
+STALE_UPLOAD_SECONDS = 24 * 3600  # an uncommitted upload folder this old belongs to a dead build
 
 
 def root_of(uri: str) -> Path:
@@ -76,7 +80,10 @@ class FilesystemStore:
             return final  # fetched and checked before; the server checks the bytes again
         tmp = dest / f".{key}-{uuid.uuid4().hex[:8]}"
         try:
-            copy_regular_tree(src, tmp)
+            # The committed build's own folder; other builds' upload folders never travel.
+            copy_regular_tree(src / record.folder if record.folder else src, tmp,
+                              skip=lambda p: p.name == names.ENGINE_METADATA_FILE or bool(UPLOAD_FOLDER.match(p.name)))
+            (tmp / names.ENGINE_METADATA_FILE).write_text(dataclasses.replace(record, folder="").to_json())
             return install_checked(tmp, final, record, self.uri)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -92,28 +99,31 @@ class FilesystemStore:
         if not (folder / names.ENGINE_METADATA_FILE).is_file():
             raise ValueError(f"{folder} has no {names.ENGINE_METADATA_FILE}: nothing to publish")
         final = self._key_dir(key)
-        if final.exists():
+        commit = final / names.ENGINE_METADATA_FILE
+        if commit.exists():
             return False
-        staging_root = self.root / STAGING_DIR
-        staging_root.mkdir(parents=True, exist_ok=True)
-        self._sweep(staging_root)
-        staging = staging_root / f"{key}-{uuid.uuid4().hex[:12]}"
+        final.mkdir(parents=True, exist_ok=True)  # a build pod's mount: it exists already
+        self._sweep(final)
+        upload = final / f"b-{uuid.uuid4().hex[:12]}"
+        pending = final / f".{upload.name}.json"
+        committed = False
         try:
-            copy_regular_tree(folder, staging)
-            record = read_record_file(staging / names.ENGINE_METADATA_FILE, key)
-            verify_artifact(staging, record, origin=f"the build folder {folder}")
-            _fsync_tree(staging)
+            copy_regular_tree(folder, upload, skip=lambda p: p.name == names.ENGINE_METADATA_FILE)
+            record = read_record_file(folder / names.ENGINE_METADATA_FILE, key)
+            verify_artifact(upload, record, origin=f"the build folder {folder}")
+            _write_synced(pending, dataclasses.replace(record, folder=upload.name).to_json().encode())
+            _fsync_tree(upload)
             try:
-                os.rename(staging, final)
-            except OSError as e:
-                if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                    return False  # another build of this key published first
-                raise
-            _fsync_dir(self.root)
+                os.link(pending, commit)  # fails when the name exists: a committed engine stays as it is
+            except FileExistsError:
+                return False  # another build of this key committed first
+            committed = True
+            _fsync_dir(final)
             return True
         finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+            pending.unlink(missing_ok=True)
+            if not committed:
+                shutil.rmtree(upload, ignore_errors=True)
 
     def delete(self, key: EngineKey) -> None:
         src = self._key_dir(key)
@@ -133,10 +143,7 @@ class FilesystemStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            _write_synced(tmp, data)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -153,12 +160,13 @@ class FilesystemStore:
             raise ValueError(f"blob name {name!r} must be a relative path without '..'")
         return self.root.joinpath(*parts)
 
-    def _sweep(self, staging_root: Path) -> None:
-        """Remove staging folders of builds that died long ago (a live build is never that old)."""
-        cutoff = time.time() - STALE_STAGING_SECONDS
-        for p in staging_root.iterdir():
+    @staticmethod
+    def _sweep(key_dir: Path) -> None:
+        """Remove upload folders of builds of this key that died long ago (a live build is never that old)."""
+        cutoff = time.time() - STALE_UPLOAD_SECONDS
+        for p in key_dir.iterdir():
             try:
-                if p.stat().st_mtime < cutoff:
+                if UPLOAD_FOLDER.match(p.name) and p.stat().st_mtime < cutoff:
                     shutil.rmtree(p, ignore_errors=True)
             except FileNotFoundError:
                 pass
@@ -174,14 +182,22 @@ def read_record_file(path: Path, key: EngineKey) -> EngineRecord:
         raise InvalidRecordError(f"{exc}. The engine is not used; delete {path.parent} to have it rebuilt") from None
 
 
-def copy_regular_tree(src: Path, dst: Path) -> None:
-    """Copy the files of ``src`` to a new ``dst``; ``IntegrityError`` at a link or special file."""
-    files = regular_files(src)
+def copy_regular_tree(src: Path, dst: Path, skip: Callable[[Path], bool] | None = None) -> None:
+    """Copy the files of ``src`` (less ``skip``'s entries) to a new ``dst``; ``IntegrityError`` at
+    a link or special file."""
+    files = regular_files(src, skip)
     dst.mkdir(parents=True)
     for file in files:
         target = dst / file.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(file, target)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _fsync_tree(root: Path) -> None:

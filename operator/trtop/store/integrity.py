@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from trtop.api.engine import EngineRecord
 from trtop.store import StoreError
 
 CHUNK = 1 << 20
+# A build's own folder inside its key's location (both stores): its record names it, and
+# readers copy only that one, never another build's.
+UPLOAD_FOLDER = re.compile(r"^b-[0-9a-f]{12}$")
 
 
 class IntegrityError(StoreError):
@@ -44,10 +49,14 @@ def artifact_digest(path: Path) -> tuple[str, int]:
     return listing.hexdigest(), total
 
 
-def regular_files(root: Path) -> list[Path]:
-    """Every file under ``root`` in path order; IntegrityError at the first link or special file."""
+def regular_files(root: Path, skip: Callable[[Path], bool] | None = None) -> list[Path]:
+    """Every file under ``root`` in path order; IntegrityError at the first link or special file.
+    ``skip`` leaves out entries right below ``root`` (not looked into at all)."""
     out: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
+        if skip is not None and Path(dirpath) == root:
+            dirnames[:] = [d for d in dirnames if not skip(root / d)]
+            filenames = [f for f in filenames if not skip(root / f)]
         for name in [*dirnames, *filenames]:
             p = Path(dirpath) / name
             mode = os.lstat(p).st_mode

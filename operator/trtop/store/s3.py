@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -28,12 +27,11 @@ from typing import Any
 from trtop import names
 from trtop.api.engine import MAX_RECORD_BYTES, EngineKey, EngineRecord, RecordError, is_engine_key, parse_record
 from trtop.store import EngineNotFoundError, InvalidRecordError, StoreError, StoreUnavailableError
-from trtop.store.integrity import IntegrityError, install_checked, regular_files, verify_artifact
+from trtop.store.integrity import UPLOAD_FOLDER, IntegrityError, install_checked, regular_files, verify_artifact
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 _LOST_RACE = {"412", "PreconditionFailed", "409", "ConditionalRequestConflict"}
 _UNSUPPORTED = {"501", "NotImplemented"}
-UPLOAD_FOLDER = re.compile(r"^b-[0-9a-f]{12}$")
 MAX_EXTRA_BYTES = 64 << 20  # files beside the artifact in one engine (notes, small side files)
 MAX_OBJECTS = 10_000  # objects one engine may have
 
