@@ -102,3 +102,24 @@ def test_onnxruntime_on_cpu_keeps_one_session_for_every_bucket(tmp_path: Path) -
     assert rt._by_batch == {}
     out = rt.run({"x": np.ones((4, 4), np.float32)}, ["y"])
     assert out["y"].shape == (4, 4)
+
+
+@pytest.mark.parametrize("text,cores", [("max 100000\n", 0), ("200000 100000\n", 2), ("150000 100000", 2),
+                                        ("50000 100000", 1), ("garbage", 0)])
+def test_the_cgroup_cpu_limit_in_whole_cores(tmp_path: Path, text: str, cores: int) -> None:
+    from trtop.serve.runtime import cgroup_cpu_limit
+
+    (tmp_path / "cpu.max").write_text(text)
+    assert cgroup_cpu_limit(str(tmp_path / "cpu.max")) == cores
+    assert cgroup_cpu_limit(str(tmp_path / "absent")) == 0
+
+
+@pytest.mark.parametrize("setting,cores,expected", [(-1, 1, 0), (-1, 2, 0), (-1, 3, 2), (-1, 16, 8), (2, 1, 2),
+                                                    (0, 16, 0)])
+def test_front_end_processes_only_beyond_two_cores(monkeypatch: pytest.MonkeyPatch, setting: int, cores: int,
+                                                   expected: int) -> None:
+    from trtop.serve import server
+    from trtop.serve.settings import ServeSettings
+
+    monkeypatch.setattr(server, "default_threads", lambda: cores)
+    assert server.frontend_count(ServeSettings(frontends=setting)) == expected

@@ -163,3 +163,33 @@ async def test_instances_run_batches_side_by_side(backend: FakeBackend) -> None:
     backend.gate.set()
     assert [(await t)["y"][0, 0] for t in tasks] == [10, 20, 30]
     await s.close()
+
+
+async def test_a_known_short_run_on_an_idle_scheduler_runs_inline_on_the_event_loop(backend: FakeBackend) -> None:
+    threads: list[int] = []
+
+    def run(f: Feeds) -> Outputs:
+        threads.append(threading.get_ident())
+        return backend(f)
+
+    s = Scheduler(run, BatchPolicy(8, 0.0, (1, 2, 4, 8)), max_queue=10, inline_max_s=1.0)
+    s.start()
+    await submit(s, 1)  # the first run of a size is timed on a compute thread
+    assert (await submit(s, 2))["y"][0, 0] == 20  # known to be short now: it runs inline
+    assert threads[0] != threading.get_ident() and threads[1] == threading.get_ident()
+    await s.close()
+
+
+async def test_runs_not_known_to_be_short_never_block_the_event_loop(backend: FakeBackend) -> None:
+    threads: list[int] = []
+
+    def run(f: Feeds) -> Outputs:
+        threads.append(threading.get_ident())
+        return backend(f)
+
+    s = Scheduler(run, BatchPolicy(8, 0.0), max_queue=10, inline_max_s=0.0)
+    s.start()
+    for v in range(3):
+        await submit(s, v)
+    assert threading.get_ident() not in threads
+    await s.close()

@@ -18,6 +18,7 @@ Made by ``supervisor``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 from typing import Any
@@ -29,6 +30,7 @@ from trtop.serve.batching import signature_of
 from trtop.serve.channel import Channel, Message
 from trtop.serve.errors import InferenceFailed, ServeError
 from trtop.serve.service import InferenceService
+from trtop.serve.types import Outputs
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ class Dispatcher:
         self.service = service
         self.arena = arena
         self.channel: Channel | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: set[asyncio.Future[Outputs]] = set()  # requests queued or running
         self.closed = asyncio.Event()
 
     async def open(self, sock: socket.socket) -> None:
@@ -62,7 +64,7 @@ class Dispatcher:
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        return len(self._pending)
 
     def _on_close(self) -> None:
         self.closed.set()
@@ -70,9 +72,7 @@ class Dispatcher:
     def _on_message(self, message: Message) -> None:
         kind = message[0]
         if kind == "infer":
-            task = asyncio.get_running_loop().create_task(self._infer(message))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._infer(message)
         elif kind == "requests":
             _, started, finished = message
             self.service.metrics.requests_reported(started, finished)
@@ -90,20 +90,40 @@ class Dispatcher:
         if self.channel is not None:
             self.channel.send(message)
 
-    async def _infer(self, message: Message) -> None:
+    def _infer(self, message: Message) -> None:
+        """Queue one request; its reply goes out from the future's callback (no task per request)."""
         _, rid, rows, inputs, outputs, timeout_s = message
         try:
             feeds = {name: self.arena.view(offset, dtype, shape) for name, dtype, shape, offset in inputs}
-            result = await self.service.submit(feeds, rows, signature_of(feeds), timeout_s)
-            places = [self._place(name, result[name], where) for name, where in outputs]
-        except ServeError as exc:
-            self._send(("done", rid, error_of(exc), None))
+            future = self.service.enqueue(feeds, rows, signature_of(feeds), timeout_s)
+        except Exception as exc:  # ServeError: refused at once; anything else fails this request alone
+            self._failed(rid, exc)
             return
-        except Exception as exc:  # the backend's own types; the request fails alone
-            log.error("request %s of front-end %d failed: %s", rid, self.index, exc, exc_info=exc)
-            self._send(("done", rid, error_of(exc), None))
+        self._pending.add(future)
+        future.add_done_callback(functools.partial(self._answer, rid, outputs))
+
+    def _answer(self, rid: int, outputs: list[tuple[str, tuple[int, tuple[int, ...]] | None]],
+                future: asyncio.Future[Outputs]) -> None:
+        self._pending.discard(future)
+        if future.cancelled():
+            self._failed(rid, InferenceFailed("the request was cancelled"))
+            return
+        error = future.exception()
+        if error is not None:
+            self._failed(rid, error)
+            return
+        try:
+            result = future.result()
+            places = [self._place(name, result[name], where) for name, where in outputs]
+        except Exception as exc:  # an output the model did not produce
+            self._failed(rid, exc)
             return
         self._send(("done", rid, None, places))
+
+    def _failed(self, rid: int, exc: BaseException) -> None:
+        if not isinstance(exc, ServeError):
+            log.error("request %s of front-end %d failed: %s", rid, self.index, exc, exc_info=exc)
+        self._send(("done", rid, error_of(exc), None))
 
     def _place(self, name: str, value: Any, where: tuple[int, tuple[int, ...]] | None) -> tuple[Any, ...]:
         """Write one output into its arena place when it fits there, else send it inline."""
@@ -116,6 +136,6 @@ class Dispatcher:
         return name, array.dtype.str, array.shape, -1, array.tobytes()
 
     async def wait_idle(self) -> None:
-        while self._tasks:
-            await asyncio.wait(list(self._tasks))
+        while self._pending:
+            await asyncio.wait(list(self._pending))
 

@@ -109,7 +109,8 @@ class FastInfer:
             self.inflight_bytes += length
             reserved = length
             try:
-                body = await asyncio.wait_for(read_body(receive, self.limit), self.body_timeout_s)
+                async with asyncio.timeout(self.body_timeout_s):  # a timer, not a task per request
+                    body = await read_body(receive, self.limit)
             except TimeoutError:
                 raise BadRequest(f"the body did not arrive within {self.body_timeout_s:g}s") from None
             info = self.service.info

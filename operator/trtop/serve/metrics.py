@@ -46,8 +46,7 @@ class ServerMetrics:
                                 ["model"], buckets=BATCH_BUCKETS, registry=reg)
         self._load = Gauge(names.METRIC_MODEL_LOAD_SECONDS, "Seconds to fetch, load and warm up the model.",
                            ["model"], registry=reg)
-        for outcome in OUTCOMES:
-            self._requests.labels(model, outcome)
+        self._outcomes = {outcome: self._requests.labels(model, outcome) for outcome in OUTCOMES}
         self._inflight_child = self._inflight.labels(model)
         self._latency_child = self._latency.labels(model)
         self._queue_child = self._queue.labels(model)
@@ -60,7 +59,8 @@ class ServerMetrics:
 
     def request_finished(self, outcome: str, seconds: float) -> None:
         self._inflight_child.dec()
-        self._requests.labels(self.model, outcome).inc()
+        child = self._outcomes.get(outcome)
+        (child if child is not None else self._requests.labels(self.model, outcome)).inc()
         if outcome == "success":
             self._latency_child.observe(seconds)
 

@@ -9,6 +9,7 @@ backends and test doubles); the backend modules import their heavy libraries
 from __future__ import annotations
 
 import importlib
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,11 +29,26 @@ BACKENDS: dict[str, str] = {
 
 
 def default_threads() -> int:
-    """CPU cores this process may use (cgroup/affinity aware, unlike os.cpu_count)."""
+    """CPU cores this process may use: its affinity, capped by the cgroup's CPU limit (a pod's
+    ``resources.limits.cpu``, rounded up), unlike os.cpu_count."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    limit = cgroup_cpu_limit()
+    return min(cores, limit) if limit else cores
+
+
+def cgroup_cpu_limit(path: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The cgroup v2 CPU limit in whole cores (rounded up), 0 when there is none or it cannot be read."""
+    try:
+        with open(path, encoding="ascii") as f:
+            quota, _, period = f.read(64).partition(" ")
+        if quota.strip() == "max":
+            return 0
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError, ZeroDivisionError):
+        return 0
 
 
 GPU_BACKENDS = frozenset({"tensorrt"})

@@ -11,6 +11,12 @@ Guarantees: a full queue refuses at once (``Overloaded``) instead of growing; a 
 past its deadline leaves the queue (``TimedOut``) and never runs; when a merged batch
 fails, its requests are re-run one by one so a request that breaks the backend fails
 alone; ``close`` runs everything still queued before stopping (graceful drain).
+
+Per request the path is callbacks, not tasks: ``enqueue`` returns a future (the engine
+process's dispatcher adds a done-callback; ``submit`` awaits it) and a deadline timer.
+A request that finds the queue empty and an instance free runs inline on the event loop
+when that batch size is known to take under ``inline_max_s`` (a tiny model: the hop to a
+compute thread and back costs more than the run itself); slower runs go to the threads.
 """
 from __future__ import annotations
 
@@ -19,8 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from trtop.serve.batching import BatchBuffers, BatchPolicy, Decision, Pending, merge, next_batch, split
 from trtop.serve.errors import InferenceFailed, NotReady, Overloaded, ServeError, TimedOut
@@ -37,11 +42,23 @@ class BatchObserver(Protocol):
     def batch_done(self, rows: int, compute_s: float) -> None: ...
 
 
-@dataclass(eq=False)
+INLINE_MAX_S = 0.0005  # runs known to be shorter than this may run on the event loop itself
+_EWMA = 0.2  # weight of the newest run in a bucket's mean compute time
+
+
 class _Item:
-    pending: Pending
-    feeds: Feeds
-    future: asyncio.Future[Outputs] = field(repr=False)
+    __slots__ = ("pending", "feeds", "future", "timer", "timeout_s")
+
+    def __init__(self, pending: Pending, feeds: Feeds, future: asyncio.Future[Outputs], timeout_s: float) -> None:
+        self.pending = pending
+        self.feeds = feeds
+        self.future = future
+        self.timeout_s = timeout_s
+        self.timer: asyncio.TimerHandle | None = None
+
+    def cancel_timer(self, _: asyncio.Future[Outputs]) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 class Scheduler:
@@ -49,7 +66,7 @@ class Scheduler:
 
     def __init__(
         self, run: RunBatch, policy: BatchPolicy, *, max_queue: int, observer: BatchObserver | None = None,
-        instances: int = 1, clock: Callable[[], float] = time.monotonic,
+        instances: int = 1, clock: Callable[[], float] = time.monotonic, inline_max_s: float = INLINE_MAX_S,
     ) -> None:
         if max_queue < 1:
             raise ValueError(f"max queue size must be >= 1, got {max_queue}")
@@ -66,10 +83,13 @@ class Scheduler:
         self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="trtop-batch")
         self._buffers = BatchBuffers(keep=instances)
         self._worker: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: set[asyncio.Task[Any]] = set()
         self._flush = False  # draining: run what is queued without waiting for company
         self._closing = False
         self.batches = 0
+        self._inline_max_s = inline_max_s
+        self._mean_s: dict[int, float] = {}  # batch size -> mean compute seconds (for inline runs)
+        self._inline = 0  # batches running inline right now (0 or 1: they block the loop)
 
     @property
     def queued(self) -> int:
@@ -83,25 +103,57 @@ class Scheduler:
         self._flush = True
         self._wakeup.set()
 
-    async def submit(self, feeds: Feeds, rows: int, signature: Hashable, timeout_s: float) -> Outputs:
-        """Queue one admitted request and wait for its outputs (rows = its batch dimension)."""
+    def enqueue(self, feeds: Feeds, rows: int, signature: Hashable, timeout_s: float) -> asyncio.Future[Outputs]:
+        """Queue one admitted request (rows = its batch dimension); the future resolves with its outputs,
+        or ``TimedOut`` after ``timeout_s``. Raises at once when the queue is full or closing."""
         if self._closing:
             raise NotReady("the server is shutting down and takes no new requests")
         if len(self._queue) >= self._max_queue:
             raise Overloaded(f"the queue is full ({self._max_queue} requests waiting); retry shortly or add replicas")
-        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
-        busy = len(self._running) >= self._instances
-        item = _Item(Pending(rows, signature, self._clock(), busy), feeds, future)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outputs] = loop.create_future()
+        busy = len(self._running) + self._inline >= self._instances
+        item = _Item(Pending(rows, signature, self._clock(), busy), feeds, future, timeout_s)
+        if not busy and not self._queue and not self._flush:
+            size = self.policy.bucket_for(rows)
+            mean = self._mean_s.get(size)
+            if mean is not None and mean < self._inline_max_s:
+                self._run_inline(item, size)
+                return future
+        item.timer = loop.call_later(timeout_s, self._expire, item)
+        future.add_done_callback(item.cancel_timer)
         self._queue.append(item)
         self._wakeup.set()
+        return future
+
+    async def submit(self, feeds: Feeds, rows: int, signature: Hashable, timeout_s: float) -> Outputs:
+        """Queue one admitted request and wait for its outputs (rows = its batch dimension)."""
+        return await self.enqueue(feeds, rows, signature, timeout_s)
+
+    def _expire(self, item: _Item) -> None:
+        if item.future.done():
+            return
+        if item in self._queue:
+            self._queue.remove(item)
+            item.future.set_exception(TimedOut(
+                f"the request waited {item.timeout_s:g}s in the queue without running; "
+                "the server is overloaded (add replicas) or the timeout is too short"))
+        else:
+            item.future.set_exception(TimedOut(f"the request did not finish within {item.timeout_s:g}s"))
+
+    def _run_inline(self, item: _Item, size: int) -> None:
+        """Run one request on the event loop now (the caller checked it is short and an instance is free)."""
+        if self._observer is not None:
+            self._observer.dequeued(0.0)
+        self._inline += 1
         try:
-            return await asyncio.wait_for(future, timeout_s)  # cancels the future on timeout
-        except TimeoutError:
-            if item in self._queue:
-                self._queue.remove(item)
-                raise TimedOut(f"the request waited {timeout_s:g}s in the queue without running; "
-                               "the server is overloaded (add replicas) or the timeout is too short") from None
-            raise TimedOut(f"the request did not finish within {timeout_s:g}s") from None
+            parts, seconds = self._compute([item.feeds], [item.pending.rows], size)
+        except Exception as exc:  # the backend's own exception types vary
+            _resolve_error(item, exc)
+            return
+        finally:
+            self._inline -= 1
+        self._finished([item], parts, [item.pending.rows], seconds)
 
     async def close(self) -> None:
         """Run everything still queued, then stop the worker and its thread."""
@@ -141,8 +193,9 @@ class Scheduler:
                 self._running.add(task)
                 task.add_done_callback(self._batch_finished)
 
-    def _batch_finished(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
+    def _batch_finished(self, task: asyncio.Task[Any] | None) -> None:
+        if task is not None:
+            self._running.discard(task)
         self._wakeup.set()
 
     async def _run_items(self, loop: asyncio.AbstractEventLoop, items: list[_Item], size: int = 0) -> None:
@@ -158,6 +211,10 @@ class Scheduler:
                 return
             _resolve_error(items[0], exc)
             return
+        self._batch_finished(asyncio.current_task())  # the instance is free before its requests hear back
+        self._finished(items, parts, rows, seconds)
+
+    def _finished(self, items: list[_Item], parts: list[Outputs], rows: list[int], seconds: float) -> None:
         self.batches += 1
         if self._observer is not None:
             self._observer.batch_done(sum(rows), seconds)  # real rows; padding is not work done
@@ -173,7 +230,11 @@ class Scheduler:
         finally:
             self._buffers.give(feeds, size, buffers)  # the outputs never alias the inputs
         parts = split(outputs, rows, size)
-        return parts, time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        key = size or sum(rows)
+        mean = self._mean_s.get(key)  # a race between threads only blurs the mean
+        self._mean_s[key] = seconds if mean is None else mean + _EWMA * (seconds - mean)
+        return parts, seconds
 
 
 def _resolve_error(item: _Item, exc: Exception) -> None:

@@ -49,6 +49,7 @@ EXIT_LOAD_FAILED = 1
 EXIT_CANNOT_LISTEN = 1
 EXIT_NO_ENGINE = 2
 MAX_AUTO_FRONTENDS = 8
+SINGLE_PROCESS_CORES = 2  # at most this many cores: one process serves everything
 
 
 class InferenceServer(uvicorn.Server):
@@ -272,7 +273,10 @@ def run_server(settings: ServeSettings) -> int:
 
 def frontend_count(settings: ServeSettings) -> int:
     """Front-end processes: the setting, else one per core beyond the first (the engine's), at most 8,
-    and none on a single core (the engine process then serves HTTP itself)."""
+    and none on two cores or fewer (the engine process then serves HTTP itself: with the client and the
+    engine on the same two cores, the hop between processes costs more than a second interpreter gains;
+    measured on 2 cores, light model: 1,548 vs 1,150 req/s at 64 connections)."""
     if settings.frontends >= 0:
         return settings.frontends
-    return min(MAX_AUTO_FRONTENDS, default_threads() - 1)
+    cores = default_threads()
+    return 0 if cores <= SINGLE_PROCESS_CORES else min(MAX_AUTO_FRONTENDS, cores - 1)
