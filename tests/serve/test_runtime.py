@@ -123,3 +123,52 @@ def test_front_end_processes_only_beyond_two_cores(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(server, "default_threads", lambda: cores)
     assert server.frontend_count(ServeSettings(frontends=setting)) == expected
+
+
+@pytest.mark.parametrize("graphs", [True, False])
+def test_bound_buffers_per_bucket_give_each_batch_its_own_answer(tmp_path: Path, graphs: bool) -> None:
+    """The IO-binding path the CUDA provider uses, run here on CPU buffers: checked against the plain
+    session at set-up, then every run copies into the bucket's bound buffers (two slots in use at once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trtop.serve.backends.onnxruntime_impl import OnnxRuntime
+
+    path = make_affine_onnx(tmp_path / "a.onnx")
+    options = RuntimeOptions(threads=1, use_gpu=False, cuda_graphs=graphs, slots=2)
+    rt = OnnxRuntime(path, options)
+    for size in (1, 4):
+        rt._by_batch[size] = rt._open(path, options, ("batch", size))[0]
+    rt._bind("batch", (1, 4), device="cpu")
+    assert rt._bound
+
+    def one(v: float) -> None:
+        x = np.full((4, 4), v, np.float32)
+        out = rt.run({"x": x}, ["y", "s"])
+        np.testing.assert_array_equal(out["y"], 2 * x + 1)
+        np.testing.assert_array_equal(out["s"], np.full((4, 1), 4 * v, np.float32))
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(one, [float(i) for i in range(40)]))
+    assert rt.run({"x": np.ones((2, 4), np.float32)}, ["y"])["y"].shape == (2, 4)  # no bucket: plain session
+    rt.close()
+
+
+def test_a_bucket_whose_bound_run_differs_stays_on_the_plain_session(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from trtop.serve.backends import onnxruntime_bind
+    from trtop.serve.backends.onnxruntime_impl import OnnxRuntime
+
+    path = make_affine_onnx(tmp_path / "a.onnx")
+    options = RuntimeOptions(threads=1, use_gpu=False)
+    rt = OnnxRuntime(path, options)
+    rt._by_batch[2] = rt._open(path, options, ("batch", 2))[0]
+    broken = onnxruntime_bind.Bound.run
+
+    def stale(self: onnxruntime_bind.Bound, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        return {k: v + 1 for k, v in broken(self, feeds, names).items()}
+
+    monkeypatch.setattr(onnxruntime_bind.Bound, "run", stale)
+    rt._bind("batch", (2,), device="cpu")
+    monkeypatch.undo()
+    assert not rt._bound
+    np.testing.assert_array_equal(rt.run({"x": np.zeros((2, 4), np.float32)}, ["y"])["y"], np.ones((2, 4)))

@@ -89,8 +89,13 @@ class RuntimeOptions:
     use_gpu: bool = True
     # GPU ordinal inside the container (a pod sees only the GPUs it was given).
     device_index: int = 0
-    # TensorRT: replay each batch size as a CUDA graph (falls back to plain enqueues where capture fails).
+    # TensorRT and ONNX Runtime CUDA: replay each batch size as a CUDA graph (falls back to plain
+    # enqueues where capture fails).
     cuda_graphs: bool = True
+    # ONNX Runtime CUDA: bind each batch size's inputs and outputs to fixed GPU buffers (IO binding).
+    io_binding: bool = True
+    # Batches that may run at once (the scheduler's instances): bound buffers are kept per run slot.
+    slots: int = 1
 
     @property
     def thread_count(self) -> int:

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from trtop.serve.batching import BatchBuffers, BatchPolicy, Decision, Pending, merge, next_batch, split
 from trtop.serve.errors import InferenceFailed, NotReady, Overloaded, ServeError, TimedOut
-from trtop.serve.types import Feeds, Outputs
+from trtop.serve.types import Array, Feeds, Outputs
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class Scheduler:
     def __init__(
         self, run: RunBatch, policy: BatchPolicy, *, max_queue: int, observer: BatchObserver | None = None,
         instances: int = 1, clock: Callable[[], float] = time.monotonic, inline_max_s: float = INLINE_MAX_S,
+        empty: Callable[[tuple[int, ...], Any], Array] | None = None,
     ) -> None:
         if max_queue < 1:
             raise ValueError(f"max queue size must be >= 1, got {max_queue}")
@@ -81,7 +82,7 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self._instances = instances
         self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="trtop-batch")
-        self._buffers = BatchBuffers(keep=instances)
+        self._buffers = BatchBuffers(keep=instances, empty=empty)
         self._worker: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[Any]] = set()
         self._flush = False  # draining: run what is queued without waiting for company

@@ -125,10 +125,12 @@ class InferenceServer(uvicorn.Server):
                 signal.signal(s, handler)
 
 
-def build_loader(servable: Servable, settings: ServeSettings, threads: int, gpu: bool) -> Loaded:
+def build_loader(servable: Servable, settings: ServeSettings, threads: int, gpu: bool, slots: int = 1) -> Loaded:
     """Fetch (when from the store) and load the model; runs in the loader thread."""
     path, record = fetch_servable(servable, Path(settings.cache_dir))
-    runtime = load_runtime(servable.backend, path, RuntimeOptions(threads=threads, use_gpu=gpu))
+    options = RuntimeOptions(threads=threads, use_gpu=gpu, cuda_graphs=settings.gpu_io == "graphs",
+                             io_binding=settings.gpu_io != "plain", slots=slots)
+    runtime = load_runtime(servable.backend, path, options)
     return Loaded(runtime, record, servable.backend, servable.key, str(servable.target or ""))
 
 
@@ -142,7 +144,7 @@ def create_service(settings: ServeSettings) -> tuple[InferenceService, bool]:
              settings.model_name, servable.origin, device, servable.backend, instances, threads)
     metrics = ServerMetrics(settings.model_name)
     service = InferenceService(
-        settings.model_name, lambda: build_loader(servable, settings, threads, not device.is_cpu),
+        settings.model_name, lambda: build_loader(servable, settings, threads, not device.is_cpu, instances),
         BatchingConfig(settings.max_batch, settings.max_queue_delay_ms / 1000, settings.max_queue_size,
                        settings.timeout_s, instances, settings.bucket_sizes),
         metrics,

@@ -15,6 +15,9 @@ from typing import Any
 from trtop import names
 
 
+GPU_IO_MODES = ("graphs", "bind", "plain")
+
+
 @dataclass(frozen=True)
 class ServeSettings:
     # Name clients use in /v2/models/{name}/... (the ModelDeployment's name).
@@ -58,6 +61,10 @@ class ServeSettings:
     instances: int = 0
     # Compute threads per batch for CPU backends; 0 = the cores this process may use / instances.
     threads: int = 0
+    # How a GPU backend feeds a batch: "graphs" = inputs and outputs bound to fixed GPU buffers per batch
+    # size, replayed as a CUDA graph (falls back to "bind" where capture fails), "bind" = bound buffers
+    # without graphs, "plain" = the library's own copies each run.
+    gpu_io: str = "graphs"
     # After SIGTERM: report not ready but keep serving this long (endpoints need time to drop the
     # pod), then stop accepting and finish what is in flight.
     drain_delay_s: float = 0.0
@@ -115,6 +122,8 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
                   "front-end processes (-1: one per core beyond the engine's, at most 8; 0: single process)"),
     "instances": ("--instances", names.ENV_SERVE_INSTANCES, "batches that may run at once (0: 1 on GPU, min(cores, 4) on CPU)"),
     "threads": ("--threads", names.ENV_SERVE_THREADS, "compute threads per batch (0: cores / instances)"),
+    "gpu_io": ("--gpu-io", names.ENV_SERVE_GPU_IO,
+               "GPU batches: graphs (bound buffers + CUDA graph per batch size), bind, or plain"),
     "drain_delay_s": ("--drain-delay-s", names.ENV_SERVE_DRAIN_DELAY_S,
                       "after SIGTERM, seconds to keep serving while not ready"),
     "shutdown_timeout_s": ("--shutdown-timeout-s", names.ENV_SERVE_SHUTDOWN_TIMEOUT_S,
@@ -167,6 +176,8 @@ def _problems(s: ServeSettings) -> list[str]:
         out.append("--max-queue-delay-ms must be >= 0")
     if s.instances < 0:
         out.append("--instances must be >= 0")
+    if s.gpu_io not in GPU_IO_MODES:
+        out.append(f"--gpu-io must be one of {', '.join(GPU_IO_MODES)}")
     if s.max_queue_size < 1:
         out.append("--max-queue-size must be >= 1")
     if s.timeout_s <= 0:

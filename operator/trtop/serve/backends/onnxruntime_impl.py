@@ -9,9 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 
 from trtop.api.engine import TensorSpec
+from trtop.serve.backends.onnxruntime_bind import BoundPool, PinnedArrays, build_bound
 from trtop.serve.errors import StartupError
 from trtop.serve.runtime import FixedIO, RuntimeOptions
 from trtop.serve.types import Feeds, Outputs
@@ -43,6 +45,8 @@ class OnnxRuntime(FixedIO):
         self._path = path
         self._options = options
         self._by_batch: dict[int, Any] = {}
+        self._bound = BoundPool()
+        self._pinned = PinnedArrays()
         self._session, self._providers = self._open(path, options)
         self._inputs = tuple(_spec(a) for a in self._session.get_inputs())
         self._outputs = tuple(_spec(a) for a in self._session.get_outputs())
@@ -51,7 +55,8 @@ class OnnxRuntime(FixedIO):
                  ort.__version__, path, self._session.get_providers()[0], options.thread_count)
 
     @staticmethod
-    def _open(path: Path, options: RuntimeOptions, batch: tuple[str, int] | None = None) -> tuple[Any, list[str]]:
+    def _open(path: Path, options: RuntimeOptions, batch: tuple[str, int] | None = None,
+              graphs: bool = False) -> tuple[Any, list[str]]:
         so = ort.SessionOptions()
         # One batch runs at a time (the scheduler serialises them), so all cores go to intra-op
         # parallelism; inter-op threads would only compete with it.
@@ -65,9 +70,12 @@ class OnnxRuntime(FixedIO):
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if batch is not None:
             so.add_free_dimension_override_by_name(*batch)
-        providers = ["CPUExecutionProvider"]
+        providers: list[Any] = ["CPUExecutionProvider"]
         if options.use_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
+            cuda = {"device_id": str(options.device_index)}
+            if graphs:
+                cuda["enable_cuda_graph"] = "1"
+            providers.insert(0, ("CUDAExecutionProvider", cuda))
         try:
             return ort.InferenceSession(str(path), sess_options=so, providers=providers), providers
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
@@ -84,6 +92,37 @@ class OnnxRuntime(FixedIO):
         for size in batch_sizes:
             self._by_batch[size], _ = self._open(self._path, self._options, (name, size))
         log.info("one CUDA session per batch size: %s", sorted(self._by_batch))
+        if self._options.io_binding:
+            self._bind(name, batch_sizes)
+
+    def _bind(self, dim: str, batch_sizes: Sequence[int], device: str = "cuda") -> None:
+        """Bound buffers (and CUDA graphs) per batch size where they work; the plain session elsewhere."""
+        if any(d < 0 for s in (*self._inputs, *self._outputs) for d in s.shape[1:]):
+            log.info("the model has dynamic dimensions beyond the batch; no bound buffers")
+            return
+        done: dict[int, str] = {}
+        for size in batch_sizes:
+            specs = ([(s.name, (size, *s.shape[1:]), s.dtype) for s in self._inputs],
+                     [(s.name, (size, *s.shape[1:]), s.dtype) for s in self._outputs])
+            for graphs in ((True, False) if self._options.cuda_graphs else (False,)):
+                def make(g: bool, size: int = size) -> Any:
+                    return self._open(self._path, self._options, (dim, size), graphs=g)[0]
+                try:
+                    bound = build_bound(make, ort, self._by_batch[size], size, specs, slots=self._options.slots,
+                                        graphs=graphs, device=device, device_id=self._options.device_index)
+                except Exception as exc:  # ORT's own error types; the plain session stays
+                    log.warning("batch size %d: %s failed (%s)", size, "a CUDA graph" if graphs else "IO binding", exc)
+                    continue
+                self._bound.add(size, bound)
+                done[size] = "CUDA graph" if graphs else "bound buffers"
+                break
+        log.info("batch sizes on bound GPU buffers: %s", done or "none")
+
+    def batch_array(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        """An array to merge a batch into: page-locked on the CUDA provider (faster copies to the GPU)."""
+        if self._by_batch:
+            return self._pinned.empty(shape, np.dtype(dtype))
+        return np.empty(shape, dtype=dtype)
 
     @property
     def platform(self) -> str:
@@ -93,12 +132,19 @@ class OnnxRuntime(FixedIO):
         names = list(outputs)
         session = self._session
         if self._by_batch:
-            session = self._by_batch.get(next(iter(feeds.values())).shape[0], session)
+            size = next(iter(feeds.values())).shape[0]
+            if self._bound:
+                bound = self._bound.run(size, feeds, names)
+                if bound is not None:
+                    return bound
+            session = self._by_batch.get(size, session)
         values = session.run(names, dict(feeds))
         return dict(zip(names, values, strict=True))
 
     def close(self) -> None:
+        self._bound.clear()
         self._by_batch.clear()
+        self._pinned.close()
         del self._session
 
 
