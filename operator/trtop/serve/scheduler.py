@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from trtop.serve.batching import BatchBuffers, BatchPolicy, Decision, Pending, merge, next_batch, split
@@ -84,7 +84,7 @@ class Scheduler:
         self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="trtop-batch")
         self._buffers = BatchBuffers(keep=instances, empty=empty)
         self._worker: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Task[Any]] = set()
+        self._running: set[object] = set()  # batches on compute threads (their futures)
         self._flush = False  # draining: run what is queued without waiting for company
         self._closing = False
         self.batches = 0
@@ -117,9 +117,10 @@ class Scheduler:
         item = _Item(Pending(rows, signature, self._clock(), busy), feeds, future, timeout_s)
         if not busy and not self._queue and not self._flush:
             size = self.policy.bucket_for(rows)
-            mean = self._mean_s.get(size)
-            if mean is not None and mean < self._inline_max_s:
-                self._run_inline(item, size)
+            if self._short(size):
+                if self._observer is not None:
+                    self._observer.dequeued(0.0)
+                self._run_inline([item], size)
                 return future
         item.timer = loop.call_later(timeout_s, self._expire, item)
         future.add_done_callback(item.cancel_timer)
@@ -142,19 +143,28 @@ class Scheduler:
         else:
             item.future.set_exception(TimedOut(f"the request did not finish within {item.timeout_s:g}s"))
 
-    def _run_inline(self, item: _Item, size: int) -> None:
-        """Run one request on the event loop now (the caller checked it is short and an instance is free)."""
-        if self._observer is not None:
-            self._observer.dequeued(0.0)
+    def _short(self, size: int) -> bool:
+        """Runs of this batch size are known to take less than ``inline_max_s``."""
+        mean = self._mean_s.get(size)
+        return mean is not None and mean < self._inline_max_s
+
+    def _run_inline(self, items: list[_Item], size: int) -> None:
+        """Run a batch on the event loop now (the caller checked it is short and an instance is free)."""
+        rows = [it.pending.rows for it in items]
         self._inline += 1
         try:
-            parts, seconds = self._compute([item.feeds], [item.pending.rows], size)
+            parts, seconds = self._compute([it.feeds for it in items], rows, size)
         except Exception as exc:  # the backend's own exception types vary
-            _resolve_error(item, exc)
+            if len(items) > 1:
+                log.warning("a batch of %d requests failed (%s); running them one by one", len(items), exc)
+                for it in items:
+                    self._run_inline([it], self.policy.bucket_for(it.pending.rows))
+            else:
+                _resolve_error(items[0], exc)
             return
         finally:
             self._inline -= 1
-        self._finished([item], parts, [item.pending.rows], seconds)
+        self._finished(items, parts, rows, seconds)
 
     async def close(self) -> None:
         """Run everything still queued, then stop the worker and its thread."""
@@ -162,8 +172,9 @@ class Scheduler:
         self.flush()
         if self._worker is not None:
             await self._worker
-        if self._running:
-            await asyncio.wait(self._running)
+        while self._running:
+            self._wakeup.clear()  # set by every batch that lands
+            await self._wakeup.wait()
         self._executor.shutdown(wait=True)
 
     async def _work(self) -> None:
@@ -189,31 +200,51 @@ class Scheduler:
             if self._observer is not None:
                 for it in items:
                     self._observer.dequeued(now - it.pending.enqueued_at)
-            if items:
-                task = loop.create_task(self._run_items(loop, items, decision.size))
-                self._running.add(task)
-                task.add_done_callback(self._batch_finished)
+            if items and self._short(decision.size):
+                self._run_inline(items, decision.size)  # shorter than a hop to a thread and back
+                await asyncio.sleep(0)  # let the loop read what arrived meanwhile
+            elif items:
+                self._launch(loop, items, decision.size)
 
-    def _batch_finished(self, task: asyncio.Task[Any] | None) -> None:
-        if task is not None:
-            self._running.discard(task)
-        self._wakeup.set()
-
-    async def _run_items(self, loop: asyncio.AbstractEventLoop, items: list[_Item], size: int = 0) -> None:
+    def _launch(self, loop: asyncio.AbstractEventLoop, items: list[_Item], size: int) -> None:
+        """Run a batch on a compute thread; it lands back on the loop through one callback (no task)."""
         rows = [it.pending.rows for it in items]
-        try:
-            parts, seconds = await loop.run_in_executor(
-                self._executor, self._compute, [it.feeds for it in items], rows, size)
-        except Exception as exc:  # the backend's own exception types vary
-            if len(items) > 1:
-                log.warning("a batch of %d requests failed (%s); running them one by one", len(items), exc)
-                for it in items:
-                    await self._run_items(loop, [it], self.policy.bucket_for(it.pending.rows))
-                return
+        done = self._executor.submit(self._compute, [it.feeds for it in items], rows, size)
+        self._running.add(done)
+        done.add_done_callback(lambda f: _call_soon_threadsafe(loop, self._land, items, rows, f))
+
+    def _land(self, items: list[_Item], rows: list[int], done: Future[tuple[list[Outputs], float]]) -> None:
+        exc = done.exception()
+        if exc is not None and len(items) > 1:
+            log.warning("a batch of %d requests failed (%s); running them one by one", len(items), exc)
+            retry = asyncio.get_running_loop().create_task(self._run_alone(items))
+            self._running.add(retry)  # the instance stays busy while they run
+            retry.add_done_callback(self._batch_finished)
+            self._running.discard(done)
+            return
+        self._batch_finished(done)  # the instance is free before its requests hear back
+        if exc is not None:
             _resolve_error(items[0], exc)
             return
-        self._batch_finished(asyncio.current_task())  # the instance is free before its requests hear back
+        parts, seconds = done.result()
         self._finished(items, parts, rows, seconds)
+
+    def _batch_finished(self, token: object) -> None:
+        self._running.discard(token)
+        self._wakeup.set()
+
+    async def _run_alone(self, items: list[_Item]) -> None:
+        """The requests of a failed batch, one by one, so only the one that breaks the backend fails."""
+        loop = asyncio.get_running_loop()
+        for it in items:
+            rows = [it.pending.rows]
+            try:
+                parts, seconds = await loop.run_in_executor(
+                    self._executor, self._compute, [it.feeds], rows, self.policy.bucket_for(it.pending.rows))
+            except Exception as exc:  # the backend's own exception types vary
+                _resolve_error(it, exc)
+                continue
+            self._finished([it], parts, rows, seconds)
 
     def _finished(self, items: list[_Item], parts: list[Outputs], rows: list[int], seconds: float) -> None:
         self.batches += 1
@@ -238,7 +269,14 @@ class Scheduler:
         return parts, seconds
 
 
-def _resolve_error(item: _Item, exc: Exception) -> None:
+def _call_soon_threadsafe(loop: asyncio.AbstractEventLoop, *args: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(*args)
+    except RuntimeError:  # the loop has closed (the process is exiting): nobody waits for the answer
+        pass
+
+
+def _resolve_error(item: _Item, exc: BaseException) -> None:
     if item.future.done():
         return
     if isinstance(exc, ServeError):
