@@ -8,17 +8,19 @@ memory when the batch was merged into a ``pinned`` buffer), and with ``cuda_grap
 whole run is replayed as one CUDA graph (ONNX Runtime's ``enable_cuda_graph``: it needs
 fixed shapes and addresses, which a bucket's session has).
 
-``BoundPool`` holds ``slots`` bound sessions per batch size (a CUDA graph may be replayed by
-one thread at a time; the scheduler runs at most ``slots`` batches at once) and checks
-every one against the plain session on random data before it serves: a bucket whose bound
-run differs or fails stays on the plain path (logged). Used by ``onnxruntime_impl``.
+``BoundPool`` holds a bound session per batch size and slot, each slot one thread of its own
+(ONNX Runtime's CUDA graphs belong to a thread; the scheduler runs at most ``slots`` batches
+at once), and every one is checked against the plain session on random data before it
+serves: a bucket whose bound run differs or fails stays on the plain path (logged). Used by
+``onnxruntime_impl``.
 """
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -26,6 +28,7 @@ from trtop.serve.types import Array, Feeds, Outputs
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 CHECK_RTOL, CHECK_ATOL = 1e-3, 1e-4  # a bound run must match the plain one this closely (same kernels)
 
 
@@ -56,60 +59,75 @@ class Bound:
 
 
 class BoundPool:
-    """Bound sessions per batch size, ``slots`` of them; ``run`` returns None when a size has none."""
+    """Bound sessions per batch size, one per slot; ``run`` returns None when a size has none.
 
-    def __init__(self) -> None:
-        self._free: dict[int, list[Bound]] = {}
+    ONNX Runtime keeps a CUDA graph per session *and thread* (its CUDA provider's per-thread
+    context): run from a new thread, a session captures again, and a capture while another
+    thread uses the GPU fails (``operation not permitted when stream is capturing``). So each
+    slot is one thread of its own: its sessions are captured there at start-up, one at a time,
+    and only ever run there. A batch takes a free slot and hands its run to that thread."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = max(1, slots)
+        self._threads = [ThreadPoolExecutor(1, thread_name_prefix=f"trtop-gpu-slot-{i}") for i in range(self.slots)]
+        self._bound: dict[int, list[Bound]] = {}
+        self._free = list(range(self.slots))
         self._cond = threading.Condition()
 
     def __bool__(self) -> bool:
-        return bool(self._free)
+        return bool(self._bound)
 
     def add(self, size: int, bound: list[Bound]) -> None:
-        with self._cond:
-            self._free[size] = bound
+        self._bound[size] = bound
+
+    def in_slot(self, slot: int, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the slot's own thread."""
+        return self._threads[slot].submit(fn, *args).result()
 
     def run(self, size: int, feeds: Feeds, names: Sequence[str]) -> Outputs | None:
+        bound = self._bound.get(size)
+        if bound is None:
+            return None
         with self._cond:
-            free = self._free.get(size)
-            if free is None:
-                return None
-            while not free:
+            while not self._free:
                 self._cond.wait()
-            bound = free.pop()
+            slot = self._free.pop()
         try:
-            return bound.run(feeds, names)
+            return self.in_slot(slot, bound[slot].run, feeds, names)
         finally:
             with self._cond:
-                free.append(bound)
+                self._free.append(slot)
                 self._cond.notify()
 
-    def clear(self) -> None:
-        with self._cond:
-            self._free.clear()
+    def close(self) -> None:
+        self._bound.clear()
+        for thread in self._threads:
+            thread.shutdown(wait=True)
 
 
 def build_bound(make_session: Callable[[bool], Any], ort: Any, plain: Any, size: int,
                 specs: tuple[Sequence[tuple[str, tuple[int, ...], str]], Sequence[tuple[str, tuple[int, ...], str]]],
-                *, slots: int, graphs: bool, device: str, device_id: int) -> list[Bound]:
-    """``slots`` bound sessions for one batch size (graphs: one session each; else they share one),
-    each checked against ``plain`` on the same random batch; raises when one fails or differs."""
+                *, pool: BoundPool, graphs: bool, device: str, device_id: int) -> list[Bound]:
+    """A bound session per slot for one batch size, made, captured and checked against ``plain`` (on the
+    same random batch) on the slot's thread; without graphs the slots share one session. Raises when
+    one fails or differs."""
     inputs, outputs = specs
     rng = np.random.default_rng(size)
     feeds = {name: _sample(rng, shape, dtype) for name, shape, dtype in inputs}
     names = [name for name, _, _ in outputs]
     expected = dict(zip(names, plain.run(names, feeds), strict=True))
     shared = None if graphs else make_session(False)
-    result = []
-    for _ in range(max(1, slots)):
+
+    def one() -> Bound:
         bound = Bound(ort, shared if shared is not None else make_session(graphs), inputs, outputs, device, device_id)
         for _ in range(3):  # ONNX Runtime captures the graph on an early run; replays after it
             got = bound.run(feeds, names)
         for name in names:
             if not np.allclose(got[name], expected[name], rtol=CHECK_RTOL, atol=CHECK_ATOL, equal_nan=True):
                 raise ValueError(f"output {name!r} of the bound run differs from the plain run")
-        result.append(bound)
-    return result
+        return bound
+
+    return [pool.in_slot(slot, one) for slot in range(pool.slots)]
 
 
 def _sample(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> Array:

@@ -45,7 +45,7 @@ class OnnxRuntime(FixedIO):
         self._path = path
         self._options = options
         self._by_batch: dict[int, Any] = {}
-        self._bound = BoundPool()
+        self._bound = BoundPool(options.slots)
         self._pinned = PinnedArrays()
         self._session, self._providers = self._open(path, options)
         self._inputs = tuple(_spec(a) for a in self._session.get_inputs())
@@ -108,7 +108,7 @@ class OnnxRuntime(FixedIO):
                 def make(g: bool, size: int = size) -> Any:
                     return self._open(self._path, self._options, (dim, size), graphs=g)[0]
                 try:
-                    bound = build_bound(make, ort, self._by_batch[size], size, specs, slots=self._options.slots,
+                    bound = build_bound(make, ort, self._by_batch[size], size, specs, pool=self._bound,
                                         graphs=graphs, device=device, device_id=self._options.device_index)
                 except Exception as exc:  # ORT's own error types; the plain session stays
                     log.warning("batch size %d: %s failed (%s)", size, "a CUDA graph" if graphs else "IO binding", exc)
@@ -142,7 +142,7 @@ class OnnxRuntime(FixedIO):
         return dict(zip(names, values, strict=True))
 
     def close(self) -> None:
-        self._bound.clear()
+        self._bound.close()
         self._by_batch.clear()
         self._pinned.close()
         del self._session
