@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,14 @@ def test_bound_buffers_per_bucket_give_each_batch_its_own_answer(tmp_path: Path,
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(one, [float(i) for i in range(40)]))
     assert rt.run({"x": np.ones((2, 4), np.float32)}, ["y"])["y"].shape == (2, 4)  # no bucket: plain session
+    # The scheduler runs whole batches on the slots' own threads (where the bound sessions live).
+    executor = rt.executor
+    assert executor is not None
+    futures = [executor.submit(lambda v=v: (threading.current_thread().name, rt.run({"x": np.full((4, 4), v, np.float32)},
+                                                                                    ["y"])["y"][0, 0])) for v in range(6)]
+    for v, f in enumerate(futures):
+        name, y = f.result(5)
+        assert name.startswith("trtop-gpu-slot-") and y == 2 * v + 1
     rt.close()
 
 

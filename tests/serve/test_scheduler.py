@@ -193,3 +193,22 @@ async def test_runs_not_known_to_be_short_never_block_the_event_loop(backend: Fa
         await submit(s, v)
     assert threading.get_ident() not in threads
     await s.close()
+
+
+async def test_a_runtime_with_its_own_threads_runs_every_batch_there(backend: FakeBackend) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    names: list[str] = []
+
+    def run(f: Feeds) -> Outputs:
+        names.append(threading.current_thread().name)
+        return backend(f)
+
+    own = ThreadPoolExecutor(1, thread_name_prefix="runtime-slot")
+    s = Scheduler(run, BatchPolicy(8, 0.0), max_queue=10, inline_max_s=1.0, executor=own)
+    s.start()
+    for v in range(3):  # short runs, but never inline: the runtime's threads own its GPU state
+        assert (await submit(s, v))["y"][0, 0] == 10 * v
+    assert names and all(n.startswith("runtime-slot") for n in names)
+    await s.close()
+    own.shutdown()

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from trtop.serve.batching import BatchBuffers, BatchPolicy, Decision, Pending, merge, next_batch, split
@@ -67,7 +67,7 @@ class Scheduler:
     def __init__(
         self, run: RunBatch, policy: BatchPolicy, *, max_queue: int, observer: BatchObserver | None = None,
         instances: int = 1, clock: Callable[[], float] = time.monotonic, inline_max_s: float = INLINE_MAX_S,
-        empty: Callable[[tuple[int, ...], Any], Array] | None = None,
+        empty: Callable[[tuple[int, ...], Any], Array] | None = None, executor: Executor | None = None,
     ) -> None:
         if max_queue < 1:
             raise ValueError(f"max queue size must be >= 1, got {max_queue}")
@@ -81,7 +81,11 @@ class Scheduler:
         self._queue: list[_Item] = []
         self._wakeup = asyncio.Event()
         self._instances = instances
-        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="trtop-batch")
+        # The runtime's own threads where it has them (GPU slots that own their CUDA graphs; no inline
+        # runs then: they would hop to those threads anyway), else ours.
+        self._executor = executor or ThreadPoolExecutor(max_workers=instances, thread_name_prefix="trtop-batch")
+        if executor is not None:
+            inline_max_s = 0.0
         self._buffers = BatchBuffers(keep=instances, empty=empty)
         self._worker: asyncio.Task[None] | None = None
         self._running: set[object] = set()  # batches on compute threads (their futures)

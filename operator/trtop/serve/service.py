@@ -149,6 +149,7 @@ class InferenceService:
             run, BatchPolicy(info.max_batch, self.config.max_queue_delay_s, info.buckets),
             max_queue=self.config.max_queue_size, observer=self._observer, instances=self.config.instances,
             empty=getattr(runtime, "batch_array", None),  # page-locked batch buffers where the backend has them
+            executor=getattr(runtime, "executor", None),  # its own compute threads where it has them
         )
         self._scheduler.start()
         seconds = time.perf_counter() - started

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
@@ -58,18 +58,28 @@ class Bound:
         return {name: self.outputs[name].numpy() for name in names}  # a copy from the GPU, the caller's own
 
 
-class BoundPool:
+_slot = threading.local()  # .index on a slot's own thread
+
+
+def _enter_slot(index: int) -> None:
+    _slot.index = index
+
+
+class BoundPool(Executor):
     """Bound sessions per batch size, one per slot; ``run`` returns None when a size has none.
 
     ONNX Runtime keeps a CUDA graph per session *and thread* (its CUDA provider's per-thread
     context): run from a new thread, a session captures again, and a capture while another
     thread uses the GPU fails (``operation not permitted when stream is capturing``). So each
     slot is one thread of its own: its sessions are captured there at start-up, one at a time,
-    and only ever run there. A batch takes a free slot and hands its run to that thread."""
+    and only ever run there. The pool is also the scheduler's executor (``submit`` runs a whole
+    batch on a free slot's thread, so merge, copy and run take one hop); a run from any other
+    thread is handed to a free slot."""
 
     def __init__(self, slots: int) -> None:
         self.slots = max(1, slots)
-        self._threads = [ThreadPoolExecutor(1, thread_name_prefix=f"trtop-gpu-slot-{i}") for i in range(self.slots)]
+        self._threads = [ThreadPoolExecutor(1, thread_name_prefix=f"trtop-gpu-slot-{i}", initializer=_enter_slot,
+                                            initargs=(i,)) for i in range(self.slots)]
         self._bound: dict[int, list[Bound]] = {}
         self._free = list(range(self.slots))
         self._cond = threading.Condition()
@@ -84,20 +94,39 @@ class BoundPool:
         """``fn(*args)`` on the slot's own thread."""
         return self._threads[slot].submit(fn, *args).result()
 
+    def _take(self) -> int:
+        with self._cond:
+            while not self._free:
+                self._cond.wait()
+            return self._free.pop()
+
+    def _give(self, slot: int) -> None:
+        with self._cond:
+            self._free.append(slot)
+            self._cond.notify()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Run ``fn`` on a free slot's thread (the scheduler runs at most ``slots`` batches at once)."""
+        slot = self._take()
+        future = self._threads[slot].submit(fn, *args, **kwargs)
+        future.add_done_callback(lambda _: self._give(slot))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """The threads stay until ``close`` (the runtime still runs after the scheduler stops)."""
+
     def run(self, size: int, feeds: Feeds, names: Sequence[str]) -> Outputs | None:
         bound = self._bound.get(size)
         if bound is None:
             return None
-        with self._cond:
-            while not self._free:
-                self._cond.wait()
-            slot = self._free.pop()
+        here: int | None = getattr(_slot, "index", None)
+        if here is not None:
+            return bound[here].run(feeds, names)  # already on a slot's thread (holding that slot)
+        slot = self._take()
         try:
             return self.in_slot(slot, bound[slot].run, feeds, names)
         finally:
-            with self._cond:
-                self._free.append(slot)
-                self._cond.notify()
+            self._give(slot)
 
     def close(self) -> None:
         self._bound.clear()

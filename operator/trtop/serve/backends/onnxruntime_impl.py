@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,11 @@ class OnnxRuntime(FixedIO):
                 done[size] = "CUDA graph" if graphs else "bound buffers"
                 break
         log.info("batch sizes on bound GPU buffers: %s", done or "none")
+
+    @property
+    def executor(self) -> Executor | None:
+        """Where the scheduler should run batches: the bound sessions' slot threads (one hop per batch)."""
+        return self._bound if self._bound else None
 
     def batch_array(self, shape: tuple[int, ...], dtype: Any) -> Any:
         """An array to merge a batch into: page-locked on the CUDA provider (faster copies to the GPU)."""
