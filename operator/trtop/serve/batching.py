@@ -29,16 +29,15 @@ import bisect
 import threading
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from trtop.serve.types import Array, Feeds, Outputs
 
 
-@dataclass(frozen=True)
-class Pending:
-    """What the policy needs to know about one queued request."""
+class Pending(NamedTuple):
+    """What the policy needs to know about one queued request (a tuple: one is made per request)."""
 
     rows: int  # its batch dimension (a request with batch 4 counts 4)
     signature: Hashable  # shapes beyond the batch dim; only equal signatures merge
@@ -128,6 +127,9 @@ def _round_down_to_bucket(pending: Sequence[Pending], take: list[int], rows: int
 
 def signature_of(feeds: Feeds) -> Hashable:
     """The merge key of a request: each input's name, dtype and shape beyond the batch dim."""
+    if len(feeds) == 1:  # the common case, once per request
+        ((name, a),) = feeds.items()
+        return ((name, a.dtype.str, a.shape[1:]),)
     return tuple(sorted((name, a.dtype.str, a.shape[1:]) for name, a in feeds.items()))
 
 
