@@ -208,6 +208,7 @@ def main() -> int:
                     help="NAME=FLAGS: also serve ResNet-50 with these extra flags (repeatable), e.g. i2=--instances=2")
     ap.add_argument("--skip-tiny", action="store_true")
     ap.add_argument("--skip-resnet", action="store_true")
+    ap.add_argument("--tiny-concurrency", default="64,128,256")
     ap.add_argument("--skip-inprocess", action="store_true", help="use --baseline instead of measuring it")
     ap.add_argument("--baseline", default="5694,1.05", help="in-process best img/s,batch-1 p50 ms (--skip-inprocess)")
     args = ap.parse_args()
@@ -252,7 +253,7 @@ def main() -> int:
         rows = []
         try:
             for protocol, url in (("http", "127.0.0.1:8010"), ("grpc", "127.0.0.1:8011")):
-                for c in (64, 128, 256):
+                for c in (int(x) for x in args.tiny_concurrency.split(",")):
                     row = perf(args.perf_analyzer, "tiny", url, protocol, c, args.window_ms, server, tmp)
                     row["protocol"] = protocol
                     rows.append(row)

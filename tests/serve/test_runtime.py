@@ -181,3 +181,20 @@ def test_a_bucket_whose_bound_run_differs_stays_on_the_plain_session(tmp_path: P
     monkeypatch.undo()
     assert not rt._bound
     np.testing.assert_array_equal(rt.run({"x": np.zeros((2, 4), np.float32)}, ["y"])["y"], np.ones((2, 4)))
+
+
+@pytest.mark.parametrize("narrow_s,wide_s,widened", [(1.0, 0.5, True), (1.0, 0.9, False)])
+def test_a_lone_cpu_run_uses_every_core_only_where_that_is_faster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  narrow_s: float, wide_s: float, widened: bool) -> None:
+    from trtop.serve.backends import onnxruntime_impl
+    from trtop.serve.backends.onnxruntime_impl import OnnxRuntime
+
+    times = iter([narrow_s, wide_s])
+    monkeypatch.setattr(onnxruntime_impl, "default_threads", lambda: 2)
+    monkeypatch.setattr(onnxruntime_impl, "_time_runs", lambda *a: next(times))
+    rt = OnnxRuntime(make_affine_onnx(tmp_path / "a.onnx"), RuntimeOptions(threads=1, use_gpu=False, slots=2))
+    rt.prepare((1, 2, 4))
+    assert (rt._wide is not None) is widened
+    x = np.ones((3, 4), np.float32)
+    np.testing.assert_array_equal(rt.run({"x": x}, ["y"])["y"], 2 * x + 1)
+    assert rt._active == 0
