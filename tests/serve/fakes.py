@@ -1,7 +1,8 @@
 """Test doubles loaded by a real server process through ``--backend tests.serve.fakes:SlowOnnxRuntime``.
 
 ONNX Runtime with injected delays/failures (read from the environment, since it runs in
-the server process): ``FAKE_LOAD_DELAY_S`` (seconds before loading), ``FAKE_RUN_DELAY_S``
+the server process): ``FAKE_LOAD_DELAY_S`` (seconds before loading), ``FAKE_LOAD_GATE`` (a
+path: loading waits until it exists, at most 300 s), ``FAKE_RUN_DELAY_S``
 (seconds per batch), ``FAKE_LOAD_FAIL`` (raise while loading), ``FAKE_RUN_FAIL_VALUE`` (raise
 when an input holds that number: a request carrying it breaks the backend, warm-up's zeros do not).
 """
@@ -20,6 +21,10 @@ from trtop.serve.types import Feeds, Outputs
 class SlowOnnxRuntime(OnnxRuntime):
     def __init__(self, path: Path, options: RuntimeOptions) -> None:
         time.sleep(float(os.environ.get("FAKE_LOAD_DELAY_S", "0")))
+        gate = os.environ.get("FAKE_LOAD_GATE")
+        deadline = time.monotonic() + 300
+        while gate and not Path(gate).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         if os.environ.get("FAKE_LOAD_FAIL"):
             raise RuntimeError("the test asked this load to fail")
         super().__init__(path, options)
