@@ -194,7 +194,8 @@ class TestDrainAndReadiness:
 
     async def test_after_sigterm_not_ready_but_serving_for_the_drain_delay(self, start_server: Start,
                                                                            affine_onnx: Path) -> None:
-        s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--drain-delay-s", "1"])
+        # 5 s of drain: the three requests below must fit in it on a loaded machine too.
+        s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--drain-delay-s", "5"])
         s.wait_ready()
         s.terminate()
         await asyncio.sleep(0.2)
