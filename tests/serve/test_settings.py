@@ -25,6 +25,8 @@ def test_grpc_port_defaults_to_tritons_and_0_turns_it_off() -> None:
     assert parse_settings([], env={}).grpc_port == 8001
     assert parse_settings([], env={names.ENV_SERVE_GRPC_PORT: "0"}).grpc_port == 0
     assert parse_settings(["--grpc-port", "9001"], env={names.ENV_SERVE_GRPC_PORT: "0"}).grpc_port == 9001
+    assert parse_settings([], env={}).gpu_io == "graphs"
+    assert parse_settings(["--gpu-io", "plain"], env={names.ENV_SERVE_GPU_IO: "bind"}).gpu_io == "plain"
 
 
 @pytest.mark.parametrize("argv,env,match", [
@@ -34,6 +36,7 @@ def test_grpc_port_defaults_to_tritons_and_0_turns_it_off() -> None:
     ([], {names.ENV_SERVE_PORT: "http"}, "TRTOP_PORT"),
     (["--grpc-port", "-1"], {}, "--grpc-port must be 0 (off) or 1-65535"),
     (["--grpc-port", "8000"], {}, "give gRPC its own port"),
+    ([], {names.ENV_SERVE_GPU_IO: "fast"}, "--gpu-io must be one of graphs, bind, plain"),
 ])
 def test_bad_settings_exit_with_usage(argv: list[str], env: dict[str, str], match: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:
