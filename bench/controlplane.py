@@ -158,7 +158,7 @@ def planned_objects(c: Cluster, n: int, ns: str, settings: Settings) -> tuple[li
         records = {e.key: record_for(e) for e in first.engines}
         served = plan_model_deployment(body, ClusterFacts(nodes=nodes, records=records), settings,
                                        now="2026-01-01T00:00:00Z")
-        serving += [m for m in (served.service, served.deployment) if m is not None]
+        serving += [m for m in (served.service, *served.units) if m is not None]
     for m in [*jobs.values(), *serving]:
         m["metadata"].pop("ownerReferences", None)
     return list(jobs.values()), serving
@@ -185,7 +185,7 @@ def floor(c: Cluster, n: int, settings: Settings) -> float:
         js = c.batch.list_namespaced_job(ns).items
         ds = c.apps.list_namespaced_deployment(ns).items
         return (sum(1 for j in js if (j.status.succeeded or 0) > 0) == len(jobs)
-                and sum(1 for d in ds if (d.status.available_replicas or 0) >= 1) == n)
+                and sum(1 for d in ds if (d.status.available_replicas or 0) >= 1) >= n)
     testing.wait_for("floor objects ready", done, timeout=3600, interval=2)
     took = time.monotonic() - started
     # The dev cluster's Service range is a /24: the floor's Services must be gone first.

@@ -45,6 +45,10 @@ class Settings:
     # A node NotReady or cordoned for less than this still counts for the targets it serves, so
     # a brief outage or a drain-and-return neither narrows serving nor rolls the pods twice.
     node_grace_seconds: float = 300.0
+    # Where serving capacity goes first (docs/autoscaling.md, "Serving units"): GPU products or
+    # compute capabilities, most preferred first ("NVIDIA-L4,9.0"); unnamed ones come after,
+    # fastest first. Empty: the fastest architecture (by verified throughput) that has free GPUs.
+    placement_preference: tuple[str, ...] = ()
     # Seconds between safety-net passes over every ModelDeployment (watches trigger the rest);
     # TRTOP_RECONCILE_INTERVAL_SECONDS.
     resync_seconds: float = 300.0
@@ -124,6 +128,8 @@ class Settings:
             metrics_host=e.get("TRTOP_METRICS_HOST", d.metrics_host),
             metrics_port=int(e.get("TRTOP_METRICS_PORT", d.metrics_port)),
             node_grace_seconds=float(e.get("TRTOP_NODE_GRACE_SECONDS", d.node_grace_seconds)),
+            placement_preference=tuple(
+                p for p in e.get("TRTOP_PLACEMENT_PREFERENCE", "").replace(",", " ").split() if p),
             resync_seconds=float(e.get("TRTOP_RECONCILE_INTERVAL_SECONDS", d.resync_seconds)),
             api_timeout_seconds=float(e.get("TRTOP_API_TIMEOUT_SECONDS", d.api_timeout_seconds)),
             store_timeout_seconds=float(e.get("TRTOP_STORE_TIMEOUT_SECONDS", d.store_timeout_seconds)),

@@ -33,13 +33,14 @@ COMPONENT_INFERENCE: Final = "inference"
 # trtop's own labels on objects it makes.
 LABEL_MODEL_DEPLOYMENT: Final = f"{GROUP}/model-deployment"
 LABEL_ENGINE_KEY: Final = f"{GROUP}/engine-key"
-LABEL_TARGET: Final = f"{GROUP}/target"
+LABEL_TARGET: Final = f"{GROUP}/target"  # a build Job's and a serving unit's architecture (Target.slug)
 
 # Annotations.
 ANNOTATION_ENGINE_REQUEST: Final = f"{GROUP}/engine-request"
 ANNOTATION_ENGINE_SET: Final = f"{GROUP}/engine-set"
 ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"
 ANNOTATION_ENGINE_KEYS: Final = f"{GROUP}/engine-keys"  # on the Deployment: the keys it serves
+ANNOTATION_TEMPLATE_HASH: Final = f"{GROUP}/template-hash"  # on a unit: hash of its pod template
 # On each object trtop applies: hash of the manifest it applied (re-applied only when it differs).
 ANNOTATION_APPLIED_HASH: Final = f"{GROUP}/applied-hash"
 

@@ -28,3 +28,22 @@ def test_a_replica_must_fit_on_one_node() -> None:
 def test_more_engines_more_capacity_and_cpu_serving_is_uncapped() -> None:
     assert schedulable_capacity(NODES, eligible=lambda n: True, gpus_per_replica=1, running_replicas=0) == 9
     assert schedulable_capacity(NODES, eligible=on_h100, gpus_per_replica=0, running_replicas=2) is None
+
+
+def test_throughput_cap_is_free_gpus_times_what_a_pod_carries_per_architecture() -> None:
+    from trtop.api.targets import Target
+    from trtop.autoscale.capacity import throughput_capacity
+
+    gfd = {"h100": ("9", "0"), "l4": ("8", "9")}
+
+    def node(name: str, kind: str, gpus: int, used: int) -> NodeFact:
+        major, minor = gfd[kind]
+        return NodeFact(name, {"nvidia.com/gpu.compute.major": major, "nvidia.com/gpu.compute.minor": minor},
+                        True, gpu_allocatable=gpus, gpu_requested=used)
+
+    nodes = (node("h100-0", "h100", 8, 6), node("l4-0", "l4", 4, 1))
+    units = [(Target("9.0"), 1.0, 6), (Target("8.9"), 0.25, 1)]
+    # H100: (6 running + 2 free) x 1.0 = 8; L4: (1 + 3) x 0.25 = 1 -> 9 capacity units.
+    assert throughput_capacity(nodes, units, gpus_per_replica=1) == 9
+    assert throughput_capacity(nodes, units[:1], gpus_per_replica=1) == 8
+    assert throughput_capacity(nodes, units, gpus_per_replica=0) is None

@@ -179,7 +179,8 @@ def test_namespaced_rbac_denies_other_namespaces(dev_cluster, namespaced_release
     install = namespaced_release
     for verb, resource, extra in [("create", "jobs.batch", ()), ("patch", "modeldeployments.trtop.io", ()),
                                   ("patch", "modeldeployments.trtop.io", ("--subresource=status",)),
-                                  ("patch", "deployments.apps", ()), ("create", "services", ()),
+                                  ("patch", "deployments.apps", ()), ("delete", "deployments.apps", ()),
+                                  ("create", "services", ()),
                                   ("create", "events", ()), ("patch", "kopfpeerings.kopf.dev", ())]:
         assert can_i(dev_cluster, install.account, verb, resource, install.served, *extra), (verb, resource, extra)
         assert not can_i(dev_cluster, install.account, verb, resource, install.other, *extra), (verb, resource, extra)

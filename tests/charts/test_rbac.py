@@ -3,7 +3,8 @@
 Cluster-wide: one ClusterRole. Namespaced: a Role per watched namespace for everything it
 changes, plus a read-only ClusterRole for what is cluster-scoped by nature (nodes, the CRDs
 and namespaces kopf observes) and no access to other namespaces' pods. No verb the operator
-does not use (no update, no delete: TTLs and owner references clean up), and update on
+does not use (no update; the one delete is a serving unit whose GPU type left: TTLs and owner
+references clean up the rest), and update on
 modeldeployments/finalizers for blockOwnerDeletion (OwnerReferencesPermissionEnforcement).
 The e2e twin (test_cluster.py) asks the real API server with `kubectl auth can-i`.
 """
@@ -21,7 +22,7 @@ IN_NAMESPACE = [
     ("trtop.io", "modeldeployments/status", {"get", "patch"}),
     ("trtop.io", "modeldeployments/finalizers", {"update"}),
     ("batch", "jobs", {"get", "list", "watch", "create"}),
-    ("apps", "deployments", {"get", "list", "watch", "create", "patch"}),
+    ("apps", "deployments", {"get", "list", "watch", "create", "patch", "delete"}),  # a unit whose GPU type left
     ("", "services", {"get", "list", "watch", "create", "patch"}),
     ("", "pods", {"get", "list", "watch"}),
     ("", "events", {"create", "patch"}),
@@ -31,12 +32,12 @@ CLUSTER_READS = [
     ("", "nodes", {"get", "list", "watch"}),
     ("apiextensions.k8s.io", "customresourcedefinitions", {"list", "watch"}),
 ]
-# Verbs nothing in trtop uses (the operator never updates or deletes what it made).
+# Verbs nothing in trtop uses (the operator never updates what it made; it deletes only serving units).
 UNUSED = [
     ("trtop.io", "modeldeployments", {"update", "delete"}),
     ("trtop.io", "modeldeployments/status", {"update"}),
     ("batch", "jobs", {"update", "patch", "delete"}),
-    ("apps", "deployments", {"update", "delete"}),
+    ("apps", "deployments", {"update"}),
     ("", "services", {"update", "delete"}),
 ]
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}

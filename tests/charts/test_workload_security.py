@@ -41,8 +41,8 @@ def pods_of_the_plan(namespace: str, settings: Settings) -> list[dict[str, Any]]
     first = plan_model_deployment(body, ClusterFacts(nodes=NODES), settings, now="2026-12-02T00:00:00Z")
     served = plan_model_deployment(body, ClusterFacts(nodes=NODES, records={e.key: record_for(e) for e in first.engines}),
                                    settings, now="2026-12-02T00:00:00Z")
-    assert first.jobs_to_create and served.deployment is not None
-    templates = [j["spec"]["template"] for j in first.jobs_to_create] + [served.deployment["spec"]["template"]]
+    assert first.jobs_to_create and served.units
+    templates = [j["spec"]["template"] for j in first.jobs_to_create] + [u["spec"]["template"] for u in served.units]
     return [{"apiVersion": "v1", "kind": "Pod",
              "metadata": {"name": f"trtop-psa-{i}", "namespace": namespace, "labels": t["metadata"]["labels"]},
              "spec": t["spec"]} for i, t in enumerate(templates)]

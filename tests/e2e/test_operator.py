@@ -59,10 +59,20 @@ def world(dev_cluster, namespace, tmp_path):
                 (md := self.md(name)) and condition(md, type_).get("status") == status
                 and md["status"].get("observedGeneration") == md["metadata"]["generation"] and md), timeout=timeout)
 
-        def affinity_terms(self, name: str) -> list:
-            d = self.apps.read_namespaced_deployment(name, namespace)
-            return d.spec.template.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution \
-                .node_selector_terms
+        def units(self, name: str) -> list:
+            """The serving units (one Deployment per GPU architecture) of md/``name``, by target slug."""
+            sel = f"{names.LABEL_MODEL_DEPLOYMENT}={name},{names.LABEL_TARGET}"
+            return sorted(self.apps.list_namespaced_deployment(namespace, label_selector=sel).items,
+                          key=lambda d: d.metadata.labels[names.LABEL_TARGET])
+
+        def unit_products(self, name: str) -> set:
+            """GPU products the units of md/``name`` admit (each unit: one node term, one architecture)."""
+            out = set()
+            for d in self.units(name):
+                (term,) = d.spec.template.spec.affinity.node_affinity \
+                    .required_during_scheduling_ignored_during_execution.node_selector_terms
+                out |= {e.values[0] for e in term.match_expressions if e.key == names.GFD_PRODUCT}
+            return out
 
     yield World()
     stand_in.stop()
@@ -97,9 +107,10 @@ def test_one_build_per_architecture_then_ready(world, dev_cluster):
     assert md["status"]["enginesReady"] == f"{len(archs)}/{len(archs)}"
     assert {e["target"] for e in md["status"]["engines"]} == archs
     assert len(world.jobs()) == len(archs) == len(world.converter.seen)
-    assert len(world.affinity_terms("resnet")) == len(archs)
-    dep = world.apps.read_namespaced_deployment("resnet", world.ns)
-    assert dep.status.ready_replicas == 2
+    units = world.units("resnet")
+    assert len(units) == len(archs) == len(world.unit_products("resnet"))  # one unit per architecture
+    assert sum(d.status.ready_replicas or 0 for d in units) == 2 == md["status"]["readyReplicas"]
+    assert {u["name"] for u in md["status"]["units"]} == {d.metadata.name for d in units}
     pods = world.core.list_namespaced_pod(world.ns, label_selector=md["status"]["selector"]).items
     nodes = {n.metadata.name: n for n in world.core.list_node().items}
     assert pods and all(names.GFD_CC_MAJOR in nodes[p.spec.node_name].metadata.labels for p in pods)
@@ -117,15 +128,17 @@ def test_new_gpu_type_joins_one_new_build_and_wider_affinity(world, dev_cluster)
     world.apply("resnet", gpu_spec())
     world.wait_condition("resnet", "Ready")
     jobs_before = {j.metadata.name: j.metadata.uid for j in world.jobs()}
-    terms_before = len(world.affinity_terms("resnet"))
+    units_before = {d.metadata.name: d.metadata.generation for d in world.units("resnet")}
     dev_cluster.add_node("t4-0", {
         names.GFD_PRODUCT: "Tesla-T4", names.GFD_CC_MAJOR: "7", names.GFD_CC_MINOR: "5",
         names.GFD_FAMILY: "turing", names.GFD_COUNT: "4", names.GFD_MEMORY: "15360"}, gpus=4)
     try:
         wait_for("a T4 build Job", lambda: len(world.jobs()) == len(jobs_before) + 1, timeout=60)
-        wait_for("affinity widened to T4", lambda: len(world.affinity_terms("resnet")) == terms_before + 1, timeout=60)
+        wait_for("a T4 unit", lambda: len(world.units("resnet")) == len(units_before) + 1, timeout=60)
         jobs_after = {j.metadata.name: j.metadata.uid for j in world.jobs()}
         assert {k: jobs_after[k] for k in jobs_before} == jobs_before  # the others were not rebuilt
+        after = {d.metadata.name: d.metadata.generation for d in world.units("resnet")}
+        assert {k: after[k] for k in units_before} == units_before  # the other units were not changed
         md = world.wait_condition("resnet", "Ready")
         assert any(e["target"] == "7.5/Tesla-T4" and e["state"] == "Ready" for e in md["status"]["engines"])
     finally:
@@ -143,8 +156,7 @@ def test_build_failure_on_one_architecture_degrades_but_serves(world, dev_cluste
     failed = next(e for e in md["status"]["engines"] if e["target"] == L4)
     assert "exit code 1" in failed["message"] or "BackoffLimitExceeded" in failed["message"], dump(failed)
     assert L4 in condition(md, "EnginesReady")["message"]
-    terms = world.affinity_terms("resnet")
-    products = {e.values[0] for t in terms for e in t.match_expressions if e.key == names.GFD_PRODUCT}
+    products = world.unit_products("resnet")
     assert "NVIDIA-L4" not in products and len(products) >= 2
     warnings = [e for e in events_for(world.core, world.ns, "resnet") if e.type == "Warning"]
     assert any(e.reason == "EngineFailed" for e in warnings)
@@ -162,15 +174,15 @@ def test_model_update_builds_new_engines_first_then_rolls(world, dev_cluster):
     world.apply("resnet", spec)
     wait_for("new build Jobs", lambda: len(world.jobs()) == 2 * len(old_keys), timeout=60)
     time.sleep(3)  # several reconciles while the new engines build
-    dep = world.apps.read_namespaced_deployment("resnet", world.ns)
-    assert dep.metadata.annotations[names.ANNOTATION_SPEC_HASH] == old_revision  # still serving the old model
+    units = world.units("resnet")
+    assert units and {d.metadata.annotations[names.ANNOTATION_SPEC_HASH] for d in units} == {old_revision}
     md = world.md("resnet")
     assert condition(md, "Reconciling")["status"] == "True"
     assert "previous model revision" in condition(md, "Reconciling")["message"]
     world.converter.hold.clear()
     md = world.wait_condition("resnet", "Ready")
-    dep = world.apps.read_namespaced_deployment("resnet", world.ns)
-    assert dep.metadata.annotations[names.ANNOTATION_SPEC_HASH] == md["status"]["modelRevision"] != old_revision
+    revisions = {d.metadata.annotations[names.ANNOTATION_SPEC_HASH] for d in world.units("resnet")}
+    assert revisions == {md["status"]["modelRevision"]} and old_revision not in revisions
     assert set(md["status"]["previousEngines"]) == old_keys  # kept for rollback
 
 
@@ -273,14 +285,13 @@ def test_an_object_trtop_does_not_control_is_never_taken_over(world, dev_cluster
     assert condition(md, "Stalled")["reason"] == "NotOwned" and "Service" in condition(md, "Stalled")["message"]
     svc = world.core.read_namespaced_service("taken", world.ns)
     assert svc.spec.selector == {"app": "web"} and not svc.metadata.owner_references
-    with pytest.raises(client.ApiException):
-        world.apps.read_namespaced_deployment("taken", world.ns)
+    assert world.units("taken") == []
 
 
 def test_a_cordoned_gpu_type_stays_served_within_the_grace_period(world, dev_cluster):
     world.apply("resnet", gpu_spec())
     world.wait_condition("resnet", "Ready")
-    dep = world.apps.read_namespaced_deployment("resnet", world.ns)
+    before = {d.metadata.name: d.metadata.generation for d in world.units("resnet")}
     nodes = [n.metadata.name for n in world.core.list_node().items
              if (n.metadata.labels or {}).get(names.GFD_PRODUCT) == "NVIDIA-L4"]
     assert nodes
@@ -288,8 +299,7 @@ def test_a_cordoned_gpu_type_stays_served_within_the_grace_period(world, dev_clu
         for n in nodes:
             dev_cluster.kubectl("cordon", n)
         time.sleep(5)
-        after = world.apps.read_namespaced_deployment("resnet", world.ns)
-        assert after.metadata.generation == dep.metadata.generation  # no roll, same targets
+        assert {d.metadata.name: d.metadata.generation for d in world.units("resnet")} == before  # no change
         assert L4 in world.md("resnet")["status"]["targets"]
     finally:
         for n in nodes:

@@ -93,7 +93,8 @@ def test_two_namespaces_with_the_same_model_get_their_own_engines(dev_cluster, n
         apps = client.AppsV1Api(api)
         for ns, key in ((namespace, key_a), (second_namespace, key_b)):
             record = json.loads((store / ns / key / "engine.json").read_text())
-            pod = apps.read_namespaced_deployment("resnet", ns).to_dict()["spec"]["template"]["spec"]
+            (unit,) = apps.list_namespaced_deployment(ns, label_selector=f"{names.LABEL_MODEL_DEPLOYMENT}=resnet").items
+            pod = unit.to_dict()["spec"]["template"]["spec"]
             container = pod["containers"][0]
             env = {e["name"]: e["value"] for e in container["env"] if e.get("value") is not None}
             (entry,) = json.loads(env[names.ENV_ENGINE_SET])

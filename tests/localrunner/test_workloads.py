@@ -24,7 +24,7 @@ from trtop.devcluster.testing import DevCluster, wait_for
 from trtop.localrunner import LocalRunner
 from trtop.planning.builds import build_job
 from trtop.planning.engines import EngineStatus, build_engine_request, job_name
-from trtop.planning.serving import build_deployment
+from trtop.planning.serving import build_unit
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +93,7 @@ def test_the_planners_build_job_and_deployment_really_run(dev_cluster: DevCluste
         assert (store / namespace / request.key / record.folder / record.artifact).is_file()  # its upload folder
 
         ready = EngineStatus(request.key, request.target, "Ready", request, record=record, job_name=building.job_name)
-        deployment = unowned(build_deployment(md, spec, [ready], 1, settings))
+        deployment = unowned(build_unit(md, spec, ready, 1, settings))
         dev_cluster.apply(deployment)
 
         def serving_pod() -> dict[str, Any] | None:

@@ -6,12 +6,13 @@ import pytest
 from trtop import names
 from trtop.api.engine import EngineRecord, TensorSpec
 from trtop.config import Settings
-from trtop.planning.facts import NodeFact
+from trtop.planning.facts import DeploymentFact, NodeFact, PodFact
 
 GPU_TYPES = {
     "h100": ("9", "0", "NVIDIA-H100-80GB-HBM3", "hopper"),
     "a100": ("8", "0", "NVIDIA-A100-SXM4-80GB", "ampere"),
     "l4": ("8", "9", "NVIDIA-L4", "ada-lovelace"),
+    "b200": ("10", "0", "NVIDIA-B200", "blackwell"),
 }
 
 
@@ -43,6 +44,22 @@ def record_for(engine) -> EngineRecord:
                         model_digest="sha256:00", versions={}, parity={"max_abs_error": 1e-6},
                         benchmark={"batch_opt": {"p50_ms": 1.0, "p99_ms": 2.0, "throughput": 100.0}},
                         build_seconds=42.0, sha256=engine.key[2:] * 4, size=1234)
+
+
+def live_of(plan, *, ready: bool = True, replicas: dict | None = None):
+    """(unit facts, pod facts) as the cluster shows them once ``plan``'s units are applied
+    (pods ready or not; ``replicas`` by unit name overrides how many pods a unit has)."""
+    units, pods = [], []
+    for m in plan.units:
+        name, ann, labels = m["metadata"]["name"], m["metadata"]["annotations"], m["metadata"]["labels"]
+        n = (replicas or {}).get(name, m["spec"]["replicas"])
+        units.append(DeploymentFact(
+            name, ann[names.ANNOTATION_ENGINE_SET], ann[names.ANNOTATION_SPEC_HASH], n, n if ready else 0, n, ready,
+            tuple(ann[names.ANNOTATION_ENGINE_KEYS].split(",")), applied_hash=ann[names.ANNOTATION_APPLIED_HASH],
+            target=labels[names.LABEL_TARGET], template_hash=ann[names.ANNOTATION_TEMPLATE_HASH], uid=f"uid-{name}"))
+        pods += [PodFact(f"{name}-{i}", labels[names.LABEL_TARGET], ann[names.ANNOTATION_TEMPLATE_HASH], ready)
+                 for i in range(n)]
+    return tuple(units), tuple(pods)
 
 
 @pytest.fixture

@@ -2,11 +2,11 @@
 import pytest
 
 from trtop import names
-from trtop.planning.facts import ClusterFacts, DeploymentFact, ObjectFact
+from trtop.planning.facts import ClusterFacts, ObjectFact
 from trtop.planning.plan import plan_model_deployment
 from trtop.planning.status import events_between, with_failure
 
-from .conftest import gpu_node, md_body, record_for
+from .conftest import gpu_node, live_of, md_body, record_for
 
 NOW = "2026-11-24T00:00:00Z"
 
@@ -20,16 +20,14 @@ def cond(status, type_):
 
 
 def served(mixed_cluster, settings, body=None):
-    """(facts with every engine Ready, the plan, a live Deployment fact matching it)."""
+    """(facts with every engine Ready and the plan's units live and ready, the plan)."""
     body = body or md_body()
     first = plan(body, ClusterFacts(nodes=mixed_cluster), settings)
     records = {e.key: record_for(e) for e in first.engines}
     p = plan(body, ClusterFacts(nodes=mixed_cluster, records=records), settings)
-    ann = p.deployment["metadata"]["annotations"]
-    live = DeploymentFact("resnet", ann[names.ANNOTATION_ENGINE_SET], ann[names.ANNOTATION_SPEC_HASH], 1, 1, 1, True,
-                          tuple(records), applied_hash=ann[names.ANNOTATION_APPLIED_HASH])
+    units, pods = live_of(p)
     svc = ObjectFact(applied_hash=p.service["metadata"]["annotations"][names.ANNOTATION_APPLIED_HASH])
-    return ClusterFacts(nodes=mixed_cluster, records=records, deployment=live, service=svc), p
+    return ClusterFacts(nodes=mixed_cluster, records=records, units=units, pods=pods, service=svc), p
 
 
 HOSTILE_SPECS = [
@@ -81,7 +79,7 @@ def test_unreadable_store_builds_nothing_and_leaves_serving_untouched(mixed_clus
     one = dict(list(facts.records.items())[:1])  # the read failed after the first key
     from dataclasses import replace
     p = plan(md_body(), replace(facts, records=one, store_error="engine store s3://x unreadable: timeout"), settings)
-    assert p.jobs_to_create == () and p.deployment is None and p.to_apply == ()
+    assert p.jobs_to_create == () and p.units == () and p.to_apply == () and p.to_delete == ()
     assert cond(p.status, "Ready")["reason"] == "StoreUnavailable"
     assert cond(p.status, "Reconciling")["status"] == "True" and "unreadable" in p.status["message"]
     assert cond(p.status, "Stalled")["status"] == "False"
@@ -90,18 +88,20 @@ def test_unreadable_store_builds_nothing_and_leaves_serving_untouched(mixed_clus
 def test_nothing_is_applied_when_live_objects_match(mixed_cluster, settings):
     facts, p = served(mixed_cluster, settings)
     again = plan(md_body(), facts, settings)
-    assert again.to_apply == () and again.deployment is not None
+    assert again.to_apply == () and len(again.units) == 3
+    assert cond(again.status, "Ready")["status"] == "True" and cond(again.status, "Reconciling")["status"] == "False"
     scaled = plan(md_body({"model": {"uri": "s3://models/resnet"}, "scaling": {"maxReplicas": 8}}), facts, settings,
                   autoscaled_replicas=3)
-    assert [m["kind"] for m in scaled.to_apply] == ["Deployment"]
+    assert [m["kind"] for m in scaled.to_apply] == ["Deployment"]  # only the unit that grows
 
 
 def test_an_object_trtop_does_not_control_is_never_taken_over(mixed_cluster, settings):
     from dataclasses import replace
-    facts, _ = served(mixed_cluster, settings)
-    p = plan(md_body(), replace(facts, deployment=replace(facts.deployment, foreign=True)), settings)
-    assert p.to_apply == () and p.deployment is None and p.jobs_to_create == ()
-    assert cond(p.status, "Stalled")["reason"] == "NotOwned" and "Deployment ml/resnet" in p.status["message"]
+    facts, p = served(mixed_cluster, settings)
+    taken = p.units[0]["metadata"]["name"]
+    p = plan(md_body(), replace(facts, foreign_units=(taken,)), settings)
+    assert p.to_apply == () and p.units == () and p.jobs_to_create == () and p.to_delete == ()
+    assert cond(p.status, "Stalled")["reason"] == "NotOwned" and f"Deployment ml/{taken}" in p.status["message"]
     p = plan(md_body(), replace(facts, service=ObjectFact(foreign=True)), settings)
     assert p.to_apply == () and cond(p.status, "Stalled")["reason"] == "NotOwned"
 

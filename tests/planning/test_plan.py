@@ -7,7 +7,7 @@ from trtop import names
 from trtop.planning.facts import ClusterFacts, DeploymentFact, JobFact
 from trtop.planning.plan import plan_model_deployment
 
-from .conftest import md_body, record_for
+from .conftest import live_of, md_body, record_for
 
 NOW = "2026-11-24T00:00:00Z"
 
@@ -20,10 +20,19 @@ def cond(status, type_):
     return next(c for c in status["conditions"] if c["type"] == type_)
 
 
+def terms(unit):
+    return unit["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+
+
+def total_replicas(p):
+    return sum(u["spec"]["replicas"] for u in p.units)
+
+
 def test_fresh_cluster_builds_one_job_per_architecture(mixed_cluster, settings):
     p = plan(md_body(), ClusterFacts(nodes=mixed_cluster), settings)
     assert len(p.jobs_to_create) == 3
-    assert p.deployment is None  # nothing to serve yet
+    assert p.units == ()  # nothing to serve yet
     names_ = {j["metadata"]["name"] for j in p.jobs_to_create}
     assert len(names_) == 3 and all(len(n) <= 63 for n in names_)
     assert p.status["phase"] == "Building" and p.status["enginesReady"] == "0/3"
@@ -67,9 +76,8 @@ def test_existing_engines_are_reused_and_served(mixed_cluster, settings):
     records = {e.key: record_for(e) for e in first.engines}
     p = plan(md_body(), ClusterFacts(nodes=mixed_cluster, records=records), settings)
     assert p.jobs_to_create == ()
-    terms = p.deployment["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
-        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-    assert len(terms) == 3
+    assert len(p.units) == 3  # one serving unit per architecture, each admitting only its own nodes
+    assert all(len(terms(u)) == 1 for u in p.units)
     assert p.status["enginesReady"] == "3/3"
     assert cond(p.status, "EnginesReady")["status"] == "True"
 
@@ -79,14 +87,16 @@ def test_serving_starts_with_first_ready_engine_and_widens(mixed_cluster, settin
     h100 = next(e for e in first.engines if e.target.cc == "9.0")
     others = {e.key: JobFact(e.job_name, e.key, "active") for e in first.engines if e is not h100}
     p1 = plan(md_body(), ClusterFacts(nodes=mixed_cluster, records={h100.key: record_for(h100)}, jobs=others), settings)
-    terms1 = p1.deployment["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
-        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-    assert len(terms1) == 1 and p1.deployment["spec"]["replicas"] == 1
+    (unit,) = p1.units
+    assert len(terms(unit)) == 1 and unit["spec"]["replicas"] == 1
+    units, pods = live_of(p1)
     all_records = {e.key: record_for(e) for e in first.engines}
-    p2 = plan(md_body(), ClusterFacts(nodes=mixed_cluster, records=all_records), settings)
-    terms2 = p2.deployment["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
-        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-    assert len(terms2) == 3
+    p2 = plan(md_body(status=p1.status), ClusterFacts(nodes=mixed_cluster, records=all_records, units=units, pods=pods),
+              settings)
+    assert len(p2.units) == 3
+    assert next(u for u in p2.units if u["metadata"]["name"] == unit["metadata"]["name"]) == unit  # untouched
+    assert [u["spec"]["replicas"] for u in p2.units if u != unit] == [0, 0]  # the asked capacity is carried
+    assert cond(p2.status, "Ready")["status"] == "True"
 
 
 def test_failure_on_one_architecture_keeps_serving_the_others(mixed_cluster, settings):
@@ -94,9 +104,8 @@ def test_failure_on_one_architecture_keeps_serving_the_others(mixed_cluster, set
     l4 = next(e for e in first.engines if e.target.cc == "8.9")
     records = {e.key: record_for(e) for e in first.engines if e is not l4}
     jobs = {l4.key: JobFact(l4.job_name, l4.key, "failed", "BackoffLimitExceeded: exit code 3: out of memory")}
-    live = DeploymentFact("resnet", "x", "y", 1, 1, 1, True)
-    p = plan(md_body(), ClusterFacts(nodes=mixed_cluster, records=records, jobs=jobs, deployment=live), settings)
-    assert p.deployment is not None and p.jobs_to_create == ()
+    p = plan(md_body(), ClusterFacts(nodes=mixed_cluster, records=records, jobs=jobs), settings)
+    assert len(p.units) == 2 and p.jobs_to_create == ()
     assert cond(p.status, "Degraded")["status"] == "True"
     assert "out of memory" in cond(p.status, "EnginesReady")["message"]
     assert p.status["phase"] in ("Degraded", "Progressing")
@@ -105,9 +114,10 @@ def test_failure_on_one_architecture_keeps_serving_the_others(mixed_cluster, set
 def test_all_builds_failed_is_stalled_and_live_deployment_left_alone(mixed_cluster, settings):
     first = plan(md_body(), ClusterFacts(nodes=mixed_cluster), settings)
     jobs = {e.key: JobFact(e.job_name, e.key, "failed", "exit code 2: unsupported op Foo") for e in first.engines}
-    live = DeploymentFact("resnet", "x", "old", 2, 2, 2, True)
-    p = plan(md_body(), ClusterFacts(nodes=mixed_cluster, jobs=jobs, deployment=live), settings)
-    assert p.deployment is None  # never takes serving down
+    live = DeploymentFact("resnet-sm90", "x", "old", 2, 2, 2, True, target="sm90")
+    p = plan(md_body(), ClusterFacts(nodes=mixed_cluster, jobs=jobs, units=(live,)), settings)
+    assert p.units == () and p.to_delete == ()  # never takes serving down
+    assert [m["kind"] for m in p.to_apply] == ["Service"]
     assert cond(p.status, "Stalled")["status"] == "True" and p.status["phase"] == "Failed"
 
 
@@ -127,17 +137,23 @@ def test_model_update_builds_first_then_rolls(mixed_cluster, settings):
     old = plan(md_body(), ClusterFacts(nodes=mixed_cluster[:2]), settings)
     old_records = {e.key: record_for(e) for e in old.engines}
     served = plan(md_body(), ClusterFacts(nodes=mixed_cluster[:2], records=old_records), settings)
-    live = DeploymentFact("resnet", served.deployment["metadata"]["annotations"][names.ANNOTATION_ENGINE_SET],
-                          served.deployment["metadata"]["annotations"][names.ANNOTATION_SPEC_HASH], 2, 2, 2, True,
-                          tuple(old_records))
-    new_body = md_body({"model": {"uri": "s3://models/resnet-v2", "format": "savedmodel"}}, generation=2)
-    building = plan(new_body, ClusterFacts(nodes=mixed_cluster[:2], records=old_records, deployment=live), settings)
-    assert len(building.jobs_to_create) == 1 and building.deployment is None
+    units, pods = live_of(served)
+    new_body = md_body({"model": {"uri": "s3://models/resnet-v2", "format": "savedmodel"}}, generation=2,
+                       status=served.status)
+    building = plan(new_body, ClusterFacts(nodes=mixed_cluster[:2], records=old_records, units=units, pods=pods),
+                    settings)
+    assert len(building.jobs_to_create) == 1 and building.units == ()
+    assert [m["kind"] for m in building.to_apply] == ["Service"]  # no unit is touched
     assert "previous model revision" in cond(building.status, "Reconciling")["message"]
+    assert cond(building.status, "Ready")["status"] == "False"
     new_records = {**old_records, **{e.key: record_for(e) for e in building.engines}}
-    rolled = plan(new_body, ClusterFacts(nodes=mixed_cluster[:2], records=new_records, deployment=live), settings)
-    assert rolled.deployment is not None
+    rolled = plan(new_body, ClusterFacts(nodes=mixed_cluster[:2], records=new_records, units=units, pods=pods),
+                  settings)
+    assert [u["metadata"]["name"] for u in rolled.to_apply if u["kind"] == "Deployment"] == [
+        u["metadata"]["name"] for u in served.units]
     assert rolled.status["previousEngines"] == list(old_records)
+    # Old pods do not count as serving the new spec: not Ready until the new ones are.
+    assert cond(rolled.status, "Ready")["status"] == "False" and rolled.status["readyReplicas"] == 0
     assert rolled.status["observedGeneration"] == 2
 
 
@@ -158,10 +174,13 @@ def test_scale_modes(mixed_cluster, settings):
     records = {e.key: record_for(e) for e in plan(md_body(), ClusterFacts(nodes=mixed_cluster), settings).engines}
     facts = ClusterFacts(nodes=mixed_cluster, records=records)
     fixed = md_body({"model": {"uri": "s3://models/resnet"}, "replicas": 3, "scaling": {"mode": "none"}})
-    assert plan(fixed, facts, settings).deployment["spec"]["replicas"] == 3
+    assert total_replicas(plan(fixed, facts, settings)) == 3
     builtin = md_body({"model": {"uri": "s3://models/resnet"}, "scaling": {"minReplicas": 2, "maxReplicas": 5}})
-    assert plan(builtin, facts, settings).deployment["spec"]["replicas"] == 2
-    assert plan(builtin, facts, settings, autoscaled_replicas=4).deployment["spec"]["replicas"] == 4
+    assert total_replicas(plan(builtin, facts, settings)) == 2
+    assert total_replicas(plan(builtin, facts, settings, autoscaled_replicas=4)) == 4
+    asked = md_body({"model": {"uri": "s3://models/resnet"}, "scaling": {"minReplicas": 2, "maxReplicas": 5}},
+                    status={"desiredReplicas": 4})  # after a restart: what was asked last time
+    assert total_replicas(plan(asked, facts, settings)) == 4
 
 
 def test_spec_errors_are_the_planned_status_not_exceptions(settings):
@@ -179,7 +198,7 @@ def test_cpu_target_serves_without_gpu(mixed_cluster, settings):
     assert names.GPU_RESOURCE not in job_pod["containers"][0]["resources"]["limits"]
     p = plan(body, ClusterFacts(nodes=mixed_cluster, records={first.engines[0].key: record_for(first.engines[0])}),
              settings)
-    ctr = p.deployment["spec"]["template"]["spec"]["containers"][0]
+    ctr = p.units[0]["spec"]["template"]["spec"]["containers"][0]
     assert names.GPU_RESOURCE not in ctr["resources"].get("limits", {})
     assert ctr["image"] == settings.server_cpu_image
 
@@ -204,7 +223,7 @@ def test_pod_labels_and_annotations_reach_build_and_serving_pods(mixed_cluster, 
     assert meta["annotations"] == {"sidecar.istio.io/inject": "false"} and meta["labels"]["team"] == "ml"
     records = {e.key: record_for(e) for e in first.engines}
     served = plan(body, ClusterFacts(nodes=mixed_cluster, records=records), settings)
-    assert served.deployment["spec"]["template"]["metadata"]["annotations"]["a"] == "b"
+    assert all(u["spec"]["template"]["metadata"]["annotations"]["a"] == "b" for u in served.units)
     refused = plan(md_body({"model": {"uri": "s3://m"}, "engine": {"podLabels": {"app.kubernetes.io/name": "x"}}}),
                    ClusterFacts(), settings)
     assert refused.spec is None and "set by trtop" in refused.status["message"]
@@ -227,7 +246,7 @@ def test_the_pod_and_the_service_expose_http_and_grpc(mixed_cluster, settings, h
     first = plan(body, ClusterFacts(nodes=mixed_cluster), settings)
     p = plan(body, ClusterFacts(nodes=mixed_cluster, records={e.key: record_for(e) for e in first.engines}),
              settings)
-    ctr = p.deployment["spec"]["template"]["spec"]["containers"][0]
+    ctr = p.units[0]["spec"]["template"]["spec"]["containers"][0]
     assert ctr["ports"] == [{"name": "http", "containerPort": http_port, "protocol": "TCP"},
                             {"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"}]
     assert ctr["command"][ctr["command"].index("--grpc-port") + 1] == str(grpc_port)

@@ -76,7 +76,7 @@ def test_builds_mount_only_their_key_and_the_timing_caches_and_serving_the_scope
     settings = Settings(store_pvc="engines")
     job = plan(in_namespace("team-a"), settings).jobs_to_create[0]
     key = job["metadata"]["labels"][names.LABEL_ENGINE_KEY]
-    deployment = served(in_namespace("team-a"), settings).deployment
+    deployment = served(in_namespace("team-a"), settings).units[0]
     root = settings.store_mount_path
     for manifest, read_only, expected in (
             (job, False, {(root, "team-a", True), (f"{root}/{key}", f"team-a/{key}", False),
@@ -93,7 +93,7 @@ def test_builds_mount_only_their_key_and_the_timing_caches_and_serving_the_scope
 def test_s3_workloads_get_their_scope_and_serving_pods_the_read_only_secret():
     settings = Settings(store_uri="s3://bucket/engines", store_secret="store-rw", store_read_secret="store-ro")
     job = plan(in_namespace("team-a"), settings).jobs_to_create[0]
-    deployment = served(in_namespace("team-a"), settings).deployment
+    deployment = served(in_namespace("team-a"), settings).units[0]
     request = json.loads(container_env(job)[names.ENV_ENGINE_REQUEST])
     assert request["store_uri"] == container_env(job)[names.ENV_STORE_URI] == "s3://bucket/engines/team-a"
     assert container_env(deployment)[names.ENV_STORE_URI] == "s3://bucket/engines/team-a"
@@ -102,7 +102,7 @@ def test_s3_workloads_get_their_scope_and_serving_pods_the_read_only_secret():
 
 
 def test_the_engine_set_pins_each_artifacts_sha256():
-    deployment = served(in_namespace("team-a"), Settings(store_pvc="engines")).deployment
+    deployment = served(in_namespace("team-a"), Settings(store_pvc="engines")).units[0]
     (entry,) = json.loads(container_env(deployment)[names.ENV_ENGINE_SET])
     assert set(entry) == {"key", "target", "backend", "artifact", "sha256", "size"}
     assert entry["sha256"] == entry["key"][2:] * 4 and entry["size"] == 1234
@@ -131,7 +131,7 @@ def test_job_failure_messages_are_redacted_in_status():
 def test_build_and_serving_pods_get_no_api_token_and_bounded_tmp():
     settings = Settings(store_pvc="engines", build_tmp_size="20Gi", serving_tmp_size="5Gi")
     job = plan(in_namespace("team-a"), settings).jobs_to_create[0]
-    deployment = served(in_namespace("team-a"), settings).deployment
+    deployment = served(in_namespace("team-a"), settings).units[0]
     for manifest, size in ((job, "20Gi"), (deployment, "5Gi")):
         pod = pod_of(manifest)
         assert pod["automountServiceAccountToken"] is False
@@ -185,7 +185,7 @@ def test_engine_tolerations_replace_the_default():
                     "serving": {"tolerations": TAINTS}}
     job = plan(body, Settings()).jobs_to_create[0]
     assert [t["key"] for t in pod_of(job)["tolerations"]] == [names.GPU_RESOURCE, "builds"]
-    deployment = served(body, Settings()).deployment
+    deployment = served(body, Settings()).units[0]
     assert [t["key"] for t in pod_of(deployment)["tolerations"]] == ["nvidia.com/gpu.product", "dedicated"]
 
 

@@ -156,11 +156,13 @@ watched namespace in namespaced mode.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create]
-# The inference Deployment and Service: server-side apply (create + patch); owner references
-# remove them with their ModelDeployment.
+# The serving units (one Deployment per GPU architecture) and the Service: server-side apply
+# (create + patch); owner references remove them with their ModelDeployment. delete: a unit
+# whose architecture left the cluster (and trtop's single Deployment from before units) goes
+# once the other units carry its load; only ever a Deployment this ModelDeployment controls.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch]

@@ -1,13 +1,14 @@
 """The builtin autoscaler's shell: read load, ``decide`` (pure), apply through reconcile.
 
 Runs as one loop per operator (no finalizer). For each ModelDeployment with
-``scaling.mode: builtin`` and a serving Deployment (all read from the watch-fed cache), every
-``TRTOP_AUTOSCALE_INTERVAL_SECONDS``: read each serving pod's load (its ``/metrics``, or
-Prometheus when ``TRTOP_PROMETHEUS_URL`` is set), cap by the GPUs the cluster can still
-host on architectures with a ready engine, decide like the HPA, and when the count
-changes, call the reconcile shell with it (so the Deployment is applied with the new
-replicas) and post an Event with the readings behind it. Decisions live in memory; after
-a restart the live Deployment's replicas are the starting point (see docs/autoscaling.md).
+``scaling.mode: builtin`` and serving units (all read from the watch-fed cache), every
+``TRTOP_AUTOSCALE_INTERVAL_SECONDS``: read every serving pod's load (its ``/metrics``, or
+Prometheus when ``TRTOP_PROMETHEUS_URL`` is set), cap by the throughput the units' GPUs
+can reach (per architecture: free GPUs x what one of its pods carries), decide like the
+HPA in capacity units (``trtop.planning.capacity``), and when the count changes, call the
+reconcile shell with it (which splits it over the units) and post an Event with the
+readings behind it. Decisions live in memory; after a restart ``status.desiredReplicas``
+is the starting point (see docs/autoscaling.md).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from trtop.api.errors import SpecError
 from trtop.api.spec import parse_spec
 from trtop.api.targets import Target
 from trtop.autoscale import Decision, Observation, ScalingHistory, decide, policy_from_spec
-from trtop.autoscale.capacity import schedulable_capacity
+from trtop.autoscale.capacity import throughput_capacity
 from trtop.autoscale.load import LoadSource, endpoint_from_pod, open_load_source
 from trtop.config import Settings
 from trtop.handlers import metrics
@@ -30,7 +31,6 @@ from trtop.k8s import peering
 from trtop.k8s.cache import CACHE
 from trtop.k8s.events import patch_status, post_event
 from trtop.planning.facts import NodeFact
-from trtop.planning.targets import nodes_for_target
 
 log = logging.getLogger(__name__)
 
@@ -61,26 +61,27 @@ async def _autoscale_one(body: dict[str, Any], settings: Settings, source: LoadS
     if spec.scaling.mode != "builtin" or meta.get("deletionTimestamp"):
         STATES.pop(meta["uid"], None)
         return
-    live = CACHE.deployment((meta["namespace"], meta["name"]), meta["uid"])
-    if live is None or live.foreign:
+    units = CACHE.units(meta["uid"])
+    if not units:
         return
     pods = CACHE.serving_pods((meta["namespace"], meta["name"]))
     endpoints = [e for e in (endpoint_from_pod(p, spec.serving.port) for p in pods) if e is not None]
     reading = await source.read(endpoints, spec.scaling.metric)
     status = body.get("status") or {}
-    served_keys = set(status.get("servedEngines") or [])
-    served = []
-    for entry in status.get("engines") or []:
+    current = status.get("desiredReplicas")
+    if isinstance(current, bool) or not isinstance(current, int) or current < 0:
+        current = sum(u.replicas for u in units)
+    serving = []
+    for entry in status.get("units") or []:
         try:
-            if entry.get("state") == "Ready" and entry.get("key") in served_keys:
-                served.append(Target.parse(str(entry["target"])))
+            if entry.get("state") == "Serving":
+                serving.append((Target.parse(str(entry["target"])), float(entry["capacityPerReplica"]),
+                                int(entry["replicas"])))
         except (ValueError, KeyError, AttributeError, TypeError):
             continue  # a status entry someone else wrote: not ours to trust
-    gpu = any(not t.is_cpu for t in served)
-    eligible = {n.name for t in served for n in nodes_for_target(t, nodes)}
-    capacity = schedulable_capacity(nodes, eligible=lambda n: n.name in eligible,
-                                    gpus_per_replica=1 if gpu else 0, running_replicas=live.replicas)
-    observation = Observation(at=time.time(), current_replicas=live.replicas, pods=reading.samples,
+    gpu = any(not t.is_cpu for t, _, _ in serving)
+    capacity = throughput_capacity(nodes, serving, gpus_per_replica=1 if gpu else 0) if serving else None
+    observation = Observation(at=time.time(), current_replicas=current, pods=reading.samples,
                               schedulable_capacity=capacity)
     state = STATES.setdefault(meta["uid"], ScaleState(ScalingHistory()))
     decision, state.history = decide(policy_from_spec(spec.scaling), observation, state.history)

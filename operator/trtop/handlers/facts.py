@@ -18,6 +18,7 @@ from trtop.k8s import observe
 from trtop.k8s.cache import CACHE
 from trtop.planning.facts import ClusterFacts
 from trtop.planning.plan import wanted_engine_keys
+from trtop.planning.serving import unit_name
 from trtop.store import EngineStore, open_store, scoped_uri
 
 READY_RECORDS: dict[EngineKey, EngineRecord] = {}
@@ -30,19 +31,31 @@ def store_client(uri: str) -> EngineStore:
 
 
 def gather(body: Mapping[str, Any], settings: Settings) -> ClusterFacts:
-    """Facts from the watch-fed cache. A Deployment or Service the cache does not hold may
-    still exist without trtop's labels (someone else's): one GET says, so it is never taken over."""
+    """Facts from the watch-fed cache. A unit name trtop is about to take that the cache does
+    not hold may still exist without trtop's labels (someone else's): one GET says, so it is
+    never taken over; likewise for the Service."""
     meta = body["metadata"]
     ns, name, uid = meta["namespace"], meta["name"], str(meta.get("uid", ""))
     key = (ns, name)
     at = time.time()
     nodes = CACHE.nodes()
     records, store_error = known_records(wanted_engine_keys(body, nodes, at, settings), settings, ns)
-    deployment = (CACHE.deployment(key, uid) if CACHE.knows_deployment(key)
-                  else observe.observe_deployment(ns, name, uid))
+    # The Deployment named like the object: trtop's single Deployment from before serving units.
+    legacy = CACHE.deployment(key, uid) if CACHE.knows_deployment(key) else None
+    if legacy is not None and (legacy.foreign or legacy.target):
+        legacy = None  # someone else's, or a unit of another ModelDeployment: not ours to move
     service = CACHE.service(key, uid) if CACHE.knows_service(key) else observe.observe_service(ns, name, uid)
-    return ClusterFacts(nodes=nodes, jobs=CACHE.jobs(ns), records=records, deployment=deployment,
-                        service=service, store_error=store_error, now=at)
+    foreign = []
+    for unit in sorted({unit_name(name, r.target) for r in records.values()}):
+        if CACHE.knows_deployment((ns, unit)):
+            fact = CACHE.deployment((ns, unit), uid)
+        else:
+            fact = observe.observe_deployment(ns, unit, uid)
+        if fact is not None and fact.foreign:
+            foreign.append(unit)
+    return ClusterFacts(nodes=nodes, jobs=CACHE.jobs(ns), records=records, units=CACHE.units(uid), deployment=legacy,
+                        pods=CACHE.pod_facts(key), foreign_units=tuple(foreign), service=service,
+                        store_error=store_error, now=at)
 
 
 def known_records(keys: tuple[EngineKey, ...], settings: Settings,

@@ -3,7 +3,8 @@
 kopf's handlers, the safety-net resync and the autoscaler all call ``reconcile``. One way
 through: gather facts -> plan once (pure; the invalid-spec status included) -> create the
 missing build Jobs -> apply only the objects whose content differs from the live ones
-(applied-hash) -> write the status only when it changed, guarded by the object's
+(applied-hash), delete serving units whose architecture left once the others carry their
+load -> write the status only when it changed, guarded by the object's
 resourceVersion -> post one Event saying what changed (engines, phase, failures).
 
 Every failure ends as a condition, never as a traceback: a 4xx of the API server is
@@ -29,7 +30,7 @@ from trtop.config import Settings
 from trtop.handlers import metrics
 from trtop.handlers.facts import gather
 from trtop.handlers.scale_state import last_decision
-from trtop.k8s.apply import apply, create_job
+from trtop.k8s.apply import apply, create_job, delete_deployment
 from trtop.k8s.cache import CACHE
 from trtop.k8s.errors import Failure, from_api_exception, from_transport_error
 from trtop.k8s.events import patch_status, post_event
@@ -87,6 +88,9 @@ def _reconcile(body: Mapping[str, Any], settings: Settings, autoscaled: int | No
             (f"creating build Job {j['metadata']['name']}", _create_claimed, j) for j in claimed]
         calls += [(f"applying {m['kind']} {m['metadata']['namespace']}/{m['metadata']['name']}", apply, m)
                   for m in plan.to_apply]
+        ns = body["metadata"]["namespace"]
+        calls += [(f"deleting Deployment {ns}/{d.name}", _delete_unit, {"metadata": {
+            "namespace": ns, "name": d.name, "uid": d.uid}}) for d in plan.to_delete]
         doing = "creating build Jobs and applying objects"
         writes += _all_at_once(body, calls)
     except _Doing as wrapped:
@@ -115,6 +119,11 @@ def _failure_of(e: BaseException | None, doing: str) -> Failure:
     if isinstance(e, (HTTPError, OSError, TimeoutError)):
         return from_transport_error(e, doing)
     raise e if e is not None else RuntimeError(doing)
+
+
+def _delete_unit(ref: Mapping[str, Any]) -> bool:
+    meta = ref["metadata"]
+    return delete_deployment(meta["namespace"], meta["name"], meta["uid"])
 
 
 def _create_claimed(job: Mapping[str, Any]) -> bool:

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from trtop import names
@@ -42,6 +43,21 @@ def create_job(manifest: Mapping[str, Any]) -> bool:
     except ApiException as e:
         if e.status == 409:
             log.debug("Job %s already exists", manifest["metadata"]["name"])
+            return False
+        raise
+    return True
+
+
+def delete_deployment(namespace: str, name: str, uid: str) -> bool:
+    """Delete one Deployment, only if it is still the object ``uid`` (a preconditioned delete);
+    its pods go with it (background propagation). False when it is gone already."""
+    c = get_clients()
+    try:
+        c.apps.delete_namespaced_deployment(name, namespace, body=client.V1DeleteOptions(
+            preconditions=client.V1Preconditions(uid=uid) if uid else None, propagation_policy="Background"),
+            _request_timeout=timeout())
+    except ApiException as e:
+        if e.status == 404:
             return False
         raise
     return True

@@ -4,7 +4,8 @@ kopf streams the events (``trtop.handlers.main`` registers one ``on.event`` per 
 each ``on_<kind>`` here updates the index and returns the ModelDeployments the change may
 concern, which the caller puts on the work queue. A reconcile then reads memory: nodes
 (GPU labels, allocatable, schedulable, GPUs requested by pods), build Jobs by engine key
-(with their failed pods' termination messages), serving Deployments and Services by name,
+(with their failed pods' termination messages), serving Deployments (by name and by owner:
+the units of a ModelDeployment) and Services by name,
 serving pods by ModelDeployment, and the ModelDeployments themselves.
 
 Thread-safety: events arrive on the event loop, reconciles run in worker threads; every
@@ -23,8 +24,10 @@ from trtop.api.engine import EngineKey
 from trtop.api.errors import SpecError
 from trtop.api.spec import ModelDeploymentSpec, parse_spec
 from trtop.api.targets import Target, gpu_target_of_node
-from trtop.k8s.observe import USER_ERROR_EXIT, controller_uid, deployment_fact, node_fact, object_fact, termination, waiting
-from trtop.planning.facts import DeploymentFact, JobFact, NodeFact, ObjectFact
+from trtop.k8s.observe import (
+    USER_ERROR_EXIT, controller_uid, deployment_fact, node_fact, object_fact, pod_fact, termination, waiting,
+)
+from trtop.planning.facts import DeploymentFact, JobFact, NodeFact, ObjectFact, PodFact
 from trtop.planning.targets import node_matches_selector
 
 Key = tuple[str, str]  # (namespace, name) of a ModelDeployment
@@ -70,6 +73,7 @@ class ClusterCache:
         self._serving_pods: defaultdict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
         self._jobs: defaultdict[str, dict[EngineKey, dict[str, Any]]] = defaultdict(dict)
         self._deployments: dict[Key, dict[str, Any]] = {}
+        self._deployments_by_owner: defaultdict[str, set[Key]] = defaultdict(set)  # controller uid -> keys
         self._services: dict[Key, dict[str, Any]] = {}
         self.users_of_key: defaultdict[EngineKey, set[Key]] = defaultdict(set)  # filled after each plan
 
@@ -223,17 +227,34 @@ class ClusterCache:
                     concerned = sorted(k for k in self.users_of_key.get(engine_key, set()) if k[0] == key[0])
             md = labels.get(names.LABEL_MODEL_DEPLOYMENT)
             if md and labels.get(names.LABEL_COMPONENT) == names.COMPONENT_INFERENCE:
-                pods = self._serving_pods[(key[0], str(md))]
+                owner = (key[0], str(md))
+                pods = self._serving_pods[owner]
+                was = pods.get(key[1])
                 if event == "DELETED":
                     pods.pop(key[1], None)
                 else:
-                    pods[key[1]] = {"metadata": {k: meta.get(k) for k in ("name", "namespace", "deletionTimestamp")},
+                    ann = meta.get("annotations") or {}
+                    pods[key[1]] = {"metadata": {**{k: meta.get(k) for k in ("name", "namespace", "deletionTimestamp")},
+                                                 "labels": {k: v for k, v in labels.items() if k == names.LABEL_TARGET},
+                                                 "annotations": {k: v for k, v in ann.items()
+                                                                 if k == names.ANNOTATION_TEMPLATE_HASH}},
                                     "status": {k: status.get(k) for k in ("phase", "conditions", "podIP")}}
+                after = pods.get(key[1])
+                # Ready capacity counts ready pods: a serving pod turning ready (or going) is news to
+                # its ModelDeployment; its other updates are not.
+                if (was is None) != (after is None) or (
+                        was is not None and after is not None and pod_fact(was).ready != pod_fact(after).ready):
+                    return [owner] if owner in self.mds else []
         return concerned
 
     def serving_pods(self, key: Key) -> list[dict[str, Any]]:
         with self._lock:
             return list(self._serving_pods.get(key, {}).values())
+
+    def pod_facts(self, key: Key) -> tuple[PodFact, ...]:
+        """The serving pods of a ModelDeployment: unit, template, ready."""
+        with self._lock:
+            return tuple(pod_fact(p) for _, p in sorted(self._serving_pods.get(key, {}).items()))
 
     # Jobs, Deployments, Services -----------------------------------------------------------
     def on_job(self, event: str, body: Mapping[str, Any]) -> list[Key]:
@@ -296,7 +317,14 @@ class ClusterCache:
             return out
 
     def on_deployment(self, event: str, body: Mapping[str, Any]) -> list[Key]:
-        return self._owned(self._deployments, event, body)
+        key = _key(body)
+        with self._lock:
+            before = self._deployments.get(key)
+            if before is not None:
+                self._deployments_by_owner[controller_uid(before)].discard(key)
+            if event != "DELETED":
+                self._deployments_by_owner[controller_uid(body)].add(key)
+            return self._owned(self._deployments, event, body)
 
     def on_service(self, event: str, body: Mapping[str, Any]) -> list[Key]:
         return self._owned(self._services, event, body)
@@ -317,6 +345,13 @@ class ClusterCache:
         with self._lock:
             d = self._deployments.get(key)
             return None if d is None else deployment_fact(d, owner_uid)
+
+    def units(self, owner_uid: str) -> tuple[DeploymentFact, ...]:
+        """The serving units a ModelDeployment controls (Deployments with an architecture label)."""
+        with self._lock:
+            found = (self._deployments.get(k) for k in sorted(self._deployments_by_owner.get(owner_uid, ())))
+            return tuple(deployment_fact(d, owner_uid) for d in found
+                         if d is not None and ((d["metadata"].get("labels") or {}).get(names.LABEL_TARGET)))
 
     def service(self, key: Key, owner_uid: str) -> ObjectFact | None:
         with self._lock:

@@ -1,7 +1,7 @@
 """Gather the planner's facts from the cluster and the engine store.
 
 Nodes (labels, schedulable, GPUs allocatable and requested), this namespace's build
-Jobs (state + the converter's termination message), the serving Deployment, and the
+Jobs (state + the converter's termination message), serving Deployments, and the
 store records of the keys the spec needs. Objects are read as the plain dicts the API
 sends. Read errors of the store become ``ClusterFacts.store_error`` so the planner never
 mistakes "could not look" for "gone".
@@ -22,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from trtop import names
 from trtop.api.engine import EngineKey, EngineRecord
 from trtop.k8s.client import get_clients, plain, timeout
-from trtop.planning.facts import DeploymentFact, JobFact, NodeFact, ObjectFact
+from trtop.planning.facts import DeploymentFact, JobFact, NodeFact, ObjectFact, PodFact
 from trtop.store import EngineStore
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,17 @@ def deployment_fact(d: Mapping[str, Any], owner_uid: str | None = None) -> Deplo
         available=_true(st.get("conditions"), "Available") is not None, engine_keys=keys,
         foreign=owner_uid is not None and controller_uid(d) != owner_uid,
         applied_hash=ann.get(names.ANNOTATION_APPLIED_HASH, ""),
+        target=str((d["metadata"].get("labels") or {}).get(names.LABEL_TARGET, "")),
+        template_hash=ann.get(names.ANNOTATION_TEMPLATE_HASH, ""), uid=str(d["metadata"].get("uid", "")),
     )
+
+
+def pod_fact(pod: Mapping[str, Any]) -> PodFact:
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    ready = (not meta.get("deletionTimestamp") and status.get("phase") == "Running"
+             and _true(status.get("conditions"), "Ready") is not None)
+    return PodFact(str(meta.get("name", "")), str((meta.get("labels") or {}).get(names.LABEL_TARGET, "")),
+                   str((meta.get("annotations") or {}).get(names.ANNOTATION_TEMPLATE_HASH, "")), ready)
 
 
 def observe_service(namespace: str, name: str, owner_uid: str) -> ObjectFact | None:

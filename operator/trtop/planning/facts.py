@@ -46,6 +46,19 @@ class DeploymentFact:
     engine_keys: tuple[EngineKey, ...] = ()  # keys it serves (to keep them for rollback)
     foreign: bool = False  # not controlled by this ModelDeployment: never ours to change
     applied_hash: str = ""  # ANNOTATION_APPLIED_HASH: what trtop last applied
+    target: str = ""  # LABEL_TARGET: the architecture of a serving unit ("" for the old single Deployment)
+    template_hash: str = ""  # ANNOTATION_TEMPLATE_HASH: the pod template it runs
+    uid: str = ""  # the object's own uid (a delete names it, so only this object can go)
+
+
+@dataclass(frozen=True)
+class PodFact:
+    """A serving pod of this ModelDeployment (from the watch-fed cache)."""
+
+    name: str
+    target: str = ""  # LABEL_TARGET of its unit ("" for a pod of the old single Deployment)
+    template_hash: str = ""  # ANNOTATION_TEMPLATE_HASH: the unit template it was made from
+    ready: bool = False  # Running, Ready, not being deleted
 
 
 @dataclass(frozen=True)
@@ -61,7 +74,14 @@ class ClusterFacts:
     nodes: tuple[NodeFact, ...] = ()
     jobs: Mapping[EngineKey, JobFact] = field(default_factory=dict)
     records: Mapping[EngineKey, EngineRecord] = field(default_factory=dict)
+    # The serving units: Deployments this ModelDeployment controls that carry an architecture label.
+    units: tuple[DeploymentFact, ...] = ()
+    # A Deployment named like the ModelDeployment: the single Deployment of trtop before serving
+    # units (moved to units, then deleted), or someone else's (then left alone).
     deployment: DeploymentFact | None = None
+    pods: tuple[PodFact, ...] = ()  # this ModelDeployment's serving pods
+    # Objects named like a unit trtop is about to create that it does not control (never taken over).
+    foreign_units: tuple[str, ...] = ()
     service: ObjectFact | None = None
     store_error: str = ""  # the store could not be read this time: never treat engines as gone
     now: float = 0.0  # epoch seconds the facts describe (0: unknown, no node grace period applies)

@@ -1,9 +1,13 @@
-"""The inference Deployment and Service: pods that load the engine matching their GPU.
+"""A serving unit's Deployment and the ModelDeployment's one Service.
 
-Node affinity admits only architectures with a Ready engine; the engine set travels in
-``TRTOP_ENGINE_SET`` and the server picks its own by compute capability at start-up
-(the idea of Triton's ``cc_model_filenames``). When GPU engines exist, CPU engines are
-left out (one pod template cannot both request and not request a GPU).
+One unit per (ModelDeployment, architecture): its pod template names exactly that
+architecture's engine (``TRTOP_ENGINE_SET`` with one entry: key, artifact, pinned sha256)
+and admits only that architecture's nodes, so nothing in it depends on which other
+architectures exist: a type joining or leaving never changes another unit's pods. The
+Service selects every unit's pods (its selector has no architecture label; each unit's
+has). When GPU engines exist, CPU engines are not served (see ``servable``). The server
+still checks at start-up that its engine matches its device (``trtop.serve.selection``).
+Called by ``trtop.planning.units``.
 """
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from trtop import names
-from trtop.api.engine import EngineKey
 from trtop.api.spec import ModelDeploymentSpec
+from trtop.api.targets import Target
+from trtop.api.validation import NAME_MAX
 from trtop.config import Settings
 from trtop.planning.common import (
     CONTAINER_SECURITY_CONTEXT, GPU_TOLERATION, NO_API_TOKEN, POD_SECURITY_CONTEXT, Manifest, labels,
@@ -26,7 +31,7 @@ SERVER_CONTAINER = "server"
 
 
 def servable(engines: Iterable[EngineStatus]) -> list[EngineStatus]:
-    """Ready engines the Deployment will serve: GPU ones when any exist, else CPU ones."""
+    """Ready engines to serve, one unit each: GPU ones when any exist, else CPU ones."""
     ready = [e for e in engines if e.state == "Ready" and e.record is not None]
     gpu = [e for e in ready if not e.target.is_cpu]
     return sorted(gpu or ready, key=lambda e: e.target)
@@ -61,18 +66,35 @@ def selector_string(md_name: str) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(md_name).items()))
 
 
+def unit_selector_labels(md_name: str, target: Target) -> dict[str, str]:
+    """A unit's selector: the Service's plus its architecture (units never adopt each other's pods)."""
+    return {**selector_labels(md_name), names.LABEL_TARGET: target.slug}
+
+
+def unit_name(md_name: str, target: Target) -> str:
+    """``<md>-<target slug>`` (``resnet-sm90``), a DNS-1123 label of at most 63 characters: a
+    long name is cut and given a hash of the whole so two units never share a name."""
+    name = f"{md_name}-{target.slug}"
+    if len(name) <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    keep = NAME_MAX - len(target.slug) - len(digest) - 2
+    return f"{md_name[:keep].rstrip('-')}-{digest}-{target.slug}"
+
+
 def grpc_port(http_port: int) -> int:
     """The pod's and the Service's gRPC port: Triton's 8001, or the next one when HTTP has taken it."""
     return names.SERVE_GRPC_PORT if http_port != names.SERVE_GRPC_PORT else http_port + 1
 
 
-def build_deployment(
-    md: Mapping[str, Any], spec: ModelDeploymentSpec, engines: Sequence[EngineStatus], replicas: int,
-    settings: Settings,
+def build_unit(
+    md: Mapping[str, Any], spec: ModelDeploymentSpec, engine: EngineStatus, replicas: int, settings: Settings,
 ) -> Manifest:
+    """The Deployment of ``engine``'s unit with ``replicas`` pods."""
     meta = md["metadata"]
     md_name = meta["name"]
-    gpu = any(not e.target.is_cpu for e in engines)
+    engines = [engine]
+    gpu = not engine.target.is_cpu
     env, env_from, volumes, mounts = store_access(settings, settings.store_scope(meta["namespace"]),
                                                   tmp_size=settings.serving_tmp_size)
     env += [
@@ -85,7 +107,7 @@ def build_deployment(
     resources: dict[str, Any] = json.loads(json.dumps(spec.serving.resources)) if spec.serving.resources else {}
     if gpu:
         resources.setdefault("limits", {})[names.GPU_RESOURCE] = "1"
-    pod_labels = labels(md_name, names.COMPONENT_INFERENCE)
+    pod_labels = labels(md_name, names.COMPONENT_INFERENCE, {names.LABEL_TARGET: engine.target.slug})
     revision = model_revision(spec)
     set_hash = engine_set_hash(engines)
     port = spec.serving.port
@@ -93,7 +115,7 @@ def build_deployment(
         **NO_API_TOKEN,
         "securityContext": POD_SECURITY_CONTEXT,
         "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-            "nodeSelectorTerms": [target_node_term(e.target) for e in engines]}}},
+            "nodeSelectorTerms": [target_node_term(engine.target)]}}},
         "tolerations": [GPU_TOLERATION, *spec.serving.tolerations] if gpu else list(spec.serving.tolerations),
         "terminationGracePeriodSeconds": 60,
         "containers": [{
@@ -122,30 +144,39 @@ def build_deployment(
         pod_spec["nodeSelector"] = dict(spec.serving.node_selector)
     if settings.workload_service_account:
         pod_spec["serviceAccountName"] = settings.workload_service_account
+    template: dict[str, Any] = {
+        "metadata": {"labels": {**spec.serving.pod_labels, **pod_labels}, "annotations": {
+            **spec.serving.pod_annotations,
+            names.ANNOTATION_SPEC_HASH: revision, names.ANNOTATION_ENGINE_SET: set_hash,
+            "prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+            "prometheus.io/path": "/metrics"}},
+        "spec": pod_spec,
+    }
+    pods = template_hash(template)  # of the template without it: the same template, the same hash
+    template["metadata"]["annotations"][names.ANNOTATION_TEMPLATE_HASH] = pods
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {
-            "name": md_name, "namespace": meta["namespace"], "labels": pod_labels,
+            "name": unit_name(md_name, engine.target), "namespace": meta["namespace"], "labels": pod_labels,
             "annotations": {names.ANNOTATION_SPEC_HASH: revision, names.ANNOTATION_ENGINE_SET: set_hash,
-                            names.ANNOTATION_ENGINE_KEYS: ",".join(e.key for e in engines)},
+                            names.ANNOTATION_ENGINE_KEYS: engine.key,
+                            names.ANNOTATION_TEMPLATE_HASH: pods},
             "ownerReferences": [owner_reference(md)],
         },
         "spec": {
             "replicas": replicas,
-            "selector": {"matchLabels": selector_labels(md_name)},
+            "selector": {"matchLabels": unit_selector_labels(md_name, engine.target)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {
                 "maxSurge": _int_or_str(spec.rollout.max_surge),
                 "maxUnavailable": _int_or_str(spec.rollout.max_unavailable)}},
-            "template": {
-                "metadata": {"labels": {**spec.serving.pod_labels, **pod_labels}, "annotations": {
-                    **spec.serving.pod_annotations,
-                    names.ANNOTATION_SPEC_HASH: revision, names.ANNOTATION_ENGINE_SET: set_hash,
-                    "prometheus.io/scrape": "true", "prometheus.io/port": str(port),
-                    "prometheus.io/path": "/metrics"}},
-                "spec": pod_spec,
-            },
+            "template": template,
         },
     }
+
+
+def template_hash(template: Mapping[str, Any]) -> str:
+    """What a unit's pods are: equal hashes, same pods (replicas are not part of it)."""
+    return hashlib.sha256(json.dumps(template, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def build_service(md: Mapping[str, Any], spec: ModelDeploymentSpec) -> Manifest:
@@ -160,10 +191,6 @@ def build_service(md: Mapping[str, Any], spec: ModelDeploymentSpec) -> Manifest:
                            {"name": "grpc", "port": grpc_port(spec.serving.port), "targetPort": "grpc",
                             "protocol": "TCP", "appProtocol": "grpc"}]},
     }
-
-
-def served_keys(engines: Sequence[EngineStatus]) -> tuple[EngineKey, ...]:
-    return tuple(e.key for e in engines)
 
 
 def _int_or_str(value: str) -> int | str:

@@ -13,7 +13,7 @@ from typing import Any
 
 from trtop import names
 from trtop.planning.engines import EngineStatus
-from trtop.planning.facts import DeploymentFact
+from trtop.planning.units import Serving
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,11 @@ def engine_entry(e: EngineStatus) -> dict[str, Any]:
 
 
 def conditions_for(
-    engines: Sequence[EngineStatus], deployment: DeploymentFact | None, desired_replicas: int,
-    *, rollout_pending: bool, hold_message: str, scaling_limit: str = "",
+    engines: Sequence[EngineStatus], serving: Serving, *, hold_message: str, scaling_limit: str = "",
 ) -> list[Condition]:
+    """Conditions of one plan. Ready = serving the current spec with the capacity asked for:
+    an engine building for a joining architecture, or a unit coming or going while the others
+    carry the load, leaves it True (Reconciling says what is still moving)."""
     ready = [e for e in engines if e.state == "Ready"]
     failed = [e for e in engines if e.state in ("Failed", "Unschedulable")]
     busy = [e for e in engines if e.state in ("Building", "Pending")]
@@ -73,28 +75,26 @@ def conditions_for(
         conds.append(Condition(names.COND_ENGINES_READY, False, "Building",
                                f"{len(ready)}/{len(engines)} engines ready; building: "
                                + ", ".join(str(e.target) for e in busy)))
-    ready_replicas = deployment.ready_replicas if deployment else 0
-    if deployment is not None and desired_replicas == 0 and deployment.replicas == 0:
+    capacity = f"{serving.ready:g}/{serving.desired:g} replicas of capacity ready"
+    if serving.exists and serving.desired == 0 and serving.live == 0:
         conds.append(Condition(names.COND_AVAILABLE, True, "ScaledToZero", "scaled to zero replicas"))
-    elif deployment is not None and deployment.available and ready_replicas > 0:
-        conds.append(Condition(names.COND_AVAILABLE, True, "MinimumReplicasAvailable",
-                               f"{ready_replicas}/{deployment.replicas} serving replicas ready"))
-    elif deployment is None:
+    elif serving.ready > 0:
+        conds.append(Condition(names.COND_AVAILABLE, True, "MinimumReplicasAvailable", capacity))
+    elif not serving.exists:
         conds.append(Condition(names.COND_AVAILABLE, False, "NoServingDeployment",
                                "serving starts once an engine is ready"))
     else:
-        conds.append(Condition(names.COND_AVAILABLE, False, "ReplicasNotReady",
-                               f"{ready_replicas}/{deployment.replicas} serving replicas ready"))
+        conds.append(Condition(names.COND_AVAILABLE, False, "ReplicasNotReady", capacity))
     reconciling_why = []
     if busy:
         reconciling_why.append(f"building {len(busy)} engine(s)")
-    if rollout_pending:
-        reconciling_why.append("rolling out the serving Deployment")
+    if serving.rollout_pending:
+        reconciling_why.append(serving.rollout_pending)
     if hold_message:
         reconciling_why.append(hold_message)
     conds.append(Condition(names.COND_RECONCILING, bool(reconciling_why),
                            "Progressing" if reconciling_why else "Reconciled",
-                           "; ".join(reconciling_why) or "everything matches the spec"))
+                           "; ".join(reconciling_why)[:2048] or "everything matches the spec"))
     stalled_reason = ""
     if not engines:
         stalled_reason = "NoTargets"
@@ -110,11 +110,14 @@ def conditions_for(
     else:
         conds.append(Condition(names.COND_SCALING_LIMITED, False, "WithinCapacity", "the cluster can host the desired replicas"))
     available = next(c for c in conds if c.type == names.COND_AVAILABLE).status
-    is_ready = available and not reconciling_why and not stalled_reason
+    is_ready = (available and serving.exists and serving.capacity_met and not hold_message and not stalled_reason)
+    why_not = [c.message for c in conds if c.type == names.COND_STALLED and c.status]
+    if not why_not and available and not serving.capacity_met:
+        why_not.append(capacity)
+    why_not += [m for m in reconciling_why if m not in why_not]
     conds.insert(0, Condition(names.COND_READY, is_ready, "Ready" if is_ready else "NotReady",
                               "serving the current spec" if is_ready else
-                              "; ".join(c.message for c in conds if c.type in (names.COND_STALLED, names.COND_RECONCILING)
-                                        and c.status) or conds[1].message))
+                              "; ".join(why_not)[:2048] or conds[1].message))
     return conds
 
 

@@ -1,7 +1,7 @@
 """Which engine of the engine set this pod runs: the one whose target matches the local device.
 
-The operator passes every servable engine in ``TRTOP_ENGINE_SET`` (one Deployment spans
-several GPU architectures); each pod picks its own at start-up, like Triton's
+The operator passes its unit's engine in ``TRTOP_ENGINE_SET`` (a set of one: one serving
+unit per GPU architecture); each pod still picks and checks its own at start-up, like Triton's
 ``cc_model_filenames``. Preference: an engine built for this exact GPU product, then
 one built for this compute capability, then a CPU (ONNX Runtime) engine, which runs
 anywhere. No match is a start-up failure whose message lists both sides.

@@ -1,0 +1,208 @@
+"""Serving units on the dev cluster: GPU types join and leave without touching anyone else.
+
+The real operator and control plane, kwok GPU pools sized so that the capacity split puts
+pods on several architectures, the converter's stand-in. A watcher polls every
+ModelDeployment's Ready condition for the whole test: it must never drop.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from trtop import names
+from trtop.config import Settings
+from trtop.devcluster.pools import Gpu, Pool
+from trtop.k8s.observe import node_fact
+from trtop.planning.facts import ClusterFacts
+from trtop.planning.plan import plan_model_deployment
+
+from .operator_harness import (
+    ConverterStandIn, OperatorProcess, condition, get_md, load_clients, publish_fake_engine, wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+GRACE = "3"  # seconds a cordoned node keeps its GPU type (the operator's TRTOP_NODE_GRACE_SECONDS)
+
+
+def pool(name: str, product: str, cc: str, gpus: int) -> Pool:
+    return Pool(name=name, count=1, cpu="64", memory="512Gi", gpu=Gpu(product, cc, gpus))
+
+
+POOLS = [pool("u-h100", "NVIDIA-H100-80GB-HBM3", "9.0", 2), pool("u-a100", "NVIDIA-A100-SXM4-80GB", "8.0", 2),
+         pool("u-l4", "NVIDIA-L4", "8.9", 3)]
+B200 = pool("u-b200", "NVIDIA-B200", "10.0", 4)
+
+
+def spec(replicas: int) -> dict:
+    return {"model": {"uri": "s3://models/resnet50", "format": "savedmodel"},
+            "engine": {"batch": {"min": 1, "opt": 4, "max": 16},
+                       "podAnnotations": {names.ANNOTATION_KWOK_COMPLETE_AFTER: "1s"}},
+            "scaling": {"mode": "none"}, "replicas": replicas}
+
+
+class ReadyWatch(threading.Thread):
+    """Polls Ready of the named ModelDeployments; remembers every reading that was not True."""
+
+    def __init__(self, custom: client.CustomObjectsApi, namespace: str, md_names: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.custom, self.namespace, self.names = custom, namespace, md_names
+        self.drops: list[tuple[str, dict]] = []
+        self.readings = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(0.25):
+            for name in self.names:
+                try:
+                    ready = condition(get_md(self.custom, self.namespace, name), names.COND_READY)
+                except Exception:  # noqa: BLE001 - an API hiccup is not a Ready drop
+                    continue
+                self.readings += 1
+                if ready.get("status") != "True":
+                    self.drops.append((name, ready))
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)
+
+
+@pytest.fixture
+def cluster(dev_cluster, namespace, tmp_path) -> Iterator[dict]:
+    """Exactly POOLS (the default pools come back after), the operator and the stand-in."""
+    store = tmp_path / "store"
+    store.mkdir()
+    api, custom = load_clients(dev_cluster.kubeconfig)
+    with dev_cluster.pools(POOLS):
+        stand_in = ConverterStandIn(api, namespace, store)
+        stand_in.start()
+        op = OperatorProcess(dev_cluster.kubeconfig, namespace, store, tmp_path / "operator.log",
+                             TRTOP_NODE_GRACE_SECONDS=GRACE).start()
+        try:
+            yield {"api": api, "custom": custom, "core": client.CoreV1Api(api), "apps": client.AppsV1Api(api),
+                   "store": store, "operator": op}
+        finally:
+            stand_in.stop()
+            code = op.stop()
+            assert "Traceback" not in op.log(), op.log()[-4000:]
+            assert code in (0, -15), op.log()[-2000:]
+
+
+def apply_md(dev_cluster, namespace: str, tmp_path: Path, name: str, body: dict) -> None:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": names.API_VERSION, "kind": names.KIND,
+                                    "metadata": {"name": name}, "spec": body}))
+    dev_cluster.kubectl("apply", "-n", namespace, "-f", str(path))
+
+
+def serving_pods(core: client.CoreV1Api, namespace: str) -> dict[str, tuple[str, str]]:
+    """uid -> (unit target slug, node) of every live serving pod."""
+    sel = f"{names.LABEL_COMPONENT}={names.COMPONENT_INFERENCE}"
+    return {p.metadata.uid: ((p.metadata.labels or {}).get(names.LABEL_TARGET, ""), p.spec.node_name or "")
+            for p in core.list_namespaced_pod(namespace, label_selector=sel).items if not p.metadata.deletion_timestamp}
+
+
+def ready_md(custom, namespace: str, name: str, timeout: float = 90) -> dict:
+    return wait_for(f"md/{name} Ready", lambda: (
+        (md := get_md(custom, namespace, name)) and condition(md, names.COND_READY).get("status") == "True"
+        and md["status"].get("readyReplicas") == md["status"].get("desiredReplicas") and md), timeout=timeout)
+
+
+def test_a_gpu_type_joining_or_leaving_replaces_no_pod_of_another_unit(cluster, dev_cluster, namespace, tmp_path):
+    core, apps, custom = cluster["core"], cluster["apps"], cluster["custom"]
+    # Equal throughput (the stand-in's benchmark) fills the newest architecture with room first:
+    # big -> H100 x2 + L4 x2; small (once big's pods hold their GPUs) -> L4 x1 + A100 x1.
+    apply_md(dev_cluster, namespace, tmp_path, "big", spec(4))
+    ready_md(custom, namespace, "big")
+    apply_md(dev_cluster, namespace, tmp_path, "small", spec(2))
+    ready_md(custom, namespace, "small")
+    before = serving_pods(core, namespace)
+    assert {slug for slug, _ in before.values()} >= {"sm90-nvidia-h100-80gb-hbm3", "sm89-nvidia-l4"}, before
+    units_before = {d.metadata.name: d.metadata.generation for d in apps.list_namespaced_deployment(namespace).items}
+    watch = ReadyWatch(custom, namespace, ["big", "small"])
+    watch.start()
+    try:
+        # A B200 pool joins: one build per ModelDeployment, one new unit each, nobody else touched.
+        dev_cluster.apply_pools([B200], prune=False)
+        wait_for("a B200 unit per ModelDeployment", lambda: all(
+            any(u["target"].startswith("10.0") for u in get_md(custom, namespace, n)["status"].get("units", []))
+            for n in ("big", "small")), timeout=90)
+        after_join = serving_pods(core, namespace)
+        assert after_join == before  # 0 pods replaced, none added: the asked capacity was carried already
+        generations = {d.metadata.name: d.metadata.generation for d in apps.list_namespaced_deployment(namespace).items}
+        assert {k: generations[k] for k in units_before} == units_before  # no other unit changed at all
+        # The L4 pool leaves (cordoned past the grace period): the others take its load, then its units go.
+        dev_cluster.kubectl("cordon", "u-l4-0")
+        l4 = {uid for uid, (slug, _) in before.items() if slug == "sm89-nvidia-l4"}
+
+        def l4_gone() -> bool:
+            return not (serving_pods(core, namespace).keys() & l4) and not [
+                d for d in apps.list_namespaced_deployment(namespace).items
+                if d.metadata.labels.get(names.LABEL_TARGET) == "sm89-nvidia-l4"]
+        wait_for("L4 units and pods gone", l4_gone, timeout=120)
+        for name in ("big", "small"):
+            ready_md(custom, namespace, name)
+        after_leave = serving_pods(core, namespace)
+        kept = {uid: v for uid, v in before.items() if uid not in l4}
+        assert {uid: after_leave.get(uid) for uid in kept} == kept  # only L4 pods went
+        new = {v for uid, v in after_leave.items() if uid not in before}
+        assert new and all(slug == "sm100-nvidia-b200" for slug, _ in new), new  # the load moved to B200
+    finally:
+        watch.stop()
+    assert watch.readings > 20 and watch.drops == [], watch.drops[:5]
+
+
+def test_a_single_deployment_from_before_units_moves_to_units_without_a_drop(cluster, dev_cluster, namespace,
+                                                                             tmp_path):
+    """What trtop made before units (one Deployment named like the ModelDeployment, its status
+    Ready) moves to units: they come up, then the old Deployment goes; Ready holds throughout."""
+    core, apps, custom, op = cluster["core"], cluster["apps"], cluster["custom"], cluster["operator"]
+    op.stop()  # the "old" operator's state is laid down by hand, then the new one takes over
+    apply_md(dev_cluster, namespace, tmp_path, "old", spec(2))
+    md = get_md(custom, namespace, "old")
+    nodes = tuple(node_fact(cluster["api"].sanitize_for_serialization(n), 0) for n in core.list_node().items)
+    settings = Settings(store_uri=str(cluster["store"]))
+    planned = plan_model_deployment(md, ClusterFacts(nodes=nodes), settings, now="2026-12-02T00:00:00Z")
+    for e in planned.engines:  # the engines the old Deployment served are in the store
+        publish_fake_engine(cluster["store"], e.request)
+    served = plan_model_deployment(md, ClusterFacts(nodes=nodes, records=_records(cluster["store"], planned)),
+                                   settings, now="2026-12-02T00:00:00Z")
+    legacy = served.units[0]  # shaped like the old single Deployment: named like the object, no unit label
+    legacy["metadata"]["name"] = "old"
+    for labels in (legacy["metadata"]["labels"], legacy["spec"]["template"]["metadata"]["labels"],
+                   legacy["spec"]["selector"]["matchLabels"]):
+        labels.pop(names.LABEL_TARGET, None)
+    legacy["spec"]["replicas"] = 2
+    apps.create_namespaced_deployment(namespace, legacy)
+    wait_for("the old Deployment ready", lambda: (
+        apps.read_namespaced_deployment("old", namespace).status.ready_replicas or 0) == 2, timeout=60)
+    up = {names.COND_READY: "True", names.COND_AVAILABLE: "True", names.COND_RECONCILING: "False"}
+    conditions = [{**c, "status": up.get(c["type"], c["status"])} for c in served.status["conditions"]]
+    ready_status = {**served.status, "conditions": conditions, "phase": "Ready", "desiredReplicas": 2,
+                    "replicas": 2, "readyReplicas": 2, "units": []}
+    custom.patch_namespaced_custom_object_status(names.GROUP, names.VERSION, namespace, names.PLURAL, "old",
+                                                 {"status": ready_status})
+    old_pods = set(serving_pods(core, namespace))
+    assert condition(get_md(custom, namespace, "old"), names.COND_READY).get("status") == "True"
+    watch = ReadyWatch(custom, namespace, ["old"])
+    watch.start()
+    try:
+        op.start()
+        wait_for("the old Deployment deleted", lambda: not [
+            d for d in apps.list_namespaced_deployment(namespace).items if d.metadata.name == "old"], timeout=90)
+        md = ready_md(custom, namespace, "old")
+        wait_for("the old pods gone", lambda: not (set(serving_pods(core, namespace)) & old_pods), timeout=60)
+    finally:
+        watch.stop()
+    assert watch.readings > 5 and watch.drops == [], watch.drops[:5]
+    assert sum(u["readyReplicas"] for u in md["status"]["units"]) == 2
+
+
+def _records(store: Path, planned) -> dict:
+    from trtop.api.engine import EngineRecord
+    return {e.key: EngineRecord.from_json((store / e.request.scope / e.key / names.ENGINE_METADATA_FILE).read_text())
+            for e in planned.engines}

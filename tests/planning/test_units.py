@@ -1,0 +1,192 @@
+"""Serving units: one per architecture; a type joining or leaving touches no other unit; Ready holds.
+
+Each test drives the pure planner through the steps a cluster goes through: plan, "apply"
+(the units become live with their pods, ready or not), plan again.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+from trtop import names
+from trtop.config import Settings
+from trtop.planning.facts import ClusterFacts, DeploymentFact, ObjectFact
+from trtop.planning.plan import plan_model_deployment
+from trtop.planning.serving import unit_name
+
+from .conftest import gpu_node, live_of, md_body, record_for
+
+NOW = "2026-12-02T00:00:00Z"
+SPEC = {"model": {"uri": "s3://models/resnet", "format": "savedmodel"}, "replicas": 2, "scaling": {"mode": "none"}}
+BASE = (gpu_node("h100-0", "h100"), gpu_node("a100-0", "a100"), gpu_node("l4-0", "l4", gpus=1))
+
+
+def cond(status, type_):
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def plan(facts, settings, status=None, spec=SPEC):
+    return plan_model_deployment(md_body(spec, status=status), facts, settings, now=NOW)
+
+
+def with_records(nodes, settings, throughput=None):
+    first = plan(ClusterFacts(nodes=nodes), settings)
+    records = {}
+    for e in first.engines:
+        r = record_for(e)
+        if throughput:
+            r = replace(r, benchmark={"batch_opt": {"throughput": throughput[e.target.cc]}})
+        records[e.key] = r
+    return ClusterFacts(nodes=nodes, records=records)
+
+
+def applied(facts, p, *, ready=True, keep_pods=()):
+    """The cluster after ``p`` is carried out: its units live (pods ready or not), deletions done."""
+    units, pods = live_of(p, ready=ready)
+    svc = ObjectFact(applied_hash=p.service["metadata"]["annotations"][names.ANNOTATION_APPLIED_HASH])
+    return replace(facts, units=units, pods=pods + tuple(keep_pods), service=svc,
+                   deployment=None if any(d.target == "" for d in p.to_delete) else facts.deployment)
+
+
+def settled(facts, settings, status=None):
+    """Plan, apply with every pod ready, plan again: (facts, plan, status)."""
+    p = plan(facts, settings, status)
+    facts = applied(facts, p)
+    p = plan(facts, settings, p.status)
+    return facts, p
+
+
+def by_name(p):
+    return {u["metadata"]["name"]: u for u in p.units}
+
+
+def test_one_unit_per_architecture_each_naming_only_its_engine(settings):
+    facts, p = settled(with_records(BASE, settings), settings)
+    assert len(p.units) == 3 and p.to_apply == () and cond(p.status, "Ready")["status"] == "True"
+    for unit in p.units:
+        (term,) = unit["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        env = {e["name"]: e.get("value") for e in unit["spec"]["template"]["spec"]["containers"][0]["env"]}
+        (entry,) = __import__("json").loads(env[names.ENV_ENGINE_SET])
+        assert entry["key"] == unit["metadata"]["annotations"][names.ANNOTATION_ENGINE_KEYS]
+        assert len(entry["sha256"]) == 64 and unit["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+        slug = unit["metadata"]["labels"][names.LABEL_TARGET]
+        assert unit["spec"]["selector"]["matchLabels"][names.LABEL_TARGET] == slug
+        assert unit["spec"]["template"]["metadata"]["labels"][names.LABEL_TARGET] == slug
+        assert unit["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert names.LABEL_TARGET not in p.service["spec"]["selector"]  # the Service selects every unit's pods
+    assert p.status["replicas"] == p.status["readyReplicas"] == 2
+    assert sum(u["replicas"] for u in p.status["units"]) == 2
+
+
+def test_unit_names_are_dns_labels_of_at_most_63_and_distinct(settings):
+    long = "m" * 63
+    body = md_body(SPEC)
+    body["metadata"]["name"] = long
+    p = plan_model_deployment(body, with_records(BASE, settings), settings, now=NOW)
+    got = [u["metadata"]["name"] for u in p.units]
+    assert len(set(got)) == 3 and all(len(n) <= 63 and re.match(r"^[a-z]([-a-z0-9]*[a-z0-9])?$", n) for n in got)
+    assert unit_name("resnet", p.engines[0].target).startswith("resnet-sm")
+
+
+def test_a_new_architecture_adds_a_unit_and_changes_no_other(settings):
+    facts, before = settled(with_records(BASE, settings), settings)
+    nodes = BASE + (gpu_node("b200-0", "b200", gpus=4),)
+    joining = plan(replace(facts, nodes=nodes), settings, before.status)
+    assert len(joining.jobs_to_create) == 1 and joining.to_apply == ()  # building: nobody touched
+    assert cond(joining.status, "Ready")["status"] == "True"  # still serving the spec with its capacity
+    assert cond(joining.status, "Reconciling")["status"] == "True"
+    b200 = next(e for e in joining.engines if e.target.cc == "10.0")
+    facts = replace(facts, nodes=nodes, records={**facts.records, b200.key: record_for(b200)})
+    joined = plan(facts, settings, joining.status)
+    new = [u for u in joined.units if u["metadata"]["name"] not in by_name(before)]
+    assert [m["metadata"]["name"] for m in joined.to_apply] == [new[0]["metadata"]["name"]]
+    assert new[0]["spec"]["replicas"] == 0  # the asked capacity is carried already: nobody moves
+    assert {n: u for n, u in by_name(joined).items() if n in by_name(before)} == by_name(before)
+    assert cond(joined.status, "Ready")["status"] == "True"
+
+
+def test_a_leaving_architecture_goes_once_the_others_carry_its_load(settings):
+    l4_first = Settings(**{**settings.__dict__, "placement_preference": ("NVIDIA-L4",)})
+    facts, p = settled(with_records(BASE, l4_first), l4_first)
+    on = {u["target"]: u["replicas"] for u in p.status["units"]}
+    assert on["8.9/NVIDIA-L4"] == 1 and sum(on.values()) == 2  # L4 first, as far as its one GPU goes
+    l4_unit = next(u for u in p.units if "nvidia-l4" in u["metadata"]["name"])
+    l4_pods = [x for x in facts.pods if x.target == l4_unit["metadata"]["labels"][names.LABEL_TARGET]]
+    gone = tuple(replace(n, schedulable=False, down_since=1000.0) if n.name == "l4-0" else n for n in BASE)
+    late = replace(facts, nodes=gone, now=1000.0 + l4_first.node_grace_seconds + 1)
+    leaving = plan(late, l4_first, p.status)
+    assert [e.target.cc for e in leaving.engines] == ["8.0", "9.0"]
+    assert leaving.to_delete == ()  # its pods serve until the others are ready
+    grown = [m for m in leaving.to_apply if m["kind"] == "Deployment"]
+    assert len(grown) == 1 and grown[0]["spec"]["replicas"] == 2  # the other units scale up first
+    assert grown[0]["spec"]["template"] == by_name(p)[grown[0]["metadata"]["name"]]["spec"]["template"]
+    assert cond(leaving.status, "Ready")["status"] == "True"
+    assert [u["state"] for u in leaving.status["units"] if u["target"] == l4_unit["metadata"]["labels"][
+        names.LABEL_TARGET]] == ["Leaving"]
+    # The grown unit's new pod is not ready yet: still nothing deleted, still Ready.
+    old_l4 = next(u for u in facts.units if u.name == l4_unit["metadata"]["name"])
+    starting = applied(late, leaving, ready=False, keep_pods=l4_pods)
+    # ... except the grown unit's first pod (it was there before); the L4 unit and its pods still live.
+    starting = replace(starting, units=starting.units + (old_l4,), pods=tuple(
+        replace(x, ready=True) if i == 0 else x for i, x in enumerate(starting.pods)))
+    mid = plan(starting, l4_first, leaving.status)
+    assert mid.to_delete == () and cond(mid.status, "Ready")["status"] == "True", mid.status["message"]
+    carried = replace(starting, pods=tuple(replace(x, ready=True) for x in starting.pods))
+    done = plan(carried, l4_first, mid.status)
+    assert [d.name for d in done.to_delete] == [old_l4.name] and done.to_apply == ()
+    assert cond(done.status, "Ready")["status"] == "True"
+
+
+def test_the_single_deployment_of_before_units_goes_once_units_are_ready(settings):
+    facts = with_records(BASE, settings)
+    first = plan(facts, settings)
+    legacy = DeploymentFact("resnet", "x", first.status["modelRevision"], 2, 2, 2, True, ("e-old",))
+    facts = replace(facts, deployment=legacy)
+    moving = plan(facts, settings, {"desiredReplicas": 2})
+    assert len(moving.units) == 3 and moving.to_delete == ()
+    assert cond(moving.status, "Ready")["status"] == "True"  # the old pods carry the load meanwhile
+    starting = plan(applied(facts, moving, ready=False), settings, moving.status)
+    assert starting.to_delete == () and cond(starting.status, "Ready")["status"] == "True"
+    ready = plan(applied(facts, moving), settings, moving.status)
+    assert [d.name for d in ready.to_delete] == ["resnet"] and cond(ready.status, "Ready")["status"] == "True"
+
+
+def test_capacity_is_split_by_verified_throughput_and_shown_per_unit(settings):
+    speeds = {"9.0": 300.0, "8.0": 150.0, "8.9": 100.0}
+    nodes = (gpu_node("h100-0", "h100", gpus=1), gpu_node("a100-0", "a100", gpus=1), gpu_node("l4-0", "l4", gpus=8))
+    spec = {**SPEC, "replicas": 3}
+    p = plan(with_records(nodes, settings, speeds), settings, spec=spec)
+    on = {u["target"].split("/")[0]: u for u in p.status["units"]}
+    assert (on["9.0"]["replicas"], on["8.0"]["replicas"], on["8.9"]["replicas"]) == (1, 1, 5)
+    assert on["8.0"]["capacityPerReplica"] == 0.5 and on["8.9"]["capacityPerReplica"] == 0.333
+    assert on["9.0"]["share"] == "32%" and on["8.9"]["throughput"] == 100.0
+    unit = p.status["capacityUnit"]
+    assert unit["basis"] == "benchmark" and unit["throughput"] == 300.0 and unit["target"].startswith("9.0")
+
+
+def test_a_faster_type_joining_keeps_what_a_replica_means(settings):
+    speeds = {"9.0": 300.0, "8.0": 150.0, "8.9": 100.0, "10.0": 600.0}
+    facts, p = settled(with_records(BASE, settings, speeds), settings)
+    nodes = BASE + (gpu_node("b200-0", "b200"),)
+    joined = plan(with_records(nodes, settings, speeds), settings, p.status)
+    assert joined.status["capacityUnit"]["throughput"] == 300.0
+    assert next(u for u in joined.status["units"] if u["target"].startswith("10.0"))["capacityPerReplica"] == 2.0
+
+
+def test_without_benchmarks_every_pod_counts_one_and_the_status_says_so(settings):
+    facts = with_records(BASE, settings)
+    one = next(iter(facts.records))
+    facts = replace(facts, records={**facts.records, one: replace(facts.records[one], benchmark={})})
+    p = plan(facts, settings)
+    assert p.status["capacityUnit"]["basis"] == "equal" and "no benchmark throughput" in \
+        p.status["capacityUnit"]["message"]
+    assert {u["capacityPerReplica"] for u in p.status["units"]} == {1.0}
+
+
+def test_no_free_gpu_anywhere_is_said_in_scaling_limited(settings):
+    nodes = (gpu_node("h100-0", "h100", gpus=1),)
+    p = plan(with_records(nodes, settings), settings, spec={**SPEC, "replicas": 3})
+    assert sum(u["spec"]["replicas"] for u in p.units) == 3  # they wait Pending, as a Deployment's would
+    assert cond(p.status, "ScalingLimited")["status"] == "True" and "wait for free GPUs" in \
+        cond(p.status, "ScalingLimited")["message"]
