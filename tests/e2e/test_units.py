@@ -71,25 +71,34 @@ class ReadyWatch(threading.Thread):
         self.join(5)
 
 
+@pytest.fixture(scope="module")
+def unit_pools(dev_cluster) -> Iterator[None]:
+    """Exactly POOLS for this module's tests (the default pools come back after)."""
+    with dev_cluster.pools(POOLS):
+        yield
+
+
 @pytest.fixture
-def cluster(dev_cluster, namespace, tmp_path) -> Iterator[dict]:
-    """Exactly POOLS (the default pools come back after), the operator and the stand-in."""
+def cluster(unit_pools, dev_cluster, namespace, tmp_path) -> Iterator[dict]:
+    """The operator and the stand-in for one namespace; the pools as POOLS again afterwards."""
     store = tmp_path / "store"
     store.mkdir()
     api, custom = load_clients(dev_cluster.kubeconfig)
-    with dev_cluster.pools(POOLS):
-        stand_in = ConverterStandIn(api, namespace, store)
-        stand_in.start()
-        op = OperatorProcess(dev_cluster.kubeconfig, namespace, store, tmp_path / "operator.log",
-                             TRTOP_NODE_GRACE_SECONDS=GRACE).start()
-        try:
-            yield {"api": api, "custom": custom, "core": client.CoreV1Api(api), "apps": client.AppsV1Api(api),
-                   "store": store, "operator": op}
-        finally:
-            stand_in.stop()
-            code = op.stop()
-            assert "Traceback" not in op.log(), op.log()[-4000:]
-            assert code in (0, -15), op.log()[-2000:]
+    stand_in = ConverterStandIn(api, namespace, store)
+    stand_in.start()
+    # Started by the test (``cluster["operator"].start()``): one may lay down state first.
+    op = OperatorProcess(dev_cluster.kubeconfig, namespace, store, tmp_path / "operator.log",
+                         TRTOP_NODE_GRACE_SECONDS=GRACE)
+    try:
+        yield {"api": api, "custom": custom, "core": client.CoreV1Api(api), "apps": client.AppsV1Api(api),
+               "store": store, "operator": op}
+    finally:
+        stand_in.stop()
+        code = op.stop()
+        dev_cluster.delete_node(B200.node_names()[0])
+        dev_cluster.kubectl("uncordon", *(p.node_names()[0] for p in POOLS))
+        assert "Traceback" not in op.log(), op.log()[-4000:]
+        assert code in (0, -15), op.log()[-2000:]
 
 
 def apply_md(dev_cluster, namespace: str, tmp_path: Path, name: str, body: dict) -> None:
@@ -114,6 +123,7 @@ def ready_md(custom, namespace: str, name: str, timeout: float = 90) -> dict:
 
 def test_a_gpu_type_joining_or_leaving_replaces_no_pod_of_another_unit(cluster, dev_cluster, namespace, tmp_path):
     core, apps, custom = cluster["core"], cluster["apps"], cluster["custom"]
+    cluster["operator"].start()
     # Equal throughput (the stand-in's benchmark) fills the newest architecture with room first:
     # big -> H100 x2 + L4 x2; small (once big's pods hold their GPUs) -> L4 x1 + A100 x1.
     apply_md(dev_cluster, namespace, tmp_path, "big", spec(4))
@@ -161,7 +171,7 @@ def test_a_single_deployment_from_before_units_moves_to_units_without_a_drop(clu
     """What trtop made before units (one Deployment named like the ModelDeployment, its status
     Ready) moves to units: they come up, then the old Deployment goes; Ready holds throughout."""
     core, apps, custom, op = cluster["core"], cluster["apps"], cluster["custom"], cluster["operator"]
-    op.stop()  # the "old" operator's state is laid down by hand, then the new one takes over
+    # The "old" operator's state is laid down by hand, then the operator takes over.
     apply_md(dev_cluster, namespace, tmp_path, "old", spec(2))
     md = get_md(custom, namespace, "old")
     nodes = tuple(node_fact(cluster["api"].sanitize_for_serialization(n), 0) for n in core.list_node().items)
@@ -200,6 +210,14 @@ def test_a_single_deployment_from_before_units_moves_to_units_without_a_drop(clu
         watch.stop()
     assert watch.readings > 5 and watch.drops == [], watch.drops[:5]
     assert sum(u["readyReplicas"] for u in md["status"]["units"]) == 2
+    # The scale subresource (what kubectl scale, an HPA or KEDA use) still drives every unit.
+    dev_cluster.kubectl("scale", "-n", namespace, "md/old", "--replicas=3")
+    md = wait_for("3 replicas ready", lambda: (m := ready_md(custom, namespace, "old")) and
+                  m["status"]["readyReplicas"] == 3 and m, timeout=60)
+    scale = dev_cluster.get("md", "old", "-n", namespace, "--subresource=scale")
+    assert scale["spec"]["replicas"] == scale["status"]["replicas"] == 3
+    pods = core.list_namespaced_pod(namespace, label_selector=scale["status"]["selector"]).items
+    assert len({(p.metadata.labels or {}).get(names.LABEL_TARGET) for p in pods}) == 2 and len(pods) == 3  # 2 units
 
 
 def _records(store: Path, planned) -> dict:

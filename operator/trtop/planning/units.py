@@ -133,7 +133,8 @@ def plan_units(
         return _as_they_are(live, legacy, pods, unit, desired)
     held_cap = sum(u.replicas for u in held)
     slots = [Slot(e.target, speeds[e.target], (live[n].replicas if n in live else 0), free_pods(spec, e.target, nodes),
-                  preference_rank(e.target, settings.placement_preference, _products(e.target, nodes)))
+                  preference_rank(e.target, settings.placement_preference, _products(e.target, nodes))
+                  if settings.placement_preference else 0)
              for n, e in sorted(serving_names.items())]
     split = split_replicas(max(0.0, desired - held_cap), slots)
     manifests: list[Manifest] = []
