@@ -159,9 +159,27 @@ def planned_objects(c: Cluster, n: int, ns: str, settings: Settings) -> tuple[li
         served = plan_model_deployment(body, ClusterFacts(nodes=nodes, records=records), settings,
                                        now="2026-01-01T00:00:00Z")
         serving += [m for m in (served.service, *served.units) if m is not None]
+        nodes = _holding(nodes, served.units)  # the next object sees these GPUs taken, as the operator does
     for m in [*jobs.values(), *serving]:
         m["metadata"].pop("ownerReferences", None)
     return list(jobs.values()), serving
+
+
+def _holding(nodes: tuple[Any, ...], units: tuple[dict[str, Any], ...]) -> tuple[Any, ...]:
+    """``nodes`` with the GPUs of the units' pods requested (first nodes of each unit's target first)."""
+    from dataclasses import replace
+
+    from trtop.api.targets import gpu_target_of_node
+    left = {u["metadata"]["labels"][names.LABEL_TARGET]: int(u["spec"]["replicas"]) for u in units}
+    out = []
+    for n in nodes:
+        target = gpu_target_of_node(n.labels, with_product=True)
+        take = min(left.get(target.slug, 0), n.gpu_allocatable - n.gpu_requested) if target else 0
+        if take > 0:
+            left[target.slug] -= take
+            n = replace(n, gpu_requested=n.gpu_requested + take)
+        out.append(n)
+    return tuple(out)
 
 
 def floor(c: Cluster, n: int, settings: Settings) -> float:

@@ -190,3 +190,13 @@ def test_no_free_gpu_anywhere_is_said_in_scaling_limited(settings):
     assert sum(u["spec"]["replicas"] for u in p.units) == 3  # they wait Pending, as a Deployment's would
     assert cond(p.status, "ScalingLimited")["status"] == "True" and "wait for free GPUs" in \
         cond(p.status, "ScalingLimited")["message"]
+
+
+def test_units_joining_and_leaving_are_events(settings):
+    from trtop.planning.status import events_between
+    facts, p = settled(with_records(BASE, settings), settings)
+    first = events_between({}, p.status)
+    assert any(e.reason == "UnitAdded" and "resnet-sm90" in e.message for e in first)
+    fewer = {**p.status, "units": p.status["units"][:2]}
+    assert [e.reason for e in events_between(p.status, fewer) if e.reason.startswith("Unit")] == ["UnitRemoved"]
+    assert not [e for e in events_between(p.status, p.status) if e.reason.startswith("Unit")]

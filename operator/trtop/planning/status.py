@@ -177,6 +177,14 @@ def events_between(previous: Mapping[str, Any], current: Mapping[str, Any]) -> l
     for state, texts in reached.items():
         kind = "Warning" if state in ("Failed", "Unschedulable") else "Normal"
         events.append(Event(kind, f"Engine{state}", "; ".join(texts)[:1024]))
+    old_units = {u.get("name"): u for u in previous.get("units") or [] if isinstance(u, Mapping)}
+    new_units = {u.get("name"): u for u in current.get("units") or [] if isinstance(u, Mapping)}
+    added = [f"{n} for {u.get('target')}" for n, u in new_units.items() if n not in old_units]
+    removed = [str(n) for n in old_units if n not in new_units]
+    if added:
+        events.append(Event("Normal", "UnitAdded", f"serving unit(s) added: {', '.join(added)}"[:1024]))
+    if removed and "units" in current:
+        events.append(Event("Normal", "UnitRemoved", f"serving unit(s) removed: {', '.join(removed)}"[:1024]))
     for warning in current.get("warnings", []):
         if warning not in previous.get("warnings", []):
             events.append(Event("Warning", "SpecIgnored", warning[:1024]))
