@@ -200,3 +200,22 @@ def test_units_joining_and_leaving_are_events(settings):
     fewer = {**p.status, "units": p.status["units"][:2]}
     assert [e.reason for e in events_between(p.status, fewer) if e.reason.startswith("Unit")] == ["UnitRemoved"]
     assert not [e for e in events_between(p.status, p.status) if e.reason.startswith("Unit")]
+
+
+def test_pods_no_node_can_take_move_to_an_architecture_with_room(settings):
+    """Objects planned at once can all count the same last free GPUs: the losers' pods stay
+    Pending (Unschedulable) until their capacity is placed again where there is room."""
+    nodes = (gpu_node("h100-0", "h100", gpus=1), gpu_node("a100-0", "a100", gpus=4))
+    facts = with_records(nodes, settings)
+    p = plan(facts, settings, spec={**SPEC, "replicas": 1})
+    assert [u["spec"]["replicas"] for u in p.units] == [0, 1]  # A100, H100: the newest with room
+    units, pods = live_of(p, ready=False)
+    full = tuple(replace(n, gpu_requested=1) if n.name == "h100-0" else n for n in nodes)  # another took it
+    stuck = tuple(replace(x, unschedulable=True) for x in pods)
+    again = plan(replace(facts, nodes=full, units=units, pods=stuck), settings, p.status, spec={**SPEC, "replicas": 1})
+    assert {m["metadata"]["name"]: m["spec"]["replicas"] for m in again.to_apply if m["kind"] == "Deployment"} == {
+        p.units[0]["metadata"]["name"]: 1, p.units[1]["metadata"]["name"]: 0}
+    nowhere = tuple(replace(n, gpu_requested=n.gpu_allocatable) for n in nodes)
+    held = plan(replace(facts, nodes=nowhere, units=units, pods=stuck), settings, p.status, spec={**SPEC, "replicas": 1})
+    assert [u["spec"]["replicas"] for u in held.units] == [0, 1]  # no room anywhere: it waits where it is
+    assert cond(held.status, "ScalingLimited")["status"] == "True"

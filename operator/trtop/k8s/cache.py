@@ -240,10 +240,12 @@ class ClusterCache:
                                                                  if k == names.ANNOTATION_TEMPLATE_HASH}},
                                     "status": {k: status.get(k) for k in ("phase", "conditions", "podIP")}}
                 after = pods.get(key[1])
-                # Ready capacity counts ready pods: a serving pod turning ready (or going) is news to
-                # its ModelDeployment; its other updates are not.
-                if (was is None) != (after is None) or (
-                        was is not None and after is not None and pod_fact(was).ready != pod_fact(after).ready):
+                # Ready capacity counts ready pods, and a pod no node can take moves elsewhere: a
+                # serving pod turning ready or unschedulable (or going) is news to its ModelDeployment.
+                def state(pod: dict[str, Any] | None) -> tuple[bool, bool] | None:
+                    fact = pod_fact(pod) if pod is not None else None
+                    return None if fact is None else (fact.ready, fact.unschedulable)
+                if state(was) != state(after):
                     return [owner] if owner in self.mds else []
         return concerned
 

@@ -204,8 +204,11 @@ def pod_fact(pod: Mapping[str, Any]) -> PodFact:
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     ready = (not meta.get("deletionTimestamp") and status.get("phase") == "Running"
              and _true(status.get("conditions"), "Ready") is not None)
+    stuck = not meta.get("deletionTimestamp") and any(
+        c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable"
+        for c in status.get("conditions") or ())
     return PodFact(str(meta.get("name", "")), str((meta.get("labels") or {}).get(names.LABEL_TARGET, "")),
-                   str((meta.get("annotations") or {}).get(names.ANNOTATION_TEMPLATE_HASH, "")), ready)
+                   str((meta.get("annotations") or {}).get(names.ANNOTATION_TEMPLATE_HASH, "")), ready, stuck)
 
 
 def observe_service(namespace: str, name: str, owner_uid: str) -> ObjectFact | None:

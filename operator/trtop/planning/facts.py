@@ -59,6 +59,7 @@ class PodFact:
     target: str = ""  # LABEL_TARGET of its unit ("" for a pod of the old single Deployment)
     template_hash: str = ""  # ANNOTATION_TEMPLATE_HASH: the unit template it was made from
     ready: bool = False  # Running, Ready, not being deleted
+    unschedulable: bool = False  # the scheduler found no node for it (PodScheduled False, Unschedulable)
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,14 @@ def plan_units(
     if hold:
         return _as_they_are(live, legacy, pods, unit, desired)
     held_cap = sum(u.replicas for u in held)
-    slots = [Slot(e.target, speeds[e.target], (live[n].replicas if n in live else 0), free_pods(spec, e.target, nodes),
+
+    def placed(name: str, target: Target) -> int:
+        """The unit's replicas, less pods no node can take (their capacity is placed again: a
+        unit that lost a race for the last GPUs gives them to an architecture with room)."""
+        stuck = sum(1 for p in pods if p.target == target.slug and p.unschedulable)
+        return max(0, live[name].replicas - stuck) if name in live else 0
+
+    slots = [Slot(e.target, speeds[e.target], placed(n, e.target), free_pods(spec, e.target, nodes),
                   preference_rank(e.target, settings.placement_preference, _products(e.target, nodes))
                   if settings.placement_preference else 0)
              for n, e in sorted(serving_names.items())]
