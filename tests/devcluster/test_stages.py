@@ -1,6 +1,7 @@
 """The kwok stages and kwokctl config shipped as package data agree with trtop.names."""
 from __future__ import annotations
 
+import ipaddress
 from importlib import resources
 
 import yaml
@@ -48,6 +49,13 @@ def test_completion_delay_reads_the_annotation_with_a_short_default() -> None:
 
 def test_kwok_manages_only_nodes_with_the_fake_annotation() -> None:
     (config,) = _docs("kwokctl.yaml")
-    (patch,) = config["componentsPatches"]
-    args = {a["key"]: a["value"] for a in patch["extraArgs"]}
-    assert args == {"manage-all-nodes": "false", "manage-nodes-with-annotation-selector": f"{names.KWOK_NODE_ANNOTATION}=fake"}
+    patches = {p["name"]: {a["key"]: a["value"] for a in p["extraArgs"]} for p in config["componentsPatches"]}
+    assert patches["kwok-controller"] == {"manage-all-nodes": "false", "manage-nodes-with-annotation-selector": f"{names.KWOK_NODE_ANNOTATION}=fake"}
+
+
+def test_the_service_range_holds_a_thousand_services() -> None:
+    """bench/controlplane.py at N=1000 makes 1000 Services; kube-apiserver's default /24 holds ~250."""
+    (config,) = _docs("kwokctl.yaml")
+    patches = {p["name"]: {a["key"]: a["value"] for a in p["extraArgs"]} for p in config["componentsPatches"]}
+    network = ipaddress.ip_network(patches["kube-apiserver"]["service-cluster-ip-range"])
+    assert network.num_addresses >= 4096 and ipaddress.ip_address("10.0.0.1") in network

@@ -65,9 +65,10 @@ def test_kubectl_apply_to_a_real_answer_and_scaling(demo, dev_cluster):
     assert first_down - load_end >= SCALE_DOWN_WINDOW - AUTOSCALE_INTERVAL, demo.result.timeline.table()
     assert demo.result.final_replicas == 1, demo.result.timeline.table()
 
-    # What people read: Events for each transition and each scale change.
+    # What people read: an Event on reaching Ready (naming the ready engines) and each scale change.
     text = demo.summary()
     reasons = {e.split(":")[0] for e in demo.result.events}
-    assert {"EngineBuilding", "EngineReady", "PhaseReady", "ScaledUp", "ScaledDown"} <= reasons, text
+    assert {"PhaseReady", "ScaledUp", "ScaledDown"} <= reasons, text
+    assert any(e.startswith("PhaseReady:") and "engines ready" in e for e in demo.result.events), text
     pods = dev_cluster.get("pods", "-n", NAMESPACE, "-l", f"{names.LABEL_COMPONENT}={names.COMPONENT_ENGINE_BUILD}")
     assert pods["items"] and all(p["status"]["phase"] == "Succeeded" for p in pods["items"])

@@ -112,3 +112,16 @@ def test_gpu_requests_follow_pods_onto_and_off_nodes():
     assert next(n for n in c.nodes() if n.name == "l4-0").gpu_requested == 2
     c.on_pod("DELETED", pod)
     assert next(n for n in c.nodes() if n.name == "l4-0").gpu_requested == 0
+
+
+def test_a_plan_with_other_engines_replaces_the_objects_keys_and_a_deletion_drops_them():
+    c = world()
+    c.handled(("ml", "auto"), 1, ("k1", "k2"))
+    c.handled(("ml", "auto"), 2, ("k3",))
+    job = {"metadata": {"name": "trtop-k1", "namespace": "ml", "labels": {names.LABEL_ENGINE_KEY: "k1"}}, "status": {}}
+    assert c.on_job("ADDED", job) == []
+    job3 = {"metadata": {"name": "trtop-k3", "namespace": "ml", "labels": {names.LABEL_ENGINE_KEY: "k3"}}, "status": {}}
+    assert c.on_job("ADDED", job3) == [("ml", "auto")]
+    assert set(c.jobs("ml", ("k3", "k9"))) == {"k3"}
+    c.on_model_deployment("DELETED", md("auto", {}))
+    assert "k3" not in c.users_of_key

@@ -39,7 +39,8 @@ def gather(body: Mapping[str, Any], settings: Settings) -> ClusterFacts:
     key = (ns, name)
     at = time.time()
     nodes = CACHE.nodes()
-    records, store_error = known_records(wanted_engine_keys(body, nodes, at, settings), settings, ns)
+    wanted = wanted_engine_keys(body, nodes, at, settings)
+    records, store_error = known_records(wanted, settings, ns)
     # The Deployment named like the object: trtop's single Deployment from before serving units.
     legacy = CACHE.deployment(key, uid) if CACHE.knows_deployment(key) else None
     if legacy is not None and (legacy.foreign or legacy.target):
@@ -53,8 +54,8 @@ def gather(body: Mapping[str, Any], settings: Settings) -> ClusterFacts:
             fact = observe.observe_deployment(ns, unit, uid)
         if fact is not None and fact.foreign:
             foreign.append(unit)
-    return ClusterFacts(nodes=nodes, jobs=CACHE.jobs(ns), records=records, units=CACHE.units(uid), deployment=legacy,
-                        pods=CACHE.pod_facts(key), foreign_units=tuple(foreign), service=service,
+    return ClusterFacts(nodes=nodes, jobs=CACHE.jobs(ns, wanted), records=records, units=CACHE.units(uid),
+                        deployment=legacy, pods=CACHE.pod_facts(key), foreign_units=tuple(foreign), service=service,
                         store_error=store_error, now=at)
 
 

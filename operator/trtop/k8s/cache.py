@@ -76,6 +76,8 @@ class ClusterCache:
         self._deployments_by_owner: defaultdict[str, set[Key]] = defaultdict(set)  # controller uid -> keys
         self._services: dict[Key, dict[str, Any]] = {}
         self.users_of_key: defaultdict[EngineKey, set[Key]] = defaultdict(set)  # filled after each plan
+        self._keys_of_user: dict[Key, tuple[EngineKey, ...]] = {}  # the reverse: O(1) to replace
+        self._node_facts: dict[str, NodeFact] = {}  # derived from _nodes/_requested, dropped when they change
 
     # ModelDeployments --------------------------------------------------------------------
     def on_model_deployment(self, event: str, body: Mapping[str, Any]) -> list[Key]:
@@ -85,6 +87,7 @@ class ClusterCache:
                 self.mds.pop(key, None)
                 self._specs.pop(key, None)
                 self._handled_generation.pop(key, None)
+                self._set_users(key, ())
                 return []
             old = self.mds.get(key)
             if old is not None and _rv(old) > _rv(body):
@@ -106,10 +109,19 @@ class ClusterCache:
     def handled(self, key: Key, generation: int, engine_keys: tuple[EngineKey, ...]) -> None:
         with self._lock:
             self._handled_generation[key] = generation
-            for users in self.users_of_key.values():
+            self._set_users(key, engine_keys)
+
+    def _set_users(self, key: Key, engine_keys: tuple[EngineKey, ...]) -> None:
+        for k in self._keys_of_user.pop(key, ()):
+            users = self.users_of_key.get(k)
+            if users is not None:
                 users.discard(key)
-            for k in engine_keys:
-                self.users_of_key[k].add(key)
+                if not users:
+                    del self.users_of_key[k]
+        for k in engine_keys:
+            self.users_of_key[k].add(key)
+        if engine_keys:
+            self._keys_of_user[key] = engine_keys
 
     def model_deployment(self, key: Key) -> dict[str, Any] | None:
         with self._lock:
@@ -141,6 +153,7 @@ class ClusterCache:
         name = str(body["metadata"]["name"])
         with self._lock:
             before = self._node_fact(name)
+            self._node_facts.pop(name, None)
             if event == "DELETED":
                 self._nodes.pop(name, None)
                 self._down_since.pop(name, None)
@@ -155,11 +168,21 @@ class ClusterCache:
                 self._down_since.setdefault(name, after.down_since or self._clock())
             elif after is not None:
                 self._down_since.pop(name, None)
+            self._node_facts.pop(name, None)
             return self._concerned_by_node(before, after)
 
     def _node_fact(self, name: str) -> NodeFact | None:
+        """The node's fact, kept until the node or the GPUs requested on it change (a
+        reconcile reads every node: rebuilding 1000s of facts a second would dominate)."""
+        fact = self._node_facts.get(name)
+        if fact is not None:
+            return fact
         node = self._nodes.get(name)
-        return None if node is None else node_fact(node, self._requested.get(name, 0), self._down_since.get(name))
+        if node is None:
+            return None
+        fact = node_fact(node, self._requested.get(name, 0), self._down_since.get(name))
+        self._node_facts[name] = fact
+        return fact
 
     def nodes(self) -> tuple[NodeFact, ...]:
         with self._lock:
@@ -207,10 +230,12 @@ class ClusterCache:
             old = self._pod_gpus.pop(key, None)
             if old is not None:
                 self._requested[old[0]] -= old[1]
+                self._node_facts.pop(old[0], None)
             gpus = _gpus(body)
             if node and gpus and not gone:
                 self._pod_gpus[key] = (str(node), gpus)
                 self._requested[str(node)] += gpus
+                self._node_facts.pop(str(node), None)
             job = labels.get("job-name")
             concerned: list[Key] = []
             if job and labels.get(names.LABEL_COMPONENT) == names.COMPONENT_ENGINE_BUILD:
@@ -299,10 +324,14 @@ class ClusterCache:
             if (jobs.get(engine_key) or {}).get("conditions", 0) is None:
                 jobs.pop(engine_key, None)
 
-    def jobs(self, namespace: str) -> dict[EngineKey, JobFact]:
+    def jobs(self, namespace: str, keys: tuple[EngineKey, ...] | None = None) -> dict[EngineKey, JobFact]:
+        """Build Jobs of ``namespace`` by engine key (only ``keys`` when given: a reconcile
+        asks about its own engines, not the namespace's thousands)."""
         with self._lock:
+            index = self._jobs.get(namespace, {})
+            wanted = index.items() if keys is None else ((k, index[k]) for k in keys if k in index)
             out = {}
-            for key, job in self._jobs.get(namespace, {}).items():
+            for key, job in wanted:
                 conds = job.get("conditions") or []
                 failed = next((c for c in conds if c.get("type") == "Failed" and c.get("status") == "True"), None)
                 done = any(c.get("type") in ("Complete", "SuccessCriteriaMet") and c.get("status") == "True"

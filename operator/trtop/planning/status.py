@@ -145,9 +145,13 @@ def condition_dicts(conds: Sequence[Condition], previous: Sequence[Mapping[str, 
     return out
 
 
-# Transitions that are not Events (fewer API writes): the phase passing through Building or
-# Progressing (the engines' own Events say why), an engine waiting for its Job to be created.
-QUIET_ENGINE_STATES = ("Pending",)
+# Events are for people: a Warning for every failure, at once; on the way to Ready, one
+# Normal Event when it gets there (not one per step: a fleet of thousands would write three
+# times as many Events, and nobody acts on "building"). So these are no Events of their own:
+# an engine Pending or Building (status.engines[] and the build Job show it), an engine Ready
+# while the phase is still Building/Progressing (the Ready Event lists the engines), and the
+# phase passing through Building or Progressing.
+QUIET_ENGINE_STATES = ("Pending", "Building")
 QUIET_PHASES = ("Building", "Progressing")
 # Ready's reasons when a plan could not be carried out (see ``with_failure``): each is an Event.
 STALLED_REASONS = ("InvalidSpec", "ApplyRejected", "NotOwned")
@@ -159,14 +163,15 @@ def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
 
 
 def events_between(previous: Mapping[str, Any], current: Mapping[str, Any]) -> list[Event]:
-    """Events a person wants to see: engine state changes (one Event per new state, listing
-    every engine that reached it in this reconcile) and each phase change."""
+    """Events a person wants to see (see QUIET_*): engine state changes (one Event per new
+    state, listing every engine that reached it in this reconcile) and each phase change."""
     events: list[Event] = []
     old_engines = {e.get("key"): e for e in previous.get("engines", [])}
     reached: dict[str, list[str]] = {}
+    settling = current.get("phase") in QUIET_PHASES
     for e in current.get("engines", []):
         before = old_engines.get(e["key"], {}).get("state")
-        if before == e["state"] or e["state"] in QUIET_ENGINE_STATES:
+        if before == e["state"] or e["state"] in QUIET_ENGINE_STATES or (e["state"] == "Ready" and settling):
             continue
         text = f"engine {e['key']} for {e['target']}: {before or 'new'} -> {e['state']}"
         if e["state"] == "Ready" and "buildSeconds" in e:
@@ -196,8 +201,11 @@ def events_between(previous: Mapping[str, Any], current: Mapping[str, Any]) -> l
         events.append(Event("Warning", str(failing["reason"]), str(failing.get("message", ""))[:1024]))
     if previous.get("phase") != current.get("phase") and current.get("phase") not in QUIET_PHASES:
         kind = "Warning" if current.get("phase") in ("Failed", "Stalled", "Degraded") else "Normal"
-        events.append(Event(kind, f"Phase{current.get('phase')}",
-                            f"phase {previous.get('phase') or 'new'} -> {current.get('phase')}: {current.get('message', '')}"[:1024]))
+        text = f"phase {previous.get('phase') or 'new'} -> {current.get('phase')}: {current.get('message', '')}"
+        engines = _condition(current, names.COND_ENGINES_READY).get("message")
+        if current.get("phase") in ("Ready", "Degraded") and engines:
+            text += f"; {engines}"  # what the quiet steps before it did
+        events.append(Event(kind, f"Phase{current.get('phase')}", text[:1024]))
     return events
 
 

@@ -1,0 +1,52 @@
+"""Which status changes are Events: every failure at once, one Normal Event per arrival at Ready."""
+from trtop import names
+from trtop.planning.facts import ClusterFacts, DeploymentFact
+from trtop.planning.plan import plan_model_deployment
+from trtop.planning.status import events_between
+
+from .conftest import md_body, record_for
+
+NOW = "2026-11-24T00:00:00Z"
+
+
+def statuses(mixed_cluster, settings):
+    """The statuses of a first rollout: Building, Progressing (Deployment applied), Ready."""
+    body = md_body()
+    building = plan_model_deployment(body, ClusterFacts(nodes=mixed_cluster), settings, now=NOW)
+    records = {e.key: record_for(e) for e in building.engines}
+    body["status"] = building.status
+    progressing = plan_model_deployment(body, ClusterFacts(nodes=mixed_cluster, records=records), settings, now=NOW)
+    ann = progressing.deployment["metadata"]["annotations"]
+    live = DeploymentFact("resnet", ann[names.ANNOTATION_ENGINE_SET], ann[names.ANNOTATION_SPEC_HASH], 1, 1, 1, True,
+                          tuple(records), applied_hash=ann[names.ANNOTATION_APPLIED_HASH])
+    body["status"] = progressing.status
+    ready = plan_model_deployment(body, ClusterFacts(nodes=mixed_cluster, records=records, deployment=live),
+                                  settings, now=NOW)
+    return building.status, progressing.status, ready.status
+
+
+def test_a_first_rollout_is_one_normal_event_that_names_the_ready_engines(mixed_cluster, settings):
+    building, progressing, ready = statuses(mixed_cluster, settings)
+    assert (building["phase"], progressing["phase"], ready["phase"]) == ("Building", "Progressing", "Ready")
+    assert events_between({}, building) == []
+    assert events_between(building, progressing) == []
+    (event,) = events_between(progressing, ready)
+    assert (event.type, event.reason) == ("Normal", "PhaseReady")
+    engines = next(c for c in ready["conditions"] if c["type"] == names.COND_ENGINES_READY)["message"]
+    assert engines.startswith(f"{len(ready['engines'])}/{len(ready['engines'])} engines ready") and engines in event.message
+
+
+def test_a_failed_engine_is_a_warning_at_once_even_while_building(mixed_cluster, settings):
+    building, _, _ = statuses(mixed_cluster, settings)
+    failed = {**building, "engines": [{**building["engines"][0], "state": "Failed", "message": "unsupported op Foo"},
+                                      *building["engines"][1:]]}
+    (event,) = events_between(building, failed)
+    assert (event.type, event.reason) == ("Warning", "EngineFailed") and "unsupported op Foo" in event.message
+
+
+def test_an_engine_ready_while_serving_stays_ready_is_an_event(mixed_cluster, settings):
+    _, _, ready = statuses(mixed_cluster, settings)
+    before = {**ready, "engines": [{**ready["engines"][0], "state": "Building"}, *ready["engines"][1:]]}
+    (event,) = events_between(before, ready)
+    assert (event.type, event.reason) == ("Normal", "EngineReady")
+    assert ready["engines"][0]["key"] in event.message
