@@ -57,6 +57,10 @@ class Settings:
     store_timeout_seconds: float = 10.0
     # Concurrent reconciles; retry delays of a failing object grow from base to max (seconds).
     workers: int = 4
+    # A change of a child (build Job, Deployment, Service) queues its ModelDeployment this many
+    # seconds later, so a burst (4 Jobs created, a rollout's status updates) is one reconcile and
+    # one status write; spec and node changes are queued at once. TRTOP_COALESCE_SECONDS.
+    coalesce_seconds: float = 2.0
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 300.0
     # Extra env for workloads (tests point the local runner's pods at a local store this way).
@@ -134,6 +138,7 @@ class Settings:
             api_timeout_seconds=float(e.get("TRTOP_API_TIMEOUT_SECONDS", d.api_timeout_seconds)),
             store_timeout_seconds=float(e.get("TRTOP_STORE_TIMEOUT_SECONDS", d.store_timeout_seconds)),
             workers=int(e.get("TRTOP_WORKERS", d.workers)),
+            coalesce_seconds=float(e.get("TRTOP_COALESCE_SECONDS", d.coalesce_seconds)),
             retry_base_seconds=float(e.get("TRTOP_RETRY_BASE_SECONDS", d.retry_base_seconds)),
             retry_max_seconds=float(e.get("TRTOP_RETRY_MAX_SECONDS", d.retry_max_seconds)),
             workload_env=extra,

@@ -73,3 +73,16 @@ def test_progress_age_grows_only_while_work_waits_without_progress():
     assert q.progress_age() == 20  # running for 20 s
     q.done("a")
     assert q.progress_age() == 0.0
+
+
+def test_a_burst_of_delayed_adds_is_one_item_due_at_the_first_ones_window():
+    async def body():
+        clock = Clock()
+        q = WorkQueue(clock=clock)
+        q.add("a", delay=2)
+        clock.t += 1.5
+        q.add("a", delay=2)  # later than the queued one: coalesced, not pushed back
+        assert len(q) == 1
+        clock.t += 0.5
+        assert await asyncio.wait_for(q.get(), 1) == "a" and len(q) == 0
+    run(body())

@@ -50,3 +50,15 @@ def test_an_engine_ready_while_serving_stays_ready_is_an_event(mixed_cluster, se
     (event,) = events_between(before, ready)
     assert (event.type, event.reason) == ("Normal", "EngineReady")
     assert ready["engines"][0]["key"] in event.message
+
+
+def test_only_a_status_on_the_way_without_warnings_waits_for_the_applied_objects(mixed_cluster, settings):
+    from trtop.handlers.modeldeployment import _on_the_way
+
+    building, progressing, ready = statuses(mixed_cluster, settings)
+    assert _on_the_way(building, progressing)  # the Deployment's events bring the next reconcile
+    assert not _on_the_way({}, progressing)  # a new object gets its first status at once
+    assert not _on_the_way(progressing, ready)  # Ready is written when reached
+    failed = {**progressing, "engines": [{**progressing["engines"][0], "state": "Failed", "message": "x"},
+                                         *progressing["engines"][1:]]}
+    assert not _on_the_way(progressing, failed)  # a Warning is never deferred

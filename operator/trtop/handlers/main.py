@@ -2,7 +2,8 @@
 
 Imported by ``trtop operator`` (kopf.operator) and by ``kopf run -m trtop.handlers.main``.
 Every watch is an ``on.event`` handler that updates the in-memory cache and queues the
-ModelDeployments the change concerns (no kopf finalizers, annotations or patches);
+ModelDeployments the change concerns (no kopf finalizers, annotations or patches): at once
+for a spec or node change, after ``coalesce_seconds`` for a child's (bursts coalesce);
 ``trtop.handlers.workers`` reconciles from the queue.
 """
 from __future__ import annotations
@@ -65,14 +66,14 @@ async def on_event_pod(type: str | None, body: kopf.Body, **_: Any) -> None:
 
 @kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_COMPONENT: names.COMPONENT_ENGINE_BUILD})
 async def on_event_job(type: str | None, body: kopf.Body, **_: Any) -> None:
-    workers.enqueue(CACHE.on_job(str(type), body))
+    workers.enqueue(CACHE.on_job(str(type), body), SETTINGS.coalesce_seconds)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=_OURS)
 async def on_event_deployment(type: str | None, body: kopf.Body, **_: Any) -> None:
-    workers.enqueue(CACHE.on_deployment(str(type), body))
+    workers.enqueue(CACHE.on_deployment(str(type), body), SETTINGS.coalesce_seconds)
 
 
 @kopf.on.event("", "v1", "services", labels=_OURS)
 async def on_event_service(type: str | None, body: kopf.Body, **_: Any) -> None:
-    workers.enqueue(CACHE.on_service(str(type), body))
+    workers.enqueue(CACHE.on_service(str(type), body), SETTINGS.coalesce_seconds)

@@ -10,6 +10,11 @@ resourceVersion -> post one Event saying what changed (engines, phase, failures)
 Every failure ends as a condition, never as a traceback: a 4xx of the API server is
 Stalled with the server's own message; a transient error (timeout, 5xx, conflict, the
 store) is retried with backoff (``Outcome.retry_after``) and said in Reconciling.
+
+A status that only says "on the way" right after this pass applied the Service or the
+Deployment is not written: their watch events bring the next reconcile within the
+coalescing window (``Outcome.status_deferred``: the worker queues one anyway), and that one
+writes what they show. Failures and Warnings are never deferred.
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ class Outcome:
     failure: Failure | None = None
     status_written: bool = False
     writes: int = 0  # API writes this reconcile made (Jobs, applies, status, Events)
+    status_deferred: bool = False  # left to the reconcile the applied objects' events bring
 
     @property
     def should_retry(self) -> bool:
@@ -104,13 +110,24 @@ def _reconcile(body: Mapping[str, Any], settings: Settings, autoscaled: int | No
         status = with_failure(status, old.get("conditions") or [], failure.reason, failure.message,
                               stalled=failure.stalled, now=now())
     status.update(extra_status)
-    written, write_failure, status_writes = _write_status(body, old, status)
+    deferred = (failure is None and plan is not None and bool(plan.to_apply) and not extra_status
+                and _on_the_way(old, status))
+    written, write_failure, status_writes = (False, None, 0) if deferred else _write_status(body, old, status)
     writes += status_writes
     failure = failure or write_failure
     if plan is not None:
         _count_engines(plan)
     metrics.RECONCILES.labels(_outcome_label(plan, failure)).inc()
-    return Outcome(plan, failure, written, writes)
+    return Outcome(plan, failure, written, writes, deferred)
+
+
+def _on_the_way(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether ``new`` only says progress (Reconciling, no Warning to post): it can wait for
+    the reconcile that the objects just applied will trigger."""
+    reconciling: Mapping[str, Any] = next(
+        (c for c in new.get("conditions") or () if c.get("type") == names.COND_RECONCILING), {})
+    return (reconciling.get("status") == "True" and bool(old)
+            and not any(e.type == "Warning" for e in events_between(old, new)))
 
 
 def _failure_of(e: BaseException | None, doing: str) -> Failure:
@@ -151,6 +168,8 @@ def _all_at_once(body: Mapping[str, Any], calls: list[tuple[str, Any, Mapping[st
         writes += 1
         if manifest.get("kind") == "Job" and result:
             _job_created(body, manifest)
+        elif isinstance(result, Mapping):
+            CACHE.remember_applied(result)  # the next plan compares with it, not with a lagging watch
     if failure is not None:
         raise _Doing(failure[0]) from failure[1]
     return writes

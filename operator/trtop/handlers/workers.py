@@ -29,9 +29,10 @@ QUEUE: WorkQueue[Key] = WorkQueue()
 _LIVENESS_FACTOR = 4  # a loop is stuck after this many API timeouts without progress
 
 
-def enqueue(keys: Iterable[Key]) -> None:
+def enqueue(keys: Iterable[Key], delay: float = 0.0) -> None:
+    """Queue ``keys`` (after ``delay`` seconds: the coalescing window of child events)."""
     for key in keys:
-        QUEUE.add(key)
+        QUEUE.add(key, delay)
         metrics.QUEUED.inc()
 
 
@@ -47,6 +48,8 @@ def reconcile_key(key: Key, settings: Settings) -> float | None:
     CACHE.handled(key, generation, tuple(e.key for e in outcome.plan.engines) if outcome.plan else ())
     if outcome.should_retry:
         return -1.0  # backoff chosen by the queue
+    if outcome.status_deferred:  # the applied objects' events come back within the window; this is the net
+        return settings.coalesce_seconds
     if outcome.plan is not None and outcome.plan.recheck_after is not None:
         return outcome.plan.recheck_after
     return None

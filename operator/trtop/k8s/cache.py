@@ -360,17 +360,32 @@ class ClusterCache:
     def on_service(self, event: str, body: Mapping[str, Any]) -> list[Key]:
         return self._owned(self._services, event, body)
 
+    def remember_applied(self, body: Mapping[str, Any]) -> None:
+        """The Deployment or Service an apply returned: newer than what the watch has sent yet,
+        so a reconcile before its event compares with it (and applies nothing twice)."""
+        index = {"Deployment": self._deployments, "Service": self._services}.get(str(body.get("kind")))
+        if index is not None:
+            with self._lock:
+                self._keep(index, body)
+
     def _owned(self, index: dict[Key, dict[str, Any]], event: str, body: Mapping[str, Any]) -> list[Key]:
-        key = _key(body)
         with self._lock:
             if event == "DELETED":
-                index.pop(key, None)
+                index.pop(_key(body), None)
             else:
-                slim = _slim(body, "status")
-                slim["spec"] = {"replicas": (body.get("spec") or {}).get("replicas")}
-                index[key] = slim
+                self._keep(index, body)
             owner = self._uids.get(controller_uid(body))
             return [owner] if owner else []
+
+    @staticmethod
+    def _keep(index: dict[Key, dict[str, Any]], body: Mapping[str, Any]) -> None:
+        key = _key(body)
+        old = index.get(key)
+        if old is not None and _rv(old) > _rv(body):
+            return
+        slim = _slim(body, "status")
+        slim["spec"] = {"replicas": (body.get("spec") or {}).get("replicas")}
+        index[key] = slim
 
     def deployment(self, key: Key, owner_uid: str) -> DeploymentFact | None:
         with self._lock:
