@@ -1,0 +1,58 @@
+"""The autoscaler's loop: one object that raises never stops the others' autoscaling (issue 11:
+``targets: ["8.9", "8.9/NVIDIA-L4"]`` raised inside the loop, which had no per-object guard)."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from trtop import names
+from trtop.api.spec import ScalingMetric
+from trtop.autoscale.load import LoadReading, PodEndpoint
+from trtop.config import Settings
+from trtop.handlers import autoscaling
+from trtop.k8s.cache import ClusterCache
+
+BUILTIN = {"model": {"uri": "s3://m/a"}, "scaling": {"mode": "builtin", "minReplicas": 1, "maxReplicas": 4}}
+
+
+def md(name: str, spec: Any, uid: str = "") -> dict[str, Any]:
+    meta = {"name": name, "namespace": "ml", "generation": 1, "resourceVersion": "1"}
+    if uid:
+        meta["uid"] = uid
+    return {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": meta, "spec": spec}
+
+
+def deployment(name: str, uid: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "ml", "resourceVersion": "1", "labels": {},
+                         "ownerReferences": [{"uid": uid, "controller": True}]},
+            "spec": {"replicas": 1}, "status": {"readyReplicas": 1}}
+
+
+class Recording:
+    """A load source that remembers which objects' pods it was asked about (and holds: no change)."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    async def read(self, pods: Sequence[PodEndpoint], metric: ScalingMetric) -> LoadReading:
+        self.asked.append(len(pods))
+        return LoadReading(samples=())
+
+
+def test_an_object_that_raises_is_skipped_and_the_others_are_autoscaled(monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = ClusterCache()
+    # Sorted before the good one, and broken where the loop reads it: no uid (KeyError), and
+    # a spec the issue named (a duplicate target).
+    cache.on_model_deployment("ADDED", md("a-broken", BUILTIN))
+    cache.on_model_deployment("ADDED", md("a-dup", {**BUILTIN, "engine": {"targets": ["8.9", "8.9/NVIDIA-L4"]}},
+                                          uid="u-dup"))
+    cache.on_model_deployment("ADDED", md("b-good", BUILTIN, uid="u-good"))
+    cache.on_deployment("ADDED", deployment("a-broken", "u-x"))
+    cache.on_deployment("ADDED", deployment("b-good", "u-good"))
+    monkeypatch.setattr(autoscaling, "CACHE", cache)
+    source = Recording()
+    asyncio.run(autoscaling.autoscale_once(Settings(), source))
+    assert source.asked == [0]  # b-good was read (it has no pods yet); the others were skipped
