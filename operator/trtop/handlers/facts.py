@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from trtop.api.engine import EngineKey, EngineRecord
 from trtop.config import Settings
@@ -45,18 +45,37 @@ def gather(body: Mapping[str, Any], settings: Settings) -> ClusterFacts:
     legacy = CACHE.deployment(key, uid) if CACHE.knows_deployment(key) else None
     if legacy is not None and (legacy.foreign or legacy.target):
         legacy = None  # someone else's, or a unit of another ModelDeployment: not ours to move
-    service = CACHE.service(key, uid) if CACHE.knows_service(key) else observe.observe_service(ns, name, uid)
+    # Asked once when the object is new and once more when a ready engine makes the plan
+    # want to apply them; a known absence in between is not asked again (one GET per
+    # reconcile was most of a reconcile's time at N=300).
+    stage = "serving" if records else "new"
+    service = CACHE.service(key, uid) if CACHE.knows_service(key) else _unless_known_absent(
+        key, "Service", stage, lambda: observe.observe_service(ns, name, uid))
     foreign = []
     for unit in sorted({unit_name(name, r.target) for r in records.values()}):
         if CACHE.knows_deployment((ns, unit)):
             fact = CACHE.deployment((ns, unit), uid)
         else:
-            fact = observe.observe_deployment(ns, unit, uid)
+            fact = _unless_known_absent((ns, unit), "Deployment", stage,
+                                        functools.partial(observe.observe_deployment, ns, unit, uid))
         if fact is not None and fact.foreign:
             foreign.append(unit)
     return ClusterFacts(nodes=nodes, jobs=CACHE.jobs(ns, wanted), records=records, units=CACHE.units(uid),
                         deployment=legacy, pods=CACHE.pod_facts(key), foreign_units=tuple(foreign), service=service,
                         store_error=store_error, now=at)
+
+
+F = TypeVar("F")
+
+
+def _unless_known_absent(key: tuple[str, str], kind: str, stage: str, get: Callable[[], F | None]) -> F | None:
+    """``get()`` (one GET), unless a GET at this stage found nothing already."""
+    if CACHE.known_absent(key, kind, stage):
+        return None
+    fact = get()
+    if fact is None:
+        CACHE.note_absent(key, kind, stage)
+    return fact
 
 
 def known_records(keys: tuple[EngineKey, ...], settings: Settings,

@@ -48,7 +48,7 @@ _built_by_us: set[str] = set()
 # One reconcile at a time per object: the kopf handlers, the resync and the autoscaler may all call in.
 _locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 # The writes of one plan run side by side (Jobs, Service, Deployment): each mostly waits on the API.
-_WRITES = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="trtop-write")
+_WRITES = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="trtop-write")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ queued work stops moving (a hung API call would otherwise go unnoticed).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from collections.abc import Iterable
@@ -55,11 +56,12 @@ def reconcile_key(key: Key, settings: Settings) -> float | None:
     return None
 
 
-async def _worker(settings: Settings, stopped: asyncio.Event) -> None:
+async def _worker(settings: Settings, stopped: asyncio.Event, threads: concurrent.futures.Executor) -> None:
+    loop = asyncio.get_running_loop()
     while not stopped.is_set():
         key = await QUEUE.get()
         try:
-            delay = await asyncio.to_thread(reconcile_key, key, settings)
+            delay = await loop.run_in_executor(threads, reconcile_key, key, settings)
         except Exception:  # noqa: BLE001 - a bug for one object must not stop the worker
             log.exception("Reconcile of %s/%s failed; retrying with backoff", *key)
             delay = -1.0
@@ -105,12 +107,16 @@ async def _sleep(stopped: asyncio.Event, seconds: float) -> None:
 
 async def _run(settings: Settings, stopped: asyncio.Event) -> None:
     tasks = [asyncio.create_task(_resync(settings, stopped), name="trtop-resync")]
-    tasks += [asyncio.create_task(_worker(settings, stopped), name=f"trtop-worker-{i}")
+    # Threads of their own: asyncio's default pool has cpu+4 threads (6 on 2 cores) and would cap the workers.
+    threads = concurrent.futures.ThreadPoolExecutor(max_workers=max(settings.workers, 1),
+                                                    thread_name_prefix="trtop-reconcile")
+    tasks += [asyncio.create_task(_worker(settings, stopped, threads), name=f"trtop-worker-{i}")
               for i in range(max(settings.workers, 1))]
     await stopped.wait()
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    threads.shutdown(wait=False, cancel_futures=True)
 
 
 def start(settings: Settings) -> tuple[asyncio.Task[Any], asyncio.Event]:

@@ -77,7 +77,8 @@ class ClusterCache:
         self._services: dict[Key, dict[str, Any]] = {}
         self.users_of_key: defaultdict[EngineKey, set[Key]] = defaultdict(set)  # filled after each plan
         self._keys_of_user: dict[Key, tuple[EngineKey, ...]] = {}  # the reverse: O(1) to replace
-        self._node_facts: dict[str, NodeFact] = {}  # derived from _nodes/_requested, dropped when they change
+        self._node_facts: dict[str, NodeFact] = {}
+        self._absent: set[tuple[Key, str, str]] = set()  # (object, kind, stage) a GET found missing  # derived from _nodes/_requested, dropped when they change
 
     # ModelDeployments --------------------------------------------------------------------
     def on_model_deployment(self, event: str, body: Mapping[str, Any]) -> list[Key]:
@@ -88,6 +89,7 @@ class ClusterCache:
                 self._specs.pop(key, None)
                 self._handled_generation.pop(key, None)
                 self._set_users(key, ())
+                self._absent = {a for a in self._absent if a[0] != key}
                 return []
             old = self.mds.get(key)
             if old is not None and _rv(old) > _rv(body):
@@ -407,6 +409,15 @@ class ClusterCache:
     def knows_deployment(self, key: Key) -> bool:
         with self._lock:
             return key in self._deployments
+
+    def note_absent(self, key: Key, kind: str, stage: str) -> None:
+        """A GET found no ``kind`` named like ``key`` (not even someone else's) at this stage."""
+        with self._lock:
+            self._absent.add((key, kind, stage))
+
+    def known_absent(self, key: Key, kind: str, stage: str) -> bool:
+        with self._lock:
+            return (key, kind, stage) in self._absent
 
     def knows_service(self, key: Key) -> bool:
         with self._lock:

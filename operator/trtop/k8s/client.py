@@ -47,7 +47,11 @@ def get_clients() -> Clients:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
-    api = client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    # Room for every worker and parallel write (the default, 5 per CPU, drops connections
+    # under load and each new one costs a TLS handshake).
+    configuration.connection_pool_maxsize = 64
+    api = client.ApiClient(configuration)
     rest = api.rest_client
     send = rest.request
 
