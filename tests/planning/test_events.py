@@ -62,3 +62,10 @@ def test_only_a_status_on_the_way_without_warnings_waits_for_the_applied_objects
     failed = {**progressing, "engines": [{**progressing["engines"][0], "state": "Failed", "message": "x"},
                                          *progressing["engines"][1:]]}
     assert not _on_the_way(progressing, failed)  # a Warning is never deferred
+
+
+def test_engines_ready_in_the_same_step_as_the_phase_are_named_by_the_phase_event(mixed_cluster, settings):
+    building, _, ready = statuses(mixed_cluster, settings)
+    (event,) = events_between(building, ready)  # the Progressing status was never written
+    assert (event.type, event.reason) == ("Normal", "PhaseReady") and "engines ready" in event.message
+    assert all(e["key"] in event.message for e in ready["engines"])  # each engine's step, with its build time

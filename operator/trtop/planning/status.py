@@ -149,8 +149,8 @@ def condition_dicts(conds: Sequence[Condition], previous: Sequence[Mapping[str, 
 # Normal Event when it gets there (not one per step: a fleet of thousands would write three
 # times as many Events, and nobody acts on "building"). So these are no Events of their own:
 # an engine Pending or Building (status.engines[] and the build Job show it), an engine Ready
-# while the phase is still Building/Progressing (the Ready Event lists the engines), and the
-# phase passing through Building or Progressing.
+# while the phase is still Building/Progressing or just becoming Ready (the PhaseReady Event
+# lists the engines), and the phase passing through Building or Progressing.
 QUIET_ENGINE_STATES = ("Pending", "Building")
 QUIET_PHASES = ("Building", "Progressing")
 # Ready's reasons when a plan could not be carried out (see ``with_failure``): each is an Event.
@@ -168,17 +168,20 @@ def events_between(previous: Mapping[str, Any], current: Mapping[str, Any]) -> l
     events: list[Event] = []
     old_engines = {e.get("key"): e for e in previous.get("engines", [])}
     reached: dict[str, list[str]] = {}
-    settling = current.get("phase") in QUIET_PHASES
+    # Engines Ready on the way to Ready, or as it gets there: the PhaseReady Event names them.
+    settling = current.get("phase") in QUIET_PHASES or (
+        current.get("phase") in ("Ready", "Degraded") and previous.get("phase") != current.get("phase"))
+    folded: list[str] = []  # engines Ready in this step, told by the phase Event
     for e in current.get("engines", []):
         before = old_engines.get(e["key"], {}).get("state")
-        if before == e["state"] or e["state"] in QUIET_ENGINE_STATES or (e["state"] == "Ready" and settling):
+        if before == e["state"] or e["state"] in QUIET_ENGINE_STATES:
             continue
         text = f"engine {e['key']} for {e['target']}: {before or 'new'} -> {e['state']}"
         if e["state"] == "Ready" and "buildSeconds" in e:
             text += f" (built in {e['buildSeconds']} s, parity max abs error {e.get('parityMaxAbsError', 0):.3g})"
         elif e.get("message"):
             text += f": {e['message']}"
-        reached.setdefault(e["state"], []).append(text)
+        (folded if e["state"] == "Ready" and settling else reached.setdefault(e["state"], [])).append(text)
     for state, texts in reached.items():
         kind = "Warning" if state in ("Failed", "Unschedulable") else "Normal"
         events.append(Event(kind, f"Engine{state}", "; ".join(texts)[:1024]))
@@ -204,7 +207,7 @@ def events_between(previous: Mapping[str, Any], current: Mapping[str, Any]) -> l
         text = f"phase {previous.get('phase') or 'new'} -> {current.get('phase')}: {current.get('message', '')}"
         engines = _condition(current, names.COND_ENGINES_READY).get("message")
         if current.get("phase") in ("Ready", "Degraded") and engines:
-            text += f"; {engines}"  # what the quiet steps before it did
+            text += "; ".join(["", engines, *folded])  # what the quiet steps before it did
         events.append(Event(kind, f"Phase{current.get('phase')}", text[:1024]))
     return events
 
