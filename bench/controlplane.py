@@ -91,10 +91,10 @@ class Cluster:
         self.kubectl("apply", "--server-side", "-f", f.name)
         os.unlink(f.name)
 
-    def nodes(self, gpu_nodes: int) -> None:
+    def nodes(self, gpu_nodes: int, gpus_per_node: int = 8) -> None:
         per = gpu_nodes // len(TYPES)
         pools = [Pool(name=n, count=per, cpu="96", memory="1Ti",
-                      gpu=Gpu(product=p, compute_capability=cc, count=8)) for n, p, cc in TYPES]
+                      gpu=Gpu(product=p, compute_capability=cc, count=gpus_per_node)) for n, p, cc in TYPES]
         self.session.apply_pools(pools)
 
     def namespace(self, name: str) -> None:
@@ -182,7 +182,7 @@ def _holding(nodes: tuple[Any, ...], units: tuple[dict[str, Any], ...]) -> tuple
     return tuple(out)
 
 
-def floor(c: Cluster, n: int, settings: Settings) -> float:
+def floor(c: Cluster, n: int, settings: Settings, keep: bool = False) -> float:
     ns = f"floor-{n}"
     c.namespace(ns)
     jobs, serving = planned_objects(c, n, ns, settings)
@@ -206,8 +206,8 @@ def floor(c: Cluster, n: int, settings: Settings) -> float:
                 and sum(1 for d in ds if (d.status.available_replicas or 0) >= 1) >= n)
     testing.wait_for("floor objects ready", done, timeout=3600, interval=2)
     took = time.monotonic() - started
-    # The floor's pods hold GPUs the operator's phase needs (N=1000: 2000 pods on 1600 GPUs).
-    c.kubectl("delete", "namespace", ns, "--wait=true", "--timeout=600s")
+    if not keep:  # its pods hold GPUs the operator's phase needs (N=1000: 2000 pods on 1600 GPUs)
+        c.kubectl("delete", "namespace", ns, "--wait=true", "--timeout=1200s")
     return took
 
 
@@ -277,7 +277,7 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def run_operator(c: Cluster, n: int, kubeconfig: str, result: dict[str, Any]) -> None:
+def run_operator(c: Cluster, n: int, kubeconfig: str, result: dict[str, Any], new_type_timeout: float) -> None:
     ns = f"bench-{n}"
     c.namespace(ns)
     store = Path(tempfile.mkdtemp(prefix="trtop-bench-store-"))
@@ -329,7 +329,7 @@ def run_operator(c: Cluster, n: int, kubeconfig: str, result: dict[str, Any]) ->
         text = scrape(port)
         result["p50_s"], result["p99_s"] = quantile(text, 0.5), quantile(text, 0.99)
         result["new_type_first_s"], result["new_type_all_s"], result["new_type_reconciles"] = new_gpu_type(
-            c, ns, port, n)
+            c, ns, port, n, new_type_timeout)
         result["tracebacks"] = log_path.read_text(errors="replace").count("Traceback")
         final = scrape(port)
         (log_path.parent / f"operator-{n}.metrics").write_text(final)
@@ -348,8 +348,8 @@ def run_operator(c: Cluster, n: int, kubeconfig: str, result: dict[str, Any]) ->
         c.kubectl("delete", "namespace", ns, "--wait=false")
 
 
-def new_gpu_type(c: Cluster, ns: str, port: int, n: int) -> tuple[float, float, float]:
-    """(seconds to its first build Job, to all N/2 of them, reconciles it caused)."""
+def new_gpu_type(c: Cluster, ns: str, port: int, n: int, timeout: float) -> tuple[float, float, float]:
+    """(seconds to its first build Job, to all N/2 of them (nan past ``timeout``), reconciles it caused)."""
     name, product, cc = NEW_TYPE
     before = metric(scrape(port), "trtop_operator_reconcile_seconds_count")
     node = build_node(Pool(name=name, count=1, cpu="96", memory="1Ti", gpu=Gpu(product=product,
@@ -361,9 +361,13 @@ def new_gpu_type(c: Cluster, ns: str, port: int, n: int) -> tuple[float, float, 
         wait_until("the new type's first build Job", lambda: c.batch.list_namespaced_job(
             ns, label_selector=selector).items, timeout=600, interval=0.2)
         first = time.monotonic() - started
-        wait_until("all of the new type's build Jobs", lambda: len(c.batch.list_namespaced_job(
-            ns, label_selector=selector).items) >= n // 2, timeout=1800, interval=0.5)
-        every = time.monotonic() - started
+        try:
+            wait_until("all of the new type's build Jobs", lambda: len(c.batch.list_namespaced_job(
+                ns, label_selector=selector).items) >= n // 2, timeout=timeout, interval=0.5)
+            every = time.monotonic() - started
+        except RuntimeError as e:
+            log(str(e)[:300])
+            every = float("nan")
         last, stable_since = -1.0, time.monotonic()
         while time.monotonic() - stable_since < 10:  # the wave of reconciles it caused has ended
             count = metric(scrape(port), "trtop_operator_reconcile_seconds_count")
@@ -394,6 +398,11 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, action="append", help="ModelDeployments (repeat: 100, 300, 1000)")
     parser.add_argument("--gpu-nodes", type=int, default=200)
+    parser.add_argument("--gpus-per-node", type=int, default=8)
+    parser.add_argument("--keep-floor", action="store_true",
+                        help="leave the floor's objects while the operator runs (needs GPUs for 2 x N pods)")
+    parser.add_argument("--new-type-timeout", type=float, default=1800.0,
+                        help="seconds to wait for all of the new GPU type's build Jobs")
     parser.add_argument("--keep", action="store_true", help="leave the bench cluster running")
     args = parser.parse_args(argv)
     sizes = args.n or [100]
@@ -403,16 +412,16 @@ def main(argv: list[str]) -> int:
     rows = []
     try:
         c = Cluster(session)
-        log(f"{args.gpu_nodes} GPU nodes over {len(TYPES)} types")
-        c.nodes(args.gpu_nodes)
+        log(f"{args.gpu_nodes} GPU nodes ({args.gpus_per_node} GPUs each) over {len(TYPES)} types")
+        c.nodes(args.gpu_nodes, args.gpus_per_node)
         kubeconfig = operator_identity(c)
         settings = Settings(store_uri="/tmp/unused")
         for n in sizes:
             row: dict[str, Any] = {"n": n}
             try:
-                row["floor_s"] = floor(c, n, settings)
+                row["floor_s"] = floor(c, n, settings, args.keep_floor)
                 log(f"N={n}: floor {row['floor_s']:.1f}s")
-                run_operator(c, n, kubeconfig, row)
+                run_operator(c, n, kubeconfig, row, args.new_type_timeout)
             except Exception as e:  # noqa: BLE001 - report the sizes that did run
                 log(f"N={n} failed: {type(e).__name__}: {str(e)[:500]}")
                 continue

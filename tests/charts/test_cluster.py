@@ -259,7 +259,8 @@ def test_two_replicas_one_works_the_other_takes_over(dev_cluster, namespaced_rel
         dev_cluster.kubectl("apply", "-n", install.served, "-f", "-", input=yaml.safe_dump(second))
         dev_cluster.kubectl("wait", "-n", install.served, "--for=condition=Ready", f"md/{EXAMPLE_NAME}-2",
                             "--timeout=120s", timeout=150)
-        assert f"{EXAMPLE_NAME}-2" in standby.log()
+        # Its log line follows the status write (and Ready) by a moment.
+        wait_for("the standby's log to name it", lambda: f"{EXAMPLE_NAME}-2" in standby.log(), timeout=30)
         dev_cluster.kubectl("delete", "md", "--all", "-n", install.served, "--timeout=60s", timeout=90)
     finally:
         stand_in.stop()

@@ -230,7 +230,8 @@ def _write_status(body: Mapping[str, Any], old: Mapping[str, Any],
     event = one_event(events_between(old, new))
     if event is None:
         return True, None, 1
-    post_event(body, event.type, event.reason, event.message)
+    # Logged first: the status is already visible, and the Event may take a round trip.
     (log.warning if event.type == "Warning" else log.info)("%s/%s: %s", meta["namespace"], meta["name"],
                                                            event.message)
+    post_event(body, event.type, event.reason, event.message)
     return True, None, 2
