@@ -26,7 +26,9 @@ def md(name: str, spec: Any, uid: str = "") -> dict[str, Any]:
 
 
 def deployment(name: str, uid: str) -> dict[str, Any]:
-    return {"metadata": {"name": name, "namespace": "ml", "resourceVersion": "1", "labels": {},
+    """A serving unit (one architecture's Deployment) of the object with ``uid``."""
+    return {"metadata": {"name": f"{name}-sm89-nvidia-l4", "namespace": "ml", "resourceVersion": "1",
+                         "labels": {names.LABEL_TARGET: "sm89-nvidia-l4"},
                          "ownerReferences": [{"uid": uid, "controller": True}]},
             "spec": {"replicas": 1}, "status": {"readyReplicas": 1}}
 

@@ -1,10 +1,10 @@
 """Which status changes are Events: every failure at once, one Normal Event per arrival at Ready."""
 from trtop import names
-from trtop.planning.facts import ClusterFacts, DeploymentFact
+from trtop.planning.facts import ClusterFacts
 from trtop.planning.plan import plan_model_deployment
 from trtop.planning.status import events_between
 
-from .conftest import md_body, record_for
+from .conftest import live_of, md_body, record_for
 
 NOW = "2026-11-24T00:00:00Z"
 
@@ -16,11 +16,9 @@ def statuses(mixed_cluster, settings):
     records = {e.key: record_for(e) for e in building.engines}
     body["status"] = building.status
     progressing = plan_model_deployment(body, ClusterFacts(nodes=mixed_cluster, records=records), settings, now=NOW)
-    ann = progressing.deployment["metadata"]["annotations"]
-    live = DeploymentFact("resnet", ann[names.ANNOTATION_ENGINE_SET], ann[names.ANNOTATION_SPEC_HASH], 1, 1, 1, True,
-                          tuple(records), applied_hash=ann[names.ANNOTATION_APPLIED_HASH])
+    units, pods = live_of(progressing)
     body["status"] = progressing.status
-    ready = plan_model_deployment(body, ClusterFacts(nodes=mixed_cluster, records=records, deployment=live),
+    ready = plan_model_deployment(body, ClusterFacts(nodes=mixed_cluster, records=records, units=units, pods=pods),
                                   settings, now=NOW)
     return building.status, progressing.status, ready.status
 

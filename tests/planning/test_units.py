@@ -195,8 +195,10 @@ def test_no_free_gpu_anywhere_is_said_in_scaling_limited(settings):
 def test_units_joining_and_leaving_are_events(settings):
     from trtop.planning.status import events_between
     facts, p = settled(with_records(BASE, settings), settings)
-    first = events_between({}, p.status)
-    assert any(e.reason == "UnitAdded" and "resnet-sm90" in e.message for e in first)
+    assert not [e for e in events_between({}, p.status) if e.reason.startswith("Unit")]  # the first rollout's
+    fewer_first = {**p.status, "units": p.status["units"][1:]}
+    joined = events_between(fewer_first, p.status)
+    assert any(e.reason == "UnitAdded" and p.status["units"][0]["name"] in e.message for e in joined)
     fewer = {**p.status, "units": p.status["units"][:2]}
     assert [e.reason for e in events_between(p.status, fewer) if e.reason.startswith("Unit")] == ["UnitRemoved"]
     assert not [e for e in events_between(p.status, p.status) if e.reason.startswith("Unit")]

@@ -189,7 +189,7 @@ def events_between(previous: Mapping[str, Any], current: Mapping[str, Any]) -> l
     new_units = {u.get("name"): u for u in current.get("units") or [] if isinstance(u, Mapping)}
     added = [f"{n} for {u.get('target')}" for n, u in new_units.items() if n not in old_units]
     removed = [str(n) for n in old_units if n not in new_units]
-    if added:
+    if added and old_units:  # the first units are the first rollout: its PhaseReady Event tells it
         events.append(Event("Normal", "UnitAdded", f"serving unit(s) added: {', '.join(added)}"[:1024]))
     if removed and "units" in current:
         events.append(Event("Normal", "UnitRemoved", f"serving unit(s) removed: {', '.join(removed)}"[:1024]))
