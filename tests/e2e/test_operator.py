@@ -116,7 +116,7 @@ def test_one_build_per_architecture_then_ready(world, dev_cluster):
     assert pods and all(names.GFD_CC_MAJOR in nodes[p.spec.node_name].metadata.labels for p in pods)
     events = events_for(world.core, world.ns, "resnet")  # one Event per reconcile that changed something
     assert "PhaseReady" in {e.reason for e in events}
-    assert any("-> Ready (built in" in e.message for e in events), [e.message for e in events]
+    assert any("Ready (built in" in e.message for e in events), [e.message for e in events]
     # kubectl shows the printer columns people read.
     table = dev_cluster.kubectl("get", "md", "-n", world.ns, "resnet")
     assert "Ready" in table and f"{len(archs)}/{len(archs)}" in table

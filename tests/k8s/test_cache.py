@@ -103,6 +103,16 @@ def test_a_build_pod_that_cannot_start_says_why_in_its_jobs_fact_and_requeues_it
     assert c.jobs("ml")["k1"].message == ""
 
 
+def test_a_stuck_build_pod_concerns_the_object_that_made_its_job_before_it_is_a_known_user():
+    c = world()  # no reconcile has recorded ("ml", "auto") as a user of k1 yet
+    stuck = {"metadata": {"name": "trtop-k1-x", "namespace": "ml", "labels": {
+        "job-name": "trtop-k1", names.LABEL_COMPONENT: names.COMPONENT_ENGINE_BUILD, names.LABEL_ENGINE_KEY: "k1",
+        names.LABEL_MODEL_DEPLOYMENT: "auto"}},
+        "spec": {}, "status": {"phase": "Pending", "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "no room"}]}}
+    assert c.on_pod("ADDED", stuck) == [("ml", "auto")]
+
+
 def test_gpu_requests_follow_pods_onto_and_off_nodes():
     c = world()
     pod = {"metadata": {"name": "s", "namespace": "ml", "labels": {}},

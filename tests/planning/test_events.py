@@ -67,3 +67,11 @@ def test_engines_ready_in_the_same_step_as_the_phase_are_named_by_the_phase_even
     (event,) = events_between(building, ready)  # the Progressing status was never written
     assert (event.type, event.reason) == ("Normal", "PhaseReady") and "engines ready" in event.message
     assert all(e["key"] in event.message for e in ready["engines"])  # each engine's step, with its build time
+
+
+def test_engines_ready_in_an_earlier_quiet_step_are_named_by_the_phase_event(mixed_cluster, settings):
+    _, progressing, ready = statuses(mixed_cluster, settings)
+    assert all(e["state"] == "Ready" for e in progressing["engines"])  # told by no Event then (Progressing)
+    (event,) = events_between(progressing, ready)
+    assert event.reason == "PhaseReady"
+    assert all(f"engine {e['key']}" in event.message and "built in" in event.message for e in ready["engines"])

@@ -250,8 +250,12 @@ class ClusterCache:
                     self._job_pods[(key[0], str(job))] = {"waiting": stuck}
                 if stuck != (before or {}).get("waiting", "") and summary is None:
                     # A build that cannot start says why in its engine's status (a missing claim, a bad image).
+                    # Its users, and the object that made the Job (it may not have finished the
+                    # reconcile that records it as a user yet).
                     engine_key = EngineKey(labels.get(names.LABEL_ENGINE_KEY, ""))
-                    concerned = sorted(k for k in self.users_of_key.get(engine_key, set()) if k[0] == key[0])
+                    maker = (key[0], str(labels.get(names.LABEL_MODEL_DEPLOYMENT, "")))
+                    concerned = sorted({k for k in self.users_of_key.get(engine_key, set()) if k[0] == key[0]}
+                                       | ({maker} if maker in self.mds else set()))
             md = labels.get(names.LABEL_MODEL_DEPLOYMENT)
             if md and labels.get(names.LABEL_COMPONENT) == names.COMPONENT_INFERENCE:
                 owner = (key[0], str(md))

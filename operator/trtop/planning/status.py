@@ -182,6 +182,13 @@ def events_between(previous: Mapping[str, Any], current: Mapping[str, Any]) -> l
         elif e.get("message"):
             text += f": {e['message']}"
         (folded if e["state"] == "Ready" and settling else reached.setdefault(e["state"], [])).append(text)
+    if settling and previous.get("phase") in QUIET_PHASES:
+        # Engines that turned Ready in an earlier quiet step (its status was written without an
+        # Event): the phase Event that ends the quiet steps tells them too.
+        folded += [f"engine {e['key']} for {e['target']}: Ready (built in {e['buildSeconds']} s, parity max abs "
+                   f"error {e.get('parityMaxAbsError', 0):.3g})" for e in current.get("engines", [])
+                   if e["state"] == "Ready" and "buildSeconds" in e
+                   and old_engines.get(e["key"], {}).get("state") == "Ready"]
     for state, texts in reached.items():
         kind = "Warning" if state in ("Failed", "Unschedulable") else "Normal"
         events.append(Event(kind, f"Engine{state}", "; ".join(texts)[:1024]))
