@@ -169,3 +169,22 @@ def test_slow_bodies_time_out_and_bodies_beyond_the_budget_are_refused_before_re
     assert b" 400 " in answer.split(b"\r\n")[0] and b"did not arrive within 3s" in answer
     ok = httpx.post(s.url + "/v2/models/a/infer", json=infer_json(np.ones((1, 4), np.float32)))
     assert ok.status_code == 200  # the budget is free again
+
+
+def test_a_front_end_is_orphaned_only_when_the_process_that_started_it_is_gone():
+    """In a container the engine process is pid 1: a front-end whose parent is pid 1 is not an orphan."""
+    import json
+    import subprocess
+    import sys
+
+    from trtop.serve.frontend import ENV_FRONTEND, setup_env
+    from trtop.serve.settings import ServeSettings
+
+    doc = json.loads(setup_env(ServeSettings(), index=0, listen_fd=3, channel_fd=4, arena_fd=5,
+                               arena_size=1)[ENV_FRONTEND])
+    assert doc["parent_pid"] == os.getpid()
+    check = "import sys; from trtop.serve.frontend import orphaned; print(orphaned(int(sys.argv[1])))"
+    ours = subprocess.run([sys.executable, "-c", check, str(os.getpid())], capture_output=True, text=True, check=True)
+    assert ours.stdout.strip() == "False"
+    gone = subprocess.run([sys.executable, "-c", check, "1"], capture_output=True, text=True, check=True)
+    assert gone.stdout.strip() == "True"

@@ -233,7 +233,8 @@ ENV_FRONTEND = "TRTOP_FRONTEND_SETUP"  # JSON: settings + inherited descriptors 
 def setup_env(settings: ServeSettings, *, index: int, listen_fd: int, channel_fd: int, arena_fd: int,
               arena_size: int) -> dict[str, str]:
     doc = {"settings": {f.name: getattr(settings, f.name) for f in fields(ServeSettings)}, "index": index,
-           "listen_fd": listen_fd, "channel_fd": channel_fd, "arena_fd": arena_fd, "arena_size": arena_size}
+           "listen_fd": listen_fd, "channel_fd": channel_fd, "arena_fd": arena_fd, "arena_size": arena_size,
+           "parent_pid": os.getpid()}
     return {ENV_FRONTEND: json.dumps(doc)}
 
 
@@ -246,6 +247,15 @@ def _die_with_parent() -> None:
         pass
 
 
+def orphaned(parent_pid: int) -> bool:
+    """The engine process that started us is gone (it died before PR_SET_PDEATHSIG took hold).
+
+    Compared with the pid the engine process wrote, never with 1: in a container the engine
+    process is pid 1 itself, and a front-end whose parent is pid 1 is then a healthy one.
+    """
+    return os.getppid() != parent_pid
+
+
 def main() -> int:
     doc = json.loads(os.environ[ENV_FRONTEND])
     settings = ServeSettings(**doc["settings"])
@@ -253,7 +263,7 @@ def main() -> int:
                         format=f"%(asctime)s %(levelname)s frontend-{doc['index']} %(name)s: %(message)s",
                         stream=sys.stderr)
     _die_with_parent()
-    if os.getppid() == 1:
+    if orphaned(doc["parent_pid"]):
         return 1
     from trtop.serve.server import serve_frontend
 
