@@ -62,7 +62,9 @@ def test_kubectl_apply_to_a_real_answer_and_scaling(demo, dev_cluster):
     assert during == sorted(during), f"replicas went down under constant load:\n{demo.result.timeline.table()}"
     assert demo.result.max_replicas_seen == 3  # maxReplicas of the example
     first_down = next(t for t, _, desired, _, _ in rows if t > load_end and desired < demo.result.max_replicas_seen)
-    assert first_down - load_end >= SCALE_DOWN_WINDOW - AUTOSCALE_INTERVAL, demo.result.timeline.table()
+    # The last high reading may precede the load's end by one autoscale period, and the timeline
+    # sees a change up to one period late: the window holds if no step down comes sooner than that.
+    assert first_down - load_end >= SCALE_DOWN_WINDOW - 2 * AUTOSCALE_INTERVAL, demo.result.timeline.table()
     assert demo.result.final_replicas == 1, demo.result.timeline.table()
 
     # What people read: an Event on reaching Ready (naming the ready engines) and each scale change.
