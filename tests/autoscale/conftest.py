@@ -30,6 +30,7 @@ class Exporter:
     inflight: Gauge
     requests: Counter
     queue: Histogram
+    busy: Histogram  # request durations: their sum's rate is the time-averaged in-flight
     port: int
     server: WSGIServer
     thread: Thread
@@ -44,8 +45,9 @@ def _exporter() -> Exporter:
     inflight = Gauge(names.METRIC_INFLIGHT, "in-flight requests", ["model"], registry=registry)
     requests = Counter(names.METRIC_REQUESTS, "requests", ["model", "outcome"], registry=registry)
     queue = Histogram(names.METRIC_QUEUE_SECONDS, "queue seconds", ["model"], registry=registry)
+    busy = Histogram(names.METRIC_REQUEST_SECONDS, "request seconds", ["model"], registry=registry)
     server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
-    return Exporter(inflight, requests, queue, server.server_port, server, thread)
+    return Exporter(inflight, requests, queue, busy, server.server_port, server, thread)
 
 
 @pytest.fixture

@@ -120,7 +120,9 @@ def test_open_load_source_picks_by_url() -> None:
 
 
 @pytest.mark.parametrize("metric,parts", [
-    ("inflight", ['sum by (pod) (trtop_inference_inflight_requests{namespace="ns",pod=~"a-1|b-2"})']),
+    ("inflight", ['sum by (pod) (rate(trtop_inference_request_duration_seconds_sum{namespace="ns",pod=~"a-1|b-2"}[30s])',
+                  'unless sum by (pod) (trtop_inference_request_duration_seconds_sum{',
+                  'sum by (pod) (trtop_inference_inflight_requests{namespace="ns",pod=~"a-1|b-2"})']),
     ("rps", ["rate(trtop_inference_requests_total{", "[30s]", "unless sum by (pod) (trtop_inference_requests_total"]),
     ("queue-time", ["1000 * sum by (pod) (rate(trtop_inference_queue_seconds_sum{", ") / sum by (pod) (rate(trtop_inference_queue_seconds_count{"]),
 ])
@@ -156,12 +158,14 @@ async def test_against_a_real_prometheus(exporters: Callable[[], Exporter],
     sent: list[tuple[float, int]] = []  # (time, requests so far): the true rate to compare with
 
     async def traffic() -> None:
-        # pod-a: ~40 requests/s (less on a busy machine), each waited 0.25 s in the queue.
+        # pod-a: ~40 requests/s (less on a busy machine), each waited 0.25 s in the queue and
+        # took 0.1 s in all: ~4 in flight on average, while its gauge reads 3 at every scrape.
         n = 0
         while not stop:
             a.requests.labels(model="m", outcome="ok").inc(2)
-            a.queue.labels(model="m").observe(0.25)
-            a.queue.labels(model="m").observe(0.25)
+            for _ in range(2):
+                a.queue.labels(model="m").observe(0.25)
+                a.busy.labels(model="m").observe(0.1)
             n += 2
             sent.append((time.monotonic(), n))
             await asyncio.sleep(0.05)
@@ -187,8 +191,9 @@ async def test_against_a_real_prometheus(exporters: Callable[[], Exporter],
         stop = True
         await task
     assert rps.errors == () and inflight.errors == () and queue.errors == ()
-    assert {s.name: s.value for s in inflight.samples} == {"pod-a": 3.0, "pod-b": 7.0, "pod-idle": 0.0,
-                                                           "pod-starting": None}
+    busy = {s.name: s.value for s in inflight.samples}
+    assert {k: v for k, v in busy.items() if k != "pod-a"} == {"pod-b": 7.0, "pod-idle": 0.0, "pod-starting": None}
+    assert busy["pod-a"] == pytest.approx(0.1 * true_rate, rel=0.25)  # time-averaged, not the gauge's 3
     assert values["pod-a"] == pytest.approx(true_rate, rel=0.25) and values["pod-b"] == 0.0 and values["pod-idle"] == 0.0
     q = {s.name: s.value for s in queue.samples}
     assert q["pod-a"] == pytest.approx(250.0) and q["pod-b"] == 0.0 and q["pod-idle"] == 0.0
@@ -196,10 +201,11 @@ async def test_against_a_real_prometheus(exporters: Callable[[], Exporter],
     assert all(abs(s.sampled_at - time.time()) < 10 for s in inflight.samples if s.sampled_at)
     assert await reader.query_scalar('sum(trtop_inference_inflight_requests{namespace="serving"})') == 10.0
     assert await reader.query_scalar("absent_metric_name_xyz") is None
-    d, _ = decide(ScalingPolicy(target=4.0, max_replicas=10, scale_down_window_seconds=0),
+    d, _ = decide(ScalingPolicy(target=6.0, max_replicas=10, scale_down_window_seconds=0),
                   Observation(time.time(), 4, inflight.samples), ScalingHistory())
-    # (3 + 7 + 0) over 3 ready pods = 3.33/pod; the not-ready pod is ignored on a scale-down.
-    assert d.desired_replicas == 3, d.reason
+    # (~4 + 7 + 0) over 3 ready pods = ~3.7/pod against 6: 3 pods' worth of load fits in 2; the
+    # not-ready pod is ignored on a scale-down.
+    assert d.desired_replicas == 2, d.reason
 
 
 async def test_huge_and_absurd_metrics_are_bounded(exporters: Callable[[], Exporter]) -> None:

@@ -51,8 +51,9 @@ def test_counter_increase(prev: float, cur: float, want: float) -> None:
     assert counter_increase(prev, cur) == want
 
 
-def scrape(at: float, inflight: float = 0, requests: float = 0, qsum: float = 0, qcount: float = 0) -> Scrape:
-    return Scrape(at, MetricTotals(inflight, requests, qsum, qcount))
+def scrape(at: float, inflight: float = 0, requests: float = 0, qsum: float = 0, qcount: float = 0,
+           busy: float = 0) -> Scrape:
+    return Scrape(at, MetricTotals(inflight, requests, qsum, qcount, busy))
 
 
 def test_inflight_needs_one_scrape_rates_need_two() -> None:
@@ -70,10 +71,20 @@ def test_rps_and_queue_time_between_two_scrapes() -> None:
     assert pod_load("queue-time", prev, scrape(110.0, qsum=1.0, qcount=10)) == 0.0  # nothing queued
 
 
+def test_inflight_between_two_scrapes_is_the_time_average_not_the_last_sample() -> None:
+    # 600 requests/s of 5 ms each keep 3 requests in the server on average, though the gauge
+    # happened to read 0 at the scrape (a fast server finishes its requests between samples).
+    prev, cur = scrape(100.0, busy=12.0), scrape(110.0, inflight=0, busy=42.0)
+    assert pod_load("inflight", prev, cur) == pytest.approx(3.0)
+    assert pod_load("inflight", prev, scrape(110.0, inflight=0, busy=12.0)) == 0.0  # idle: nothing accrued
+    assert pod_load("inflight", prev, scrape(100.0, inflight=4, busy=12.0)) == 4  # no time passed: the gauge
+
+
 def test_rates_after_a_server_restart_count_from_zero() -> None:
     prev, cur = scrape(100.0, requests=1000, qsum=50.0, qcount=500), scrape(105.0, requests=20, qsum=2.0, qcount=4)
     assert pod_load("rps", prev, cur) == pytest.approx(4.0)
     assert pod_load("queue-time", prev, cur) == pytest.approx(500.0)
+    assert pod_load("inflight", scrape(100.0, busy=900.0), scrape(105.0, busy=10.0)) == pytest.approx(2.0)
 
 
 def test_parse_totals_reads_the_real_servers_exposition() -> None:
@@ -87,3 +98,4 @@ def test_parse_totals_reads_the_real_servers_exposition() -> None:
     t = parse_totals(body.decode())
     assert (t.inflight, t.requests, t.queue_count) == (1.0, 1.0, 1.0)
     assert t.queue_seconds_sum == pytest.approx(0.004)
+    assert t.request_seconds == pytest.approx(0.02)

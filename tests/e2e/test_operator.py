@@ -65,6 +65,12 @@ def world(dev_cluster, namespace, tmp_path):
             return sorted(self.apps.list_namespaced_deployment(namespace, label_selector=sel).items,
                           key=lambda d: d.metadata.labels[names.LABEL_TARGET])
 
+        def wait_every_unit(self, name: str, cluster) -> list:
+            """Ready comes with the capacity asked for, which the fastest unit may carry alone
+            while other architectures' engines still build: wait for one unit per GPU type."""
+            n = len(gpu_types(cluster))
+            return wait_for(f"{n} units of md/{name}", lambda: len(u := self.units(name)) == n and u, timeout=90)
+
         def unit_products(self, name: str) -> set:
             """GPU products the units of md/``name`` admit (each unit: one node term, one architecture)."""
             out = set()
@@ -127,6 +133,7 @@ def test_one_build_per_architecture_then_ready(world, dev_cluster):
 def test_new_gpu_type_joins_one_new_build_and_wider_affinity(world, dev_cluster):
     world.apply("resnet", gpu_spec())
     world.wait_condition("resnet", "Ready")
+    world.wait_every_unit("resnet", dev_cluster)
     jobs_before = {j.metadata.name: j.metadata.uid for j in world.jobs()}
     units_before = {d.metadata.name: d.metadata.generation for d in world.units("resnet")}
     dev_cluster.add_node("t4-0", {
@@ -293,6 +300,9 @@ def test_an_object_trtop_does_not_control_is_never_taken_over(world, dev_cluster
 def test_a_cordoned_gpu_type_stays_served_within_the_grace_period(world, dev_cluster):
     world.apply("resnet", gpu_spec())
     world.wait_condition("resnet", "Ready")
+    # Ready comes with the capacity asked for, which the fastest unit may carry alone while the
+    # other architectures' engines still build; compare only once every architecture has its unit.
+    world.wait_every_unit("resnet", dev_cluster)
     before = {d.metadata.name: d.metadata.generation for d in world.units("resnet")}
     nodes = [n.metadata.name for n in world.core.list_node().items
              if (n.metadata.labels or {}).get(names.GFD_PRODUCT) == "NVIDIA-L4"]

@@ -160,7 +160,11 @@ def build_queries(metric: ScalingMetric, namespace: str, pod_names: Sequence[str
     sel = f'{{{namespace_label}="{namespace}",{pod_label}=~"{regex}"}}'
     by = f"sum by ({pod_label})"
     if metric == "inflight":
-        value = f"{by} ({names.METRIC_INFLIGHT}{sel})"
+        # Time-averaged (Little's law, see trtop.autoscale.rates); the gauge for a pod that has
+        # answered nothing yet.
+        busy = names.METRIC_REQUEST_SECONDS + "_sum"
+        value = (f"({by} (rate({busy}{sel}[{rate_window}])))"
+                 f" or ({by} ({names.METRIC_INFLIGHT}{sel}) unless {by} ({busy}{sel}))")
     else:
         if metric == "rps":
             counter = names.METRIC_REQUESTS

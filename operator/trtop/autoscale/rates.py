@@ -5,6 +5,12 @@ few numbers the autoscaler needs; ``pod_load`` turns the previous and the curren
 pod into its in-flight requests, requests per second, or mean queue time in milliseconds
 (the unit of ``spec.scaling.target`` for queue-time; the server's histogram is in seconds). Called by
 ``trtop.autoscale.load.DirectScraper``.
+
+In-flight is time-averaged between two scrapes (Little's law: the mean number of requests in
+the server is the rate at which request-seconds accrue, the increase of the request-duration
+histogram's sum over the interval). The instantaneous gauge is used only for a pod's first
+scrape: a fast server finishes its requests between samples, so at hundreds of requests per
+second the gauge reads 0 most of the time and scale-up would wait for a lucky sample.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from trtop.api.spec import ScalingMetric
 _REQUESTS = names.METRIC_REQUESTS  # the counter's sample name ends in _total already
 _QUEUE_SUM = names.METRIC_QUEUE_SECONDS + "_sum"
 _QUEUE_COUNT = names.METRIC_QUEUE_SECONDS + "_count"
+_REQUEST_SECONDS = names.METRIC_REQUEST_SECONDS + "_sum"
 
 
 class MetricsFormatError(ValueError):
@@ -32,6 +39,7 @@ class MetricTotals:
     requests: float
     queue_seconds_sum: float
     queue_count: float
+    request_seconds: float = 0.0  # sum of the durations of the requests answered so far
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,7 @@ class Scrape:
 
 def parse_totals(text: str) -> MetricTotals:
     """The inference server's load metrics in one /metrics body. Raises MetricsFormatError."""
-    found = {names.METRIC_INFLIGHT: 0.0, _REQUESTS: 0.0, _QUEUE_SUM: 0.0, _QUEUE_COUNT: 0.0}
+    found = {names.METRIC_INFLIGHT: 0.0, _REQUESTS: 0.0, _QUEUE_SUM: 0.0, _QUEUE_COUNT: 0.0, _REQUEST_SECONDS: 0.0}
     seen: set[str] = set()
     try:
         for family in text_string_to_metric_families(text):
@@ -57,7 +65,8 @@ def parse_totals(text: str) -> MetricTotals:
             f"no {names.METRIC_INFLIGHT} sample: is this a trtop inference server's /metrics?")
     # A server that has served nothing yet may have no labelled counter/histogram children:
     # those totals are then genuinely 0.
-    return MetricTotals(found[names.METRIC_INFLIGHT], found[_REQUESTS], found[_QUEUE_SUM], found[_QUEUE_COUNT])
+    return MetricTotals(found[names.METRIC_INFLIGHT], found[_REQUESTS], found[_QUEUE_SUM], found[_QUEUE_COUNT],
+                        found[_REQUEST_SECONDS])
 
 
 def counter_increase(previous: float, current: float) -> float:
@@ -68,9 +77,13 @@ def counter_increase(previous: float, current: float) -> float:
 
 def pod_load(metric: ScalingMetric, previous: Scrape | None, current: Scrape) -> float | None:
     """One pod's load in the metric's unit; None when a rate needs a previous scrape."""
+    rated = previous is not None and current.at > previous.at
     if metric == "inflight":
-        return current.totals.inflight
-    if previous is None or current.at <= previous.at:
+        if previous is None or not rated:
+            return current.totals.inflight
+        busy = counter_increase(previous.totals.request_seconds, current.totals.request_seconds)
+        return busy / (current.at - previous.at)
+    if previous is None or not rated:
         return None
     if metric == "rps":
         return counter_increase(previous.totals.requests, current.totals.requests) / (current.at - previous.at)

@@ -36,7 +36,7 @@ class Timeline:
     rows: list[tuple[float, int, int, int, float]] = field(default_factory=list)  # t, ok, desired, ready, metric
 
     def table(self) -> str:
-        lines = ["   t(s)  answers  desired  ready  in-flight per pod (last reading)"]
+        lines = ["   t(s)  answers  desired  ready  load per pod (last reading)"]
         lines += [f"  {t:5.0f}  {ok:7d}  {d:7d}  {r:5d}  {m:8.2f}" for t, ok, d, r, m in self.rows]
         return "\n".join(lines)
 
