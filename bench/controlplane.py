@@ -191,6 +191,8 @@ def floor(c: Cluster, n: int, settings: Settings, keep: bool = False) -> float:
 
     def create(m: dict[str, Any]) -> None:
         if m["kind"] == "Job":
+            # Kept once finished: done() counts them, and at N=1000 the floor outlasts the TTL.
+            m["spec"].pop("ttlSecondsAfterFinished", None)
             c.batch.create_namespaced_job(ns, m)
         elif m["kind"] == "Deployment":
             c.apps.create_namespaced_deployment(ns, m)
@@ -368,11 +370,14 @@ def new_gpu_type(c: Cluster, ns: str, port: int, n: int, timeout: float) -> tupl
         except RuntimeError as e:
             log(str(e)[:300])
             every = float("nan")
-        last, stable_since = -1.0, time.monotonic()
+        last, stable_since, waited = -1.0, time.monotonic(), time.monotonic()
         while time.monotonic() - stable_since < 10:  # the wave of reconciles it caused has ended
             count = metric(scrape(port), "trtop_operator_reconcile_seconds_count")
             if count != last:
                 last, stable_since = count, time.monotonic()
+            if time.monotonic() - waited > 600:
+                log(f"reconciles still running 600 s after the node joined ({last - before:.0f} so far)")
+                break
             time.sleep(1)
         return first, every, last - before
     finally:
