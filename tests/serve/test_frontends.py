@@ -188,3 +188,56 @@ def test_a_front_end_is_orphaned_only_when_the_process_that_started_it_is_gone()
     assert ours.stdout.strip() == "False"
     gone = subprocess.run([sys.executable, "-c", check, "1"], capture_output=True, text=True, check=True)
     assert gone.stdout.strip() == "True"
+
+
+def _binary(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    header = (b'{"inputs":[{"name":"x","shape":[%d,4],"datatype":"FP32","parameters":{"binary_data_size":%d}}],'
+              b'"parameters":{"binary_data_output":true}}' % (x.shape[0], x.nbytes))
+    return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+
+
+def _y(response: httpx.Response, rows: int) -> np.ndarray:
+    header = int(response.headers["inference-header-content-length"])
+    return np.frombuffer(response.content[header:header + rows * 16], np.float32).reshape(rows, 4)
+
+
+async def test_bodies_read_into_shared_memory_answer_their_own_request_and_give_their_room_back(
+        start_server: Start, affine_onnx: Path, request: pytest.FixtureRequest) -> None:
+    """A front-end reads each body into its arena: a body that times out, bytes that arrive after it
+    did and a client that leaves mid-body neither leak the room nor reach another request's tensors."""
+    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "1", "--max-body-mb", "1",
+                      "--max-inflight-mb", "1", "--body-timeout-s", "2", "--max-batch", "60000"])
+    s.wait_ready()
+    stalled = _raw_request(s.port, 700_000, b'{"inputs"')  # holds 700 kB of the 1 MiB budget
+    request.addfinalizer(stalled.close)
+    big, headers = _binary(np.ones((56000, 4), np.float32))  # 896 kB: fits the budget only alone
+    deadline = time.monotonic() + 1.5
+    while (r := httpx.post(s.url + "/v2/models/a/infer", content=big, headers=headers)).status_code == 200:
+        assert time.monotonic() < deadline, "the stalled body never held its bytes"
+        time.sleep(0.05)
+    assert r.status_code == 503
+    answer = b""
+    while b"did not arrive" not in answer and (chunk := stalled.recv(4096)):
+        answer += chunk
+    assert b" 400 " in answer.split(b"\r\n")[0]
+    stalled.sendall(b"7" * 699_991)  # the rest, after the request gave up: dropped, never written anywhere
+
+    async with httpx.AsyncClient(base_url=s.url, timeout=30) as client:
+        async def one(v: float) -> np.ndarray:
+            x = np.full((3000, 4), v, np.float32)
+            body, h = _binary(x)
+            response = await client.post("/v2/models/a/infer", content=body, headers=h)
+            assert response.status_code == 200, response.text
+            return _y(response, 3000)
+
+        values = [float(i) for i in range(12)]
+        for v, y in zip(values, await asyncio.gather(*(one(v) for v in values)), strict=True):
+            np.testing.assert_array_equal(y, np.full((3000, 4), 2 * v + 1, np.float32))
+
+    leaving = _raw_request(s.port, len(big), big[:300_000])  # the client goes away mid-body
+    leaving.close()
+    deadline = time.monotonic() + 5
+    while (r := httpx.post(s.url + "/v2/models/a/infer", content=big, headers=headers)).status_code != 200:
+        assert time.monotonic() < deadline, f"the budget did not come back: {r.status_code} {r.text}"
+        time.sleep(0.1)
+    np.testing.assert_array_equal(_y(r, 56000), np.full((56000, 4), 3, np.float32))

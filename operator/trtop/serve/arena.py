@@ -102,6 +102,12 @@ class Arena:
             raise ValueError(f"{dt.name}{list(shape)} at offset {offset} does not fit an arena of {self.size} bytes")
         return np.ndarray(shape, dt, buffer=self._map, offset=offset)
 
+    def bytes_at(self, offset: int, nbytes: int) -> memoryview:
+        """A writable byte view of ``nbytes`` at ``offset`` (no copy)."""
+        if offset < 0 or offset + nbytes > self.size:
+            raise ValueError(f"{nbytes} bytes at offset {offset} do not fit an arena of {self.size} bytes")
+        return memoryview(self._map)[offset:offset + nbytes]
+
     def offset_of(self, array: Array) -> int | None:
         """Where ``array`` lies in this arena when it is a contiguous view of it, else None."""
         if not array.flags.c_contiguous:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import itertools
 import json
 import logging
@@ -25,7 +26,9 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+
 import numpy as np
 
 from trtop.serve import errors
@@ -33,7 +36,7 @@ from trtop.serve.arena import Allocator, Arena
 from trtop.serve.channel import Channel, Message
 from trtop.serve.errors import NotReady, Overloaded, ServeError
 from trtop.serve.model import Admitted, ModelInfo, admit
-from trtop.serve.protocol import InferRequest
+from trtop.serve.protocol import Held, InferRequest
 from trtop.serve.settings import ServeSettings
 from trtop.serve.statistics import StatsSnapshot
 from trtop.serve.types import Array, Outputs
@@ -66,6 +69,7 @@ class LocalCounts:
 class _Waiting:
     future: asyncio.Future[Message]
     regions: list[int]
+    buffer: Held | None = None  # the request body's region, held until the engine's reply
 
 
 class RemoteModel:
@@ -104,6 +108,8 @@ class RemoteModel:
             if waiting is not None:
                 for offset in waiting.regions:
                     self._alloc.free(offset)
+                if waiting.buffer is not None:
+                    waiting.buffer.release()
         elif kind == "state":
             _, state, error, info = message
             self.state = "draining" if self._draining and state == "ready" else state
@@ -118,6 +124,8 @@ class RemoteModel:
         for waiting in self._waiting.values():
             if not waiting.future.done():
                 waiting.future.set_exception(NotReady("the engine process has stopped"))
+            if waiting.buffer is not None:
+                waiting.buffer.release()
         self._waiting.clear()
         self.engine_gone.set()
 
@@ -139,19 +147,25 @@ class RemoteModel:
             raise NotReady(f"model {self.name!r} is {self.state}" + (f": {self.error}" if self.error else ""))
         started = time.perf_counter_ns()
         regions: list[int] = []
+        buffer = request.buffer  # inputs that are views of it are not copied: it lives until the reply
+        if buffer is not None:
+            buffer.hold()
         try:
             admitted = admit(info, request)
             timeout = request.timeout_s if request.timeout_s is not None else self._timeout
             inputs = [self._put(name, array, regions) for name, array in admitted.feeds.items()]
             outputs = [(o.name, self._room(info, o.name, admitted.rows, regions)) for o in admitted.outputs]
-        except ServeError:  # refused here (admission, no room): a failure in the engine's statistics
+        except BaseException as exc:  # refused here (admission, no room): a failure in the engine's statistics
             for offset in regions:
                 self._alloc.free(offset)
-            self._channel.send(("failed", time.perf_counter_ns() - started))
+            if buffer is not None:
+                buffer.release()
+            if isinstance(exc, ServeError):
+                self._channel.send(("failed", time.perf_counter_ns() - started))
             raise
         rid = next(self._ids)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = _Waiting(future, regions)
+        self._waiting[rid] = _Waiting(future, regions, buffer)
         self._channel.send(("infer", rid, admitted.rows, inputs, outputs, timeout))
         _, _, error, places = await future
         if error is not None:
@@ -185,6 +199,14 @@ class RemoteModel:
             self._channel.send(("requests", started, finished))
 
     # -- arena ---------------------------------------------------------------------------
+    def body_buffer(self, nbytes: int) -> tuple[memoryview, Callable[[], None]] | None:
+        """A region of the arena for a request body (``infer_http.BodySink``): its tensors are then sent
+        to the engine where the socket's bytes landed, with no copy. None when the arena has no room."""
+        offset = self._alloc.alloc(nbytes)
+        if offset is None:
+            return None
+        return self._arena.bytes_at(offset, nbytes), functools.partial(self._alloc.free, offset)
+
     def _region(self, nbytes: int, regions: list[int]) -> int:
         offset = self._alloc.alloc(nbytes)
         if offset is None:

@@ -5,12 +5,20 @@ builds a Response; for a tiny model that is most of the server's CPU. This layer
 ``POST /v2/models/<served name>[/versions/<v>]/infer`` itself (the same parse, admission,
 errors and metrics as the route: ``app.infer_body``) and hands everything else to the app.
 Built by ``app.build_app``.
+
+Bodies: uvicorn gathers a body 64 KB at a time (``bytes +=`` per chunk, reading paused
+and resumed, the request's task woken per chunk, then a join): for a 602 KB image that was
+half of a front-end's CPU. When the HTTP protocol of ``http_protocol`` is in use, an infer
+request with a ``Content-Length`` within the limits gets a ``BodySink`` as soon as its
+headers are parsed: a buffer of exactly that size (in a front-end process, a region of its
+shared arena, so the engine reads the tensors where the socket's bytes landed) that each
+chunk is copied into once as it arrives; the request's task wakes once, when it is whole.
 """
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from trtop.serve.errors import (
@@ -18,7 +26,7 @@ from trtop.serve.errors import (
 )
 from trtop.serve.handle import ModelHandle
 from trtop.serve.model import VERSION, ModelInfo
-from trtop.serve.protocol import decode_body, encode_infer_response, error_body, parse_infer_request
+from trtop.serve.protocol import Body, Held, decode_body, encode_infer_response, error_body, parse_infer_request
 
 HEADER_LENGTH = "inference-header-content-length"
 STATUS: dict[type[ServeError], int] = {
@@ -37,15 +45,16 @@ def error_parts(exc: ServeError) -> tuple[int, dict[str, str], bytes]:
     return status, headers, error_body(str(exc))
 
 
-async def infer_body(service: ModelHandle, info: ModelInfo, body: bytes, header_length: str | None,
-                     encoding: str | None, limit: int) -> tuple[int, dict[str, str], bytes]:
-    """One infer request from its body to (status, headers, payload); ServeError for the caller to map."""
-    body = decode_body(body, encoding, limit)
+async def infer_body(service: ModelHandle, info: ModelInfo, body: Body, header_length: str | None,
+                     encoding: str | None, limit: int, buffer: Held | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One infer request from its body to (status, headers, payload); ServeError for the caller to map.
+    ``buffer``: what holds the body when it must be given back after use (a ``BodySink``)."""
+    decoded = decode_body(body, encoding, limit)
     try:
         length = None if header_length is None else int(header_length)
     except ValueError:
         raise BadRequest(f"Inference-Header-Content-Length {header_length!r} is not an integer") from None
-    parsed = parse_infer_request(body, length)
+    parsed = parse_infer_request(decoded, length, buffer if decoded is body else None)
     admitted, outputs = await service.infer(parsed)
     payload, json_length = encode_infer_response(
         model=info.name, version=VERSION, request_id=parsed.id,
@@ -61,6 +70,73 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+SINK = "trtop.body_sink"  # the scope key of a request's BodySink (set by http_protocol)
+# Where a body is read into: (a writable byte view of exactly n bytes, what gives it back), or None.
+BodyBuffer = Callable[[int], "tuple[memoryview, Callable[[], None]] | None"]
+
+
+def bytearray_buffer(nbytes: int) -> tuple[memoryview, Callable[[], None]]:
+    """A body buffer in this process's own memory (freed with its last view)."""
+    return memoryview(bytearray(nbytes)), _nothing
+
+
+def _nothing() -> None:
+    pass
+
+
+class BodySink:
+    """A request body written into a buffer of its declared length as the bytes arrive.
+
+    Reference counted (``Held``): the HTTP request holds one reference until it is answered
+    (``close``, idempotent) and whoever uses the tensors in it (a front-end's request to the
+    engine) holds another until it is done; the buffer and the in-flight bytes it reserved
+    are given back when the last one goes. Bytes that arrive after ``close`` (a body that
+    timed out) are dropped, never written into a buffer given to another request."""
+
+    __slots__ = ("view", "size", "filled", "taken", "_refs", "_closed", "_release")
+
+    def __init__(self, view: memoryview, release: Callable[[], None]) -> None:
+        self.view = view
+        self.size = len(view)
+        self.filled = 0
+        self.taken = False  # the app has it (it closes it then); else the connection does, at its end
+        self._refs = 1
+        self._closed = False
+        self._release = release
+
+    @property
+    def complete(self) -> bool:
+        return self.filled == self.size
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def write(self, chunk: bytes) -> bool:
+        """Copy the next chunk in; False (nothing written) when closed or it would overflow."""
+        end = self.filled + len(chunk)
+        if self._closed or end > self.size:
+            return False
+        self.view[self.filled:end] = chunk
+        self.filled = end
+        return True
+
+    def body(self) -> memoryview:
+        return self.view[:self.filled]
+
+    def hold(self) -> None:
+        self._refs += 1
+
+    def release(self) -> None:
+        self._refs -= 1
+        if self._refs == 0:
+            self._release()
+
+    def close(self) -> None:
+        """The HTTP request is done with it (answered, failed or gone); idempotent."""
+        if not self._closed:
+            self._closed = True
+            self.release()
 
 
 class FastInfer:
@@ -77,6 +153,33 @@ class FastInfer:
         self.body_timeout_s = body_timeout_s
         base = f"/v2/models/{service.name}"
         self.paths = frozenset({base + "/infer", f"{base}/versions/{VERSION}/infer"})
+        # The model handle's shared memory where it has some (a front-end), else this process's.
+        self.body_buffer: BodyBuffer = getattr(service, "body_buffer", None) or bytearray_buffer
+
+    def open_sink(self, scope: Mapping[str, Any]) -> BodySink | None:
+        """A sink for an infer request's body, sized from its Content-Length, reserved against the
+        in-flight budget; None when the request does not qualify (not ours, no or a bad length, over a
+        limit, no room): it then takes the ordinary path, which refuses it where it must."""
+        if scope.get("method") != "POST" or scope.get("path") not in self.paths:
+            return None
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is None or not declared.isdigit():
+            return None
+        length = int(declared)
+        if length == 0 or length > self.limit or (
+                self.inflight_budget and self.inflight_bytes + length > self.inflight_budget):
+            return None
+        got = self.body_buffer(length)
+        if got is None:
+            return None
+        view, give_back = got
+        self.inflight_bytes += length
+
+        def release() -> None:
+            self.inflight_bytes -= length
+            give_back()
+
+        return BodySink(view, release)
 
     def __getattr__(self, name: str) -> Any:  # tests reach the starlette app's state, router ...
         return getattr(self.app, name)
@@ -89,44 +192,77 @@ class FastInfer:
         metrics = self.service.metrics
         metrics.request_started()
         outcome = "success"
+        sink: BodySink | None = scope.get(SINK)
+        header_length = encoding = declared = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                declared = value
+            elif key == b"inference-header-content-length":
+                header_length = value.decode("latin-1")
+            elif key == b"content-encoding":
+                encoding = value.decode("latin-1")
         reserved = 0
         try:
-            header_length = encoding = declared = None
-            for key, value in scope["headers"]:
-                if key == b"content-length":
-                    declared = value
-                elif key == b"inference-header-content-length":
-                    header_length = value.decode("latin-1")
-                elif key == b"content-encoding":
-                    encoding = value.decode("latin-1")
-            length = int(declared) if declared is not None and declared.isdigit() else self.limit
-            if length > self.limit:
-                raise PayloadTooLarge(f"the body is {length} bytes; this server accepts at most {self.limit} "
-                                      "(raise --max-body-mb or send smaller batches)")
-            if self.inflight_budget and self.inflight_bytes + length > self.inflight_budget:
-                raise Overloaded(f"this server holds {self.inflight_bytes} bytes of requests in flight and its limit is "
-                                 f"{self.inflight_budget} (--max-inflight-mb); retry shortly or add replicas")
-            self.inflight_bytes += length
-            reserved = length
-            try:
-                async with asyncio.timeout(self.body_timeout_s):  # a timer, not a task per request
-                    body = await read_body(receive, self.limit)
-            except TimeoutError:
-                raise BadRequest(f"the body did not arrive within {self.body_timeout_s:g}s") from None
+            if sink is not None:
+                if sink.closed:  # the connection closed before this task started
+                    raise NotReady("the client went away before sending the whole body")
+                sink.taken = True
+                body: Body = await self._fill(receive, sink)
+            else:
+                reserved = self._reserve(declared)
+                try:
+                    async with asyncio.timeout(self.body_timeout_s):  # a timer, not a task per request
+                        body = await read_body(receive, self.limit)
+                except TimeoutError:
+                    raise BadRequest(f"the body did not arrive within {self.body_timeout_s:g}s") from None
             info = self.service.info
             if info is None:
                 raise NotReady(f"model {self.service.name!r} is {self.service.state}")
-            status, headers, payload = await infer_body(self.service, info, body, header_length, encoding, self.limit)
+            status, headers, payload = await infer_body(self.service, info, body, header_length, encoding, self.limit,
+                                                        sink)
         except ServeError as exc:
             outcome = exc.outcome
             status, headers, payload = error_parts(exc)
         finally:
             self.inflight_bytes -= reserved
+            if sink is not None:
+                sink.close()
             metrics.request_finished(outcome, time.perf_counter() - started)
         raw = [(b"content-length", str(len(payload)).encode())]
         raw += [(k.encode(), v.encode()) for k, v in headers.items()]
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": payload})
+
+    def _reserve(self, declared: bytes | None) -> int:
+        """The in-flight bytes a body read through ``receive`` holds (refused before reading when it cannot fit)."""
+        length = int(declared) if declared is not None and declared.isdigit() else self.limit
+        if length > self.limit:
+            raise PayloadTooLarge(f"the body is {length} bytes; this server accepts at most {self.limit} "
+                                  "(raise --max-body-mb or send smaller batches)")
+        if self.inflight_budget and self.inflight_bytes + length > self.inflight_budget:
+            raise Overloaded(f"this server holds {self.inflight_bytes} bytes of requests in flight and its limit is "
+                             f"{self.inflight_budget} (--max-inflight-mb); retry shortly or add replicas")
+        self.inflight_bytes += length
+        return length
+
+    async def _fill(self, receive: Receive, sink: BodySink) -> memoryview:
+        """The body the protocol writes into ``sink`` (its limits were checked when it was opened)."""
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                while True:  # woken once, at the end of the body (or when the client goes away)
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise NotReady("the client went away before sending the whole body")
+                    chunk = message.get("body", b"")
+                    if chunk and not sink.write(chunk):
+                        raise BadRequest("the body is longer than its Content-Length")
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise BadRequest(f"the body did not arrive within {self.body_timeout_s:g}s") from None
+        if not sink.complete:
+            raise BadRequest(f"the body ended after {sink.filled} of its {sink.size} bytes")
+        return sink.body()
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:

@@ -16,7 +16,7 @@ import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -42,6 +42,18 @@ class RequestedOutput:
     binary: bool
 
 
+Body = bytes | bytearray | memoryview  # a request body: bytes, or the buffer it was read into
+
+
+class Held(Protocol):
+    """A buffer that must outlive every use of its bytes (a front-end's shared-memory region):
+    a user takes a reference while it uses them and gives it back after."""
+
+    def hold(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class InferRequest:
     id: str | None
@@ -49,6 +61,7 @@ class InferRequest:
     outputs: tuple[RequestedOutput, ...] | None  # None: every output of the model
     binary_output: bool  # default form for outputs not named (request parameter binary_data_output)
     timeout_s: float | None  # request parameter "timeout" (microseconds, as Triton)
+    buffer: Held | None = None  # what the binary inputs are views of, when it is given back (else None)
 
 
 def v2_datatype(dtype: str) -> str:
@@ -56,7 +69,7 @@ def v2_datatype(dtype: str) -> str:
     return V2_OF_NUMPY.get(dtype, dtype.upper())
 
 
-def decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
+def decode_body(body: Body, encoding: str | None, limit: int) -> Body:
     """Undo ``Content-Encoding: gzip|deflate`` (what tritonclient's request compression sends)."""
     if not encoding or encoding == "identity":
         return body
@@ -73,8 +86,9 @@ def decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
     return out
 
 
-def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
-    """An ``InferRequest`` from a body (JSON, or JSON header + binary tensors)."""
+def parse_infer_request(body: Body, header_length: int | None, buffer: Held | None = None) -> InferRequest:
+    """An ``InferRequest`` from a body (JSON, or JSON header + binary tensors); ``buffer``: what holds
+    the body's bytes when it must be given back after use (the binary inputs are views of it)."""
     if header_length is None:
         header_bytes, binary = body, memoryview(b"")
     else:
@@ -111,7 +125,7 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
     return InferRequest(
         id=None if rid is None else str(rid), inputs=inputs, outputs=outputs,
         binary_output=bool(params.get("binary_data_output", False)),
-        timeout_s=None if timeout is None else timeout / 1e6,
+        timeout_s=None if timeout is None else timeout / 1e6, buffer=buffer,
     )
 
 

@@ -36,6 +36,7 @@ from trtop.serve.channel import Channel
 from trtop.serve.device import detect_device
 from trtop.serve.errors import StartupError
 from trtop.serve.frontend import REPORT_INTERVAL_S, RemoteModel
+from trtop.serve.infer_http import FastInfer
 from trtop.serve.metrics import ServerMetrics
 from trtop.serve.runtime import RuntimeOptions, default_threads, load_runtime, parallelism
 from trtop.serve.handle import ModelHandle
@@ -190,11 +191,17 @@ def grpc_factory(handle: ModelHandle, settings: ServeSettings, *, reuse_port: bo
 
 
 def uvicorn_config(app: Starlette, settings: ServeSettings, **extra: Any) -> uvicorn.Config:
+    http: Any = "h11"
+    if importlib.util.find_spec("httptools"):
+        # infer bodies land in a buffer of their size (a front-end's shared memory), see http_protocol
+        from trtop.serve.http_protocol import protocol_for
+
+        http = protocol_for(app) if isinstance(app, FastInfer) else "httptools"
     return uvicorn.Config(
         app, host=settings.host, port=settings.port, lifespan="on", access_log=False,
         log_level=settings.log_level.lower(),
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http=http,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None,
         # Clients keep connections open between requests; keep-alive longer than typical LB idle timeouts
         # would hold sockets for nothing, shorter makes clients reconnect under light load.

@@ -1,0 +1,91 @@
+"""Request bodies read into a buffer of their declared size (``infer_http.BodySink``).
+
+The sink is shared by the HTTP request and whoever uses the tensors in it (a front-end's
+request to the engine): its room goes back only when both are done, exactly once, and bytes
+that arrive after the request gave up are never written (the room may belong to another
+request by then)."""
+from __future__ import annotations
+
+import numpy as np
+
+from trtop.serve.infer_http import BodySink, FastInfer
+from trtop.serve.protocol import parse_infer_request
+
+
+def make_sink(size: int) -> tuple[BodySink, list[int]]:
+    released: list[int] = []
+    return BodySink(memoryview(bytearray(size)), lambda: released.append(1)), released
+
+
+def test_chunks_fill_the_sink_in_order_and_never_past_its_size() -> None:
+    sink, _ = make_sink(6)
+    assert sink.write(b"abc") and sink.write(b"de") and not sink.complete
+    assert not sink.write(b"fg")  # one byte too many: nothing written
+    assert sink.write(b"f") and sink.complete and bytes(sink.body()) == b"abcdef"
+
+
+def test_the_room_goes_back_once_when_the_request_and_the_engine_are_both_done() -> None:
+    sink, released = make_sink(4)
+    sink.hold()  # the request was sent to the engine
+    sink.close()  # the HTTP request gave up (a timeout, a client gone) ...
+    sink.close()  # ... idempotent
+    assert released == []  # the engine may still read the tensors
+    sink.release()  # the engine's reply
+    assert released == [1]
+
+
+def test_bytes_after_close_are_dropped() -> None:
+    sink, released = make_sink(4)
+    assert sink.write(b"ab")
+    sink.close()
+    assert released == [1] and sink.closed
+    assert not sink.write(b"cd") and sink.filled == 2
+
+
+def test_binary_inputs_are_views_of_the_sink_and_the_request_names_it() -> None:
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    header = (b'{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}}]}')
+    sink, _ = make_sink(len(header) + x.nbytes)
+    assert sink.write(header) and sink.write(x.tobytes())
+    request = parse_infer_request(sink.body(), len(header), sink)
+    assert request.buffer is sink
+    view = request.inputs["x"]
+    np.testing.assert_array_equal(view, x)
+    sink.view[len(header):len(header) + 4] = np.float32(42).tobytes()  # same memory, no copy
+    assert view[0, 0] == 42
+
+
+class _Handle:
+    name = "m"
+    metrics = None
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.given: list[int] = []
+
+    def body_buffer(self, nbytes: int) -> tuple[memoryview, object] | None:
+        if nbytes > self.room:
+            return None
+        self.room -= nbytes
+        return memoryview(bytearray(nbytes)), lambda: self.given.append(nbytes)
+
+
+def scope(path: str = "/v2/models/m/infer", length: bytes | None = b"100", method: str = "POST") -> dict[str, object]:
+    headers = [] if length is None else [(b"content-length", length)]
+    return {"type": "http", "method": method, "path": path, "headers": headers}
+
+
+def test_only_infer_requests_within_the_limits_get_a_sink_and_it_holds_their_bytes() -> None:
+    handle = _Handle(room=1000)
+    fast = FastInfer(None, handle, 500, max_inflight_bytes=250)  # type: ignore[arg-type]
+    assert fast.open_sink(scope(path="/v2/models/other/infer")) is None
+    assert fast.open_sink(scope(method="GET")) is None
+    assert fast.open_sink(scope(length=None)) is None  # chunked: uvicorn's own path
+    assert fast.open_sink(scope(length=b"600")) is None  # over --max-body-mb: refused on the ordinary path
+    first = fast.open_sink(scope(length=b"200"))
+    assert first is not None and first.size == 200 and fast.inflight_bytes == 200
+    assert fast.open_sink(scope(length=b"100")) is None  # over the in-flight budget
+    first.close()
+    assert fast.inflight_bytes == 0 and handle.given == [200]
+    handle.room = 10
+    assert fast.open_sink(scope(length=b"100")) is None  # no room in the shared memory: ordinary path
