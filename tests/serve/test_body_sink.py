@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trtop.serve.infer_http import BodySink, FastInfer
+from trtop.serve.infer_http import SINK_MIN_BYTES, BodySink, FastInfer
 from trtop.serve.protocol import parse_infer_request
 
 
@@ -70,22 +70,23 @@ class _Handle:
         return memoryview(bytearray(nbytes)), lambda: self.given.append(nbytes)
 
 
-def scope(path: str = "/v2/models/m/infer", length: bytes | None = b"100", method: str = "POST") -> dict[str, object]:
-    headers = [] if length is None else [(b"content-length", length)]
+def scope(path: str = "/v2/models/m/infer", length: int | None = 100_000, method: str = "POST") -> dict[str, object]:
+    headers = [] if length is None else [(b"content-length", str(length).encode())]
     return {"type": "http", "method": method, "path": path, "headers": headers}
 
 
-def test_only_infer_requests_within_the_limits_get_a_sink_and_it_holds_their_bytes() -> None:
-    handle = _Handle(room=1000)
-    fast = FastInfer(None, handle, 500, max_inflight_bytes=250)  # type: ignore[arg-type]
+def test_only_large_infer_requests_within_the_limits_get_a_sink_and_it_holds_their_bytes() -> None:
+    handle = _Handle(room=1_000_000)
+    fast = FastInfer(None, handle, 500_000, max_inflight_bytes=250_000)  # type: ignore[arg-type]
     assert fast.open_sink(scope(path="/v2/models/other/infer")) is None
     assert fast.open_sink(scope(method="GET")) is None
     assert fast.open_sink(scope(length=None)) is None  # chunked: uvicorn's own path
-    assert fast.open_sink(scope(length=b"600")) is None  # over --max-body-mb: refused on the ordinary path
-    first = fast.open_sink(scope(length=b"200"))
-    assert first is not None and first.size == 200 and fast.inflight_bytes == 200
-    assert fast.open_sink(scope(length=b"100")) is None  # over the in-flight budget
+    assert fast.open_sink(scope(length=SINK_MIN_BYTES - 1)) is None  # one chunk: uvicorn's path costs less
+    assert fast.open_sink(scope(length=600_000)) is None  # over --max-body-mb: refused on the ordinary path
+    first = fast.open_sink(scope(length=200_000))
+    assert first is not None and first.size == 200_000 and fast.inflight_bytes == 200_000
+    assert fast.open_sink(scope(length=100_000)) is None  # over the in-flight budget
     first.close()
-    assert fast.inflight_bytes == 0 and handle.given == [200]
+    assert fast.inflight_bytes == 0 and handle.given == [200_000]
     handle.room = 10
-    assert fast.open_sink(scope(length=b"100")) is None  # no room in the shared memory: ordinary path
+    assert fast.open_sink(scope(length=100_000)) is None  # no room in the shared memory: ordinary path

@@ -71,6 +71,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 SINK = "trtop.body_sink"  # the scope key of a request's BodySink (set by http_protocol)
+# Smaller bodies arrive in one chunk: uvicorn's own path costs less for them than a sink.
+SINK_MIN_BYTES = 64 * 1024
 # Where a body is read into: (a writable byte view of exactly n bytes, what gives it back), or None.
 BodyBuffer = Callable[[int], "tuple[memoryview, Callable[[], None]] | None"]
 
@@ -166,7 +168,7 @@ class FastInfer:
         if declared is None or not declared.isdigit():
             return None
         length = int(declared)
-        if length == 0 or length > self.limit or (
+        if length < SINK_MIN_BYTES or length > self.limit or (
                 self.inflight_budget and self.inflight_bytes + length > self.inflight_budget):
             return None
         got = self.body_buffer(length)
