@@ -13,6 +13,14 @@ the server code in front of it is the same. In one run it measures:
   window was stable, with the GPU's utilisation and the server's CPU cores during it;
 - the request ceiling of the server on a tiny model (16x16 MatMul), over HTTP and gRPC.
 
+Clients: ``perf_analyzer`` copies every request's input into its per-request records
+(``InferContext::GetInputs``), ~2 GB per second of ResNet-50 load; in the second session it
+grew to 127 GB and was OOM-killed at 64-128 clients. So its address space is capped
+(``--pa-memory-gb``: it then fails alone, with its peak RSS in the table), ``--pa-count N``
+bounds each window to N requests, and ``--client own`` (or ``both``) drives the same load
+with ``loadclient.py`` (processes on raw sockets). ``--client-cores``/``--server-cores`` pin
+client and server apart with taskset (the server's default front-end count follows).
+
 Prints the tables (markdown) and writes them with the raw figures to ``--out``.
 Targets (issue P8): >= 0.85 x the in-process best at the best concurrency, stable
 windows everywhere, p99 <= 2.5 x p50; tiny model >= 20,000 req/s over HTTP and gRPC.
@@ -79,11 +87,14 @@ def inprocess(path: Path, seconds: float, engine_path: bool = False) -> dict[str
 
 
 class Server:
-    def __init__(self, model: Path, name: str, port: int, grpc_port: int, extra: list[str], log: Path) -> None:
+    def __init__(self, model: Path, name: str, port: int, grpc_port: int, extra: list[str], log: Path,
+                 cores: str = "") -> None:
         env = {**os.environ, "TRTOP_DEVICE": DEVICE}
         cmd = [sys.executable, "-m", "trtop.cli", "serve", "--model", str(model), "--model-name", name,
                "--host", "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_port),
                "--log-level", "warning", *extra]
+        if cores:  # its front-end count follows (the default counts the cores it may use)
+            cmd = ["taskset", "-c", cores, *cmd]
         self.log = open(log, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{port}"
@@ -165,27 +176,86 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
-def perf(pa: str, model: str, url: str, protocol: str, concurrency: int, window_ms: int,
-         server: Server, tmp: Path) -> dict[str, Any]:
-    csv_path = tmp / f"pa-{model}-{protocol}-{concurrency}.csv"
-    cmd = [pa, "-m", model, "-u", url, "-i", protocol, "--concurrency-range", f"{concurrency}:{concurrency}",
-           "--measurement-interval", str(window_ms), "--stability-percentage", "10", "--max-trials", "6",
-           "-f", str(csv_path)]
+class Client:
+    """How the load is driven: ``perf_analyzer`` (pinned to ``cores`` with taskset, its address space capped
+    at ``memory_gb`` so that it fails alone instead of the host's OOM killer taking it, bounded windows with
+    ``count``), or ``loadclient`` (``own``: processes on raw sockets, HTTP only)."""
+
+    def __init__(self, pa: str, kind: str, cores: str, memory_gb: float, count: int, procs: int) -> None:
+        self.pa, self.kind, self.cores, self.memory_gb, self.count, self.procs = pa, kind, cores, memory_gb, count, procs
+
+
+def _cap_memory(gb: float) -> Any:
+    def limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (int(gb * 2**30), int(gb * 2**30)))
+    return limit if gb > 0 else None
+
+
+def _peak_rss_gb(proc: subprocess.Popen[str], peak: list[float]) -> None:
+    while proc.poll() is None:
+        try:
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    peak[0] = max(peak[0], int(line.split()[1]) / 2**20)
+        except OSError:
+            pass
+        time.sleep(0.25)
+
+
+def perf(client: Client, model: str, url: str, protocol: str, concurrency: int, window_ms: int,
+         server: Server, tmp: Path, shape: list[int] | None = None, input_name: str = "") -> dict[str, Any]:
+    """One load point: the client's figures plus the server's (batches, queue, cores) and the GPU's."""
     sampler = GpuSampler()
     m0 = scrape(server.url)
     cpu0, t0 = cpu_seconds(server.pids()), time.monotonic()
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    row: dict[str, Any] = {"concurrency": concurrency, "client": client.kind}
+    if client.kind == "own":
+        import loadclient
+
+        host, port = url.split(":")
+        got = loadclient.run(host=host, port=int(port), model=model, input_name=input_name, shape=shape or [],
+                             concurrency=concurrency, seconds=window_ms / 1000 * 3, procs=client.procs,
+                             cores=client.cores)
+        row.update(got, stable=got["errors"] == 0, rc=0)
+    else:
+        row.update(_perf_analyzer(client, model, url, protocol, concurrency, window_ms, tmp))
     cores = (cpu_seconds(server.pids()) - cpu0) / (time.monotonic() - t0)
     gpu = sampler.stop()
     m1 = scrape(server.url)
     d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in m1}
-    text = run.stdout + run.stderr
-    stable = "Failed to obtain stable measurement" not in text and run.returncode == 0
-    row: dict[str, Any] = {"concurrency": concurrency, "stable": stable, "rc": run.returncode, "gpu_util": gpu,
-                           "server_cores": cores,
-                           "mean_batch": d.get("batch_size_sum", 0.0) / max(1.0, d.get("batch_size_count", 0.0)),
-                           "batch_ms": 1000 * d.get("compute_seconds_sum", 0.0) / max(1.0, d.get("compute_seconds_count", 0.0)),
-                           "queue_ms": 1000 * d.get("queue_seconds_sum", 0.0) / max(1.0, d.get("queue_seconds_count", 0.0))}
+    row.update(gpu_util=gpu, server_cores=cores,
+               mean_batch=d.get("batch_size_sum", 0.0) / max(1.0, d.get("batch_size_count", 0.0)),
+               batch_ms=1000 * d.get("compute_seconds_sum", 0.0) / max(1.0, d.get("compute_seconds_count", 0.0)),
+               queue_ms=1000 * d.get("queue_seconds_sum", 0.0) / max(1.0, d.get("queue_seconds_count", 0.0)))
+    return row
+
+
+def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurrency: int, window_ms: int,
+                   tmp: Path) -> dict[str, Any]:
+    csv_path = tmp / f"pa-{model}-{protocol}-{concurrency}.csv"
+    cmd = [client.pa, "-m", model, "-u", url, "-i", protocol, "--concurrency-range", f"{concurrency}:{concurrency}",
+           "--stability-percentage", "10", "--max-trials", "6", "-f", str(csv_path)]
+    if client.count > 0:  # windows of N requests: the requests (and their copied inputs) per window are bounded
+        cmd += ["--measurement-mode", "count_windows", "--measurement-request-count", str(client.count)]
+    else:
+        cmd += ["--measurement-interval", str(window_ms)]
+    if client.cores:
+        cmd = ["taskset", "-c", client.cores, *cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_cap_memory(client.memory_gb))
+    peak = [0.0]
+    watcher = threading.Thread(target=_peak_rss_gb, args=(proc, peak), daemon=True)
+    watcher.start()
+    try:
+        text, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        text, _ = proc.communicate()
+    watcher.join()
+    stable = "Failed to obtain stable measurement" not in text and proc.returncode == 0
+    row: dict[str, Any] = {"stable": stable, "rc": proc.returncode, "client_peak_rss_gb": round(peak[0], 2)}
     if csv_path.exists():
         rows = list(csv.DictReader(csv_path.open()))
         if rows:
@@ -211,6 +281,14 @@ def main() -> int:
     ap.add_argument("--tiny-concurrency", default="64,128,256")
     ap.add_argument("--skip-inprocess", action="store_true", help="use --baseline instead of measuring it")
     ap.add_argument("--baseline", default="5694,1.05", help="in-process best img/s,batch-1 p50 ms (--skip-inprocess)")
+    ap.add_argument("--client", choices=("perf_analyzer", "own", "both"), default="perf_analyzer",
+                    help="ResNet-50's client: perf_analyzer, bench/loadclient.py, or both at every point")
+    ap.add_argument("--client-cores", default="", help="taskset -c list for the client (e.g. 12-15)")
+    ap.add_argument("--server-cores", default="", help="taskset -c list for the server (e.g. 0-11)")
+    ap.add_argument("--client-procs", type=int, default=4, help="processes of --client own")
+    ap.add_argument("--pa-memory-gb", type=float, default=32, help="address-space cap of perf_analyzer (0: none)")
+    ap.add_argument("--pa-count", type=int, default=0,
+                    help="perf_analyzer windows of this many requests (count_windows) instead of --window-ms")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = args.out
@@ -237,24 +315,31 @@ def main() -> int:
         for label, flags in configs:
             print(f"trtop serve ResNet-50, {label}: {flags}", flush=True)
             server = Server(resnet, "resnet50", 8000, 8001, ["--max-batch", "32", *args.server_arg, *flags],
-                            tmp / f"server-resnet-{label}.log")
+                            tmp / f"server-resnet-{label}.log", args.server_cores)
             rows = []
+            kinds = ["perf_analyzer", "own"] if args.client == "both" else [args.client]
             try:
                 for c in levels:
-                    row = perf(args.perf_analyzer, "resnet50", "127.0.0.1:8000", "http", c, args.window_ms, server, tmp)
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+                    for kind in kinds:
+                        client = Client(args.perf_analyzer, kind, args.client_cores, args.pa_memory_gb, args.pa_count,
+                                        args.client_procs)
+                        row = perf(client, "resnet50", "127.0.0.1:8000", "http", c, args.window_ms, server, tmp,
+                                   shape=[3, 224, 224], input_name="input")
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
             finally:
                 server.stop()
             results["resnet50_http"][label] = {"flags": flags, "rows": rows}
     if not args.skip_tiny:
         tiny = models.tiny()
-        server = Server(tiny, "tiny", 8010, 8011, ["--max-batch", "64", *args.server_arg], tmp / "server-tiny.log")
+        server = Server(tiny, "tiny", 8010, 8011, ["--max-batch", "64", *args.server_arg], tmp / "server-tiny.log",
+                        args.server_cores)
+        client = Client(args.perf_analyzer, "perf_analyzer", args.client_cores, args.pa_memory_gb, args.pa_count, 1)
         rows = []
         try:
             for protocol, url in (("http", "127.0.0.1:8010"), ("grpc", "127.0.0.1:8011")):
                 for c in (int(x) for x in args.tiny_concurrency.split(",")):
-                    row = perf(args.perf_analyzer, "tiny", url, protocol, c, args.window_ms, server, tmp)
+                    row = perf(client, "tiny", url, protocol, c, args.window_ms, server, tmp)
                     row["protocol"] = protocol
                     rows.append(row)
                     print(json.dumps(row), flush=True)
@@ -267,19 +352,23 @@ def main() -> int:
 
 
 def _resnet_table(label: str, flags: list[str], rows: list[dict[str, Any]], best: float) -> list[str]:
-    lines = ["", f"trtop serve, {label} ({' '.join(flags) or 'default settings'}), perf_analyzer over HTTP:", "",
-             "| concurrency | img/s | / in-process best | p50 ms | p99 ms | p99/p50 | stable | GPU util % "
-             "| server cores busy | mean batch | ms per batch | queue ms |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["", f"trtop serve, {label} ({' '.join(flags) or 'default settings'}), over HTTP:", "",
+             "| concurrency | client | img/s | / in-process best | p50 ms | p99 ms | p99/p50 | stable | GPU util % "
+             "| server cores busy | mean batch | ms per batch | queue ms | client peak RSS GB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     top: dict[str, Any] | None = None
     for r in rows:
+        rss = r.get("client_peak_rss_gb", "")
         if "throughput" not in r:
-            lines.append(f"| {r['concurrency']} | failed | | | | | {r['stable']} | | |")
+            lines.append(f"| {r['concurrency']} | {r['client']} | failed (rc {r['rc']}) | | | | | {r['stable']} | "
+                         f"{r['gpu_util']:.0f} | {r['server_cores']:.1f} | {r['mean_batch']:.1f} | {r['batch_ms']:.2f} | "
+                         f"{r['queue_ms']:.2f} | {rss} |")
             continue
         tail = r["p99_ms"] / r["p50_ms"]
-        lines.append(f"| {r['concurrency']} | {r['throughput']:,.0f} | {r['throughput'] / best:.2f} | "
+        lines.append(f"| {r['concurrency']} | {r['client']} | {r['throughput']:,.0f} | {r['throughput'] / best:.2f} | "
                      f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {tail:.2f} | {'yes' if r['stable'] else 'NO'} | "
                      f"{r['gpu_util']:.0f} | {r['server_cores']:.1f} | {r['mean_batch']:.1f} | {r['batch_ms']:.2f} | "
-                     f"{r['queue_ms']:.2f} |")
+                     f"{r['queue_ms']:.2f} | {rss} |")
         if top is None or r["throughput"] > top["throughput"]:
             top = r
     if top is not None:

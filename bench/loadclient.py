@@ -1,0 +1,126 @@
+"""A closed-loop HTTP load client in several processes (binary v2 tensors, keep-alive connections).
+
+A cross-check for ``perf_analyzer`` where it cannot be used: it copies every request's input
+into its per-request records (``InferContext::GetInputs`` in its ``infer_context.cc``), so
+with 602 KB images it holds ~2 GB per second of load and was OOM-killed at 64-128 clients on
+the H200 host. This client sends one prebuilt request over and over on raw asyncio sockets
+(``connections`` split over ``procs`` processes, each optionally pinned with ``taskset``),
+and reports throughput and latency percentiles over the window after a warm-up.
+Used by ``serve_gpu.py --client own``; runnable alone:
+
+    python3 bench/loadclient.py --port 8000 --model resnet50 --input input --shape 3,224,224 -c 64
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+_LENGTH = re.compile(rb"(?im)^content-length: *(\d+)")
+
+
+def request_bytes(host: str, port: int, model: str, input_name: str, shape: list[int]) -> bytes:
+    x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
+    header = json.dumps({"inputs": [{"name": input_name, "shape": [1, *shape], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    body = header + x.tobytes()
+    head = (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {len(header)}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+async def _connection(host: str, port: int, payload: bytes, start: float, stop: float,
+                      lat: list[float], errors: list[int]) -> None:
+    reader, writer = await asyncio.open_connection(host, port, limit=1 << 22)
+    while (t0 := time.perf_counter()) < stop:
+        writer.write(payload)
+        head = await reader.readuntil(b"\r\n\r\n")
+        match = _LENGTH.search(head)
+        await reader.readexactly(int(match.group(1)) if match else 0)
+        if head[9:12] != b"200":
+            errors.append(int(head[9:12]))
+        elif t0 >= start:
+            lat.append(time.perf_counter() - t0)
+    writer.close()
+
+
+def _worker(args: argparse.Namespace) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    payload = request_bytes(args.host, args.port, args.model, args.input, [int(d) for d in args.shape.split(",")])
+    lat: list[float] = []
+    errors: list[int] = []
+
+    async def go() -> None:
+        start = time.perf_counter() + args.warmup
+        stop = start + args.seconds
+        await asyncio.gather(*(_connection(args.host, args.port, payload, start, stop, lat, errors)
+                               for _ in range(args.connections)))
+
+    asyncio.run(go())
+    print(json.dumps({"lat": lat, "errors": len(errors)}))
+
+
+def run(*, host: str, port: int, model: str, input_name: str, shape: list[int], concurrency: int,
+        seconds: float, warmup: float = 1.0, procs: int = 4, cores: str = "") -> dict[str, Any]:
+    """Throughput and latency of ``concurrency`` connections over ``procs`` processes."""
+    procs = max(1, min(procs, concurrency))
+    children = []
+    for i in range(procs):
+        n = concurrency // procs + (1 if i < concurrency % procs else 0)
+        cmd = [sys.executable, __file__, "--worker", "--host", host, "--port", str(port), "--model", model,
+               "--input", input_name, "--shape", ",".join(map(str, shape)), "-c", str(n),
+               "--seconds", str(seconds), "--warmup", str(warmup)]
+        if cores:
+            cmd = ["taskset", "-c", cores, *cmd]
+        children.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
+    lat: list[float] = []
+    errors = 0
+    for child in children:
+        out, _ = child.communicate(timeout=seconds + warmup + 120)
+        doc = json.loads(out.strip().splitlines()[-1])
+        lat += doc["lat"]
+        errors += doc["errors"]
+    ms = np.array(lat) * 1000 if lat else np.array([float("nan")])
+    return {"throughput": len(lat) / seconds, "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)), "errors": errors, "requests": len(lat)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", required=True)
+    p.add_argument("--input", required=True)
+    p.add_argument("--shape", required=True, help="one request's shape without the batch dim, e.g. 3,224,224")
+    p.add_argument("-c", "--connections", type=int, default=1)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--procs", type=int, default=4)
+    p.add_argument("--cores", default="", help="taskset -c list for the client processes")
+    args = p.parse_args()
+    if args.worker:
+        _worker(args)
+        return 0
+    print(json.dumps(run(host=args.host, port=args.port, model=args.model, input_name=args.input,
+                         shape=[int(d) for d in args.shape.split(",")], concurrency=args.connections,
+                         seconds=args.seconds, warmup=args.warmup, procs=args.procs, cores=args.cores)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
