@@ -25,6 +25,7 @@ import numpy as np
 from trtop.serve.types import Array
 
 ALIGN = 64  # cache line: every tensor starts aligned (SIMD loads, pinned-copy friendly)
+_DTYPES: dict[str, np.dtype[Any]] = {}  # dtype strings of descriptors ("<f4") -> dtype (np.dtype() per view costs)
 
 
 class Allocator:
@@ -97,7 +98,11 @@ class Arena:
 
     def view(self, offset: int, dtype: str | np.dtype[Any], shape: tuple[int, ...]) -> Array:
         """An array over the arena's bytes at ``offset`` (no copy; writes are shared)."""
-        dt = np.dtype(dtype)
+        dt = _DTYPES.get(dtype) if isinstance(dtype, str) else None
+        if dt is None:
+            dt = np.dtype(dtype)
+            if isinstance(dtype, str) and len(_DTYPES) < 64:
+                _DTYPES[dtype] = dt
         if offset < 0 or offset + math.prod(shape) * dt.itemsize > self.size:
             raise ValueError(f"{dt.name}{list(shape)} at offset {offset} does not fit an arena of {self.size} bytes")
         return np.ndarray(shape, dt, buffer=self._map, offset=offset)

@@ -1,11 +1,13 @@
 """Small messages between the engine process and a front-end, over one end of a socketpair.
 
-Each message is a tuple, pickled and framed by a 4-byte length. Only the two processes of
-one pod hold the sockets (a socketpair made by the engine process before it starts the
-front-end), so pickle carries nothing a tenant wrote: request bodies travel as bytes in
-the shared arena, never through here. Messages sent during one event-loop turn leave in
-one write (under load a front-end answers many requests per turn), so the cost per
-request is a fraction of a system call. ``on_close`` runs once when the peer goes away.
+Each message is a tuple. Only the two processes of one pod hold the sockets (a socketpair
+made by the engine process before it starts the front-end), so pickle carries nothing a
+tenant wrote: request bodies travel as bytes in the shared arena, never through here.
+Messages sent during one event-loop turn leave together: one pickled list (up to
+``FRAME_MESSAGES`` of them) framed by a 4-byte length, in one write (under load a
+front-end sends, and the engine answers, many requests per turn), so the cost per request
+is a fraction of a system call and of a pickle call. ``on_close`` runs once when the peer
+goes away.
 Used by ``frontend`` and ``dispatcher``.
 """
 from __future__ import annotations
@@ -18,7 +20,8 @@ from collections.abc import Callable
 from typing import Any, cast
 
 _HEADER = struct.Struct("<I")
-MAX_MESSAGE = 64 * 1024 * 1024  # metrics text and inline outputs stay far below this
+MAX_MESSAGE = 64 * 1024 * 1024  # one frame; metrics text and inline outputs stay far below this
+FRAME_MESSAGES = 64  # messages per frame at most (bounds a frame of inline outputs)
 
 Message = tuple[Any, ...]
 
@@ -31,7 +34,7 @@ class Channel(asyncio.Protocol):
         self._on_close = on_close
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
-        self._outbox: list[bytes] = []
+        self._outbox: list[Message] = []
         self._flush_scheduled = False
         self.closed = False
 
@@ -58,9 +61,10 @@ class Channel(asyncio.Protocol):
                 return
             if end - pos - 4 < length:
                 break
-            message = pickle.loads(memoryview(buf)[pos + 4:pos + 4 + length])
+            messages = pickle.loads(memoryview(buf)[pos + 4:pos + 4 + length])
             pos += 4 + length
-            self._on_message(message)
+            for message in messages:
+                self._on_message(message)
         if pos:
             del buf[:pos]
 
@@ -73,18 +77,21 @@ class Channel(asyncio.Protocol):
     def send(self, message: Message) -> None:
         if self.closed or self._transport is None:
             return
-        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        self._outbox.append(_HEADER.pack(len(payload)))
-        self._outbox.append(payload)
+        self._outbox.append(message)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._outbox and self._transport is not None and not self.closed:
-            self._transport.write(b"".join(self._outbox))
-        self._outbox.clear()
+        outbox, self._outbox = self._outbox, []
+        if not outbox or self._transport is None or self.closed:
+            return
+        chunks = []
+        for i in range(0, len(outbox), FRAME_MESSAGES):
+            payload = pickle.dumps(outbox[i:i + FRAME_MESSAGES], protocol=pickle.HIGHEST_PROTOCOL)
+            chunks += [_HEADER.pack(len(payload)), payload]
+        self._transport.write(b"".join(chunks))
 
     def close(self) -> None:
         self._flush()

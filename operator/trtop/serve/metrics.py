@@ -68,8 +68,18 @@ class ServerMetrics:
         """What a front-end process counted since its last report (the engine process holds the totals)."""
         if started:
             self._inflight_child.inc(started)
+        if not finished:
+            return
+        self._inflight_child.dec(len(finished))
+        counts: dict[str, int] = {}
+        observe = self._latency_child.observe
         for outcome, seconds in finished:
-            self.request_finished(outcome, seconds)
+            counts[outcome] = counts.get(outcome, 0) + 1
+            if outcome == "success":
+                observe(seconds)
+        for outcome, n in counts.items():
+            child = self._outcomes.get(outcome)
+            (child if child is not None else self._requests.labels(self.model, outcome)).inc(n)
 
     # -- the scheduler (BatchObserver) ---------------------------------------------------
     def dequeued(self, waited_s: float) -> None:

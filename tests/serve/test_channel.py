@@ -1,0 +1,45 @@
+"""The engine <-> front-end channel: messages of one loop turn leave in frames, arrive whole and in order."""
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from trtop.serve.channel import FRAME_MESSAGES, Channel, Message
+
+
+async def test_messages_sent_in_one_turn_arrive_in_order_across_frames() -> None:
+    a, b = socket.socketpair()
+    got: list[Message] = []
+    arrived = asyncio.Event()
+    count = FRAME_MESSAGES * 2 + 5  # three frames
+
+    def on_message(message: Message) -> None:
+        got.append(message)
+        if len(got) == count:
+            arrived.set()
+
+    sender = await Channel.open(a, lambda m: None, lambda: None)
+    receiver = await Channel.open(b, on_message, lambda: None)
+    for i in range(count):
+        sender.send(("infer", i, b"x" * (i % 7)))
+    await asyncio.wait_for(arrived.wait(), 5)
+    assert got == [("infer", i, b"x" * (i % 7)) for i in range(count)]
+    sender.close()
+    receiver.close()
+
+
+async def test_the_peer_going_away_is_told_once() -> None:
+    a, b = socket.socketpair()
+    closed: list[int] = []
+    gone = asyncio.Event()
+
+    def on_close() -> None:
+        closed.append(1)
+        gone.set()
+
+    sender = await Channel.open(a, lambda m: None, lambda: None)
+    await Channel.open(b, lambda m: None, on_close)
+    sender.close()
+    await asyncio.wait_for(gone.wait(), 5)
+    await asyncio.sleep(0.05)
+    assert closed == [1]
