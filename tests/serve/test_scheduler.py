@@ -212,3 +212,25 @@ async def test_a_runtime_with_its_own_threads_runs_every_batch_there(backend: Fa
     assert names and all(n.startswith("runtime-slot") for n in names)
     await s.close()
     own.shutdown()
+
+
+async def test_deadlines_hold_for_every_request_whatever_the_order_of_their_timeouts(backend: FakeBackend) -> None:
+    """One timer serves every deadline: a short timeout behind a long one still expires on time, a running
+    request past its deadline is answered with TimedOut, and requests within theirs are served."""
+    backend.gate.clear()  # the first batch blocks in the backend
+    s = Scheduler(backend, BatchPolicy(1, 0.0), max_queue=10)
+    s.start()
+    loop = asyncio.get_running_loop()
+    running = asyncio.ensure_future(submit(s, 1, timeout=0.3))
+    await asyncio.sleep(0.02)
+    patient = asyncio.ensure_future(submit(s, 2, timeout=10))
+    started = loop.time()
+    with pytest.raises(TimedOut, match="waited 0.05s in the queue"):
+        await submit(s, 3, timeout=0.05)  # queued behind a 10 s deadline
+    assert loop.time() - started < 0.25
+    with pytest.raises(TimedOut, match="did not finish within 0.3s"):
+        await running
+    backend.gate.set()
+    assert (await patient)["y"][0, 0] == 20
+    await s.close()
+    assert s.queued == 0
