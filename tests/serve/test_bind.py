@@ -1,0 +1,105 @@
+"""Bound GPU buffers: a batch reaches the device through libcudart on the slot's own stream (the GIL is
+released meanwhile), and through ONNX Runtime's own copy where libcudart cannot be used.
+
+ONNX Runtime's CUDA provider cannot run here, so the ORT objects and the CUDA runtime are fakes
+that record what was asked of them; the copy path itself runs on the H200 host (bench/serve_gpu.py),
+where every bucket is also checked against the plain session before it serves."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from trtop.serve.backends.onnxruntime_bind import Bound, DeviceCopier
+
+
+class FakeValue:
+    def __init__(self, shape: list[int], dtype: Any, ptr: int) -> None:
+        self.array = np.zeros(shape, dtype)
+        self.ptr = ptr
+        self.updates = 0
+
+    def data_ptr(self) -> int:
+        return self.ptr
+
+    def update_inplace(self, array: np.ndarray) -> None:
+        self.updates += 1
+        self.array[...] = array
+
+    def numpy(self) -> np.ndarray:
+        return self.array.copy()
+
+
+class FakeOrt:
+    class OrtValue:
+        made = 0
+
+        @classmethod
+        def ortvalue_from_shape_and_type(cls, shape: list[int], dtype: Any, device: str, device_id: int) -> FakeValue:
+            cls.made += 1
+            return FakeValue(shape, dtype, 0x1000 * cls.made)
+
+
+class FakeSession:
+    class Binding:
+        def bind_ortvalue_input(self, name: str, value: FakeValue) -> None:
+            pass
+
+        def bind_ortvalue_output(self, name: str, value: FakeValue) -> None:
+            pass
+
+    def io_binding(self) -> FakeSession.Binding:
+        return self.Binding()
+
+    def run_with_iobinding(self, binding: Any) -> None:
+        pass
+
+
+class FakeCuda:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.copies: list[tuple[int, int, int]] = []
+        self.synced: list[int] = []
+        self.device = -1
+
+    def set_device(self, index: int) -> None:
+        self.device = index
+
+    def new_stream(self) -> int:
+        return 77
+
+    def destroy_stream(self, stream: int) -> None:
+        pass
+
+    def copy_to_device(self, dst: int, src: int, nbytes: int, stream: int) -> None:
+        if self.fail:
+            raise OSError("libcudart.so: cannot open shared object file")
+        self.copies.append((dst, nbytes, stream))
+
+    def synchronize(self, stream: int) -> None:
+        self.synced.append(stream)
+
+
+def bound(copier: DeviceCopier) -> Bound:
+    return Bound(FakeOrt, FakeSession(), [("x", (4, 3), "float32")], [("y", (4, 2), "float32")], "cuda", 1, copier)
+
+
+def test_a_batch_reaches_the_bound_buffer_through_the_slot_stream_and_is_finished_before_the_run() -> None:
+    cuda = FakeCuda()
+    b = bound(DeviceCopier(1, cuda))
+    x = np.ones((4, 3), np.float32)
+    b.run({"x": x}, ["y"])
+    b.run({"x": x}, ["y"])
+    ptr = b.inputs["x"].data_ptr()
+    assert cuda.copies == [(ptr, x.nbytes, 77), (ptr, x.nbytes, 77)] and cuda.synced == [77, 77]
+    assert cuda.device == 1 and b.inputs["x"].updates == 0
+
+
+def test_without_libcudart_onnx_runtime_copies_the_batch() -> None:
+    copier = DeviceCopier(0, FakeCuda(fail=True))
+    b = bound(copier)
+    x = np.full((4, 3), 2, np.float32)
+    b.run({"x": x}, ["y"])
+    b.run({"x": x}, ["y"])
+    assert copier.failed and b.inputs["x"].updates == 2
+    np.testing.assert_array_equal(b.inputs["x"].array, x)
