@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -71,29 +72,37 @@ def _worker(args: argparse.Namespace) -> None:
                                for _ in range(args.connections)))
 
     asyncio.run(go())
-    print(json.dumps({"lat": lat, "errors": len(errors)}))
+    np.asarray(lat, dtype=np.float64).tofile(args.out)  # a file: a pipe may not take it all at once
+    print(json.dumps({"errors": len(errors)}), flush=True)
 
 
 def run(*, host: str, port: int, model: str, input_name: str, shape: list[int], concurrency: int,
         seconds: float, warmup: float = 1.0, procs: int = 4, cores: str = "") -> dict[str, Any]:
     """Throughput and latency of ``concurrency`` connections over ``procs`` processes."""
+    import tempfile
+
     procs = max(1, min(procs, concurrency))
     children = []
+    folder = tempfile.mkdtemp(prefix="loadclient-")
+    outs = [f"{folder}/lat-{i}.f64" for i in range(procs)]
     for i in range(procs):
         n = concurrency // procs + (1 if i < concurrency % procs else 0)
         cmd = [sys.executable, __file__, "--worker", "--host", host, "--port", str(port), "--model", model,
                "--input", input_name, "--shape", ",".join(map(str, shape)), "-c", str(n),
-               "--seconds", str(seconds), "--warmup", str(warmup)]
+               "--seconds", str(seconds), "--warmup", str(warmup), "--out", outs[i]]
         if cores:
             cmd = ["taskset", "-c", cores, *cmd]
         children.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
     lat: list[float] = []
     errors = 0
-    for child in children:
+    for child, path in zip(children, outs, strict=True):
         out, _ = child.communicate(timeout=seconds + warmup + 120)
-        doc = json.loads(out.strip().splitlines()[-1])
-        lat += doc["lat"]
-        errors += doc["errors"]
+        if child.returncode != 0:
+            raise RuntimeError(f"a client process failed ({child.returncode}): {out[-500:]}")
+        errors += json.loads(out.strip().splitlines()[-1])["errors"]
+        lat += np.fromfile(path, dtype=np.float64).tolist()
+        os.unlink(path)
+    os.rmdir(folder)
     ms = np.array(lat) * 1000 if lat else np.array([float("nan")])
     return {"throughput": len(lat) / seconds, "p50_ms": float(np.percentile(ms, 50)),
             "p99_ms": float(np.percentile(ms, 99)), "errors": errors, "requests": len(lat)}
@@ -112,6 +121,7 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--procs", type=int, default=4)
     p.add_argument("--cores", default="", help="taskset -c list for the client processes")
+    p.add_argument("--out", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         _worker(args)
