@@ -4,6 +4,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import pytest
+
 from trtop.serve.channel import FRAME_MESSAGES, Channel, Message
 
 
@@ -43,3 +45,27 @@ async def test_the_peer_going_away_is_told_once() -> None:
     await asyncio.wait_for(gone.wait(), 5)
     await asyncio.sleep(0.05)
     assert closed == [1]
+
+
+async def test_messages_too_large_to_share_a_frame_travel_in_frames_of_their_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from trtop.serve import channel
+
+    monkeypatch.setattr(channel, "MAX_MESSAGE", 1000)
+    a, b = socket.socketpair()
+    got: list[Message] = []
+    arrived = asyncio.Event()
+
+    def on_message(message: Message) -> None:
+        got.append(message)
+        if len(got) == 3:
+            arrived.set()
+
+    sender = await Channel.open(a, lambda m: None, lambda: None)
+    receiver = await Channel.open(b, on_message, lambda: None)
+    for i in range(3):
+        sender.send(("done", i, b"y" * 600))  # each fits a frame, two do not
+    await asyncio.wait_for(arrived.wait(), 5)
+    assert [m[1] for m in got] == [0, 1, 2] and not receiver.closed
+    sender.close()
+    receiver.close()

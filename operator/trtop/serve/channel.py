@@ -89,8 +89,12 @@ class Channel(asyncio.Protocol):
             return
         chunks = []
         for i in range(0, len(outbox), FRAME_MESSAGES):
-            payload = pickle.dumps(outbox[i:i + FRAME_MESSAGES], protocol=pickle.HIGHEST_PROTOCOL)
-            chunks += [_HEADER.pack(len(payload)), payload]
+            group = outbox[i:i + FRAME_MESSAGES]
+            payloads = [pickle.dumps(group, protocol=pickle.HIGHEST_PROTOCOL)]
+            if len(payloads[0]) > MAX_MESSAGE and len(group) > 1:  # large inline outputs: a frame each
+                payloads = [pickle.dumps([m], protocol=pickle.HIGHEST_PROTOCOL) for m in group]
+            for payload in payloads:
+                chunks += [_HEADER.pack(len(payload)), payload]
         self._transport.write(b"".join(chunks))
 
     def close(self) -> None:
