@@ -52,6 +52,27 @@ def light(path: Path | None = None) -> Path:
     return path
 
 
+def fat(path: Path | None = None) -> Path:
+    """[batch, 3, 224, 224] -> [batch, 1000] through ReduceMax over the image and a 3x1000 MatMul."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    path = path or WORK / "fat.onnx"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = np.random.default_rng(0).standard_normal((3, 1000)).astype(np.float32)
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 224, 224])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1000])
+    nodes = [helper.make_node("ReduceMax", ["input"], ["m"], axes=[2, 3], keepdims=0),
+             helper.make_node("MatMul", ["m", "w"], ["logits"])]
+    model = helper.make_model(helper.make_graph(nodes, "fat", [x], [y], [numpy_helper.from_array(w, "w")]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
 def tiny(path: Path | None = None) -> Path:
     """y = x @ W for x: [batch, 16] (the server's own ceiling: nearly no compute)."""
     import onnx

@@ -245,15 +245,11 @@ def run_load(proc: subprocess.Popen[bytes], port: int, concurrency: int, seconds
 
 # -- the client process -----------------------------------------------------------------
 def request_bytes(port: int, name: str) -> bytes:
-    x = np.random.rand(1, *SHAPE).astype(np.float32)
-    header = json.dumps({"inputs": [{"name": name, "shape": [1, *SHAPE], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": x.nbytes}}],
-                         "parameters": {"binary_data_output": True}}).encode()
-    body = header + x.tobytes()
-    head = (f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {len(header)}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n")
-    return head.encode() + body
+    """One binary-tensor infer request of one row (loadclient's, for this module's model)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import loadclient
+
+    return loadclient.request_bytes("127.0.0.1", port, MODEL, name, list(SHAPE))
 
 
 async def _connection(port: int, payload: bytes, start: float, stop: float, lat: list[float],

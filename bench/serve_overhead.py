@@ -24,37 +24,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / ".work" / "bench"
 sys.path.insert(0, str(ROOT / "bench"))
 import loadclient  # noqa: E402
 import models  # noqa: E402
 
 
-def fat(path: Path | None = None) -> Path:
-    """[batch, 3, 224, 224] -> [batch, 1000] through ReduceMax over the image and a 3x1000 MatMul."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    path = path or WORK / "fat.onnx"
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    w = np.random.default_rng(0).standard_normal((3, 1000)).astype(np.float32)
-    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 224, 224])
-    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1000])
-    nodes = [helper.make_node("ReduceMax", ["input"], ["m"], axes=[2, 3], keepdims=0),
-             helper.make_node("MatMul", ["m", "w"], ["logits"])]
-    model = helper.make_model(helper.make_graph(nodes, "fat", [x], [y], [numpy_helper.from_array(w, "w")]),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
-
-
-MODELS = {"fat": (fat, "input", [3, 224, 224]), "tiny": (models.tiny, "x", [16])}
+MODELS = {"fat": (models.fat, "input", [3, 224, 224]), "tiny": (models.tiny, "x", [16])}
 
 
 def cpu_seconds(pid: int) -> float:
