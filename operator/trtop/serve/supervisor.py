@@ -124,6 +124,9 @@ class Supervisor:
 
     async def _start_frontend(self, index: int) -> None:
         arena = Arena.create(self.arena_size, f"trtop-frontend-{index}")
+        # Batches are copied to the GPU from the arena itself (page-locked; the mapping lives as long as the
+        # process, also after its front-end is replaced).
+        self.service.add_host_memory(arena.address, arena.size)
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
         env.update(setup_env(self.settings, index=index, listen_fd=self.listen.fileno(), channel_fd=theirs.fileno(),
