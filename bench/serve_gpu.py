@@ -15,11 +15,16 @@ the server code in front of it is the same. In one run it measures:
 
 Clients: ``perf_analyzer`` copies every request's input into its per-request records
 (``InferContext::GetInputs``), ~2 GB per second of ResNet-50 load; in the second session it
-grew to 127 GB and was OOM-killed at 64-128 clients. So its address space is capped
-(``--pa-memory-gb``: it then fails alone, with its peak RSS in the table), ``--pa-count N``
-bounds each window to N requests, and ``--client own`` (or ``both``) drives the same load
-with ``loadclient.py`` (processes on raw sockets). ``--client-cores``/``--server-cores`` pin
-client and server apart with taskset (the server's default front-end count follows).
+grew to 127 GB and was OOM-killed at 64-128 clients, in the fourth it reached 25 GB at 16
+clients and died of ``std::bad_alloc`` under the 32 GB cap from 16-32 clients up. So its
+address space is capped (``--pa-memory-gb``: it then fails alone, with its peak RSS in the
+table), ``--pa-count N`` bounds each window to N requests (``--pa-count-from C``: only from
+concurrency C up), and ``--client own`` (or ``both``) drives the same load with
+``loadclient.py`` (processes on raw sockets): the ResNet-50 figures past 16 clients come from
+it. ``--client-cores``/``--server-cores`` pin client and server apart with taskset (the
+server's default front-end count follows). ``--py-spy PATH --profile-at 1,64`` records the
+engine process and one front-end with py-spy during those load points (raw collapsed stacks
+in ``--out``).
 
 Prints the tables (markdown) and writes them with the raw figures to ``--out``.
 Targets (issue P8): >= 0.85 x the in-process best at the best concurrency, stable
@@ -239,12 +244,13 @@ def _peak_rss_gb(proc: subprocess.Popen[str], peak: list[float]) -> None:
 
 def perf(client: Client, model: str, url: str, protocol: str, concurrency: int, window_ms: int,
          server: Server, tmp: Path, shape: list[int] | None = None, input_name: str = "",
-         profiler: Profiler | None = None) -> dict[str, Any]:
+         profiler: Profiler | None = None, label: str = "") -> dict[str, Any]:
     """One load point: the client's figures plus the server's (batches, queue, cores) and the GPU's."""
     sampler = GpuSampler()
     m0 = scrape(server.url)
     cpu0, t0 = cpu_seconds(server.pids()), time.monotonic()
-    spies = profiler.start(server.pids(), f"{model}-{protocol}-{client.kind}", concurrency) if profiler else []
+    spies = profiler.start(server.pids(), f"{model}{label and '-' + label}-{protocol}-{client.kind}",
+                                              concurrency) if profiler else []
     row: dict[str, Any] = {"concurrency": concurrency, "client": client.kind}
     if client.kind == "own":
         import loadclient
@@ -316,6 +322,7 @@ def main() -> int:
     ap.add_argument("--skip-tiny", action="store_true")
     ap.add_argument("--skip-resnet", action="store_true")
     ap.add_argument("--tiny-concurrency", default="64,128,256")
+    ap.add_argument("--tiny-protocols", default="http,grpc", help="the tiny model's protocols, in this order")
     ap.add_argument("--skip-inprocess", action="store_true", help="use --baseline instead of measuring it")
     ap.add_argument("--baseline", default="5694,1.05", help="in-process best img/s,batch-1 p50 ms (--skip-inprocess)")
     ap.add_argument("--client", choices=("perf_analyzer", "own", "both"), default="perf_analyzer",
@@ -367,7 +374,7 @@ def main() -> int:
                         client = Client(args.perf_analyzer, kind, args.client_cores, args.pa_memory_gb, args.pa_count,
                                         args.client_procs, args.pa_count_from)
                         row = perf(client, "resnet50", "127.0.0.1:8000", "http", c, args.window_ms, server, tmp,
-                                   shape=[3, 224, 224], input_name="input", profiler=profiler)
+                                   shape=[3, 224, 224], input_name="input", profiler=profiler, label=label)
                         rows.append(row)
                         print(json.dumps(row), flush=True)
             finally:
@@ -381,7 +388,8 @@ def main() -> int:
                         args.pa_count_from)
         rows = []
         try:
-            for protocol, url in (("http", "127.0.0.1:8010"), ("grpc", "127.0.0.1:8011")):
+            ports = {"http": "127.0.0.1:8010", "grpc": "127.0.0.1:8011"}
+            for protocol, url in ((p, ports[p]) for p in args.tiny_protocols.split(",")):
                 for c in (int(x) for x in args.tiny_concurrency.split(",")):
                     row = perf(client, "tiny", url, protocol, c, args.window_ms, server, tmp, profiler=profiler)
                     row["protocol"] = protocol

@@ -179,7 +179,9 @@ class OnnxRuntime(FixedIO):
 
             page = mmap.PAGESIZE
             start = -(-address // page) * page  # only whole pages of the range
-            default_cuda().register_host(start, (address + nbytes - start) // page * page)
+            size = (address + nbytes - start) // page * page
+            default_cuda().register_host(start, size)
+            log.info("page-locked %.0f MiB of request memory (batches are copied to the GPU from it)", size / 2**20)
             return True
         except Exception as exc:  # no libcudart, or the memory cannot be locked (RLIMIT_MEMLOCK, platform)
             self._pin_failed = True
