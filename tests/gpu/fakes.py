@@ -77,9 +77,6 @@ class FakeCuda:
     def register_host(self, ptr: int, nbytes: int) -> None:
         self.registered[ptr] = nbytes
 
-    def unregister_host(self, ptr: int) -> None:
-        del self.registered[ptr]
-
     def enqueue(self, stream: int, op: Callable[[], None]) -> None:
         assert stream in self.streams, "work on a stream that does not exist"
         if stream in self.capturing:

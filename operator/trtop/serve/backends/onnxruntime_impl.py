@@ -183,7 +183,7 @@ class OnnxRuntime(FixedIO):
             default_cuda().register_host(start, size)
             log.info("page-locked %.0f MiB of request memory (batches are copied to the GPU from it)", size / 2**20)
             return True
-        except Exception as exc:  # no libcudart, or the memory cannot be locked (RLIMIT_MEMLOCK, platform)
+        except Exception as exc:  # no libcudart, or the platform refuses to lock this memory
             self._pin_failed = True
             log.warning("request memory stays pageable (copies to the GPU are staged by the driver): %s", exc)
             return False
