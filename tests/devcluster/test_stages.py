@@ -10,7 +10,7 @@ from trtop import names
 
 
 def _docs(name: str) -> list[dict]:
-    return [d for d in yaml.safe_load_all(resources.files("trtop.devcluster").joinpath(name).read_text()) if d]
+    return [d for d in yaml.safe_load_all(resources.files("trtop_dev.devcluster").joinpath(name).read_text()) if d]
 
 
 def _stages() -> dict[str, dict]:
