@@ -168,3 +168,32 @@ class TestBatchBuffers:
         from trtop.serve.batching import BatchBuffers
 
         assert BatchBuffers().take([{"x": np.zeros((4, 2), np.float32)}], 4) is None
+
+
+class TestMergeMax:
+    """Where batching stops paying, merged batches stop growing; one request still runs whole."""
+
+    def test_paying_batch_keeps_every_size_while_throughput_grows(self) -> None:
+        from trtop.serve.batching import paying_batch
+        assert paying_batch({1: 900.0, 2: 1600.0, 4: 2700.0, 8: 3900.0}) == 8  # a GPU
+
+    def test_paying_batch_stops_where_rows_per_second_fall(self) -> None:
+        from trtop.serve.batching import paying_batch
+        assert paying_batch({1: 168.0, 2: 150.0, 4: 120.0, 8: 80.0, 16: 40.0}) == 1  # MobileNetV2, 2 cores
+        assert paying_batch({1: 100.0, 2: 160.0, 4: 150.0, 8: 90.0}) == 4  # 4 is within 10% of 2's best
+        assert paying_batch({1: 100.0, 2: 160.0, 4: 150.0, 8: 90.0}, keep=0.95) == 2
+
+    def test_policy_checks_merge_max(self) -> None:
+        with pytest.raises(ValueError, match="merge max"):
+            BatchPolicy(max_batch=4, merge_max=8)
+        assert BatchPolicy(max_batch=4).gather == 4 and BatchPolicy(max_batch=4, merge_max=2).gather == 2
+
+    def test_queued_requests_merge_only_up_to_merge_max(self) -> None:
+        policy = BatchPolicy(max_batch=8, buckets=(1, 2, 4, 8), merge_max=2)
+        d = next_batch([p(1, 1.0) for _ in range(6)], policy, now=1.0)
+        assert d.take == (0, 1) and d.size == 2
+
+    def test_a_request_larger_than_merge_max_runs_whole(self) -> None:
+        policy = BatchPolicy(max_batch=8, buckets=(1, 2, 4, 8), merge_max=1)
+        d = next_batch([p(3, 1.0), p(1, 1.0)], policy, now=1.0)
+        assert d.take == (0,) and d.size == 4  # padded up to its bucket, not merged with the next

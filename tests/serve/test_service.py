@@ -116,3 +116,36 @@ async def test_a_runtime_that_cannot_pin_memory_is_left_alone() -> None:
     svc.add_host_memory(0x2000, 4096)
     assert svc.ready
     await svc.close()
+
+
+async def test_merged_batches_stop_where_the_runtime_measures_that_batching_stops_paying() -> None:
+    """A runtime that reports rows per second per bucket (CPU ONNX Runtime) caps merged batches at
+    the last size that pays, and is not measured past two sizes that do not."""
+    class Measured(Recorder):
+        rates = {1: 200.0, 2: 190.0, 4: 120.0, 8: 60.0, 16: 30.0, 32: 10.0}
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.measured: list[tuple[int, int]] = []
+
+        def throughput(self, size: int, instances: int) -> float:
+            self.measured.append((size, instances))
+            return self.rates[size]
+
+    rt = Measured()
+    svc = InferenceService("m", lambda: Loaded(rt, backend="fake"), BatchingConfig(max_batch=32, instances=2),
+                           ServerMetrics("m"))
+    await svc.start()
+    assert svc.merge_max == 2 and svc.info is not None and svc.info.max_batch == 32  # requests may still carry 32
+    assert [s for s, _ in rt.measured if s > 1] == [2, 4, 8] and {i for _, i in rt.measured} == {2}
+    await svc.close()
+
+
+def test_cpu_onnxruntime_measures_rows_per_second_per_batch_size(tmp_path) -> None:
+    from trtop.serve.backends.onnxruntime_impl import OnnxRuntime
+    from trtop.serve.runtime import RuntimeOptions
+    from tests.serve.conftest import make_affine_onnx
+
+    rt = OnnxRuntime(make_affine_onnx(tmp_path / "m.onnx"), RuntimeOptions(threads=1, use_gpu=False))
+    rates = {size: rt.throughput(size, instances=2) for size in (1, 8)}
+    assert all(r is not None and r > 0 for r in rates.values())

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from trtop.api.engine import EngineRecord, batch_buckets
-from trtop.serve.batching import BatchPolicy
+from trtop.serve.batching import BatchPolicy, paying_batch
 from trtop.serve.errors import NotReady, ServeError
 from trtop.serve.handle import not_ready_message
 from trtop.serve.metrics import ServerMetrics
@@ -88,6 +88,24 @@ def warm(rt: Runtime, info: ModelInfo) -> None:
                         rows, exc)
 
 
+def measure_merge_max(rt: Runtime, info: ModelInfo, instances: int) -> int:
+    """The most rows a merged batch should take (0: every bucket pays), from each bucket's throughput
+    with ``instances`` runs side by side, where the runtime can measure it (CPU; see ``paying_batch``).
+    Stops once two sizes in a row do not pay: larger ones only cost start-up time."""
+    measure = getattr(rt, "throughput", None)
+    if measure is None or len(info.buckets) < 2 or measure(info.buckets[0], instances) is None:
+        return 0
+    rates: dict[int, float] = {}
+    for size in info.buckets:
+        rates[size] = measure(size, instances)
+        if len(rates) >= 3 and paying_batch(rates) < sorted(rates)[-2]:
+            break
+    chosen = paying_batch(rates)
+    log.info("rows per second with %d runs side by side: %s; merged batches stop at %d rows",
+             instances, ", ".join(f"{k}: {v:.0f}" for k, v in sorted(rates.items())), chosen)
+    return 0 if chosen == info.max_batch else chosen
+
+
 def warmup_feeds(info: ModelInfo, rows: int) -> dict[str, Array]:
     """Zeros of every input at ``rows`` rows (dynamic dims beyond the batch as 1)."""
     return {s.name: np.zeros((rows, *(d if d > 0 else 1 for d in s.shape[1:])), dtype=s.dtype) for s in info.inputs}
@@ -126,6 +144,7 @@ class InferenceService:
         self._host_memory: list[tuple[int, int]] = []  # (address, bytes) requests arrive in: pinned once loaded
         self._pin_lock = threading.Lock()
         self._pinned_runtime: Any = None
+        self.merge_max = 0  # measured at load (0: merging may fill max_batch)
 
     @property
     def ready(self) -> bool:
@@ -155,7 +174,7 @@ class InferenceService:
             return by_rows(parts, size, outputs) if by_rows is not None else None
 
         self._scheduler = Scheduler(
-            run, BatchPolicy(info.max_batch, self.config.max_queue_delay_s, info.buckets),
+            run, BatchPolicy(info.max_batch, self.config.max_queue_delay_s, info.buckets, self.merge_max),
             max_queue=self.config.max_queue_size, observer=self._observer, instances=self.config.instances,
             empty=getattr(runtime, "batch_array", None),  # page-locked batch buffers where the backend has them
             executor=getattr(runtime, "executor", None),  # its own compute threads where it has them
@@ -184,6 +203,7 @@ class InferenceService:
             for address, nbytes in self._host_memory:
                 _pin(rt, address, nbytes)
         warm(rt, info)
+        self.merge_max = measure_merge_max(rt, info, self.config.instances)
         return info, rt
 
     def add_host_memory(self, address: int, nbytes: int) -> None:

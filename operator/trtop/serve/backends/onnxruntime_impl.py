@@ -9,7 +9,7 @@ import mmap
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -154,6 +154,25 @@ class OnnxRuntime(FixedIO):
         if wide_s < WIDE_GAIN * narrow_s:
             self._wide = wide
             log.info("lone runs use %d threads (batch 1: %.2f vs %.2f ms)", cores, wide_s * 1e3, narrow_s * 1e3)
+
+    def throughput(self, size: int, instances: int, runs: int = 2) -> float | None:
+        """Rows per second at batch ``size`` with ``instances`` runs side by side, as the scheduler runs
+        them under load (CPU only: the cores share caches and memory bandwidth, so one run alone
+        would flatter large batches). None on the CUDA provider, where every bucket pays."""
+        if self._by_batch:
+            return None
+        feeds = {s.name: np.zeros((size, *(d if d > 0 else 1 for d in s.shape[1:])), s.dtype) for s in self._inputs}
+        names = [s.name for s in self._outputs]
+        self._session.run(names, feeds)  # first-run allocations at this size stay out of the timing
+
+        def work(_: int) -> None:
+            for _ in range(runs):
+                self._session.run(names, feeds)
+
+        with ThreadPoolExecutor(max_workers=instances) as pool:
+            start = time.perf_counter()
+            list(pool.map(work, range(instances)))
+            return instances * runs * size / (time.perf_counter() - start)
 
     def batch_array(self, shape: tuple[int, ...], dtype: Any) -> Any:
         """An array to merge a batch into: page-locked on the CUDA provider (faster copies to the GPU)."""
