@@ -86,6 +86,68 @@ def tools_for(versions: dict[str, str], cache: Path) -> Tools:
     )
 
 
+@dataclass(frozen=True)
+class NodeTools:
+    """The real node's binaries (hack/build-tools.sh node) and the image builder's (buildkit)."""
+
+    kubernetes_version: str
+    containerd_version: str
+    kubelet: Path
+    kube_proxy: Path
+    pause: Path
+    runc: Path
+    containerd: Path
+    ctr: Path
+    shim: Path
+    cni_bin_dir: Path
+    buildkitd: Path
+    buildctl: Path
+
+    def node_binaries(self) -> list[Path]:
+        return [self.kubelet, self.kube_proxy, self.pause, self.runc, self.containerd, self.ctr, self.shim,
+                *(self.cni_bin_dir / p for p in ("bridge", "host-local", "loopback", "portmap"))]
+
+    def missing(self, *, buildkit: bool = False) -> list[Path]:
+        paths = self.node_binaries() + ([self.buildkitd, self.buildctl] if buildkit else [])
+        return [p for p in paths if not os.access(p, os.X_OK)]
+
+
+def node_tools_for(versions: dict[str, str], cache: Path) -> NodeTools:
+    bin_dir = cache / "bin"
+    kubelet = bin_dir / f"kubelet-{versions['KUBERNETES_VERSION']}"
+    containerd = bin_dir / f"containerd-{versions['CONTAINERD_VERSION']}"
+    buildkit = bin_dir / f"buildkit-{versions['BUILDKIT_VERSION']}"
+    return NodeTools(
+        kubernetes_version=versions["KUBERNETES_VERSION"],
+        containerd_version=versions["CONTAINERD_VERSION"],
+        kubelet=kubelet / "kubelet",
+        kube_proxy=kubelet / "kube-proxy",
+        pause=kubelet / "pause",
+        runc=bin_dir / f"runc-{versions['RUNC_VERSION']}" / "runc",
+        containerd=containerd / "containerd",
+        ctr=containerd / "ctr",
+        shim=containerd / "containerd-shim-runc-v2",
+        cni_bin_dir=bin_dir / f"cni-{versions['CNI_PLUGINS_VERSION']}",
+        buildkitd=buildkit / "buildkitd",
+        buildctl=buildkit / "buildctl",
+    )
+
+
+def ensure_node_tools(root: Path, *, buildkit: bool = False) -> NodeTools:
+    """Build the real node's binaries if missing (cold: ~7 min on 2 cores) and return them."""
+    tools = node_tools_for(read_versions(root), cache_dir())
+    targets = (["node"] if tools.missing() else []) + (["buildkit"] if buildkit and tools.missing(buildkit=True) else [])
+    for target in targets:
+        result = subprocess.run(["bash", str(root / "hack" / "build-tools.sh"), target], check=False)
+        if result.returncode != 0:
+            raise ToolsError(f"hack/build-tools.sh {target} failed (exit {result.returncode}); its output above "
+                             "says which tool failed (runc needs libseccomp-dev, the pause binary gcc)")
+    missing = tools.missing(buildkit=buildkit)
+    if missing:
+        raise ToolsError("missing binaries: " + ", ".join(map(str, missing)) + "; run hack/build-tools.sh node")
+    return tools
+
+
 def ensure_tools(root: Path, *, with_kind: bool = False, build: bool = True) -> Tools:
     """Build what is missing (hack/build-tools.sh; cold: ~10 min) and return every path."""
     tools = tools_for(read_versions(root), cache_dir())
