@@ -1,0 +1,275 @@
+"""Builds the project's CPU images without Docker, straight into the real node's containerd.
+
+The images' Dockerfiles (``images/*/Dockerfile*``) are built unchanged by BuildKit
+(buildkitd with its containerd worker in the CRI's ``k8s.io`` namespace, so the kubelet
+sees every image at once) on a Debian base made here by mmdebstrap, since no registry is
+reachable. The base is cached by the Debian point release; the images are tagged with
+``trtop.versions`` like ``make images`` does. Old tags and BuildKit's cache are pruned after
+each build so the store stays small. Run by hack/build-images.sh (and ``.ci/run``).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from trtop import versions
+from trtop.devcluster import ociarchive, workspace
+from trtop.devcluster.containerd import RUN_DIR, Containerd
+from trtop.devcluster.tools import cache_dir, ensure_node_tools, read_versions
+
+Log = Callable[[str], None]
+BASE_REPO = "localhost/trtop/debian"
+BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates")
+# Local CAs of this machine (an egress proxy's, a company's): pip inside the builds must
+# trust them, so the base carries them (none on an ordinary machine).
+LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
+HOLDER = "build-images"
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One image: its Dockerfile, the tag it gets, whether it needs NVIDIA's base (GPU)."""
+
+    name: str
+    dockerfile: str
+    tag: str
+    gpu: bool = False
+
+
+CPU_IMAGES = (
+    ImageSpec("server-cpu", "images/server/Dockerfile.cpu", versions.SERVER_CPU_IMAGE),
+    ImageSpec("operator", "images/operator/Dockerfile", versions.OPERATOR_IMAGE),
+)
+
+
+def base_image_name(suite: str, release: str, local_cas: str) -> str:
+    """``localhost/trtop/debian:bookworm-12.15`` (+ ``-ca<hash>`` when local CAs are baked in)."""
+    return f"{BASE_REPO}:{suite}-{release}" + (f"-ca{local_cas}" if local_cas else "")
+
+
+def release_version(release_file: str) -> str:
+    """The point release (``Version:``) of a Debian ``Release`` file."""
+    match = re.search(r"^Version:\s*(\S+)\s*$", release_file, re.M)
+    if not match:
+        raise ValueError("the Release file has no Version: line")
+    return match.group(1)
+
+
+def build_args(spec: ImageSpec, base: str, env: dict[str, str]) -> list[str]:
+    """buildctl arguments for ``spec``: the builtin Dockerfile frontend, FROM resolved locally."""
+    dockerfile = Path(spec.dockerfile)
+    args = [
+        "build", "--frontend", "dockerfile.v0",
+        "--local", "context=.", "--local", f"dockerfile={dockerfile.parent}",
+        "--opt", f"filename={dockerfile.name}",
+        # The `# syntax=` line would pull docker/dockerfile from Docker Hub: use the builtin one.
+        "--opt", "cmdline=builtin",
+        # FROM ${PYTHON_IMAGE} is our local base: never ask a registry.
+        "--opt", "image-resolve-mode=local",
+        "--opt", f"build-arg:PYTHON_IMAGE={base}",
+        "--opt", f"build-arg:TRTOP_VERSION={versions.TRTOP_VERSION}",
+        "--output", f"type=image,name={spec.tag},unpack=true,compression=zstd",
+    ]
+    # Docker's predefined proxy ARGs: passed through when this machine uses a proxy.
+    for key in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"):
+        if env.get(key):
+            args += ["--opt", f"build-arg:{key}={env[key]}"]
+    return args
+
+
+def stale_image_refs(listing: str, keep: Sequence[str], repos: Sequence[str]) -> list[str]:
+    """Image names to delete from ``ctr images ls`` output: old tags of our repos, and the CRI's
+    ``sha256:`` aliases of images no kept name points to."""
+    rows = [line.split() for line in listing.splitlines()[1:] if line.strip()]
+    refs = {row[0]: row[2] for row in rows if len(row) >= 3}
+    kept_digests = {digest for ref, digest in refs.items() if ref in keep or not _ours(ref, repos)
+                    and not ref.startswith("sha256:")}
+    stale = []
+    for ref, digest in refs.items():
+        if ref in keep:
+            continue
+        if _ours(ref, repos) or (ref.startswith("sha256:") and digest not in kept_digests):
+            stale.append(ref)
+    return sorted(stale)
+
+
+def _ours(ref: str, repos: Sequence[str]) -> bool:
+    return any(ref.startswith(repo + ":") or ref.startswith(repo + "@") for repo in repos)
+
+
+class Builder:
+    """buildkitd on the machine's containerd, for one run of hack/build-images.sh."""
+
+    def __init__(self, root: Path, log: Log) -> None:
+        self.root, self.log = root, log
+        self.tools = ensure_node_tools(root, buildkit=True)
+        self.cache = cache_dir()
+        self.daemon = Containerd(self.tools, self.cache)
+        self.versions = read_versions(root)
+        self.address = f"unix://{RUN_DIR / 'buildkit' / 'buildkitd.sock'}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def base(self) -> str:
+        """The Debian base in containerd (made by mmdebstrap when this point release is new)."""
+        suite, mirror = self.versions["DEBIAN_SUITE"], self.versions["DEBIAN_MIRROR"]
+        cas = sorted(LOCAL_CA_DIR.glob("*.crt")) if LOCAL_CA_DIR.is_dir() else []
+        ca_hash = hashlib.sha256(b"".join(p.read_bytes() for p in cas)).hexdigest()[:8] if cas else ""
+        try:
+            with urllib.request.urlopen(f"{mirror}/dists/{suite}/Release", timeout=30) as answer:
+                release = release_version(answer.read().decode())
+        except OSError as err:
+            cached = sorted((self.cache / "images").glob(f"debian-{suite}-*.oci.tar"))
+            if not cached:
+                raise RuntimeError(f"cannot read {mirror}/dists/{suite}/Release ({err}) and no base is cached") from err
+            release = cached[-1].name.removeprefix(f"debian-{suite}-").split(".oci")[0].split("-ca")[0]
+            self.log(f"{mirror} unreachable ({err}): using the cached base of Debian {release}")
+        name = base_image_name(suite, release, ca_hash)
+        archive = self.cache / "images" / f"debian-{name.rsplit(':', 1)[1]}.oci.tar"
+        if name in self.daemon.ctr("images", "ls", "-q").split():
+            return name
+        if not archive.is_file():
+            self._mmdebstrap(suite, mirror, cas, name, archive)
+        self.log(f"importing {name}")
+        self.daemon.ctr("images", "import", str(archive))
+        return name
+
+    def _mmdebstrap(self, suite: str, mirror: str, cas: list[Path], name: str, archive: Path) -> None:
+        if shutil.which("mmdebstrap") is None:
+            raise RuntimeError("mmdebstrap is missing (Debian: apt-get install mmdebstrap)")
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        self.log(f"making the base {name} with mmdebstrap (about a minute)")
+        with tempfile.TemporaryDirectory(dir=archive.parent) as tmp:
+            rootfs = Path(tmp) / "rootfs.tar"
+            argv = ["mmdebstrap", "--variant=minbase", "--components=main", "--include=" + ",".join(BASE_PACKAGES),
+                    # Documentation and translations are never read in a container.
+                    "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/locale/*",
+                    "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-include=/usr/share/doc/*/copyright"]
+            for ca in cas:
+                argv.append(f"--customize-hook=upload {ca} {LOCAL_CA_DIR / ca.name}")
+            if cas:
+                argv.append("--customize-hook=chroot \"$1\" update-ca-certificates")
+            # Apt's lists are not needed at run time.
+            argv.append("--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/*")
+            argv += [suite, str(rootfs), mirror]
+            subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+            ociarchive.write_archive(rootfs, name, archive, cmd=["python3"])
+        self.log(f"base made in {time.monotonic() - started:.0f}s ({archive.stat().st_size >> 20} MiB)")
+
+    def __enter__(self) -> Builder:
+        self.daemon.acquire(HOLDER, os.getpid(), self.log)
+        state = RUN_DIR / "buildkit"
+        state.mkdir(parents=True, exist_ok=True)
+        config = state / "buildkitd.toml"
+        config.write_text(render_buildkitd_config(self.cache / "buildkit", self.address, self.daemon.layout.socket))
+        log_file = state / "buildkitd.log"
+        self.log(f"starting buildkitd (log: {log_file})")
+        env = {**os.environ, "PATH": os.pathsep.join([str(self.tools.runc.parent), os.environ.get("PATH", "")])}
+        with log_file.open("a") as out:
+            self.proc = subprocess.Popen([str(self.tools.buildkitd), "--config", str(config)], env=env, stdout=out,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while self.buildctl("debug", "workers", check=False).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"buildkitd did not start; see {log_file}")
+            time.sleep(0.3)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.daemon.release(HOLDER, self.log)
+
+    def buildctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [str(self.tools.buildctl), "--addr", self.address, *args]
+        done = subprocess.run(argv, cwd=self.root, capture_output=True, text=True, check=False)
+        if check and done.returncode:
+            raise RuntimeError(f"{' '.join(argv)} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+        return done
+
+    def build(self, spec: ImageSpec, base: str) -> float:
+        started = time.monotonic()
+        self.log(f"building {spec.tag} from {spec.dockerfile}")
+        self.buildctl(*build_args(spec, base, dict(os.environ)))
+        seconds = time.monotonic() - started
+        self.log(f"built {spec.tag} in {seconds:.0f}s")
+        return seconds
+
+    def prune(self, keep: Sequence[str]) -> None:
+        """Old tags of our images, stale CRI aliases, and BuildKit's cache beyond its cap."""
+        repos = [BASE_REPO, *(spec.tag.rsplit(":", 1)[0] for spec in CPU_IMAGES)]
+        stale = stale_image_refs(self.daemon.ctr("images", "ls"), keep, repos)
+        if stale:
+            self.daemon.ctr("images", "rm", "--sync", *stale)
+            self.log(f"pruned {len(stale)} old image names")
+        self.buildctl("prune", "--keep-storage", "1500")  # MB: pip's wheels of the last builds
+
+
+def render_buildkitd_config(root: Path, address: str, containerd_socket: Path) -> str:
+    """buildkitd.toml: the containerd worker only, host network, its cache capped."""
+    return "\n".join([
+        f"root = '{root}'",
+        "[grpc]",
+        f"  address = ['{address}']",
+        "[worker.oci]",
+        "  enabled = false",
+        "[worker.containerd]",
+        "  enabled = true",
+        f"  address = '{containerd_socket}'",
+        # The CRI's namespace: what is built here is what the kubelet runs.
+        "  namespace = 'k8s.io'",
+        "  snapshotter = 'overlayfs'",
+        # RUN steps share the host's network (no CNI for builds; pip reaches PyPI as the host does).
+        "  networkMode = 'host'",
+        "  gc = true",
+        "  reservedSpace = '1GB'",
+        "  maxUsedSpace = '4GB'",
+        "",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hack/build-images.sh", description=__doc__.split("\n\n")[0])
+    parser.add_argument("images", nargs="*", metavar="IMAGE",
+                        help=f"which images: {', '.join(s.name for s in CPU_IMAGES)} (default: all of them)")
+    parser.add_argument("--jobs", type=int, default=2, help="images built at once (default 2)")
+    args = parser.parse_args(argv)
+    unknown = set(args.images) - {s.name for s in CPU_IMAGES}
+    if unknown:
+        parser.error(f"unknown image(s) {', '.join(sorted(unknown))}")
+    start = time.monotonic()
+
+    def log(message: str) -> None:
+        print(f"[build-images {time.monotonic() - start:5.1f}s] {message}", file=sys.stderr, flush=True)
+
+    wanted = [s for s in CPU_IMAGES if not args.images or s.name in args.images]
+    root = workspace.repo_root()
+    with Builder(root, log) as builder:
+        base = builder.base()
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            list(pool.map(lambda spec: builder.build(spec, base), wanted))
+        builder.prune([base, builder.daemon.pause_image, *(s.tag for s in CPU_IMAGES)])
+    log("the GPU images (converter, server) are not built here: their base is NVIDIA's TensorRT image, "
+        "which cannot be fetched on this machine")
+    log(f"done in {time.monotonic() - start:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
