@@ -7,8 +7,9 @@
 # runc, containerd (+ ctr, shim) and the CNI plugins; buildkit (buildkitd, buildctl) builds
 # the images (hack/build-images.sh).
 # A warm cache makes this a no-op that takes well under a second.
-# Usage: hack/build-tools.sh [all|etcd|kwok|helm|kubernetes|kind|node|kubelet|runc|containerd|cni|buildkit]
-#   all:  the control plane (etcd kwok helm kubernetes); node: kubelet runc containerd cni;
+# Usage: hack/build-tools.sh [all|etcd|kwok|helm|kubernetes|kind|node|kubelet|runc|containerd|cni|pause|buildkit]
+#   all:  the control plane (etcd kwok helm kubernetes); node: runc containerd cni pause kubelet;
+#   image builds need runc containerd pause buildkit (not the kubelet: they start before it);
 #   kind is only needed by `trtop dev cluster up --provider kind`.
 # Each target has its own lock (kubernetes and kubelet share one: they share a module), so
 # `all`, `node` and `buildkit` can build side by side; runs of one target wait for each other.
@@ -20,7 +21,7 @@ cache=${TRTOP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/trtop}
 export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
 log() { printf '[build-tools %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-targets="all etcd kwok helm kubernetes kind node kubelet runc containerd cni buildkit"
+targets="all etcd kwok helm kubernetes kind node kubelet runc containerd cni pause buildkit"
 only=${1:-all}
 [[ " $targets " == *" $only "* ]] || { echo "usage: $0 [${targets// /|}]" >&2; exit 2; }
 # -p 2: the CI machine has 2 cores, shared with whatever else builds.
@@ -110,17 +111,25 @@ build_kubernetes() {
   rm -rf "$out"; mv "$out.tmp" "$out"
 }
 
-build_kubelet() {  # kubelet, kube-proxy and the sandbox's pause binary (the module's own pause.c)
+build_kubelet() {  # kubelet and kube-proxy, from the control plane's module
   local v=$KUBERNETES_VERSION out="$cache/bin/kubelet-$KUBERNETES_VERSION"
-  [[ -x $out/kubelet && -x $out/kube-proxy && -x $out/pause ]] && return 0
+  [[ -x $out/kubelet && -x $out/kube-proxy ]] && return 0
   need_go kubelet
-  command -v gcc >/dev/null || { echo "build-tools: gcc (with static libc: libc6-dev) is needed for the pause binary" >&2; exit 1; }
   log "building kubelet and kube-proxy $v"
   k8s_module
   rm -rf "$out.tmp"; mkdir -p "$out.tmp"
   k8s_build "$out.tmp" kubelet kube-proxy
+  rm -rf "$out"; mv "$out.tmp" "$out"
+}
+
+build_pause() {  # the sandbox's pause binary from the Kubernetes module's own source (no module build)
+  local v=$KUBERNETES_VERSION out="$cache/bin/pause-$KUBERNETES_VERSION"
+  [[ -x $out/pause ]] && return 0
+  need_go pause
+  command -v gcc >/dev/null || { echo "build-tools: gcc (with static libc: libc6-dev) is needed for the pause binary" >&2; exit 1; }
   local src
-  src=$(cd "$k8s_mod" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)
+  src=$(go mod download -json "k8s.io/kubernetes@$v" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$out.tmp"; mkdir -p "$out.tmp"
   gcc -Os -Wall -Werror -static -DVERSION="$v-trtop" -o "$out.tmp/pause" "$src/build/pause/linux/pause.c"
   strip "$out.tmp/pause"
   rm -rf "$out"; mv "$out.tmp" "$out"
@@ -202,6 +211,7 @@ case $only in
   node|runc) locked runc build_runc ;;&
   node|containerd) locked containerd build_containerd ;;&
   node|cni) locked cni build_cni ;;&
+  node|pause) locked pause build_pause ;;&
   node|kubelet) locked "" build_kubelet ;;&
   buildkit) locked buildkit build_buildkit ;;
   kind) locked kind build_simple kind "$KIND_VERSION" sigs.k8s.io/kind sigs.k8s.io/kind=kind ;;

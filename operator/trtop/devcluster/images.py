@@ -114,7 +114,7 @@ class Builder:
 
     def __init__(self, root: Path, log: Log) -> None:
         self.root, self.log = root, log
-        self.tools = ensure_node_tools(root, buildkit=True)
+        self.tools = ensure_node_tools(root, images=True)
         self.cache = cache_dir()
         self.daemon = Containerd(self.tools, self.cache)
         self.versions = read_versions(root)
@@ -153,7 +153,7 @@ class Builder:
         self.log(f"making the base {name} with mmdebstrap (about a minute)")
         with tempfile.TemporaryDirectory(dir=archive.parent) as tmp:
             rootfs = Path(tmp) / "rootfs.tar"
-            argv = ["mmdebstrap", "--variant=minbase", "--components=main", "--include=" + ",".join(BASE_PACKAGES),
+            argv = ["mmdebstrap", "--quiet", "--variant=minbase", "--components=main", "--include=" + ",".join(BASE_PACKAGES),
                     # Documentation and translations are never read in a container.
                     "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/locale/*",
                     "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-include=/usr/share/doc/*/copyright"]

@@ -104,11 +104,15 @@ class NodeTools:
     buildctl: Path
 
     def node_binaries(self) -> list[Path]:
-        return [self.kubelet, self.kube_proxy, self.pause, self.runc, self.containerd, self.ctr, self.shim,
+        return [self.kubelet, self.kube_proxy, *self.image_binaries()[:5],
                 *(self.cni_bin_dir / p for p in ("bridge", "host-local", "loopback", "portmap"))]
 
-    def missing(self, *, buildkit: bool = False) -> list[Path]:
-        paths = self.node_binaries() + ([self.buildkitd, self.buildctl] if buildkit else [])
+    def image_binaries(self) -> list[Path]:
+        """What image builds need: containerd with its pause image, runc, buildkit (no kubelet)."""
+        return [self.pause, self.runc, self.containerd, self.ctr, self.shim, self.buildkitd, self.buildctl]
+
+    def missing(self, *, images: bool = False) -> list[Path]:
+        paths = self.image_binaries() if images else self.node_binaries()
         return [p for p in paths if not os.access(p, os.X_OK)]
 
 
@@ -122,7 +126,7 @@ def node_tools_for(versions: dict[str, str], cache: Path) -> NodeTools:
         containerd_version=versions["CONTAINERD_VERSION"],
         kubelet=kubelet / "kubelet",
         kube_proxy=kubelet / "kube-proxy",
-        pause=kubelet / "pause",
+        pause=bin_dir / f"pause-{versions['KUBERNETES_VERSION']}" / "pause",
         runc=bin_dir / f"runc-{versions['RUNC_VERSION']}" / "runc",
         containerd=containerd / "containerd",
         ctr=containerd / "ctr",
@@ -133,18 +137,21 @@ def node_tools_for(versions: dict[str, str], cache: Path) -> NodeTools:
     )
 
 
-def ensure_node_tools(root: Path, *, buildkit: bool = False) -> NodeTools:
-    """Build the real node's binaries if missing (cold: ~7 min on 2 cores) and return them."""
+def ensure_node_tools(root: Path, *, images: bool = False) -> NodeTools:
+    """Build the real node's binaries (or, with ``images``, the image builder's) if missing; return them.
+
+    Cold, on 2 cores: ~7 min for the node, about as long for the image builder.
+    """
     tools = node_tools_for(read_versions(root), cache_dir())
-    targets = (["node"] if tools.missing() else []) + (["buildkit"] if buildkit and tools.missing(buildkit=True) else [])
-    for target in targets:
+    targets = ["runc", "containerd", "pause", "buildkit"] if images else ["node"]
+    for target in targets if tools.missing(images=images) else []:
         result = subprocess.run(["bash", str(root / "hack" / "build-tools.sh"), target], check=False)
         if result.returncode != 0:
             raise ToolsError(f"hack/build-tools.sh {target} failed (exit {result.returncode}); its output above "
                              "says which tool failed (runc needs libseccomp-dev, the pause binary gcc)")
-    missing = tools.missing(buildkit=buildkit)
+    missing = tools.missing(images=images)
     if missing:
-        raise ToolsError("missing binaries: " + ", ".join(map(str, missing)) + "; run hack/build-tools.sh node")
+        raise ToolsError("missing binaries: " + ", ".join(map(str, missing)) + f"; run hack/build-tools.sh {' '.join(targets)}")
     return tools
 
 
