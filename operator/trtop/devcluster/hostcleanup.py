@@ -107,7 +107,7 @@ def kill_cgroup_processes(relative: str, timeout: float = 10) -> int:
     killed: set[int] = set()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pids = set()
+        pids: set[int] = set()
         for root in cgroup_dirs(relative):
             for procs in root.rglob("cgroup.procs") if root.is_dir() else []:
                 try:
