@@ -82,3 +82,11 @@ def test_kubelet_flags_name_the_node_and_label_it() -> None:
     assert "--config=/n/k.yaml" in args and "--kubeconfig=/kc" in args and "--root-dir=/n/kubelet" in args
     assert f"--hostname-override={nodeconfig.NODE_NAME}" in args
     assert f"--node-labels={names.LABEL_REAL_NODE}=true" in args
+
+
+def test_kube_proxy_routes_services_with_iptables_and_leaves_conntrack_alone() -> None:
+    config = nodeconfig.render_kube_proxy_config(kubeconfig=Path("/kc"))
+    assert config["kind"] == "KubeProxyConfiguration" and config["mode"] == "iptables"
+    assert config["hostnameOverride"] == nodeconfig.NODE_NAME and config["clusterCIDR"] == nodeconfig.POD_SUBNET
+    assert config["conntrack"]["maxPerCore"] == 0 and config["conntrack"]["tcpEstablishedTimeout"] == "0s"
+    assert config["iptables"]["localhostNodePorts"] is False  # no route_localnet sysctl

@@ -175,6 +175,26 @@ def render_kubelet_args(*, config: Path, kubeconfig: Path, root_dir: Path, node_
     ]
 
 
+def render_kube_proxy_config(*, kubeconfig: Path, node_name: str = NODE_NAME) -> dict[str, Any]:
+    """KubeProxyConfiguration: iptables mode, Services routed from this host and its pods.
+
+    It leaves the host's conntrack sysctls and route_localnet alone (the values that make
+    it write them are zeroed), so `down` has nothing more to put back than the node's.
+    """
+    return {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": str(kubeconfig)},
+        "hostnameOverride": node_name,
+        "mode": "iptables",
+        "clusterCIDR": POD_SUBNET,
+        "healthzBindAddress": f"{KUBELET_ADDRESS}:10256",
+        "metricsBindAddress": f"{KUBELET_ADDRESS}:10249",
+        "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+        "iptables": {"localhostNodePorts": False},
+    }
+
+
 def cni_config_text(ipam_data_dir: Path) -> str:
     return json.dumps(render_cni_config(ipam_data_dir), indent=2) + "\n"
 

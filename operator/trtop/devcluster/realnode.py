@@ -4,7 +4,8 @@ It runs real containers from images built here (hack/build-images.sh) beside the
 pools; it is tainted ``trtop.io/real-node=true:NoSchedule`` so only pods that tolerate it
 land there. There is one per machine (the kubelet owns host cgroups, iptables and sysctls):
 the first cluster to come up claims it (``/run/trtop/realnode.json``), others run without
-it and say why. ``stop`` kills the kubelet and its pods, then removes the mounts, cgroups,
+it and say why. kube-proxy routes Services (ClusterIPs) for the host and the node's pods.
+``stop`` kills the kubelet, kube-proxy and the pods, then removes the mounts, cgroups,
 iptables chains and CNI bridge it made and puts the sysctls back.
 Called by ``trtop.devcluster.cluster`` (``up``/``down``) and the tests.
 """
@@ -71,8 +72,11 @@ class RealNode:
         return claim is not None and claim.get("node_dir") == str(self.node_dir)
 
     def kubelet_pid(self) -> int | None:
+        return self._pid("kubelet")
+
+    def _pid(self, process: str) -> int | None:
         try:
-            pid = int((self.node_dir / "kubelet.pid").read_text())
+            pid = int((self.node_dir / f"{process}.pid").read_text())
         except (OSError, ValueError):
             return None
         return pid if process_running(pid) else None
@@ -122,16 +126,18 @@ class RealNode:
         cni.write_text(nodeconfig.cni_config_text(RUN_DIR / "cni" / "ipam"))
         self._start_kubelet(tools, daemon, kubeconfig, log)
         (daemon.holders_dir / HOLDER).write_text(str(self.kubelet_pid()))
+        self._start_kube_proxy(tools, kubeconfig, log)
         self._wait_ready(kubectl, log)
 
     def stop(self, log: Log) -> None:
         """Stop the kubelet and its pods; undo what they changed on the host."""
         if not self.is_ours() and not self.node_dir.exists():
             return
-        pid = self.kubelet_pid()
-        if pid is not None:
-            log(f"stopping the kubelet (pid {pid})")
-            _terminate(pid)
+        for process in ("kube-proxy", "kubelet"):
+            pid = self._pid(process)
+            if pid is not None:
+                log(f"stopping {process} (pid {pid})")
+                _terminate(pid)
         _cleanup(self.node_dir, self.containerd(), log)
 
     def _start_kubelet(self, tools: NodeTools, daemon: Containerd, kubeconfig: Path, log: Log) -> None:
@@ -141,12 +147,21 @@ class RealNode:
         argv = [str(tools.kubelet), *nodeconfig.render_kubelet_args(
             config=config, kubeconfig=kubeconfig, root_dir=self.node_dir / "kubelet")]
         log(f"starting the kubelet of node {nodeconfig.NODE_NAME} (log: {self.kubelet_log})")
-        # iptables (for the kubelet's canary chains) and the CNI plugins from PATH.
-        env = {**os.environ, "PATH": os.pathsep.join([str(tools.runc.parent), os.environ.get("PATH", "")])}
-        with self.kubelet_log.open("a") as out:
+        self._spawn("kubelet", argv)
+
+    def _start_kube_proxy(self, tools: NodeTools, kubeconfig: Path, log: Log) -> None:
+        config = self.node_dir / "kube-proxy.yaml"
+        config.write_text(yaml.safe_dump(nodeconfig.render_kube_proxy_config(kubeconfig=kubeconfig)))
+        log(f"starting kube-proxy (Services from this host and its pods; log: {self.node_dir / 'kube-proxy.log'})")
+        self._spawn("kube-proxy", [str(tools.kube_proxy), f"--config={config}"])
+
+    def _spawn(self, process: str, argv: list[str]) -> None:
+        # iptables for the kubelet's canary chains and kube-proxy's rules, from PATH.
+        env = {**os.environ, "PATH": os.pathsep.join([str(Path(argv[0]).parent), os.environ.get("PATH", "")])}
+        with (self.node_dir / f"{process}.log").open("a") as out:
             proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
-        (self.node_dir / "kubelet.pid").write_text(str(proc.pid))
+        (self.node_dir / f"{process}.pid").write_text(str(proc.pid))
 
     def _wait_ready(self, kubectl: Kubectl, log: Log, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
