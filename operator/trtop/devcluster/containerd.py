@@ -83,6 +83,13 @@ class Containerd:
             raise ContainerdError(f"{' '.join(argv)} failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
         return done.stdout
 
+    def answers(self) -> bool:
+        """Whether containerd serves its socket (`ctr version` prints the client's even when not)."""
+        if not self.layout.socket.exists():
+            return False
+        argv = [str(self.tools.ctr), "--address", str(self.layout.socket), "version"]
+        return subprocess.run(argv, capture_output=True, timeout=10, check=False).returncode == 0
+
     def acquire(self, holder: str, pid: int, log: Log) -> None:
         """Start containerd unless it runs; record ``holder`` (alive while ``pid`` runs)."""
         with self._lock():
@@ -134,7 +141,7 @@ class Containerd:
                                     start_new_session=True)
         self.pid_file.write_text(str(proc.pid))
         deadline = time.monotonic() + 60
-        while self.ctr("version", check=False, timeout=10) == "":
+        while not self.answers():
             if proc.poll() is not None or time.monotonic() > deadline:
                 tail = "\n".join(self.log_file.read_text().splitlines()[-15:])
                 raise ContainerdError(f"containerd did not start; last lines of {self.log_file}:\n{tail}")
