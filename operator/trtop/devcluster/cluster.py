@@ -67,6 +67,9 @@ def up(name: str = workspace.DEFAULT_NAME, *, pools_file: Path | None = None, pr
             print(f"# would run hack/build-tools.sh first (missing: {', '.join(p.name for p in tools.missing())})")
         KwokCluster(root, name, tools).create(log, dry_run=True)
         print(f"# then apply {sum(p.count for p in pools)} nodes from {pools_file or 'the default pools'}")
+        if real_node:
+            reason = RealNode(root, name).why_not()
+            print(f"# then start the real node (kubelet + containerd): {'no, ' + reason if reason else 'yes'}")
         return None
     log("checking the tool cache (hack/build-tools.sh)")
     tools = ensure_tools(root)

@@ -218,7 +218,7 @@ class Builder:
         if stale:
             self.daemon.ctr("images", "rm", "--sync", *stale)
             self.log(f"pruned {len(stale)} old image names")
-        self.buildctl("prune", "--keep-storage", "1500")  # MB: pip's wheels of the last builds
+        self.buildctl("prune", "--keep-storage", "1000")  # MB: the last builds' layers, for no-change rebuilds
 
 
 def render_buildkitd_config(root: Path, address: str, containerd_socket: Path) -> str:
