@@ -62,12 +62,12 @@ def test_cni_bridge_nats_out_and_keeps_leases_in_the_run_dir() -> None:
 
 def test_kubelet_uses_cgroupfs_our_root_and_tolerates_cgroup_v1_and_swap() -> None:
     config = nodeconfig.render_kubelet_config(socket=Path("/run/c.sock"), pod_logs_dir=Path("/n/pods"),
-                                              resolv_conf=Path("/etc/resolv.conf"))
+                                              resolv_conf=Path("/etc/resolv.conf"), client_ca=Path("/pki/ca.crt"))
     assert config["kind"] == "KubeletConfiguration"
     assert config["containerRuntimeEndpoint"] == config["imageServiceEndpoint"] == "unix:///run/c.sock"
     assert (config["cgroupDriver"], config["cgroupRoot"]) == ("cgroupfs", "/trtop")
     assert config["failCgroupV1"] is False and config["failSwapOn"] is False
-    assert config["address"] == config["healthzBindAddress"] == "127.0.0.1" and config["readOnlyPort"] == 0
+    assert config["healthzBindAddress"] == "127.0.0.1" and config["readOnlyPort"] == 0
     assert config["registerWithTaints"] == [{"key": names.LABEL_REAL_NODE, "value": "true", "effect": "NoSchedule"}]
     assert config["podLogsDir"] == "/n/pods"
 
@@ -90,3 +90,11 @@ def test_kube_proxy_routes_services_with_iptables_and_leaves_conntrack_alone() -
     assert config["hostnameOverride"] == nodeconfig.NODE_NAME and config["clusterCIDR"] == nodeconfig.POD_SUBNET
     assert config["conntrack"]["maxPerCore"] == 0 and config["conntrack"]["tcpEstablishedTimeout"] == "0s"
     assert config["iptables"]["localhostNodePorts"] is False  # no route_localnet sysctl
+
+
+def test_kubelet_api_takes_only_clients_of_the_cluster_ca_checked_by_the_api_server() -> None:
+    config = nodeconfig.render_kubelet_config(socket=Path("/run/c.sock"), pod_logs_dir=Path("/n/pods"),
+                                              resolv_conf=Path("/etc/resolv.conf"), client_ca=Path("/pki/ca.crt"))
+    assert config["authentication"] == {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
+                                        "x509": {"clientCAFile": "/pki/ca.crt"}}
+    assert config["authorization"] == {"mode": "Webhook"}

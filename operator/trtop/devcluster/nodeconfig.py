@@ -23,8 +23,9 @@ BRIDGE = "trtop0"
 CNI_NETWORK = "trtop"
 POD_SUBNET = "10.89.0.0/16"
 CGROUP_ROOT = "/trtop"
-# The kubelet's API listens on loopback only: it runs with anonymous auth (the API server
-# of the dev cluster has no kubelet client certificate to present).
+# Healthz and kube-proxy's endpoints listen on loopback only; the kubelet's API listens on
+# every address (the API server reaches it at the node's IP) and takes only clients of the
+# cluster's CA (the API server presents kwokctl's admin certificate).
 KUBELET_ADDRESS = "127.0.0.1"
 KUBELET_PORT = 10250
 KUBELET_HEALTHZ_PORT = 10248
@@ -129,7 +130,7 @@ def render_cni_config(ipam_data_dir: Path, *, subnet: str = POD_SUBNET, bridge: 
     }
 
 
-def render_kubelet_config(*, socket: Path, pod_logs_dir: Path, resolv_conf: Path) -> dict[str, Any]:
+def render_kubelet_config(*, socket: Path, pod_logs_dir: Path, resolv_conf: Path, client_ca: Path) -> dict[str, Any]:
     """KubeletConfiguration for a cgroup v1 or v2 host driven by cgroupfs, swap allowed."""
     endpoint = f"unix://{socket}"
     return {
@@ -142,13 +143,14 @@ def render_kubelet_config(*, socket: Path, pod_logs_dir: Path, resolv_conf: Path
         "cgroupRoot": CGROUP_ROOT,
         "failCgroupV1": False,
         "failSwapOn": False,
-        "address": KUBELET_ADDRESS,
         "port": KUBELET_PORT,
         "readOnlyPort": 0,
         "healthzBindAddress": KUBELET_ADDRESS,
         "healthzPort": KUBELET_HEALTHZ_PORT,
-        "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
-        "authorization": {"mode": "AlwaysAllow"},
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
+                           "x509": {"clientCAFile": str(client_ca)}},
+        # Each request is checked with the API server (SubjectAccessReview), as on a real cluster.
+        "authorization": {"mode": "Webhook"},
         "registerWithTaints": [TAINT],
         "podLogsDir": str(pod_logs_dir),
         "resolvConf": str(resolv_conf),
@@ -169,8 +171,6 @@ def render_kubelet_args(*, config: Path, kubeconfig: Path, root_dir: Path, node_
         f"--kubeconfig={kubeconfig}",
         f"--root-dir={root_dir}",
         f"--hostname-override={node_name}",
-        # The API server reaches the kubelet (logs, exec, port-forward) on loopback.
-        f"--node-ip={KUBELET_ADDRESS}",
         f"--node-labels={names.LABEL_REAL_NODE}=true",
     ]
 

@@ -143,7 +143,8 @@ class RealNode:
     def _start_kubelet(self, tools: NodeTools, daemon: Containerd, kubeconfig: Path, log: Log) -> None:
         config = self.node_dir / "kubelet.yaml"
         config.write_text(yaml.safe_dump(nodeconfig.render_kubelet_config(
-            socket=daemon.layout.socket, pod_logs_dir=self.node_dir / "pods", resolv_conf=_resolv_conf())))
+            socket=daemon.layout.socket, pod_logs_dir=self.node_dir / "pods", resolv_conf=_resolv_conf(),
+            client_ca=_client_ca(kubeconfig))))
         argv = [str(tools.kubelet), *nodeconfig.render_kubelet_args(
             config=config, kubeconfig=kubeconfig, root_dir=self.node_dir / "kubelet")]
         log(f"starting the kubelet of node {nodeconfig.NODE_NAME} (log: {self.kubelet_log})")
@@ -258,7 +259,7 @@ def _port_busy(port: int) -> bool:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((nodeconfig.KUBELET_ADDRESS, port))
+            sock.bind(("", port))  # the kubelet's API listens on every address
         except OSError:
             return True
     return False
@@ -266,6 +267,15 @@ def _port_busy(port: int) -> bool:
 
 def _modprobe(module: str) -> bool:
     return shutil.which("modprobe") is not None and subprocess.run(["modprobe", module], capture_output=True).returncode == 0
+
+
+def _client_ca(kubeconfig: Path) -> Path:
+    """The cluster CA's file, from the kubeconfig kwokctl wrote (its certificate-authority path)."""
+    config = yaml.safe_load(kubeconfig.read_text())
+    cluster = config["clusters"][0]["cluster"]
+    if "certificate-authority" in cluster:
+        return Path(cluster["certificate-authority"])
+    raise RealNodeError(f"{kubeconfig} names no certificate-authority file; the kubelet needs the cluster CA")
 
 
 def _resolv_conf() -> Path:
