@@ -65,11 +65,12 @@ def test_the_service_range_holds_a_thousand_services() -> None:
 
 def test_api_server_presents_the_admin_certificate_to_kubelets() -> None:
     text = (Path(kwok.__file__).parent / "kwokctl.yaml").read_text()
-    config = yaml.safe_load(kwok.with_kubelet_client_cert(text, Path("/state/pki")))
+    config = yaml.safe_load(kwok.with_kubelet_access(text, Path("/state/pki")))
     (apiserver,) = [p for p in config["componentsPatches"] if p["name"] == "kube-apiserver"]
     args = {a["key"]: a["value"] for a in apiserver["extraArgs"]}
     assert args["kubelet-client-certificate"] == "/state/pki/admin.crt"
     assert args["kubelet-client-key"] == "/state/pki/admin.key"
+    assert args["kubelet-preferred-address-types"] == "InternalIP,Hostname"
     assert args["service-cluster-ip-range"] == "10.0.0.0/16"  # the file's own patches stay
     (kwok_patch,) = [p for p in config["componentsPatches"] if p["name"] == "kwok-controller"]
     assert kwok_patch == yaml.safe_load(text)["componentsPatches"][0]

@@ -112,7 +112,7 @@ def test_server_cpu_pod_answers_a_v2_inference(dev_cluster: DevCluster, namespac
         outputs = {o["name"]: o for o in json.load(answer)["outputs"]}
     assert outputs["y"]["data"] == [1, 3, 5, 7, 3, 3, 3, 3]
     assert outputs["s"]["data"] == [6, 4] and outputs["s"]["shape"] == [2, 1]
-    # The kubelet serves logs (API server -> kubelet on loopback).
+    # The kubelet serves logs (API server -> kubelet, with the client certificate).
     assert "affine" in dev_cluster.kubectl("logs", "server", "-n", namespace)
 
 

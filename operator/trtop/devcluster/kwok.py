@@ -104,7 +104,7 @@ class KwokCluster:
             # accepts only clients of the cluster CA): its path is known only per cluster.
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             files[0] = tmp / CONFIG_FILES[0]
-            files[0].write_text(with_kubelet_client_cert(
+            files[0].write_text(with_kubelet_access(
                 package.joinpath(CONFIG_FILES[0]).read_text(), self.state_dir / "pki"))
             argv = self.create_argv(files) + (["--dry-run"] if dry_run else [])
             if dry_run:
@@ -151,8 +151,9 @@ class KwokCluster:
             )
 
 
-def with_kubelet_client_cert(kwokctl_yaml: str, pki: Path) -> str:
-    """kwokctl.yaml plus kube-apiserver's --kubelet-client-certificate/-key (kwokctl's admin pair)."""
+def with_kubelet_access(kwokctl_yaml: str, pki: Path) -> str:
+    """kwokctl.yaml plus how kube-apiserver reaches kubelets: kwokctl's admin pair as client
+    certificate, and the node's IP first (the real node's hostname is not in DNS)."""
     config = yaml.safe_load(kwokctl_yaml)
     patches = config.setdefault("componentsPatches", [])
     apiserver = next((p for p in patches if p["name"] == "kube-apiserver"), None)
@@ -160,8 +161,9 @@ def with_kubelet_client_cert(kwokctl_yaml: str, pki: Path) -> str:
         apiserver = {"name": "kube-apiserver", "extraArgs": []}
         patches.append(apiserver)
     apiserver.setdefault("extraArgs", []).extend([
-        {"key": "kubelet-client-certificate", "value": str(pki / "admin.crt"), "override": True},
-        {"key": "kubelet-client-key", "value": str(pki / "admin.key"), "override": True},
+        {"key": "kubelet-client-certificate", "value": str(pki / "admin.crt")},
+        {"key": "kubelet-client-key", "value": str(pki / "admin.key")},
+        {"key": "kubelet-preferred-address-types", "value": "InternalIP,Hostname"},
     ])
     return str(yaml.safe_dump(config, sort_keys=False))
 
