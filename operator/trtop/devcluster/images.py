@@ -203,10 +203,10 @@ class Builder:
             raise RuntimeError(f"{' '.join(argv)} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
         return done
 
-    def build(self, spec: ImageSpec, base: str) -> float:
+    def build(self, spec: ImageSpec, base: str, *, no_cache: bool = False) -> float:
         started = time.monotonic()
         self.log(f"building {spec.tag} from {spec.dockerfile}")
-        self.buildctl(*build_args(spec, base, dict(os.environ)))
+        self.buildctl(*build_args(spec, base, dict(os.environ)), *(["--no-cache"] if no_cache else []))
         seconds = time.monotonic() - started
         self.log(f"built {spec.tag} in {seconds:.0f}s")
         return seconds
@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="*", metavar="IMAGE",
                         help=f"which images: {', '.join(s.name for s in CPU_IMAGES)} (default: all of them)")
     parser.add_argument("--jobs", type=int, default=2, help="images built at once (default 2)")
+    parser.add_argument("--no-cache", action="store_true", help="run every step again (BuildKit's cache unused)")
     args = parser.parse_args(argv)
     unknown = set(args.images) - {s.name for s in CPU_IMAGES}
     if unknown:
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     with Builder(root, log) as builder:
         base = builder.base()
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-            list(pool.map(lambda spec: builder.build(spec, base), wanted))
+            list(pool.map(lambda spec: builder.build(spec, base, no_cache=args.no_cache), wanted))
         builder.prune([base, builder.daemon.pause_image, *(s.tag for s in CPU_IMAGES)])
     log("the GPU images (converter, server) are not built here: their base is NVIDIA's TensorRT image, "
         "which cannot be fetched on this machine")
