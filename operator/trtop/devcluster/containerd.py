@@ -135,10 +135,7 @@ class Containerd:
         # The shim and runc are found next to containerd / on PATH.
         env = {**os.environ, "PATH": os.pathsep.join([str(self.tools.containerd.parent), str(self.tools.runc.parent),
                                                       os.environ.get("PATH", "")])}
-        with self.log_file.open("a") as out:
-            proc = subprocess.Popen([str(self.tools.containerd), "--config", str(config)], env=env,
-                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+        proc = spawn_detached([str(self.tools.containerd), "--config", str(config)], env, self.log_file)
         self.pid_file.write_text(str(proc.pid))
         deadline = time.monotonic() + 60
         while not self.answers():
@@ -164,6 +161,20 @@ class Containerd:
         with (self.run_dir / "containerd.lock").open("w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
+
+
+# Daemons outlive the call that started them (and often this process): their Popen objects
+# are kept here so that collecting one never warns "subprocess ... is still running".
+_DETACHED: list[subprocess.Popen[bytes]] = []
+
+
+def spawn_detached(argv: list[str], env: dict[str, str], log_file: Path) -> subprocess.Popen[bytes]:
+    """Start a daemon in its own session, output appended to ``log_file``."""
+    with log_file.open("a") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    _DETACHED.append(proc)
+    return proc
 
 
 def _terminate(pid: int, grace: float = 15) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from trtop import versions
 from trtop.devcluster import ociarchive, workspace
-from trtop.devcluster.containerd import RUN_DIR, Containerd
+from trtop.devcluster.containerd import RUN_DIR, Containerd, spawn_detached
 from trtop.devcluster.tools import cache_dir, ensure_node_tools, read_versions
 
 Log = Callable[[str], None]
@@ -177,9 +177,7 @@ class Builder:
         log_file = state / "buildkitd.log"
         self.log(f"starting buildkitd (log: {log_file})")
         env = {**os.environ, "PATH": os.pathsep.join([str(self.tools.runc.parent), os.environ.get("PATH", "")])}
-        with log_file.open("a") as out:
-            self.proc = subprocess.Popen([str(self.tools.buildkitd), "--config", str(config)], env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = spawn_detached([str(self.tools.buildkitd), "--config", str(config)], env, log_file)
         deadline = time.monotonic() + 60
         while self.buildctl("debug", "workers", check=False).returncode != 0:
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from trtop.devcluster import hostcleanup, nodeconfig, workspace
-from trtop.devcluster.containerd import RUN_DIR, Containerd, ContainerdError
+from trtop.devcluster.containerd import RUN_DIR, Containerd, ContainerdError, spawn_detached
 from trtop.devcluster.kubectl import Kubectl
 from trtop.devcluster.kwok import process_running
 from trtop.devcluster.tools import NodeTools, cache_dir, ensure_node_tools, node_tools_for, read_versions
@@ -159,9 +159,7 @@ class RealNode:
     def _spawn(self, process: str, argv: list[str]) -> None:
         # iptables for the kubelet's canary chains and kube-proxy's rules, from PATH.
         env = {**os.environ, "PATH": os.pathsep.join([str(Path(argv[0]).parent), os.environ.get("PATH", "")])}
-        with (self.node_dir / f"{process}.log").open("a") as out:
-            proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+        proc = spawn_detached(argv, env, self.node_dir / f"{process}.log")
         (self.node_dir / f"{process}.pid").write_text(str(proc.pid))
 
     def _wait_ready(self, kubectl: Kubectl, log: Log, timeout: float = 120) -> None:
