@@ -64,3 +64,14 @@ def test_buildkitd_uses_only_the_containerd_worker_in_the_cri_namespace() -> Non
     worker = config["worker"]["containerd"]
     assert (worker["address"], worker["namespace"], worker["networkMode"]) == ("/run/c.sock", "k8s.io", "host")
     assert worker["gc"] is True and config["grpc"]["address"] == ["unix:///run/b.sock"]
+
+
+def test_gpu_images_build_on_the_pip_base_in_place_of_nvidias_and_say_mechanics() -> None:
+    for spec in images.GPU_MECHANICS_IMAGES:
+        assert spec.gpu and "mechanics" in spec.tag and Path(spec.dockerfile).is_file()
+        args = images.build_args(spec, "localhost/trtop/debian:bookworm-12.15-pip", {})
+        pairs = {args[i + 1] for i, a in enumerate(args) if a == "--opt"}
+        assert "build-arg:TENSORRT_BASE_IMAGE=localhost/trtop/debian:bookworm-12.15-pip" in pairs
+        assert f"build-arg:TENSORRT_VERSION={versions.TENSORRT_VERSION}" in pairs
+        assert not any(p.startswith("build-arg:PYTHON_IMAGE=") for p in pairs)
+    assert images.base_image_name("bookworm", "12.15", "ab", "pip") == "localhost/trtop/debian:bookworm-12.15-pip-caab"

@@ -32,6 +32,9 @@ from trtop.devcluster.tools import cache_dir, ensure_node_tools, read_versions
 Log = Callable[[str], None]
 BASE_REPO = "localhost/trtop/debian"
 BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates")
+# The GPU Dockerfiles run `python3 -m pip install --target ...` with the base's own Python,
+# as NVIDIA's image has pip: their mechanics-only base adds Debian's pip.
+MECHANICS_PACKAGES = ("python3-pip",)
 # Local CAs of this machine (an egress proxy's, a company's): pip inside the builds must
 # trust them, so the base carries them (none on an ordinary machine).
 LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
@@ -52,11 +55,20 @@ CPU_IMAGES = (
     ImageSpec("server-cpu", "images/server/Dockerfile.cpu", versions.SERVER_CPU_IMAGE),
     ImageSpec("operator", "images/operator/Dockerfile", versions.OPERATOR_IMAGE),
 )
+# NVIDIA's TensorRT base cannot be fetched here: these are built on Debian + pip instead, so
+# every step of their Dockerfiles runs but TensorRT, CUDA and cuDNN are absent. Their tags
+# say "mechanics" so nobody mistakes them for images that serve on a GPU.
+GPU_MECHANICS_IMAGES = (
+    ImageSpec("server", "images/server/Dockerfile", f"localhost/trtop/server-mechanics:{versions.TRTOP_VERSION}", gpu=True),
+    ImageSpec("converter", "images/converter/Dockerfile",
+              f"localhost/trtop/converter-mechanics:{versions.TRTOP_VERSION}", gpu=True),
+)
 
 
-def base_image_name(suite: str, release: str, local_cas: str) -> str:
-    """``localhost/trtop/debian:bookworm-12.15`` (+ ``-ca<hash>`` when local CAs are baked in)."""
-    return f"{BASE_REPO}:{suite}-{release}" + (f"-ca{local_cas}" if local_cas else "")
+def base_image_name(suite: str, release: str, local_cas: str, flavour: str = "") -> str:
+    """``localhost/trtop/debian:bookworm-12.15`` (+ ``-pip`` for the GPU mechanics' base,
+    + ``-ca<hash>`` when local CAs are baked in)."""
+    return f"{BASE_REPO}:{suite}-{release}" + (f"-{flavour}" if flavour else "") + (f"-ca{local_cas}" if local_cas else "")
 
 
 def release_version(release_file: str) -> str:
@@ -78,8 +90,9 @@ def build_args(spec: ImageSpec, base: str, env: dict[str, str]) -> list[str]:
         "--opt", "cmdline=builtin",
         # FROM ${PYTHON_IMAGE} is our local base: never ask a registry.
         "--opt", "image-resolve-mode=local",
-        "--opt", f"build-arg:PYTHON_IMAGE={base}",
+        "--opt", f"build-arg:{'TENSORRT_BASE_IMAGE' if spec.gpu else 'PYTHON_IMAGE'}={base}",
         "--opt", f"build-arg:TRTOP_VERSION={versions.TRTOP_VERSION}",
+        *(["--opt", f"build-arg:TENSORRT_VERSION={versions.TENSORRT_VERSION}"] if spec.gpu else []),
         "--output", f"type=image,name={spec.tag},unpack=true,compression=zstd",
     ]
     # Docker's predefined proxy ARGs: passed through when this machine uses a proxy.
@@ -120,9 +133,11 @@ class Builder:
         self.versions = read_versions(root)
         self.address = f"unix://{RUN_DIR / 'buildkit' / 'buildkitd.sock'}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.release_prefix = ""  # bases of this Debian release (either flavour) survive pruning
 
-    def base(self) -> str:
-        """The Debian base in containerd (made by mmdebstrap when this point release is new)."""
+    def base(self, flavour: str = "") -> str:
+        """The Debian base in containerd (made by mmdebstrap when this point release is new);
+        flavour "pip" adds Debian's pip (the GPU mechanics' base)."""
         suite, mirror = self.versions["DEBIAN_SUITE"], self.versions["DEBIAN_MIRROR"]
         cas = sorted(LOCAL_CA_DIR.glob("*.crt")) if LOCAL_CA_DIR.is_dir() else []
         ca_hash = hashlib.sha256(b"".join(p.read_bytes() for p in cas)).hexdigest()[:8] if cas else ""
@@ -133,19 +148,22 @@ class Builder:
             cached = sorted((self.cache / "images").glob(f"debian-{suite}-*.oci.tar"))
             if not cached:
                 raise RuntimeError(f"cannot read {mirror}/dists/{suite}/Release ({err}) and no base is cached") from err
-            release = cached[-1].name.removeprefix(f"debian-{suite}-").split(".oci")[0].split("-ca")[0]
+            release = cached[-1].name.removeprefix(f"debian-{suite}-").split(".oci")[0].split("-")[0]
             self.log(f"{mirror} unreachable ({err}): using the cached base of Debian {release}")
-        name = base_image_name(suite, release, ca_hash)
+        name = base_image_name(suite, release, ca_hash, flavour)
+        self.release_prefix = f"{BASE_REPO}:{suite}-{release}"
         archive = self.cache / "images" / f"debian-{name.rsplit(':', 1)[1]}.oci.tar"
         if name in self.daemon.ctr("images", "ls", "-q").split():
             return name
         if not archive.is_file():
-            self._mmdebstrap(suite, mirror, cas, name, archive)
+            packages = BASE_PACKAGES + (MECHANICS_PACKAGES if flavour == "pip" else ())
+            self._mmdebstrap(suite, mirror, cas, name, archive, packages)
         self.log(f"importing {name}")
         self.daemon.ctr("images", "import", str(archive))
         return name
 
-    def _mmdebstrap(self, suite: str, mirror: str, cas: list[Path], name: str, archive: Path) -> None:
+    def _mmdebstrap(self, suite: str, mirror: str, cas: list[Path], name: str, archive: Path,
+                    packages: Sequence[str]) -> None:
         if shutil.which("mmdebstrap") is None:
             raise RuntimeError("mmdebstrap is missing (Debian: apt-get install mmdebstrap)")
         archive.parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +171,7 @@ class Builder:
         self.log(f"making the base {name} with mmdebstrap (about a minute)")
         with tempfile.TemporaryDirectory(dir=archive.parent) as tmp:
             rootfs = Path(tmp) / "rootfs.tar"
-            argv = ["mmdebstrap", "--quiet", "--variant=minbase", "--components=main", "--include=" + ",".join(BASE_PACKAGES),
+            argv = ["mmdebstrap", "--quiet", "--variant=minbase", "--components=main", "--include=" + ",".join(packages),
                     # Documentation and translations are never read in a container.
                     "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/locale/*",
                     "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-include=/usr/share/doc/*/copyright"]
@@ -211,8 +229,11 @@ class Builder:
 
     def prune(self, keep: Sequence[str]) -> None:
         """Old tags of our images, stale CRI aliases, and BuildKit's cache beyond its cap."""
-        repos = [BASE_REPO, *(spec.tag.rsplit(":", 1)[0] for spec in CPU_IMAGES)]
-        stale = stale_image_refs(self.daemon.ctr("images", "ls"), keep, repos)
+        repos = [BASE_REPO, *(spec.tag.rsplit(":", 1)[0] for spec in CPU_IMAGES + GPU_MECHANICS_IMAGES)]
+        listing = self.daemon.ctr("images", "ls")
+        bases = [line.split()[0] for line in listing.splitlines()
+                 if self.release_prefix and line.startswith(self.release_prefix)]
+        stale = stale_image_refs(listing, [*keep, *bases], repos)
         if stale:
             self.daemon.ctr("images", "rm", "--sync", *stale)
             self.log(f"pruned {len(stale)} old image names")
@@ -248,8 +269,11 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"which images: {', '.join(s.name for s in CPU_IMAGES)} (default: all of them)")
     parser.add_argument("--jobs", type=int, default=2, help="images built at once (default 2)")
     parser.add_argument("--no-cache", action="store_true", help="run every step again (BuildKit's cache unused)")
+    parser.add_argument("--gpu-mechanics", action="store_true",
+                        help="also build the GPU images (server, converter) on Debian + pip, TensorRT skipped "
+                             "(tagged localhost/trtop/*-mechanics: they prove the Dockerfiles' steps, not GPU serving)")
     args = parser.parse_args(argv)
-    unknown = set(args.images) - {s.name for s in CPU_IMAGES}
+    unknown = set(args.images) - {s.name for s in CPU_IMAGES + GPU_MECHANICS_IMAGES}
     if unknown:
         parser.error(f"unknown image(s) {', '.join(sorted(unknown))}")
     start = time.monotonic()
@@ -257,15 +281,23 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[build-images {time.monotonic() - start:5.1f}s] {message}", file=sys.stderr, flush=True)
 
-    wanted = [s for s in CPU_IMAGES if not args.images or s.name in args.images]
+    gpu = args.gpu_mechanics or any(s.name in args.images for s in GPU_MECHANICS_IMAGES)
+    wanted = [s for s in CPU_IMAGES + (GPU_MECHANICS_IMAGES if gpu else ())
+              if not args.images or s.name in args.images or (args.gpu_mechanics and s.gpu)]
     root = workspace.repo_root()
     with Builder(root, log) as builder:
-        base = builder.base()
+        bases = {False: builder.base() if any(not s.gpu for s in wanted) else "",
+                 True: builder.base("pip") if gpu else ""}
+        if gpu:
+            log("GPU images: mechanics-only build on Debian + pip; the TensorRT, CUDA and cuDNN layers of NVIDIA's "
+                f"base ({versions.TENSORRT_BASE_IMAGE}) are skipped: it cannot be fetched on this machine")
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-            list(pool.map(lambda spec: builder.build(spec, base, no_cache=args.no_cache), wanted))
-        builder.prune([base, builder.daemon.pause_image, *(s.tag for s in CPU_IMAGES)])
-    log("the GPU images (converter, server) are not built here: their base is NVIDIA's TensorRT image, "
-        "which cannot be fetched on this machine")
+            list(pool.map(lambda spec: builder.build(spec, bases[spec.gpu], no_cache=args.no_cache), wanted))
+        kept = [b for b in bases.values() if b] + [s.tag for s in CPU_IMAGES + GPU_MECHANICS_IMAGES]
+        builder.prune([*kept, builder.daemon.pause_image])
+    if not gpu:
+        log("the GPU images (converter, server) are not built: their base is NVIDIA's TensorRT image, which cannot "
+            "be fetched here (--gpu-mechanics builds them on Debian + pip, TensorRT skipped)")
     log(f"done in {time.monotonic() - start:.0f}s")
     return 0
 
