@@ -108,7 +108,7 @@ class Containerd:
             pid = self.pid()
             if pid is not None:
                 log(f"stopping containerd (pid {pid}): no other user")
-                _terminate(pid)
+                terminate(pid)
             self.pid_file.unlink(missing_ok=True)
             return True
 
@@ -177,7 +177,8 @@ def spawn_detached(argv: list[str], env: dict[str, str], log_file: Path) -> subp
     return proc
 
 
-def _terminate(pid: int, grace: float = 15) -> None:
+def terminate(pid: int, grace: float = 15) -> None:
+    """SIGTERM a daemon we started; SIGKILL it after ``grace`` seconds."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:

@@ -25,10 +25,10 @@ from pathlib import Path
 import yaml
 
 from trtop.devcluster import hostcleanup, nodeconfig, workspace
-from trtop.devcluster.containerd import RUN_DIR, Containerd, ContainerdError, spawn_detached
+from trtop.devcluster.containerd import RUN_DIR, Containerd, ContainerdError, for_checkout, spawn_detached, terminate
 from trtop.devcluster.kubectl import Kubectl
 from trtop.devcluster.kwok import process_running
-from trtop.devcluster.tools import NodeTools, cache_dir, ensure_node_tools, node_tools_for, read_versions
+from trtop.devcluster.tools import NodeTools, ensure_node_tools
 
 Log = Callable[[str], None]
 CLAIM = RUN_DIR / "realnode.json"
@@ -57,7 +57,7 @@ class RealNode:
         return self.node_dir / "kubelet.log"
 
     def containerd(self) -> Containerd:
-        return Containerd(node_tools_for(read_versions(self.root), cache_dir()), cache_dir())
+        return for_checkout(self.root)
 
     def owner(self) -> dict[str, str] | None:
         """The claim on this machine's node: {cluster, repo, node_dir}, or None."""
@@ -137,7 +137,7 @@ class RealNode:
             pid = self._pid(process)
             if pid is not None:
                 log(f"stopping {process} (pid {pid})")
-                _terminate(pid)
+                terminate(pid)
         _cleanup(self.node_dir, self.containerd(), log)
 
     def _start_kubelet(self, tools: NodeTools, daemon: Containerd, kubeconfig: Path, log: Log) -> None:
@@ -242,15 +242,6 @@ def _claim_alive(claim: dict[str, str]) -> bool:
     except (OSError, ValueError, KeyError):
         return False
     return process_running(pid)
-
-
-def _terminate(pid: int, grace: float = 15) -> None:
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while process_running(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if process_running(pid):
-        os.kill(pid, signal.SIGKILL)
 
 
 def _port_busy(port: int) -> bool:
