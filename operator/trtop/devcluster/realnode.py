@@ -28,7 +28,7 @@ from trtop.devcluster import hostcleanup, nodeconfig, workspace
 from trtop.devcluster.containerd import RUN_DIR, Containerd, ContainerdError, for_checkout, spawn_detached, terminate
 from trtop.devcluster.kubectl import Kubectl
 from trtop.devcluster.kwok import process_running
-from trtop.devcluster.tools import NodeTools, ensure_node_tools
+from trtop.devcluster.tools import NodeTools, cache_dir, ensure_node_tools, node_tools_for, read_versions
 
 Log = Callable[[str], None]
 CLAIM = RUN_DIR / "realnode.json"
@@ -92,6 +92,14 @@ class RealNode:
         for tool in ("iptables", "iptables-save", "iptables-restore", "ip"):
             if shutil.which(tool) is None:
                 return f"`{tool}` is missing (Debian: apt-get install iptables iproute2)"
+        missing = node_tools_for(read_versions(self.root), cache_dir()).missing()
+        if missing:
+            for tool, why in (("go", "Go"), ("gcc", "gcc (the pause binary, runc's cgo)")):
+                if shutil.which(tool) is None:
+                    return f"its binaries are not built and building them needs {why}"
+            if shutil.which("pkg-config") is None or subprocess.run(
+                    ["pkg-config", "--exists", "libseccomp"], capture_output=True).returncode != 0:
+                return "its binaries are not built and runc's seccomp needs libseccomp-dev (and pkg-config)"
         claim = self.owner()
         if claim and claim.get("node_dir") != str(self.node_dir) and _claim_alive(claim):
             return (f"this machine's real node belongs to cluster {claim.get('cluster')} of {claim.get('repo')} "
