@@ -3,7 +3,9 @@
 A kubelet on containerd + runc starts ``trtop serve`` from ``ghcr.io/trtop/server-cpu``
 (built by hack/build-images.sh when missing) with an ONNX model from a ConfigMap, and the
 pod answers a KServe v2 inference; a namespace enforcing the ``restricted`` Pod Security
-level admits a pod with the chart's securityContexts and the kubelet runs it.
+level admits a pod with the chart's securityContexts and the kubelet runs it; the chart
+installs the operator from ``ghcr.io/trtop/operator`` there and it becomes Ready, talking
+to the API server through the ``kubernetes`` Service (kube-proxy).
 Skipped, saying why, where the real node cannot run ($TRTOP_REQUIRE_REAL_NODE=1 makes that
 a failure: .ci/run sets it).
 """
@@ -21,7 +23,7 @@ import pytest
 import yaml
 
 from tests.serve.conftest import make_affine_onnx
-from trtop import versions
+from trtop import names, versions
 from trtop.devcluster import nodeconfig, workspace
 from trtop.devcluster.containerd import for_checkout
 from trtop.devcluster.realnode import RealNode
@@ -46,13 +48,21 @@ def real_node(dev_cluster: DevCluster) -> str:
     return nodeconfig.NODE_NAME
 
 
+def _built(image: str, name: str) -> str:
+    """``image`` in the node's containerd (built when missing: minutes, cold)."""
+    if image not in for_checkout(ROOT).ctr("images", "ls", "-q").split():
+        subprocess.run([str(ROOT / "hack" / "build-images.sh"), name], check=True, timeout=1200)
+    return image
+
+
 @pytest.fixture(scope="module")
 def server_cpu_image(real_node: str) -> str:
-    """ghcr.io/trtop/server-cpu in the node's containerd (built when missing: minutes, cold)."""
-    image = versions.SERVER_CPU_IMAGE
-    if image not in for_checkout(ROOT).ctr("images", "ls", "-q").split():
-        subprocess.run([str(ROOT / "hack" / "build-images.sh"), "server-cpu"], check=True, timeout=1200)
-    return image
+    return _built(versions.SERVER_CPU_IMAGE, "server-cpu")
+
+
+@pytest.fixture(scope="module")
+def operator_image(real_node: str) -> str:
+    return _built(versions.OPERATOR_IMAGE, "operator")
 
 
 def _pod(name: str, image: str, command: list[str], *, volumes: list[dict[str, Any]] | None = None,
@@ -138,3 +148,31 @@ def test_restricted_namespace_admits_and_runs_the_charts_security_context(dev_cl
     assert lines[:3] == ["1000", "1000", "rootfs-read-only"]
     assert "CapEff:\t0000000000000000" in lines
     assert "NoNewPrivs:\t1" in lines and "Seccomp:\t2" in lines
+
+
+def test_chart_runs_the_operator_on_the_real_node(dev_cluster: DevCluster, namespace: str, operator_image: str,
+                                                  tmp_path: Path) -> None:
+    dev_cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    dev_cluster.kubectl("create", "secret", "generic", "store-creds", "-n", namespace,
+                        "--from-literal=AWS_ACCESS_KEY_ID=test", "--from-literal=AWS_SECRET_ACCESS_KEY=test",
+                        "--from-literal=AWS_ENDPOINT_URL=http://minio.invalid:9000")
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({
+        "nodeSelector": {"kubernetes.io/hostname": nodeconfig.NODE_NAME},
+        "tolerations": [nodeconfig.TOLERATION],
+        "serviceMonitor": {"enabled": False},
+        "store": {"pvc": {"create": False}, "s3": {"uri": "s3://engines/e2e", "existingSecret": "store-creds"}},
+    }))
+    release = f"rn-{namespace[-6:]}"
+    try:
+        dev_cluster.helm("install", release, str(ROOT / "charts" / "trtop"), "-n", namespace, "-f", str(values),
+                         "--wait", "--timeout=180s", timeout=240)
+        (pod,) = dev_cluster.get("pods", "-n", namespace, "-l", f"{names.LABEL_INSTANCE}={release}")["items"]
+        assert pod["spec"]["nodeName"] == nodeconfig.NODE_NAME
+        assert pod["spec"]["containers"][0]["image"] == operator_image
+        assert all(c["ready"] for c in pod["status"]["containerStatuses"])
+        # Ready means kopf reached the API server from the pod (10.0.0.1 through kube-proxy, TLS verified).
+        logs = dev_cluster.kubectl("logs", pod["metadata"]["name"], "-n", namespace)
+        assert "CERTIFICATE_VERIFY_FAILED" not in logs and "No module named" not in logs, logs[-3000:]
+    finally:
+        dev_cluster.helm("uninstall", release, "-n", namespace, "--wait", check=False, timeout=120)
