@@ -10,6 +10,7 @@ each build so the store stays small. Run by hack/build-images.sh (and ``.ci/run`
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import os
 import re
@@ -23,10 +24,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from trtop import versions
 from trtop.devcluster import ociarchive, workspace
-from trtop.devcluster.containerd import RUN_DIR, Containerd, spawn_detached
+from trtop.devcluster.containerd import RUN_DIR, Containerd, spawn_detached, terminate
+from trtop.devcluster.kwok import process_running
 from trtop.devcluster.tools import cache_dir, ensure_node_tools, read_versions
 
 Log = Callable[[str], None]
@@ -134,6 +137,7 @@ class Builder:
         self.address = f"unix://{RUN_DIR / 'buildkit' / 'buildkitd.sock'}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.release_prefix = ""  # bases of this Debian release (either flavour) survive pruning
+        self.lock: IO[str] | None = None
 
     def base(self, flavour: str = "") -> str:
         """The Debian base in containerd (made by mmdebstrap when this point release is new);
@@ -187,15 +191,27 @@ class Builder:
         self.log(f"base made in {time.monotonic() - started:.0f}s ({archive.stat().st_size >> 20} MiB)")
 
     def __enter__(self) -> Builder:
-        self.daemon.acquire(HOLDER, os.getpid(), self.log)
         state = RUN_DIR / "buildkit"
         state.mkdir(parents=True, exist_ok=True)
+        # One build at a time per machine (one buildkitd socket and root); a second one waits.
+        self.lock = (state / "build.lock").open("w")
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.log("waiting for another image build on this machine")
+            fcntl.flock(self.lock, fcntl.LOCK_EX)
+        pid_file = state / "buildkitd.pid"
+        stale = _read_pid(pid_file)
+        if stale is not None:  # a build that was killed left its buildkitd behind
+            terminate(stale)
+        self.daemon.acquire(HOLDER, os.getpid(), self.log)
         config = state / "buildkitd.toml"
         config.write_text(render_buildkitd_config(self.cache / "buildkit", self.address, self.daemon.layout.socket))
         log_file = state / "buildkitd.log"
         self.log(f"starting buildkitd (log: {log_file})")
         env = {**os.environ, "PATH": os.pathsep.join([str(self.tools.runc.parent), os.environ.get("PATH", "")])}
         self.proc = spawn_detached([str(self.tools.buildkitd), "--config", str(config)], env, log_file)
+        pid_file.write_text(str(self.proc.pid))
         deadline = time.monotonic() + 60
         while self.buildctl("debug", "workers", check=False).returncode != 0:
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -210,7 +226,10 @@ class Builder:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        (RUN_DIR / "buildkit" / "buildkitd.pid").unlink(missing_ok=True)
         self.daemon.release(HOLDER, self.log)
+        if self.lock is not None:
+            self.lock.close()
 
     def buildctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         argv = [str(self.tools.buildctl), "--addr", self.address, *args]
@@ -238,6 +257,14 @@ class Builder:
             self.daemon.ctr("images", "rm", "--sync", *stale)
             self.log(f"pruned {len(stale)} old image names")
         self.buildctl("prune", "--keep-storage", "1000")  # MB: the last builds' layers, for no-change rebuilds
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return pid if process_running(pid) else None
 
 
 def render_buildkitd_config(root: Path, address: str, containerd_socket: Path) -> str:
