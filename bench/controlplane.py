@@ -47,8 +47,8 @@ from tests.e2e.operator_harness import free_port, publish_fake_engine  # noqa: E
 from trtop import names  # noqa: E402
 from trtop.api.engine import EngineRequest  # noqa: E402
 from trtop.config import Settings  # noqa: E402
-from trtop.devcluster import testing  # noqa: E402
-from trtop.devcluster.pools import Gpu, Pool, build_node  # noqa: E402
+from trtop_dev.devcluster import testing  # noqa: E402
+from trtop_dev.devcluster.pools import Gpu, Pool, build_node  # noqa: E402
 from trtop.k8s.observe import node_fact  # noqa: E402
 from trtop.planning.facts import ClusterFacts  # noqa: E402
 from trtop.planning.plan import plan_model_deployment  # noqa: E402
@@ -392,7 +392,7 @@ def new_gpu_type(c: Cluster, ns: str, port: int, n: int, timeout: float) -> tupl
 def start_cluster(name: str = "trtop-bench", attempts: int = 3) -> testing.DevCluster:
     """The bench cluster; a start that failed (kwok picks ports at random: on a busy host one
     can be taken) is torn down and tried again."""
-    from trtop.devcluster import cluster
+    from trtop_dev.devcluster import cluster
     for attempt in range(attempts):
         try:
             return testing.start_session(name, log=log)

@@ -15,11 +15,16 @@ the server code in front of it is the same. In one run it measures:
 
 Clients: ``perf_analyzer`` copies every request's input into its per-request records
 (``InferContext::GetInputs``), ~2 GB per second of ResNet-50 load; in the second session it
-grew to 127 GB and was OOM-killed at 64-128 clients. So its address space is capped
-(``--pa-memory-gb``: it then fails alone, with its peak RSS in the table), ``--pa-count N``
-bounds each window to N requests, and ``--client own`` (or ``both``) drives the same load
-with ``loadclient.py`` (processes on raw sockets). ``--client-cores``/``--server-cores`` pin
-client and server apart with taskset (the server's default front-end count follows).
+grew to 127 GB and was OOM-killed at 64-128 clients, in the fourth it reached 25 GB at 16
+clients and died of ``std::bad_alloc`` under the 32 GB cap from 16-32 clients up. So its
+address space is capped (``--pa-memory-gb``: it then fails alone, with its peak RSS in the
+table), ``--pa-count N`` bounds each window to N requests (``--pa-count-from C``: only from
+concurrency C up), and ``--client own`` (or ``both``) drives the same load with
+``loadclient.py`` (processes on raw sockets): the ResNet-50 figures past 16 clients come from
+it. ``--client-cores``/``--server-cores`` pin client and server apart with taskset (the
+server's default front-end count follows). ``--py-spy PATH --profile-at 1,64`` records the
+engine process and one front-end with py-spy during those load points (raw collapsed stacks
+in ``--out``).
 
 Prints the tables (markdown) and writes them with the raw figures to ``--out``.
 Targets (issue P8): >= 0.85 x the in-process best at the best concurrency, stable
@@ -179,10 +184,43 @@ def scrape(url: str) -> dict[str, float]:
 class Client:
     """How the load is driven: ``perf_analyzer`` (pinned to ``cores`` with taskset, its address space capped
     at ``memory_gb`` so that it fails alone instead of the host's OOM killer taking it, bounded windows with
-    ``count``), or ``loadclient`` (``own``: processes on raw sockets, HTTP only)."""
+    ``count`` from concurrency ``count_from`` up), or ``loadclient`` (``own``: processes on raw sockets,
+    HTTP only)."""
 
-    def __init__(self, pa: str, kind: str, cores: str, memory_gb: float, count: int, procs: int) -> None:
+    def __init__(self, pa: str, kind: str, cores: str, memory_gb: float, count: int, procs: int,
+                 count_from: int = 0) -> None:
         self.pa, self.kind, self.cores, self.memory_gb, self.count, self.procs = pa, kind, cores, memory_gb, count, procs
+        self.count_from = count_from
+
+
+class Profiler:
+    """py-spy recordings (``--threads``, raw collapsed stacks, ``--nonblocking``) of the engine process and
+    one front-end while chosen load points run: where each process's CPU goes under that load."""
+
+    def __init__(self, py_spy: str, at: set[int], seconds: float, out: Path) -> None:
+        self.py_spy, self.at, self.seconds, self.out = py_spy, at, seconds, out
+
+    def start(self, pids: list[int], tag: str, concurrency: int) -> list[subprocess.Popen[bytes]]:
+        if not self.py_spy or concurrency not in self.at:
+            return []
+        procs = []
+        for role, pid in (("engine", pids[0]), ("frontend", pids[1] if len(pids) > 1 else 0)):
+            if not pid:
+                continue
+            path = self.out / f"pyspy-{tag}-c{concurrency}-{role}.txt"
+            procs.append(subprocess.Popen(
+                [self.py_spy, "record", "--pid", str(pid), "--duration", str(int(self.seconds)), "--rate", "250",
+                 "--threads", "--nonblocking", "--format", "raw", "--output", str(path)],
+                stdout=subprocess.DEVNULL, stderr=open(str(path) + ".log", "wb")))  # noqa: SIM115
+        return procs
+
+    @staticmethod
+    def wait(procs: list[subprocess.Popen[bytes]]) -> None:
+        for proc in procs:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def _cap_memory(gb: float) -> Any:
@@ -205,11 +243,14 @@ def _peak_rss_gb(proc: subprocess.Popen[str], peak: list[float]) -> None:
 
 
 def perf(client: Client, model: str, url: str, protocol: str, concurrency: int, window_ms: int,
-         server: Server, tmp: Path, shape: list[int] | None = None, input_name: str = "") -> dict[str, Any]:
+         server: Server, tmp: Path, shape: list[int] | None = None, input_name: str = "",
+         profiler: Profiler | None = None, label: str = "") -> dict[str, Any]:
     """One load point: the client's figures plus the server's (batches, queue, cores) and the GPU's."""
     sampler = GpuSampler()
     m0 = scrape(server.url)
     cpu0, t0 = cpu_seconds(server.pids()), time.monotonic()
+    spies = profiler.start(server.pids(), f"{model}{label and '-' + label}-{protocol}-{client.kind}",
+                                              concurrency) if profiler else []
     row: dict[str, Any] = {"concurrency": concurrency, "client": client.kind}
     if client.kind == "own":
         import loadclient
@@ -222,6 +263,7 @@ def perf(client: Client, model: str, url: str, protocol: str, concurrency: int, 
     else:
         row.update(_perf_analyzer(client, model, url, protocol, concurrency, window_ms, tmp))
     cores = (cpu_seconds(server.pids()) - cpu0) / (time.monotonic() - t0)
+    Profiler.wait(spies)
     gpu = sampler.stop()
     m1 = scrape(server.url)
     d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in m1}
@@ -237,7 +279,8 @@ def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurre
     csv_path = tmp / f"pa-{model}-{protocol}-{concurrency}.csv"
     cmd = [client.pa, "-m", model, "-u", url, "-i", protocol, "--concurrency-range", f"{concurrency}:{concurrency}",
            "--stability-percentage", "10", "--max-trials", "6", "-f", str(csv_path)]
-    if client.count > 0:  # windows of N requests: the requests (and their copied inputs) per window are bounded
+    # Windows of N requests: the requests (and the inputs perf_analyzer copies) per window are bounded.
+    if client.count > 0 and concurrency >= client.count_from:
         cmd += ["--measurement-mode", "count_windows", "--measurement-request-count", str(client.count)]
     else:
         cmd += ["--measurement-interval", str(window_ms)]
@@ -279,6 +322,7 @@ def main() -> int:
     ap.add_argument("--skip-tiny", action="store_true")
     ap.add_argument("--skip-resnet", action="store_true")
     ap.add_argument("--tiny-concurrency", default="64,128,256")
+    ap.add_argument("--tiny-protocols", default="http,grpc", help="the tiny model's protocols, in this order")
     ap.add_argument("--skip-inprocess", action="store_true", help="use --baseline instead of measuring it")
     ap.add_argument("--baseline", default="5694,1.05", help="in-process best img/s,batch-1 p50 ms (--skip-inprocess)")
     ap.add_argument("--client", choices=("perf_analyzer", "own", "both"), default="perf_analyzer",
@@ -289,10 +333,16 @@ def main() -> int:
     ap.add_argument("--pa-memory-gb", type=float, default=32, help="address-space cap of perf_analyzer (0: none)")
     ap.add_argument("--pa-count", type=int, default=0,
                     help="perf_analyzer windows of this many requests (count_windows) instead of --window-ms")
+    ap.add_argument("--pa-count-from", type=int, default=0,
+                    help="--pa-count only from this concurrency up (time windows below it)")
+    ap.add_argument("--py-spy", default="", help="py-spy binary: record the engine and a front-end at --profile-at")
+    ap.add_argument("--profile-at", default="", help="concurrency levels to profile (ResNet-50 and tiny)")
+    ap.add_argument("--profile-s", type=float, default=6.0, help="seconds of each py-spy recording")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = args.out
     results: dict[str, Any] = {"cores": os.cpu_count(), "server_args": args.server_arg}
+    profiler = Profiler(args.py_spy, {int(c) for c in args.profile_at.split(",") if c}, args.profile_s, tmp)
     levels = [int(c) for c in args.concurrency.split(",")]
     if not args.skip_resnet:
         resnet = models.resnet50()
@@ -322,9 +372,9 @@ def main() -> int:
                 for c in levels:
                     for kind in kinds:
                         client = Client(args.perf_analyzer, kind, args.client_cores, args.pa_memory_gb, args.pa_count,
-                                        args.client_procs)
+                                        args.client_procs, args.pa_count_from)
                         row = perf(client, "resnet50", "127.0.0.1:8000", "http", c, args.window_ms, server, tmp,
-                                   shape=[3, 224, 224], input_name="input")
+                                   shape=[3, 224, 224], input_name="input", profiler=profiler, label=label)
                         rows.append(row)
                         print(json.dumps(row), flush=True)
             finally:
@@ -334,12 +384,14 @@ def main() -> int:
         tiny = models.tiny()
         server = Server(tiny, "tiny", 8010, 8011, ["--max-batch", "64", *args.server_arg], tmp / "server-tiny.log",
                         args.server_cores)
-        client = Client(args.perf_analyzer, "perf_analyzer", args.client_cores, args.pa_memory_gb, args.pa_count, 1)
+        client = Client(args.perf_analyzer, "perf_analyzer", args.client_cores, args.pa_memory_gb, args.pa_count, 1,
+                        args.pa_count_from)
         rows = []
         try:
-            for protocol, url in (("http", "127.0.0.1:8010"), ("grpc", "127.0.0.1:8011")):
+            ports = {"http": "127.0.0.1:8010", "grpc": "127.0.0.1:8011"}
+            for protocol, url in ((p, ports[p]) for p in args.tiny_protocols.split(",")):
                 for c in (int(x) for x in args.tiny_concurrency.split(",")):
-                    row = perf(client, "tiny", url, protocol, c, args.window_ms, server, tmp)
+                    row = perf(client, "tiny", url, protocol, c, args.window_ms, server, tmp, profiler=profiler)
                     row["protocol"] = protocol
                     rows.append(row)
                     print(json.dumps(row), flush=True)

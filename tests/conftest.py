@@ -1,6 +1,6 @@
 """Fixtures shared by every test directory: the real dev cluster and a namespace per test.
 
-- ``dev_cluster`` (session): a :class:`trtop.devcluster.testing.DevCluster`. Reuses the
+- ``dev_cluster`` (session): a :class:`trtop_dev.devcluster.testing.DevCluster`. Reuses the
   cluster of $TRTOP_TEST_KUBECONFIG / $KUBECONFIG (left running), else starts this
   checkout's ``trtop-test`` kwok cluster once per session and stops it at the end
   ($TRTOP_TEST_KEEP_CLUSTER=1 keeps it for the next run). It has ``kubectl(...)``,
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from trtop.devcluster import testing
+from trtop_dev.devcluster import testing
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -86,8 +86,8 @@ METRIC_REQUEST_SECONDS: Final = "trtop_inference_request_duration_seconds"  # hi
 METRIC_BATCH_SIZE: Final = "trtop_inference_batch_size"  # histogram{model}
 METRIC_MODEL_LOAD_SECONDS: Final = "trtop_model_load_seconds"  # gauge{model}
 
-# Dev cluster and tests only (trtop.devcluster, tests/): fake-node bookkeeping and the kwok
-# stage hooks in trtop/devcluster/stages.yaml (that YAML repeats these strings; a test checks).
+# Dev cluster and tests only (trtop_dev.devcluster, tests/): fake-node bookkeeping and the kwok
+# stage hooks in trtop_dev/devcluster/stages.yaml (that YAML repeats these strings; a test checks).
 KWOK_NODE_ANNOTATION: Final = "kwok.x-k8s.io/node"  # value "fake": kwok keeps this node alive
 LABEL_DEV_POOL: Final = f"{GROUP}/dev-pool"  # node label: the pools-file pool that made it
 LABEL_LOCAL_RUNNER: Final = f"{GROUP}/local-runner"  # node label "true": kwok ignores it and its pods

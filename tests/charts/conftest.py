@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.charts.chart import CHART, NAMESPACE, RELEASE, ROOT, run_helm
-from trtop.devcluster.tools import ensure_tools
+from trtop_dev.devcluster.tools import ensure_tools
 
 Render = Callable[..., list[dict[str, Any]]]
 

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from tests.e2e.operator_harness import OperatorProcess, wait_for
-from trtop.devcluster.testing import DevCluster
+from trtop_dev.devcluster.testing import DevCluster
 
 
 def service_account_kubeconfig(cluster: DevCluster, namespace: str, account: str, path: Path) -> Path:

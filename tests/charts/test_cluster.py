@@ -23,7 +23,7 @@ from tests.charts.chart import CHART, NAMESPACE, ROOT
 from tests.charts.operator_process import ChartOperator, service_account_kubeconfig
 from tests.e2e.operator_harness import ConverterStandIn, load_clients, wait_for
 from trtop import names
-from trtop.devcluster import testing
+from trtop_dev.devcluster import testing
 
 pytestmark = pytest.mark.e2e
 S3_STORE = ["--set", "store.pvc.create=false", "--set", "store.s3.uri=s3://engines/e2e",

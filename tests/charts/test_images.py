@@ -7,6 +7,7 @@ tags exactly the images the chart deploys.
 """
 from __future__ import annotations
 
+import fnmatch
 import re
 import shutil
 import subprocess
@@ -120,3 +121,42 @@ def test_make_images_tags_the_images_the_chart_deploys():
         if "converter/Dockerfile" in line or "server/Dockerfile " in line:
             assert f"TENSORRT_BASE_IMAGE={versions.TENSORRT_BASE_IMAGE}" in line
             assert f"TENSORRT_VERSION={versions.TENSORRT_VERSION}" in line
+
+
+def _context_files(ignore_file: Path) -> set[str]:
+    """The repository files a build with this .dockerignore sends (Docker's rules: patterns in
+    order, the last that matches a path or one of its folders decides, ``!`` takes back in)."""
+    rules = [line.strip() for line in ignore_file.read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    sent = set()
+    for path in tracked:
+        parts = path.split("/")
+        prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        keep = True
+        for rule in rules:
+            negate, pattern = rule.startswith("!"), rule.lstrip("!").rstrip("/")
+            if any(fnmatch.fnmatchcase(p, pattern) or (pattern.startswith("**/")
+                   and fnmatch.fnmatchcase(p.rsplit("/", 1)[-1], pattern[3:])) for p in prefixes):
+                keep = negate
+        if keep:
+            sent.add(path)
+    return sent
+
+
+@pytest.mark.parametrize("name", EXTRAS)
+def test_images_leave_the_dev_tooling_out(name):
+    sent = _context_files(IMAGES / f"{name}.dockerignore")
+    assert "operator/trtop/cli.py" in sent and "pyproject.toml" in sent
+    assert not [p for p in sent if p.startswith("operator/trtop_dev/")]
+
+
+def test_trtop_dev_without_the_dev_tooling_says_why(tmp_path):
+    """An image's `trtop dev ...` (no trtop_dev in it) answers with a reason, not a traceback."""
+    product = tmp_path / "operator"
+    shutil.copytree(ROOT / "operator" / "trtop", product / "trtop", ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                           "from trtop.cli import main; sys.exit(main(['dev', 'cluster', 'up']))", str(product)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "trtop_dev is not installed here" in done.stderr and "Traceback" not in done.stderr

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.charts.chart import CHART, NAMESPACED_VALUES, ROOT
-from trtop.devcluster.tools import ensure_tools
+from trtop_dev.devcluster.tools import ensure_tools
 
 DEPLOY = ROOT / "deploy"
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.planning.conftest import record_for
 from trtop.config import Settings
-from trtop.devcluster import testing
+from trtop_dev.devcluster import testing
 from trtop.planning.facts import ClusterFacts, NodeFact
 from trtop.planning.plan import plan_model_deployment
 

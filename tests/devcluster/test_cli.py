@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from trtop.devcluster import cli, workspace
-from trtop.devcluster.tools import cache_dir, read_versions, tools_for
+from trtop_dev.devcluster import cli, workspace
+from trtop_dev.devcluster.tools import cache_dir, read_versions, tools_for
 
 
 @pytest.mark.skipif(bool(tools_for(read_versions(workspace.repo_root()), cache_dir()).missing()),

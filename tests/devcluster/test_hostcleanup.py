@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trtop.devcluster.hostcleanup import mounts_under, strip_owned_rules
+from trtop_dev.devcluster.hostcleanup import mounts_under, strip_owned_rules
 
 MOUNTINFO = """\
 22 1 0:21 / / rw shared:1 - overlay overlay rw

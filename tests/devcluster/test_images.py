@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from trtop import versions
-from trtop.devcluster import images
-from trtop.devcluster.images import CPU_IMAGES, ImageSpec
+from trtop_dev.devcluster import images
+from trtop_dev.devcluster.images import CPU_IMAGES, ImageSpec
 
 
 def test_base_is_named_by_suite_point_release_and_local_cas() -> None:

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from trtop import names
-from trtop.devcluster.kind import build_kind_config, gpu_capacity_patches, worker_names
-from trtop.devcluster.pools import Gpu, Pool, read_pools
+from trtop_dev.devcluster.kind import build_kind_config, gpu_capacity_patches, worker_names
+from trtop_dev.devcluster.pools import Gpu, Pool, read_pools
 
 
 def test_one_labelled_worker_per_pool_node_and_no_kubelet_owned_labels() -> None:

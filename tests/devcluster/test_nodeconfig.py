@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from trtop import names
-from trtop.devcluster import nodeconfig
-from trtop.devcluster.nodeconfig import ContainerdLayout
+from trtop_dev.devcluster import nodeconfig
+from trtop_dev.devcluster.nodeconfig import ContainerdLayout
 
 LAYOUT = ContainerdLayout(root=Path("/cache/containerd"), state=Path("/run/trtop/containerd"),
                           cni_conf_dir=Path("/run/trtop/cni/net.d"), cni_bin_dir=Path("/cache/bin/cni-v1.10.0"),

@@ -7,7 +7,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from trtop.devcluster import ociarchive
+from trtop_dev.devcluster import ociarchive
 
 
 def _read(archive: Path) -> tuple[dict, dict, dict, bytes]:

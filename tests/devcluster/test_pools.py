@@ -5,7 +5,7 @@ import pytest
 
 from trtop import names
 from trtop.api.targets import gpu_target_of_node
-from trtop.devcluster.pools import Gpu, Pool, PoolsError, build_node, build_nodes, gpu_family, load_pools, read_pools
+from trtop_dev.devcluster.pools import Gpu, Pool, PoolsError, build_node, build_nodes, gpu_family, load_pools, read_pools
 
 
 def _labels(node: dict) -> dict[str, str]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from trtop.devcluster import realnode, workspace
-from trtop.devcluster.realnode import RealNode
+from trtop_dev.devcluster import realnode, workspace
+from trtop_dev.devcluster.realnode import RealNode
 
 
 def test_without_root_the_reason_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,11 +8,11 @@ from importlib import resources
 import yaml
 
 from trtop import names
-from trtop.devcluster import kwok
+from trtop_dev.devcluster import kwok
 
 
 def _docs(name: str) -> list[dict]:
-    return [d for d in yaml.safe_load_all(resources.files("trtop.devcluster").joinpath(name).read_text()) if d]
+    return [d for d in yaml.safe_load_all(resources.files("trtop_dev.devcluster").joinpath(name).read_text()) if d]
 
 
 def _stages() -> dict[str, dict]:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from trtop.devcluster import workspace
-from trtop.devcluster.tools import ToolsError, parse_versions, read_versions, tools_for
+from trtop_dev.devcluster import workspace
+from trtop_dev.devcluster.tools import ToolsError, parse_versions, read_versions, tools_for
 
 
 def test_versions_file_parses_and_pins_every_tool() -> None:

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from trtop import names
-from trtop.devcluster.pools import Gpu, Pool, read_pools
-from trtop.devcluster.testing import DevCluster, wait_for
+from trtop_dev.devcluster.pools import Gpu, Pool, read_pools
+from trtop_dev.devcluster.testing import DevCluster, wait_for
 
 pytestmark = pytest.mark.e2e
 

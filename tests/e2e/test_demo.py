@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 
 from trtop import names
-from trtop.devcluster.demo import NAMESPACE, Demo
-from trtop.localrunner.runner import LocalRunner
+from trtop_dev.devcluster.demo import NAMESPACE, Demo
+from trtop_dev.localrunner.runner import LocalRunner
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

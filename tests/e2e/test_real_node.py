@@ -24,10 +24,10 @@ import yaml
 
 from tests.serve.conftest import make_affine_onnx
 from trtop import names, versions
-from trtop.devcluster import nodeconfig, workspace
-from trtop.devcluster.containerd import for_checkout
-from trtop.devcluster.realnode import RealNode
-from trtop.devcluster.testing import DevCluster, wait_for
+from trtop_dev.devcluster import nodeconfig, workspace
+from trtop_dev.devcluster.containerd import for_checkout
+from trtop_dev.devcluster.realnode import RealNode
+from trtop_dev.devcluster.testing import DevCluster, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 ROOT = workspace.repo_root()

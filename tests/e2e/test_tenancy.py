@@ -16,7 +16,7 @@ import yaml
 from kubernetes import client
 
 from trtop import names
-from trtop.devcluster import testing
+from trtop_dev.devcluster import testing
 
 from .operator_harness import ConverterStandIn, OperatorProcess, condition, get_md, load_clients, wait_for
 

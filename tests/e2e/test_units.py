@@ -16,7 +16,7 @@ from kubernetes import client
 
 from trtop import names
 from trtop.config import Settings
-from trtop.devcluster.pools import Gpu, Pool
+from trtop_dev.devcluster.pools import Gpu, Pool
 from trtop.k8s.observe import node_fact
 from trtop.planning.facts import ClusterFacts
 from trtop.planning.plan import plan_model_deployment

@@ -31,6 +31,7 @@ class FakeCuda:
     def __init__(self, *, capture_fails: bool = False) -> None:
         self.device: dict[int, ctypes.Array[ctypes.c_char]] = {}
         self.pinned: dict[int, ctypes.Array[ctypes.c_char]] = {}
+        self.registered: dict[int, int] = {}  # host memory page-locked in place: address -> bytes
         self.capturing: dict[int, list[Callable[[], None]]] = {}
         self.graphs: dict[int, list[Callable[[], None]]] = {}
         self.execs: dict[int, list[Callable[[], None]]] = {}
@@ -72,6 +73,9 @@ class FakeCuda:
 
     def free_host(self, ptr: int) -> None:
         del self.pinned[ptr]
+
+    def register_host(self, ptr: int, nbytes: int) -> None:
+        self.registered[ptr] = nbytes
 
     def enqueue(self, stream: int, op: Callable[[], None]) -> None:
         assert stream in self.streams, "work on a stream that does not exist"

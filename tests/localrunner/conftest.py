@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from trtop import names
-from trtop.devcluster.testing import DevCluster
-from trtop.localrunner import LocalRunner, NodeShape
+from trtop_dev.devcluster.testing import DevCluster
+from trtop_dev.localrunner import LocalRunner, NodeShape
 
 TEST_TAINT = {"key": names.LABEL_LOCAL_RUNNER, "value": "true", "effect": "NoSchedule"}
 

@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from trtop.localrunner.addresses import AddressesExhausted, LoopbackAddresses
+from trtop_dev.localrunner.addresses import AddressesExhausted, LoopbackAddresses
 
 
 def test_lowest_free_address_and_reuse() -> None:

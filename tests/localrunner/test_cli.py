@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from trtop.devcluster.cli import main as dev_main
-from trtop.devcluster.testing import DevCluster
+from trtop_dev.devcluster.cli import main as dev_main
+from trtop_dev.devcluster.testing import DevCluster
 
 
 def test_errors_are_one_line_and_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

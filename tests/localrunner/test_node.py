@@ -6,7 +6,7 @@ import datetime as dt
 import pytest
 
 from trtop import names
-from trtop.localrunner.node import NodeShape, build_lease, build_node, build_node_status, parse_taint
+from trtop_dev.localrunner.node import NodeShape, build_lease, build_node, build_node_status, parse_taint
 
 
 def test_a_cpu_node_that_kwok_leaves_alone() -> None:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from trtop.localrunner.podspec import (
+from trtop_dev.localrunner.podspec import (
     Mount, PodSpecError, Rewriter, build_process, expand_refs, field_value, map_executable, resolve_env,
 )
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from trtop.localrunner.podspec import PodSpecError
-from trtop.localrunner.probes import Prober, check, resolve_port
+from trtop_dev.localrunner.podspec import PodSpecError
+from trtop_dev.localrunner.probes import Prober, check, resolve_port
 
 CONTAINER = {"name": "c", "ports": [{"name": "http", "containerPort": 8000}]}
 

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from trtop.localrunner.podspec import ProcessSpec
-from trtop.localrunner.process import ContainerProcess
+from trtop_dev.localrunner.podspec import ProcessSpec
+from trtop_dev.localrunner.process import ContainerProcess
 
 PARENT = """
 import subprocess, sys, time, signal

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from trtop import names
-from trtop.devcluster.testing import DevCluster, wait_for
-from trtop.localrunner import LocalRunner, NodeShape
+from trtop_dev.devcluster.testing import DevCluster, wait_for
+from trtop_dev.localrunner import LocalRunner, NodeShape
 from tests.localrunner.conftest import TEST_TAINT
 
 PY = "python"  # the runner maps it to its own interpreter

@@ -1,7 +1,7 @@
 """Pod status documents: phases, exit codes, termination messages, conditions."""
 from __future__ import annotations
 
-from trtop.localrunner.status import (
+from trtop_dev.localrunner.status import (
     ContainerView, container_status, conditions, exit_code_of, log_tail, phase_of, pod_status, termination_message,
 )
 

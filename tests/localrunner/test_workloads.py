@@ -20,8 +20,8 @@ from trtop.api.engine import EngineRecord
 from trtop.api.spec import parse_spec
 from trtop.api.targets import Target
 from trtop.config import Settings
-from trtop.devcluster.testing import DevCluster, wait_for
-from trtop.localrunner import LocalRunner
+from trtop_dev.devcluster.testing import DevCluster, wait_for
+from trtop_dev.localrunner import LocalRunner
 from trtop.planning.builds import build_job
 from trtop.planning.engines import EngineStatus, build_engine_request, job_name
 from trtop.planning.serving import build_unit

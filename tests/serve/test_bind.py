@@ -103,3 +103,62 @@ def test_without_libcudart_onnx_runtime_copies_the_batch() -> None:
     b.run({"x": x}, ["y"])
     assert copier.failed and b.inputs["x"].updates == 2
     np.testing.assert_array_equal(b.inputs["x"].array, x)
+
+
+class HostValue(FakeValue):
+    """A bound buffer in host memory at its real address, so the fake CUDA's copies land in it."""
+
+    def __init__(self, shape: list[int], dtype: Any, ptr: int) -> None:
+        super().__init__(shape, dtype, ptr)
+        self.ptr = int(self.array.ctypes.data)
+
+
+class HostOrt:
+    class OrtValue:
+        @classmethod
+        def ortvalue_from_shape_and_type(cls, shape: list[int], dtype: Any, device: str, device_id: int) -> HostValue:
+            return HostValue(shape, dtype, 0)
+
+
+def test_a_batch_is_copied_to_the_device_request_by_request_and_padded_with_the_last_row() -> None:
+    """No merged copy on the host: each request's rows go from where they lie into their place in the bound
+    buffer, then the last row repeats up to the bucket, all on the slot's stream, waited for once."""
+    from tests.gpu.fakes import FakeCuda as MemoryCuda
+
+    cuda = MemoryCuda()
+    b = Bound(HostOrt, FakeSession(), [("x", (4, 3), "float32")], [("y", (4, 2), "float32")], "cuda", 0,
+              DeviceCopier(0, cuda))
+    parts = [{"x": np.full((1, 3), 1, np.float32)}, {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}]
+    assert b.gathers
+    b.run_rows(parts, ["y"])
+    np.testing.assert_array_equal(b.inputs["x"].array, [[1, 1, 1], [0, 1, 2], [3, 4, 5], [3, 4, 5]])
+    assert cuda.calls == ["h2d"] * 3 and b.inputs["x"].updates == 0
+
+
+def test_when_the_copies_fail_the_batch_is_merged_on_the_host() -> None:
+    copier = DeviceCopier(0, FakeCuda(fail=True))
+    b = Bound(HostOrt, FakeSession(), [("x", (4, 3), "float32")], [("y", (4, 2), "float32")], "cuda", 0, copier)
+    b.run_rows([{"x": np.full((1, 3), 7, np.float32)}, {"x": np.full((2, 3), 8, np.float32)}], ["y"])
+    assert copier.failed and not b.gathers and b.inputs["x"].updates == 1
+    np.testing.assert_array_equal(b.inputs["x"].array[:, 0], [7, 8, 8, 8])
+
+
+def test_only_large_requests_are_copied_one_by_one() -> None:
+    """A copy call per request pays off for images (602 KB each), not for a 64-byte row: small requests are
+    merged on the host by the scheduler (``run_rows`` answers None)."""
+    from trtop.serve.backends.onnxruntime_bind import GATHER_MIN_BYTES, BoundPool
+
+    class Gathering:
+        gathers = True
+
+        def run_rows(self, parts: list[dict[str, np.ndarray]], names: list[str]) -> dict[str, np.ndarray]:
+            return {"y": np.concatenate([p["x"] for p in parts])}
+
+    pool = BoundPool(1)
+    pool.add(2, [Gathering()])  # type: ignore[list-item]
+    row = GATHER_MIN_BYTES // 4
+    big, small = ({"x": np.ones((1, n), np.float32)} for n in (row, 16))
+    assert pool.in_slot(0, pool.run_rows, 2, [big, big], ["y"])["y"].shape == (2, row)
+    assert pool.in_slot(0, pool.run_rows, 2, [small, small], ["y"]) is None
+    assert pool.run_rows(2, [big, big], ["y"]) is None  # not on a slot's thread
+    pool.close()

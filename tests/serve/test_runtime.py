@@ -198,3 +198,15 @@ def test_a_lone_cpu_run_uses_every_core_only_where_that_is_faster(tmp_path: Path
     x = np.ones((3, 4), np.float32)
     np.testing.assert_array_equal(rt.run({"x": x}, ["y"])["y"], 2 * x + 1)
     assert rt._active == 0
+
+
+def test_a_cpu_runtime_pins_nothing_and_merges_its_batches(tmp_path: Path) -> None:
+    """Page-locking request memory and copying batches request by request are for the CUDA provider's bound
+    buckets only; on CPU the scheduler merges (``run_rows`` answers None)."""
+    from trtop.serve.backends.onnxruntime_impl import OnnxRuntime
+
+    rt = OnnxRuntime(make_affine_onnx(tmp_path / "a.onnx"), RuntimeOptions(threads=1, use_gpu=False))
+    rt.prepare((1, 2, 4))
+    assert rt.pin_host(0x1000, 4096) is False
+    assert rt.run_rows([{"x": np.ones((1, 4), np.float32)}] * 2, 2, ["y"]) is None
+    rt.close()

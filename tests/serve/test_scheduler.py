@@ -234,3 +234,35 @@ async def test_deadlines_hold_for_every_request_whatever_the_order_of_their_time
     assert (await patient)["y"][0, 0] == 20
     await s.close()
     assert s.queued == 0
+
+
+async def test_a_backend_that_takes_the_requests_unmerged_gets_them_as_they_are(backend: FakeBackend) -> None:
+    """A GPU backend copies each request's rows to the device itself (no merged copy on the host); where it
+    cannot (it answers None) the batch is merged as before. Each request still gets its own rows."""
+    seen: list[tuple[list[int], int]] = []
+    declined = {"now": False}
+
+    def run_rows(parts: list[Feeds], size: int) -> Outputs | None:
+        if declined["now"]:
+            return None
+        seen.append(([p["x"].shape[0] for p in parts], size))
+        rows = np.concatenate([p["x"] for p in parts])
+        rows = np.concatenate([rows, np.repeat(rows[-1:], size - rows.shape[0], 0)])  # padded like merge
+        return {"y": rows * 10}
+
+    for decline in (False, True):
+        declined["now"] = decline
+        backend.gate.clear()
+        backend.batches.clear()
+        s = Scheduler(backend, BatchPolicy(8, 0.0, (1, 2, 4, 8)), max_queue=100, run_rows=run_rows)
+        s.start()
+        first = asyncio.ensure_future(submit(s, 100))  # alone: the plain run (nothing to merge)
+        await asyncio.sleep(0.02)
+        rest = [asyncio.ensure_future(submit(s, v, rows=r)) for v, r in ((1, 1), (2, 2))]  # 3 rows -> bucket 4
+        await asyncio.sleep(0.02)
+        backend.gate.set()
+        outs = await asyncio.gather(first, *rest)
+        assert [o["y"][:, 0].tolist() for o in outs] == [[1000], [10], [20, 20]]
+        assert backend.batches == ([1] if not decline else [1, 4])
+        await s.close()
+    assert seen == [([1, 2], 4)]

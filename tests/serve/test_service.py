@@ -84,3 +84,35 @@ async def test_buckets_come_from_the_setting_or_the_engine_record() -> None:
     assert choose_buckets(None, None, 16) == (1, 2, 4, 8, 16)
     assert choose_buckets((4, 12), record, 16) == (4, 12, 16)
     assert choose_buckets((), record, 3) == (1, 2, 3)  # "all": every size, nothing padded
+
+
+async def test_request_memory_is_pinned_by_the_runtime_whether_it_comes_before_or_after_loading() -> None:
+    """Front-end arenas are made while the model loads and when a front-end is replaced: every one is
+    handed to the runtime to page-lock, once it exists, and after it was prepared."""
+    class Pinning(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pinned: list[tuple[int, int, bool]] = []
+
+        def pin_host(self, address: int, nbytes: int) -> bool:
+            self.pinned.append((address, nbytes, bool(self.prepared)))
+            return True
+
+    rt = Pinning()
+    svc = InferenceService("m", lambda: Loaded(rt, backend="fake"), BatchingConfig(max_batch=2), ServerMetrics("m"))
+    svc.add_host_memory(0x1000, 4096)
+    assert rt.pinned == []
+    await svc.start()
+    svc.add_host_memory(0x9000, 8192)
+    assert rt.pinned == [(0x1000, 4096, True), (0x9000, 8192, True)]
+    await svc.close()
+
+
+async def test_a_runtime_that_cannot_pin_memory_is_left_alone() -> None:
+    svc = InferenceService("m", lambda: Loaded(Recorder(), backend="fake"), BatchingConfig(max_batch=2),
+                           ServerMetrics("m"))
+    svc.add_host_memory(0x1000, 4096)
+    await svc.start()
+    svc.add_host_memory(0x2000, 4096)
+    assert svc.ready
+    await svc.close()

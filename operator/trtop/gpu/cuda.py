@@ -35,6 +35,7 @@ _SIGNATURES: dict[str, list[Any]] = {
     "cudaFree": [_P],
     "cudaHostAlloc": [_PP, _SIZE, _UINT],
     "cudaFreeHost": [_P],
+    "cudaHostRegister": [_P, _SIZE, _UINT],
     "cudaMemcpyAsync": [_P, _P, _SIZE, _INT, _P],
     "cudaStreamCreateWithFlags": [_PP, _UINT],
     "cudaStreamDestroy": [_P],
@@ -61,6 +62,7 @@ class Cuda(Protocol):
     def free(self, ptr: int) -> None: ...
     def alloc_host(self, nbytes: int) -> int: ...  # page-locked
     def free_host(self, ptr: int) -> None: ...
+    def register_host(self, ptr: int, nbytes: int) -> None: ...  # page-lock memory allocated elsewhere (kept)
     def copy_to_device(self, dst: int, src: int, nbytes: int, stream: int) -> None: ...
     def copy_to_host(self, dst: int, src: int, nbytes: int, stream: int) -> None: ...
     def synchronize(self, stream: int) -> None: ...
@@ -114,6 +116,10 @@ class CudaRuntime:
 
     def free_host(self, ptr: int) -> None:
         self._check(self.lib.cudaFreeHost(ptr), "cudaFreeHost")
+
+    def register_host(self, ptr: int, nbytes: int) -> None:
+        """Page-lock existing host memory (e.g. a shared arena) so copies from it run as DMA at full speed."""
+        self._check(self.lib.cudaHostRegister(ptr, nbytes, 0), "cudaHostRegister")
 
     def copy_to_device(self, dst: int, src: int, nbytes: int, stream: int) -> None:
         self._check(self.lib.cudaMemcpyAsync(dst, src, nbytes, _H2D, stream), "copy to the GPU")

@@ -36,6 +36,9 @@ from trtop.serve.types import Array, Feeds, Outputs
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[Feeds], Outputs]  # one merged batch in, all outputs out
+# The requests' own inputs and the batch size in, all outputs of the batch out, or None where the backend
+# cannot take them unmerged (then they are merged and go through ``RunBatch``).
+RunRows = Callable[[list[Feeds], int], "Outputs | None"]
 
 
 class BatchObserver(Protocol):
@@ -66,12 +69,14 @@ class Scheduler:
         self, run: RunBatch, policy: BatchPolicy, *, max_queue: int, observer: BatchObserver | None = None,
         instances: int = 1, clock: Callable[[], float] = time.monotonic, inline_max_s: float = INLINE_MAX_S,
         empty: Callable[[tuple[int, ...], Any], Array] | None = None, executor: Executor | None = None,
+        run_rows: RunRows | None = None,
     ) -> None:
         if max_queue < 1:
             raise ValueError(f"max queue size must be >= 1, got {max_queue}")
         if instances < 1:
             raise ValueError(f"instances must be >= 1, got {instances}")
         self._run = run
+        self._run_rows = run_rows  # the backend copies each request to the device itself (no merge here)
         self.policy = policy
         self._max_queue = max_queue
         self._observer = observer
@@ -294,11 +299,15 @@ class Scheduler:
 
     def _compute(self, feeds: list[Feeds], rows: list[int], size: int) -> tuple[list[Outputs], float]:
         start = time.perf_counter()
-        buffers = self._buffers.take(feeds, size)
-        try:
-            outputs = self._run(merge(feeds, size, buffers))
-        finally:
-            self._buffers.give(feeds, size, buffers)  # the outputs never alias the inputs
+        outputs = None
+        if self._run_rows is not None and (len(feeds) > 1 or size > sum(rows)):  # else merge would not copy
+            outputs = self._run_rows(feeds, size)
+        if outputs is None:
+            buffers = self._buffers.take(feeds, size)
+            try:
+                outputs = self._run(merge(feeds, size, buffers))
+            finally:
+                self._buffers.give(feeds, size, buffers)  # the outputs never alias the inputs
         parts = split(outputs, rows, size)
         seconds = time.perf_counter() - start
         key = size or sum(rows)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -122,6 +123,9 @@ class InferenceService:
         self.info: ModelInfo | None = None
         self._runtime: Runtime | None = None
         self._scheduler: Scheduler | None = None
+        self._host_memory: list[tuple[int, int]] = []  # (address, bytes) requests arrive in: pinned once loaded
+        self._pin_lock = threading.Lock()
+        self._pinned_runtime: Any = None
 
     @property
     def ready(self) -> bool:
@@ -145,11 +149,17 @@ class InferenceService:
         def run(feeds: Feeds) -> Outputs:
             return runtime.run(feeds, outputs)
 
+        by_rows = getattr(runtime, "run_rows", None)  # GPU buckets copied request by request, never merged
+
+        def run_rows(parts: list[Feeds], size: int) -> Outputs | None:
+            return by_rows(parts, size, outputs) if by_rows is not None else None
+
         self._scheduler = Scheduler(
             run, BatchPolicy(info.max_batch, self.config.max_queue_delay_s, info.buckets),
             max_queue=self.config.max_queue_size, observer=self._observer, instances=self.config.instances,
             empty=getattr(runtime, "batch_array", None),  # page-locked batch buffers where the backend has them
             executor=getattr(runtime, "executor", None),  # its own compute threads where it has them
+            run_rows=run_rows if by_rows is not None else None,
         )
         self._scheduler.start()
         seconds = time.perf_counter() - started
@@ -169,8 +179,20 @@ class InferenceService:
             target=loaded.target, buckets=choose_buckets(self.config.buckets, loaded.record, max_batch),
         )
         rt.prepare(info.buckets)
+        with self._pin_lock:  # arenas made while loading are pinned now, later ones as they come
+            self._pinned_runtime = rt
+            for address, nbytes in self._host_memory:
+                _pin(rt, address, nbytes)
         warm(rt, info)
         return info, rt
+
+    def add_host_memory(self, address: int, nbytes: int) -> None:
+        """Host memory that requests' tensors arrive in (a front-end's shared arena): a GPU backend page-locks
+        it so that batches are copied to the device from there (``run_rows``), at full speed."""
+        with self._pin_lock:
+            self._host_memory.append((address, nbytes))
+            if self._pinned_runtime is not None:
+                _pin(self._pinned_runtime, address, nbytes)
 
     async def infer(self, request: InferRequest) -> tuple[Admitted, Outputs]:
         """Admit (BadRequest before queueing), queue, wait for this request's own outputs."""
@@ -242,3 +264,9 @@ class InferenceService:
         if self._runtime is not None:
             self._runtime.close()
         self.state = "stopped"
+
+
+def _pin(runtime: Any, address: int, nbytes: int) -> None:
+    pin = getattr(runtime, "pin_host", None)
+    if pin is not None:
+        pin(address, nbytes)

@@ -82,6 +82,7 @@ class Supervisor:
         self.grpc_hold = reserve_port(settings.host, settings.grpc_port) if settings.grpc_port else None
         self.arena_size = arena_bytes(settings, count)
         self.dispatchers: dict[int, Dispatcher] = {}
+        self.arenas: list[Arena] = []  # every arena made, also those of replaced front-ends (see _start_frontend)
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
         self.exit_code = 0
@@ -124,6 +125,12 @@ class Supervisor:
 
     async def _start_frontend(self, index: int) -> None:
         arena = Arena.create(self.arena_size, f"trtop-frontend-{index}")
+        # Batches are copied to the GPU from the arena itself, page-locked by the runtime. The mapping must
+        # then outlive its front-end: unmapped while registered, a new mapping at the same address would be
+        # read through the old registration (stale pages). So every arena is kept for the process's life (a
+        # replaced front-end costs one arena of memory).
+        self.arenas.append(arena)
+        self.service.add_host_memory(arena.address, arena.size)
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
         env.update(setup_env(self.settings, index=index, listen_fd=self.listen.fileno(), channel_fd=theirs.fileno(),

@@ -5,6 +5,7 @@ Loaded by ``trtop.serve.runtime.load_runtime`` for ``backend == "onnxruntime"``.
 from __future__ import annotations
 
 import logging
+import mmap
 import threading
 import time
 from collections.abc import Sequence
@@ -54,6 +55,7 @@ class OnnxRuntime(FixedIO):
         self._bound = BoundPool(options.slots)
         self._pinned = PinnedArrays()
         self._wide: Any = None  # CPU: a session over every core for lone runs
+        self._pin_failed = False
         self._active = 0  # runs in progress (CPU, with a wide session)
         self._lock = threading.Lock()
         self._session, self._providers = self._open(path, options)
@@ -158,6 +160,33 @@ class OnnxRuntime(FixedIO):
         if self._by_batch:
             return self._pinned.empty(shape, np.dtype(dtype))
         return np.empty(shape, dtype=dtype)
+
+    def run_rows(self, parts: Sequence[Feeds], size: int, outputs: Sequence[str]) -> Outputs | None:
+        """A batch of ``size`` rows copied to the GPU from each request where it lies (no merge on the host);
+        None where that size has no bound session on this thread (the scheduler merges and calls ``run``)."""
+        if not self._bound:
+            return None
+        return self._bound.run_rows(size, parts, list(outputs))
+
+    def pin_host(self, address: int, nbytes: int) -> bool:
+        """Page-lock host memory requests arrive in (a front-end's arena) so ``run_rows`` copies from it by
+        DMA at full speed; only on the CUDA provider. False (logged once) where that fails: the copies then
+        go through the driver's staging buffers, slower but the same bytes."""
+        if not self._by_batch or self._pin_failed:
+            return False
+        try:
+            from trtop.gpu.cuda import default_cuda
+
+            page = mmap.PAGESIZE
+            start = -(-address // page) * page  # only whole pages of the range
+            size = (address + nbytes - start) // page * page
+            default_cuda().register_host(start, size)
+            log.info("page-locked %.0f MiB of request memory (batches are copied to the GPU from it)", size / 2**20)
+            return True
+        except Exception as exc:  # no libcudart, or the platform refuses to lock this memory
+            self._pin_failed = True
+            log.warning("request memory stays pageable (copies to the GPU are staged by the driver): %s", exc)
+            return False
 
     @property
     def platform(self) -> str:

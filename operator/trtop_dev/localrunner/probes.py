@@ -3,7 +3,7 @@
 ``httpGet`` and ``tcpSocket`` are checked for real; ``exec`` and ``grpc`` are not (a
 process has no container to exec into) and count as passing. ``Prober`` keeps the
 kubelet's counting: initialDelaySeconds, periodSeconds, successThreshold and
-failureThreshold. Called by ``trtop.localrunner.pod``.
+failureThreshold. Called by ``trtop_dev.localrunner.pod``.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from trtop.localrunner.podspec import PodSpecError
+from trtop_dev.localrunner.podspec import PodSpecError
 
 
 def resolve_port(port: int | str, container: Mapping[str, Any]) -> int:

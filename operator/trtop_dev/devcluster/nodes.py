@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from trtop import names
-from trtop.devcluster.kubectl import Kubectl
-from trtop.devcluster.pools import Pool, build_nodes
+from trtop_dev.devcluster.kubectl import Kubectl
+from trtop_dev.devcluster.pools import Pool, build_nodes
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ There is one per machine (its image store lives in the tool cache, so built imag
 a holder name with a pid that stays alive while it is needed (the kubelet's, a build's);
 it is started by the first holder and stopped by ``release`` when no live holder is left.
 The pause image (sandbox of every pod) is imported from the binary hack/build-tools.sh
-made. Called by ``trtop.devcluster.realnode`` and ``trtop.devcluster.images``; also
-``python -m trtop.devcluster.containerd acquire|release HOLDER [PID]`` for shell scripts.
+made. Called by ``trtop_dev.devcluster.realnode`` and ``trtop_dev.devcluster.images``; also
+``python -m trtop_dev.devcluster.containerd acquire|release HOLDER [PID]`` for shell scripts.
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from trtop.devcluster import ociarchive
-from trtop.devcluster.kwok import process_running
-from trtop.devcluster.nodeconfig import ContainerdLayout, render_containerd_config
-from trtop.devcluster.tools import NodeTools, cache_dir, node_tools_for, read_versions
+from trtop_dev.devcluster import ociarchive
+from trtop_dev.devcluster.kwok import process_running
+from trtop_dev.devcluster.nodeconfig import ContainerdLayout, render_containerd_config
+from trtop_dev.devcluster.tools import NodeTools, cache_dir, node_tools_for, read_versions
 
 Log = Callable[[str], None]
 RUN_DIR = Path("/run/trtop")
@@ -196,7 +196,7 @@ def for_checkout(root: Path) -> Containerd:
 
 def main(argv: list[str]) -> int:
     """``acquire HOLDER [PID]`` / ``release HOLDER`` / ``socket``: for hack/build-images.sh."""
-    from trtop.devcluster import workspace
+    from trtop_dev.devcluster import workspace
 
     daemon = for_checkout(workspace.repo_root())
     log: Log = lambda message: print(f"[containerd] {message}", file=sys.stderr, flush=True)  # noqa: E731
@@ -209,7 +209,7 @@ def main(argv: list[str]) -> int:
     elif argv == ["holders"]:
         print(json.dumps(daemon.live_holders()))
     else:
-        print("usage: python -m trtop.devcluster.containerd acquire HOLDER [PID] | release HOLDER | socket",
+        print("usage: python -m trtop_dev.devcluster.containerd acquire HOLDER [PID] | release HOLDER | socket",
               file=sys.stderr)
         return 2
     return 0

@@ -1,8 +1,8 @@
 """Fake node pools: parse a pools YAML file and build the Node manifests it describes (pure).
 
 A pool is N identical nodes; a GPU pool carries the labels NVIDIA's GPU Feature Discovery
-(GFD) puts on real nodes and advertises ``nvidia.com/gpu``. Called by ``trtop.devcluster.nodes``
-(applies them to the kwok cluster), ``trtop.devcluster.kind`` (labels kind workers) and the
+(GFD) puts on real nodes and advertises ``nvidia.com/gpu``. Called by ``trtop_dev.devcluster.nodes``
+(applies them to the kwok cluster), ``trtop_dev.devcluster.kind`` (labels kind workers) and the
 tests, which write their own pools to add or remove a GPU type at run time.
 """
 from __future__ import annotations
@@ -185,8 +185,8 @@ def load_pools(text: str, *, source: str = "pools file") -> list[Pool]:
 def read_pools(path: Path | None = None) -> list[Pool]:
     """Pools from ``path``, or the default pools shipped with trtop when ``path`` is None."""
     if path is None:
-        text = resources.files("trtop.devcluster").joinpath(DEFAULT_POOLS_FILE).read_text()
-        return load_pools(text, source=f"trtop/devcluster/{DEFAULT_POOLS_FILE}")
+        text = resources.files("trtop_dev.devcluster").joinpath(DEFAULT_POOLS_FILE).read_text()
+        return load_pools(text, source=f"trtop_dev/devcluster/{DEFAULT_POOLS_FILE}")
     try:
         text = Path(path).read_text()
     except OSError as err:

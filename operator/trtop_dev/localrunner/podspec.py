@@ -4,7 +4,7 @@ A process cannot have mounts or its own network namespace, so the spec is rewrit
 each volumeMount's ``mountPath`` found at the start of a path in an env value (JSON
 inside the value included) or an argument becomes the local folder behind the volume,
 longest mountPath first; ``0.0.0.0`` becomes the pod's own loopback address. The exact
-rules are in docs/local-runner.md. Called by ``trtop.localrunner.pod``; tested without a
+rules are in docs/local-runner.md. Called by ``trtop_dev.localrunner.pod``; tested without a
 cluster in tests/localrunner/test_podspec.py.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@
                      [--label K=V]... [--taint K=V:EFFECT]... [--env K=V]... [--no-delete-node-on-exit] [--verbose]
 
 Runs until SIGINT/SIGTERM, then stops every process it started and deletes its node
-(``--no-delete-node-on-exit``: marks it NotReady). Dispatched from ``trtop.devcluster.cli``.
+(``--no-delete-node-on-exit``: marks it NotReady). Dispatched from ``trtop_dev.devcluster.cli``.
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from trtop.devcluster import workspace
-from trtop.localrunner.kube import KubeError
-from trtop.localrunner.node import NodeShape, parse_taint
-from trtop.localrunner.runner import DEFAULT_NODE, LocalRunner
+from trtop_dev.devcluster import workspace
+from trtop_dev.localrunner.kube import KubeError
+from trtop_dev.localrunner.node import NodeShape, parse_taint
+from trtop_dev.localrunner.runner import DEFAULT_NODE, LocalRunner
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
@@ -86,6 +86,6 @@ def main(argv: list[str]) -> int:
           flush=True)
     while not requested.wait(0.5):
         pass
-    logging.getLogger("trtop.localrunner").info("stopping every pod process and leaving the cluster")
+    logging.getLogger("trtop_dev.localrunner").info("stopping every pod process and leaving the cluster")
     runner.stop()
     return 0

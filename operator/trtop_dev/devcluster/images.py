@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import IO
 
 from trtop import versions
-from trtop.devcluster import ociarchive, workspace
-from trtop.devcluster.containerd import RUN_DIR, Containerd, spawn_detached, terminate
-from trtop.devcluster.kwok import process_running
-from trtop.devcluster.tools import cache_dir, ensure_node_tools, read_versions
+from trtop_dev.devcluster import ociarchive, workspace
+from trtop_dev.devcluster.containerd import RUN_DIR, Containerd, spawn_detached, terminate
+from trtop_dev.devcluster.kwok import process_running
+from trtop_dev.devcluster.tools import cache_dir, ensure_node_tools, read_versions
 
 Log = Callable[[str], None]
 BASE_REPO = "localhost/trtop/debian"

@@ -1,7 +1,7 @@
 """Where the dev cluster keeps its state: the repository's ``.work/dev-cluster`` folder.
 
 Nothing outside it is written (never ``~/.kube/config``); caches of built binaries live in
-``~/.cache/trtop`` (``trtop.devcluster.tools``). Called by the providers, the CLI and tests.
+``~/.cache/trtop`` (``trtop_dev.devcluster.tools``). Called by the providers, the CLI and tests.
 """
 from __future__ import annotations
 

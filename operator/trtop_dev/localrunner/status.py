@@ -4,7 +4,7 @@
 views into the ``status`` of a strategic-merge patch on ``pods/status``: phase, the four
 kubelet conditions, IPs and ``containerStatuses``. Inactive state kinds are sent as null
 so a merge patch never leaves ``running`` beside ``terminated``. Called by
-``trtop.localrunner.pod``.
+``trtop_dev.localrunner.pod``.
 """
 from __future__ import annotations
 

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from trtop import names
-from trtop.devcluster import cluster, workspace
-from trtop.devcluster.loadgen import LoadGenerator, infer, infer_body
-from trtop.devcluster.testing import DevCluster, wait_for
+from trtop_dev.devcluster import cluster, workspace
+from trtop_dev.devcluster.loadgen import LoadGenerator, infer, infer_body
+from trtop_dev.devcluster.testing import DevCluster, wait_for
 
 NAMESPACE = "trtop-demo"
 RELEASE = "trtop"
@@ -249,7 +249,7 @@ def _tensorflow_answer(path: Path, image: np.ndarray[Any, Any]) -> np.ndarray[An
 
 
 def main(argv: list[str]) -> int:
-    from trtop.localrunner.runner import LocalRunner
+    from trtop_dev.localrunner.runner import LocalRunner
 
     import argparse
 

@@ -7,7 +7,7 @@ the first cluster to come up claims it (``/run/trtop/realnode.json``), others ru
 it and say why. kube-proxy routes Services (ClusterIPs) for the host and the node's pods.
 ``stop`` kills the kubelet, kube-proxy and the pods, then removes the mounts, cgroups,
 iptables chains and CNI bridge it made and puts the sysctls back.
-Called by ``trtop.devcluster.cluster`` (``up``/``down``) and the tests.
+Called by ``trtop_dev.devcluster.cluster`` (``up``/``down``) and the tests.
 """
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import yaml
 
-from trtop.devcluster import hostcleanup, nodeconfig, workspace
-from trtop.devcluster.containerd import RUN_DIR, Containerd, ContainerdError, for_checkout, spawn_detached, terminate
-from trtop.devcluster.kubectl import Kubectl
-from trtop.devcluster.kwok import process_running
-from trtop.devcluster.tools import NodeTools, cache_dir, ensure_node_tools, node_tools_for, read_versions
+from trtop_dev.devcluster import hostcleanup, nodeconfig, workspace
+from trtop_dev.devcluster.containerd import RUN_DIR, Containerd, ContainerdError, for_checkout, spawn_detached, terminate
+from trtop_dev.devcluster.kubectl import Kubectl
+from trtop_dev.devcluster.kwok import process_running
+from trtop_dev.devcluster.tools import NodeTools, cache_dir, ensure_node_tools, node_tools_for, read_versions
 
 Log = Callable[[str], None]
 CLAIM = RUN_DIR / "realnode.json"

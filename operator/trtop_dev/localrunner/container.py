@@ -3,7 +3,7 @@
 ``tick()`` is called a few times a second by the pod's worker: it notices an exit (reading
 the termination message), restarts per restartPolicy with an exponential back-off, and
 runs the startup, liveness and readiness probes that are due. Called by
-``trtop.localrunner.pod``.
+``trtop_dev.localrunner.pod``.
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from trtop.localrunner.podspec import ProcessSpec
-from trtop.localrunner.probes import Prober, check
-from trtop.localrunner.process import ContainerProcess
-from trtop.localrunner.status import ContainerView, exit_code_of, now, termination_message
+from trtop_dev.localrunner.podspec import ProcessSpec
+from trtop_dev.localrunner.probes import Prober, check
+from trtop_dev.localrunner.process import ContainerProcess
+from trtop_dev.localrunner.status import ContainerView, exit_code_of, now, termination_message
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 kind cannot fake GPUs: each pool node becomes a kind worker (a container) carrying the
 pool's labels, and ``nvidia.com/gpu`` is added to its status capacity through the API (the
 documented way to advertise an extended resource). Pods really run there, so kwok's
-stages (Job delays, forced failures) do not apply. Called by ``trtop.devcluster.cluster``.
+stages (Job delays, forced failures) do not apply. Called by ``trtop_dev.devcluster.cluster``.
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from typing import Any
 import yaml
 
 from trtop import names
-from trtop.devcluster import workspace
-from trtop.devcluster.kubectl import Kubectl
-from trtop.devcluster.pools import Pool, build_node
-from trtop.devcluster.tools import Tools, cache_dir, ensure_tools, read_versions, tools_for
+from trtop_dev.devcluster import workspace
+from trtop_dev.devcluster.kubectl import Kubectl
+from trtop_dev.devcluster.pools import Pool, build_node
+from trtop_dev.devcluster.tools import Tools, cache_dir, ensure_tools, read_versions, tools_for
 
 Log = Callable[[str], None]
 # kubelet's --node-labels refuses most kubernetes.io labels: the kubelet sets those itself.

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from trtop import names
-from trtop.devcluster import cluster, workspace
-from trtop.devcluster.kubectl import Kubectl, KubectlError
-from trtop.devcluster.kwok import process_running
-from trtop.devcluster.nodes import NodesResult, apply_pools
-from trtop.devcluster.pools import Pool, build_node, read_pools
-from trtop.devcluster.tools import ensure_tools
+from trtop_dev.devcluster import cluster, workspace
+from trtop_dev.devcluster.kubectl import Kubectl, KubectlError
+from trtop_dev.devcluster.kwok import process_running
+from trtop_dev.devcluster.nodes import NodesResult, apply_pools
+from trtop_dev.devcluster.pools import Pool, build_node, read_pools
+from trtop_dev.devcluster.tools import ensure_tools
 
 TEST_CLUSTER = "trtop-test"
 T = TypeVar("T")
@@ -86,7 +86,7 @@ class DevCluster:
         return result
 
     def reset_pools(self) -> NodesResult:
-        """Back to the default pools (trtop/devcluster/pools.yaml)."""
+        """Back to the default pools (trtop_dev/devcluster/pools.yaml)."""
         return self.apply_pools(read_pools())
 
     @contextmanager

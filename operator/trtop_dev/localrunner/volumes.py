@@ -9,7 +9,7 @@
   (a projected service-account token is not minted: processes reach the API through
   KUBECONFIG instead, see docs/local-runner.md).
 Anything else makes the pod fail with reason ``UnsupportedVolume``. Called by
-``trtop.localrunner.pod``.
+``trtop_dev.localrunner.pod``.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from trtop.localrunner.kube import Kube, KubeError
-from trtop.localrunner.podspec import Mount, PodSpecError, field_value
+from trtop_dev.localrunner.kube import Kube, KubeError
+from trtop_dev.localrunner.podspec import Mount, PodSpecError, field_value
 
 _FILE_SOURCES = ("configMap", "secret", "downwardAPI", "projected")
 

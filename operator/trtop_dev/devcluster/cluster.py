@@ -1,7 +1,7 @@
 """Up, down and status of the dev cluster, whichever provider runs it (kwok here, kind with Docker).
 
 ``up`` is idempotent: on a running cluster it only re-applies the nodes of the pools file.
-Called by ``trtop.devcluster.cli`` and the pytest fixtures in ``trtop.devcluster.testing``.
+Called by ``trtop_dev.devcluster.cli`` and the pytest fixtures in ``trtop_dev.devcluster.testing``.
 """
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from trtop.devcluster import kind, workspace
-from trtop.devcluster.kubectl import Kubectl
-from trtop.devcluster.kwok import KwokCluster
-from trtop.devcluster.nodes import NodesResult, apply_pools, describe_nodes
-from trtop.devcluster.pools import read_pools
-from trtop.devcluster.realnode import RealNode
-from trtop.devcluster.tools import Tools, ensure_tools, read_versions, cache_dir, tools_for
+from trtop_dev.devcluster import kind, workspace
+from trtop_dev.devcluster.kubectl import Kubectl
+from trtop_dev.devcluster.kwok import KwokCluster
+from trtop_dev.devcluster.nodes import NodesResult, apply_pools, describe_nodes
+from trtop_dev.devcluster.pools import read_pools
+from trtop_dev.devcluster.realnode import RealNode
+from trtop_dev.devcluster.tools import Tools, ensure_tools, read_versions, cache_dir, tools_for
 
 Log = Callable[[str], None]
 PROVIDERS = ("kwok", "kind")
@@ -48,7 +48,7 @@ def up(name: str = workspace.DEFAULT_NAME, *, pools_file: Path | None = None, pr
     """Build/find the binaries, start the cluster unless it runs, apply the pools' nodes.
 
     With ``real_node`` (kwok provider), also start this machine's real node
-    (``trtop.devcluster.realnode``) when it can run here; otherwise say why and go on.
+    (``trtop_dev.devcluster.realnode``) when it can run here; otherwise say why and go on.
     """
     log = log or progress_log()
     if provider not in PROVIDERS:

@@ -8,7 +8,7 @@ broken watch is resumed from the last resourceVersion (or a fresh list on 410 Go
     with LocalRunner(kubeconfig, node_name="local-runner") as runner:
         ...  # pods scheduled on node "local-runner" now really run
 
-Called by ``trtop dev runner`` (``trtop.localrunner.cli``) and tests (tests/localrunner/conftest.py).
+Called by ``trtop dev runner`` (``trtop_dev.localrunner.cli``) and tests (tests/localrunner/conftest.py).
 """
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from trtop.localrunner.addresses import LoopbackAddresses
-from trtop.localrunner.kube import Kube, KubeError, pod_path
-from trtop.localrunner.node import HEARTBEAT_SECONDS, HOST_IP, NodeAgent, NodeShape
-from trtop.localrunner.pod import PodWorker, RunnerContext, final_delete
+from trtop_dev.localrunner.addresses import LoopbackAddresses
+from trtop_dev.localrunner.kube import Kube, KubeError, pod_path
+from trtop_dev.localrunner.node import HEARTBEAT_SECONDS, HOST_IP, NodeAgent, NodeShape
+from trtop_dev.localrunner.pod import PodWorker, RunnerContext, final_delete
 
-log = logging.getLogger("trtop.localrunner")
+log = logging.getLogger("trtop_dev.localrunner")
 
 DEFAULT_NODE = "local-runner"
 PASSED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "VIRTUAL_ENV", "PYTHONPATH", "TRTOP_REPO")
@@ -36,7 +36,7 @@ TERMINAL = ("Succeeded", "Failed")
 
 
 def default_work_dir() -> Path:
-    from trtop.devcluster import workspace
+    from trtop_dev.devcluster import workspace
 
     return workspace.repo_root() / ".work" / "local-runner"
 

@@ -2,7 +2,7 @@
 
 Linux routes all of 127.0.0.0/8 to ``lo``, so each pod's process can bind its own address
 and two replicas can listen on the same port. 127.0.0.1 is the node's (hostIP). Called by
-``trtop.localrunner.runner``.
+``trtop_dev.localrunner.runner``.
 """
 from __future__ import annotations
 

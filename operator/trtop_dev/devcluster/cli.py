@@ -5,10 +5,10 @@
     trtop dev cluster status [--name trtop-dev]
     trtop dev cluster kubeconfig [--name trtop-dev]
     trtop dev nodes apply [--name trtop-dev] [--pools FILE] [--no-prune]
-    trtop dev runner [--name trtop-dev] [--node-name local-runner] ...   (trtop.localrunner.cli)
-    trtop dev demo [--name trtop-dev] [--keep]                          (trtop.devcluster.demo)
+    trtop dev runner [--name trtop-dev] [--node-name local-runner] ...   (trtop_dev.localrunner.cli)
+    trtop dev demo [--name trtop-dev] [--keep]                          (trtop_dev.devcluster.demo)
 
-Dispatched from ``trtop.cli``; the work happens in ``trtop.devcluster.cluster``.
+Dispatched from ``trtop.cli``; the work happens in ``trtop_dev.devcluster.cluster``.
 """
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from trtop.devcluster import cluster, workspace
-from trtop.devcluster.kind import KindError
-from trtop.devcluster.kubectl import KubectlError
-from trtop.devcluster.kwok import KwokError
-from trtop.devcluster.containerd import ContainerdError
-from trtop.devcluster.pools import PoolsError
-from trtop.devcluster.realnode import RealNodeError
-from trtop.devcluster.tools import ToolsError
+from trtop_dev.devcluster import cluster, workspace
+from trtop_dev.devcluster.kind import KindError
+from trtop_dev.devcluster.kubectl import KubectlError
+from trtop_dev.devcluster.kwok import KwokError
+from trtop_dev.devcluster.containerd import ContainerdError
+from trtop_dev.devcluster.pools import PoolsError
+from trtop_dev.devcluster.realnode import RealNodeError
+from trtop_dev.devcluster.tools import ToolsError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     cl = groups.add_parser("cluster", help="start, stop or inspect the dev cluster").add_subparsers(
         dest="action", required=True)
     up = named(cl.add_parser("up", help="build the tools if needed, start the cluster, create the nodes"))
-    up.add_argument("--pools", type=Path, help="pools YAML (default: trtop/devcluster/pools.yaml)")
+    up.add_argument("--pools", type=Path, help="pools YAML (default: trtop_dev/devcluster/pools.yaml)")
     up.add_argument("--provider", choices=cluster.PROVIDERS, default="kwok",
                     help="kwok (no Docker; fake nodes) or kind (needs Docker)")
     up.add_argument("--no-real-node", dest="real_node", action="store_false",
@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     nodes = groups.add_parser("nodes", help="fake nodes of a running cluster").add_subparsers(
         dest="action", required=True)
     apply = named(nodes.add_parser("apply", help="make the cluster's pool nodes match a pools file"))
-    apply.add_argument("--pools", type=Path, help="pools YAML (default: trtop/devcluster/pools.yaml)")
+    apply.add_argument("--pools", type=Path, help="pools YAML (default: trtop_dev/devcluster/pools.yaml)")
     apply.add_argument("--no-prune", dest="prune", action="store_false",
                        help="keep pool nodes that are not in the file")
     groups.add_parser("demo", add_help=False,
@@ -62,11 +62,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["demo"]:  # the whole path, from kubectl apply to an answer (README)
-        from trtop.devcluster.demo import main as demo_main
+        from trtop_dev.devcluster.demo import main as demo_main
 
         return demo_main(argv[1:])
     if argv[:1] == ["runner"]:  # its own options: docs/local-runner.md
-        from trtop.localrunner.cli import main as runner_main
+        from trtop_dev.localrunner.cli import main as runner_main
 
         return runner_main(argv[1:])
     args = _parser().parse_args(argv)

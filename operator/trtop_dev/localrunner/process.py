@@ -2,7 +2,7 @@
 
 Stopping signals the whole group (a container's children die with it, as in a cgroup):
 SIGTERM, up to the grace period, then SIGKILL. After the main process exits on its own the
-group is killed too, so nothing it forked outlives it. Called by ``trtop.localrunner.pod``.
+group is killed too, so nothing it forked outlives it. Called by ``trtop_dev.localrunner.pod``.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from trtop.localrunner.podspec import ProcessSpec
+from trtop_dev.localrunner.podspec import ProcessSpec
 
 
 class ContainerProcess:

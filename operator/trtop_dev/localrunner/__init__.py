@@ -7,7 +7,7 @@ status back through the API. Everything else stays the real control plane.
 """
 from __future__ import annotations
 
-from trtop.localrunner.node import NodeShape
-from trtop.localrunner.runner import DEFAULT_NODE, LocalRunner
+from trtop_dev.localrunner.node import NodeShape
+from trtop_dev.localrunner.runner import DEFAULT_NODE, LocalRunner
 
 __all__ = ["DEFAULT_NODE", "LocalRunner", "NodeShape"]

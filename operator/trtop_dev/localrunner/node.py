@@ -5,7 +5,7 @@ A CPU node (no GPU resources, no GPU Feature Discovery labels) labelled
 kwok leaves it and its pods alone. The capacity is advertised, not enforced. Renewing the
 Lease and the Ready condition keeps the node lifecycle controller from tainting it
 unreachable. Builders are pure; ``NodeAgent`` does the API calls. Called by
-``trtop.localrunner.runner``.
+``trtop_dev.localrunner.runner``.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trtop import names, versions
-from trtop.localrunner.kube import MERGE_PATCH, Kube, KubeError
-from trtop.localrunner.status import now
+from trtop_dev.localrunner.kube import MERGE_PATCH, Kube, KubeError
+from trtop_dev.localrunner.status import now
 
 log = logging.getLogger(__name__)
 

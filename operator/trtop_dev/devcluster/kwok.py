@@ -4,7 +4,7 @@ kwokctl starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
 kwok-controller as detached processes, records their pids under
 ``.work/dev-cluster/kwok/clusters/<name>/pids`` and writes our kubeconfig. Every binary is
 passed explicitly and kubectl comes from PATH / KWOK_KUBECTL_BINARY, so nothing is ever
-downloaded (``--dry-run`` shows it). Called by ``trtop.devcluster.cluster``.
+downloaded (``--dry-run`` shows it). Called by ``trtop_dev.devcluster.cluster``.
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from trtop.devcluster import workspace
-from trtop.devcluster.kubectl import Kubectl
-from trtop.devcluster.tools import Tools
+from trtop_dev.devcluster import workspace
+from trtop_dev.devcluster.kubectl import Kubectl
+from trtop_dev.devcluster.tools import Tools
 
 Log = Callable[[str], None]
 CONFIG_FILES = ("kwokctl.yaml", "stages.yaml")
@@ -98,7 +98,7 @@ class KwokCluster:
         with ExitStack() as stack:
             # kwokctl.yaml (kwok manages annotated nodes only) and stages.yaml, from package data;
             # kwokctl copies them into the cluster's state, so a temporary path is enough.
-            package = resources.files("trtop.devcluster")
+            package = resources.files("trtop_dev.devcluster")
             files = [stack.enter_context(resources.as_file(package.joinpath(n))) for n in CONFIG_FILES]
             # The API server presents the cluster's admin certificate to kubelets (the real node's
             # accepts only clients of the cluster CA): its path is known only per cluster.

@@ -1,8 +1,8 @@
 """The real node's configuration files, rendered from plain values (pure functions).
 
 containerd's ``config.toml`` (version 3), the CNI network list and the kubelet's
-``KubeletConfiguration``. ``trtop.devcluster.realnode`` writes them and starts the
-processes; ``trtop.devcluster.containerd`` starts containerd for image builds too, with
+``KubeletConfiguration``. ``trtop_dev.devcluster.realnode`` writes them and starts the
+processes; ``trtop_dev.devcluster.containerd`` starts containerd for image builds too, with
 the same file, so the node and a build can share one running containerd.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ def render_containerd_config(layout: ContainerdLayout) -> str:
     runtime = "plugins.'io.containerd.cri.v1.runtime'"
     images = "plugins.'io.containerd.cri.v1.images'"
     return "\n".join([
-        "# Written by trtop.devcluster (nodeconfig.render_containerd_config); do not edit.",
+        "# Written by trtop_dev.devcluster (nodeconfig.render_containerd_config); do not edit.",
         "version = 3",
         f"root = {_q(layout.root)}",
         f"state = {_q(layout.state)}",

@@ -4,8 +4,8 @@ No registry is reachable for the images the dev cluster runs: the pause image (t
 Kubernetes module's own ``pause.c``, built by hack/build-tools.sh) and the Debian base of
 the project's images (made by mmdebstrap) are wrapped here as OCI image layouts and
 imported into the node's containerd. The descriptors are built by pure functions; only
-``write_archive`` touches files. Called by ``trtop.devcluster.images`` and
-``trtop.devcluster.realnode``.
+``write_archive`` touches files. Called by ``trtop_dev.devcluster.images`` and
+``trtop_dev.devcluster.realnode``.
 """
 from __future__ import annotations
 

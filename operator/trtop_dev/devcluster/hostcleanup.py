@@ -2,7 +2,7 @@
 the CNI bridge and the sysctls the kubelet changed.
 
 The parsing (mountinfo, iptables-save) is pure and tested apart; the rest applies it.
-Called by ``trtop.devcluster.realnode`` on ``down`` (and before a start, after a crash).
+Called by ``trtop_dev.devcluster.realnode`` on ``down`` (and before a start, after a crash).
 """
 from __future__ import annotations
 

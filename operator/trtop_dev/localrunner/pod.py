@@ -5,7 +5,7 @@ drive Ready) -> Succeeded / Failed (restartPolicy Never / OnFailure), or restart
 back-off (Always). When the pod gets a deletionTimestamp its processes get SIGTERM, up to
 the grace period (capped at 30 s), then SIGKILL, and the pod is deleted with
 gracePeriodSeconds=0. A pod that cannot run is posted Failed with a reason instead.
-Called by ``trtop.localrunner.runner``.
+Called by ``trtop_dev.localrunner.runner``.
 """
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trtop.localrunner.container import ContainerSlot
-from trtop.localrunner.kube import Kube, KubeError, pod_path
-from trtop.localrunner.podspec import PodSpecError, Rewriter, build_process
-from trtop.localrunner.status import ContainerView, failed_status, now, phase_of, pod_status
-from trtop.localrunner.volumes import lookup_data, mounts_of, prepare_volumes
+from trtop_dev.localrunner.container import ContainerSlot
+from trtop_dev.localrunner.kube import Kube, KubeError, pod_path
+from trtop_dev.localrunner.podspec import PodSpecError, Rewriter, build_process
+from trtop_dev.localrunner.status import ContainerView, failed_status, now, phase_of, pod_status
+from trtop_dev.localrunner.volumes import lookup_data, mounts_of, prepare_volumes
 
-log = logging.getLogger("trtop.localrunner")
+log = logging.getLogger("trtop_dev.localrunner")
 
 TICK_S = 0.2
 MAX_GRACE_S = 30.0
