@@ -256,7 +256,8 @@ class Builder:
         if stale:
             self.daemon.ctr("images", "rm", "--sync", *stale)
             self.log(f"pruned {len(stale)} old image names")
-        self.buildctl("prune", "--keep-storage", "1000")  # MB: the last builds' layers, for no-change rebuilds
+        # --all: layers shared between records count too (without it the pip stages piled up to 8 GB).
+        self.buildctl("prune", "--all", "--keep-storage", "1000")  # MB: the last builds, for no-change rebuilds
 
 
 def _read_pid(path: Path) -> int | None:
