@@ -36,3 +36,17 @@ def test_a_claim_whose_kubelet_is_gone_is_stale(tmp_path: Path) -> None:
     (gone / "kubelet.pid").write_text("999999999")
     assert not realnode._claim_alive({"node_dir": str(gone)})
     assert not realnode._claim_alive({"node_dir": str(tmp_path / "missing")})
+
+
+def test_stopping_a_node_another_cluster_took_over_only_drops_our_folder(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    ours = tmp_path / "mine.node"
+    ours.mkdir()
+    (ours / "kubelet.log").write_text("old")
+    claim = tmp_path / "realnode.json"
+    claim.write_text(json.dumps({"cluster": "trtop-b", "repo": "/src", "node_dir": str(tmp_path / "theirs.node")}))
+    monkeypatch.setattr(realnode, "CLAIM", claim)
+    monkeypatch.setattr(realnode.RealNode, "node_dir", property(lambda self: ours))
+    monkeypatch.setattr(realnode, "_cleanup", lambda *a: pytest.fail("the other cluster's node was cleaned up"))
+    RealNode(tmp_path, "trtop-a").stop(lambda message: None)
+    assert not ours.exists() and claim.is_file()

@@ -139,7 +139,12 @@ class RealNode:
 
     def stop(self, log: Log) -> None:
         """Stop the kubelet and its pods; undo what they changed on the host."""
-        if not self.is_ours() and not self.node_dir.exists():
+        if not self.is_ours():
+            # The machine's node is another cluster's now (it took over after ours died): the
+            # host-wide state is its own, so only our folder goes.
+            if self.node_dir.exists():
+                hostcleanup.unmount_all([self.node_dir])
+                shutil.rmtree(self.node_dir, ignore_errors=True)
             return
         for process in ("kube-proxy", "kubelet"):
             pid = self._pid(process)
