@@ -29,3 +29,12 @@ def test_bad_pools_file_fails_with_a_message_and_starts_nothing(tmp_path, capsys
     assert cli.main(["cluster", "up", "--name", "trtop-never", "--pools", str(bad)]) == 1
     assert "unknown field(s) 'gpus'" in capsys.readouterr().err
     assert not (workspace.kwok_workdir(workspace.repo_root()) / "clusters" / "trtop-never").exists()
+
+
+@pytest.mark.skipif(bool(tools_for(read_versions(workspace.repo_root()), cache_dir()).missing()),
+                    reason="needs the tools built by hack/build-tools.sh")
+def test_dry_run_says_whether_the_real_node_would_start(capfd: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["cluster", "up", "--name", "trtop-dryrun", "--dry-run"]) == 0
+    assert "# then start the real node (kubelet + containerd): " in capfd.readouterr().out
+    assert cli.main(["cluster", "up", "--name", "trtop-dryrun", "--dry-run", "--no-real-node"]) == 0
+    assert "real node" not in capfd.readouterr().out

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from importlib import resources
 
 import yaml
 
 from trtop import names
+from trtop_dev.devcluster import kwok
 
 
 def _docs(name: str) -> list[dict]:
@@ -59,3 +61,16 @@ def test_the_service_range_holds_a_thousand_services() -> None:
     patches = {p["name"]: {a["key"]: a["value"] for a in p["extraArgs"]} for p in config["componentsPatches"]}
     network = ipaddress.ip_network(patches["kube-apiserver"]["service-cluster-ip-range"])
     assert network.num_addresses >= 4096 and ipaddress.ip_address("10.0.0.1") in network
+
+
+def test_api_server_presents_the_admin_certificate_to_kubelets() -> None:
+    text = (Path(kwok.__file__).parent / "kwokctl.yaml").read_text()
+    config = yaml.safe_load(kwok.with_kubelet_access(text, Path("/state/pki")))
+    (apiserver,) = [p for p in config["componentsPatches"] if p["name"] == "kube-apiserver"]
+    args = {a["key"]: a["value"] for a in apiserver["extraArgs"]}
+    assert args["kubelet-client-certificate"] == "/state/pki/admin.crt"
+    assert args["kubelet-client-key"] == "/state/pki/admin.key"
+    assert args["kubelet-preferred-address-types"] == "InternalIP,Hostname"
+    assert args["service-cluster-ip-range"] == "10.0.0.0/16"  # the file's own patches stay
+    (kwok_patch,) = [p for p in config["componentsPatches"] if p["name"] == "kwok-controller"]
+    assert kwok_patch == yaml.safe_load(text)["componentsPatches"][0]

@@ -1,6 +1,6 @@
 """``trtop dev``: the local dev cluster from the command line.
 
-    trtop dev cluster up [--name trtop-dev] [--pools FILE] [--provider kwok|kind] [--dry-run]
+    trtop dev cluster up [--name trtop-dev] [--pools FILE] [--provider kwok|kind] [--no-real-node] [--dry-run]
     trtop dev cluster down [--name trtop-dev]
     trtop dev cluster status [--name trtop-dev]
     trtop dev cluster kubeconfig [--name trtop-dev]
@@ -20,7 +20,9 @@ from trtop_dev.devcluster import cluster, workspace
 from trtop_dev.devcluster.kind import KindError
 from trtop_dev.devcluster.kubectl import KubectlError
 from trtop_dev.devcluster.kwok import KwokError
+from trtop_dev.devcluster.containerd import ContainerdError
 from trtop_dev.devcluster.pools import PoolsError
+from trtop_dev.devcluster.realnode import RealNodeError
 from trtop_dev.devcluster.tools import ToolsError
 
 
@@ -38,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--pools", type=Path, help="pools YAML (default: trtop_dev/devcluster/pools.yaml)")
     up.add_argument("--provider", choices=cluster.PROVIDERS, default="kwok",
                     help="kwok (no Docker; fake nodes) or kind (needs Docker)")
+    up.add_argument("--no-real-node", dest="real_node", action="store_false",
+                    help="start no kubelet (the real node: containerd, runc, CNI); only kwok nodes")
     up.add_argument("--dry-run", action="store_true", help="print what would run; start and download nothing")
     named(cl.add_parser("down", help="stop every process of the cluster and delete its state"))
     named(cl.add_parser("status", help="say what runs; exit 0 only when the cluster is ready"))
@@ -68,7 +72,8 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.group == "cluster" and args.action == "up":
-            cluster.up(args.name, pools_file=args.pools, provider=args.provider, dry_run=args.dry_run)
+            cluster.up(args.name, pools_file=args.pools, provider=args.provider, dry_run=args.dry_run,
+                       real_node=args.real_node)
         elif args.group == "cluster" and args.action == "down":
             cluster.down(args.name)
         elif args.group == "cluster" and args.action == "status":
@@ -80,7 +85,7 @@ def main(argv: list[str]) -> int:
         elif args.group == "nodes" and args.action == "apply":
             cluster.apply_nodes(args.name, pools_file=args.pools, prune=args.prune)
     except (PoolsError, ToolsError, KwokError, KindError, KubectlError, workspace.WorkspaceError,
-            RuntimeError) as err:
+            ContainerdError, RealNodeError, RuntimeError) as err:
         print(f"trtop dev: {err}", file=sys.stderr)
         return 1
     return 0

@@ -15,6 +15,7 @@ from trtop_dev.devcluster.kubectl import Kubectl
 from trtop_dev.devcluster.kwok import KwokCluster
 from trtop_dev.devcluster.nodes import NodesResult, apply_pools, describe_nodes
 from trtop_dev.devcluster.pools import read_pools
+from trtop_dev.devcluster.realnode import RealNode
 from trtop_dev.devcluster.tools import Tools, ensure_tools, read_versions, cache_dir, tools_for
 
 Log = Callable[[str], None]
@@ -43,8 +44,12 @@ def progress_log(prefix: str = "dev-cluster") -> Log:
 
 
 def up(name: str = workspace.DEFAULT_NAME, *, pools_file: Path | None = None, provider: str = "kwok",
-       dry_run: bool = False, log: Log | None = None) -> ClusterInfo | None:
-    """Build/find the binaries, start the cluster unless it runs, apply the pools' nodes."""
+       dry_run: bool = False, real_node: bool = True, log: Log | None = None) -> ClusterInfo | None:
+    """Build/find the binaries, start the cluster unless it runs, apply the pools' nodes.
+
+    With ``real_node`` (kwok provider), also start this machine's real node
+    (``trtop_dev.devcluster.realnode``) when it can run here; otherwise say why and go on.
+    """
     log = log or progress_log()
     if provider not in PROVIDERS:
         raise ValueError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
@@ -62,6 +67,9 @@ def up(name: str = workspace.DEFAULT_NAME, *, pools_file: Path | None = None, pr
             print(f"# would run hack/build-tools.sh first (missing: {', '.join(p.name for p in tools.missing())})")
         KwokCluster(root, name, tools).create(log, dry_run=True)
         print(f"# then apply {sum(p.count for p in pools)} nodes from {pools_file or 'the default pools'}")
+        if real_node:
+            reason = RealNode(root, name).why_not()
+            print(f"# then start the real node (kubelet + containerd): {'no, ' + reason if reason else 'yes'}")
         return None
     log("checking the tool cache (hack/build-tools.sh)")
     tools = ensure_tools(root)
@@ -82,6 +90,10 @@ def up(name: str = workspace.DEFAULT_NAME, *, pools_file: Path | None = None, pr
     _wait_nodes(kubectl, [n for p in pools if not p.local_runner for n in p.node_names()], log)
     _report(result, log)
     install_crds(kubectl, root, log)
+    if real_node:
+        _start_real_node(RealNode(root, name), cluster.kubeconfig, kubectl, log)
+    else:
+        log("no real node (--no-real-node): only the kwok nodes run pods")
     log(f"ready. Use it with:\n\n    export KUBECONFIG={cluster.kubeconfig}\n")
     return ClusterInfo(name, "kwok", cluster.kubeconfig, created, kubectl)
 
@@ -95,6 +107,7 @@ def down(name: str = workspace.DEFAULT_NAME, *, log: Log | None = None) -> list[
         forced: list[int] = []
     else:
         cluster = KwokCluster(root, name, tools_for(read_versions(root), cache_dir()))
+        RealNode(root, name).stop(log)  # before the API server goes: nothing then restarts pods
         if not cluster.exists() and not cluster.pids():
             log(f"no cluster named {name}: nothing to do")
         forced = cluster.delete(log)
@@ -122,6 +135,8 @@ def status(name: str = workspace.DEFAULT_NAME) -> tuple[bool, str]:
              "  processes:  " + ", ".join(f"{c}={pids[c]}" if c in pids else f"{c}=stopped"
                                          for c in ("etcd", "kube-apiserver", "kube-controller-manager",
                                                    "kube-scheduler", "kwok-controller"))]
+    node = RealNode(root, name)
+    lines.append(f"  real node:  {_describe_real_node(node)}")
     if ready:
         lines += ["  nodes:", *("    " + line for line in describe_nodes(kubectl)),
                   f"  export KUBECONFIG={cluster.kubeconfig}"]
@@ -156,6 +171,24 @@ def install_crds(kubectl: Kubectl, root: Path, log: Log, timeout: float = 60) ->
     kubectl.run("wait", "--for=condition=Established", f"--timeout={int(timeout)}s", *crds, timeout=timeout + 10)
     log(f"CRDs installed: {', '.join(c.split('/', 1)[-1] for c in crds)}")
     return crds
+
+
+def _start_real_node(node: RealNode, kubeconfig: Path, kubectl: Kubectl, log: Log) -> None:
+    reason = node.why_not()
+    if reason:
+        log(f"no real node: {reason}; only the kwok nodes run pods (pass --no-real-node to skip this check)")
+        return
+    node.start(kubeconfig, kubectl, log)
+
+
+def _describe_real_node(node: RealNode) -> str:
+    pid = node.kubelet_pid()
+    if pid is not None:
+        return f"running (kubelet pid {pid}, log {node.kubelet_log})"
+    owner = node.owner()
+    if owner and not node.is_ours():
+        return f"none (this machine's belongs to cluster {owner.get('cluster')} of {owner.get('repo')})"
+    return "not running"
 
 
 def _wait_ready(kubectl: Kubectl, log: Log, timeout: float = 120) -> None:

@@ -13,12 +13,15 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+import yaml
 
 from trtop_dev.devcluster import workspace
 from trtop_dev.devcluster.kubectl import Kubectl
@@ -97,6 +100,12 @@ class KwokCluster:
             # kwokctl copies them into the cluster's state, so a temporary path is enough.
             package = resources.files("trtop_dev.devcluster")
             files = [stack.enter_context(resources.as_file(package.joinpath(n))) for n in CONFIG_FILES]
+            # The API server presents the cluster's admin certificate to kubelets (the real node's
+            # accepts only clients of the cluster CA): its path is known only per cluster.
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            files[0] = tmp / CONFIG_FILES[0]
+            files[0].write_text(with_kubelet_access(
+                package.joinpath(CONFIG_FILES[0]).read_text(), self.state_dir / "pki"))
             argv = self.create_argv(files) + (["--dry-run"] if dry_run else [])
             if dry_run:
                 subprocess.run(argv, env=self.env(), check=True)
@@ -140,6 +149,23 @@ class KwokCluster:
                 f"kwokctl failed (exit {result.returncode}); last lines of {self.log_file}:\n{tail}\n"
                 f"component logs: {self.state_dir / 'logs'}; `trtop dev cluster down --name {self.name}` cleans up"
             )
+
+
+def with_kubelet_access(kwokctl_yaml: str, pki: Path) -> str:
+    """kwokctl.yaml plus how kube-apiserver reaches kubelets: kwokctl's admin pair as client
+    certificate, and the node's IP first (the real node's hostname is not in DNS)."""
+    config = yaml.safe_load(kwokctl_yaml)
+    patches = config.setdefault("componentsPatches", [])
+    apiserver = next((p for p in patches if p["name"] == "kube-apiserver"), None)
+    if apiserver is None:
+        apiserver = {"name": "kube-apiserver", "extraArgs": []}
+        patches.append(apiserver)
+    apiserver.setdefault("extraArgs", []).extend([
+        {"key": "kubelet-client-certificate", "value": str(pki / "admin.crt")},
+        {"key": "kubelet-client-key", "value": str(pki / "admin.key")},
+        {"key": "kubelet-preferred-address-types", "value": "InternalIP,Hostname"},
+    ])
+    return str(yaml.safe_dump(config, sort_keys=False))
 
 
 def _read_pid(path: Path) -> int | None:

@@ -2,7 +2,8 @@
 
 ``start_session`` reuses the cluster named by $TRTOP_TEST_KUBECONFIG or $KUBECONFIG (never
 tearing it down), else brings up the dev cluster ``trtop-test`` of this checkout (or joins
-it when another pytest run already has it up). ``stop_session`` tears it down when a test
+it when another pytest run already has it up), with this machine's real node unless
+$TRTOP_TEST_REAL_NODE=0 or another cluster holds it. ``stop_session`` tears it down when a test
 session created it and no other live session uses it ($TRTOP_TEST_KEEP_CLUSTER=1 keeps it
 for the next run). Called by tests/conftest.py.
 """
@@ -133,7 +134,8 @@ def start_session(name: str = TEST_CLUSTER, log: Callable[[str], None] | None = 
         cluster.install_crds(client, root, log or cluster.progress_log("test-cluster"))
         return DevCluster(kubeconfig, client, None, False)
     with _lock(root, name):
-        info = cluster.up(name, log=log or cluster.progress_log("test-cluster"))
+        info = cluster.up(name, log=log or cluster.progress_log("test-cluster"),
+                          real_node=os.environ.get("TRTOP_TEST_REAL_NODE", "1") != "0")
         assert info is not None
         users = _users(root, name)
         users.mkdir(parents=True, exist_ok=True)
