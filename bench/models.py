@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,15 +19,33 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".work" / "bench"
 
 
+def _cached(path: Path) -> bool:
+    """Whether ``path`` was built before (models are built once per checkout); else make its folder."""
+    if path.exists():
+        return True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+def _save(graph: Any, path: Path) -> Path:
+    """An ONNX graph as a checked model at opset 17 / IR 8 (what every ONNX Runtime here reads)."""
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
 def light(path: Path | None = None) -> Path:
     """conv3x3/2 (3->16) relu, conv3x3/2 (16->32) relu, conv3x3/2 (32->64) relu, global pool, 64->10."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     path = path or WORK / "light.onnx"
-    if path.exists():
+    if _cached(path):
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     inits, nodes = [], []
     channels = [3, 16, 32, 64]
@@ -44,61 +63,43 @@ def light(path: Path | None = None) -> Path:
               helper.make_node("Gemm", ["f", "fc", "fcb"], ["logits"])]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 64, 64])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])
-    model = helper.make_model(helper.make_graph(nodes, "light", [x], [y], inits),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
+    return _save(helper.make_graph(nodes, "light", [x], [y], inits), path)
 
 
 def fat(path: Path | None = None) -> Path:
     """[batch, 3, 224, 224] -> [batch, 1000] through ReduceMax over the image and a 3x1000 MatMul."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     path = path or WORK / "fat.onnx"
-    if path.exists():
+    if _cached(path):
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     w = np.random.default_rng(0).standard_normal((3, 1000)).astype(np.float32)
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 224, 224])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1000])
     nodes = [helper.make_node("ReduceMax", ["input"], ["m"], axes=[2, 3], keepdims=0),
              helper.make_node("MatMul", ["m", "w"], ["logits"])]
-    model = helper.make_model(helper.make_graph(nodes, "fat", [x], [y], [numpy_helper.from_array(w, "w")]),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return _save(helper.make_graph(nodes, "fat", [x], [y], [numpy_helper.from_array(w, "w")]), path)
 
 
 def tiny(path: Path | None = None) -> Path:
     """y = x @ W for x: [batch, 16] (the server's own ceiling: nearly no compute)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     path = path or WORK / "tiny.onnx"
-    if path.exists():
+    if _cached(path):
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     w = np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])
-    model = helper.make_model(helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "tiny", [x], [y],
-                                                [numpy_helper.from_array(w, "w")]),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return _save(helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "tiny", [x], [y],
+                                   [numpy_helper.from_array(w, "w")]), path)
 
 
 def resnet50(path: Path | None = None) -> Path:
     """torchvision ResNet-50 (random weights), dynamic batch, opset 17 (needs torch + torchvision)."""
     path = path or WORK / "resnet50.onnx"
-    if path.exists():
+    if _cached(path):
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     code = (
         "import torch, torchvision\n"
         "m = torchvision.models.resnet50(weights=None).eval()\n"

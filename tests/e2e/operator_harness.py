@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 from kubernetes import client, config
 
 from trtop import names
+from trtop_dev.devcluster import testing
 from trtop.api.engine import EngineRecord, EngineRequest, TensorSpec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,19 +37,9 @@ def free_port() -> int:
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, interval: float = 0.5) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` and the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except Exception as e:  # noqa: BLE001 - keep polling through transient errors
-            last = e
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+    """Poll ``check`` until it returns something truthy, through any error (the API clients' transient
+    ones); fail with ``what`` and the last value."""
+    return testing.wait_for(what, check, timeout, interval, retry_on=(Exception,))
 
 
 class OperatorProcess:

@@ -93,10 +93,13 @@ def measure_merge_max(rt: Runtime, info: ModelInfo, instances: int) -> int:
     with ``instances`` runs side by side, where the runtime can measure it (CPU; see ``paying_batch``).
     Stops once two sizes in a row do not pay: larger ones only cost start-up time."""
     measure = getattr(rt, "throughput", None)
-    if measure is None or len(info.buckets) < 2 or measure(info.buckets[0], instances) is None:
+    if measure is None or len(info.buckets) < 2:
         return 0
-    rates: dict[int, float] = {}
-    for size in info.buckets:
+    first = measure(info.buckets[0], instances)  # None: the runtime cannot tell (a GPU: every bucket pays)
+    if first is None:
+        return 0
+    rates: dict[int, float] = {info.buckets[0]: first}
+    for size in info.buckets[1:]:
         rates[size] = measure(size, instances)
         if len(rates) >= 3 and paying_batch(rates) < sorted(rates)[-2]:
             break

@@ -175,14 +175,16 @@ def delete_namespace(session: DevCluster, name: str) -> None:
     session.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
 
 
-def wait_for(what: str, check: Callable[[], T], timeout: float = 60, interval: float = 0.3) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` and the last value."""
+def wait_for(what: str, check: Callable[[], T], timeout: float = 60, interval: float = 0.3,
+             retry_on: tuple[type[BaseException], ...] = (KubectlError, subprocess.TimeoutExpired)) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` and the last value.
+    ``retry_on``: the errors that count as "not yet" (kubectl's by default)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
         try:
             value = check()
-        except (KubectlError, subprocess.TimeoutExpired) as err:
+        except retry_on as err:
             last = err
         else:
             if value:
