@@ -189,5 +189,12 @@ def events_for(core: client.CoreV1Api, namespace: str, name: str) -> list[Any]:
     return sorted(evs, key=lambda e: e.metadata.creation_timestamp)
 
 
+def wait_events(core: client.CoreV1Api, namespace: str, name: str, check: Callable[[list[Any]], bool],
+                what: str, timeout: float = 30) -> list[Any]:
+    """The Events of ``name`` once ``check`` holds for them: the operator posts Events beside its
+    status patches (kopf queues them), so a condition can be seen before its Event."""
+    return wait_for(what, lambda: (evs := events_for(core, namespace, name)) and check(evs) and evs, timeout)
+
+
 def dump(obj: Any) -> str:
     return json.dumps(obj, indent=1, default=str)[:4000]

@@ -15,7 +15,7 @@ from kubernetes import client
 from trtop import names
 
 from .operator_harness import (
-    ConverterStandIn, OperatorProcess, condition, dump, events_for, get_md, load_clients, wait_for,
+    ConverterStandIn, OperatorProcess, condition, dump, get_md, load_clients, wait_events, wait_for,
 )
 
 pytestmark = pytest.mark.e2e
@@ -120,8 +120,9 @@ def test_one_build_per_architecture_then_ready(world, dev_cluster):
     pods = world.core.list_namespaced_pod(world.ns, label_selector=md["status"]["selector"]).items
     nodes = {n.metadata.name: n for n in world.core.list_node().items}
     assert pods and all(names.GFD_CC_MAJOR in nodes[p.spec.node_name].metadata.labels for p in pods)
-    events = events_for(world.core, world.ns, "resnet")  # one Event per reconcile that changed something
-    assert "PhaseReady" in {e.reason for e in events}
+    # One Event per reconcile that changed something.
+    events = wait_events(world.core, world.ns, "resnet", lambda evs: any(
+        e.reason == "PhaseReady" for e in evs), "a PhaseReady Event")
     assert any("Ready (built in" in e.message for e in events), [e.message for e in events]
     # kubectl shows the printer columns people read.
     table = dev_cluster.kubectl("get", "md", "-n", world.ns, "resnet")
@@ -171,8 +172,8 @@ def test_build_failure_on_one_architecture_degrades_but_serves(world, dev_cluste
     assert L4 in condition(md, "EnginesReady")["message"]
     products = world.unit_products("resnet")
     assert "NVIDIA-L4" not in products and len(products) >= 2
-    warnings = [e for e in events_for(world.core, world.ns, "resnet") if e.type == "Warning"]
-    assert any(e.reason == "EngineFailed" for e in warnings)
+    wait_events(world.core, world.ns, "resnet", lambda evs: any(
+        e.type == "Warning" and e.reason == "EngineFailed" for e in evs), "an EngineFailed Warning")
 
 
 def test_model_update_builds_new_engines_first_then_rolls(world, dev_cluster):
@@ -256,7 +257,8 @@ def test_spec_errors_the_schema_cannot_catch_become_stalled(world):
     assert condition(md, "Stalled")["reason"] == "InvalidSpec"
     assert "model.inputShapes.x" in condition(md, "Stalled")["message"]
     assert not world.jobs()
-    assert any(e.reason == "InvalidSpec" for e in events_for(world.core, world.ns, "shapes"))
+    wait_events(world.core, world.ns, "shapes", lambda evs: any(e.reason == "InvalidSpec" for e in evs),
+                "an InvalidSpec Event")
     world.apply("shapes", {"model": {"uri": "s3://m/x", "inputShapes": {"x": [-1, 3]}}})  # the fix recovers
     wait_for("Stalled cleared", lambda: condition(world.md("shapes"), "Stalled").get("reason") != "InvalidSpec")
 
@@ -280,7 +282,8 @@ def test_a_refused_object_is_stalled_with_the_servers_message_and_others_carry_o
     md = world.wait_condition("rejected", "Stalled", timeout=120)
     stalled = condition(md, "Stalled")
     assert stalled["reason"] == "ApplyRejected" and "not a key!" in stalled["message"], dump(stalled)
-    assert any(e.reason == "ApplyRejected" for e in events_for(world.core, world.ns, "rejected"))
+    wait_events(world.core, world.ns, "rejected", lambda evs: any(e.reason == "ApplyRejected" for e in evs),
+                "an ApplyRejected Event")
     world.wait_condition("overlap", "Ready", timeout=120)
     fixed = gpu_spec()
     fixed["serving"] = {"podAnnotations": {"team": "ml"}}
