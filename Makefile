@@ -1,5 +1,5 @@
 # trtop's few make targets: container images (needs Docker), plain manifests, lints.
-#   make images      build the four images, tagged with operator/trtop/versions.py
+#   make images      build the five images, tagged with operator/trtop/versions.py
 #   make push        push them (REGISTRY=... to retag: make images push REGISTRY=my.reg/trtop)
 #   make manifests   regenerate deploy/ from charts/trtop (hack/gen-manifests.sh)
 #   make lock        pin images/constraints.txt to the test environment (images/lock.py)
@@ -18,7 +18,7 @@ TENSORRT_BASE_IMAGE := $(call version,TENSORRT_BASE_IMAGE)
 REGISTRY ?= $(call version,IMAGE_REGISTRY)
 BUILD = $(DOCKER) build --build-arg TRTOP_VERSION=$(TRTOP_VERSION)
 GPU_ARGS = --build-arg TENSORRT_BASE_IMAGE=$(TENSORRT_BASE_IMAGE) --build-arg TENSORRT_VERSION=$(TENSORRT_VERSION)
-IMAGES = operator converter server server-cpu
+IMAGES = operator converter converter-cpu server server-cpu
 
 .PHONY: images push manifests lock lint $(addprefix image-,$(IMAGES))
 
@@ -28,6 +28,8 @@ image-operator:
 	$(BUILD) -f images/operator/Dockerfile -t $(REGISTRY)/operator:$(TRTOP_VERSION) .
 image-converter:
 	$(BUILD) $(GPU_ARGS) -f images/converter/Dockerfile -t $(REGISTRY)/converter:$(TRTOP_VERSION) .
+image-converter-cpu:
+	$(BUILD) -f images/converter/Dockerfile.cpu -t $(REGISTRY)/converter-cpu:$(TRTOP_VERSION) .
 image-server:
 	$(BUILD) $(GPU_ARGS) -f images/server/Dockerfile -t $(REGISTRY)/server:$(TRTOP_VERSION) .
 image-server-cpu:
@@ -45,6 +47,6 @@ lock:
 lint:
 	$(HELM) lint --strict charts/trtop
 	$(HELM) lint --strict charts/trtop -f charts/trtop/ci/namespaced-values.yaml
-	$(HADOLINT) images/operator/Dockerfile images/converter/Dockerfile images/server/Dockerfile images/server/Dockerfile.cpu
+	$(HADOLINT) images/operator/Dockerfile images/converter/Dockerfile images/converter/Dockerfile.cpu images/server/Dockerfile images/server/Dockerfile.cpu
 	$(PYTHON) images/lock.py --check
 	$(PYTHON) -m pytest -q tests/charts -m 'not e2e'

@@ -28,6 +28,7 @@ class Settings:
     store_mount_path: str = "/var/lib/trtop/engines"
     store_secret: str = ""  # Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL
     converter_image: str = versions.CONVERTER_IMAGE
+    converter_cpu_image: str = versions.CONVERTER_CPU_IMAGE  # build Jobs of the cpu target
     server_image: str = versions.SERVER_IMAGE
     server_cpu_image: str = versions.SERVER_CPU_IMAGE
     image_pull_policy: str = "IfNotPresent"
@@ -123,6 +124,7 @@ class Settings:
             store_mount_path=e.get("TRTOP_STORE_MOUNT_PATH", d.store_mount_path),
             store_secret=e.get("TRTOP_STORE_SECRET", d.store_secret),
             converter_image=e.get("TRTOP_CONVERTER_IMAGE", d.converter_image),
+            converter_cpu_image=e.get("TRTOP_CONVERTER_CPU_IMAGE", d.converter_cpu_image),
             server_image=e.get("TRTOP_SERVER_IMAGE", d.server_image),
             server_cpu_image=e.get("TRTOP_SERVER_CPU_IMAGE", d.server_cpu_image),
             image_pull_policy=e.get("TRTOP_IMAGE_PULL_POLICY", d.image_pull_policy),

@@ -90,7 +90,6 @@ METRIC_MODEL_LOAD_SECONDS: Final = "trtop_model_load_seconds"  # gauge{model}
 # stage hooks in trtop_dev/devcluster/stages.yaml (that YAML repeats these strings; a test checks).
 KWOK_NODE_ANNOTATION: Final = "kwok.x-k8s.io/node"  # value "fake": kwok keeps this node alive
 LABEL_DEV_POOL: Final = f"{GROUP}/dev-pool"  # node label: the pools-file pool that made it
-LABEL_LOCAL_RUNNER: Final = f"{GROUP}/local-runner"  # node label "true": kwok ignores it and its pods
 LABEL_REAL_NODE: Final = f"{GROUP}/real-node"  # node label and taint "true": the dev cluster's kubelet node
 LABEL_KWOK_SKIP: Final = f"{GROUP}/kwok-skip"  # pod label "true": kwok leaves the pod alone
 LABEL_KWOK_FAIL: Final = f"{GROUP}/kwok-fail"  # pod label "true": kwok fails it (exit code 1)

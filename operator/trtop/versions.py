@@ -11,6 +11,8 @@ TRTOP_VERSION: Final = "0.1.0"
 IMAGE_REGISTRY: Final = "ghcr.io/trtop"
 OPERATOR_IMAGE: Final = f"{IMAGE_REGISTRY}/operator:{TRTOP_VERSION}"
 CONVERTER_IMAGE: Final = f"{IMAGE_REGISTRY}/converter:{TRTOP_VERSION}"
+# Build Jobs of the CPU target: the conversion stack without NVIDIA's TensorRT base (a tenth the size).
+CONVERTER_CPU_IMAGE: Final = f"{IMAGE_REGISTRY}/converter-cpu:{TRTOP_VERSION}"
 SERVER_IMAGE: Final = f"{IMAGE_REGISTRY}/server:{TRTOP_VERSION}"
 SERVER_CPU_IMAGE: Final = f"{IMAGE_REGISTRY}/server-cpu:{TRTOP_VERSION}"
 # TensorRT carried by the converter and server images (NVIDIA base image tag below).

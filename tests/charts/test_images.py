@@ -24,6 +24,7 @@ IMAGES = ROOT / "images"
 EXTRAS = {
     "operator/Dockerfile": "operator",
     "converter/Dockerfile": "convert",
+    "converter/Dockerfile.cpu": "convert",
     "server/Dockerfile": "serve,gpu",  # + nvidia-ml-py: the server reads its GPU with NVML
     "server/Dockerfile.cpu": "serve",
 }
@@ -115,10 +116,10 @@ def test_make_images_tags_the_images_the_chart_deploys():
                           text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     tags = set(re.findall(r" -t (\S+) ", done.stdout))
-    assert tags == {versions.OPERATOR_IMAGE, versions.CONVERTER_IMAGE, versions.SERVER_IMAGE,
-                    versions.SERVER_CPU_IMAGE}
+    assert tags == {versions.OPERATOR_IMAGE, versions.CONVERTER_IMAGE, versions.CONVERTER_CPU_IMAGE,
+                    versions.SERVER_IMAGE, versions.SERVER_CPU_IMAGE}
     for line in done.stdout.splitlines():
-        if "converter/Dockerfile" in line or "server/Dockerfile " in line:
+        if "converter/Dockerfile " in line or "server/Dockerfile " in line:
             assert f"TENSORRT_BASE_IMAGE={versions.TENSORRT_BASE_IMAGE}" in line
             assert f"TENSORRT_VERSION={versions.TENSORRT_VERSION}" in line
 

@@ -106,8 +106,9 @@ def test_default_install_is_cluster_wide_with_the_default_images_and_a_pvc_store
     objects = render()
     settings = operator_settings(objects)
     assert settings.namespaces == ()
-    assert (settings.converter_image, settings.server_image, settings.server_cpu_image) == (
-        versions.CONVERTER_IMAGE, versions.SERVER_IMAGE, versions.SERVER_CPU_IMAGE)
+    assert (settings.converter_image, settings.converter_cpu_image, settings.server_image,
+            settings.server_cpu_image) == (versions.CONVERTER_IMAGE, versions.CONVERTER_CPU_IMAGE,
+                                           versions.SERVER_IMAGE, versions.SERVER_CPU_IMAGE)
     assert settings.tensorrt_version == versions.TENSORRT_VERSION
     assert operator_container(objects)["image"] == versions.OPERATOR_IMAGE
     claim = one(objects, "PersistentVolumeClaim")

@@ -30,6 +30,7 @@ def test_values_name_the_default_images_of_versions_py():
     assert f"{image['repository']}:{image['tag']}" == versions.OPERATOR_IMAGE
     workloads = VALUES["workloads"]
     assert workloads["converterImage"] == versions.CONVERTER_IMAGE
+    assert workloads["converterCpuImage"] == versions.CONVERTER_CPU_IMAGE
     assert workloads["serverImage"] == versions.SERVER_IMAGE
     assert workloads["serverCpuImage"] == versions.SERVER_CPU_IMAGE
 
@@ -70,9 +71,9 @@ def test_python_images_run_the_python_the_tests_run(dockerfile):
 
 
 def test_every_image_dockerfile_is_versioned():
-    # The four images of `make images`; a new one must come with its own checks above.
+    # The five images of `make images`; a new one must come with its own checks above.
     assert [str(p.relative_to(ROOT / "images")) for p in DOCKERFILES] == [
-        "converter/Dockerfile", "operator/Dockerfile", "server/Dockerfile", "server/Dockerfile.cpu"]
+        "converter/Dockerfile", "converter/Dockerfile.cpu", "operator/Dockerfile", "server/Dockerfile", "server/Dockerfile.cpu"]
 
 
 def test_images_carry_the_onnxruntime_that_cpu_engine_keys_name():

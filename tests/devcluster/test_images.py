@@ -24,7 +24,8 @@ def test_point_release_is_read_from_the_release_file() -> None:
 
 
 def test_every_cpu_image_is_tagged_like_make_images() -> None:
-    assert {s.tag for s in CPU_IMAGES} == {versions.SERVER_CPU_IMAGE, versions.OPERATOR_IMAGE}
+    assert {s.tag for s in CPU_IMAGES} == {versions.SERVER_CPU_IMAGE, versions.CONVERTER_CPU_IMAGE,
+                                         versions.OPERATOR_IMAGE}
     for spec in CPU_IMAGES:
         assert Path(spec.dockerfile).is_file() and not spec.gpu
 

@@ -67,10 +67,11 @@ def test_time_slicing_marks_the_product_shared_and_multiplies_the_resource() -> 
     assert target is not None and target.product == "Tesla-T4"
 
 
-def test_local_runner_pool_is_not_a_kwok_node() -> None:
-    node = build_node(Pool(name="local", count=1, local_runner=True), 0)
-    assert _labels(node)[names.LABEL_LOCAL_RUNNER] == "true"
-    assert names.KWOK_NODE_ANNOTATION not in node["metadata"]["annotations"]
+def test_pool_nodes_are_kwok_nodes_and_local_runner_is_gone() -> None:
+    node = build_node(Pool(name="cpu", count=1), 0)
+    assert node["metadata"]["annotations"][names.KWOK_NODE_ANNOTATION] == "fake"
+    with pytest.raises(PoolsError, match="localRunner"):  # the real node replaced it
+        load_pools("pools:\n- name: local\n  count: 1\n  localRunner: true\n")
 
 
 def test_extra_labels_and_taints_pass_through() -> None:

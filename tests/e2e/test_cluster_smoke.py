@@ -122,27 +122,19 @@ def test_job_marked_to_fail_fails_with_exit_code_1(dev_cluster: DevCluster, name
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 1
 
 
-def test_kwok_leaves_skipped_pods_and_local_runner_nodes_alone(dev_cluster: DevCluster, namespace: str) -> None:
-    local = Pool(name="local", count=1, local_runner=True)
-    dev_cluster.apply_pools([local], prune=False)
+def test_kwok_leaves_skipped_pods_alone(dev_cluster: DevCluster, namespace: str) -> None:
+    pod = {"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [{"name": "main", "image": "x"}]}}
     try:
-        pod = {"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [{"name": "main", "image": "x"}]}}
         dev_cluster.apply([
             {**pod, "metadata": {"name": "skipped", "labels": {names.LABEL_KWOK_SKIP: "true", "t": "1"}},
              "spec": {**pod["spec"], "nodeName": "h100-0"}},
-            {**pod, "metadata": {"name": "on-local", "labels": {"t": "1"}}, "spec": {**pod["spec"], "nodeName": "local-0"}},
             {**pod, "metadata": {"name": "normal", "labels": {"t": "1"}}, "spec": {**pod["spec"], "nodeName": "h100-0"}},
         ], namespace=namespace)
         wait_for("pod normal Running", lambda: dev_cluster.get("pod", "normal", "-n", namespace)["status"].get("phase") == "Running")
-        for name in ("skipped", "on-local"):
-            status = dev_cluster.get("pod", name, "-n", namespace)["status"]
-            assert status.get("phase") == "Pending" and "containerStatuses" not in status, (name, status)
-        node = _nodes(dev_cluster)["local-0"]
-        assert node["metadata"]["labels"][names.LABEL_LOCAL_RUNNER] == "true"
-        assert names.KWOK_NODE_ANNOTATION not in node["metadata"].get("annotations", {})
+        status = dev_cluster.get("pod", "skipped", "-n", namespace)["status"]
+        assert status.get("phase") == "Pending" and "containerStatuses" not in status, status
     finally:
         dev_cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--grace-period=0", "--force", "--wait=false")
-        dev_cluster.delete_node("local-0")
 
 
 def test_pools_add_a_gpu_type_at_run_time_and_take_it_away(dev_cluster: DevCluster) -> None:

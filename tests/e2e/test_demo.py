@@ -1,20 +1,25 @@
 """The truly end-to-end path, as the demo runs it, with every step real.
 
-Dev cluster (real control plane) + the local runner (the kubelet stand-in for one node)
--> trtop installed with Helm -> the demo's Keras model on a claim -> `kubectl apply -f
-examples/demo/modeldeployment.yaml` -> the real converter in a build Job -> the real
-server in the serving Deployment -> an inference request checked against TensorFlow ->
-load -> the builtin autoscaler scales up, holds, and scales down after its window.
+Dev cluster (real control plane) + its real node (kubelet, containerd, runc, CNI,
+kube-proxy) -> the operator, converter-cpu and server-cpu images built here -> trtop
+installed with Helm, the operator in a pod on that node -> the demo's Keras model on a
+claim -> `kubectl apply -f examples/demo/modeldeployment.yaml` -> the converter in a build
+Job's container -> the server in the serving Deployment's containers -> an inference
+request through the Service, checked against TensorFlow -> load -> the builtin autoscaler
+scales up, holds, and scales down after its window.
 """
 from __future__ import annotations
 
 import pytest
 
-from trtop import names
-from trtop_dev.devcluster.demo import NAMESPACE, Demo
-from trtop_dev.localrunner.runner import LocalRunner
+import yaml
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+from tests.e2e.real_node import require_real_node
+from trtop import names, versions
+from trtop_dev.devcluster import nodeconfig, workspace
+from trtop_dev.devcluster.demo import NAMESPACE, Demo
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 AUTOSCALE_INTERVAL = 3  # operator.autoscaleIntervalSeconds the demo installs with
 SCALE_DOWN_WINDOW = 20  # scaling.scaleDownWindowSeconds of examples/demo/modeldeployment.yaml
@@ -22,15 +27,24 @@ SCALE_DOWN_WINDOW = 20  # scaling.scaleDownWindowSeconds of examples/demo/modeld
 
 @pytest.fixture
 def demo(dev_cluster, tmp_path):
+    require_real_node(dev_cluster)
     lines: list[str] = []
-    with LocalRunner(dev_cluster.kubeconfig, node_name="local-runner", work_dir=tmp_path / "runner") as runner:
-        d = Demo(dev_cluster, runner, say=lines.append, storage=tmp_path / "storage")  # an empty engine store
+    d = Demo(dev_cluster, say=lines.append, storage=tmp_path / "storage")  # an empty engine store
+    d.build_images()
+    d.reset()
+    try:
+        yield d
+    finally:
+        print("\n".join(lines))
+        if any("Failed" in line or "Stalled" in line for line in lines):
+            print(dev_cluster.kubectl("get", "pods,jobs", "-n", NAMESPACE, "-o", "wide", check=False))
         d.reset()
-        try:
-            yield d
-        finally:
-            print("\n".join(lines))
-            d.reset()
+
+
+def test_the_demo_example_runs_on_the_real_node():
+    md = yaml.safe_load((workspace.repo_root() / "examples/demo/modeldeployment.yaml").read_text())["spec"]
+    assert md["serving"]["nodeSelector"] == {nodeconfig.TAINT["key"]: "true"}
+    assert md["serving"]["tolerations"] == md["engine"]["tolerations"] == [nodeconfig.TOLERATION]
 
 
 def test_kubectl_apply_to_a_real_answer_and_scaling(demo, dev_cluster):
@@ -72,5 +86,15 @@ def test_kubectl_apply_to_a_real_answer_and_scaling(demo, dev_cluster):
     reasons = {e.split(":")[0] for e in demo.result.events}
     assert {"PhaseReady", "ScaledUp", "ScaledDown"} <= reasons, text
     assert any(e.startswith("PhaseReady:") and "engines ready" in e for e in demo.result.events), text
-    pods = dev_cluster.get("pods", "-n", NAMESPACE, "-l", f"{names.LABEL_COMPONENT}={names.COMPONENT_ENGINE_BUILD}")
-    assert pods["items"] and all(p["status"]["phase"] == "Succeeded" for p in pods["items"])
+    # Every pod ran in a container on the real node, from the images built here.
+    builds = dev_cluster.get("pods", "-n", NAMESPACE, "-l", f"{names.LABEL_COMPONENT}={names.COMPONENT_ENGINE_BUILD}")
+    assert builds["items"] and all(p["status"]["phase"] == "Succeeded" for p in builds["items"])
+    serving = dev_cluster.get("pods", "-n", NAMESPACE, "-l", f"{names.LABEL_COMPONENT}={names.COMPONENT_INFERENCE}")
+    operator = dev_cluster.get("pods", "-n", NAMESPACE, "-l", f"{names.LABEL_INSTANCE}=trtop")
+    images = {p["metadata"]["name"]: p["spec"]["containers"][0]["image"]
+              for p in builds["items"] + serving["items"] + operator["items"]}
+    assert set(images.values()) == {versions.CONVERTER_CPU_IMAGE, versions.SERVER_CPU_IMAGE, versions.OPERATOR_IMAGE}
+    for pod in builds["items"] + serving["items"] + operator["items"]:
+        assert pod["spec"]["nodeName"] == nodeconfig.NODE_NAME
+        state = pod["status"]["containerStatuses"][0]
+        assert state["containerID"].startswith("containerd://"), state  # a runtime's container, not a process

@@ -26,8 +26,8 @@ from tests.serve.conftest import make_affine_onnx
 from trtop import names, versions
 from trtop_dev.devcluster import nodeconfig, workspace
 from trtop_dev.devcluster.containerd import for_checkout
-from trtop_dev.devcluster.realnode import RealNode
 from trtop_dev.devcluster.testing import DevCluster, wait_for
+from tests.e2e.real_node import require_real_node
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 ROOT = workspace.repo_root()
@@ -36,16 +36,7 @@ CHART_VALUES = yaml.safe_load((ROOT / "charts" / "trtop" / "values.yaml").read_t
 
 @pytest.fixture(scope="module")
 def real_node(dev_cluster: DevCluster) -> str:
-    """The real node's name, once Ready; skip (or fail, in CI) where there is none."""
-    node = dev_cluster.kubectl("get", "node", nodeconfig.NODE_NAME, "--ignore-not-found", "-o", "name")
-    if not node.strip():
-        reason = (RealNode(ROOT, dev_cluster.name).why_not() if dev_cluster.name else None) \
-            or "the test cluster was started without one (--no-real-node, or it is not this checkout's)"
-        if os.environ.get("TRTOP_REQUIRE_REAL_NODE") == "1":
-            pytest.fail(f"no real node: {reason}")
-        pytest.skip(f"no real node: {reason}")
-    dev_cluster.kubectl("wait", "--for=condition=Ready", "--timeout=60s", f"node/{nodeconfig.NODE_NAME}")
-    return nodeconfig.NODE_NAME
+    return require_real_node(dev_cluster)
 
 
 def _built(image: str, name: str) -> str:
@@ -113,6 +104,7 @@ def test_server_cpu_pod_answers_a_v2_inference(dev_cluster: DevCluster, namespac
         raise
     status = _phase(dev_cluster, namespace, "server")["status"]
     node = dev_cluster.get("node", nodeconfig.NODE_NAME)
+    assert names.KWOK_NODE_ANNOTATION not in node["metadata"].get("annotations", {})  # kwok leaves it alone
     assert status["hostIP"] in [a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"]
     # The pod's own address on the CNI bridge, reached from this host.
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4], "data": [0, 1, 2, 3, 1, 1, 1, 1]}]}

@@ -196,6 +196,8 @@ def test_cpu_target_serves_without_gpu(mixed_cluster, settings):
     assert first.engines[0].request.backend == "onnxruntime"
     job_pod = first.jobs_to_create[0]["spec"]["template"]["spec"]
     assert names.GPU_RESOURCE not in job_pod["containers"][0]["resources"]["limits"]
+    # The cpu target builds with the image without TensorRT (GPU targets keep the TensorRT one).
+    assert job_pod["containers"][0]["image"] == settings.converter_cpu_image != settings.converter_image
     p = plan(body, ClusterFacts(nodes=mixed_cluster, records={first.engines[0].key: record_for(first.engines[0])}),
              settings)
     ctr = p.units[0]["spec"]["template"]["spec"]["containers"][0]

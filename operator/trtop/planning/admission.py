@@ -17,7 +17,7 @@ from trtop.config import Settings
 
 
 def allowed_images(settings: Settings) -> tuple[str, ...]:
-    own = (settings.converter_image, settings.server_image, settings.server_cpu_image)
+    own = (settings.converter_image, settings.converter_cpu_image, settings.server_image, settings.server_cpu_image)
     return (*own, *settings.allowed_images)
 
 

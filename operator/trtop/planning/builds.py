@@ -55,7 +55,8 @@ def build_job(md: Mapping[str, Any], spec: ModelDeploymentSpec, engine: EngineSt
         "tolerations": build_tolerations(spec),
         "containers": [{
             "name": CONVERT_CONTAINER,
-            "image": spec.engine.builder_image or settings.converter_image,
+            "image": spec.engine.builder_image or (settings.converter_cpu_image if request.target.is_cpu
+                                                   else settings.converter_image),
             "imagePullPolicy": settings.image_pull_policy,
             "command": ["trtop", "convert"],
             "env": env, "envFrom": env_from, "volumeMounts": mounts,

@@ -5,7 +5,6 @@
     trtop dev cluster status [--name trtop-dev]
     trtop dev cluster kubeconfig [--name trtop-dev]
     trtop dev nodes apply [--name trtop-dev] [--pools FILE] [--no-prune]
-    trtop dev runner [--name trtop-dev] [--node-name local-runner] ...   (trtop_dev.localrunner.cli)
     trtop dev demo [--name trtop-dev] [--keep]                          (trtop_dev.devcluster.demo)
 
 Dispatched from ``trtop.cli``; the work happens in ``trtop_dev.devcluster.cluster``.
@@ -54,9 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     apply.add_argument("--no-prune", dest="prune", action="store_false",
                        help="keep pool nodes that are not in the file")
     groups.add_parser("demo", add_help=False,
-                      help="the demo: cluster up, local runner, Helm install, a real model built, served and scaled")
-    groups.add_parser("runner", add_help=False,
-                      help="the local kubelet stand-in: run one node's pods as local processes (`runner --help`)")
+                      help="the demo: cluster up, Helm install, a real model built, served and scaled in real pods")
     return parser
 
 
@@ -65,10 +62,6 @@ def main(argv: list[str]) -> int:
         from trtop_dev.devcluster.demo import main as demo_main
 
         return demo_main(argv[1:])
-    if argv[:1] == ["runner"]:  # its own options: docs/local-runner.md
-        from trtop_dev.localrunner.cli import main as runner_main
-
-        return runner_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.group == "cluster" and args.action == "up":

@@ -87,7 +87,7 @@ def up(name: str = workspace.DEFAULT_NAME, *, pools_file: Path | None = None, pr
     _wait_ready(kubectl, log)
     log(f"applying {sum(p.count for p in pools)} nodes from {pools_file or 'the default pools'}")
     result = apply_pools(kubectl, pools)
-    _wait_nodes(kubectl, [n for p in pools if not p.local_runner for n in p.node_names()], log)
+    _wait_nodes(kubectl, [n for p in pools for n in p.node_names()], log)
     _report(result, log)
     install_crds(kubectl, root, log)
     if real_node:
@@ -155,7 +155,7 @@ def apply_nodes(name: str = workspace.DEFAULT_NAME, *, pools_file: Path | None =
     kubectl = Kubectl(tools.kubectl, kubeconfig, tools.helm)
     pools = read_pools(pools_file)
     result = apply_pools(kubectl, pools, prune=prune)
-    _wait_nodes(kubectl, [n for p in pools if not p.local_runner for n in p.node_names()], log)
+    _wait_nodes(kubectl, [n for p in pools for n in p.node_names()], log)
     _report(result, log)
     return result
 

@@ -1,16 +1,19 @@
 """``trtop dev demo``: the whole path, for real, from ``kubectl apply`` to an answer.
 
-Dev cluster up -> local runner (the kubelet stand-in for one node, so processes really
-run) -> trtop installed with Helm -> the demo model made by examples/demo/model.py on a
-PVC -> ``kubectl apply -f examples/demo/modeldeployment.yaml`` -> the real converter
-builds and verifies the engine in a build Job -> Ready -> a real inference request to
-the serving pod, checked against TensorFlow -> a burst of load and the replicas following
-it -> a summary. Every step prints progress. The e2e test (tests/e2e/test_demo.py) drives
-the same ``Demo`` and asserts on what it returns.
+Dev cluster up (with its real node: a kubelet on containerd) -> the operator, converter-cpu
+and server-cpu images built from images/*/Dockerfile* into that node's containerd -> trtop
+installed with Helm, its operator pod on the real node -> the demo model made by
+examples/demo/model.py on a PVC -> ``kubectl apply -f examples/demo/modeldeployment.yaml``
+-> the converter builds and verifies the engine in a build Job's container -> Ready -> a
+real inference request through the model's Service (kube-proxy) to a serving pod, checked
+against TensorFlow -> a burst of load and the replicas following it -> a summary. Every
+step prints progress. The e2e test (tests/e2e/test_demo.py) drives the same ``Demo`` and
+asserts on what it returns.
 """
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -22,13 +25,16 @@ from typing import Any
 import numpy as np
 
 from trtop import names
-from trtop_dev.devcluster import cluster, workspace
+from trtop.planning.common import POD_SECURITY_CONTEXT
+from trtop_dev.devcluster import cluster, nodeconfig, workspace
 from trtop_dev.devcluster.loadgen import LoadGenerator, infer, infer_body
 from trtop_dev.devcluster.testing import DevCluster, wait_for
 
 NAMESPACE = "trtop-demo"
 RELEASE = "trtop"
 MODEL = "demo"
+# What runs in the demo's pods, built here (hack/build-images.sh): no registry is needed.
+IMAGES = ("operator", "converter-cpu", "server-cpu")
 
 
 @dataclass
@@ -55,9 +61,8 @@ class DemoResult:
 
 
 class Demo:
-    def __init__(self, dev: DevCluster, runner: Any, say: Callable[[str], None] = print,
-                 storage: Path | None = None) -> None:
-        self.dev, self.runner, self.say = dev, runner, say
+    def __init__(self, dev: DevCluster, say: Callable[[str], None] = print, storage: Path | None = None) -> None:
+        self.dev, self.say = dev, say
         self.root = workspace.repo_root()
         self.storage = storage or self.root / ".work" / "demo"  # engines/ and models/ (hostPath volumes)
         self.model_path = self.storage / "models" / "demo.keras"
@@ -71,16 +76,33 @@ class Demo:
         self.dev.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=120s", timeout=150)
         self.dev.kubectl("delete", "pv", f"{NAMESPACE}-engines", f"{NAMESPACE}-models", "--ignore-not-found")
 
+    def build_images(self) -> None:
+        self._step(f"images: {', '.join(IMAGES)} built from images/*/Dockerfile* into the real node's containerd "
+                   "(BuildKit; unchanged layers come from its cache)")
+        node = self.dev.kubectl("get", "node", nodeconfig.NODE_NAME, "--ignore-not-found", "-o", "name").strip()
+        if not node:
+            raise RuntimeError(f"the dev cluster has no real node {nodeconfig.NODE_NAME} (it was started with "
+                               "--no-real-node, or another cluster on this machine holds it): the demo's pods "
+                               "need a kubelet; see docs/dev-cluster.md")
+        started = time.monotonic()
+        subprocess.run([str(self.root / "hack" / "build-images.sh"), *IMAGES], check=True, timeout=1800)
+        self.say(f"  images ready in {time.monotonic() - started:.0f} s")
+
     def install(self, *, watch_only_demo_namespace: bool = False) -> None:
         self._step("storage: the engine-store and models claims, bound to hostPath volumes under .work/demo")
         self.dev.kubectl("create", "namespace", NAMESPACE, check=False)
         self.dev.apply(storage_manifests(self.storage))
         self._step("model: a small Keras classifier made by examples/demo/model.py onto the models claim")
         subprocess.run([sys.executable, str(self.root / "examples/demo/model.py"), str(self.model_path)], check=True)
-        self._step("operator: helm upgrade --install trtop charts/trtop (its pod runs on the local runner)")
+        self._step(f"operator: helm upgrade --install trtop charts/trtop (its pod runs on the real node "
+                   f"{nodeconfig.NODE_NAME})")
         self.dev.helm("upgrade", "--install", RELEASE, str(self.root / "charts/trtop"), "-n", NAMESPACE,
                       "--set", "store.pvc.create=false", "--set", "store.pvc.existingClaim=trtop-engines",
-                      "--set-string", f"nodeSelector.{names.LABEL_LOCAL_RUNNER.replace('.', chr(92) + '.')}=true",
+                      "--set-string", f"nodeSelector.kubernetes\\.io/hostname={nodeconfig.NODE_NAME}",
+                      "--set-string", f"tolerations[0].key={nodeconfig.TOLERATION['key']}",
+                      "--set-string", f"tolerations[0].operator={nodeconfig.TOLERATION['operator']}",
+                      "--set-string", f"tolerations[0].value={nodeconfig.TOLERATION['value']}",
+                      "--set-string", f"tolerations[0].effect={nodeconfig.TOLERATION['effect']}",
                       "--set", "operator.reconcileIntervalSeconds=2", "--set", "operator.autoscaleIntervalSeconds=3",
                       *(("--set", "rbac.namespaced=true", "--set", f"watchNamespaces={{{NAMESPACE}}}")
                         if watch_only_demo_namespace else ()),
@@ -115,8 +137,8 @@ class Demo:
         return md
 
     def ask(self) -> None:
-        self._step("a real inference request (Open Inference Protocol v2) to the serving endpoint")
-        address = self.endpoints()[0]
+        self._step("a real inference request (Open Inference Protocol v2) through the model's Service")
+        address = self.service_address()
         rng = np.random.default_rng(0)
         image = rng.random((1, 32, 32, 3), dtype=np.float32)
         meta = json.loads(_http_get(address, f"/v2/models/{MODEL}"))
@@ -166,18 +188,24 @@ class Demo:
             "- events:", *(f"    {e}" for e in self.result.events[-15:]),
             "", "Look around:  export KUBECONFIG=" + self.dev.kubeconfig,
             f"              kubectl get md,jobs,deploy,pods -n {NAMESPACE}; kubectl describe md {MODEL} -n {NAMESPACE}",
-            f"Pod logs:     {self.runner.work_dir}/logs/",
+            f"Pod logs:     kubectl logs -n {NAMESPACE} -l {names.LABEL_COMPONENT}={names.COMPONENT_INFERENCE}",
             f"Clean up:     helm uninstall {RELEASE} -n {NAMESPACE}; trtop dev cluster down",
         ])
         self.say(text)
         return text
 
     # --- helpers -----------------------------------------------------------------------------
-    def endpoints(self) -> list[str]:
-        """host:port of every ready serving pod: what the Service would balance over.
+    def service_address(self) -> str:
+        """ClusterIP:port of the model's Service: kube-proxy routes it to a ready pod (from this host too)."""
+        svc = self.dev.get("service", MODEL, "-n", NAMESPACE)
+        port = next(p["port"] for p in svc["spec"]["ports"] if p.get("name") == "http")
+        return f"{svc['spec']['clusterIP']}:{port}"
 
-        Read from the pods themselves: the API server keeps loopback pod IPs (the local
-        runner's) out of EndpointSlices, and the dev cluster has no kube-proxy anyway.
+    def endpoints(self) -> list[str]:
+        """podIP:port of every ready serving pod (on the node's CNI bridge, reachable from this host).
+
+        The load generator spreads its clients over them itself, so every replica gets its
+        share at once (through the Service, kube-proxy would pin each kept-alive connection).
         """
         md = self.dev.get("md", MODEL, "-n", NAMESPACE)
         pods = self.dev.get("pods", "-n", NAMESPACE, "-l", md["status"]["selector"])["items"]
@@ -208,10 +236,16 @@ class Demo:
 
 
 def storage_manifests(root: Path) -> list[dict[str, Any]]:
-    """PVs (hostPath under ``root``) pre-bound to the demo's two claims: the dev cluster has no provisioner."""
+    """PVs (hostPath under ``root``) pre-bound to the demo's two claims: the dev cluster has no provisioner.
+
+    The folders, and what an earlier run left in them, belong to the workloads' user (a
+    hostPath ignores fsGroup): the build Job writes engines there as that user.
+    """
     out: list[dict[str, Any]] = []
     for claim, folder in (("trtop-engines", "engines"), ("models", "models")):
         (root / folder).mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            _chown_tree(root / folder, POD_SECURITY_CONTEXT["runAsUser"], POD_SECURITY_CONTEXT["runAsGroup"])
         pv = f"{NAMESPACE}-{folder}"
         out.append({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
                     "spec": {"capacity": {"storage": "50Gi"}, "accessModes": ["ReadWriteMany"],
@@ -222,6 +256,13 @@ def storage_manifests(root: Path) -> list[dict[str, Any]]:
                     "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
                              "resources": {"requests": {"storage": "1Gi"}}}})
     return out
+
+
+def _chown_tree(top: Path, uid: int, gid: int) -> None:
+    os.chown(top, uid, gid)
+    for folder, dirs, files in os.walk(top):
+        for name in dirs + files:
+            os.chown(os.path.join(folder, name), uid, gid, follow_symlinks=False)
 
 
 def _http_get(address: str, path: str) -> str:
@@ -249,32 +290,27 @@ def _tensorflow_answer(path: Path, image: np.ndarray[Any, Any]) -> np.ndarray[An
 
 
 def main(argv: list[str]) -> int:
-    from trtop_dev.localrunner.runner import LocalRunner
-
     import argparse
 
     parser = argparse.ArgumentParser(prog="trtop dev demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--name", default=workspace.DEFAULT_NAME, help="dev cluster name (default %(default)s)")
-    parser.add_argument("--keep", action="store_true", help="keep the local runner (and so the pods) running "
-                        "after the demo, until Ctrl-C")
     args = parser.parse_args(argv)
     info = cluster.up(args.name)
     assert info is not None
     dev = DevCluster(str(info.kubeconfig), info.kubectl, args.name, info.created)
-    with LocalRunner(info.kubeconfig) as runner:
-        demo = Demo(dev, runner)
+    demo = Demo(dev)
+    try:
+        demo.build_images()
         demo.reset()
         demo.install()
         demo.deploy()
         demo.ask()
         demo.load()
         demo.summary()
-        if args.keep:
-            print("\nThe local runner keeps the operator and the server running; Ctrl-C stops it.")
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
-        print("\nThe local runner stops now (its processes end); the cluster keeps running.")
+    except (RuntimeError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
+        print(f"\ntrtop dev demo: {err}\nLook around:  export KUBECONFIG={dev.kubeconfig}; "
+              f"kubectl get md,jobs,pods -n {NAMESPACE}; kubectl describe md {MODEL} -n {NAMESPACE}; "
+              f"kubectl logs -n {NAMESPACE} job/<name>", file=sys.stderr)
+        return 1
+    print("\nThe pods keep running on the real node until: helm uninstall trtop -n trtop-demo (or trtop dev cluster down).")
     return 0

@@ -56,6 +56,7 @@ class ImageSpec:
 
 CPU_IMAGES = (
     ImageSpec("server-cpu", "images/server/Dockerfile.cpu", versions.SERVER_CPU_IMAGE),
+    ImageSpec("converter-cpu", "images/converter/Dockerfile.cpu", versions.CONVERTER_CPU_IMAGE),
     ImageSpec("operator", "images/operator/Dockerfile", versions.OPERATOR_IMAGE),
 )
 # NVIDIA's TensorRT base cannot be fetched here: these are built on Debian + pip instead, so

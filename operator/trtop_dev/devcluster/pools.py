@@ -22,7 +22,7 @@ DEFAULT_POOLS_FILE = "pools.yaml"
 DEFAULT_PODS = 110  # the kubelet's default --max-pods
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _CC = re.compile(r"^([0-9]+)\.([0-9]+)$")
-_POOL_FIELDS = {"name", "count", "cpu", "memory", "pods", "instanceType", "labels", "taints", "gpu", "localRunner"}
+_POOL_FIELDS = {"name", "count", "cpu", "memory", "pods", "instanceType", "labels", "taints", "gpu"}
 _GPU_FIELDS = {"product", "computeCapability", "count", "memoryMiB", "migCapable", "replicas",
                "driverVersion", "cudaVersion"}
 _DEFAULT_FIELDS = {"driverVersion", "cudaVersion"}
@@ -72,7 +72,6 @@ class Pool:
     labels: Mapping[str, str] = field(default_factory=dict)
     taints: Sequence[Mapping[str, str]] = ()
     gpu: Gpu | None = None
-    local_runner: bool = False  # not a kwok node: the local runner keeps it (and its pods) alive
 
     def node_names(self) -> list[str]:
         return [f"{self.name}-{i}" for i in range(self.count)]
@@ -131,11 +130,8 @@ def build_node(pool: Pool, index: int) -> dict[str, Any]:
         labels["node.kubernetes.io/instance-type"] = pool.instance_type
     if pool.gpu:
         labels.update(gfd_labels(pool.gpu))
-    annotations = {"node.alpha.kubernetes.io/ttl": "0"}
-    if pool.local_runner:
-        labels[names.LABEL_LOCAL_RUNNER] = "true"
-    else:
-        annotations[names.KWOK_NODE_ANNOTATION] = "fake"
+    # kwok manages only nodes so annotated (kwokctl.yaml): the real node stays the kubelet's.
+    annotations = {"node.alpha.kubernetes.io/ttl": "0", names.KWOK_NODE_ANNOTATION: "fake"}
     labels.update(pool.labels)
     resources_ = {"cpu": pool.cpu, "memory": pool.memory, "pods": str(pool.pods),
                   "ephemeral-storage": "1Ti"}
@@ -220,7 +216,6 @@ def _parse_pool(item: object, defaults: Mapping[str, Any], where: str) -> Pool:
         labels={str(k): v for k, v in labels.items()},
         taints=tuple(dict(t) for t in taints),
         gpu=_parse_gpu(gpu, defaults, f"{where}: gpu") if gpu is not None else None,
-        local_runner=bool(item.get("localRunner", False)),
     )
 
 

@@ -80,7 +80,7 @@ class DevCluster:
     def apply_pools(self, pools: list[Pool], *, prune: bool = True) -> NodesResult:
         """Make the pool nodes match ``pools`` (waits until they are Ready)."""
         result = apply_pools(self.client, pools, prune=prune)
-        ready = [n for p in pools if not p.local_runner for n in p.node_names()]
+        ready = [n for p in pools for n in p.node_names()]
         if ready:
             self.kubectl("wait", "--for=condition=Ready", "--timeout=60s", *(f"node/{n}" for n in ready))
         return result
