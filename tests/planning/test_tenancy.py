@@ -7,6 +7,7 @@ import pytest
 from trtop import names
 from trtop.api.fetch import FetchPolicy
 from trtop.config import Settings, parse_sharing
+from trtop.planning.common import store_folders
 from trtop.planning.facts import ClusterFacts, JobFact
 from trtop.planning.plan import plan_model_deployment
 
@@ -88,6 +89,9 @@ def test_builds_mount_only_their_key_and_the_timing_caches_and_serving_the_scope
         assert volume["persistentVolumeClaim"] == {"claimName": "engines", "readOnly": read_only}
         assert {(m["mountPath"], m["subPath"], m["readOnly"]) for m in mounts} == expected
         assert container_env(manifest)[names.ENV_STORE_URI] == root
+    # What the operator makes before it creates the Job: exactly the writable sub-paths.
+    assert store_folders(job) == (f"team-a/{key}", "team-a/_timing-caches")
+    assert store_folders(plan(in_namespace("team-a"), Settings(store_uri="s3://b/p")).jobs_to_create[0]) == ()
 
 
 def test_s3_workloads_get_their_scope_and_serving_pods_the_read_only_secret():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from tests.store.conftest import make_engine_folder, race_publish
 from trtop.api.engine import EngineKey
 from trtop.store import open_store, scoped_uri
-from trtop.store.filesystem import FilesystemStore, root_of
+from trtop.store.filesystem import FilesystemStore, make_folders, root_of
 from trtop.store.integrity import IntegrityError
 
 KEY = EngineKey("e-0123456789abcdef")
@@ -120,3 +121,52 @@ def test_scoped_stores_are_sub_folders(tmp_path: Path) -> None:
     for bad in ("..", ".staging", "_timing-caches", "Team-A", "a/b", ""):
         with pytest.raises(ValueError, match="store scope"):
             scoped_uri(str(tmp_path), bad)
+
+
+def test_make_folders_makes_the_builds_folders_and_refuses_paths_outside(tmp_path: Path) -> None:
+    make_folders(tmp_path, ["team-a/e-0123456789abcdef", "team-a/_timing-caches"])
+    assert (tmp_path / "team-a" / "e-0123456789abcdef").is_dir() and (tmp_path / "team-a" / "_timing-caches").is_dir()
+    make_folders(tmp_path, ["team-a/e-0123456789abcdef"])  # again: nothing to do
+    for bad in ("../x", "/etc/x", "team-a/../../x", ""):
+        with pytest.raises(ValueError, match="inside the store"):
+            make_folders(tmp_path, [bad])
+
+
+def _error_as_another_user(fn: Callable[[], object]) -> str:
+    """``fn()`` in a forked child as a user other than root (root may write anywhere): its error, or ""."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no exec, the modules are loaded already
+        os.close(read_end)
+        try:
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            fn()
+            message = ""
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            message = f"{type(e).__name__}: {e}"
+        os.write(write_end, message.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return message
+
+
+def test_make_folders_says_what_to_do_with_a_folder_of_another_user() -> None:
+    """A scope folder a kubelet made as root (0755): the operator's user cannot make the key's folder in it."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as top:  # pytest's tmp_path is 0700: another user could not reach it
+        root = Path(top)
+        root.chmod(0o755)
+        scope = root / "team-a"
+        scope.mkdir(mode=0o755)
+        if os.geteuid() != 0:
+            scope.chmod(0o555)
+        error = _error_as_another_user(lambda: make_folders(root, ["team-a/e-0123456789abcdef"]))
+        assert error.startswith("PermissionError") and "not writable by the operator" in error, error
+        assert "chown -R 1000:1000" in error and str(scope) in error
+        assert not (scope / "e-0123456789abcdef").exists()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import functools
 import logging
 import threading
 from collections import defaultdict
@@ -39,8 +40,10 @@ from trtop.k8s.apply import apply, create_job, delete_deployment
 from trtop.k8s.cache import CACHE
 from trtop.k8s.errors import Failure, from_api_exception, from_transport_error
 from trtop.k8s.events import patch_status, post_event
+from trtop.planning.common import store_folders
 from trtop.planning.plan import Plan, plan_model_deployment
 from trtop.planning.status import events_between, one_event, with_failure
+from trtop.store.filesystem import make_folders, root_of
 
 log = logging.getLogger(__name__)
 _seen_ready: set[str] = set()  # engine keys this process has counted (cache-hit metric)
@@ -90,8 +93,9 @@ def _reconcile(body: Mapping[str, Any], settings: Settings, autoscaled: int | No
         plan = plan_model_deployment(body, facts, settings, autoscaled_replicas=autoscaled,
                                      scaling_limit=scaling_limit, now=now())
         claimed = [job for job in plan.jobs_to_create if CACHE.claim_job(job)]
+        create = functools.partial(_create_claimed, settings=settings)
         calls: list[tuple[str, Any, Mapping[str, Any]]] = [
-            (f"creating build Job {j['metadata']['name']}", _create_claimed, j) for j in claimed]
+            (f"creating build Job {j['metadata']['name']}", create, j) for j in claimed]
         calls += [(f"applying {m['kind']} {m['metadata']['namespace']}/{m['metadata']['name']}", apply, m)
                   for m in plan.to_apply]
         ns = body["metadata"]["namespace"]
@@ -143,8 +147,10 @@ def _delete_unit(ref: Mapping[str, Any]) -> bool:
     return delete_deployment(meta["namespace"], meta["name"], meta["uid"])
 
 
-def _create_claimed(job: Mapping[str, Any]) -> bool:
+def _create_claimed(job: Mapping[str, Any], settings: Settings) -> bool:
     try:
+        if settings.store_pvc:  # the folders the Job writes, made by us (non-root), not by the kubelet (root)
+            make_folders(root_of(settings.store_uri), store_folders(job))
         return create_job(job)
     except BaseException:
         CACHE.release_job(job)

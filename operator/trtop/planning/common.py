@@ -91,13 +91,25 @@ def store_access(
                                                                           "readOnly": not write_key}})
         mounts.append({"name": "engine-store", "mountPath": settings.store_mount_path, "subPath": scope,
                        "readOnly": True})
-        if write_key:  # writable mounts over the read-only scope (the kubelet makes missing sub-paths)
+        if write_key:  # writable mounts over the read-only scope (the operator makes them first: store_folders)
             mounts += [{"name": "engine-store", "mountPath": f"{settings.store_mount_path}/{sub}",
                         "subPath": f"{scope}/{sub}", "readOnly": False} for sub in (write_key, names.TIMING_CACHES)]
     secret = settings.store_secret if write_key else (settings.store_read_secret or settings.store_secret)
     if secret:
         env_from.append({"secretRef": {"name": secret}})
     return env, env_from, volumes, mounts
+
+
+def store_folders(job: Mapping[str, Any]) -> tuple[str, ...]:
+    """The store claim's sub-paths a build Job mounts writable (``<scope>/<key>``, ``<scope>/_timing-caches``).
+
+    The operator makes them before it creates the Job: a kubelet makes a missing sub-path
+    itself, as root with mode 0755, which the build (non-root) then cannot write to.
+    """
+    pod = job["spec"]["template"]["spec"]
+    claims = {v["name"] for v in pod.get("volumes") or () if "persistentVolumeClaim" in v and v["name"] == "engine-store"}
+    return tuple(m["subPath"] for c in pod["containers"] for m in c.get("volumeMounts") or ()
+                 if m["name"] in claims and m.get("subPath") and not m.get("readOnly"))
 
 
 def with_applied_hash(manifest: Manifest) -> Manifest:

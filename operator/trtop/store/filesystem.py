@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -43,6 +43,31 @@ def root_of(uri: str) -> Path:
             raise ValueError(f"engine store URI {uri!r}: file:// URIs name a local path (file:///path)")
         return Path(unquote(parsed.path))
     return Path(uri)
+
+
+def make_folders(root: Path, subpaths: Iterable[str]) -> None:
+    """Make ``root/<sub>`` (and its parents) for a build Job's writable sub-path mounts, writable by this user.
+
+    The operator calls it before it creates the Job, as the workloads' user: a kubelet would
+    make a missing sub-path as root, and the non-root build could not write to it. A folder
+    that exists but is not writable (made earlier by a kubelet, or by hand) is an error that
+    says what to do, not a build that fails later with EACCES.
+    """
+    for sub in subpaths:
+        rel = Path(sub)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise ValueError(f"store sub-path {sub!r} is not a relative path inside the store")
+        path = root / rel
+        try:
+            path.mkdir(parents=True, exist_ok=True, mode=0o775)
+            writable = os.access(path, os.W_OK | os.X_OK)
+        except PermissionError as e:
+            writable, path = False, Path(e.filename or path)
+        if not writable:
+            raise PermissionError(
+                13, f"the engine store folder {path} is not writable by the operator (uid {os.geteuid()}), so a "
+                f"build could not write there either; it was made by another user (a kubelet makes a missing "
+                f"sub-path as root): give it to the workloads' user (chown -R 1000:1000) or delete it", str(path))
 
 
 class FilesystemStore:
