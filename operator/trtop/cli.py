@@ -2,7 +2,7 @@
 
 Each subcommand lives in its own package and is imported only when chosen, so the
 server image never imports TensorFlow and the converter never imports kopf. ``dev`` lives in
-the separate package ``trtop_dev`` (dev cluster, local runner), which no image carries.
+the separate package ``trtop_dev`` (dev cluster, real node, image builds, demo), which no image carries.
 """
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ class Settings:
     coalesce_seconds: float = 2.0
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 300.0
-    # Extra env for workloads (tests point the local runner's pods at a local store this way).
+    # Extra env for workloads (chart workloads.env: a proxy, a store endpoint, tuning variables).
     workload_env: Mapping[str, str] = field(default_factory=dict)
     # Engines live under <store>/<scope>/<key>/ and the scope is part of every key: by default
     # the scope is the namespace. Namespaces named together in one group here (group name ->

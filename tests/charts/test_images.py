@@ -86,11 +86,34 @@ def test_base_images_are_pinned(name):
 
 @pytest.mark.parametrize("name", EXTRAS)
 def test_installs_the_project_extra_with_the_tested_pins(name):
-    installs = [args for op, args in instructions(DOCKERFILES[name]) if op == "RUN" and "pip install" in args]
-    assert len(installs) == 1, installs
-    assert f'".[{EXTRAS[name]}]"' in installs[0]
-    assert "-c images/constraints.txt" in installs[0]
-    assert "--no-cache-dir" in installs[0]
+    steps = instructions(DOCKERFILES[name])
+    installs = [args for op, args in steps if op == "RUN" and "pip install" in args]
+    assert 1 <= len(installs) <= 2, installs
+    assert all("-c images/constraints.txt" in i and "--no-cache-dir" in i for i in installs)
+    assert f'".[{EXTRAS[name]}]"' in installs[-1]
+    if len(installs) == 2:  # the dependencies in a layer before the code's: a code change keeps it
+        assert f"images/requirements.py {EXTRAS[name]} > /tmp/requirements.txt" in installs[0]
+        assert "-r /tmp/requirements.txt" in installs[0] and "--no-deps" in installs[1]
+        copies = [args for op, args in steps if op == "COPY" and "--from" not in args]
+        assert steps.index(("RUN", installs[0])) < steps.index(("COPY", next(c for c in copies if "operator/" in c)))
+
+
+def test_requirements_py_lists_the_extras_of_pyproject():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    done = subprocess.run([sys.executable, str(IMAGES / "requirements.py"), "serve,operator"], capture_output=True,
+                          text=True, timeout=60, check=True)
+    listed = done.stdout.split()
+    wanted = project["dependencies"] + project["optional-dependencies"]["serve"] + \
+        project["optional-dependencies"]["operator"]
+    assert sorted(listed) == sorted(set(wanted))
+    dev = subprocess.run([sys.executable, str(IMAGES / "requirements.py"), "dev"], capture_output=True,
+                         text=True, timeout=60, check=True).stdout.split()
+    assert "tensorflow-cpu==2.21.0" in dev and not any(r.startswith("trtop[") for r in dev)  # self-references followed
+    bad = subprocess.run([sys.executable, str(IMAGES / "requirements.py"), "nope"], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert bad.returncode != 0 and "no extra 'nope'" in bad.stderr
 
 
 @pytest.mark.parametrize("name", EXTRAS)
