@@ -173,8 +173,8 @@ class BufferedReads(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.protocol.connection_lost(exc)
 
-    def eof_received(self) -> bool | None:
-        return self.protocol.eof_received()
+    def eof_received(self) -> None:
+        self.protocol.eof_received()  # uvicorn's returns nothing: the transport closes itself
 
     def pause_writing(self) -> None:
         self.protocol.pause_writing()
