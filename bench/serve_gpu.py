@@ -22,7 +22,11 @@ table), ``--pa-count N`` bounds each window to N requests (``--pa-count-from C``
 concurrency C up), and ``--client own`` (or ``both``) drives the same load with
 ``loadclient.py`` (processes on raw sockets): the ResNet-50 figures past 16 clients come from
 it. ``--client-cores``/``--server-cores`` pin client and server apart with taskset (the
-server's default front-end count follows). ``--py-spy PATH --profile-at 1,64`` records the
+server's default front-end count follows). perf_analyzer's gRPC client shares one HTTP/2
+connection among up to 6 requests in flight (tritonclient's channel cache;
+``TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT`` in the environment changes it) and the kernel
+spreads connections, not requests, over the front-ends; each row has the cores each server
+process and the client kept busy. ``--py-spy PATH --profile-at 1,64`` records the
 engine process and one front-end with py-spy during those load points (raw collapsed stacks
 in ``--out``).
 
@@ -237,11 +241,16 @@ def _cap_memory(gb: float) -> Any:
 
 
 def _peak_rss_gb(proc: subprocess.Popen[str], peak: list[float]) -> None:
+    """peak[0]: the client's peak RSS (GB); peak[1]: its CPU seconds, as last read; peak[2]: when first read."""
     while proc.poll() is None:
         try:
             for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     peak[0] = max(peak[0], int(line.split()[1]) / 2**20)
+            peak[1] = cpu_seconds([proc.pid])
+            if not peak[2]:
+                peak[2] = time.monotonic()
+            peak[3] = time.monotonic()
         except OSError:
             pass
         time.sleep(0.25)
@@ -297,7 +306,7 @@ def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurre
         cmd = ["taskset", "-c", client.cores, *cmd]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=_cap_memory(client.memory_gb))
-    peak = [0.0]
+    peak = [0.0, 0.0, 0.0, 0.0]
     watcher = threading.Thread(target=_peak_rss_gb, args=(proc, peak), daemon=True)
     watcher.start()
     try:
@@ -307,7 +316,9 @@ def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurre
         text, _ = proc.communicate()
     watcher.join()
     stable = "Failed to obtain stable measurement" not in text and proc.returncode == 0
-    row: dict[str, Any] = {"stable": stable, "rc": proc.returncode, "client_peak_rss_gb": round(peak[0], 2)}
+    row: dict[str, Any] = {"stable": stable, "rc": proc.returncode, "client_peak_rss_gb": round(peak[0], 2),
+                           # cores the client kept busy over its whole run (its start-up included)
+                           "client_cores": round(peak[1] / max(1e-3, peak[3] - peak[2]), 2)}
     if csv_path.exists():
         rows = list(csv.DictReader(csv_path.open()))
         if rows:

@@ -7,12 +7,15 @@ stages of a request are then in one process) with wrappers around the stages of 
 path, and every ``--report`` requests prints, and appends to ``--out`` as JSON, the median
 microseconds of each stage over those requests:
 
-- ``read``: first bytes of the request seen by the protocol -> its body complete;
-- ``to_app``: body complete -> the infer route starts parsing it (the request task wakes);
-- ``admit``: parse + admission -> queued in the scheduler;
-- ``to_thread``: queued -> the compute thread starts the batch;
+- ``head``: first bytes of the request seen by the protocol -> its headers parsed (request set up);
+- ``body``: -> its body complete;
+- ``to_app``: -> the infer route starts parsing it (the request task wakes);
+- ``parse``: -> the body parsed (JSON header, tensor views);
+- ``admit``: -> admitted and queued in the scheduler;
+- ``to_thread``: -> the compute thread starts the batch;
 - ``compute``: the batch on the compute thread (copies to and from the device, the run, split);
-- ``to_loop``: computed -> the event loop has the answer;
+- ``to_loop``: -> the event loop has the answer;
+- ``resume``: -> the infer route runs again (the future's callbacks, the request task wakes);
 - ``encode``: -> the response is built;
 - ``send``: -> both response messages were written to the socket.
 
@@ -27,8 +30,9 @@ import sys
 import time
 from typing import Any
 
-STAGES = ("read", "to_app", "admit", "to_thread", "compute", "to_loop", "encode", "send")
-_MARKS = ("first", "complete", "app", "queued", "thread", "computed", "landed", "answered", "sent")
+STAGES = ("head", "body", "to_app", "parse", "admit", "to_thread", "compute", "to_loop", "resume", "encode", "send")
+_MARKS = ("first", "headers", "complete", "app", "parsed", "queued", "thread", "computed", "landed", "resumed",
+          "answered", "sent")
 
 
 def install(report_every: int, out: str) -> None:
@@ -52,6 +56,7 @@ def install(report_every: int, out: str) -> None:
         setattr(cls, name, wrapper)
 
     wrap(http_protocol.SinkProtocol, "data_received", before="first", once=True)
+    wrap(http_protocol.SinkProtocol, "on_headers_complete", after="headers")
     wrap(http_protocol.SinkProtocol, "on_message_complete", before="complete")
     wrap(scheduler.Scheduler, "enqueue", after="queued")
     wrap(scheduler.Scheduler, "_compute", before="thread", after="computed")
@@ -61,12 +66,15 @@ def install(report_every: int, out: str) -> None:
 
     def parse_marked(*args: Any, **kwargs: Any) -> Any:
         marks["app"] = clock()
-        return parse(*args, **kwargs)
+        result = parse(*args, **kwargs)
+        marks["parsed"] = clock()
+        return result
 
     infer_http.parse_infer_request = parse_marked
     encode = infer_http.encode_infer_response
 
     def encode_marked(*args: Any, **kwargs: Any) -> Any:
+        marks["resumed"] = clock()
         result = encode(*args, **kwargs)
         marks["answered"] = clock()
         return result
