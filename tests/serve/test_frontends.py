@@ -300,3 +300,31 @@ def test_large_bodies_back_to_back_on_one_connection_each_get_their_own_answer(
         sock.sendall(requests[1])  # still usable
         (head, _), = _read_answers(sock, 1)
         assert head.startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize("processes", ["0", "1"])
+def test_after_a_body_that_timed_out_its_late_bytes_are_dropped_and_the_connection_serves_the_next_request(
+        start_server: Start, affine_onnx: Path, processes: str) -> None:
+    """A body read straight into its buffer that stops arriving is answered 400; the rest of it, sent late, is
+    read past and dropped (never parsed as a request, never written into memory given to another), and the
+    next request on that connection is answered."""
+    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", processes,
+                      "--max-batch", "60000", "--body-timeout-s", "1"])
+    s.wait_ready()
+    body, headers = _binary(np.full((6000, 4), 5.0, np.float32))  # 96 KB: read past the parser
+    head = (f"POST /v2/models/a/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+            f"Inference-Header-Content-Length: {headers['Inference-Header-Content-Length']}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+        sock.sendall(head + body[:70_000])
+        (late, text), = _read_answers(sock, 1)
+        assert late.startswith(b"HTTP/1.1 400 ") and b"did not arrive" in text
+        nxt, nxt_headers = _binary(np.full((2, 4), 1.0, np.float32))
+        sock.sendall(body[70_000:] + (f"POST /v2/models/a/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(nxt)}\r\n"
+                                      f"Inference-Header-Content-Length: "
+                                      f"{nxt_headers['Inference-Header-Content-Length']}\r\n\r\n").encode() + nxt)
+        (answer, payload), = _read_answers(sock, 1)
+        assert answer.startswith(b"HTTP/1.1 200 "), payload[:200]
+        json_length = next(int(line.split(b":")[1]) for line in answer.split(b"\r\n")
+                           if line.lower().startswith(b"inference-header-content-length:"))
+        np.testing.assert_array_equal(np.frombuffer(payload[json_length:json_length + 32], np.float32).reshape(2, 4),
+                                      np.full((2, 4), 3.0, np.float32))
