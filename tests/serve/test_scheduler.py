@@ -217,7 +217,7 @@ async def test_a_runtime_with_its_own_threads_runs_every_batch_there(backend: Fa
 async def test_a_request_that_finds_an_instance_free_starts_without_waiting_for_the_worker_task(
         backend: FakeBackend) -> None:
     """An idle scheduler starts a request's batch right after the callback that queued it, not on the worker
-    task's turn (waking it cost a lone GPU request ~80 us): here the worker never runs at all. Requests
+    task's turn (waking it cost a lone GPU request ~25 us more): here the worker never runs at all. Requests
     queued by one callback (a front-end's message of descriptors) still share a batch."""
     s = Scheduler(backend, BatchPolicy(8, 0.0), max_queue=10, inline_max_s=0.0)  # no start()
     assert (await asyncio.wait_for(submit(s, 1.0), 5))["y"][0, 0] == 10

@@ -20,7 +20,7 @@ when that batch size is known to take under ``inline_max_s`` (a tiny model: the 
 compute thread and back costs more than the run itself); else it goes to a compute thread
 right after the callback that queued it (``_kick``: requests queued by the same callback
 share the batch), not on the worker task's next turn (waking the worker cost a lone
-ResNet-50 request ~80 us on the H200 host: the task step, ``wait_for`` and the Event).
+ResNet-50 request ~25 us more on the H200 host: the task step, ``wait_for`` and the Event).
 """
 from __future__ import annotations
 

@@ -124,7 +124,8 @@ def infer_response_bytes(model: str, request_id: str | None, outputs: Sequence[t
     """``infer_response(...).SerializeToString()``, built faster: the fields before the tensors' bytes (model,
     version, id, each output's name, datatype and shape) are serialized once per kind of answer and kept, and
     each output's bytes follow as field 6 (protobuf messages may be concatenated field by field). Building the
-    message object per request was ~11 us of a tiny model's ~480 us of server CPU per gRPC request."""
+    message object and serializing it took 8.6 us, this 3.4 us, of a tiny model's ~400-480 us of server CPU per
+    gRPC request."""
     arrays = [(name, np.ascontiguousarray(array)) for name, array in outputs]
     key = (model, request_id or "", tuple((name, a.dtype.str, a.shape) for name, a in arrays))
     head = _HEADS.get(key)
