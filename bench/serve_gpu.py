@@ -22,7 +22,11 @@ table), ``--pa-count N`` bounds each window to N requests (``--pa-count-from C``
 concurrency C up), and ``--client own`` (or ``both``) drives the same load with
 ``loadclient.py`` (processes on raw sockets): the ResNet-50 figures past 16 clients come from
 it. ``--client-cores``/``--server-cores`` pin client and server apart with taskset (the
-server's default front-end count follows). ``--py-spy PATH --profile-at 1,64`` records the
+server's default front-end count follows). perf_analyzer's gRPC client shares one HTTP/2
+connection among up to 6 requests in flight (tritonclient's channel cache;
+``TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT`` in the environment changes it) and the kernel
+spreads connections, not requests, over the front-ends; each row has the cores each server
+process and the client kept busy. ``--py-spy PATH --profile-at 1,64`` records the
 engine process and one front-end with py-spy during those load points (raw collapsed stacks
 in ``--out``).
 
@@ -93,11 +97,14 @@ def inprocess(path: Path, seconds: float, engine_path: bool = False) -> dict[str
 
 class Server:
     def __init__(self, model: Path, name: str, port: int, grpc_port: int, extra: list[str], log: Path,
-                 cores: str = "") -> None:
+                 cores: str = "", stages: Path | None = None) -> None:
         env = {**os.environ, "TRTOP_DEVICE": DEVICE}
-        cmd = [sys.executable, "-m", "trtop.cli", "serve", "--model", str(model), "--model-name", name,
-               "--host", "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_port),
-               "--log-level", "warning", *extra]
+        flags = ["--model", str(model), "--model-name", name, "--host", "127.0.0.1", "--port", str(port),
+                 "--grpc-port", str(grpc_port), "--log-level", "warning", *extra]
+        cmd = [sys.executable, "-m", "trtop.cli", "serve", *flags]
+        if stages is not None:  # time stamps per stage of each request (one process), medians into that file
+            cmd = [sys.executable, str(ROOT / "bench" / "stages.py"), "--report", "1000", "--out", str(stages), "--",
+                   *flags]
         if cores:  # its front-end count follows (the default counts the cores it may use)
             cmd = ["taskset", "-c", cores, *cmd]
         self.log = open(log, "wb")  # noqa: SIM115
@@ -197,8 +204,9 @@ class Profiler:
     """py-spy recordings (``--threads``, raw collapsed stacks, ``--nonblocking``) of the engine process and
     one front-end while chosen load points run: where each process's CPU goes under that load."""
 
-    def __init__(self, py_spy: str, at: set[int], seconds: float, out: Path) -> None:
+    def __init__(self, py_spy: str, at: set[int], seconds: float, out: Path, native: bool = False) -> None:
         self.py_spy, self.at, self.seconds, self.out = py_spy, at, seconds, out
+        self.native = native  # C frames too (grpc's Cython core, uvloop, ONNX Runtime)
 
     def start(self, pids: list[int], tag: str, concurrency: int) -> list[subprocess.Popen[bytes]]:
         if not self.py_spy or concurrency not in self.at:
@@ -210,7 +218,8 @@ class Profiler:
             path = self.out / f"pyspy-{tag}-c{concurrency}-{role}.txt"
             procs.append(subprocess.Popen(
                 [self.py_spy, "record", "--pid", str(pid), "--duration", str(int(self.seconds)), "--rate", "250",
-                 "--threads", "--nonblocking", "--format", "raw", "--output", str(path)],
+                 "--threads", "--format", "raw", "--output", str(path),
+                 *(["--native"] if self.native else ["--nonblocking"])],  # --native pauses the process to read C stacks
                 stdout=subprocess.DEVNULL, stderr=open(str(path) + ".log", "wb")))  # noqa: SIM115
         return procs
 
@@ -232,11 +241,16 @@ def _cap_memory(gb: float) -> Any:
 
 
 def _peak_rss_gb(proc: subprocess.Popen[str], peak: list[float]) -> None:
+    """peak[0]: the client's peak RSS (GB); peak[1]: its CPU seconds, as last read; peak[2]: when first read."""
     while proc.poll() is None:
         try:
             for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     peak[0] = max(peak[0], int(line.split()[1]) / 2**20)
+            peak[1] = cpu_seconds([proc.pid])
+            if not peak[2]:
+                peak[2] = time.monotonic()
+            peak[3] = time.monotonic()
         except OSError:
             pass
         time.sleep(0.25)
@@ -248,6 +262,8 @@ def perf(client: Client, model: str, url: str, protocol: str, concurrency: int, 
     """One load point: the client's figures plus the server's (batches, queue, cores) and the GPU's."""
     sampler = GpuSampler()
     m0 = scrape(server.url)
+    pids = server.pids()
+    each0 = [cpu_seconds([p]) for p in pids]  # per process: is the load spread over the front-ends?
     cpu0, t0 = cpu_seconds(server.pids()), time.monotonic()
     spies = profiler.start(server.pids(), f"{model}{label and '-' + label}-{protocol}-{client.kind}",
                                               concurrency) if profiler else []
@@ -263,6 +279,8 @@ def perf(client: Client, model: str, url: str, protocol: str, concurrency: int, 
     else:
         row.update(_perf_analyzer(client, model, url, protocol, concurrency, window_ms, tmp))
     cores = (cpu_seconds(server.pids()) - cpu0) / (time.monotonic() - t0)
+    row["cores_by_process"] = [round((cpu_seconds([p]) - c) / (time.monotonic() - t0), 2)  # engine first
+                               for p, c in zip(pids, each0, strict=True)]
     Profiler.wait(spies)
     gpu = sampler.stop()
     m1 = scrape(server.url)
@@ -288,7 +306,7 @@ def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurre
         cmd = ["taskset", "-c", client.cores, *cmd]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=_cap_memory(client.memory_gb))
-    peak = [0.0]
+    peak = [0.0, 0.0, 0.0, 0.0]
     watcher = threading.Thread(target=_peak_rss_gb, args=(proc, peak), daemon=True)
     watcher.start()
     try:
@@ -298,7 +316,9 @@ def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurre
         text, _ = proc.communicate()
     watcher.join()
     stable = "Failed to obtain stable measurement" not in text and proc.returncode == 0
-    row: dict[str, Any] = {"stable": stable, "rc": proc.returncode, "client_peak_rss_gb": round(peak[0], 2)}
+    row: dict[str, Any] = {"stable": stable, "rc": proc.returncode, "client_peak_rss_gb": round(peak[0], 2),
+                           # cores the client kept busy over its whole run (its start-up included)
+                           "client_cores": round(peak[1] / max(1e-3, peak[3] - peak[2]), 2)}
     if csv_path.exists():
         rows = list(csv.DictReader(csv_path.open()))
         if rows:
@@ -338,11 +358,16 @@ def main() -> int:
     ap.add_argument("--py-spy", default="", help="py-spy binary: record the engine and a front-end at --profile-at")
     ap.add_argument("--profile-at", default="", help="concurrency levels to profile (ResNet-50 and tiny)")
     ap.add_argument("--profile-s", type=float, default=6.0, help="seconds of each py-spy recording")
+    ap.add_argument("--py-spy-native", action="store_true", help="py-spy --native (C frames too)")
+    ap.add_argument("--stages", action="store_true",
+                    help="run the ResNet-50 servers under bench/stages.py (give --server-arg=--frontends=0): the "
+                         "median time of each stage of a request, in the server log and stages-LABEL.jsonl")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = args.out
     results: dict[str, Any] = {"cores": os.cpu_count(), "server_args": args.server_arg}
-    profiler = Profiler(args.py_spy, {int(c) for c in args.profile_at.split(",") if c}, args.profile_s, tmp)
+    profiler = Profiler(args.py_spy, {int(c) for c in args.profile_at.split(",") if c}, args.profile_s, tmp,
+                        args.py_spy_native)
     levels = [int(c) for c in args.concurrency.split(",")]
     if not args.skip_resnet:
         resnet = models.resnet50()
@@ -365,7 +390,8 @@ def main() -> int:
         for label, flags in configs:
             print(f"trtop serve ResNet-50, {label}: {flags}", flush=True)
             server = Server(resnet, "resnet50", 8000, 8001, ["--max-batch", "32", *args.server_arg, *flags],
-                            tmp / f"server-resnet-{label}.log", args.server_cores)
+                            tmp / f"server-resnet-{label}.log", args.server_cores,
+                            stages=tmp / f"stages-{label}.jsonl" if args.stages else None)
             rows = []
             kinds = ["perf_analyzer", "own"] if args.client == "both" else [args.client]
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -241,3 +242,89 @@ async def test_bodies_read_into_shared_memory_answer_their_own_request_and_give_
         assert time.monotonic() < deadline, f"the budget did not come back: {r.status_code} {r.text}"
         time.sleep(0.1)
     np.testing.assert_array_equal(_y(r, 56000), np.full((56000, 4), 3, np.float32))
+
+
+def _read_answers(sock: socket.socket, count: int) -> list[tuple[bytes, bytes]]:
+    """``count`` HTTP answers (head, body) read from a raw connection, in order."""
+    data, answers = b"", []
+    while len(answers) < count:
+        head_end = data.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = data[:head_end]
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:")))
+            if len(data) >= head_end + 4 + length:
+                answers.append((head, data[head_end + 4:head_end + 4 + length]))
+                data = data[head_end + 4 + length:]
+                continue
+        chunk = sock.recv(1 << 20)
+        assert chunk, f"the connection closed after {len(answers)} of {count} answers"
+        data += chunk
+    return answers
+
+
+@pytest.mark.parametrize("processes", ["0", "1"])
+def test_large_bodies_back_to_back_on_one_connection_each_get_their_own_answer(
+        start_server: Start, affine_onnx: Path, processes: str) -> None:
+    """Bodies of 64 KB and more are read from the socket straight into their buffer, past the HTTP parser:
+    requests sent together (pipelined), split at odd places or followed by a small one on the same
+    connection each get their own answer, and the connection stays usable."""
+    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", processes,
+                      "--max-batch", "60000"])
+    s.wait_ready()
+
+    def raw(x: np.ndarray) -> bytes:
+        body, headers = _binary(x)
+        head = (f"POST /v2/models/a/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                f"Inference-Header-Content-Length: {headers['Inference-Header-Content-Length']}\r\n\r\n")
+        return head.encode() + body
+
+    values = [1.0, 2.0, 3.0, 4.0]
+    rows = [6000, 5000, 7000, 1]  # 96, 80, 112 KB, then a small body on the parser's own path
+    requests = [raw(np.full((n, 4), v, np.float32)) for n, v in zip(rows, values, strict=True)]
+    with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+        sock.sendall(requests[0] + requests[1])  # pipelined: the second starts right after the first body
+        stream = requests[2] + requests[3]
+        for cut in (100, 70_000, len(requests[2]) - 3, len(requests[2]) + 5):  # in the head, the body, across
+            sock.sendall(stream[:cut])
+            stream = stream[cut:]
+            time.sleep(0.05)
+        sock.sendall(stream)
+        answers = _read_answers(sock, 4)
+        for (head, body), n, v in zip(answers, rows, values, strict=True):
+            assert head.startswith(b"HTTP/1.1 200 "), body[:200]
+            json_length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"inference-header-content-length:"))
+            y = np.frombuffer(body[json_length:json_length + n * 16], np.float32).reshape(n, 4)  # y, then s
+            np.testing.assert_array_equal(y, np.full((n, 4), 2 * v + 1, np.float32))
+        sock.sendall(requests[1])  # still usable
+        (head, _), = _read_answers(sock, 1)
+        assert head.startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize("processes", ["0", "1"])
+def test_after_a_body_that_timed_out_its_late_bytes_are_dropped_and_the_connection_serves_the_next_request(
+        start_server: Start, affine_onnx: Path, processes: str) -> None:
+    """A body read straight into its buffer that stops arriving is answered 400; the rest of it, sent late, is
+    read past and dropped (never parsed as a request, never written into memory given to another), and the
+    next request on that connection is answered."""
+    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", processes,
+                      "--max-batch", "60000", "--body-timeout-s", "1"])
+    s.wait_ready()
+    body, headers = _binary(np.full((6000, 4), 5.0, np.float32))  # 96 KB: read past the parser
+    head = (f"POST /v2/models/a/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+            f"Inference-Header-Content-Length: {headers['Inference-Header-Content-Length']}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+        sock.sendall(head + body[:70_000])
+        (late, text), = _read_answers(sock, 1)
+        assert late.startswith(b"HTTP/1.1 400 ") and b"did not arrive" in text
+        nxt, nxt_headers = _binary(np.full((2, 4), 1.0, np.float32))
+        sock.sendall(body[70_000:] + (f"POST /v2/models/a/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(nxt)}\r\n"
+                                      f"Inference-Header-Content-Length: "
+                                      f"{nxt_headers['Inference-Header-Content-Length']}\r\n\r\n").encode() + nxt)
+        (answer, payload), = _read_answers(sock, 1)
+        assert answer.startswith(b"HTTP/1.1 200 "), payload[:200]
+        json_length = next(int(line.split(b":")[1]) for line in answer.split(b"\r\n")
+                           if line.lower().startswith(b"inference-header-content-length:"))
+        np.testing.assert_array_equal(np.frombuffer(payload[json_length:json_length + 32], np.float32).reshape(2, 4),
+                                      np.full((2, 4), 3.0, np.float32))

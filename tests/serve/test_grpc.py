@@ -87,6 +87,22 @@ def test_generated_descriptors_are_tritonclients_so_both_load_in_one_process() -
     assert model_config_pb2.DESCRIPTOR.serialized_pb == client_config.DESCRIPTOR.serialized_pb
 
 
+@pytest.mark.parametrize("request_id", [None, "", "r-7"])
+def test_answers_built_as_bytes_are_the_messages_bytes(request_id: str | None) -> None:
+    """ModelInfer's answer is serialized without a message object (a kept head + each output's bytes); it must
+    be exactly what the message would serialize to, for any outputs, and the same again from the kept head."""
+    from trtop.serve.grpc import wire
+
+    wide = np.arange(24, dtype=np.float32).reshape(4, 6)
+    outputs = [("y", wide[:, ::2]), ("ids", np.arange(3, dtype=np.int64)), ("none", np.zeros((0, 5), np.float16)),
+               ("big", np.ones((2, 200), np.float64))]  # not contiguous, other types, empty, lengths past 127
+    for _ in range(2):
+        built = wire.infer_response_bytes("m", request_id, outputs)
+        assert built == wire.infer_response("m", request_id, outputs).SerializeToString()
+    parsed = service_pb2.ModelInferResponse.FromString(built)
+    assert np.frombuffer(parsed.raw_output_contents[0], np.float32).reshape(4, 3).tolist() == wide[:, ::2].tolist()
+
+
 class TestRPCs:
     def test_health_and_metadata(self, client: tg.InferenceServerClient) -> None:
         assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("affine")

@@ -214,6 +214,18 @@ async def test_a_runtime_with_its_own_threads_runs_every_batch_there(backend: Fa
     own.shutdown()
 
 
+async def test_a_request_that_finds_an_instance_free_starts_without_waiting_for_the_worker_task(
+        backend: FakeBackend) -> None:
+    """An idle scheduler starts a request's batch right after the callback that queued it, not on the worker
+    task's turn (waking it cost a lone GPU request ~25 us more): here the worker never runs at all. Requests
+    queued by one callback (a front-end's message of descriptors) still share a batch."""
+    s = Scheduler(backend, BatchPolicy(8, 0.0), max_queue=10, inline_max_s=0.0)  # no start()
+    assert (await asyncio.wait_for(submit(s, 1.0), 5))["y"][0, 0] == 10
+    together = [s.enqueue(*feeds(v), timeout_s=5.0) for v in (2.0, 3.0, 4.0)]  # one callback
+    assert [(await f)["y"][0, 0] for f in together] == [20, 30, 40]
+    assert len(backend.batches) == 2 and backend.batches[1] >= 3  # the three in one batch
+
+
 async def test_deadlines_hold_for_every_request_whatever_the_order_of_their_timeouts(backend: FakeBackend) -> None:
     """One timer serves every deadline: a short timeout behind a long one still expires on time, a running
     request past its deadline is answered with TimedOut, and requests within theirs are served."""

@@ -44,6 +44,10 @@ from trtop.serve.types import Array, Outputs
 log = logging.getLogger(__name__)
 
 REPORT_INTERVAL_S = 0.02  # finished requests reach the engine's metrics within this
+# Tensors up to this size travel in the descriptor itself, both ways, instead of through the arena: for a tiny
+# model the arena's allocations, views and copies cost more than the bytes (in-flight bytes of such requests
+# are bounded by the queue and connection limits instead).
+INLINE_BYTES = 4096
 
 
 class LocalCounts:
@@ -215,17 +219,19 @@ class RemoteModel:
         regions.append(offset)
         return offset
 
-    def _put(self, name: str, array: Array, regions: list[int]) -> tuple[str, str, tuple[int, ...], int]:
+    def _put(self, name: str, array: Array, regions: list[int]) -> tuple[str, str, tuple[int, ...], int, bytes | None]:
         offset = self._arena.offset_of(array)
         if offset is None:
+            if array.nbytes <= INLINE_BYTES:
+                return name, array.dtype.str, tuple(array.shape), -1, array.tobytes()
             offset = self._region(array.nbytes, regions)
             np.copyto(self._arena.view(offset, array.dtype, array.shape), array)
-        return name, array.dtype.str, tuple(array.shape), offset
+        return name, array.dtype.str, tuple(array.shape), offset, None
 
     def _room(self, info: ModelInfo, name: str, rows: int, regions: list[int]) -> tuple[int, tuple[int, ...]] | None:
         row = self._row_shapes.get(name)
-        if row is None:
-            return None  # its size is known only after the run: it comes back inline
+        if row is None or rows * row[1] <= INLINE_BYTES:
+            return None  # its size is known only after the run, or it is small: it comes back inline
         row_shape, row_bytes = row
         return self._region(rows * row_bytes, regions), (rows, *row_shape)
 

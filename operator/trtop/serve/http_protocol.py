@@ -1,41 +1,89 @@
-"""uvicorn's httptools protocol with infer bodies written straight into a buffer of their size.
+"""uvicorn's httptools protocol with infer bodies read from the socket straight into a buffer of their size.
 
 uvicorn's ``on_body`` appends each chunk to a ``bytes`` (a copy per chunk), pauses reading
 past 64 KB and wakes the request's task, which takes the bytes and resumes reading: a
 602 KB image costs ~10 such rounds and as many copies, then the app joins them and a
 front-end copies the result into shared memory. Here an infer request whose
 ``Content-Length`` fits the limits gets a ``BodySink`` (``FastInfer.open_sink``) when its
-headers are parsed; every chunk is copied once into it as it arrives (a front-end's sink
-is a region of its shared arena: the engine reads the tensors there), reading never
-pauses for it (its bytes are already reserved), and the task wakes once, at the end.
-Other requests take uvicorn's own path. Sinks the app never took (a connection closed
-first) are given back when the connection closes; those it took, when it has answered. Used by ``server.uvicorn_config``.
+headers are parsed (a front-end's sink is a region of its shared arena: the engine reads
+the tensors there), and reads are buffered (``asyncio.BufferedProtocol``): while such a body is
+arriving, the event loop's reads land in the sink itself (``get_buffer`` returns its free room,
+never more than the body's remaining bytes), so the bytes are copied once, by the kernel,
+reading never pauses and the request's task wakes once, at the end. Other reads go through
+one buffer per process into the parser, as uvicorn does (no copy more than its own ``bytes``).
+
+The parser is not fed the bytes that went into a sink, so it is replaced by a fresh one when
+the body is whole (the next request starts at that byte). A sink that closes while its body is
+still arriving (the request timed out) takes no more bytes: the rest are read into the
+process's buffer and dropped. Sinks the app never took (a connection closed first) are given
+back when the connection closes; those it took, when it has answered. The infer route's answer
+goes out in one write (``Cork``). Used by ``server.uvicorn_config``.
 """
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from trtop.serve.infer_http import SINK, BodySink, FastInfer
+from trtop.serve.infer_http import CORK, SINK, BodySink, FastInfer
+
+READ_BYTES = 256 * 1024  # one read outside a sink (uvloop's own buffer is this size)
 
 
 class SinkProtocol(HttpToolsProtocol):
-    """One connection; ``fast`` is set on the subclass ``protocol_for`` makes."""
+    """One connection; ``fast`` is set on the subclass ``protocol_for`` makes, with ``_scratch``, the
+    process's read buffer (reads run one at a time on the event loop, and each is parsed before the next).
+    Its reads come through ``BufferedReads``."""
 
     fast: FastInfer
+    _scratch: memoryview
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._sink: BodySink | None = None  # the body being received, when it has a sink
         self._sinks: list[BodySink] = []  # sinks opened on this connection (given back at its end)
+        self._left = 0  # bytes of that body still to come straight from the socket (past the parser)
+        self._into_sink = False  # the last get_buffer gave the sink's room
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._left:
+            sink = self._sink
+            room = sink.room()[:self._left] if sink is not None else self._scratch[:0]
+            self._into_sink = len(room) > 0
+            return room if self._into_sink else self._scratch[:self._left]
+        return self._scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if not self._left:
+            self.data_received(self._scratch[:nbytes])  # type: ignore[arg-type]  # httptools takes any buffer
+            if self._sink is not None and not self._sink.complete and self.parser is not None:
+                self._left = self._sink.size - self._sink.filled  # the rest of the body: straight into the sink
+            return
+        if self._into_sink and self._sink is not None:
+            self._sink.advance(nbytes)
+        self._left -= nbytes
+        if not self._left:
+            self._body_read()
+
+    def _body_read(self) -> None:
+        """The body ended past the parser: a fresh parser for the next request, and the request's task wakes."""
+        self.parser = httptools.HttpRequestParser(self)
+        try:
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn's own
+        except AttributeError:  # httptools < 0.6.3
+            pass
+        self.on_message_complete()
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
         self._sink = None
         if "path" not in self.scope or self.cycle is None or self.cycle.scope is not self.scope:
             return  # an upgrade: no request cycle
+        cork = Cork(self.cycle.transport)
+        self.cycle.transport = cork  # type: ignore[assignment]
+        self.scope[CORK] = cork  # type: ignore[literal-required]
         sink = self.fast.open_sink(self.scope)
         if sink is not None:
             self.scope[SINK] = sink  # type: ignore[literal-required]
@@ -56,12 +104,92 @@ class SinkProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        self._left = 0
         for sink in self._sinks:
             if not sink.taken:  # the app closes those it took, once it is done with them
                 sink.close()
         self._sinks.clear()
 
 
-def protocol_for(fast: FastInfer) -> type[asyncio.Protocol]:
+class Cork:
+    """A request's view of the connection's transport that can hold the response's head for its body.
+
+    uvicorn writes the status line and headers, then the body: two sends. On loopback each send runs
+    the receiver's side of TCP and wakes the client, which reads the head alone and waits again (py-spy
+    of a one-process server at one client: the head's write took more samples than the body's). The
+    infer route calls ``hold`` before it answers: the next write (the head) waits for the following
+    one (the body) and both go in one ``writelines``. Everything else passes through."""
+
+    __slots__ = ("transport", "_hold", "_held")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._hold = False
+        self._held: bytes | None = None
+
+    def hold(self) -> None:
+        """The next write is kept until the one after it."""
+        self._hold = True
+
+    def write(self, data: bytes) -> None:
+        if self._hold:
+            self._hold, self._held = False, data
+            return
+        held, self._held = self._held, None
+        if held is None:
+            self.transport.write(data)
+        else:
+            self.transport.writelines((held, data))
+
+    def close(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            self.transport.write(held)
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+class BufferedReads(asyncio.BufferedProtocol):
+    """The connection's protocol as the event loop sees it: a ``BufferedProtocol`` in front of the HTTP one.
+
+    uvloop reads into the protocol's own buffer only when the protocol is not an ``asyncio.Protocol``
+    (uvicorn's is one; uvloop then hands every read over as a new ``bytes``), so this holds the HTTP
+    protocol and passes every event on to it. ``http`` is set on the subclass ``protocol_for`` makes."""
+
+    __slots__ = ("protocol",)
+    http: type[SinkProtocol]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.protocol = self.http(*args, **kwargs)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.protocol.connection_made(transport)  # type: ignore[arg-type]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.protocol.connection_lost(exc)
+
+    def eof_received(self) -> None:
+        self.protocol.eof_received()  # uvicorn's returns nothing: the transport closes itself
+
+    def pause_writing(self) -> None:
+        self.protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.protocol.resume_writing()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.protocol.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.protocol.buffer_updated(nbytes)
+
+
+def protocol_for(fast: FastInfer) -> type[asyncio.BaseProtocol]:
     """The protocol class uvicorn makes one of per connection, for this app."""
-    return type("InferProtocol", (SinkProtocol,), {"fast": fast})
+    http = type("InferProtocol", (SinkProtocol,), {"fast": fast, "_scratch": memoryview(bytearray(READ_BYTES))})
+    return type("InferReads", (BufferedReads,), {"http": http})

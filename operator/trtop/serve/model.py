@@ -9,9 +9,12 @@ Called by ``service`` (admission) and ``app`` (metadata).
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from trtop.api.engine import TensorSpec
 from trtop.serve.batching import signature_of
@@ -35,9 +38,19 @@ class ModelInfo:
     target: str = ""
     buckets: tuple[int, ...] = ()  # batch sizes the engine runs at (warmed at start)
 
-    @property
+    @functools.cached_property
     def output_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.outputs)
+
+    @functools.cached_property
+    def specs(self) -> dict[str, TensorSpec]:
+        """The inputs by name (admission looks them up per request)."""
+        return {s.name: s for s in self.inputs}
+
+    @functools.cached_property
+    def dtypes(self) -> dict[str, np.dtype[Any]]:
+        """The inputs' numpy dtypes by name."""
+        return {s.name: np.dtype(s.dtype) for s in self.inputs}
 
 
 @dataclass(frozen=True)
@@ -50,17 +63,17 @@ class Admitted:
 
 def admit(info: ModelInfo, request: InferRequest) -> Admitted:
     """Check every tensor against the model; BadRequest names the first problem found."""
-    specs = {s.name: s for s in info.inputs}
-    unknown = sorted(set(request.inputs) - set(specs))
-    if unknown:
-        raise BadRequest(f"unknown input {_names(unknown)}; {_expects(info.inputs, 'takes')}")
-    missing = [n for n in specs if n not in request.inputs]
-    if missing:
+    specs = info.specs
+    if request.inputs.keys() != specs.keys():  # the names are checked only when they differ (once per request)
+        unknown = sorted(set(request.inputs) - set(specs))
+        if unknown:
+            raise BadRequest(f"unknown input {_names(unknown)}; {_expects(info.inputs, 'takes')}")
+        missing = [n for n in specs if n not in request.inputs]
         raise BadRequest(f"missing input {_names(missing)}; {_expects(info.inputs, 'takes')}")
     rows: int | None = None
     for name, array in request.inputs.items():
         spec = specs[name]
-        if array.dtype.name != spec.dtype:
+        if array.dtype != info.dtypes[name]:  # numpy dtypes compare in C; ``.name`` builds a string each time
             raise BadRequest(f"input {name!r} has datatype {v2_datatype(array.dtype.name)}, "
                              f"the model expects {v2_datatype(spec.dtype)}")
         if not _shape_fits(array.shape, spec.shape):
@@ -87,12 +100,18 @@ def _shape_fits(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
 
 def _outputs(info: ModelInfo, request: InferRequest) -> tuple[RequestedOutput, ...]:
     if request.outputs is None:
-        return tuple(RequestedOutput(n, request.binary_output) for n in info.output_names)
+        return _all_outputs(info.output_names, request.binary_output)
     known = set(info.output_names)
     for out in request.outputs:
         if out.name not in known:
             raise BadRequest(f"unknown output {out.name!r}; {_expects(info.outputs, 'has outputs')}")
     return request.outputs
+
+
+@functools.lru_cache(maxsize=64)
+def _all_outputs(names: tuple[str, ...], binary: bool) -> tuple[RequestedOutput, ...]:
+    """Every output, in the model's order (the same immutable tuple for every request that names none)."""
+    return tuple(RequestedOutput(n, binary) for n in names)
 
 
 def _names(names: list[str]) -> str:

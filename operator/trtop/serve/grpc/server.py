@@ -119,7 +119,9 @@ class InferenceServicer:
             if remaining is not None and (parsed.timeout_s is None or remaining < parsed.timeout_s):
                 parsed = dataclasses.replace(parsed, timeout_s=max(remaining, 1e-3))
             admitted, outputs = await self.handle.infer(parsed)
-            return wire.infer_response(info.name, parsed.id, [(o.name, outputs[o.name]) for o in admitted.outputs])
+            # already serialized (``_serialize`` passes bytes through)
+            return wire.infer_response_bytes(info.name, parsed.id,  # type: ignore[return-value]
+                                             [(o.name, outputs[o.name]) for o in admitted.outputs])
         except ServeError as exc:
             outcome = exc.outcome
             _fail(context, exc)
@@ -142,13 +144,18 @@ async def _unimplemented_stream(method: str, requests: AsyncIterator[Any], conte
     await _unimplemented(method)(None, context)
 
 
+def _serialize(response: Message | bytes) -> bytes:
+    """A response message's bytes; ModelInfer hands over its answer already serialized."""
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
 def generic_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
     """Handlers for every method of the service descriptor (implemented or UNIMPLEMENTED)."""
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
         request_cls: type[Message] = getattr(pb, method.input_type.name)
         response_cls: type[Message] = getattr(pb, method.output_type.name)
-        codec = {"request_deserializer": request_cls.FromString, "response_serializer": response_cls.SerializeToString}
+        codec = {"request_deserializer": request_cls.FromString, "response_serializer": _serialize}
         if method.client_streaming or method.server_streaming:
             name = method.name
 

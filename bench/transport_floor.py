@@ -1,0 +1,95 @@
+"""The floor under a lone request's latency that no Python HTTP server can go below: the bytes' trip.
+
+    python3 bench/transport_floor.py --shape 3,224,224 --answer-bytes 4200 --server-cores 0 --client-cores 12
+
+A raw server (blocking sockets, one connection: reads each request's head and ``Content-Length``
+body into one preallocated buffer, answers a fixed body of ``--answer-bytes``) under the same
+client as the real server's one-client row (``loadclient.py``: asyncio on uvloop, the same
+binary v2 request of that shape). Its p50 is what moving the request in and the answer out over
+loopback TCP costs, with both clients' and kernel's work in it and no server logic: a served
+request's latency minus the engine's run cannot go below it. Prints one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loadclient  # noqa: E402
+
+_LENGTH = re.compile(rb"(?im)^content-length: *(\d+)")
+
+
+def serve(port: int, answer_bytes: int) -> None:
+    """Answer every request on each connection, one connection at a time, until killed."""
+    answer = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % answer_bytes + b"x" * answer_bytes
+    listener = socket.create_server(("127.0.0.1", port))
+    buffer = bytearray(64 << 20)
+    view = memoryview(buffer)
+    while True:
+        conn, _ = listener.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        got = 0
+        while True:
+            end = buffer.find(b"\r\n\r\n", 0, got)
+            if end >= 0:
+                match = _LENGTH.search(buffer, 0, end)
+                need = end + 4 + (int(match.group(1)) if match else 0)
+                if got >= need:
+                    conn.sendall(answer)
+                    view[:got - need] = view[need:got]
+                    got -= need
+                    continue
+            n = conn.recv_into(view[got:])
+            if n == 0:
+                conn.close()
+                break
+            got += n
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--shape", default="3,224,224", help="one request's input shape without the batch dim")
+    p.add_argument("--answer-bytes", type=int, default=4200, help="the answer's body (ResNet-50: ~4,150)")
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--server-cores", default="")
+    p.add_argument("--client-cores", default="")
+    args = p.parse_args()
+    if args.serve:
+        serve(args.serve, args.answer_bytes)
+        return 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    cmd = [sys.executable, __file__, "--serve", str(port), "--answer-bytes", str(args.answer_bytes)]
+    if args.server_cores:
+        cmd = ["taskset", "-c", args.server_cores, *cmd]
+    server = subprocess.Popen(cmd)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        got = loadclient.run(host="127.0.0.1", port=port, model="m", input_name="input",
+                             shape=[int(d) for d in args.shape.split(",")], concurrency=1, seconds=args.seconds,
+                             procs=1, cores=args.client_cores)
+    finally:
+        server.kill()
+        server.wait()
+    print(json.dumps({"floor_p50_ms": round(got["p50_ms"], 3), "floor_p99_ms": round(got["p99_ms"], 3),
+                      "requests": got["requests"]}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
