@@ -93,7 +93,8 @@ class Demo:
         self.dev.kubectl("create", "namespace", NAMESPACE, check=False)
         self.dev.apply(storage_manifests(self.storage))
         self._step("model: a small Keras classifier made by examples/demo/model.py onto the models claim")
-        subprocess.run([sys.executable, str(self.root / "examples/demo/model.py"), str(self.model_path)], check=True)
+        made = _quiet_python(str(self.root / "examples/demo/model.py"), str(self.model_path))
+        self.say("  " + made.strip())
         self._step(f"operator: helm upgrade --install trtop charts/trtop (its pod runs on the real node "
                    f"{nodeconfig.NODE_NAME})")
         self.dev.helm("upgrade", "--install", RELEASE, str(self.root / "charts/trtop"), "-n", NAMESPACE,
@@ -284,9 +285,17 @@ def _tensorflow_answer(path: Path, image: np.ndarray[Any, Any]) -> np.ndarray[An
     tmp = path.parent / ".demo-io"
     tmp.mkdir(exist_ok=True)
     np.save(tmp / "x.npy", image)
-    subprocess.run([sys.executable, "-c", code, str(path), str(tmp / "x.npy"), str(tmp / "y.npy")], check=True,
-                   env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    _quiet_python("-c", code, str(path), str(tmp / "x.npy"), str(tmp / "y.npy"))
     return np.asarray(np.load(tmp / "y.npy"))
+
+
+def _quiet_python(*args: str) -> str:
+    """Run this Python with ``args``; its stdout. TensorFlow's start-up chatter on stderr is shown only on failure."""
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, check=False,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(args[:2])} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout
 
 
 def main(argv: list[str]) -> int:
