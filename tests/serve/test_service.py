@@ -1,6 +1,7 @@
 """The service's start-up rules: max batch, warm-up, readiness states."""
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -137,7 +138,31 @@ async def test_merged_batches_stop_where_the_runtime_measures_that_batching_stop
                            ServerMetrics("m"))
     await svc.start()
     assert svc.merge_max == 2 and svc.info is not None and svc.info.max_batch == 32  # requests may still carry 32
-    assert [s for s, _ in rt.measured if s > 1] == [2, 4, 8] and {i for _, i in rt.measured} == {2}
+    # One pass up to two sizes that do not pay, then the same sizes once more.
+    assert [s for s, _ in rt.measured] == [1, 2, 4, 8, 1, 2, 4, 8] and {i for _, i in rt.measured} == {2}
+    await svc.close()
+
+
+async def test_a_disturbed_measurement_does_not_decide_the_merge_cap() -> None:
+    """The first pass sees batch 2 and 4 slowed (another process ran); the second pass does not:
+    each size keeps its better figure, so the cap is where batching really stops paying."""
+    class Disturbed(Recorder):
+        first = {1: 200.0, 2: 120.0, 4: 110.0, 8: 60.0, 16: 30.0, 32: 10.0}
+        again = {1: 200.0, 2: 230.0, 4: 240.0, 8: 60.0, 16: 30.0, 32: 10.0}
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: dict[int, int] = {}
+
+        def throughput(self, size: int, instances: int) -> float:
+            self.calls[size] = self.calls.get(size, 0) + 1
+            return (self.first if self.calls[size] == 1 else self.again)[size]
+
+    rt = Disturbed()
+    svc = InferenceService("m", lambda: Loaded(rt, backend="fake"), BatchingConfig(max_batch=32, instances=2),
+                           ServerMetrics("m"))
+    await svc.start()
+    assert svc.merge_max == 4  # one pass alone would have capped merged batches at 1
     await svc.close()
 
 
@@ -149,3 +174,7 @@ def test_cpu_onnxruntime_measures_rows_per_second_per_batch_size(tmp_path) -> No
     rt = OnnxRuntime(make_affine_onnx(tmp_path / "m.onnx"), RuntimeOptions(threads=1, use_gpu=False))
     rates = {size: rt.throughput(size, instances=2) for size in (1, 8)}
     assert all(r is not None and r > 0 for r in rates.values())
+    # Each thread runs for at least min_seconds: the figure is rows over the time they took.
+    start = time.perf_counter()
+    assert (rt.throughput(1, instances=2, min_seconds=0.2) or 0) > 0
+    assert time.perf_counter() - start >= 0.2

@@ -155,24 +155,31 @@ class OnnxRuntime(FixedIO):
             self._wide = wide
             log.info("lone runs use %d threads (batch 1: %.2f vs %.2f ms)", cores, wide_s * 1e3, narrow_s * 1e3)
 
-    def throughput(self, size: int, instances: int, runs: int = 2) -> float | None:
+    def throughput(self, size: int, instances: int, runs: int = 2, min_seconds: float = 0.05) -> float | None:
         """Rows per second at batch ``size`` with ``instances`` runs side by side, as the scheduler runs
         them under load (CPU only: the cores share caches and memory bandwidth, so one run alone
-        would flatter large batches). None on the CUDA provider, where every bucket pays."""
+        would flatter large batches). None on the CUDA provider, where every bucket pays.
+
+        Each thread runs at least ``runs`` times and ``min_seconds``, timed by itself once all
+        have started (a barrier): thread start-up and a lone sub-millisecond run (a light model
+        at batch 1) no longer decide the figure."""
         if self._by_batch:
             return None
         feeds = {s.name: np.zeros((size, *(d if d > 0 else 1 for d in s.shape[1:])), s.dtype) for s in self._inputs}
         names = [s.name for s in self._outputs]
         self._session.run(names, feeds)  # first-run allocations at this size stay out of the timing
+        started = threading.Barrier(instances)
 
-        def work(_: int) -> None:
-            for _ in range(runs):
+        def work(_: int) -> float:
+            started.wait()
+            begin, done = time.perf_counter(), 0
+            while done < runs or time.perf_counter() - begin < min_seconds:
                 self._session.run(names, feeds)
+                done += 1
+            return done * size / (time.perf_counter() - begin)
 
         with ThreadPoolExecutor(max_workers=instances) as pool:
-            start = time.perf_counter()
-            list(pool.map(work, range(instances)))
-            return instances * runs * size / (time.perf_counter() - start)
+            return sum(pool.map(work, range(instances)))
 
     def batch_array(self, shape: tuple[int, ...], dtype: Any) -> Any:
         """An array to merge a batch into: page-locked on the CUDA provider (faster copies to the GPU)."""
