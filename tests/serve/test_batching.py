@@ -183,6 +183,16 @@ class TestMergeMax:
         assert paying_batch({1: 100.0, 2: 160.0, 4: 150.0, 8: 90.0}) == 4  # 4 is within 10% of 2's best
         assert paying_batch({1: 100.0, 2: 160.0, 4: 150.0, 8: 90.0}, keep=0.95) == 2
 
+    def test_paying_batch_goes_below_the_floor_only_when_the_floor_clearly_loses(self) -> None:
+        from trtop.serve.batching import paying_batch
+        # Within the noise (4 at 0.85 of the best): the floor, where the server's per-batch cost is shared.
+        assert paying_batch({1: 200.0, 2: 185.0, 4: 170.0, 8: 120.0}) == 2
+        assert paying_batch({1: 200.0, 2: 185.0, 4: 170.0, 8: 120.0}, floor=4) == 4
+        # Clearly worse (4 at 0.6 of the best): the measurement decides.
+        assert paying_batch({1: 168.0, 2: 150.0, 4: 100.0, 8: 80.0}, floor=4) == 1
+        # Not measured that far (a small engine): nothing to lean on.
+        assert paying_batch({1: 200.0, 2: 150.0}, floor=4) == 1
+
     def test_policy_checks_merge_max(self) -> None:
         with pytest.raises(ValueError, match="merge max"):
             BatchPolicy(max_batch=4, merge_max=8)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from trtop.api.engine import EngineRecord, batch_buckets
-from trtop.serve.batching import BatchPolicy, paying_batch
+from trtop.serve.batching import MERGE_FLOOR, BatchPolicy, paying_batch
 from trtop.serve.errors import NotReady, ServeError
 from trtop.serve.handle import not_ready_message
 from trtop.serve.metrics import ServerMetrics
@@ -106,11 +106,11 @@ def measure_merge_max(rt: Runtime, info: ModelInfo, instances: int) -> int:
     rates: dict[int, float] = {info.buckets[0]: first}
     for size in info.buckets[1:]:
         rates[size] = measure(size, instances)
-        if len(rates) >= 3 and paying_batch(rates) < sorted(rates)[-2]:
+        if len(rates) >= 3 and paying_batch(rates, floor=MERGE_FLOOR) < sorted(rates)[-2]:
             break
     for size in sorted(rates):
         rates[size] = max(rates[size], measure(size, instances))
-    chosen = paying_batch(rates)
+    chosen = paying_batch(rates, floor=MERGE_FLOOR)
     log.info("rows per second with %d runs side by side: %s; merged batches stop at %d rows",
              instances, ", ".join(f"{k}: {v:.0f}" for k, v in sorted(rates.items())), chosen)
     return 0 if chosen == info.max_batch else chosen
