@@ -42,8 +42,8 @@ def install(report_every: int, out: str) -> None:
     marks: dict[str, float] = {}
     rows: list[list[float]] = []
 
-    def wrap(cls: Any, name: str, before: str | None = None, after: str | None = None, once: bool = False) -> None:
-        original = getattr(cls, name)
+    def wrap(owner: Any, name: str, before: str | None = None, after: str | None = None, once: bool = False) -> None:
+        original = getattr(owner, name)
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if before is not None and not (once and before in marks):
@@ -53,7 +53,7 @@ def install(report_every: int, out: str) -> None:
                 marks[after] = clock()
             return result
 
-        setattr(cls, name, wrapper)
+        setattr(owner, name, wrapper)
 
     wrap(http_protocol.SinkProtocol, "data_received", before="first", once=True)
     wrap(http_protocol.SinkProtocol, "on_headers_complete", after="headers")
@@ -62,24 +62,8 @@ def install(report_every: int, out: str) -> None:
     wrap(scheduler.Scheduler, "_compute", before="thread", after="computed")
     wrap(scheduler.Scheduler, "_land", before="landed")
 
-    parse = infer_http.parse_infer_request
-
-    def parse_marked(*args: Any, **kwargs: Any) -> Any:
-        marks["app"] = clock()
-        result = parse(*args, **kwargs)
-        marks["parsed"] = clock()
-        return result
-
-    infer_http.parse_infer_request = parse_marked
-    encode = infer_http.encode_infer_response
-
-    def encode_marked(*args: Any, **kwargs: Any) -> Any:
-        marks["resumed"] = clock()
-        result = encode(*args, **kwargs)
-        marks["answered"] = clock()
-        return result
-
-    infer_http.encode_infer_response = encode_marked
+    wrap(infer_http, "parse_infer_request", before="app", after="parsed")  # module functions too
+    wrap(infer_http, "encode_infer_response", before="resumed", after="answered")
     call = infer_http.FastInfer.__call__
 
     async def call_marked(self: Any, scope: Any, receive: Any, send: Any) -> None:

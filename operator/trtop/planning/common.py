@@ -69,6 +69,9 @@ def workload_store_uri(settings: Settings, scope: str) -> str:
     return settings.store_mount_path if settings.store_pvc else scoped_uri(settings.store_uri, scope)
 
 
+STORE_VOLUME = "engine-store"  # the store claim's volume in workloads (there only with a PVC store)
+
+
 def store_access(
     settings: Settings, scope: str, *, tmp_size: str, write_key: str = "",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
@@ -87,12 +90,12 @@ def store_access(
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": tmp_size}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if settings.store_pvc:
-        volumes.append({"name": "engine-store", "persistentVolumeClaim": {"claimName": settings.store_pvc,
+        volumes.append({"name": STORE_VOLUME, "persistentVolumeClaim": {"claimName": settings.store_pvc,
                                                                           "readOnly": not write_key}})
-        mounts.append({"name": "engine-store", "mountPath": settings.store_mount_path, "subPath": scope,
+        mounts.append({"name": STORE_VOLUME, "mountPath": settings.store_mount_path, "subPath": scope,
                        "readOnly": True})
         if write_key:  # writable mounts over the read-only scope (the operator makes them first: store_folders)
-            mounts += [{"name": "engine-store", "mountPath": f"{settings.store_mount_path}/{sub}",
+            mounts += [{"name": STORE_VOLUME, "mountPath": f"{settings.store_mount_path}/{sub}",
                         "subPath": f"{scope}/{sub}", "readOnly": False} for sub in (write_key, names.TIMING_CACHES)]
     secret = settings.store_secret if write_key else (settings.store_read_secret or settings.store_secret)
     if secret:
@@ -107,9 +110,8 @@ def store_folders(job: Mapping[str, Any]) -> tuple[str, ...]:
     itself, as root with mode 0755, which the build (non-root) then cannot write to.
     """
     pod = job["spec"]["template"]["spec"]
-    claims = {v["name"] for v in pod.get("volumes") or () if "persistentVolumeClaim" in v and v["name"] == "engine-store"}
     return tuple(m["subPath"] for c in pod["containers"] for m in c.get("volumeMounts") or ()
-                 if m["name"] in claims and m.get("subPath") and not m.get("readOnly"))
+                 if m["name"] == STORE_VOLUME and m.get("subPath") and not m.get("readOnly"))
 
 
 def with_applied_hash(manifest: Manifest) -> Manifest:
