@@ -179,7 +179,11 @@ def test_build_failure_on_one_architecture_degrades_but_serves(world, dev_cluste
 def test_model_update_builds_new_engines_first_then_rolls(world, dev_cluster):
     world.apply("resnet", gpu_spec())
     world.wait_condition("resnet", "Ready")
-    old = world.md("resnet")
+    # Ready may come while one architecture still builds (P11): an engine that never served
+    # is not a previous engine, so let every architecture build and roll out first.
+    world.wait_every_unit("resnet", dev_cluster)
+    old = wait_for("every engine Ready", lambda: (m := world.md("resnet")) and m["status"].get("engines") and all(
+        e["state"] == "Ready" for e in m["status"]["engines"]) and m, timeout=90)
     old_keys = {e["key"] for e in old["status"]["engines"]}
     old_revision = old["status"]["modelRevision"]
     world.converter.hold.set()
