@@ -109,7 +109,12 @@ def test_one_build_per_architecture_then_ready(world, dev_cluster):
     archs = gpu_types(dev_cluster)
     assert len(archs) >= 3
     dev_cluster.kubectl("wait", "-n", world.ns, "--for=condition=Ready", "md/resnet", "--timeout=120s")
-    md = world.md("resnet")
+    # Ready may come while one architecture still builds (P11): wait for every engine and unit,
+    # and for the rollout to settle, before counting them.
+    world.wait_every_unit("resnet", dev_cluster)
+    md = world.wait_condition("resnet", "EnginesReady")
+    md = wait_for("the rollout settled", lambda: (m := world.md("resnet")) and condition(m, "Reconciling").get(
+        "status") == "False" and condition(m, "Ready").get("status") == "True" and m, timeout=90)
     assert md["status"]["enginesReady"] == f"{len(archs)}/{len(archs)}"
     assert {e["target"] for e in md["status"]["engines"]} == archs
     assert len(world.jobs()) == len(archs) == len(world.converter.seen)
