@@ -8,10 +8,15 @@ client as the real server's one-client row (``loadclient.py``: asyncio on uvloop
 binary v2 request of that shape). Its p50 is what moving the request in and the answer out over
 loopback TCP costs, with both clients' and kernel's work in it and no server logic: a served
 request's latency minus the engine's run cannot go below it. Prints one JSON line.
+
+``--serve PORT --many`` runs the same no-logic answerer for many connections at once (an asyncio
+protocol): ``bench/serve.py --floor`` puts its own client against it at every concurrency, which
+is the most any server could serve with that client on those cores.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import re
 import socket
@@ -19,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loadclient  # noqa: E402
@@ -53,9 +59,61 @@ def serve(port: int, answer_bytes: int) -> None:
             got += n
 
 
+class _Answerer:
+    """An asyncio protocol with no logic: answers every whole request on its connection with a
+    fixed reply (the many-connections floor: what the client and the kernel cost alone)."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.buffer = bytearray()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer
+        buf += data
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            match = _LENGTH.search(buf, 0, end)
+            need = end + 4 + (int(match.group(1)) if match else 0)
+            if len(buf) < need:
+                return
+            del buf[:need]
+            self.transport.write(self.answer)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        pass
+
+    def eof_received(self) -> None:
+        pass
+
+
+def serve_many(port: int, answer_bytes: int) -> None:
+    """Answer every connection at once (uvloop where installed), until killed."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    answer = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % answer_bytes + b"x" * answer_bytes
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _Answerer(answer), "127.0.0.1", port)  # type: ignore[arg-type,return-value]
+        await server.serve_forever()
+
+    asyncio.run(run())
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--many", action="store_true", help="with --serve: answer every connection at once (asyncio)")
     p.add_argument("--shape", default="3,224,224", help="one request's input shape without the batch dim")
     p.add_argument("--answer-bytes", type=int, default=4200, help="the answer's body (ResNet-50: ~4,150)")
     p.add_argument("--seconds", type=float, default=5.0)
@@ -63,7 +121,7 @@ def main() -> int:
     p.add_argument("--client-cores", default="")
     args = p.parse_args()
     if args.serve:
-        serve(args.serve, args.answer_bytes)
+        (serve_many if args.many else serve)(args.serve, args.answer_bytes)
         return 0
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
