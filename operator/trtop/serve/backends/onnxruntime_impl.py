@@ -154,6 +154,9 @@ class OnnxRuntime(FixedIO):
         if wide_s < WIDE_GAIN * narrow_s:
             self._wide = wide
             log.info("lone runs use %d threads (batch 1: %.2f vs %.2f ms)", cores, wide_s * 1e3, narrow_s * 1e3)
+        else:  # said either way: a lone request's latency depends on it
+            log.info("lone runs stay on 1 thread (batch 1 over %d threads: %.2f vs %.2f ms, not under %.0f%%)",
+                     cores, wide_s * 1e3, narrow_s * 1e3, WIDE_GAIN * 100)
 
     def throughput(self, size: int, instances: int, runs: int = 2, min_seconds: float = 0.05) -> float | None:
         """Rows per second at batch ``size`` with ``instances`` runs side by side, as the scheduler runs
