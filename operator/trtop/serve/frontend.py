@@ -28,13 +28,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
 from trtop.serve import errors
 from trtop.serve.arena import Allocator, Arena
 from trtop.serve.channel import Channel, Message
-from trtop.serve.errors import NotReady, Overloaded, ServeError
+from trtop.serve.errors import InferenceFailed, NotReady, Overloaded, ServeError
 from trtop.serve.model import Admitted, ModelInfo, admit
 from trtop.serve.protocol import Held, InferRequest
 from trtop.serve.settings import ServeSettings
@@ -71,7 +72,7 @@ class LocalCounts:
 
 @dataclass
 class _Waiting:
-    future: asyncio.Future[Message]
+    future: asyncio.Future[Any]  # an infer request's outputs, or the answer to a question (``ask``)
     regions: list[int]
     buffer: Held | None = None  # the request body's region, held until the engine's reply
 
@@ -108,7 +109,10 @@ class RemoteModel:
         if kind == "done" or kind == "metrics" or kind == "statistics":
             waiting = self._waiting.pop(message[1], None)
             if waiting is not None and not waiting.future.done():
-                waiting.future.set_result(message)
+                if kind == "done":  # the outputs are taken out of their regions before those are freed below
+                    _resolve(waiting.future, message, self._take)
+                else:
+                    waiting.future.set_result(message)
             if waiting is not None:
                 for offset in waiting.regions:
                     self._alloc.free(offset)
@@ -146,6 +150,10 @@ class RemoteModel:
         self.begin_drain()
 
     async def infer(self, request: InferRequest) -> tuple[Admitted, Outputs]:
+        admitted, future = self.infer_started(request)
+        return admitted, await future
+
+    def infer_started(self, request: InferRequest) -> tuple[Admitted, asyncio.Future[Outputs]]:
         info = self.info
         if self.state not in ("ready", "draining") or info is None or self._channel is None:
             raise NotReady(f"model {self.name!r} is {self.state}" + (f": {self.error}" if self.error else ""))
@@ -168,14 +176,10 @@ class RemoteModel:
                 self._channel.send(("failed", time.perf_counter_ns() - started))
             raise
         rid = next(self._ids)
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = _Waiting(future, regions, buffer)
         self._channel.send(("infer", rid, admitted.rows, inputs, outputs, timeout))
-        _, _, error, places = await future
-        if error is not None:
-            raise _rebuild(error)
-        return admitted, {name: self._take(dtype, shape, offset, inline)
-                          for name, dtype, shape, offset, inline in places}
+        return admitted, future
 
     async def ask(self, kind: str) -> Message:
         """A question for the engine process (``metrics``, ``statistics``) and its answer."""
@@ -244,6 +248,21 @@ class RemoteModel:
 _ERRORS: dict[str, type[ServeError]] = {
     cls.__name__: cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, ServeError)
 }
+
+
+def _resolve(future: asyncio.Future[Any], message: Message,
+             take: Callable[[str, tuple[int, ...], int, bytes | None], Array]) -> None:
+    """An infer reply into its future: the outputs (copied out of the arena now: their regions are freed
+    as soon as this returns, and another request may be given them in the same turn of the loop) or
+    the engine's error."""
+    _, _, error, places = message
+    if error is not None:
+        future.set_exception(_rebuild(error))
+        return
+    try:
+        future.set_result({name: take(dtype, shape, offset, inline) for name, dtype, shape, offset, inline in places})
+    except Exception as exc:  # a reply that does not fit its regions: this request fails alone
+        future.set_exception(InferenceFailed(f"the engine's answer could not be read: {exc}"))
 
 
 def _rebuild(error: tuple[str, str, float]) -> ServeError:

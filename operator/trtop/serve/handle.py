@@ -8,6 +8,7 @@ info or a ServeError, so both protocols refuse with the same words.
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 from trtop.serve.errors import ModelNotFound, NotReady
@@ -45,8 +46,12 @@ class ModelHandle(Protocol):
     @property
     def metrics(self) -> RequestCounter: ...
 
+    def infer_started(self, request: InferRequest) -> tuple[Admitted, asyncio.Future[Outputs]]:
+        """Admit (a ServeError at once, before anything is queued) and queue; the future resolves with this
+        request's outputs or a ServeError. No coroutine: the HTTP protocol answers from its callback."""
+
     async def infer(self, request: InferRequest) -> tuple[Admitted, Outputs]:
-        """Admit (BadRequest before anything is queued), run in a batch, return this request's outputs."""
+        """``infer_started`` and wait for the outputs."""
 
     async def render_metrics(self) -> tuple[bytes, str]:
         """The Prometheus exposition text of the whole pod and its content type."""

@@ -224,8 +224,8 @@ class InferenceService:
             if self._pinned_runtime is not None:
                 _pin(self._pinned_runtime, address, nbytes)
 
-    async def infer(self, request: InferRequest) -> tuple[Admitted, Outputs]:
-        """Admit (BadRequest before queueing), queue, wait for this request's own outputs."""
+    def infer_started(self, request: InferRequest) -> tuple[Admitted, asyncio.Future[Outputs]]:
+        """Admit (BadRequest before queueing) and queue; the future resolves with this request's outputs."""
         started = time.perf_counter_ns()
         try:
             if self.state not in ("ready", "draining") or self.info is None:
@@ -235,8 +235,12 @@ class InferenceService:
             self.statistics.record_failure(time.perf_counter_ns() - started)
             raise
         timeout = request.timeout_s if request.timeout_s is not None else self.config.timeout_s
-        outputs = await self.submit(admitted.feeds, admitted.rows, admitted.signature, timeout, started)
-        return admitted, outputs
+        return admitted, self.enqueue(admitted.feeds, admitted.rows, admitted.signature, timeout, started)
+
+    async def infer(self, request: InferRequest) -> tuple[Admitted, Outputs]:
+        """Admit, queue, wait for this request's own outputs."""
+        admitted, future = self.infer_started(request)
+        return admitted, await future
 
     def enqueue(self, feeds: Feeds, rows: int, signature: Hashable, timeout_s: float,
                 started_ns: int | None = None) -> asyncio.Future[Outputs]:
