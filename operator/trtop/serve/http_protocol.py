@@ -18,18 +18,45 @@ still arriving (the request timed out) takes no more bytes: the rest are read in
 process's buffer and dropped. Sinks the app never took (a connection closed first) are given
 back when the connection closes; those it took, when it has answered. The infer route's answer
 goes out in one write (``Cork``). Used by ``server.uvicorn_config``.
+
+**Infer requests without a task.** uvicorn runs every request as an asyncio task that talks
+ASGI: the task is created, woken for the body, woken again for the outputs, and sends its
+answer as two ASGI messages, each checked and written apart. On a light model that was about
+half of the event loop's time per request. An infer request with a ``Content-Length`` (and no
+``Expect: 100-continue``) is served here from the parser's callbacks instead: when its body is
+whole, ``FastInfer.direct`` parses, admits and queues it, and the answer is written from the
+callback that resolves its outputs (or at once, for a run inline or a refusal). It keeps
+uvicorn's request cycle for everything around the answer: keep-alive, pipelined requests (they
+wait, reading paused, until this one is answered), graceful shutdown (the connection closes
+after its answer) and a client that leaves (nothing is written). Every other request, and
+an infer request this path does not take, runs as uvicorn's task through the ASGI app.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
+import time
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from trtop.serve.infer_http import CORK, SINK, BodySink, FastInfer
+from trtop.serve.errors import BadRequest, NotReady
+from trtop.serve.infer_http import CORK, SINK, SINK_MIN_BYTES, BodySink, FastInfer, error_parts
 
 READ_BYTES = 256 * 1024  # one read outside a sink (uvloop's own buffer is this size)
+
+
+class _Direct:
+    """An infer request served without a task whose body is still arriving."""
+
+    __slots__ = ("cycle", "sink", "started", "timer")
+
+    def __init__(self, cycle: RequestResponseCycle, sink: BodySink | None, started: float) -> None:
+        self.cycle = cycle
+        self.sink = sink
+        self.started = started
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class SinkProtocol(HttpToolsProtocol):
@@ -46,6 +73,9 @@ class SinkProtocol(HttpToolsProtocol):
         self._sinks: list[BodySink] = []  # sinks opened on this connection (given back at its end)
         self._left = 0  # bytes of that body still to come straight from the socket (past the parser)
         self._into_sink = False  # the last get_buffer gave the sink's room
+        self._direct: _Direct | None = None  # a request served without a task, waiting for its body
+        self._in_headers = False  # inside uvicorn's on_headers_complete (the sink is not set up yet)
+        self._deferred: tuple[RequestResponseCycle, Any] | None = None  # the start it asked for meanwhile
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._left:
@@ -77,7 +107,12 @@ class SinkProtocol(HttpToolsProtocol):
         self.on_message_complete()
 
     def on_headers_complete(self) -> None:
-        super().on_headers_complete()
+        self._in_headers = True
+        try:
+            super().on_headers_complete()
+        finally:
+            self._in_headers = False
+        deferred, self._deferred = self._deferred, None
         self._sink = None
         if "path" not in self.scope or self.cycle is None or self.cycle.scope is not self.scope:
             return  # an upgrade: no request cycle
@@ -90,6 +125,83 @@ class SinkProtocol(HttpToolsProtocol):
             self._sink = sink
             self._sinks = [s for s in self._sinks if not s.closed]
             self._sinks.append(sink)
+        if deferred is not None:
+            self._start_asgi_task(*deferred)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        """uvicorn starts a request here (at its headers, or when the one before it is answered): without
+        a task where ``_start_direct`` takes it."""
+        if self._in_headers:  # decided once on_headers_complete has set up the body's sink
+            self._deferred = (cycle, app)
+        elif not self._start_direct(cycle, app):
+            super()._start_asgi_task(cycle, app)
+
+    def _start_direct(self, cycle: RequestResponseCycle, app: Any) -> bool:
+        scope = cycle.scope
+        if (app is not self.app or cycle.waiting_for_100_continue or scope.get("method") != "POST"
+                or scope.get("path") not in self.fast.paths):
+            return False
+        sink: BodySink | None = scope.get(SINK)  # type: ignore[assignment]
+        if sink is None:  # a small body, in uvicorn's buffer; a declared length, no chunked encoding
+            declared = None
+            for key, value in scope["headers"]:
+                if key == b"content-length":
+                    declared = value
+                elif key == b"transfer-encoding":
+                    return False
+            if declared is None or not declared.isdigit() or int(declared) >= SINK_MIN_BYTES:
+                return False
+        direct = _Direct(cycle, sink, time.perf_counter())
+        self.fast.service.metrics.request_started()
+        if cycle.more_body:
+            direct.timer = self.loop.call_later(self.fast.body_timeout_s, self._body_timed_out, direct)
+            self._direct = direct
+        else:  # a pipelined request whose body came while the one before it was served
+            self._serve(direct)
+        return True
+
+    def _serve(self, direct: _Direct) -> None:
+        cycle = direct.cycle
+        self.fast.direct(cycle.scope["headers"], cycle.body, direct.sink, direct.started,
+                         functools.partial(self._answer, cycle))
+
+    def _body_timed_out(self, direct: _Direct) -> None:
+        """Answered 400 as the task path does; the rest of the body is dropped as it comes (the sink is
+        closed, and uvicorn ignores a body after its answer), and the connection serves the next request."""
+        if self._direct is not direct:
+            return
+        self._direct = None
+        if direct.sink is not None:
+            direct.sink.close()
+        error = BadRequest(f"the body did not arrive within {self.fast.body_timeout_s:g}s")
+        self.fast.service.metrics.request_finished(error.outcome, time.perf_counter() - direct.started)
+        self._answer(direct.cycle, *error_parts(error))
+
+    def _answer(self, cycle: RequestResponseCycle, status: int, headers: dict[str, str], payload: bytes) -> None:
+        """Write the answer of a request served without a task (head and body in one write), then let
+        uvicorn's cycle go on as after an ASGI answer: close or keep alive, start what was pipelined."""
+        cycle.response_started = True
+        if cycle.disconnected or self.transport.is_closing():
+            cycle.response_complete = True
+            return
+        parts = [STATUS_LINE[status]]
+        for name, value in cycle.default_headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(b"content-length: %d\r\n" % len(payload))
+        parts += (f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items())
+        if not cycle.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        if len(payload) <= 16384:
+            parts.append(payload)
+            self.transport.write(b"".join(parts))
+        else:  # no copy of a large payload
+            self.transport.writelines((b"".join(parts), payload))
+        cycle.response_complete = True
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            self.transport.close()
+        cycle.on_response()
 
     def on_body(self, body: bytes) -> None:
         sink = self._sink
@@ -101,9 +213,21 @@ class SinkProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._sink = None
         super().on_message_complete()
+        direct = self._direct
+        if direct is not None and direct.cycle is self.cycle and not direct.cycle.more_body:
+            self._direct = None
+            if direct.timer is not None:
+                direct.timer.cancel()
+            self._serve(direct)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        direct, self._direct = self._direct, None
+        if direct is not None:  # it left mid-body: counted as the task path counts it
+            if direct.timer is not None:
+                direct.timer.cancel()
+            gone = NotReady("the client went away before sending the whole body")
+            self.fast.service.metrics.request_finished(gone.outcome, time.perf_counter() - direct.started)
         self._left = 0
         for sink in self._sinks:
             if not sink.taken:  # the app closes those it took, once it is done with them

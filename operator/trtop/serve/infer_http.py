@@ -18,16 +18,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from trtop.serve.errors import (
     BadRequest, InferenceFailed, ModelNotFound, NotReady, Overloaded, PayloadTooLarge, ServeError, TimedOut,
 )
 from trtop.serve.handle import ModelHandle
-from trtop.serve.model import VERSION, ModelInfo
-from trtop.serve.protocol import Body, Held, decode_body, encode_infer_response, error_body, parse_infer_request
+from trtop.serve.model import VERSION, Admitted, ModelInfo
+from trtop.serve.protocol import (
+    Body, Held, InferRequest, decode_body, encode_infer_response, error_body, parse_infer_request,
+)
+from trtop.serve.types import Outputs
+
+log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "inference-header-content-length"
 STATUS: dict[type[ServeError], int] = {
@@ -46,17 +52,24 @@ def error_parts(exc: ServeError) -> tuple[int, dict[str, str], bytes]:
     return status, headers, error_body(str(exc))
 
 
-async def infer_body(service: ModelHandle, info: ModelInfo, body: Body, header_length: str | None,
-                     encoding: str | None, limit: int, buffer: Held | None = None) -> tuple[int, dict[str, str], bytes]:
-    """One infer request from its body to (status, headers, payload); ServeError for the caller to map.
-    ``buffer``: what holds the body when it must be given back after use (a ``BodySink``)."""
+def begin_infer(service: ModelHandle, body: Body, header_length: str | None, encoding: str | None, limit: int,
+                buffer: Held | None = None) -> tuple[InferRequest, Admitted, asyncio.Future[Outputs]]:
+    """Parse and admit one infer request and queue it (ServeError at once for the caller to map); the
+    future resolves with its outputs. ``buffer``: what holds the body when it must be given back after use
+    (a ``BodySink``)."""
     decoded = decode_body(body, encoding, limit)
     try:
         length = None if header_length is None else int(header_length)
     except ValueError:
         raise BadRequest(f"Inference-Header-Content-Length {header_length!r} is not an integer") from None
     parsed = parse_infer_request(decoded, length, buffer if decoded is body else None)
-    admitted, outputs = await service.infer(parsed)
+    admitted, future = service.infer_started(parsed)
+    return parsed, admitted, future
+
+
+def infer_answer(info: ModelInfo, parsed: InferRequest, admitted: Admitted,
+                 outputs: Outputs) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, payload) of an answered infer request."""
     payload, json_length = encode_infer_response(
         model=info.name, version=VERSION, request_id=parsed.id,
         outputs=[(o.name, outputs[o.name], o.binary) for o in admitted.outputs],
@@ -64,6 +77,13 @@ async def infer_body(service: ModelHandle, info: ModelInfo, body: Body, header_l
     if json_length is None:
         return 200, {"content-type": JSON}, payload
     return 200, {"content-type": "application/octet-stream", "inference-header-content-length": str(json_length)}, payload
+
+
+async def infer_body(service: ModelHandle, info: ModelInfo, body: Body, header_length: str | None,
+                     encoding: str | None, limit: int, buffer: Held | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One infer request from its body to (status, headers, payload); ServeError for the caller to map."""
+    parsed, admitted, future = begin_infer(service, body, header_length, encoding, limit, buffer)
+    return infer_answer(info, parsed, admitted, await future)
 
 
 Scope = MutableMapping[str, Any]
@@ -75,6 +95,8 @@ SINK = "trtop.body_sink"  # the scope key of a request's BodySink (set by http_p
 CORK = "trtop.cork"  # the scope key of what holds the response's head for its body (http_protocol.Cork)
 # Smaller bodies arrive in one chunk: uvicorn's own path costs less for them than a sink.
 SINK_MIN_BYTES = 64 * 1024
+# How the direct path answers: (status, headers, payload), written by the HTTP protocol.
+Answer = Callable[[int, dict[str, str], bytes], None]
 # Where a body is read into: (a writable byte view of exactly n bytes, what gives it back), or None.
 BodyBuffer = Callable[[int], "tuple[memoryview, Callable[[], None]] | None"]
 
@@ -228,14 +250,7 @@ class FastInfer:
         metrics.request_started()
         outcome = "success"
         sink: BodySink | None = scope.get(SINK)
-        header_length = encoding = declared = None
-        for key, value in scope["headers"]:
-            if key == b"content-length":
-                declared = value
-            elif key == b"inference-header-content-length":
-                header_length = value.decode("latin-1")
-            elif key == b"content-encoding":
-                encoding = value.decode("latin-1")
+        declared, header_length, encoding = infer_headers(scope["headers"])
         reserved = 0
         try:
             if sink is not None:
@@ -271,6 +286,57 @@ class FastInfer:
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": payload})
 
+    def direct(self, headers: Iterable[tuple[bytes, bytes]], body: Body, sink: BodySink | None, started: float,
+               answer: Answer) -> None:
+        """The infer route without a task (``http_protocol`` calls it once the body is whole, after
+        ``metrics.request_started``): parse, admit and queue now; answer from the outputs' callback, or
+        at once where the run was inline or the request is refused. ``answer`` is called exactly once.
+        The same checks, errors and metrics as ``__call__``, which serves what this path does not take."""
+        declared, header_length, encoding = infer_headers(headers)
+        reserved = 0
+
+        def finish(status: int, hdrs: dict[str, str], payload: bytes, outcome: str) -> None:
+            self.inflight_bytes -= reserved
+            if sink is not None:
+                sink.close()
+            self.service.metrics.request_finished(outcome, time.perf_counter() - started)
+            answer(status, hdrs, payload)
+
+        try:
+            if sink is not None:
+                sink.taken = True
+                if not sink.complete:
+                    raise BadRequest(f"the body ended after {sink.filled} of its {sink.size} bytes")
+                body = sink.body()
+            else:
+                reserved = self._reserve(declared)
+            info = self.service.info
+            if info is None:
+                raise NotReady(f"model {self.service.name!r} is {self.service.state}")
+            parsed, admitted, future = begin_infer(self.service, body, header_length, encoding, self.limit, sink)
+        except ServeError as exc:
+            finish(*error_parts(exc), exc.outcome)
+            return
+
+        def done(f: asyncio.Future[Outputs]) -> None:
+            try:
+                if f.cancelled():
+                    raise NotReady("the request was cancelled (the server is stopping)")
+                status, hdrs, payload = infer_answer(info, parsed, admitted, f.result())
+            except ServeError as exc:
+                finish(*error_parts(exc), exc.outcome)
+            except Exception as exc:  # encoding an answer the backend produced; logged, answered 500
+                log.error("answering an infer request failed: %s", exc, exc_info=exc)
+                failed = InferenceFailed(f"the answer could not be built: {exc}")
+                finish(*error_parts(failed), failed.outcome)
+            else:
+                finish(status, hdrs, payload, "success")
+
+        if future.done():  # run inline, on this very callback
+            done(future)
+        else:
+            future.add_done_callback(done)
+
     def _reserve(self, declared: bytes | None) -> int:
         """The in-flight bytes a body read through ``receive`` holds (refused before reading when it cannot fit)."""
         length = int(declared) if declared is not None and declared.isdigit() else self.limit
@@ -301,6 +367,19 @@ class FastInfer:
         if not sink.complete:
             raise BadRequest(f"the body ended after {sink.filled} of its {sink.size} bytes")
         return sink.body()
+
+
+def infer_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes | None, str | None, str | None]:
+    """(Content-Length, Inference-Header-Content-Length, Content-Encoding) of an infer request's headers."""
+    declared = header_length = encoding = None
+    for key, value in headers:
+        if key == b"content-length":
+            declared = value
+        elif key == b"inference-header-content-length":
+            header_length = value.decode("latin-1")
+        elif key == b"content-encoding":
+            encoding = value.decode("latin-1")
+    return declared, header_length, encoding
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:

@@ -1,0 +1,123 @@
+"""Infer requests served from the HTTP protocol's callbacks, without a task (``http_protocol``).
+
+Real servers over raw sockets, one process and one front-end: small bodies (uvicorn's buffer) and
+large ones (a sink) pipelined on one connection are answered in order, a refused one with the
+route's own error, and the connection stays usable; ``Expect: 100-continue`` and chunked bodies
+still take uvicorn's task path; ``Connection: close`` closes after the answer; a small body that
+stops arriving is answered 400 and the next request is served; the metrics count every request
+and nothing stays in flight.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from trtop import names
+
+from .conftest import ServerProcess, metric_value
+from .test_frontends import _read_answers
+
+pytestmark = pytest.mark.slow
+Start = Callable[..., ServerProcess]
+
+
+def binary(x: np.ndarray, shape: list[int] | None = None) -> tuple[bytes, int]:
+    """A binary-tensor infer body of ``x`` declared with ``shape`` (x's own by default), and its JSON length."""
+    header = json.dumps({"inputs": [{"name": "x", "shape": shape or list(x.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    return header + x.tobytes(), len(header)
+
+
+def infer(x: np.ndarray, *extra: str, shape: list[int] | None = None) -> bytes:
+    """One raw HTTP infer request of ``x``, with ``extra`` header lines."""
+    body, json_length = binary(x, shape)
+    head = ["POST /v2/models/a/infer HTTP/1.1", "Host: x", f"Content-Length: {len(body)}",
+            f"Inference-Header-Content-Length: {json_length}", *extra]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def outputs(head: bytes, payload: bytes, rows: int) -> np.ndarray:
+    assert head.startswith(b"HTTP/1.1 200 "), payload[:300]
+    json_length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"inference-header-content-length:"))
+    return np.frombuffer(payload[json_length:json_length + rows * 16], np.float32).reshape(rows, 4)
+
+
+@pytest.mark.parametrize("processes", ["0", "1"])
+def test_pipelined_requests_answered_in_order_refusals_with_the_routes_error_and_the_connection_stays_usable(
+        start_server: Start, affine_onnx: Path, processes: str) -> None:
+    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", processes,
+                      "--max-batch", "60000"])
+    s.wait_ready()
+    small = [np.full((n, 4), v, np.float32) for n, v in ((1, 1.0), (3, 2.0), (5000, 3.0), (2, 4.0))]  # 5000: a sink
+    bad = infer(np.ones((2, 4), np.float32), shape=[2, 5])
+    with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+        sock.sendall(b"".join(infer(x) for x in small[:3]) + bad + infer(small[3]))
+        answers = _read_answers(sock, 5)
+        for (head, payload), x in zip(answers[:3] + answers[4:], small, strict=True):
+            np.testing.assert_array_equal(outputs(head, payload, len(x)), 2 * x + 1)
+        refused_head, refused = answers[3]
+        # The same words as the ASGI route (httpx through the app's own path below).
+        assert refused_head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in refused_head.lower()
+        body, json_length = binary(np.ones((2, 4), np.float32), [2, 5])
+        # Expect: 100-continue takes uvicorn's task path (it must say 100 Continue before the body).
+        routed = httpx.post(s.url + "/v2/models/a/infer", content=body,
+                            headers={"Inference-Header-Content-Length": str(json_length), "Expect": "100-continue"})
+        assert routed.status_code == 400 and json.loads(refused) == routed.json(), (refused, routed.text)
+        sock.sendall(infer(small[0]))  # still usable after a refusal
+        (head, payload), = _read_answers(sock, 1)
+        np.testing.assert_array_equal(outputs(head, payload, 1), 2 * small[0] + 1)
+        sock.sendall(infer(small[1], "Connection: close"))
+        (head, payload), = _read_answers(sock, 1)
+        assert b"connection: close" in head.lower()
+        np.testing.assert_array_equal(outputs(head, payload, 3), 2 * small[1] + 1)
+        sock.settimeout(5)
+        assert sock.recv(1) == b""  # closed after its answer
+    text = httpx.get(s.url + "/metrics").text
+    assert metric_value(text, names.METRIC_REQUESTS, model="a", outcome="success") >= 6
+    assert metric_value(text, names.METRIC_REQUESTS, model="a", outcome="bad_request") >= 2
+    assert metric_value(text, names.METRIC_INFLIGHT, model="a") == 0
+
+
+@pytest.mark.parametrize("processes", ["0", "1"])
+def test_a_small_body_that_stops_is_answered_400_and_the_next_request_is_served(
+        start_server: Start, affine_onnx: Path, processes: str) -> None:
+    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", processes,
+                      "--body-timeout-s", "1"])
+    s.wait_ready()
+    x = np.full((4, 4), 2.0, np.float32)
+    request = infer(x)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+        started = time.monotonic()
+        sock.sendall(request[:-20])
+        (head, text), = _read_answers(sock, 1)
+        assert head.startswith(b"HTTP/1.1 400 ") and b"did not arrive" in text
+        assert 0.9 < time.monotonic() - started < 10
+        sock.sendall(request[-20:] + infer(x))  # the late tail is dropped, the next request answered
+        (head, payload), = _read_answers(sock, 1)
+        np.testing.assert_array_equal(outputs(head, payload, 4), 2 * x + 1)
+
+
+def test_a_chunked_body_takes_the_task_path_and_is_answered(start_server: Start, affine_onnx: Path) -> None:
+    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "0"])
+    s.wait_ready()
+    x = np.full((2, 4), 1.5, np.float32)
+    body, json_length = binary(x)
+
+    def chunks() -> Iterator[bytes]:
+        yield body[:10]
+        yield body[10:]
+
+    r = httpx.post(s.url + "/v2/models/a/infer", content=chunks(),
+                   headers={"Inference-Header-Content-Length": str(json_length)})
+    assert r.status_code == 200 and r.request.headers.get("transfer-encoding") == "chunked"
+    header = int(r.headers["inference-header-content-length"])
+    np.testing.assert_array_equal(np.frombuffer(r.content[header:header + 32], np.float32).reshape(2, 4), 2 * x + 1)
