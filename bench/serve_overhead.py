@@ -6,7 +6,7 @@
 Models: ``fat`` takes ResNet-50-shaped requests (1x3x224x224 FP32: 602 KB bodies, 4 KB
 answers) and computes almost nothing (a max per channel and a 3x1000 MatMul), so what is
 measured is the server handling the bytes: HTTP, the front-end, the hop to the engine;
-``tiny`` (x: [1, 16]) is the request ceiling. The client is ``loadclient.py`` (binary v2
+``tiny`` (x: [1, 16]) is the request ceiling; ``light`` is bench/serve.py's light model (3x64x64). The client is ``loadclient.py`` (binary v2
 tensors over keep-alive connections, two processes). The trees alternate round by round
 (a loaded machine drifts) and the table shows each one's median over the rounds: req/s,
 p50/p99 and the CPU ms per request of the engine process and of its front-end processes.
@@ -31,7 +31,8 @@ import loadclient  # noqa: E402
 import models  # noqa: E402
 
 
-MODELS = {"fat": (models.fat, "input", [3, 224, 224]), "tiny": (models.tiny, "x", [16])}
+MODELS = {"fat": (models.fat, "input", [3, 224, 224]), "tiny": (models.tiny, "x", [16]),
+          "light": (models.light, "x", [3, 64, 64])}
 
 
 def cpu_seconds(pid: int) -> float:

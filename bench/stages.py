@@ -9,15 +9,15 @@ microseconds of each stage over those requests:
 
 - ``head``: first bytes of the request seen by the protocol -> its headers parsed (request set up);
 - ``body``: -> its body complete;
-- ``to_app``: -> the infer route starts parsing it (the request task wakes);
+- ``to_app``: -> the infer route starts parsing it (the request task wakes; without a task: at once);
 - ``parse``: -> the body parsed (JSON header, tensor views);
 - ``admit``: -> admitted and queued in the scheduler;
 - ``to_thread``: -> the compute thread starts the batch;
 - ``compute``: the batch on the compute thread (copies to and from the device, the run, split);
 - ``to_loop``: -> the event loop has the answer;
-- ``resume``: -> the infer route runs again (the future's callbacks, the request task wakes);
+- ``resume``: -> the infer route runs again (the future's callbacks; the request task wakes, where it has one);
 - ``encode``: -> the response is built;
-- ``send``: -> both response messages were written to the socket.
+- ``send``: -> the answer was written to the socket.
 
 Measuring costs ~2 us per stage. For the bench only (the wrappers patch the server's classes
 in this process); one connection at a time (the stamps of concurrent requests would mix).
@@ -65,9 +65,9 @@ def install(report_every: int, out: str) -> None:
     wrap(infer_http, "parse_infer_request", before="app", after="parsed")  # module functions too
     wrap(infer_http, "encode_infer_response", before="resumed", after="answered")
     call = infer_http.FastInfer.__call__
+    answer = http_protocol.SinkProtocol._answer
 
-    async def call_marked(self: Any, scope: Any, receive: Any, send: Any) -> None:
-        await call(self, scope, receive, send)
+    def record() -> None:
         marks["sent"] = clock()
         if "first" in marks and "app" in marks:  # an infer request read by the sink protocol
             for a, b in zip(_MARKS, _MARKS[1:]):  # a stage it skipped (an inline run: no hop) takes 0
@@ -86,7 +86,16 @@ def install(report_every: int, out: str) -> None:
                     f.write(json.dumps(summary) + "\n")
             rows.clear()
 
-    infer_http.FastInfer.__call__ = call_marked
+    async def call_marked(self: Any, scope: Any, receive: Any, send: Any) -> None:  # uvicorn's task path
+        await call(self, scope, receive, send)
+        record()
+
+    def answer_marked(self: Any, *args: Any) -> None:  # the path without a task (http_protocol._answer)
+        answer(self, *args)
+        record()
+
+    http_protocol.SinkProtocol._answer = answer_marked  # type: ignore[method-assign,assignment]
+    infer_http.FastInfer.__call__ = call_marked  # type: ignore[method-assign]
 
 
 def main() -> int:
