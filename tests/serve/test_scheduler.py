@@ -180,6 +180,28 @@ async def test_a_known_short_run_on_an_idle_scheduler_runs_inline_on_the_event_l
     await s.close()
 
 
+async def test_short_requests_read_in_one_round_of_the_loop_run_inline_as_one_batch(backend: FakeBackend) -> None:
+    """Requests queued by the I/O callbacks of one round (here: one callback) wait for the round to end
+    and run together: a short run started where it was queued ran every request alone under load."""
+    threads: list[int] = []
+
+    def run(f: Feeds) -> Outputs:
+        threads.append(threading.get_ident())
+        return backend(f)
+
+    s = Scheduler(run, BatchPolicy(8, 0.0, (1, 2, 4, 8)), max_queue=10, inline_max_s=1.0)
+    s.start()
+    for rows in (1, 2, 4):  # the first run of each size is timed on a compute thread
+        await submit(s, 1, rows)
+    backend.batches.clear()
+    futures = [s.enqueue(*feeds(v, 1, 2), 5.0) for v in (1, 2, 3, 4)]  # four arrivals, one callback
+    assert not any(f.done() for f in futures)  # nothing ran where it was queued
+    outs = [await f for f in futures]
+    assert [o["y"][0, 0] for o in outs] == [10, 20, 30, 40]
+    assert backend.batches == [4] and threads[-1] == threading.get_ident()  # one batch, inline
+    await s.close()
+
+
 async def test_runs_not_known_to_be_short_never_block_the_event_loop(backend: FakeBackend) -> None:
     threads: list[int] = []
 
