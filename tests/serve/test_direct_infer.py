@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -121,3 +122,36 @@ def test_a_chunked_body_takes_the_task_path_and_is_answered(start_server: Start,
     assert r.status_code == 200 and r.request.headers.get("transfer-encoding") == "chunked"
     header = int(r.headers["inference-header-content-length"])
     np.testing.assert_array_equal(np.frombuffer(r.content[header:header + 32], np.float32).reshape(2, 4), 2 * x + 1)
+
+
+@pytest.mark.parametrize("processes", ["0", "1"])
+def test_a_client_that_pipelines_and_never_reads_holds_a_bounded_number_of_answers(
+        start_server: Start, affine_onnx: Path, processes: str) -> None:
+    """Answers wait for the client to read them (as uvicorn's own send waits): the server stops taking that
+    connection's requests until its answers drain, instead of holding them all; once the client reads,
+    every request is answered."""
+    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", processes,
+                      "--max-batch", "60000"])
+    s.wait_ready()
+    count, rows = 80, 16000  # 256 KB in, 320 KB out each: 25 MB of answers in all
+    x = np.full((rows, 4), 1.0, np.float32)
+    request = infer(x)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # little room on the client's side
+    sock.settimeout(60)
+    sock.connect(("127.0.0.1", s.port))
+    sender = threading.Thread(target=lambda: sock.sendall(request * count), daemon=True)
+    sender.start()
+    time.sleep(3)  # the client reads nothing meanwhile
+
+    def answered() -> float:
+        return metric_value(httpx.get(s.url + "/metrics").text, names.METRIC_REQUESTS, model="a", outcome="success")
+    held = answered()
+    assert 0 < held < count / 2, f"{held} of {count} requests were answered while the client read nothing"
+    answers = _read_answers(sock, count)  # reading lets the rest through, in order
+    sender.join(30)
+    assert not sender.is_alive()
+    for head, payload in answers[:: count // 4]:
+        np.testing.assert_array_equal(outputs(head, payload, rows), 2 * x + 1)
+    assert answered() == count
+    sock.close()

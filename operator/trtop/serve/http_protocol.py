@@ -27,8 +27,9 @@ half of the event loop's time per request. An infer request with a ``Content-Len
 whole, ``FastInfer.direct`` parses, admits and queues it, and the answer is written from the
 callback that resolves its outputs (or at once, for a run inline or a refusal). It keeps
 uvicorn's request cycle for everything around the answer: keep-alive, pipelined requests (they
-wait, reading paused, until this one is answered), graceful shutdown (the connection closes
-after its answer) and a client that leaves (nothing is written). Every other request, and
+wait, reading paused, until this one is answered, and until its answer has drained when the
+client is not reading), graceful shutdown (the connection closes after its answer) and a
+client that leaves (nothing is written). Every other request, and
 an infer request this path does not take, runs as uvicorn's task through the ASGI app.
 """
 from __future__ import annotations
@@ -76,6 +77,7 @@ class SinkProtocol(HttpToolsProtocol):
         self._direct: _Direct | None = None  # a request served without a task, waiting for its body
         self._in_headers = False  # inside uvicorn's on_headers_complete (the sink is not set up yet)
         self._deferred: tuple[RequestResponseCycle, Any] | None = None  # the start it asked for meanwhile
+        self._undrained: RequestResponseCycle | None = None  # answered, waiting for the client to read it
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._left:
@@ -197,11 +199,26 @@ class SinkProtocol(HttpToolsProtocol):
             self.transport.write(b"".join(parts))
         else:  # no copy of a large payload
             self.transport.writelines((b"".join(parts), payload))
+        if self.flow.write_paused and cycle.keep_alive:
+            # The client is not reading its answers: the next request waits until this one has drained
+            # (``resume_writing``), as uvicorn's own send waits, so a client that pipelines requests and
+            # never reads cannot make the server hold their answers without bound.
+            self._undrained = cycle
+            return
+        self._complete(cycle)
+
+    def _complete(self, cycle: RequestResponseCycle) -> None:
         cycle.response_complete = True
         cycle.message_event.set()
         if not cycle.keep_alive:
             self.transport.close()
         cycle.on_response()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        cycle, self._undrained = self._undrained, None
+        if cycle is not None and not cycle.disconnected:
+            self._complete(cycle)
 
     def on_body(self, body: bytes) -> None:
         sink = self._sink
@@ -222,6 +239,7 @@ class SinkProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        self._undrained = None
         direct, self._direct = self._direct, None
         if direct is not None:  # it left mid-body: counted as the task path counts it
             if direct.timer is not None:
