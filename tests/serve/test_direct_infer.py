@@ -45,6 +45,13 @@ def infer(x: np.ndarray, *extra: str, shape: list[int] | None = None) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
+def serve(start_server: Start, model: Path, processes: str, *flags: str) -> ServerProcess:
+    """The affine model served as ``a`` by a ready server with ``processes`` front-ends."""
+    s = start_server(["--model", str(model), "--model-name", "a", "--frontends", processes, *flags])
+    s.wait_ready()
+    return s
+
+
 def outputs(head: bytes, payload: bytes, rows: int) -> np.ndarray:
     assert head.startswith(b"HTTP/1.1 200 "), payload[:300]
     json_length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
@@ -55,9 +62,7 @@ def outputs(head: bytes, payload: bytes, rows: int) -> np.ndarray:
 @pytest.mark.parametrize("processes", ["0", "1"])
 def test_pipelined_requests_answered_in_order_refusals_with_the_routes_error_and_the_connection_stays_usable(
         start_server: Start, affine_onnx: Path, processes: str) -> None:
-    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", processes,
-                      "--max-batch", "60000"])
-    s.wait_ready()
+    s = serve(start_server, affine_onnx, processes, "--max-batch", "60000")
     small = [np.full((n, 4), v, np.float32) for n, v in ((1, 1.0), (3, 2.0), (5000, 3.0), (2, 4.0))]  # 5000: a sink
     bad = infer(np.ones((2, 4), np.float32), shape=[2, 5])
     with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
@@ -91,9 +96,7 @@ def test_pipelined_requests_answered_in_order_refusals_with_the_routes_error_and
 @pytest.mark.parametrize("processes", ["0", "1"])
 def test_a_small_body_that_stops_is_answered_400_and_the_next_request_is_served(
         start_server: Start, affine_onnx: Path, processes: str) -> None:
-    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", processes,
-                      "--body-timeout-s", "1"])
-    s.wait_ready()
+    s = serve(start_server, affine_onnx, processes, "--body-timeout-s", "1")
     x = np.full((4, 4), 2.0, np.float32)
     request = infer(x)
     with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
@@ -108,8 +111,7 @@ def test_a_small_body_that_stops_is_answered_400_and_the_next_request_is_served(
 
 
 def test_a_chunked_body_takes_the_task_path_and_is_answered(start_server: Start, affine_onnx: Path) -> None:
-    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "0"])
-    s.wait_ready()
+    s = serve(start_server, affine_onnx, "0")
     x = np.full((2, 4), 1.5, np.float32)
     body, json_length = binary(x)
 
@@ -130,9 +132,7 @@ def test_a_client_that_pipelines_and_never_reads_holds_a_bounded_number_of_answe
     """Answers wait for the client to read them (as uvicorn's own send waits): the server stops taking that
     connection's requests until its answers drain, instead of holding them all; once the client reads,
     every request is answered."""
-    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", processes,
-                      "--max-batch", "60000"])
-    s.wait_ready()
+    s = serve(start_server, affine_onnx, processes, "--max-batch", "60000")
     count, rows = 80, 16000  # 256 KB in, 320 KB out each: 25 MB of answers in all
     x = np.full((rows, 4), 1.0, np.float32)
     request = infer(x)

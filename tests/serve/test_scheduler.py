@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 import numpy as np
 import pytest
@@ -51,6 +51,17 @@ def feeds(value: float, rows: int = 1, width: int = 2) -> tuple[Feeds, int, Hash
 async def submit(s: Scheduler, value: float, rows: int = 1, width: int = 2, timeout: float = 5.0) -> Outputs:
     f, r, sig = feeds(value, rows, width)
     return await s.submit(f, r, sig, timeout)
+
+
+def recording_threads(backend: FakeBackend) -> tuple[Callable[[Feeds], Outputs], list[int]]:
+    """``backend`` as a run function that notes the thread of every run."""
+    threads: list[int] = []
+
+    def run(f: Feeds) -> Outputs:
+        threads.append(threading.get_ident())
+        return backend(f)
+
+    return run, threads
 
 
 @pytest.fixture
@@ -166,12 +177,7 @@ async def test_instances_run_batches_side_by_side(backend: FakeBackend) -> None:
 
 
 async def test_a_known_short_run_on_an_idle_scheduler_runs_inline_on_the_event_loop(backend: FakeBackend) -> None:
-    threads: list[int] = []
-
-    def run(f: Feeds) -> Outputs:
-        threads.append(threading.get_ident())
-        return backend(f)
-
+    run, threads = recording_threads(backend)
     s = Scheduler(run, BatchPolicy(8, 0.0, (1, 2, 4, 8)), max_queue=10, inline_max_s=1.0)
     s.start()
     await submit(s, 1)  # the first run of a size is timed on a compute thread
@@ -183,12 +189,7 @@ async def test_a_known_short_run_on_an_idle_scheduler_runs_inline_on_the_event_l
 async def test_short_requests_read_in_one_round_of_the_loop_run_inline_as_one_batch(backend: FakeBackend) -> None:
     """Requests queued by the I/O callbacks of one round (here: one callback) wait for the round to end
     and run together: a short run started where it was queued ran every request alone under load."""
-    threads: list[int] = []
-
-    def run(f: Feeds) -> Outputs:
-        threads.append(threading.get_ident())
-        return backend(f)
-
+    run, threads = recording_threads(backend)
     s = Scheduler(run, BatchPolicy(8, 0.0, (1, 2, 4, 8)), max_queue=10, inline_max_s=1.0)
     s.start()
     for rows in (1, 2, 4):  # the first run of each size is timed on a compute thread
@@ -203,12 +204,7 @@ async def test_short_requests_read_in_one_round_of_the_loop_run_inline_as_one_ba
 
 
 async def test_runs_not_known_to_be_short_never_block_the_event_loop(backend: FakeBackend) -> None:
-    threads: list[int] = []
-
-    def run(f: Feeds) -> Outputs:
-        threads.append(threading.get_ident())
-        return backend(f)
-
+    run, threads = recording_threads(backend)
     s = Scheduler(run, BatchPolicy(8, 0.0), max_queue=10, inline_max_s=0.0)
     s.start()
     for v in range(3):

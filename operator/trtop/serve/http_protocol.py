@@ -42,8 +42,8 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from trtop.serve.errors import BadRequest, NotReady
-from trtop.serve.infer_http import CORK, SINK, SINK_MIN_BYTES, BodySink, FastInfer, error_parts
+from trtop.serve.errors import NotReady
+from trtop.serve.infer_http import CLIENT_GONE, CORK, SINK, BodySink, FastInfer, error_parts
 
 READ_BYTES = 256 * 1024  # one read outside a sink (uvloop's own buffer is this size)
 
@@ -140,19 +140,9 @@ class SinkProtocol(HttpToolsProtocol):
 
     def _start_direct(self, cycle: RequestResponseCycle, app: Any) -> bool:
         scope = cycle.scope
-        if (app is not self.app or cycle.waiting_for_100_continue or scope.get("method") != "POST"
-                or scope.get("path") not in self.fast.paths):
+        if app is not self.app or cycle.waiting_for_100_continue or not self.fast.takes_directly(scope):
             return False
         sink: BodySink | None = scope.get(SINK)  # type: ignore[assignment]
-        if sink is None:  # a small body, in uvicorn's buffer; a declared length, no chunked encoding
-            declared = None
-            for key, value in scope["headers"]:
-                if key == b"content-length":
-                    declared = value
-                elif key == b"transfer-encoding":
-                    return False
-            if declared is None or not declared.isdigit() or int(declared) >= SINK_MIN_BYTES:
-                return False
         direct = _Direct(cycle, sink, time.perf_counter())
         self.fast.service.metrics.request_started()
         if cycle.more_body:
@@ -175,7 +165,7 @@ class SinkProtocol(HttpToolsProtocol):
         self._direct = None
         if direct.sink is not None:
             direct.sink.close()
-        error = BadRequest(f"the body did not arrive within {self.fast.body_timeout_s:g}s")
+        error = self.fast.body_late()
         self.fast.service.metrics.request_finished(error.outcome, time.perf_counter() - direct.started)
         self._answer(direct.cycle, *error_parts(error))
 
@@ -244,7 +234,7 @@ class SinkProtocol(HttpToolsProtocol):
         if direct is not None:  # it left mid-body: counted as the task path counts it
             if direct.timer is not None:
                 direct.timer.cancel()
-            gone = NotReady("the client went away before sending the whole body")
+            gone = NotReady(CLIENT_GONE)
             self.fast.service.metrics.request_finished(gone.outcome, time.perf_counter() - direct.started)
         self._left = 0
         for sink in self._sinks:

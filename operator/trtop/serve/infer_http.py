@@ -93,6 +93,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 SINK = "trtop.body_sink"  # the scope key of a request's BodySink (set by http_protocol)
 CORK = "trtop.cork"  # the scope key of what holds the response's head for its body (http_protocol.Cork)
+CLIENT_GONE = "the client went away before sending the whole body"
 # Smaller bodies arrive in one chunk: uvicorn's own path costs less for them than a sink.
 SINK_MIN_BYTES = 64 * 1024
 # How the direct path answers: (status, headers, payload), written by the HTTP protocol.
@@ -238,6 +239,24 @@ class FastInfer:
 
         return BodySink(view, release)
 
+    def takes_directly(self, scope: Mapping[str, Any]) -> bool:
+        """An infer request ``direct`` can serve: its body has a sink (``open_sink``), or is small and of a
+        declared length (it is then whole in uvicorn's buffer); not a chunked one."""
+        if scope.get("method") != "POST" or scope.get("path") not in self.paths:
+            return False
+        if scope.get(SINK) is not None:
+            return True
+        declared = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                declared = value
+            elif key == b"transfer-encoding":
+                return False
+        return declared is not None and declared.isdigit() and int(declared) < SINK_MIN_BYTES
+
+    def body_late(self) -> BadRequest:
+        return BadRequest(f"the body did not arrive within {self.body_timeout_s:g}s")
+
     def __getattr__(self, name: str) -> Any:  # tests reach the starlette app's state, router ...
         return getattr(self.app, name)
 
@@ -255,7 +274,7 @@ class FastInfer:
         try:
             if sink is not None:
                 if sink.closed:  # the connection closed before this task started
-                    raise NotReady("the client went away before sending the whole body")
+                    raise NotReady(CLIENT_GONE)
                 sink.taken = True
                 body: Body = await self._fill(receive, sink)
             else:
@@ -264,7 +283,7 @@ class FastInfer:
                     async with asyncio.timeout(self.body_timeout_s):  # a timer, not a task per request
                         body = await read_body(receive, self.limit)
                 except TimeoutError:
-                    raise BadRequest(f"the body did not arrive within {self.body_timeout_s:g}s") from None
+                    raise self.body_late() from None
             info = self.service.info
             if info is None:
                 raise NotReady(f"model {self.service.name!r} is {self.service.state}")
@@ -356,14 +375,14 @@ class FastInfer:
                 while True:  # woken once, at the end of the body (or when the client goes away)
                     message = await receive()
                     if message["type"] == "http.disconnect":
-                        raise NotReady("the client went away before sending the whole body")
+                        raise NotReady(CLIENT_GONE)
                     chunk = message.get("body", b"")
                     if chunk and not sink.write(chunk):
                         raise BadRequest("the body is longer than its Content-Length")
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
-            raise BadRequest(f"the body did not arrive within {self.body_timeout_s:g}s") from None
+            raise self.body_late() from None
         if not sink.complete:
             raise BadRequest(f"the body ended after {sink.filled} of its {sink.size} bytes")
         return sink.body()
@@ -389,7 +408,7 @@ async def read_body(receive: Receive, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise NotReady("the client went away before sending the whole body")
+            raise NotReady(CLIENT_GONE)
         chunk = message.get("body", b"")
         if chunk:
             size += len(chunk)
