@@ -119,6 +119,9 @@ ENV_SERVE_MAX_INFLIGHT_MB: Final = "TRTOP_MAX_INFLIGHT_MB"
 ENV_SERVE_MAX_CONNECTIONS: Final = "TRTOP_MAX_CONNECTIONS"
 ENV_SERVE_BODY_TIMEOUT_S: Final = "TRTOP_BODY_TIMEOUT_S"
 ENV_SERVE_FRONTENDS: Final = "TRTOP_FRONTENDS"
+ENV_SERVE_HTTP_FRONTEND: Final = "TRTOP_HTTP_FRONTEND"
+# The native HTTP front-end (native/http, Go), looked up on PATH; the server images carry it.
+HTTP_FRONTEND_BINARY: Final = "trtop-http"
 ENV_SERVE_THREADS: Final = "TRTOP_THREADS"
 ENV_SERVE_INSTANCES: Final = "TRTOP_INSTANCES"
 ENV_SERVE_GPU_IO: Final = "TRTOP_GPU_IO"  # graphs | bind | plain: how a GPU backend feeds its batches

@@ -92,8 +92,10 @@ class ServerProcess:
         self.log_path = (log_dir or Path("/tmp")) / f"trtop-serve-{self.port}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("TRTOP_")}
+        # Python front-ends unless a test asks for the native one (a trtop-http on a developer's PATH
+        # must not change what the other tests run).
         full_env.update({"TRTOP_DEVICE": "cpu", "TRTOP_THREADS": "1", "TRTOP_INSTANCES": "1", "TRTOP_GRPC_PORT": "0",
-                         **(env or {})})
+                         "TRTOP_HTTP_FRONTEND": "python", **(env or {})})
         cmd = [sys.executable, "-m", "trtop.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -139,6 +141,21 @@ class ServerProcess:
 @pytest.fixture
 def affine_onnx(tmp_path: Path) -> Path:
     return make_affine_onnx(tmp_path / "affine.onnx")
+
+
+@pytest.fixture(scope="session")
+def native_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding trtop-http, built from native/http for this session (needs Go)."""
+    from trtop_dev.native import build_http_frontend, go
+
+    if go() is None:
+        pytest.skip("Go is not installed: the native HTTP front-end cannot be built")
+    return build_http_frontend(tmp_path_factory.mktemp("native")).parent
+
+
+def native_env(native_bin: Path) -> dict[str, str]:
+    """What a server needs to run the native front-end built by ``native_bin``."""
+    return {"TRTOP_HTTP_FRONTEND": "native", "PATH": f"{native_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 @pytest.fixture

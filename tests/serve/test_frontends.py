@@ -3,6 +3,8 @@
 Real processes over real HTTP: requests from every front-end batch together in the one
 engine; a front-end killed with requests in flight is replaced while the others keep
 serving and nothing hangs; SIGTERM drains every process; the bytes in flight are bounded.
+Each runs with Python front-ends and with the native one (``native/http``), with binary
+tensors (the native front-end's own path).
 """
 from __future__ import annotations
 
@@ -18,25 +20,43 @@ import httpx
 import numpy as np
 import pytest
 
-from .conftest import ServerProcess, metric_value
+from trtop import names
+
+from .conftest import ServerProcess, metric_value, native_env
 
 pytestmark = pytest.mark.slow
 SLOW = "tests.serve.fakes:SlowOnnxRuntime"
 Start = Callable[..., ServerProcess]
+FRONTEND_PROGRAMS = {"python": "trtop.serve.frontend", "native": names.HTTP_FRONTEND_BINARY}
+
+
+@pytest.fixture(params=["python", "native"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def start_kind(start_server: Start, kind: str, request: pytest.FixtureRequest) -> Start:
+    """``start_server`` with the front-end kind of the test's parameter."""
+    def start(args: list[str], env: dict[str, str] | None = None) -> ServerProcess:
+        extra = native_env(request.getfixturevalue("native_bin")) if kind == "native" else {}
+        return start_server(args, {**extra, **(env or {})})
+    return start
 
 
 def infer_json(x: np.ndarray) -> dict[str, object]:
     return {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
 
 
-def frontends(server: ServerProcess) -> list[int]:
-    """pids of the engine process's front-end children."""
+def frontends(server: ServerProcess, kind: str = "python") -> list[int]:
+    """pids of the engine process's front-end children of ``kind`` (those that accept on the port)."""
     pid = server.proc.pid
     try:
         kids = (Path(f"/proc/{pid}/task/{pid}/children")).read_text().split()
     except OSError:
         return []
-    return [int(k) for k in kids if "trtop.serve.frontend" in Path(f"/proc/{k}/cmdline").read_text(errors="replace")]
+    program = FRONTEND_PROGRAMS[kind]
+    return [int(k) for k in kids if program in Path(f"/proc/{k}/cmdline").read_text(errors="replace")]
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -49,36 +69,38 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 async def post_many(url: str, values: list[float], timeout: float = 30) -> list[object]:
-    """One connection per request (so they spread over the front-ends); exceptions returned, not raised."""
+    """One connection per request (so they spread over the front-ends), binary tensors; exceptions
+    returned, not raised."""
     async def one(v: float) -> object:
+        body, headers = _binary(np.full((1, 4), v, np.float32))
         async with httpx.AsyncClient(base_url=url, timeout=timeout) as client:
-            r = await client.post("/v2/models/a/infer", json=infer_json(np.full((1, 4), v, np.float32)))
-            return r
+            return await client.post("/v2/models/a/infer", content=body, headers=headers)
     return await asyncio.gather(*(one(v) for v in values), return_exceptions=True)
 
 
-async def test_requests_from_every_frontend_batch_in_one_engine(start_server: Start, affine_onnx: Path) -> None:
-    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "2", "--backend", SLOW],
-                     env={"FAKE_RUN_DELAY_S": "0.2"})
+async def test_requests_from_every_frontend_batch_in_one_engine(start_kind: Start, kind: str,
+                                                                affine_onnx: Path) -> None:
+    s = start_kind(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "2", "--backend", SLOW],
+                   env={"FAKE_RUN_DELAY_S": "0.2"})
     s.wait_ready()
-    wait_for(lambda: len(frontends(s)) == 2, 10, "two front-end processes")
+    wait_for(lambda: len(frontends(s, kind)) == 2, 10, "two front-end processes")
     results = await post_many(s.url, [float(i) for i in range(12)])
     for i, r in enumerate(results):
         assert isinstance(r, httpx.Response) and r.status_code == 200, r
-        assert r.json()["outputs"][0]["data"] == [2 * i + 1.0] * 4  # its own rows: y = 2x + 1
+        assert _y(r, 1).tolist() == [[2 * i + 1.0] * 4]  # its own rows: y = 2x + 1
     text = httpx.get(s.url + "/metrics").text
     batches = metric_value(text, "trtop_inference_batch_size_count", model="a")
     assert batches < 12, "12 requests over 2 front-ends should share batches in the one engine"
     assert metric_value(text, "trtop_inference_requests_total", model="a", outcome="success") >= 12
 
 
-async def test_a_killed_frontend_is_replaced_and_the_others_keep_serving(start_server: Start,
+async def test_a_killed_frontend_is_replaced_and_the_others_keep_serving(start_kind: Start, kind: str,
                                                                          affine_onnx: Path) -> None:
-    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "2", "--backend", SLOW],
-                     env={"FAKE_RUN_DELAY_S": "0.3"})
+    s = start_kind(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "2", "--backend", SLOW],
+                   env={"FAKE_RUN_DELAY_S": "0.3"})
     s.wait_ready()
-    wait_for(lambda: len(frontends(s)) == 2, 10, "two front-end processes")
-    victim = frontends(s)[0]
+    wait_for(lambda: len(frontends(s, kind)) == 2, 10, "two front-end processes")
+    victim = frontends(s, kind)[0]
     in_flight = asyncio.ensure_future(post_many(s.url, [float(i) for i in range(8)], timeout=20))
     await asyncio.sleep(0.15)
     os.kill(victim, signal.SIGKILL)
@@ -88,18 +110,18 @@ async def test_a_killed_frontend_is_replaced_and_the_others_keep_serving(start_s
                for r in results), results
     later = await post_many(s.url, [1.0] * 6)  # the survivor (and then the replacement) serve
     assert all(isinstance(r, httpx.Response) and r.status_code == 200 for r in later), later
-    wait_for(lambda: len(frontends(s)) == 2 and victim not in frontends(s), 15, "a replacement front-end")
+    wait_for(lambda: len(frontends(s, kind)) == 2 and victim not in frontends(s, kind), 15, "a replacement front-end")
     assert "exited with code -9; starting a new one" in s.logs()
     assert s.proc.poll() is None
 
 
-async def test_sigterm_drains_every_process_and_answers_what_is_in_flight(start_server: Start,
+async def test_sigterm_drains_every_process_and_answers_what_is_in_flight(start_kind: Start, kind: str,
                                                                             affine_onnx: Path) -> None:
-    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "2", "--backend", SLOW,
-                      "--drain-delay-s", "0.5"], env={"FAKE_RUN_DELAY_S": "0.3"})
+    s = start_kind(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "2", "--backend", SLOW,
+                    "--drain-delay-s", "0.5"], env={"FAKE_RUN_DELAY_S": "0.3"})
     s.wait_ready()
-    wait_for(lambda: len(frontends(s)) == 2, 10, "two front-end processes")
-    children = frontends(s)
+    wait_for(lambda: len(frontends(s, kind)) == 2, 10, "two front-end processes")
+    children = frontends(s, kind) + frontends(s, "python")
     in_flight = asyncio.ensure_future(post_many(s.url, [float(i) for i in range(6)]))
     await asyncio.sleep(0.1)
     s.terminate()
@@ -109,10 +131,10 @@ async def test_sigterm_drains_every_process_and_answers_what_is_in_flight(start_
     assert not any(Path(f"/proc/{c}").exists() for c in children), "a front-end outlived its engine"
 
 
-async def test_bytes_in_flight_are_bounded(start_server: Start, affine_onnx: Path) -> None:
+async def test_bytes_in_flight_are_bounded(start_kind: Start, affine_onnx: Path) -> None:
     # One front-end's arena: --max-inflight-mb, never below one largest body + 4 MiB for outputs (5 MiB here).
     # Each request holds ~1.8 MiB (0.9 MiB in, as much out): a few fit, the rest get 503 + Retry-After at once.
-    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "1", "--max-body-mb", "1",
+    s = start_kind(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "1", "--max-body-mb", "1",
                       "--max-inflight-mb", "1", "--max-batch", "60000", "--backend", SLOW],
                      env={"FAKE_RUN_DELAY_S": "0.5"})
     s.wait_ready()

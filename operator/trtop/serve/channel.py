@@ -8,11 +8,16 @@ Messages sent during one event-loop turn leave together: one pickled list (up to
 front-end sends, and the engine answers, many requests per turn), so the cost per request
 is a fraction of a system call and of a pickle call. ``on_close`` runs once when the peer
 goes away.
+Python front-ends speak pickle (``PICKLE``); the native front-end (``native/http``, Go) speaks
+the same framing with JSON lists for tuples (``JSON``: bytes as base64, dataclasses as objects).
 Used by ``frontend`` and ``dispatcher``.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
+import json
 import pickle
 import socket
 import struct
@@ -26,10 +31,33 @@ FRAME_MESSAGES = 64  # messages per frame at most (bounds a frame of inline outp
 Message = tuple[Any, ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class Codec:
+    """How one frame's list of messages becomes bytes and back."""
+
+    dumps: Callable[[list[Message]], bytes]
+    loads: Callable[[memoryview], list[Message]]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(value).decode("ascii")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    raise TypeError(f"{type(value).__name__} cannot travel to the native front-end")
+
+
+PICKLE = Codec(lambda messages: pickle.dumps(messages, protocol=pickle.HIGHEST_PROTOCOL), pickle.loads)
+JSON = Codec(lambda messages: json.dumps(messages, default=_json_default, separators=(",", ":")).encode(),
+             lambda frame: json.loads(bytes(frame)))
+
+
 class Channel(asyncio.Protocol):
     """Framed pickled tuples both ways; ``on_message`` is called for each in order."""
 
-    def __init__(self, on_message: Callable[[Message], None], on_close: Callable[[], None]) -> None:
+    def __init__(self, on_message: Callable[[Message], None], on_close: Callable[[], None],
+                 codec: Codec = PICKLE) -> None:
+        self._codec = codec
         self._on_message = on_message
         self._on_close = on_close
         self._transport: asyncio.Transport | None = None
@@ -40,9 +68,9 @@ class Channel(asyncio.Protocol):
 
     @classmethod
     async def open(cls, sock: socket.socket, on_message: Callable[[Message], None],
-                   on_close: Callable[[], None]) -> Channel:
+                   on_close: Callable[[], None], codec: Codec = PICKLE) -> Channel:
         loop = asyncio.get_running_loop()
-        _, protocol = await loop.connect_accepted_socket(lambda: cls(on_message, on_close), sock)
+        _, protocol = await loop.connect_accepted_socket(lambda: cls(on_message, on_close, codec), sock)
         return protocol
 
     # -- asyncio.Protocol -------------------------------------------------------------
@@ -61,7 +89,7 @@ class Channel(asyncio.Protocol):
                 return
             if end - pos - 4 < length:
                 break
-            messages = pickle.loads(memoryview(buf)[pos + 4:pos + 4 + length])
+            messages = self._codec.loads(memoryview(buf)[pos + 4:pos + 4 + length])
             pos += 4 + length
             for message in messages:
                 self._on_message(message)
@@ -90,9 +118,10 @@ class Channel(asyncio.Protocol):
         chunks = []
         for i in range(0, len(outbox), FRAME_MESSAGES):
             group = outbox[i:i + FRAME_MESSAGES]
-            payloads = [pickle.dumps(group, protocol=pickle.HIGHEST_PROTOCOL)]
+            dumps = self._codec.dumps
+            payloads = [dumps(group)]
             if len(payloads[0]) > MAX_MESSAGE and len(group) > 1:  # large inline outputs: a frame each
-                payloads = [pickle.dumps([m], protocol=pickle.HIGHEST_PROTOCOL) for m in group]
+                payloads = [dumps([m]) for m in group]
             for payload in payloads:
                 chunks += [_HEADER.pack(len(payload)), payload]
         self._transport.write(b"".join(chunks))

@@ -28,7 +28,7 @@ import numpy as np
 
 from trtop.serve.arena import Arena
 from trtop.serve.batching import signature_of
-from trtop.serve.channel import Channel, Message
+from trtop.serve.channel import PICKLE, Channel, Codec, Message
 from trtop.serve.errors import InferenceFailed, ServeError
 from trtop.serve.service import InferenceService
 from trtop.serve.types import Outputs
@@ -54,8 +54,8 @@ class Dispatcher:
         self._pending: set[asyncio.Future[Outputs]] = set()  # requests queued or running
         self.closed = asyncio.Event()
 
-    async def open(self, sock: socket.socket) -> None:
-        self.channel = await Channel.open(sock, self._on_message, self._on_close)
+    async def open(self, sock: socket.socket, codec: Codec = PICKLE) -> None:
+        self.channel = await Channel.open(sock, self._on_message, self._on_close, codec)
 
     def send_state(self) -> None:
         """Tell the front-end what the model is and whether it serves (on start and every change)."""

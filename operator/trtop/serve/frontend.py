@@ -278,10 +278,11 @@ ENV_FRONTEND = "TRTOP_FRONTEND_SETUP"  # JSON: settings + inherited descriptors 
 
 
 def setup_env(settings: ServeSettings, *, index: int, listen_fd: int, channel_fd: int, arena_fd: int,
-              arena_size: int) -> dict[str, str]:
+              arena_size: int, proxy_path: str = "") -> dict[str, str]:
+    """The setup both kinds of front-end read; ``proxy_path``: the native front-end's way to the Python one."""
     doc = {"settings": {f.name: getattr(settings, f.name) for f in fields(ServeSettings)}, "index": index,
            "listen_fd": listen_fd, "channel_fd": channel_fd, "arena_fd": arena_fd, "arena_size": arena_size,
-           "parent_pid": os.getpid()}
+           "parent_pid": os.getpid(), "proxy_path": proxy_path}
     return {ENV_FRONTEND: json.dumps(doc)}
 
 

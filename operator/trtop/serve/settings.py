@@ -16,6 +16,7 @@ from trtop import names
 
 
 GPU_IO_MODES = ("graphs", "bind", "plain")
+HTTP_FRONTENDS = ("auto", "native", "python")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,10 @@ class ServeSettings:
     # Front-end processes that parse HTTP/gRPC in front of the one engine process; -1 = one per core
     # beyond the engine's (at most 8); 0 = one process does everything.
     frontends: int = -1
+    # What the front-end processes answer HTTP with: "native" = trtop-http (Go: the infer hot path and
+    # health probes on every core, everything else forwarded to one Python front-end), "python" = uvicorn
+    # in each, "auto" = native when the trtop-http binary is on PATH.
+    http_frontend: str = "auto"
     # Batches that may run at once (Triton's instance count); 0 = 1 on a GPU, min(cores, 4) on CPU.
     instances: int = 0
     # Compute threads per batch for CPU backends; 0 = the cores this process may use / instances.
@@ -120,6 +125,8 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
                         "open client connections at most (and gRPC calls in flight)"),
     "frontends": ("--frontends", names.ENV_SERVE_FRONTENDS,
                   "front-end processes (-1: one per core beyond the engine's, at most 8; 0: single process)"),
+    "http_frontend": ("--http-frontend", names.ENV_SERVE_HTTP_FRONTEND,
+                      "front-ends' HTTP: native (trtop-http), python, or auto (native when installed)"),
     "instances": ("--instances", names.ENV_SERVE_INSTANCES, "batches that may run at once (0: 1 on GPU, min(cores, 4) on CPU)"),
     "threads": ("--threads", names.ENV_SERVE_THREADS, "compute threads per batch (0: cores / instances)"),
     "gpu_io": ("--gpu-io", names.ENV_SERVE_GPU_IO,
@@ -176,6 +183,8 @@ def _problems(s: ServeSettings) -> list[str]:
         out.append("--max-queue-delay-ms must be >= 0")
     if s.instances < 0:
         out.append("--instances must be >= 0")
+    if s.http_frontend not in HTTP_FRONTENDS:
+        out.append(f"--http-frontend must be one of {', '.join(HTTP_FRONTENDS)}")
     if s.gpu_io not in GPU_IO_MODES:
         out.append(f"--gpu-io must be one of {', '.join(GPU_IO_MODES)}")
     if s.max_queue_size < 1:

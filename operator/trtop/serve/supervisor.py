@@ -13,6 +13,11 @@ dies is replaced; its in-flight requests are lost to their clients (their connec
 closed with it) but nothing else is touched. SIGTERM: not ready everywhere, front-ends
 drain (serve for the drain delay, stop accepting, answer what is in flight), then the
 engine runs what is still queued and exits 0. A load failure exits 1 with the reason.
+With the native HTTP front-end (``--http-frontend``, ``native/http``: Go), the N front-ends
+on the public port are ``trtop-http`` processes: they answer binary infer requests and the
+health probes themselves and forward every other request to the pod's Python front-ends,
+which listen on a private unix socket (and serve gRPC: N of them when gRPC is on, else one).
+Both kinds get an arena and a channel of their own; the native one's speaks JSON.
 Called by ``server.run_server`` when ``--frontends`` is above 0.
 """
 from __future__ import annotations
@@ -20,11 +25,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
+from pathlib import Path
 
+from trtop import names
 from trtop.serve.arena import Arena
+from trtop.serve.channel import JSON, PICKLE
 from trtop.serve.dispatcher import Dispatcher
 from trtop.serve.errors import StartupError
 from trtop.serve.frontend import setup_env
@@ -42,6 +52,18 @@ def arena_bytes(settings: ServeSettings, count: int) -> int:
     """Each front-end's share of the bytes in flight, never below one largest request."""
     share = int(settings.max_inflight_mb * 1024 * 1024) // max(1, count)
     return max(share, settings.max_body_bytes + ARENA_SLACK)
+
+
+def native_binary(settings: ServeSettings) -> str | None:
+    """The native HTTP front-end to run, or None for Python front-ends; StartupError when it is asked
+    for by name and missing."""
+    if settings.http_frontend == "python":
+        return None
+    found = shutil.which(names.HTTP_FRONTEND_BINARY)
+    if found is None and settings.http_frontend == "native":
+        raise StartupError(f"--http-frontend native: {names.HTTP_FRONTEND_BINARY} is not on PATH (build it with "
+                           "`make native`, or use --http-frontend python)")
+    return found
 
 
 def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
@@ -80,7 +102,13 @@ class Supervisor:
         self.count = count
         self.listen = listen_socket(settings.host, settings.port, min(settings.max_connections, 4096))
         self.grpc_hold = reserve_port(settings.host, settings.grpc_port) if settings.grpc_port else None
-        self.arena_size = arena_bytes(settings, count)
+        self.native = native_binary(settings)
+        # Python front-ends: all of them without the native one; beside it, those that serve gRPC (one
+        # when gRPC is off) and answer what it forwards, on a private unix socket.
+        self.python_count = count if self.native is None or settings.grpc_port else 1
+        self.private = Path(tempfile.mkdtemp(prefix="trtop-serve-")) if self.native else None
+        self.api = self._api_socket() if self.private else None
+        self.arena_size = arena_bytes(settings, count + (self.python_count if self.native else 0))
         self.dispatchers: dict[int, Dispatcher] = {}
         self.arenas: list[Arena] = []  # every arena made, also those of replaced front-ends (see _start_frontend)
         self.processes: dict[int, asyncio.subprocess.Process] = {}
@@ -93,10 +121,10 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.begin_shutdown)
-        for i in range(self.count):
+        for i in range(self.count + (self.python_count if self.native else 0)):
             await self._start_frontend(i)
-        log.info("serving %r on %s:%d through %d front-end processes", self.service.name, self.settings.host,
-                 self.settings.port, self.count)
+        log.info("serving %r on %s:%d through %d %s front-end processes", self.service.name, self.settings.host,
+                 self.settings.port, self.count, "native" if self.native else "Python")
         load = loop.create_task(self._load())
         await self._done.wait()
         if not load.done():
@@ -106,7 +134,27 @@ class Supervisor:
         self.listen.close()
         if self.grpc_hold is not None:
             self.grpc_hold.close()
+        if self.api is not None:
+            self.api.close()
+        if self.private is not None:
+            shutil.rmtree(self.private, ignore_errors=True)
         return self.exit_code
+
+    def _api_socket(self) -> socket.socket:
+        assert self.private is not None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(self.private / "api.sock"))  # the folder is 0700: only this pod's processes reach it
+        sock.listen(min(self.settings.max_connections, 4096))
+        sock.set_inheritable(True)
+        return sock
+
+    def _command(self, index: int) -> tuple[list[str], socket.socket, str, bool]:
+        """How front-end ``index`` runs: its command, the socket it accepts on, where it forwards to, native."""
+        if self.native and index < self.count:
+            assert self.api is not None
+            return [self.native], self.listen, self.api.getsockname(), True
+        listen = self.api if self.api is not None else self.listen
+        return [sys.executable, "-m", "trtop.serve.frontend"], listen, "", False
 
     async def _load(self) -> None:
         try:
@@ -132,16 +180,16 @@ class Supervisor:
         self.arenas.append(arena)
         self.service.add_host_memory(arena.address, arena.size)
         ours, theirs = socket.socketpair()
+        command, listen, proxy_path, native = self._command(index)
         env = dict(os.environ)
-        env.update(setup_env(self.settings, index=index, listen_fd=self.listen.fileno(), channel_fd=theirs.fileno(),
-                             arena_fd=arena.fd, arena_size=arena.size))
+        env.update(setup_env(self.settings, index=index, listen_fd=listen.fileno(), channel_fd=theirs.fileno(),
+                             arena_fd=arena.fd, arena_size=arena.size, proxy_path=proxy_path))
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "trtop.serve.frontend", env=env,
-            pass_fds=(self.listen.fileno(), theirs.fileno(), arena.fd))
+            *command, env=env, pass_fds=(listen.fileno(), theirs.fileno(), arena.fd))
         theirs.close()
         arena.release_fd()  # the mapping stays; the front-end holds its own descriptor
         dispatcher = Dispatcher(index, self.service, arena)
-        await dispatcher.open(ours)
+        await dispatcher.open(ours, JSON if native else PICKLE)
         dispatcher.send_state()
         self.dispatchers[index] = dispatcher
         self.processes[index] = proc

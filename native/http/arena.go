@@ -1,0 +1,89 @@
+package main
+
+// The shared arena: the engine process made it (a memfd) and handed its descriptor to this
+// process. This side owns the allocation, as the Python front-end does (arena.py): a request's
+// body is read straight into a region, its outputs get regions of their own, and all of them
+// are freed only after the engine's reply, so the engine never writes into memory given to
+// another request.
+
+import (
+	"fmt"
+	"sort"
+	"sync"
+	"syscall"
+)
+
+const align = 64 // every region starts on a cache line (as arena.ALIGN)
+
+type arena struct {
+	mem   []byte
+	mu    sync.Mutex
+	free  []span // sorted by start, merged with neighbours
+	used  map[int]int
+	inUse int
+}
+
+type span struct{ start, size int }
+
+func openArena(fd, size int) (*arena, error) {
+	mem, err := syscall.Mmap(fd, 0, size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("mapping the arena (%d bytes): %w", size, err)
+	}
+	size -= size % align
+	return &arena{mem: mem[:size], free: []span{{0, size}}, used: map[int]int{}}, nil
+}
+
+// alloc returns the offset of a region of at least n bytes, or -1 when none is free (first fit).
+func (a *arena) alloc(n int) int {
+	need := (n + align - 1) / align * align
+	if need < align {
+		need = align
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for i, s := range a.free {
+		if s.size < need {
+			continue
+		}
+		if s.size == need {
+			a.free = append(a.free[:i], a.free[i+1:]...)
+		} else {
+			a.free[i] = span{s.start + need, s.size - need}
+		}
+		a.used[s.start] = need
+		a.inUse += need
+		return s.start
+	}
+	return -1
+}
+
+func (a *arena) release(off int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	size, ok := a.used[off]
+	if !ok {
+		return
+	}
+	delete(a.used, off)
+	a.inUse -= size
+	i := sort.Search(len(a.free), func(i int) bool { return a.free[i].start > off })
+	s := span{off, size}
+	if i < len(a.free) && s.start+s.size == a.free[i].start { // merge with the next
+		s.size += a.free[i].size
+		a.free = append(a.free[:i], a.free[i+1:]...)
+	}
+	if i > 0 && a.free[i-1].start+a.free[i-1].size == s.start { // merge with the previous
+		a.free[i-1].size += s.size
+		return
+	}
+	a.free = append(a.free, span{})
+	copy(a.free[i+1:], a.free[i:])
+	a.free[i] = s
+}
+
+func (a *arena) bytesInUse() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.inUse
+}

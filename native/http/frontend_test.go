@@ -1,0 +1,182 @@
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"net"
+	"os"
+	"testing"
+)
+
+func testArena(t *testing.T, size int) *arena {
+	f, err := os.CreateTemp(t.TempDir(), "arena")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(int64(size)); err != nil {
+		t.Fatal(err)
+	}
+	a, err := openArena(int(f.Fd()), size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func TestArenaAllocatesAlignedRegionsAndMergesWhatIsFreed(t *testing.T) {
+	a := testArena(t, 4096)
+	x, y, z := a.alloc(1), a.alloc(100), a.alloc(64)
+	if x != 0 || y != 64 || z != 192 {
+		t.Fatalf("offsets %d %d %d, want 0 64 192 (64-byte aligned, first fit)", x, y, z)
+	}
+	if a.bytesInUse() != 256 {
+		t.Fatalf("in use %d, want 256", a.bytesInUse())
+	}
+	if big := a.alloc(4096); big != -1 {
+		t.Fatalf("a region larger than what is free was given: %d", big)
+	}
+	a.release(y)
+	if again := a.alloc(128); again != 64 {
+		t.Fatalf("freed room not reused: %d", again)
+	}
+	a.release(x)
+	a.release(64)
+	a.release(z)
+	if a.bytesInUse() != 0 || len(a.free) != 1 || a.free[0] != (span{0, 4096}) {
+		t.Fatalf("after freeing everything: in use %d, free %v (want one span of 4096)", a.bytesInUse(), a.free)
+	}
+	if whole := a.alloc(4096); whole != 0 {
+		t.Fatalf("the whole arena is not one region again: %d", whole)
+	}
+}
+
+func affine() *model {
+	return newModel("ready", "", &modelInfo{
+		Name:     "a",
+		Inputs:   []tensorSpec{{"x", "float32", []int64{-1, 4}}},
+		Outputs:  []tensorSpec{{"y", "float32", []int64{-1, 4}}, {"s", "float32", []int64{-1, -1}}},
+		MaxBatch: 8,
+	})
+}
+
+func TestAdmitTakesWhatTheModelAcceptsAndLeavesEverythingElseToPython(t *testing.T) {
+	m := affine()
+	p, ok := m.admit([]byte(`{"id":"r","inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}}],
+		"outputs":[{"name":"s","parameters":{"binary_data":true}}],"parameters":{"timeout":5000}}`), 32)
+	if !ok || p.rows != 2 || p.id != `"r"` || p.timeoutUS != 5000 || len(p.outputs) != 1 || p.outputs[0] != 1 {
+		t.Fatalf("a valid request was not taken as asked: ok=%v %+v", ok, p)
+	}
+	if m.outputs[0].rowBytes != 16 || m.outputs[1].rowBytes != -1 {
+		t.Fatalf("output rooms: %+v (y has 16 bytes a row, s a size known only after the run)", m.outputs)
+	}
+	good := `{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}}],"parameters":{"binary_data_output":true}}`
+	if _, ok := m.admit([]byte(good), 32); !ok {
+		t.Fatal("every output, binary by the request's parameter: not taken")
+	}
+	for name, c := range map[string]struct {
+		header string
+		binary int64
+	}{
+		"not JSON":             {`{"inputs":`, 32},
+		"unknown input":        {`{"inputs":[{"name":"z","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}}],"parameters":{"binary_data_output":true}}`, 32},
+		"wrong datatype":       {`{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP16","parameters":{"binary_data_size":16}}],"parameters":{"binary_data_output":true}}`, 16},
+		"wrong shape":          {`{"inputs":[{"name":"x","shape":[2,5],"datatype":"FP32","parameters":{"binary_data_size":40}}],"parameters":{"binary_data_output":true}}`, 40},
+		"too many rows":        {`{"inputs":[{"name":"x","shape":[9,4],"datatype":"FP32","parameters":{"binary_data_size":144}}],"parameters":{"binary_data_output":true}}`, 144},
+		"no rows":              {`{"inputs":[{"name":"x","shape":[0,4],"datatype":"FP32","parameters":{"binary_data_size":0}}],"parameters":{"binary_data_output":true}}`, 0},
+		"size disagrees":       {`{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":31}}],"parameters":{"binary_data_output":true}}`, 31},
+		"trailing bytes":       {good, 40},
+		"JSON data":            {`{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}],"parameters":{"binary_data_output":true}}`, 0},
+		"JSON outputs":         {`{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}}]}`, 32},
+		"a JSON output asked":  {`{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}}],"outputs":[{"name":"y"}]}`, 32},
+		"unknown output":       {`{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}}],"outputs":[{"name":"q","parameters":{"binary_data":true}}]}`, 32},
+		"classification":       {`{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}}],"outputs":[{"name":"y","parameters":{"binary_data":true,"classification":2}}]}`, 32},
+		"no outputs":           {`{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}}],"outputs":[]}`, 32},
+		"numeric id":           {`{"id":7,"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}}],"parameters":{"binary_data_output":true}}`, 32},
+		"timeout not positive": {`{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}}],"parameters":{"binary_data_output":true,"timeout":0}}`, 32},
+		"binary flag not bool": {`{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}}],"parameters":{"binary_data_output":1}}`, 32},
+		"input given twice":    {`{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","parameters":{"binary_data_size":16}},{"name":"x","shape":[1,4],"datatype":"FP32","parameters":{"binary_data_size":16}}],"parameters":{"binary_data_output":true}}`, 32},
+	} {
+		if _, ok := m.admit([]byte(c.header), c.binary); ok {
+			t.Errorf("%s: taken by the fast path, should go to the Python front-end", name)
+		}
+	}
+}
+
+func TestOnlyTheServedModelsInferRoutesTakeTheFastPath(t *testing.T) {
+	s := &server{cfg: &setup{}}
+	s.cfg.Settings.ModelName = "a"
+	for path, want := range map[string]bool{
+		"/v2/models/a/infer": true, "/v2/models/a/versions/1/infer": true, "/v2/models/a/versions/2/infer": false,
+		"/v2/models/b/infer": false, "/v2/models/a": false, "/v2/models/a/infer/x": false, "/v2/models//infer": false,
+	} {
+		if got := s.isOurInfer(path); got != want {
+			t.Errorf("%s: %v, want %v", path, got, want)
+		}
+	}
+}
+
+func TestMessagesSentTogetherLeaveInOneFrameAndFramesAreReadBack(t *testing.T) {
+	ours, theirs := net.Pipe()
+	c := newChannel(ours)
+	go func() {
+		for _, m := range []string{`["failed",1]`, `["failed",2]`, `["requests",1,[]]`} {
+			c.send([]byte(m))
+		}
+		c.close()
+	}()
+	var got []json.RawMessage
+	for len(got) < 3 {
+		var head [4]byte
+		if _, err := theirs.Read(head[:]); err != nil {
+			t.Fatal(err)
+		}
+		body := make([]byte, binary.LittleEndian.Uint32(head[:]))
+		for n := 0; n < len(body); {
+			k, err := theirs.Read(body[n:])
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += k
+		}
+		var frame []json.RawMessage
+		if err := json.Unmarshal(body, &frame); err != nil {
+			t.Fatalf("a frame is not a JSON list: %q", body)
+		}
+		got = append(got, frame...)
+	}
+	if string(got[0]) != `["failed",1]` || string(got[2]) != `["requests",1,[]]` {
+		t.Fatalf("messages out of order: %s", got)
+	}
+	// The reading side: a frame of two messages calls the handler twice, in order.
+	r1, w1 := net.Pipe()
+	go func() {
+		payload := []byte(`[["state","ready","",null],["done",3,null,[]]]`)
+		var head [4]byte
+		binary.LittleEndian.PutUint32(head[:], uint32(len(payload)))
+		w1.Write(append(head[:], payload...))
+		w1.Close()
+	}()
+	var kinds []string
+	(&channel{conn: r1}).read(func(kind string, _ []json.RawMessage) { kinds = append(kinds, kind) })
+	if !bytes.Equal([]byte(kinds[0]+kinds[1]), []byte("statedone")) {
+		t.Fatalf("handled %v", kinds)
+	}
+}
+
+func TestARepeatedHeaderIsAdmittedFromItsPlanButOnlyForTheSameTensorBytes(t *testing.T) {
+	m := affine()
+	header := []byte(`{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}}],"parameters":{"binary_data_output":true}}`)
+	first, ok1 := m.admit(header, 32)
+	again, ok2 := m.admit(header, 32)
+	if !ok1 || !ok2 || len(m.plans) != 1 || again.rows != first.rows || len(again.inputs) != 1 {
+		t.Fatalf("the second admission did not reuse the plan: %v %v %d", ok1, ok2, len(m.plans))
+	}
+	if _, ok := m.admit(header, 40); ok {
+		t.Fatal("a known header with more tensor bytes than it declares was taken")
+	}
+	if _, ok := m.admit([]byte(`{"inputs":[]}`), 0); ok || len(m.plans) != 1 {
+		t.Fatal("a refused header was remembered")
+	}
+}

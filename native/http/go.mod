@@ -1,0 +1,3 @@
+module github.com/trtop/trtop/native/http
+
+go 1.22

@@ -1,0 +1,175 @@
+// trtop-http: the native HTTP front-end of a multi-process `trtop serve`.
+//
+// The engine process (supervisor.py) starts it as it starts a Python front-end, with the same
+// setup in TRTOP_FRONTEND_SETUP: the listening socket, this process's shared arena and its
+// channel as inherited descriptors, and the server's settings. It answers the hot path itself
+// (POST .../infer with binary tensors, the health probes) on every core Go schedules it on,
+// and forwards every other request, unchanged, to the pod's Python front-end over a unix
+// socket (metadata, statistics, metrics, JSON tensors, and every request it would refuse), so
+// the API has one implementation and this process only makes the common request cheap.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"sync"
+	"syscall"
+	"time"
+)
+
+type setup struct {
+	Settings struct {
+		ModelName        string  `json:"model_name"`
+		TimeoutS         float64 `json:"timeout_s"`
+		MaxBodyMB        float64 `json:"max_body_mb"`
+		BodyTimeoutS     float64 `json:"body_timeout_s"`
+		MaxConnections   int     `json:"max_connections"`
+		DrainDelayS      float64 `json:"drain_delay_s"`
+		ShutdownTimeoutS float64 `json:"shutdown_timeout_s"`
+	} `json:"settings"`
+	Index     int    `json:"index"`
+	ListenFD  int    `json:"listen_fd"`
+	ChannelFD int    `json:"channel_fd"`
+	ArenaFD   int    `json:"arena_fd"`
+	ArenaSize int    `json:"arena_size"`
+	ParentPID int    `json:"parent_pid"`
+	ProxyPath string `json:"proxy_path"`
+}
+
+const envSetup = "TRTOP_FRONTEND_SETUP" // as frontend.ENV_FRONTEND
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	var cfg setup
+	if err := json.Unmarshal([]byte(os.Getenv(envSetup)), &cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "trtop-http: %s is not valid JSON (%v): the engine process starts this program\n", envSetup, err)
+		return 2
+	}
+	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
+	log.SetPrefix(fmt.Sprintf("frontend-%d trtop-http: ", cfg.Index))
+	// SIGTERM when the engine process dies (no orphaned front-ends), then check it did not die first.
+	syscall.RawSyscall(syscall.SYS_PRCTL, 1 /* PR_SET_PDEATHSIG */, uintptr(syscall.SIGTERM), 0)
+	if os.Getppid() != cfg.ParentPID {
+		return 1
+	}
+	a, err := openArena(cfg.ArenaFD, cfg.ArenaSize)
+	if err != nil {
+		log.Print(err)
+		return 1
+	}
+	conn, err := net.FileConn(os.NewFile(uintptr(cfg.ChannelFD), "channel"))
+	if err != nil {
+		log.Printf("the channel to the engine process: %v", err)
+		return 1
+	}
+	listener, err := net.FileListener(os.NewFile(uintptr(cfg.ListenFD), "listen"))
+	if err != nil {
+		log.Printf("the listening socket: %v", err)
+		return 1
+	}
+	if path := os.Getenv("TRTOP_HTTP_CPUPROFILE"); path != "" { // a development aid: go tool pprof
+		if f, err := os.Create(path); err == nil {
+			pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
+	}
+	s := newServer(&cfg, a, newChannel(conn))
+	srv := &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: time.Duration(cfg.Settings.BodyTimeoutS * float64(time.Second)),
+		IdleTimeout:       30 * time.Second, // as uvicorn's timeout_keep_alive in server.uvicorn_config
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          log.Default(),
+	}
+	engineGone := make(chan error, 1)
+	go func() { engineGone <- s.readChannel() }()
+	go s.reportLoop()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(limitListener(listener, cfg.Settings.MaxConnections)) }()
+
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	code := 0
+	select {
+	case <-signals:
+		// Drain: not ready, keep serving for the drain delay (endpoints drop this pod meanwhile),
+		// then stop accepting and answer what is in flight.
+		s.draining.Store(true)
+		select {
+		case <-time.After(time.Duration(cfg.Settings.DrainDelayS * float64(time.Second))):
+		case <-engineGone:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.Settings.ShutdownTimeoutS*float64(time.Second)))
+		if err := srv.Shutdown(ctx); err != nil {
+			log.Printf("requests still in flight after %.0fs: closing them", cfg.Settings.ShutdownTimeoutS)
+			srv.Close()
+		}
+		cancel()
+	case err := <-engineGone:
+		if !s.draining.Load() {
+			log.Printf("the engine process has gone (%v): exiting", err)
+			code = 1
+		}
+		s.failAll()
+		srv.Close()
+	case err := <-served:
+		if !errors.Is(err, http.ErrServerClosed) {
+			log.Printf("serving stopped: %v", err)
+			code = 1
+		}
+	}
+	s.report()
+	s.ch.close()
+	<-s.ch.done
+	return code
+}
+
+// limitListener accepts at most n connections at a time (uvicorn's limit_concurrency does the
+// same for the Python front-ends): further clients wait in the kernel's backlog.
+func limitListener(l net.Listener, n int) net.Listener {
+	if n <= 0 {
+		return l
+	}
+	return &limited{Listener: l, slots: make(chan struct{}, n)}
+}
+
+type limited struct {
+	net.Listener
+	slots chan struct{}
+}
+
+func (l *limited) Accept() (net.Conn, error) {
+	l.slots <- struct{}{}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.slots
+		return nil, err
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	return &limitedConn{Conn: c, release: func() { <-l.slots }}, nil
+}
+
+type limitedConn struct {
+	net.Conn
+	release func()
+	once    sync.Once
+}
+
+func (c *limitedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}

@@ -1,0 +1,507 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const headerLength = "Inference-Header-Content-Length"
+
+type server struct {
+	cfg      *setup
+	arena    *arena
+	ch       *channel
+	model    atomic.Pointer[model]
+	draining atomic.Bool
+	proxy    *httputil.ReverseProxy
+	maxBody  int64
+
+	ids     atomic.Uint64
+	mu      sync.Mutex
+	waiting map[uint64]chan []json.RawMessage // request id -> its "done" message (nil: the engine is gone)
+
+	countMu  sync.Mutex
+	started  int
+	finished [][2]any // (outcome, seconds) since the last report
+}
+
+func newServer(cfg *setup, a *arena, ch *channel) *server {
+	s := &server{cfg: cfg, arena: a, ch: ch, waiting: map[uint64]chan []json.RawMessage{},
+		maxBody: int64(cfg.Settings.MaxBodyMB * 1024 * 1024)}
+	s.model.Store(newModel("loading", "", nil))
+	transport := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", cfg.ProxyPath)
+		},
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     30 * time.Second,
+	}
+	s.proxy = &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.Out.URL.Scheme, r.Out.URL.Host = "http", "python-frontend"
+			r.Out.Host = r.In.Host
+		},
+		Transport: transport,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			log.Printf("%s %s: the Python front-end did not answer: %v", r.Method, r.URL.Path, err)
+			writeError(w, http.StatusServiceUnavailable, "NotReady", "the server's API process is not reachable; retry shortly", 0)
+		},
+	}
+	return s
+}
+
+func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/v2/health/live":
+		if r.Method == http.MethodGet {
+			writeJSON(w, http.StatusOK, `{"live":true}`)
+			return
+		}
+	case "/v2/health/ready":
+		if r.Method == http.MethodGet {
+			m := s.model.Load()
+			if m.state == "ready" && !s.draining.Load() {
+				writeJSON(w, http.StatusOK, `{"ready":true}`)
+			} else {
+				state := m.state
+				if s.draining.Load() {
+					state = "draining"
+				}
+				q, _ := json.Marshal(fmt.Sprintf("model '%s' is %s", s.cfg.Settings.ModelName, state))
+				writeJSON(w, http.StatusServiceUnavailable, `{"ready":false,"error":`+string(q)+`}`)
+			}
+			return
+		}
+	default:
+		if r.Method == http.MethodPost && s.isOurInfer(r.URL.Path) && s.infer(w, r) {
+			return
+		}
+	}
+	s.proxy.ServeHTTP(w, r)
+}
+
+// isOurInfer: /v2/models/{model}[/versions/{version}]/infer for the served model, version 1 or none.
+func (s *server) isOurInfer(path string) bool {
+	rest, ok := strings.CutPrefix(path, "/v2/models/")
+	if !ok {
+		return false
+	}
+	rest, ok = strings.CutSuffix(rest, "/infer")
+	if !ok {
+		return false
+	}
+	name, version, versioned := strings.Cut(rest, "/versions/")
+	return name == s.cfg.Settings.ModelName && (!versioned || version == "1")
+}
+
+// infer serves one request on the fast path; false (nothing written, body unread) hands it to the proxy.
+func (s *server) infer(w http.ResponseWriter, r *http.Request) bool {
+	m := s.model.Load()
+	hl, err := strconv.ParseInt(r.Header.Get(headerLength), 10, 64)
+	n := r.ContentLength
+	if err != nil || hl <= 0 || n <= 0 || hl > n || n > s.maxBody || m.state != "ready" || s.draining.Load() ||
+		(r.Header.Get("Content-Encoding") != "" && r.Header.Get("Content-Encoding") != "identity") {
+		return false
+	}
+	started := time.Now()
+	off := s.arena.alloc(int(n))
+	if off < 0 {
+		s.count(1, "", 0)
+		s.refuse(w, started, s.overloaded())
+		return true
+	}
+	body := s.arena.mem[off : off+int(n)]
+	rc := http.NewResponseController(w)
+	rc.SetReadDeadline(time.Now().Add(time.Duration(s.cfg.Settings.BodyTimeoutS * float64(time.Second))))
+	_, err = io.ReadFull(r.Body, body)
+	rc.SetReadDeadline(time.Time{})
+	if err != nil {
+		s.arena.release(off)
+		s.count(1, "", 0)
+		s.refuse(w, started, refusal{http.StatusBadRequest, "BadRequest", "bad_request",
+			fmt.Sprintf("the request body did not arrive whole within %gs: %v", s.cfg.Settings.BodyTimeoutS, err), 0})
+		return true
+	}
+	p, ok := m.admit(body[:hl], n-hl)
+	if !ok { // the Python front-end answers it, from a copy of the body
+		copied := bytes.Clone(body)
+		s.arena.release(off)
+		r2 := r.Clone(r.Context())
+		r2.Body, r2.ContentLength = io.NopCloser(bytes.NewReader(copied)), int64(len(copied))
+		s.proxy.ServeHTTP(w, r2)
+		return true
+	}
+	s.count(1, "", 0)
+	regions := []int{off}
+	defer func() {
+		for _, o := range regions {
+			s.arena.release(o)
+		}
+	}()
+	msg := s.describe(m, &p, int64(off)+hl, &regions)
+	if msg == nil {
+		s.refuse(w, started, s.overloaded())
+		return true
+	}
+	reply := s.ask(msg)
+	if reply == nil {
+		s.refuse(w, started, refusal{http.StatusServiceUnavailable, "NotReady", "not_ready", "the engine process has stopped", 0})
+		return true
+	}
+	s.answer(w, m, &p, reply, started)
+	return true
+}
+
+// describe builds the engine's descriptor (as RemoteModel.infer_started sends it) and the rooms
+// for fixed-size outputs; nil when the arena has no room for them.
+func (s *server) describe(m *model, p *plan, base int64, regions *[]int) *describedRequest {
+	rid := s.ids.Add(1)
+	b := make([]byte, 0, 256)
+	b = append(b, `["infer",`...)
+	b = strconv.AppendUint(b, rid, 10)
+	b = append(b, ',')
+	b = strconv.AppendInt(b, p.rows, 10)
+	b = append(b, ",["...)
+	for i, in := range p.inputs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '[')
+		b = append(b, in.quoted...)
+		b = append(b, `,"`...)
+		b = append(b, in.dtype...)
+		b = append(b, `",`...)
+		b = appendInts(b, in.shape)
+		b = append(b, ',')
+		b = strconv.AppendInt(b, base+in.offset, 10)
+		b = append(b, ",null]"...)
+	}
+	b = append(b, "],["...)
+	for i, oi := range p.outputs {
+		o := &m.outputs[oi]
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '[')
+		b = append(b, o.quoted...)
+		if o.rowBytes < 0 {
+			b = append(b, ",null]"...)
+			continue
+		}
+		off := s.arena.alloc(int(p.rows * o.rowBytes))
+		if off < 0 {
+			return nil
+		}
+		*regions = append(*regions, off)
+		b = append(b, ",["...)
+		b = strconv.AppendInt(b, int64(off), 10)
+		b = append(b, ",["...)
+		b = strconv.AppendInt(b, p.rows, 10)
+		for _, d := range o.rowShape {
+			b = append(b, ',')
+			b = strconv.AppendInt(b, d, 10)
+		}
+		b = append(b, "]]]"...)
+	}
+	timeout := s.cfg.Settings.TimeoutS
+	if p.timeoutUS > 0 {
+		timeout = float64(p.timeoutUS) / 1e6
+	}
+	b = append(b, "],"...)
+	b = strconv.AppendFloat(b, timeout, 'g', -1, 64)
+	b = append(b, ']')
+	return &describedRequest{rid, b}
+}
+
+type describedRequest struct {
+	rid uint64
+	msg []byte
+}
+
+// ask sends one descriptor and waits for the engine's reply (nil: the engine is gone). The wait
+// is bounded by the engine, which answers every descriptor (a result, an error or its timeout).
+func (s *server) ask(d *describedRequest) []json.RawMessage {
+	done := make(chan []json.RawMessage, 1)
+	s.mu.Lock()
+	if s.waiting == nil {
+		s.mu.Unlock()
+		return nil
+	}
+	s.waiting[d.rid] = done
+	s.mu.Unlock()
+	if !s.ch.send(d.msg) {
+		s.mu.Lock()
+		delete(s.waiting, d.rid)
+		s.mu.Unlock()
+		return nil
+	}
+	return <-done
+}
+
+// answer writes the engine's reply: the binary v2 answer (outputs straight from the arena), or its error.
+func (s *server) answer(w http.ResponseWriter, m *model, p *plan, reply []json.RawMessage, started time.Time) {
+	if len(reply) < 4 {
+		s.refuse(w, started, refusal{http.StatusInternalServerError, "InferenceFailed", "error", "the engine's answer could not be read", 0})
+		return
+	}
+	if string(reply[2]) != "null" {
+		var e []json.RawMessage
+		var cls, text string
+		var retry float64
+		if json.Unmarshal(reply[2], &e) != nil || len(e) < 3 || json.Unmarshal(e[0], &cls) != nil ||
+			json.Unmarshal(e[1], &text) != nil || json.Unmarshal(e[2], &retry) != nil {
+			cls, text = "InferenceFailed", "the engine's answer could not be read"
+		}
+		status, outcome := statusOf(cls)
+		s.refuse(w, started, refusal{status, cls, outcome, text, retry})
+		return
+	}
+	var places [][]json.RawMessage
+	if json.Unmarshal(reply[3], &places) != nil || len(places) != len(p.outputs) {
+		s.refuse(w, started, refusal{http.StatusInternalServerError, "InferenceFailed", "error", "the engine's answer could not be read", 0})
+		return
+	}
+	var head bytes.Buffer
+	head.WriteString(`{"model_name":`)
+	q, _ := json.Marshal(s.cfg.Settings.ModelName)
+	head.Write(q)
+	head.WriteString(`,"model_version":"1","outputs":[`)
+	chunks := make([][]byte, len(places))
+	for i, pl := range places {
+		var dtype string
+		var shape []int64
+		var offset int64
+		var inline []byte
+		if len(pl) < 5 || json.Unmarshal(pl[1], &dtype) != nil || json.Unmarshal(pl[2], &shape) != nil ||
+			json.Unmarshal(pl[3], &offset) != nil || json.Unmarshal(pl[4], &inline) != nil {
+			s.refuse(w, started, refusal{http.StatusInternalServerError, "InferenceFailed", "error", "the engine's answer could not be read", 0})
+			return
+		}
+		v2, known := v2OfStr[dtype]
+		item := itemSize(dtype)
+		count := int64(1)
+		for _, d := range shape {
+			count *= d
+		}
+		nbytes := count * item
+		switch {
+		case !known || item == 0:
+			s.refuse(w, started, refusal{http.StatusInternalServerError, "InferenceFailed", "error", "the engine answered a datatype " + dtype + " this front-end cannot send", 0})
+			return
+		case inline != nil:
+			if int64(len(inline)) != nbytes {
+				s.refuse(w, started, refusal{http.StatusInternalServerError, "InferenceFailed", "error", "the engine's answer could not be read", 0})
+				return
+			}
+			chunks[i] = inline
+		default:
+			if offset < 0 || offset+nbytes > int64(len(s.arena.mem)) {
+				s.refuse(w, started, refusal{http.StatusInternalServerError, "InferenceFailed", "error", "the engine's answer could not be read", 0})
+				return
+			}
+			chunks[i] = s.arena.mem[offset : offset+nbytes]
+		}
+		if i > 0 {
+			head.WriteByte(',')
+		}
+		fmt.Fprintf(&head, `{"name":%s,"datatype":"%s","shape":%s,"parameters":{"binary_data_size":%d}}`,
+			m.outputs[p.outputs[i]].quoted, v2, ints(shape), nbytes)
+	}
+	head.WriteString("]")
+	if p.id != "" {
+		head.WriteString(`,"id":`)
+		head.WriteString(p.id)
+	}
+	head.WriteString("}")
+	total := head.Len()
+	for _, c := range chunks {
+		total += len(c)
+	}
+	h := w.Header()
+	h["Content-Type"] = []string{"application/octet-stream"}
+	h[headerLength] = []string{strconv.Itoa(head.Len())}
+	h["Content-Length"] = []string{strconv.Itoa(total)}
+	w.WriteHeader(http.StatusOK)
+	w.Write(head.Bytes())
+	for _, c := range chunks {
+		w.Write(c)
+	}
+	s.count(0, "success", time.Since(started).Seconds())
+}
+
+func itemSize(str string) int64 {
+	for _, d := range dtypes {
+		if d.str == str {
+			return int64(d.size)
+		}
+	}
+	return 0
+}
+
+type refusal struct {
+	status  int
+	class   string
+	outcome string
+	message string
+	retry   float64
+}
+
+func (s *server) overloaded() refusal {
+	return refusal{http.StatusServiceUnavailable, "Overloaded", "overloaded", fmt.Sprintf(
+		"this server holds %d bytes of tensors in flight, its limit (--max-inflight-mb); retry shortly or add replicas",
+		s.arena.bytesInUse()), 1}
+}
+
+// refuse answers an error the engine gave or the fast path met, counted as its outcome; one
+// refused before it reached the engine is also a failure in the engine's statistics.
+func (s *server) refuse(w http.ResponseWriter, started time.Time, e refusal) {
+	writeError(w, e.status, e.class, e.message, e.retry)
+	elapsed := time.Since(started)
+	if e.class == "Overloaded" || e.class == "BadRequest" {
+		s.ch.send([]byte(fmt.Sprintf(`["failed",%d]`, elapsed.Nanoseconds())))
+	}
+	s.count(0, e.outcome, elapsed.Seconds())
+}
+
+// errorKinds: the engine's error classes, their HTTP status and metrics outcome (infer_http.STATUS, errors.py).
+var errorKinds = map[string]struct {
+	status  int
+	outcome string
+}{
+	"BadRequest": {http.StatusBadRequest, "bad_request"}, "ModelNotFound": {http.StatusNotFound, "not_found"},
+	"PayloadTooLarge": {http.StatusRequestEntityTooLarge, "too_large"},
+	"NotReady":        {http.StatusServiceUnavailable, "not_ready"}, "Overloaded": {http.StatusServiceUnavailable, "overloaded"},
+	"TimedOut": {http.StatusGatewayTimeout, "timeout"}, "InferenceFailed": {http.StatusInternalServerError, "error"},
+}
+
+func statusOf(class string) (int, string) {
+	if k, ok := errorKinds[class]; ok {
+		return k.status, k.outcome
+	}
+	return http.StatusInternalServerError, "error"
+}
+
+func writeError(w http.ResponseWriter, status int, class, message string, retry float64) {
+	if class == "Overloaded" {
+		r := int(retry + 0.5)
+		if r < 1 {
+			r = 1
+		}
+		w.Header().Set("Retry-After", strconv.Itoa(r))
+	}
+	q, _ := json.Marshal(message)
+	writeJSON(w, status, `{"error":`+string(q)+`}`)
+}
+
+func writeJSON(w http.ResponseWriter, status int, body string) {
+	h := w.Header()
+	h["Content-Type"] = []string{"application/json"}
+	h["Content-Length"] = []string{strconv.Itoa(len(body))}
+	w.WriteHeader(status)
+	io.WriteString(w, body)
+}
+
+func ints(v []int64) string {
+	return string(appendInts(make([]byte, 0, 8*len(v)+2), v))
+}
+
+func appendInts(b []byte, v []int64) []byte {
+	b = append(b, '[')
+	for i, d := range v {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, d, 10)
+	}
+	return append(b, ']')
+}
+
+// -- the engine's messages ------------------------------------------------------------------
+
+func (s *server) readChannel() error {
+	return s.ch.read(func(kind string, msg []json.RawMessage) {
+		switch kind {
+		case "done":
+			var rid uint64
+			if len(msg) < 4 || json.Unmarshal(msg[1], &rid) != nil {
+				return
+			}
+			s.mu.Lock()
+			done := s.waiting[rid]
+			delete(s.waiting, rid)
+			s.mu.Unlock()
+			if done != nil {
+				done <- msg
+			}
+		case "state":
+			var state, errText string
+			var info *modelInfo
+			if len(msg) < 4 || json.Unmarshal(msg[1], &state) != nil {
+				return
+			}
+			json.Unmarshal(msg[2], &errText)
+			if json.Unmarshal(msg[3], &info) != nil {
+				info = nil
+			}
+			s.model.Store(newModel(state, errText, info))
+		}
+	})
+}
+
+// failAll answers every waiting request "engine gone" and refuses new ones.
+func (s *server) failAll() {
+	s.mu.Lock()
+	waiting := s.waiting
+	s.waiting = nil
+	s.mu.Unlock()
+	for _, done := range waiting {
+		done <- nil
+	}
+}
+
+// -- request counts for the engine's metrics ---------------------------------------------------
+
+const reportInterval = 20 * time.Millisecond // as frontend.REPORT_INTERVAL_S
+
+func (s *server) count(started int, outcome string, seconds float64) {
+	s.countMu.Lock()
+	s.started += started
+	if outcome != "" {
+		s.finished = append(s.finished, [2]any{outcome, seconds})
+	}
+	s.countMu.Unlock()
+}
+
+func (s *server) reportLoop() {
+	for range time.Tick(reportInterval) {
+		s.report()
+	}
+}
+
+func (s *server) report() {
+	s.countMu.Lock()
+	started, finished := s.started, s.finished
+	s.started, s.finished = 0, nil
+	s.countMu.Unlock()
+	if started == 0 && len(finished) == 0 {
+		return
+	}
+	if finished == nil {
+		finished = [][2]any{}
+	}
+	b, _ := json.Marshal([]any{"requests", started, finished})
+	s.ch.send(b)
+}
