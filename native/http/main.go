@@ -34,6 +34,7 @@ type setup struct {
 		MaxConnections   int     `json:"max_connections"`
 		DrainDelayS      float64 `json:"drain_delay_s"`
 		ShutdownTimeoutS float64 `json:"shutdown_timeout_s"`
+		LogLevel         string  `json:"log_level"`
 	} `json:"settings"`
 	Index     int    `json:"index"`
 	ListenFD  int    `json:"listen_fd"`
@@ -42,6 +43,8 @@ type setup struct {
 	ArenaSize int    `json:"arena_size"`
 	ParentPID int    `json:"parent_pid"`
 	ProxyPath string `json:"proxy_path"`
+	// Descriptors this process keeps in flight at the engine (more requests wait and leave as one group).
+	GroupLimit int `json:"group_limit"`
 }
 
 const envSetup = "TRTOP_FRONTEND_SETUP" // as frontend.ENV_FRONTEND

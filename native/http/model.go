@@ -138,6 +138,7 @@ type placedInput struct {
 	dtype  string
 	shape  []int64
 	offset int64 // from the start of the binary data
+	size   int64 // its bytes (shape[0] rows of equal size)
 }
 
 // plan: an admitted request, ready to be described to the engine.
@@ -230,7 +231,7 @@ func (m *model) parse(header []byte, binaryLen int64) (p plan, ok bool) {
 		if err != nil || size != count*int64(spec.dtype.size) || offset+size > binaryLen {
 			return p, false
 		}
-		p.inputs = append(p.inputs, placedInput{spec.quoted, spec.dtype.str, in.Shape, offset})
+		p.inputs = append(p.inputs, placedInput{spec.quoted, spec.dtype.str, in.Shape, offset, size})
 		offset += size
 	}
 	if offset != binaryLen || p.rows < 1 || p.rows > m.info.MaxBatch {

@@ -27,6 +27,7 @@ type server struct {
 	draining atomic.Bool
 	proxy    *httputil.ReverseProxy
 	maxBody  int64
+	batcher  batcher
 
 	ids     atomic.Uint64
 	mu      sync.Mutex
@@ -40,6 +41,7 @@ type server struct {
 func newServer(cfg *setup, a *arena, ch *channel) *server {
 	s := &server{cfg: cfg, arena: a, ch: ch, waiting: map[uint64]chan []json.RawMessage{},
 		maxBody: int64(cfg.Settings.MaxBodyMB * 1024 * 1024)}
+	s.batcher.limit = max(1, cfg.GroupLimit)
 	s.model.Store(newModel("loading", "", nil))
 	transport := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -145,35 +147,29 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) bool {
 		return true
 	}
 	s.count(1, "", 0)
-	regions := []int{off}
-	defer func() {
-		for _, o := range regions {
-			s.arena.release(o)
-		}
-	}()
-	msg := s.describe(m, &p, int64(off)+hl, &regions)
-	if msg == nil {
-		s.refuse(w, started, s.overloaded())
+	defer s.arena.release(off) // after the answer is written: a group of one is sent where its body lies
+	mb := &member{p: &p, key: string(body[:hl]), base: int64(off) + hl, arrived: started, result: make(chan memberResult, 1)}
+	s.submit(m, mb)
+	res := <-mb.result
+	defer res.done()
+	if res.refusal != nil {
+		s.refuse(w, started, *res.refusal)
 		return true
 	}
-	reply := s.ask(msg)
-	if reply == nil {
-		s.refuse(w, started, refusal{http.StatusServiceUnavailable, "NotReady", "not_ready", "the engine process has stopped", 0})
-		return true
-	}
-	s.answer(w, m, &p, reply, started)
+	s.answer(w, m, &p, res, started)
 	return true
 }
 
-// describe builds the engine's descriptor (as RemoteModel.infer_started sends it) and the rooms
-// for fixed-size outputs; nil when the arena has no room for them.
-func (s *server) describe(m *model, p *plan, base int64, regions *[]int) *describedRequest {
+// describe builds the engine's descriptor of `rows` rows whose inputs lie at `offsets` (as
+// RemoteModel.infer_started sends one, with the count of client requests in it last) and the rooms for
+// fixed-size outputs; nil when the arena has no room for them.
+func (s *server) describe(m *model, p *plan, rows int64, offsets []int64, timeout float64, requests int, regions *[]int) *describedRequest {
 	rid := s.ids.Add(1)
 	b := make([]byte, 0, 256)
 	b = append(b, `["infer",`...)
 	b = strconv.AppendUint(b, rid, 10)
 	b = append(b, ',')
-	b = strconv.AppendInt(b, p.rows, 10)
+	b = strconv.AppendInt(b, rows, 10)
 	b = append(b, ",["...)
 	for i, in := range p.inputs {
 		if i > 0 {
@@ -183,10 +179,14 @@ func (s *server) describe(m *model, p *plan, base int64, regions *[]int) *descri
 		b = append(b, in.quoted...)
 		b = append(b, `,"`...)
 		b = append(b, in.dtype...)
-		b = append(b, `",`...)
-		b = appendInts(b, in.shape)
-		b = append(b, ',')
-		b = strconv.AppendInt(b, base+in.offset, 10)
+		b = append(b, `",[`...)
+		b = strconv.AppendInt(b, rows, 10)
+		for _, d := range in.shape[1:] {
+			b = append(b, ',')
+			b = strconv.AppendInt(b, d, 10)
+		}
+		b = append(b, "],"...)
+		b = strconv.AppendInt(b, offsets[i], 10)
 		b = append(b, ",null]"...)
 	}
 	b = append(b, "],["...)
@@ -201,7 +201,7 @@ func (s *server) describe(m *model, p *plan, base int64, regions *[]int) *descri
 			b = append(b, ",null]"...)
 			continue
 		}
-		off := s.arena.alloc(int(p.rows * o.rowBytes))
+		off := s.arena.alloc(int(rows * o.rowBytes))
 		if off < 0 {
 			return nil
 		}
@@ -209,19 +209,17 @@ func (s *server) describe(m *model, p *plan, base int64, regions *[]int) *descri
 		b = append(b, ",["...)
 		b = strconv.AppendInt(b, int64(off), 10)
 		b = append(b, ",["...)
-		b = strconv.AppendInt(b, p.rows, 10)
+		b = strconv.AppendInt(b, rows, 10)
 		for _, d := range o.rowShape {
 			b = append(b, ',')
 			b = strconv.AppendInt(b, d, 10)
 		}
 		b = append(b, "]]]"...)
 	}
-	timeout := s.cfg.Settings.TimeoutS
-	if p.timeoutUS > 0 {
-		timeout = float64(p.timeoutUS) / 1e6
-	}
 	b = append(b, "],"...)
 	b = strconv.AppendFloat(b, timeout, 'g', -1, 64)
+	b = append(b, ',')
+	b = strconv.AppendInt(b, int64(requests), 10)
 	b = append(b, ']')
 	return &describedRequest{rid, b}
 }
@@ -252,7 +250,8 @@ func (s *server) ask(d *describedRequest) []json.RawMessage {
 }
 
 // answer writes the engine's reply: the binary v2 answer (outputs straight from the arena), or its error.
-func (s *server) answer(w http.ResponseWriter, m *model, p *plan, reply []json.RawMessage, started time.Time) {
+func (s *server) answer(w http.ResponseWriter, m *model, p *plan, res memberResult, started time.Time) {
+	reply := res.reply
 	if len(reply) < 4 {
 		s.refuse(w, started, refusal{http.StatusInternalServerError, "InferenceFailed", "error", "the engine's answer could not be read", 0})
 		return
@@ -292,27 +291,34 @@ func (s *server) answer(w http.ResponseWriter, m *model, p *plan, reply []json.R
 		}
 		v2, known := v2OfStr[dtype]
 		item := itemSize(dtype)
+		if len(shape) == 0 || shape[0] != res.total {
+			s.refuse(w, started, refusal{http.StatusInternalServerError, "InferenceFailed", "error", "the engine's answer could not be read", 0})
+			return
+		}
 		count := int64(1)
-		for _, d := range shape {
+		for _, d := range shape[1:] {
 			count *= d
 		}
-		nbytes := count * item
+		rowBytes := count * item
+		nbytes := rowBytes * p.rows // this request's rows of the group's output
+		first := rowBytes * res.start
+		shape = append([]int64{p.rows}, shape[1:]...)
 		switch {
 		case !known || item == 0:
 			s.refuse(w, started, refusal{http.StatusInternalServerError, "InferenceFailed", "error", "the engine answered a datatype " + dtype + " this front-end cannot send", 0})
 			return
 		case inline != nil:
-			if int64(len(inline)) != nbytes {
+			if int64(len(inline)) != rowBytes*res.total {
 				s.refuse(w, started, refusal{http.StatusInternalServerError, "InferenceFailed", "error", "the engine's answer could not be read", 0})
 				return
 			}
-			chunks[i] = inline
+			chunks[i] = inline[first : first+nbytes]
 		default:
-			if offset < 0 || offset+nbytes > int64(len(s.arena.mem)) {
+			if offset < 0 || offset+rowBytes*res.total > int64(len(s.arena.mem)) {
 				s.refuse(w, started, refusal{http.StatusInternalServerError, "InferenceFailed", "error", "the engine's answer could not be read", 0})
 				return
 			}
-			chunks[i] = s.arena.mem[offset : offset+nbytes]
+			chunks[i] = s.arena.mem[offset+first : offset+first+nbytes]
 		}
 		if i > 0 {
 			head.WriteByte(',')

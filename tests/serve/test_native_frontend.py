@@ -10,7 +10,9 @@ fails at start with what to do, and ``auto`` falls back to Python front-ends.
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -147,3 +149,36 @@ def test_without_the_binary_native_fails_at_start_and_auto_serves_with_python(
     auto = start_server(args, {"TRTOP_HTTP_FRONTEND": "auto", "PATH": path})
     auto.wait_ready()
     assert "through 1 Python front-end processes" in auto.logs()
+
+
+@pytest.mark.slow
+async def test_requests_grouped_while_the_engine_is_busy_each_get_their_own_rows_and_are_counted(
+        start_server: Start, affine_onnx: Path, native_bin: Path) -> None:
+    # One native front-end keeps two descriptors in flight (one instance + one queued); the engine takes
+    # 0.3 s a batch, so most of the 24 requests wait in the front-end and leave as groups.
+    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "1", "--max-batch", "64",
+                      "--backend", "tests.serve.fakes:SlowOnnxRuntime", "--log-level", "debug"], {**native_env(native_bin), "FAKE_RUN_DELAY_S": "0.3"})
+    s.wait_ready()
+    xs = [np.full((1 + i % 3, 4), float(i), np.float32) for i in range(24)]
+
+    async def one(client: httpx.AsyncClient, x: np.ndarray) -> httpx.Response:
+        body, json_length = binary(x)
+        return await client.post("/v2/models/a/infer", content=body,
+                                  headers={"Inference-Header-Content-Length": str(json_length)})
+
+    limits = httpx.Limits(max_connections=64)
+    async with httpx.AsyncClient(base_url=s.url, timeout=30, limits=limits) as client:
+        answers = await asyncio.gather(*(one(client, x) for x in xs))
+    for x, r in zip(xs, answers, strict=True):
+        assert r.status_code == 200, r.text
+        json_length = int(r.headers["inference-header-content-length"])
+        header = json.loads(r.content[:json_length])
+        assert [o["shape"] for o in header["outputs"]] == [[len(x), 4], [len(x), 1]]
+        y = np.frombuffer(r.content[json_length:json_length + x.nbytes], np.float32).reshape(x.shape)
+        np.testing.assert_array_equal(y, 2 * x + 1)  # its own rows of its group's answer
+    stats = httpx.get(s.url + "/v2/models/a/stats").json()["model_stats"][0]
+    assert stats["inference_stats"]["success"]["count"] == 24  # client requests, not the groups they left in
+    assert stats["inference_count"] == sum(len(x) for x in xs)
+    assert stats["execution_count"] < 12, "the requests should have run in a few batches"
+    groups = [int(n) for n in re.findall(r"a group of (\d+) requests", s.logs())]
+    assert groups and max(groups) > 1 and sum(groups) <= 24, groups

@@ -1,11 +1,12 @@
 """The engine process's end of one front-end: descriptors in, batched inference, results in place.
 
-A front-end sends ``("infer", id, rows, inputs, outputs, timeout_s)`` where ``inputs`` are
+A front-end sends ``("infer", id, rows, inputs, outputs, timeout_s[, requests])`` where ``inputs`` are
 ``(name, dtype, shape, offset, inline)``: a place in its arena, or (tensors of at most
 ``frontend.INLINE_BYTES``) the bytes themselves; ``outputs`` are ``(name, (offset, shape))``
 places or None; the dispatcher wraps the inputs as numpy views (no copy), submits them to
 the service's scheduler (where they batch with every other front-end's requests), writes
-each output into its place and replies ``("done", id, error, outputs)``. An output without
+each output into its place and replies ``("done", id, error, outputs)``. ``requests``: how many
+client requests the native front-end grouped into this one (their rows side by side; statistics). An output without
 a place (a shape only known after the run, or a small one) travels inline as bytes. Every descriptor gets exactly one reply, even on
 error, because the front-end frees the request's arena regions only then.
 
@@ -93,12 +94,13 @@ class Dispatcher:
 
     def _infer(self, message: Message) -> None:
         """Queue one request; its reply goes out from the future's callback (no task per request)."""
-        _, rid, rows, inputs, outputs, timeout_s = message
+        rid, rows, inputs, outputs, timeout_s = message[1:6]
+        requests = message[6] if len(message) > 6 else 1
         try:
             feeds = {name: self.arena.view(offset, dtype, shape) if inline is None
                      else np.frombuffer(inline, dtype=dtype).reshape(shape)  # a small tensor sent in the descriptor
                      for name, dtype, shape, offset, inline in inputs}
-            future = self.service.enqueue(feeds, rows, signature_of(feeds), timeout_s)
+            future = self.service.enqueue(feeds, rows, signature_of(feeds), timeout_s, requests=requests)
         except Exception as exc:  # ServeError: refused at once; anything else fails this request alone
             self._failed(rid, exc)
             return

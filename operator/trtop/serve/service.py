@@ -243,18 +243,19 @@ class InferenceService:
         return admitted, await future
 
     def enqueue(self, feeds: Feeds, rows: int, signature: Hashable, timeout_s: float,
-                started_ns: int | None = None) -> asyncio.Future[Outputs]:
-        """Queue admitted feeds (from ``infer`` or a front-end process); the future resolves with their
-        outputs (or a ServeError). Raises ServeError at once when the request cannot be queued."""
+                started_ns: int | None = None, requests: int = 1) -> asyncio.Future[Outputs]:
+        """Queue admitted feeds (from ``infer`` or a front-end process; ``requests``: the client requests
+        a front-end grouped into them); the future resolves with their outputs (or a ServeError). Raises
+        ServeError at once when the request cannot be queued."""
         started = time.perf_counter_ns() if started_ns is None else started_ns
         try:
             if self.state not in ("ready", "draining") or self._scheduler is None:
                 raise NotReady(not_ready_message(self))
             future = self._scheduler.enqueue(feeds, rows, signature, timeout_s)
         except ServeError:
-            self.statistics.record_failure(time.perf_counter_ns() - started)
+            self.statistics.record_failure(time.perf_counter_ns() - started, requests)
             raise
-        future.add_done_callback(functools.partial(self._answered, rows, started))
+        future.add_done_callback(functools.partial(self._answered, rows, started, requests))
         return future
 
     async def submit(self, feeds: Feeds, rows: int, signature: Hashable, timeout_s: float,
@@ -262,18 +263,19 @@ class InferenceService:
         """``enqueue`` and wait for the outputs."""
         return await self.enqueue(feeds, rows, signature, timeout_s, started_ns)
 
-    def _answered(self, rows: int, started: int, future: asyncio.Future[Outputs]) -> None:
+    def _answered(self, rows: int, started: int, requests: int, future: asyncio.Future[Outputs]) -> None:
         """The statistics of one answered request (a cancelled one, whose client went away, is not counted)."""
         if future.cancelled():
             return
         total = time.perf_counter_ns() - started
         if future.exception() is not None:
-            self.statistics.record_failure(total)
+            self.statistics.record_failure(total, requests)
             return
         # The scheduler reports compute per batch, not per request: the batch that finished last is this
         # request's with one instance (its future resolves right after); an estimate with several.
         compute = min(self._observer.last_compute_ns, total)
-        self.statistics.record_success(rows=rows, total_ns=total, queue_ns=total - compute, compute_infer_ns=compute)
+        self.statistics.record_success(rows=rows, total_ns=total, queue_ns=total - compute, compute_infer_ns=compute,
+                                       requests=requests)
 
     async def render_metrics(self) -> tuple[bytes, str]:
         return self.metrics.render()

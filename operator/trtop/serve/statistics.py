@@ -117,9 +117,10 @@ class _Counter:
     count: int = 0
     ns: int = 0
 
-    def add(self, ns: int) -> None:
-        self.count += 1
-        self.ns += ns
+    def add(self, ns: int, count: int = 1) -> None:
+        """``count`` requests of ``ns`` each."""
+        self.count += count
+        self.ns += ns * count
 
     def frozen(self) -> Duration:
         return Duration(self.count, self.ns)
@@ -144,20 +145,21 @@ class ModelStatistics:
         self._batches: dict[int, _BatchCounter] = {}
 
     def record_success(self, *, rows: int, total_ns: int, queue_ns: int, compute_infer_ns: int,
-                       compute_input_ns: int = 0, compute_output_ns: int = 0) -> None:
-        """A request answered with outputs: its rows, whole duration and the parts of it."""
+                       compute_input_ns: int = 0, compute_output_ns: int = 0, requests: int = 1) -> None:
+        """A request answered with outputs: its rows, whole duration and the parts of it (``requests``:
+        client requests a front-end grouped into this one, which share its rows and durations)."""
         d = self._durations
         self.inference_count += rows
         self.last_inference_ms = self._now_ms()
-        d["success"].add(total_ns)
-        d["queue"].add(queue_ns)
-        d["compute_input"].add(compute_input_ns)
-        d["compute_infer"].add(compute_infer_ns)
-        d["compute_output"].add(compute_output_ns)
+        d["success"].add(total_ns, requests)
+        d["queue"].add(queue_ns, requests)
+        d["compute_input"].add(compute_input_ns, requests)
+        d["compute_infer"].add(compute_infer_ns, requests)
+        d["compute_output"].add(compute_output_ns, requests)
 
-    def record_failure(self, total_ns: int) -> None:
+    def record_failure(self, total_ns: int, requests: int = 1) -> None:
         """A request that reached the model but got an error (refused, timed out, failed)."""
-        self._durations["fail"].add(total_ns)
+        self._durations["fail"].add(total_ns, requests)
 
     def record_batch(self, rows: int, compute_infer_ns: int, compute_input_ns: int = 0,
                      compute_output_ns: int = 0) -> None:

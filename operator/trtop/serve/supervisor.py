@@ -66,6 +66,12 @@ def native_binary(settings: ServeSettings) -> str | None:
     return found
 
 
+def group_limit(instances: int) -> int:
+    """Descriptors a native front-end keeps in flight before it groups what arrives: one per batch the
+    engine may run at once, and one more so that the next group is queued while one runs."""
+    return max(1, instances) + 1
+
+
 def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -183,7 +189,8 @@ class Supervisor:
         command, listen, proxy_path, native = self._command(index)
         env = dict(os.environ)
         env.update(setup_env(self.settings, index=index, listen_fd=listen.fileno(), channel_fd=theirs.fileno(),
-                             arena_fd=arena.fd, arena_size=arena.size, proxy_path=proxy_path))
+                             arena_fd=arena.fd, arena_size=arena.size, proxy_path=proxy_path,
+                             group_limit=group_limit(self.service.config.instances)))
         proc = await asyncio.create_subprocess_exec(
             *command, env=env, pass_fds=(listen.fileno(), theirs.fileno(), arena.fd))
         theirs.close()

@@ -1,0 +1,169 @@
+package main
+
+// Requests grouped before they reach the engine. The engine process's per-request work is Python
+// (a descriptor decoded, a future, a reply), and under load it, not HTTP, became the limit: with
+// this front-end in Go the engine's event loop was the busiest core. So each front-end keeps at
+// most `limit` descriptors in flight (a few: enough to keep the engine's instances busy); a request
+// that finds a free lane goes at once (no waiting when idle), and requests that arrive while every
+// lane is busy wait here and leave together, as one descriptor of all their rows, when a lane
+// frees: the same batching the engine does, one step earlier, so the engine handles one descriptor
+// per group instead of one per request. Rows of a group are copied next to each other in the arena
+// (a request alone is sent where its body lies); the engine's answer is split back by rows.
+
+import (
+	"encoding/json"
+	"log"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// member: one admitted request waiting for its group's answer.
+type member struct {
+	p       *plan
+	key     string // its header: members of a group share one (the same inputs' shapes beyond the batch)
+	base    int64  // arena offset of its tensor bytes
+	arrived time.Time
+	result  chan memberResult
+}
+
+// memberResult: the group's answer and this member's rows in it; done is called once the member's
+// answer is written (the group's regions are freed after the last one).
+type memberResult struct {
+	reply   []json.RawMessage
+	refusal *refusal
+	start   int64
+	total   int64
+	done    func()
+}
+
+type batcher struct {
+	mu       sync.Mutex
+	inFlight int
+	limit    int
+	queue    []*member
+}
+
+// submit queues a member and starts a lane when one is free.
+func (s *server) submit(m *model, mb *member) {
+	b := &s.batcher
+	b.mu.Lock()
+	b.queue = append(b.queue, mb)
+	if b.inFlight >= b.limit {
+		b.mu.Unlock()
+		return
+	}
+	b.inFlight++
+	group := b.takeLocked(m.info.MaxBatch)
+	b.mu.Unlock()
+	go s.lane(m, group)
+}
+
+// takeLocked removes the first queued member and those after it with the same header, up to maxRows.
+func (b *batcher) takeLocked(maxRows int64) []*member {
+	first := b.queue[0]
+	group, rest := []*member{first}, b.queue[:0]
+	rows := first.p.rows
+	for _, mb := range b.queue[1:] {
+		if mb.key == first.key && rows+mb.p.rows <= maxRows {
+			group = append(group, mb)
+			rows += mb.p.rows
+		} else {
+			rest = append(rest, mb)
+		}
+	}
+	clear(b.queue[len(rest):])
+	b.queue = rest
+	return group
+}
+
+// lane runs groups one after another until nothing waits.
+func (s *server) lane(m *model, group []*member) {
+	b := &s.batcher
+	for {
+		s.execute(m, group)
+		b.mu.Lock()
+		if len(b.queue) == 0 {
+			b.inFlight--
+			b.mu.Unlock()
+			return
+		}
+		group = b.takeLocked(m.info.MaxBatch)
+		b.mu.Unlock()
+	}
+}
+
+// execute sends one group to the engine and hands every member its part of the answer.
+func (s *server) execute(m *model, group []*member) {
+	var regions []int
+	refs := int32(len(group))
+	done := func() {
+		if atomic.AddInt32(&refs, -1) == 0 {
+			for _, o := range regions {
+				s.arena.release(o)
+			}
+		}
+	}
+	fail := func(r refusal) {
+		for _, mb := range group {
+			mb.result <- memberResult{refusal: &r, done: done}
+		}
+	}
+	p := group[0].p
+	total := int64(0)
+	for _, mb := range group {
+		total += mb.p.rows
+	}
+	offsets := make([]int64, len(p.inputs))
+	for i, in := range p.inputs {
+		if len(group) == 1 {
+			offsets[i] = group[0].base + in.offset // where its body lies: no copy
+			continue
+		}
+		perRow := in.size / p.rows
+		off := s.arena.alloc(int(total * perRow))
+		if off < 0 {
+			fail(s.overloaded())
+			return
+		}
+		regions = append(regions, off)
+		offsets[i] = int64(off)
+		dst := int64(off)
+		for _, mb := range group { // each member's rows after the previous member's
+			src := mb.base + mb.p.inputs[i].offset
+			n := mb.p.inputs[i].size
+			copy(s.arena.mem[dst:dst+n], s.arena.mem[src:src+n])
+			dst += n
+		}
+	}
+	timeout := s.cfg.Settings.TimeoutS
+	now := time.Now()
+	for _, mb := range group { // the group's deadline is its most pressed member's (time spent here counts)
+		t := s.cfg.Settings.TimeoutS
+		if mb.p.timeoutUS > 0 {
+			t = float64(mb.p.timeoutUS) / 1e6
+		}
+		if left := t - now.Sub(mb.arrived).Seconds(); left < timeout {
+			timeout = max(left, 0.001)
+		}
+	}
+	if len(group) > 1 && s.cfg.Settings.LogLevel == "debug" {
+		log.Printf("a group of %d requests, %d rows", len(group), total)
+	}
+	d := s.describe(m, p, total, offsets, timeout, len(group), &regions)
+	if d == nil {
+		fail(s.overloaded())
+		return
+	}
+	reply := s.ask(d)
+	if reply == nil {
+		fail(refusal{http.StatusServiceUnavailable, "NotReady", "not_ready", "the engine process has stopped", 0})
+		return
+	}
+	start := int64(0)
+	for _, mb := range group {
+		mb.result <- memberResult{reply: reply, start: start, total: total, done: done}
+		start += mb.p.rows
+	}
+}
