@@ -4,6 +4,7 @@
 #   make manifests   regenerate deploy/ from charts/trtop (hack/gen-manifests.sh)
 #   make lock        pin images/constraints.txt to the test environment (images/lock.py)
 #   make lint        helm lint, hadolint, and the no-drift checks of deploy/ and the lock
+#   make native      the native HTTP front-end (native/http, Go) into .work/native/trtop-http
 PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 DOCKER ?= docker
 HADOLINT ?= $(if $(wildcard .venv/bin/hadolint),.venv/bin/hadolint,hadolint)
@@ -15,12 +16,13 @@ version = $(shell PYTHONPATH=operator $(PYTHON) -c 'from trtop import versions a
 TRTOP_VERSION := $(call version,TRTOP_VERSION)
 TENSORRT_VERSION := $(call version,TENSORRT_VERSION)
 TENSORRT_BASE_IMAGE := $(call version,TENSORRT_BASE_IMAGE)
+GO_IMAGE := $(call version,GO_IMAGE)
 REGISTRY ?= $(call version,IMAGE_REGISTRY)
 BUILD = $(DOCKER) build --build-arg TRTOP_VERSION=$(TRTOP_VERSION)
 GPU_ARGS = --build-arg TENSORRT_BASE_IMAGE=$(TENSORRT_BASE_IMAGE) --build-arg TENSORRT_VERSION=$(TENSORRT_VERSION)
 IMAGES = operator converter converter-cpu server server-cpu
 
-.PHONY: images push manifests lock lint $(addprefix image-,$(IMAGES))
+.PHONY: images push manifests lock lint native $(addprefix image-,$(IMAGES))
 
 images: $(addprefix image-,$(IMAGES))
 
@@ -31,12 +33,15 @@ image-converter:
 image-converter-cpu:
 	$(BUILD) -f images/converter/Dockerfile.cpu -t $(REGISTRY)/converter-cpu:$(TRTOP_VERSION) .
 image-server:
-	$(BUILD) $(GPU_ARGS) -f images/server/Dockerfile -t $(REGISTRY)/server:$(TRTOP_VERSION) .
+	$(BUILD) $(GPU_ARGS) --build-arg GO_IMAGE=$(GO_IMAGE) -f images/server/Dockerfile -t $(REGISTRY)/server:$(TRTOP_VERSION) .
 image-server-cpu:
-	$(BUILD) -f images/server/Dockerfile.cpu -t $(REGISTRY)/server-cpu:$(TRTOP_VERSION) .
+	$(BUILD) --build-arg GO_IMAGE=$(GO_IMAGE) -f images/server/Dockerfile.cpu -t $(REGISTRY)/server-cpu:$(TRTOP_VERSION) .
 
 push:
 	for i in $(IMAGES); do $(DOCKER) push $(REGISTRY)/$$i:$(TRTOP_VERSION) || exit 1; done
+
+native:
+	PYTHONPATH=operator $(PYTHON) -m trtop_dev.native
 
 manifests:
 	HELM=$(HELM) hack/gen-manifests.sh

@@ -18,5 +18,7 @@ SERVER_CPU_IMAGE: Final = f"{IMAGE_REGISTRY}/server-cpu:{TRTOP_VERSION}"
 # TensorRT carried by the converter and server images (NVIDIA base image tag below).
 TENSORRT_VERSION: Final = "10.13.0"
 TENSORRT_BASE_IMAGE: Final = "nvcr.io/nvidia/tensorrt:25.08-py3"
+# Go toolchain image of the server images' build stage for the native HTTP front-end (native/http).
+GO_IMAGE: Final = "golang:1.26-bookworm"
 # ONNX Runtime: the CPU target's "engine version" (part of CPU engine keys).
 ONNXRUNTIME_VERSION: Final = "1.32"

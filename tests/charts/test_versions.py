@@ -58,6 +58,8 @@ def test_values_defaults_equal_the_operators_own_defaults():
 def test_dockerfile_defaults_equal_versions_py(dockerfile):
     args = arg_defaults(dockerfile)
     assert args["TRTOP_VERSION"] == versions.TRTOP_VERSION
+    if "GO_IMAGE" in args:  # the native HTTP front-end's build stage (server images)
+        assert args["GO_IMAGE"] == versions.GO_IMAGE
     if "TENSORRT_BASE_IMAGE" in args:
         assert args["TENSORRT_BASE_IMAGE"] == versions.TENSORRT_BASE_IMAGE
         assert args["TENSORRT_VERSION"] == versions.TENSORRT_VERSION

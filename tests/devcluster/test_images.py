@@ -41,6 +41,14 @@ def test_build_uses_the_builtin_frontend_and_the_local_base() -> None:
     assert args[args.index("--output") + 1].startswith("type=image,name=ghcr.io/trtop/server-cpu:0.1.0,unpack=true")
 
 
+def test_server_images_get_the_native_front_end_built_here_in_place_of_their_go_stage(tmp_path: Path) -> None:
+    by_name = {s.name: s for s in CPU_IMAGES + images.GPU_MECHANICS_IMAGES}
+    assert {n for n, s in by_name.items() if images.uses_native_stage(s)} == {"server-cpu", "server"}
+    args = images.build_args(by_name["server-cpu"], "localhost/trtop/debian:bookworm-12.15", {}, tmp_path)
+    assert f"trtop-http={tmp_path}" in args and "context:trtop-http=local:trtop-http" in args
+    assert not any("trtop-http" in a for a in images.build_args(by_name["operator"], "b", {}))
+
+
 LISTING = """\
 REF TYPE DIGEST SIZE PLATFORMS LABELS
 ghcr.io/trtop/server-cpu:0.1.0 m sha256:new 1 linux/amd64 -

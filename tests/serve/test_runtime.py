@@ -117,12 +117,24 @@ def test_the_cgroup_cpu_limit_in_whole_cores(tmp_path: Path, text: str, cores: i
 
 @pytest.mark.parametrize("setting,cores,expected", [(-1, 1, 0), (-1, 2, 0), (-1, 3, 2), (-1, 16, 8), (2, 1, 2),
                                                     (0, 16, 0)])
-def test_front_end_processes_only_beyond_two_cores(monkeypatch: pytest.MonkeyPatch, setting: int, cores: int,
-                                                   expected: int) -> None:
+def test_python_front_end_processes_only_beyond_two_cores(monkeypatch: pytest.MonkeyPatch, setting: int, cores: int,
+                                                          expected: int) -> None:
     from trtop.serve import server
     from trtop.serve.settings import ServeSettings
 
     monkeypatch.setattr(server, "default_threads", lambda: cores)
+    assert server.frontend_count(ServeSettings(frontends=setting, http_frontend="python")) == expected
+
+
+@pytest.mark.parametrize("setting,cores,expected", [(-1, 1, 1), (-1, 2, 1), (-1, 7, 1), (-1, 8, 2), (-1, 12, 2),
+                                                    (-1, 16, 3), (-1, 64, 4), (0, 16, 0), (6, 4, 6)])
+def test_native_front_ends_a_few_on_any_machine(monkeypatch: pytest.MonkeyPatch, setting: int, cores: int,
+                                                expected: int) -> None:
+    from trtop.serve import server, supervisor
+    from trtop.serve.settings import ServeSettings
+
+    monkeypatch.setattr(server, "default_threads", lambda: cores)
+    monkeypatch.setattr(supervisor, "native_binary", lambda settings: "/opt/trtop/bin/trtop-http")
     assert server.frontend_count(ServeSettings(frontends=setting)) == expected
 
 

@@ -50,7 +50,12 @@ EXIT_LOAD_FAILED = 1
 EXIT_CANNOT_LISTEN = 1
 EXIT_NO_ENGINE = 2
 MAX_AUTO_FRONTENDS = 8
-SINGLE_PROCESS_CORES = 2  # at most this many cores: one process serves everything
+SINGLE_PROCESS_CORES = 2  # at most this many cores: one process serves everything (Python front-ends)
+# Native front-ends: each uses every core it is given (Go threads), so a few suffice: one per this many
+# cores beyond the engine's, at most MAX_AUTO_NATIVE. (H200 host, 12 cores, ResNet-50 at 64-128 clients:
+# 2 of them served 0.85-0.90 x the engine's best where 8 served 0.77-0.81 x; docs/server.md.)
+CORES_PER_NATIVE_FRONTEND = 6
+MAX_AUTO_NATIVE = 4
 
 
 class InferenceServer(uvicorn.Server):
@@ -288,4 +293,8 @@ def frontend_count(settings: ServeSettings) -> int:
     if settings.frontends >= 0:
         return settings.frontends
     cores = default_threads()
+    from trtop.serve.supervisor import native_binary
+
+    if native_binary(settings) is not None:  # even on two cores: measured faster than one Python process
+        return min(MAX_AUTO_NATIVE, max(1, -(-(cores - 1) // CORES_PER_NATIVE_FRONTEND)))
     return 0 if cores <= SINGLE_PROCESS_CORES else min(MAX_AUTO_FRONTENDS, cores - 1)

@@ -42,6 +42,10 @@ MECHANICS_PACKAGES = ("python3-pip",)
 # trust them, so the base carries them (none on an ordinary machine).
 LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
 HOLDER = "build-images"
+# The server Dockerfiles' Go stage (the native HTTP front-end). No Go image can be pulled here, so the
+# stage is given as a named context holding the binary built on this machine (trtop_dev.native, the
+# same flags), at the path the stage would leave it: out/trtop-http.
+NATIVE_STAGE = "trtop-http"
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,13 @@ def release_version(release_file: str) -> str:
     return match.group(1)
 
 
-def build_args(spec: ImageSpec, base: str, env: dict[str, str]) -> list[str]:
-    """buildctl arguments for ``spec``: the builtin Dockerfile frontend, FROM resolved locally."""
+def uses_native_stage(spec: ImageSpec) -> bool:
+    return f" AS {NATIVE_STAGE}\n" in Path(spec.dockerfile).read_text()
+
+
+def build_args(spec: ImageSpec, base: str, env: dict[str, str], native_context: Path | None = None) -> list[str]:
+    """buildctl arguments for ``spec``: the builtin Dockerfile frontend, FROM resolved locally;
+    ``native_context``: a folder with ``out/trtop-http`` in place of the Go stage."""
     dockerfile = Path(spec.dockerfile)
     args = [
         "build", "--frontend", "dockerfile.v0",
@@ -99,6 +108,8 @@ def build_args(spec: ImageSpec, base: str, env: dict[str, str]) -> list[str]:
         *(["--opt", f"build-arg:TENSORRT_VERSION={versions.TENSORRT_VERSION}"] if spec.gpu else []),
         "--output", f"type=image,name={spec.tag},unpack=true,compression=zstd",
     ]
+    if native_context is not None:
+        args += ["--local", f"{NATIVE_STAGE}={native_context}", "--opt", f"context:{NATIVE_STAGE}=local:{NATIVE_STAGE}"]
     # Docker's predefined proxy ARGs: passed through when this machine uses a proxy.
     for key in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"):
         if env.get(key):
@@ -242,7 +253,14 @@ class Builder:
     def build(self, spec: ImageSpec, base: str, *, no_cache: bool = False) -> float:
         started = time.monotonic()
         self.log(f"building {spec.tag} from {spec.dockerfile}")
-        self.buildctl(*build_args(spec, base, dict(os.environ)), *(["--no-cache"] if no_cache else []))
+        with tempfile.TemporaryDirectory(prefix="trtop-native-") as native:
+            context = None
+            if uses_native_stage(spec):
+                from trtop_dev.native import build_http_frontend
+
+                build_http_frontend(Path(native) / "out")
+                context = Path(native)
+            self.buildctl(*build_args(spec, base, dict(os.environ), context), *(["--no-cache"] if no_cache else []))
         seconds = time.monotonic() - started
         self.log(f"built {spec.tag} in {seconds:.0f}s")
         return seconds
