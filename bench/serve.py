@@ -231,10 +231,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+NATIVE_PATH: list[str] = []  # the folder of trtop-http when this run built it (--native build)
+
+
 def start_server(port: int, extra: list[str]) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "trtop.cli", "serve", "--model", str(ONNX), "--model-name", MODEL,
            "--host", "127.0.0.1", "--port", str(port), "--grpc-port", "0", "--log-level", "warning", *extra]
     env = {**os.environ, "TRTOP_DEVICE": "cpu"}  # a CPU benchmark, also on a machine with a GPU
+    if NATIVE_PATH:  # the server finds trtop-http and uses it (--http-frontend auto), as in the images
+        env["PATH"] = os.pathsep.join([*NATIVE_PATH, env.get("PATH", "")])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -409,6 +414,9 @@ def main() -> int:
     p.add_argument("--paired-rounds", type=int, default=3,
                    help="alternating windows of the engine alone and the server, at concurrency 1 (batch-1 p50) "
                         "and at the target concurrency (the in-process best way's img/s); 0: none")
+    p.add_argument("--native", choices=("build", "path"), default="build",
+                   help="build: put the native front-end (trtop-http, built now) on the server's PATH, as the "
+                        "images do; path: leave PATH as it is")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--warmup", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -420,6 +428,13 @@ def main() -> int:
     seconds = args.duration or (3.0 if args.quick else 8.0)
     warmup = 1.0 if args.quick else 2.0
     levels = [int(c) for c in args.concurrency.split(",")]
+    if args.native == "build":
+        from trtop_dev.native import build_http_frontend, go
+
+        if go() is not None:
+            NATIVE_PATH.append(str(build_http_frontend().parent))
+    print(f"front-ends: {'trtop-http from ' + NATIVE_PATH[0] if NATIVE_PATH else 'what PATH has'} "
+          "(--http-frontend auto unless a flag says otherwise)")
     ensure_model(need_keras=not args.skip_tf)
     load = os.getloadavg()
     print(f"machine: {os.cpu_count()} cores, load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
