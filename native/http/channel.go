@@ -22,65 +22,80 @@ const (
 )
 
 type channel struct {
-	conn   net.Conn
-	out    chan []byte
-	mu     sync.Mutex
-	closed bool
-	done   chan struct{}
+	conn    net.Conn
+	mu      sync.Mutex
+	pending [][]byte // messages queued while another goroutine writes
+	writing bool
+	closed  bool
+	done    chan struct{}
+	once    sync.Once
+	frame   []byte
 }
 
 func newChannel(conn net.Conn) *channel {
-	c := &channel{conn: conn, out: make(chan []byte, 4096), done: make(chan struct{})}
-	go c.writer()
-	return c
+	return &channel{conn: conn, done: make(chan struct{}), frame: make([]byte, 0, 64<<10)}
 }
 
-// send queues one encoded message (a JSON list); false once the channel is closed.
+// send writes one encoded message (a JSON list) from the caller's goroutine when no write is under
+// way (no hand-over to a writer goroutine: a lone request's descriptor leaves at once); otherwise it
+// is queued, and the goroutine that is writing sends it with the others in its next frame. false
+// once the channel is closed or broken.
 func (c *channel) send(msg []byte) bool {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.closed {
+		c.mu.Unlock()
 		return false
 	}
-	c.out <- msg
-	return true
+	c.pending = append(c.pending, msg)
+	if c.writing {
+		c.mu.Unlock()
+		return true
+	}
+	c.writing = true
+	for len(c.pending) > 0 && !c.closed {
+		frame := c.frames()
+		c.mu.Unlock()
+		_, err := c.conn.Write(frame)
+		c.mu.Lock()
+		if err != nil {
+			c.closed = true
+		}
+	}
+	c.writing = false
+	ok := !c.closed
+	c.mu.Unlock()
+	return ok
 }
 
+// frames encodes what is pending as frames of at most frameMessages messages (called locked).
+func (c *channel) frames() []byte {
+	out := c.frame[:0]
+	for len(c.pending) > 0 {
+		n := min(len(c.pending), frameMessages)
+		start := len(out)
+		out = append(out, 0, 0, 0, 0, '[')
+		for i, m := range c.pending[:n] {
+			if i > 0 {
+				out = append(out, ',')
+			}
+			out = append(out, m...)
+		}
+		out = append(out, ']')
+		binary.LittleEndian.PutUint32(out[start:], uint32(len(out)-start-4))
+		clear(c.pending[:n])
+		c.pending = c.pending[n:]
+	}
+	c.pending = c.pending[:0:0]
+	c.frame = out[:0]
+	return out
+}
+
+// close stops sending (what was sent before is written: sends write before they return).
 func (c *channel) close() {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.closed {
-		c.closed = true
-		close(c.out)
-	}
-}
-
-func (c *channel) writer() {
-	defer close(c.done)
-	frame := make([]byte, 0, 64<<10)
-	for msg := range c.out {
-		frame = append(frame[:0], 0, 0, 0, 0, '[')
-		frame = append(frame, msg...)
-		n := 1
-	more:
-		for n < frameMessages {
-			select {
-			case m, ok := <-c.out:
-				if !ok {
-					break more
-				}
-				frame = append(append(frame, ','), m...)
-				n++
-			default:
-				break more
-			}
-		}
-		frame = append(frame, ']')
-		binary.LittleEndian.PutUint32(frame, uint32(len(frame)-4))
-		if _, err := c.conn.Write(frame); err != nil {
-			return
-		}
-	}
+	c.closed = true
+	c.mu.Unlock()
+	c.once.Do(func() { close(c.done) })
 }
 
 // read calls handle for every message until the engine goes away (EOF or a broken frame).

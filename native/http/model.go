@@ -61,12 +61,13 @@ type outputSpec struct {
 
 // model: the engine's state, replaced whole on every "state" message (read without locks).
 type model struct {
-	state   string
-	err     string
-	info    *modelInfo
-	inputs  map[string]*inputSpec
-	outputs []outputSpec
-	byName  map[string]int
+	mergeMax int64 // rows a merged batch may reach in the engine (0: the max batch): a group stops there
+	state    string
+	err      string
+	info     *modelInfo
+	inputs   map[string]*inputSpec
+	outputs  []outputSpec
+	byName   map[string]int
 
 	// Admitted plans by their header's bytes: clients send the same header again and again (only the
 	// tensor bytes change), so most requests skip the JSON parse. Bounded; plans are read-only.

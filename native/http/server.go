@@ -462,7 +462,11 @@ func (s *server) readChannel() error {
 			if json.Unmarshal(msg[3], &info) != nil {
 				info = nil
 			}
-			s.model.Store(newModel(state, errText, info))
+			m := newModel(state, errText, info)
+			if len(msg) > 4 {
+				json.Unmarshal(msg[4], &m.mergeMax)
+			}
+			s.model.Store(m)
 		}
 	})
 }

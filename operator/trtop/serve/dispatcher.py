@@ -62,7 +62,8 @@ class Dispatcher:
         """Tell the front-end what the model is and whether it serves (on start and every change)."""
         if self.channel is not None:
             s = self.service
-            self.channel.send(("state", s.state, s.error, s.info))
+            # merge_max: the rows a merged batch may reach (0: max batch); a native front-end's groups stop there
+            self.channel.send(("state", s.state, s.error, s.info, s.merge_max))
 
     @property
     def in_flight(self) -> int:

@@ -119,7 +119,7 @@ class RemoteModel:
                 if waiting.buffer is not None:
                     waiting.buffer.release()
         elif kind == "state":
-            _, state, error, info = message
+            _, state, error, info = message[:4]
             self.state = "draining" if self._draining and state == "ready" else state
             self.error, self.info = error, info
             if info is not None:  # outputs of a fixed size per row get their arena room before the run
