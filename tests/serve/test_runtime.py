@@ -222,3 +222,12 @@ def test_a_cpu_runtime_pins_nothing_and_merges_its_batches(tmp_path: Path) -> No
     assert rt.pin_host(0x1000, 4096) is False
     assert rt.run_rows([{"x": np.ones((1, 4), np.float32)}] * 2, 2, ["y"]) is None
     rt.close()
+
+
+@pytest.mark.parametrize("cores,count,expected", [(2, 1, 1), (12, 2, 3), (16, 3, 2), (1, 1, 1), (64, 4, 8)])
+def test_native_front_ends_share_half_the_cores(monkeypatch: pytest.MonkeyPatch, cores: int, count: int,
+                                                expected: int) -> None:
+    from trtop.serve import runtime, supervisor
+
+    monkeypatch.setattr(runtime, "default_threads", lambda: cores)
+    assert supervisor.native_threads(count) == expected
