@@ -21,11 +21,14 @@ import (
 
 // member: one admitted request waiting for its group's answer.
 type member struct {
-	p       *plan
-	key     string // its header: members of a group share one (the same inputs' shapes beyond the batch)
-	base    int64  // arena offset of its tensor bytes
-	arrived time.Time
-	result  chan memberResult
+	p    *plan
+	key  string // its header: members of a group share one (the same inputs' shapes beyond the batch)
+	base int64  // arena offset of its tensor bytes
+	body int    // its body's region; given back by the group once copied (bodyFreed), else by its handler
+	// set (before its result is sent) when the group copied its rows and gave its body's room back
+	bodyFreed bool
+	arrived   time.Time
+	result    chan memberResult
 }
 
 // memberResult: the group's answer and this member's rows in it; done is called once the member's
@@ -149,8 +152,13 @@ func (s *server) execute(m *model, group []*member) {
 		}
 		perRow := in.size / p.rows
 		off := s.arena.alloc(int(total * perRow))
-		if off < 0 {
-			fail(s.overloaded())
+		if off < 0 { // no room for the group's copy: its members go one by one, where their bodies lie
+			for _, o := range regions {
+				s.arena.release(o)
+			}
+			for _, mb := range group {
+				s.execute(m, []*member{mb})
+			}
 			return
 		}
 		regions = append(regions, off)
@@ -161,6 +169,12 @@ func (s *server) execute(m *model, group []*member) {
 			n := mb.p.inputs[i].size
 			copy(s.arena.mem[dst:dst+n], s.arena.mem[src:src+n])
 			dst += n
+		}
+	}
+	if len(group) > 1 { // the rows are in the group's regions now: the bodies' room goes back at once
+		for _, mb := range group {
+			s.arena.release(mb.body)
+			mb.bodyFreed = true
 		}
 	}
 	timeout := s.cfg.Settings.TimeoutS

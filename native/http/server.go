@@ -147,10 +147,13 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) bool {
 		return true
 	}
 	s.count(1, "", 0)
-	defer s.arena.release(off) // after the answer is written: a group of one is sent where its body lies
-	mb := &member{p: &p, key: string(body[:hl]), base: int64(off) + hl, arrived: started, result: make(chan memberResult, 1)}
+	mb := &member{p: &p, key: string(body[:hl]), base: int64(off) + hl, body: off, arrived: started,
+		result: make(chan memberResult, 1)}
 	s.submit(m, mb)
 	res := <-mb.result
+	if !mb.bodyFreed { // after the answer is written: a group of one is sent where its body lies
+		defer s.arena.release(off)
+	}
 	defer res.done()
 	if res.refusal != nil {
 		s.refuse(w, started, *res.refusal)

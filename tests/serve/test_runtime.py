@@ -231,3 +231,14 @@ def test_native_front_ends_share_half_the_cores(monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(runtime, "default_threads", lambda: cores)
     assert supervisor.native_threads(count) == expected
+
+
+@pytest.mark.parametrize("grpc_port,setting,cores,expected", [(8001, -1, 12, 8), (8001, -1, 2, 1), (0, -1, 12, 1),
+                                                              (8001, 3, 12, 3)])
+def test_python_front_ends_beside_native_ones_serve_grpc_as_without_them(
+        monkeypatch: pytest.MonkeyPatch, grpc_port: int, setting: int, cores: int, expected: int) -> None:
+    from trtop.serve import runtime, supervisor
+    from trtop.serve.settings import ServeSettings
+
+    monkeypatch.setattr(runtime, "default_threads", lambda: cores)
+    assert supervisor.grpc_frontends(ServeSettings(grpc_port=grpc_port, frontends=setting)) == expected

@@ -297,4 +297,10 @@ def frontend_count(settings: ServeSettings) -> int:
 
     if native_binary(settings) is not None:  # even on two cores: measured faster than one Python process
         return min(MAX_AUTO_NATIVE, max(1, -(-(cores - 1) // CORES_PER_NATIVE_FRONTEND)))
+    return python_frontends(cores)
+
+
+def python_frontends(cores: int) -> int:
+    """Python front-ends by default: one per core beyond the engine's, at most 8, none on two cores or
+    fewer. Beside native ones they serve gRPC (at least one)."""
     return 0 if cores <= SINGLE_PROCESS_CORES else min(MAX_AUTO_FRONTENDS, cores - 1)
