@@ -414,9 +414,8 @@ def main() -> int:
     p.add_argument("--paired-rounds", type=int, default=3,
                    help="alternating windows of the engine alone and the server, at concurrency 1 (batch-1 p50) "
                         "and at the target concurrency (the in-process best way's img/s); 0: none")
-    p.add_argument("--native", choices=("build", "path"), default="build",
-                   help="build: put the native front-end (trtop-http, built now) on the server's PATH, as the "
-                        "images do; path: leave PATH as it is")
+    p.add_argument("--native", action="store_true",
+                   help="serve through the native HTTP front-end (trtop-http, built now; --http-frontend native)")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--warmup", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -428,13 +427,12 @@ def main() -> int:
     seconds = args.duration or (3.0 if args.quick else 8.0)
     warmup = 1.0 if args.quick else 2.0
     levels = [int(c) for c in args.concurrency.split(",")]
-    if args.native == "build":
-        from trtop_dev.native import build_http_frontend, go
+    if args.native:
+        from trtop_dev.native import build_http_frontend
 
-        if go() is not None:
-            NATIVE_PATH.append(str(build_http_frontend().parent))
-    print(f"front-ends: {'trtop-http from ' + NATIVE_PATH[0] if NATIVE_PATH else 'what PATH has'} "
-          "(--http-frontend auto unless a flag says otherwise)")
+        NATIVE_PATH.append(str(build_http_frontend().parent))
+        args.server_arg = ["--http-frontend", "native", *args.server_arg]
+    print(f"front-ends: {'native, trtop-http from ' + NATIVE_PATH[0] if NATIVE_PATH else 'Python (the default)'}")
     ensure_model(need_keras=not args.skip_tf)
     load = os.getloadavg()
     print(f"machine: {os.cpu_count()} cores, load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

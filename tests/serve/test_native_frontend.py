@@ -54,6 +54,7 @@ def test_native_is_used_when_installed_and_a_missing_binary_is_an_error_only_whe
     exe.chmod(0o755)
     assert native_binary(ServeSettings(http_frontend="auto")) == str(exe)
     assert native_binary(ServeSettings(http_frontend="python")) is None
+    assert native_binary(ServeSettings()) is None  # Python front-ends unless asked (docs/server.md says why)
 
 
 @pytest.fixture

@@ -59,9 +59,10 @@ class ServeSettings:
     # beyond the engine's (at most 8); 0 = one process does everything.
     frontends: int = -1
     # What the front-end processes answer HTTP with: "native" = trtop-http (Go: the infer hot path and
-    # health probes on every core, everything else forwarded to one Python front-end), "python" = uvicorn
-    # in each, "auto" = native when the trtop-http binary is on PATH.
-    http_frontend: str = "auto"
+    # health probes, everything else forwarded to a Python front-end), "python" = uvicorn in each, "auto" =
+    # native when the trtop-http binary is on PATH (the server images carry it). Python by default: on the
+    # H200 host the native front-end was measured slower at 64-128 clients (docs/server.md).
+    http_frontend: str = "python"
     # Batches that may run at once (Triton's instance count); 0 = 1 on a GPU, min(cores, 4) on CPU.
     instances: int = 0
     # Compute threads per batch for CPU backends; 0 = the cores this process may use / instances.
@@ -126,7 +127,7 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "frontends": ("--frontends", names.ENV_SERVE_FRONTENDS,
                   "front-end processes (-1: one per core beyond the engine's, at most 8; 0: single process)"),
     "http_frontend": ("--http-frontend", names.ENV_SERVE_HTTP_FRONTEND,
-                      "front-ends' HTTP: native (trtop-http), python, or auto (native when installed)"),
+                      "front-ends' HTTP: python (default), native (trtop-http), or auto (native when installed)"),
     "instances": ("--instances", names.ENV_SERVE_INSTANCES, "batches that may run at once (0: 1 on GPU, min(cores, 4) on CPU)"),
     "threads": ("--threads", names.ENV_SERVE_THREADS, "compute threads per batch (0: cores / instances)"),
     "gpu_io": ("--gpu-io", names.ENV_SERVE_GPU_IO,
