@@ -72,21 +72,9 @@ func (s *server) submit(m *model, mb *member) {
 	group := b.takeLocked(groupRows(m))
 	b.mu.Unlock()
 	s.execute(m, group)
-	s.next(m)
-}
-
-// next gives the lane that just finished a group to what waits, or frees it.
-func (s *server) next(m *model) {
-	b := &s.batcher
-	b.mu.Lock()
-	if len(b.queue) == 0 {
-		b.inFlight--
-		b.mu.Unlock()
-		return
+	if next := s.takeNext(m); next != nil { // more wait: a lane runs them
+		go s.lane(m, next)
 	}
-	group := b.takeLocked(groupRows(m))
-	b.mu.Unlock()
-	go s.lane(m, group)
 }
 
 // takeLocked removes the first queued member and those after it with the same header, up to maxRows.
@@ -107,19 +95,22 @@ func (b *batcher) takeLocked(maxRows int64) []*member {
 	return group
 }
 
+// takeNext: the next group for a lane that finished one, or nil (the lane is then freed).
+func (s *server) takeNext(m *model) []*member {
+	b := &s.batcher
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.queue) == 0 {
+		b.inFlight--
+		return nil
+	}
+	return b.takeLocked(groupRows(m))
+}
+
 // lane runs groups one after another until nothing waits.
 func (s *server) lane(m *model, group []*member) {
-	b := &s.batcher
-	for {
+	for ; group != nil; group = s.takeNext(m) {
 		s.execute(m, group)
-		b.mu.Lock()
-		if len(b.queue) == 0 {
-			b.inFlight--
-			b.mu.Unlock()
-			return
-		}
-		group = b.takeLocked(groupRows(m))
-		b.mu.Unlock()
 	}
 }
 

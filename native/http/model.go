@@ -25,10 +25,11 @@ var dtypes = map[string]dtypeInfo{
 	"float16": {"FP16", 2, "<f2"}, "float32": {"FP32", 4, "<f4"}, "float64": {"FP64", 8, "<f8"},
 }
 
-var v2OfStr = func() map[string]string {
-	m := map[string]string{}
+// the same table by numpy dtype string ("<f4"): what the engine's answers name
+var byStr = func() map[string]dtypeInfo {
+	m := map[string]dtypeInfo{}
 	for _, d := range dtypes {
-		m[d.str] = d.v2
+		m[d.str] = d
 	}
 	return m
 }()

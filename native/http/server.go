@@ -292,8 +292,8 @@ func (s *server) answer(w http.ResponseWriter, m *model, p *plan, res memberResu
 			s.refuse(w, started, refusal{http.StatusInternalServerError, "InferenceFailed", "error", "the engine's answer could not be read", 0})
 			return
 		}
-		v2, known := v2OfStr[dtype]
-		item := itemSize(dtype)
+		d, known := byStr[dtype]
+		v2, item := d.v2, int64(d.size)
 		if len(shape) == 0 || shape[0] != res.total {
 			s.refuse(w, started, refusal{http.StatusInternalServerError, "InferenceFailed", "error", "the engine's answer could not be read", 0})
 			return
@@ -349,15 +349,6 @@ func (s *server) answer(w http.ResponseWriter, m *model, p *plan, res memberResu
 		w.Write(c)
 	}
 	s.count(0, "success", time.Since(started).Seconds())
-}
-
-func itemSize(str string) int64 {
-	for _, d := range dtypes {
-		if d.str == str {
-			return int64(d.size)
-		}
-	}
-	return 0
 }
 
 type refusal struct {
