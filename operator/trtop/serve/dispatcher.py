@@ -5,7 +5,9 @@ A front-end sends ``("infer", id, rows, inputs, outputs, timeout_s[, requests])`
 ``frontend.INLINE_BYTES``) the bytes themselves; ``outputs`` are ``(name, (offset, shape))``
 places or None; the dispatcher wraps the inputs as numpy views (no copy), submits them to
 the service's scheduler (where they batch with every other front-end's requests), writes
-each output into its place and replies ``("done", id, error, outputs)``. ``requests``: how many
+each output into its place and replies ``("done", id, error, outputs, backlog)`` (``backlog``: the
+scheduler's rows queued beyond what its free instances take next; a native front-end groups while
+it is a batch or more). ``requests``: how many
 client requests the native front-end grouped into this one (their rows side by side; statistics). An output without
 a place (a shape only known after the run, or a small one) travels inline as bytes. Every descriptor gets exactly one reply, even on
 error, because the front-end frees the request's arena regions only then.
@@ -124,12 +126,16 @@ class Dispatcher:
         except Exception as exc:  # an output the model did not produce
             self._failed(rid, exc)
             return
-        self._send(("done", rid, None, places))
+        self._send(("done", rid, None, places, self._backlog()))
 
     def _failed(self, rid: int, exc: BaseException) -> None:
         if not isinstance(exc, ServeError):
             log.error("request %s of front-end %d failed: %s", rid, self.index, exc, exc_info=exc)
-        self._send(("done", rid, error_of(exc), None))
+        self._send(("done", rid, error_of(exc), None, self._backlog()))
+
+    def _backlog(self) -> int:
+        scheduler = self.service.scheduler
+        return 0 if scheduler is None else scheduler.backlog_rows
 
     def _place(self, name: str, value: Any, where: tuple[int, tuple[int, ...]] | None) -> tuple[Any, ...]:
         """Write one output into its arena place when it fits there, else send it inline."""

@@ -255,7 +255,7 @@ def _resolve(future: asyncio.Future[Any], message: Message,
     """An infer reply into its future: the outputs (copied out of the arena now: their regions are freed
     as soon as this returns, and another request may be given them in the same turn of the loop) or
     the engine's error."""
-    _, _, error, places = message
+    error, places = message[2], message[3]  # a fifth element, the engine's backlog, is for native front-ends
     if error is not None:
         future.set_exception(_rebuild(error))
         return

@@ -85,6 +85,7 @@ class Scheduler:
         self._observer = observer
         self._clock = clock
         self._queue: list[_Item] = []
+        self._queued_rows = 0  # rows of what is queued (kept with the queue: read on every reply)
         self._wakeup = asyncio.Event()
         self._instances = instances
         # The runtime's own threads where it has them (GPU slots that own their CUDA graphs; no inline
@@ -112,6 +113,14 @@ class Scheduler:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def backlog_rows(self) -> int:
+        """Rows queued beyond what the free instances take next: while this is a batch or more, a request
+        that joins the queue cannot run before a full batch ahead of it (a native front-end then keeps its
+        requests and sends them grouped, ``native/http/group.go``)."""
+        idle = max(0, self._instances - len(self._running) - self._inline)
+        return max(0, self._queued_rows - idle * self.policy.gather)
+
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._work(), name="trtop-batch-worker")
 
@@ -135,6 +144,7 @@ class Scheduler:
         if item.deadline < self._deadline_at:
             self._watch(loop, item.deadline)
         self._queue.append(item)
+        self._queued_rows += rows
         if busy or self._flush:
             self._wakeup.set()
         elif not self._kick_planned:  # an instance is free: start right after this callback, not on the worker's turn
@@ -177,6 +187,7 @@ class Scheduler:
         chosen = set(decision.take)
         items = [it for i, it in enumerate(self._queue) if i in chosen and not it.future.done()]
         self._queue = [it for i, it in enumerate(self._queue) if i not in chosen]
+        self._queued_rows = sum(it.pending.rows for it in self._queue)
         if self._observer is not None:
             for it in items:
                 self._observer.dequeued(now - it.pending.enqueued_at)
@@ -209,6 +220,7 @@ class Scheduler:
                         f"the request waited {it.timeout_s:g}s in the queue without running; "
                         "the server is overloaded (add replicas) or the timeout is too short"))
             self._queue = kept
+            self._queued_rows = sum(it.pending.rows for it in kept)
         earliest = min((it.deadline for it in self._queue), default=math.inf)
         for items in self._running_items.values():
             for it in items:
