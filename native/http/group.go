@@ -3,10 +3,11 @@ package main
 // Requests grouped before they reach the engine. The engine process's per-request work is Python
 // (a descriptor decoded, a future, a reply), and under load it, not HTTP, became the limit: with
 // this front-end in Go the engine's event loop was the busiest core. So a request goes to the
-// engine at once while the engine could run it in its next batch, and waits here only while the
-// engine already holds a full batch ahead of it (its backlog, reported with every answer, plus what
-// this front-end sent since): it loses no time there, and the requests that wait leave together, as
-// one descriptor of all their rows, when an answer says there is room again. The engine then
+// engine at once while the engine's next batches have room for it, and waits here only while the
+// engine already holds more than every instance's next batch takes (its backlog, reported with every
+// answer, plus what this front-end sent since): it would not run in that round anyway, and the
+// requests that wait leave together, as one descriptor of all their rows, when an answer says there
+// is room again. The engine then
 // handles one descriptor per group instead of one per request. A fixed number of descriptors in
 // flight (the first design) held requests back even while the engine had room: each answer let the
 // first arrivals go alone and made the rest wait, and on the H200 host ResNet-50's batches at 64
@@ -49,7 +50,7 @@ type batcher struct {
 	mu       sync.Mutex
 	inFlight int   // descriptors sent and not answered
 	limit    int   // at most this many (a bound; the backlog decides)
-	backlog  int64 // the engine's rows ahead of a new request: as last reported, plus rows sent since
+	backlog  int64 // the engine's rows beyond its instances' next batches (< 0: room): as last reported, plus rows sent since
 	queue    []*member
 }
 
@@ -63,10 +64,10 @@ func groupRows(m *model) int64 {
 }
 
 // mayLeaveLocked: whether the queue's first requests may go to the engine now. Nothing of this
-// front-end in flight: always (no answer would come to release them). Else while the engine has
-// less than a batch waiting, and under the bound.
-func (b *batcher) mayLeaveLocked(rows int64) bool {
-	return b.inFlight == 0 || (b.inFlight < b.limit && b.backlog < rows)
+// front-end in flight: always (no answer would come to release them). Else while the engine's next
+// batches have room, and under the bound.
+func (b *batcher) mayLeaveLocked() bool {
+	return b.inFlight == 0 || (b.inFlight < b.limit && b.backlog < 0)
 }
 
 // submit queues a member; when it may leave the caller runs the first group itself (no hand-over
@@ -77,7 +78,7 @@ func (s *server) submit(m *model, mb *member) {
 	rows := groupRows(m)
 	b.mu.Lock()
 	b.queue = append(b.queue, mb)
-	if !b.mayLeaveLocked(rows) {
+	if !b.mayLeaveLocked() {
 		b.mu.Unlock()
 		return
 	}
@@ -118,16 +119,16 @@ func (s *server) takeNext(m *model) []*member {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.inFlight--
-	if len(b.queue) == 0 || !b.mayLeaveLocked(rows) {
+	if len(b.queue) == 0 || !b.mayLeaveLocked() {
 		return nil
 	}
 	b.inFlight++
 	return b.takeLocked(rows)
 }
 
-// answered records the engine's backlog from an answer (its fifth element; absent: unknown, taken as none).
+// answered records the engine's backlog from an answer (its fifth element; absent: unknown, taken as room).
 func (b *batcher) answered(reply []json.RawMessage) {
-	var backlog int64
+	backlog := int64(-1)
 	if len(reply) > 4 {
 		json.Unmarshal(reply[4], &backlog)
 	}

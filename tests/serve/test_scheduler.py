@@ -114,7 +114,7 @@ async def test_a_request_past_its_deadline_leaves_the_queue_and_never_runs(backe
     await asyncio.sleep(0.02)
     with pytest.raises(TimedOut, match="waited 0.05s in the queue"):
         await submit(s, 2, timeout=0.05)
-    assert s.queued == 0 and s.backlog_rows == 0
+    assert s.queued == 0 and s.backlog_rows == -8
     backend.gate.set()
     assert (await first)["y"][0, 0] == 10
     await s.close()
@@ -176,22 +176,20 @@ async def test_instances_run_batches_side_by_side(backend: FakeBackend) -> None:
     await s.close()
 
 
-async def test_the_backlog_counts_queued_rows_beyond_what_free_instances_take_next(backend: FakeBackend) -> None:
+async def test_the_backlog_is_the_queued_rows_beyond_every_instances_next_batch(backend: FakeBackend) -> None:
     backend.gate.clear()
     s = Scheduler(backend, BatchPolicy(4, 10.0), max_queue=10, instances=2)
     s.start()
-    first = asyncio.ensure_future(submit(s, 1, rows=3))
-    await asyncio.sleep(0.05)  # one instance runs it, the other is free
-    assert s.backlog_rows == 0
-    second = asyncio.ensure_future(submit(s, 2, rows=2))
-    await asyncio.sleep(0.05)  # both instances busy now
-    assert s.queued == 0 and s.backlog_rows == 0
-    queued = [asyncio.ensure_future(submit(s, v, rows=r)) for v, r in ((3, 2), (4, 1), (5, 4))]
+    assert s.backlog_rows == -8  # room for two batches of 4
+    running = [asyncio.ensure_future(submit(s, v, rows=r)) for v, r in ((1, 3), (2, 2))]
+    await asyncio.sleep(0.05)  # both instances busy, nothing queued
+    assert s.queued == 0 and s.backlog_rows == -8
+    queued = [asyncio.ensure_future(submit(s, v, rows=r)) for v, r in ((3, 4), (4, 3), (5, 4))]
     await asyncio.sleep(0.05)
-    assert s.queued == 3 and s.backlog_rows == 7  # nothing free: every queued row is ahead of a newcomer
+    assert s.queued == 3 and s.backlog_rows == 3  # 11 rows wait: 3 of them cannot make the next two batches
     backend.gate.set()
-    assert [(await t)["y"][0, 0] for t in (first, second, *queued)] == [10, 20, 30, 40, 50]
-    assert s.backlog_rows == 0
+    assert [(await t)["y"][0, 0] for t in (*running, *queued)] == [10, 20, 30, 40, 50]
+    assert s.backlog_rows == -8
     await s.close()
 
 

@@ -6,8 +6,8 @@ A front-end sends ``("infer", id, rows, inputs, outputs, timeout_s[, requests])`
 places or None; the dispatcher wraps the inputs as numpy views (no copy), submits them to
 the service's scheduler (where they batch with every other front-end's requests), writes
 each output into its place and replies ``("done", id, error, outputs, backlog)`` (``backlog``: the
-scheduler's rows queued beyond what its free instances take next; a native front-end groups while
-it is a batch or more). ``requests``: how many
+scheduler's rows queued beyond what every instance's next batch takes, negative while they have
+room; a native front-end keeps its requests and groups them while it is positive). ``requests``: how many
 client requests the native front-end grouped into this one (their rows side by side; statistics). An output without
 a place (a shape only known after the run, or a small one) travels inline as bytes. Every descriptor gets exactly one reply, even on
 error, because the front-end frees the request's arena regions only then.

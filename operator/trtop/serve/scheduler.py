@@ -115,11 +115,13 @@ class Scheduler:
 
     @property
     def backlog_rows(self) -> int:
-        """Rows queued beyond what the free instances take next: while this is a batch or more, a request
-        that joins the queue cannot run before a full batch ahead of it (a native front-end then keeps its
-        requests and sends them grouped, ``native/http/group.go``)."""
-        idle = max(0, self._instances - len(self._running) - self._inline)
-        return max(0, self._queued_rows - idle * self.policy.gather)
+        """Rows queued beyond what every instance's next batch takes (negative: room left in those batches).
+        While it is positive a request that joins the queue cannot run in the next round of batches, so a
+        native front-end loses nothing by keeping its requests and sending them grouped; it sends while
+        there is room (``native/http/group.go``). Measured with the engine's backlog counted from the
+        free instances only, that front-end held requests back from batches that then ran short (ResNet-50
+        on the H200 host at 128 clients: 23 rows a batch against 31, 0.87 against 0.90 x)."""
+        return self._queued_rows - self._instances * self.policy.gather
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._work(), name="trtop-batch-worker")

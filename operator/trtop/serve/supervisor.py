@@ -94,7 +94,7 @@ def native_threads(count: int) -> int:
 
 def group_limit(instances: int, gpu: bool) -> int:
     """The most descriptors a native front-end keeps in flight; beyond them, and while the engine's backlog
-    (rows queued beyond what its free instances take next, reported with every answer) is a batch or more,
+    (rows queued beyond what every instance's next batch takes, reported with every answer) is positive,
     requests wait there and leave grouped (``native/http/group.go``).
 
     On CPU one per batch the engine may run at once and one more: there every descriptor's Python in the
