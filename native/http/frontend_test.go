@@ -225,15 +225,3 @@ func TestRequestsLeaveAtOnceWhileTheEnginesNextBatchesHaveRoom(t *testing.T) {
 		t.Fatal("an answer without a backlog (an older engine) must read as room")
 	}
 }
-
-func TestAGroupIsAPartOfTheEnginesBatch(t *testing.T) {
-	m := &model{info: &modelInfo{MaxBatch: 32}}
-	whole, quarter := &batcher{parts: 1}, &batcher{parts: 4}
-	if whole.groupRows(m) != 32 || quarter.groupRows(m) != 8 {
-		t.Fatalf("group rows %d and %d, want 32 and 8", whole.groupRows(m), quarter.groupRows(m))
-	}
-	m.mergeMax = 4 // merging stops paying at 4 rows
-	if whole.groupRows(m) != 4 || quarter.groupRows(m) != 1 {
-		t.Fatalf("group rows %d and %d under a merge cap of 4, want 4 and 1", whole.groupRows(m), quarter.groupRows(m))
-	}
-}

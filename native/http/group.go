@@ -50,20 +50,17 @@ type batcher struct {
 	mu       sync.Mutex
 	inFlight int   // descriptors sent and not answered
 	limit    int   // at most this many (a bound; the backlog decides)
-	parts    int64 // a group has at most a batch's rows / parts
 	backlog  int64 // the engine's rows beyond its instances' next batches (< 0: room): as last reported, plus rows sent since
 	queue    []*member
 }
 
-// groupRows: the most rows a group may have: the engine's batch (its max batch, or less where merging
-// stops paying: on a CPU, bigger batches can be slower per row; the engine measured where,
-// `merge_max`), divided into `parts` (the engine packs groups into batches whole, never split).
-func (b *batcher) groupRows(m *model) int64 {
-	rows := m.info.MaxBatch
-	if m.mergeMax > 0 && m.mergeMax < rows {
-		rows = m.mergeMax
+// groupRows: the most rows a group may have: the engine's max batch, or less where merging stops
+// paying (on a CPU, bigger batches can be slower per row; the engine measured where, `merge_max`).
+func groupRows(m *model) int64 {
+	if m.mergeMax > 0 && m.mergeMax < m.info.MaxBatch {
+		return m.mergeMax
 	}
-	return max(1, rows/max(1, b.parts))
+	return m.info.MaxBatch
 }
 
 // mayLeaveLocked: whether the queue's first requests may go to the engine now. Nothing of this
@@ -78,7 +75,7 @@ func (b *batcher) mayLeaveLocked() bool {
 // running them.
 func (s *server) submit(m *model, mb *member) {
 	b := &s.batcher
-	rows := b.groupRows(m)
+	rows := groupRows(m)
 	b.mu.Lock()
 	b.queue = append(b.queue, mb)
 	if !b.mayLeaveLocked() {
@@ -118,7 +115,7 @@ func (b *batcher) takeLocked(maxRows int64) []*member {
 // lanes still in flight take what waits when their answers come).
 func (s *server) takeNext(m *model) []*member {
 	b := &s.batcher
-	rows := b.groupRows(m)
+	rows := groupRows(m)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.inFlight--

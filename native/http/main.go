@@ -45,8 +45,6 @@ type setup struct {
 	ProxyPath string `json:"proxy_path"`
 	// Descriptors this process keeps in flight at the engine (more requests wait and leave as one group).
 	GroupLimit int `json:"group_limit"`
-	// A group has at most a batch's rows divided by this (groups pack into the engine's batches whole).
-	GroupParts int `json:"group_parts"`
 }
 
 const envSetup = "TRTOP_FRONTEND_SETUP" // as frontend.ENV_FRONTEND

@@ -41,7 +41,7 @@ type server struct {
 func newServer(cfg *setup, a *arena, ch *channel) *server {
 	s := &server{cfg: cfg, arena: a, ch: ch, waiting: map[uint64]chan []json.RawMessage{},
 		maxBody: int64(cfg.Settings.MaxBodyMB * 1024 * 1024)}
-	s.batcher.limit, s.batcher.parts = max(1, cfg.GroupLimit), int64(max(1, cfg.GroupParts))
+	s.batcher.limit = max(1, cfg.GroupLimit)
 	s.model.Store(newModel("loading", "", nil))
 	transport := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {

@@ -278,14 +278,12 @@ ENV_FRONTEND = "TRTOP_FRONTEND_SETUP"  # JSON: settings + inherited descriptors 
 
 
 def setup_env(settings: ServeSettings, *, index: int, listen_fd: int, channel_fd: int, arena_fd: int,
-              arena_size: int, proxy_path: str = "", group_limit: int = 0, group_parts: int = 1) -> dict[str, str]:
+              arena_size: int, proxy_path: str = "", group_limit: int = 0) -> dict[str, str]:
     """The setup both kinds of front-end read; ``proxy_path``: the native front-end's way to the Python one,
-    ``group_limit``: the descriptors it keeps in flight before it groups requests, ``group_parts``: a group
-    has at most a batch's rows divided by this (``supervisor.grouping``)."""
+    ``group_limit``: the descriptors it keeps in flight before it groups requests."""
     doc = {"settings": {f.name: getattr(settings, f.name) for f in fields(ServeSettings)}, "index": index,
            "listen_fd": listen_fd, "channel_fd": channel_fd, "arena_fd": arena_fd, "arena_size": arena_size,
-           "parent_pid": os.getpid(), "proxy_path": proxy_path, "group_limit": group_limit,
-           "group_parts": group_parts}
+           "parent_pid": os.getpid(), "proxy_path": proxy_path, "group_limit": group_limit}
     return {ENV_FRONTEND: json.dumps(doc)}
 
 

@@ -81,7 +81,6 @@ def grpc_frontends(settings: ServeSettings) -> int:
 
 
 GROUP_LIMIT_GPU = 64  # a bound well above what the backlog lets out at once
-GROUP_PARTS_GPU = 4
 
 
 def native_threads(count: int) -> int:
@@ -93,26 +92,17 @@ def native_threads(count: int) -> int:
     return max(1, default_threads() // (2 * max(1, count)))
 
 
-def grouping(instances: int, gpu: bool) -> tuple[int, int]:
-    """How a native front-end groups requests: (the most descriptors it keeps in flight, the parts a batch is
-    cut into: a group has at most a batch's rows divided by this). Beyond those descriptors, and while the
-    engine's backlog (rows queued beyond what every instance's next batch takes, reported with every
-    answer) is positive, requests wait there and leave grouped (``native/http/group.go``).
+def group_limit(instances: int, gpu: bool) -> int:
+    """The most descriptors a native front-end keeps in flight; beyond them, and while the engine's backlog
+    (rows queued beyond what every instance's next batch takes, reported with every answer) is positive,
+    requests wait there and leave grouped (``native/http/group.go``).
 
-    On CPU one descriptor per batch the engine may run at once and one more, and groups of a whole batch:
-    there every descriptor's Python in the engine process takes a core from the model, and holding
-    requests back to group them paid more than it cost (light model, 64 connections, 2 cores: 5,900-6,800
-    req/s against 4,800-6,000 with the backlog alone). On a GPU the backlog alone decides, and groups are
-    a quarter of a batch: a fixed few descriptors held requests back while the engine had room (ResNet-50
-    on the H200 host, 64 clients: 10 rows a batch against 15, 0.73 against 0.90 x), and whole-batch groups
-    packed badly (the engine never splits a request: groups of 20 and 15 rows make two batches; at 128
-    clients 27 rows a batch against 30 with one descriptor per request, 0.88 against 0.94 x)."""
-    return (GROUP_LIMIT_GPU, GROUP_PARTS_GPU) if gpu else (max(1, instances) + 1, 1)
-
-
-def _grouping_env(instances: int, gpu: bool) -> dict[str, int]:
-    limit, parts = grouping(instances, gpu)
-    return {"group_limit": limit, "group_parts": parts}
+    On CPU one per batch the engine may run at once and one more: there every descriptor's Python in the
+    engine process takes a core from the model, and holding requests back to group them paid more than it
+    cost (light model, 64 connections, 2 cores: 5,900-6,800 req/s against 4,800-6,000 with the backlog
+    alone). On a GPU the backlog alone: a fixed few held requests back while the engine had room, and
+    ResNet-50's batches at 64 clients shrank from 15 rows to 10 on the H200 host (0.73 against 0.90 x)."""
+    return GROUP_LIMIT_GPU if gpu else max(1, instances) + 1
 
 
 def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
@@ -236,7 +226,7 @@ class Supervisor:
             env.setdefault("GOMAXPROCS", str(native_threads(self.count)))
         env.update(setup_env(self.settings, index=index, listen_fd=listen.fileno(), channel_fd=theirs.fileno(),
                              arena_fd=arena.fd, arena_size=arena.size, proxy_path=proxy_path,
-                             **_grouping_env(self.service.config.instances, self.gpu)))
+                             group_limit=group_limit(self.service.config.instances, self.gpu)))
         proc = await asyncio.create_subprocess_exec(
             *command, env=env, pass_fds=(listen.fileno(), theirs.fileno(), arena.fd))
         theirs.close()
