@@ -53,6 +53,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import models  # noqa: E402
+from trtop.serve.awake import SPINNER_NAME  # noqa: E402
 
 DEVICE = "9.0/NVIDIA-H200"
 BUCKETS = (1, 2, 4, 8, 16, 32)
@@ -127,7 +128,9 @@ class Server:
             kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
         except OSError:
             kids = []
-        return [self.proc.pid, *map(int, kids)]
+        # The server's processes: engine first, then its front-ends (not the spinners of --keep-awake: their busy
+        # loops give way to any work and would count as the server's CPU).
+        return [self.proc.pid, *(int(k) for k in kids if not _spinner(int(k)))]
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -136,6 +139,13 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.log.close()
+
+
+def _spinner(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(SPINNER_NAME.encode())
+    except OSError:
+        return False
 
 
 def cpu_seconds(pids: list[int]) -> float:

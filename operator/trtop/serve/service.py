@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from trtop.api.engine import EngineRecord, batch_buckets
+from trtop.serve.awake import KeepAwake
 from trtop.serve.batching import MERGE_FLOOR, BatchPolicy, paying_batch
 from trtop.serve.errors import NotReady, ServeError
 from trtop.serve.handle import not_ready_message
@@ -139,8 +140,10 @@ class _Observer:
 
 
 class InferenceService:
-    def __init__(self, name: str, loader: Callable[[], Loaded], config: BatchingConfig, metrics: ServerMetrics) -> None:
+    def __init__(self, name: str, loader: Callable[[], Loaded], config: BatchingConfig, metrics: ServerMetrics,
+                 awake: KeepAwake | None = None) -> None:
         self.name = name
+        self._awake = awake  # spinners that keep the cores from halting while requests come
         self._loader = loader
         self.config = config
         self.metrics = metrics
@@ -191,6 +194,8 @@ class InferenceService:
             run_rows=run_rows if by_rows is not None else None,
         )
         self._scheduler.start()
+        if self._awake is not None:
+            await self._awake.start()
         seconds = time.perf_counter() - started
         self.metrics.model_loaded(seconds)
         if self.state == "loading":  # a SIGTERM during loading leaves it draining
@@ -252,6 +257,8 @@ class InferenceService:
             if self.state not in ("ready", "draining") or self._scheduler is None:
                 raise NotReady(not_ready_message(self))
             future = self._scheduler.enqueue(feeds, rows, signature, timeout_s)
+            if self._awake is not None:
+                self._awake.touch()
         except ServeError:
             self.statistics.record_failure(time.perf_counter_ns() - started, requests)
             raise
@@ -299,6 +306,8 @@ class InferenceService:
             await self._scheduler.close()
         if self._runtime is not None:
             self._runtime.close()
+        if self._awake is not None:
+            self._awake.close()
         self.state = "stopped"
 
 

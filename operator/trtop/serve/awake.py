@@ -1,0 +1,157 @@
+"""Keep the pod's cores awake while requests come: no halted core to wake on a request's path.
+
+On a virtual machine a core with nothing to run halts, and waking it (an interrupt through the
+hypervisor) costs tens of microseconds. A lone request wakes a sleeping thread at every hand-over
+on its way (the front-end, the engine's event loop, the GPU slot's thread and back) and each of
+them has slept for about a run of the engine, long enough for its core to halt. On the H200 host
+(a 16-core VM), ResNet-50 at one client: busy loops at the lowest priority on every core took the
+request's p50 from 2.13 to 1.49 ms (Python front-ends) and from 1.82 to 1.43 ms (native), of
+which the server's own cores gave 1.82 -> 1.54 (docs/server.md, ninth session).
+
+So while requests come, one spinner per core of the server runs a busy loop as ``SCHED_IDLE``:
+the kernel runs it only when nothing else wants that core and preempts it at once when something
+does (a woken thread finds its core running, not halted). The spinners are stopped (``SIGSTOP``)
+once no request has come for ``HOLD_S``, so an idle pod burns nothing, and started again
+(``SIGCONT``) by the next request. Their cost is CPU time while traffic flows: the pod shows its
+cores busy. Under a CPU limit (a cgroup quota) that time would count against the pod and throttle
+its real work, so ``auto`` keeps the cores awake only on a GPU without a CPU limit and on at most
+``AUTO_MAX_CORES`` cores (on a larger node without a limit a thread may wake on any of them);
+``on`` spins on every core of the process regardless, ``off`` never (``--keep-awake``, settings).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+log = logging.getLogger(__name__)
+
+AUTO_MAX_CORES = 16
+HOLD_S = 1.0  # spinners stop after this long without a request
+START_TIMEOUT_S = 5.0
+SPINNER_NAME = "trtop-keep-awake"  # argv[0] of the spinners (benchmarks leave them out of the server's CPU)
+
+# Runs in each spinner: its core and the lowest priority, killed with its parent, then a shell that stops
+# itself (until the first request) and then loops (a small process; no interpreter kept).
+_SPINNER = f"""
+import ctypes, os, signal, sys
+os.sched_setaffinity(0, {{int(sys.argv[1])}})
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[2]):
+    sys.exit(0)  # the parent went away before prctl
+try:
+    os.execv("/bin/sh", ["{SPINNER_NAME}", "-c", "kill -STOP $$; while :; do :; done"])
+except OSError:
+    os.kill(os.getpid(), signal.SIGSTOP)
+    while True:
+        pass
+"""
+
+
+def awake_cores(mode: str, *, gpu: bool, cores: Sequence[int], cpu_limit: int) -> tuple[int, ...]:
+    """The cores to keep awake: ``cores`` is the process's affinity, ``cpu_limit`` the cgroup's CPU
+    limit in whole cores (0: none)."""
+    if mode == "off":
+        return ()
+    if mode == "on":
+        return tuple(sorted(cores))
+    if not gpu or cpu_limit or len(cores) > AUTO_MAX_CORES:
+        return ()
+    return tuple(sorted(cores))
+
+
+def process_cores() -> tuple[int, ...]:
+    try:
+        return tuple(sorted(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return ()
+
+
+class KeepAwake:
+    """Spinners on ``cores``; ``touch`` on every request (cheap: a flag), ``start`` in the event loop."""
+
+    def __init__(self, cores: Sequence[int], hold_s: float = HOLD_S) -> None:
+        self.cores = tuple(cores)
+        self._hold_s = hold_s
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._spinning = False
+        self._touched = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def spinning(self) -> bool:
+        return self._spinning
+
+    async def start(self) -> None:
+        """Spawn the spinners and wait until each has stopped itself (they run from the first request on)."""
+        me = str(os.getpid())
+        for core in self.cores:
+            try:
+                self._procs.append(subprocess.Popen([sys.executable, "-c", _SPINNER, str(core), me],
+                                                    stdin=subprocess.DEVNULL, close_fds=True))
+            except OSError as exc:
+                log.warning("cannot keep core %d awake (%s); serving without it", core, exc)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while any(_state(p.pid) not in ("T", "gone") for p in self._procs) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._procs:
+            log.info("keeping %d core(s) awake while requests come (%s)", len(self._procs), _ranges(self.cores))
+        self._timer = asyncio.get_running_loop().call_later(self._hold_s, self._check)
+
+    def touch(self) -> None:
+        """A request came: cores awake from now until ``hold_s`` without one."""
+        self._touched = True
+        if not self._spinning and self._procs:
+            self._spinning = True
+            self._signal(signal.SIGCONT)
+
+    def _check(self) -> None:
+        if self._spinning and not self._touched:
+            self._spinning = False
+            self._signal(signal.SIGSTOP)
+        self._touched = False
+        self._timer = asyncio.get_running_loop().call_later(self._hold_s, self._check)
+
+    def _signal(self, sig: int) -> None:
+        for proc in self._procs:
+            try:
+                os.kill(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for proc in self._procs:
+            proc.kill()
+        for proc in self._procs:
+            proc.wait()
+        self._procs.clear()
+        self._spinning = False
+
+
+def _state(pid: int) -> str:
+    """A process's state letter (R running, S sleeping, T stopped), "gone" when it has exited."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return "gone"
+
+
+def _ranges(cores: Sequence[int]) -> str:
+    out: list[str] = []
+    for core in sorted(cores):
+        if out and out[-1].endswith(f"-{core - 1}"):
+            out[-1] = out[-1].rsplit("-", 1)[0] + f"-{core}"
+        elif out and out[-1] == str(core - 1):
+            out[-1] = f"{core - 1}-{core}"
+        else:
+            out.append(str(core))
+    return ",".join(out)

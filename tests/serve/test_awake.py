@@ -1,0 +1,79 @@
+"""Keeping the cores awake while requests come: which cores, and real spinner processes that run only then."""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from trtop.serve.awake import AUTO_MAX_CORES, SPINNER_NAME, KeepAwake, awake_cores
+from trtop.serve.settings import parse_settings
+
+
+@pytest.mark.parametrize("mode,gpu,cores,limit,expected", [
+    ("auto", True, (0, 1, 2, 3), 0, (0, 1, 2, 3)),  # a GPU pod without a CPU limit
+    ("auto", True, (0, 1, 2, 3), 2, ()),  # a CPU limit: spinning would use the pod's quota
+    ("auto", False, (0, 1), 0, ()),  # CPU serving: the cores compute
+    ("auto", True, tuple(range(AUTO_MAX_CORES + 1)), 0, ()),  # a large node: threads may wake anywhere
+    ("on", False, (3, 1), 2, (1, 3)),  # asked for: every core of the process, sorted
+    ("off", True, (0, 1), 0, ()),
+])
+def test_the_cores_kept_awake(mode: str, gpu: bool, cores: tuple[int, ...], limit: int,
+                              expected: tuple[int, ...]) -> None:
+    assert awake_cores(mode, gpu=gpu, cores=cores, cpu_limit=limit) == expected
+
+
+def test_the_mode_is_a_setting() -> None:
+    assert parse_settings([]).keep_awake == "auto"
+    assert parse_settings([], {"TRTOP_KEEP_AWAKE": "off"}).keep_awake == "off"
+    with pytest.raises(SystemExit):
+        parse_settings(["--keep-awake", "always"])
+
+
+def _state(pid: int) -> str:
+    """The process's state letter: R running, S sleeping, T stopped."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _until(check, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_spinners_run_while_requests_come_and_stop_when_they_stop() -> None:
+    core = min(os.sched_getaffinity(0))
+    awake = KeepAwake([core], hold_s=0.3)
+    await awake.start()
+    try:
+        [proc] = awake._procs
+        # a shell's busy loop on that core, at the lowest priority, named for the benchmarks
+        await _until(lambda: Path(f"/proc/{proc.pid}/cmdline").read_bytes().startswith(SPINNER_NAME.encode()))
+        assert os.sched_getaffinity(proc.pid) == {core}
+        assert os.sched_getscheduler(proc.pid) == os.SCHED_IDLE
+        assert _state(proc.pid) == "T"  # stopped until the first request
+        idle_cpu = _cpu_s(proc.pid)
+        await asyncio.sleep(0.3)
+        assert _cpu_s(proc.pid) - idle_cpu < 0.05  # an idle server burns nothing
+
+        awake.touch()
+        assert awake.spinning
+        for _ in range(8):  # requests keep coming: it keeps spinning past the hold time
+            await asyncio.sleep(0.1)
+            awake.touch()
+            assert _state(proc.pid) == "R"
+        assert _cpu_s(proc.pid) - idle_cpu > 0.1  # it used the idle core
+
+        await _until(lambda: _state(proc.pid) == "T", timeout_s=2.0)  # no request for the hold time: stopped
+        assert not awake.spinning
+    finally:
+        awake.close()
+    assert proc.returncode is not None  # gone with the server
