@@ -78,6 +78,8 @@ HOSTILE = [
     ({"serving": {"podLabels": {"team": "not a label value!"}}}, "serving.podLabels"),
     ({"serving": {"batching": {"maxQueueDelayMs": "soon"}}}, "serving.batching.maxQueueDelayMs"),
     ({"serving": {"batching": "fast"}}, "batching"),
+    ({"serving": {"keepAwake": True}}, "serving.keepAwake"),
+    ({"serving": {"keepAwake": "always"}}, "serving.keepAwake"),
     ({"scaling": {"target": "high"}}, "scaling.target"),
     ({"scaling": {"target": float("inf")}}, "scaling.target"),
     ({"rollout": {"maxSurge": "0", "maxUnavailable": "0"}}, "rollout"),

@@ -256,6 +256,18 @@ def test_the_pod_and_the_service_expose_http_and_grpc(mixed_cluster, settings, h
         ("http", http_port, "http", None), ("grpc", grpc_port, "grpc", "grpc")]
 
 
+@pytest.mark.parametrize("keep_awake,flag", [(None, None), ("auto", None), ("off", "off"), ("on", "on")])
+def test_the_server_keeps_its_cores_awake_as_the_spec_says(mixed_cluster, settings, keep_awake, flag):
+    serving = {} if keep_awake is None else {"keepAwake": keep_awake}
+    body = md_body({"model": {"uri": "s3://models/resnet", "format": "savedmodel"}, "serving": serving})
+    first = plan(body, ClusterFacts(nodes=mixed_cluster), settings)
+    p = plan(body, ClusterFacts(nodes=mixed_cluster, records={e.key: record_for(e) for e in first.engines}),
+             settings)
+    command = p.units[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+    # auto is the server's own default: no flag, so pods made before the field existed are left as they are
+    assert (command[command.index("--keep-awake") + 1] if "--keep-awake" in command else None) == flag
+
+
 def test_status_shows_each_engines_batch_buckets(mixed_cluster, settings):
     first = plan(md_body(), ClusterFacts(nodes=mixed_cluster), settings)
     records = {e.key: replace(record_for(e), buckets=(1, 2, 4, 8)) for e in first.engines}

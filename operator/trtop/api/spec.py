@@ -22,6 +22,8 @@ from trtop.api.targets import Target
 
 MODEL_URI_SCHEMES = ("pvc", "s3", "gs", "https", "file")
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "bf16", "int8", "fp8")
+KeepAwake = Literal["auto", "on", "off"]
+KEEP_AWAKE: tuple[KeepAwake, ...] = ("auto", "on", "off")  # the server's --keep-awake
 FORMATS: tuple[ModelFormat, ...] = ("savedmodel", "keras", "onnx")
 METHODS: tuple[Method, ...] = ("onnx", "tf-trt")
 HW_COMPAT: tuple[HardwareCompatibility, ...] = ("none", "same-compute-capability", "ampere-plus")
@@ -66,6 +68,7 @@ class ServingSpec:
     env: tuple[Mapping[str, Any], ...] = ()
     max_queue_delay_ms: float = 0.0
     max_queue_size: int = 256
+    keep_awake: KeepAwake = "auto"
     pod_labels: Mapping[str, str] = field(default_factory=dict)
     pod_annotations: Mapping[str, str] = field(default_factory=dict)
 
@@ -251,6 +254,7 @@ def _parse_serving(raw: Mapping[str, Any]) -> ServingSpec:
         env=validation.check_env(raw.get("env")),
         max_queue_delay_ms=_number(batching, "maxQueueDelayMs", 0.0, "serving.batching"),
         max_queue_size=_int(batching, "maxQueueSize", 256, "serving.batching", minimum=1),
+        keep_awake=cast(KeepAwake, _enum(raw, "keepAwake", KEEP_AWAKE, "auto", "serving")),
         pod_labels=_strings(raw, "podLabels", "serving"),
         pod_annotations=_strings(raw, "podAnnotations", "serving"),
     )

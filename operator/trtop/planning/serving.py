@@ -126,6 +126,8 @@ def build_unit(
                         "--grpc-port", str(grpc_port(port)),
                         "--max-queue-delay-ms", str(spec.serving.max_queue_delay_ms),
                         "--max-queue-size", str(spec.serving.max_queue_size),
+                        # Only when set: the default leaves the pod template (and running pods) as they were.
+                        *(("--keep-awake", spec.serving.keep_awake) if spec.serving.keep_awake != "auto" else ()),
                         # After SIGTERM keep answering (not ready) while endpoints drop the pod.
                         "--drain-delay-s", "5"],
             "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"},

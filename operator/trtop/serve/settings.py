@@ -13,11 +13,12 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from trtop import names
+from trtop.api.spec import KEEP_AWAKE
 
 
 GPU_IO_MODES = ("graphs", "bind", "plain")
 HTTP_FRONTENDS = ("auto", "native", "python")
-KEEP_AWAKE_MODES = ("auto", "on", "off")  # serve.awake.awake_cores
+KEEP_AWAKE_MODES = KEEP_AWAKE  # serve.awake.awake_cores; the ModelDeployment's serving.keepAwake
 
 
 @dataclass(frozen=True)
