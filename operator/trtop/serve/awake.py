@@ -79,7 +79,7 @@ class KeepAwake:
     def __init__(self, cores: Sequence[int], hold_s: float = HOLD_S) -> None:
         self.cores = tuple(cores)
         self._hold_s = hold_s
-        self._procs: list[subprocess.Popen[bytes]] = []
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}  # core -> its spinner
         self._spinning = False
         self._touched = False
         self._timer: asyncio.TimerHandle | None = None
@@ -93,15 +93,23 @@ class KeepAwake:
         me = str(os.getpid())
         for core in self.cores:
             try:
-                self._procs.append(subprocess.Popen([sys.executable, "-c", _SPINNER, str(core), me],
-                                                    stdin=subprocess.DEVNULL, close_fds=True))
+                self._procs[core] = subprocess.Popen([sys.executable, "-c", _SPINNER, str(core), me],
+                                                     stdin=subprocess.DEVNULL, close_fds=True)
             except OSError as exc:
                 log.warning("cannot keep core %d awake (%s); serving without it", core, exc)
         deadline = time.monotonic() + START_TIMEOUT_S
-        while any(_state(p.pid) not in ("T", "gone") for p in self._procs) and time.monotonic() < deadline:
+        while (any(_state(p.pid) not in ("T", "Z", "gone") for p in self._procs.values())
+               and time.monotonic() < deadline):
             await asyncio.sleep(0.01)
+        for core, proc in list(self._procs.items()):
+            if _state(proc.pid) != "T":  # it failed (its reason is in the log)
+                log.warning("cannot keep core %d awake: its spinner did not start; serving without it", core)
+                proc.kill()
+                proc.wait()
+                del self._procs[core]
         if self._procs:
-            log.info("keeping %d core(s) awake while requests come (%s)", len(self._procs), _ranges(self.cores))
+            log.info("keeping %d core(s) awake while requests come (%s)", len(self._procs),
+                     _ranges(list(self._procs)))
         self._timer = asyncio.get_running_loop().call_later(self._hold_s, self._check)
 
     def touch(self) -> None:
@@ -119,7 +127,7 @@ class KeepAwake:
         self._timer = asyncio.get_running_loop().call_later(self._hold_s, self._check)
 
     def _signal(self, sig: int) -> None:
-        for proc in self._procs:
+        for proc in self._procs.values():
             try:
                 os.kill(proc.pid, sig)
             except ProcessLookupError:
@@ -128,9 +136,9 @@ class KeepAwake:
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        for proc in self._procs:
+        for proc in self._procs.values():
             proc.kill()
-        for proc in self._procs:
+        for proc in self._procs.values():
             proc.wait()
         self._procs.clear()
         self._spinning = False
