@@ -6,6 +6,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,14 +18,35 @@ from trtop.store import EngineStore
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    """One moto S3 server for the session; each test gets its own bucket."""
-    from moto.server import ThreadedMotoServer
+    """One moto S3 server for the session (as moto's ThreadedMotoServer, conditional writes made atomic);
+    each test gets its own bucket."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    server = make_server("127.0.0.1", 0, _AtomicConditionalWrites(DomainDispatcherApplication(create_backend_app)),
+                         threaded=True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    yield f"http://{host!s}:{port}"
+    server.shutdown()
+    thread.join()
+
+
+class _AtomicConditionalWrites:
+    """moto checks ``If-None-Match``/``If-Match`` and then writes, with no lock between: two racing
+    ``engine.json`` commits could both succeed (seen once in CI), which S3 itself never allows (its
+    conditional writes are atomic). So the test server runs conditional requests one at a time."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MATCH" in environ:
+            with self.lock:
+                return list(self.app(environ, start_response))  # the whole answer inside the lock
+        return self.app(environ, start_response)
 
 
 @pytest.fixture
