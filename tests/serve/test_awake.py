@@ -6,10 +6,14 @@ import os
 import time
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
 
 from trtop.serve.awake import AUTO_MAX_CORES, SPINNER_NAME, KeepAwake, awake_cores
 from trtop.serve.settings import parse_settings
+
+from .conftest import ServerProcess
 
 
 @pytest.mark.parametrize("mode,gpu,cores,limit,expected", [
@@ -95,3 +99,28 @@ async def test_a_core_that_cannot_be_kept_awake_is_left_out_and_the_rest_serve()
         assert _state(awake._procs[core].pid) == "R"
     finally:
         awake.close()
+
+
+def _spinners(server: ServerProcess) -> list[int]:
+    pid = server.proc.pid
+    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(k) for k in kids if Path(f"/proc/{k}/cmdline").read_bytes().startswith(SPINNER_NAME.encode())]
+
+
+@pytest.mark.slow
+async def test_a_server_keeps_its_cores_awake_while_it_serves_and_takes_the_spinners_with_it(
+        start_server, affine_onnx: Path) -> None:  # type: ignore[no-untyped-def]
+    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "1", "--keep-awake", "on"])
+    s.wait_ready()
+    spinners = _spinners(s)
+    assert len(spinners) == len(os.sched_getaffinity(0)), s.logs()  # one per core of the server
+    assert all(_state(p) == "T" for p in spinners)  # nothing served yet: nothing spins
+    x = np.ones((1, 4), np.float32)
+    async with httpx.AsyncClient() as client:
+        body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": x.ravel().tolist()}]}
+        answer = await client.post(f"{s.url}/v2/models/a/infer", json=body)
+    assert answer.status_code == 200, answer.text
+    assert all(_state(p) == "R" for p in spinners)  # a request came (through a front-end process)
+    s.proc.kill()  # the engine dies without a word: its spinners go with it
+    s.proc.wait(10)
+    await _until(lambda: not any(Path(f"/proc/{p}").exists() and _state(p) != "Z" for p in spinners))
