@@ -85,6 +85,7 @@ METRIC_COMPUTE_SECONDS: Final = "trtop_inference_compute_seconds"  # histogram{m
 METRIC_REQUEST_SECONDS: Final = "trtop_inference_request_duration_seconds"  # histogram{model}
 METRIC_BATCH_SIZE: Final = "trtop_inference_batch_size"  # histogram{model}
 METRIC_MODEL_LOAD_SECONDS: Final = "trtop_model_load_seconds"  # gauge{model}
+METRIC_CORES_AWAKE: Final = "trtop_server_cores_kept_awake"  # --keep-awake: cores spinning now
 
 # Dev cluster and tests only (trtop_dev.devcluster, tests/): fake-node bookkeeping and the kwok
 # stage hooks in trtop_dev/devcluster/stages.yaml (that YAML repeats these strings; a test checks).

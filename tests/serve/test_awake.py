@@ -10,10 +10,11 @@ import httpx
 import numpy as np
 import pytest
 
+from trtop import names
 from trtop.serve.awake import AUTO_MAX_CORES, SPINNER_NAME, KeepAwake, awake_cores
 from trtop.serve.settings import parse_settings
 
-from .conftest import ServerProcess
+from .conftest import ServerProcess, metric_value
 
 
 @pytest.mark.parametrize("mode,gpu,cores,limit,expected", [
@@ -55,7 +56,8 @@ async def _until(check, timeout_s: float = 10.0) -> None:  # type: ignore[no-unt
 
 async def test_spinners_run_while_requests_come_and_stop_when_they_stop() -> None:
     cores = sorted(os.sched_getaffinity(0))[:4]
-    awake = KeepAwake(cores, hold_s=0.3)
+    reports: list[int] = []
+    awake = KeepAwake(cores, hold_s=0.3, report=reports.append)
     await awake.start()
     procs = list(awake._procs.values())
     try:
@@ -81,6 +83,7 @@ async def test_spinners_run_while_requests_come_and_stop_when_they_stop() -> Non
 
         await _until(lambda: all(_state(p.pid) == "T" for p in procs), timeout_s=2.0)  # no request: stopped
         assert not awake.spinning
+        assert reports == [len(cores), 0]  # the metric followed: every core spinning, then none
     finally:
         awake.close()
     assert all(p.returncode is not None for p in procs)  # gone with the server
@@ -121,6 +124,9 @@ async def test_a_server_keeps_its_cores_awake_while_it_serves_and_takes_the_spin
         answer = await client.post(f"{s.url}/v2/models/a/infer", json=body)
     assert answer.status_code == 200, answer.text
     assert all(_state(p) == "R" for p in spinners)  # a request came (through a front-end process)
+    async with httpx.AsyncClient() as client:  # and the pod's metrics say so
+        text = (await client.get(f"{s.url}/metrics")).text
+    assert metric_value(text, names.METRIC_CORES_AWAKE, model="a") == len(spinners)
     s.proc.kill()  # the engine dies without a word: its spinners go with it
     s.proc.wait(10)
     await _until(lambda: not any(Path(f"/proc/{p}").exists() and _state(p) != "Z" for p in spinners))

@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,10 @@ def process_cores() -> tuple[int, ...]:
 class KeepAwake:
     """Spinners on ``cores``; ``touch`` on every request (cheap: a flag), ``start`` in the event loop."""
 
-    def __init__(self, cores: Sequence[int], hold_s: float = HOLD_S) -> None:
+    def __init__(self, cores: Sequence[int], hold_s: float = HOLD_S,
+                 report: Callable[[int], None] | None = None) -> None:
         self.cores = tuple(cores)
+        self._report = report or (lambda cores: None)  # the cores spinning now, on every change (a metric)
         self._hold_s = hold_s
         self._procs: dict[int, subprocess.Popen[bytes]] = {}  # core -> its spinner
         self._spinning = False
@@ -118,11 +120,13 @@ class KeepAwake:
         if not self._spinning and self._procs:
             self._spinning = True
             self._signal(signal.SIGCONT)
+            self._report(len(self._procs))
 
     def _check(self) -> None:
         if self._spinning and not self._touched:
             self._spinning = False
             self._signal(signal.SIGSTOP)
+            self._report(0)
         self._touched = False
         self._timer = asyncio.get_running_loop().call_later(self._hold_s, self._check)
 
@@ -142,6 +146,7 @@ class KeepAwake:
             proc.wait()
         self._procs.clear()
         self._spinning = False
+        self._report(0)
 
 
 def _state(pid: int) -> str:

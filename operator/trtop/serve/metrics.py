@@ -46,6 +46,9 @@ class ServerMetrics:
                                 ["model"], buckets=BATCH_BUCKETS, registry=reg)
         self._load = Gauge(names.METRIC_MODEL_LOAD_SECONDS, "Seconds to fetch, load and warm up the model.",
                            ["model"], registry=reg)
+        self._awake = Gauge(names.METRIC_CORES_AWAKE, "Cores the server keeps from halting right now (--keep-awake: "
+                            "busy loops at the lowest priority, counted as the pod's CPU use).", ["model"], registry=reg)
+        self._awake.labels(model).set(0)  # present from the start (0 with --keep-awake off)
         self._outcomes = {outcome: self._requests.labels(model, outcome) for outcome in OUTCOMES}
         self._inflight_child = self._inflight.labels(model)
         self._latency_child = self._latency.labels(model)
@@ -92,6 +95,9 @@ class ServerMetrics:
     # -- the service ---------------------------------------------------------------------
     def model_loaded(self, seconds: float) -> None:
         self._load.labels(self.model).set(seconds)
+
+    def cores_awake(self, cores: int) -> None:
+        self._awake.labels(self.model).set(cores)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

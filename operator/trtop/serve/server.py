@@ -155,7 +155,7 @@ def create_service(settings: ServeSettings) -> tuple[InferenceService, bool]:
         settings.model_name, lambda: build_loader(servable, settings, threads, not device.is_cpu, instances),
         BatchingConfig(settings.max_batch, settings.max_queue_delay_ms / 1000, settings.max_queue_size,
                        settings.timeout_s, instances, settings.bucket_sizes),
-        metrics, KeepAwake(awake) if awake else None,
+        metrics, KeepAwake(awake, report=metrics.cores_awake) if awake else None,
     )
     return service, not device.is_cpu
 
