@@ -57,20 +57,8 @@ except OSError:
 def awake_cores(mode: str, *, gpu: bool, cores: Sequence[int], cpu_limit: int) -> tuple[int, ...]:
     """The cores to keep awake: ``cores`` is the process's affinity, ``cpu_limit`` the cgroup's CPU
     limit in whole cores (0: none)."""
-    if mode == "off":
-        return ()
-    if mode == "on":
-        return tuple(sorted(cores))
-    if not gpu or cpu_limit or len(cores) > AUTO_MAX_CORES:
-        return ()
-    return tuple(sorted(cores))
-
-
-def process_cores() -> tuple[int, ...]:
-    try:
-        return tuple(sorted(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return ()
+    wanted = mode == "on" or (mode == "auto" and gpu and not cpu_limit and len(cores) <= AUTO_MAX_CORES)
+    return tuple(sorted(cores)) if wanted else ()
 
 
 class KeepAwake:
@@ -110,8 +98,8 @@ class KeepAwake:
                 proc.wait()
                 del self._procs[core]
         if self._procs:
-            log.info("keeping %d core(s) awake while requests come (%s)", len(self._procs),
-                     _ranges(list(self._procs)))
+            log.info("keeping %d core(s) awake while requests come: %s", len(self._procs),
+                     ",".join(map(str, self._procs)))
         self._timer = asyncio.get_running_loop().call_later(self._hold_s, self._check)
 
     def touch(self) -> None:
@@ -157,14 +145,3 @@ def _state(pid: int) -> str:
     except (OSError, IndexError):
         return "gone"
 
-
-def _ranges(cores: Sequence[int]) -> str:
-    out: list[str] = []
-    for core in sorted(cores):
-        if out and out[-1].endswith(f"-{core - 1}"):
-            out[-1] = out[-1].rsplit("-", 1)[0] + f"-{core}"
-        elif out and out[-1] == str(core - 1):
-            out[-1] = f"{core - 1}-{core}"
-        else:
-            out.append(str(core))
-    return ",".join(out)

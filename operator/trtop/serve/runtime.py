@@ -28,13 +28,18 @@ BACKENDS: dict[str, str] = {
 }
 
 
+def cpu_affinity() -> tuple[int, ...]:
+    """The cores this process may run on (empty where the platform cannot tell)."""
+    try:
+        return tuple(sorted(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return ()
+
+
 def default_threads() -> int:
     """CPU cores this process may use: its affinity, capped by the cgroup's CPU limit (a pod's
     ``resources.limits.cpu``, rounded up), unlike os.cpu_count."""
-    try:
-        cores = max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        cores = max(1, os.cpu_count() or 1)
+    cores = max(1, len(cpu_affinity()) or os.cpu_count() or 1)
     limit = cgroup_cpu_limit()
     return min(cores, limit) if limit else cores
 

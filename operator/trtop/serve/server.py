@@ -32,14 +32,16 @@ from starlette.applications import Starlette
 
 from trtop.serve.app import build_app
 from trtop.serve.arena import Arena
-from trtop.serve.awake import KeepAwake, awake_cores, process_cores
+from trtop.serve.awake import KeepAwake, awake_cores
 from trtop.serve.channel import Channel
 from trtop.serve.device import detect_device
 from trtop.serve.errors import StartupError
 from trtop.serve.frontend import REPORT_INTERVAL_S, RemoteModel
 from trtop.serve.infer_http import FastInfer
 from trtop.serve.metrics import ServerMetrics
-from trtop.serve.runtime import RuntimeOptions, cgroup_cpu_limit, default_threads, load_runtime, parallelism
+from trtop.serve.runtime import (
+    RuntimeOptions, cgroup_cpu_limit, cpu_affinity, default_threads, load_runtime, parallelism,
+)
 from trtop.serve.handle import ModelHandle
 from trtop.serve.service import BatchingConfig, InferenceService, Loaded
 from trtop.serve.settings import ServeSettings
@@ -150,7 +152,7 @@ def create_service(settings: ServeSettings) -> tuple[InferenceService, bool]:
     log.info("serving %r: %s on %s with the %s backend (%d batch(es) at once, %d thread(s) each)",
              settings.model_name, servable.origin, device, servable.backend, instances, threads)
     metrics = ServerMetrics(settings.model_name)
-    awake = awake_cores(settings.keep_awake, gpu=not device.is_cpu, cores=process_cores(), cpu_limit=cgroup_cpu_limit())
+    awake = awake_cores(settings.keep_awake, gpu=not device.is_cpu, cores=cpu_affinity(), cpu_limit=cgroup_cpu_limit())
     service = InferenceService(
         settings.model_name, lambda: build_loader(servable, settings, threads, not device.is_cpu, instances),
         BatchingConfig(settings.max_batch, settings.max_queue_delay_ms / 1000, settings.max_queue_size,
