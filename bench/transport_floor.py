@@ -12,6 +12,13 @@ request's latency minus the engine's run cannot go below it. Prints one JSON lin
 ``--serve PORT --many`` runs the same no-logic answerer for many connections at once (an asyncio
 protocol): ``bench/serve.py --floor`` puts its own client against it at every concurrency, which
 is the most any server could serve with that client on those cores.
+
+``--hold-ms H`` makes the one-connection server busy for H ms before each answer (it spins, as a
+thread waiting on a CUDA stream does by default): the floor under a served request whose engine run
+takes H ms. With H near the engine's batch-1 run the client waits as long as it does for a real
+request, so its core may halt and wake as it does then (on the H200 host a halted core's wake-up
+cost ~0.1-0.2 ms: docs/server.md, "Keeping the cores awake"); p50 - H is what the platform itself
+adds to a request of that length, with no server logic at all.
 """
 from __future__ import annotations
 
@@ -32,8 +39,17 @@ import loadclient  # noqa: E402
 _LENGTH = re.compile(rb"(?im)^content-length: *(\d+)")
 
 
-def serve(port: int, answer_bytes: int) -> None:
-    """Answer every request on each connection, one connection at a time, until killed."""
+def _hold(seconds: float) -> None:
+    """Busy until ``seconds`` have passed: a thread waiting on a CUDA stream spins (CUDA's default
+    wait while the process has fewer active contexts than cores), it does not sleep."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def serve(port: int, answer_bytes: int, hold_s: float = 0.0) -> None:
+    """Answer every request on each connection, one connection at a time, until killed; ``hold_s``: sleep
+    that long before each answer (an engine's run)."""
     answer = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % answer_bytes + b"x" * answer_bytes
     listener = socket.create_server(("127.0.0.1", port))
     buffer = bytearray(64 << 20)
@@ -48,6 +64,8 @@ def serve(port: int, answer_bytes: int) -> None:
                 match = _LENGTH.search(buffer, 0, end)
                 need = end + 4 + (int(match.group(1)) if match else 0)
                 if got >= need:
+                    if hold_s:
+                        _hold(hold_s)
                     conn.sendall(answer)
                     view[:got - need] = view[need:got]
                     got -= need
@@ -117,16 +135,22 @@ def main() -> int:
     p.add_argument("--shape", default="3,224,224", help="one request's input shape without the batch dim")
     p.add_argument("--answer-bytes", type=int, default=4200, help="the answer's body (ResNet-50: ~4,150)")
     p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--hold-ms", type=float, default=0.0,
+                   help="spin this long before each answer (one connection): the floor under an engine run this long")
     p.add_argument("--server-cores", default="")
     p.add_argument("--client-cores", default="")
     args = p.parse_args()
     if args.serve:
-        (serve_many if args.many else serve)(args.serve, args.answer_bytes)
+        if args.many:
+            serve_many(args.serve, args.answer_bytes)
+        else:
+            serve(args.serve, args.answer_bytes, args.hold_ms / 1000)
         return 0
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    cmd = [sys.executable, __file__, "--serve", str(port), "--answer-bytes", str(args.answer_bytes)]
+    cmd = [sys.executable, __file__, "--serve", str(port), "--answer-bytes", str(args.answer_bytes),
+           "--hold-ms", str(args.hold_ms)]
     if args.server_cores:
         cmd = ["taskset", "-c", args.server_cores, *cmd]
     server = subprocess.Popen(cmd)
@@ -144,7 +168,8 @@ def main() -> int:
     finally:
         server.kill()
         server.wait()
-    print(json.dumps({"floor_p50_ms": round(got["p50_ms"], 3), "floor_p99_ms": round(got["p99_ms"], 3),
+    print(json.dumps({"hold_ms": args.hold_ms, "floor_p50_ms": round(got["p50_ms"], 3),
+                      "floor_p99_ms": round(got["p99_ms"], 3), "over_hold_ms": round(got["p50_ms"] - args.hold_ms, 3),
                       "requests": got["requests"]}), flush=True)
     return 0
 
