@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable, Hashable
 
 import numpy as np
@@ -314,65 +313,3 @@ async def test_a_backend_that_takes_the_requests_unmerged_gets_them_as_they_are(
         assert backend.batches == ([1] if not decline else [1, 4])
         await s.close()
     assert seen == [([1, 2], 4)]
-
-
-class RecordingAnswerer:
-    """Answers from the compute thread: notes each (token, outputs) and the thread it came on."""
-
-    def __init__(self) -> None:
-        self.answers: list[tuple[object, float]] = []
-        self.threads: set[int] = set()
-        self.before_the_loop: list[bool] = []  # the request's future still pending when answered
-
-    def answer_now(self, answers: list[tuple[object, Outputs]]) -> None:
-        self.threads.add(threading.get_ident())
-        for token, out in answers:
-            self.answers.append((token, float(out["y"][0, 0])))
-
-
-async def test_a_batch_on_a_compute_thread_is_answered_from_that_thread_before_its_futures_resolve(
-        backend: FakeBackend) -> None:
-    """Requests with an answerer get their outputs from the compute thread that ran them (the engine's
-    dispatcher sends the replies from there); their futures still resolve on the loop with the same rows."""
-    answerer = RecordingAnswerer()
-    backend.gate.clear()
-    s = Scheduler(backend, BatchPolicy(8, 0.0), max_queue=10, inline_max_s=0.0)
-    s.start()
-    futures = [s.enqueue(*feeds(v), timeout_s=5.0, answerer=(answerer, f"r{v:g}")) for v in (1.0, 2.0)]
-    plain = s.enqueue(*feeds(3.0), timeout_s=5.0)  # no answerer: the loop answers it, as before
-    await asyncio.sleep(0.02)
-    backend.gate.set()
-    deadline = asyncio.get_running_loop().time() + 5
-    while len(answerer.answers) < 2 and asyncio.get_running_loop().time() < deadline:
-        time.sleep(0.001)  # the loop is held: only the compute thread can answer now
-    assert sorted(answerer.answers) == [("r1", 10.0), ("r2", 20.0)]
-    assert not any(f.done() for f in futures)  # resolved by the loop, after it
-    assert [(await f)["y"][0, 0] for f in (*futures, plain)] == [10, 20, 30]
-    assert threading.get_ident() not in answerer.threads
-    await s.close()
-
-
-async def test_a_request_answered_from_the_compute_thread_is_not_timed_out_afterwards(backend: FakeBackend) -> None:
-    """Once answered from the compute thread, a request's deadline no longer applies (its client has the
-    answer); one that times out while its batch runs is answered by the loop and never by the compute thread."""
-    answerer = RecordingAnswerer()
-    backend.gate.clear()
-    s = Scheduler(backend, BatchPolicy(1, 0.0), max_queue=10, inline_max_s=0.0)
-    s.start()
-    late = s.enqueue(*feeds(1.0), timeout_s=0.05, answerer=(answerer, "late"))
-    with pytest.raises(TimedOut):
-        await late
-    backend.gate.set()
-    await asyncio.sleep(0.05)
-    assert answerer.answers == []  # timed out first: not answered again
-
-    class SlowAnswerer(RecordingAnswerer):
-        def answer_now(self, answers: list[tuple[object, Outputs]]) -> None:
-            super().answer_now(answers)
-            time.sleep(0.2)  # the batch lands on the loop after the request's deadline
-
-    answerer2 = SlowAnswerer()
-    on_time = s.enqueue(*feeds(2.0), timeout_s=0.1, answerer=(answerer2, "ok"))
-    assert (await on_time)["y"][0, 0] == 20  # not TimedOut: it was answered within its deadline
-    assert answerer2.answers == [("ok", 20.0)]
-    await s.close()

@@ -17,12 +17,6 @@ refused at admission for the statistics (``"failed"``), and ask for the expositi
 (``"metrics"``) and the statistics (``"statistics"``): the engine process holds the one
 copy of both for the pod. When a front-end goes away, its queued requests
 still run or time out, and their replies are dropped.
-
-A batch run on a GPU slot's thread is answered from that thread (``answer_now``: outputs into their
-places, one frame of replies), not after the event loop has woken up to take it; its futures then
-resolve on the loop as before (statistics) and find the request answered. Which of the two answers
-a request is decided by taking it out of ``_open`` (atomic under the GIL): exactly one reply each,
-also when a request times out while its batch runs.
 Made by ``supervisor``.
 """
 from __future__ import annotations
@@ -61,7 +55,6 @@ class Dispatcher:
         self.arena = arena
         self.channel: Channel | None = None
         self._pending: set[asyncio.Future[Outputs]] = set()  # requests queued or running
-        self._open: dict[int, list[tuple[str, tuple[int, tuple[int, ...]] | None]]] = {}  # unanswered: their places
         self.closed = asyncio.Event()
 
     async def open(self, sock: socket.socket, codec: Codec = PICKLE) -> None:
@@ -110,49 +103,35 @@ class Dispatcher:
             feeds = {name: self.arena.view(offset, dtype, shape) if inline is None
                      else np.frombuffer(inline, dtype=dtype).reshape(shape)  # a small tensor sent in the descriptor
                      for name, dtype, shape, offset, inline in inputs}
-            self._open[rid] = outputs
-            future = self.service.enqueue(feeds, rows, signature_of(feeds), timeout_s, requests=requests,
-                                          answerer=(self, rid))
+            future = self.service.enqueue(feeds, rows, signature_of(feeds), timeout_s, requests=requests)
         except Exception as exc:  # ServeError: refused at once; anything else fails this request alone
-            self._open.pop(rid, None)
-            self._send(self._failure(rid, exc))
+            self._failed(rid, exc)
             return
         self._pending.add(future)
-        future.add_done_callback(functools.partial(self._answer, rid))
+        future.add_done_callback(functools.partial(self._answer, rid, outputs))
 
-    def answer_now(self, answers: list[tuple[int, Outputs]]) -> None:
-        """A batch's replies from the compute thread that ran it (``scheduler.Answerer``), in one write."""
-        replies = []
-        for rid, result in answers:
-            outputs = self._open.pop(rid, None)
-            if outputs is not None:  # else answered already (it timed out while its batch ran)
-                replies.append(self._reply(rid, outputs, result))
-        if replies and self.channel is not None:
-            self.channel.send_now(replies)
-
-    def _answer(self, rid: int, future: asyncio.Future[Outputs]) -> None:
+    def _answer(self, rid: int, outputs: list[tuple[str, tuple[int, tuple[int, ...]] | None]],
+                future: asyncio.Future[Outputs]) -> None:
         self._pending.discard(future)
-        outputs = self._open.pop(rid, None)
-        if outputs is None:  # answered from the compute thread
-            return
         if future.cancelled():
-            self._send(self._failure(rid, InferenceFailed("the request was cancelled")))
+            self._failed(rid, InferenceFailed("the request was cancelled"))
             return
         error = future.exception()
-        self._send(self._failure(rid, error) if error is not None else self._reply(rid, outputs, future.result()))
-
-    def _reply(self, rid: int, outputs: list[tuple[str, tuple[int, tuple[int, ...]] | None]],
-               result: Outputs) -> Message:
+        if error is not None:
+            self._failed(rid, error)
+            return
         try:
+            result = future.result()
             places = [self._place(name, result[name], where) for name, where in outputs]
         except Exception as exc:  # an output the model did not produce
-            return self._failure(rid, exc)
-        return ("done", rid, None, places, self._backlog())
+            self._failed(rid, exc)
+            return
+        self._send(("done", rid, None, places, self._backlog()))
 
-    def _failure(self, rid: int, exc: BaseException) -> Message:
+    def _failed(self, rid: int, exc: BaseException) -> None:
         if not isinstance(exc, ServeError):
             log.error("request %s of front-end %d failed: %s", rid, self.index, exc, exc_info=exc)
-        return ("done", rid, error_of(exc), None, self._backlog())
+        self._send(("done", rid, error_of(exc), None, self._backlog()))
 
     def _backlog(self) -> int:
         scheduler = self.service.scheduler

@@ -50,32 +50,19 @@ class BatchObserver(Protocol):
     def batch_done(self, rows: int, compute_s: float) -> None: ...
 
 
-class Answerer(Protocol):
-    """Who answers requests straight from the compute thread that ran them (the engine's dispatcher: it
-    writes their outputs into the front-end's arena and sends the replies itself). ``answer_now`` gets a
-    batch's (token, outputs) pairs on that thread, must not raise, and must answer each request at most
-    once: the request's future still resolves on the event loop afterwards (statistics, bookkeeping), and
-    a request that timed out meanwhile has been answered there already."""
-
-    def answer_now(self, answers: list[tuple[Any, Outputs]]) -> None: ...
-
-
 INLINE_MAX_S = 0.0005  # runs known to be shorter than this may run on the event loop itself
 _EWMA = 0.2  # weight of the newest run in a bucket's mean compute time
 
 
 class _Item:
-    __slots__ = ("pending", "feeds", "future", "deadline", "timeout_s", "answerer", "answered")
+    __slots__ = ("pending", "feeds", "future", "deadline", "timeout_s")
 
-    def __init__(self, pending: Pending, feeds: Feeds, future: asyncio.Future[Outputs], timeout_s: float,
-                 answerer: tuple[Answerer, Any] | None = None) -> None:
+    def __init__(self, pending: Pending, feeds: Feeds, future: asyncio.Future[Outputs], timeout_s: float) -> None:
         self.pending = pending
         self.feeds = feeds
         self.future = future
         self.timeout_s = timeout_s
         self.deadline = 0.0  # loop time
-        self.answerer = answerer  # (who answers it from the compute thread, its token there)
-        self.answered = False  # answered from the compute thread: no longer subject to its deadline
 
 
 class Scheduler:
@@ -144,12 +131,9 @@ class Scheduler:
         self._flush = True
         self._wakeup.set()
 
-    def enqueue(self, feeds: Feeds, rows: int, signature: Hashable, timeout_s: float,
-                answerer: tuple[Answerer, Any] | None = None) -> asyncio.Future[Outputs]:
+    def enqueue(self, feeds: Feeds, rows: int, signature: Hashable, timeout_s: float) -> asyncio.Future[Outputs]:
         """Queue one admitted request (rows = its batch dimension); the future resolves with its outputs,
-        or ``TimedOut`` after ``timeout_s``. Raises at once when the queue is full or closing. With
-        ``answerer`` = (answerer, token), a batch that runs on a compute thread is answered from there
-        (``Answerer``) before the future resolves on the loop."""
+        or ``TimedOut`` after ``timeout_s``. Raises at once when the queue is full or closing."""
         if self._closing:
             raise NotReady("the server is shutting down and takes no new requests")
         if len(self._queue) >= self._max_queue:
@@ -157,7 +141,7 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
         busy = len(self._running) + self._inline >= self._instances
-        item = _Item(Pending(rows, signature, self._clock(), busy), feeds, future, timeout_s, answerer)
+        item = _Item(Pending(rows, signature, self._clock(), busy), feeds, future, timeout_s)
         item.deadline = loop.time() + timeout_s
         if item.deadline < self._deadline_at:
             self._watch(loop, item.deadline)
@@ -242,7 +226,7 @@ class Scheduler:
         earliest = min((it.deadline for it in self._queue), default=math.inf)
         for items in self._running_items.values():
             for it in items:
-                if it.future.done() or it.answered:
+                if it.future.done():
                     continue
                 if it.deadline <= now:
                     it.future.set_exception(TimedOut(f"the request did not finish within {it.timeout_s:g}s"))
@@ -312,10 +296,7 @@ class Scheduler:
     def _launch(self, loop: asyncio.AbstractEventLoop, items: list[_Item], size: int) -> None:
         """Run a batch on a compute thread; it lands back on the loop through one callback (no task)."""
         rows = [it.pending.rows for it in items]
-        if any(it.answerer is not None for it in items):
-            done = self._executor.submit(self._compute_and_answer, items, rows, size)
-        else:
-            done = self._executor.submit(self._compute, [it.feeds for it in items], rows, size)
+        done = self._executor.submit(self._compute, [it.feeds for it in items], rows, size)
         self._running.add(done)
         self._running_items[done] = items
         done.add_done_callback(lambda f: _call_soon_threadsafe(loop, self._land, items, rows, f))
@@ -364,24 +345,6 @@ class Scheduler:
         for it, part in zip(items, parts, strict=True):
             if not it.future.done():  # it may have timed out while running
                 it.future.set_result(part)
-
-    def _compute_and_answer(self, items: list[_Item], rows: list[int], size: int) -> tuple[list[Outputs], float]:
-        """``_compute``, then (still on the compute thread) the requests that have an answerer are answered
-        by it, one call per answerer with its share of the batch: the replies leave without waiting for the
-        event loop to wake up and take the batch (``_land``)."""
-        parts, seconds = self._compute([it.feeds for it in items], rows, size)
-        by_answerer: dict[int, tuple[Answerer, list[tuple[Any, Outputs]]]] = {}
-        for it, part in zip(items, parts, strict=True):
-            if it.answerer is not None and not it.future.done():  # done: timed out, answered on the loop
-                it.answered = True  # before the answer: a deadline sweep now leaves it alone
-                answerer, token = it.answerer
-                by_answerer.setdefault(id(answerer), (answerer, []))[1].append((token, part))
-        for answerer, answers in by_answerer.values():
-            try:
-                answerer.answer_now(answers)
-            except Exception:  # it must not raise; if it does, the future's own path still answers
-                log.exception("answering %d requests from the compute thread failed", len(answers))
-        return parts, seconds
 
     def _compute(self, feeds: list[Feeds], rows: list[int], size: int) -> tuple[list[Outputs], float]:
         start = time.perf_counter()

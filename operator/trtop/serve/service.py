@@ -26,7 +26,7 @@ from trtop.serve.metrics import ServerMetrics
 from trtop.serve.model import Admitted, ModelInfo, admit
 from trtop.serve.protocol import InferRequest
 from trtop.serve.runtime import Runtime
-from trtop.serve.scheduler import Answerer, Scheduler
+from trtop.serve.scheduler import Scheduler
 from trtop.serve.statistics import ModelStatistics, StatsSnapshot
 from trtop.serve.types import Array, Feeds, Outputs
 
@@ -248,16 +248,15 @@ class InferenceService:
         return admitted, await future
 
     def enqueue(self, feeds: Feeds, rows: int, signature: Hashable, timeout_s: float,
-                started_ns: int | None = None, requests: int = 1,
-                answerer: tuple[Answerer, Any] | None = None) -> asyncio.Future[Outputs]:
+                started_ns: int | None = None, requests: int = 1) -> asyncio.Future[Outputs]:
         """Queue admitted feeds (from ``infer`` or a front-end process; ``requests``: the client requests
         a front-end grouped into them); the future resolves with their outputs (or a ServeError). Raises
-        ServeError at once when the request cannot be queued. ``answerer``: see ``Scheduler.enqueue``."""
+        ServeError at once when the request cannot be queued."""
         started = time.perf_counter_ns() if started_ns is None else started_ns
         try:
             if self.state not in ("ready", "draining") or self._scheduler is None:
                 raise NotReady(not_ready_message(self))
-            future = self._scheduler.enqueue(feeds, rows, signature, timeout_s, answerer)
+            future = self._scheduler.enqueue(feeds, rows, signature, timeout_s)
             if self._awake is not None:
                 self._awake.touch()
         except ServeError:
