@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -201,12 +202,16 @@ def test_a_lone_cpu_run_uses_every_core_only_where_that_is_faster(tmp_path: Path
     from trtop.serve.backends import onnxruntime_impl
     from trtop.serve.backends.onnxruntime_impl import OnnxRuntime
 
-    times = iter([narrow_s, wide_s])
     monkeypatch.setattr(onnxruntime_impl, "default_threads", lambda: 2)
-    monkeypatch.setattr(onnxruntime_impl, "_time_runs", lambda *a: next(times))
+    monkeypatch.setattr(onnxruntime_impl, "_time_pair", lambda *a: (narrow_s, wide_s))
     rt = OnnxRuntime(make_affine_onnx(tmp_path / "a.onnx"), RuntimeOptions(threads=1, use_gpu=False, slots=2))
     rt.prepare((1, 2, 4))
     assert (rt._wide is not None) is widened
+    if widened:  # its threads spin while it runs (sleeping between parallel sections cost all of its gain)...
+        options = rt._wide.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1"  # ...and only then
+    assert rt._session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
     x = np.ones((3, 4), np.float32)
     np.testing.assert_array_equal(rt.run({"x": x}, ["y"])["y"], 2 * x + 1)
     assert rt._active == 0
@@ -242,3 +247,23 @@ def test_python_front_ends_beside_native_ones_serve_grpc_as_without_them(
 
     monkeypatch.setattr(runtime, "default_threads", lambda: cores)
     assert supervisor.grpc_frontends(ServeSettings(grpc_port=grpc_port, frontends=setting)) == expected
+
+
+def test_the_two_sessions_are_timed_in_turns(tmp_path: Path) -> None:
+    """Lone-run sessions are compared run for run, alternating (a shared machine's speed moves between two
+    blocks of runs); each figure is the median of its own session's runs."""
+    from trtop.serve.backends.onnxruntime_impl import _time_pair
+
+    order: list[str] = []
+
+    class Timed:
+        def __init__(self, name: str, seconds: float) -> None:
+            self.name, self.seconds = name, seconds
+
+        def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> None:
+            order.append(self.name)
+            time.sleep(self.seconds)
+
+    narrow, wide = _time_pair(Timed("n", 0.004), Timed("w", 0.001), ["y"], {}, runs=3)
+    assert order == ["n", "w"] + ["n", "w"] * 3
+    assert narrow > wide and 0.003 < narrow < 0.02 and 0.0005 < wide < 0.003

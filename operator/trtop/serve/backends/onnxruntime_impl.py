@@ -67,7 +67,7 @@ class OnnxRuntime(FixedIO):
 
     @staticmethod
     def _open(path: Path, options: RuntimeOptions, batch: tuple[str, int] | None = None,
-              graphs: bool = False) -> tuple[Any, list[str]]:
+              graphs: bool = False, spin: bool = False) -> tuple[Any, list[str]]:
         so = ort.SessionOptions()
         # One batch runs at a time (the scheduler serialises them), so all cores go to intra-op
         # parallelism; inter-op threads would only compete with it.
@@ -77,8 +77,13 @@ class OnnxRuntime(FixedIO):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # ONNX Runtime's pool threads spin between parallel sections by default; in a server they
         # would burn the cycles the event loop needs to read requests (measured on 2 cores:
-        # 12.8 vs 8.7 CPU ms per MobileNetV2 image, 90 vs 203 img/s at 32 clients).
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # 12.8 vs 8.7 CPU ms per MobileNetV2 image, 90 vs 203 img/s at 32 clients). Except in the
+        # session for lone runs (``spin``), which only runs while nothing else does: without
+        # spinning its threads sleep and wake at each of the model's parallel sections (MobileNetV2
+        # at batch 1 over 2 threads: 6.7-9.4 ms, no faster than one thread's 8.8; spinning 5.1 ms).
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        if spin:  # but not after the run: the cores go back to the answer, the client and the next request
+            so.add_session_config_entry("session.force_spinning_stop", "1")
         if batch is not None:
             so.add_free_dimension_override_by_name(*batch)
         providers: list[Any] = ["CPUExecutionProvider"]
@@ -139,15 +144,17 @@ class OnnxRuntime(FixedIO):
     def _widen(self) -> None:
         """Several single-threaded runs side by side serve load best on CPU, but leave a lone request to
         one core: keep a session over every core for runs that start while no other runs, if it is
-        faster at batch 1 (MobileNetV2 on 2 cores: 4.4 vs 9 ms; a tiny model gains nothing)."""
+        faster at batch 1 (MobileNetV2 on 2 cores: 5.1 vs 8.8 ms; a tiny model gains nothing). Its
+        threads spin between the model's parallel sections (``_open``): sleeping there, they were not
+        faster than one thread, and lone runs stayed on one."""
         cores = default_threads()
         if self._options.slots < 2 or self._options.thread_count >= cores:
             return
-        wide, _ = self._open(self._path, replace(self._options, threads=cores))
+        wide, _ = self._open(self._path, replace(self._options, threads=cores), spin=True)
         feeds = {s.name: np.zeros((1, *(d if d > 0 else 1 for d in s.shape[1:])), s.dtype) for s in self._inputs}
         names = [s.name for s in self._outputs]
         try:
-            narrow_s, wide_s = (_time_runs(session, names, feeds) for session in (self._session, wide))
+            narrow_s, wide_s = _time_pair(self._session, wide, names, feeds)
         except Exception as exc:  # dynamic dimensions zeros cannot fill: stay with the narrow session
             log.info("no wide session: a trial run failed (%s)", exc)
             return
@@ -251,15 +258,20 @@ class OnnxRuntime(FixedIO):
         del self._session
 
 
-def _time_runs(session: Any, names: list[str], feeds: dict[str, Any], runs: int = 5) -> float:
-    """The median seconds of a run after one warm-up run."""
-    session.run(names, feeds)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
+def _time_pair(first: Any, second: Any, names: list[str], feeds: dict[str, Any], runs: int = 7) -> tuple[float, float]:
+    """The median seconds of a run of each session, their runs taken in turns after one warm-up run each:
+    a shared machine's speed moves within seconds (the development VM: MobileNetV2's batch 1 from 5 to
+    9 ms), and timed one after the other the two sessions met different machines."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for session in (first, second):
         session.run(names, feeds)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    for _ in range(runs):
+        for session, kept in zip((first, second), times, strict=True):
+            start = time.perf_counter()
+            session.run(names, feeds)
+            kept.append(time.perf_counter() - start)
+    narrow, wide = (sorted(t)[len(t) // 2] for t in times)
+    return narrow, wide
 
 
 def _spec(arg: Any) -> TensorSpec:
