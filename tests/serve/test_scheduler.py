@@ -222,12 +222,34 @@ async def test_short_requests_read_in_one_round_of_the_loop_run_inline_as_one_ba
 
 async def test_runs_not_known_to_be_short_never_block_the_event_loop(backend: FakeBackend) -> None:
     run, threads = recording_threads(backend)
-    s = Scheduler(run, BatchPolicy(8, 0.0), max_queue=10, inline_max_s=0.0)
+    s = Scheduler(run, BatchPolicy(8, 0.0), max_queue=10, inline_max_s=0.0, inline_alone_max_s=0.0)
     s.start()
     for v in range(3):
         await submit(s, v)
     assert threading.get_ident() not in threads
     await s.close()
+
+
+async def test_a_lone_request_known_to_be_brief_enough_runs_on_the_event_loop(backend: FakeBackend) -> None:
+    """With nothing else queued or running, a request whose batch size is known to take under
+    ``inline_alone_max_s`` skips the hops to a compute thread and back; with company, or longer, it does not."""
+    run, threads = recording_threads(backend)
+    s = Scheduler(run, BatchPolicy(8, 0.0), max_queue=10, inline_max_s=0.0, inline_alone_max_s=0.5)
+    s.start()
+    loop_thread = threading.get_ident()
+    await submit(s, 1)  # batch 1's time not known yet: a compute thread
+    await submit(s, 2)  # known now, and alone
+    assert threads[0] != loop_thread and threads[1] == loop_thread
+    together = await asyncio.gather(*(submit(s, v) for v in (3, 4, 5)))  # several at once: never on the loop
+    assert [o["y"][0, 0] for o in together] == [30, 40, 50] and loop_thread not in threads[2:]
+    await s.close()
+    slow = Scheduler(run, BatchPolicy(8, 0.0), max_queue=10, inline_max_s=0.0, inline_alone_max_s=1e-9)
+    slow.start()
+    threads.clear()
+    for v in range(3):  # alone, but longer than the bound
+        await submit(slow, v)
+    assert loop_thread not in threads
+    await slow.close()
 
 
 async def test_a_runtime_with_its_own_threads_runs_every_batch_there(backend: FakeBackend) -> None:

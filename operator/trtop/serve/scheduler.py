@@ -20,7 +20,9 @@ current round (``_kick``: requests read in the same round share the batch), not 
 task's next turn (waking the worker cost a lone ResNet-50 request ~25 us more on the H200
 host: the task step, ``wait_for`` and the Event): inline on the event loop when that batch
 size is known to take under ``inline_max_s`` (a tiny model: the hop to a compute thread and
-back costs more than the run itself), else on a compute thread.
+back costs more than the run itself) or when it is the only request in the server and known to take
+under ``inline_alone_max_s`` (the cores have nothing else to do; a lone CPU request saves two thread
+hops), else on a compute thread.
 """
 from __future__ import annotations
 
@@ -51,6 +53,12 @@ class BatchObserver(Protocol):
 
 
 INLINE_MAX_S = 0.0005  # runs known to be shorter than this may run on the event loop itself
+# A lone request (nothing else queued or running) whose run is known to be shorter than this runs on the
+# event loop too: nothing is there to be kept waiting but requests that would find every core busy with
+# it anyway, and the two hops to a compute thread and back cost MobileNetV2's lone CPU request ~0.27 ms
+# of its ~6.7 on the development machine (bench/stages.py: to_thread 135 us, to_loop 135 us). Bounded
+# so that health checks and metrics are never held up for long.
+INLINE_ALONE_MAX_S = 0.025
 _EWMA = 0.2  # weight of the newest run in a bucket's mean compute time
 
 
@@ -71,6 +79,7 @@ class Scheduler:
     def __init__(
         self, run: RunBatch, policy: BatchPolicy, *, max_queue: int, observer: BatchObserver | None = None,
         instances: int = 1, clock: Callable[[], float] = time.monotonic, inline_max_s: float = INLINE_MAX_S,
+        inline_alone_max_s: float = INLINE_ALONE_MAX_S,
         empty: Callable[[tuple[int, ...], Any], Array] | None = None, executor: Executor | None = None,
         run_rows: RunRows | None = None,
     ) -> None:
@@ -92,7 +101,7 @@ class Scheduler:
         # runs then: they would hop to those threads anyway), else ours.
         self._executor = executor or ThreadPoolExecutor(max_workers=instances, thread_name_prefix="trtop-batch")
         if executor is not None:
-            inline_max_s = 0.0
+            inline_max_s = inline_alone_max_s = 0.0
         self._buffers = BatchBuffers(keep=instances, empty=empty)
         self._worker: asyncio.Task[None] | None = None
         self._running: set[object] = set()  # batches on compute threads (their futures)
@@ -105,6 +114,7 @@ class Scheduler:
         self._closing = False
         self.batches = 0
         self._inline_max_s = inline_max_s
+        self._inline_alone_max_s = inline_alone_max_s
         self._mean_s: dict[int, float] = {}  # batch size -> mean compute seconds (for inline runs)
         self._inline = 0  # batches running inline right now (0 or 1: they block the loop)
         self._kick_planned = False  # a _kick is scheduled for the end of this callback
@@ -174,7 +184,7 @@ class Scheduler:
             items = self._take(decision, self._clock())
             if not items:
                 continue
-            if self._short(decision.size):
+            if self._short(decision.size) or self._alone(items, decision.size):
                 self._run_inline(items, decision.size)
             else:
                 self._launch(loop, items, decision.size)
@@ -239,6 +249,13 @@ class Scheduler:
         """Runs of this batch size are known to take less than ``inline_max_s``."""
         mean = self._mean_s.get(size)
         return mean is not None and mean < self._inline_max_s
+
+    def _alone(self, items: list[_Item], size: int) -> bool:
+        """One request, with nothing else queued or running, of a batch size known to take less than
+        ``inline_alone_max_s`` (``INLINE_ALONE_MAX_S``)."""
+        mean = self._mean_s.get(size)
+        return (len(items) == 1 and not self._queue and not self._running and not self._inline
+                and mean is not None and mean < self._inline_alone_max_s)
 
     def _run_inline(self, items: list[_Item], size: int) -> None:
         """Run a batch on the event loop now (the caller checked it is short and an instance is free)."""
