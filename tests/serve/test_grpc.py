@@ -318,6 +318,12 @@ def grpc_listeners(port: int) -> int:
     return sum(1 for r in rows if r.split()[1].endswith(f":{port:04X}") and r.split()[3] == "0A")
 
 
+def client_ports(port: int) -> set[str]:
+    """The remote ends (client ports) of established connections to ``port`` (01 is ESTABLISHED)."""
+    rows = [r.split() for f in ("tcp", "tcp6") for r in Path("/proc/net", f).read_text().splitlines()[1:]]
+    return {r[2] for r in rows if r[1].endswith(f":{port:04X}") and r[3] == "01"}
+
+
 def child_pids(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
@@ -350,6 +356,26 @@ class TestLifecycle:
             infer_on_new_connections(4)  # the other front-end answers
             assert listeners_become(2), s.logs()  # the replacement bound the port again
             infer_on_new_connections(4)
+        finally:
+            s.stop()
+
+    def test_old_connections_are_asked_to_reconnect_and_no_call_is_lost(self, tmp_path: Path) -> None:
+        """With ``--grpc-max-connection-age-s``, a client's connection is replaced every so often (GOAWAY; the
+        calls in flight finish): a busy client lands on the kernel's choice of front-end, or a Service's of pod,
+        again and again instead of once for good. Every call of a client calling throughout is answered."""
+        s, address = grpc_server(["--model", str(make_affine_onnx(tmp_path / "a.onnx")), "--model-name", "a",
+                                  "--frontends", "0", "--grpc-max-connection-age-s", "0.3"], tmp_path)
+        port = int(address.rsplit(":", 1)[1])
+        try:
+            s.wait_ready()
+            x = np.ones((1, 4), np.float32)
+            peers: set[str] = set()
+            with tg.InferenceServerClient(address) as c:
+                deadline = time.monotonic() + 2.5
+                while time.monotonic() < deadline:
+                    np.testing.assert_array_equal(c.infer("a", [x_input(x)]).as_numpy("y"), x * 2 + 1)
+                    peers |= client_ports(port)
+            assert len(peers) >= 3, peers  # ~8 connections' worth of time; at least a few were replaced
         finally:
             s.stop()
 

@@ -35,6 +35,7 @@ def test_grpc_port_defaults_to_tritons_and_0_turns_it_off() -> None:
     (["--timeout-s", "0"], {}, "timeout"),
     ([], {names.ENV_SERVE_PORT: "http"}, "TRTOP_PORT"),
     (["--grpc-port", "-1"], {}, "--grpc-port must be 0 (off) or 1-65535"),
+    (["--grpc-max-connection-age-s", "-1"], {}, "--grpc-max-connection-age-s must be >= 0 (0: never)"),
     (["--grpc-port", "8000"], {}, "give gRPC its own port"),
     ([], {names.ENV_SERVE_GPU_IO: "fast"}, "--gpu-io must be one of graphs, bind, plain"),
 ])

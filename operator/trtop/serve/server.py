@@ -194,7 +194,9 @@ def grpc_factory(handle: ModelHandle, settings: ServeSettings, *, reuse_port: bo
 
         return build_grpc_server(handle, host=settings.host, port=settings.grpc_port,
                                  max_message_bytes=settings.max_body_bytes, reuse_port=reuse_port,
-                                 max_concurrent_rpcs=settings.max_connections)
+                                 max_concurrent_rpcs=settings.max_connections,
+                                 max_connection_age_s=settings.grpc_max_connection_age_s,
+                                 grace_s=settings.timeout_s)
 
     return build
 

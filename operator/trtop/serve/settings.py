@@ -36,6 +36,11 @@ class ServeSettings:
     port: int = 8000
     # The KServe v2 / Triton gRPC protocol's port (Triton's default); 0 = no gRPC.
     grpc_port: int = names.SERVE_GRPC_PORT
+    # A gRPC connection older than this is asked to go (GOAWAY; its calls in flight finish) and its client
+    # connects again: long-lived HTTP/2 connections otherwise stay where they first landed, on one front-end
+    # (SO_REUSEPORT hashes connections, not calls) and on one pod (a Service balances connections), so new
+    # replicas and idle front-ends get none of their calls. gRPC adds +-10% jitter. 0 = never.
+    grpc_max_connection_age_s: float = 30.0
     # Rows per batch; 0 = the engine's batch.max (32 for a raw model without a fixed batch).
     max_batch: int = 0
     # How long a freed instance may wait for a fuller batch (only for requests that arrived while every
@@ -118,6 +123,8 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "host": ("--host", names.ENV_SERVE_HOST, "address to listen on"),
     "port": ("--port", names.ENV_SERVE_PORT, "port to listen on"),
     "grpc_port": ("--grpc-port", names.ENV_SERVE_GRPC_PORT, "gRPC port (0: no gRPC)"),
+    "grpc_max_connection_age_s": ("--grpc-max-connection-age-s", names.ENV_SERVE_GRPC_MAX_CONNECTION_AGE_S,
+                                  "seconds before a gRPC client is asked to reconnect (spreads load; 0: never)"),
     "max_batch": ("--max-batch", names.ENV_SERVE_MAX_BATCH, "rows per batch (0: the engine's max)"),
     "max_queue_delay_ms": ("--max-queue-delay-ms", names.ENV_SERVE_MAX_QUEUE_DELAY_MS,
                            "how long a request may wait for a batch to fill"),
@@ -210,6 +217,8 @@ def _problems(s: ServeSettings) -> list[str]:
         out.append("--body-timeout-s must be > 0")
     if s.max_connections < 1:
         out.append("--max-connections must be >= 1")
+    if s.grpc_max_connection_age_s < 0:
+        out.append("--grpc-max-connection-age-s must be >= 0 (0: never)")
     if s.frontends < -1:
         out.append("--frontends must be -1 (auto), 0 or more")
     if not 0 < s.port < 65536:

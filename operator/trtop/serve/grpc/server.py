@@ -171,19 +171,24 @@ def generic_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
 
 def build_grpc_server(
     handle: ModelHandle, *, host: str, port: int, max_message_bytes: int, reuse_port: bool,
-    max_concurrent_rpcs: int | None = None,
+    max_concurrent_rpcs: int | None = None, max_connection_age_s: float = 0.0, grace_s: float = 30.0,
 ) -> grpc.aio.Server:
     """A grpc.aio server bound to ``host:port`` (not started: ``await server.start()`` in the event loop).
 
     ``reuse_port``: several processes may listen on the port (SO_REUSEPORT; the kernel spreads
     connections); off, a second bind fails instead of sharing silently (grpc's default is on).
     ``max_concurrent_rpcs``: RPCs past it are refused with RESOURCE_EXHAUSTED before their
-    message is handled, so memory held by requests stays bounded (messages x this)."""
-    options = [
+    message is handled, so memory held by requests stays bounded (messages x this).
+    ``max_connection_age_s``: connections older than this get GOAWAY (0: never); their calls in flight
+    have ``grace_s`` more to finish, the request deadline."""
+    options: list[tuple[str, int]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", -1),
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
+    if max_connection_age_s > 0:
+        options += [("grpc.max_connection_age_ms", max(1, int(max_connection_age_s * 1000))),
+                    ("grpc.max_connection_age_grace_ms", max(1, int(grace_s * 1000)))]
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
     server.add_generic_rpc_handlers((generic_handler(InferenceServicer(handle)),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
