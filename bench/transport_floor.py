@@ -48,7 +48,7 @@ def _hold(seconds: float) -> None:
 
 
 def serve(port: int, answer_bytes: int, hold_s: float = 0.0) -> None:
-    """Answer every request on each connection, one connection at a time, until killed; ``hold_s``: sleep
+    """Answer every request on each connection, one connection at a time, until killed; ``hold_s``: busy
     that long before each answer (an engine's run)."""
     answer = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % answer_bytes + b"x" * answer_bytes
     listener = socket.create_server(("127.0.0.1", port))

@@ -312,16 +312,20 @@ class TestStatistics:
         assert after == before + 1
 
 
+def tcp_sockets(port: int, state: str) -> list[list[str]]:
+    """/proc/net/tcp{,6} rows of sockets on local ``port`` in ``state`` (0A LISTEN, 01 ESTABLISHED; grpc
+    listens on IPv6 with v4-mapped addresses)."""
+    rows = [r.split() for f in ("tcp", "tcp6") for r in Path("/proc/net", f).read_text().splitlines()[1:]]
+    return [r for r in rows if r[1].endswith(f":{port:04X}") and r[3] == state]
+
+
 def grpc_listeners(port: int) -> int:
-    """Listening TCP sockets on ``port`` (grpc listens on IPv6 with v4-mapped addresses; 0A is LISTEN)."""
-    rows = [r for f in ("tcp", "tcp6") for r in Path("/proc/net", f).read_text().splitlines()[1:]]
-    return sum(1 for r in rows if r.split()[1].endswith(f":{port:04X}") and r.split()[3] == "0A")
+    return len(tcp_sockets(port, "0A"))
 
 
 def client_ports(port: int) -> set[str]:
-    """The remote ends (client ports) of established connections to ``port`` (01 is ESTABLISHED)."""
-    rows = [r.split() for f in ("tcp", "tcp6") for r in Path("/proc/net", f).read_text().splitlines()[1:]]
-    return {r[2] for r in rows if r[1].endswith(f":{port:04X}") and r[3] == "01"}
+    """The remote ends (client addresses and ports) of established connections to ``port``."""
+    return {r[2] for r in tcp_sockets(port, "01")}
 
 
 def child_pids(pid: int) -> list[int]:

@@ -184,7 +184,7 @@ class Scheduler:
             items = self._take(decision, self._clock())
             if not items:
                 continue
-            if self._short(decision.size) or self._alone(items, decision.size):
+            if self._inline_now(items, decision.size):
                 self._run_inline(items, decision.size)
             else:
                 self._launch(loop, items, decision.size)
@@ -250,15 +250,17 @@ class Scheduler:
         mean = self._mean_s.get(size)
         return mean is not None and mean < self._inline_max_s
 
-    def _alone(self, items: list[_Item], size: int) -> bool:
-        """One request, with nothing else queued or running, of a batch size known to take less than
-        ``inline_alone_max_s`` (``INLINE_ALONE_MAX_S``)."""
+    def _inline_now(self, items: list[_Item], size: int) -> bool:
+        """Run these on the event loop: their batch size is known to be short (``inline_max_s``), or they are
+        one request with nothing else queued or running and known to take under ``inline_alone_max_s``."""
         mean = self._mean_s.get(size)
-        return (len(items) == 1 and not self._queue and not self._running and not self._inline
-                and mean is not None and mean < self._inline_alone_max_s)
+        if mean is None:
+            return False
+        alone = len(items) == 1 and not self._queue and not self._running and not self._inline
+        return mean < self._inline_max_s or (alone and mean < self._inline_alone_max_s)
 
     def _run_inline(self, items: list[_Item], size: int) -> None:
-        """Run a batch on the event loop now (the caller checked it is short and an instance is free)."""
+        """Run a batch on the event loop now (the caller checked it is short, or alone, and an instance is free)."""
         rows = [it.pending.rows for it in items]
         self._inline += 1
         try:
