@@ -24,6 +24,9 @@ small machine it still shares the cores with the server, which the table include
 ``--floor`` also loads a server with no logic at all (``transport_floor.py --many``: it answers
 each request with a fixed reply of the real answer's size) with the same client at the same
 concurrencies: what the client, the kernel and the shared cores allow any server to reach.
+``--client-cores`` puts the client on cores of its own (``taskset -c 2,3 python3 bench/serve.py --model light
+--client-cores 12-15`` on a larger host): the engine, the server and the in-process best share the bench's
+cores and the client's cost is no longer theirs.
 Results are also written to ``.work/bench/serve-<model>-results.json``.
 """
 from __future__ import annotations
@@ -231,6 +234,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+CLIENT_TASKSET: list[str] = []  # taskset -c CORES for the client (--client-cores); empty: the bench's own cores
 NATIVE_PATH: list[str] = []  # the folder of trtop-http when this run built it (--native build)
 
 
@@ -325,7 +329,7 @@ def run_load(proc: subprocess.Popen[bytes], port: int, concurrency: int, seconds
     before = batch_stats(port) if batches else (0.0, 0.0)
     server_cpu = cpu_seconds(proc.pid)
     client_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cmd = [sys.executable, __file__, "--client", "--port", str(port), "--concurrency", str(concurrency),
+    cmd = [*CLIENT_TASKSET, sys.executable, __file__, "--client", "--port", str(port), "--concurrency", str(concurrency),
            "--duration", str(seconds), "--warmup", str(warmup), "--model", MODEL]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     server_cpu = cpu_seconds(proc.pid) - server_cpu
@@ -416,6 +420,10 @@ def main() -> int:
                         "and at the target concurrency (the in-process best way's img/s); 0: none")
     p.add_argument("--native", action="store_true",
                    help="serve through the native HTTP front-end (trtop-http, built now; --http-frontend native)")
+    p.add_argument("--client-cores", default="",
+                   help="run the client on these cores (taskset -c list) and so apart from the server, which "
+                        "runs on the bench's own cores (start it under taskset): the server's cost without the "
+                        "client's on the same cores")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--warmup", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -424,6 +432,8 @@ def main() -> int:
     if args.client:
         client_main(args)
         return 0
+    if args.client_cores:
+        CLIENT_TASKSET.extend(["taskset", "-c", args.client_cores])
     seconds = args.duration or (3.0 if args.quick else 8.0)
     warmup = 1.0 if args.quick else 2.0
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -435,7 +445,9 @@ def main() -> int:
     print(f"front-ends: {'native, trtop-http from ' + NATIVE_PATH[0] if NATIVE_PATH else 'Python (the default)'}")
     ensure_model(need_keras=not args.skip_tf)
     load = os.getloadavg()
-    print(f"machine: {os.cpu_count()} cores, load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"machine: {os.cpu_count()} cores, load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+          f"engine and server on cores {sorted(os.sched_getaffinity(0))}, client on "
+          f"{args.client_cores or 'the same cores'}")
     cpu_ms: dict[str, float] = {}
     inproc = bench_inprocess(1.0 if args.quick else 2.5, cpu_ms)
     best_way = max(inproc, key=lambda b: inproc[b])

@@ -8,6 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
+from trtop.serve import protocol
 from trtop.serve.errors import BadRequest, PayloadTooLarge
 from trtop.serve.protocol import RequestedOutput, decode_body, encode_infer_response, parse_infer_request
 
@@ -77,6 +78,56 @@ class TestParse:
             parse_infer_request(body, len(body) + 1)
 
 
+class TestHeadersSeenBefore:
+    """A binary request's JSON header is parsed once; what it says is kept by its exact bytes."""
+
+    @pytest.fixture
+    def loads(self, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+        calls: list[bytes] = []
+        real = json.loads
+
+        def counting(data: bytes) -> object:
+            calls.append(data)
+            return real(data)
+
+        monkeypatch.setattr(protocol.json, "loads", counting)
+        protocol._plans.clear()
+        return calls
+
+    def test_the_same_header_is_parsed_once_and_each_body_keeps_its_own_tensors(self, loads: list[bytes]) -> None:
+        first, second = np.zeros((1, 4), np.float32), np.arange(4, dtype=np.float32).reshape(1, 4)
+        body1, n = binary_body({"x": first}, id="r7", parameters={"binary_data_output": True, "timeout": 5000},
+                               outputs=[{"name": "y"}])
+        body2, n2 = binary_body({"x": second}, id="r7", parameters={"binary_data_output": True, "timeout": 5000},
+                                outputs=[{"name": "y"}])
+        a, b = parse_infer_request(body1, n), parse_infer_request(bytearray(body2), n2)
+        assert len(loads) == 1
+        np.testing.assert_array_equal(a.inputs["x"], first)
+        np.testing.assert_array_equal(b.inputs["x"], second)
+        assert not b.inputs["x"].flags.owndata  # still a view of its own body
+        assert (b.id, b.outputs, b.binary_output, b.timeout_s) == ("r7", (RequestedOutput("y", True),), True, 0.005)
+
+    def test_a_body_of_another_length_gets_every_check(self, loads: list[bytes]) -> None:
+        body, n = binary_body({"x": np.zeros((2, 2), np.float32)})
+        parse_infer_request(body, n)
+        with pytest.raises(BadRequest, match="ends before"):
+            parse_infer_request(body[:-4], n)
+        with pytest.raises(BadRequest, match="declare"):
+            parse_infer_request(body + b"\0", n)
+
+    def test_json_data_is_parsed_every_time(self, loads: list[bytes]) -> None:
+        body = json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}).encode()
+        parse_infer_request(body, len(body))
+        parse_infer_request(body, len(body))
+        assert len(loads) == 2
+
+    def test_what_is_kept_is_bounded(self, loads: list[bytes]) -> None:
+        for i in range(protocol.PLAN_CACHE_SIZE + 10):
+            body, n = binary_body({"x": np.zeros((1, 2), np.float32)}, id=str(i))
+            assert parse_infer_request(body, n).id == str(i)
+        assert 0 < len(protocol._plans) <= protocol.PLAN_CACHE_SIZE
+
+
 class TestDecodeBody:
     def test_gzip_and_deflate(self) -> None:
         raw = b'{"inputs": []}' * 10
@@ -113,6 +164,24 @@ class TestEncode:
         assert header["outputs"][1]["data"] == [True, False]
         assert header["outputs"][2]["parameters"]["binary_data_size"] == 0
         np.testing.assert_array_equal(np.frombuffer(body[n:], np.int64).reshape(2, 2), y)
+
+
+    def test_binary_answers_of_one_shape_share_a_header_and_differ_by_shape_and_id(self) -> None:
+        def header(rows: int, rid: str | None) -> dict[str, object]:
+            body, n = encode_infer_response(model="m", version="1", request_id=rid,
+                                            outputs=[("y", np.full((rows, 3), rows, np.float32), True)])
+            assert n is not None and len(body) == n + rows * 12
+            np.testing.assert_array_equal(np.frombuffer(body[n:], np.float32), np.full(rows * 3, rows, np.float32))
+            return json.loads(body[:n])
+
+        assert header(1, None) == header(1, None)
+        assert header(2, None)["outputs"][0]["shape"] == [2, 3]  # type: ignore[index]
+        assert header(2, None)["outputs"][0]["parameters"] == {"binary_data_size": 24}  # type: ignore[index]
+        assert header(1, "a")["id"] == "a" and header(1, "b")["id"] == "b"
+        assert "id" not in header(1, None)
+
+    def test_no_outputs_is_a_json_answer(self) -> None:
+        assert encode_infer_response(model="m", version="1", request_id=None, outputs=[])[1] is None
 
 
 class TestMalformedValues:

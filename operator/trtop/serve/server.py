@@ -37,6 +37,7 @@ from trtop.serve.channel import Channel
 from trtop.serve.device import detect_device
 from trtop.serve.errors import StartupError
 from trtop.serve.frontend import REPORT_INTERVAL_S, RemoteModel
+from trtop.serve.heap import settle_heap
 from trtop.serve.infer_http import FastInfer
 from trtop.serve.metrics import ServerMetrics
 from trtop.serve.runtime import (
@@ -255,6 +256,7 @@ def serve_frontend(settings: ServeSettings, arena: Arena, listen: socket.socket,
     server = InferenceServer(uvicorn_config(app, settings, log_config=None), model, settings.drain_delay_s,
                              grpc_factory(model, settings, reuse_port=True), settings.shutdown_timeout_s)
     holder.append(server)
+    settle_heap()
     server.run(sockets=[listen])
     return server.exit_code
 
@@ -272,6 +274,8 @@ async def _load(service: InferenceService, server: InferenceServer) -> None:
         log.error("could not load model %r: %s", service.name, exc, exc_info=not isinstance(exc, StartupError))
         server.exit_code = EXIT_LOAD_FAILED
         server.should_exit = True
+        return
+    settle_heap()
 
 
 def run_server(settings: ServeSettings) -> int:

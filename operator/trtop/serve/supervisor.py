@@ -38,6 +38,7 @@ from trtop.serve.channel import JSON, PICKLE
 from trtop.serve.dispatcher import Dispatcher
 from trtop.serve.errors import StartupError
 from trtop.serve.frontend import setup_env
+from trtop.serve.heap import settle_heap
 from trtop.serve.service import InferenceService
 from trtop.serve.settings import ServeSettings
 
@@ -206,6 +207,7 @@ class Supervisor:
             self._done.set()
             return
         self._broadcast_state()
+        settle_heap()
 
     def _broadcast_state(self) -> None:
         for d in self.dispatchers.values():
