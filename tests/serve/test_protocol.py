@@ -180,6 +180,14 @@ class TestEncode:
         assert header(1, "a")["id"] == "a" and header(1, "b")["id"] == "b"
         assert "id" not in header(1, None)
 
+    def test_a_long_request_id_is_answered_but_not_kept(self) -> None:
+        protocol._answer_headers.clear()
+        rid = "r" * (protocol.ANSWER_ID_MAX_CHARS + 1)
+        body, n = encode_infer_response(model="m", version="1", request_id=rid,
+                                        outputs=[("y", np.zeros((1, 2), np.float32), True)])
+        assert n is not None and json.loads(body[:n])["id"] == rid
+        assert not protocol._answer_headers
+
     def test_no_outputs_is_a_json_answer(self) -> None:
         assert encode_infer_response(model="m", version="1", request_id=None, outputs=[])[1] is None
 

@@ -239,7 +239,8 @@ def encode_infer_response(
     *, model: str, version: str, request_id: str | None, outputs: Sequence[tuple[str, Array, bool]],
 ) -> tuple[bytes, int | None]:
     """The response body and, when any output is binary, the JSON header's length."""
-    if outputs and all(binary for _, _, binary in outputs):  # the header depends on names, dtypes, shapes only
+    if outputs and (request_id is None or len(request_id) <= ANSWER_ID_MAX_CHARS) and all(
+            binary for _, _, binary in outputs):  # the header depends on names, dtypes, shapes and the id only
         key = (model, version, request_id, tuple((name, a.dtype, a.shape) for name, a, _ in outputs))
         header = _answer_headers.get(key)
         if header is None:
@@ -269,8 +270,10 @@ def encode_infer_response(
 
 
 # The JSON headers of answers whose outputs are all binary, by model, version, request id and the outputs'
-# names, dtypes and shapes (the same for every answer of a batch size): built once (~8 us each).
+# names, dtypes and shapes (the same for every answer of a batch size): built once (~8 us each). Bounded
+# like _plans; a request id (the client's) is kept only when short: the entries stay small.
 _answer_headers: dict[tuple[Any, ...], bytes] = {}
+ANSWER_ID_MAX_CHARS = 128
 
 
 def _answer_header(model: str, version: str, request_id: str | None,
