@@ -250,25 +250,12 @@ def encode_infer_response(
             if len(_answer_headers) >= PLAN_CACHE_SIZE:
                 _answer_headers.clear()
             _answer_headers[key] = header
-        return b"".join([header, *(_raw(np.ascontiguousarray(a)) for _, a, _ in outputs)]), len(header)
-    entries: list[dict[str, Any]] = []
-    chunks: list[Array] = []
-    for name, array, binary in outputs:
-        entry: dict[str, Any] = {"name": name, "datatype": v2_datatype(array.dtype.name), "shape": list(array.shape)}
-        if binary:
-            data = np.ascontiguousarray(array)
-            entry["parameters"] = {"binary_data_size": data.nbytes}
-            chunks.append(data)
-        else:
-            entry["data"] = array.ravel().tolist()
-        entries.append(entry)
-    doc: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": entries}
-    if request_id is not None:
-        doc["id"] = request_id
-    header = json.dumps(doc, separators=(",", ":")).encode()
+    else:
+        header = _answer_header(model, version, request_id, outputs)
+    chunks = [_raw(np.ascontiguousarray(a)) for _, a, binary in outputs if binary]
     if not chunks:
         return header, None
-    return b"".join([header, *(_raw(c) for c in chunks)]), len(header)
+    return b"".join([header, *chunks]), len(header)
 
 
 # The JSON headers of answers whose outputs are all binary, by model, version, request id and the outputs'
@@ -280,8 +267,15 @@ ANSWER_ID_MAX_CHARS = 128
 
 def _answer_header(model: str, version: str, request_id: str | None,
                    outputs: Sequence[tuple[str, Array, bool]]) -> bytes:
-    entries = [{"name": name, "datatype": v2_datatype(a.dtype.name), "shape": list(a.shape),
-                "parameters": {"binary_data_size": a.nbytes}} for name, a, _ in outputs]
+    """An answer's JSON header: binary outputs by their size (their bytes follow it), others with their data."""
+    entries: list[dict[str, Any]] = []
+    for name, a, binary in outputs:
+        entry: dict[str, Any] = {"name": name, "datatype": v2_datatype(a.dtype.name), "shape": list(a.shape)}
+        if binary:
+            entry["parameters"] = {"binary_data_size": a.nbytes}
+        else:
+            entry["data"] = a.ravel().tolist()
+        entries.append(entry)
     doc: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": entries}
     if request_id is not None:
         doc["id"] = request_id

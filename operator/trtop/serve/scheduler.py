@@ -261,11 +261,11 @@ class Scheduler:
     def _inline_now(self, items: list[_Item], size: int) -> bool:
         """Run these on the event loop: their batch size is known to be short (``inline_max_s``), or they are
         one request with nothing else queued or running and known to take under ``inline_alone_max_s``."""
+        if self._short(size):
+            return True
         mean = self._mean_s.get(size)
-        if mean is None:
-            return False
         alone = len(items) == 1 and not self._queue and not self._running and not self._inline
-        return mean < self._inline_max_s or (alone and mean < self._inline_alone_max_s)
+        return alone and mean is not None and mean < self._inline_alone_max_s
 
     def _run_inline(self, items: list[_Item], size: int) -> None:
         """Run a batch on the event loop now (the caller checked it is short, or alone, and an instance is free)."""
