@@ -118,9 +118,16 @@ def test_one_build_per_architecture_then_ready(world, dev_cluster):
     assert md["status"]["enginesReady"] == f"{len(archs)}/{len(archs)}"
     assert {e["target"] for e in md["status"]["engines"]} == archs
     assert len(world.jobs()) == len(archs) == len(world.converter.seen)
-    units = world.units("resnet")
-    assert len(units) == len(archs) == len(world.unit_products("resnet"))  # one unit per architecture
-    assert sum(d.status.ready_replicas or 0 for d in units) == 2 == md["status"]["readyReplicas"]
+    assert len(world.units("resnet")) == len(archs) == len(world.unit_products("resnet"))  # one unit per architecture
+    # The operator counts ready pods from its pod watch; a Deployment's readyReplicas comes later,
+    # once the controller-manager's ReplicaSet and Deployment controllers have synced (seconds on a
+    # loaded machine): wait for them to agree rather than read both at one instant.
+    assert md["status"]["readyReplicas"] == 2
+    def ready_units() -> list:
+        units = world.units("resnet")
+        return units if sum(d.status.ready_replicas or 0 for d in units) == 2 else []
+
+    units = wait_for("the units' Deployments report 2 ready replicas", ready_units, timeout=60)
     assert {u["name"] for u in md["status"]["units"]} == {d.metadata.name for d in units}
     pods = world.core.list_namespaced_pod(world.ns, label_selector=md["status"]["selector"]).items
     nodes = {n.metadata.name: n for n in world.core.list_node().items}
