@@ -6,6 +6,9 @@ import (
 	"encoding/json"
 	"net"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -223,5 +226,30 @@ func TestRequestsLeaveAtOnceWhileTheEnginesNextBatchesHaveRoom(t *testing.T) {
 	b.answered([]json.RawMessage{json.RawMessage(`"done"`), json.RawMessage(`1`), json.RawMessage(`null`), json.RawMessage(`[]`)})
 	if b.backlog >= 0 {
 		t.Fatal("an answer without a backlog (an older engine) must read as room")
+	}
+}
+
+func TestStampsGoToTheTraceFolderOnlyWhenOneIsNamed(t *testing.T) {
+	stamp("g_head") // off: nothing happens
+	dir := t.TempDir()
+	t.Setenv("TRTOP_HTTP_TRACE", dir)
+	openTrace()
+	defer func() { stages = nil }()
+	stamp("g_head")
+	stamp("g_body")
+	closeTrace()
+	files, _ := filepath.Glob(filepath.Join(dir, "go-*.txt"))
+	if len(files) != 1 {
+		t.Fatalf("trace files: %v", files)
+	}
+	text, _ := os.ReadFile(files[0])
+	lines := strings.Split(strings.TrimSpace(string(text)), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "g_head ") || !strings.HasPrefix(lines[1], "g_body ") {
+		t.Fatalf("stamps: %q", text)
+	}
+	a, _ := strconv.ParseInt(strings.Fields(lines[0])[1], 10, 64)
+	b, _ := strconv.ParseInt(strings.Fields(lines[1])[1], 10, 64)
+	if a <= 0 || b < a {
+		t.Fatalf("times not monotonic: %d %d", a, b)
 	}
 }

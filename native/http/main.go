@@ -81,6 +81,8 @@ func run() int {
 		log.Printf("the listening socket: %v", err)
 		return 1
 	}
+	openTrace()
+	defer closeTrace()
 	if path := os.Getenv("TRTOP_HTTP_CPUPROFILE"); path != "" { // a development aid: go tool pprof
 		if f, err := os.Create(path); err == nil {
 			pprof.StartCPUProfile(f)

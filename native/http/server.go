@@ -119,6 +119,7 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) bool {
 		return false
 	}
 	started := time.Now()
+	stamp("g_head")
 	off := s.arena.alloc(int(n))
 	if off < 0 {
 		s.count(1, "", 0)
@@ -130,6 +131,7 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) bool {
 	rc.SetReadDeadline(time.Now().Add(time.Duration(s.cfg.Settings.BodyTimeoutS * float64(time.Second))))
 	_, err = io.ReadFull(r.Body, body)
 	rc.SetReadDeadline(time.Time{})
+	stamp("g_body")
 	if err != nil {
 		s.arena.release(off)
 		s.count(1, "", 0)
@@ -151,6 +153,7 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) bool {
 		result: make(chan memberResult, 1)}
 	s.submit(m, mb)
 	res := <-mb.result
+	stamp("g_wake")
 	if !mb.bodyFreed { // after the answer is written: a group of one is sent where its body lies
 		defer s.arena.release(off)
 	}
@@ -160,6 +163,7 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) bool {
 		return true
 	}
 	s.answer(w, m, &p, res, started)
+	stamp("g_answered")
 	return true
 }
 
@@ -243,6 +247,7 @@ func (s *server) ask(d *describedRequest) []json.RawMessage {
 	}
 	s.waiting[d.rid] = done
 	s.mu.Unlock()
+	stamp("g_send")
 	if !s.ch.send(d.msg) {
 		s.mu.Lock()
 		delete(s.waiting, d.rid)
@@ -439,6 +444,7 @@ func (s *server) readChannel() error {
 			if len(msg) < 4 || json.Unmarshal(msg[1], &rid) != nil {
 				return
 			}
+			stamp("g_reply")
 			s.mu.Lock()
 			done := s.waiting[rid]
 			delete(s.waiting, rid)

@@ -175,6 +175,48 @@ def test_bound_buffers_per_bucket_give_each_batch_its_own_answer(tmp_path: Path,
     rt.close()
 
 
+def test_the_event_loops_thread_gets_a_batch_1_session_of_its_own(tmp_path: Path) -> None:
+    """``bind_on_loop`` (the IO-binding path on CPU buffers here): batch 1 gets a session bound and checked on
+    the calling thread, which then runs it there; other threads still hand batch 1 to a slot's thread, and
+    other sizes stay on the slots."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trtop.serve.backends import onnxruntime_bind
+    from trtop.serve.backends.onnxruntime_impl import OnnxRuntime
+
+    path = make_affine_onnx(tmp_path / "a.onnx")
+    options = RuntimeOptions(threads=1, use_gpu=False, slots=2)
+    rt = OnnxRuntime(path, options)
+    for size in (1, 4):
+        rt._by_batch[size] = rt._open(path, options, ("batch", size))[0]
+    rt._bind("batch", (1, 4), device="cpu")
+    threads: list[str] = []
+    run = onnxruntime_bind.Bound.run
+
+    def noted(self: onnxruntime_bind.Bound, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        threads.append(threading.current_thread().name)
+        return run(self, feeds, names)
+
+    onnxruntime_bind.Bound.run = noted  # type: ignore[method-assign]
+    try:
+        assert rt.bind_on_loop() == frozenset({1})
+        assert rt.bind_on_loop() == frozenset()  # once
+        here = threading.current_thread().name
+        threads.clear()
+        out = rt.run({"x": np.full((1, 4), 3.0, np.float32)}, ["y"])
+        np.testing.assert_array_equal(out["y"], np.full((1, 4), 7.0))
+        assert threads == [here]
+        threads.clear()
+        with ThreadPoolExecutor(1, thread_name_prefix="elsewhere") as other:
+            out = other.submit(rt.run, {"x": np.ones((1, 4), np.float32)}, ["y"]).result(5)
+        np.testing.assert_array_equal(out["y"], np.full((1, 4), 3.0))
+        rt.run({"x": np.ones((4, 4), np.float32)}, ["y"])
+        assert len(threads) == 2 and all(t.startswith("trtop-gpu-slot-") for t in threads)
+    finally:
+        onnxruntime_bind.Bound.run = run  # type: ignore[method-assign]
+        rt.close()
+
+
 def test_a_bucket_whose_bound_run_differs_stays_on_the_plain_session(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from trtop.serve.backends import onnxruntime_bind

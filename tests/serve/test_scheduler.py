@@ -271,6 +271,47 @@ async def test_a_runtime_with_its_own_threads_runs_every_batch_there(backend: Fa
     own.shutdown()
 
 
+async def test_with_the_runtimes_own_threads_a_lone_request_runs_on_the_loop_only_at_its_loop_sizes_and_while_quiet(
+        backend: FakeBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU runtime that keeps a session on the event loop's thread (``loop_sizes``) takes a lone request
+    there (no hop to a slot and back); any other size, and every request while requests meet in the server
+    (within ``QUIET_S``), goes to its own threads, so a run on the loop never holds a second request back
+    from a free slot."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trtop.serve import scheduler
+
+    names: list[str] = []
+
+    def run(f: Feeds) -> Outputs:
+        names.append(threading.current_thread().name)
+        return backend(f)
+
+    now = [100.0]
+    monkeypatch.setattr(scheduler, "QUIET_S", 1.0)
+    own = ThreadPoolExecutor(2, thread_name_prefix="runtime-slot")
+    s = Scheduler(run, BatchPolicy(8, 0.0, (1, 2, 4, 8)), max_queue=10, instances=2, executor=own,
+                  loop_sizes=frozenset({1}), clock=lambda: now[0])
+    s.start()
+    loop_name = threading.current_thread().name
+    await submit(s, 1)  # batch 1's time not known yet: a slot
+    await submit(s, 2)  # known, alone, quiet: the loop
+    await submit(s, 3, rows=2)  # alone, but size 2 has no session on the loop
+    await submit(s, 3, rows=2)
+    assert names[0].startswith("runtime-slot") and names[1] == loop_name
+    assert all(n.startswith("runtime-slot") for n in names[2:])
+    names.clear()
+    together = [s.enqueue(*feeds(v), timeout_s=5.0) for v in (4.0, 5.0)]  # two requests meet in the server
+    assert [(await f)["y"][0, 0] for f in together] == [40, 50]
+    await submit(s, 6)  # alone again, but requests met less than QUIET_S ago
+    assert names and all(n.startswith("runtime-slot") for n in names)
+    now[0] += 1.5  # quiet for longer than QUIET_S
+    await submit(s, 7)
+    assert names[-1] == loop_name
+    await s.close()
+    own.shutdown()
+
+
 async def test_a_request_that_finds_an_instance_free_starts_without_waiting_for_the_worker_task(
         backend: FakeBackend) -> None:
     """An idle scheduler starts a request's batch right after the callback that queued it, not on the worker

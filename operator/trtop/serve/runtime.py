@@ -101,6 +101,9 @@ class RuntimeOptions:
     io_binding: bool = True
     # Batches that may run at once (the scheduler's instances): bound buffers are kept per run slot.
     slots: int = 1
+    # ONNX Runtime CUDA: one more batch-1 session, bound and captured on the event loop's thread, where
+    # a lone request runs without a hop to a slot's thread (one more copy of the weights on the GPU).
+    loop_session: bool = True
 
     @property
     def thread_count(self) -> int:

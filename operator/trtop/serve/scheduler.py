@@ -22,7 +22,10 @@ host: the task step, ``wait_for`` and the Event): inline on the event loop when 
 size is known to take under ``inline_max_s`` (a tiny model: the hop to a compute thread and
 back costs more than the run itself) or when it is the only request in the server and known to take
 under ``inline_alone_max_s`` (the cores have nothing else to do; a lone CPU request saves two thread
-hops), else on a compute thread.
+hops), else on a compute thread. Where the runtime has compute threads of its own (GPU slots), a lone
+request runs on the loop only at the batch sizes the runtime can run on the loop's thread
+(``loop_sizes``) and only while requests come one at a time (none has met another in the server for
+``QUIET_S``): blocking the loop for a GPU run would keep a second request from the other slot.
 """
 from __future__ import annotations
 
@@ -59,6 +62,9 @@ INLINE_MAX_S = 0.0005  # runs known to be shorter than this may run on the event
 # of its ~6.7 on the development machine (bench/stages.py: to_thread 135 us, to_loop 135 us). Bounded
 # so that health checks and metrics are never held up for long.
 INLINE_ALONE_MAX_S = 0.025
+# With the runtime's own compute threads, lone runs on the loop wait until no request has met another in the
+# server for this long: under concurrent load a run on the loop would hold a request back from a free slot.
+QUIET_S = 0.1
 _EWMA = 0.2  # weight of the newest run in a bucket's mean compute time
 
 
@@ -81,7 +87,7 @@ class Scheduler:
         instances: int = 1, clock: Callable[[], float] = time.monotonic, inline_max_s: float = INLINE_MAX_S,
         inline_alone_max_s: float = INLINE_ALONE_MAX_S,
         empty: Callable[[tuple[int, ...], Any], Array] | None = None, executor: Executor | None = None,
-        run_rows: RunRows | None = None,
+        run_rows: RunRows | None = None, loop_sizes: frozenset[int] = frozenset(),
     ) -> None:
         if max_queue < 1:
             raise ValueError(f"max queue size must be >= 1, got {max_queue}")
@@ -100,8 +106,15 @@ class Scheduler:
         # The runtime's own threads where it has them (GPU slots that own their CUDA graphs; no inline
         # runs then: they would hop to those threads anyway), else ours.
         self._executor = executor or ThreadPoolExecutor(max_workers=instances, thread_name_prefix="trtop-batch")
+        # Batch sizes a lone request may run at on the loop's thread: any with our own threads; with the
+        # runtime's, those it can run here too (it keeps sessions for this thread, ``loop_sizes``).
+        self._loop_sizes: frozenset[int] | None = None
         if executor is not None:
-            inline_max_s = inline_alone_max_s = 0.0
+            inline_max_s = 0.0
+            self._loop_sizes = loop_sizes
+            if not loop_sizes:
+                inline_alone_max_s = 0.0
+        self._met_at = -math.inf  # when a request last arrived with another queued or running (clock)
         self._buffers = BatchBuffers(keep=instances, empty=empty)
         self._worker: asyncio.Task[None] | None = None
         self._running: set[object] = set()  # batches on compute threads (their futures)
@@ -153,7 +166,10 @@ class Scheduler:
         loop = self._loop or self._bind_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
         busy = len(self._running) + self._inline >= self._instances
-        item = _Item(Pending(rows, signature, self._clock(), busy), feeds, future, timeout_s)
+        now = self._clock()
+        if self._running or self._inline or self._queue:
+            self._met_at = now
+        item = _Item(Pending(rows, signature, now, busy), feeds, future, timeout_s)
         item.deadline = loop.time() + timeout_s
         if item.deadline < self._deadline_at:
             self._watch(loop, item.deadline)
@@ -265,7 +281,9 @@ class Scheduler:
             return True
         mean = self._mean_s.get(size)
         alone = len(items) == 1 and not self._queue and not self._running and not self._inline
-        return alone and mean is not None and mean < self._inline_alone_max_s
+        if not alone or mean is None or mean >= self._inline_alone_max_s:
+            return False
+        return self._loop_sizes is None or (size in self._loop_sizes and self._clock() - self._met_at >= QUIET_S)
 
     def _run_inline(self, items: list[_Item], size: int) -> None:
         """Run a batch on the event loop now (the caller checked it is short, or alone, and an instance is free)."""

@@ -182,6 +182,8 @@ class InferenceService:
             return runtime.run(feeds, outputs)
 
         by_rows = getattr(runtime, "run_rows", None)  # GPU buckets copied request by request, never merged
+        bind_on_loop = getattr(runtime, "bind_on_loop", None)  # sessions of this thread's own, for lone requests
+        loop_sizes = bind_on_loop() if bind_on_loop is not None else frozenset()
 
         def run_rows(parts: list[Feeds], size: int) -> Outputs | None:
             return by_rows(parts, size, outputs) if by_rows is not None else None
@@ -191,7 +193,7 @@ class InferenceService:
             max_queue=self.config.max_queue_size, observer=self._observer, instances=self.config.instances,
             empty=getattr(runtime, "batch_array", None),  # page-locked batch buffers where the backend has them
             executor=getattr(runtime, "executor", None),  # its own compute threads where it has them
-            run_rows=run_rows if by_rows is not None else None,
+            run_rows=run_rows if by_rows is not None else None, loop_sizes=loop_sizes,
         )
         self._scheduler.start()
         if self._awake is not None:

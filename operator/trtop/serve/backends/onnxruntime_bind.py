@@ -163,6 +163,7 @@ class Bound:
 
 
 _slot = threading.local()  # .index on a slot's own thread
+_HERE = -2  # the copier key of the thread that claimed sessions of its own (the event loop's)
 
 
 def _enter_slot(index: int) -> None:
@@ -188,6 +189,10 @@ class BoundPool(Executor):
         self._copiers: dict[int, DeviceCopier] = {}  # slot -> its copier (made on the slot's thread)
         self._free = list(range(self.slots))
         self._cond = threading.Condition()
+        # Batch size -> a session bound and captured on the engine's event loop thread (``add_here``): a lone
+        # request runs there without the two hops to a slot's thread and back.
+        self._here: dict[int, Bound] = {}
+        self._here_thread: int | None = None
 
     def __bool__(self) -> bool:
         return bool(self._bound)
@@ -196,11 +201,25 @@ class BoundPool(Executor):
         self._bound[size] = bound
 
     def copier(self, device_id: int) -> DeviceCopier:
-        """The calling slot thread's copier (one stream per slot, shared by its buckets)."""
-        slot: int = getattr(_slot, "index", -1)
+        """The calling slot thread's copier (one stream per slot, shared by its buckets; the event loop's
+        thread has one of its own)."""
+        slot: int = getattr(_slot, "index", _HERE if threading.get_ident() == self._here_thread else -1)
         if slot not in self._copiers:
             self._copiers[slot] = DeviceCopier(device_id)
         return self._copiers[slot]
+
+    def claim_here(self) -> None:
+        """The calling thread (the engine's event loop) will hold sessions of its own (``add_here``)."""
+        self._here_thread = threading.get_ident()
+
+    def add_here(self, size: int, bound: Bound) -> None:
+        """A session bound (and captured) on the claiming thread; ``run`` from that thread uses it."""
+        self._here[size] = bound
+
+    @property
+    def here_sizes(self) -> frozenset[int]:
+        """Batch sizes the claiming thread can run itself."""
+        return frozenset(self._here)
 
     def in_slot(self, slot: int, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on the slot's own thread."""
@@ -234,6 +253,8 @@ class BoundPool(Executor):
         here: int | None = getattr(_slot, "index", None)
         if here is not None:
             return bound[here].run(feeds, names)  # already on a slot's thread (holding that slot)
+        if (own := self._here.get(size)) is not None and threading.get_ident() == self._here_thread:
+            return own.run(feeds, names)  # the event loop's own session (a lone request, no hop)
         slot = self._take()
         try:
             return self.in_slot(slot, bound[slot].run, feeds, names)
@@ -253,6 +274,7 @@ class BoundPool(Executor):
 
     def close(self) -> None:
         self._bound.clear()
+        self._here.clear()
         for slot, copier in self._copiers.items():
             if slot in range(self.slots):
                 self.in_slot(slot, copier.close)
@@ -263,29 +285,41 @@ class BoundPool(Executor):
             thread.shutdown(wait=True)
 
 
-def build_bound(make_session: Callable[[bool], Any], ort: Any, plain: Any, size: int,
-                specs: tuple[Sequence[tuple[str, tuple[int, ...], str]], Sequence[tuple[str, tuple[int, ...], str]]],
-                *, pool: BoundPool, graphs: bool, device: str, device_id: int) -> list[Bound]:
-    """A bound session per slot for one batch size, made, captured and checked against ``plain`` (on the
-    same random batch) on the slot's thread; without graphs the slots share one session. Raises when
-    one fails or differs."""
-    inputs, outputs = specs
-    rng = np.random.default_rng(size)
-    feeds = {name: _sample(rng, shape, dtype) for name, shape, dtype in inputs}
-    names = [name for name, _, _ in outputs]
-    expected = dict(zip(names, plain.run(names, feeds), strict=True))
+class Trial:
+    """A random batch of one size and the plain session's answer to it: a bound session must give the same
+    (after its first runs, which capture its CUDA graph on the calling thread) before it serves."""
+
+    def __init__(self, plain: Any, size: int,
+                 specs: tuple[Sequence[tuple[str, tuple[int, ...], str]], Sequence[tuple[str, tuple[int, ...], str]]]
+                 ) -> None:
+        inputs, outputs = specs
+        self.size, self.specs = size, specs
+        rng = np.random.default_rng(size)
+        self.feeds = {name: _sample(rng, shape, dtype) for name, shape, dtype in inputs}
+        self.names = [name for name, _, _ in outputs]
+        self.expected = dict(zip(self.names, plain.run(self.names, self.feeds), strict=True))
+
+    def check(self, bound: Bound) -> Bound:
+        """``bound`` run (captured) on the calling thread and checked; raises when it differs or fails."""
+        for _ in range(3):  # ONNX Runtime captures the graph on an early run; replays after it
+            got = bound.run(self.feeds, self.names)
+        _check(got, self.expected, "the bound run")
+        if self.size > 1 and bound.gathers:  # the batch copied to the device request by request
+            feeds = self.feeds
+            _check(bound.run_rows([{k: v[:1] for k, v in feeds.items()}, {k: v[1:] for k, v in feeds.items()}],
+                                  self.names), self.expected, "the bound run from separate requests")
+        return bound
+
+
+def build_bound(make_session: Callable[[bool], Any], ort: Any, trial: Trial, *, pool: BoundPool, graphs: bool,
+                device: str, device_id: int) -> list[Bound]:
+    """A bound session per slot for one batch size, made, captured and checked (``trial``) on the slot's
+    thread; without graphs the slots share one session. Raises when one fails or differs."""
     shared = None if graphs else make_session(False)
 
     def one() -> Bound:
-        bound = Bound(ort, shared if shared is not None else make_session(graphs), inputs, outputs, device, device_id,
-                      pool.copier(device_id) if device != "cpu" else None)
-        for _ in range(3):  # ONNX Runtime captures the graph on an early run; replays after it
-            got = bound.run(feeds, names)
-        _check(got, expected, "the bound run")
-        if size > 1 and bound.gathers:  # the batch copied to the device request by request
-            _check(bound.run_rows([{k: v[:1] for k, v in feeds.items()}, {k: v[1:] for k, v in feeds.items()}], names),
-                   expected, "the bound run from separate requests")
-        return bound
+        return trial.check(Bound(ort, shared if shared is not None else make_session(graphs), *trial.specs, device,
+                                 device_id, pool.copier(device_id) if device != "cpu" else None))
 
     return [pool.in_slot(slot, one) for slot in range(pool.slots)]
 

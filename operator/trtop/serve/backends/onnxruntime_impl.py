@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from trtop.api.engine import TensorSpec
-from trtop.serve.backends.onnxruntime_bind import BoundPool, PinnedArrays, build_bound
+from trtop.serve.backends.onnxruntime_bind import Bound, BoundPool, PinnedArrays, Trial, build_bound
 from trtop.serve.errors import StartupError
 from trtop.serve.runtime import FixedIO, RuntimeOptions, default_threads
 from trtop.serve.types import Feeds, Outputs
@@ -53,6 +53,7 @@ class OnnxRuntime(FixedIO):
         self._options = options
         self._by_batch: dict[int, Any] = {}
         self._bound = BoundPool(options.slots)
+        self._for_loop: tuple[Any, Trial, str] | None = None  # batch size 1's session for the event loop's thread
         self._pinned = PinnedArrays()
         self._wide: Any = None  # CPU: a session over every core for lone runs
         self._pin_failed = False
@@ -122,19 +123,41 @@ class OnnxRuntime(FixedIO):
         for size in batch_sizes:
             specs = ([(s.name, (size, *s.shape[1:]), s.dtype) for s in self._inputs],
                      [(s.name, (size, *s.shape[1:]), s.dtype) for s in self._outputs])
+            trial = Trial(self._by_batch[size], size, specs)
             for graphs in ((True, False) if self._options.cuda_graphs else (False,)):
                 def make(g: bool, size: int = size) -> Any:
                     return self._open(self._path, self._options, (dim, size), graphs=g)[0]
                 try:
-                    bound = build_bound(make, ort, self._by_batch[size], size, specs, pool=self._bound,
-                                        graphs=graphs, device=device, device_id=self._options.device_index)
+                    bound = build_bound(make, ort, trial, pool=self._bound, graphs=graphs, device=device,
+                                        device_id=self._options.device_index)
                 except Exception as exc:  # ORT's own error types; the plain session stays
                     log.warning("batch size %d: %s failed (%s)", size, "a CUDA graph" if graphs else "IO binding", exc)
                     continue
                 self._bound.add(size, bound)
                 done[size] = "CUDA graph" if graphs else "bound buffers"
+                if size == 1 and self._options.loop_session:  # made here, captured by bind_on_loop on its thread
+                    self._for_loop = (make(graphs), trial, device)
                 break
         log.info("batch sizes on bound GPU buffers: %s", done or "none")
+
+    def bind_on_loop(self) -> frozenset[int]:
+        """Called on the event loop's thread once loaded: batch size 1 gets a bound session of that thread's own
+        (captured there), so a lone request runs on the loop without the hops to a slot's thread and back
+        (ResNet-50 on the H200 host: ~0.1-0.15 ms of a lone request's ~1.6 ms went to those hops and the GIL
+        changing hands, ``bench/trace_lone.py``). Returns the sizes the loop can run itself."""
+        if self._for_loop is None:
+            return frozenset()
+        session, trial, device = self._for_loop
+        self._for_loop = None
+        self._bound.claim_here()
+        try:
+            bound = trial.check(Bound(ort, session, *trial.specs, device, self._options.device_index,
+                                      self._bound.copier(self._options.device_index) if device != "cpu" else None))
+        except Exception as exc:  # ORT's own error types: lone requests hop to a slot as before
+            log.warning("no session on the event loop's thread for lone requests: %s", exc)
+            return frozenset()
+        self._bound.add_here(trial.size, bound)
+        return self._bound.here_sizes
 
     @property
     def executor(self) -> Executor | None:
