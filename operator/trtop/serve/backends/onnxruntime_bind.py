@@ -15,8 +15,9 @@ buffer (``DeviceCopier.copy_rows``).
 
 ``BoundPool`` holds a bound session per batch size and slot, each slot one thread of its own
 (ONNX Runtime's CUDA graphs belong to a thread; the scheduler runs at most ``slots`` batches
-at once), and every one is checked against the plain session on random data before it
-serves: a bucket whose bound run differs or fails stays on the plain path (logged). Used by
+at once), plus batch 1's session of the engine's event loop thread (``add_here``: a lone request
+runs there, without a hop), and every one is checked against the plain session on random data
+before it serves (``Trial``): a bucket whose bound run differs or fails stays on the plain path (logged). Used by
 ``onnxruntime_impl``.
 """
 from __future__ import annotations
