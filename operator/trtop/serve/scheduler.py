@@ -103,8 +103,8 @@ class Scheduler:
         self._queued_rows = 0  # rows of what is queued (kept with the queue: read on every reply)
         self._wakeup = asyncio.Event()
         self._instances = instances
-        # The runtime's own threads where it has them (GPU slots that own their CUDA graphs; no inline
-        # runs then: they would hop to those threads anyway), else ours.
+        # The runtime's own threads where it has them (GPU slots that own their CUDA graphs; no short runs
+        # inline then: they would hop to those threads anyway), else ours.
         self._executor = executor or ThreadPoolExecutor(max_workers=instances, thread_name_prefix="trtop-batch")
         # Batch sizes a lone request may run at on the loop's thread: any with our own threads; with the
         # runtime's, those it can run here too (it keeps sessions for this thread, ``loop_sizes``).
