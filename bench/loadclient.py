@@ -54,24 +54,6 @@ async def _connection(host: str, port: int, payload: bytes, start: float, stop: 
     writer.close()
 
 
-def wait_ready(proc: subprocess.Popen[bytes], url: str, log: Any, seconds: float = 300) -> None:
-    """Until ``url``/v2/health/ready answers 200; raises with the end of the server's ``log`` (a Path) if
-    ``proc`` exits first, or after ``seconds``."""
-    import urllib.request
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + "/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"server not ready in {seconds:g} s")
-
-
 def _worker(args: argparse.Namespace) -> None:
     try:
         import uvloop

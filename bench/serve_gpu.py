@@ -52,7 +52,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-import loadclient  # noqa: E402
 import models  # noqa: E402
 from trtop.serve.awake import SPINNER_NAME  # noqa: E402
 
@@ -99,8 +98,8 @@ def inprocess(path: Path, seconds: float, engine_path: bool = False) -> dict[str
 
 class Server:
     def __init__(self, model: Path, name: str, port: int, grpc_port: int, extra: list[str], log: Path,
-                 cores: str = "", stages: Path | None = None) -> None:
-        env = {**os.environ, "TRTOP_DEVICE": DEVICE}
+                 cores: str = "", stages: Path | None = None, env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, "TRTOP_DEVICE": DEVICE, **(env or {})}  # env: more variables, or others
         flags = ["--model", str(model), "--model-name", name, "--host", "127.0.0.1", "--port", str(port),
                  "--grpc-port", str(grpc_port), "--log-level", "warning", *extra]
         cmd = [sys.executable, "-m", "trtop.cli", "serve", *flags]
@@ -112,7 +111,17 @@ class Server:
         self.log = open(log, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{port}"
-        loadclient.wait_ready(self.proc, self.url, log)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}: {log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/v2/health/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("server not ready in 300 s")
 
     def pids(self) -> list[int]:
         try:
@@ -270,6 +279,8 @@ def perf(client: Client, model: str, url: str, protocol: str, concurrency: int, 
                                               concurrency) if profiler else []
     row: dict[str, Any] = {"concurrency": concurrency, "client": client.kind}
     if client.kind == "own":
+        import loadclient
+
         host, port = url.split(":")
         got = loadclient.run(host=host, port=int(port), model=model, input_name=input_name, shape=shape or [],
                              concurrency=concurrency, seconds=window_ms / 1000 * 3, procs=client.procs,

@@ -34,38 +34,29 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "operator")]
-from loadclient import request_bytes, wait_ready  # noqa: E402
-from serve_gpu import Server  # noqa: E402
+from loadclient import request_bytes  # noqa: E402
+from serve import free_port  # noqa: E402
+from serve_gpu import DEVICE, Server  # noqa: E402
 
 _LENGTH = re.compile(rb"(?im)^content-length: *(\d+)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class TracedServer(Server):
-    """``trtop serve`` with stamps into ``folder`` (or without, ``folder`` None); stopped as ``Server``."""
-
-    def __init__(self, args: argparse.Namespace, flags: list[str], folder: Path | None,  # noqa: super-init-not-called
-                 log: Path) -> None:
-        self.port = _free_port()
-        env = {**os.environ}
-        pythonpath = [args.operator, *filter(None, os.environ.get("PYTHONPATH", "").split(":"))]
-        if folder is not None:
-            pythonpath.insert(0, str(ROOT / "bench" / "trace"))
-            env["TRTOP_TRACE_DIR"] = env["TRTOP_HTTP_TRACE"] = str(folder)
-        env["PYTHONPATH"] = ":".join(pythonpath)
-        cmd = [sys.executable, "-m", "trtop.cli", "serve", "--model", args.model, "--model-name", args.model_name,
-               "--host", "127.0.0.1", "--port", str(self.port), "--grpc-port", "0", "--log-level", "warning", *flags]
-        if args.server_cores:
-            cmd = ["taskset", "-c", args.server_cores, *cmd]
-        self.log = open(log, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        wait_ready(self.proc, f"http://127.0.0.1:{self.port}", log)
-
+def serve_and_time(args: argparse.Namespace, flags: list[str], folder: Path | None, log: Path,
+                   payload: bytes) -> list[tuple[int, int]]:
+    """``trtop serve`` from ``--operator``, with stamps into ``folder`` (None: without), timed by
+    ``lone_requests``, then stopped."""
+    pythonpath = [args.operator, *filter(None, os.environ.get("PYTHONPATH", "").split(":"))]
+    env = {"TRTOP_DEVICE": os.environ.get("TRTOP_DEVICE", DEVICE)}
+    if folder is not None:
+        pythonpath.insert(0, str(ROOT / "bench" / "trace"))
+        env["TRTOP_TRACE_DIR"] = env["TRTOP_HTTP_TRACE"] = str(folder)
+    env["PYTHONPATH"] = ":".join(pythonpath)
+    port = free_port()
+    server = Server(Path(args.model), args.model_name, port, 0, flags, log, args.server_cores, env=env)
+    try:
+        return lone_requests(port, payload, args.warmup, args.requests)
+    finally:
+        server.stop()
 
 
 def lone_requests(port: int, payload: bytes, warmup: int, n: int) -> list[tuple[int, int]]:
@@ -147,12 +138,9 @@ def main() -> int:
     ap.add_argument("--operator", default=str(ROOT / "operator"),
                     help="the source tree to serve from (another revision's operator/ folder: an A/B on one machine)")
     args = ap.parse_args()
-    if args.client_cores:
-        cores = set()
-        for part in args.client_cores.split(","):
-            a, _, b = part.partition("-")
-            cores |= set(range(int(a), int(b or a) + 1))
-        os.sched_setaffinity(0, cores)
+    if args.client_cores:  # this process is the client
+        subprocess.run(["taskset", "-a", "-p", "-c", args.client_cores, str(os.getpid())], check=True,
+                       stdout=subprocess.DEVNULL)
     configs = [(c.partition("=")[0], [f for f in c.partition("=")[2].split(",") if f]) for c in args.config] or [
         ("default", [])]
     payload = request_bytes("127.0.0.1", 0, args.model_name, args.input, [int(d) for d in args.shape.split(",")])
@@ -165,18 +153,9 @@ def main() -> int:
                 folder.mkdir()
                 plain = float("nan")
                 if args.plain:
-                    server = TracedServer(args, flags, None, work / f"{label}-{r}-plain.log")
-                    try:
-                        w = lone_requests(server.port, payload,
-                                          args.warmup, args.requests)
-                    finally:
-                        server.stop()
+                    w = serve_and_time(args, flags, None, work / f"{label}-{r}-plain.log", payload)
                     plain = float(np.percentile([(b - a) / 1000 for a, b in w], 50))
-                server = TracedServer(args, flags, folder, work / f"{label}-{r}.log")
-                try:
-                    windows = lone_requests(server.port, payload, args.warmup, args.requests)
-                finally:
-                    server.stop()
+                windows = serve_and_time(args, flags, folder, work / f"{label}-{r}.log", payload)
                 result = {**steps(windows, read_stamps(folder)), "plain_p50": plain, "round": r, "flags": flags}
                 results[label].append(result)
                 print(table(f"{label}, round {r + 1}", result) + "\n", flush=True)

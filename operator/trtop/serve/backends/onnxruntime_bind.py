@@ -319,10 +319,16 @@ def build_bound(make_session: Callable[[bool], Any], ort: Any, trial: Trial, *, 
     shared = None if graphs else make_session(False)
 
     def one() -> Bound:
-        return trial.check(Bound(ort, shared if shared is not None else make_session(graphs), *trial.specs, device,
-                                 device_id, pool.copier(device_id) if device != "cpu" else None))
+        return checked_here(ort, shared if shared is not None else make_session(graphs), trial, pool=pool,
+                            device=device, device_id=device_id)
 
     return [pool.in_slot(slot, one) for slot in range(pool.slots)]
+
+
+def checked_here(ort: Any, session: Any, trial: Trial, *, pool: BoundPool, device: str, device_id: int) -> Bound:
+    """``session`` bound with the calling thread's copier, captured and checked (``trial``) on this thread."""
+    return trial.check(Bound(ort, session, *trial.specs, device, device_id,
+                             pool.copier(device_id) if device != "cpu" else None))
 
 
 def _check(got: Outputs, expected: Outputs, what: str) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from trtop.api.engine import TensorSpec
-from trtop.serve.backends.onnxruntime_bind import Bound, BoundPool, PinnedArrays, Trial, build_bound
+from trtop.serve.backends.onnxruntime_bind import BoundPool, PinnedArrays, Trial, build_bound, checked_here
 from trtop.serve.errors import StartupError
 from trtop.serve.runtime import FixedIO, RuntimeOptions, default_threads
 from trtop.serve.types import Feeds, Outputs
@@ -151,8 +151,8 @@ class OnnxRuntime(FixedIO):
         self._for_loop = None
         self._bound.claim_here()
         try:
-            bound = trial.check(Bound(ort, session, *trial.specs, device, self._options.device_index,
-                                      self._bound.copier(self._options.device_index) if device != "cpu" else None))
+            bound = checked_here(ort, session, trial, pool=self._bound, device=device,
+                                 device_id=self._options.device_index)
         except Exception as exc:  # ORT's own error types: lone requests hop to a slot as before
             log.warning("no session on the event loop's thread for lone requests: %s", exc)
             return frozenset()
