@@ -20,7 +20,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -96,6 +95,7 @@ func run() int {
 		IdleTimeout:       30 * time.Second, // as uvicorn's timeout_keep_alive in server.uvicorn_config
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          log.Default(),
+		ConnContext:       connContext,
 	}
 	engineGone := make(chan error, 1)
 	go func() { engineGone <- s.readChannel() }()
@@ -141,40 +141,37 @@ func run() int {
 }
 
 // limitListener accepts at most n connections at a time (uvicorn's limit_concurrency does the
-// same for the Python front-ends): further clients wait in the kernel's backlog.
+// same for the Python front-ends; n <= 0: no limit): further clients wait in the kernel's backlog.
 func limitListener(l net.Listener, n int) net.Listener {
-	if n <= 0 {
-		return l
+	lim := &limited{Listener: l}
+	if n > 0 {
+		lim.slots = make(chan struct{}, n)
 	}
-	return &limited{Listener: l, slots: make(chan struct{}, n)}
+	return lim
 }
 
 type limited struct {
 	net.Listener
-	slots chan struct{}
+	slots chan struct{} // nil: no limit
 }
 
 func (l *limited) Accept() (net.Conn, error) {
-	l.slots <- struct{}{}
+	if l.slots != nil {
+		l.slots <- struct{}{}
+	}
 	c, err := l.Listener.Accept()
 	if err != nil {
-		<-l.slots
+		if l.slots != nil {
+			<-l.slots
+		}
 		return nil, err
 	}
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
-	return &limitedConn{Conn: c, release: func() { <-l.slots }}, nil
-}
-
-type limitedConn struct {
-	net.Conn
-	release func()
-	once    sync.Once
-}
-
-func (c *limitedConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(c.release)
-	return err
+	return newLimitedConn(c, func() {
+		if l.slots != nil {
+			<-l.slots
+		}
+	}), nil
 }

@@ -162,7 +162,7 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) bool {
 		s.refuse(w, started, *res.refusal)
 		return true
 	}
-	s.answer(w, m, &p, res, started)
+	inOneWrite(w, connOf(r.Context()), func() { s.answer(w, m, &p, res, started) })
 	stamp("g_answered")
 	return true
 }
