@@ -20,11 +20,13 @@ const maxHeld = 256 << 10
 // answer's bytes while asked to.
 type limitedConn struct {
 	net.Conn
-	free    func()
-	once    sync.Once
-	held    []byte // non-nil while an answer is held
-	heldBuf []byte // kept for the connection's next answer
+	free func()
+	once sync.Once
+	held []byte // non-nil while an answer is held (from heldBufs)
 }
+
+// heldBufs: buffers of answers being held, shared by the connections (an idle keep-alive connection keeps none).
+var heldBufs = sync.Pool{New: func() any { b := make([]byte, 0, 8<<10); return &b }}
 
 func newLimitedConn(c net.Conn, free func()) *limitedConn {
 	return &limitedConn{Conn: c, free: free}
@@ -39,21 +41,19 @@ func (c *limitedConn) Close() error {
 // hold: what is written from now on collects until release. Only from the goroutine serving the
 // connection: net/http writes an answer from that goroutine alone.
 func (c *limitedConn) hold() {
-	c.held = c.heldBuf[:0]
-	if c.held == nil {
-		c.held = make([]byte, 0, 8<<10)
-	}
+	c.held = (*heldBufs.Get().(*[]byte))[:0]
 }
 
 // release writes what was held, in one write, and stops holding.
 func (c *limitedConn) release() error {
 	held := c.held
 	c.held = nil
-	if len(held) == 0 {
-		return nil
+	var err error
+	if len(held) > 0 {
+		_, err = c.Conn.Write(held)
 	}
-	c.heldBuf = held[:0]
-	_, err := c.Conn.Write(held)
+	held = held[:0]
+	heldBufs.Put(&held)
 	return err
 }
 
