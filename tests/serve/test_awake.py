@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from trtop import names
-from trtop.serve.awake import AUTO_MAX_CORES, SPINNER_NAME, KeepAwake, awake_cores
+from trtop.serve.awake import AUTO_CPU_MAX_RUN_S, AUTO_MAX_CORES, SPINNER_NAME, KeepAwake, awake_cores, lone_run_max_s
 from trtop.serve.settings import parse_settings
 
 from .conftest import ServerProcess, metric_value
@@ -20,7 +20,7 @@ from .conftest import ServerProcess, metric_value
 @pytest.mark.parametrize("mode,gpu,cores,limit,expected", [
     ("auto", True, (0, 1, 2, 3), 0, (0, 1, 2, 3)),  # a GPU pod without a CPU limit
     ("auto", True, (0, 1, 2, 3), 2, ()),  # a CPU limit: spinning would use the pod's quota
-    ("auto", False, (0, 1), 0, ()),  # CPU serving: the cores compute
+    ("auto", False, (0, 1), 0, (0, 1)),  # CPU serving: if the model's lone run is short (lone_run_max_s)
     ("auto", True, tuple(range(AUTO_MAX_CORES + 1)), 0, ()),  # a large node: threads may wake anywhere
     ("on", False, (3, 1), 2, (1, 3)),  # asked for: every core of the process, sorted
     ("off", True, (0, 1), 0, ()),
@@ -28,6 +28,15 @@ from .conftest import ServerProcess, metric_value
 def test_the_cores_kept_awake(mode: str, gpu: bool, cores: tuple[int, ...], limit: int,
                               expected: tuple[int, ...]) -> None:
     assert awake_cores(mode, gpu=gpu, cores=cores, cpu_limit=limit) == expected
+
+
+def test_on_cpu_auto_keeps_the_cores_awake_only_for_short_lone_runs() -> None:
+    assert lone_run_max_s("auto", gpu=False) == AUTO_CPU_MAX_RUN_S
+    assert lone_run_max_s("auto", gpu=True) is None and lone_run_max_s("on", gpu=False) is None
+    short = KeepAwake((0,), lone_run_max_s=AUTO_CPU_MAX_RUN_S)
+    assert short.suits(AUTO_CPU_MAX_RUN_S / 10)
+    assert not short.suits(AUTO_CPU_MAX_RUN_S * 5) and not short.suits(None)  # MobileNetV2's 6 ms; not known
+    assert KeepAwake((0,)).suits(None) and KeepAwake((0,)).suits(1.0)
 
 
 def test_the_mode_is_a_setting() -> None:

@@ -65,7 +65,8 @@ async def test_warms_up_before_ready_and_serves_while_draining() -> None:
     with pytest.raises(NotReady, match="loading"):
         await svc.infer(req)
     await svc.start()
-    assert svc.ready and rt.prepared == rt.rows == [1, 2, 4, 6]  # every bucket prepared and warmed before ready
+    assert svc.ready and rt.prepared == rt.rows[:4] == [1, 2, 4, 6]  # every bucket prepared and warmed before ready
+    assert rt.rows[4:] == [1, 1, 1] and svc.lone_run_s is not None  # then a lone run timed (the best of three)
     assert svc.info is not None and svc.info.buckets == (1, 2, 4, 6)
     svc.begin_drain()
     assert not svc.ready
@@ -178,3 +179,37 @@ def test_cpu_onnxruntime_measures_rows_per_second_per_batch_size(tmp_path) -> No
     start = time.perf_counter()
     assert (rt.throughput(1, instances=2, min_seconds=0.2) or 0) > 0
     assert time.perf_counter() - start >= 0.2
+
+
+async def test_on_cpu_the_cores_are_kept_awake_only_for_a_model_whose_lone_run_is_short() -> None:
+    """Under ``--keep-awake auto`` on CPU the spinners start only when a batch-1 run, timed at load, is under
+    the threshold; without one (``on``, a GPU) they start whatever the run takes."""
+    from trtop.serve.awake import KeepAwake
+
+    class Awake(KeepAwake):  # the decision only: no spinner processes
+        started = False
+
+        async def start(self) -> None:
+            self.started = True
+
+        def close(self) -> None:
+            pass
+
+    class Slow(Recorder):
+        def __init__(self, delay_s: float) -> None:
+            super().__init__()
+            self.delay_s = delay_s
+
+        def run(self, feeds: Feeds, outputs: Sequence[str]) -> Outputs:
+            time.sleep(self.delay_s)
+            return super().run(feeds, outputs)
+
+    for delay_s, under_s, kept in ((0.0, 0.02, True), (0.03, 0.02, False), (0.03, None, True)):
+        awake = Awake((0,), lone_run_max_s=under_s)
+        rt = Slow(delay_s)
+        svc = InferenceService("m", lambda: Loaded(rt, backend="fake"), BatchingConfig(max_batch=2),
+                               ServerMetrics("m"), awake)
+        await svc.start()
+        assert svc.lone_run_s is not None and (svc.lone_run_s >= 0.03) == (delay_s > 0)
+        assert awake.started is kept, (delay_s, under_s)
+        await svc.close()

@@ -14,9 +14,12 @@ does (a woken thread finds its core running, not halted). The spinners are stopp
 once no request has come for ``HOLD_S``, so an idle pod burns nothing, and started again
 (``SIGCONT``) by the next request. Their cost is CPU time while traffic flows: the pod shows its
 cores busy. Under a CPU limit (a cgroup quota) that time would count against the pod and throttle
-its real work, so ``auto`` keeps the cores awake only on a GPU without a CPU limit and on at most
-``AUTO_MAX_CORES`` cores (on a larger node without a limit a thread may wake on any of them);
-``on`` spins on every core of the process regardless, ``off`` never (``--keep-awake``, settings).
+its real work, so ``auto`` keeps the cores awake only without a CPU limit and on at most
+``AUTO_MAX_CORES`` cores (on a larger node without a limit a thread may wake on any of them): on a
+GPU, and on CPU for a model whose lone run (batch 1, timed at load) is under ``AUTO_CPU_MAX_RUN_S``,
+where a wake-up's tens of microseconds are a large part of a request (a light model's lone request on
+two cores: 0.75 -> 0.42 ms; MobileNetV2's, 6-8 ms of compute, gained nothing). ``on`` spins on every
+core of the process regardless, ``off`` never (``--keep-awake``, settings).
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from collections.abc import Callable, Sequence
 log = logging.getLogger(__name__)
 
 AUTO_MAX_CORES = 16
+AUTO_CPU_MAX_RUN_S = 0.001  # CPU serving under auto: only for models whose lone run is shorter
 HOLD_S = 1.0  # spinners stop after this long without a request
 START_TIMEOUT_S = 5.0
 SPINNER_NAME = "trtop-keep-awake"  # argv[0] of the spinners (benchmarks leave them out of the server's CPU)
@@ -55,18 +59,25 @@ except OSError:
 
 
 def awake_cores(mode: str, *, gpu: bool, cores: Sequence[int], cpu_limit: int) -> tuple[int, ...]:
-    """The cores to keep awake: ``cores`` is the process's affinity, ``cpu_limit`` the cgroup's CPU
-    limit in whole cores (0: none)."""
-    wanted = mode == "on" or (mode == "auto" and gpu and not cpu_limit and len(cores) <= AUTO_MAX_CORES)
+    """The cores that may be kept awake: ``cores`` is the process's affinity, ``cpu_limit`` the cgroup's CPU
+    limit in whole cores (0: none). On CPU under ``auto`` only if the model's lone run is short enough
+    (``lone_run_max_s``, decided once it is loaded)."""
+    wanted = mode == "on" or (mode == "auto" and not cpu_limit and len(cores) <= AUTO_MAX_CORES)
     return tuple(sorted(cores)) if wanted else ()
+
+
+def lone_run_max_s(mode: str, *, gpu: bool) -> float | None:
+    """The lone run (batch 1, seconds) under which the cores are kept awake; None: whatever it is."""
+    return AUTO_CPU_MAX_RUN_S if mode == "auto" and not gpu else None
 
 
 class KeepAwake:
     """Spinners on ``cores``; ``touch`` on every request (cheap: a flag), ``start`` in the event loop."""
 
     def __init__(self, cores: Sequence[int], hold_s: float = HOLD_S,
-                 report: Callable[[int], None] | None = None) -> None:
+                 report: Callable[[int], None] | None = None, lone_run_max_s: float | None = None) -> None:
         self.cores = tuple(cores)
+        self.lone_run_max_s = lone_run_max_s  # kept awake only for a model whose lone run is shorter (None: any)
         self._report = report or (lambda cores: None)  # the cores spinning now, on every change (a metric)
         self._hold_s = hold_s
         self._procs: dict[int, subprocess.Popen[bytes]] = {}  # core -> its spinner
@@ -77,6 +88,10 @@ class KeepAwake:
     @property
     def spinning(self) -> bool:
         return self._spinning
+
+    def suits(self, lone_run_s: float | None) -> bool:
+        """Whether a model whose lone run takes ``lone_run_s`` (None: not known) is served with the cores awake."""
+        return self.lone_run_max_s is None or (lone_run_s is not None and lone_run_s < self.lone_run_max_s)
 
     async def start(self) -> None:
         """Spawn the spinners and wait until each has stopped itself (they run from the first request on)."""

@@ -32,7 +32,7 @@ from starlette.applications import Starlette
 
 from trtop.serve.app import build_app
 from trtop.serve.arena import Arena
-from trtop.serve.awake import KeepAwake, awake_cores
+from trtop.serve.awake import KeepAwake, awake_cores, lone_run_max_s
 from trtop.serve.channel import Channel
 from trtop.serve.device import detect_device
 from trtop.serve.errors import StartupError
@@ -154,11 +154,12 @@ def create_service(settings: ServeSettings) -> tuple[InferenceService, bool]:
              settings.model_name, servable.origin, device, servable.backend, instances, threads)
     metrics = ServerMetrics(settings.model_name)
     awake = awake_cores(settings.keep_awake, gpu=not device.is_cpu, cores=cpu_affinity(), cpu_limit=cgroup_cpu_limit())
+    under_s = lone_run_max_s(settings.keep_awake, gpu=not device.is_cpu)
     service = InferenceService(
         settings.model_name, lambda: build_loader(servable, settings, threads, not device.is_cpu, instances),
         BatchingConfig(settings.max_batch, settings.max_queue_delay_ms / 1000, settings.max_queue_size,
                        settings.timeout_s, instances, settings.bucket_sizes),
-        metrics, KeepAwake(awake, report=metrics.cores_awake) if awake else None,
+        metrics, KeepAwake(awake, report=metrics.cores_awake, lone_run_max_s=under_s) if awake else None,
     )
     return service, not device.is_cpu
 

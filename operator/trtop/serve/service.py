@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -89,6 +90,23 @@ def warm(rt: Runtime, info: ModelInfo) -> None:
                         rows, exc)
 
 
+def time_lone_run(rt: Runtime, info: ModelInfo, runs: int = 3) -> float | None:
+    """The best of ``runs`` batch-1 runs after warm-up, seconds (None: batch 1 is not a bucket, or the
+    model's dynamic dimensions make zeros fail): whether keeping the cores awake pays (awake.py)."""
+    if 1 not in info.buckets:
+        return None
+    feeds, names = warmup_feeds(info, 1), info.output_names
+    best = math.inf
+    try:
+        for _ in range(runs):
+            start = time.perf_counter()
+            rt.run(feeds, names)
+            best = min(best, time.perf_counter() - start)
+    except Exception:  # warm() logged why already
+        return None
+    return best
+
+
 def measure_merge_max(rt: Runtime, info: ModelInfo, instances: int) -> int:
     """The most rows a merged batch should take (0: every bucket pays), from each bucket's throughput
     with ``instances`` runs side by side, where the runtime can measure it (CPU; see ``paying_batch``).
@@ -158,6 +176,7 @@ class InferenceService:
         self._pin_lock = threading.Lock()
         self._pinned_runtime: Any = None
         self.merge_max = 0  # measured at load (0: merging may fill max_batch)
+        self.lone_run_s: float | None = None  # a batch-1 run, seconds (measured at load; None: it could not run)
 
     @property
     def ready(self) -> bool:
@@ -196,6 +215,11 @@ class InferenceService:
             run_rows=run_rows if by_rows is not None else None, loop_sizes=loop_sizes,
         )
         self._scheduler.start()
+        if self._awake is not None and not self._awake.suits(self.lone_run_s):
+            log.info("cores not kept awake: a lone run takes %s, not under %.1f ms (--keep-awake on would)",
+                     "an unknown time" if self.lone_run_s is None else f"{self.lone_run_s * 1e3:.2f} ms",
+                     (self._awake.lone_run_max_s or 0) * 1e3)
+            self._awake = None
         if self._awake is not None:
             await self._awake.start()
         seconds = time.perf_counter() - started
@@ -220,6 +244,7 @@ class InferenceService:
             for address, nbytes in self._host_memory:
                 _pin(rt, address, nbytes)
         warm(rt, info)
+        self.lone_run_s = time_lone_run(rt, info)
         self.merge_max = measure_merge_max(rt, info, self.config.instances)
         return info, rt
 

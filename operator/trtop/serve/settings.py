@@ -146,7 +146,8 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "gpu_io": ("--gpu-io", names.ENV_SERVE_GPU_IO,
                "GPU batches: graphs (bound buffers + CUDA graph per batch size), bind, or plain"),
     "keep_awake": ("--keep-awake", names.ENV_SERVE_KEEP_AWAKE,
-                   "keep cores from halting while requests come: auto (GPU, no CPU limit, <= 16 cores), on, off"),
+                   "keep cores from halting while requests come: auto (no CPU limit, <= 16 cores; a GPU, or a batch-1 run "
+                   "under 1 ms on CPU), on, off"),
     "drain_delay_s": ("--drain-delay-s", names.ENV_SERVE_DRAIN_DELAY_S,
                       "after SIGTERM, seconds to keep serving while not ready"),
     "shutdown_timeout_s": ("--shutdown-timeout-s", names.ENV_SERVE_SHUTDOWN_TIMEOUT_S,
