@@ -28,7 +28,9 @@ from .conftest import ServerProcess, metric_value
 ])
 def test_the_cores_kept_awake(mode: str, gpu: bool, cores: tuple[int, ...], limit: int,
                               expected: tuple[int, ...]) -> None:
-    assert awake_cores(mode, gpu=gpu, cores=cores, cpu_limit=limit) == expected
+    assert awake_cores(mode, cores=cores, cpu_limit=limit) == expected
+    # on a GPU (or asked for) whatever the model's lone run; on CPU under auto only for a short one
+    assert (lone_run_max_s(mode, gpu=gpu) is None) == (gpu or mode != "auto")
 
 
 def test_on_cpu_auto_keeps_the_cores_awake_only_for_short_lone_runs() -> None:

@@ -58,10 +58,10 @@ except OSError:
 """
 
 
-def awake_cores(mode: str, *, gpu: bool, cores: Sequence[int], cpu_limit: int) -> tuple[int, ...]:
+def awake_cores(mode: str, *, cores: Sequence[int], cpu_limit: int) -> tuple[int, ...]:
     """The cores that may be kept awake: ``cores`` is the process's affinity, ``cpu_limit`` the cgroup's CPU
-    limit in whole cores (0: none). On CPU under ``auto`` only if the model's lone run is short enough
-    (``lone_run_max_s``, decided once it is loaded)."""
+    limit in whole cores (0: none). Whether they are depends on the device too: on CPU under ``auto`` only if
+    the model's lone run is short enough (``lone_run_max_s``, decided once it is loaded)."""
     wanted = mode == "on" or (mode == "auto" and not cpu_limit and len(cores) <= AUTO_MAX_CORES)
     return tuple(sorted(cores)) if wanted else ()
 

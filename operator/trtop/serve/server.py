@@ -153,7 +153,7 @@ def create_service(settings: ServeSettings) -> tuple[InferenceService, bool]:
     log.info("serving %r: %s on %s with the %s backend (%d batch(es) at once, %d thread(s) each)",
              settings.model_name, servable.origin, device, servable.backend, instances, threads)
     metrics = ServerMetrics(settings.model_name)
-    awake = awake_cores(settings.keep_awake, gpu=not device.is_cpu, cores=cpu_affinity(), cpu_limit=cgroup_cpu_limit())
+    awake = awake_cores(settings.keep_awake, cores=cpu_affinity(), cpu_limit=cgroup_cpu_limit())
     under_s = lone_run_max_s(settings.keep_awake, gpu=not device.is_cpu)
     service = InferenceService(
         settings.model_name, lambda: build_loader(servable, settings, threads, not device.is_cpu, instances),
