@@ -30,9 +30,19 @@ process and the client kept busy. ``--py-spy PATH --profile-at 1,64`` records th
 engine process and one front-end with py-spy during those load points (raw collapsed stacks
 in ``--out``).
 
+The lone request (``--paired-rounds N``, default 3): after each ResNet-50 sweep, N pairs of windows,
+the engine alone at batch 1 (in this process: plain ``session.run`` and the server's engine path in
+alternating quarters, the better p50) then the served one-client p50 (the same client, one connection).
+A single one-client window against a baseline taken minutes earlier (or on another machine) is a
+draw: under one server the one-client p50 moved up to 0.2 ms between 2 s windows seconds apart, the
+engine alone 0.03-0.08 ms (docs/server.md, fourteenth session). A pair's two figures share the
+machine's state, and the pairs' median difference is what the server adds; the one-client row
+against the early baseline is printed beside it.
+
 Prints the tables (markdown) and writes them with the raw figures to ``--out``.
 Targets (issue P8): >= 0.85 x the in-process best at the best concurrency, stable
-windows everywhere, p99 <= 2.5 x p50; tiny model >= 20,000 req/s over HTTP and gRPC.
+windows everywhere, p99 <= 2.5 x p50; a lone request's p50 <= the engine's batch-1 p50 + 0.3 ms;
+tiny model >= 20,000 req/s over HTTP and gRPC.
 """
 from __future__ import annotations
 
@@ -58,6 +68,7 @@ from trtop.serve.awake import SPINNER_NAME  # noqa: E402
 DEVICE = "9.0/NVIDIA-H200"
 BUCKETS = (1, 2, 4, 8, 16, 32)
 TARGET_RATIO, TARGET_TAIL, TARGET_TINY = 0.85, 2.5, 20000.0
+TARGET_LONE_MS = 0.3  # a lone request over the engine's batch-1 p50
 
 
 def inprocess(path: Path, seconds: float, engine_path: bool = False) -> dict[str, Any]:
@@ -94,6 +105,72 @@ def inprocess(path: Path, seconds: float, engine_path: bool = False) -> dict[str
     result["best"] = max(result["throughput"].values())
     result["best_batch"] = max(result["throughput"], key=lambda k: result["throughput"][k])
     return result
+
+
+class LoneEngine:
+    """ResNet-50 at batch 1 in this process, both ways the baseline is measured (plain ``session.run`` on a
+    numpy array, and the server's engine path: a bound batch-1 session, CUDA graph, page-locked input), kept
+    open while servers run so that windows of it alternate with served windows."""
+
+    def __init__(self, path: Path) -> None:
+        from trtop.serve.backends.onnxruntime_impl import OnnxRuntime
+        from trtop.serve.runtime import RuntimeOptions
+
+        self.plain = OnnxRuntime(path, RuntimeOptions(threads=1, use_gpu=True))
+        self.engine = OnnxRuntime(path, RuntimeOptions(threads=1, use_gpu=True))
+        self.engine.prepare([1])
+        x = np.random.rand(1, *self.plain.inputs[0].shape[1:]).astype(np.float32)
+        pinned = self.engine.batch_array(x.shape, x.dtype)
+        pinned[...] = x
+        self._ways = [(self.plain, x), (self.engine, pinned)]
+        for rt, arr in self._ways:
+            for _ in range(10):
+                self._run(rt, arr)
+
+    @staticmethod
+    def _run(rt: Any, x: Any) -> None:
+        rt.run({rt.inputs[0].name: x}, [rt.outputs[0].name])
+
+    def b1_p50_ms(self, seconds: float) -> float:
+        """The better of the two ways' batch-1 p50, each timed in two alternating quarters of ``seconds``."""
+        lat: list[list[float]] = [[], []]
+        for _ in range(2):
+            for i, (rt, x) in enumerate(self._ways):
+                stop = time.perf_counter() + seconds / 4
+                while time.perf_counter() < stop:
+                    t = time.perf_counter()
+                    self._run(rt, x)
+                    lat[i].append(time.perf_counter() - t)
+        return min(float(np.percentile(np.array(v) * 1000, 50)) for v in lat)
+
+    def close(self) -> None:
+        self.plain.close()
+        self.engine.close()
+
+
+def served_lone_p50_ms(client: Client, url: str, window_ms: int, tmp: Path, model: str = "resnet50",
+                       input_name: str = "input", shape: tuple[int, ...] = (3, 224, 224)) -> float:
+    """One client's p50 over one window (ms; nan when the window failed)."""
+    if client.kind == "perf_analyzer":
+        return float(_perf_analyzer(client, model, url, "http", 1, window_ms, tmp).get("p50_ms", float("nan")))
+    import loadclient
+
+    host, port = url.split(":")
+    return float(loadclient.run(host=host, port=int(port), model=model, input_name=input_name, shape=list(shape),
+                                concurrency=1, seconds=window_ms / 1000, warmup=0.3, procs=1,
+                                cores=client.cores)["p50_ms"])
+
+
+def paired_lone(engine: LoneEngine, client: Client, url: str, rounds: int, window_ms: int, tmp: Path,
+                **request: Any) -> list[tuple[float, float]]:
+    """(the engine's batch-1 p50 alone, the served one-client p50) in alternating windows, ms; ``request``:
+    the model, input name and shape of ``served_lone_p50_ms`` (ResNet-50's by default)."""
+    pairs = []
+    for _ in range(rounds):
+        alone = engine.b1_p50_ms(window_ms / 1000)
+        pairs.append((alone, served_lone_p50_ms(client, url, window_ms, tmp, **request)))
+        print(f"  paired: engine alone {pairs[-1][0]:.3f} ms, served {pairs[-1][1]:.3f} ms", flush=True)
+    return pairs
 
 
 class Server:
@@ -369,6 +446,10 @@ def main() -> int:
     ap.add_argument("--profile-at", default="", help="concurrency levels to profile (ResNet-50 and tiny)")
     ap.add_argument("--profile-s", type=float, default=6.0, help="seconds of each py-spy recording")
     ap.add_argument("--py-spy-native", action="store_true", help="py-spy --native (C frames too)")
+    ap.add_argument("--paired-rounds", type=int, default=3,
+                    help="after each ResNet-50 sweep: this many pairs of windows, the engine alone at batch 1 then "
+                         "one client served (what the server adds to a lone request, the drift cancelled); 0: none")
+    ap.add_argument("--paired-window-ms", type=int, default=2000, help="each paired window's length")
     ap.add_argument("--stages", action="store_true",
                     help="run the ResNet-50 servers under bench/stages.py (give --server-arg=--frontends=0): the "
                          "median time of each stage of a request, in the server log and stages-LABEL.jsonl")
@@ -397,6 +478,7 @@ def main() -> int:
         results["inprocess"] = base
         configs = [("default", [])] + [(c.split("=", 1)[0], c.split("=", 1)[1].split()) for c in args.config]
         results["resnet50_http"] = {}
+        lone = LoneEngine(resnet) if args.paired_rounds > 0 else None
         for label, flags in configs:
             print(f"trtop serve ResNet-50, {label}: {flags}", flush=True)
             server = Server(resnet, "resnet50", 8000, 8001, ["--max-batch", "32", *args.server_arg, *flags],
@@ -413,9 +495,17 @@ def main() -> int:
                                    shape=[3, 224, 224], input_name="input", profiler=profiler, label=label)
                         rows.append(row)
                         print(json.dumps(row), flush=True)
+                pairs = []
+                if lone is not None:
+                    print(f"paired lone windows, {label} ...", flush=True)
+                    client = Client(args.perf_analyzer, kinds[0], args.client_cores, args.pa_memory_gb, 0, 1)
+                    pairs = paired_lone(lone, client, "127.0.0.1:8000", args.paired_rounds, args.paired_window_ms,
+                                        tmp)
             finally:
                 server.stop()
-            results["resnet50_http"][label] = {"flags": flags, "rows": rows}
+            results["resnet50_http"][label] = {"flags": flags, "rows": rows, "paired_lone": pairs}
+        if lone is not None:
+            lone.close()
     if not args.skip_tiny:
         tiny = models.tiny()
         server = Server(tiny, "tiny", 8010, 8011, ["--max-batch", "64", *args.server_arg], tmp / "server-tiny.log",
@@ -467,6 +557,25 @@ def _resnet_table(label: str, flags: list[str], rows: list[dict[str, Any]], best
     return lines
 
 
+def _lone_lines(rows: list[dict[str, Any]], pairs: list[tuple[float, float]], b1_ms: float) -> list[str]:
+    """The lone request's target, judged on the one-client row against the early baseline and on the paired
+    windows (the median of served - alone)."""
+    lines = []
+    one = next((r for r in rows if r["concurrency"] == 1 and "p50_ms" in r), None)
+    if one is not None:
+        over = one["p50_ms"] - b1_ms
+        lines.append(f"One client: p50 {one['p50_ms']:.3f} ms = batch 1 + {over:.3f} ms (baseline {b1_ms:.3f} ms; "
+                     f"target <= + {TARGET_LONE_MS}): {'met' if over <= TARGET_LONE_MS else 'NOT met'}")
+    if pairs:
+        diffs = [served - alone for alone, served in pairs]
+        median = float(np.median(diffs))
+        lines.append("Paired windows (engine alone -> served, ms): "
+                     + ", ".join(f"{a:.3f} -> {b:.3f} (+{b - a:.3f})" for a, b in pairs)
+                     + f"; median +{median:.3f} (target <= + {TARGET_LONE_MS}): "
+                     + ("met" if median <= TARGET_LONE_MS else "NOT met"))
+    return lines
+
+
 def report(results: dict[str, Any]) -> None:
     lines = []
     if "inprocess" in results:
@@ -480,6 +589,7 @@ def report(results: dict[str, Any]) -> None:
         lines.append(f"Baseline (the better): {best:,.0f} img/s, batch-1 p50 {base['b1_p50_ms']:.2f} ms")
         for label, run in results["resnet50_http"].items():
             lines += _resnet_table(label, run["flags"], run["rows"], best)
+            lines += _lone_lines(run["rows"], run.get("paired_lone", []), base["b1_p50_ms"])
     if "tiny" in results:
         lines.append("\n| tiny model | concurrency | req/s | p50 ms | p99 ms | stable | server cores busy |")
         lines.append("|---|---|---|---|---|---|---|")
