@@ -139,6 +139,29 @@ def test_pipelined_requests_on_one_connection_come_back_in_order_and_are_counted
     wait_for(counted, 5, "the four answered requests counted and none left in flight")
 
 
+def _go_threads(pid: int) -> str | None:
+    """The GOMAXPROCS in a running process's environment (None: not set)."""
+    for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        if entry.startswith(b"GOMAXPROCS="):
+            return entry.split(b"=", 1)[1].decode()
+    return None
+
+
+@pytest.mark.slow
+def test_each_native_front_end_runs_one_go_thread_unless_the_environment_says_otherwise(
+        start_server: Start, affine_onnx: Path, native_bin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GOMAXPROCS", raising=False)
+    args = ["--model", str(affine_onnx), "--model-name", "a", "--frontends", "2"]
+    default, told = start_server(args, native_env(native_bin)), start_server(args, {**native_env(native_bin),
+                                                                                    "GOMAXPROCS": "3"})
+    for server in (default, told):
+        server.wait_ready()
+        wait_for(lambda s=server: len(frontends(s, "native")) == 2, 10, "two native front-ends")
+    assert [_go_threads(pid) for pid in frontends(default, "native")] == ["1", "1"]
+    assert [_go_threads(pid) for pid in frontends(told, "native")] == ["3", "3"]
+    assert _go_threads(default.proc.pid) is None  # the engine process's own environment is left as it was
+
+
 @pytest.mark.slow
 def test_without_the_binary_native_fails_at_start_and_auto_serves_with_python(
         start_server: Start, affine_onnx: Path, tmp_path: Path) -> None:

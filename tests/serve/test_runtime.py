@@ -271,15 +271,6 @@ def test_a_cpu_runtime_pins_nothing_and_merges_its_batches(tmp_path: Path) -> No
     rt.close()
 
 
-@pytest.mark.parametrize("cores,count,expected", [(2, 1, 1), (12, 2, 3), (16, 3, 2), (1, 1, 1), (64, 4, 8)])
-def test_native_front_ends_share_half_the_cores(monkeypatch: pytest.MonkeyPatch, cores: int, count: int,
-                                                expected: int) -> None:
-    from trtop.serve import runtime, supervisor
-
-    monkeypatch.setattr(runtime, "default_threads", lambda: cores)
-    assert supervisor.native_threads(count) == expected
-
-
 @pytest.mark.parametrize("grpc_port,setting,cores,expected", [(8001, -1, 12, 8), (8001, -1, 2, 1), (0, -1, 12, 1),
                                                               (8001, 3, 12, 3)])
 def test_python_front_ends_beside_native_ones_serve_grpc_as_without_them(

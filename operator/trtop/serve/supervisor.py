@@ -84,13 +84,16 @@ def grpc_frontends(settings: ServeSettings) -> int:
 GROUP_LIMIT_GPU = 64  # a bound well above what the backlog lets out at once
 
 
-def native_threads(count: int) -> int:
-    """GOMAXPROCS of each of ``count`` native front-ends: together half the pod's cores, at least one each.
-    All of them each (Go's default) made the engine's CPU runs wait for spinning Go threads on a
-    two-core machine (MobileNetV2 at one connection: +4 ms)."""
-    from trtop.serve.runtime import default_threads
-
-    return max(1, default_threads() // (2 * max(1, count)))
+# Go threads (GOMAXPROCS) of each native front-end. One: with more, each goroutine made ready on a lone
+# request's way (the engine's reply, then the handler that answers) wakes another idle thread to look for
+# work, which may take the goroutine to another core; a single thread runs it next, where it is. H200 host,
+# ResNet-50, two native front-ends on 12 cores, paired windows (engine alone, then one client served): the
+# server added 0.30-0.36 ms with one thread each against 0.42-0.51 ms with three (half the cores, the rule
+# before), and served 4,797 / 5,134 img/s at 64 / 128 clients against 4,596 / 4,989 (docs/server.md,
+# fourteenth session). Parallelism comes from the front-end processes side by side (``--frontends``), and
+# fewer Go threads leave the engine's CPU runs alone (all cores each, Go's default, cost MobileNetV2 +4 ms
+# at one connection on two cores). A GOMAXPROCS in the server's environment wins.
+NATIVE_GO_THREADS = 1
 
 
 def group_limit(instances: int, gpu: bool) -> int:
@@ -224,8 +227,8 @@ class Supervisor:
         ours, theirs = socket.socketpair()
         command, listen, proxy_path, native = self._command(index)
         env = dict(os.environ)
-        if native:  # Go threads beside the engine's compute threads: a share of the cores, not all of them
-            env.setdefault("GOMAXPROCS", str(native_threads(self.count)))
+        if native:
+            env.setdefault("GOMAXPROCS", str(NATIVE_GO_THREADS))
         env.update(setup_env(self.settings, index=index, listen_fd=listen.fileno(), channel_fd=theirs.fileno(),
                              arena_fd=arena.fd, arena_size=arena.size, proxy_path=proxy_path,
                              group_limit=group_limit(self.service.config.instances, self.gpu)))
