@@ -148,27 +148,25 @@ class LoneEngine:
         self.engine.close()
 
 
-def served_lone_p50_ms(client: Client, url: str, window_ms: int, tmp: Path, model: str = "resnet50",
-                       input_name: str = "input", shape: tuple[int, ...] = (3, 224, 224)) -> float:
-    """One client's p50 over one window (ms; nan when the window failed)."""
+def served_lone_p50_ms(client: Client, url: str, window_ms: int, tmp: Path) -> float:
+    """One client's ResNet-50 p50 over one window (ms; nan when the window failed)."""
     if client.kind == "perf_analyzer":
-        return float(_perf_analyzer(client, model, url, "http", 1, window_ms, tmp).get("p50_ms", float("nan")))
+        return float(_perf_analyzer(client, "resnet50", url, "http", 1, window_ms, tmp).get("p50_ms", float("nan")))
     import loadclient
 
     host, port = url.split(":")
-    return float(loadclient.run(host=host, port=int(port), model=model, input_name=input_name, shape=list(shape),
+    return float(loadclient.run(host=host, port=int(port), model="resnet50", input_name="input", shape=[3, 224, 224],
                                 concurrency=1, seconds=window_ms / 1000, warmup=0.3, procs=1,
                                 cores=client.cores)["p50_ms"])
 
 
-def paired_lone(engine: LoneEngine, client: Client, url: str, rounds: int, window_ms: int, tmp: Path,
-                **request: Any) -> list[tuple[float, float]]:
-    """(the engine's batch-1 p50 alone, the served one-client p50) in alternating windows, ms; ``request``:
-    the model, input name and shape of ``served_lone_p50_ms`` (ResNet-50's by default)."""
+def paired_lone(engine: LoneEngine, client: Client, url: str, rounds: int, window_ms: int,
+                tmp: Path) -> list[tuple[float, float]]:
+    """(the engine's batch-1 p50 alone, the served one-client p50) in alternating windows, ms."""
     pairs = []
     for _ in range(rounds):
         alone = engine.b1_p50_ms(window_ms / 1000)
-        pairs.append((alone, served_lone_p50_ms(client, url, window_ms, tmp, **request)))
+        pairs.append((alone, served_lone_p50_ms(client, url, window_ms, tmp)))
         print(f"  paired: engine alone {pairs[-1][0]:.3f} ms, served {pairs[-1][1]:.3f} ms", flush=True)
     return pairs
 
