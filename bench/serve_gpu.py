@@ -54,6 +54,7 @@ import subprocess
 import sys
 import threading
 import time
+import re
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ DEVICE = "9.0/NVIDIA-H200"
 BUCKETS = (1, 2, 4, 8, 16, 32)
 TARGET_RATIO, TARGET_TAIL, TARGET_TINY = 0.85, 2.5, 20000.0
 TARGET_LONE_MS = 0.3  # a lone request over the engine's batch-1 p50
-
+_ENV_WORD = re.compile(r"^[A-Z_][A-Z0-9_]*=")  # a --config word for the server's environment
 
 def inprocess(path: Path, seconds: float, engine_path: bool = False) -> dict[str, Any]:
     """img/s of ONNX Runtime CUDA alone at each bucket, batch-1 p50. ``engine_path``: the way the server
@@ -423,7 +424,9 @@ def main() -> int:
     ap.add_argument("--window-ms", type=int, default=3000)
     ap.add_argument("--server-arg", action="append", default=[], help="a server flag for every run (repeatable)")
     ap.add_argument("--config", action="append", default=[],
-                    help="NAME=FLAGS: also serve ResNet-50 with these extra flags (repeatable), e.g. i2=--instances=2")
+                    help="NAME=FLAGS: also serve ResNet-50 with these extra flags (repeatable), e.g. i2=--instances=2; "
+                         "leading VAR=value words go into the server's environment (e.g. old=PYTHONPATH=/x/operator: "
+                         "another tree of the server, measured on the same machine)")
     ap.add_argument("--skip-tiny", action="store_true")
     ap.add_argument("--skip-resnet", action="store_true")
     ap.add_argument("--tiny-concurrency", default="64,128,256")
@@ -475,13 +478,15 @@ def main() -> int:
         base["b1_p50_ms"] = min(plain["b1_p50_ms"], engine["b1_p50_ms"])
         results["inprocess"] = base
         configs = [("default", [])] + [(c.split("=", 1)[0], c.split("=", 1)[1].split()) for c in args.config]
+        configs_env = {label: dict(w.split("=", 1) for w in flags if _ENV_WORD.match(w)) for label, flags in configs}
+        configs = [(label, [w for w in flags if not _ENV_WORD.match(w)]) for label, flags in configs]
         results["resnet50_http"] = {}
         lone = LoneEngine(resnet) if args.paired_rounds > 0 else None
         for label, flags in configs:
             print(f"trtop serve ResNet-50, {label}: {flags}", flush=True)
             server = Server(resnet, "resnet50", 8000, 8001, ["--max-batch", "32", *args.server_arg, *flags],
                             tmp / f"server-resnet-{label}.log", args.server_cores,
-                            stages=tmp / f"stages-{label}.jsonl" if args.stages else None)
+                            stages=tmp / f"stages-{label}.jsonl" if args.stages else None, env=configs_env[label])
             rows = []
             kinds = ["perf_analyzer", "own"] if args.client == "both" else [args.client]
             try:
@@ -501,7 +506,8 @@ def main() -> int:
                                         tmp)
             finally:
                 server.stop()
-            results["resnet50_http"][label] = {"flags": flags, "rows": rows, "paired_lone": pairs}
+            results["resnet50_http"][label] = {"flags": flags, "env": configs_env[label], "rows": rows,
+                                               "paired_lone": pairs}
         if lone is not None:
             lone.close()
     if not args.skip_tiny:

@@ -376,3 +376,39 @@ async def test_a_backend_that_takes_the_requests_unmerged_gets_them_as_they_are(
         assert backend.batches == ([1] if not decline else [1, 4])
         await s.close()
     assert seen == [([1, 2], 4)]
+
+
+async def test_run_alone_runs_on_the_callers_thread_only_where_enqueue_would_run_it_there_alone(
+        backend: FakeBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run_alone`` (a lone descriptor answered in the callback that read it) follows the lone-run rule of
+    the queue: a known short enough size, nothing queued or running, and with the runtime's own threads a
+    size it runs on the loop while requests come one at a time; else None (the caller queues it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trtop.serve import scheduler
+
+    now = [100.0]
+    monkeypatch.setattr(scheduler, "QUIET_S", 1.0)
+    own = ThreadPoolExecutor(2, thread_name_prefix="runtime-slot")
+    s = Scheduler(backend, BatchPolicy(8, 0.0, (1, 2, 4, 8)), max_queue=10, instances=2, executor=own,
+                  loop_sizes=frozenset({1}), clock=lambda: now[0])
+    s.start()
+    assert s.run_alone(*feeds(1)[:2]) is None  # batch 1's time not known yet
+    await submit(s, 1)
+    out = s.run_alone(*feeds(2)[:2])
+    assert out is not None and out["y"][0, 0] == 20 and backend.batches[-1] == 1
+    await submit(s, 1, rows=2)
+    assert s.run_alone(*feeds(3, rows=2)[:2]) is None  # size 2 has no session on the loop
+    backend.gate.clear()
+    held = s.enqueue(*feeds(4, rows=2), timeout_s=5.0)  # running on a slot
+    await asyncio.sleep(0.05)
+    assert s.run_alone(*feeds(5)[:2]) is None
+    meets = s.enqueue(*feeds(5), timeout_s=5.0)  # meets the one running
+    backend.gate.set()
+    await held
+    await meets
+    assert s.run_alone(*feeds(6)[:2]) is None  # requests met too recently
+    now[0] += 1.5
+    assert s.run_alone(*feeds(7)[:2]) is not None
+    await s.close()
+    own.shutdown()

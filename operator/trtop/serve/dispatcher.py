@@ -103,6 +103,11 @@ class Dispatcher:
             feeds = {name: self.arena.view(offset, dtype, shape) if inline is None
                      else np.frombuffer(inline, dtype=dtype).reshape(shape)  # a small tensor sent in the descriptor
                      for name, dtype, shape, offset, inline in inputs}
+            if self.channel is not None and self.channel.lone:  # nothing came with it: maybe run it right here
+                result = self.service.run_alone(feeds, rows, requests)
+                if result is not None:
+                    self._reply(rid, outputs, result, at_once=True)
+                    return
             future = self.service.enqueue(feeds, rows, signature_of(feeds), timeout_s, requests=requests)
         except Exception as exc:  # ServeError: refused at once; anything else fails this request alone
             self._failed(rid, exc)
@@ -120,13 +125,22 @@ class Dispatcher:
         if error is not None:
             self._failed(rid, error)
             return
+        self._reply(rid, outputs, future.result())
+
+    def _reply(self, rid: int, outputs: list[tuple[str, tuple[int, tuple[int, ...]] | None]], result: Outputs,
+               at_once: bool = False) -> None:
         try:
-            result = future.result()
             places = [self._place(name, result[name], where) for name, where in outputs]
         except Exception as exc:  # an output the model did not produce
             self._failed(rid, exc)
             return
-        self._send(("done", rid, None, places, self._backlog()))
+        message = ("done", rid, None, places, self._backlog())
+        if self.channel is None:
+            return
+        if at_once:
+            self.channel.send_now(message)
+        else:
+            self.channel.send(message)
 
     def _failed(self, rid: int, exc: BaseException) -> None:
         if not isinstance(exc, ServeError):
