@@ -412,3 +412,25 @@ async def test_run_alone_runs_on_the_callers_thread_only_where_enqueue_would_run
     assert s.run_alone(*feeds(7)[:2]) is not None
     await s.close()
     own.shutdown()
+
+
+async def test_run_alone_on_cpu_waits_for_requests_to_stop_meeting(backend: FakeBackend,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the runtime's own threads a short lone request runs on the loop whenever the scheduler is idle,
+    but ``run_alone`` (no turn of the loop) only while requests come one at a time: under load, descriptors of
+    other front-ends read in the same turn must still find it queued and share its batch."""
+    from trtop.serve import scheduler
+
+    now = [100.0]
+    monkeypatch.setattr(scheduler, "QUIET_S", 1.0)
+    s = Scheduler(backend, BatchPolicy(8, 0.0), max_queue=10, inline_max_s=0.0, clock=lambda: now[0])
+    s.start()
+    await submit(s, 1)
+    assert s.run_alone(*feeds(2)[:2]) is not None
+    together = [s.enqueue(*feeds(v), timeout_s=5.0) for v in (3.0, 4.0)]  # they meet
+    await asyncio.gather(*together)
+    assert s.run_alone(*feeds(5)[:2]) is None
+    now[0] += 1.5
+    assert s.run_alone(*feeds(6)[:2]) is not None
+    await s.close()
+

@@ -184,14 +184,17 @@ class Scheduler:
 
     def run_alone(self, feeds: Feeds, rows: int) -> Outputs | None:
         """Run one request now, on the caller's thread (the event loop's), when ``enqueue`` would run it there
-        on its own anyway: nothing queued, running or planned, and the lone-run rule of ``_inline_now`` holds
-        (its batch size known to be short enough; with the runtime's own threads, a size it can run here and
-        requests coming one at a time). Its outputs, or None when it must be queued instead. The caller knows
-        nothing else is waiting to be read with it (a front-end's frame of one descriptor, nothing more
-        buffered), so no batch is lost by not waiting for the loop's turn, and nothing waits on a future:
+        on its own anyway: nothing queued, running or planned, the lone-run rule of ``_inline_now`` holds
+        (its batch size known to be short enough; with the runtime's own threads, a size it can run here), and
+        requests come one at a time (none has met another for ``QUIET_S``: under load, requests of other
+        front-ends read in the same turn of the loop share its batch). Its outputs, or None when it must be
+        queued instead. The caller knows nothing else came with it (a front-end's frame of one descriptor,
+        nothing more buffered), so no batch is lost by not waiting for the loop's turn, and nothing waits on a future:
         a lone request is answered in the same callback that read it (on the H200 host the turns of the
         loop for ``_kick``, the future's callbacks and the channel's flush were ~35 us of a 1 ms request)."""
         if self._closing or self._flush or self._queue or self._running or self._inline or self._kick_planned:
+            return None
+        if self._clock() - self._met_at < QUIET_S:  # requests meet: those read in one turn should share a batch
             return None
         size = self.policy.bucket_for(rows)
         if not (self._short(size) or self._lone_may_run_here(size)):
