@@ -157,3 +157,38 @@ async def test_a_lone_request_that_breaks_the_backend_gets_its_error_and_the_nex
     assert answers(written(peer)) == {3: 10.0}
     stats = dispatcher.service.statistics.snapshot()
     assert stats.fail.count == 1 and stats.success.count == 2
+
+
+async def test_a_request_that_came_while_a_lone_one_ran_on_the_loop_ends_the_quiet(
+        engine: tuple[Dispatcher, socket.socket, Doubler]) -> None:
+    """Front-ends share one ``Arrivals``: a descriptor that reached another front-end's channel while a lone
+    request held the loop met it, so the next descriptors take the queue (and a free slot) instead of
+    running one after another on the loop, as two clients taking turns would."""
+    from trtop.serve.dispatcher import Arrivals
+
+    first, peer, _runtime = engine
+    arrivals = Arrivals()
+    assert first.channel is not None
+    second_ours, second_peer = socket.socketpair()
+    ours_again, peer_again = socket.socketpair()
+    one = Dispatcher(1, first.service, ARENA, arrivals)
+    two = Dispatcher(2, first.service, ARENA, arrivals)
+    await one.open(ours_again, JSON)
+    await two.open(second_ours, JSON)
+    assert one.channel is not None and two.channel is not None
+    one.channel.data_received(frame(infer(1, 1.0)))
+    await until_answered(peer_again, {1})
+    one.channel.data_received(frame(infer(2, 2.0)))
+    assert answers(written(peer_again)) == {2: 4.0}  # quiet: answered in the callback
+    second_peer.sendall(frame(infer(3, 3.0)))  # arrives at the other channel; the loop has not read it yet
+    one.channel.data_received(frame(infer(4, 4.0)))
+    assert answers(written(peer_again)) == {4: 8.0}  # ran on the loop; request 3 was waiting meanwhile
+    one.channel.data_received(frame(infer(5, 5.0)))
+    assert written(peer_again) == []  # requests met: this one is queued
+    assert (await until_answered(peer_again, {5})) == {5: 10.0}
+    assert (await until_answered(second_peer, {3})) == {3: 6.0}
+    for d in (one, two):
+        assert d.channel is not None
+        d.channel.close()
+    for s in (second_peer, peer_again):
+        s.close()

@@ -210,6 +210,10 @@ class Scheduler:
             self._observer.batch_done(rows, seconds)
         return parts[0]
 
+    def met(self) -> None:
+        """Requests met in the server outside the queue's sight (one came while a lone one ran on the loop)."""
+        self._met_at = self._clock()
+
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         # Kept: asyncio.get_running_loop() checks the process id (a getpid system call) every time, ~3% of the
         # event loop's time at a light model's request rate.
