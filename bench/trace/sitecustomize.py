@@ -65,7 +65,7 @@ def _install() -> None:
     wrap(dispatcher.Dispatcher, "_on_message", before="e_msg", after="e_queued", when=infer)
     wrap(scheduler.Scheduler, "_compute", before="e_thread", after="e_computed")
     wrap(scheduler.Scheduler, "_land", before="e_landed")
-    wrap(dispatcher.Dispatcher, "_reply", before="e_replied")
+    wrap(dispatcher.Dispatcher, "_answer", after="e_replied")
     wrap(http_protocol.SinkProtocol, "on_headers_complete", after="f_head")
     wrap(http_protocol.SinkProtocol, "on_message_complete", before="f_body")
     wrap(frontend.RemoteModel, "infer_started", after="f_send")

@@ -108,24 +108,10 @@ async def until_answered(peer: socket.socket, rids: set[int]) -> dict[int, objec
     raise AssertionError(f"no answer to {rids - got.keys()}")
 
 
-async def test_a_lone_request_is_answered_in_the_callback_that_read_it(
-        engine: tuple[Dispatcher, socket.socket, Doubler]) -> None:
-    """Once its batch size is known to be short, a descriptor that came alone (its frame's only message, nothing
-    buffered behind it) runs and is answered before the read returns: no turn of the loop on its way."""
-    dispatcher, peer, runtime = engine
-    channel = dispatcher.channel
-    assert channel is not None
-    channel.data_received(frame(infer(1, 1.0)))  # batch 1's time not known yet: queued, answered later
-    assert written(peer) == []
-    assert await until_answered(peer, {1}) == {1: 2.0}
-    channel.data_received(frame(infer(2, 3.0)))
-    assert answers(written(peer)) == {2: 6.0}  # already written, no await in between
-    before = dispatcher.service.statistics.snapshot()
-    assert before.inference_count == 2 and before.execution_count == 2 and before.success.count == 2
-
-
 async def test_descriptors_that_came_together_still_share_a_batch(
         engine: tuple[Dispatcher, socket.socket, Doubler]) -> None:
+    """Descriptors read in one callback (a frame of several, or several frames in one read) run as one batch,
+    even when the run of one row is known to be short and the scheduler is idle."""
     dispatcher, peer, runtime = engine
     channel = dispatcher.channel
     assert channel is not None
@@ -143,7 +129,7 @@ async def test_descriptors_that_came_together_still_share_a_batch(
     assert runtime.rows == [2]
 
 
-async def test_a_lone_request_that_breaks_the_backend_gets_its_error_and_the_next_one_is_served(
+async def test_a_request_that_breaks_the_backend_gets_its_error_and_the_next_one_is_served(
         engine: tuple[Dispatcher, socket.socket, Doubler]) -> None:
     dispatcher, peer, _runtime = engine
     channel = dispatcher.channel
@@ -154,41 +140,7 @@ async def test_a_lone_request_that_breaks_the_backend_gets_its_error_and_the_nex
     error = (await until_answered(peer, {2}))[2]
     assert isinstance(error, list) and error[0] == "InferenceFailed" and "poison" in error[1]
     channel.data_received(frame(infer(3, 5.0)))
-    assert answers(written(peer)) == {3: 10.0}
+    assert await until_answered(peer, {3}) == {3: 10.0}
     stats = dispatcher.service.statistics.snapshot()
     assert stats.fail.count == 1 and stats.success.count == 2
 
-
-async def test_a_request_that_came_while_a_lone_one_ran_on_the_loop_ends_the_quiet(
-        engine: tuple[Dispatcher, socket.socket, Doubler]) -> None:
-    """Front-ends share one ``Arrivals``: a descriptor that reached another front-end's channel while a lone
-    request held the loop met it, so the next descriptors take the queue (and a free slot) instead of
-    running one after another on the loop, as two clients taking turns would."""
-    from trtop.serve.dispatcher import Arrivals
-
-    first, peer, _runtime = engine
-    arrivals = Arrivals()
-    assert first.channel is not None
-    second_ours, second_peer = socket.socketpair()
-    ours_again, peer_again = socket.socketpair()
-    one = Dispatcher(1, first.service, ARENA, arrivals)
-    two = Dispatcher(2, first.service, ARENA, arrivals)
-    await one.open(ours_again, JSON)
-    await two.open(second_ours, JSON)
-    assert one.channel is not None and two.channel is not None
-    one.channel.data_received(frame(infer(1, 1.0)))
-    await until_answered(peer_again, {1})
-    one.channel.data_received(frame(infer(2, 2.0)))
-    assert answers(written(peer_again)) == {2: 4.0}  # quiet: answered in the callback
-    second_peer.sendall(frame(infer(3, 3.0)))  # arrives at the other channel; the loop has not read it yet
-    one.channel.data_received(frame(infer(4, 4.0)))
-    assert answers(written(peer_again)) == {4: 8.0}  # ran on the loop; request 3 was waiting meanwhile
-    one.channel.data_received(frame(infer(5, 5.0)))
-    assert written(peer_again) == []  # requests met: this one is queued
-    assert (await until_answered(peer_again, {5})) == {5: 10.0}
-    assert (await until_answered(second_peer, {3})) == {3: 6.0}
-    for d in (one, two):
-        assert d.channel is not None
-        d.channel.close()
-    for s in (second_peer, peer_again):
-        s.close()

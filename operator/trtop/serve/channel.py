@@ -65,9 +65,6 @@ class Channel(asyncio.Protocol):
         self._outbox: list[Message] = []
         self._flush_scheduled = False
         self.closed = False
-        # While ``on_message`` runs: the message is its frame's only one and no more bytes came with it (a lone
-        # request may then be answered at once: nothing read in this turn could have joined its batch).
-        self.lone = False
 
     @classmethod
     async def open(cls, sock: socket.socket, on_message: Callable[[Message], None],
@@ -94,7 +91,6 @@ class Channel(asyncio.Protocol):
                 break
             messages = self._codec.loads(memoryview(buf)[pos + 4:pos + 4 + length])
             pos += 4 + length
-            self.lone = len(messages) == 1 and pos == end
             for message in messages:
                 self._on_message(message)
         if pos:
@@ -113,13 +109,6 @@ class Channel(asyncio.Protocol):
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
-
-    def send_now(self, message: Message) -> None:
-        """Send at once (with whatever is waiting in the outbox), not at the end of the loop's turn."""
-        if self.closed or self._transport is None:
-            return
-        self._outbox.append(message)
-        self._flush()
 
     def _flush(self) -> None:
         self._flush_scheduled = False

@@ -24,8 +24,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
-import select
 import socket
 from typing import Any
 
@@ -50,48 +48,16 @@ def error_of(exc: BaseException) -> tuple[str, str, float]:
     return InferenceFailed.__name__, f"the backend failed to run this request: {exc}", 0.0
 
 
-class Arrivals:
-    """Every front-end's channel in the engine process, asked (one poll, no wait) whether bytes came while a
-    lone request ran on the event loop. A request that arrived meanwhile met that one in the server, as
-    though it had been queued behind it: the scheduler is told (``Scheduler.met``), so the requests that
-    follow take the queue and the free slot instead of running one after another on the loop. Without it
-    two clients took turns there, never meeting (ResNet-50, native front-ends: 956 img/s at two clients
-    against 1,156 with the queue, H200 host)."""
-
-    def __init__(self) -> None:
-        self._poll = select.poll()
-        self._fds: dict[int, int] = {}  # the socket's descriptor -> our duplicate (the loop may close the socket)
-
-    def add(self, sock: socket.socket) -> None:
-        fd = os.dup(sock.fileno())
-        self._fds[sock.fileno()] = fd
-        self._poll.register(fd, select.POLLIN)
-
-    def remove(self, sock_fd: int) -> None:
-        fd = self._fds.pop(sock_fd, None)
-        if fd is not None:
-            self._poll.unregister(fd)
-            os.close(fd)
-
-    def waiting(self) -> bool:
-        return bool(self._poll.poll(0))
-
-
 class Dispatcher:
-    def __init__(self, index: int, service: InferenceService, arena: Arena, arrivals: Arrivals | None = None) -> None:
+    def __init__(self, index: int, service: InferenceService, arena: Arena) -> None:
         self.index = index
         self.service = service
         self.arena = arena
         self.channel: Channel | None = None
-        self._arrivals = arrivals
-        self._fd = -1
         self._pending: set[asyncio.Future[Outputs]] = set()  # requests queued or running
         self.closed = asyncio.Event()
 
     async def open(self, sock: socket.socket, codec: Codec = PICKLE) -> None:
-        if self._arrivals is not None:
-            self._fd = sock.fileno()
-            self._arrivals.add(sock)
         self.channel = await Channel.open(sock, self._on_message, self._on_close, codec)
 
     def send_state(self) -> None:
@@ -106,8 +72,6 @@ class Dispatcher:
         return len(self._pending)
 
     def _on_close(self) -> None:
-        if self._arrivals is not None:
-            self._arrivals.remove(self._fd)
         self.closed.set()
 
     def _on_message(self, message: Message) -> None:
@@ -139,14 +103,6 @@ class Dispatcher:
             feeds = {name: self.arena.view(offset, dtype, shape) if inline is None
                      else np.frombuffer(inline, dtype=dtype).reshape(shape)  # a small tensor sent in the descriptor
                      for name, dtype, shape, offset, inline in inputs}
-            if self.channel is not None and self.channel.lone:  # nothing came with it: maybe run it right here
-                result = self.service.run_alone(feeds, rows, requests)
-                if result is not None:
-                    self._reply(rid, outputs, result, at_once=True)
-                    scheduler = self.service.scheduler
-                    if self._arrivals is not None and scheduler is not None and self._arrivals.waiting():
-                        scheduler.met()  # a request came while this one held the loop
-                    return
             future = self.service.enqueue(feeds, rows, signature_of(feeds), timeout_s, requests=requests)
         except Exception as exc:  # ServeError: refused at once; anything else fails this request alone
             self._failed(rid, exc)
@@ -164,22 +120,13 @@ class Dispatcher:
         if error is not None:
             self._failed(rid, error)
             return
-        self._reply(rid, outputs, future.result())
-
-    def _reply(self, rid: int, outputs: list[tuple[str, tuple[int, tuple[int, ...]] | None]], result: Outputs,
-               at_once: bool = False) -> None:
         try:
+            result = future.result()
             places = [self._place(name, result[name], where) for name, where in outputs]
         except Exception as exc:  # an output the model did not produce
             self._failed(rid, exc)
             return
-        message = ("done", rid, None, places, self._backlog())
-        if self.channel is None:
-            return
-        if at_once:
-            self.channel.send_now(message)
-        else:
-            self.channel.send(message)
+        self._send(("done", rid, None, places, self._backlog()))
 
     def _failed(self, rid: int, exc: BaseException) -> None:
         if not isinstance(exc, ServeError):

@@ -182,38 +182,6 @@ class Scheduler:
             loop.call_soon(self._kick)
         return future
 
-    def run_alone(self, feeds: Feeds, rows: int) -> Outputs | None:
-        """Run one request now, on the caller's thread (the event loop's), when ``enqueue`` would run it there
-        on its own anyway: nothing queued, running or planned, the lone-run rule of ``_inline_now`` holds
-        (its batch size known to be short enough; with the runtime's own threads, a size it can run here), and
-        requests come one at a time (none has met another for ``QUIET_S``: under load, requests of other
-        front-ends read in the same turn of the loop share its batch). Its outputs, or None when it must be
-        queued instead. The caller knows nothing else came with it (a front-end's frame of one descriptor,
-        nothing more buffered), so no batch is lost by not waiting for the loop's turn, and nothing waits on a future:
-        a lone request is answered in the same callback that read it (on the H200 host the turns of the
-        loop for ``_kick``, the future's callbacks and the channel's flush were ~35 us of a 1 ms request)."""
-        if self._closing or self._flush or self._queue or self._running or self._inline or self._kick_planned:
-            return None
-        if self._clock() - self._met_at < QUIET_S:  # requests meet: those read in one turn should share a batch
-            return None
-        size = self.policy.bucket_for(rows)
-        if not (self._short(size) or self._lone_may_run_here(size)):
-            return None
-        self._inline += 1
-        try:
-            parts, seconds = self._compute([feeds], [rows], size)
-        finally:
-            self._inline -= 1
-        self.batches += 1
-        if self._observer is not None:
-            self._observer.dequeued(0.0)
-            self._observer.batch_done(rows, seconds)
-        return parts[0]
-
-    def met(self) -> None:
-        """Requests met in the server outside the queue's sight (one came while a lone one ran on the loop)."""
-        self._met_at = self._clock()
-
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         # Kept: asyncio.get_running_loop() checks the process id (a getpid system call) every time, ~3% of the
         # event loop's time at a light model's request rate.
@@ -311,15 +279,9 @@ class Scheduler:
         one request with nothing else queued or running and known to take under ``inline_alone_max_s``."""
         if self._short(size):
             return True
-        alone = len(items) == 1 and not self._queue and not self._running and not self._inline
-        return alone and self._lone_may_run_here(size)
-
-    def _lone_may_run_here(self, size: int) -> bool:
-        """A lone request of this batch size may run on the event loop: known to take under
-        ``inline_alone_max_s``, and with the runtime's own threads, a size it runs on this thread while
-        requests come one at a time."""
         mean = self._mean_s.get(size)
-        if mean is None or mean >= self._inline_alone_max_s:
+        alone = len(items) == 1 and not self._queue and not self._running and not self._inline
+        if not alone or mean is None or mean >= self._inline_alone_max_s:
             return False
         return self._loop_sizes is None or (size in self._loop_sizes and self._clock() - self._met_at >= QUIET_S)
 

@@ -292,23 +292,6 @@ class InferenceService:
         future.add_done_callback(functools.partial(self._answered, rows, started, requests))
         return future
 
-    def run_alone(self, feeds: Feeds, rows: int, requests: int = 1) -> Outputs | None:
-        """Run admitted feeds now when the scheduler would run them on the loop on their own anyway
-        (``Scheduler.run_alone``); their outputs, or None (``enqueue`` them). Raises what the run raised."""
-        if self.state != "ready" or self._scheduler is None:
-            return None
-        started = time.perf_counter_ns()
-        if self._awake is not None:
-            self._awake.touch()
-        try:
-            outputs = self._scheduler.run_alone(feeds, rows)
-        except Exception:
-            self.statistics.record_failure(time.perf_counter_ns() - started, requests)
-            raise
-        if outputs is not None:
-            self._succeeded(rows, started, requests)
-        return outputs
-
     async def submit(self, feeds: Feeds, rows: int, signature: Hashable, timeout_s: float,
                      started_ns: int | None = None) -> Outputs:
         """``enqueue`` and wait for the outputs."""
@@ -318,13 +301,10 @@ class InferenceService:
         """The statistics of one answered request (a cancelled one, whose client went away, is not counted)."""
         if future.cancelled():
             return
-        if future.exception() is not None:
-            self.statistics.record_failure(time.perf_counter_ns() - started, requests)
-            return
-        self._succeeded(rows, started, requests)
-
-    def _succeeded(self, rows: int, started: int, requests: int) -> None:
         total = time.perf_counter_ns() - started
+        if future.exception() is not None:
+            self.statistics.record_failure(total, requests)
+            return
         # The scheduler reports compute per batch, not per request: the batch that finished last is this
         # request's with one instance (its future resolves right after); an estimate with several.
         compute = min(self._observer.last_compute_ns, total)

@@ -35,7 +35,7 @@ from pathlib import Path
 from trtop import names
 from trtop.serve.arena import Arena
 from trtop.serve.channel import JSON, PICKLE
-from trtop.serve.dispatcher import Arrivals, Dispatcher
+from trtop.serve.dispatcher import Dispatcher
 from trtop.serve.errors import StartupError
 from trtop.serve.frontend import setup_env
 from trtop.serve.heap import settle_heap
@@ -154,7 +154,6 @@ class Supervisor:
         self.api = self._api_socket() if self.private else None
         self.arena_size = arena_bytes(settings, count + (self.python_count if self.native else 0))
         self.dispatchers: dict[int, Dispatcher] = {}
-        self.arrivals = Arrivals()
         self.arenas: list[Arena] = []  # every arena made, also those of replaced front-ends (see _start_frontend)
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
@@ -237,7 +236,7 @@ class Supervisor:
             *command, env=env, pass_fds=(listen.fileno(), theirs.fileno(), arena.fd))
         theirs.close()
         arena.release_fd()  # the mapping stays; the front-end holds its own descriptor
-        dispatcher = Dispatcher(index, self.service, arena, self.arrivals)
+        dispatcher = Dispatcher(index, self.service, arena)
         await dispatcher.open(ours, JSON if native else PICKLE)
         dispatcher.send_state()
         self.dispatchers[index] = dispatcher
