@@ -50,11 +50,11 @@ import argparse
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
-import re
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,7 @@ BUCKETS = (1, 2, 4, 8, 16, 32)
 TARGET_RATIO, TARGET_TAIL, TARGET_TINY = 0.85, 2.5, 20000.0
 TARGET_LONE_MS = 0.3  # a lone request over the engine's batch-1 p50
 _ENV_WORD = re.compile(r"^[A-Z_][A-Z0-9_]*=")  # a --config word for the server's environment
+
 
 def inprocess(path: Path, seconds: float, engine_path: bool = False) -> dict[str, Any]:
     """img/s of ONNX Runtime CUDA alone at each bucket, batch-1 p50. ``engine_path``: the way the server

@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from trtop import names
 from trtop.api.engine import BatchProfile, EngineKey, EngineRecord, TensorSpec
 from trtop.api.targets import Target
+from trtop.serve.types import Feeds, Outputs
 from trtop.store.integrity import artifact_digest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -183,3 +184,26 @@ def metric_value(text: str, name: str, **labels: str) -> float:
             if all(part in got.split(",") for part in want.split(",") if part):
                 return float(value)
     return 0.0
+
+
+class Recorder:
+    """A runtime that records the batch sizes it ran."""
+
+    inputs = (TensorSpec("x", "float32", (-1, 2)),)
+    outputs = (TensorSpec("y", "float32", (-1, 2)),)
+    max_batch = None
+    platform = "fake"
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+        self.prepared: list[int] = []
+
+    def prepare(self, batch_sizes: Sequence[int]) -> None:
+        self.prepared = list(batch_sizes)
+
+    def run(self, feeds: Feeds, outputs: Sequence[str]) -> Outputs:
+        self.rows.append(feeds["x"].shape[0])
+        return {"y": feeds["x"] + 1}
+
+    def close(self) -> None:
+        pass

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Sequence
 import numpy as np
 import pytest
 
-from trtop.api.engine import TensorSpec
 from trtop.serve.arena import Arena
 from trtop.serve.channel import JSON, Message
 from trtop.serve.dispatcher import Dispatcher
@@ -20,29 +19,16 @@ from trtop.serve.metrics import ServerMetrics
 from trtop.serve.service import BatchingConfig, InferenceService, Loaded
 from trtop.serve.types import Feeds, Outputs
 
+from .conftest import Recorder
 
-class Doubler:
-    """y = 2x; records the batch sizes it ran; an input holding -1 breaks it."""
 
-    inputs = (TensorSpec("x", "float32", (-1, 2)),)
-    outputs = (TensorSpec("y", "float32", (-1, 2)),)
-    max_batch = None
-    platform = "fake"
-
-    def __init__(self) -> None:
-        self.rows: list[int] = []
-
-    def prepare(self, batch_sizes: Sequence[int]) -> None:
-        pass
+class Breakable(Recorder):
+    """y = x + 1 (``Recorder``); an input holding -1 breaks it."""
 
     def run(self, feeds: Feeds, outputs: Sequence[str]) -> Outputs:
         if (feeds["x"] == -1).any():
             raise RuntimeError("poison")
-        self.rows.append(feeds["x"].shape[0])
-        return {"y": feeds["x"] * 2}
-
-    def close(self) -> None:
-        pass
+        return super().run(feeds, outputs)
 
 
 ARENA = Arena.create(1 << 16)
@@ -83,8 +69,8 @@ def answers(messages: list[Message]) -> dict[int, object]:
 
 
 @pytest.fixture
-async def engine() -> AsyncIterator[tuple[Dispatcher, socket.socket, Doubler]]:
-    runtime = Doubler()
+async def engine() -> AsyncIterator[tuple[Dispatcher, socket.socket, Breakable]]:
+    runtime = Breakable()
     service = InferenceService("m", lambda: Loaded(runtime, backend="fake"), BatchingConfig(max_batch=4),
                                ServerMetrics("m"))
     await service.start()
@@ -109,7 +95,7 @@ async def until_answered(peer: socket.socket, rids: set[int]) -> dict[int, objec
 
 
 async def test_descriptors_that_came_together_still_share_a_batch(
-        engine: tuple[Dispatcher, socket.socket, Doubler]) -> None:
+        engine: tuple[Dispatcher, socket.socket, Breakable]) -> None:
     """Descriptors read in one callback (a frame of several, or several frames in one read) run as one batch,
     even when the run of one row is known to be short and the scheduler is idle."""
     dispatcher, peer, runtime = engine
@@ -120,17 +106,17 @@ async def test_descriptors_that_came_together_still_share_a_batch(
     runtime.rows.clear()
     channel.data_received(frame(infer(2, 2.0), infer(3, 3.0)))  # one frame of two
     assert written(peer) == []  # not answered in the read: they wait for the loop's turn, together
-    assert await until_answered(peer, {2, 3}) == {2: 4.0, 3: 6.0}
+    assert await until_answered(peer, {2, 3}) == {2: 3.0, 3: 4.0}
     assert runtime.rows == [2]
     runtime.rows.clear()
     channel.data_received(frame(infer(4, 4.0)) + frame(infer(5, 5.0)))  # two frames read at once
     assert written(peer) == []
-    assert await until_answered(peer, {4, 5}) == {4: 8.0, 5: 10.0}
+    assert await until_answered(peer, {4, 5}) == {4: 5.0, 5: 6.0}
     assert runtime.rows == [2]
 
 
 async def test_a_request_that_breaks_the_backend_gets_its_error_and_the_next_one_is_served(
-        engine: tuple[Dispatcher, socket.socket, Doubler]) -> None:
+        engine: tuple[Dispatcher, socket.socket, Breakable]) -> None:
     dispatcher, peer, _runtime = engine
     channel = dispatcher.channel
     assert channel is not None
@@ -140,7 +126,7 @@ async def test_a_request_that_breaks_the_backend_gets_its_error_and_the_next_one
     error = (await until_answered(peer, {2}))[2]
     assert isinstance(error, list) and error[0] == "InferenceFailed" and "poison" in error[1]
     channel.data_received(frame(infer(3, 5.0)))
-    assert await until_answered(peer, {3}) == {3: 10.0}
+    assert await until_answered(peer, {3}) == {3: 6.0}
     stats = dispatcher.service.statistics.snapshot()
     assert stats.fail.count == 1 and stats.success.count == 2
 

@@ -15,7 +15,7 @@ from trtop.serve.protocol import InferRequest
 from trtop.serve.service import BatchingConfig, InferenceService, Loaded, effective_max_batch, warmup_feeds
 from trtop.serve.types import Feeds, Outputs
 
-from .conftest import affine_record
+from .conftest import Recorder, affine_record
 
 
 @pytest.mark.parametrize("configured,record_max,runtime_max,expected", [
@@ -33,29 +33,6 @@ def test_effective_max_batch(configured: int, record_max: int | None, runtime_ma
 def test_warmup_feeds_cover_dynamic_dims() -> None:
     info = ModelInfo("m", "p", "b", (TensorSpec("x", "int64", (-1, -1, 3)),), (), max_batch=4)
     assert warmup_feeds(info, 4)["x"].shape == (4, 1, 3)
-
-
-class Recorder:
-    """A runtime that records the batch sizes it ran."""
-
-    inputs = (TensorSpec("x", "float32", (-1, 2)),)
-    outputs = (TensorSpec("y", "float32", (-1, 2)),)
-    max_batch = None
-    platform = "fake"
-
-    def __init__(self) -> None:
-        self.rows: list[int] = []
-        self.prepared: list[int] = []
-
-    def prepare(self, batch_sizes: Sequence[int]) -> None:
-        self.prepared = list(batch_sizes)
-
-    def run(self, feeds: Feeds, outputs: Sequence[str]) -> Outputs:
-        self.rows.append(feeds["x"].shape[0])
-        return {"y": feeds["x"] + 1}
-
-    def close(self) -> None:
-        pass
 
 
 async def test_warms_up_before_ready_and_serves_while_draining() -> None:
