@@ -6,6 +6,10 @@ with 602 KB images it holds ~2 GB per second of load and was OOM-killed at 64-12
 the H200 host. This client sends one prebuilt request over and over on raw asyncio sockets
 (``connections`` split over ``procs`` processes, each optionally pinned with ``taskset``),
 and reports throughput and latency percentiles over the window after a warm-up.
+With ``--shared-memory`` the client speaks Triton's system shared memory extension (the server runs
+with ``--shared-memory system``), as a sidecar in the server's pod would: each process writes the input
+once into a ``/dev/shm`` region, each connection gets a region for the outputs, and a request is a
+JSON header naming them (no tensor bytes on the socket).
 Used by ``serve_gpu.py --client own``; runnable alone:
 
     python3 bench/loadclient.py --port 8000 --model resnet50 --input input --shape 3,224,224 -c 64
@@ -27,8 +31,22 @@ import numpy as np
 _LENGTH = re.compile(rb"(?im)^content-length: *(\d+)")
 
 
-def request_bytes(host: str, port: int, model: str, input_name: str, shape: list[int]) -> bytes:
+def request_bytes(host: str, port: int, model: str, input_name: str, shape: list[int],
+                  regions: tuple[str, list[tuple[str, str, int]]] | None = None) -> bytes:
+    """One request's bytes: the input as a binary tensor, or (``regions``: the input's region and each
+    output's name, region and byte size) a JSON header naming shared memory regions."""
     x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
+    if regions is not None:
+        in_region, outputs = regions
+        body = json.dumps({
+            "inputs": [{"name": input_name, "shape": [1, *shape], "datatype": "FP32", "parameters": {
+                "shared_memory_region": in_region, "shared_memory_byte_size": x.nbytes}}],
+            "outputs": [{"name": name, "parameters": {"shared_memory_region": region,
+                                                      "shared_memory_byte_size": nbytes}}
+                        for name, region, nbytes in outputs]}).encode()
+        head = (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        return head.encode() + body
     header = json.dumps({"inputs": [{"name": input_name, "shape": [1, *shape], "datatype": "FP32",
                                      "parameters": {"binary_data_size": x.nbytes}}],
                          "parameters": {"binary_data_output": True}}).encode()
@@ -37,6 +55,52 @@ def request_bytes(host: str, port: int, model: str, input_name: str, shape: list
             f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {len(header)}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n")
     return head.encode() + body
+
+
+class Regions:
+    """This process's shared memory regions, registered with the server, unregistered and unlinked by ``close``."""
+
+    def __init__(self, host: str, port: int, model: str, shape: list[int], connections: int) -> None:
+        from multiprocessing import shared_memory
+
+        self.base = f"http://{host}:{port}/v2"
+        self.objects: list[Any] = []
+        self.names: list[str] = []
+        tag = f"loadclient-{os.getpid()}"
+        x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
+        self.input = self._make(shared_memory, f"{tag}-in", x.nbytes)
+        np.ndarray(x.shape, x.dtype, buffer=self.objects[-1].buf)[:] = x
+        meta = json.loads(_http("GET", f"{self.base}/models/{model}"))
+        self.outputs: list[list[tuple[str, str, int]]] = []
+        for c in range(connections):
+            per = []
+            for o in meta["outputs"]:
+                nbytes = int(np.prod([1 if d < 0 else d for d in o["shape"]])) * np.dtype(
+                    o["datatype"].lower().replace("fp", "float")).itemsize
+                per.append((o["name"], self._make(shared_memory, f"{tag}-out{c}-{o['name']}", nbytes), nbytes))
+            self.outputs.append(per)
+
+    def _make(self, shared_memory: Any, name: str, nbytes: int) -> str:
+        obj = shared_memory.SharedMemory(name, create=True, size=nbytes)
+        self.objects.append(obj)
+        self.names.append(name)
+        _http("POST", f"{self.base}/systemsharedmemory/region/{name}/register",
+              json.dumps({"key": "/" + name, "offset": 0, "byte_size": nbytes}).encode())
+        return name
+
+    def close(self) -> None:
+        for name in self.names:
+            _http("POST", f"{self.base}/systemsharedmemory/region/{name}/unregister", b"")
+        for obj in self.objects:
+            obj.close()
+            obj.unlink()
+
+
+def _http(method: str, url: str, body: bytes | None = None) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(urllib.request.Request(url, data=body, method=method), timeout=30) as answer:
+        return bytes(answer.read())
 
 
 async def _connection(host: str, port: int, payload: bytes, start: float, stop: float,
@@ -61,7 +125,11 @@ def _worker(args: argparse.Namespace) -> None:
         uvloop.install()
     except ImportError:
         pass
-    payload = request_bytes(args.host, args.port, args.model, args.input, [int(d) for d in args.shape.split(",")])
+    shape = [int(d) for d in args.shape.split(",")]
+    regions = Regions(args.host, args.port, args.model, shape, args.connections) if args.shared_memory else None
+    payloads = [request_bytes(args.host, args.port, args.model, args.input, shape,
+                              None if regions is None else (regions.input, regions.outputs[c]))
+                for c in range(args.connections)]
     lat: list[float] = []
     errors: list[int] = []
 
@@ -69,16 +137,22 @@ def _worker(args: argparse.Namespace) -> None:
         start = time.perf_counter() + args.warmup
         stop = start + args.seconds
         await asyncio.gather(*(_connection(args.host, args.port, payload, start, stop, lat, errors)
-                               for _ in range(args.connections)))
+                               for payload in payloads))
 
-    asyncio.run(go())
+    try:
+        asyncio.run(go())
+    finally:
+        if regions is not None:
+            regions.close()
     np.asarray(lat, dtype=np.float64).tofile(args.out)  # a file: a pipe may not take it all at once
     print(json.dumps({"errors": len(errors)}), flush=True)
 
 
 def run(*, host: str, port: int, model: str, input_name: str, shape: list[int], concurrency: int,
-        seconds: float, warmup: float = 1.0, procs: int = 4, cores: str = "") -> dict[str, Any]:
-    """Throughput and latency of ``concurrency`` connections over ``procs`` processes."""
+        seconds: float, warmup: float = 1.0, procs: int = 4, cores: str = "", shared_memory: bool = False,
+        ) -> dict[str, Any]:
+    """Throughput and latency of ``concurrency`` connections over ``procs`` processes (``shared_memory``:
+    tensors in system shared memory regions, not in the requests)."""
     import tempfile
 
     procs = max(1, min(procs, concurrency))
@@ -89,7 +163,8 @@ def run(*, host: str, port: int, model: str, input_name: str, shape: list[int], 
         n = concurrency // procs + (1 if i < concurrency % procs else 0)
         cmd = [sys.executable, __file__, "--worker", "--host", host, "--port", str(port), "--model", model,
                "--input", input_name, "--shape", ",".join(map(str, shape)), "-c", str(n),
-               "--seconds", str(seconds), "--warmup", str(warmup), "--out", outs[i]]
+               "--seconds", str(seconds), "--warmup", str(warmup), "--out", outs[i],
+               *(["--shared-memory"] if shared_memory else [])]
         if cores:
             cmd = ["taskset", "-c", cores, *cmd]
         children.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
@@ -121,6 +196,8 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--procs", type=int, default=4)
     p.add_argument("--cores", default="", help="taskset -c list for the client processes")
+    p.add_argument("--shared-memory", action="store_true",
+                   help="tensors in system shared memory regions (the server needs --shared-memory system)")
     p.add_argument("--out", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -128,7 +205,8 @@ def main() -> int:
         return 0
     print(json.dumps(run(host=args.host, port=args.port, model=args.model, input_name=args.input,
                          shape=[int(d) for d in args.shape.split(",")], concurrency=args.connections,
-                         seconds=args.seconds, warmup=args.warmup, procs=args.procs, cores=args.cores)))
+                         seconds=args.seconds, warmup=args.warmup, procs=args.procs, cores=args.cores,
+                         shared_memory=args.shared_memory)))
     return 0
 
 

@@ -39,6 +39,11 @@ engine alone 0.03-0.08 ms (docs/server.md, fourteenth session). A pair's two fig
 machine's state, and the pairs' median difference is what the server adds; the one-client row
 against the early baseline is printed beside it.
 
+A configuration whose flags turn system shared memory on (``--config shm=--shared-memory=system``) is
+driven the way a client in the server's pod would drive it: both clients put the tensors in ``/dev/shm``
+regions and send requests that name them (``perf_analyzer --shared-memory system``, ``loadclient.py
+--shared-memory``), so no tensor byte crosses a socket.
+
 Prints the tables (markdown) and writes them with the raw figures to ``--out``.
 Targets (issue P8): >= 0.85 x the in-process best at the best concurrency, stable
 windows everywhere, p99 <= 2.5 x p50; a lone request's p50 <= the engine's batch-1 p50 + 0.3 ms;
@@ -159,7 +164,7 @@ def served_lone_p50_ms(client: Client, url: str, window_ms: int, tmp: Path) -> f
     host, port = url.split(":")
     return float(loadclient.run(host=host, port=int(port), model="resnet50", input_name="input", shape=[3, 224, 224],
                                 concurrency=1, seconds=window_ms / 1000, warmup=0.3, procs=1,
-                                cores=client.cores)["p50_ms"])
+                                cores=client.cores, shared_memory=client.shared_memory)["p50_ms"])
 
 
 def paired_lone(engine: LoneEngine, client: Client, url: str, rounds: int, window_ms: int,
@@ -282,9 +287,10 @@ class Client:
     HTTP only)."""
 
     def __init__(self, pa: str, kind: str, cores: str, memory_gb: float, count: int, procs: int,
-                 count_from: int = 0) -> None:
+                 count_from: int = 0, shared_memory: bool = False) -> None:
         self.pa, self.kind, self.cores, self.memory_gb, self.count, self.procs = pa, kind, cores, memory_gb, count, procs
         self.count_from = count_from
+        self.shared_memory = shared_memory  # tensors in system shared memory regions (the server runs with it on)
 
 
 class Profiler:
@@ -361,7 +367,7 @@ def perf(client: Client, model: str, url: str, protocol: str, concurrency: int, 
         host, port = url.split(":")
         got = loadclient.run(host=host, port=int(port), model=model, input_name=input_name, shape=shape or [],
                              concurrency=concurrency, seconds=window_ms / 1000 * 3, procs=client.procs,
-                             cores=client.cores)
+                             cores=client.cores, shared_memory=client.shared_memory)
         row.update(got, stable=got["errors"] == 0, rc=0)
     else:
         row.update(_perf_analyzer(client, model, url, protocol, concurrency, window_ms, tmp))
@@ -389,6 +395,8 @@ def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurre
         cmd += ["--measurement-mode", "count_windows", "--measurement-request-count", str(client.count)]
     else:
         cmd += ["--measurement-interval", str(window_ms)]
+    if client.shared_memory:
+        cmd += ["--shared-memory", "system"]
     if client.cores:
         cmd = ["taskset", "-c", client.cores, *cmd]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -490,11 +498,12 @@ def main() -> int:
                             stages=tmp / f"stages-{label}.jsonl" if args.stages else None, env=configs_env[label])
             rows = []
             kinds = ["perf_analyzer", "own"] if args.client == "both" else [args.client]
+            shm = in_shared_memory([*args.server_arg, *flags])
             try:
                 for c in levels:
                     for kind in kinds:
                         client = Client(args.perf_analyzer, kind, args.client_cores, args.pa_memory_gb, args.pa_count,
-                                        args.client_procs, args.pa_count_from)
+                                        args.client_procs, args.pa_count_from, shm)
                         row = perf(client, "resnet50", "127.0.0.1:8000", "http", c, args.window_ms, server, tmp,
                                    shape=[3, 224, 224], input_name="input", profiler=profiler, label=label)
                         rows.append(row)
@@ -502,7 +511,8 @@ def main() -> int:
                 pairs = []
                 if lone is not None:
                     print(f"paired lone windows, {label} ...", flush=True)
-                    client = Client(args.perf_analyzer, kinds[0], args.client_cores, args.pa_memory_gb, 0, 1)
+                    client = Client(args.perf_analyzer, kinds[0], args.client_cores, args.pa_memory_gb, 0, 1,
+                                    shared_memory=shm)
                     pairs = paired_lone(lone, client, "127.0.0.1:8000", args.paired_rounds, args.paired_window_ms,
                                         tmp)
             finally:
@@ -532,6 +542,13 @@ def main() -> int:
     report(results)
     (args.out / "serve-gpu.json").write_text(json.dumps(results, indent=2, default=str))
     return 0
+
+
+def in_shared_memory(flags: list[str]) -> bool:
+    """The server runs with system shared memory on (``--shared-memory system`` or ``=system``): the clients
+    then hand the tensors over in regions, as a sidecar in the server's pod would."""
+    words = " ".join(flags).replace("=", " ").split()
+    return any(w == "--shared-memory" and i + 1 < len(words) and words[i + 1] == "system" for i, w in enumerate(words))
 
 
 def _resnet_table(label: str, flags: list[str], rows: list[dict[str, Any]], best: float) -> list[str]:

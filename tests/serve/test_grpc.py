@@ -181,7 +181,9 @@ class TestErrors:
     def test_rpcs_not_implemented_say_which_are(self, client: tg.InferenceServerClient) -> None:
         code, message = fails(client.get_model_repository_index)
         assert code == "UNIMPLEMENTED" and "RepositoryIndex is not implemented" in message and "ModelInfer" in message
-        assert fails(client.get_system_shared_memory_status)[0] == "UNIMPLEMENTED"
+        assert len(client.get_cuda_shared_memory_status().regions) == 0  # implemented: none ever registered
+        code, message = fails(lambda: client.register_system_shared_memory("r", "/trtop-test", 16))
+        assert code == "INVALID_ARGUMENT" and "--shared-memory system" in message  # off unless asked for
 
     @pytest.mark.parametrize("tensor,raw,match", [
         ({"datatype": "FP32", "shape": [1, 4], "contents": {"fp32_contents": [1, 2, 3]}}, [],
@@ -193,7 +195,9 @@ class TestErrors:
         ({"datatype": "FP32", "shape": [1, 4]}, [b"\0" * 16, b"\0" * 16], "raw_input_contents has 2 entries for 1"),
         ({"datatype": "BYTES", "shape": [1]}, [b"abcd"], "datatype 'BYTES' is not supported"),
         ({"datatype": "FP32", "shape": [1, 4], "parameters": {"shared_memory_region": {"string_param": "r"}}},
-         [b"\0" * 16], "shared memory extension is not supported"),
+         [], "system shared memory extension is off on this server"),
+        ({"datatype": "FP32", "shape": [1, 4], "parameters": {"shared_memory_region": {"string_param": "r"}}},
+         [b"\0" * 16], "raw_input_contents has 1 entries for 0 inputs"),
     ])
     def test_malformed_tensors(self, stub: service_pb2_grpc.GRPCInferenceServiceStub, tensor: dict[str, Any],
                                raw: list[bytes], match: str) -> None:

@@ -18,16 +18,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from trtop.serve.errors import ServeError
-from trtop.serve.handle import EXTENSIONS, SERVER_NAME, check_model
+from trtop.serve.errors import BadRequest, ServeError
+from trtop.serve.handle import SERVER_NAME, check_model, extensions
 from trtop.serve.model import VERSION, ModelInfo, model_config, model_metadata
 from trtop.serve.protocol import error_body
 from trtop.serve.infer_http import HEADER_LENGTH, JSON, FastInfer, error_parts, infer_body, read_body
 from trtop.serve.handle import ModelHandle
+from trtop.serve.shared_memory import CUDA_SHM_MESSAGE, spec_of
 from trtop.serve.statistics import statistics_json
 from trtop.versions import TRTOP_VERSION
 
-def json_response(doc: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+REGISTRATION_MAX_BYTES = 64 * 1024  # a region's registration is a few dozen bytes of JSON
+
+
+def json_response(doc: Mapping[str, Any] | list[Any], status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     return Response(json.dumps(doc, separators=(",", ":")), status, headers, media_type=JSON)
 
 
@@ -56,7 +60,7 @@ def build_app(
         return json_response({"ready": False, "error": f"model {service.name!r} is {service.state}"}, 503)
 
     async def server_metadata(request: Request) -> Response:
-        return json_response({"name": SERVER_NAME, "version": TRTOP_VERSION, "extensions": list(EXTENSIONS)})
+        return json_response({"name": SERVER_NAME, "version": TRTOP_VERSION, "extensions": extensions(service)})
 
     async def metadata(request: Request) -> Response:
         try:
@@ -107,6 +111,43 @@ def build_app(
             return error_response(exc)
         return json_response(statistics_json([(service.name, VERSION, snapshot)]))
 
+    async def shm_status(request: Request) -> Response:
+        try:
+            return json_response(service.shared_memory.status(request.path_params.get("name")))
+        except ServeError as exc:
+            return error_response(exc)
+
+    async def shm_register(request: Request) -> Response:
+        try:
+            body = await read_body(request.receive, REGISTRATION_MAX_BYTES)
+            try:
+                doc = json.loads(body)
+            except ValueError as exc:
+                raise BadRequest(f"the registration is not valid JSON: {exc}") from None
+            await service.register_region(spec_of(request.path_params["name"], doc))
+        except ServeError as exc:
+            return error_response(exc)
+        return json_response({})
+
+    async def shm_unregister(request: Request) -> Response:
+        try:
+            await service.unregister_region(request.path_params.get("name"))
+        except ServeError as exc:
+            return error_response(exc)
+        return json_response({})
+
+    async def cuda_status(request: Request) -> Response:
+        if "name" in request.path_params:
+            return error_response(BadRequest(f"no CUDA shared memory region {request.path_params['name']!r} is "
+                                             "registered (this server has no CUDA shared memory)"))
+        return json_response([])
+
+    async def cuda_register(request: Request) -> Response:
+        return error_response(BadRequest(CUDA_SHM_MESSAGE))
+
+    async def cuda_unregister(request: Request) -> Response:
+        return json_response({})  # nothing is ever registered (clients unregister all before they start)
+
     async def prometheus(request: Request) -> Response:
         text, content_type = await service.render_metrics()
         return Response(text, media_type=content_type)
@@ -119,6 +160,16 @@ def build_app(
         Route("/metrics", prometheus, methods=["GET"]),
         Route("/v2/models/stats", stats, methods=["GET"]),  # before /v2/models/{model}
     ]
+    for kind, (status, register, unregister) in (("system", (shm_status, shm_register, shm_unregister)),
+                                                  ("cuda", (cuda_status, cuda_register, cuda_unregister))):
+        base = f"/v2/{kind}sharedmemory"
+        routes += [
+            Route(base + "/status", status, methods=["GET"]),
+            Route(base + "/region/{name}/status", status, methods=["GET"]),
+            Route(base + "/region/{name}/register", register, methods=["POST"]),
+            Route(base + "/region/{name}/unregister", unregister, methods=["POST"]),
+            Route(base + "/unregister", unregister, methods=["POST"]),
+        ]
     for base in model_paths:
         routes += [
             Route(base, metadata, methods=["GET"]),

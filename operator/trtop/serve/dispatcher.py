@@ -15,7 +15,9 @@ error, because the front-end frees the request's arena regions only then.
 Front-ends also report finished requests for the metrics (``"requests"``) and requests they
 refused at admission for the statistics (``"failed"``), and ask for the exposition text
 (``"metrics"``) and the statistics (``"statistics"``): the engine process holds the one
-copy of both for the pod. When a front-end goes away, its queued requests
+copy of both for the pod. It holds the one registry of shared memory regions too: a front-end
+forwards a (un)registration (``("shm", id, op, arg)``); once it is applied every Python front-end
+gets the list of regions (``("regions", specs)``, ``regions_changed``) before the asker gets its answer. When a front-end goes away, its queued requests
 still run or time out, and their replies are dropped.
 Made by ``supervisor``.
 """
@@ -25,6 +27,7 @@ import asyncio
 import functools
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,8 +35,9 @@ import numpy as np
 from trtop.serve.arena import Arena
 from trtop.serve.batching import signature_of
 from trtop.serve.channel import PICKLE, Channel, Codec, Message
-from trtop.serve.errors import InferenceFailed, ServeError
+from trtop.serve.errors import BadRequest, InferenceFailed, ServeError
 from trtop.serve.service import InferenceService
+from trtop.serve.shared_memory import RegionSpec
 from trtop.serve.types import Outputs
 
 log = logging.getLogger(__name__)
@@ -49,10 +53,12 @@ def error_of(exc: BaseException) -> tuple[str, str, float]:
 
 
 class Dispatcher:
-    def __init__(self, index: int, service: InferenceService, arena: Arena) -> None:
+    def __init__(self, index: int, service: InferenceService, arena: Arena, follows_regions: bool = True) -> None:
         self.index = index
         self.service = service
         self.arena = arena
+        self.follows_regions = follows_regions  # a Python front-end: it keeps a copy of the region registry
+        self.regions_changed: Callable[[], None] | None = None  # tells every front-end (set by the supervisor)
         self.channel: Channel | None = None
         self._pending: set[asyncio.Future[Outputs]] = set()  # requests queued or running
         self.closed = asyncio.Event()
@@ -66,6 +72,13 @@ class Dispatcher:
             s = self.service
             # merge_max: the rows a merged batch may reach (0: max batch); a native front-end's groups stop there
             self.channel.send(("state", s.state, s.error, s.info, s.merge_max))
+            if len(s.shared_memory):  # a front-end started after registrations
+                self.send_regions()
+
+    def send_regions(self) -> None:
+        if self.channel is not None and self.follows_regions:
+            self.channel.send(("regions", [(r.name, r.key, r.offset, r.byte_size)
+                                           for r in self.service.shared_memory.specs()]))
 
     @property
     def in_flight(self) -> int:
@@ -88,8 +101,28 @@ class Dispatcher:
             self._send(("statistics", message[1], self.service.statistics.snapshot()))
         elif kind == "failed":  # a request the front-end refused before it reached the engine
             self.service.statistics.record_failure(message[1])
+        elif kind == "shm":
+            self._change_regions(message[1], message[2], message[3])
         else:
             log.warning("front-end %d sent an unknown message %r; ignored", self.index, kind)
+
+    def _change_regions(self, rid: int, op: str, arg: Any) -> None:
+        regions = self.service.shared_memory
+        try:
+            if op == "register":
+                regions.register(RegionSpec(*arg))
+            elif op == "unregister":
+                regions.unregister(arg)
+            else:
+                raise BadRequest(f"unknown shared memory operation {op!r}")
+        except ServeError as exc:
+            self._send(("shm", rid, error_of(exc)))
+            return
+        if self.regions_changed is not None:
+            self.regions_changed()
+        else:
+            self.send_regions()
+        self._send(("shm", rid, None))
 
     def _send(self, message: Message) -> None:
         if self.channel is not None:

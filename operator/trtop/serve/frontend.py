@@ -35,10 +35,11 @@ import numpy as np
 from trtop.serve import errors
 from trtop.serve.arena import Allocator, Arena
 from trtop.serve.channel import Channel, Message
-from trtop.serve.errors import InferenceFailed, NotReady, Overloaded, ServeError
+from trtop.serve.errors import BadRequest, InferenceFailed, NotReady, Overloaded, ServeError
 from trtop.serve.model import Admitted, ModelInfo, admit
 from trtop.serve.protocol import Held, InferRequest
 from trtop.serve.settings import ServeSettings
+from trtop.serve.shared_memory import OFF_MESSAGE, RegionSpec, Registry, check_spec
 from trtop.serve.statistics import StatsSnapshot
 from trtop.serve.types import Array, Outputs
 
@@ -80,8 +81,10 @@ class _Waiting:
 class RemoteModel:
     """The model as a front-end sees it: admission here, batching and compute in the engine process."""
 
-    def __init__(self, name: str, arena: Arena, default_timeout_s: float) -> None:
+    def __init__(self, name: str, arena: Arena, default_timeout_s: float, shared_memory: Registry | None = None) -> None:
         self.name = name
+        # Follows the engine process's registry ("regions" messages); registrations go there.
+        self.shared_memory = shared_memory if shared_memory is not None else Registry(enabled=False)
         self.state = "loading"
         self.error = ""
         self.info: ModelInfo | None = None
@@ -106,7 +109,7 @@ class RemoteModel:
     # -- messages from the engine ---------------------------------------------------------
     def on_message(self, message: Message) -> None:
         kind = message[0]
-        if kind == "done" or kind == "metrics" or kind == "statistics":
+        if kind == "done" or kind == "metrics" or kind == "statistics" or kind == "shm":
             waiting = self._waiting.pop(message[1], None)
             if waiting is not None and not waiting.future.done():
                 if kind == "done":  # the outputs are taken out of their regions before those are freed below
@@ -118,6 +121,8 @@ class RemoteModel:
                     self._alloc.free(offset)
                 if waiting.buffer is not None:
                     waiting.buffer.release()
+        elif kind == "regions":  # the engine's registry changed (sent before the answer to a registration)
+            self.shared_memory.follow(tuple(RegionSpec(*spec) for spec in message[1]))
         elif kind == "state":
             _, state, error, info = message[:4]
             self.state = "draining" if self._draining and state == "ready" else state
@@ -181,15 +186,31 @@ class RemoteModel:
         self._channel.send(("infer", rid, admitted.rows, inputs, outputs, timeout))
         return admitted, future
 
-    async def ask(self, kind: str) -> Message:
-        """A question for the engine process (``metrics``, ``statistics``) and its answer."""
+    async def ask(self, kind: str, *args: Any) -> Message:
+        """A question for the engine process (``metrics``, ``statistics``, ``shm``) and its answer."""
         if self._channel is None or self._channel.closed:
             raise NotReady("the engine process is not connected")
         rid = next(self._ids)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = _Waiting(future, [])
-        self._channel.send((kind, rid))
+        self._channel.send((kind, rid, *args))
         return await future
+
+    async def register_region(self, spec: RegionSpec) -> None:
+        check_spec(spec)
+        await self._change_regions("register", (spec.name, spec.key, spec.offset, spec.byte_size))
+
+    async def unregister_region(self, name: str | None) -> None:
+        await self._change_regions("unregister", name)
+
+    async def _change_regions(self, op: str, arg: Any) -> None:
+        if not self.shared_memory.enabled:
+            if op == "unregister":
+                return
+            raise BadRequest(OFF_MESSAGE)
+        _, _, error = await self.ask("shm", op, arg)
+        if error is not None:
+            raise _rebuild(error)
 
     async def render_metrics(self) -> tuple[bytes, str]:
         self.report()

@@ -14,12 +14,18 @@ from typing import Protocol
 from trtop.serve.errors import ModelNotFound, NotReady
 from trtop.serve.model import VERSION, Admitted, ModelInfo
 from trtop.serve.protocol import InferRequest
+from trtop.serve.shared_memory import RegionSpec, Registry
 from trtop.serve.statistics import StatsSnapshot
 from trtop.serve.types import Outputs
 
 SERVER_NAME = "trtop"
 # What ``GET /v2`` and ServerMetadata list (Triton's extension names).
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics")
+SHARED_MEMORY_EXTENSION = "system_shared_memory"  # listed too when the server runs with --shared-memory system
+
+
+def extensions(handle: ModelHandle) -> list[str]:
+    return [*EXTENSIONS, SHARED_MEMORY_EXTENSION] if handle.shared_memory.enabled else list(EXTENSIONS)
 
 
 class RequestCounter(Protocol):
@@ -45,6 +51,16 @@ class ModelHandle(Protocol):
 
     @property
     def metrics(self) -> RequestCounter: ...
+
+    @property
+    def shared_memory(self) -> Registry:
+        """The system shared memory regions requests may name (``serve.shared_memory``)."""
+
+    async def register_region(self, spec: RegionSpec) -> None:
+        """Register a region for every process of the server (BadRequest when it cannot be)."""
+
+    async def unregister_region(self, name: str | None) -> None:
+        """Forget one region (None: all of them) in every process of the server."""
 
     def infer_started(self, request: InferRequest) -> tuple[Admitted, asyncio.Future[Outputs]]:
         """Admit (a ServeError at once, before anything is queued) and queue; the future resolves with this

@@ -30,7 +30,9 @@ from trtop.serve.handle import ModelHandle
 from trtop.serve.model import VERSION, Admitted, ModelInfo
 from trtop.serve.protocol import (
     Body, Held, InferRequest, decode_body, encode_infer_response, error_body, parse_infer_request,
+    write_outputs_to_regions,
 )
+from trtop.serve.shared_memory import Registry
 from trtop.serve.types import Outputs
 
 log = logging.getLogger(__name__)
@@ -62,17 +64,24 @@ def begin_infer(service: ModelHandle, body: Body, header_length: str | None, enc
         length = None if header_length is None else int(header_length)
     except ValueError:
         raise BadRequest(f"Inference-Header-Content-Length {header_length!r} is not an integer") from None
-    parsed = parse_infer_request(decoded, length, buffer if decoded is body else None)
+    regions = service.shared_memory
+    parsed = parse_infer_request(decoded, length, buffer if decoded is body else None,
+                                 regions if regions.enabled else None)
     admitted, future = service.infer_started(parsed)
     return parsed, admitted, future
 
 
-def infer_answer(info: ModelInfo, parsed: InferRequest, admitted: Admitted,
-                 outputs: Outputs) -> tuple[int, dict[str, str], bytes]:
-    """(status, headers, payload) of an answered infer request."""
+def infer_answer(info: ModelInfo, parsed: InferRequest, admitted: Admitted, outputs: Outputs,
+                 regions: Registry | None = None) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, payload) of an answered infer request; outputs asked into shared memory regions are
+    written there (``regions``) and only named in the answer."""
+    in_regions = None
+    if any(o.region is not None for o in admitted.outputs):
+        write_outputs_to_regions(regions, [(o, outputs[o.name]) for o in admitted.outputs])
+        in_regions = {o.name: o.region for o in admitted.outputs if o.region is not None}
     payload, json_length = encode_infer_response(
         model=info.name, version=VERSION, request_id=parsed.id,
-        outputs=[(o.name, outputs[o.name], o.binary) for o in admitted.outputs],
+        outputs=[(o.name, outputs[o.name], o.binary) for o in admitted.outputs], in_regions=in_regions,
     )
     if json_length is None:
         return 200, {"content-type": JSON}, payload
@@ -83,7 +92,7 @@ async def infer_body(service: ModelHandle, info: ModelInfo, body: Body, header_l
                      encoding: str | None, limit: int, buffer: Held | None = None) -> tuple[int, dict[str, str], bytes]:
     """One infer request from its body to (status, headers, payload); ServeError for the caller to map."""
     parsed, admitted, future = begin_infer(service, body, header_length, encoding, limit, buffer)
-    return infer_answer(info, parsed, admitted, await future)
+    return infer_answer(info, parsed, admitted, await future, service.shared_memory)
 
 
 Scope = MutableMapping[str, Any]
@@ -341,7 +350,7 @@ class FastInfer:
             try:
                 if f.cancelled():
                     raise NotReady("the request was cancelled (the server is stopping)")
-                status, hdrs, payload = infer_answer(info, parsed, admitted, f.result())
+                status, hdrs, payload = infer_answer(info, parsed, admitted, f.result(), self.service.shared_memory)
             except ServeError as exc:
                 finish(*error_parts(exc), exc.outcome)
             except Exception as exc:  # encoding an answer the backend produced; logged, answered 500

@@ -17,13 +17,16 @@ import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from trtop.api.engine import TensorSpec
 from trtop.serve.errors import BadRequest, PayloadTooLarge
 from trtop.serve.types import Array
+
+if TYPE_CHECKING:
+    from trtop.serve.shared_memory import Registry
 
 # JSON "data" is parsed into Python objects first (~50 bytes each): beyond this, binary tensors are required.
 MAX_JSON_VALUES = 4_000_000
@@ -41,6 +44,12 @@ V2_OF_NUMPY: dict[str, str] = {v: k for k, v in DATATYPES.items()}
 class RequestedOutput:
     name: str
     binary: bool
+    # Asked into a shared memory region (name, offset, byte size): the answer carries no bytes of it.
+    region: tuple[str, int, int] | None = None
+
+
+# Parameters of Triton's system shared memory extension on an input or a requested output.
+SHM_REGION, SHM_OFFSET, SHM_BYTE_SIZE = "shared_memory_region", "shared_memory_offset", "shared_memory_byte_size"
 
 
 Body = bytes | bytearray | memoryview  # a request body: bytes, or the buffer it was read into
@@ -87,7 +96,9 @@ def decode_body(body: Body, encoding: str | None, limit: int) -> Body:
     return out
 
 
-Place = tuple[str, "np.dtype[Any]", tuple[int, ...], int, int]  # an input's name, dtype, shape, count, offset
+# An input's name, dtype, shape, count, offset and shared memory region (None: the offset is in the body's
+# binary part; else in the region).
+Place = tuple[str, "np.dtype[Any]", tuple[int, ...], int, int, "str | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +111,21 @@ class _Plan:
     outputs: tuple[RequestedOutput, ...] | None
     binary_output: bool
     timeout_s: float | None
+    in_regions: bool  # some input is in a shared memory region
 
-    def request(self, binary: memoryview, buffer: Held | None) -> InferRequest:
-        inputs = {name: np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape)
-                  for name, dtype, shape, count, offset in self.inputs}
+    def request(self, binary: memoryview, buffer: Held | None, regions: Registry | None) -> InferRequest:
+        if not self.in_regions:
+            inputs = {name: np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape)
+                      for name, dtype, shape, count, offset, _ in self.inputs}
+        else:
+            inputs = {}
+            for name, dtype, shape, count, offset, region in self.inputs:
+                if region is None:
+                    inputs[name] = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape)
+                else:  # the region is looked up (and its object's size checked) for every request
+                    window = _window(regions, {SHM_REGION: region, SHM_OFFSET: offset}, count * dtype.itemsize,
+                                     f"input {name!r}")
+                    inputs[name] = np.frombuffer(window, dtype=dtype, count=count).reshape(shape)
         return InferRequest(id=self.id, inputs=inputs, outputs=self.outputs, binary_output=self.binary_output,
                             timeout_s=self.timeout_s, buffer=buffer)
 
@@ -119,29 +141,32 @@ PLAN_HEADER_MAX_BYTES = 4096
 _plans: dict[bytes, _Plan] = {}
 
 
-def parse_infer_request(body: Body, header_length: int | None, buffer: Held | None = None) -> InferRequest:
+def parse_infer_request(body: Body, header_length: int | None, buffer: Held | None = None,
+                        regions: Registry | None = None) -> InferRequest:
     """An ``InferRequest`` from a body (JSON, or JSON header + binary tensors); ``buffer``: what holds
-    the body's bytes when it must be given back after use (the binary inputs are views of it)."""
-    if header_length is None:
+    the body's bytes when it must be given back after use (the binary inputs are views of it); ``regions``:
+    the shared memory regions inputs and outputs may name (None: none may)."""
+    if header_length is None:  # all JSON: a request whose tensors are all in shared memory regions has a plan
         header_bytes, binary = body, memoryview(b"")
     else:
         if not 0 < header_length <= len(body):
             raise BadRequest(f"Inference-Header-Content-Length {header_length} is outside the body ({len(body)} bytes)")
         header_bytes, binary = bytes(body[:header_length]), memoryview(body)[header_length:]
-        plan = _plans.get(header_bytes) if header_length <= PLAN_HEADER_MAX_BYTES else None
+    if len(header_bytes) <= PLAN_HEADER_MAX_BYTES:
+        plan = _plans.get(bytes(header_bytes))
         if plan is not None and plan.binary_bytes == len(binary):
-            return plan.request(binary, buffer)
-    request, places = _parse_document(header_bytes, header_length, binary, buffer)
-    if places is not None and header_length is not None and header_length <= PLAN_HEADER_MAX_BYTES:
+            return plan.request(binary, buffer, regions)
+    request, places = _parse_document(header_bytes, header_length, binary, buffer, regions)
+    if places is not None and len(header_bytes) <= PLAN_HEADER_MAX_BYTES:
         if len(_plans) >= PLAN_CACHE_SIZE:
             _plans.clear()
         _plans[bytes(header_bytes)] = _Plan(places, len(binary), request.id, request.outputs, request.binary_output,
-                                            request.timeout_s)
+                                            request.timeout_s, any(p[5] is not None for p in places))
     return request
 
 
-def _parse_document(header_bytes: Body, header_length: int | None, binary: memoryview,
-                    buffer: Held | None) -> tuple[InferRequest, tuple[Place, ...] | None]:
+def _parse_document(header_bytes: Body, header_length: int | None, binary: memoryview, buffer: Held | None,
+                    regions: Registry | None) -> tuple[InferRequest, tuple[Place, ...] | None]:
     """The request, and its inputs' places in the binary part when every input is binary (else None)."""
     try:
         doc = json.loads(bytes(header_bytes))
@@ -155,12 +180,15 @@ def _parse_document(header_bytes: Body, header_length: int | None, binary: memor
     places: list[Place] | None = []
     offset = 0
     for raw in doc["inputs"]:
-        name, array, used = _parse_input(raw, binary, offset)
+        name, array, used = _parse_input(raw, binary, offset, regions)
         if name in inputs:
             raise BadRequest(f"input {name!r} appears twice in the request")
         inputs[name] = array
+        region = raw["parameters"] if isinstance(raw.get("parameters"), dict) and SHM_REGION in raw["parameters"] \
+            else None
         if places is not None and "data" not in raw:
-            places.append((name, array.dtype, array.shape, array.size, offset))
+            places.append((name, array.dtype, array.shape, array.size, offset, None) if region is None else
+                          (name, array.dtype, array.shape, array.size, region.get(SHM_OFFSET, 0), region[SHM_REGION]))
         else:
             places = None  # JSON data: its values are in the header itself
         offset += used
@@ -170,7 +198,8 @@ def _parse_document(header_bytes: Body, header_length: int | None, binary: memor
     if doc.get("outputs") is not None:
         if not isinstance(doc["outputs"], list):
             raise BadRequest('"outputs" must be a list')
-        outputs = tuple(_parse_output(o, bool(params.get("binary_data_output", False))) for o in doc["outputs"])
+        outputs = tuple(_parse_output(o, bool(params.get("binary_data_output", False)), regions)
+                        for o in doc["outputs"])
     timeout = params.get("timeout")
     if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0):
         raise BadRequest('parameter "timeout" must be a positive integer (microseconds)')
@@ -183,7 +212,8 @@ def _parse_document(header_bytes: Body, header_length: int | None, binary: memor
     return request, None if places is None else tuple(places)
 
 
-def _parse_input(raw: Any, binary: memoryview, offset: int) -> tuple[str, Array, int]:
+def _parse_input(raw: Any, binary: memoryview, offset: int, regions: Registry | None) -> tuple[str, Array, int]:
+    """An input's name, its array and the bytes of the binary part it used."""
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise BadRequest('each input must be an object with a "name"')
     name = raw["name"]
@@ -196,6 +226,8 @@ def _parse_input(raw: Any, binary: memoryview, offset: int) -> tuple[str, Array,
     dtype = np.dtype(DATATYPES[datatype])
     count = math.prod(shape)
     params = _object(raw.get("parameters"), f"input {name!r} parameters")
+    if SHM_REGION in params:
+        return name, input_in_region(name, params, dtype, shape, count, "data" in raw, regions), 0
     size = params.get("binary_data_size")
     if size is not None:
         if "data" in raw:
@@ -220,13 +252,64 @@ def _parse_input(raw: Any, binary: memoryview, offset: int) -> tuple[str, Array,
     return name, array.reshape(shape), 0
 
 
-def _parse_output(raw: Any, default_binary: bool) -> RequestedOutput:
+def input_in_region(name: str, params: Mapping[str, Any], dtype: np.dtype[Any], shape: list[int], count: int,
+                     has_data: bool, regions: Registry | None) -> Array:
+    """An input named by its shared memory region: a view of the region's bytes (the caller copies it where
+    it must outlive the request's handling)."""
+    what = f"input {name!r}"
+    if regions is None:  # the first thing to know when the server has it off
+        _window(regions, params, 0, what)
+    if has_data or "binary_data_size" in params:
+        raise BadRequest(f"{what} names a shared memory region and also carries data; send one of them")
+    size = params.get(SHM_BYTE_SIZE)
+    if not isinstance(size, int) or isinstance(size, bool) or size != count * dtype.itemsize:
+        raise BadRequest(f"{what}: {SHM_BYTE_SIZE} {size!r} does not match shape {shape} of "
+                         f"{v2_datatype(dtype.name)} ({count * dtype.itemsize} bytes)")
+    window = _window(regions, params, size, what)
+    return np.frombuffer(window, dtype=dtype, count=count).reshape(shape)
+
+
+def _window(regions: Registry | None, params: Mapping[str, Any], nbytes: int, what: str) -> memoryview:
+    from trtop.serve.shared_memory import OFF_MESSAGE
+
+    if regions is None:
+        raise BadRequest(f"{what}: {OFF_MESSAGE}")
+    return regions.window(params[SHM_REGION], params.get(SHM_OFFSET, 0), nbytes, what)
+
+
+def _parse_output(raw: Any, default_binary: bool, regions: Registry | None = None) -> RequestedOutput:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise BadRequest('each requested output must be an object with a "name"')
     params = _object(raw.get("parameters"), f"output {raw['name']!r} parameters")
     if params.get("classification"):
         raise BadRequest("the classification extension is not supported by this server")
+    if SHM_REGION in params:
+        return RequestedOutput(raw["name"], False, output_region(raw["name"], params, regions))
     return RequestedOutput(raw["name"], bool(params.get("binary_data", default_binary)))
+
+
+def output_region(name: str, params: Mapping[str, Any], regions: Registry | None) -> tuple[str, int, int]:
+    """(region, offset, byte size) an output is asked into, checked now (a request naming a region that is not
+    there, or a window past its end, is refused before it runs)."""
+    size = params.get(SHM_BYTE_SIZE)
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise BadRequest(f"output {name!r}: {SHM_BYTE_SIZE} must be a positive integer, got {size!r}")
+    _window(regions, params, size, f"output {name!r}")
+    return params[SHM_REGION], params.get(SHM_OFFSET, 0), size
+
+
+def write_outputs_to_regions(regions: Registry | None, outputs: Sequence[tuple[RequestedOutput, Array]]) -> None:
+    """Copy the outputs asked into shared memory regions there (BadRequest when one does not fit its window)."""
+    for requested, array in outputs:
+        if requested.region is None:
+            continue
+        region, offset, size = requested.region
+        what = f"output {requested.name!r}"
+        if array.nbytes > size:
+            raise BadRequest(f"{what} has {array.nbytes} bytes ({v2_datatype(array.dtype.name)}{list(array.shape)}); "
+                             f"its shared memory window has {size}")
+        window = _window(regions, {SHM_REGION: region, SHM_OFFSET: offset}, array.nbytes, what)
+        np.copyto(np.frombuffer(window, dtype=array.dtype, count=array.size).reshape(array.shape), array)
 
 
 def _object(value: Any, what: str) -> Mapping[str, Any]:
@@ -239,19 +322,23 @@ def _object(value: Any, what: str) -> Mapping[str, Any]:
 
 def encode_infer_response(
     *, model: str, version: str, request_id: str | None, outputs: Sequence[tuple[str, Array, bool]],
+    in_regions: Mapping[str, tuple[str, int, int]] | None = None,
 ) -> tuple[bytes, int | None]:
-    """The response body and, when any output is binary, the JSON header's length."""
+    """The response body and, when any output is binary, the JSON header's length. ``in_regions``: outputs
+    already written into shared memory regions (name -> region, offset, byte size): named, not carried."""
     if outputs and (request_id is None or len(request_id) <= ANSWER_ID_MAX_CHARS) and all(
-            binary for _, _, binary in outputs):  # the header depends on names, dtypes, shapes and the id only
-        key = (model, version, request_id, tuple((name, a.dtype, a.shape) for name, a, _ in outputs))
-        header = _answer_headers.get(key)
-        if header is None:
-            header = _answer_header(model, version, request_id, outputs)
-            if len(_answer_headers) >= PLAN_CACHE_SIZE:
+            binary or (in_regions and name in in_regions) for name, _, binary in outputs):
+        # the header depends on names, dtypes, shapes, regions and the id only
+        key = (model, version, request_id, tuple((name, a.dtype, a.shape) for name, a, _ in outputs),
+               tuple(in_regions.items()) if in_regions else ())
+        kept = _answer_headers.get(key)
+        if kept is None:
+            kept = _answer_headers[key] = _answer_header(model, version, request_id, outputs, in_regions)
+            if len(_answer_headers) > PLAN_CACHE_SIZE:
                 _answer_headers.clear()
-            _answer_headers[key] = header
+        header = kept
     else:
-        header = _answer_header(model, version, request_id, outputs)
+        header = _answer_header(model, version, request_id, outputs, in_regions)
     chunks = [_raw(np.ascontiguousarray(a)) for _, a, binary in outputs if binary]
     if not chunks:
         return header, None
@@ -265,13 +352,19 @@ _answer_headers: dict[tuple[Any, ...], bytes] = {}
 ANSWER_ID_MAX_CHARS = 128
 
 
-def _answer_header(model: str, version: str, request_id: str | None,
-                   outputs: Sequence[tuple[str, Array, bool]]) -> bytes:
-    """An answer's JSON header: binary outputs by their size (their bytes follow it), others with their data."""
+def _answer_header(model: str, version: str, request_id: str | None, outputs: Sequence[tuple[str, Array, bool]],
+                   in_regions: Mapping[str, tuple[str, int, int]] | None = None) -> bytes:
+    """An answer's JSON header: binary outputs by their size (their bytes follow it), outputs in shared memory
+    by their region, others with their data."""
     entries: list[dict[str, Any]] = []
     for name, a, binary in outputs:
         entry: dict[str, Any] = {"name": name, "datatype": v2_datatype(a.dtype.name), "shape": list(a.shape)}
-        if binary:
+        region = in_regions.get(name) if in_regions else None
+        if region is not None:
+            entry["parameters"] = {SHM_REGION: region[0], SHM_BYTE_SIZE: a.nbytes}
+            if region[1]:
+                entry["parameters"][SHM_OFFSET] = region[1]
+        elif binary:
             entry["parameters"] = {"binary_data_size": a.nbytes}
         else:
             entry["data"] = a.ravel().tolist()

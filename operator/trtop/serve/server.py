@@ -46,6 +46,7 @@ from trtop.serve.runtime import (
 from trtop.serve.handle import ModelHandle
 from trtop.serve.service import BatchingConfig, InferenceService, Loaded
 from trtop.serve.settings import ServeSettings
+from trtop.serve.shared_memory import Registry
 from trtop.serve.source import Servable, fetch_servable, resolve_servable
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ def create_service(settings: ServeSettings) -> tuple[InferenceService, bool]:
         BatchingConfig(settings.max_batch, settings.max_queue_delay_ms / 1000, settings.max_queue_size,
                        settings.timeout_s, instances, settings.bucket_sizes),
         metrics, KeepAwake(awake, report=metrics.cores_awake, lone_run_max_s=under_s) if awake else None,
+        Registry(enabled=settings.shared_memory == "system"),
     )
     return service, not device.is_cpu
 
@@ -229,7 +231,8 @@ def uvicorn_config(app: Starlette, settings: ServeSettings, **extra: Any) -> uvi
 def serve_frontend(settings: ServeSettings, arena: Arena, listen: socket.socket, channel_sock: socket.socket,
                    index: int) -> int:
     """A front-end process: HTTP routes on ``listen`` in front of the engine process (``frontend``)."""
-    model = RemoteModel(settings.model_name, arena, settings.timeout_s)
+    model = RemoteModel(settings.model_name, arena, settings.timeout_s,
+                        Registry(enabled=settings.shared_memory == "system"))
     holder: list[InferenceServer] = []
 
     @contextlib.asynccontextmanager

@@ -28,6 +28,7 @@ from trtop.serve.model import Admitted, ModelInfo, admit
 from trtop.serve.protocol import InferRequest
 from trtop.serve.runtime import Runtime
 from trtop.serve.scheduler import Scheduler
+from trtop.serve.shared_memory import RegionSpec, Registry
 from trtop.serve.statistics import ModelStatistics, StatsSnapshot
 from trtop.serve.types import Array, Feeds, Outputs
 
@@ -159,8 +160,10 @@ class _Observer:
 
 class InferenceService:
     def __init__(self, name: str, loader: Callable[[], Loaded], config: BatchingConfig, metrics: ServerMetrics,
-                 awake: KeepAwake | None = None) -> None:
+                 awake: KeepAwake | None = None, shared_memory: Registry | None = None) -> None:
         self.name = name
+        # System shared memory regions clients registered (with front-ends: the registry they all follow).
+        self.shared_memory = shared_memory if shared_memory is not None else Registry(enabled=False)
         self._awake = awake  # spinners that keep the cores from halting while requests come
         self._loader = loader
         self.config = config
@@ -327,6 +330,12 @@ class InferenceService:
         if self._scheduler is not None:
             self._scheduler.flush()
 
+    async def register_region(self, spec: RegionSpec) -> None:
+        self.shared_memory.register(spec)
+
+    async def unregister_region(self, name: str | None) -> None:
+        self.shared_memory.unregister(name)
+
     async def close(self) -> None:
         self.begin_drain()
         if self._scheduler is not None:
@@ -335,6 +344,7 @@ class InferenceService:
             self._runtime.close()
         if self._awake is not None:
             self._awake.close()
+        self.shared_memory.close()
         self.state = "stopped"
 
 

@@ -17,6 +17,7 @@ from trtop.api.spec import KEEP_AWAKE
 
 
 GPU_IO_MODES = ("graphs", "bind", "plain")
+SHARED_MEMORY_MODES = ("off", "system")
 HTTP_FRONTENDS = ("auto", "native", "python")
 KEEP_AWAKE_MODES = KEEP_AWAKE  # serve.awake.awake_cores; the ModelDeployment's serving.keepAwake
 
@@ -82,6 +83,11 @@ class ServeSettings:
     # CPU limit and at most 16 cores, "on", "off". Costs CPU time while traffic flows; saves the wake-ups of
     # halted cores on a lone request's path (0.2-0.3 ms of ResNet-50's on the H200 host).
     keep_awake: str = "auto"
+    # Triton's system shared memory extension (``serve.shared_memory``): "system" = clients on this host (a
+    # sidecar in the pod) register /dev/shm regions and requests name them instead of carrying tensor bytes;
+    # "off" (default): refused. Such a client can make the server read and write its regions, so only
+    # processes trusted like the server itself should reach a server with it on.
+    shared_memory: str = "off"
     # After SIGTERM: report not ready but keep serving this long (endpoints need time to drop the
     # pod), then stop accepting and finish what is in flight.
     drain_delay_s: float = 0.0
@@ -148,6 +154,9 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "keep_awake": ("--keep-awake", names.ENV_SERVE_KEEP_AWAKE,
                    "keep cores from halting while requests come: auto (no CPU limit, <= 16 cores; a GPU, or a batch-1 run "
                    "under 1 ms on CPU), on, off"),
+    "shared_memory": ("--shared-memory", names.ENV_SERVE_SHARED_MEMORY,
+                      "system shared memory extension: off (default) or system (clients on this host name /dev/shm "
+                      "regions instead of sending tensors)"),
     "drain_delay_s": ("--drain-delay-s", names.ENV_SERVE_DRAIN_DELAY_S,
                       "after SIGTERM, seconds to keep serving while not ready"),
     "shutdown_timeout_s": ("--shutdown-timeout-s", names.ENV_SERVE_SHUTDOWN_TIMEOUT_S,
@@ -204,6 +213,8 @@ def _problems(s: ServeSettings) -> list[str]:
         out.append(f"--http-frontend must be one of {', '.join(HTTP_FRONTENDS)}")
     if s.keep_awake not in KEEP_AWAKE_MODES:
         out.append(f"--keep-awake must be one of {', '.join(KEEP_AWAKE_MODES)}")
+    if s.shared_memory not in SHARED_MEMORY_MODES:
+        out.append(f"--shared-memory must be one of {', '.join(SHARED_MEMORY_MODES)}")
     if s.gpu_io not in GPU_IO_MODES:
         out.append(f"--gpu-io must be one of {', '.join(GPU_IO_MODES)}")
     if s.max_queue_size < 1:

@@ -216,6 +216,10 @@ class Supervisor:
         for d in self.dispatchers.values():
             d.send_state()
 
+    def _broadcast_regions(self) -> None:
+        for d in self.dispatchers.values():
+            d.send_regions()
+
     async def _start_frontend(self, index: int) -> None:
         arena = Arena.create(self.arena_size, f"trtop-frontend-{index}")
         # Batches are copied to the GPU from the arena itself, page-locked by the runtime. The mapping must
@@ -236,7 +240,8 @@ class Supervisor:
             *command, env=env, pass_fds=(listen.fileno(), theirs.fileno(), arena.fd))
         theirs.close()
         arena.release_fd()  # the mapping stays; the front-end holds its own descriptor
-        dispatcher = Dispatcher(index, self.service, arena)
+        dispatcher = Dispatcher(index, self.service, arena, follows_regions=not native)
+        dispatcher.regions_changed = self._broadcast_regions
         await dispatcher.open(ours, JSON if native else PICKLE)
         dispatcher.send_state()
         self.dispatchers[index] = dispatcher

@@ -24,8 +24,10 @@ from trtop.serve.errors import (
 )
 from trtop.serve.grpc import wire
 from trtop.serve.grpc.proto import grpc_service_pb2 as pb
-from trtop.serve.handle import EXTENSIONS, SERVER_NAME, ModelHandle, check_model
+from trtop.serve.handle import SERVER_NAME, ModelHandle, check_model, extensions
 from trtop.serve.model import VERSION, ModelInfo
+from trtop.serve.protocol import write_outputs_to_regions
+from trtop.serve.shared_memory import CUDA_SHM_MESSAGE, RegionSpec
 from trtop.versions import TRTOP_VERSION
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ class InferenceServicer:
         return pb.ServerReadyResponse(ready=self.handle.ready)
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=TRTOP_VERSION, extensions=EXTENSIONS)
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=TRTOP_VERSION, extensions=extensions(self.handle))
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
         try:
@@ -114,14 +116,19 @@ class InferenceServicer:
         try:
             info = check_model(self.handle, request.model_name, request.model_version)
             assert info is not None
-            parsed = wire.parse_infer_request(request)
+            regions = self.handle.shared_memory
+            parsed = wire.parse_infer_request(request, regions if regions.enabled else None)
             remaining = context.time_remaining()  # the client's deadline bounds the queue wait too
             if remaining is not None and (parsed.timeout_s is None or remaining < parsed.timeout_s):
                 parsed = dataclasses.replace(parsed, timeout_s=max(remaining, 1e-3))
             admitted, outputs = await self.handle.infer(parsed)
+            answered = [(o.name, outputs[o.name]) for o in admitted.outputs]
+            if any(o.region is not None for o in admitted.outputs):
+                write_outputs_to_regions(regions, [(o, outputs[o.name]) for o in admitted.outputs])
+                return wire.infer_response(info.name, parsed.id, answered,
+                                           {o.name: o.region for o in admitted.outputs if o.region is not None})
             # already serialized (``_serialize`` passes bytes through)
-            return wire.infer_response_bytes(info.name, parsed.id,  # type: ignore[return-value]
-                                             [(o.name, outputs[o.name]) for o in admitted.outputs])
+            return wire.infer_response_bytes(info.name, parsed.id, answered)  # type: ignore[return-value]
         except ServeError as exc:
             outcome = exc.outcome
             _fail(context, exc)
@@ -130,9 +137,54 @@ class InferenceServicer:
             metrics.request_finished(outcome, time.perf_counter() - started)
 
 
+    # -- Triton's system shared memory extension (serve.shared_memory); CUDA shared memory: none ----------
+    async def SystemSharedMemoryStatus(self, request: pb.SystemSharedMemoryStatusRequest,
+                                       context: Context) -> pb.SystemSharedMemoryStatusResponse:
+        try:
+            found = self.handle.shared_memory.status(request.name or None)
+        except ServeError as exc:
+            _fail(context, exc)
+            return pb.SystemSharedMemoryStatusResponse()
+        return pb.SystemSharedMemoryStatusResponse(
+            regions={r["name"]: pb.SystemSharedMemoryStatusResponse.RegionStatus(**r) for r in found})
+
+    async def SystemSharedMemoryRegister(self, request: pb.SystemSharedMemoryRegisterRequest,
+                                         context: Context) -> pb.SystemSharedMemoryRegisterResponse:
+        try:
+            await self.handle.register_region(RegionSpec(request.name, request.key, request.offset, request.byte_size))
+        except ServeError as exc:
+            _fail(context, exc)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(self, request: pb.SystemSharedMemoryUnregisterRequest,
+                                           context: Context) -> pb.SystemSharedMemoryUnregisterResponse:
+        try:
+            await self.handle.unregister_region(request.name or None)
+        except ServeError as exc:
+            _fail(context, exc)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    async def CudaSharedMemoryStatus(self, request: pb.CudaSharedMemoryStatusRequest,
+                                     context: Context) -> pb.CudaSharedMemoryStatusResponse:
+        if request.name:
+            _fail(context, BadRequest(f"no CUDA shared memory region {request.name!r} is registered "
+                                      "(this server has no CUDA shared memory)"))
+        return pb.CudaSharedMemoryStatusResponse()
+
+    async def CudaSharedMemoryRegister(self, request: pb.CudaSharedMemoryRegisterRequest,
+                                       context: Context) -> pb.CudaSharedMemoryRegisterResponse:
+        _fail(context, BadRequest(CUDA_SHM_MESSAGE))
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    async def CudaSharedMemoryUnregister(self, request: pb.CudaSharedMemoryUnregisterRequest,
+                                         context: Context) -> pb.CudaSharedMemoryUnregisterResponse:
+        return pb.CudaSharedMemoryUnregisterResponse()  # nothing is ever registered
+
+
 def _unimplemented(method: str) -> Callable[[Any, Context], Awaitable[Any]]:
     message = (f"{SERVICE}/{method} is not implemented by trtop serve; it implements ServerLive, ServerReady, "
-               "ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelInfer and ModelStatistics")
+               "ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelInfer, ModelStatistics and the shared "
+               "memory RPCs")
 
     async def unary(request: Any, context: Context) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)

@@ -10,7 +10,8 @@ the model itself (names, shapes, batch) is left to admission, as over HTTP.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,11 @@ from trtop.serve.errors import BadRequest
 from trtop.serve.grpc.proto import grpc_service_pb2 as pb
 from trtop.serve.grpc.proto import model_config_pb2 as mc
 from trtop.serve.model import VERSION, ModelInfo, model_config, model_metadata
-from trtop.serve.protocol import DATATYPES, InferRequest, RequestedOutput, v2_datatype
+from trtop.serve.protocol import (
+    DATATYPES, SHM_BYTE_SIZE, SHM_OFFSET, SHM_REGION, InferRequest, RequestedOutput, input_in_region, output_region,
+    v2_datatype,
+)
+from trtop.serve.shared_memory import Registry
 from trtop.serve.statistics import StatsSnapshot, model_stats_json
 from trtop.serve.types import Array
 
@@ -28,41 +33,46 @@ CONTENTS_FIELD: dict[str, str] = {
     "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
     "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
 }
-SHARED_MEMORY = "shared_memory_region"
 
 
-def parse_infer_request(req: pb.ModelInferRequest) -> InferRequest:
-    """An ``InferRequest`` from a ``ModelInferRequest``; BadRequest names the first problem."""
+def parse_infer_request(req: pb.ModelInferRequest, regions: Registry | None = None) -> InferRequest:
+    """An ``InferRequest`` from a ``ModelInferRequest``; BadRequest names the first problem. ``regions``: the
+    shared memory regions inputs and outputs may name (None: none may)."""
     if not req.inputs:
         raise BadRequest("the request must have at least one input")
     raw = req.raw_input_contents
-    if raw and len(raw) != len(req.inputs):
-        raise BadRequest(f"raw_input_contents has {len(raw)} entries for {len(req.inputs)} inputs; "
-                         "send one per input, in the order of the inputs")
+    carried = [t for t in req.inputs if SHM_REGION not in t.parameters]  # inputs in a region have no entry
+    if raw and len(raw) != len(carried):
+        raise BadRequest(f"raw_input_contents has {len(raw)} entries for {len(carried)} inputs; "
+                         "send one per input (but those in shared memory), in the order of the inputs")
     inputs: dict[str, Array] = {}
-    for index, tensor in enumerate(req.inputs):
+    index = 0
+    for tensor in req.inputs:
         name = tensor.name
         if name in inputs:
             raise BadRequest(f"input {name!r} appears twice in the request")
-        inputs[name] = _input(tensor, raw[index] if raw else None)
+        entry = None
+        if raw and SHM_REGION not in tensor.parameters:
+            entry, index = raw[index], index + 1
+        inputs[name] = _input(tensor, entry, regions)
     outputs = None
     if req.outputs:
-        outputs = tuple(_output(o) for o in req.outputs)
+        outputs = tuple(_output(o, regions) for o in req.outputs)
     return InferRequest(id=req.id or None, inputs=inputs, outputs=outputs, binary_output=True,
                         timeout_s=_timeout_s(req))
 
 
-def _input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> Array:
+def _input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, regions: Registry | None) -> Array:
     name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
     if any(d < 0 for d in shape):
         raise BadRequest(f'input {name!r}: "shape" must be a list of non-negative integers, got {shape!r}')
     if datatype not in DATATYPES:
         raise BadRequest(f"input {name!r}: datatype {datatype!r} is not supported; use one of {', '.join(DATATYPES)}")
-    if SHARED_MEMORY in tensor.parameters:
-        raise BadRequest(f"input {name!r}: the shared memory extension is not supported by this server; "
-                         "send the tensor in the request")
     dtype = np.dtype(DATATYPES[datatype])
     count = math.prod(shape)
+    if SHM_REGION in tensor.parameters:
+        return input_in_region(name, plain_parameters(tensor.parameters), dtype, shape, count,
+                               tensor.HasField("contents"), regions)
     if raw is not None:
         if tensor.HasField("contents"):
             raise BadRequest(f"input {name!r} has both contents and raw_input_contents; send one of them")
@@ -85,12 +95,21 @@ def _input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> 
     return array.reshape(shape)
 
 
-def _output(out: pb.ModelInferRequest.InferRequestedOutputTensor) -> RequestedOutput:
+def _output(out: pb.ModelInferRequest.InferRequestedOutputTensor, regions: Registry | None) -> RequestedOutput:
     if "classification" in out.parameters:
         raise BadRequest("the classification extension is not supported by this server")
-    if SHARED_MEMORY in out.parameters:
-        raise BadRequest(f"output {out.name!r}: the shared memory extension is not supported by this server")
+    if SHM_REGION in out.parameters:
+        return RequestedOutput(out.name, False, output_region(out.name, plain_parameters(out.parameters), regions))
     return RequestedOutput(out.name, True)
+
+
+def plain_parameters(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
+    """InferParameters as the values they hold (what the HTTP parser sees in JSON)."""
+    out: dict[str, Any] = {}
+    for key, param in params.items():
+        choice = param.WhichOneof("parameter_choice")
+        out[key] = None if choice is None else getattr(param, choice)
+    return out
 
 
 def _timeout_s(req: pb.ModelInferRequest) -> float | None:
@@ -102,15 +121,25 @@ def _timeout_s(req: pb.ModelInferRequest) -> float | None:
     return float(param.int64_param) / 1e6
 
 
-def infer_response(model: str, request_id: str | None, outputs: Sequence[tuple[str, Array]]) -> pb.ModelInferResponse:
-    """Every output as raw little-endian bytes (``raw_output_contents``), in the order asked."""
+def infer_response(model: str, request_id: str | None, outputs: Sequence[tuple[str, Array]],
+                   in_regions: Mapping[str, tuple[str, int, int]] | None = None) -> pb.ModelInferResponse:
+    """Every output as raw little-endian bytes (``raw_output_contents``), in the order asked; outputs already
+    written into shared memory regions (``in_regions``) are named by their region and carry no bytes."""
     tensors = []
     raws = []
     for name, array in outputs:
         data = np.ascontiguousarray(array)
-        tensors.append(pb.ModelInferResponse.InferOutputTensor(
-            name=name, datatype=v2_datatype(data.dtype.name), shape=data.shape))
-        raws.append(data.tobytes())
+        tensor = pb.ModelInferResponse.InferOutputTensor(name=name, datatype=v2_datatype(data.dtype.name),
+                                                         shape=data.shape)
+        region = in_regions.get(name) if in_regions else None
+        if region is not None:
+            tensor.parameters[SHM_REGION].string_param = region[0]
+            tensor.parameters[SHM_BYTE_SIZE].int64_param = data.nbytes
+            if region[1]:
+                tensor.parameters[SHM_OFFSET].int64_param = region[1]
+        else:
+            raws.append(data.tobytes())
+        tensors.append(tensor)
     return pb.ModelInferResponse(model_name=model, model_version=VERSION, id=request_id or "", outputs=tensors,
                                  raw_output_contents=raws)
 
