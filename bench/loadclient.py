@@ -32,18 +32,18 @@ _LENGTH = re.compile(rb"(?im)^content-length: *(\d+)")
 
 
 def request_bytes(host: str, port: int, model: str, input_name: str, shape: list[int],
-                  regions: tuple[str, list[tuple[str, str, int]]] | None = None) -> bytes:
+                  regions: tuple[str, list[tuple[str, str, int, int]]] | None = None) -> bytes:
     """One request's bytes: the input as a binary tensor, or (``regions``: the input's region and each
-    output's name, region and byte size) a JSON header naming shared memory regions."""
+    output's name, region, offset and byte size) a JSON header naming shared memory regions."""
     x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
     if regions is not None:
         in_region, outputs = regions
         body = json.dumps({
             "inputs": [{"name": input_name, "shape": [1, *shape], "datatype": "FP32", "parameters": {
                 "shared_memory_region": in_region, "shared_memory_byte_size": x.nbytes}}],
-            "outputs": [{"name": name, "parameters": {"shared_memory_region": region,
+            "outputs": [{"name": name, "parameters": {"shared_memory_region": region, "shared_memory_offset": offset,
                                                       "shared_memory_byte_size": nbytes}}
-                        for name, region, nbytes in outputs]}).encode()
+                        for name, region, offset, nbytes in outputs]}).encode()
         head = (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: {host}:{port}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
         return head.encode() + body
@@ -58,7 +58,8 @@ def request_bytes(host: str, port: int, model: str, input_name: str, shape: list
 
 
 class Regions:
-    """This process's shared memory regions, registered with the server, unregistered and unlinked by ``close``."""
+    """This process's shared memory regions, registered with the server, unregistered and unlinked by ``close``:
+    one for the input (written once), one for the outputs with a window per connection."""
 
     def __init__(self, host: str, port: int, model: str, shape: list[int], connections: int) -> None:
         from multiprocessing import shared_memory
@@ -71,13 +72,16 @@ class Regions:
         self.input = self._make(shared_memory, f"{tag}-in", x.nbytes)
         np.ndarray(x.shape, x.dtype, buffer=self.objects[-1].buf)[:] = x
         meta = json.loads(_http("GET", f"{self.base}/models/{model}"))
-        self.outputs: list[list[tuple[str, str, int]]] = []
+        sizes = [(o["name"], -(-int(np.prod([1 if d < 0 else d for d in o["shape"]])) * np.dtype(
+            o["datatype"].lower().replace("fp", "float")).itemsize // 64) * 64) for o in meta["outputs"]]
+        row = sum(n for _, n in sizes)
+        out = self._make(shared_memory, f"{tag}-out", row * connections)
+        self.outputs: list[list[tuple[str, str, int, int]]] = []
         for c in range(connections):
-            per = []
-            for o in meta["outputs"]:
-                nbytes = int(np.prod([1 if d < 0 else d for d in o["shape"]])) * np.dtype(
-                    o["datatype"].lower().replace("fp", "float")).itemsize
-                per.append((o["name"], self._make(shared_memory, f"{tag}-out{c}-{o['name']}", nbytes), nbytes))
+            offset, per = c * row, []
+            for name, nbytes in sizes:
+                per.append((name, out, offset, nbytes))
+                offset += nbytes
             self.outputs.append(per)
 
     def _make(self, shared_memory: Any, name: str, nbytes: int) -> str:
