@@ -388,6 +388,7 @@ def perf(client: Client, model: str, url: str, protocol: str, concurrency: int, 
 def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurrency: int, window_ms: int,
                    tmp: Path) -> dict[str, Any]:
     csv_path = tmp / f"pa-{model}-{protocol}-{concurrency}.csv"
+    csv_path.unlink(missing_ok=True)  # another configuration's window must not be read as this one's
     cmd = [client.pa, "-m", model, "-u", url, "-i", protocol, "--concurrency-range", f"{concurrency}:{concurrency}",
            "--stability-percentage", "10", "--max-trials", "6", "-f", str(csv_path)]
     # Windows of N requests: the requests (and the inputs perf_analyzer copies) per window are bounded.
@@ -420,7 +421,7 @@ def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurre
             r = rows[0]
             row.update(throughput=float(r["Inferences/Second"]), p50_ms=float(r["p50 latency"]) / 1000,
                        p99_ms=float(r["p99 latency"]) / 1000)
-    if "throughput" not in row:
+    if "throughput" not in row or proc.returncode != 0:
         row["error"] = text[-1500:]
     return row
 

@@ -325,7 +325,7 @@ def encode_infer_response(
     in_regions: Mapping[str, tuple[str, int, int]] | None = None,
 ) -> tuple[bytes, int | None]:
     """The response body and, when any output is binary, the JSON header's length. ``in_regions``: outputs
-    already written into shared memory regions (name -> region, offset, byte size): named, not carried."""
+    already written into shared memory regions (name -> region, offset, byte size): listed, not carried."""
     if outputs and (request_id is None or len(request_id) <= ANSWER_ID_MAX_CHARS) and all(
             binary or (in_regions and name in in_regions) for name, _, binary in outputs):
         # the header depends on names, dtypes, shapes, regions and the id only
@@ -354,16 +354,13 @@ ANSWER_ID_MAX_CHARS = 128
 
 def _answer_header(model: str, version: str, request_id: str | None, outputs: Sequence[tuple[str, Array, bool]],
                    in_regions: Mapping[str, tuple[str, int, int]] | None = None) -> bytes:
-    """An answer's JSON header: binary outputs by their size (their bytes follow it), outputs in shared memory
-    by their region, others with their data."""
+    """An answer's JSON header: binary outputs by their size (their bytes follow it), outputs written to shared
+    memory by their name, datatype and shape only, others with their data."""
     entries: list[dict[str, Any]] = []
     for name, a, binary in outputs:
         entry: dict[str, Any] = {"name": name, "datatype": v2_datatype(a.dtype.name), "shape": list(a.shape)}
-        region = in_regions.get(name) if in_regions else None
-        if region is not None:
-            entry["parameters"] = {SHM_REGION: region[0], SHM_BYTE_SIZE: a.nbytes}
-            if region[1]:
-                entry["parameters"][SHM_OFFSET] = region[1]
+        if in_regions and name in in_regions:
+            pass  # in its region: no data, and no parameters (Triton's C++ client reads any as binary_data_size's)
         elif binary:
             entry["parameters"] = {"binary_data_size": a.nbytes}
         else:

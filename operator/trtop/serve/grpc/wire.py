@@ -20,7 +20,7 @@ from trtop.serve.grpc.proto import grpc_service_pb2 as pb
 from trtop.serve.grpc.proto import model_config_pb2 as mc
 from trtop.serve.model import VERSION, ModelInfo, model_config, model_metadata
 from trtop.serve.protocol import (
-    DATATYPES, SHM_BYTE_SIZE, SHM_OFFSET, SHM_REGION, InferRequest, RequestedOutput, input_in_region, output_region,
+    DATATYPES, SHM_REGION, InferRequest, RequestedOutput, input_in_region, output_region,
     v2_datatype,
 )
 from trtop.serve.shared_memory import Registry
@@ -124,20 +124,14 @@ def _timeout_s(req: pb.ModelInferRequest) -> float | None:
 def infer_response(model: str, request_id: str | None, outputs: Sequence[tuple[str, Array]],
                    in_regions: Mapping[str, tuple[str, int, int]] | None = None) -> pb.ModelInferResponse:
     """Every output as raw little-endian bytes (``raw_output_contents``), in the order asked; outputs already
-    written into shared memory regions (``in_regions``) are named by their region and carry no bytes."""
+    written into shared memory regions (``in_regions``) are listed without bytes."""
     tensors = []
     raws = []
     for name, array in outputs:
         data = np.ascontiguousarray(array)
         tensor = pb.ModelInferResponse.InferOutputTensor(name=name, datatype=v2_datatype(data.dtype.name),
                                                          shape=data.shape)
-        region = in_regions.get(name) if in_regions else None
-        if region is not None:
-            tensor.parameters[SHM_REGION].string_param = region[0]
-            tensor.parameters[SHM_BYTE_SIZE].int64_param = data.nbytes
-            if region[1]:
-                tensor.parameters[SHM_OFFSET].int64_param = region[1]
-        else:
+        if not (in_regions and name in in_regions):  # one in its region has no contents (as Triton answers)
             raws.append(data.tobytes())
         tensors.append(tensor)
     return pb.ModelInferResponse(model_name=model, model_version=VERSION, id=request_id or "", outputs=tensors,
