@@ -218,7 +218,10 @@ def test_a_single_deployment_from_before_units_moves_to_units_without_a_drop(clu
         op.start()
         wait_for("the old Deployment deleted", lambda: not [
             d for d in apps.list_namespaced_deployment(namespace).items if d.metadata.name == "old"], timeout=90)
-        md = ready_md(custom, namespace, "old")
+        # The operator deletes the old Deployment before it writes the status that lists the units,
+        # so the hand-written Ready status (no units) can still be the one read here: wait for the units'.
+        md = wait_for("the units carry 2 ready", lambda: (m := ready_md(custom, namespace, "old")) and sum(
+            u["readyReplicas"] for u in m["status"].get("units", [])) == 2 and m, timeout=60)
         wait_for("the old pods gone", lambda: not (set(serving_pods(core, namespace)) & old_pods), timeout=60)
     finally:
         watch.stop()
