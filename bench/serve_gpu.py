@@ -476,7 +476,8 @@ def main() -> int:
         print("in-process ONNX Runtime CUDA (ResNet-50) ...", flush=True)
         if args.skip_inprocess:  # a baseline measured earlier on the same host: "best img/s,batch-1 p50 ms"
             best, b1 = (float(v) for v in args.baseline.split(","))
-            plain = engine = {"best": best, "best_batch": 0, "b1_p50_ms": b1, "throughput": {1: 1000 / b1}}
+            plain: dict[str, Any] = {"best": best, "best_batch": 0, "b1_p50_ms": b1, "throughput": {1: 1000 / b1}}
+            engine = plain
         else:
             plain = inprocess(resnet, 3.0)
             print(json.dumps(plain), flush=True)
@@ -527,7 +528,7 @@ def main() -> int:
         server = Server(tiny, "tiny", 8010, 8011, ["--max-batch", "64", *args.server_arg], tmp / "server-tiny.log",
                         args.server_cores)
         client = Client(args.perf_analyzer, "perf_analyzer", args.client_cores, args.pa_memory_gb, args.pa_count, 1,
-                        args.pa_count_from)
+                        args.pa_count_from, in_shared_memory(args.server_arg))
         rows = []
         try:
             ports = {"http": "127.0.0.1:8010", "grpc": "127.0.0.1:8011"}

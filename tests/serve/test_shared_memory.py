@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -24,6 +25,7 @@ import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
 from trtop.serve.errors import BadRequest
+from trtop.serve.grpc import wire
 from trtop.serve.protocol import RequestedOutput, parse_infer_request, write_outputs_to_regions
 from trtop.serve.shared_memory import MAX_REGIONS, RECHECK_S, RegionSpec, Registry
 
@@ -119,6 +121,16 @@ def test_a_front_ends_registry_follows_the_engines(tmp_path: Path) -> None:
 
 
 # -- the v2 request parser ------------------------------------------------------------------------
+def test_a_grpc_answer_keeps_an_entry_per_output_when_some_are_in_regions() -> None:
+    """Triton's C++ client reads raw_output_contents by the output's position: an output written to a region
+    has an empty entry, so the ones after it keep their places."""
+    a, b = np.arange(4, dtype=np.float32), np.arange(3, dtype=np.int64)
+    answer = wire.infer_response("m", "7", [("a", a), ("b", b)], {"a": ("ra", 0, a.nbytes)})
+    assert [o.name for o in answer.outputs] == ["a", "b"]
+    assert list(answer.raw_output_contents) == [b"", b.tobytes()]
+    assert list(answer.outputs[0].shape) == [4]
+
+
 def test_inputs_and_outputs_named_by_region_in_a_json_request(tmp_path: Path) -> None:
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     make_object(tmp_path, "in", b"\0" * 16 + x.tobytes())
@@ -126,7 +138,7 @@ def test_inputs_and_outputs_named_by_region_in_a_json_request(tmp_path: Path) ->
     reg = Registry(enabled=True, directory=str(tmp_path))
     reg.register(RegionSpec("in", "in", 0, 48))
     reg.register(RegionSpec("out", "out", 0, 64))
-    doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4], "parameters": {
+    doc: dict[str, Any] = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4], "parameters": {
         "shared_memory_region": "in", "shared_memory_offset": 16, "shared_memory_byte_size": 32}}],
         "outputs": [{"name": "y", "parameters": {"shared_memory_region": "out", "shared_memory_byte_size": 64}},
                     {"name": "s"}]}
@@ -253,7 +265,9 @@ class TestServed:
         y_out = tg.InferRequestedOutput("y")
         y_out.set_shared_memory("gy", x.nbytes)
         result = client.infer("affine", [x_in], outputs=[y_out])
-        assert list(result.get_output("y").shape) == [2, WIDTH] and not result.get_response().raw_output_contents
+        # The output in its region keeps an empty entry in raw_output_contents, as Triton's server answers.
+        assert list(result.get_output("y").shape) == [2, WIDTH]
+        assert list(result.get_response().raw_output_contents) == [b""]
         np.testing.assert_allclose(shm.get_contents_as_numpy(y_handle, np.float32, [2, WIDTH]), 2 * x + 1, rtol=1e-6)
         small = tg.InferRequestedOutput("y")
         small.set_shared_memory("gy", x.nbytes // 2)  # the answer does not fit: refused, the region untouched

@@ -124,15 +124,16 @@ def _timeout_s(req: pb.ModelInferRequest) -> float | None:
 def infer_response(model: str, request_id: str | None, outputs: Sequence[tuple[str, Array]],
                    in_regions: Mapping[str, tuple[str, int, int]] | None = None) -> pb.ModelInferResponse:
     """Every output as raw little-endian bytes (``raw_output_contents``), in the order asked; outputs already
-    written into shared memory regions (``in_regions``) are listed without bytes."""
+    written into shared memory regions (``in_regions``) have an empty entry there, as Triton answers: its
+    C++ client (perf_analyzer) reads ``raw_output_contents[i]`` for the i-th output and crashed on answers
+    that left the entry out."""
     tensors = []
     raws = []
     for name, array in outputs:
         data = np.ascontiguousarray(array)
         tensor = pb.ModelInferResponse.InferOutputTensor(name=name, datatype=v2_datatype(data.dtype.name),
                                                          shape=data.shape)
-        if not (in_regions and name in in_regions):  # one in its region has no contents (as Triton answers)
-            raws.append(data.tobytes())
+        raws.append(b"" if in_regions and name in in_regions else data.tobytes())
         tensors.append(tensor)
     return pb.ModelInferResponse(model_name=model, model_version=VERSION, id=request_id or "", outputs=tensors,
                                  raw_output_contents=raws)
