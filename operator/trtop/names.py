@@ -110,6 +110,7 @@ ENV_SERVE_HOST: Final = "TRTOP_HOST"
 ENV_SERVE_PORT: Final = "TRTOP_PORT"
 ENV_SERVE_GRPC_PORT: Final = "TRTOP_GRPC_PORT"  # 0 = no gRPC
 SERVE_GRPC_PORT: Final = 8001  # the gRPC protocol's port (Triton's), in the pod and on the Service
+SERVER_CONTAINER: Final = "server"  # the serving pod's own container (sidecars may not take the name)
 ENV_SERVE_GRPC_MAX_CONNECTION_AGE_S: Final = "TRTOP_GRPC_MAX_CONNECTION_AGE_S"  # 0 = connections live forever
 ENV_SERVE_MAX_BATCH: Final = "TRTOP_MAX_BATCH"
 ENV_SERVE_MAX_QUEUE_DELAY_MS: Final = "TRTOP_MAX_QUEUE_DELAY_MS"

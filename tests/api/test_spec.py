@@ -80,6 +80,32 @@ HOSTILE = [
     ({"serving": {"batching": "fast"}}, "batching"),
     ({"serving": {"keepAwake": True}}, "serving.keepAwake"),
     ({"serving": {"keepAwake": "always"}}, "serving.keepAwake"),
+    ({"serving": {"sharedMemory": "cuda"}}, "serving.sharedMemory"),
+    ({"serving": {"sidecars": {"name": "pre"}}}, "serving.sidecars"),
+    ({"serving": {"sidecars": ["pre"]}}, "serving.sidecars[0]"),
+    ({"serving": {"sidecars": [{"name": "server", "image": "i"}]}}, "serving.sidecars[0].name"),
+    ({"serving": {"sidecars": [{"name": "Pre_1", "image": "i"}]}}, "serving.sidecars[0].name"),
+    ({"serving": {"sidecars": [{"name": "a", "image": "i"}, {"name": "a", "image": "j"}]}},
+     "serving.sidecars[1].name"),
+    ({"serving": {"sidecars": [{"name": "a"}]}}, "serving.sidecars[0].image"),
+    ({"serving": {"sidecars": [{"name": "a", "image": "i", "command": "run.sh"}]}}, "serving.sidecars[0].command"),
+    ({"serving": {"sidecars": [{"name": "a", "image": "i", "args": [1]}]}}, "serving.sidecars[0].args"),
+    ({"serving": {"sidecars": [{"name": "a", "image": "i", "env": [{"name": "K", "valueFrom": {
+        "secretKeyRef": {"name": "store", "key": "secret"}}}]}]}}, "serving.sidecars[0].env[0]"),
+    ({"serving": {"sidecars": [{"name": "a", "image": "i", "env": [{"name": "TRTOP_X", "value": "1"}]}]}},
+     "serving.sidecars[0].env[0].name"),
+    ({"serving": {"sidecars": [{"name": "a", "image": "i", "ports": [{"containerPort": 8001}]}]}},
+     "serving.sidecars[0].ports[0].containerPort"),
+    ({"serving": {"port": 9000, "sidecars": [{"name": "a", "image": "i", "ports": [{"containerPort": 9000}]}]}},
+     "serving.sidecars[0].ports[0].containerPort"),
+    ({"serving": {"sidecars": [{"name": "a", "image": "i", "ports": [{"containerPort": 9100}]},
+                               {"name": "b", "image": "i", "ports": [{"containerPort": 9100}]}]}},
+     "serving.sidecars[1].ports[0].containerPort"),
+    ({"serving": {"sidecars": [{"name": "a", "image": "i", "ports": [{"containerPort": "http"}]}]}},
+     "serving.sidecars[0].ports[0].containerPort"),
+    ({"serving": {"sidecars": [{"name": "a", "image": "i", "resources": {"limits": {"cpu": "lots"}}}]}},
+     "serving.sidecars[0].resources.limits.cpu"),
+    ({"serving": {"sidecars": [{"name": f"s{i}", "image": "i"} for i in range(9)]}}, "serving.sidecars"),
     ({"scaling": {"target": "high"}}, "scaling.target"),
     ({"scaling": {"target": float("inf")}}, "scaling.target"),
     ({"rollout": {"maxSurge": "0", "maxUnavailable": "0"}}, "rollout"),
@@ -97,3 +123,18 @@ def test_hostile_fields_are_spec_errors_naming_the_field_never_other_exceptions(
     with pytest.raises(SpecError) as info:
         parse_spec(spec(**over))
     assert info.value.field == field, str(info.value)
+
+
+def test_shared_memory_and_sidecars_are_parsed():
+    s = parse_spec(spec(serving={"sharedMemory": "system", "sidecars": [{
+        "name": "pre", "image": "registry.example.com/pre:1", "command": ["pre"], "args": ["--shm"],
+        "env": [{"name": "MODE", "value": "fast"}], "ports": [{"name": "metrics", "containerPort": 9100}],
+        "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}))
+    assert s.serving.shared_memory == "system"
+    (pre,) = s.serving.sidecars
+    assert (pre.name, pre.image, pre.command, pre.args) == ("pre", "registry.example.com/pre:1", ("pre",), ("--shm",))
+    assert pre.env == ({"name": "MODE", "value": "fast"},)
+    assert pre.ports == ({"name": "metrics", "containerPort": 9100, "protocol": "TCP"},)
+    assert pre.resources == {"limits": {"cpu": "1", "memory": "1Gi"}}
+    bare = parse_spec(spec())
+    assert bare.serving.shared_memory == "off" and bare.serving.sidecars == ()

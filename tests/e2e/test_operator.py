@@ -5,6 +5,7 @@ process; the converter's part is played by ConverterStandIn (see operator_harnes
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -258,6 +259,14 @@ def test_delete_leaves_nothing_behind(world, dev_cluster):
     ({"model": {"uri": "s3://m/x"}, "serving": {"env": [{"name": "TRTOP_ENGINE_SET", "value": "[]"}]}},
      "set by trtop"),
     ({"model": {"uri": "s3://m/x"}, "engine": {"podLabels": {"job-name": "x"}}}, "Job/Deployment controllers"),
+    ({"model": {"uri": "s3://m/x"}, "serving": {"sharedMemory": "cuda"}}, "Unsupported value"),
+    ({"model": {"uri": "s3://m/x"}, "serving": {"sidecars": [{"name": "server", "image": "i"}]}},
+     "the server container's"),
+    ({"model": {"uri": "s3://m/x"}, "serving": {"sidecars": [{"name": "pre", "image": "i", "env": [
+        {"name": "TRTOP_STORE_URI", "value": "/"}]}]}}, "trtop's own"),
+    # Fields a sidecar may not have are not silently dropped: kubectl's strict validation names them.
+    ({"model": {"uri": "s3://m/x"}, "serving": {"sidecars": [{"name": "pre", "image": "i", "securityContext": {
+        "privileged": True}}]}}, 'unknown field "spec.serving.sidecars[0].securityContext"'),
 ])
 def test_malformed_specs_are_rejected_by_the_api_server(dev_cluster, namespace, tmp_path, spec, fragment):
     path = tmp_path / "bad.yaml"
@@ -265,6 +274,22 @@ def test_malformed_specs_are_rejected_by_the_api_server(dev_cluster, namespace, 
                                     "metadata": {"name": "bad"}, "spec": spec}))
     result = dev_cluster.kubectl("apply", "-n", namespace, "-f", str(path), check=False)
     assert result.returncode != 0 and fragment in result.stderr, result.stderr
+
+
+def test_a_spec_with_shared_memory_and_a_sidecar_is_accepted_by_the_api_server(dev_cluster, namespace, tmp_path):
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": "pre"},
+                                    "spec": {"model": {"uri": "s3://m/x"}, "serving": {
+                                        "sharedMemory": "system", "sidecars": [{
+                                            "name": "pre", "image": "registry.example.com/pre:1", "args": ["-v"],
+                                            "env": [{"name": "MODE", "value": "fast"}],
+                                            "ports": [{"name": "metrics", "containerPort": 9100}],
+                                            "resources": {"limits": {"cpu": "500m"}}}]}}}))
+    result = dev_cluster.kubectl("apply", "--dry-run=server", "-o", "json", "-n", namespace, "-f", str(path),
+                                 check=False)
+    assert result.returncode == 0, result.stderr
+    serving = json.loads(result.stdout)["spec"]["serving"]
+    assert serving["sharedMemory"] == "system" and serving["sidecars"][0]["ports"][0]["containerPort"] == 9100
 
 
 def test_spec_errors_the_schema_cannot_catch_become_stalled(world):

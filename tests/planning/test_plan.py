@@ -268,6 +268,31 @@ def test_the_server_keeps_its_cores_awake_as_the_spec_says(mixed_cluster, settin
     assert (command[command.index("--keep-awake") + 1] if "--keep-awake" in command else None) == flag
 
 
+def test_shared_memory_turns_the_servers_extension_on_and_sidecars_join_every_units_pods(mixed_cluster, settings):
+    settings = replace(settings, allowed_images=("registry.example.com/*",))
+    serving = {"sharedMemory": "system", "sidecars": [{
+        "name": "pre", "image": "registry.example.com/pre:1", "args": ["--grpc", "localhost:8001"],
+        "ports": [{"name": "metrics", "containerPort": 9100}], "resources": {"limits": {"cpu": "2"}}}]}
+    body = md_body({"model": {"uri": "s3://models/resnet", "format": "savedmodel"}, "serving": serving})
+    first = plan(body, ClusterFacts(nodes=mixed_cluster), settings)
+    p = plan(body, ClusterFacts(nodes=mixed_cluster, records={e.key: record_for(e) for e in first.engines}),
+             settings)
+    assert len(p.units) > 1
+    for unit in p.units:
+        server, pre = unit["spec"]["template"]["spec"]["containers"]
+        assert server["command"][server["command"].index("--shared-memory") + 1] == "system"
+        assert pre["args"] == ["--grpc", "localhost:8001"] and pre["ports"][0]["containerPort"] == 9100
+        assert pre["resources"] == {"limits": {"cpu": "2"}}  # the GPU stays the server's
+        assert names.GPU_RESOURCE in server["resources"]["limits"]
+    # Without the fields the pod template is what it was: no flag, one container, no sidecar volume.
+    plain = md_body({"model": {"uri": "s3://models/resnet", "format": "savedmodel"}})
+    q = plan(plain, ClusterFacts(nodes=mixed_cluster, records={e.key: record_for(e) for e in first.engines}),
+             settings)
+    pod = q.units[0]["spec"]["template"]["spec"]
+    assert len(pod["containers"]) == 1 and "--shared-memory" not in pod["containers"][0]["command"]
+    assert "sidecar-tmp" not in {v["name"] for v in pod["volumes"]}
+
+
 def test_status_shows_each_engines_batch_buckets(mixed_cluster, settings):
     first = plan(md_body(), ClusterFacts(nodes=mixed_cluster), settings)
     records = {e.key: replace(record_for(e), buckets=(1, 2, 4, 8)) for e in first.engines}

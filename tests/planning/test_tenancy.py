@@ -150,14 +150,36 @@ def with_images(builder=None, server=None) -> dict:
     return body
 
 
-@pytest.mark.parametrize("builder,server,field", [
-    ("evil.example.com/miner:latest", None, "engine.builderImage"),
-    (None, "docker.io/library/python:3", "serving.image"),
+def with_sidecar(image: str) -> dict:
+    body = in_namespace("team-a")
+    body["spec"] = {**SPEC, "serving": {"sidecars": [{"name": "pre", "image": image}]}}
+    return body
+
+
+@pytest.mark.parametrize("body,field", [
+    (with_images("evil.example.com/miner:latest", None), "engine.builderImage"),
+    (with_images(None, "docker.io/library/python:3"), "serving.image"),
+    (with_sidecar("docker.io/library/python:3"), "serving.sidecars[0].image"),
 ])
-def test_images_outside_the_allowed_list_are_a_spec_error(builder, server, field):
-    refused = plan(with_images(builder, server), Settings())  # the planner returns the InvalidSpec status
+def test_images_outside_the_allowed_list_are_a_spec_error(body, field):
+    refused = plan(body, Settings())  # the planner returns the InvalidSpec status
     assert refused.spec is None
-    assert re.search(f"spec.{field}: .* is not in the platform's allowed images", refused.status["message"])
+    assert re.search(rf"spec.{re.escape(field)}: .* is not in the platform's allowed images",
+                     refused.status["message"])
+
+
+def test_a_sidecar_runs_restricted_beside_the_server_without_its_volumes_or_credentials():
+    settings = Settings.from_env({"TRTOP_ALLOWED_IMAGES": "registry.example.com/ml/*", "TRTOP_STORE_PVC": "engines"})
+    body = with_sidecar("registry.example.com/ml/pre:1")
+    body["spec"]["serving"]["sidecars"][0]["env"] = [{"name": "MODE", "value": "fast"}]
+    pod = pod_of(served(body, settings).units[0])
+    server, pre = pod["containers"]
+    assert pre["name"] == "pre" and pre["image"] == "registry.example.com/ml/pre:1"
+    assert pre["securityContext"] == server["securityContext"] and pre["securityContext"]["readOnlyRootFilesystem"]
+    assert pre["env"] == [{"name": "MODE", "value": "fast"}] and "envFrom" not in pre
+    assert [m["name"] for m in pre["volumeMounts"]] == ["sidecar-tmp"]  # not the store's, not the server's /tmp
+    assert {v["name"] for v in pod["volumes"]} >= {"sidecar-tmp", "tmp"}
+    assert any(m["name"] != "tmp" for m in server["volumeMounts"])  # the server does mount the store
 
 
 def test_allowed_images_by_exact_name_and_prefix():

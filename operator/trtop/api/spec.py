@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
+from trtop import names
 from trtop.api.engine import BatchProfile, HardwareCompatibility, Method, ModelFormat, ModelSource, Precision
 from trtop.api import validation
 from trtop.api.errors import SpecError
@@ -24,6 +25,9 @@ MODEL_URI_SCHEMES = ("pvc", "s3", "gs", "https", "file")
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "bf16", "int8", "fp8")
 KeepAwake = Literal["auto", "on", "off"]
 KEEP_AWAKE: tuple[KeepAwake, ...] = ("auto", "on", "off")  # the server's --keep-awake
+SharedMemory = Literal["off", "system"]
+SHARED_MEMORY: tuple[SharedMemory, ...] = ("off", "system")  # the server's --shared-memory
+MAX_SIDECARS = 8
 FORMATS: tuple[ModelFormat, ...] = ("savedmodel", "keras", "onnx")
 METHODS: tuple[Method, ...] = ("onnx", "tf-trt")
 HW_COMPAT: tuple[HardwareCompatibility, ...] = ("none", "same-compute-capability", "ampere-plus")
@@ -59,6 +63,20 @@ class EngineSpec:
 
 
 @dataclass(frozen=True)
+class Sidecar:
+    """A container beside the server in every serving pod, e.g. a pre-processing client that hands the
+    server tensors in shared memory (the pod's containers share its /dev/shm). Only what a client needs:
+    no volumes (the server's hold the store's credentials), no privileges, none of trtop's variables."""
+    name: str
+    image: str
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    env: tuple[Mapping[str, str], ...] = ()  # {name, value} only: no valueFrom
+    ports: tuple[Mapping[str, Any], ...] = ()  # {name?, containerPort, protocol?}
+    resources: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ServingSpec:
     image: str | None = None
     port: int = 8000
@@ -69,6 +87,8 @@ class ServingSpec:
     max_queue_delay_ms: float = 0.0
     max_queue_size: int = 256
     keep_awake: KeepAwake = "auto"
+    shared_memory: SharedMemory = "off"
+    sidecars: tuple[Sidecar, ...] = ()
     pod_labels: Mapping[str, str] = field(default_factory=dict)
     pod_annotations: Mapping[str, str] = field(default_factory=dict)
 
@@ -255,9 +275,46 @@ def _parse_serving(raw: Mapping[str, Any]) -> ServingSpec:
         max_queue_delay_ms=_number(batching, "maxQueueDelayMs", 0.0, "serving.batching"),
         max_queue_size=_int(batching, "maxQueueSize", 256, "serving.batching", minimum=1),
         keep_awake=cast(KeepAwake, _enum(raw, "keepAwake", KEEP_AWAKE, "auto", "serving")),
+        shared_memory=cast(SharedMemory, _enum(raw, "sharedMemory", SHARED_MEMORY, "off", "serving")),
+        sidecars=_parse_sidecars(raw.get("sidecars"), port),
         pod_labels=_strings(raw, "podLabels", "serving"),
         pod_annotations=_strings(raw, "podAnnotations", "serving"),
     )
+
+
+def grpc_port(http_port: int) -> int:
+    """The pod's and the Service's gRPC port: Triton's 8001, or the next one when HTTP has taken it."""
+    return names.SERVE_GRPC_PORT if http_port != names.SERVE_GRPC_PORT else http_port + 1
+
+
+def _parse_sidecars(raw: object, port: int) -> tuple[Sidecar, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
+        raise SpecError("serving.sidecars", "must be a list of containers ({name, image, ...})")
+    if len(raw) > MAX_SIDECARS:
+        raise SpecError("serving.sidecars", f"at most {MAX_SIDECARS} sidecars, got {len(raw)}")
+    taken = {port, grpc_port(port)}
+    out: list[Sidecar] = []
+    for i, item in enumerate(raw):
+        where = f"serving.sidecars[{i}]"
+        if not isinstance(item, Mapping):
+            raise SpecError(where, "must be an object with a name and an image")
+        name = validation.check_container_name(item.get("name"), f"{where}.name", [s.name for s in out])
+        image = item.get("image")
+        if not isinstance(image, str) or not image:
+            raise SpecError(f"{where}.image", "is required (the sidecar's container image)")
+        ports = validation.check_container_ports(item.get("ports"), f"{where}.ports", taken)
+        taken |= {int(p["containerPort"]) for p in ports}
+        out.append(Sidecar(
+            name=name, image=image,
+            command=validation.check_strings(item.get("command"), f"{where}.command"),
+            args=validation.check_strings(item.get("args"), f"{where}.args"),
+            env=validation.check_plain_env(item.get("env"), f"{where}.env"),
+            ports=ports,
+            resources=validation.check_resources(item.get("resources"), f"{where}.resources"),
+        ))
+    return tuple(out)
 
 
 def _parse_scaling(raw: Mapping[str, Any]) -> ScalingSpec:

@@ -11,12 +11,14 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from trtop import names
 from trtop.api.errors import SpecError
 
 # The Service and the Deployment take the ModelDeployment's name, and so does a label value:
 # a DNS-1035 label (RFC 1035: lower case, digits, '-', starting with a letter) of <= 63 chars.
 NAME_MAX = 63
 _NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_CONTAINER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # DNS-1123 label
 # Kubernetes resource quantities (k8s.io/apimachinery/pkg/api/resource), e.g. 500m, 2Gi, 1e3.
 _QUANTITY = re.compile(r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?$")
 RESOURCE_SECTIONS = ("limits", "requests")
@@ -43,21 +45,22 @@ def check_name(name: object) -> str:
     return text
 
 
-def check_resources(raw: object) -> dict[str, Any]:
-    """``serving.resources``: limits/requests of valid quantities (a typo would be refused at apply)."""
+def check_resources(raw: object, where: str = "serving.resources") -> dict[str, Any]:
+    """``serving.resources`` (or a sidecar's): limits/requests of valid quantities (a typo would be refused
+    at apply)."""
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        raise SpecError("serving.resources", f"must be an object with limits/requests, got {type(raw).__name__}")
+        raise SpecError(where, f"must be an object with limits/requests, got {type(raw).__name__}")
     out: dict[str, Any] = {}
     for section, values in raw.items():
         if section not in RESOURCE_SECTIONS:
-            raise SpecError(f"serving.resources.{section}", "is not one of limits, requests")
+            raise SpecError(f"{where}.{section}", "is not one of limits, requests")
         if not isinstance(values, Mapping):
-            raise SpecError(f"serving.resources.{section}", "must map resource names to quantities")
+            raise SpecError(f"{where}.{section}", "must map resource names to quantities")
         for resource, qty in values.items():
             if isinstance(qty, bool) or not _QUANTITY.match(str(qty)):
-                raise SpecError(f"serving.resources.{section}.{resource}",
+                raise SpecError(f"{where}.{section}.{resource}",
                                 f"{str(qty)[:40]!r} is not a quantity (e.g. 500m, 2, 4Gi)")
         out[str(section)] = {str(k): str(v) for k, v in values.items()}
     return out
@@ -95,6 +98,67 @@ def check_env(raw: object) -> tuple[Mapping[str, Any], ...]:
                             f"{item['name']!r}: variables starting with {RESERVED_ENV_PREFIX} are set by trtop "
                             "(engine set, store, model name); pick another name")
         out.append(item)
+    return tuple(out)
+
+
+def check_container_name(raw: object, where: str, taken: Sequence[str]) -> str:
+    """A sidecar's container name: a DNS-1123 label, not the server's and not another sidecar's."""
+    name = str(raw or "")
+    if len(name) > NAME_MAX or not _CONTAINER_NAME.match(name):
+        raise SpecError(where, f"{name[:80]!r} is not a container name: at most {NAME_MAX} lower-case letters, "
+                               "digits and '-', starting and ending with a letter or digit")
+    if name == names.SERVER_CONTAINER or name in taken:
+        raise SpecError(where, f"{name!r} is taken (by the server container or another sidecar); pick another")
+    return name
+
+
+def check_strings(raw: object, where: str) -> tuple[str, ...]:
+    """A list of strings (a container's command or args)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)) or not all(isinstance(i, str) for i in raw):
+        raise SpecError(where, "must be a list of strings")
+    return tuple(raw)
+
+
+def check_plain_env(raw: object, where: str) -> tuple[dict[str, str], ...]:
+    """A sidecar's variables: {name, value} only. A value from a Secret or the pod (valueFrom) is refused:
+    the pod runs under the platform's service account, beside the store's credentials."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
+        raise SpecError(where, "must be a list of {name, value} objects")
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping) or not isinstance(item.get("name"), str) or not item["name"]:
+            raise SpecError(f"{where}[{i}]", "must be an object with a name and a value")
+        if set(item) - {"name", "value"}:
+            raise SpecError(f"{where}[{i}]", f"only name and value are allowed, got {sorted(set(item))}")
+        if item["name"].startswith(RESERVED_ENV_PREFIX):
+            raise SpecError(f"{where}[{i}].name", f"{item['name']!r}: variables starting with {RESERVED_ENV_PREFIX} "
+                                                  "are trtop's own; pick another name")
+        out.append({"name": item["name"], "value": str(item.get("value", ""))})
+    return tuple(out)
+
+
+def check_container_ports(raw: object, where: str, taken: set[int]) -> tuple[dict[str, Any], ...]:
+    """A sidecar's ports: {containerPort, name?, protocol?}, none the server's or another sidecar's."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
+        raise SpecError(where, "must be a list of {containerPort, name, protocol} objects")
+    out = []
+    for i, item in enumerate(raw):
+        port = item.get("containerPort") if isinstance(item, Mapping) else None
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise SpecError(f"{where}[{i}].containerPort", f"must be a port number 1-65535, got {port!r}")
+        if port in taken:
+            raise SpecError(f"{where}[{i}].containerPort", f"{port} is the server's or another sidecar's port")
+        taken = taken | {port}
+        entry: dict[str, Any] = {"containerPort": port, "protocol": str(item.get("protocol") or "TCP")}
+        if item.get("name"):
+            entry["name"] = str(item["name"])
+        out.append(entry)
     return tuple(out)
 
 

@@ -1,9 +1,9 @@
 """What a ModelDeployment may ask of the platform: allowed images, and no say over trtop's own settings.
 
 Build Jobs and serving pods run with the store's credentials and on the cluster's GPU
-nodes, so ``engine.builderImage`` and ``serving.image`` are checked against
-``Settings.allowed_images`` (exact references, or prefixes ending in ``*``); when the
-list is empty only the operator's own images are allowed. ``serving.env`` may not set
+nodes, so ``engine.builderImage``, ``serving.image`` and each ``serving.sidecars[].image`` are
+checked against ``Settings.allowed_images`` (exact references, or prefixes ending in ``*``); when
+the list is empty only the operator's own images are allowed. ``serving.env`` may not set
 what trtop decides itself (the engine set, the store, the backend, the model source) nor
 store credentials (``AWS_*``, ``GOOGLE_*``); tuning variables (``TRTOP_THREADS`` ...) stay free. A refusal is a ``SpecError`` (the handler reports it as
 Stalled/InvalidSpec). Pure; called by the handler and the planner.
@@ -47,7 +47,9 @@ def check_spec_trust(spec: ModelDeploymentSpec, settings: Settings) -> None:
 
 def check_images(spec: ModelDeploymentSpec, settings: Settings) -> None:
     """SpecError naming the field when the spec picks an image the platform does not allow."""
-    for field, image in (("engine.builderImage", spec.engine.builder_image), ("serving.image", spec.serving.image)):
+    images = [("engine.builderImage", spec.engine.builder_image), ("serving.image", spec.serving.image),
+              *((f"serving.sidecars[{i}].image", c.image) for i, c in enumerate(spec.serving.sidecars))]
+    for field, image in images:
         if image and not image_allowed(image, settings):
             raise SpecError(
                 field, f"{image!r} is not in the platform's allowed images ({', '.join(allowed_images(settings))}); "

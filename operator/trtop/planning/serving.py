@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from trtop import names
-from trtop.api.spec import ModelDeploymentSpec
+from trtop.api.spec import ModelDeploymentSpec, Sidecar, grpc_port
 from trtop.api.targets import Target
 from trtop.api.validation import NAME_MAX
 from trtop.config import Settings
@@ -27,7 +27,7 @@ from trtop.planning.common import (
 )
 from trtop.planning.engines import EngineStatus
 
-SERVER_CONTAINER = "server"
+SIDECAR_TMP = "sidecar-tmp"  # the sidecars' /tmp (an emptyDir): their root filesystem is read-only
 
 
 def servable(engines: Iterable[EngineStatus]) -> list[EngineStatus]:
@@ -82,11 +82,6 @@ def unit_name(md_name: str, target: Target) -> str:
     return f"{md_name[:keep].rstrip('-')}-{digest}-{target.slug}"
 
 
-def grpc_port(http_port: int) -> int:
-    """The pod's and the Service's gRPC port: Triton's 8001, or the next one when HTTP has taken it."""
-    return names.SERVE_GRPC_PORT if http_port != names.SERVE_GRPC_PORT else http_port + 1
-
-
 def build_unit(
     md: Mapping[str, Any], spec: ModelDeploymentSpec, engine: EngineStatus, replicas: int, settings: Settings,
 ) -> Manifest:
@@ -119,7 +114,7 @@ def build_unit(
         "tolerations": [GPU_TOLERATION, *spec.serving.tolerations] if gpu else list(spec.serving.tolerations),
         "terminationGracePeriodSeconds": 60,
         "containers": [{
-            "name": SERVER_CONTAINER,
+            "name": names.SERVER_CONTAINER,
             "image": spec.serving.image or (settings.server_image if gpu else settings.server_cpu_image),
             "imagePullPolicy": settings.image_pull_policy,
             "command": ["trtop", "serve", "--host", "0.0.0.0", "--port", str(port),
@@ -128,6 +123,8 @@ def build_unit(
                         "--max-queue-size", str(spec.serving.max_queue_size),
                         # Only when set: the default leaves the pod template (and running pods) as they were.
                         *(("--keep-awake", spec.serving.keep_awake) if spec.serving.keep_awake != "auto" else ()),
+                        *(("--shared-memory", spec.serving.shared_memory)
+                          if spec.serving.shared_memory != "off" else ()),
                         # After SIGTERM keep answering (not ready) while endpoints drop the pod.
                         "--drain-delay-s", "5"],
             "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"},
@@ -139,8 +136,9 @@ def build_unit(
                               "failureThreshold": 6},
             "startupProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 5,
                              "failureThreshold": 120},
-        }],
-        "volumes": volumes,
+        }, *(sidecar_container(c, settings) for c in spec.serving.sidecars)],
+        "volumes": volumes + ([{"name": SIDECAR_TMP, "emptyDir": {"sizeLimit": settings.serving_tmp_size}}]
+                              if spec.serving.sidecars else []),
     }
     if spec.serving.node_selector:
         pod_spec["nodeSelector"] = dict(spec.serving.node_selector)
@@ -174,6 +172,22 @@ def build_unit(
             "template": template,
         },
     }
+
+
+def sidecar_container(sidecar: Sidecar, settings: Settings) -> dict[str, Any]:
+    """A sidecar as the pod runs it: its own image, command, variables, ports and resources, the server's
+    restricted security context (read-only root), a /tmp of the sidecars' own and none of the server's
+    volumes (they hold the store's credentials). The pod's /dev/shm is shared with the server."""
+    container: dict[str, Any] = {"name": sidecar.name, "image": sidecar.image,
+                                 "imagePullPolicy": settings.image_pull_policy,
+                                 "securityContext": CONTAINER_SECURITY_CONTEXT,
+                                 "volumeMounts": [{"name": SIDECAR_TMP, "mountPath": "/tmp"}]}
+    for key, value in (("command", list(sidecar.command)), ("args", list(sidecar.args)),
+                       ("env", [dict(e) for e in sidecar.env]), ("ports", [dict(p) for p in sidecar.ports]),
+                       ("resources", json.loads(json.dumps(sidecar.resources)))):
+        if value:
+            container[key] = value
+    return container
 
 
 def template_hash(template: Mapping[str, Any]) -> str:
