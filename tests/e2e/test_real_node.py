@@ -168,3 +168,76 @@ def test_chart_runs_the_operator_on_the_real_node(dev_cluster: DevCluster, names
         assert "CERTIFICATE_VERIFY_FAILED" not in logs and "No module named" not in logs, logs[-3000:]
     finally:
         dev_cluster.helm("uninstall", release, "-n", namespace, "--wait", check=False, timeout=120)
+
+
+# The sidecar's client: stdlib only (the server-cpu image has no tritonclient). It writes the input into a
+# /dev/shm object, registers it and an output object with the server on localhost, asks for an inference
+# that names both regions, and prints what the server wrote into the output object.
+SHM_CLIENT = """
+import json, struct, time, urllib.request
+base = "http://127.0.0.1:8000"
+def post(path, doc):
+    req = urllib.request.Request(base + path, data=json.dumps(doc).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as answer:
+        return answer.read()
+for _ in range(600):
+    try:
+        urllib.request.urlopen(base + "/v2/health/ready", timeout=2).read()
+        break
+    except OSError:
+        time.sleep(0.5)
+with open("/dev/shm/trtop-in", "wb") as f:
+    f.write(struct.pack("<8f", 0, 1, 2, 3, 1, 1, 1, 1))
+with open("/dev/shm/trtop-out", "wb") as f:
+    f.write(bytes(32))
+post("/v2/systemsharedmemory/region/in/register", {"key": "/trtop-in", "offset": 0, "byte_size": 32})
+post("/v2/systemsharedmemory/region/out/register", {"key": "/trtop-out", "offset": 0, "byte_size": 32})
+answer = json.loads(post("/v2/models/affine/infer", {
+    "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4],
+                "parameters": {"shared_memory_region": "in", "shared_memory_byte_size": 32}}],
+    "outputs": [{"name": "y", "parameters": {"shared_memory_region": "out", "shared_memory_byte_size": 32}}]}))
+with open("/dev/shm/trtop-out", "rb") as f:
+    print("y", json.dumps(list(struct.unpack("<8f", f.read(32)))))
+print("answer", json.dumps(answer))
+"""
+
+
+def test_a_sidecar_hands_the_server_tensors_in_the_pods_shared_memory(
+        dev_cluster: DevCluster, namespace: str, server_cpu_image: str, tmp_path: Path) -> None:
+    """What serving.sharedMemory + serving.sidecars make, in real containers: the sidecar (as the planner
+    builds it: restricted, read-only root, its own /tmp) and the server share the pod's /dev/shm, and an
+    inference whose tensors are only in regions comes back right."""
+    from trtop.api.spec import Sidecar
+    from trtop.config import Settings
+    from trtop.planning.serving import SIDECAR_TMP, sidecar_container
+
+    model = make_affine_onnx(tmp_path / "affine.onnx")
+    dev_cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "model"},
+                       "binaryData": {"affine.onnx": base64.b64encode(model.read_bytes()).decode()}}, namespace)
+    pod = _pod("shm", server_cpu_image,
+               ["trtop", "serve", "--model", "/models/affine.onnx", "--model-name", "affine", "--port", "8000",
+                "--grpc-port", "0", "--frontends", "1", "--device", "cpu", "--shared-memory", "system"],
+               volumes=[{"name": "model", "configMap": {"name": "model"}}, {"name": SIDECAR_TMP, "emptyDir": {}}],
+               mounts=[{"name": "model", "mountPath": "/models", "readOnly": True}])
+    client = sidecar_container(Sidecar(name="client", image=server_cpu_image, command=("python3", "-c", SHM_CLIENT)),
+                               Settings(image_pull_policy="Never"))
+    pod["spec"]["containers"].append(client)
+    dev_cluster.apply(pod, namespace)
+
+    def client_state() -> dict[str, Any]:
+        statuses = _phase(dev_cluster, namespace, "shm").get("status", {}).get("containerStatuses", [])
+        return next((s["state"] for s in statuses if s["name"] == "client"), {})
+
+    try:
+        wait_for("the sidecar's inference", lambda: "terminated" in client_state(), timeout=240)
+        logs = dev_cluster.kubectl("logs", "shm", "-c", "client", "-n", namespace, check=False).stdout
+        assert client_state()["terminated"]["exitCode"] == 0, logs
+    except Exception:
+        print(dev_cluster.kubectl("describe", "pod", "shm", "-n", namespace, check=False))
+        print(dev_cluster.kubectl("logs", "shm", "-c", "main", "-n", namespace, check=False))
+        raise
+    lines = dict(line.split(" ", 1) for line in logs.strip().splitlines() if line.startswith(("y ", "answer ")))
+    assert json.loads(lines["y"]) == [1, 3, 5, 7, 3, 3, 3, 3]  # 2x + 1, written by the server into the region
+    (y,) = json.loads(lines["answer"])["outputs"]
+    assert y["name"] == "y" and y["shape"] == [2, 4] and "data" not in y  # the answer only names it
