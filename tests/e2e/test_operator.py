@@ -13,7 +13,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from trtop import names
+from trtop import names, versions
 
 from .operator_harness import (
     ConverterStandIn, OperatorProcess, condition, dump, get_md, load_clients, wait_events, wait_for,
@@ -290,6 +290,25 @@ def test_a_spec_with_shared_memory_and_a_sidecar_is_accepted_by_the_api_server(d
     assert result.returncode == 0, result.stderr
     serving = json.loads(result.stdout)["spec"]["serving"]
     assert serving["sharedMemory"] == "system" and serving["sidecars"][0]["ports"][0]["containerPort"] == 9100
+
+
+def test_sidecars_join_the_units_pods_and_a_foreign_sidecar_image_is_refused(world):
+    """Through the operator and the API server: a sidecar of an allowed image (trtop's own here; the
+    operator runs with no workloads.allowedImages) is in every unit's pods beside a server that has
+    shared memory on; one of any other image stalls its ModelDeployment, naming the field."""
+    sidecar = {"name": "pre", "image": versions.SERVER_CPU_IMAGE, "command": ["sleep", "infinity"]}
+    world.apply("pre", {**gpu_spec(), "serving": {"sharedMemory": "system", "sidecars": [sidecar]}})
+    world.apply("foreign", {**gpu_spec(), "serving": {"sidecars": [{**sidecar, "image": "docker.io/library/busybox"}]}})
+    units = wait_for("units of md/pre", lambda: world.units("pre"), timeout=120)
+    for unit in units:
+        server, pre = unit.spec.template.spec.containers
+        assert server.command[server.command.index("--shared-memory") + 1] == "system"
+        assert pre.name == "pre" and pre.image == versions.SERVER_CPU_IMAGE and pre.command == ["sleep", "infinity"]
+        assert pre.security_context.read_only_root_filesystem and not pre.env_from
+        assert [m.name for m in pre.volume_mounts] == ["sidecar-tmp"]
+    stalled = condition(world.wait_condition("foreign", "Stalled"), "Stalled")
+    assert stalled["reason"] == "InvalidSpec" and "serving.sidecars[0].image" in stalled["message"], stalled
+    assert not world.units("foreign")
 
 
 def test_spec_errors_the_schema_cannot_catch_become_stalled(world):
