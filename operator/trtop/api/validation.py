@@ -83,18 +83,19 @@ def _is_zero(value: str) -> bool:
     return value.rstrip("%").lstrip("0") == ""
 
 
-def check_env(raw: object) -> tuple[Mapping[str, Any], ...]:
-    """``serving.env``: a list of {name, value|valueFrom}; trtop's own variables cannot be overridden."""
+def check_env(raw: object, where: str = "serving.env") -> tuple[Mapping[str, Any], ...]:
+    """``serving.env`` (or a sidecar's): a list of {name, value|valueFrom}; trtop's own variables cannot be
+    overridden."""
     if raw is None:
         return ()
     if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
-        raise SpecError("serving.env", "must be a list of {name, value} objects")
+        raise SpecError(where, "must be a list of {name, value} objects")
     out = []
     for i, item in enumerate(raw):
         if not isinstance(item, Mapping) or not isinstance(item.get("name"), str) or not item["name"]:
-            raise SpecError(f"serving.env[{i}]", "must be an object with a name")
+            raise SpecError(f"{where}[{i}]", "must be an object with a name")
         if item["name"].startswith(RESERVED_ENV_PREFIX):
-            raise SpecError(f"serving.env[{i}].name",
+            raise SpecError(f"{where}[{i}].name",
                             f"{item['name']!r}: variables starting with {RESERVED_ENV_PREFIX} are set by trtop "
                             "(engine set, store, model name); pick another name")
         out.append(item)
@@ -122,21 +123,12 @@ def check_strings(raw: object, where: str) -> tuple[str, ...]:
 
 
 def check_plain_env(raw: object, where: str) -> tuple[dict[str, str], ...]:
-    """A sidecar's variables: {name, value} only. A value from a Secret or the pod (valueFrom) is refused:
-    the pod runs under the platform's service account, beside the store's credentials."""
-    if raw is None:
-        return ()
-    if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
-        raise SpecError(where, "must be a list of {name, value} objects")
+    """A sidecar's variables: ``check_env``'s rules, and {name, value} only. A value from a Secret or the pod
+    (valueFrom) is refused: the pod runs under the platform's service account, beside the store's credentials."""
     out = []
-    for i, item in enumerate(raw):
-        if not isinstance(item, Mapping) or not isinstance(item.get("name"), str) or not item["name"]:
-            raise SpecError(f"{where}[{i}]", "must be an object with a name and a value")
+    for i, item in enumerate(check_env(raw, where)):
         if set(item) - {"name", "value"}:
             raise SpecError(f"{where}[{i}]", f"only name and value are allowed, got {sorted(set(item))}")
-        if item["name"].startswith(RESERVED_ENV_PREFIX):
-            raise SpecError(f"{where}[{i}].name", f"{item['name']!r}: variables starting with {RESERVED_ENV_PREFIX} "
-                                                  "are trtop's own; pick another name")
         out.append({"name": item["name"], "value": str(item.get("value", ""))})
     return tuple(out)
 
