@@ -81,6 +81,8 @@ HOSTILE = [
     ({"serving": {"keepAwake": True}}, "serving.keepAwake"),
     ({"serving": {"keepAwake": "always"}}, "serving.keepAwake"),
     ({"serving": {"sharedMemory": "cuda"}}, "serving.sharedMemory"),
+    ({"serving": {"httpFrontend": "go"}}, "serving.httpFrontend"),
+    ({"serving": {"httpFrontend": ["native"]}}, "serving.httpFrontend"),
     ({"serving": {"sidecars": {"name": "pre"}}}, "serving.sidecars"),
     ({"serving": {"sidecars": ["pre"]}}, "serving.sidecars[0]"),
     ({"serving": {"sidecars": [{"name": "server", "image": "i"}]}}, "serving.sidecars[0].name"),

@@ -260,6 +260,7 @@ def test_delete_leaves_nothing_behind(world, dev_cluster):
      "set by trtop"),
     ({"model": {"uri": "s3://m/x"}, "engine": {"podLabels": {"job-name": "x"}}}, "Job/Deployment controllers"),
     ({"model": {"uri": "s3://m/x"}, "serving": {"sharedMemory": "cuda"}}, "Unsupported value"),
+    ({"model": {"uri": "s3://m/x"}, "serving": {"httpFrontend": "go"}}, "Unsupported value"),
     ({"model": {"uri": "s3://m/x"}, "serving": {"sidecars": [{"name": "server", "image": "i"}]}},
      "the server container's"),
     ({"model": {"uri": "s3://m/x"}, "serving": {"sidecars": [{"name": "pre", "image": "i", "env": [
@@ -280,7 +281,7 @@ def test_a_spec_with_shared_memory_and_a_sidecar_is_accepted_by_the_api_server(d
     path = tmp_path / "sidecar.yaml"
     path.write_text(yaml.safe_dump({"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": "pre"},
                                     "spec": {"model": {"uri": "s3://m/x"}, "serving": {
-                                        "sharedMemory": "system", "sidecars": [{
+                                        "sharedMemory": "system", "httpFrontend": "native", "sidecars": [{
                                             "name": "pre", "image": "registry.example.com/pre:1", "args": ["-v"],
                                             "env": [{"name": "MODE", "value": "fast"}],
                                             "ports": [{"name": "metrics", "containerPort": 9100}],
@@ -290,6 +291,7 @@ def test_a_spec_with_shared_memory_and_a_sidecar_is_accepted_by_the_api_server(d
     assert result.returncode == 0, result.stderr
     serving = json.loads(result.stdout)["spec"]["serving"]
     assert serving["sharedMemory"] == "system" and serving["sidecars"][0]["ports"][0]["containerPort"] == 9100
+    assert serving["httpFrontend"] == "native"
 
 
 def test_sidecars_join_the_units_pods_and_a_foreign_sidecar_image_is_refused(world):

@@ -14,11 +14,13 @@ from __future__ import annotations
 import base64
 import json
 import os
+import struct
 import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -82,14 +84,32 @@ def _phase(dev_cluster: DevCluster, namespace: str, name: str) -> dict[str, Any]
     return pod
 
 
+def _binary_infer(url: str) -> tuple[dict[str, Any], bytes]:
+    """A v2 request with its tensor in binary (the binary tensor data extension), answered in binary."""
+    header = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4],
+                                     "parameters": {"binary_data_size": 32}}],
+                         "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}).encode()
+    request = urllib.request.Request(url, data=header + struct.pack("<8f", 0, 1, 2, 3, 1, 1, 1, 1), headers={
+        "Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        body = answer.read()
+        length = int(answer.headers.get("Inference-Header-Content-Length", len(body)))
+    return json.loads(body[:length]), body[length:]
+
+
+@pytest.mark.parametrize("front_end", [["--frontends", "0"], ["--frontends", "1", "--http-frontend", "native"]],
+                         ids=["one-process", "native"])
 def test_server_cpu_pod_answers_a_v2_inference(dev_cluster: DevCluster, namespace: str, server_cpu_image: str,
-                                               tmp_path: Path) -> None:
+                                               tmp_path: Path, front_end: list[str]) -> None:
+    """The server image answers JSON and binary v2 requests in a restricted container, in one process and
+    with the native front-end (serving.httpFrontend: native) that the image ships: it answers binary
+    requests itself and hands JSON ones to a Python front-end over a unix socket in the pod's /tmp."""
     model = make_affine_onnx(tmp_path / "affine.onnx")
     dev_cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "model"},
                        "binaryData": {"affine.onnx": base64.b64encode(model.read_bytes()).decode()}}, namespace)
     pod = _pod("server", server_cpu_image,
                ["trtop", "serve", "--model", "/models/affine.onnx", "--model-name", "affine",
-                "--port", "8000", "--grpc-port", "0", "--frontends", "0", "--device", "cpu"],
+                "--port", "8000", "--grpc-port", "0", *front_end, "--device", "cpu"],
                volumes=[{"name": "model", "configMap": {"name": "model"}}],
                mounts=[{"name": "model", "mountPath": "/models", "readOnly": True}])
     pod["spec"]["containers"][0]["readinessProbe"] = {"httpGet": {"path": "/v2/health/ready", "port": 8000},
@@ -114,8 +134,14 @@ def test_server_cpu_pod_answers_a_v2_inference(dev_cluster: DevCluster, namespac
         outputs = {o["name"]: o for o in json.load(answer)["outputs"]}
     assert outputs["y"]["data"] == [1, 3, 5, 7, 3, 3, 3, 3]
     assert outputs["s"]["data"] == [6, 4] and outputs["s"]["shape"] == [2, 1]
+    head, tensor = _binary_infer(f"http://{status['podIP']}:8000/v2/models/affine/infer")
+    (y,) = head["outputs"]
+    assert y["name"] == "y" and y["shape"] == [2, 4] and y["parameters"]["binary_data_size"] == 32
+    assert list(np.frombuffer(tensor, "<f4")) == [1, 3, 5, 7, 3, 3, 3, 3]
     # The kubelet serves logs (API server -> kubelet, with the client certificate).
-    assert "affine" in dev_cluster.kubectl("logs", "server", "-n", namespace)
+    logs = dev_cluster.kubectl("logs", "server", "-n", namespace)
+    assert "affine" in logs
+    assert ("through 1 native front-end processes" in logs) == ("native" in front_end), logs
 
 
 def test_restricted_namespace_admits_and_runs_the_charts_security_context(dev_cluster: DevCluster, namespace: str,

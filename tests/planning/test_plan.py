@@ -6,6 +6,7 @@ import pytest
 from trtop import names
 from trtop.planning.facts import ClusterFacts, DeploymentFact, JobFact
 from trtop.planning.plan import plan_model_deployment
+from trtop.serve.settings import parse_settings
 
 from .conftest import live_of, md_body, record_for
 
@@ -256,16 +257,34 @@ def test_the_pod_and_the_service_expose_http_and_grpc(mixed_cluster, settings, h
         ("http", http_port, "http", None), ("grpc", grpc_port, "grpc", "grpc")]
 
 
+def _server_commands(nodes, settings, serving):
+    """Every unit's server command once the engines are ready (the second plan makes the units)."""
+    body = md_body({"model": {"uri": "s3://models/resnet", "format": "savedmodel"}, "serving": serving})
+    first = plan(body, ClusterFacts(nodes=nodes), settings)
+    p = plan(body, ClusterFacts(nodes=nodes, records={e.key: record_for(e) for e in first.engines}), settings)
+    assert p.units
+    return [u["spec"]["template"]["spec"]["containers"][0]["command"] for u in p.units]
+
+
+def _flag(command, name):
+    return command[command.index(name) + 1] if name in command else None
+
+
+@pytest.mark.parametrize("front_end,flag", [(None, None), ("python", None), ("native", "native"), ("auto", "auto")])
+def test_the_server_runs_the_http_front_end_the_spec_names(mixed_cluster, settings, front_end, flag):
+    serving = {} if front_end is None else {"httpFrontend": front_end}
+    for command in _server_commands(mixed_cluster, settings, serving):  # every unit's, GPU and CPU alike
+        # python is the server's own default: no flag, so pods made before the field existed are left as they are
+        assert _flag(command, "--http-frontend") == flag
+        assert parse_settings(command[2:], {}).http_frontend == (flag or "python")  # the server takes it
+
+
 @pytest.mark.parametrize("keep_awake,flag", [(None, None), ("auto", None), ("off", "off"), ("on", "on")])
 def test_the_server_keeps_its_cores_awake_as_the_spec_says(mixed_cluster, settings, keep_awake, flag):
     serving = {} if keep_awake is None else {"keepAwake": keep_awake}
-    body = md_body({"model": {"uri": "s3://models/resnet", "format": "savedmodel"}, "serving": serving})
-    first = plan(body, ClusterFacts(nodes=mixed_cluster), settings)
-    p = plan(body, ClusterFacts(nodes=mixed_cluster, records={e.key: record_for(e) for e in first.engines}),
-             settings)
-    command = p.units[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+    command = _server_commands(mixed_cluster, settings, serving)[0]
     # auto is the server's own default: no flag, so pods made before the field existed are left as they are
-    assert (command[command.index("--keep-awake") + 1] if "--keep-awake" in command else None) == flag
+    assert _flag(command, "--keep-awake") == flag
 
 
 def test_shared_memory_turns_the_servers_extension_on_and_sidecars_join_every_units_pods(mixed_cluster, settings):

@@ -27,6 +27,8 @@ KeepAwake = Literal["auto", "on", "off"]
 KEEP_AWAKE: tuple[KeepAwake, ...] = ("auto", "on", "off")  # the server's --keep-awake
 SharedMemory = Literal["off", "system"]
 SHARED_MEMORY: tuple[SharedMemory, ...] = ("off", "system")  # the server's --shared-memory
+HttpFrontend = Literal["python", "native", "auto"]
+HTTP_FRONTENDS: tuple[HttpFrontend, ...] = ("python", "native", "auto")  # the server's --http-frontend
 MAX_SIDECARS = 8
 FORMATS: tuple[ModelFormat, ...] = ("savedmodel", "keras", "onnx")
 METHODS: tuple[Method, ...] = ("onnx", "tf-trt")
@@ -88,6 +90,7 @@ class ServingSpec:
     max_queue_size: int = 256
     keep_awake: KeepAwake = "auto"
     shared_memory: SharedMemory = "off"
+    http_frontend: HttpFrontend = "python"
     sidecars: tuple[Sidecar, ...] = ()
     pod_labels: Mapping[str, str] = field(default_factory=dict)
     pod_annotations: Mapping[str, str] = field(default_factory=dict)
@@ -276,6 +279,7 @@ def _parse_serving(raw: Mapping[str, Any]) -> ServingSpec:
         max_queue_size=_int(batching, "maxQueueSize", 256, "serving.batching", minimum=1),
         keep_awake=cast(KeepAwake, _enum(raw, "keepAwake", KEEP_AWAKE, "auto", "serving")),
         shared_memory=cast(SharedMemory, _enum(raw, "sharedMemory", SHARED_MEMORY, "off", "serving")),
+        http_frontend=cast(HttpFrontend, _enum(raw, "httpFrontend", HTTP_FRONTENDS, "python", "serving")),
         sidecars=_parse_sidecars(raw.get("sidecars"), port),
         pod_labels=_strings(raw, "podLabels", "serving"),
         pod_annotations=_strings(raw, "podAnnotations", "serving"),

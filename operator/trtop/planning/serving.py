@@ -125,6 +125,8 @@ def build_unit(
                         *(("--keep-awake", spec.serving.keep_awake) if spec.serving.keep_awake != "auto" else ()),
                         *(("--shared-memory", spec.serving.shared_memory)
                           if spec.serving.shared_memory != "off" else ()),
+                        *(("--http-frontend", spec.serving.http_frontend)
+                          if spec.serving.http_frontend != "python" else ()),
                         # After SIGTERM keep answering (not ready) while endpoints drop the pod.
                         "--drain-delay-s", "5"],
             "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"},

@@ -13,12 +13,11 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from trtop import names
-from trtop.api.spec import KEEP_AWAKE, SHARED_MEMORY
+from trtop.api.spec import HTTP_FRONTENDS, KEEP_AWAKE, SHARED_MEMORY
 
 
 GPU_IO_MODES = ("graphs", "bind", "plain")
 SHARED_MEMORY_MODES = SHARED_MEMORY  # the ModelDeployment's serving.sharedMemory
-HTTP_FRONTENDS = ("auto", "native", "python")
 KEEP_AWAKE_MODES = KEEP_AWAKE  # serve.awake.awake_cores; the ModelDeployment's serving.keepAwake
 
 
