@@ -176,6 +176,25 @@ async def test_instances_run_batches_side_by_side(backend: FakeBackend) -> None:
     await s.close()
 
 
+async def test_it_says_when_every_instance_is_busy_and_when_one_is_free_again(backend: FakeBackend) -> None:
+    backend.gate.clear()
+    s = Scheduler(backend, BatchPolicy(1, 0.0), max_queue=10, instances=2)
+    told: list[bool] = []
+    s.on_full = told.append
+    s.start()
+    first = asyncio.ensure_future(submit(s, 1))
+    await asyncio.sleep(0.05)
+    assert told == []  # one instance is still free
+    rest = [asyncio.ensure_future(submit(s, v)) for v in (2, 3)]
+    await asyncio.sleep(0.05)
+    assert told == [True] and s.queued == 1  # the third waits: reading more would not start it sooner
+    backend.gate.set()
+    assert [(await t)["y"][0, 0] for t in (first, *rest)] == [10, 20, 30]
+    await asyncio.sleep(0.05)
+    assert told[-1] is False and told == [True, False] * (len(told) // 2)  # alternating, ending free
+    await s.close()
+
+
 async def test_the_backlog_is_the_queued_rows_beyond_every_instances_next_batch(backend: FakeBackend) -> None:
     backend.gate.clear()
     s = Scheduler(backend, BatchPolicy(4, 10.0), max_queue=10, instances=2)

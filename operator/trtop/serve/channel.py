@@ -126,6 +126,15 @@ class Channel(asyncio.Protocol):
                 chunks += [_HEADER.pack(len(payload)), payload]
         self._transport.write(b"".join(chunks))
 
+    def pause_reading(self) -> None:
+        """Leave what the peer sends in the socket's buffer until ``resume_reading`` (``read_gate``)."""
+        if self._transport is not None and not self.closed:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and not self.closed:
+            self._transport.resume_reading()
+
     def close(self) -> None:
         self._flush()
         if self._transport is not None:

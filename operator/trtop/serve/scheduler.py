@@ -131,6 +131,10 @@ class Scheduler:
         self._mean_s: dict[int, float] = {}  # batch size -> mean compute seconds (for inline runs)
         self._inline = 0  # batches running inline right now (0 or 1: they block the loop)
         self._kick_planned = False  # a _kick is scheduled for the end of this callback
+        # Told True when the last free instance takes a batch and False when one is free again: the engine
+        # process then stops and resumes reading its front-ends' descriptors (``read_gate``).
+        self.on_full: Callable[[bool], None] | None = None
+        self._full = False
         self._loop: asyncio.AbstractEventLoop | None = None  # the event loop it serves (set on first use)
 
     @property
@@ -345,6 +349,10 @@ class Scheduler:
         self._running.add(done)
         self._running_items[done] = items
         done.add_done_callback(lambda f: _call_soon_threadsafe(loop, self._land, items, rows, f))
+        if len(self._running) >= self._instances and not self._full:
+            self._full = True
+            if self.on_full is not None:
+                self.on_full(True)
 
     def _land(self, items: list[_Item], rows: list[int], done: Future[tuple[list[Outputs], float]]) -> None:
         exc = done.exception()
@@ -367,6 +375,10 @@ class Scheduler:
     def _batch_finished(self, token: object) -> None:
         self._running.discard(token)
         self._running_items.pop(token, None)
+        if self._full and len(self._running) < self._instances:
+            self._full = False
+            if self.on_full is not None:
+                self.on_full(False)
         if self._queue or self._closing:  # the worker has work for the freed instance, or waits to close
             self._wakeup.set()
 

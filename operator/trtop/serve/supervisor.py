@@ -39,6 +39,7 @@ from trtop.serve.dispatcher import Dispatcher
 from trtop.serve.errors import StartupError
 from trtop.serve.frontend import setup_env
 from trtop.serve.heap import settle_heap
+from trtop.serve.read_gate import ReadGate
 from trtop.serve.service import InferenceService
 from trtop.serve.settings import ServeSettings
 
@@ -154,6 +155,7 @@ class Supervisor:
         self.api = self._api_socket() if self.private else None
         self.arena_size = arena_bytes(settings, count + (self.python_count if self.native else 0))
         self.dispatchers: dict[int, Dispatcher] = {}
+        self.read_gate = ReadGate(lambda: [d.channel for d in self.dispatchers.values()])
         self.arenas: list[Arena] = []  # every arena made, also those of replaced front-ends (see _start_frontend)
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
@@ -210,6 +212,9 @@ class Supervisor:
             self._done.set()
             return
         self._broadcast_state()
+        scheduler = self.service.scheduler
+        if scheduler is not None:  # descriptors are read when an instance can take them (``read_gate``)
+            scheduler.on_full = self.read_gate
         settle_heap()
 
     def _broadcast_state(self) -> None:
