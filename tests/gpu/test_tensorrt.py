@@ -73,7 +73,7 @@ def test_requests_are_stacked_straight_into_the_pinned_buffers(monkeypatch: pyte
     parts = [{"x": rows(1)}, {"x": rows(3) + 10}, {"x": rows(2) - 10}]
     y = engine.run_parts(parts, ["y"])["y"]
     np.testing.assert_allclose(y, np.concatenate([p["x"] for p in parts]) * 2 + 1, rtol=1e-6)
-    with pytest.raises(EngineRunError, match="inputs \['x'\] are missing"):
+    with pytest.raises(EngineRunError, match=r"inputs \['x'\] are missing"):
         engine.run_parts([{"x": rows(1)}, {}], ["y"])
 
 

@@ -48,6 +48,8 @@ def test_server_picks_the_engine_built_for_this_gpu(nvml):
                "artifact": "model.onnx"}]
     mine = {"key": "e-000000000000a1ee", "target": {"cc": device.cc, "product": device.product}, "backend": "tensorrt",
             "artifact": "model.plan"}
+    for i, entry in enumerate([*others, mine]):  # every entry pins its artifact (the server refuses one that does not)
+        entry["sha256"] = f"{i:064x}"
     entries = [e for e in parse_engine_set(json.dumps([*others[:1], mine, others[1]]))
                if isinstance(e, EngineChoice)]
     assert choose_engine(entries, device).key == "e-000000000000a1ee"
