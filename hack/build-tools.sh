@@ -105,9 +105,13 @@ build_kubernetes() {
   k8s_module
   rm -rf "$out.tmp"; mkdir -p "$out.tmp"
   k8s_build "$out.tmp" kube-apiserver kube-controller-manager kube-scheduler kubectl
-  # A build without the ldflags reports v0.0.0-master and breaks helm's kubeVersion checks.
-  "$out.tmp/kubectl" version --client | grep -q "Client Version: $v" \
-    || { echo "build-tools: kubectl does not report $v" >&2; exit 1; }
+  # A build without the ldflags reports v0.0.0-master and breaks helm's kubeVersion checks. The output is
+  # read whole first: `kubectl ... | grep -q` under pipefail failed at random (grep -q leaves at the first
+  # line, kubectl's second write then dies of SIGPIPE and the pipeline reports 141).
+  local reported
+  reported=$("$out.tmp/kubectl" version --client 2>&1) || true
+  [[ $reported == *"Client Version: $v"* ]] \
+    || { echo "build-tools: kubectl does not report $v (it says: ${reported//$'\n'/; })" >&2; exit 1; }
   rm -rf "$out"; mv "$out.tmp" "$out"
 }
 
