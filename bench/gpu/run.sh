@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# On the GPU host, in the repository's root: install (bench/gpu/install.sh), then the gpu-marked tests and the
+# GPU benchmark; each step's output goes to $OUT as it runs (what a cut-off call leaves still comes back).
+# BENCH: bench/serve_gpu.py's flags (default: ResNet-50 at 1 and 128 clients with paired lone windows, and the
+# tiny model's ceiling over gRPC and HTTP; server on cores 0-11, client on 12-15). SKIP_TESTS=1 skips pytest.
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+bash /root/gpu/run/install.sh 2>&1 | tail -3 | tee "$OUT/install.txt"
+export PATH=/root/gpu/bin:$PATH  # trtop-http, for --http-frontend native
+nvidia-smi --query-gpu=name,driver_version,temperature.gpu --format=csv > "$OUT/gpu.txt" 2>&1
+if [[ -z ${SKIP_TESTS:-} ]]; then
+  PYTHONPATH=/tmp/tsite:/tmp/site:$PWD/operator:$PWD timeout 300 python3 -m pytest -m gpu -v -rs -p no:cacheprovider \
+    tests/gpu tests/serve/test_gpu.py tests/convert/test_tensorrt_gpu.py > "$OUT/pytest-gpu.txt" 2>&1
+  tail -4 "$OUT/pytest-gpu.txt"
+fi
+BENCH=${BENCH:-"--concurrency 1,128 --paired-rounds 3 --tiny-concurrency 256 --tiny-protocols grpc,http"}
+# shellcheck disable=SC2086  # BENCH is a list of flags
+PYTHONPATH=/tmp/site:$PWD/operator python3 -u bench/serve_gpu.py --out /tmp/bench-out --window-ms 2000 \
+  --client own --client-procs 4 --client-cores 12-15 --server-cores 0-11 --server-arg=--max-queue-size=4096 \
+  $BENCH > "$OUT/bench.txt" 2>&1
+cp /tmp/bench-out/serve-gpu.json "$OUT/" 2>/dev/null
+sed -n '/^In-process ONNX Runtime CUDA/,$p' "$OUT/bench.txt"
