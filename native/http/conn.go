@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"time"
 )
 
 // maxHeld: an answer larger than this leaves in more than one write (holding costs a copy, and a large
@@ -23,13 +24,15 @@ type limitedConn struct {
 	free func()
 	once sync.Once
 	held []byte // non-nil while an answer is held (from heldBufs)
+	// when it was accepted (gRPC asks old connections to reconnect: grpcFront.maxAge)
+	accepted time.Time
 }
 
 // heldBufs: buffers of answers being held, shared by the connections (an idle keep-alive connection keeps none).
 var heldBufs = sync.Pool{New: func() any { b := make([]byte, 0, 8<<10); return &b }}
 
 func newLimitedConn(c net.Conn, free func()) *limitedConn {
-	return &limitedConn{Conn: c, free: free}
+	return &limitedConn{Conn: c, free: free, accepted: time.Now()}
 }
 
 func (c *limitedConn) Close() error {

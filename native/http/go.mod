@@ -1,3 +1,3 @@
 module github.com/trtop/trtop/native/http
 
-go 1.22
+go 1.24

@@ -17,7 +17,9 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"log"
+	"math"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -160,6 +162,9 @@ func (s *server) execute(m *model, group []*member) {
 			mb.result <- memberResult{refusal: &r, done: done}
 		}
 	}
+	if group = s.dropExpired(group); len(group) == 0 {
+		return
+	}
 	p := group[0].p
 	total := int64(0)
 	for _, mb := range group {
@@ -205,7 +210,9 @@ func (s *server) execute(m *model, group []*member) {
 		if mb.p.timeoutUS > 0 {
 			t = float64(mb.p.timeoutUS) / 1e6
 		}
-		if left := t - now.Sub(mb.arrived).Seconds(); left < timeout {
+		// whole milliseconds: the engine's TimedOut message names the timeout, and a request sent at once
+		// should read as the client's own (0.1s, not 0.0999601s)
+		if left := math.Round((t-now.Sub(mb.arrived).Seconds())*1000) / 1000; left < timeout {
 			timeout = max(left, 0.001)
 		}
 	}
@@ -228,4 +235,27 @@ func (s *server) execute(m *model, group []*member) {
 		mb.result <- memberResult{reply: reply, start: start, total: total, done: done}
 		start += mb.p.rows
 	}
+}
+
+// dropExpired answers the members whose deadline passed while they waited here (TimedOut, in the
+// engine's words, counted as a failure in its statistics: the engine never saw them) and returns the others.
+func (s *server) dropExpired(group []*member) []*member {
+	now := time.Now()
+	kept := group[:0]
+	for _, mb := range group {
+		t := s.cfg.Settings.TimeoutS
+		if mb.p.timeoutUS > 0 {
+			t = float64(mb.p.timeoutUS) / 1e6
+		}
+		waited := now.Sub(mb.arrived)
+		if waited.Seconds() < t {
+			kept = append(kept, mb)
+			continue
+		}
+		s.ch.send([]byte(fmt.Sprintf(`["failed",%d]`, waited.Nanoseconds())))
+		mb.result <- memberResult{refusal: &refusal{http.StatusGatewayTimeout, "TimedOut", "timeout", fmt.Sprintf(
+			"the request waited %gs in the queue without running; the server is overloaded (add replicas) or the timeout is too short", t), 0},
+			done: func() {}}
+	}
+	return kept
 }

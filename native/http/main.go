@@ -34,6 +34,8 @@ type setup struct {
 		DrainDelayS      float64 `json:"drain_delay_s"`
 		ShutdownTimeoutS float64 `json:"shutdown_timeout_s"`
 		LogLevel         string  `json:"log_level"`
+		// gRPC connections older than this are asked to reconnect (0: never)
+		GRPCMaxConnectionAgeS float64 `json:"grpc_max_connection_age_s"`
 	} `json:"settings"`
 	Index     int    `json:"index"`
 	ListenFD  int    `json:"listen_fd"`
@@ -42,6 +44,9 @@ type setup struct {
 	ArenaSize int    `json:"arena_size"`
 	ParentPID int    `json:"parent_pid"`
 	ProxyPath string `json:"proxy_path"`
+	// gRPC: its listening socket (0: this process serves no gRPC) and the Python gRPC server it forwards to.
+	GRPCListenFD  int    `json:"grpc_listen_fd"`
+	GRPCProxyPath string `json:"grpc_proxy_path"`
 	// Descriptors this process keeps in flight at the engine (more requests wait and leave as one group).
 	GroupLimit int `json:"group_limit"`
 }
@@ -100,8 +105,20 @@ func run() int {
 	engineGone := make(chan error, 1)
 	go func() { engineGone <- s.readChannel() }()
 	go s.reportLoop()
-	served := make(chan error, 1)
+	served := make(chan error, 2)
 	go func() { served <- srv.Serve(limitListener(listener, cfg.Settings.MaxConnections)) }()
+	servers := []*http.Server{srv}
+	if cfg.GRPCListenFD > 0 {
+		gl, err := net.FileListener(os.NewFile(uintptr(cfg.GRPCListenFD), "grpc-listen"))
+		if err != nil {
+			log.Printf("the gRPC listening socket: %v", err)
+			return 1
+		}
+		gsrv := grpcServer(newGRPCFront(s, cfg.GRPCProxyPath))
+		servers = append(servers, gsrv)
+		// Connections are not limited (grpc's are not): calls in flight are (grpcFront.maxCalls).
+		go func() { served <- gsrv.Serve(limitListener(gl, 0)) }()
+	}
 
 	signals := make(chan os.Signal, 2)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
@@ -115,19 +132,16 @@ func run() int {
 		case <-time.After(time.Duration(cfg.Settings.DrainDelayS * float64(time.Second))):
 		case <-engineGone:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.Settings.ShutdownTimeoutS*float64(time.Second)))
-		if err := srv.Shutdown(ctx); err != nil {
-			log.Printf("requests still in flight after %.0fs: closing them", cfg.Settings.ShutdownTimeoutS)
-			srv.Close()
-		}
-		cancel()
+		shutdown(servers, time.Duration(cfg.Settings.ShutdownTimeoutS*float64(time.Second)))
 	case err := <-engineGone:
 		if !s.draining.Load() {
 			log.Printf("the engine process has gone (%v): exiting", err)
 			code = 1
 		}
 		s.failAll()
-		srv.Close()
+		for _, x := range servers {
+			x.Close()
+		}
 	case err := <-served:
 		if !errors.Is(err, http.ErrServerClosed) {
 			log.Printf("serving stopped: %v", err)
@@ -138,6 +152,45 @@ func run() int {
 	s.ch.close()
 	<-s.ch.done
 	return code
+}
+
+// shutdown stops every server at once: no new connections (HTTP/2 clients get GOAWAY), what is in
+// flight answered within the timeout, then closed.
+func shutdown(servers []*http.Server, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	done := make(chan struct{}, len(servers))
+	for _, x := range servers {
+		go func() {
+			if err := x.Shutdown(ctx); err != nil {
+				log.Printf("requests still in flight after %.0fs: closing them", timeout.Seconds())
+				x.Close()
+			}
+			done <- struct{}{}
+		}()
+	}
+	for range servers {
+		<-done
+	}
+}
+
+// grpcServer: cleartext HTTP/2 (prior knowledge, as grpc clients connect) for the gRPC front-end.
+func grpcServer(g *grpcFront) *http.Server {
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	return &http.Server{
+		Handler:     g,
+		Protocols:   &p,
+		ErrorLog:    log.Default(),
+		ConnContext: connContext,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams: 1024,
+			// Room for several large messages per connection: one client connection carries many calls
+			// (grpc multiplexes), and the handler reads each into the arena as it arrives.
+			MaxReceiveBufferPerConnection: 32 << 20,
+			MaxReceiveBufferPerStream:     8 << 20,
+		},
+	}
 }
 
 // limitListener accepts at most n connections at a time (uvicorn's limit_concurrency does the

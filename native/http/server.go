@@ -257,12 +257,23 @@ func (s *server) ask(d *describedRequest) []json.RawMessage {
 	return <-done
 }
 
-// answer writes the engine's reply: the binary v2 answer (outputs straight from the arena), or its error.
-func (s *server) answer(w http.ResponseWriter, m *model, p *plan, res memberResult, started time.Time) {
+// answerTensor: one output of a member's answer, its bytes in the arena (or in the reply).
+type answerTensor struct {
+	quoted string // the name as a JSON string
+	name   string
+	v2     string
+	shape  []int64
+	data   []byte
+}
+
+var unreadable = refusal{http.StatusInternalServerError, "InferenceFailed", "error", "the engine's answer could not be read", 0}
+
+// outputsOf reads the engine's reply for one member: its rows of every output asked for, or the
+// refusal the reply says (an engine error, or an answer this front-end cannot read).
+func (s *server) outputsOf(m *model, p *plan, res memberResult) ([]answerTensor, *refusal) {
 	reply := res.reply
 	if len(reply) < 4 {
-		s.refuse(w, started, refusal{http.StatusInternalServerError, "InferenceFailed", "error", "the engine's answer could not be read", 0})
-		return
+		return nil, &unreadable
 	}
 	if string(reply[2]) != "null" {
 		var e []json.RawMessage
@@ -273,20 +284,13 @@ func (s *server) answer(w http.ResponseWriter, m *model, p *plan, res memberResu
 			cls, text = "InferenceFailed", "the engine's answer could not be read"
 		}
 		status, outcome := statusOf(cls)
-		s.refuse(w, started, refusal{status, cls, outcome, text, retry})
-		return
+		return nil, &refusal{status, cls, outcome, text, retry}
 	}
 	var places [][]json.RawMessage
 	if json.Unmarshal(reply[3], &places) != nil || len(places) != len(p.outputs) {
-		s.refuse(w, started, refusal{http.StatusInternalServerError, "InferenceFailed", "error", "the engine's answer could not be read", 0})
-		return
+		return nil, &unreadable
 	}
-	var head bytes.Buffer
-	head.WriteString(`{"model_name":`)
-	q, _ := json.Marshal(s.cfg.Settings.ModelName)
-	head.Write(q)
-	head.WriteString(`,"model_version":"1","outputs":[`)
-	chunks := make([][]byte, len(places))
+	out := make([]answerTensor, len(places))
 	for i, pl := range places {
 		var dtype string
 		var shape []int64
@@ -294,14 +298,12 @@ func (s *server) answer(w http.ResponseWriter, m *model, p *plan, res memberResu
 		var inline []byte
 		if len(pl) < 5 || json.Unmarshal(pl[1], &dtype) != nil || json.Unmarshal(pl[2], &shape) != nil ||
 			json.Unmarshal(pl[3], &offset) != nil || json.Unmarshal(pl[4], &inline) != nil {
-			s.refuse(w, started, refusal{http.StatusInternalServerError, "InferenceFailed", "error", "the engine's answer could not be read", 0})
-			return
+			return nil, &unreadable
 		}
 		d, known := byStr[dtype]
-		v2, item := d.v2, int64(d.size)
+		item := int64(d.size)
 		if len(shape) == 0 || shape[0] != res.total {
-			s.refuse(w, started, refusal{http.StatusInternalServerError, "InferenceFailed", "error", "the engine's answer could not be read", 0})
-			return
+			return nil, &unreadable
 		}
 		count := int64(1)
 		for _, d := range shape[1:] {
@@ -310,29 +312,47 @@ func (s *server) answer(w http.ResponseWriter, m *model, p *plan, res memberResu
 		rowBytes := count * item
 		nbytes := rowBytes * p.rows // this request's rows of the group's output
 		first := rowBytes * res.start
-		shape = append([]int64{p.rows}, shape[1:]...)
+		o := &m.outputs[p.outputs[i]]
+		t := answerTensor{quoted: o.quoted, name: o.name, v2: d.v2, shape: append([]int64{p.rows}, shape[1:]...)}
 		switch {
 		case !known || item == 0:
-			s.refuse(w, started, refusal{http.StatusInternalServerError, "InferenceFailed", "error", "the engine answered a datatype " + dtype + " this front-end cannot send", 0})
-			return
+			return nil, &refusal{http.StatusInternalServerError, "InferenceFailed", "error", "the engine answered a datatype " + dtype + " this front-end cannot send", 0}
 		case inline != nil:
 			if int64(len(inline)) != rowBytes*res.total {
-				s.refuse(w, started, refusal{http.StatusInternalServerError, "InferenceFailed", "error", "the engine's answer could not be read", 0})
-				return
+				return nil, &unreadable
 			}
-			chunks[i] = inline[first : first+nbytes]
+			t.data = inline[first : first+nbytes]
 		default:
 			if offset < 0 || offset+rowBytes*res.total > int64(len(s.arena.mem)) {
-				s.refuse(w, started, refusal{http.StatusInternalServerError, "InferenceFailed", "error", "the engine's answer could not be read", 0})
-				return
+				return nil, &unreadable
 			}
-			chunks[i] = s.arena.mem[offset+first : offset+first+nbytes]
+			t.data = s.arena.mem[offset+first : offset+first+nbytes]
 		}
+		out[i] = t
+	}
+	return out, nil
+}
+
+// answer writes the engine's reply: the binary v2 answer (outputs straight from the arena), or its error.
+func (s *server) answer(w http.ResponseWriter, m *model, p *plan, res memberResult, started time.Time) {
+	outs, bad := s.outputsOf(m, p, res)
+	if bad != nil {
+		s.refuse(w, started, *bad)
+		return
+	}
+	var head bytes.Buffer
+	head.WriteString(`{"model_name":`)
+	q, _ := json.Marshal(s.cfg.Settings.ModelName)
+	head.Write(q)
+	head.WriteString(`,"model_version":"1","outputs":[`)
+	total := 0
+	for i, t := range outs {
 		if i > 0 {
 			head.WriteByte(',')
 		}
 		fmt.Fprintf(&head, `{"name":%s,"datatype":"%s","shape":%s,"parameters":{"binary_data_size":%d}}`,
-			m.outputs[p.outputs[i]].quoted, v2, ints(shape), nbytes)
+			t.quoted, t.v2, ints(t.shape), len(t.data))
+		total += len(t.data)
 	}
 	head.WriteString("]")
 	if p.id != "" {
@@ -340,18 +360,15 @@ func (s *server) answer(w http.ResponseWriter, m *model, p *plan, res memberResu
 		head.WriteString(p.id)
 	}
 	head.WriteString("}")
-	total := head.Len()
-	for _, c := range chunks {
-		total += len(c)
-	}
+	total += head.Len()
 	h := w.Header()
 	h["Content-Type"] = []string{"application/octet-stream"}
 	h[headerLength] = []string{strconv.Itoa(head.Len())}
 	h["Content-Length"] = []string{strconv.Itoa(total)}
 	w.WriteHeader(http.StatusOK)
 	w.Write(head.Bytes())
-	for _, c := range chunks {
-		w.Write(c)
+	for _, t := range outs {
+		w.Write(t.data)
 	}
 	s.count(0, "success", time.Since(started).Seconds())
 }

@@ -26,7 +26,7 @@ import tritonclient.http as th
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from .conftest import ServerProcess, free_port, make_affine_onnx
+from .conftest import ServerProcess, free_port, make_affine_onnx, native_env
 
 pytestmark = pytest.mark.slow
 SLOW = "tests.serve.fakes:SlowOnnxRuntime"
@@ -38,15 +38,25 @@ def grpc_server(args: list[str], tmp: Path, env: dict[str, str] | None = None) -
     return ServerProcess([*args, "--grpc-port", str(port)], env, tmp), f"127.0.0.1:{port}"
 
 
-@pytest.fixture(scope="module", params=["0", "1"], ids=["one-process", "front-end"])
+def frontend_args(request: pytest.FixtureRequest, kind: str) -> tuple[list[str], dict[str, str] | None]:
+    """``--frontends`` for "0" and "1"; "native": one native front-end (trtop-http, built for the session)
+    answering gRPC itself, in front of the Python gRPC server it forwards what it does not take to."""
+    if kind == "native":
+        return ["--frontends", "1"], native_env(request.getfixturevalue("native_bin"))
+    return ["--frontends", kind], None
+
+
+@pytest.fixture(scope="module", params=["0", "1", "native"], ids=["one-process", "front-end", "native"])
 def served(request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
     """The affine model (y = 2x + 1, s = sum x): batches of up to 8, a 20 ms window, 50 KiB messages;
-    gRPC in the one server process, or in a front-end process in front of the engine process."""
+    gRPC in the one server process, in a front-end process in front of the engine process, or in a native
+    front-end."""
     tmp = tmp_path_factory.mktemp("grpc")
+    flags, env = frontend_args(request, request.param)
     s, address = grpc_server(["--model", str(make_affine_onnx(tmp / "affine.onnx")), "--model-name", "affine",
                               "--max-batch", "8", "--max-queue-delay-ms", "20", "--max-body-mb", "0.05",
-                              "--frontends", request.param], tmp)
+                              *flags], tmp, env)
     try:
         s.wait_ready()
         yield s, address
@@ -208,28 +218,38 @@ class TestErrors:
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert match in info.value.details()
 
-    def test_overload_unavailable_server_deadline_and_backend_failure(self, tmp_path: Path) -> None:
+    @pytest.mark.parametrize("frontends", ["-1", "native"])
+    def test_overload_unavailable_server_deadline_and_backend_failure(self, tmp_path: Path, frontends: str,
+                                                                      request: pytest.FixtureRequest) -> None:
+        flags, env = frontend_args(request, frontends)
         s, address = grpc_server(["--model", str(make_affine_onnx(tmp_path / "a.onnx")), "--model-name", "a",
                                   "--backend", SLOW, "--max-batch", "4", "--max-queue-size", "1",
-                                  "--max-queue-delay-ms", "0"], tmp_path,
-                                 env={"FAKE_RUN_DELAY_S": "0.5", "FAKE_RUN_FAIL_VALUE": "-7"})
+                                  "--max-queue-delay-ms", "0", *flags], tmp_path,
+                                 env={"FAKE_RUN_DELAY_S": "0.5", "FAKE_RUN_FAIL_VALUE": "-7", **(env or {})})
         try:
             s.wait_ready()
-            asyncio.run(self._overload(address))
+            asyncio.run(self._overload(address, held_by_frontend=frontends == "native"))
         finally:
             s.stop()
 
-    async def _overload(self, address: str) -> None:
+    async def _overload(self, address: str, held_by_frontend: bool) -> None:
+        """A full queue refuses a call, a call past its timeout in the queue and a failing run are answered with
+        their codes. A native front-end holds the calls beyond the engine's next batches itself and sends them
+        as one group when there is room (``native/http/group.go``), so the engine's queue does not fill: the
+        third call is answered (a native front-end's bound is its share of --max-inflight-mb)."""
         one = [x_input(np.ones((1, 4), np.float32))]
         async with tga.InferenceServerClient(address) as c:
             running = asyncio.ensure_future(c.infer("a", one))
             await asyncio.sleep(0.2)
             queued = asyncio.ensure_future(c.infer("a", one))
             await asyncio.sleep(0.1)
-            with pytest.raises(InferenceServerException) as refused:
-                await c.infer("a", one)
-            assert refused.value.status() == "StatusCode.UNAVAILABLE"
-            assert "queue is full" in (refused.value.message() or "")
+            if held_by_frontend:
+                np.testing.assert_array_equal((await c.infer("a", one)).as_numpy("y"), np.full((1, 4), 3.0))
+            else:
+                with pytest.raises(InferenceServerException) as refused:
+                    await c.infer("a", one)
+                assert refused.value.status() == "StatusCode.UNAVAILABLE"
+                assert "queue is full" in (refused.value.message() or "")
             await running
             await queued
             busy = asyncio.ensure_future(c.infer("a", one))
@@ -245,10 +265,13 @@ class TestErrors:
             assert "the backend failed to run this request" in (broken.value.message() or "")
 
 
-    def test_calls_in_flight_are_capped_by_max_connections(self, tmp_path: Path) -> None:
+    @pytest.mark.parametrize("frontends", ["-1", "native"])
+    def test_calls_in_flight_are_capped_by_max_connections(self, tmp_path: Path, frontends: str,
+                                                           request: pytest.FixtureRequest) -> None:
+        flags, env = frontend_args(request, frontends)
         s, address = grpc_server(["--model", str(make_affine_onnx(tmp_path / "a.onnx")), "--model-name", "a",
-                                  "--backend", SLOW, "--max-connections", "2"], tmp_path,
-                                 env={"FAKE_RUN_DELAY_S": "0.5"})
+                                  "--backend", SLOW, "--max-connections", "2", *flags], tmp_path,
+                                 env={"FAKE_RUN_DELAY_S": "0.5", **(env or {})})
         try:
             s.wait_ready()
 
@@ -367,12 +390,15 @@ class TestLifecycle:
         finally:
             s.stop()
 
-    def test_old_connections_are_asked_to_reconnect_and_no_call_is_lost(self, tmp_path: Path) -> None:
+    @pytest.mark.parametrize("frontends", ["0", "native"])
+    def test_old_connections_are_asked_to_reconnect_and_no_call_is_lost(self, tmp_path: Path, frontends: str,
+                                                                        request: pytest.FixtureRequest) -> None:
         """With ``--grpc-max-connection-age-s``, a client's connection is replaced every so often (GOAWAY; the
         calls in flight finish): a busy client lands on the kernel's choice of front-end, or a Service's of pod,
         again and again instead of once for good. Every call of a client calling throughout is answered."""
+        flags, env = frontend_args(request, frontends)
         s, address = grpc_server(["--model", str(make_affine_onnx(tmp_path / "a.onnx")), "--model-name", "a",
-                                  "--frontends", "0", "--grpc-max-connection-age-s", "0.3"], tmp_path)
+                                  *flags, "--grpc-max-connection-age-s", "0.3"], tmp_path, env)
         port = int(address.rsplit(":", 1)[1])
         try:
             s.wait_ready()
@@ -387,12 +413,13 @@ class TestLifecycle:
         finally:
             s.stop()
 
-    @pytest.mark.parametrize("frontends", ["0", "1"])
-    def test_sigterm_answers_rpcs_in_flight_then_exits_0(self, tmp_path: Path, frontends: str) -> None:
+    @pytest.mark.parametrize("frontends", ["0", "1", "native"])
+    def test_sigterm_answers_rpcs_in_flight_then_exits_0(self, tmp_path: Path, frontends: str,
+                                                         request: pytest.FixtureRequest) -> None:
+        flags, env = frontend_args(request, frontends)
         s, address = grpc_server(["--model", str(make_affine_onnx(tmp_path / "a.onnx")), "--model-name", "a",
                                   "--backend", SLOW, "--max-batch", "2", "--max-queue-delay-ms", "10000",
-                                  "--frontends", frontends], tmp_path,
-                                 env={"FAKE_RUN_DELAY_S": "0.3"})
+                                  *flags], tmp_path, env={"FAKE_RUN_DELAY_S": "0.3", **(env or {})})
         try:
             s.wait_ready()
 
@@ -416,14 +443,16 @@ class TestLifecycle:
         finally:
             s.stop()
 
-    @pytest.mark.parametrize("frontends", ["0", "1"])
-    def test_a_grpc_port_in_use_stops_the_server_and_says_so(self, tmp_path: Path, frontends: str) -> None:
+    @pytest.mark.parametrize("frontends", ["0", "1", "native"])
+    def test_a_grpc_port_in_use_stops_the_server_and_says_so(self, tmp_path: Path, frontends: str,
+                                                             request: pytest.FixtureRequest) -> None:
+        flags, env = frontend_args(request, frontends)
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
             port = taken.getsockname()[1]
             s = ServerProcess(["--model", str(make_affine_onnx(tmp_path / "a.onnx")), "--grpc-port", str(port),
-                               "--frontends", frontends], log_dir=tmp_path)
+                               *flags], env, log_dir=tmp_path)
             try:
                 assert s.wait_exit(30) != 0
                 assert f"gRPC on 127.0.0.1:{port}" in s.logs() or "cannot serve gRPC" in s.logs()

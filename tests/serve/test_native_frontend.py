@@ -6,32 +6,43 @@ same requests and must give the same answers: binary tensors on the native path,
 refusal (answered by the Python front-end it forwards to), JSON tensors, the metadata,
 statistics and metrics routes; pipelined requests on one connection come back in order;
 the engine's metrics count what the native path served; without the binary, ``native``
-fails at start with what to do, and ``auto`` falls back to Python front-ends.
+fails at start with what to do, and ``auto`` falls back to Python front-ends. Over gRPC the
+same: the same request bytes get the same answer bytes from both (raw tensors on the native
+path, everything else forwarded to the Python gRPC server), and a native front-end killed with
+calls in flight is replaced while the other keeps serving (tests/serve/test_grpc.py runs its
+whole suite against a native front-end too).
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 import shutil
 import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc.aio as tga
 import tritonclient.http as triton
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import InferenceServerException
 
 from trtop.serve.errors import StartupError
 from trtop.serve.settings import ServeSettings
 from trtop.serve.supervisor import native_binary
 from trtop_dev.native import SOURCE, go
 
-from .conftest import ServerProcess, metric_value, native_env
+from .conftest import ServerProcess, free_port, metric_value, native_env
 from .test_direct_infer import binary, infer, outputs
-from .test_frontends import _read_answers, frontends, wait_for
+from .test_frontends import SLOW, _read_answers, frontends, wait_for
 
 Start = Callable[..., ServerProcess]
 
@@ -206,3 +217,115 @@ async def test_requests_grouped_while_the_engine_is_busy_each_get_their_own_rows
     assert stats["execution_count"] < 12, "the requests should have run in a few batches"
     groups = [int(n) for n in re.findall(r"a group of (\d+) requests", s.logs())]
     assert groups and max(groups) > 1 and sum(groups) <= 24, groups
+
+
+# -- gRPC through the native front-end ------------------------------------------------------------
+
+GRPC_METHOD = "/inference.GRPCInferenceService/"
+
+
+@pytest.fixture
+def grpc_pair(start_server: Start, affine_onnx: Path, native_bin: Path) -> tuple[str, str]:
+    """gRPC addresses of the affine model ``a``: Python front-ends, then native ones answering gRPC."""
+    addresses = []
+    for env in (None, native_env(native_bin)):
+        port = free_port()
+        s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "1", "--max-batch", "8",
+                          "--grpc-port", str(port), "--max-body-mb", "0.05"], env)
+        s.wait_ready()
+        addresses.append(f"127.0.0.1:{port}")
+    return addresses[0], addresses[1]
+
+
+def _raw_rpc(address: str, method: str, request: bytes) -> tuple[str, str, bytes]:
+    """(status code, details, response bytes) of one unary call with the message's bytes as they are."""
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(GRPC_METHOD + method)
+        try:
+            return "OK", "", call(request, timeout=30)
+        except grpc.RpcError as exc:
+            return exc.code().name, exc.details() or "", b""
+
+
+@pytest.mark.slow
+def test_the_native_front_end_answers_grpc_byte_for_byte_as_the_python_one(grpc_pair: tuple[str, str]) -> None:
+    """The same request bytes get the same answer bytes (or code and message) from both: raw tensors on the
+    native path, typed contents, every refusal and the other calls forwarded to the Python gRPC server."""
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+
+    def infer(**fields: Any) -> bytes:
+        req = service_pb2.ModelInferRequest(model_name="a", **fields)
+        return req.SerializeToString()
+
+    def tensor(shape: list[int], datatype: str = "FP32", name: str = "x", **more: Any) -> Any:
+        return service_pb2.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=shape, **more)
+
+    def wanted(*names: str) -> list[Any]:
+        return [service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in names]
+
+    timeout = {"timeout": service_pb2.InferParameter(int64_param=5_000_000)}
+    calls = {
+        "all outputs": infer(inputs=[tensor([3, 4])], raw_input_contents=[x.tobytes()]),
+        "id, version, s then y": infer(id="r-7", model_version="1", inputs=[tensor([3, 4])],
+                                       raw_input_contents=[x.tobytes()], outputs=wanted("s", "y")),
+        "one row, a timeout": infer(inputs=[tensor([1, 4])], raw_input_contents=[x[:1].tobytes()], parameters=timeout),
+        "typed contents": infer(inputs=[tensor([1, 4], contents=service_pb2.InferTensorContents(
+            fp32_contents=[1, 2, 3, 4]))]),
+        "wrong shape": infer(inputs=[tensor([1, 3])], raw_input_contents=[bytes(12)]),
+        "wrong datatype": infer(inputs=[tensor([1, 4], "FP64")], raw_input_contents=[bytes(32)]),
+        "too many rows": infer(inputs=[tensor([9, 4])], raw_input_contents=[bytes(144)]),
+        "size disagrees": infer(inputs=[tensor([1, 4])], raw_input_contents=[bytes(12)]),
+        "unknown input": infer(inputs=[tensor([1, 4], name="z")], raw_input_contents=[bytes(16)]),
+        "unknown output": infer(inputs=[tensor([1, 4])], raw_input_contents=[bytes(16)], outputs=wanted("w")),
+        "no inputs": infer(),
+        "bad timeout": infer(inputs=[tensor([1, 4])], raw_input_contents=[bytes(16)],
+                             parameters={"timeout": service_pb2.InferParameter(string_param="soon")}),
+        "another model": service_pb2.ModelInferRequest(model_name="b", inputs=[tensor([1, 4])],
+                                                       raw_input_contents=[bytes(16)]).SerializeToString(),
+        "another version": infer(model_version="2", inputs=[tensor([1, 4])], raw_input_contents=[bytes(16)]),
+        "not a message": b"\xff\xff\xff",
+    }
+    for what, request in calls.items():
+        python, native = (_raw_rpc(address, "ModelInfer", request) for address in grpc_pair)
+        assert native == python, what
+    ok = service_pb2.ModelInferResponse.FromString(_raw_rpc(grpc_pair[1], "ModelInfer", calls["all outputs"])[2])
+    np.testing.assert_array_equal(np.frombuffer(ok.raw_output_contents[0], np.float32).reshape(3, 4), 2 * x + 1)
+    for method, request in (("ServerLive", b""), ("ServerReady", b""), ("ModelReady", b"\n\x01a"),
+                            ("ModelMetadata", b"\n\x01a"), ("ModelConfig", b"\n\x01a"),
+                            ("ServerMetadata", b""), ("ModelReady", b"\n\x01b"), ("RepositoryIndex", b"")):
+        python, native = (_raw_rpc(address, method, request) for address in grpc_pair)
+        assert native == python, method
+    assert _raw_rpc(grpc_pair[1], "ServerReady", b"")[2] == b"\x08\x01"  # ready=true
+
+
+@pytest.mark.slow
+async def test_a_killed_native_grpc_front_end_is_replaced_and_the_other_keeps_serving(
+        start_server: Start, affine_onnx: Path, native_bin: Path) -> None:
+    port = free_port()
+    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "2", "--backend", SLOW,
+                      "--grpc-port", str(port)], {"FAKE_RUN_DELAY_S": "0.3", **native_env(native_bin)})
+    s.wait_ready()
+    wait_for(lambda: len(frontends(s, "native")) == 2, 10, "two native front-ends")
+    address = f"127.0.0.1:{port}"
+
+    async def infer_each_on_its_own_connection(values: list[float]) -> list[object]:
+        async def one(v: float) -> object:
+            async with tga.InferenceServerClient(address) as c:
+                inp = tga.InferInput("x", [1, 4], "FP32")
+                inp.set_data_from_numpy(np.full((1, 4), v, np.float32))
+                return (await c.infer("a", [inp], client_timeout=20)).as_numpy("y")
+        return await asyncio.gather(*(one(v) for v in values), return_exceptions=True)
+
+    victim = frontends(s, "native")[0]
+    in_flight = asyncio.ensure_future(infer_each_on_its_own_connection([float(i) for i in range(8)]))
+    await asyncio.sleep(0.15)
+    os.kill(victim, signal.SIGKILL)
+    results = await asyncio.wait_for(in_flight, 25)  # nothing hangs: each answered or its connection dropped
+    for i, r in enumerate(results):  # those the victim held end UNAVAILABLE; the survivor's are answered
+        assert (isinstance(r, InferenceServerException) and "UNAVAILABLE" in str(r.status())) or \
+            (isinstance(r, np.ndarray) and r.tolist() == [[2 * i + 1.0] * 4]), r
+    later = await infer_each_on_its_own_connection([1.0] * 6)  # the survivor, then the replacement
+    assert all(isinstance(r, np.ndarray) and r.tolist() == [[3.0] * 4] for r in later), later
+    wait_for(lambda: len(frontends(s, "native")) == 2 and victim not in frontends(s, "native"), 15,
+             "a replacement front-end")
+    assert s.proc.poll() is None

@@ -279,7 +279,13 @@ def test_python_front_ends_beside_native_ones_serve_grpc_as_without_them(
     from trtop.serve.settings import ServeSettings
 
     monkeypatch.setattr(runtime, "default_threads", lambda: cores)
-    assert supervisor.grpc_frontends(ServeSettings(grpc_port=grpc_port, frontends=setting)) == expected
+    settings = ServeSettings(grpc_port=grpc_port, frontends=setting)
+    assert supervisor.grpc_frontends(settings) == expected
+    # Native front-ends answering gRPC too leave one Python front-end, for what they forward ...
+    assert supervisor.grpc_frontends(settings, "/bin/trtop-http") == 1
+    # ... unless gRPC is kept in Python
+    python_grpc = ServeSettings(grpc_port=grpc_port, frontends=setting, grpc_frontend="python")
+    assert supervisor.grpc_frontends(python_grpc, "/bin/trtop-http") == expected
 
 
 def test_the_two_sessions_are_timed_in_turns(tmp_path: Path) -> None:

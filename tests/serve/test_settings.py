@@ -27,6 +27,9 @@ def test_grpc_port_defaults_to_tritons_and_0_turns_it_off() -> None:
     assert parse_settings(["--grpc-port", "9001"], env={names.ENV_SERVE_GRPC_PORT: "0"}).grpc_port == 9001
     assert parse_settings([], env={}).gpu_io == "graphs"
     assert parse_settings(["--gpu-io", "plain"], env={names.ENV_SERVE_GPU_IO: "bind"}).gpu_io == "plain"
+    assert parse_settings([], env={}).grpc_frontend == "auto"  # native whenever the HTTP front-ends are
+    assert parse_settings(["--http-frontend", "native"],
+                          env={names.ENV_SERVE_GRPC_FRONTEND: "native"}).grpc_frontend == "native"
 
 
 @pytest.mark.parametrize("argv,env,match", [
@@ -38,6 +41,8 @@ def test_grpc_port_defaults_to_tritons_and_0_turns_it_off() -> None:
     (["--grpc-max-connection-age-s", "-1"], {}, "--grpc-max-connection-age-s must be >= 0 (0: never)"),
     (["--grpc-port", "8000"], {}, "give gRPC its own port"),
     ([], {names.ENV_SERVE_GPU_IO: "fast"}, "--gpu-io must be one of graphs, bind, plain"),
+    (["--grpc-frontend", "go"], {}, "--grpc-frontend must be one of auto, native, python"),
+    (["--grpc-frontend", "native"], {}, "--grpc-frontend native runs in the native HTTP front-ends"),
 ])
 def test_bad_settings_exit_with_usage(argv: list[str], env: dict[str, str], match: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:

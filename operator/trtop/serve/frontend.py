@@ -299,12 +299,16 @@ ENV_FRONTEND = "TRTOP_FRONTEND_SETUP"  # JSON: settings + inherited descriptors 
 
 
 def setup_env(settings: ServeSettings, *, index: int, listen_fd: int, channel_fd: int, arena_fd: int,
-              arena_size: int, proxy_path: str = "", group_limit: int = 0) -> dict[str, str]:
+              arena_size: int, proxy_path: str = "", group_limit: int = 0, grpc_listen_fd: int = 0,
+              grpc_proxy_path: str = "", grpc_address: str = "") -> dict[str, str]:
     """The setup both kinds of front-end read; ``proxy_path``: the native front-end's way to the Python one,
-    ``group_limit``: the descriptors it keeps in flight before it groups requests."""
+    ``group_limit``: the descriptors it keeps in flight before it groups requests; ``grpc_listen_fd`` and
+    ``grpc_proxy_path``: a native front-end's gRPC socket and its way to the Python gRPC server, which
+    listens on ``grpc_address`` (not the gRPC port) when set."""
     doc = {"settings": {f.name: getattr(settings, f.name) for f in fields(ServeSettings)}, "index": index,
            "listen_fd": listen_fd, "channel_fd": channel_fd, "arena_fd": arena_fd, "arena_size": arena_size,
-           "parent_pid": os.getpid(), "proxy_path": proxy_path, "group_limit": group_limit}
+           "parent_pid": os.getpid(), "proxy_path": proxy_path, "group_limit": group_limit,
+           "grpc_listen_fd": grpc_listen_fd, "grpc_proxy_path": grpc_proxy_path, "grpc_address": grpc_address}
     return {ENV_FRONTEND: json.dumps(doc)}
 
 
@@ -341,7 +345,7 @@ def main() -> int:
     listen = socket.socket(fileno=doc["listen_fd"])
     channel_sock = socket.socket(fileno=doc["channel_fd"])
     started = time.monotonic()
-    code = serve_frontend(settings, arena, listen, channel_sock, doc["index"])
+    code = serve_frontend(settings, arena, listen, channel_sock, doc["index"], doc.get("grpc_address", ""))
     log.debug("front-end %d exits with %d after %.1fs", doc["index"], code, time.monotonic() - started)
     return code
 

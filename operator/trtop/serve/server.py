@@ -188,15 +188,17 @@ def create_server(settings: ServeSettings) -> InferenceServer:
     return server
 
 
-def grpc_factory(handle: ModelHandle, settings: ServeSettings, *, reuse_port: bool) -> Callable[[], Any] | None:
-    """What builds the gRPC server (grpc.aio needs the running loop), or None when gRPC is off."""
+def grpc_factory(handle: ModelHandle, settings: ServeSettings, *, reuse_port: bool,
+                 address: str = "") -> Callable[[], Any] | None:
+    """What builds the gRPC server (grpc.aio needs the running loop), or None when gRPC is off; ``address``:
+    where it listens in place of the gRPC port (``unix:path`` behind native front-ends)."""
     if not settings.grpc_port:
         return None
 
     def build() -> Any:
         from trtop.serve.grpc import build_grpc_server  # grpcio is loaded only when gRPC is on
 
-        return build_grpc_server(handle, host=settings.host, port=settings.grpc_port,
+        return build_grpc_server(handle, host=settings.host, port=settings.grpc_port, address=address,
                                  max_message_bytes=settings.max_body_bytes, reuse_port=reuse_port,
                                  max_concurrent_rpcs=settings.max_connections,
                                  max_connection_age_s=settings.grpc_max_connection_age_s,
@@ -229,7 +231,7 @@ def uvicorn_config(app: Starlette, settings: ServeSettings, **extra: Any) -> uvi
 
 
 def serve_frontend(settings: ServeSettings, arena: Arena, listen: socket.socket, channel_sock: socket.socket,
-                   index: int) -> int:
+                   index: int, grpc_address: str = "") -> int:
     """A front-end process: HTTP routes on ``listen`` in front of the engine process (``frontend``)."""
     model = RemoteModel(settings.model_name, arena, settings.timeout_s,
                         Registry(enabled=settings.shared_memory == "system"))
@@ -258,7 +260,8 @@ def serve_frontend(settings: ServeSettings, arena: Arena, listen: socket.socket,
                     body_timeout_s=settings.body_timeout_s)
     # Every front-end listens for gRPC on the same port (SO_REUSEPORT; the engine process holds the port).
     server = InferenceServer(uvicorn_config(app, settings, log_config=None), model, settings.drain_delay_s,
-                             grpc_factory(model, settings, reuse_port=True), settings.shutdown_timeout_s)
+                             grpc_factory(model, settings, reuse_port=True, address=grpc_address),
+                             settings.shutdown_timeout_s)
     holder.append(server)
     settle_heap()
     server.run(sockets=[listen])

@@ -17,6 +17,7 @@ from trtop.api.spec import HTTP_FRONTENDS, KEEP_AWAKE, SHARED_MEMORY
 
 
 GPU_IO_MODES = ("graphs", "bind", "plain")
+GRPC_FRONTENDS = ("auto", "native", "python")
 SHARED_MEMORY_MODES = SHARED_MEMORY  # the ModelDeployment's serving.sharedMemory
 KEEP_AWAKE_MODES = KEEP_AWAKE  # serve.awake.awake_cores; the ModelDeployment's serving.keepAwake
 
@@ -70,6 +71,12 @@ class ServeSettings:
     # native when the trtop-http binary is on PATH (the server images carry it). Python by default: on the
     # H200 host the native front-end was measured slower at 64-128 clients (docs/server.md).
     http_frontend: str = "python"
+    # Who answers gRPC beside native HTTP front-ends: "native" = the same trtop-http processes (ModelInfer
+    # with raw tensors and the health calls; every other call forwarded to one Python gRPC server), "python"
+    # = Python front-ends on the gRPC port, "auto" = native whenever the HTTP front-ends are native. Without
+    # native HTTP front-ends gRPC is Python's. On the H200 host Python's grpc front-ends spent ~0.37 ms of a
+    # core per tiny request, HTTP's 0.14 (docs/server.md).
+    grpc_frontend: str = "auto"
     # Batches that may run at once (Triton's instance count); 0 = 1 on a GPU, min(cores, 4) on CPU.
     instances: int = 0
     # Compute threads per batch for CPU backends; 0 = the cores this process may use / instances.
@@ -146,6 +153,8 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
                   "front-end processes (-1: one per core beyond the engine's, at most 8; 0: single process)"),
     "http_frontend": ("--http-frontend", names.ENV_SERVE_HTTP_FRONTEND,
                       "front-ends' HTTP: python (default), native (trtop-http), or auto (native when installed)"),
+    "grpc_frontend": ("--grpc-frontend", names.ENV_SERVE_GRPC_FRONTEND,
+                      "gRPC beside native HTTP front-ends: auto (default: native with them), native, or python"),
     "instances": ("--instances", names.ENV_SERVE_INSTANCES, "batches that may run at once (0: 1 on GPU, min(cores, 4) on CPU)"),
     "threads": ("--threads", names.ENV_SERVE_THREADS, "compute threads per batch (0: cores / instances)"),
     "gpu_io": ("--gpu-io", names.ENV_SERVE_GPU_IO,
@@ -210,6 +219,10 @@ def _problems(s: ServeSettings) -> list[str]:
         out.append("--instances must be >= 0")
     if s.http_frontend not in HTTP_FRONTENDS:
         out.append(f"--http-frontend must be one of {', '.join(HTTP_FRONTENDS)}")
+    if s.grpc_frontend not in GRPC_FRONTENDS:
+        out.append(f"--grpc-frontend must be one of {', '.join(GRPC_FRONTENDS)}")
+    elif s.grpc_frontend == "native" and s.http_frontend == "python":
+        out.append("--grpc-frontend native runs in the native HTTP front-ends: add --http-frontend native")
     if s.keep_awake not in KEEP_AWAKE_MODES:
         out.append(f"--keep-awake must be one of {', '.join(KEEP_AWAKE_MODES)}")
     if s.shared_memory not in SHARED_MEMORY_MODES:

@@ -16,7 +16,9 @@ engine runs what is still queued and exits 0. A load failure exits 1 with the re
 With the native HTTP front-end (``--http-frontend``, ``native/http``: Go), the N front-ends
 on the public port are ``trtop-http`` processes: they answer binary infer requests and the
 health probes themselves and forward every other request to the pod's Python front-ends,
-which listen on a private unix socket (and serve gRPC: N of them when gRPC is on, else one).
+which listen on a private unix socket. With ``--grpc-frontend`` auto or native they accept the
+gRPC port too (one listening socket) and forward to one Python front-end's gRPC server on
+another private unix socket; with ``python``, N Python front-ends serve gRPC on the port.
 Both kinds get an arena and a channel of their own; the native one's speaks JSON.
 Called by ``server.run_server`` when ``--frontends`` is above 0.
 """
@@ -68,11 +70,16 @@ def native_binary(settings: ServeSettings) -> str | None:
     return found
 
 
-def grpc_frontends(settings: ServeSettings) -> int:
-    """Python front-ends beside native ones: as many as without them when gRPC is on (they serve it: two
-    in place of eight took the tiny model's gRPC rate from ~20,600 to ~9,000 req/s on the H200 host),
-    else one (what the native ones forward)."""
-    if not settings.grpc_port:
+def native_grpc(settings: ServeSettings, native: str | None) -> bool:
+    """Whether the native front-ends serve gRPC too (``--grpc-frontend``); they need to be running."""
+    return bool(native and settings.grpc_port and settings.grpc_frontend != "python")
+
+
+def grpc_frontends(settings: ServeSettings, native: str | None = None) -> int:
+    """Python front-ends beside native ones: one when those serve gRPC or there is none (what the native
+    ones forward), else as many as without them (they serve gRPC: two in place of eight took the tiny
+    model's gRPC rate from ~20,600 to ~9,000 req/s on the H200 host)."""
+    if not settings.grpc_port or native_grpc(settings, native):
         return 1
     if settings.frontends >= 0:
         return max(1, settings.frontends)
@@ -110,7 +117,7 @@ def group_limit(instances: int, gpu: bool) -> int:
     return GROUP_LIMIT_GPU if gpu else max(1, instances) + 1
 
 
-def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
+def listen_socket(host: str, port: int, backlog: int, what: str = "") -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -118,7 +125,8 @@ def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise StartupError(f"cannot listen on {host}:{port}: {exc}") from exc
+        hint = " (--grpc-port 0 turns gRPC off)" if what == "gRPC" else ""
+        raise StartupError(f"cannot listen{' for ' + what if what else ''} on {host}:{port}: {exc}{hint}") from exc
     sock.listen(backlog)
     sock.set_inheritable(True)
     return sock
@@ -146,11 +154,17 @@ class Supervisor:
         self.count = count
         self.gpu = gpu  # the engine computes on a GPU (its CPU is free for descriptors)
         self.listen = listen_socket(settings.host, settings.port, min(settings.max_connections, 4096))
-        self.grpc_hold = reserve_port(settings.host, settings.grpc_port) if settings.grpc_port else None
         self.native = native_binary(settings)
+        # gRPC: the native front-ends accept on one listening socket, as for HTTP; Python front-ends each
+        # listen on the port themselves (SO_REUSEPORT), the engine process holding it.
+        self.native_grpc = native_grpc(settings, self.native)
+        self.grpc_listen = (listen_socket(settings.host, settings.grpc_port, min(settings.max_connections, 4096),
+                                          "gRPC") if self.native_grpc else None)
+        self.grpc_hold = (reserve_port(settings.host, settings.grpc_port)
+                          if settings.grpc_port and not self.native_grpc else None)
         # Python front-ends: all of them without the native one; beside it, those that serve gRPC (one
-        # when gRPC is off) and answer what it forwards, on a private unix socket.
-        self.python_count = count if self.native is None else grpc_frontends(settings)
+        # when gRPC is off or native) and answer what it forwards, on private unix sockets.
+        self.python_count = count if self.native is None else grpc_frontends(settings, self.native)
         self.private = Path(tempfile.mkdtemp(prefix="trtop-serve-")) if self.native else None
         self.api = self._api_socket() if self.private else None
         self.arena_size = arena_bytes(settings, count + (self.python_count if self.native else 0))
@@ -178,8 +192,9 @@ class Supervisor:
         await self._stop_frontends()
         await self.service.close()
         self.listen.close()
-        if self.grpc_hold is not None:
-            self.grpc_hold.close()
+        for held in (self.grpc_hold, self.grpc_listen):
+            if held is not None:
+                held.close()
         if self.api is not None:
             self.api.close()
         if self.private is not None:
@@ -193,6 +208,10 @@ class Supervisor:
         sock.listen(min(self.settings.max_connections, 4096))
         sock.set_inheritable(True)
         return sock
+
+    def _grpc_path(self) -> Path:
+        assert self.private is not None
+        return self.private / "grpc.sock"  # in the 0700 folder, beside the HTTP API's
 
     def _command(self, index: int) -> tuple[list[str], socket.socket, str, bool]:
         """How front-end ``index`` runs: its command, the socket it accepts on, where it forwards to, native."""
@@ -236,13 +255,20 @@ class Supervisor:
         ours, theirs = socket.socketpair()
         command, listen, proxy_path, native = self._command(index)
         env = dict(os.environ)
+        fds = [listen.fileno(), theirs.fileno(), arena.fd]
+        grpc_fd, grpc_proxy, grpc_address = 0, "", ""
         if native:
             env.setdefault("GOMAXPROCS", str(NATIVE_GO_THREADS))
+            if self.grpc_listen is not None:
+                grpc_fd, grpc_proxy = self.grpc_listen.fileno(), str(self._grpc_path())
+                fds.append(grpc_fd)
+        elif self.grpc_listen is not None:  # the Python gRPC server the native ones forward to
+            grpc_address = f"unix:{self._grpc_path()}"
         env.update(setup_env(self.settings, index=index, listen_fd=listen.fileno(), channel_fd=theirs.fileno(),
                              arena_fd=arena.fd, arena_size=arena.size, proxy_path=proxy_path,
-                             group_limit=group_limit(self.service.config.instances, self.gpu)))
-        proc = await asyncio.create_subprocess_exec(
-            *command, env=env, pass_fds=(listen.fileno(), theirs.fileno(), arena.fd))
+                             group_limit=group_limit(self.service.config.instances, self.gpu),
+                             grpc_listen_fd=grpc_fd, grpc_proxy_path=grpc_proxy, grpc_address=grpc_address))
+        proc = await asyncio.create_subprocess_exec(*command, env=env, pass_fds=fds)
         theirs.close()
         arena.release_fd()  # the mapping stays; the front-end holds its own descriptor
         dispatcher = Dispatcher(index, self.service, arena, follows_regions=not native)

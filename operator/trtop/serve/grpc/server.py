@@ -222,7 +222,7 @@ def generic_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
 
 
 def build_grpc_server(
-    handle: ModelHandle, *, host: str, port: int, max_message_bytes: int, reuse_port: bool,
+    handle: ModelHandle, *, host: str, port: int, max_message_bytes: int, reuse_port: bool, address: str = "",
     max_concurrent_rpcs: int | None = None, max_connection_age_s: float = 0.0, grace_s: float = 30.0,
 ) -> grpc.aio.Server:
     """A grpc.aio server bound to ``host:port`` (not started: ``await server.start()`` in the event loop).
@@ -232,7 +232,8 @@ def build_grpc_server(
     ``max_concurrent_rpcs``: RPCs past it are refused with RESOURCE_EXHAUSTED before their
     message is handled, so memory held by requests stays bounded (messages x this).
     ``max_connection_age_s``: connections older than this get GOAWAY (0: never); their calls in flight
-    have ``grace_s`` more to finish, the request deadline."""
+    have ``grace_s`` more to finish, the request deadline. ``address``: where to listen instead of
+    ``host:port``."""
     options: list[tuple[str, int]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", -1),
@@ -243,7 +244,8 @@ def build_grpc_server(
                     ("grpc.max_connection_age_grace_ms", max(1, int(grace_s * 1000)))]
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
     server.add_generic_rpc_handlers((generic_handler(InferenceServicer(handle)),))
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if not address:  # else given whole (``unix:path``: behind the native front-ends)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     server.add_insecure_port(address)  # raises RuntimeError when the address cannot be bound
     log.info("gRPC (%s) on %s", SERVICE, address)
     return server

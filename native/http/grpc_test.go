@@ -1,0 +1,131 @@
+package main
+
+import (
+	"encoding/binary"
+	"math"
+	"testing"
+)
+
+// inferRequest builds a ModelInferRequest by hand: model a, one input x of shape, its raw bytes, outputs asked.
+func inferRequest(shape []int64, raw []byte, outputs ...string) []byte {
+	var in []byte
+	in = appendString(in, 1, "x")
+	in = appendString(in, 2, "FP32")
+	in = appendPackedInt64s(in, 3, shape)
+	var b []byte
+	b = appendString(b, 1, "a")
+	b = appendString(b, 3, "id-1")
+	b = appendBytesHead(b, 5, len(in))
+	b = append(b, in...)
+	for _, o := range outputs {
+		out := appendString(nil, 1, o)
+		b = appendBytesHead(b, 6, len(out))
+		b = append(b, out...)
+	}
+	b = appendBytesHead(b, 7, len(raw))
+	return append(b, raw...)
+}
+
+func TestAModelInferRequestIsReadWithItsTensorBytesWhereTheyLie(t *testing.T) {
+	raw := make([]byte, 2*4*4)
+	for i := range 8 {
+		binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(float32(i)))
+	}
+	msg := inferRequest([]int64{2, 4}, raw, "s")
+	req, ok := parseInferRequest(msg)
+	if !ok || req.model != "a" || req.id != "id-1" || len(req.inputs) != 1 || len(req.raws) != 1 {
+		t.Fatalf("parsed %+v ok=%v", req, ok)
+	}
+	in := req.inputs[0]
+	if in.name != "x" || in.datatype != "FP32" || len(in.shape) != 2 || in.shape[0] != 2 || in.shape[1] != 4 || in.other {
+		t.Fatalf("input %+v", in)
+	}
+	if start := req.raws[0].start; string(msg[start:start+len(raw)]) != string(raw) {
+		t.Fatalf("raw_input_contents start at %d, not where the bytes lie", start)
+	}
+	p, key, ok := affine().admitGRPC(&req)
+	if !ok || p.rows != 2 || len(p.outputs) != 1 || p.outputs[0] != 1 || p.inputs[0].offset != int64(req.raws[0].start) {
+		t.Fatalf("plan %+v ok=%v", p, ok)
+	}
+	// Another request of other rows but the same row shape and outputs may be grouped with it; other outputs may not.
+	other, _ := parseInferRequest(inferRequest([]int64{1, 4}, raw[:16], "s"))
+	if _, k2, ok := affine().admitGRPC(&other); !ok || k2 != key {
+		t.Fatalf("same kind of request, key %q against %q", k2, key)
+	}
+	both, _ := parseInferRequest(inferRequest([]int64{1, 4}, raw[:16]))
+	if p, k3, ok := affine().admitGRPC(&both); !ok || k3 == key || len(p.outputs) != 2 {
+		t.Fatalf("all outputs: key %q, plan %+v", k3, p)
+	}
+}
+
+func TestWhatTheFastPathDoesNotTakeWholeGoesToPython(t *testing.T) {
+	m := affine()
+	cases := map[string][]byte{
+		"wrong row shape":   inferRequest([]int64{1, 3}, make([]byte, 12)),
+		"size disagrees":    inferRequest([]int64{1, 4}, make([]byte, 12)),
+		"too many rows":     inferRequest([]int64{9, 4}, make([]byte, 144)),
+		"no rows":           inferRequest([]int64{0, 4}, nil),
+		"unknown output":    inferRequest([]int64{1, 4}, make([]byte, 16), "w"),
+		"typed contents":    typedContents(),
+		"a timeout string":  append(inferRequest([]int64{1, 4}, make([]byte, 16)), timeoutParam(false)...),
+		"two raw for one":   append(inferRequest([]int64{1, 4}, make([]byte, 16)), appendBytesHead(nil, 7, 0)...),
+		"a truncated field": inferRequest([]int64{1, 4}, make([]byte, 16))[:20],
+	}
+	for what, msg := range cases {
+		req, parsed := parseInferRequest(msg)
+		if parsed {
+			if _, _, ok := m.admitGRPC(&req); ok {
+				t.Errorf("%s: taken by the fast path", what)
+			}
+		}
+	}
+	req, _ := parseInferRequest(append(inferRequest([]int64{1, 4}, make([]byte, 16)), timeoutParam(true)...))
+	if p, _, ok := m.admitGRPC(&req); !ok || p.timeoutUS != 250 {
+		t.Fatalf("a timeout of 250 us: %+v %v", p, ok)
+	}
+}
+
+func typedContents() []byte {
+	var contents []byte
+	contents = appendTag(contents, 1, wireFixed32)
+	contents = binary.LittleEndian.AppendUint32(contents, 0)
+	var in []byte
+	in = appendString(in, 1, "x")
+	in = appendString(in, 2, "FP32")
+	in = appendPackedInt64s(in, 3, []int64{1, 1})
+	in = appendBytesHead(in, 5, len(contents))
+	in = append(in, contents...)
+	b := appendString(nil, 1, "a")
+	b = appendBytesHead(b, 5, len(in))
+	return append(b, in...)
+}
+
+// timeoutParam: parameters["timeout"] as int64 250 (good) or as a string.
+func timeoutParam(good bool) []byte {
+	var value []byte
+	if good {
+		value = append(appendTag(nil, 2, wireVarint), 250, 1) // 250 as a varint
+	} else {
+		value = appendString(nil, 3, "soon")
+	}
+	entry := appendString(nil, 1, "timeout")
+	entry = appendBytesHead(entry, 2, len(value))
+	entry = append(entry, value...)
+	return append(appendBytesHead(nil, 4, len(entry)), entry...)
+}
+
+func TestGRPCTimeoutsAndMessagesAreReadAndWrittenAsTheProtocolSays(t *testing.T) {
+	for v, want := range map[string]int64{"100m": 100_000, "2S": 2_000_000, "1H": 3_600_000_000, "5u": 5, "1000n": 1} {
+		if got, ok := grpcTimeout(v); !ok || got != want {
+			t.Errorf("grpc-timeout %q: %d %v, want %d", v, got, ok, want)
+		}
+	}
+	for _, bad := range []string{"", "m", "10x", "-1S", "1234567890S"} {
+		if _, ok := grpcTimeout(bad); ok {
+			t.Errorf("grpc-timeout %q accepted", bad)
+		}
+	}
+	if got := percentEncode("input 'x': 100% é\n"); got != "input 'x': 100%25 %C3%A9%0A" {
+		t.Fatalf("grpc-message %q", got)
+	}
+}
