@@ -8,6 +8,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -118,16 +119,20 @@ func (c *channel) read(handle func(kind string, msg []json.RawMessage)) error {
 		if _, err := io.ReadFull(r, buf); err != nil {
 			return err
 		}
-		var messages [][]json.RawMessage
-		if err := json.Unmarshal(buf, &messages); err != nil {
-			return fmt.Errorf("a frame from the engine process is not JSON: %w", err)
+		// The messages outlive the frame (a reply is read by the request's goroutine): one copy of it.
+		frame := bytes.Clone(buf)
+		messages, ok := splitArray(frame, nil)
+		if !ok || !json.Valid(frame) {
+			return fmt.Errorf("a frame from the engine process is not JSON (%d bytes)", len(frame))
 		}
-		for _, m := range messages {
-			var kind string
-			if len(m) == 0 || json.Unmarshal(m[0], &kind) != nil {
+		for _, raw := range messages {
+			m, ok := splitArray(raw, make([]json.RawMessage, 0, 5))
+			if !ok || len(m) == 0 {
 				continue
 			}
-			handle(kind, m)
+			if kind, ok := rawString(m[0]); ok {
+				handle(kind, m)
+			}
 		}
 	}
 }

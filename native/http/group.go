@@ -132,7 +132,9 @@ func (s *server) takeNext(m *model) []*member {
 func (b *batcher) answered(reply []json.RawMessage) {
 	backlog := int64(-1)
 	if len(reply) > 4 {
-		json.Unmarshal(reply[4], &backlog)
+		if b, ok := rawInt(reply[4]); ok {
+			backlog = b
+		}
 	}
 	b.mu.Lock()
 	b.backlog = backlog

@@ -286,18 +286,23 @@ func (s *server) outputsOf(m *model, p *plan, res memberResult) ([]answerTensor,
 		status, outcome := statusOf(cls)
 		return nil, &refusal{status, cls, outcome, text, retry}
 	}
-	var places [][]json.RawMessage
-	if json.Unmarshal(reply[3], &places) != nil || len(places) != len(p.outputs) {
+	places, ok := splitArray(reply[3], make([]json.RawMessage, 0, len(p.outputs)))
+	if !ok || len(places) != len(p.outputs) {
 		return nil, &unreadable
 	}
 	out := make([]answerTensor, len(places))
-	for i, pl := range places {
-		var dtype string
-		var shape []int64
-		var offset int64
-		var inline []byte
-		if len(pl) < 5 || json.Unmarshal(pl[1], &dtype) != nil || json.Unmarshal(pl[2], &shape) != nil ||
-			json.Unmarshal(pl[3], &offset) != nil || json.Unmarshal(pl[4], &inline) != nil {
+	var fieldsOf [5]json.RawMessage
+	for i, raw := range places {
+		pl, ok := splitArray(raw, fieldsOf[:0])
+		if !ok || len(pl) < 5 {
+			return nil, &unreadable
+		}
+		dtype, ok1 := rawString(pl[1])
+		shape, ok2 := rawInts(pl[2])
+		offset, ok3 := rawInt(pl[3])
+		var inline []byte // base64 in JSON: only small outputs of unknown size come inline
+		ok4 := string(pl[4]) == "null" || json.Unmarshal(pl[4], &inline) == nil
+		if !ok1 || !ok2 || !ok3 || !ok4 {
 			return nil, &unreadable
 		}
 		d, known := byStr[dtype]
@@ -457,10 +462,14 @@ func (s *server) readChannel() error {
 	return s.ch.read(func(kind string, msg []json.RawMessage) {
 		switch kind {
 		case "done":
-			var rid uint64
-			if len(msg) < 4 || json.Unmarshal(msg[1], &rid) != nil {
+			if len(msg) < 4 {
 				return
 			}
+			id, ok := rawInt(msg[1])
+			if !ok {
+				return
+			}
+			rid := uint64(id)
 			stamp("g_reply")
 			s.mu.Lock()
 			done := s.waiting[rid]
