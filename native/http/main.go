@@ -38,7 +38,7 @@ type setup struct {
 		GRPCMaxConnectionAgeS float64 `json:"grpc_max_connection_age_s"`
 	} `json:"settings"`
 	Index     int    `json:"index"`
-	ListenFD  int    `json:"listen_fd"`
+	ListenFD  int    `json:"listen_fd"` // -1: no HTTP (a gRPC-only front-end)
 	ChannelFD int    `json:"channel_fd"`
 	ArenaFD   int    `json:"arena_fd"`
 	ArenaSize int    `json:"arena_size"`
@@ -80,10 +80,15 @@ func run() int {
 		log.Printf("the channel to the engine process: %v", err)
 		return 1
 	}
-	listener, err := net.FileListener(os.NewFile(uintptr(cfg.ListenFD), "listen"))
-	if err != nil {
-		log.Printf("the listening socket: %v", err)
-		return 1
+	var listener net.Listener // nil: a front-end for gRPC alone (ListenFD < 0)
+	if cfg.ListenFD >= 0 {
+		if listener, err = net.FileListener(os.NewFile(uintptr(cfg.ListenFD), "listen")); err != nil {
+			log.Printf("the listening socket: %v", err)
+			return 1
+		}
+	} else if cfg.GRPCListenFD <= 0 {
+		log.Print("neither an HTTP nor a gRPC listening socket: the engine process starts this program")
+		return 2
 	}
 	openTrace()
 	defer closeTrace()
@@ -106,8 +111,11 @@ func run() int {
 	go func() { engineGone <- s.readChannel() }()
 	go s.reportLoop()
 	served := make(chan error, 2)
-	go func() { served <- srv.Serve(limitListener(listener, cfg.Settings.MaxConnections)) }()
-	servers := []*http.Server{srv}
+	var servers []*http.Server
+	if listener != nil {
+		go func() { served <- srv.Serve(limitListener(listener, cfg.Settings.MaxConnections)) }()
+		servers = append(servers, srv)
+	}
 	if cfg.GRPCListenFD > 0 {
 		gl, err := net.FileListener(os.NewFile(uintptr(cfg.GRPCListenFD), "grpc-listen"))
 		if err != nil {

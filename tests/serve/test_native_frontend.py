@@ -305,7 +305,9 @@ async def test_a_killed_native_grpc_front_end_is_replaced_and_the_other_keeps_se
     s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "2", "--backend", SLOW,
                       "--grpc-port", str(port)], {"FAKE_RUN_DELAY_S": "0.3", **native_env(native_bin)})
     s.wait_ready()
-    wait_for(lambda: len(frontends(s, "native")) == 2, 10, "two native front-ends")
+    # two that accept HTTP and gRPC, two more for gRPC alone (supervisor.GRPC_ONLY_PER_NATIVE)
+    wait_for(lambda: len(frontends(s, "native")) == 4, 10, "four native front-ends")
+    assert "through 2 native front-end processes (and 2 more for gRPC" in s.logs()
     address = f"127.0.0.1:{port}"
 
     async def infer_each_on_its_own_connection(values: list[float]) -> list[object]:
@@ -326,6 +328,6 @@ async def test_a_killed_native_grpc_front_end_is_replaced_and_the_other_keeps_se
             (isinstance(r, np.ndarray) and r.tolist() == [[2 * i + 1.0] * 4]), r
     later = await infer_each_on_its_own_connection([1.0] * 6)  # the survivor, then the replacement
     assert all(isinstance(r, np.ndarray) and r.tolist() == [[3.0] * 4] for r in later), later
-    wait_for(lambda: len(frontends(s, "native")) == 2 and victim not in frontends(s, "native"), 15,
+    wait_for(lambda: len(frontends(s, "native")) == 4 and victim not in frontends(s, "native"), 15,
              "a replacement front-end")
     assert s.proc.poll() is None

@@ -89,6 +89,15 @@ def grpc_frontends(settings: ServeSettings, native: str | None = None) -> int:
     return max(1, python_frontends(default_threads()))
 
 
+# gRPC-only native front-ends per native front-end, when they serve gRPC: the engine process starts that
+# many more trtop-http processes that accept the gRPC port alone. A native front-end runs one Go thread
+# (NATIVE_GO_THREADS) and Go's HTTP/2 server spent ~100 us of it per tiny gRPC call, against ~60 us for
+# HTTP/1.1; on the H200 host (12 server cores, docs/server.md, twentieth session) the tiny model's gRPC
+# ceiling was 16,821 / 19,304 req/s through 2 native front-ends and 23,429 / 22,428 through 4, while
+# ResNet-50 over HTTP ran best through 2 (0.85 x at 128 clients, lone request +0.315 ms) and worse through
+# 4 (0.77 x, +0.385). So HTTP keeps its count and gRPC gets as many again; idle, they cost nothing.
+GRPC_ONLY_PER_NATIVE = 1
+
 GROUP_LIMIT_GPU = 64  # a bound well above what the backlog lets out at once
 
 
@@ -162,12 +171,15 @@ class Supervisor:
                                           "gRPC") if self.native_grpc else None)
         self.grpc_hold = (reserve_port(settings.host, settings.grpc_port)
                           if settings.grpc_port and not self.native_grpc else None)
+        # Native front-ends that accept gRPC only, beside those that accept both (indices count..): see
+        # GRPC_ONLY_PER_NATIVE.
+        self.grpc_only = GRPC_ONLY_PER_NATIVE * count if self.native_grpc else 0
         # Python front-ends: all of them without the native one; beside it, those that serve gRPC (one
         # when gRPC is off or native) and answer what it forwards, on private unix sockets.
         self.python_count = count if self.native is None else grpc_frontends(settings, self.native)
         self.private = Path(tempfile.mkdtemp(prefix="trtop-serve-")) if self.native else None
         self.api = self._api_socket() if self.private else None
-        self.arena_size = arena_bytes(settings, count + (self.python_count if self.native else 0))
+        self.arena_size = arena_bytes(settings, self._processes())
         self.dispatchers: dict[int, Dispatcher] = {}
         self.read_gate = ReadGate(lambda: [d.channel for d in self.dispatchers.values()])
         self.arenas: list[Arena] = []  # every arena made, also those of replaced front-ends (see _start_frontend)
@@ -181,10 +193,11 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.begin_shutdown)
-        for i in range(self.count + (self.python_count if self.native else 0)):
+        for i in range(self._processes()):
             await self._start_frontend(i)
-        log.info("serving %r on %s:%d through %d %s front-end processes", self.service.name, self.settings.host,
-                 self.settings.port, self.count, "native" if self.native else "Python")
+        log.info("serving %r on %s:%d through %d %s front-end processes%s", self.service.name, self.settings.host,
+                 self.settings.port, self.count, "native" if self.native else "Python",
+                 f" (and {self.grpc_only} more for gRPC on :{self.settings.grpc_port})" if self.grpc_only else "")
         load = loop.create_task(self._load())
         await self._done.wait()
         if not load.done():
@@ -209,15 +222,20 @@ class Supervisor:
         sock.set_inheritable(True)
         return sock
 
+    def _processes(self) -> int:
+        """Front-end processes: the native ones (both kinds) and the Python ones beside them, or the Python ones."""
+        return self.count + (self.grpc_only + self.python_count if self.native else 0)
+
     def _grpc_path(self) -> Path:
         assert self.private is not None
         return self.private / "grpc.sock"  # in the 0700 folder, beside the HTTP API's
 
-    def _command(self, index: int) -> tuple[list[str], socket.socket, str, bool]:
-        """How front-end ``index`` runs: its command, the socket it accepts on, where it forwards to, native."""
-        if self.native and index < self.count:
+    def _command(self, index: int) -> tuple[list[str], socket.socket | None, str, bool]:
+        """How front-end ``index`` runs: its command, the socket it accepts HTTP on (None: gRPC only), where it
+        forwards to, native."""
+        if self.native and index < self.count + self.grpc_only:
             assert self.api is not None
-            return [self.native], self.listen, self.api.getsockname(), True
+            return [self.native], self.listen if index < self.count else None, self.api.getsockname(), True
         listen = self.api if self.api is not None else self.listen
         return [sys.executable, "-m", "trtop.serve.frontend"], listen, "", False
 
@@ -255,7 +273,7 @@ class Supervisor:
         ours, theirs = socket.socketpair()
         command, listen, proxy_path, native = self._command(index)
         env = dict(os.environ)
-        fds = [listen.fileno(), theirs.fileno(), arena.fd]
+        fds = [theirs.fileno(), arena.fd] + ([listen.fileno()] if listen is not None else [])
         grpc_fd, grpc_proxy, grpc_address = 0, "", ""
         if native:
             env.setdefault("GOMAXPROCS", str(NATIVE_GO_THREADS))
@@ -264,7 +282,8 @@ class Supervisor:
                 fds.append(grpc_fd)
         elif self.grpc_listen is not None:  # the Python gRPC server the native ones forward to
             grpc_address = f"unix:{self._grpc_path()}"
-        env.update(setup_env(self.settings, index=index, listen_fd=listen.fileno(), channel_fd=theirs.fileno(),
+        env.update(setup_env(self.settings, index=index, listen_fd=listen.fileno() if listen is not None else -1,
+                             channel_fd=theirs.fileno(),
                              arena_fd=arena.fd, arena_size=arena.size, proxy_path=proxy_path,
                              group_limit=group_limit(self.service.config.instances, self.gpu),
                              grpc_listen_fd=grpc_fd, grpc_proxy_path=grpc_proxy, grpc_address=grpc_address))
