@@ -14,6 +14,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -23,6 +24,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -59,8 +61,7 @@ func newGRPCFront(s *server, proxyPath string) *grpcFront {
 	p.SetUnencryptedHTTP2(true) // prior knowledge, as grpc clients speak
 	transport := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", proxyPath)
+			return dialWhenUp(ctx, proxyPath, pythonStartS*time.Second)
 		},
 		Protocols:       &p,
 		IdleConnTimeout: 30 * time.Second,
@@ -78,6 +79,31 @@ func newGRPCFront(s *server, proxyPath string) *grpcFront {
 		},
 	}
 	return g
+}
+
+// pythonStartS: how long a forwarded call waits for the Python gRPC server's socket. grpc binds it
+// itself when its front-end has started, which can be after this process answers ready (its HTTP
+// API socket, by contrast, is made by the engine process before any front-end starts), and again
+// while a replaced Python front-end starts.
+const pythonStartS = 10
+
+// dialWhenUp connects to the unix socket at path, trying again while it is not there or refuses,
+// until within is over or the call's context ends.
+func dialWhenUp(ctx context.Context, path string, within time.Duration) (net.Conn, error) {
+	deadline := time.Now().Add(within)
+	var d net.Dialer
+	for {
+		c, err := d.DialContext(ctx, "unix", path)
+		if err == nil || !(errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED)) ||
+			time.Now().After(deadline) {
+			return c, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 func (g *grpcFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {

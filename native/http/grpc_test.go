@@ -1,9 +1,13 @@
 package main
 
 import (
+	"context"
 	"encoding/binary"
 	"math"
+	"net"
+	"path/filepath"
 	"testing"
+	"time"
 )
 
 // inferRequest builds a ModelInferRequest by hand: model a, one input x of shape, its raw bytes, outputs asked.
@@ -127,5 +131,28 @@ func TestGRPCTimeoutsAndMessagesAreReadAndWrittenAsTheProtocolSays(t *testing.T)
 	}
 	if got := percentEncode("input 'x': 100% é\n"); got != "input 'x': 100%25 %C3%A9%0A" {
 		t.Fatalf("grpc-message %q", got)
+	}
+}
+
+func TestAForwardedCallWaitsForThePythonServersSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "grpc.sock")
+	go func() {
+		time.Sleep(150 * time.Millisecond) // the Python gRPC server binds late
+		l, err := net.Listen("unix", path)
+		if err != nil {
+			return
+		}
+		defer l.Close()
+		if c, err := l.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	c, err := dialWhenUp(context.Background(), path, 5*time.Second)
+	if err != nil {
+		t.Fatalf("no connection once the socket is there: %v", err)
+	}
+	c.Close()
+	if _, err := dialWhenUp(context.Background(), filepath.Join(t.TempDir(), "none.sock"), 100*time.Millisecond); err == nil {
+		t.Fatal("a socket that never comes was reached")
 	}
 }
