@@ -135,3 +135,20 @@ def test_a_plan_with_other_engines_replaces_the_objects_keys_and_a_deletion_drop
     assert set(c.jobs("ml", ("k3", "k9"))) == {"k3"}
     c.on_model_deployment("DELETED", md("auto", {}))
     assert "k3" not in c.users_of_key
+
+
+def deployment(name, owner_uid, rv, replicas=2, target="sm90"):
+    return {"kind": "Deployment", "metadata": {
+        "name": name, "namespace": "ml", "resourceVersion": rv, "labels": {names.LABEL_TARGET: target},
+        "ownerReferences": [{"uid": owner_uid, "controller": True}]}, "spec": {"replicas": replicas}, "status": {}}
+
+
+def test_a_unit_the_operator_applied_is_its_owners_before_the_watch_says_so():
+    c = world()
+    c.remember_applied(deployment("auto-sm90", "uid-auto", "10"))
+    assert [u.name for u in c.units("uid-auto")] == ["auto-sm90"]
+    assert c.units("uid-auto")[0].replicas == 2
+    c.on_deployment("ADDED", deployment("auto-sm90", "uid-auto", "9", replicas=0))  # the lagging event
+    assert c.units("uid-auto")[0].replicas == 2  # the newer object is kept
+    c.on_deployment("DELETED", deployment("auto-sm90", "uid-auto", "11"))
+    assert c.units("uid-auto") == ()
