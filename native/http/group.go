@@ -208,10 +208,7 @@ func (s *server) execute(m *model, group []*member) {
 	timeout := s.cfg.Settings.TimeoutS
 	now := time.Now()
 	for _, mb := range group { // the group's deadline is its most pressed member's (time spent here counts)
-		t := s.cfg.Settings.TimeoutS
-		if mb.p.timeoutUS > 0 {
-			t = float64(mb.p.timeoutUS) / 1e6
-		}
+		t := s.timeoutOf(mb)
 		// whole milliseconds: the engine's TimedOut message names the timeout, and a request sent at once
 		// should read as the client's own (0.1s, not 0.0999601s)
 		if left := math.Round((t-now.Sub(mb.arrived).Seconds())*1000) / 1000; left < timeout {
@@ -245,19 +242,24 @@ func (s *server) dropExpired(group []*member) []*member {
 	now := time.Now()
 	kept := group[:0]
 	for _, mb := range group {
-		t := s.cfg.Settings.TimeoutS
-		if mb.p.timeoutUS > 0 {
-			t = float64(mb.p.timeoutUS) / 1e6
-		}
+		t := s.timeoutOf(mb)
 		waited := now.Sub(mb.arrived)
 		if waited.Seconds() < t {
 			kept = append(kept, mb)
 			continue
 		}
-		s.ch.send([]byte(fmt.Sprintf(`["failed",%d]`, waited.Nanoseconds())))
+		s.failed(waited)
 		mb.result <- memberResult{refusal: &refusal{http.StatusGatewayTimeout, "TimedOut", "timeout", fmt.Sprintf(
 			"the request waited %gs in the queue without running; the server is overloaded (add replicas) or the timeout is too short", t), 0},
 			done: func() {}}
 	}
 	return kept
+}
+
+// timeoutOf: a member's timeout in seconds (its request's, else the server's).
+func (s *server) timeoutOf(mb *member) float64 {
+	if mb.p.timeoutUS > 0 {
+		return float64(mb.p.timeoutUS) / 1e6
+	}
+	return s.cfg.Settings.TimeoutS
 }

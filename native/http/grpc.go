@@ -277,11 +277,7 @@ func (g *grpcFront) refuse(w http.ResponseWriter, started time.Time, e refusal) 
 		code = grpcInternal
 	}
 	grpcStatus(w, code, e.message, e.retry)
-	elapsed := time.Since(started)
-	if e.class == "Overloaded" || e.class == "BadRequest" {
-		g.s.ch.send([]byte(fmt.Sprintf(`["failed",%d]`, elapsed.Nanoseconds())))
-	}
-	g.s.count(0, e.outcome, elapsed.Seconds())
+	g.s.refused(started, e)
 }
 
 // grpcAnswer writes a unary call's response message and status OK.

@@ -396,11 +396,21 @@ func (s *server) overloaded() refusal {
 // refused before it reached the engine is also a failure in the engine's statistics.
 func (s *server) refuse(w http.ResponseWriter, started time.Time, e refusal) {
 	writeError(w, e.status, e.class, e.message, e.retry)
+	s.refused(started, e)
+}
+
+// refused counts a refusal as its outcome (HTTP and gRPC alike).
+func (s *server) refused(started time.Time, e refusal) {
 	elapsed := time.Since(started)
 	if e.class == "Overloaded" || e.class == "BadRequest" {
-		s.ch.send([]byte(fmt.Sprintf(`["failed",%d]`, elapsed.Nanoseconds())))
+		s.failed(elapsed)
 	}
 	s.count(0, e.outcome, elapsed.Seconds())
+}
+
+// failed tells the engine's statistics of a request that never reached it.
+func (s *server) failed(after time.Duration) {
+	s.ch.send([]byte(fmt.Sprintf(`["failed",%d]`, after.Nanoseconds())))
 }
 
 // errorKinds: the engine's error classes, their HTTP status and metrics outcome (infer_http.STATUS, errors.py).
