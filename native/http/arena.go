@@ -15,6 +15,16 @@ import (
 
 const align = 64 // every region starts on a cache line (as arena.ALIGN)
 
+// padBefore: the bytes to leave at a region's start so that what follows `lead` bytes of a body (the
+// tensors after an HTTP request's JSON header, after a gRPC message's fields) starts on a cache line.
+// ONNX Runtime's CPU provider runs a float tensor at an address that is not a multiple of 4 far slower:
+// a lone 602 KB input right after a 166-byte JSON header took 230 us against 40 us aligned (the "fat"
+// model, development machine); the engine copies a misaligned tensor aligned before it runs, which costs
+// a copy this avoids.
+func padBefore(lead int64) int {
+	return int((align - lead%align) % align)
+}
+
 type arena struct {
 	mem   []byte
 	mu    sync.Mutex

@@ -175,14 +175,14 @@ func (g *grpcFront) infer(w http.ResponseWriter, r *http.Request) bool {
 		g.forward(w, r, prefix[:], nil)
 		return true
 	}
-	off := s.arena.alloc(n)
+	off := s.arena.alloc(n + align)
 	if off < 0 {
 		s.count(1, "", 0)
 		g.refuse(w, started, s.overloaded())
 		return true
 	}
-	msg := s.arena.mem[off : off+n]
-	if _, err := io.ReadFull(r.Body, msg); err != nil {
+	msg, pad, err := readAligned(r.Body, s.arena.mem[off:off+n+align], n)
+	if err != nil {
 		s.arena.release(off)
 		s.count(1, "", 0)
 		g.refuse(w, started, refusal{http.StatusBadRequest, "BadRequest", "bad_request",
@@ -206,7 +206,7 @@ func (g *grpcFront) infer(w http.ResponseWriter, r *http.Request) bool {
 		p.timeoutUS = max(t, 1) // the client's deadline bounds the queue wait too
 	}
 	s.count(1, "", 0)
-	mb := &member{p: &p, key: key, base: int64(off), body: off, arrived: started, result: make(chan memberResult, 1)}
+	mb := &member{p: &p, key: key, base: int64(off + pad), body: off, arrived: started, result: make(chan memberResult, 1)}
 	s.submit(m, mb)
 	res := <-mb.result
 	if !mb.bodyFreed {
@@ -499,4 +499,69 @@ func (m *model) admitGRPC(req *grpcRequest) (p plan, key string, ok bool) {
 		k = strconv.AppendInt(append(k, ','), int64(i), 10)
 	}
 	return p, string(k), true
+}
+
+// readAligned reads a message of n bytes into room (n + align bytes from a region's start) so that its
+// first raw_input_contents starts on a cache line (see padBefore): the message's first bytes are read,
+// the fields before the tensors' bytes found there, and what was read moved to its place before the rest
+// is read behind it. A message whose tensors do not start within the first bytes stays where it began.
+// It returns the message and its offset in room.
+func readAligned(body io.Reader, room []byte, n int) ([]byte, int, error) {
+	head := min(n, alignPeek)
+	if _, err := io.ReadFull(body, room[:head]); err != nil {
+		return nil, 0, err
+	}
+	pad := 0
+	if start, ok := firstRawStart(room[:head]); ok {
+		pad = padBefore(int64(start))
+		copy(room[pad:pad+head], room[:head])
+	}
+	msg := room[pad : pad+n]
+	_, err := io.ReadFull(body, msg[head:])
+	return msg, pad, err
+}
+
+// alignPeek: how much of a message is read before it is placed; its fields before the tensors (names,
+// shapes, parameters) are far shorter.
+const alignPeek = 4096
+
+// firstRawStart: the offset of the first raw_input_contents' bytes (ModelInferRequest field 7) in a
+// message that starts with head, when the fields before them lie whole within head (protobuf writes
+// fields in number order, so the tensors come last).
+func firstRawStart(head []byte) (int, bool) {
+	for i := 0; i < len(head); {
+		key, n := binary.Uvarint(head[i:])
+		if n <= 0 {
+			return 0, false
+		}
+		i += n
+		switch key & 7 {
+		case wireVarint:
+			_, n := binary.Uvarint(head[i:])
+			if n <= 0 {
+				return 0, false
+			}
+			i += n
+		case wireFixed64:
+			i += 8
+		case wireFixed32:
+			i += 4
+		case wireBytes:
+			l, n := binary.Uvarint(head[i:])
+			if n <= 0 {
+				return 0, false
+			}
+			i += n
+			if key>>3 == 7 {
+				return i, true
+			}
+			if l > uint64(len(head)-i) {
+				return 0, false
+			}
+			i += int(l)
+		default:
+			return 0, false
+		}
+	}
+	return 0, false
 }

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"math"
 	"net"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -154,5 +156,46 @@ func TestAForwardedCallWaitsForThePythonServersSocket(t *testing.T) {
 	c.Close()
 	if _, err := dialWhenUp(context.Background(), filepath.Join(t.TempDir(), "none.sock"), 100*time.Millisecond); err == nil {
 		t.Fatal("a socket that never comes was reached")
+	}
+}
+
+func TestAMessageIsPlacedSoThatItsTensorsStartOnACacheLine(t *testing.T) {
+	raw := make([]byte, 3*4*4)
+	for i := range raw {
+		raw[i] = byte(i)
+	}
+	for outputs := range 6 { // each output asked moves the tensors' bytes further into the message
+		names := make([]string, outputs)
+		for i := range names {
+			names[i] = strings.Repeat("o", i+1)
+		}
+		msg := inferRequest([]int64{3, 4}, raw, names...)
+		room := make([]byte, len(msg)+align)
+		got, pad, err := readAligned(bytes.NewReader(msg), room, len(msg))
+		req, ok := parseInferRequest(got)
+		if err != nil || !ok || !bytes.Equal(got, msg) || &got[0] != &room[pad] {
+			t.Fatalf("%d outputs: read %v ok=%v, the message changed: %v", outputs, err, ok, !bytes.Equal(got, msg))
+		}
+		if (pad+req.raws[0].start)%align != 0 {
+			t.Fatalf("%d outputs: the tensors start at %d in the room", outputs, pad+req.raws[0].start)
+		}
+	}
+	// Fields before the tensors longer than what is read first: the message stays where it began, whole.
+	long := append(appendString(nil, 3, strings.Repeat("i", alignPeek)), inferRequest([]int64{3, 4}, raw)...)
+	got, pad, err := readAligned(bytes.NewReader(long), make([]byte, len(long)+align), len(long))
+	if err != nil || pad != 0 || !bytes.Equal(got, long) {
+		t.Fatalf("a long message: pad %d err %v, intact %v", pad, err, bytes.Equal(got, long))
+	}
+	// A message that ends early is an error, as io.ReadFull says.
+	if _, _, err := readAligned(bytes.NewReader(long[:100]), make([]byte, len(long)+align), len(long)); err == nil {
+		t.Fatal("a short message was read whole")
+	}
+}
+
+func TestTheTensorsAfterAnHTTPHeaderStartOnACacheLine(t *testing.T) {
+	for lead := int64(1); lead < 300; lead++ {
+		if pad := padBefore(lead); pad < 0 || pad >= align || (int64(pad)+lead)%align != 0 {
+			t.Fatalf("header of %d bytes: pad %d", lead, pad)
+		}
 	}
 }

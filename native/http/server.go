@@ -120,13 +120,14 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) bool {
 	}
 	started := time.Now()
 	stamp("g_head")
-	off := s.arena.alloc(int(n))
+	pad := padBefore(hl) // the tensors' bytes, after the JSON header, start on a cache line
+	off := s.arena.alloc(int(n) + pad)
 	if off < 0 {
 		s.count(1, "", 0)
 		s.refuse(w, started, s.overloaded())
 		return true
 	}
-	body := s.arena.mem[off : off+int(n)]
+	body := s.arena.mem[off+pad : off+pad+int(n)]
 	rc := http.NewResponseController(w)
 	rc.SetReadDeadline(time.Now().Add(time.Duration(s.cfg.Settings.BodyTimeoutS * float64(time.Second))))
 	_, err = io.ReadFull(r.Body, body)
@@ -149,7 +150,7 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) bool {
 		return true
 	}
 	s.count(1, "", 0)
-	mb := &member{p: &p, key: string(body[:hl]), base: int64(off) + hl, body: off, arrived: started,
+	mb := &member{p: &p, key: string(body[:hl]), base: int64(off+pad) + hl, body: off, arrived: started,
 		result: make(chan memberResult, 1)}
 	s.submit(m, mb)
 	res := <-mb.result

@@ -69,6 +69,18 @@ class TestMergeSplit:
         x = np.zeros((2, 3), np.float32)
         assert merge([{"x": x}])["x"] is x
 
+    def test_a_single_request_at_an_odd_address_is_copied_aligned(self) -> None:
+        body = np.arange(2 * 3 * 4 + 2, dtype=np.uint8).tobytes()
+        x = np.frombuffer(body, np.float32, count=6, offset=2).reshape(2, 3)  # a tensor after a 2-byte header
+        assert not x.flags.aligned
+        into = {"x": np.empty((2, 3), np.float32)}
+        got = merge([{"x": x}], 2, into)["x"]
+        assert got is into["x"] and got.flags.aligned
+        np.testing.assert_array_equal(got, x)
+        alone = merge([{"x": x}])["x"]
+        assert alone.flags.aligned and alone is not x
+        np.testing.assert_array_equal(alone, x)
+
     def test_split_refuses_outputs_without_the_batch_dimension(self) -> None:
         with pytest.raises(ValueError, match="batch dimension first"):
             split({"y": np.zeros((5,), np.float32)}, [2, 2])

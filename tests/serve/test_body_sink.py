@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from trtop.serve.infer_http import SINK_MIN_BYTES, BodySink, FastInfer
+from trtop.serve.arena import ALIGN, Arena
+from trtop.serve.frontend import RemoteModel
+from trtop.serve.infer_http import SINK_MIN_BYTES, BodySink, FastInfer, ReusedBuffers
 from trtop.serve.protocol import parse_infer_request
 
 
@@ -63,7 +65,7 @@ class _Handle:
         self.room = room
         self.given: list[int] = []
 
-    def body_buffer(self, nbytes: int) -> tuple[memoryview, object] | None:
+    def body_buffer(self, nbytes: int, lead: int = 0) -> tuple[memoryview, object] | None:
         if nbytes > self.room:
             return None
         self.room -= nbytes
@@ -90,3 +92,48 @@ def test_only_large_infer_requests_within_the_limits_get_a_sink_and_it_holds_the
     assert fast.inflight_bytes == 0 and handle.given == [200_000]
     handle.room = 10
     assert fast.open_sink(scope(length=100_000)) is None  # no room in the shared memory: ordinary path
+
+
+def _address(view: memoryview) -> int:
+    return int(np.frombuffer(view, np.uint8).ctypes.data)
+
+
+def test_a_body_is_placed_so_that_its_tensors_start_on_a_cache_line() -> None:
+    """The tensors follow the JSON header: a float tensor at an odd address runs ~6x slower in ONNX Runtime."""
+    fast = FastInfer(None, _NoBodyBuffer(), 1 << 20)  # type: ignore[arg-type]
+    for lead in (1, 2, 63, 64, 166, 1000):
+        headers = [(b"content-length", b"100000"), (b"inference-header-content-length", str(lead).encode())]
+        sink = fast.open_sink({"type": "http", "method": "POST", "path": "/v2/models/m/infer", "headers": headers})
+        assert sink is not None and sink.size == 100_000
+        assert (_address(sink.view) + lead) % ALIGN == 0, lead
+        sink.close()
+
+
+def test_reused_buffers_place_each_body_for_its_own_header() -> None:
+    buffers = ReusedBuffers()
+    view, give_back = buffers(70_000, 3)
+    assert len(view) == 70_000 and (_address(view) + 3) % ALIGN == 0
+    give_back()
+    again, _ = buffers(70_000, 10)  # the same buffer, placed for another header length
+    assert buffers.kept_bytes == 0 and len(again) == 70_000 and (_address(again) + 10) % ALIGN == 0
+
+
+def test_a_front_ends_arena_region_starts_its_tensors_on_a_cache_line() -> None:
+    arena = Arena.create(1 << 20)
+    try:
+        front = RemoteModel("m", arena, 30.0)
+        for lead in (5, 166, 64):
+            got = front.body_buffer(100_000, lead)
+            assert got is not None
+            view, give_back = got
+            assert len(view) == 100_000 and (_address(view) + lead) % ALIGN == 0
+            give_back()
+        assert front.body_buffer(arena.size - 32, 1) is None  # the pad counts against the room ...
+        assert front.body_buffer(arena.size - 32, 0) is not None  # ... which has the body alone
+    finally:
+        arena.close()
+
+
+class _NoBodyBuffer:
+    name = "m"
+    metrics = None

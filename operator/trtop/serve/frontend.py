@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from trtop.serve import errors
-from trtop.serve.arena import Allocator, Arena
+from trtop.serve.arena import ALIGN, Allocator, Arena
 from trtop.serve.channel import Channel, Message
 from trtop.serve.errors import BadRequest, InferenceFailed, NotReady, Overloaded, ServeError
 from trtop.serve.model import Admitted, ModelInfo, admit
@@ -228,13 +228,15 @@ class RemoteModel:
             self._channel.send(("requests", started, finished))
 
     # -- arena ---------------------------------------------------------------------------
-    def body_buffer(self, nbytes: int) -> tuple[memoryview, Callable[[], None]] | None:
+    def body_buffer(self, nbytes: int, lead: int = 0) -> tuple[memoryview, Callable[[], None]] | None:
         """A region of the arena for a request body (``infer_http.BodySink``): its tensors are then sent
-        to the engine where the socket's bytes landed, with no copy. None when the arena has no room."""
-        offset = self._alloc.alloc(nbytes)
+        to the engine where the socket's bytes landed, with no copy, starting on a cache line after the
+        ``lead`` bytes of its JSON header. None when the arena has no room."""
+        pad = -lead % ALIGN
+        offset = self._alloc.alloc(nbytes + pad)
         if offset is None:
             return None
-        return self._arena.bytes_at(offset, nbytes), functools.partial(self._alloc.free, offset)
+        return self._arena.bytes_at(offset + pad, nbytes), functools.partial(self._alloc.free, offset)
 
     def _region(self, nbytes: int, regions: list[int]) -> int:
         offset = self._alloc.alloc(nbytes)
