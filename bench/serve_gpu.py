@@ -461,13 +461,47 @@ def main() -> int:
                     help="after each ResNet-50 sweep: this many pairs of windows, the engine alone at batch 1 then "
                          "one client served (what the server adds to a lone request, the drift cancelled); 0: none")
     ap.add_argument("--paired-window-ms", type=int, default=2000, help="each paired window's length")
+    ap.add_argument("--client-awake", action="store_true",
+                    help="keep the client's cores (--client-cores) awake with busy loops at the lowest priority, as "
+                         "--keep-awake does the server's: the engine alone never sleeps between its runs, a client "
+                         "does, and on a VM waking its halted core is part of what one client measures")
     ap.add_argument("--stages", action="store_true",
                     help="run the ResNet-50 servers under bench/stages.py (give --server-arg=--frontends=0): the "
                          "median time of each stage of a request, in the server log and stages-LABEL.jsonl")
     args = ap.parse_args()
+    if args.client_awake and not args.client_cores:
+        ap.error("--client-awake needs --client-cores")
+    spinners = client_spinners(args.client_cores) if args.client_awake else []
+    try:
+        return run(args)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+def client_spinners(cores: str) -> list[subprocess.Popen[bytes]]:
+    """A busy loop under SCHED_IDLE on each of ``cores`` (a taskset list): preempted at once by the client, it
+    only keeps the core from halting between the client's requests (``trtop.serve.awake`` for the server)."""
+    print(f"client's cores kept awake: {cores}", flush=True)
+    return [subprocess.Popen(["taskset", "-c", str(core), "chrt", "--idle", "0", "sh", "-c", "while :; do :; done"])
+            for core in cpu_list(cores)]
+
+
+def cpu_list(spec: str) -> list[int]:
+    """The cores of a taskset -c list such as 12-15 or 0,2,4-7."""
+    cores: list[int] = []
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        cores.extend(range(int(first), int(last or first) + 1))
+    return cores
+
+
+def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = args.out
-    results: dict[str, Any] = {"cores": os.cpu_count(), "server_args": args.server_arg}
+    results: dict[str, Any] = {"cores": os.cpu_count(), "server_args": args.server_arg,
+                               "client_awake": args.client_awake}
     profiler = Profiler(args.py_spy, {int(c) for c in args.profile_at.split(",") if c}, args.profile_s, tmp,
                         args.py_spy_native)
     levels = [int(c) for c in args.concurrency.split(",")]
