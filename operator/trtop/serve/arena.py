@@ -28,6 +28,13 @@ ALIGN = 64  # cache line: every tensor starts aligned (SIMD loads, pinned-copy f
 _DTYPES: dict[str, np.dtype[Any]] = {}  # dtype strings of descriptors ("<f4") -> dtype (np.dtype() per view costs)
 
 
+def pad_before(start: int, lead: int) -> int:
+    """Bytes to skip at ``start`` (an offset or an address) so that what follows ``lead`` bytes of a body (the
+    tensors after a request's JSON header) starts on a cache line: ONNX Runtime's CPU provider ran a float
+    tensor at an address that is not a multiple of 4 ~6x slower (trtop-http: ``padBefore``)."""
+    return -(start + lead) % ALIGN
+
+
 class Allocator:
     """First-fit allocation of aligned regions in ``size`` bytes; pure bookkeeping (offsets only)."""
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from trtop.serve import errors
-from trtop.serve.arena import ALIGN, Allocator, Arena
+from trtop.serve.arena import Allocator, Arena, pad_before
 from trtop.serve.channel import Channel, Message
 from trtop.serve.errors import BadRequest, InferenceFailed, NotReady, Overloaded, ServeError
 from trtop.serve.model import Admitted, ModelInfo, admit
@@ -232,7 +232,7 @@ class RemoteModel:
         """A region of the arena for a request body (``infer_http.BodySink``): its tensors are then sent
         to the engine where the socket's bytes landed, with no copy, starting on a cache line after the
         ``lead`` bytes of its JSON header. None when the arena has no room."""
-        pad = -lead % ALIGN
+        pad = pad_before(0, lead)  # regions start on a cache line
         offset = self._alloc.alloc(nbytes + pad)
         if offset is None:
             return None

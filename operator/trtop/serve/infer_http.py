@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from trtop.serve.arena import ALIGN
+from trtop.serve.arena import ALIGN, pad_before
 from trtop.serve.errors import (
     BadRequest, InferenceFailed, ModelNotFound, NotReady, Overloaded, PayloadTooLarge, ServeError, TimedOut,
 )
@@ -137,9 +137,8 @@ class ReusedBuffers:
             self.kept_bytes -= nbytes
         else:
             buffer = bytearray(nbytes + ALIGN)  # room to place the tensors aligned
-        view = memoryview(buffer)
-        pad = -(np.frombuffer(buffer, np.uint8).ctypes.data + lead) % ALIGN
-        return view[pad:pad + nbytes], functools.partial(self._give_back, nbytes, buffer)
+        pad = pad_before(np.frombuffer(buffer, np.uint8).ctypes.data, lead)
+        return memoryview(buffer)[pad:pad + nbytes], functools.partial(self._give_back, nbytes, buffer)
 
     def _give_back(self, nbytes: int, buffer: bytearray) -> None:
         if self.kept_bytes + nbytes > self.keep_bytes:

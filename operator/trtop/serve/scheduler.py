@@ -406,7 +406,8 @@ class Scheduler:
     def _compute(self, feeds: list[Feeds], rows: list[int], size: int) -> tuple[list[Outputs], float]:
         start = time.perf_counter()
         outputs = None
-        if self._run_rows is not None and (len(feeds) > 1 or size > sum(rows)):  # else merge would not copy
+        # else merge passes the request through (it copies only a misaligned one)
+        if self._run_rows is not None and (len(feeds) > 1 or size > sum(rows)):
             outputs = self._run_rows(feeds, size)
         if outputs is None:
             buffers = self._buffers.take(feeds, size)
