@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trtop.serve.batching import BatchPolicy, Decision, Pending, merge, next_batch, signature_of, split
+from trtop.serve.batching import BatchPolicy, Decision, Pending, merge, next_batch, rows_apart, signature_of, split
 
 A, B = ("a",), ("b",)
 POLICY = BatchPolicy(max_batch=8, max_delay=0.005)
@@ -219,3 +219,12 @@ class TestMergeMax:
         policy = BatchPolicy(max_batch=8, buckets=(1, 2, 4, 8), merge_max=1)
         d = next_batch([p(3, 1.0), p(1, 1.0)], policy, now=1.0)
         assert d.take == (0,) and d.size == 4  # padded up to its bucket, not merged with the next
+
+
+class TestRowsApart:
+    def test_runs_request_by_request_beating_the_merged_batch_best_against_best(self) -> None:
+        assert rows_apart([265.0, 290.0, 270.0], [319.0, 250.0, 324.0])  # a slow spell in one pair changes nothing
+        assert not rows_apart([265.0, 310.0], [319.0, 320.0])  # 1.03 x: within the measurement's noise
+
+    def test_nothing_measured_merges(self) -> None:
+        assert not rows_apart([], [300.0]) and not rows_apart([300.0], [])

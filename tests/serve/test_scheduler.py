@@ -395,3 +395,48 @@ async def test_a_backend_that_takes_the_requests_unmerged_gets_them_as_they_are(
         assert backend.batches == ([1] if not decline else [1, 4])
         await s.close()
     assert seen == [([1, 2], 4)]
+
+
+async def test_a_batch_of_requests_runs_one_request_at_a_time_where_rows_go_apart(backend: FakeBackend) -> None:
+    """``rows_apart`` (batch 1 serves the most rows per second on these cores): the requests a batch took run
+    one after another on its compute thread, each at its own rows (no merge, no padding to the bucket), and
+    each still gets its own outputs; one decision and one hop for the lot."""
+    obs = Observer()
+    s = Scheduler(backend, BatchPolicy(8, 0.0, (1, 2, 4, 8)), max_queue=100, observer=obs, rows_apart=True)
+    s.start()
+    backend.gate.clear()
+    first = asyncio.ensure_future(submit(s, 100))  # alone: it holds the only instance
+    await asyncio.sleep(0.02)
+    rest = [asyncio.ensure_future(submit(s, v, rows=r)) for v, r in ((1, 1), (2, 2), (3, 1))]
+    await asyncio.sleep(0.02)
+    backend.gate.set()
+    outs = await asyncio.gather(first, *rest)
+    assert [o["y"][:, 0].tolist() for o in outs] == [[1000], [10], [20, 20], [30]]
+    assert backend.batches == [1, 1, 2, 1]  # merged, the three would have run as one batch of 4
+    assert obs.rows == [1, 4] and s.batches == 2
+    await s.close()
+
+
+async def test_only_a_run_the_scheduler_started_alone_takes_the_lone_run(backend: FakeBackend) -> None:
+    """The runtime's lone-run path (CPU: a session over every core) serves a request that started with
+    nothing else queued or running, never a batch taken under load, even when the other instance is free."""
+    lone: list[int] = []
+
+    def run_alone(f: Feeds) -> Outputs:
+        lone.append(f["x"].shape[0])
+        return backend(f)
+
+    s = Scheduler(backend, BatchPolicy(8, 0.0), max_queue=100, instances=2, run_alone=run_alone,
+                  inline_max_s=0.0, inline_alone_max_s=0.0)  # every run on a compute thread
+    s.start()
+    assert (await submit(s, 1))["y"][0, 0] == 10
+    assert lone == [1] and backend.batches == [1]
+    backend.gate.clear()
+    first = asyncio.ensure_future(submit(s, 2))  # alone again, held on its instance
+    await asyncio.sleep(0.02)
+    second = asyncio.ensure_future(submit(s, 3))  # the other instance is free, but a run is in progress
+    await asyncio.sleep(0.02)
+    backend.gate.set()
+    await asyncio.gather(first, second)
+    assert lone == [1, 1] and backend.batches == [1, 1, 1]  # the second went through the plain run
+    await s.close()

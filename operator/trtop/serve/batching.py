@@ -147,6 +147,17 @@ def paying_batch(rows_per_s: dict[int, float], keep: float = 0.9, floor: int = 1
     return chosen
 
 
+def rows_apart(merged: Sequence[float], apart: Sequence[float], gain: float = 1.05) -> bool:
+    """Whether a merged batch should run as one run per request, unmerged, on its compute thread: the rows
+    per second of such runs (``apart``) beat those of the merged batch (``merged``; both measured at the
+    merge cap, in turns, with every instance busy) by at least ``gain``, best against best. The batch
+    still forms (one decision and one hop to a compute thread and back for several requests: the
+    server's own cost per batch stays shared), but each request runs at the size the cores run best.
+    MobileNetV2 on the development machine, two 1-thread runs side by side: batch 4 265-290 img/s,
+    four batch-1 runs in a row 319-324. On a GPU (no rates: every bucket pays) never."""
+    return bool(merged) and bool(apart) and max(apart) >= gain * max(merged)
+
+
 # MobileNetV2 at 64 connections on two cores (docs/server.md, fifth session): merged batches capped
 # at 1-2 served 0.72-0.79 of the in-process best, capped at 4-16 0.88-0.98, in the same runs' terms,
 # while the engine's own rates for 1..4 rows differed by less than the measurement's noise.

@@ -47,6 +47,9 @@ RunBatch = Callable[[Feeds], Outputs]  # one merged batch in, all outputs out
 # The requests' own inputs and the batch size in, all outputs of the batch out, or None where the backend
 # cannot take them unmerged (then they are merged and go through ``RunBatch``).
 RunRows = Callable[[list[Feeds], int], "Outputs | None"]
+# A lone request's run (nothing else queued or running when it started): the runtime may spread it over every
+# core (CPU ONNX Runtime's wide session), which would only take cores from other runs under load.
+RunAlone = Callable[[Feeds], Outputs]
 
 
 class BatchObserver(Protocol):
@@ -87,7 +90,8 @@ class Scheduler:
         instances: int = 1, clock: Callable[[], float] = time.monotonic, inline_max_s: float = INLINE_MAX_S,
         inline_alone_max_s: float = INLINE_ALONE_MAX_S,
         empty: Callable[[tuple[int, ...], Any], Array] | None = None, executor: Executor | None = None,
-        run_rows: RunRows | None = None, loop_sizes: frozenset[int] = frozenset(),
+        run_rows: RunRows | None = None, loop_sizes: frozenset[int] = frozenset(), rows_apart: bool = False,
+        run_alone: RunAlone | None = None,
     ) -> None:
         if max_queue < 1:
             raise ValueError(f"max queue size must be >= 1, got {max_queue}")
@@ -95,6 +99,9 @@ class Scheduler:
             raise ValueError(f"instances must be >= 1, got {instances}")
         self._run = run
         self._run_rows = run_rows  # the backend copies each request to the device itself (no merge here)
+        self._run_lone = run_alone or run
+        # A batch runs one request at a time, unmerged (``batching.rows_apart``: batch 1 runs best on these cores)
+        self._rows_apart = rows_apart
         self.policy = policy
         self._max_queue = max_queue
         self._observer = observer
@@ -212,10 +219,11 @@ class Scheduler:
             items = self._take(decision, self._clock())
             if not items:
                 continue
-            if self._inline_now(items, decision.size):
-                self._run_inline(items, decision.size)
+            alone = self._alone(items)
+            if self._inline_now(items, decision.size, alone):
+                self._run_inline(items, decision.size, alone)
             else:
-                self._launch(loop, items, decision.size)
+                self._launch(loop, items, decision.size, alone)
 
     def _decide(self, now: float) -> Decision:
         idle = self._instances - len(self._running)
@@ -278,23 +286,26 @@ class Scheduler:
         mean = self._mean_s.get(size)
         return mean is not None and mean < self._inline_max_s
 
-    def _inline_now(self, items: list[_Item], size: int) -> bool:
+    def _alone(self, items: list[_Item]) -> bool:
+        """One request taken with nothing else queued or running: a lone request."""
+        return len(items) == 1 and not self._queue and not self._running and not self._inline
+
+    def _inline_now(self, items: list[_Item], size: int, alone: bool) -> bool:
         """Run these on the event loop: their batch size is known to be short (``inline_max_s``), or they are
-        one request with nothing else queued or running and known to take under ``inline_alone_max_s``."""
+        one request with nothing else queued or running (``alone``) and known to take under ``inline_alone_max_s``."""
         if self._short(size):
             return True
         mean = self._mean_s.get(size)
-        alone = len(items) == 1 and not self._queue and not self._running and not self._inline
         if not alone or mean is None or mean >= self._inline_alone_max_s:
             return False
         return self._loop_sizes is None or (size in self._loop_sizes and self._clock() - self._met_at >= QUIET_S)
 
-    def _run_inline(self, items: list[_Item], size: int) -> None:
+    def _run_inline(self, items: list[_Item], size: int, alone: bool = False) -> None:
         """Run a batch on the event loop now (the caller checked it is short, or alone, and an instance is free)."""
         rows = [it.pending.rows for it in items]
         self._inline += 1
         try:
-            parts, seconds = self._compute([it.feeds for it in items], rows, size)
+            parts, seconds = self._compute([it.feeds for it in items], rows, size, alone)
         except Exception as exc:  # the backend's own exception types vary
             if len(items) > 1:
                 log.warning("a batch of %d requests failed (%s); running them one by one", len(items), exc)
@@ -337,15 +348,15 @@ class Scheduler:
                 continue
             items = self._take(decision, now)
             if items and self._short(decision.size):
-                self._run_inline(items, decision.size)  # shorter than a hop to a thread and back
+                self._run_inline(items, decision.size, self._alone(items))  # shorter than a hop to a thread and back
                 await asyncio.sleep(0)  # let the loop read what arrived meanwhile
             elif items:
-                self._launch(loop, items, decision.size)
+                self._launch(loop, items, decision.size, self._alone(items))
 
-    def _launch(self, loop: asyncio.AbstractEventLoop, items: list[_Item], size: int) -> None:
+    def _launch(self, loop: asyncio.AbstractEventLoop, items: list[_Item], size: int, alone: bool = False) -> None:
         """Run a batch on a compute thread; it lands back on the loop through one callback (no task)."""
         rows = [it.pending.rows for it in items]
-        done = self._executor.submit(self._compute, [it.feeds for it in items], rows, size)
+        done = self._executor.submit(self._compute, [it.feeds for it in items], rows, size, alone)
         self._running.add(done)
         self._running_items[done] = items
         done.add_done_callback(lambda f: _call_soon_threadsafe(loop, self._land, items, rows, f))
@@ -358,7 +369,7 @@ class Scheduler:
         exc = done.exception()
         if exc is not None and len(items) > 1:
             log.warning("a batch of %d requests failed (%s); running them one by one", len(items), exc)
-            retry = asyncio.get_running_loop().create_task(self._run_alone(items))
+            retry = asyncio.get_running_loop().create_task(self._run_one_by_one(items))
             self._running.add(retry)  # the instance stays busy while they run
             self._running_items[retry] = items
             retry.add_done_callback(self._batch_finished)
@@ -382,7 +393,7 @@ class Scheduler:
         if self._queue or self._closing:  # the worker has work for the freed instance, or waits to close
             self._wakeup.set()
 
-    async def _run_alone(self, items: list[_Item]) -> None:
+    async def _run_one_by_one(self, items: list[_Item]) -> None:
         """The requests of a failed batch, one by one, so only the one that breaks the backend fails."""
         loop = asyncio.get_running_loop()
         for it in items:
@@ -403,24 +414,30 @@ class Scheduler:
             if not it.future.done():  # it may have timed out while running
                 it.future.set_result(part)
 
-    def _compute(self, feeds: list[Feeds], rows: list[int], size: int) -> tuple[list[Outputs], float]:
+    def _compute(self, feeds: list[Feeds], rows: list[int], size: int,
+                 alone: bool = False) -> tuple[list[Outputs], float]:
         start = time.perf_counter()
         outputs = None
+        if self._rows_apart and len(feeds) > 1:
+            parts = [split(self._run(merge([f])), [n])[0] for f, n in zip(feeds, rows, strict=True)]
+            return parts, self._timed(size or sum(rows), start)
         # else merge passes the request through (it copies only a misaligned one)
         if self._run_rows is not None and (len(feeds) > 1 or size > sum(rows)):
             outputs = self._run_rows(feeds, size)
         if outputs is None:
             buffers = self._buffers.take(feeds, size)
             try:
-                outputs = self._run(merge(feeds, size, buffers))
+                outputs = (self._run_lone if alone else self._run)(merge(feeds, size, buffers))
             finally:
                 self._buffers.give(feeds, size, buffers)  # the outputs never alias the inputs
-        parts = split(outputs, rows, size)
+        return split(outputs, rows, size), self._timed(size or sum(rows), start)
+
+    def _timed(self, key: int, start: float) -> float:
+        """Seconds since ``start``, kept in the mean compute time of batch size ``key``."""
         seconds = time.perf_counter() - start
-        key = size or sum(rows)
         mean = self._mean_s.get(key)  # a race between threads only blurs the mean
         self._mean_s[key] = seconds if mean is None else mean + _EWMA * (seconds - mean)
-        return parts, seconds
+        return seconds
 
 
 def _call_soon_threadsafe(loop: asyncio.AbstractEventLoop, *args: Any) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from trtop.api.engine import EngineRecord, batch_buckets
 from trtop.serve.awake import KeepAwake
-from trtop.serve.batching import MERGE_FLOOR, BatchPolicy, paying_batch
+from trtop.serve.batching import MERGE_FLOOR, BatchPolicy, paying_batch, rows_apart
 from trtop.serve.errors import NotReady, ServeError
 from trtop.serve.handle import not_ready_message
 from trtop.serve.metrics import ServerMetrics
@@ -108,9 +108,13 @@ def time_lone_run(rt: Runtime, info: ModelInfo, runs: int = 3) -> float | None:
     return best
 
 
-def measure_merge_max(rt: Runtime, info: ModelInfo, instances: int) -> int:
+APART_PAIRS = 3  # turns of merged and request-by-request runs at the merge cap
+
+
+def measure_merge_max(rt: Runtime, info: ModelInfo, instances: int) -> tuple[int, bool]:
     """The most rows a merged batch should take (0: every bucket pays), from each bucket's throughput
-    with ``instances`` runs side by side, where the runtime can measure it (CPU; see ``paying_batch``).
+    with ``instances`` runs side by side, where the runtime can measure it (CPU; see ``paying_batch``),
+    and whether such a batch runs one request at a time (``rows_apart``).
     Stops once two sizes in a row do not pay: larger ones only cost start-up time.
 
     The sizes measured are measured again in a second pass and each keeps its better figure:
@@ -119,10 +123,10 @@ def measure_merge_max(rt: Runtime, info: ModelInfo, instances: int) -> int:
     runs, with 0.79-0.98 of the in-process best to show for it."""
     measure = getattr(rt, "throughput", None)
     if measure is None or len(info.buckets) < 2:
-        return 0
+        return 0, False
     first = measure(info.buckets[0], instances)  # None: the runtime cannot tell (a GPU: every bucket pays)
     if first is None:
-        return 0
+        return 0, False
     rates: dict[int, float] = {info.buckets[0]: first}
     for size in info.buckets[1:]:
         rates[size] = measure(size, instances)
@@ -131,9 +135,15 @@ def measure_merge_max(rt: Runtime, info: ModelInfo, instances: int) -> int:
     for size in sorted(rates):
         rates[size] = max(rates[size], measure(size, instances))
     chosen = paying_batch(rates, floor=MERGE_FLOOR)
-    log.info("rows per second with %d runs side by side: %s; merged batches stop at %d rows",
-             instances, ", ".join(f"{k}: {v:.0f}" for k, v in sorted(rates.items())), chosen)
-    return 0 if chosen == info.max_batch else chosen
+    apart, turns = False, ""
+    if chosen > 1:  # the cap's batches merged or run request by request, in turns (the machine's speed moves)
+        pairs = [(measure(chosen, instances), measure(chosen, instances, apart=True)) for _ in range(APART_PAIRS)]
+        apart = rows_apart([m for m, _ in pairs], [a for _, a in pairs])
+        turns = "; at %d merged / request by request: %s: %s" % (
+            chosen, ", ".join(f"{m:.0f}/{a:.0f}" for m, a in pairs), "request by request" if apart else "merged")
+    log.info("rows per second with %d runs side by side: %s; merged batches stop at %d rows%s",
+             instances, ", ".join(f"{k}: {v:.0f}" for k, v in sorted(rates.items())), chosen, turns)
+    return (0 if chosen == info.max_batch else chosen), apart
 
 
 def warmup_feeds(info: ModelInfo, rows: int) -> dict[str, Array]:
@@ -179,6 +189,7 @@ class InferenceService:
         self._pin_lock = threading.Lock()
         self._pinned_runtime: Any = None
         self.merge_max = 0  # measured at load (0: merging may fill max_batch)
+        self.rows_apart = False  # measured at load: merged batches run request by request (CPU, batch 1 best)
         self.lone_run_s: float | None = None  # a batch-1 run, seconds (measured at load; None: it could not run)
 
     @property
@@ -204,6 +215,13 @@ class InferenceService:
             return runtime.run(feeds, outputs)
 
         by_rows = getattr(runtime, "run_rows", None)  # GPU buckets copied request by request, never merged
+        lone = getattr(runtime, "run_alone", None)  # CPU: a session over every core for lone requests
+
+        def run_alone(feeds: Feeds) -> Outputs:
+            assert lone is not None
+            result: Outputs = lone(feeds, outputs)
+            return result
+
         bind_on_loop = getattr(runtime, "bind_on_loop", None)  # sessions of this thread's own, for lone requests
         loop_sizes = bind_on_loop() if bind_on_loop is not None else frozenset()
 
@@ -215,7 +233,8 @@ class InferenceService:
             max_queue=self.config.max_queue_size, observer=self._observer, instances=self.config.instances,
             empty=getattr(runtime, "batch_array", None),  # page-locked batch buffers where the backend has them
             executor=getattr(runtime, "executor", None),  # its own compute threads where it has them
-            run_rows=run_rows if by_rows is not None else None, loop_sizes=loop_sizes,
+            run_rows=run_rows if by_rows is not None else None, loop_sizes=loop_sizes, rows_apart=self.rows_apart,
+            run_alone=run_alone if lone is not None else None,
         )
         self._scheduler.start()
         if self._awake is not None and not self._awake.suits(self.lone_run_s):
@@ -248,7 +267,7 @@ class InferenceService:
                 _pin(rt, address, nbytes)
         warm(rt, info)
         self.lone_run_s = time_lone_run(rt, info)
-        self.merge_max = measure_merge_max(rt, info, self.config.instances)
+        self.merge_max, self.rows_apart = measure_merge_max(rt, info, self.config.instances)
         return info, rt
 
     def add_host_memory(self, address: int, nbytes: int) -> None:

@@ -57,8 +57,6 @@ class OnnxRuntime(FixedIO):
         self._pinned = PinnedArrays()
         self._wide: Any = None  # CPU: a session over every core for lone runs
         self._pin_failed = False
-        self._active = 0  # runs in progress (CPU, with a wide session)
-        self._lock = threading.Lock()
         self._session, self._providers = self._open(path, options)
         self._inputs = tuple(_spec(a) for a in self._session.get_inputs())
         self._outputs = tuple(_spec(a) for a in self._session.get_outputs())
@@ -188,17 +186,20 @@ class OnnxRuntime(FixedIO):
             log.info("lone runs stay on 1 thread (batch 1 over %d threads: %.2f vs %.2f ms, not under %.0f%%)",
                      cores, wide_s * 1e3, narrow_s * 1e3, WIDE_GAIN * 100)
 
-    def throughput(self, size: int, instances: int, runs: int = 2, min_seconds: float = 0.05) -> float | None:
+    def throughput(self, size: int, instances: int, runs: int = 2, min_seconds: float = 0.05,
+                   apart: bool = False) -> float | None:
         """Rows per second at batch ``size`` with ``instances`` runs side by side, as the scheduler runs
         them under load (CPU only: the cores share caches and memory bandwidth, so one run alone
         would flatter large batches). None on the CUDA provider, where every bucket pays.
+        ``apart``: a batch of ``size`` rows as ``size`` runs of one row (``batching.rows_apart``).
 
         Each thread runs at least ``runs`` times and ``min_seconds``, timed by itself once all
         have started (a barrier): thread start-up and a lone sub-millisecond run (a light model
         at batch 1) no longer decide the figure."""
         if self._by_batch:
             return None
-        feeds = {s.name: np.zeros((size, *(d if d > 0 else 1 for d in s.shape[1:])), s.dtype) for s in self._inputs}
+        rows, turns = (1, size) if apart else (size, 1)
+        feeds = {s.name: np.zeros((rows, *(d if d > 0 else 1 for d in s.shape[1:])), s.dtype) for s in self._inputs}
         names = [s.name for s in self._outputs]
         self._session.run(names, feeds)  # first-run allocations at this size stay out of the timing
         started = threading.Barrier(instances)
@@ -207,7 +208,8 @@ class OnnxRuntime(FixedIO):
             started.wait()
             begin, done = time.perf_counter(), 0
             while done < runs or time.perf_counter() - begin < min_seconds:
-                self._session.run(names, feeds)
+                for _ in range(turns):
+                    self._session.run(names, feeds)
                 done += 1
             return done * size / (time.perf_counter() - begin)
 
@@ -261,18 +263,19 @@ class OnnxRuntime(FixedIO):
                 if bound is not None:
                     return bound
             session = self._by_batch.get(size, session)
-        elif self._wide is not None:
-            with self._lock:
-                self._active += 1
-                alone = self._active == 1
-            try:
-                values = (self._wide if alone else session).run(names, dict(feeds))
-            finally:
-                with self._lock:
-                    self._active -= 1
-            return dict(zip(names, values, strict=True))
         values = session.run(names, dict(feeds))
         return dict(zip(names, values, strict=True))
+
+    def run_alone(self, feeds: Feeds, outputs: Sequence[str]) -> Outputs:
+        """A run the scheduler started with nothing else queued or running: on CPU over every core where
+        that is faster (``_widen``). Only the scheduler can tell: a run counted alone by the runs in
+        progress here (as before) took the wide session under load whenever the other instance was between
+        batches, and its threads then spun on the cores the other run and the event loop needed (MobileNetV2
+        at 64 connections on two cores: its pool thread took 0.25-0.36 CPU ms per image)."""
+        if self._wide is None:
+            return self.run(feeds, outputs)
+        names = list(outputs)
+        return dict(zip(names, self._wide.run(names, dict(feeds)), strict=True))
 
     def close(self) -> None:
         self._bound.close()
