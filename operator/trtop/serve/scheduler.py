@@ -26,6 +26,10 @@ hops), else on a compute thread. Where the runtime has compute threads of its ow
 request runs on the loop only at the batch sizes the runtime can run on the loop's thread
 (``loop_sizes``) and only while requests come one at a time (none has met another in the server for
 ``QUIET_S``): blocking the loop for a GPU run would keep a second request from the other slot.
+Where batch 1 serves the most rows per second (a CPU whose caches a merged batch outgrows, measured at
+load: ``batching.rows_apart``), a batch still forms, but its requests run one after another on its
+compute thread, unmerged (``rows_apart``); and only a request the scheduler started alone takes the
+runtime's lone-run path (``run_alone``: on CPU a session over every core).
 """
 from __future__ import annotations
 
