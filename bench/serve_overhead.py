@@ -6,7 +6,8 @@
 Models: ``fat`` takes ResNet-50-shaped requests (1x3x224x224 FP32: 602 KB bodies, 4 KB
 answers) and computes almost nothing (a max per channel and a 3x1000 MatMul), so what is
 measured is the server handling the bytes: HTTP, the front-end, the hop to the engine;
-``tiny`` (x: [1, 16]) is the request ceiling; ``light`` is bench/serve.py's light model (3x64x64). The client is ``loadclient.py`` (binary v2
+``tiny`` (x: [1, 16]) is the request ceiling; ``light`` and ``mobilenet`` are bench/serve.py's models (there the
+engine's CPU per request is mostly the model's own: how the server runs it shows). The client is ``loadclient.py`` (binary v2
 tensors over keep-alive connections, two processes). The trees alternate round by round
 (a loaded machine drifts) and the table shows each one's median over the rounds: req/s,
 p50/p99 and the CPU ms per request of the engine process and of its front-end processes.
@@ -31,8 +32,18 @@ import loadclient  # noqa: E402
 import models  # noqa: E402
 
 
+
+
+def mobilenet() -> Path:
+    """bench/serve.py's MobileNetV2 (Keras -> ONNX, built there once: it needs TensorFlow)."""
+    import serve
+
+    serve.ensure_model(need_keras=False)
+    return serve.ONNX
+
+
 MODELS = {"fat": (models.fat, "input", [3, 224, 224]), "tiny": (models.tiny, "x", [16]),
-          "light": (models.light, "x", [3, 64, 64])}
+          "light": (models.light, "x", [3, 64, 64]), "mobilenet": (mobilenet, "keras_tensor", [224, 224, 3])}
 
 
 def cpu_seconds(pid: int) -> float:

@@ -398,9 +398,9 @@ async def test_a_backend_that_takes_the_requests_unmerged_gets_them_as_they_are(
 
 
 async def test_a_batch_of_requests_runs_one_request_at_a_time_where_rows_go_apart(backend: FakeBackend) -> None:
-    """``rows_apart`` (batch 1 serves the most rows per second on these cores): the requests a batch took run
-    one after another on its compute thread, each at its own rows (no merge, no padding to the bucket), and
-    each still gets its own outputs; one decision and one hop for the lot."""
+    """``rows_apart`` (batch 1 serves the most rows per second on these cores): the rows a batch took run one
+    after another on its compute thread, one run each (no merge, no padding to the bucket), and each request
+    still gets its own outputs; one decision and one hop for the lot."""
     obs = Observer()
     s = Scheduler(backend, BatchPolicy(8, 0.0, (1, 2, 4, 8)), max_queue=100, observer=obs, rows_apart=True)
     s.start()
@@ -412,8 +412,13 @@ async def test_a_batch_of_requests_runs_one_request_at_a_time_where_rows_go_apar
     backend.gate.set()
     outs = await asyncio.gather(first, *rest)
     assert [o["y"][:, 0].tolist() for o in outs] == [[1000], [10], [20, 20], [30]]
-    assert backend.batches == [1, 1, 2, 1]  # merged, the three would have run as one batch of 4
+    assert backend.batches == [1, 1, 1, 1, 1]  # merged, the three would have run as one batch of 4
     assert obs.rows == [1, 4] and s.batches == 2
+    # A request of several rows (a native front-end's group, or a client's own batch) runs row by row too.
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    out = await s.submit({"x": x}, 3, signature_of({"x": x}), 5.0)
+    np.testing.assert_array_equal(out["y"], x * 10)
+    assert backend.batches[-3:] == [1, 1, 1]
     await s.close()
 
 

@@ -27,8 +27,8 @@ request runs on the loop only at the batch sizes the runtime can run on the loop
 (``loop_sizes``) and only while requests come one at a time (none has met another in the server for
 ``QUIET_S``): blocking the loop for a GPU run would keep a second request from the other slot.
 Where batch 1 serves the most rows per second (a CPU whose caches a merged batch outgrows, measured at
-load: ``batching.rows_apart``), a batch still forms, but its requests run one after another on its
-compute thread, unmerged (``rows_apart``); and only a request the scheduler started alone takes the
+load: ``batching.rows_apart``), a batch still forms, but its rows run one at a time on its compute
+thread, unmerged (``rows_apart``; a native front-end's group is one request of several rows); and only a request the scheduler started alone takes the
 runtime's lone-run path (``run_alone``: on CPU a session over every core).
 """
 from __future__ import annotations
@@ -40,6 +40,8 @@ import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, Protocol
+
+import numpy as np
 
 from trtop.serve.batching import BatchBuffers, BatchPolicy, Decision, Pending, merge, next_batch, split
 from trtop.serve.errors import InferenceFailed, NotReady, Overloaded, ServeError, TimedOut
@@ -422,8 +424,9 @@ class Scheduler:
                  alone: bool = False) -> tuple[list[Outputs], float]:
         start = time.perf_counter()
         outputs = None
-        if self._rows_apart and len(feeds) > 1:
-            parts = [split(self._run(merge([f])), [n])[0] for f, n in zip(feeds, rows, strict=True)]
+        if self._rows_apart and sum(rows) > 1:
+            run = self._run_lone if alone else self._run
+            parts = [self._apart(run, f, n) for f, n in zip(feeds, rows, strict=True)]
             return parts, self._timed(size or sum(rows), start)
         # else merge passes the request through (it copies only a misaligned one)
         if self._run_rows is not None and (len(feeds) > 1 or size > sum(rows)):
@@ -435,6 +438,14 @@ class Scheduler:
             finally:
                 self._buffers.give(feeds, size, buffers)  # the outputs never alias the inputs
         return split(outputs, rows, size), self._timed(size or sum(rows), start)
+
+    @staticmethod
+    def _apart(run: RunBatch, feeds: Feeds, rows: int) -> Outputs:
+        """One request's outputs from one run per row (``rows_apart``): a native front-end sends its group of
+        client requests as one request of their rows side by side, and a client may send several rows."""
+        runs = [split(run(merge([feeds if rows == 1 else {k: v[i:i + 1] for k, v in feeds.items()}])), [1])[0]
+                for i in range(rows)]
+        return runs[0] if rows == 1 else {name: np.concatenate([r[name] for r in runs]) for name in runs[0]}
 
     def _timed(self, key: int, start: float) -> float:
         """Seconds since ``start``, kept in the mean compute time of batch size ``key``."""
