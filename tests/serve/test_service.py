@@ -101,13 +101,13 @@ async def test_merged_batches_stop_where_the_runtime_measures_that_batching_stop
     """A runtime that reports rows per second per bucket (CPU ONNX Runtime) caps merged batches at
     the last size that pays, and is not measured past two sizes that do not."""
     class Measured(Recorder):
-        rates = {1: 200.0, 2: 192.0, 4: 120.0, 8: 60.0, 16: 30.0, 32: 10.0}
+        rates = {1: 200.0, 2: 198.0, 4: 120.0, 8: 60.0, 16: 30.0, 32: 10.0}
 
         def __init__(self) -> None:
             super().__init__()
             self.measured: list[tuple[int, int]] = []
 
-        def throughput(self, size: int, instances: int, apart: bool = False) -> float:
+        def throughput(self, size: int, instances: int, apart: bool = False, **_: float) -> float:
             if apart:  # size runs of one row: batch 1's rate
                 return self.rates[1]
             self.measured.append((size, instances))
@@ -118,7 +118,7 @@ async def test_merged_batches_stop_where_the_runtime_measures_that_batching_stop
                            ServerMetrics("m"))
     await svc.start()
     assert svc.merge_max == 2 and svc.info is not None and svc.info.max_batch == 32  # requests may still carry 32
-    assert not svc.rows_apart  # two batch-1 runs are not 5% ahead of a batch of 2
+    assert svc.rows_apart  # a batch of 2 is not clearly faster than two batch-1 runs
     # One pass up to two sizes that do not pay, the same sizes once more, then the cap in turns with request by request.
     assert [s for s, _ in rt.measured] == [1, 2, 4, 8, 1, 2, 4, 8, 2, 2, 2] and {i for _, i in rt.measured} == {2}
     await svc.close()
@@ -135,7 +135,7 @@ async def test_a_disturbed_measurement_does_not_decide_the_merge_cap() -> None:
             super().__init__()
             self.calls: dict[int, int] = {}
 
-        def throughput(self, size: int, instances: int, apart: bool = False) -> float:
+        def throughput(self, size: int, instances: int, apart: bool = False, **_: float) -> float:
             self.calls[size] = self.calls.get(size, 0) + 1
             return (self.first if self.calls[size] == 1 else self.again)[size]
 
@@ -148,17 +148,18 @@ async def test_a_disturbed_measurement_does_not_decide_the_merge_cap() -> None:
 
 
 async def test_where_batch_one_serves_the_most_rows_merged_batches_run_request_by_request() -> None:
-    """Two 1-thread runs of MobileNetV2 on the development machine: batch 1 ahead of every merged size by more
-    than the noise. The cap stays at the floor (one decision and one hop for four requests) and the
-    scheduler runs each request of a batch at its own rows."""
+    """Two 1-thread runs of MobileNetV2 on the development machine: the merged batch at the cap is not clearly
+    faster than its rows run one at a time (measured in turns; a slow spell in one turn decides nothing). The
+    cap stays at the floor (one decision and one hop for four requests) and the scheduler runs the rows apart;
+    where merging is clearly faster (270 against at best 260) it merges."""
     class Measured(Recorder):
         rates = {1: 320.0, 2: 290.0, 4: 270.0, 8: 250.0, 16: 240.0, 32: 200.0}
         apart = [250.0, 319.0, 300.0]  # a slow spell in the first turn
 
-        def throughput(self, size: int, instances: int, apart: bool = False) -> float:
+        def throughput(self, size: int, instances: int, apart: bool = False, **_: float) -> float:
             return self.apart.pop(0) if apart else self.rates[size]
 
-    for apart, expected in (([250.0, 319.0, 300.0], True), ([250.0, 280.0, 275.0], False)):
+    for apart, expected in (([250.0, 319.0, 300.0], True), ([250.0, 255.0, 260.0], False)):
         Measured.apart = apart
         svc = InferenceService("m", lambda: Loaded(Measured(), backend="fake"),
                                BatchingConfig(max_batch=32, instances=2), ServerMetrics("m"))

@@ -109,6 +109,7 @@ def time_lone_run(rt: Runtime, info: ModelInfo, runs: int = 3) -> float | None:
 
 
 APART_PAIRS = 3  # turns of merged and request-by-request runs at the merge cap
+TURN_S = 0.15  # each at least this long: at 0.05 s MobileNetV2's cap of 4 came out merged in 2 of 4 starts
 
 
 def measure_merge_max(rt: Runtime, info: ModelInfo, instances: int) -> tuple[int, bool]:
@@ -137,7 +138,8 @@ def measure_merge_max(rt: Runtime, info: ModelInfo, instances: int) -> tuple[int
     chosen = paying_batch(rates, floor=MERGE_FLOOR)
     apart, turns = False, ""
     if chosen > 1:  # the cap's batches merged or run request by request, in turns (the machine's speed moves)
-        pairs = [(measure(chosen, instances), measure(chosen, instances, apart=True)) for _ in range(APART_PAIRS)]
+        pairs = [(measure(chosen, instances, min_seconds=TURN_S), measure(chosen, instances, apart=True, min_seconds=TURN_S))
+                 for _ in range(APART_PAIRS)]
         apart = rows_apart([m for m, _ in pairs], [a for _, a in pairs])
         turns = "; at %d merged / request by request: %s: %s" % (
             chosen, ", ".join(f"{m:.0f}/{a:.0f}" for m, a in pairs), "request by request" if apart else "merged")
