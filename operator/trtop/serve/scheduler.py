@@ -26,10 +26,11 @@ hops), else on a compute thread. Where the runtime has compute threads of its ow
 request runs on the loop only at the batch sizes the runtime can run on the loop's thread
 (``loop_sizes``) and only while requests come one at a time (none has met another in the server for
 ``QUIET_S``): blocking the loop for a GPU run would keep a second request from the other slot.
-Where batch 1 serves the most rows per second (a CPU whose caches a merged batch outgrows, measured at
-load: ``batching.rows_apart``), a batch still forms, but its rows run one at a time on its compute
-thread, unmerged (``rows_apart``; a native front-end's group is one request of several rows); and only a request the scheduler started alone takes the
-runtime's lone-run path (``run_alone``: on CPU a session over every core).
+Where merging is not clearly faster than running the same rows one at a time (a CPU whose caches a
+merged batch outgrows, measured at load: ``batching.rows_apart``), a batch still forms, but its rows
+run one at a time on its compute thread, unmerged (``rows_apart``; a native front-end's group is one
+request of several rows). Only a request the scheduler started alone takes the runtime's lone-run
+path (``run_alone``: on CPU a session over every core).
 """
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ class Scheduler:
         self._run = run
         self._run_rows = run_rows  # the backend copies each request to the device itself (no merge here)
         self._run_lone = run_alone or run
-        # A batch runs one request at a time, unmerged (``batching.rows_apart``: batch 1 runs best on these cores)
+        # A batch's rows run one at a time, unmerged (``batching.rows_apart``: merging does not pay on these cores)
         self._rows_apart = rows_apart
         self.policy = policy
         self._max_queue = max_queue

@@ -137,12 +137,12 @@ def measure_merge_max(rt: Runtime, info: ModelInfo, instances: int) -> tuple[int
         rates[size] = max(rates[size], measure(size, instances))
     chosen = paying_batch(rates, floor=MERGE_FLOOR)
     apart, turns = False, ""
-    if chosen > 1:  # the cap's batches merged or run request by request, in turns (the machine's speed moves)
-        pairs = [(measure(chosen, instances, min_seconds=TURN_S), measure(chosen, instances, apart=True, min_seconds=TURN_S))
-                 for _ in range(APART_PAIRS)]
+    if chosen > 1:  # the cap's batches merged or row by row, in turns (the machine's speed moves)
+        pairs = [(measure(chosen, instances, min_seconds=TURN_S),
+                  measure(chosen, instances, apart=True, min_seconds=TURN_S)) for _ in range(APART_PAIRS)]
         apart = rows_apart([m for m, _ in pairs], [a for _, a in pairs])
-        turns = "; at %d merged / request by request: %s: %s" % (
-            chosen, ", ".join(f"{m:.0f}/{a:.0f}" for m, a in pairs), "request by request" if apart else "merged")
+        turns = "; at %d merged / row by row: %s: %s" % (
+            chosen, ", ".join(f"{m:.0f}/{a:.0f}" for m, a in pairs), "rows apart" if apart else "merged")
     log.info("rows per second with %d runs side by side: %s; merged batches stop at %d rows%s",
              instances, ", ".join(f"{k}: {v:.0f}" for k, v in sorted(rates.items())), chosen, turns)
     return (0 if chosen == info.max_batch else chosen), apart
