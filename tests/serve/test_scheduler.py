@@ -397,8 +397,8 @@ async def test_a_backend_that_takes_the_requests_unmerged_gets_them_as_they_are(
     assert seen == [([1, 2], 4)]
 
 
-async def test_a_batch_of_requests_runs_one_request_at_a_time_where_rows_go_apart(backend: FakeBackend) -> None:
-    """``rows_apart`` (batch 1 serves the most rows per second on these cores): the rows a batch took run one
+async def test_a_batch_runs_its_rows_one_at_a_time_where_rows_go_apart(backend: FakeBackend) -> None:
+    """``rows_apart`` (merging does not pay on these cores): the rows a batch took run one
     after another on its compute thread, one run each (no merge, no padding to the bucket), and each request
     still gets its own outputs; one decision and one hop for the lot."""
     obs = Observer()

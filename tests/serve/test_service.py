@@ -119,7 +119,7 @@ async def test_merged_batches_stop_where_the_runtime_measures_that_batching_stop
     await svc.start()
     assert svc.merge_max == 2 and svc.info is not None and svc.info.max_batch == 32  # requests may still carry 32
     assert svc.rows_apart  # a batch of 2 is not clearly faster than two batch-1 runs
-    # One pass up to two sizes that do not pay, the same sizes once more, then the cap in turns with request by request.
+    # One pass up to two sizes that do not pay, the same sizes once more, then the cap in turns against its rows apart.
     assert [s for s, _ in rt.measured] == [1, 2, 4, 8, 1, 2, 4, 8, 2, 2, 2] and {i for _, i in rt.measured} == {2}
     await svc.close()
 
@@ -147,7 +147,7 @@ async def test_a_disturbed_measurement_does_not_decide_the_merge_cap() -> None:
     await svc.close()
 
 
-async def test_where_batch_one_serves_the_most_rows_merged_batches_run_request_by_request() -> None:
+async def test_a_batch_runs_its_rows_apart_unless_merging_is_measured_clearly_faster() -> None:
     """Two 1-thread runs of MobileNetV2 on the development machine: the merged batch at the cap is not clearly
     faster than its rows run one at a time (measured in turns; a slow spell in one turn decides nothing). The
     cap stays at the floor (one decision and one hop for four requests) and the scheduler runs the rows apart;

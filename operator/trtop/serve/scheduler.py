@@ -424,18 +424,18 @@ class Scheduler:
     def _compute(self, feeds: list[Feeds], rows: list[int], size: int,
                  alone: bool = False) -> tuple[list[Outputs], float]:
         start = time.perf_counter()
-        outputs = None
+        run = self._run_lone if alone else self._run
         if self._rows_apart and sum(rows) > 1:
-            run = self._run_lone if alone else self._run
             parts = [self._apart(run, f, n) for f, n in zip(feeds, rows, strict=True)]
             return parts, self._timed(size or sum(rows), start)
+        outputs = None
         # else merge passes the request through (it copies only a misaligned one)
         if self._run_rows is not None and (len(feeds) > 1 or size > sum(rows)):
             outputs = self._run_rows(feeds, size)
         if outputs is None:
             buffers = self._buffers.take(feeds, size)
             try:
-                outputs = (self._run_lone if alone else self._run)(merge(feeds, size, buffers))
+                outputs = run(merge(feeds, size, buffers))
             finally:
                 self._buffers.give(feeds, size, buffers)  # the outputs never alias the inputs
         return split(outputs, rows, size), self._timed(size or sum(rows), start)

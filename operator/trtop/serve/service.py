@@ -108,14 +108,14 @@ def time_lone_run(rt: Runtime, info: ModelInfo, runs: int = 3) -> float | None:
     return best
 
 
-APART_PAIRS = 3  # turns of merged and request-by-request runs at the merge cap
+APART_PAIRS = 3  # turns of merged and row-by-row runs at the merge cap
 TURN_S = 0.15  # each at least this long: at 0.05 s MobileNetV2's cap of 4 came out merged in 2 of 4 starts
 
 
 def measure_merge_max(rt: Runtime, info: ModelInfo, instances: int) -> tuple[int, bool]:
     """The most rows a merged batch should take (0: every bucket pays), from each bucket's throughput
     with ``instances`` runs side by side, where the runtime can measure it (CPU; see ``paying_batch``),
-    and whether such a batch runs one request at a time (``rows_apart``).
+    and whether such a batch runs its rows one at a time (``rows_apart``).
     Stops once two sizes in a row do not pay: larger ones only cost start-up time.
 
     The sizes measured are measured again in a second pass and each keeps its better figure:
@@ -191,7 +191,7 @@ class InferenceService:
         self._pin_lock = threading.Lock()
         self._pinned_runtime: Any = None
         self.merge_max = 0  # measured at load (0: merging may fill max_batch)
-        self.rows_apart = False  # measured at load: merged batches run request by request (CPU, batch 1 best)
+        self.rows_apart = False  # measured at load: a batch's rows run one at a time (CPU, merging does not pay)
         self.lone_run_s: float | None = None  # a batch-1 run, seconds (measured at load; None: it could not run)
 
     @property
