@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trtop.serve.batching import BatchPolicy, Decision, Pending, merge, next_batch, rows_apart, signature_of, split
+from trtop.serve.batching import (
+    BatchPolicy, Decision, Pending, RowsJudge, merge, next_batch, rows_apart, signature_of, split,
+)
 
 A, B = ("a",), ("b",)
 POLICY = BatchPolicy(max_batch=8, max_delay=0.005)
@@ -230,3 +232,96 @@ class TestRowsApart:
 
     def test_nothing_measured_merges(self) -> None:
         assert not rows_apart([], [300.0]) and not rows_apart([300.0], [])
+
+
+class TestRowsJudge:
+    """Served batches judge the way again: start-up measured the engine alone, in short turns."""
+
+    @staticmethod
+    def serve(judge: RowsJudge, seconds: dict[bool, float], batches: int, rows: int = 4) -> list[bool]:
+        """Run ``batches`` batches of ``rows`` rows one after another, each taking ``seconds[way]``; their ways."""
+        ways = []
+        for _ in range(batches):
+            way, ticket = judge.way(rows)
+            ways.append(way)
+            judge.record(ticket, seconds[way])
+        return ways
+
+    def test_the_last_batches_of_every_period_run_the_other_way_and_other_sizes_the_way_chosen(self) -> None:
+        judge = RowsJudge(4, apart=True, window=100, phase=3, period=8)
+        assert [judge.way(4)[0] for _ in range(16)] == [True] * 5 + [False] * 3 + [True] * 5 + [False] * 3
+        assert all(judge.way(rows) == (True, None) for rows in (2, 3, 5, 8) for _ in range(4))  # never counted
+        assert judge.way(4) == (True, (16, True, 0))
+        # The defaults: 8 of 128 with two instances, phases long enough for several clean batches with more.
+        two, eight = RowsJudge(4, True), RowsJudge(4, True, neighbours=7)
+        assert sum(not two.way(4)[0] for _ in range(128)) == 8
+        assert sum(not eight.way(4)[0] for _ in range(448 * 2)) == 28 * 2
+
+    def test_served_batches_overturn_a_guess_made_under_load(self) -> None:
+        """Start-up chose merged (another process slowed its turns); served, a merged batch of 4 takes
+        30 ms and its rows apart 25 ms (MobileNetV2's proportions on two cores: 0.70 against 0.82 x)."""
+        judge = RowsJudge(4, apart=False, window=4, phase=6, period=12, clear=1.5)  # a close call: probes go on
+        ways = self.serve(judge, {False: 0.030, True: 0.025}, 24)
+        assert judge.apart and judge.changes == 1 and judge.last == (0.030, 0.025)
+        # A probe phase gives 4 clean batches (its first and last ran beside a merged one): the window is
+        # full at the phase's fifth batch; its sixth is a probe of the way that lost.
+        assert ways == [False] * 6 + [True] * 5 + [False] + [True] * 6 + [False] * 6
+        assert self.serve(judge, {False: 0.030, True: 0.025}, 12) == [True] * 6 + [False] * 6  # probes merged now
+
+    def test_only_batches_beside_their_own_way_are_evidence(self) -> None:
+        """A batch whose neighbour ran the other way says nothing about its way: the probe phase's edges are
+        dropped however fast they were."""
+        judge = RowsJudge(4, apart=True, window=2, phase=4, period=8)
+        tickets = [judge.way(4)[1] for _ in range(8)]  # 4 apart, then probes 4..7 merged
+        for t in tickets[:4]:
+            assert not judge.record(t, 0.030)
+        assert not judge.record(tickets[4], 0.001)  # beside batch 3 (apart): no evidence
+        assert not judge.record(tickets[7], 0.001)  # beside batch 8 (apart again)
+        assert not judge.record(tickets[5], 0.020)
+        assert judge.record(tickets[6], 0.020) and not judge.apart  # the clean middle: merged 1.5 x
+        # Tickets of the verdict before, and the batches beside the change, teach nothing.
+        old = judge.way(4)[1]
+        assert old is not None and old.verdict == 1 and not judge.record(tickets[0], 0.001)
+
+    def test_merging_that_clearly_pays_wins_back_and_a_tie_stays_apart(self) -> None:
+        judge = RowsJudge(32, apart=True, window=4, phase=6, period=12)
+        self.serve(judge, {False: 0.0016, True: 0.0022}, 24, rows=32)  # the light model: merged ~1.35 x
+        assert not judge.apart and judge.changes == 1
+        tie = RowsJudge(4, apart=True, window=4, phase=6, period=12)
+        self.serve(tie, {False: 0.0300, True: 0.0305}, 120)  # merged 1.017 x: within the rule's margin
+        assert tie.apart and tie.changes == 0
+
+    def test_one_slow_batch_decides_nothing_and_a_change_needs_fresh_windows(self) -> None:
+        judge = RowsJudge(4, apart=True, window=3, neighbours=0, phase=1, period=2, clear=10.0)  # alternate
+        for way, seconds in ((True, 0.025), (False, 0.030), (True, 0.025), (False, 0.030), (True, 0.090),
+                             (False, 0.030)):  # a slow spell (another process) in one row-by-row batch
+            w, ticket = judge.way(4)
+            assert w == way and not judge.record(ticket, seconds)
+        assert judge.apart
+        for _ in range(2):  # apart now slower on the median: merged
+            judge.record(judge.way(4)[1], 0.040)
+            judge.way(4)
+        assert not judge.apart and judge.changes == 1
+        # Both windows start again: the next batches, however they go, need three of each way first.
+        for _ in range(2):
+            assert not judge.record(judge.way(4)[1], 0.050) and not judge.record(judge.way(4)[1], 0.010)
+        assert not judge.apart
+        assert not judge.record(judge.way(4)[1], 0.0) and not judge.record(None, 1.0)  # no time, no ticket
+
+    def test_a_clear_win_is_not_probed_for_a_while(self) -> None:
+        """The light model's merged batch of 32 beats its rows apart ~1.35 x: once judged, the probes stop for
+        ``quiet`` periods (the wrong way's cost paid ~1 in 100 full batches instead of 1 in 16), then resume."""
+        judge = RowsJudge(32, apart=False, window=4, phase=6, period=12, quiet=3)
+        ways = self.serve(judge, {False: 0.0016, True: 0.0022}, 12 + 36 + 12, rows=32)
+        assert not judge.apart and judge.changes == 0
+        # Judged at the probe phase's fifth batch (11 full batches in): quiet for 36, then the phases again
+        # (a lone probe at a phase's end is no evidence), judged again at the next phase's fifth: quiet again.
+        assert ways == [False] * 6 + [True] * 5 + [False] * 36 + [True] + [False] * 6 + [True] * 5 + [False]
+        # A close call (1.1 x) keeps probing.
+        close = RowsJudge(4, apart=True, window=4, phase=6, period=12, quiet=3)
+        assert self.serve(close, {False: 0.033, True: 0.030}, 36).count(False) == 18
+
+    def test_arguments_are_checked(self) -> None:
+        for kwargs in ({"size": 1}, {"window": 0}, {"neighbours": 2, "phase": 4}, {"phase": 8, "period": 8}):
+            with pytest.raises(ValueError):
+                RowsJudge(**{"size": 4, "apart": True, **kwargs})

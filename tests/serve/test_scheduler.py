@@ -8,7 +8,7 @@ from collections.abc import Callable, Hashable
 import numpy as np
 import pytest
 
-from trtop.serve.batching import BatchPolicy, signature_of
+from trtop.serve.batching import BatchPolicy, RowsJudge, signature_of
 from trtop.serve.errors import InferenceFailed, NotReady, Overloaded, TimedOut
 from trtop.serve.scheduler import Scheduler
 from trtop.serve.types import Feeds, Outputs
@@ -402,7 +402,8 @@ async def test_a_batch_runs_its_rows_one_at_a_time_where_rows_go_apart(backend: 
     after another on its compute thread, one run each (no merge, no padding to the bucket), and each request
     still gets its own outputs; one decision and one hop for the lot."""
     obs = Observer()
-    s = Scheduler(backend, BatchPolicy(8, 0.0, (1, 2, 4, 8)), max_queue=100, observer=obs, rows_apart=True)
+    s = Scheduler(backend, BatchPolicy(8, 0.0, (1, 2, 4, 8)), max_queue=100, observer=obs,
+                  rows_judge=RowsJudge(4, apart=True))
     s.start()
     backend.gate.clear()
     first = asyncio.ensure_future(submit(s, 100))  # alone: it holds the only instance
@@ -419,6 +420,60 @@ async def test_a_batch_runs_its_rows_one_at_a_time_where_rows_go_apart(backend: 
     out = await s.submit({"x": x}, 3, signature_of({"x": x}), 5.0)
     np.testing.assert_array_equal(out["y"], x * 10)
     assert backend.batches[-3:] == [1, 1, 1]
+    await s.close()
+
+
+async def test_served_batches_overturn_the_way_start_up_chose(caplog: pytest.LogCaptureFixture) -> None:
+    """Start-up chose merged, but served a merged batch of 4 takes 40 CPU ms where its rows one at a time take
+    4 x 5 ms: every second full batch runs the other way (a probe), and once both ways are known the
+    scheduler runs full batches row by row, says so in its log, and every request keeps its own outputs."""
+    import time
+    ran: list[int] = []
+
+    def run(f: Feeds) -> Outputs:
+        ran.append(f["x"].shape[0])
+        end = time.thread_time() + (0.040 if f["x"].shape[0] == 4 else 0.005)
+        while time.thread_time() < end:  # CPU the batch's thread spends: what the judge weighs
+            pass
+        return {"y": f["x"] * 10}
+
+    judge = RowsJudge(4, apart=False, window=2, neighbours=0, phase=1, period=2)  # one instance: alternate
+    s = Scheduler(run, BatchPolicy(4, 0.0, (1, 2, 4)), max_queue=100, rows_judge=judge,
+                  inline_max_s=0.0, inline_alone_max_s=0.0)
+    s.start()
+    with caplog.at_level("INFO", logger="trtop.serve.scheduler"):
+        for i in range(6):  # one request of 4 rows at a time (as a native front-end's group)
+            x = np.arange(8, dtype=np.float32).reshape(4, 2) + i
+            np.testing.assert_array_equal((await s.submit({"x": x}, 4, signature_of({"x": x}), 5.0))["y"], x * 10)
+    assert judge.apart and judge.changes == 1
+    # merged, probe apart, merged, probe apart (now both known: apart by 2 x, a clear win: no probes for a while)
+    assert ran == [4, 1, 1, 1, 1, 4, 1, 1, 1, 1] + [1] * 8
+    assert any("served batches took 40" in r.getMessage() and "rows apart now" in r.getMessage()
+               for r in caplog.records)
+    await s.close()
+
+
+async def test_the_rows_judge_weighs_cpu_not_waiting() -> None:
+    """A merged batch that spends 10 CPU ms and waits 30 ms more (for the GIL or a core, while the event loop
+    runs) costs less than four rows of 5 CPU ms each: rows that started apart go merged."""
+    import time
+
+    def run(f: Feeds) -> Outputs:
+        end = time.thread_time() + (0.010 if f["x"].shape[0] == 4 else 0.005)
+        while time.thread_time() < end:
+            pass
+        if f["x"].shape[0] == 4:
+            time.sleep(0.030)
+        return {"y": f["x"] * 10}
+
+    judge = RowsJudge(4, apart=True, window=2, neighbours=0, phase=1, period=2)
+    s = Scheduler(run, BatchPolicy(4, 0.0, (1, 2, 4)), max_queue=100, rows_judge=judge,
+                  inline_max_s=0.0, inline_alone_max_s=0.0)
+    s.start()
+    x = np.ones((4, 2), np.float32)
+    for _ in range(5):
+        await s.submit({"x": x}, 4, signature_of({"x": x}), 5.0)
+    assert not judge.apart and judge.changes == 1
     await s.close()
 
 

@@ -165,7 +165,8 @@ async def test_a_batch_runs_its_rows_apart_unless_merging_is_measured_clearly_fa
                                BatchingConfig(max_batch=32, instances=2), ServerMetrics("m"))
         await svc.start()
         assert svc.merge_max == 4 and svc.rows_apart is expected
-        assert svc.scheduler is not None and svc.scheduler._rows_apart is expected
+        assert svc.scheduler is not None and svc.scheduler.rows_judge is svc.rows_judge
+        assert svc.rows_judge is not None and svc.rows_judge.size == 4 and svc.rows_judge.apart is expected
         await svc.close()
 
 

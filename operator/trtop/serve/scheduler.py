@@ -28,8 +28,9 @@ request runs on the loop only at the batch sizes the runtime can run on the loop
 ``QUIET_S``): blocking the loop for a GPU run would keep a second request from the other slot.
 Where merging is not clearly faster than running the same rows one at a time (a CPU whose caches a
 merged batch outgrows, measured at load: ``batching.rows_apart``), a batch still forms, but its rows
-run one at a time on its compute thread, unmerged (``rows_apart``; a native front-end's group is one
-request of several rows). Only a request the scheduler started alone takes the runtime's lone-run
+run one at a time on its compute thread, unmerged (a native front-end's group is one request of several
+rows); the way is judged again from the full batches served, a few of which run the other way
+(``batching.RowsJudge``). Only a request the scheduler started alone takes the runtime's lone-run
 path (``run_alone``: on CPU a session over every core).
 """
 from __future__ import annotations
@@ -44,7 +45,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from trtop.serve.batching import BatchBuffers, BatchPolicy, Decision, Pending, merge, next_batch, split
+from trtop.serve.batching import (
+    BatchBuffers, BatchPolicy, Decision, Pending, RowsJudge, Ticket, merge, next_batch, split,
+)
 from trtop.serve.errors import InferenceFailed, NotReady, Overloaded, ServeError, TimedOut
 from trtop.serve.types import Array, Feeds, Outputs
 
@@ -97,7 +100,7 @@ class Scheduler:
         instances: int = 1, clock: Callable[[], float] = time.monotonic, inline_max_s: float = INLINE_MAX_S,
         inline_alone_max_s: float = INLINE_ALONE_MAX_S,
         empty: Callable[[tuple[int, ...], Any], Array] | None = None, executor: Executor | None = None,
-        run_rows: RunRows | None = None, loop_sizes: frozenset[int] = frozenset(), rows_apart: bool = False,
+        run_rows: RunRows | None = None, loop_sizes: frozenset[int] = frozenset(), rows_judge: RowsJudge | None = None,
         run_alone: RunAlone | None = None,
     ) -> None:
         if max_queue < 1:
@@ -107,8 +110,9 @@ class Scheduler:
         self._run = run
         self._run_rows = run_rows  # the backend copies each request to the device itself (no merge here)
         self._run_lone = run_alone or run
-        # A batch's rows run one at a time, unmerged (``batching.rows_apart``: merging does not pay on these cores)
-        self._rows_apart = rows_apart
+        # Whether a batch's rows run one at a time, unmerged (``batching.rows_apart``: merging does not pay on
+        # these cores), judged again and again from the full batches served (None: always merged)
+        self.rows_judge = rows_judge
         self.policy = policy
         self._max_queue = max_queue
         self._observer = observer
@@ -310,9 +314,10 @@ class Scheduler:
     def _run_inline(self, items: list[_Item], size: int, alone: bool = False) -> None:
         """Run a batch on the event loop now (the caller checked it is short, or alone, and an instance is free)."""
         rows = [it.pending.rows for it in items]
+        apart, ticket = self._way(rows)
         self._inline += 1
         try:
-            parts, seconds = self._compute([it.feeds for it in items], rows, size, alone)
+            parts, seconds, cpu_s = self._compute([it.feeds for it in items], rows, size, alone, apart)
         except Exception as exc:  # the backend's own exception types vary
             if len(items) > 1:
                 log.warning("a batch of %d requests failed (%s); running them one by one", len(items), exc)
@@ -324,6 +329,7 @@ class Scheduler:
         finally:
             self._inline -= 1
         self._finished(items, parts, rows, seconds)
+        self._judge(ticket, cpu_s)
 
     async def close(self) -> None:
         """Run everything still queued, then stop the worker and its thread."""
@@ -360,19 +366,28 @@ class Scheduler:
             elif items:
                 self._launch(loop, items, decision.size, self._alone(items))
 
+    def _way(self, rows: list[int], count: bool = True) -> tuple[bool, Ticket | None]:
+        """Whether a batch of these requests' rows runs them apart (the judge's way), and its ticket for the
+        judge (``count``: this batch is one it may judge by; a retry of a failed batch's requests is not)."""
+        if self.rows_judge is None or sum(rows) < 2:
+            return False, None
+        return self.rows_judge.way(sum(rows)) if count else (self.rows_judge.apart, None)
+
     def _launch(self, loop: asyncio.AbstractEventLoop, items: list[_Item], size: int, alone: bool = False) -> None:
         """Run a batch on a compute thread; it lands back on the loop through one callback (no task)."""
         rows = [it.pending.rows for it in items]
-        done = self._executor.submit(self._compute, [it.feeds for it in items], rows, size, alone)
+        apart, ticket = self._way(rows)
+        done = self._executor.submit(self._compute, [it.feeds for it in items], rows, size, alone, apart)
         self._running.add(done)
         self._running_items[done] = items
-        done.add_done_callback(lambda f: _call_soon_threadsafe(loop, self._land, items, rows, f))
+        done.add_done_callback(lambda f: _call_soon_threadsafe(loop, self._land, items, rows, f, ticket))
         if len(self._running) >= self._instances and not self._full:
             self._full = True
             if self.on_full is not None:
                 self.on_full(True)
 
-    def _land(self, items: list[_Item], rows: list[int], done: Future[tuple[list[Outputs], float]]) -> None:
+    def _land(self, items: list[_Item], rows: list[int], done: Future[tuple[list[Outputs], float, float]],
+              ticket: Ticket | None) -> None:
         exc = done.exception()
         if exc is not None and len(items) > 1:
             log.warning("a batch of %d requests failed (%s); running them one by one", len(items), exc)
@@ -387,8 +402,9 @@ class Scheduler:
         if exc is not None:
             _resolve_error(items[0], exc)
             return
-        parts, seconds = done.result()
+        parts, seconds, cpu_s = done.result()
         self._finished(items, parts, rows, seconds)
+        self._judge(ticket, cpu_s)
 
     def _batch_finished(self, token: object) -> None:
         self._running.discard(token)
@@ -405,9 +421,11 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         for it in items:
             rows = [it.pending.rows]
+            apart, _ = self._way(rows, count=False)
             try:
-                parts, seconds = await loop.run_in_executor(
-                    self._executor, self._compute, [it.feeds], rows, self.policy.bucket_for(it.pending.rows))
+                parts, seconds, _ = await loop.run_in_executor(
+                    self._executor, self._compute, [it.feeds], rows, self.policy.bucket_for(it.pending.rows), False,
+                    apart)
             except Exception as exc:  # the backend's own exception types vary
                 _resolve_error(it, exc)
                 continue
@@ -421,13 +439,29 @@ class Scheduler:
             if not it.future.done():  # it may have timed out while running
                 it.future.set_result(part)
 
+    def _judge(self, ticket: Ticket | None, cpu_s: float) -> None:
+        """What a full batch cost, to the rows judge (which may change the way and says so)."""
+        judge = self.rows_judge
+        if judge is not None and judge.record(ticket, cpu_s):
+            merged_s, apart_s = judge.last
+            log.info("at %d rows, served batches took %.2f CPU ms merged and %.2f row by row (medians): rows %s now",
+                     judge.size, merged_s * 1e3, apart_s * 1e3, "apart" if judge.apart else "merged")
+
     def _compute(self, feeds: list[Feeds], rows: list[int], size: int,
-                 alone: bool = False) -> tuple[list[Outputs], float]:
-        start = time.perf_counter()
+                 alone: bool = False, apart: bool = False) -> tuple[list[Outputs], float, float]:
+        """Each request's outputs, and the seconds the batch took by the clock and on this thread's CPU: what
+        the rows judge weighs (a batch that waits for the GIL or a core while the event loop runs is no slower
+        for it: timed by the clock, the light model's batches at 64 connections took 4-7 ms merged or apart, a
+        wait for the loop, and the way flapped)."""
+        judged = self.rows_judge is not None  # else no CPU clock (a system call each; a GPU's lone request)
+        start, cpu = time.perf_counter(), time.thread_time() if judged else 0.0
+        parts = self._outputs(feeds, rows, size, alone, apart)
+        return parts, self._timed(size or sum(rows), start), time.thread_time() - cpu if judged else 0.0
+
+    def _outputs(self, feeds: list[Feeds], rows: list[int], size: int, alone: bool, apart: bool) -> list[Outputs]:
         run = self._run_lone if alone else self._run
-        if self._rows_apart and sum(rows) > 1:
-            parts = [self._apart(run, f, n) for f, n in zip(feeds, rows, strict=True)]
-            return parts, self._timed(size or sum(rows), start)
+        if apart:
+            return [self._apart(run, f, n) for f, n in zip(feeds, rows, strict=True)]
         outputs = None
         # else merge passes the request through (it copies only a misaligned one)
         if self._run_rows is not None and (len(feeds) > 1 or size > sum(rows)):
@@ -438,7 +472,7 @@ class Scheduler:
                 outputs = run(merge(feeds, size, buffers))
             finally:
                 self._buffers.give(feeds, size, buffers)  # the outputs never alias the inputs
-        return split(outputs, rows, size), self._timed(size or sum(rows), start)
+        return split(outputs, rows, size)
 
     @staticmethod
     def _apart(run: RunBatch, feeds: Feeds, rows: int) -> Outputs:

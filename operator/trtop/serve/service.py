@@ -20,7 +20,7 @@ import numpy as np
 
 from trtop.api.engine import EngineRecord, batch_buckets
 from trtop.serve.awake import KeepAwake
-from trtop.serve.batching import MERGE_FLOOR, BatchPolicy, paying_batch, rows_apart
+from trtop.serve.batching import MERGE_FLOOR, BatchPolicy, RowsJudge, paying_batch, rows_apart
 from trtop.serve.errors import NotReady, ServeError
 from trtop.serve.handle import not_ready_message
 from trtop.serve.metrics import ServerMetrics
@@ -112,10 +112,11 @@ APART_PAIRS = 3  # turns of merged and row-by-row runs at the merge cap
 TURN_S = 0.15  # each at least this long: at 0.05 s MobileNetV2's cap of 4 came out merged in 2 of 4 starts
 
 
-def measure_merge_max(rt: Runtime, info: ModelInfo, instances: int) -> tuple[int, bool]:
+def measure_merge_max(rt: Runtime, info: ModelInfo, instances: int) -> tuple[int, RowsJudge | None]:
     """The most rows a merged batch should take (0: every bucket pays), from each bucket's throughput
     with ``instances`` runs side by side, where the runtime can measure it (CPU; see ``paying_batch``),
-    and whether such a batch runs its rows one at a time (``rows_apart``).
+    and whether such a batch runs its rows one at a time (``rows_apart``): the judge of that, which serving
+    keeps judging (None where no cap over one row was measured).
     Stops once two sizes in a row do not pay: larger ones only cost start-up time.
 
     The sizes measured are measured again in a second pass and each keeps its better figure:
@@ -124,10 +125,10 @@ def measure_merge_max(rt: Runtime, info: ModelInfo, instances: int) -> tuple[int
     runs, with 0.79-0.98 of the in-process best to show for it."""
     measure = getattr(rt, "throughput", None)
     if measure is None or len(info.buckets) < 2:
-        return 0, False
+        return 0, None
     first = measure(info.buckets[0], instances)  # None: the runtime cannot tell (a GPU: every bucket pays)
     if first is None:
-        return 0, False
+        return 0, None
     rates: dict[int, float] = {info.buckets[0]: first}
     for size in info.buckets[1:]:
         rates[size] = measure(size, instances)
@@ -145,7 +146,8 @@ def measure_merge_max(rt: Runtime, info: ModelInfo, instances: int) -> tuple[int
             chosen, ", ".join(f"{m:.0f}/{a:.0f}" for m, a in pairs), "rows apart" if apart else "merged")
     log.info("rows per second with %d runs side by side: %s; merged batches stop at %d rows%s",
              instances, ", ".join(f"{k}: {v:.0f}" for k, v in sorted(rates.items())), chosen, turns)
-    return (0 if chosen == info.max_batch else chosen), apart
+    judge = RowsJudge(chosen, apart, neighbours=instances - 1) if chosen > 1 else None
+    return (0 if chosen == info.max_batch else chosen), judge
 
 
 def warmup_feeds(info: ModelInfo, rows: int) -> dict[str, Array]:
@@ -191,12 +193,18 @@ class InferenceService:
         self._pin_lock = threading.Lock()
         self._pinned_runtime: Any = None
         self.merge_max = 0  # measured at load (0: merging may fill max_batch)
-        self.rows_apart = False  # measured at load: a batch's rows run one at a time (CPU, merging does not pay)
+        # Measured at load, judged again while serving: a batch's rows run one at a time (CPU, merging does not pay)
+        self.rows_judge: RowsJudge | None = None
         self.lone_run_s: float | None = None  # a batch-1 run, seconds (measured at load; None: it could not run)
 
     @property
     def ready(self) -> bool:
         return self.state == "ready"
+
+    @property
+    def rows_apart(self) -> bool:
+        """Whether full batches run their rows one at a time now."""
+        return self.rows_judge is not None and self.rows_judge.apart
 
     @property
     def scheduler(self) -> Scheduler | None:
@@ -235,7 +243,7 @@ class InferenceService:
             max_queue=self.config.max_queue_size, observer=self._observer, instances=self.config.instances,
             empty=getattr(runtime, "batch_array", None),  # page-locked batch buffers where the backend has them
             executor=getattr(runtime, "executor", None),  # its own compute threads where it has them
-            run_rows=run_rows if by_rows is not None else None, loop_sizes=loop_sizes, rows_apart=self.rows_apart,
+            run_rows=run_rows if by_rows is not None else None, loop_sizes=loop_sizes, rows_judge=self.rows_judge,
             run_alone=run_alone if lone is not None else None,
         )
         self._scheduler.start()
@@ -269,7 +277,7 @@ class InferenceService:
                 _pin(rt, address, nbytes)
         warm(rt, info)
         self.lone_run_s = time_lone_run(rt, info)
-        self.merge_max, self.rows_apart = measure_merge_max(rt, info, self.config.instances)
+        self.merge_max, self.rows_judge = measure_merge_max(rt, info, self.config.instances)
         return info, rt
 
     def add_host_memory(self, address: int, nbytes: int) -> None:
