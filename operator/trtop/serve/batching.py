@@ -180,9 +180,9 @@ class RowsJudge:
     which serves ~0.70 x the in-process best at 64 connections where apart serves ~0.82 x.
 
     Served, the last ``phase`` of every ``period`` full batches run the other way (by default 8 of 128 with
-    two instances: the wrong way's cost, ~10% for MobileNetV2, is paid for 1 batch in 16). A batch is evidence only
-    where the ``neighbours`` batches started on either side of it (those that can run beside it: instances
-    - 1) ran the same way: a way's cost includes what it does to the batch beside it (a merged MobileNetV2
+    two instances: the wrong way's cost, ~10% for MobileNetV2, is paid for 1 batch in 16). A batch is
+    evidence only where the ``neighbours`` batches started on either side of it (those that can run beside
+    it: instances - 1) ran the same way: a way's cost includes what it does to the batch beside it (a merged MobileNetV2
     batch of 4 beside one that runs apart took as long as that one, 28.6 against 28.7 ms, while all-merged
     serving was ~10% slower than all-apart). Once the last ``window`` such batches of each way are known,
     the way whose median rows per second wins by the rule is kept; after a change both windows start
@@ -203,7 +203,7 @@ class RowsJudge:
         self.size = size
         self.apart = apart  # the way full batches run now
         self.changes = 0  # how often serving overturned the way (start-up's guess included)
-        self.last = (0.0, 0.0)  # the medians, merged and apart (seconds a batch), that made the last change
+        self.last = (0.0, 0.0)  # the medians, merged and apart (seconds a batch), at the last judgement
         self._neighbours, self._period, self._phase, self._keep = neighbours, period, phase, keep
         self._clear, self._quiet = clear, quiet
         self._full = 0  # full batches started
