@@ -86,6 +86,7 @@ METRIC_REQUEST_SECONDS: Final = "trtop_inference_request_duration_seconds"  # hi
 METRIC_BATCH_SIZE: Final = "trtop_inference_batch_size"  # histogram{model}
 METRIC_MODEL_LOAD_SECONDS: Final = "trtop_model_load_seconds"  # gauge{model}
 METRIC_CORES_AWAKE: Final = "trtop_server_cores_kept_awake"  # --keep-awake: cores spinning now
+METRIC_ROWS_APART: Final = "trtop_inference_rows_apart"  # gauge{model}: 1 while full batches run row by row
 
 # Dev cluster and tests only (trtop_dev.devcluster, tests/): fake-node bookkeeping and the kwok
 # stage hooks in trtop_dev/devcluster/stages.yaml (that YAML repeats these strings; a test checks).

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from trtop import names
 from trtop.api.engine import TensorSpec
 from trtop.serve.errors import NotReady
 from trtop.serve.metrics import ServerMetrics
@@ -15,7 +16,7 @@ from trtop.serve.protocol import InferRequest
 from trtop.serve.service import BatchingConfig, InferenceService, Loaded, effective_max_batch, warmup_feeds
 from trtop.serve.types import Feeds, Outputs
 
-from .conftest import Recorder, affine_record
+from .conftest import Recorder, affine_record, metric_value
 
 
 @pytest.mark.parametrize("configured,record_max,runtime_max,expected", [
@@ -167,6 +168,9 @@ async def test_a_batch_runs_its_rows_apart_unless_merging_is_measured_clearly_fa
         assert svc.merge_max == 4 and svc.rows_apart is expected
         assert svc.scheduler is not None and svc.scheduler.rows_judge is svc.rows_judge
         assert svc.rows_judge is not None and svc.rows_judge.size == 4 and svc.rows_judge.apart is expected
+        assert metric_value(svc.metrics.render()[0].decode(), names.METRIC_ROWS_APART, model="m") == expected
+        svc.rows_judge.apart = not expected  # served batches changed the way: the next scrape says so
+        assert metric_value(svc.metrics.render()[0].decode(), names.METRIC_ROWS_APART, model="m") == (not expected)
         await svc.close()
 
 

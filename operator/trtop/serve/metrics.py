@@ -7,6 +7,8 @@ model load time.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector,
     generate_latest,
@@ -49,6 +51,10 @@ class ServerMetrics:
         self._awake = Gauge(names.METRIC_CORES_AWAKE, "Cores the server keeps from halting right now (--keep-awake: "
                             "busy loops at the lowest priority, counted as the pod's CPU use).", ["model"], registry=reg)
         self._awake.labels(model).set(0)  # present from the start (0 with --keep-awake off)
+        self._rows_apart = Gauge(names.METRIC_ROWS_APART, "1 while full batches run their rows one at a time, "
+                                 "unmerged (CPU, where merging does not pay: judged at start-up and while serving), "
+                                 "else 0.", ["model"], registry=reg)
+        self._rows_apart.labels(model).set(0)
         self._outcomes = {outcome: self._requests.labels(model, outcome) for outcome in OUTCOMES}
         self._inflight_child = self._inflight.labels(model)
         self._latency_child = self._latency.labels(model)
@@ -98,6 +104,10 @@ class ServerMetrics:
 
     def cores_awake(self, cores: int) -> None:
         self._awake.labels(self.model).set(cores)
+
+    def rows_apart_from(self, read: Callable[[], bool]) -> None:
+        """The way full batches run, read at each scrape (the scheduler's judge may change it while serving)."""
+        self._rows_apart.labels(self.model).set_function(lambda: float(read()))
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

@@ -247,6 +247,7 @@ class InferenceService:
             run_alone=run_alone if lone is not None else None,
         )
         self._scheduler.start()
+        self.metrics.rows_apart_from(lambda: self.rows_apart)
         if self._awake is not None and not self._awake.suits(self.lone_run_s):
             log.info("cores not kept awake: a lone run takes %s, not under %.1f ms (--keep-awake on would)",
                      "an unknown time" if self.lone_run_s is None else f"{self.lone_run_s * 1e3:.2f} ms",
