@@ -182,13 +182,13 @@ class RowsJudge:
     Served, the last ``phase`` of every ``period`` full batches run the other way (by default 8 of 128 with
     two instances: the wrong way's cost, ~10% for MobileNetV2, is paid for 1 batch in 16). A batch is
     evidence only where the ``neighbours`` batches started on either side of it (those that can run beside
-    it: instances - 1) ran the same way: a way's cost includes what it does to the batch beside it (a merged MobileNetV2
-    batch of 4 beside one that runs apart took as long as that one, 28.6 against 28.7 ms, while all-merged
-    serving was ~10% slower than all-apart). Once the last ``window`` such batches of each way are known,
-    the way whose median rows per second wins by the rule is kept; after a change both windows start
-    again, so two ways that tie do not flap on one noisy batch. A way that wins by ``clear`` or more
-    (the light model's merged batch of 32: ~1.35 x its rows apart) is not probed for ``quiet`` periods
-    (then the probes cost ~1 in 100 full batches instead of 1 in 16).
+    it: instances - 1) ran the same way: a way's cost includes what it does to the batch beside it (a
+    merged MobileNetV2 batch of 4 beside one that runs apart took as long as that one, 28.6 against 28.7
+    ms, while all-merged serving was ~10% slower than all-apart). Once the last ``window`` such batches of
+    each way are known, the way whose median rows per second wins by the rule is kept; after a change both
+    windows start again, so two ways that tie do not flap on one noisy batch. A way that wins by ``clear``
+    or more (the light model's merged batch of 32: ~1.35 x its rows apart) is not probed for ``quiet``
+    periods (then the probes cost ~1 in 100 full batches instead of 1 in 16).
 
     Pure: ``way`` says how the next batch runs and ``record`` takes what it cost; the scheduler calls both
     on its event loop. Batches of any other real row count run the way chosen and teach nothing."""

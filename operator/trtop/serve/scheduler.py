@@ -366,12 +366,12 @@ class Scheduler:
             elif items:
                 self._launch(loop, items, decision.size, self._alone(items))
 
-    def _way(self, rows: list[int], count: bool = True) -> tuple[bool, Ticket | None]:
+    def _way(self, rows: list[int]) -> tuple[bool, Ticket | None]:
         """Whether a batch of these requests' rows runs them apart (the judge's way), and its ticket for the
-        judge (``count``: this batch is one it may judge by; a retry of a failed batch's requests is not)."""
+        judge."""
         if self.rows_judge is None or sum(rows) < 2:
             return False, None
-        return self.rows_judge.way(sum(rows)) if count else (self.rows_judge.apart, None)
+        return self.rows_judge.way(sum(rows))
 
     def _launch(self, loop: asyncio.AbstractEventLoop, items: list[_Item], size: int, alone: bool = False) -> None:
         """Run a batch on a compute thread; it lands back on the loop through one callback (no task)."""
@@ -421,7 +421,7 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         for it in items:
             rows = [it.pending.rows]
-            apart, _ = self._way(rows, count=False)
+            apart = self.rows_judge is not None and self.rows_judge.apart and it.pending.rows > 1
             try:
                 parts, seconds, _ = await loop.run_in_executor(
                     self._executor, self._compute, [it.feeds], rows, self.policy.bucket_for(it.pending.rows), False,
@@ -456,7 +456,7 @@ class Scheduler:
         judged = self.rows_judge is not None  # else no CPU clock (a system call each; a GPU's lone request)
         start, cpu = time.perf_counter(), time.thread_time() if judged else 0.0
         parts = self._outputs(feeds, rows, size, alone, apart)
-        return parts, self._timed(size or sum(rows), start), time.thread_time() - cpu if judged else 0.0
+        return parts, self._timed(size or sum(rows), start), (time.thread_time() - cpu) if judged else 0.0
 
     def _outputs(self, feeds: list[Feeds], rows: list[int], size: int, alone: bool, apart: bool) -> list[Outputs]:
         run = self._run_lone if alone else self._run
