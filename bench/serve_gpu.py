@@ -35,7 +35,7 @@ the engine alone at batch 1 (in this process: plain ``session.run`` and the serv
 alternating quarters, the better p50) then the served one-client p50 (the same client, one connection).
 A single one-client window against a baseline taken minutes earlier (or on another machine) is a
 draw: under one server the one-client p50 moved up to 0.2 ms between 2 s windows seconds apart, the
-engine alone 0.03-0.08 ms (docs/server.md, fourteenth session). A pair's two figures share the
+engine alone 0.03-0.08 ms (docs/server-measured.md, fourteenth session). A pair's two figures share the
 machine's state, and the pairs' median difference is what the server adds; the one-client row
 against the early baseline is printed beside it.
 

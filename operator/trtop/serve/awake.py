@@ -6,7 +6,7 @@ on its way (the front-end, the engine's event loop, the GPU slot's thread and ba
 them has slept for about a run of the engine, long enough for its core to halt. On the H200 host
 (a 16-core VM), ResNet-50 at one client: busy loops at the lowest priority on every core took the
 request's p50 from 2.13 to 1.49 ms (Python front-ends) and from 1.82 to 1.43 ms (native), of
-which the server's own cores gave 1.82 -> 1.54 (docs/server.md, ninth session).
+which the server's own cores gave 1.82 -> 1.54 (docs/server-measured.md, ninth session).
 
 So while requests come, one spinner per core of the server runs a busy loop as ``SCHED_IDLE``:
 the kernel runs it only when nothing else wants that core and preempts it at once when something

@@ -254,7 +254,7 @@ class RowsJudge:
         return changed
 
 
-# MobileNetV2 at 64 connections on two cores (docs/server.md, fifth session): merged batches capped
+# MobileNetV2 at 64 connections on two cores (docs/server-measured.md, fifth session): merged batches capped
 # at 1-2 served 0.72-0.79 of the in-process best, capped at 4-16 0.88-0.98, in the same runs' terms,
 # while the engine's own rates for 1..4 rows differed by less than the measurement's noise.
 MERGE_FLOOR = 4

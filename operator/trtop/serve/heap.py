@@ -4,7 +4,7 @@ Requests allocate and free many small containers (dicts, tuples, futures); almos
 by reference counting, yet the collector's youngest generation was walked every 700 net allocations and
 whatever survived climbed into the older ones, which hold everything start-up made (modules, the model,
 its sessions) and were walked again and again: ~3% of the event loop's time and longer tails at a light
-model's request rate (docs/server.md, eleventh session: 5,905 -> 6,683 req/s at 64 connections).
+model's request rate (docs/server-measured.md, eleventh session: 5,905 -> 6,683 req/s at 64 connections).
 """
 from __future__ import annotations
 

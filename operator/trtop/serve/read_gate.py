@@ -11,7 +11,7 @@ are all read in one turn of the loop, before the freed instance takes its next b
 polls for I/O before it runs the worker that the finished batch woke). H200 host, tiny model, gRPC
 at 256 in flight, six pairs of servers: 21,823-34,014 req/s with the gate against 20,736-33,510
 without, more in every pair (+504 to +6,883), batches of 26.8-31.3 rows against 24.3-29.9;
-ResNet-50 unchanged (docs/server.md, eighteenth session).
+ResNet-50 unchanged (docs/server-measured.md, eighteenth session).
 
 A lone request never meets the gate (an instance is free when it comes). The gate opens again after
 ``MAX_CLOSED_S`` whatever the instances do, so a long batch never holds the front-ends' other

@@ -58,7 +58,7 @@ MAX_AUTO_FRONTENDS = 8
 SINGLE_PROCESS_CORES = 2  # at most this many cores: one process serves everything (Python front-ends)
 # Native front-ends: each uses every core it is given (Go threads), so a few suffice: one per this many
 # cores beyond the engine's, at most MAX_AUTO_NATIVE. (H200 host, 12 cores, ResNet-50 at 64-128 clients:
-# 2 of them served 0.85-0.90 x the engine's best where 8 served 0.77-0.81 x; docs/server.md.)
+# 2 of them served 0.85-0.90 x the engine's best where 8 served 0.77-0.81 x; docs/server-measured.md, seventh session.)
 CORES_PER_NATIVE_FRONTEND = 6
 MAX_AUTO_NATIVE = 4
 

@@ -69,13 +69,13 @@ class ServeSettings:
     # What the front-end processes answer HTTP with: "native" = trtop-http (Go: the infer hot path and
     # health probes, everything else forwarded to a Python front-end), "python" = uvicorn in each, "auto" =
     # native when the trtop-http binary is on PATH (the server images carry it). Python by default: on the
-    # H200 host the native front-end was measured slower at 64-128 clients (docs/server.md).
+    # H200 host the native front-end was measured slower at 64-128 clients (docs/server-measured.md).
     http_frontend: str = "python"
     # Who answers gRPC beside native HTTP front-ends: "native" = the same trtop-http processes (ModelInfer
     # with raw tensors and the health calls; every other call forwarded to one Python gRPC server), "python"
     # = Python front-ends on the gRPC port, "auto" = native whenever the HTTP front-ends are native. Without
     # native HTTP front-ends gRPC is Python's. On the H200 host Python's grpc front-ends spent ~0.37 ms of a
-    # core per tiny request, HTTP's 0.14 (docs/server.md).
+    # core per tiny request, HTTP's 0.14 (docs/server-measured.md).
     grpc_frontend: str = "auto"
     # Batches that may run at once (Triton's instance count); 0 = 1 on a GPU, min(cores, 4) on CPU.
     instances: int = 0

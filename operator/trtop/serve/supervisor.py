@@ -92,7 +92,7 @@ def grpc_frontends(settings: ServeSettings, native: str | None = None) -> int:
 # gRPC-only native front-ends per native front-end, when they serve gRPC: the engine process starts that
 # many more trtop-http processes that accept the gRPC port alone. A native front-end runs one Go thread
 # (NATIVE_GO_THREADS) and Go's HTTP/2 server spent ~100 us of it per tiny gRPC call, against ~60 us for
-# HTTP/1.1; on the H200 host (12 server cores, docs/server.md, twentieth session) the tiny model's gRPC
+# HTTP/1.1; on the H200 host (12 server cores, docs/server-measured.md, twentieth session) the tiny model's gRPC
 # ceiling was 16,821 / 19,304 req/s through 2 native front-ends and 23,429 / 22,428 through 4, while
 # ResNet-50 over HTTP ran best through 2 (0.85 x at 128 clients, lone request +0.315 ms) and worse through
 # 4 (0.77 x, +0.385). So HTTP keeps its count and gRPC gets as many again; idle, they cost nothing.
@@ -106,7 +106,7 @@ GROUP_LIMIT_GPU = 64  # a bound well above what the backlog lets out at once
 # work, which may take the goroutine to another core; a single thread runs it next, where it is. H200 host,
 # ResNet-50, two native front-ends on 12 cores, paired windows (engine alone, then one client served): the
 # server added 0.30-0.36 ms with one thread each against 0.42-0.51 ms with three (half the cores, the rule
-# before), and served 4,797 / 5,134 img/s at 64 / 128 clients against 4,596 / 4,989 (docs/server.md,
+# before), and served 4,797 / 5,134 img/s at 64 / 128 clients against 4,596 / 4,989 (docs/server-measured.md,
 # fourteenth session). Parallelism comes from the front-end processes side by side (``--frontends``), and
 # fewer Go threads leave the engine's CPU runs alone (all cores each, Go's default, cost MobileNetV2 +4 ms
 # at one connection on two cores). A GOMAXPROCS in the server's environment wins.
