@@ -37,7 +37,7 @@ from tritonclient.utils import InferenceServerException
 
 from trtop.serve.errors import StartupError
 from trtop.serve.settings import ServeSettings
-from trtop.serve.supervisor import native_binary
+from trtop.serve.processes import native_binary
 from trtop_dev.native import SOURCE, go
 
 from .conftest import ServerProcess, free_port, metric_value, native_env
@@ -65,7 +65,7 @@ def test_native_is_used_when_installed_and_a_missing_binary_is_an_error_only_whe
     exe.chmod(0o755)
     assert native_binary(ServeSettings(http_frontend="auto")) == str(exe)
     assert native_binary(ServeSettings(http_frontend="python")) is None
-    assert native_binary(ServeSettings()) is None  # Python front-ends unless asked (docs/server.md says why)
+    assert native_binary(ServeSettings()) is None  # Python front-ends unless asked (settings.py says why)
 
 
 @pytest.fixture
@@ -305,7 +305,7 @@ async def test_a_killed_native_grpc_front_end_is_replaced_and_the_other_keeps_se
     s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "2", "--backend", SLOW,
                       "--grpc-port", str(port)], {"FAKE_RUN_DELAY_S": "0.3", **native_env(native_bin)})
     s.wait_ready()
-    # two that accept HTTP and gRPC, two more for gRPC alone (supervisor.GRPC_ONLY_PER_NATIVE)
+    # two that accept HTTP and gRPC, two more for gRPC alone (processes.GRPC_ONLY_PER_NATIVE)
     wait_for(lambda: len(frontends(s, "native")) == 4, 10, "four native front-ends")
     assert "through 2 native front-end processes (and 2 more for gRPC" in s.logs()
     address = f"127.0.0.1:{port}"

@@ -121,23 +121,23 @@ def test_the_cgroup_cpu_limit_in_whole_cores(tmp_path: Path, text: str, cores: i
                                                     (0, 16, 0)])
 def test_python_front_end_processes_only_beyond_two_cores(monkeypatch: pytest.MonkeyPatch, setting: int, cores: int,
                                                           expected: int) -> None:
-    from trtop.serve import server
+    from trtop.serve import processes
     from trtop.serve.settings import ServeSettings
 
-    monkeypatch.setattr(server, "default_threads", lambda: cores)
-    assert server.frontend_count(ServeSettings(frontends=setting, http_frontend="python")) == expected
+    monkeypatch.setattr(processes, "default_threads", lambda: cores)
+    assert processes.frontend_count(ServeSettings(frontends=setting, http_frontend="python")) == expected
 
 
 @pytest.mark.parametrize("setting,cores,expected", [(-1, 1, 1), (-1, 2, 1), (-1, 7, 1), (-1, 8, 2), (-1, 12, 2),
                                                     (-1, 16, 3), (-1, 64, 4), (0, 16, 0), (6, 4, 6)])
 def test_native_front_ends_a_few_on_any_machine(monkeypatch: pytest.MonkeyPatch, setting: int, cores: int,
                                                 expected: int) -> None:
-    from trtop.serve import server, supervisor
+    from trtop.serve import processes
     from trtop.serve.settings import ServeSettings
 
-    monkeypatch.setattr(server, "default_threads", lambda: cores)
-    monkeypatch.setattr(supervisor, "native_binary", lambda settings: "/opt/trtop/bin/trtop-http")
-    assert server.frontend_count(ServeSettings(frontends=setting)) == expected
+    monkeypatch.setattr(processes, "default_threads", lambda: cores)
+    monkeypatch.setattr(processes, "native_binary", lambda settings: "/opt/trtop/bin/trtop-http")
+    assert processes.frontend_count(ServeSettings(frontends=setting)) == expected
 
 
 @pytest.mark.parametrize("graphs", [True, False])
@@ -290,17 +290,17 @@ def test_a_cpu_runtime_pins_nothing_and_merges_its_batches(tmp_path: Path) -> No
                                                               (8001, 3, 12, 3)])
 def test_python_front_ends_beside_native_ones_serve_grpc_as_without_them(
         monkeypatch: pytest.MonkeyPatch, grpc_port: int, setting: int, cores: int, expected: int) -> None:
-    from trtop.serve import runtime, supervisor
+    from trtop.serve import processes
     from trtop.serve.settings import ServeSettings
 
-    monkeypatch.setattr(runtime, "default_threads", lambda: cores)
+    monkeypatch.setattr(processes, "default_threads", lambda: cores)
     settings = ServeSettings(grpc_port=grpc_port, frontends=setting)
-    assert supervisor.grpc_frontends(settings) == expected
+    assert processes.grpc_frontends(settings) == expected
     # Native front-ends answering gRPC too leave one Python front-end, for what they forward ...
-    assert supervisor.grpc_frontends(settings, "/bin/trtop-http") == 1
+    assert processes.grpc_frontends(settings, "/bin/trtop-http") == 1
     # ... unless gRPC is kept in Python
     python_grpc = ServeSettings(grpc_port=grpc_port, frontends=setting, grpc_frontend="python")
-    assert supervisor.grpc_frontends(python_grpc, "/bin/trtop-http") == expected
+    assert processes.grpc_frontends(python_grpc, "/bin/trtop-http") == expected
 
 
 def test_the_two_sessions_are_timed_in_turns(tmp_path: Path) -> None:

@@ -1,14 +1,38 @@
-"""``trtop serve``: parse settings (flags over ``TRTOP_*`` variables) and run the server.
+"""``trtop serve``: parse settings (flags over ``TRTOP_*`` variables) and run the server, in one process
+or as an engine process with front-end processes (``processes.frontend_count``).
 
 Dispatched by ``trtop.cli``; ``main(argv)`` returns the exit code (0 after a clean drain,
 1 when the model failed to load, 2 when no engine fits this device or nothing was given).
 """
 from __future__ import annotations
 
+import logging
 import sys
 
-from trtop.serve.server import run_server
-from trtop.serve.settings import parse_settings
+from trtop.serve.errors import StartupError
+from trtop.serve.processes import frontend_count
+from trtop.serve.server import create_server
+from trtop.serve.settings import ServeSettings, parse_settings
+from trtop.serve.supervisor import run_supervised
+
+log = logging.getLogger(__name__)
+
+EXIT_NO_ENGINE = 2
+
+
+def run_server(settings: ServeSettings) -> int:
+    """Serve until SIGTERM/SIGINT; the process exit code."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        if frontend_count(settings) > 0:
+            return run_supervised(settings)
+        server = create_server(settings)
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_NO_ENGINE
+    server.run()
+    return server.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:

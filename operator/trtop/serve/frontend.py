@@ -7,14 +7,15 @@ check that can refuse it happens before it reaches the engine), places its tenso
 the shared arena, sends a descriptor and waits for the engine's reply; outputs are
 copied out of the arena and the regions freed as soon as the reply arrives.
 
-``main`` is the process entry point the supervisor starts (``python -m
-trtop.serve.frontend``): it inherits the listening socket, its arena and its channel as
+``serve_frontend`` runs the routes (uvicorn, gRPC) in front of that handle; ``main`` is the
+process entry point the supervisor starts (``python -m trtop.serve.frontend``): it inherits the listening socket, its arena and its channel as
 file descriptors, serves until SIGTERM (drain: not ready, keep serving for the drain
 delay, stop accepting, answer what is in flight) and exits when the engine goes away.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import functools
 import itertools
@@ -26,18 +27,23 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
+from starlette.applications import Starlette
 
 from trtop.serve import errors
+from trtop.serve.app import build_app
 from trtop.serve.arena import Allocator, Arena, pad_before
 from trtop.serve.channel import Channel, Message
 from trtop.serve.errors import BadRequest, InferenceFailed, NotReady, Overloaded, ServeError
+from trtop.serve.heap import settle_heap
 from trtop.serve.model import Admitted, ModelInfo, admit
+from trtop.serve.processes import frontend_count
 from trtop.serve.protocol import Held, InferRequest
+from trtop.serve.server import InferenceServer, grpc_factory, uvicorn_config
 from trtop.serve.settings import ServeSettings
 from trtop.serve.shared_memory import OFF_MESSAGE, RegionSpec, Registry, check_spec
 from trtop.serve.statistics import StatsSnapshot
@@ -332,6 +338,50 @@ def orphaned(parent_pid: int) -> bool:
     return os.getppid() != parent_pid
 
 
+def serve_frontend(settings: ServeSettings, arena: Arena, listen: socket.socket, channel_sock: socket.socket,
+                   index: int, grpc_address: str = "") -> int:
+    """A front-end process: HTTP (and gRPC) routes on ``listen`` in front of the engine process."""
+    model = RemoteModel(settings.model_name, arena, settings.timeout_s,
+                        Registry(enabled=settings.shared_memory == "system"))
+    holder: list[InferenceServer] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        server = holder[0]
+
+        def engine_gone() -> None:
+            model.on_engine_gone()
+            server.exit_code = 0 if model.state == "draining" or server.should_exit else 1
+            server.should_exit = True
+
+        channel = await Channel.open(channel_sock, model.on_message, engine_gone)
+        model.attach(channel)
+        reporter = asyncio.get_running_loop().create_task(_report(model))
+        yield
+        await server.grpc_stopped()  # every RPC in flight answered before the channel closes
+        reporter.cancel()
+        model.report()
+        channel.close()
+
+    app = build_app(model, max_body_bytes=settings.max_body_bytes, lifespan=lifespan,
+                    max_inflight_bytes=settings.max_inflight_bytes // max(1, frontend_count(settings)),
+                    body_timeout_s=settings.body_timeout_s)
+    # Every front-end listens for gRPC on the same port (SO_REUSEPORT; the engine process holds the port).
+    server = InferenceServer(uvicorn_config(app, settings, log_config=None), model, settings.drain_delay_s,
+                             grpc_factory(model, settings, reuse_port=True, address=grpc_address),
+                             settings.shutdown_timeout_s)
+    holder.append(server)
+    settle_heap()
+    server.run(sockets=[listen])
+    return server.exit_code
+
+
+async def _report(model: RemoteModel) -> None:
+    while True:
+        await asyncio.sleep(REPORT_INTERVAL_S)
+        model.report()
+
+
 def main() -> int:
     doc = json.loads(os.environ[ENV_FRONTEND])
     settings = ServeSettings(**doc["settings"])
@@ -341,8 +391,6 @@ def main() -> int:
     _die_with_parent()
     if orphaned(doc["parent_pid"]):
         return 1
-    from trtop.serve.server import serve_frontend
-
     arena = Arena(doc["arena_fd"], doc["arena_size"])
     listen = socket.socket(fileno=doc["listen_fd"])
     channel_sock = socket.socket(fileno=doc["channel_fd"])

@@ -20,7 +20,6 @@ import importlib.util
 import logging
 import signal
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -31,12 +30,9 @@ import uvicorn
 from starlette.applications import Starlette
 
 from trtop.serve.app import build_app
-from trtop.serve.arena import Arena
 from trtop.serve.awake import KeepAwake, awake_cores, lone_run_max_s
-from trtop.serve.channel import Channel
 from trtop.serve.device import detect_device
 from trtop.serve.errors import StartupError
-from trtop.serve.frontend import REPORT_INTERVAL_S, RemoteModel
 from trtop.serve.heap import settle_heap
 from trtop.serve.infer_http import FastInfer
 from trtop.serve.metrics import ServerMetrics
@@ -53,14 +49,6 @@ log = logging.getLogger(__name__)
 
 EXIT_LOAD_FAILED = 1
 EXIT_CANNOT_LISTEN = 1
-EXIT_NO_ENGINE = 2
-MAX_AUTO_FRONTENDS = 8
-SINGLE_PROCESS_CORES = 2  # at most this many cores: one process serves everything (Python front-ends)
-# Native front-ends: each uses every core it is given (Go threads), so a few suffice: one per this many
-# cores beyond the engine's, at most MAX_AUTO_NATIVE. (H200 host, 12 cores, ResNet-50 at 64-128 clients:
-# 2 of them served 0.85-0.90 x the engine's best where 8 served 0.77-0.81 x; docs/server-measured.md, seventh session.)
-CORES_PER_NATIVE_FRONTEND = 6
-MAX_AUTO_NATIVE = 4
 
 
 class InferenceServer(uvicorn.Server):
@@ -230,50 +218,6 @@ def uvicorn_config(app: Starlette, settings: ServeSettings, **extra: Any) -> uvi
     )
 
 
-def serve_frontend(settings: ServeSettings, arena: Arena, listen: socket.socket, channel_sock: socket.socket,
-                   index: int, grpc_address: str = "") -> int:
-    """A front-end process: HTTP routes on ``listen`` in front of the engine process (``frontend``)."""
-    model = RemoteModel(settings.model_name, arena, settings.timeout_s,
-                        Registry(enabled=settings.shared_memory == "system"))
-    holder: list[InferenceServer] = []
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        server = holder[0]
-
-        def engine_gone() -> None:
-            model.on_engine_gone()
-            server.exit_code = 0 if model.state == "draining" or server.should_exit else 1
-            server.should_exit = True
-
-        channel = await Channel.open(channel_sock, model.on_message, engine_gone)
-        model.attach(channel)
-        reporter = asyncio.get_running_loop().create_task(_report(model))
-        yield
-        await server.grpc_stopped()  # every RPC in flight answered before the channel closes
-        reporter.cancel()
-        model.report()
-        channel.close()
-
-    app = build_app(model, max_body_bytes=settings.max_body_bytes, lifespan=lifespan,
-                    max_inflight_bytes=settings.max_inflight_bytes // max(1, frontend_count(settings)),
-                    body_timeout_s=settings.body_timeout_s)
-    # Every front-end listens for gRPC on the same port (SO_REUSEPORT; the engine process holds the port).
-    server = InferenceServer(uvicorn_config(app, settings, log_config=None), model, settings.drain_delay_s,
-                             grpc_factory(model, settings, reuse_port=True, address=grpc_address),
-                             settings.shutdown_timeout_s)
-    holder.append(server)
-    settle_heap()
-    server.run(sockets=[listen])
-    return server.exit_code
-
-
-async def _report(model: RemoteModel) -> None:
-    while True:
-        await asyncio.sleep(REPORT_INTERVAL_S)
-        model.report()
-
-
 async def _load(service: InferenceService, server: InferenceServer) -> None:
     try:
         await service.start()
@@ -283,41 +227,3 @@ async def _load(service: InferenceService, server: InferenceServer) -> None:
         server.should_exit = True
         return
     settle_heap()
-
-
-def run_server(settings: ServeSettings) -> int:
-    """Serve until SIGTERM/SIGINT; the process exit code."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    try:
-        if frontend_count(settings) > 0:
-            from trtop.serve.supervisor import run_supervised
-
-            return run_supervised(settings)
-        server = create_server(settings)
-    except StartupError as exc:
-        log.error("cannot start: %s", exc)
-        return EXIT_NO_ENGINE
-    server.run()
-    return server.exit_code
-
-
-def frontend_count(settings: ServeSettings) -> int:
-    """Front-end processes: the setting, else one per core beyond the first (the engine's), at most 8,
-    and none on two cores or fewer (the engine process then serves HTTP itself: with the client and the
-    engine on the same two cores, the hop between processes costs more than a second interpreter gains;
-    measured on 2 cores, light model: 1,548 vs 1,150 req/s at 64 connections)."""
-    if settings.frontends >= 0:
-        return settings.frontends
-    cores = default_threads()
-    from trtop.serve.supervisor import native_binary
-
-    if native_binary(settings) is not None:  # even on two cores: measured faster than one Python process
-        return min(MAX_AUTO_NATIVE, max(1, -(-(cores - 1) // CORES_PER_NATIVE_FRONTEND)))
-    return python_frontends(cores)
-
-
-def python_frontends(cores: int) -> int:
-    """Python front-ends by default: one per core beyond the engine's, at most 8, none on two cores or
-    fewer. Beside native ones they serve gRPC (at least one)."""
-    return 0 if cores <= SINGLE_PROCESS_CORES else min(MAX_AUTO_FRONTENDS, cores - 1)

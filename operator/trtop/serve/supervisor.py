@@ -20,7 +20,7 @@ which listen on a private unix socket. With ``--grpc-frontend`` auto or native t
 gRPC port too (one listening socket) and forward to one Python front-end's gRPC server on
 another private unix socket; with ``python``, N Python front-ends serve gRPC on the port.
 Both kinds get an arena and a channel of their own; the native one's speaks JSON.
-Called by ``server.run_server`` when ``--frontends`` is above 0.
+Called by ``cli.run_server`` when ``--frontends`` is above 0.
 """
 from __future__ import annotations
 
@@ -34,14 +34,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from trtop import names
 from trtop.serve.arena import Arena
 from trtop.serve.channel import JSON, PICKLE
 from trtop.serve.dispatcher import Dispatcher
 from trtop.serve.errors import StartupError
 from trtop.serve.frontend import setup_env
 from trtop.serve.heap import settle_heap
+from trtop.serve.processes import GRPC_ONLY_PER_NATIVE, frontend_count, grpc_frontends, native_binary, native_grpc
 from trtop.serve.read_gate import ReadGate
+from trtop.serve.server import create_service
 from trtop.serve.service import InferenceService
 from trtop.serve.settings import ServeSettings
 
@@ -57,46 +58,6 @@ def arena_bytes(settings: ServeSettings, count: int) -> int:
     share = int(settings.max_inflight_mb * 1024 * 1024) // max(1, count)
     return max(share, settings.max_body_bytes + ARENA_SLACK)
 
-
-def native_binary(settings: ServeSettings) -> str | None:
-    """The native HTTP front-end to run, or None for Python front-ends; StartupError when it is asked
-    for by name and missing."""
-    if settings.http_frontend == "python":
-        return None
-    found = shutil.which(names.HTTP_FRONTEND_BINARY)
-    if found is None and settings.http_frontend == "native":
-        raise StartupError(f"--http-frontend native: {names.HTTP_FRONTEND_BINARY} is not on PATH (build it with "
-                           "`make native`, or use --http-frontend python)")
-    return found
-
-
-def native_grpc(settings: ServeSettings, native: str | None) -> bool:
-    """Whether the native front-ends serve gRPC too (``--grpc-frontend``); they need to be running."""
-    return bool(native and settings.grpc_port and settings.grpc_frontend != "python")
-
-
-def grpc_frontends(settings: ServeSettings, native: str | None = None) -> int:
-    """Python front-ends beside native ones: one when those serve gRPC or there is none (what the native
-    ones forward), else as many as without them (they serve gRPC: two in place of eight took the tiny
-    model's gRPC rate from ~20,600 to ~9,000 req/s on the H200 host)."""
-    if not settings.grpc_port or native_grpc(settings, native):
-        return 1
-    if settings.frontends >= 0:
-        return max(1, settings.frontends)
-    from trtop.serve.runtime import default_threads
-    from trtop.serve.server import python_frontends
-
-    return max(1, python_frontends(default_threads()))
-
-
-# gRPC-only native front-ends per native front-end, when they serve gRPC: the engine process starts that
-# many more trtop-http processes that accept the gRPC port alone. A native front-end runs one Go thread
-# (NATIVE_GO_THREADS) and Go's HTTP/2 server spent ~100 us of it per tiny gRPC call, against ~60 us for
-# HTTP/1.1; on the H200 host (12 server cores, docs/server-measured.md, twentieth session) the tiny model's gRPC
-# ceiling was 16,821 / 19,304 req/s through 2 native front-ends and 23,429 / 22,428 through 4, while
-# ResNet-50 over HTTP ran best through 2 (0.85 x at 128 clients, lone request +0.315 ms) and worse through
-# 4 (0.77 x, +0.385). So HTTP keeps its count and gRPC gets as many again; idle, they cost nothing.
-GRPC_ONLY_PER_NATIVE = 1
 
 GROUP_LIMIT_GPU = 64  # a bound well above what the backlog lets out at once
 
@@ -347,8 +308,6 @@ class Supervisor:
 
 def run_supervised(settings: ServeSettings) -> int:
     """The engine process: its exit code (0 after a drain, 1 when the model failed to load)."""
-    from trtop.serve.server import create_service, frontend_count
-
     service, gpu = create_service(settings)
 
     async def main() -> int:
