@@ -547,7 +547,7 @@ def report(results: dict[str, Any], levels: list[int]) -> None:
     if 1 in batched:
         over = batched[1]["p50_ms"] - b1
         ok = "met" if over <= TARGET_IDLE_MS else "NOT met"
-        print(f"target at concurrency 1: p50 {batched[1]['p50_ms']:.3f} ms = in-process batch 1 + {over:.3f} ms "
+        print(f"target at concurrency 1: p50 {batched[1]['p50_ms']:.3f} ms = in-process batch 1 {over:+.3f} ms "
               f"(<= +{TARGET_IDLE_MS} ms): {ok}"
               + (f"; the floor's p50 alone is {floor[1]['p50_ms']:.3f} ms" if 1 in floor else ""))
     if results.get("paired_load"):
@@ -560,7 +560,7 @@ def report(results: dict[str, Any], levels: list[int]) -> None:
         adds = sorted(b - a for a, b in results["paired_idle"])
         over = adds[len(adds) // 2]
         ok = "met" if over <= TARGET_IDLE_MS else "NOT met"
-        print(f"target at concurrency 1, paired windows: the server adds +{over:.3f} ms (median of "
+        print(f"target at concurrency 1, paired windows: the server adds {over:+.3f} ms (median of "
               f"{', '.join(f'{d:+.3f}' for d in adds)}; <= +{TARGET_IDLE_MS} ms): {ok}")
     if "tf_predict" in results and 32 in batched:
         print(f"vs TF model.predict per request at concurrency 32: "

@@ -622,14 +622,14 @@ def _lone_lines(rows: list[dict[str, Any]], pairs: list[tuple[float, float]], b1
     one = next((r for r in rows if r["concurrency"] == 1 and "p50_ms" in r), None)
     if one is not None:
         over = one["p50_ms"] - b1_ms
-        lines.append(f"One client: p50 {one['p50_ms']:.3f} ms = batch 1 + {over:.3f} ms (baseline {b1_ms:.3f} ms; "
+        lines.append(f"One client: p50 {one['p50_ms']:.3f} ms = batch 1 {over:+.3f} ms (baseline {b1_ms:.3f} ms; "
                      f"target <= + {TARGET_LONE_MS}): {'met' if over <= TARGET_LONE_MS else 'NOT met'}")
     if pairs:
         diffs = [served - alone for alone, served in pairs]
         median = float(np.median(diffs))
         lines.append("Paired windows (engine alone -> served, ms): "
-                     + ", ".join(f"{a:.3f} -> {b:.3f} (+{b - a:.3f})" for a, b in pairs)
-                     + f"; median +{median:.3f} (target <= + {TARGET_LONE_MS}): "
+                     + ", ".join(f"{a:.3f} -> {b:.3f} ({b - a:+.3f})" for a, b in pairs)
+                     + f"; median {median:+.3f} (target <= + {TARGET_LONE_MS}): "
                      + ("met" if median <= TARGET_LONE_MS else "NOT met"))
     return lines
 
