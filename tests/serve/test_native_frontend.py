@@ -35,9 +35,6 @@ import tritonclient.http as triton
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
-from trtop.serve.errors import StartupError
-from trtop.serve.settings import ServeSettings
-from trtop.serve.processes import native_binary
 from trtop_dev.native import SOURCE, go
 
 from .conftest import ServerProcess, free_port, metric_value, native_env
@@ -52,20 +49,6 @@ def test_go_unit_tests_pass() -> None:
     run = subprocess.run([str(go()), "test", "-count=1", "./..."], cwd=SOURCE, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
-
-
-def test_native_is_used_when_installed_and_a_missing_binary_is_an_error_only_when_asked_for(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))
-    assert native_binary(ServeSettings(http_frontend="auto")) is None
-    with pytest.raises(StartupError, match="trtop-http is not on PATH"):
-        native_binary(ServeSettings(http_frontend="native"))
-    exe = tmp_path / "trtop-http"
-    exe.write_text("#!/bin/sh\n")
-    exe.chmod(0o755)
-    assert native_binary(ServeSettings(http_frontend="auto")) == str(exe)
-    assert native_binary(ServeSettings(http_frontend="python")) is None
-    assert native_binary(ServeSettings()) is None  # Python front-ends unless asked (settings.py says why)
 
 
 @pytest.fixture

@@ -117,29 +117,6 @@ def test_the_cgroup_cpu_limit_in_whole_cores(tmp_path: Path, text: str, cores: i
     assert cgroup_cpu_limit(str(tmp_path / "absent")) == 0
 
 
-@pytest.mark.parametrize("setting,cores,expected", [(-1, 1, 0), (-1, 2, 0), (-1, 3, 2), (-1, 16, 8), (2, 1, 2),
-                                                    (0, 16, 0)])
-def test_python_front_end_processes_only_beyond_two_cores(monkeypatch: pytest.MonkeyPatch, setting: int, cores: int,
-                                                          expected: int) -> None:
-    from trtop.serve import processes
-    from trtop.serve.settings import ServeSettings
-
-    monkeypatch.setattr(processes, "default_threads", lambda: cores)
-    assert processes.frontend_count(ServeSettings(frontends=setting, http_frontend="python")) == expected
-
-
-@pytest.mark.parametrize("setting,cores,expected", [(-1, 1, 1), (-1, 2, 1), (-1, 7, 1), (-1, 8, 2), (-1, 12, 2),
-                                                    (-1, 16, 3), (-1, 64, 4), (0, 16, 0), (6, 4, 6)])
-def test_native_front_ends_a_few_on_any_machine(monkeypatch: pytest.MonkeyPatch, setting: int, cores: int,
-                                                expected: int) -> None:
-    from trtop.serve import processes
-    from trtop.serve.settings import ServeSettings
-
-    monkeypatch.setattr(processes, "default_threads", lambda: cores)
-    monkeypatch.setattr(processes, "native_binary", lambda settings: "/opt/trtop/bin/trtop-http")
-    assert processes.frontend_count(ServeSettings(frontends=setting)) == expected
-
-
 @pytest.mark.parametrize("graphs", [True, False])
 def test_bound_buffers_per_bucket_give_each_batch_its_own_answer(tmp_path: Path, graphs: bool) -> None:
     """The IO-binding path the CUDA provider uses, run here on CPU buffers: checked against the plain
@@ -284,23 +261,6 @@ def test_a_cpu_runtime_pins_nothing_and_merges_its_batches(tmp_path: Path) -> No
     assert rt.pin_host(0x1000, 4096) is False
     assert rt.run_rows([{"x": np.ones((1, 4), np.float32)}] * 2, 2, ["y"]) is None
     rt.close()
-
-
-@pytest.mark.parametrize("grpc_port,setting,cores,expected", [(8001, -1, 12, 8), (8001, -1, 2, 1), (0, -1, 12, 1),
-                                                              (8001, 3, 12, 3)])
-def test_python_front_ends_beside_native_ones_serve_grpc_as_without_them(
-        monkeypatch: pytest.MonkeyPatch, grpc_port: int, setting: int, cores: int, expected: int) -> None:
-    from trtop.serve import processes
-    from trtop.serve.settings import ServeSettings
-
-    monkeypatch.setattr(processes, "default_threads", lambda: cores)
-    settings = ServeSettings(grpc_port=grpc_port, frontends=setting)
-    assert processes.grpc_frontends(settings) == expected
-    # Native front-ends answering gRPC too leave one Python front-end, for what they forward ...
-    assert processes.grpc_frontends(settings, "/bin/trtop-http") == 1
-    # ... unless gRPC is kept in Python
-    python_grpc = ServeSettings(grpc_port=grpc_port, frontends=setting, grpc_frontend="python")
-    assert processes.grpc_frontends(python_grpc, "/bin/trtop-http") == expected
 
 
 def test_the_two_sessions_are_timed_in_turns(tmp_path: Path) -> None:
