@@ -50,3 +50,4 @@ def test_bad_settings_exit_with_usage(argv: list[str], env: dict[str, str], matc
         parse_settings(argv, env=env)
     assert exc.value.code == 2
     assert match in capsys.readouterr().err
+

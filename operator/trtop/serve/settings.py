@@ -85,9 +85,10 @@ class ServeSettings:
     # size, replayed as a CUDA graph (falls back to "bind" where capture fails), "bind" = bound buffers
     # without graphs, "plain" = the library's own copies each run.
     gpu_io: str = "graphs"
-    # Keep the server's cores from halting while requests come (``serve.awake``): "auto" = on a GPU without a
-    # CPU limit and at most 16 cores, "on", "off". Costs CPU time while traffic flows; saves the wake-ups of
-    # halted cores on a lone request's path (0.2-0.3 ms of ResNet-50's on the H200 host).
+    # Keep the server's cores from halting while requests come (``serve.awake``): "auto" = without a CPU limit
+    # and on at most 16 cores, on a GPU or for a CPU model whose lone run is under 1 ms; "on"; "off". Costs
+    # CPU time while traffic flows; saves the wake-ups of halted cores on a lone request's path (0.2-0.3 ms
+    # of ResNet-50's on the H200 host).
     keep_awake: str = "auto"
     # Triton's system shared memory extension (``serve.shared_memory``): "system" = clients on this host (a
     # sidecar in the pod) register /dev/shm regions and requests name them instead of carrying tensor bytes;
@@ -150,7 +151,8 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "max_connections": ("--max-connections", names.ENV_SERVE_MAX_CONNECTIONS,
                         "open client connections at most (and gRPC calls in flight)"),
     "frontends": ("--frontends", names.ENV_SERVE_FRONTENDS,
-                  "front-end processes (-1: one per core beyond the engine's, at most 8; 0: single process)"),
+                  "front-end processes (-1: by the cores: Python one per core beyond the engine's, at most 8, none on "
+                  "<= 2 cores; native one per 6 cores, 1 to 4; 0: single process)"),
     "http_frontend": ("--http-frontend", names.ENV_SERVE_HTTP_FRONTEND,
                       "front-ends' HTTP: python (default), native (trtop-http), or auto (native when installed)"),
     "grpc_frontend": ("--grpc-frontend", names.ENV_SERVE_GRPC_FRONTEND,
