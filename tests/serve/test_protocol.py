@@ -200,7 +200,67 @@ class TestMalformedValues:
         b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":' + b"[" * 100000 + b"]" * 100000 + b"}]}",
         b'{"inputs":[{"name":"x","shape":[1],"datatype":"INT8","data":[1e400]}]}',
         b'{"inputs":[{"name":"x","shape":[100000000],"datatype":"FP32","data":[1]}]}',
-    ], ids=["overflow", "deep-nesting", "float-into-int", "too-many-json-values"])
+        b'{"inputs":[{"name":"x","shape":[1],"datatype":["FP32"],"data":[1]}]}',
+        b'{"inputs":[{"name":"x","shape":[1],"datatype":{},"data":[1]}]}',
+        b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1e308]}]}',
+        b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP16","data":[70000]}]}',
+    ], ids=["overflow", "deep-nesting", "float-into-int", "too-many-json-values", "datatype-list", "datatype-object",
+            "beyond-fp32", "beyond-fp16"])
     def test_refused_as_bad_request(self, body: bytes) -> None:
         with pytest.raises(BadRequest):
             parse_infer_request(body, None)
+
+    def test_beyond_the_range_says_so_and_inf_as_sent_is_kept(self) -> None:
+        with pytest.raises(BadRequest, match="beyond the range of FP32"):
+            parse_infer_request(b'{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1, 1e39]}]}', None)
+        req = parse_infer_request(b'{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[Infinity, 1e38]}]}',
+                                  None)
+        assert np.isinf(req.inputs["x"][0]) and req.inputs["x"][1] == np.float32(1e38)
+
+    def test_any_mangled_request_parses_or_is_a_bad_request(self) -> None:
+        """Seeded mutations of a good JSON and a good binary request (a value of another type or range in any
+        place, a field dropped, the body cut short, the header length moved): each parses or raises a ServeError
+        (a 400 with a message), never another exception or a warning (pytest makes warnings errors here)."""
+        import copy
+        import random
+
+        from trtop.serve.errors import ServeError
+
+        odd: list[object] = [None, True, 0, -1, 2**64, 1e308, float("nan"), -0.5, "", "x", "BYTES", [], [1], [[1]],
+                             {}, {"a": 1}, [None], ["a"], [2**70], [-1], [1.5], "9" * 400, {"binary_data_size": -1},
+                             {"binary_data_size": 2**62}, {"shared_memory_region": 5}]
+        rng = random.Random(8)
+        x = np.arange(8, dtype=np.float32).reshape(2, 4)
+
+        def places(o: object, at: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+            inner = o.items() if isinstance(o, dict) else enumerate(o) if isinstance(o, list) else ()
+            return [at] + [p for k, v in inner for p in places(v, at + (k,))]
+
+        outcomes = {"parsed": 0, "refused": 0}
+        for _ in range(3000):
+            binary = rng.random() < 0.5
+            tensor: dict[str, object] = {"name": "x", "shape": [2, 4], "datatype": "FP32"}
+            tensor.update({"parameters": {"binary_data_size": x.nbytes}} if binary else {"data": x.ravel().tolist()})
+            doc: dict[str, object] = {"id": "r", "inputs": [tensor], "outputs": [{"name": "y", "parameters": {
+                "binary_data": True}}], "parameters": {"timeout": 1000, "binary_data_output": True}}
+            for _ in range(rng.randint(1, 3)):
+                *path, last = rng.choice(places(doc)[1:])
+                parent: object = doc
+                for key in path:
+                    parent = parent[key]  # type: ignore[index]
+                if rng.random() < 0.8:
+                    parent[last] = copy.deepcopy(rng.choice(odd))  # type: ignore[index]
+                else:
+                    del parent[last]  # type: ignore[attr-defined]
+            header = json.dumps(doc).encode()
+            body, length = header + (x.tobytes() if binary else b""), len(header) if binary else None
+            if rng.random() < 0.2:
+                body = body[:rng.randint(0, len(body))]
+            if length is not None and rng.random() < 0.1:
+                length = rng.choice([0, -1, len(body) + 1, length - 1, 2**40])
+            try:
+                parse_infer_request(body, length)
+                outcomes["parsed"] += 1
+            except ServeError:
+                outcomes["refused"] += 1
+        assert outcomes["parsed"] > 100 and outcomes["refused"] > 1000, outcomes

@@ -221,7 +221,7 @@ def _parse_input(raw: Any, binary: memoryview, offset: int, regions: Registry | 
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise BadRequest(f'input {name!r}: "shape" must be a list of non-negative integers, got {shape!r}')
     datatype = raw.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:  # a list or an object is no key (TypeError)
         raise BadRequest(f"input {name!r}: datatype {datatype!r} is not supported; use one of {', '.join(DATATYPES)}")
     dtype = np.dtype(DATATYPES[datatype])
     count = math.prod(shape)
@@ -244,7 +244,12 @@ def _parse_input(raw: Any, binary: memoryview, offset: int, regions: Registry | 
         raise BadRequest(f"input {name!r}: {count} values is too many for JSON data (at most {MAX_JSON_VALUES}); "
                          "send large tensors as binary data (Inference-Header-Content-Length)")
     try:
-        array = np.asarray(raw["data"], dtype=dtype)
+        # A finite number beyond the type's range (1e308 as FP32) is refused, not turned into inf with a warning
+        # in the server's log for every such request; inf and nan, which JSON can spell, are kept as sent.
+        with np.errstate(over="raise"):
+            array = np.asarray(raw["data"], dtype=dtype)
+    except FloatingPointError:
+        raise BadRequest(f"input {name!r}: data has values beyond the range of {datatype}") from None
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise BadRequest(f"input {name!r}: data is not a list of {datatype} values ({exc})") from None
     if array.size != count:
