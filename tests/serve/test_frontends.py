@@ -350,3 +350,63 @@ def test_after_a_body_that_timed_out_its_late_bytes_are_dropped_and_the_connecti
                            if line.lower().startswith(b"inference-header-content-length:"))
         np.testing.assert_array_equal(np.frombuffer(payload[json_length:json_length + 32], np.float32).reshape(2, 4),
                                       np.full((2, 4), 3.0, np.float32))
+
+
+@pytest.mark.parametrize("processes,front", [("0", "python"), ("1", "python"), ("1", "native")],
+                         ids=["one-process", "python-front-end", "native-front-end"])
+def test_mangled_bytes_on_the_socket_leave_the_server_serving_without_a_traceback(
+        start_server: Start, affine_onnx: Path, request: pytest.FixtureRequest, processes: str, front: str) -> None:
+    """A client that writes anything (a good binary infer request, several back to back, with header lines,
+    bytes and lengths inserted, flipped, cut or dropped, sent in pieces, read or not) gets answers or a closed
+    connection; the server keeps answering a good request on a fresh connection, its processes stay the same,
+    and nothing it logs is a traceback or an error. Seeded: the same 80 mangled writes every run."""
+    import random
+
+    env = native_env(request.getfixturevalue("native_bin")) if front == "native" else {}
+    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", processes,
+                      "--body-timeout-s", "1"], env)
+    s.wait_ready()
+    body, headers = _binary(np.full((2, 4), 1.0, np.float32))
+    good = (f"POST /v2/models/a/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+            f"Inference-Header-Content-Length: {headers['Inference-Header-Content-Length']}\r\n\r\n").encode() + body
+    inserts = [b"\r\n", b"\r\n\r\n", b"Content-Length: 5\r\n", b"Content-Length: -1\r\n", b"Content-Length: 9999999999\r\n",
+               b"Transfer-Encoding: chunked\r\n", b"Expect: 100-continue\r\n", b"Connection: close\r\n",
+               b"Content-Encoding: gzip\r\n", b"Inference-Header-Content-Length: 0\r\n",
+               b"Inference-Header-Content-Length: 999999\r\n", b"\x00", b" ", b":", b"0\r\n\r\n", good[:60]]
+    rng = random.Random(15)
+    before = frontends(s, front) if processes != "0" else []
+
+    def read_what_comes(sock: socket.socket) -> None:
+        sock.settimeout(0.5)
+        try:
+            while sock.recv(65536):
+                pass
+        except (TimeoutError, ConnectionResetError):
+            pass
+
+    for _ in range(80):
+        data = bytearray(good * rng.choice([1, 1, 2, 3]))
+        for _ in range(rng.randint(1, 4)):
+            i, r = rng.randrange(len(data) + 1), rng.random()
+            if r < 0.4:
+                data[i:i] = rng.choice(inserts)
+            elif r < 0.6:
+                del data[i:i + rng.randint(1, 50)]
+            elif r < 0.8 and i < len(data):
+                data[i] = rng.randrange(256)
+            else:
+                del data[i:]
+        with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:
+            try:
+                step = rng.choice([len(data) or 1, 7, 100])
+                for at in range(0, len(data), step):
+                    sock.sendall(data[at:at + step])
+                if rng.random() < 0.5:
+                    read_what_comes(sock)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+    reply = httpx.post(s.url + "/v2/models/a/infer", content=body, headers=headers, timeout=10)
+    assert reply.status_code == 200 and np.array_equal(_y(reply, 2), np.full((2, 4), 3.0, np.float32))
+    assert frontends(s, front) == before and s.proc.poll() is None
+    logs = s.logs()
+    assert "Traceback" not in logs and " ERROR " not in logs, logs[-3000:]
