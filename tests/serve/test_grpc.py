@@ -458,3 +458,23 @@ class TestLifecycle:
                 assert f"gRPC on 127.0.0.1:{port}" in s.logs() or "cannot serve gRPC" in s.logs()
             finally:
                 s.stop()
+
+
+@pytest.mark.parametrize("method", ["ModelInfer", "ModelMetadata"])
+def test_bytes_that_are_no_message_are_invalid_argument_without_a_traceback(
+        served: tuple[ServerProcess, str], method: str) -> None:
+    """A call whose bytes do not decode as the method's request message is answered INVALID_ARGUMENT naming the
+    message type (grpc's own handling answered UNKNOWN and logged an ERROR with a traceback for each), and the
+    server goes on answering; through a native front-end ModelInfer's bytes are forwarded to Python's gRPC."""
+    server, address = served
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}",
+                                   request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        for garbage in (b"\xff\xff\xff", b"\x2a\xff\xff\xff\xff\x0f", b"\x0a\x05ab"):
+            with pytest.raises(grpc.RpcError) as caught:
+                call(garbage, timeout=10)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+            assert "is not a valid inference." in caught.value.details()
+        live = service_pb2_grpc.GRPCInferenceServiceStub(channel).ServerLive(service_pb2.ServerLiveRequest(), timeout=10)
+        assert live.live
+    assert "Traceback" not in server.logs() and "DecodeError" not in server.logs()

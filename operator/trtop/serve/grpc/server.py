@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from trtop.serve.errors import (
     BadRequest, InferenceFailed, ModelNotFound, NotReady, Overloaded, PayloadTooLarge, ServeError, TimedOut,
@@ -196,6 +196,38 @@ async def _unimplemented_stream(method: str, requests: AsyncIterator[Any], conte
     await _unimplemented(method)(None, context)
 
 
+class Undecodable:
+    """What a request's bytes became where they are not a message of the method's type: the call is answered
+    INVALID_ARGUMENT with this message. Raised from the deserializer, grpc answered UNKNOWN and logged an ERROR
+    with a traceback for every such call, which any client could fill the log with."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _decoder(request_cls: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+    name = request_cls.DESCRIPTOR.full_name
+
+    def decode(data: bytes) -> Message | Undecodable:
+        try:
+            return request_cls.FromString(data)
+        except (DecodeError, RecursionError) as exc:
+            return Undecodable(f"the request is not a valid {name} message ({exc})")
+
+    return decode
+
+
+def _decoded(impl: Callable[[Any, Context], Awaitable[Any]]) -> Callable[[Any, Context], Awaitable[Any]]:
+    async def unary(request: Any, context: Context) -> Any:
+        if type(request) is Undecodable:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return await impl(request, context)
+
+    return unary
+
+
 def _serialize(response: Message | bytes) -> bytes:
     """A response message's bytes; ModelInfer hands over its answer already serialized."""
     return response if isinstance(response, bytes) else response.SerializeToString()
@@ -207,7 +239,7 @@ def generic_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
     for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
         request_cls: type[Message] = getattr(pb, method.input_type.name)
         response_cls: type[Message] = getattr(pb, method.output_type.name)
-        codec = {"request_deserializer": request_cls.FromString, "response_serializer": _serialize}
+        codec = {"request_deserializer": _decoder(request_cls), "response_serializer": _serialize}
         if method.client_streaming or method.server_streaming:
             name = method.name
 
@@ -217,7 +249,7 @@ def generic_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(stream, **codec)
         else:
             impl = getattr(servicer, method.name, None) or _unimplemented(method.name)
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(impl, **codec)
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(_decoded(impl), **codec)
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
