@@ -208,6 +208,8 @@ class TestErrors:
          [], "system shared memory extension is off on this server"),
         ({"datatype": "FP32", "shape": [1, 4], "parameters": {"shared_memory_region": {"string_param": "r"}}},
          [b"\0" * 16], "raw_input_contents has 1 entries for 0 inputs"),
+        ({"datatype": "FP32", "shape": [0, 2**62, 4]}, [b""], "shape [0, 4611686018427387904, 4] is beyond any tensor"),
+        ({"datatype": "FP32", "shape": [0, 2**62, 4], "contents": {}}, [], "is beyond any tensor"),
     ])
     def test_malformed_tensors(self, stub: service_pb2_grpc.GRPCInferenceServiceStub, tensor: dict[str, Any],
                                raw: list[bytes], match: str) -> None:

@@ -204,11 +204,21 @@ class TestMalformedValues:
         b'{"inputs":[{"name":"x","shape":[1],"datatype":{},"data":[1]}]}',
         b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1e308]}]}',
         b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP16","data":[70000]}]}',
+        b'{"inputs":[{"name":"x","shape":[0,4611686018427387904,4],"datatype":"FP32","data":[]}]}',
     ], ids=["overflow", "deep-nesting", "float-into-int", "too-many-json-values", "datatype-list", "datatype-object",
-            "beyond-fp32", "beyond-fp16"])
+            "beyond-fp32", "beyond-fp16", "no-values-beyond-any-shape"])
     def test_refused_as_bad_request(self, body: bytes) -> None:
         with pytest.raises(BadRequest):
             parse_infer_request(body, None)
+
+    def test_a_shape_of_no_values_beyond_any_array_is_refused_and_a_large_empty_one_is_kept(self) -> None:
+        header = b'{"inputs":[{"name":"x","shape":[0,4611686018427387904,4],"datatype":"FP32","parameters":' \
+                 b'{"binary_data_size":0}}]}'
+        with pytest.raises(BadRequest, match=r"shape \[0, 4611686018427387904, 4\] is beyond any tensor"):
+            parse_infer_request(header, len(header))
+        req = parse_infer_request(b'{"inputs":[{"name":"x","shape":[0,1099511627776],"datatype":"FP32","data":[]}]}',
+                                  None)
+        assert req.inputs["x"].shape == (0, 1099511627776)
 
     def test_beyond_the_range_says_so_and_inf_as_sent_is_kept(self) -> None:
         with pytest.raises(BadRequest, match="beyond the range of FP32"):
@@ -228,7 +238,7 @@ class TestMalformedValues:
 
         odd: list[object] = [None, True, 0, -1, 2**64, 1e308, float("nan"), -0.5, "", "x", "BYTES", [], [1], [[1]],
                              {}, {"a": 1}, [None], ["a"], [2**70], [-1], [1.5], "9" * 400, {"binary_data_size": -1},
-                             {"binary_data_size": 2**62}, {"shared_memory_region": 5}]
+                             {"binary_data_size": 2**62}, {"shared_memory_region": 5}, [0, 2**62, 4]]
         rng = random.Random(8)
         x = np.arange(8, dtype=np.float32).reshape(2, 4)
 

@@ -31,6 +31,17 @@ if TYPE_CHECKING:
 # JSON "data" is parsed into Python objects first (~50 bytes each): beyond this, binary tensors are required.
 MAX_JSON_VALUES = 4_000_000
 
+# A tensor's dimensions other than zero may multiply to at most this many bytes: numpy describes arrays with
+# 64-bit sizes, so a [0, 2**62, 4] tensor (no values, every size check passed) could not even be shaped.
+MAX_SHAPE_BYTES = 1 << 62
+
+
+def tensor_count(name: str, shape: Sequence[int], dtype: np.dtype[Any]) -> int:
+    """The values an input of ``shape`` holds; BadRequest where the shape is beyond any array."""
+    if math.prod(d for d in shape if d) * dtype.itemsize >= MAX_SHAPE_BYTES:
+        raise BadRequest(f"input {name!r}: shape {list(shape)} is beyond any tensor")
+    return math.prod(shape)
+
 # v2 datatype <-> numpy dtype name. BYTES (strings) and BF16 have no numpy dtype here.
 DATATYPES: dict[str, str] = {
     "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
@@ -224,7 +235,7 @@ def _parse_input(raw: Any, binary: memoryview, offset: int, regions: Registry | 
     if not isinstance(datatype, str) or datatype not in DATATYPES:  # a list or an object is no key (TypeError)
         raise BadRequest(f"input {name!r}: datatype {datatype!r} is not supported; use one of {', '.join(DATATYPES)}")
     dtype = np.dtype(DATATYPES[datatype])
-    count = math.prod(shape)
+    count = tensor_count(name, shape, dtype)
     params = _object(raw.get("parameters"), f"input {name!r} parameters")
     if SHM_REGION in params:
         return name, input_in_region(name, params, dtype, shape, count, "data" in raw, regions), 0

@@ -9,7 +9,6 @@ the model itself (names, shapes, batch) is left to admission, as over HTTP.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -21,7 +20,7 @@ from trtop.serve.grpc.proto import model_config_pb2 as mc
 from trtop.serve.model import VERSION, ModelInfo, model_config, model_metadata
 from trtop.serve.protocol import (
     DATATYPES, SHM_REGION, InferRequest, RequestedOutput, input_in_region, output_region,
-    v2_datatype,
+    tensor_count, v2_datatype,
 )
 from trtop.serve.shared_memory import Registry
 from trtop.serve.statistics import StatsSnapshot, model_stats_json
@@ -69,7 +68,7 @@ def _input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, reg
     if datatype not in DATATYPES:
         raise BadRequest(f"input {name!r}: datatype {datatype!r} is not supported; use one of {', '.join(DATATYPES)}")
     dtype = np.dtype(DATATYPES[datatype])
-    count = math.prod(shape)
+    count = tensor_count(name, shape, dtype)
     if SHM_REGION in tensor.parameters:
         return input_in_region(name, plain_parameters(tensor.parameters), dtype, shape, count,
                                tensor.HasField("contents"), regions)
