@@ -198,8 +198,8 @@ async def _unimplemented_stream(method: str, requests: AsyncIterator[Any], conte
 
 class Undecodable:
     """What a request's bytes became where they are not a message of the method's type: the call is answered
-    INVALID_ARGUMENT with this message. Raised from the deserializer, grpc answered UNKNOWN and logged an ERROR
-    with a traceback for every such call, which any client could fill the log with."""
+    INVALID_ARGUMENT with this message. When the deserializer raised instead, grpc answered UNKNOWN and logged an
+    ERROR with a traceback for every such call, which any client could fill the log with."""
 
     __slots__ = ("message",)
 
