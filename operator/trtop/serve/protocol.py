@@ -35,13 +35,6 @@ MAX_JSON_VALUES = 4_000_000
 # 64-bit sizes, so a [0, 2**62, 4] tensor (no values, every size check passed) could not even be shaped.
 MAX_SHAPE_BYTES = 1 << 62
 
-
-def tensor_count(name: str, shape: Sequence[int], dtype: np.dtype[Any]) -> int:
-    """The values an input of ``shape`` holds; BadRequest where the shape is beyond any array."""
-    if math.prod(d for d in shape if d) * dtype.itemsize >= MAX_SHAPE_BYTES:
-        raise BadRequest(f"input {name!r}: shape {list(shape)} is beyond any tensor")
-    return math.prod(shape)
-
 # v2 datatype <-> numpy dtype name. BYTES (strings) and BF16 have no numpy dtype here.
 DATATYPES: dict[str, str] = {
     "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
@@ -221,6 +214,13 @@ def _parse_document(header_bytes: Body, header_length: int | None, binary: memor
         timeout_s=None if timeout is None else timeout / 1e6, buffer=buffer,
     )
     return request, None if places is None else tuple(places)
+
+
+def tensor_count(name: str, shape: Sequence[int], dtype: np.dtype[Any]) -> int:
+    """The values an input of ``shape`` holds; BadRequest where the shape is beyond any array."""
+    if math.prod(d for d in shape if d) * dtype.itemsize >= MAX_SHAPE_BYTES:
+        raise BadRequest(f"input {name!r}: shape {list(shape)} is beyond any tensor")
+    return math.prod(shape)
 
 
 def _parse_input(raw: Any, binary: memoryview, offset: int, regions: Registry | None) -> tuple[str, Array, int]:
