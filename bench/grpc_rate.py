@@ -11,7 +11,8 @@ bytes (only its status is checked), so the client spends little CPU per call. Fo
 comparison the same load over HTTP: one keep-alive connection per in-flight request, a
 precomputed JSON request on raw asyncio sockets. Reports requests/s, p50/p99 and the
 server's CPU microseconds per request (from /proc: the server process and its front-end
-processes), which background load on a shared machine disturbs less than the rate. On a
+processes; and the engine process's alone, where one core caps the rate), which background
+load on a shared machine disturbs less than the rate. On a
 machine with 2 cores the server runs one front-end process (``--frontends`` auto).
 """
 from __future__ import annotations
@@ -80,8 +81,8 @@ def start_server(http: int, grpc_port: int, extra: list[str]) -> subprocess.Pope
     raise RuntimeError("server not ready within 60 s")
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time of the server process and its front-end processes (its descendants)."""
+def cpu_seconds(pid: int, tree_of: bool = True) -> float:
+    """CPU time of the server process and (``tree_of``) its front-end processes (its descendants)."""
     stats: dict[int, list[str]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -89,7 +90,7 @@ def cpu_seconds(pid: int) -> float:
                 stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-    tree, grew = {pid}, True
+    tree, grew = {pid}, tree_of
     while grew:
         more = {p for p, f in stats.items() if int(f[1]) in tree} - tree
         tree |= more
@@ -166,18 +167,18 @@ def main() -> int:
     proc = start_server(http, port, args.server_arg)
     try:
         print(f"load average {os.getloadavg()[0]:.2f}; server flags: {' '.join(args.server_arg) or '(defaults)'}")
-        print("| protocol | in flight | req/s | p50 ms | p99 ms | server CPU us/req |")
-        print("|---|---|---|---|---|---|")
+        print("| protocol | in flight | req/s | p50 ms | p99 ms | server CPU us/req | engine process CPU us/req |")
+        print("|---|---|---|---|---|---|---|")
         for protocol in args.protocols.split(","):
             for level in (int(v) for v in args.levels.split(",")):
                 warmup = 1.0
-                cpu0 = cpu_seconds(proc.pid)
+                cpu0, engine0 = cpu_seconds(proc.pid), cpu_seconds(proc.pid, tree_of=False)
                 r = asyncio.run(load(protocol, port if protocol == "grpc" else http, level,
                                      min(args.channels, level), args.seconds, warmup))
-                cpu = cpu_seconds(proc.pid) - cpu0
+                cpu, engine = cpu_seconds(proc.pid) - cpu0, cpu_seconds(proc.pid, tree_of=False) - engine0
                 served = r["rps"] * (args.seconds + warmup)  # CPU covers the warm-up too
                 print(f"| {protocol} | {level} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} "
-                      f"| {cpu / served * 1e6:.0f} |", flush=True)
+                      f"| {cpu / served * 1e6:.0f} | {engine / served * 1e6:.0f} |", flush=True)
     finally:
         proc.terminate()
         proc.wait(30)
