@@ -81,8 +81,8 @@ def start_server(http: int, grpc_port: int, extra: list[str]) -> subprocess.Pope
     raise RuntimeError("server not ready within 60 s")
 
 
-def cpu_seconds(pid: int, tree_of: bool = True) -> float:
-    """CPU time of the server process and (``tree_of``) its front-end processes (its descendants)."""
+def cpu_seconds(pid: int, descendants: bool = True) -> float:
+    """CPU time of the server process and (``descendants``) its front-end processes."""
     stats: dict[int, list[str]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -90,7 +90,7 @@ def cpu_seconds(pid: int, tree_of: bool = True) -> float:
                 stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-    tree, grew = {pid}, tree_of
+    tree, grew = {pid}, descendants
     while grew:
         more = {p for p, f in stats.items() if int(f[1]) in tree} - tree
         tree |= more
@@ -172,10 +172,10 @@ def main() -> int:
         for protocol in args.protocols.split(","):
             for level in (int(v) for v in args.levels.split(",")):
                 warmup = 1.0
-                cpu0, engine0 = cpu_seconds(proc.pid), cpu_seconds(proc.pid, tree_of=False)
+                cpu0, engine0 = cpu_seconds(proc.pid), cpu_seconds(proc.pid, descendants=False)
                 r = asyncio.run(load(protocol, port if protocol == "grpc" else http, level,
                                      min(args.channels, level), args.seconds, warmup))
-                cpu, engine = cpu_seconds(proc.pid) - cpu0, cpu_seconds(proc.pid, tree_of=False) - engine0
+                cpu, engine = cpu_seconds(proc.pid) - cpu0, cpu_seconds(proc.pid, descendants=False) - engine0
                 served = r["rps"] * (args.seconds + warmup)  # CPU covers the warm-up too
                 print(f"| {protocol} | {level} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} "
                       f"| {cpu / served * 1e6:.0f} | {engine / served * 1e6:.0f} |", flush=True)

@@ -230,31 +230,26 @@ def _spinner(pid: int) -> bool:
         return False
 
 
+def _stat_seconds(stat: Path) -> float:
+    """User + system CPU seconds from a /proc .../stat file (0 when it is gone)."""
+    try:
+        f = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for p in pids:
-        try:
-            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-        except OSError:
-            pass
-    return total
+    return sum(_stat_seconds(Path(f"/proc/{p}/stat")) for p in pids)
 
 
 def thread_seconds(pid: int) -> dict[int, float]:
     """CPU seconds of each thread of a process."""
-    out: dict[int, float] = {}
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
-        return out
-    for t in tasks:
-        try:
-            f = (t / "stat").read_text().rsplit(")", 1)[1].split()
-            out[int(t.name)] = (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-        except OSError:
-            pass
-    return out
+        return {}
+    return {int(t.name): _stat_seconds(t / "stat") for t in tasks}
 
 
 class GpuSampler:
@@ -683,7 +678,6 @@ def report(results: dict[str, Any]) -> None:
             lines += _resnet_table(label, run["flags"], run["rows"], best)
             lines += _lone_lines(run["rows"], run.get("paired_lone", []), base["b1_p50_ms"])
     if "tiny" in results:
-        # The engine process's cores apart: at one core its event loop is the request ceiling (eighteenth session).
         # The engine process's cores apart, and its busiest thread: at one core its event loop is the request
         # ceiling (eighteenth and twenty-fifth sessions).
         lines.append("\n| tiny model | server | concurrency | req/s | p50 ms | p99 ms | stable | server cores busy | "
