@@ -10,6 +10,7 @@ import pytest
 
 from trtop.serve.batching import BatchPolicy, RowsJudge, signature_of
 from trtop.serve.errors import InferenceFailed, NotReady, Overloaded, TimedOut
+from trtop.serve import scheduler as scheduler_module
 from trtop.serve.scheduler import Scheduler
 from trtop.serve.types import Feeds, Outputs
 
@@ -162,6 +163,31 @@ async def test_close_runs_what_is_queued_without_waiting_for_the_delay(backend: 
     assert [(await t)["y"][0, 0] for t in pending] == [10, 20]
     with pytest.raises(NotReady):
         await submit(s, 3)
+
+
+async def test_a_worker_that_fails_is_logged_and_started_again(
+        backend: FakeBackend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    backend.gate.clear()
+    s = Scheduler(backend, BatchPolicy(1, 0.0), max_queue=10, instances=1)
+    s.start()
+    first = asyncio.ensure_future(submit(s, 1))
+    await asyncio.sleep(0.05)
+    second = asyncio.ensure_future(submit(s, 2))  # arrives busy: the worker takes it once the instance is free
+    await asyncio.sleep(0.05)
+    real, calls = scheduler_module.next_batch, []
+
+    def failing_once(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the policy")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scheduler_module, "next_batch", failing_once)
+    backend.gate.set()
+    assert (await asyncio.wait_for(first, 2))["y"][0, 0] == 10
+    assert (await asyncio.wait_for(second, 2))["y"][0, 0] == 20  # no arrival came to take it: the new worker did
+    assert len(calls) >= 2 and "the batch worker failed (a bug in the policy)" in caplog.text
+    await s.close()
 
 
 async def test_instances_run_batches_side_by_side(backend: FakeBackend) -> None:

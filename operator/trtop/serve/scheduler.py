@@ -171,7 +171,23 @@ class Scheduler:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._start_worker()
+
+    def _start_worker(self) -> None:
+        assert self._loop is not None
         self._worker = self._loop.create_task(self._work(), name="trtop-batch-worker")
+        self._worker.add_done_callback(self._worker_ended)
+
+    def _worker_ended(self, task: asyncio.Task[None]) -> None:
+        """A worker that fails is logged and replaced. It is what takes queued requests whenever no arrival
+        does (the wait for company, a freed instance with requests left behind); without it they waited for
+        the next arrival, and a native front-end that holds its requests until an answer comes sends none."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.error("the batch worker failed (%s); starting it again", exc, exc_info=exc)
+        if not self._closing:
+            self._start_worker()
 
     def flush(self) -> None:
         """Stop waiting for batches to fill (the server is draining)."""
