@@ -56,11 +56,13 @@ import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +216,13 @@ class Server:
         # loops give way to any work and would count as the server's CPU).
         return [self.proc.pid, *(int(k) for k in kids if not _spinner(int(k)))]
 
+    def dump_state(self) -> None:
+        """The engine's and every native front-end's state and stacks into the server's log (SIGUSR1:
+        ``Supervisor.dump_state``), for a client that does not finish; the server keeps serving."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(2)  # the dumps are written meanwhile
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -298,9 +307,10 @@ class Client:
     HTTP only)."""
 
     def __init__(self, pa: str, kind: str, cores: str, memory_gb: float, count: int, procs: int,
-                 count_from: int = 0, shared_memory: bool = False) -> None:
+                 count_from: int = 0, shared_memory: bool = False, timeout_s: float = 300) -> None:
         self.pa, self.kind, self.cores, self.memory_gb, self.count, self.procs = pa, kind, cores, memory_gb, count, procs
         self.count_from = count_from
+        self.timeout_s = timeout_s  # perf_analyzer still running then: the server's state is dumped, the client killed
         self.shared_memory = shared_memory  # tensors in system shared memory regions (the server runs with it on)
 
 
@@ -382,7 +392,7 @@ def perf(client: Client, model: str, url: str, protocol: str, concurrency: int, 
                              cores=client.cores, shared_memory=client.shared_memory)
         row.update(got, stable=got["errors"] == 0, rc=0)
     else:
-        row.update(_perf_analyzer(client, model, url, protocol, concurrency, window_ms, tmp))
+        row.update(_perf_analyzer(client, model, url, protocol, concurrency, window_ms, tmp, server.dump_state))
     cores = (cpu_seconds(server.pids()) - cpu0) / (time.monotonic() - t0)
     row["cores_by_process"] = [round((cpu_seconds([p]) - c) / (time.monotonic() - t0), 2)  # engine first
                                for p, c in zip(pids, each0, strict=True)]
@@ -406,7 +416,7 @@ def perf(client: Client, model: str, url: str, protocol: str, concurrency: int, 
 
 
 def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurrency: int, window_ms: int,
-                   tmp: Path) -> dict[str, Any]:
+                   tmp: Path, on_stuck: Callable[[], None] | None = None) -> dict[str, Any]:
     csv_path = tmp / f"pa-{model}-{protocol}-{concurrency}.csv"
     csv_path.unlink(missing_ok=True)  # another configuration's window must not be read as this one's
     cmd = [client.pa, "-m", model, "-u", url, "-i", protocol, "--concurrency-range", f"{concurrency}:{concurrency}",
@@ -425,11 +435,17 @@ def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurre
     peak = [0.0, 0.0, 0.0, 0.0]
     watcher = threading.Thread(target=_peak_rss_gb, args=(proc, peak), daemon=True)
     watcher.start()
+    stuck = False
     try:
-        text, _ = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
+        text, _ = proc.communicate(timeout=client.timeout_s)
+    except subprocess.TimeoutExpired:  # a client that never finishes: some requests never came back
+        stuck = True
+        if on_stuck is not None:
+            on_stuck()
         proc.kill()
         text, _ = proc.communicate()
+        text = (f"perf_analyzer still running after {client.timeout_s:g}s: killed"
+                f"{' (the server state dumped to its log first)' if on_stuck else ''}\n{text}")
     watcher.join()
     stable = "Failed to obtain stable measurement" not in text and proc.returncode == 0
     row: dict[str, Any] = {"stable": stable, "rc": proc.returncode, "client_peak_rss_gb": round(peak[0], 2),
@@ -441,7 +457,7 @@ def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurre
             r = rows[0]
             row.update(throughput=float(r["Inferences/Second"]), p50_ms=float(r["p50 latency"]) / 1000,
                        p99_ms=float(r["p99 latency"]) / 1000)
-    if "throughput" not in row or proc.returncode != 0:
+    if "throughput" not in row or proc.returncode != 0 or stuck:
         row["error"] = text[-1500:]
     return row
 
@@ -469,6 +485,9 @@ def main() -> int:
     ap.add_argument("--client-cores", default="", help="taskset -c list for the client (e.g. 12-15)")
     ap.add_argument("--server-cores", default="", help="taskset -c list for the server (e.g. 0-11)")
     ap.add_argument("--client-procs", type=int, default=4, help="processes of --client own")
+    ap.add_argument("--client-timeout", type=float, default=120,
+                    help="seconds a perf_analyzer run may take; past them the server's state is dumped into its log "
+                         "(SIGUSR1), the client killed and its row says so (the run goes on)")
     ap.add_argument("--pa-memory-gb", type=float, default=32, help="address-space cap of perf_analyzer (0: none)")
     ap.add_argument("--pa-count", type=int, default=0,
                     help="perf_analyzer windows of this many requests (count_windows) instead of --window-ms")
@@ -560,7 +579,7 @@ def run(args: argparse.Namespace) -> int:
                 for c in levels:
                     for kind in kinds:
                         client = Client(args.perf_analyzer, kind, args.client_cores, args.pa_memory_gb, args.pa_count,
-                                        args.client_procs, args.pa_count_from, shm)
+                                        args.client_procs, args.pa_count_from, shm, args.client_timeout)
                         row = perf(client, "resnet50", "127.0.0.1:8000", "http", c, args.window_ms, server, tmp,
                                    shape=[3, 224, 224], input_name="input", profiler=profiler, label=label)
                         rows.append(row)
@@ -569,7 +588,7 @@ def run(args: argparse.Namespace) -> int:
                 if lone is not None:
                     print(f"paired lone windows, {label} ...", flush=True)
                     client = Client(args.perf_analyzer, kinds[0], args.client_cores, args.pa_memory_gb, 0, 1,
-                                    shared_memory=shm)
+                                    shared_memory=shm, timeout_s=args.client_timeout)
                     pairs = paired_lone(lone, client, "127.0.0.1:8000", args.paired_rounds, args.paired_window_ms,
                                         tmp)
             finally:
@@ -591,7 +610,7 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps(rows[-1]), flush=True)
                 continue
             client = Client(args.perf_analyzer, "perf_analyzer", args.client_cores, args.pa_memory_gb, args.pa_count,
-                            1, args.pa_count_from, in_shared_memory([*args.server_arg, *flags]))
+                            1, args.pa_count_from, in_shared_memory([*args.server_arg, *flags]), args.client_timeout)
             try:
                 ports = {"http": "127.0.0.1:8010", "grpc": "127.0.0.1:8011"}
                 for protocol, url in ((p, ports[p]) for p in args.tiny_protocols.split(",")):

@@ -20,4 +20,6 @@ PYTHONPATH=/tmp/site:$PWD/operator python3 -u bench/serve_gpu.py --out /tmp/benc
   --client own --client-procs 4 --client-cores 12-15 --server-cores 0-11 --server-arg=--max-queue-size=4096 \
   $BENCH > "$OUT/bench.txt" 2>&1
 cp /tmp/bench-out/serve-gpu.json "$OUT/" 2>/dev/null
+# the servers' logs, one file (state dumps of a client that did not finish: --client-timeout)
+(cd /tmp/bench-out && compgen -G "*.log" > /dev/null && tar -cJf "$OUT/server-logs.tar.xz" ./*.log)
 sed -n '/^In-process ONNX Runtime CUDA/,$p' "$OUT/bench.txt"

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func testArena(t *testing.T, size int) *arena {
@@ -251,5 +252,22 @@ func TestStampsGoToTheTraceFolderOnlyWhenOneIsNamed(t *testing.T) {
 	b, _ := strconv.ParseInt(strings.Fields(lines[1])[1], 10, 64)
 	if a <= 0 || b < a {
 		t.Fatalf("times not monotonic: %d %d", a, b)
+	}
+}
+
+func TestAStateDumpSaysWhatTheFrontEndHoldsAndWhereEveryGoroutineIs(t *testing.T) {
+	s := &server{cfg: &setup{}, waiting: map[uint64]chan []json.RawMessage{7: nil, 8: nil}}
+	s.model.Store(newModel("ready", "", nil))
+	s.batcher = batcher{limit: 3, inFlight: 2, backlog: 5,
+		queue: []*member{{p: &plan{rows: 1}, arrived: time.Now().Add(-1500 * time.Millisecond)}}}
+	var out bytes.Buffer
+	s.dumpState(&out)
+	text := out.String()
+	for _, want := range []string{"model ready", "descriptors at the engine 2 (bound 3)", "requests waiting here 1 (the oldest for 1.5",
+		"backlog as last seen 5 rows", "replies awaited 2", "TestAStateDumpSaysWhatTheFrontEndHoldsAndWhereEveryGoroutineIs",
+		"=== end of trtop-http"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the dump lacks %q:\n%.600s", want, text)
+		}
 	}
 }

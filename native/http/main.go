@@ -110,6 +110,7 @@ func run() int {
 	engineGone := make(chan error, 1)
 	go func() { engineGone <- s.readChannel() }()
 	go s.reportLoop()
+	go s.dumpOnSignal()
 	served := make(chan error, 2)
 	var servers []*http.Server
 	if listener != nil {

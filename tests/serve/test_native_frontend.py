@@ -314,3 +314,26 @@ async def test_a_killed_native_grpc_front_end_is_replaced_and_the_other_keeps_se
     wait_for(lambda: len(frontends(s, "native")) == 4 and victim not in frontends(s, "native"), 15,
              "a replacement front-end")
     assert s.proc.poll() is None
+
+
+def test_sigusr1_dumps_the_engines_state_then_each_native_front_ends_and_serving_goes_on(
+        start_server: Start, affine_onnx: Path, native_bin: Path) -> None:
+    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "2"], native_env(native_bin))
+    s.wait_ready()
+    wait_for(lambda: len(frontends(s, "native")) == 2, 10, "two native front-ends")
+    natives, pythons = frontends(s, "native"), frontends(s, "python")
+    s.proc.send_signal(signal.SIGUSR1)
+    wait_for(lambda: s.logs().count("=== end of trtop-http") == 2, 10, "both native front-ends' dumps")
+    logs = s.logs()
+    assert re.search(rf"state: engine {s.proc.pid}: model ready; requests queued 0 \(0 rows, the oldest for 0\.000s\); "
+                     r"batches running 0 of 1; batch worker running; batches run \d+; reading descriptors on; "
+                     r"requests at the engine by front-end \{0: 0, 1: 0, 2: 0\}", logs), logs[-3000:]
+    assert "Thread 0x" in logs and "dump_state" in logs  # every engine thread's stack (faulthandler)
+    for pid in natives:
+        assert re.search(rf"=== trtop-http {pid}: model ready; descriptors at the engine 0 \(bound \d+\); requests waiting "
+                         r"here 0 \(the oldest for 0\.000s\)", logs), logs[-3000:]
+        assert f"=== end of trtop-http {pid}" in logs
+    assert frontends(s, "native") == natives and frontends(s, "python") == pythons  # nobody died of the signal
+    r = httpx.post(s.url + "/v2/models/a/infer", timeout=10,
+                   json={"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
+    assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [3, 5, 7, 9]

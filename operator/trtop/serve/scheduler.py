@@ -220,6 +220,14 @@ class Scheduler:
             loop.call_soon(self._kick)
         return future
 
+    def state(self) -> str:
+        """What it holds right now, in words (the engine's state dump, ``Supervisor.dump_state``)."""
+        worker = "not started" if self._worker is None else "ended" if self._worker.done() else "running"
+        oldest = self._clock() - self._queue[0].pending.enqueued_at if self._queue else 0.0
+        return (f"requests queued {len(self._queue)} ({self._queued_rows} rows, the oldest for {oldest:.3f}s); "
+                f"batches running {len(self._running)} of {self._instances}{' (full)' if self._full else ''}; "
+                f"batch worker {worker}; batches run {self.batches}")
+
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         # Kept: asyncio.get_running_loop() checks the process id (a getpid system call) every time, ~3% of the
         # event loop's time at a light model's request rate.

@@ -25,6 +25,7 @@ Called by ``cli.run_server`` when ``--frontends`` is above 0.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import os
 import shutil
@@ -154,6 +155,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.begin_shutdown)
+        loop.add_signal_handler(signal.SIGUSR1, self.dump_state)
         for i in range(self._processes()):
             await self._start_frontend(i)
         log.info("serving %r on %s:%d through %d %s front-end processes%s", self.service.name, self.settings.host,
@@ -175,6 +177,29 @@ class Supervisor:
             shutil.rmtree(self.private, ignore_errors=True)
         return self.exit_code
 
+    def state_line(self) -> str:
+        """What the engine process holds right now, in words."""
+        scheduler = self.service.scheduler
+        at_engine = ", ".join(f"{i}: {d.in_flight}" for i, d in sorted(self.dispatchers.items()))
+        return (f"engine {os.getpid()}: model {self.service.state}; "
+                f"{scheduler.state() if scheduler is not None else 'no scheduler yet'}; "
+                f"reading descriptors {'paused' if self.read_gate.closed else 'on'}; "
+                f"requests at the engine by front-end {{{at_engine}}}")
+
+    def dump_state(self) -> None:
+        """SIGUSR1 (``kill -USR1 <pid>``, or ``kubectl exec <pod> -- kill -USR1 1``) for a server that seems
+        stuck: the engine's state and every thread's stack to the log, then the same signal to each native
+        front-end, which writes its own (``native/http/dump.go``). Serving goes on. A Python front-end gets
+        no signal (it has no handler for it)."""
+        log.warning("state: %s", self.state_line())
+        faulthandler.dump_traceback(all_threads=True)
+        for index, proc in sorted(self.processes.items()):
+            if proc.returncode is None and self._is_native(index):
+                proc.send_signal(signal.SIGUSR1)
+
+    def _is_native(self, index: int) -> bool:
+        return self.native is not None and index < self.count + self.grpc_only
+
     def _api_socket(self) -> socket.socket:
         assert self.private is not None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -194,8 +219,8 @@ class Supervisor:
     def _command(self, index: int) -> tuple[list[str], socket.socket | None, str, bool]:
         """How front-end ``index`` runs: its command, the socket it accepts HTTP on (None: gRPC only), where it
         forwards to, native."""
-        if self.native and index < self.count + self.grpc_only:
-            assert self.api is not None
+        if self._is_native(index):
+            assert self.native is not None and self.api is not None
             return [self.native], self.listen if index < self.count else None, self.api.getsockname(), True
         listen = self.api if self.api is not None else self.listen
         return [sys.executable, "-m", "trtop.serve.frontend"], listen, "", False
