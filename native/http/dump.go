@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -29,16 +30,16 @@ func (s *server) stateLine() string {
 	}
 	b.mu.Unlock()
 	s.mu.Lock()
-	awaited := len(s.waiting)
+	awaited, lost := len(s.waiting), len(s.late)
 	s.mu.Unlock()
 	inUse := 0
 	if s.arena != nil {
 		inUse = s.arena.bytesInUse()
 	}
 	return fmt.Sprintf("trtop-http %d: model %s; descriptors at the engine %d (bound %d); requests waiting here %d "+
-		"(the oldest for %.3fs); the engine's backlog as last seen %d rows; replies awaited %d; arena bytes in use %d; "+
+		"(the oldest for %.3fs); the engine's backlog as last seen %d rows; replies awaited %d (lost %d); arena bytes in use %d; "+
 		"draining %v", os.Getpid(), s.model.Load().state, inFlight, limit, queued, oldest.Seconds(), backlog, awaited,
-		inUse, s.draining.Load())
+		lost, inUse, s.draining.Load())
 }
 
 // dumpState writes the state line and every goroutine's stack to w in one write.
@@ -64,5 +65,22 @@ func (s *server) dumpOnSignal() {
 	signal.Notify(c, syscall.SIGUSR1)
 	for range c {
 		s.dumpState(os.Stderr)
+	}
+}
+
+// dumpsAtMostEvery: dump, called at most once per interval (a server losing answers loses many).
+func dumpsAtMostEvery(interval time.Duration, dump func()) func() {
+	var mu sync.Mutex
+	var last time.Time
+	return func() {
+		mu.Lock()
+		due := time.Since(last) >= interval
+		if due {
+			last = time.Now()
+		}
+		mu.Unlock()
+		if due {
+			dump()
+		}
 	}
 }

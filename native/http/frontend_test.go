@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -269,5 +270,72 @@ func TestAStateDumpSaysWhatTheFrontEndHoldsAndWhereEveryGoroutineIs(t *testing.T
 		if !strings.Contains(text, want) {
 			t.Errorf("the dump lacks %q:\n%.600s", want, text)
 		}
+	}
+}
+
+func TestADescriptorTheEngineNeverAnswersTimesOutItsClientsAndHoldsItsRegionsUntilALateAnswer(t *testing.T) {
+	defer func(g time.Duration) { answerGrace = g }(answerGrace)
+	answerGrace = 20 * time.Millisecond
+	ours, engine := net.Pipe()
+	sent := make(chan []byte, 4)
+	go func() { // an engine that reads descriptors and answers none
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := engine.Read(buf)
+			if err != nil {
+				return
+			}
+			sent <- bytes.Clone(buf[:n])
+		}
+	}()
+	a := testArena(t, 1<<16)
+	s := &server{cfg: &setup{}, arena: a, ch: newChannel(ours), waiting: map[uint64]chan []json.RawMessage{},
+		late: map[uint64][]int{}}
+	s.cfg.Settings.TimeoutS = 0.05
+	s.batcher.limit = 4
+	lost := 0
+	s.onLost = func() { lost++ }
+	m := affine()
+	p, ok := m.admit([]byte(`{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","parameters":{"binary_data_size":16}}],"parameters":{"binary_data_output":true}}`), 16)
+	if !ok {
+		t.Fatal("the request was not admitted")
+	}
+	body := a.alloc(64)
+	mb := &member{p: &p, key: "k", base: int64(body), body: body, arrived: time.Now(), result: make(chan memberResult, 1)}
+	started := time.Now()
+	s.submit(m, mb)
+	res := <-mb.result
+	if res.refusal == nil || res.refusal.class != "TimedOut" || !strings.Contains(res.refusal.message, "did not answer within 0.05s") {
+		t.Fatalf("a descriptor with no answer must time its clients out; got %+v", res.refusal)
+	}
+	if waited := time.Since(started); waited > time.Second {
+		t.Fatalf("the clients heard after %v: the wait is the timeout and the grace", waited)
+	}
+	res.done()
+	if s.batcher.inFlight != 0 || lost != 1 || len(s.late) != 1 || !mb.bodyFreed {
+		t.Fatalf("in flight %d, lost %d, late %d, body freed %v: the front-end must go on, the regions wait",
+			s.batcher.inFlight, lost, len(s.late), mb.bodyFreed)
+	}
+	if a.bytesInUse() == 0 {
+		t.Fatal("the engine may still write the outputs and read the inputs: their regions must stay taken")
+	}
+	msg := <-sent
+	var frame [][]any // the descriptor: ["infer", id, ...]
+	if err := json.Unmarshal(msg[4:], &frame); err != nil || len(frame) != 1 || frame[0][0] != "infer" {
+		t.Fatalf("the engine got %q, not one descriptor (%v)", msg, err)
+	}
+	rid := int(frame[0][1].(float64))
+	go func() { // the answer comes after all
+		reply := fmt.Appendf(nil, `[["done",%d,null,[],-1]]`, rid)
+		frame := binary.LittleEndian.AppendUint32(nil, uint32(len(reply)))
+		engine.Write(append(frame, reply...))
+	}()
+	go s.readChannel()
+	deadline := time.Now().Add(2 * time.Second)
+	for a.bytesInUse() != 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if a.bytesInUse() != 0 || len(s.late) != 0 {
+		t.Fatalf("after the late answer %d bytes still in use, %d lost: they must be free", a.bytesInUse(), len(s.late))
 	}
 }

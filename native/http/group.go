@@ -223,7 +223,18 @@ func (s *server) execute(m *model, group []*member) {
 		fail(s.overloaded())
 		return
 	}
-	reply := s.ask(d)
+	reply, answered := s.ask(d, time.Duration(timeout*float64(time.Second))+answerGrace)
+	if !answered {
+		s.lost(d.rid, group, &regions)
+		log.Printf("descriptor %d (%d requests, %d rows) had no answer from the engine within %gs and %v: its clients "+
+			"get TimedOut; its arena regions stay the engine's until it answers", d.rid, len(group), total, timeout, answerGrace)
+		if s.onLost != nil {
+			s.onLost()
+		}
+		fail(refusal{http.StatusGatewayTimeout, "TimedOut", "timeout", fmt.Sprintf(
+			"the engine did not answer within %gs; the server is overloaded or unwell (its log says more)", timeout), 0})
+		return
+	}
 	s.batcher.answered(reply)
 	if reply == nil {
 		fail(refusal{http.StatusServiceUnavailable, "NotReady", "not_ready", "the engine process has stopped", 0})

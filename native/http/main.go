@@ -111,6 +111,9 @@ func run() int {
 	go func() { engineGone <- s.readChannel() }()
 	go s.reportLoop()
 	go s.dumpOnSignal()
+	s.onLost = dumpsAtMostEvery(time.Minute, func() {
+		syscall.Kill(os.Getppid(), syscall.SIGUSR1) // the engine logs its state and asks every native front-end for theirs
+	})
 	served := make(chan error, 2)
 	var servers []*http.Server
 	if listener != nil {

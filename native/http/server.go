@@ -32,6 +32,8 @@ type server struct {
 	ids     atomic.Uint64
 	mu      sync.Mutex
 	waiting map[uint64]chan []json.RawMessage // request id -> its "done" message (nil: the engine is gone)
+	late    map[uint64][]int                  // lost descriptors (no answer in time) -> the arena regions they hold
+	onLost  func()                            // called when a descriptor is lost (main: the engine dumps every state)
 
 	countMu  sync.Mutex
 	started  int
@@ -39,7 +41,7 @@ type server struct {
 }
 
 func newServer(cfg *setup, a *arena, ch *channel) *server {
-	s := &server{cfg: cfg, arena: a, ch: ch, waiting: map[uint64]chan []json.RawMessage{},
+	s := &server{cfg: cfg, arena: a, ch: ch, waiting: map[uint64]chan []json.RawMessage{}, late: map[uint64][]int{},
 		maxBody: int64(cfg.Settings.MaxBodyMB * 1024 * 1024)}
 	s.batcher.limit = max(1, cfg.GroupLimit)
 	s.model.Store(newModel("loading", "", nil))
@@ -237,14 +239,21 @@ type describedRequest struct {
 	msg []byte
 }
 
-// ask sends one descriptor and waits for the engine's reply (nil: the engine is gone). The wait
-// is bounded by the engine, which answers every descriptor (a result, an error or its timeout).
-func (s *server) ask(d *describedRequest) []json.RawMessage {
+// answerGrace: how long past a descriptor's own timeout this front-end waits for the engine's answer.
+// The engine answers every descriptor, at the latest with TimedOut at its deadline, so one that has
+// not answered by then and this grace is lost (a bug somewhere). Its clients would wait forever, and
+// with them every request this front-end holds back until an answer comes (group.go); an HTTP run after
+// a gRPC run hung that way on the GPU host (docs/server-measured.md, twenty-sixth session).
+var answerGrace = 10 * time.Second
+
+// ask sends one descriptor and waits for the engine's reply (nil: the engine is gone), at most wait:
+// answered is false when it did not come by then (the descriptor is then lost: see lost).
+func (s *server) ask(d *describedRequest, wait time.Duration) (reply []json.RawMessage, answered bool) {
 	done := make(chan []json.RawMessage, 1)
 	s.mu.Lock()
 	if s.waiting == nil {
 		s.mu.Unlock()
-		return nil
+		return nil, true
 	}
 	s.waiting[d.rid] = done
 	s.mu.Unlock()
@@ -253,9 +262,39 @@ func (s *server) ask(d *describedRequest) []json.RawMessage {
 		s.mu.Lock()
 		delete(s.waiting, d.rid)
 		s.mu.Unlock()
-		return nil
+		return nil, true
 	}
-	return <-done
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case reply := <-done:
+		return reply, true
+	case <-timer.C:
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, waits := s.waiting[d.rid]; !waits { // answered meanwhile, or the engine has gone (failAll)
+		return <-done, true
+	}
+	delete(s.waiting, d.rid)
+	return nil, false
+}
+
+// lost keeps a descriptor's arena regions, and the bodies of its members that are not yet freed, from
+// reuse until the engine answers it after all (it may still read the inputs and write the outputs
+// there); the members' answers then free nothing.
+func (s *server) lost(rid uint64, group []*member, regions *[]int) {
+	keep := append([]int(nil), *regions...)
+	*regions = nil
+	for _, mb := range group {
+		if !mb.bodyFreed {
+			keep = append(keep, mb.body)
+			mb.bodyFreed = true
+		}
+	}
+	s.mu.Lock()
+	s.late[rid] = keep
+	s.mu.Unlock()
 }
 
 // answerTensor: one output of a member's answer, its bytes in the arena (or in the reply).
@@ -485,9 +524,16 @@ func (s *server) readChannel() error {
 			s.mu.Lock()
 			done := s.waiting[rid]
 			delete(s.waiting, rid)
+			late, wasLost := s.late[rid]
+			delete(s.late, rid)
 			s.mu.Unlock()
 			if done != nil {
 				done <- msg
+			} else if wasLost {
+				for _, off := range late {
+					s.arena.release(off)
+				}
+				log.Printf("descriptor %d was answered after its clients were told it timed out: its arena regions are free again", rid)
 			}
 		case "state":
 			var state, errText string
