@@ -1,7 +1,7 @@
 package main
 
-// A state dump on SIGUSR1 for a front-end that seems stuck (kill -USR1 <pid>; in a pod, kubectl exec ...
-// kill -USR1 1 reaches the engine process, which passes it on to its front-ends): one line of what this
+// A state dump on SIGUSR1 for a front-end that seems stuck (kill -USR1 <pid>; in a pod, kubectl exec <pod> -- sh -c
+// 'kill -USR1 1' reaches the engine process, which passes it on to its front-ends): one line of what this
 // front-end holds (descriptors at the engine and their bound, requests waiting here and the oldest's wait,
 // the engine's backlog as last seen, replies awaited, arena bytes in use) and every goroutine's stack.
 // The process keeps serving. It is written in one write, so the dumps of several front-ends sharing the

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -224,6 +226,31 @@ class TestDrainAndReadiness:
         gate.touch()
         s.wait_ready(60)
         assert metric_value(httpx.get(s.url + "/metrics").text, "trtop_model_load_seconds", model="a") >= held
+
+    def test_sigusr1_logs_a_one_process_servers_state_and_stacks_and_serving_goes_on(
+            self, start_server: Start, affine_onnx: Path) -> None:
+        s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--backend", SLOW, "--frontends", "0"],
+                         env={"FAKE_RUN_DELAY_S": "1.0"})
+        s.wait_ready(60)
+        running = re.compile(rf"state: engine {s.proc.pid}: model ready; requests queued 0 \(0 rows, the oldest for "
+                             r"0\.000s\); batches running 1 of 1 \(full\); batch worker running; batches run 0")
+
+        async def dump_while_one_runs() -> int:
+            async with httpx.AsyncClient(base_url=s.url, timeout=30) as client:
+                call = asyncio.ensure_future(client.post("/v2/models/a/infer",
+                                                         json=infer_json(np.full((1, 4), 1.0, np.float32))))
+                for _ in range(9):  # it runs for 1 s once it has arrived
+                    await asyncio.sleep(0.05)
+                    s.proc.send_signal(signal.SIGUSR1)
+                    await asyncio.sleep(0.05)
+                    if running.search(s.logs()):
+                        break
+                return (await call).status_code
+
+        assert asyncio.run(dump_while_one_runs()) == 200
+        logs = s.logs()
+        assert running.search(logs), logs[-3000:]
+        assert "Thread 0x" in logs and "in run" in logs  # every thread's stack: the instance's is in the model's run
 
     def test_a_model_that_fails_to_load_exits_1(self, start_server: Start, affine_onnx: Path) -> None:
         s = start_server(["--model", str(affine_onnx), "--backend", SLOW], env={"FAKE_LOAD_FAIL": "1"})

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import importlib.util
 import logging
+import os
 import signal
 import socket
 import time
@@ -51,13 +53,22 @@ EXIT_LOAD_FAILED = 1
 EXIT_CANNOT_LISTEN = 1
 
 
+def dump_state(line: str) -> None:
+    """A process's state line and every thread's stack to the log (SIGUSR1; docs/server.md, Life cycle)."""
+    log.warning("state: %s", line)
+    faulthandler.dump_traceback(all_threads=True)
+
+
 class InferenceServer(uvicorn.Server):
-    """uvicorn's server with a readiness-first drain and our own exit code."""
+    """uvicorn's server with a readiness-first drain and our own exit code. ``describe``: this process's state
+    line for SIGUSR1's dump."""
 
     def __init__(self, config: uvicorn.Config, service: ModelHandle, drain_delay_s: float,
-                 grpc_server: Callable[[], Any] | None = None, grace_s: float = 30.0) -> None:
+                 grpc_server: Callable[[], Any] | None = None, grace_s: float = 30.0,
+                 describe: Callable[[], str] | None = None) -> None:
         super().__init__(config)
         self.service = service
+        self.describe = describe or (lambda: f"Python front-end {os.getpid()}")
         self.drain_delay_s = drain_delay_s
         self.exit_code = 0
         self._stop_at: float | None = None
@@ -117,6 +128,7 @@ class InferenceServer(uvicorn.Server):
         # signal); a drained server should exit with its own code instead, so we own the handlers.
         sigs = (signal.SIGINT, signal.SIGTERM)
         previous = {s: signal.signal(s, self.handle_exit) for s in sigs}
+        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda sig, frame: dump_state(self.describe()))
         try:
             yield
         finally:
@@ -171,7 +183,8 @@ def create_server(settings: ServeSettings) -> InferenceServer:
     app = build_app(service, max_body_bytes=settings.max_body_bytes, lifespan=lifespan,
                     max_inflight_bytes=settings.max_inflight_bytes, body_timeout_s=settings.body_timeout_s)
     server = InferenceServer(uvicorn_config(app, settings), service, settings.drain_delay_s,
-                             grpc_factory(service, settings, reuse_port=False), settings.shutdown_timeout_s)
+                             grpc_factory(service, settings, reuse_port=False), settings.shutdown_timeout_s,
+                             describe=service.state_line)
     holder.append(server)
     return server
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import logging
 import math
 import threading
@@ -209,6 +210,12 @@ class InferenceService:
     @property
     def scheduler(self) -> Scheduler | None:
         return self._scheduler
+
+    def state_line(self) -> str:
+        """What this process holds right now, in words (``server.dump_state``)."""
+        scheduler = self._scheduler
+        return (f"engine {os.getpid()}: model {self.state}; "
+                f"{scheduler.state() if scheduler is not None else 'no scheduler yet'}")
 
     async def start(self) -> None:
         """Load and warm up off the event loop (health checks keep answering), then start batching."""

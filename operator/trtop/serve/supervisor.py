@@ -25,7 +25,6 @@ Called by ``cli.run_server`` when ``--frontends`` is above 0.
 from __future__ import annotations
 
 import asyncio
-import faulthandler
 import logging
 import os
 import shutil
@@ -43,7 +42,7 @@ from trtop.serve.frontend import setup_env
 from trtop.serve.heap import settle_heap
 from trtop.serve.processes import GRPC_ONLY_PER_NATIVE, frontend_count, grpc_frontends, native_binary, native_grpc
 from trtop.serve.read_gate import ReadGate
-from trtop.serve.server import create_service
+from trtop.serve.server import create_service, dump_state
 from trtop.serve.service import InferenceService
 from trtop.serve.settings import ServeSettings
 
@@ -179,20 +178,16 @@ class Supervisor:
 
     def state_line(self) -> str:
         """What the engine process holds right now, in words."""
-        scheduler = self.service.scheduler
         at_engine = ", ".join(f"{i}: {d.in_flight}" for i, d in sorted(self.dispatchers.items()))
-        return (f"engine {os.getpid()}: model {self.service.state}; "
-                f"{scheduler.state() if scheduler is not None else 'no scheduler yet'}; "
-                f"reading descriptors {'paused' if self.read_gate.closed else 'on'}; "
+        return (f"{self.service.state_line()}; reading descriptors {'paused' if self.read_gate.closed else 'on'}; "
                 f"requests at the engine by front-end {{{at_engine}}}")
 
     def dump_state(self) -> None:
-        """SIGUSR1 (``kill -USR1 <pid>``, or ``kubectl exec <pod> -- kill -USR1 1``) for a server that seems
+        """SIGUSR1 (``kill -USR1 <pid>``, or ``kubectl exec <pod> -- sh -c 'kill -USR1 1'``) for a server that seems
         stuck: the engine's state and every thread's stack to the log, then the same signal to each native
         front-end, which writes its own (``native/http/dump.go``). Serving goes on. A Python front-end gets
-        no signal (it has no handler for it)."""
-        log.warning("state: %s", self.state_line())
-        faulthandler.dump_traceback(all_threads=True)
+        no signal (their stacks would interleave with the others'; each dumps its own on SIGUSR1 sent to it)."""
+        dump_state(self.state_line())
         for index, proc in sorted(self.processes.items()):
             if proc.returncode is None and self._is_native(index):
                 proc.send_signal(signal.SIGUSR1)
