@@ -74,6 +74,7 @@ import models  # noqa: E402
 from trtop.serve.awake import SPINNER_NAME  # noqa: E402
 
 DEVICE = "9.0/NVIDIA-H200"
+CLIENT_TIMEOUT_S = 120.0  # a perf_analyzer run still going then is stuck (--client-timeout)
 BUCKETS = (1, 2, 4, 8, 16, 32)
 TARGET_RATIO, TARGET_TAIL, TARGET_TINY = 0.85, 2.5, 20000.0
 TARGET_LONE_MS = 0.3  # a lone request over the engine's batch-1 p50
@@ -307,7 +308,7 @@ class Client:
     HTTP only)."""
 
     def __init__(self, pa: str, kind: str, cores: str, memory_gb: float, count: int, procs: int,
-                 count_from: int = 0, shared_memory: bool = False, timeout_s: float = 300) -> None:
+                 count_from: int = 0, shared_memory: bool = False, timeout_s: float = CLIENT_TIMEOUT_S) -> None:
         self.pa, self.kind, self.cores, self.memory_gb, self.count, self.procs = pa, kind, cores, memory_gb, count, procs
         self.count_from = count_from
         self.timeout_s = timeout_s  # perf_analyzer still running then: the server's state is dumped, the client killed
@@ -485,7 +486,7 @@ def main() -> int:
     ap.add_argument("--client-cores", default="", help="taskset -c list for the client (e.g. 12-15)")
     ap.add_argument("--server-cores", default="", help="taskset -c list for the server (e.g. 0-11)")
     ap.add_argument("--client-procs", type=int, default=4, help="processes of --client own")
-    ap.add_argument("--client-timeout", type=float, default=120,
+    ap.add_argument("--client-timeout", type=float, default=CLIENT_TIMEOUT_S,
                     help="seconds a perf_analyzer run may take; past them the server's state is dumped into its log "
                          "(SIGUSR1), the client killed and its row says so (the run goes on)")
     ap.add_argument("--pa-memory-gb", type=float, default=32, help="address-space cap of perf_analyzer (0: none)")

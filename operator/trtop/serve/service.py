@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Hashable
