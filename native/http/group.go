@@ -223,7 +223,7 @@ func (s *server) execute(m *model, group []*member) {
 		fail(s.overloaded())
 		return
 	}
-	reply, answered := s.ask(d, time.Duration(timeout*float64(time.Second))+answerGrace)
+	reply, answered := s.ask(d, seconds(timeout)+answerGrace)
 	if !answered {
 		s.lost(d.rid, group, &regions)
 		log.Printf("descriptor %d (%d requests, %d rows) had no answer from the engine within %gs and %v: its clients "+

@@ -66,7 +66,7 @@ func newGRPCFront(s *server, proxyPath string) *grpcFront {
 		Protocols:       &p,
 		IdleConnTimeout: 30 * time.Second,
 	}
-	g := &grpcFront{s: s, maxAge: time.Duration(s.cfg.Settings.GRPCMaxConnectionAgeS * float64(time.Second)),
+	g := &grpcFront{s: s, maxAge: seconds(s.cfg.Settings.GRPCMaxConnectionAgeS),
 		maxCalls: int64(s.cfg.Settings.MaxConnections)}
 	g.proxy = &httputil.ReverseProxy{
 		Rewrite: func(r *httputil.ProxyRequest) {
@@ -159,7 +159,7 @@ func (g *grpcFront) infer(w http.ResponseWriter, r *http.Request) bool {
 	}
 	started := time.Now()
 	rc := http.NewResponseController(w)
-	rc.SetReadDeadline(started.Add(time.Duration(s.cfg.Settings.BodyTimeoutS * float64(time.Second))))
+	rc.SetReadDeadline(started.Add(seconds(s.cfg.Settings.BodyTimeoutS)))
 	defer rc.SetReadDeadline(time.Time{})
 	var prefix [5]byte
 	if n, err := io.ReadFull(r.Body, prefix[:]); err != nil || prefix[0] != 0 {

@@ -49,6 +49,10 @@ type setup struct {
 	GRPCProxyPath string `json:"grpc_proxy_path"`
 	// Descriptors this process keeps in flight at the engine (more requests wait and leave as one group).
 	GroupLimit int `json:"group_limit"`
+	// How long past a descriptor's timeout an answer is waited for, and how often a lost one may ask for a
+	// dump of every process's state (frontend.ANSWER_GRACE_S, LOST_DUMP_EVERY_S; 0: this program's defaults).
+	AnswerGraceS   float64 `json:"answer_grace_s"`
+	LostDumpEveryS float64 `json:"lost_dump_every_s"`
 }
 
 const envSetup = "TRTOP_FRONTEND_SETUP" // as frontend.ENV_FRONTEND
@@ -101,7 +105,7 @@ func run() int {
 	s := newServer(&cfg, a, newChannel(conn))
 	srv := &http.Server{
 		Handler:           s,
-		ReadHeaderTimeout: time.Duration(cfg.Settings.BodyTimeoutS * float64(time.Second)),
+		ReadHeaderTimeout: seconds(cfg.Settings.BodyTimeoutS),
 		IdleTimeout:       30 * time.Second, // as uvicorn's timeout_keep_alive in server.uvicorn_config
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          log.Default(),
@@ -111,7 +115,14 @@ func run() int {
 	go func() { engineGone <- s.readChannel() }()
 	go s.reportLoop()
 	go s.dumpOnSignal()
-	s.onLost = dumpsAtMostEvery(time.Minute, func() {
+	if cfg.AnswerGraceS > 0 {
+		answerGrace = seconds(cfg.AnswerGraceS)
+	}
+	dumpEvery := time.Minute
+	if cfg.LostDumpEveryS > 0 {
+		dumpEvery = seconds(cfg.LostDumpEveryS)
+	}
+	s.onLost = dumpsAtMostEvery(dumpEvery, func() {
 		syscall.Kill(os.Getppid(), syscall.SIGUSR1) // the engine logs its state and asks every native front-end for theirs
 	})
 	served := make(chan error, 2)
@@ -141,10 +152,10 @@ func run() int {
 		// then stop accepting and answer what is in flight.
 		s.draining.Store(true)
 		select {
-		case <-time.After(time.Duration(cfg.Settings.DrainDelayS * float64(time.Second))):
+		case <-time.After(seconds(cfg.Settings.DrainDelayS)):
 		case <-engineGone:
 		}
-		shutdown(servers, time.Duration(cfg.Settings.ShutdownTimeoutS*float64(time.Second)))
+		shutdown(servers, seconds(cfg.Settings.ShutdownTimeoutS))
 	case err := <-engineGone:
 		if !s.draining.Load() {
 			log.Printf("the engine process has gone (%v): exiting", err)
@@ -239,4 +250,9 @@ func (l *limited) Accept() (net.Conn, error) {
 			<-l.slots
 		}
 	}), nil
+}
+
+// seconds: a setting in seconds as a duration.
+func seconds(s float64) time.Duration {
+	return time.Duration(s * float64(time.Second))
 }

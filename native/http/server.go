@@ -131,7 +131,7 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) bool {
 	}
 	body := s.arena.mem[off+pad : off+pad+int(n)]
 	rc := http.NewResponseController(w)
-	rc.SetReadDeadline(time.Now().Add(time.Duration(s.cfg.Settings.BodyTimeoutS * float64(time.Second))))
+	rc.SetReadDeadline(time.Now().Add(seconds(s.cfg.Settings.BodyTimeoutS)))
 	_, err = io.ReadFull(r.Body, body)
 	rc.SetReadDeadline(time.Time{})
 	stamp("g_body")

@@ -318,7 +318,8 @@ async def test_a_killed_native_grpc_front_end_is_replaced_and_the_other_keeps_se
 
 def test_sigusr1_dumps_the_engines_state_then_each_native_front_ends_and_serving_goes_on(
         start_server: Start, affine_onnx: Path, native_bin: Path) -> None:
-    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "2"], native_env(native_bin))
+    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "2", "--group-limit", "5"],
+                     native_env(native_bin))
     s.wait_ready()
     wait_for(lambda: len(frontends(s, "native")) == 2, 10, "two native front-ends")
     natives, pythons = frontends(s, "native"), frontends(s, "python")
@@ -330,9 +331,13 @@ def test_sigusr1_dumps_the_engines_state_then_each_native_front_ends_and_serving
                      r"requests at the engine by front-end \{0: 0, 1: 0, 2: 0\}", logs), logs[-3000:]
     assert "Thread 0x" in logs and "dump_state" in logs  # every engine thread's stack (faulthandler)
     for pid in natives:
-        assert re.search(rf"=== trtop-http {pid}: model ready; descriptors at the engine 0 \(bound \d+\); requests waiting "
+        assert re.search(rf"=== trtop-http {pid}: model ready; descriptors at the engine 0 \(bound 5\); requests waiting "
                          r"here 0 \(the oldest for 0\.000s\)", logs), logs[-3000:]
         assert f"=== end of trtop-http {pid}" in logs
+    for pid in pythons:  # the Python front-end the native ones forward to dumps its own when sent the signal
+        os.kill(pid, signal.SIGUSR1)
+        wait_for(lambda: f"state: Python front-end {pid}: model ready; requests awaiting the engine 0; answers lost 0"
+                 in s.logs(), 10, "the Python front-end's dump")
     assert frontends(s, "native") == natives and frontends(s, "python") == pythons  # nobody died of the signal
     r = httpx.post(s.url + "/v2/models/a/infer", timeout=10,
                    json={"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})

@@ -5,6 +5,7 @@ import pytest
 
 from trtop import names
 from trtop.serve.settings import ServeSettings, parse_settings
+from trtop.serve.supervisor import GROUP_LIMIT_GPU, group_limit
 
 
 def test_defaults() -> None:
@@ -38,6 +39,7 @@ def test_grpc_port_defaults_to_tritons_and_0_turns_it_off() -> None:
     (["--timeout-s", "0"], {}, "timeout"),
     ([], {names.ENV_SERVE_PORT: "http"}, "TRTOP_PORT"),
     (["--grpc-port", "-1"], {}, "--grpc-port must be 0 (off) or 1-65535"),
+    (["--group-limit", "-1"], {}, "--group-limit must be >= 0"),
     (["--grpc-max-connection-age-s", "-1"], {}, "--grpc-max-connection-age-s must be >= 0 (0: never)"),
     (["--grpc-port", "8000"], {}, "give gRPC its own port"),
     ([], {names.ENV_SERVE_GPU_IO: "fast"}, "--gpu-io must be one of graphs, bind, plain"),
@@ -51,3 +53,10 @@ def test_bad_settings_exit_with_usage(argv: list[str], env: dict[str, str], matc
     assert exc.value.code == 2
     assert match in capsys.readouterr().err
 
+
+
+def test_the_group_limit_is_by_the_device_unless_set() -> None:
+    assert group_limit(2, gpu=False) == 3 and group_limit(0, gpu=False) == 2  # a batch per instance and one more
+    assert group_limit(2, gpu=True) == GROUP_LIMIT_GPU  # the backlog decides
+    limit = parse_settings([], env={names.ENV_SERVE_GROUP_LIMIT: "4"}).group_limit
+    assert limit == 4 and group_limit(2, gpu=True, setting=limit) == 4 and group_limit(2, gpu=False, setting=limit) == 4

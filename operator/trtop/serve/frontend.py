@@ -38,12 +38,12 @@ from trtop.serve import errors
 from trtop.serve.app import build_app
 from trtop.serve.arena import Allocator, Arena, pad_before
 from trtop.serve.channel import Channel, Message
-from trtop.serve.errors import BadRequest, InferenceFailed, NotReady, Overloaded, ServeError
+from trtop.serve.errors import BadRequest, InferenceFailed, NotReady, Overloaded, ServeError, TimedOut
 from trtop.serve.heap import settle_heap
 from trtop.serve.model import Admitted, ModelInfo, admit
 from trtop.serve.processes import frontend_count
 from trtop.serve.protocol import Held, InferRequest
-from trtop.serve.server import InferenceServer, grpc_factory, uvicorn_config
+from trtop.serve.server import InferenceServer, dump_state, grpc_factory, uvicorn_config
 from trtop.serve.settings import ServeSettings
 from trtop.serve.shared_memory import OFF_MESSAGE, RegionSpec, Registry, check_spec
 from trtop.serve.statistics import StatsSnapshot
@@ -56,6 +56,13 @@ REPORT_INTERVAL_S = 0.02  # finished requests reach the engine's metrics within 
 # model the arena's allocations, views and copies cost more than the bytes (in-flight bytes of such requests
 # are bounded by the queue and connection limits instead).
 INLINE_BYTES = 4096
+# How long past a request's own timeout a front-end waits for the engine's answer. The engine answers every
+# request, at the latest with TimedOut at its deadline, so one not answered by then and this grace is lost (a
+# bug somewhere): its client is told TimedOut instead of waiting forever. The native front-end is given the
+# same (``setup_env``'s ``answer_grace_s``).
+ANSWER_GRACE_S = 10.0
+LOST_CHECK_EVERY = 50  # reports (one second): how often the requests awaiting the engine are checked for lost ones
+LOST_DUMP_EVERY_S = 60.0  # a front-end losing answers loses many: the engine is asked for its state at most this often
 
 
 class LocalCounts:
@@ -82,6 +89,9 @@ class _Waiting:
     future: asyncio.Future[Any]  # an infer request's outputs, or the answer to a question (``ask``)
     regions: list[int]
     buffer: Held | None = None  # the request body's region, held until the engine's reply
+    sent_ns: int = 0  # perf_counter_ns when it was sent
+    deadline_ns: int = 0  # perf_counter_ns past which the answer is lost (its timeout and ANSWER_GRACE_S)
+    lost: bool = False  # its caller was told TimedOut; its regions stay the engine's until a late answer
 
 
 class RemoteModel:
@@ -104,6 +114,7 @@ class RemoteModel:
         self._draining = False
         self._row_shapes: dict[str, tuple[tuple[int, ...], int]] = {}
         self.engine_gone = asyncio.Event()
+        self.lost = 0  # answers given up on (``expire``)
 
     @property
     def ready(self) -> bool:
@@ -127,6 +138,9 @@ class RemoteModel:
                     self._alloc.free(offset)
                 if waiting.buffer is not None:
                     waiting.buffer.release()
+                if waiting.lost:
+                    log.warning("request %d was answered after its client was told it timed out: its arena regions "
+                                "are free again", message[1])
         elif kind == "regions":  # the engine's registry changed (sent before the answer to a registration)
             self.shared_memory.follow(tuple(RegionSpec(*spec) for spec in message[1]))
         elif kind == "state":
@@ -188,7 +202,8 @@ class RemoteModel:
             raise
         rid = next(self._ids)
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = _Waiting(future, regions, buffer)
+        self._waiting[rid] = _Waiting(future, regions, buffer, started,
+                                      started + int((timeout + ANSWER_GRACE_S) * 1e9))
         self._channel.send(("infer", rid, admitted.rows, inputs, outputs, timeout))
         return admitted, future
 
@@ -198,9 +213,40 @@ class RemoteModel:
             raise NotReady("the engine process is not connected")
         rid = next(self._ids)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = _Waiting(future, [])
+        now = time.perf_counter_ns()
+        self._waiting[rid] = _Waiting(future, [], None, now, now + int((self._timeout + ANSWER_GRACE_S) * 1e9))
         self._channel.send((kind, rid, *args))
         return await future
+
+    def expire(self, now_ns: int) -> int:
+        """Give up on the answers past their deadline (``_Waiting.deadline_ns``): their callers get TimedOut
+        instead of waiting forever, and with them whatever waits on them (a connection's next request, a
+        drain). Their regions stay taken until the engine answers after all (it may still read the inputs
+        and write the outputs there). Returns how many were given up now."""
+        lost = 0
+        for rid, waiting in self._waiting.items():
+            if waiting.lost or now_ns < waiting.deadline_ns:
+                continue
+            waiting.lost = True
+            lost += 1
+            if not waiting.future.done():
+                waiting.future.set_exception(TimedOut(
+                    f"the engine did not answer within its timeout and {ANSWER_GRACE_S:g}s more; the server is "
+                    f"overloaded or unwell (its log says more)"))
+            log.warning("request %d had no answer from the engine %.1fs past its deadline: its client gets TimedOut; "
+                        "its arena regions stay the engine's until it answers", rid, ANSWER_GRACE_S)
+        self.lost += lost
+        return lost
+
+    def state_line(self) -> str:
+        """What this front-end holds right now, in words (SIGUSR1's dump)."""
+        now = time.perf_counter_ns()
+        waiting = [w for w in self._waiting.values() if not w.lost]
+        oldest = max((now - w.sent_ns for w in waiting), default=None)
+        return (f"Python front-end {os.getpid()}: model {self.state}; requests awaiting the engine {len(waiting)}"
+                + (f" (the oldest sent {oldest / 1e9:.3f}s ago)" if oldest is not None else "")
+                + f"; answers lost {self.lost}, still unanswered {len(self._waiting) - len(waiting)}; "
+                f"arena bytes in use {self._alloc.used_bytes}")
 
     async def register_region(self, spec: RegionSpec) -> None:
         check_spec(spec)
@@ -312,11 +358,13 @@ def setup_env(settings: ServeSettings, *, index: int, listen_fd: int, channel_fd
     """The setup both kinds of front-end read; ``proxy_path``: the native front-end's way to the Python one,
     ``group_limit``: the descriptors it keeps in flight before it groups requests; ``grpc_listen_fd`` and
     ``grpc_proxy_path``: a native front-end's gRPC socket and its way to the Python gRPC server, which
-    listens on ``grpc_address`` (not the gRPC port) when set."""
+    listens on ``grpc_address`` (not the gRPC port) when set. Both kinds give up on the engine's answer
+    ``ANSWER_GRACE_S`` past its timeout and ask for every process's state at most every ``LOST_DUMP_EVERY_S``."""
     doc = {"settings": {f.name: getattr(settings, f.name) for f in fields(ServeSettings)}, "index": index,
            "listen_fd": listen_fd, "channel_fd": channel_fd, "arena_fd": arena_fd, "arena_size": arena_size,
            "parent_pid": os.getpid(), "proxy_path": proxy_path, "group_limit": group_limit,
-           "grpc_listen_fd": grpc_listen_fd, "grpc_proxy_path": grpc_proxy_path, "grpc_address": grpc_address}
+           "grpc_listen_fd": grpc_listen_fd, "grpc_proxy_path": grpc_proxy_path, "grpc_address": grpc_address,
+           "answer_grace_s": ANSWER_GRACE_S, "lost_dump_every_s": LOST_DUMP_EVERY_S}
     return {ENV_FRONTEND: json.dumps(doc)}
 
 
@@ -369,7 +417,7 @@ def serve_frontend(settings: ServeSettings, arena: Arena, listen: socket.socket,
     # Every front-end listens for gRPC on the same port (SO_REUSEPORT; the engine process holds the port).
     server = InferenceServer(uvicorn_config(app, settings, log_config=None), model, settings.drain_delay_s,
                              grpc_factory(model, settings, reuse_port=True, address=grpc_address),
-                             settings.shutdown_timeout_s)
+                             settings.shutdown_timeout_s, describe=model.state_line)
     holder.append(server)
     settle_heap()
     server.run(sockets=[listen])
@@ -377,9 +425,16 @@ def serve_frontend(settings: ServeSettings, arena: Arena, listen: socket.socket,
 
 
 async def _report(model: RemoteModel) -> None:
-    while True:
+    """Finished requests to the engine's metrics; now and then, answers given up on (``RemoteModel.expire``)."""
+    last_dump = -math.inf
+    for tick in itertools.count(1):
         await asyncio.sleep(REPORT_INTERVAL_S)
         model.report()
+        if tick % LOST_CHECK_EVERY == 0 and model.expire(time.perf_counter_ns()):
+            if time.monotonic() - last_dump >= LOST_DUMP_EVERY_S:
+                last_dump = time.monotonic()
+                dump_state(model.state_line())
+                os.kill(os.getppid(), signal.SIGUSR1)  # the engine logs its state (and native front-ends theirs)
 
 
 def main() -> int:

@@ -77,6 +77,9 @@ class ServeSettings:
     # native HTTP front-ends gRPC is Python's. On the H200 host Python's grpc front-ends spent ~0.37 ms of a
     # core per tiny request, HTTP's 0.14 (docs/server-measured.md).
     grpc_frontend: str = "auto"
+    # Descriptors a native front-end keeps in flight at the engine before it holds requests back to send
+    # them as one group (``supervisor.group_limit``); 0 = by the device: instances + 1 on CPU, 64 on a GPU.
+    group_limit: int = 0
     # Batches that may run at once (Triton's instance count); 0 = 1 on a GPU, min(cores, 4) on CPU.
     instances: int = 0
     # Compute threads per batch for CPU backends; 0 = the cores this process may use / instances.
@@ -157,6 +160,9 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
                       "front-ends' HTTP: python (default), native (trtop-http), or auto (native when installed)"),
     "grpc_frontend": ("--grpc-frontend", names.ENV_SERVE_GRPC_FRONTEND,
                       "gRPC beside native HTTP front-ends: auto (default: native with them), native, or python"),
+    "group_limit": ("--group-limit", names.ENV_SERVE_GROUP_LIMIT,
+                    "descriptors a native front-end keeps at the engine before it groups requests (0: instances + 1 "
+                    "on CPU, 64 on a GPU)"),
     "instances": ("--instances", names.ENV_SERVE_INSTANCES, "batches that may run at once (0: 1 on GPU, min(cores, 4) on CPU)"),
     "threads": ("--threads", names.ENV_SERVE_THREADS, "compute threads per batch (0: cores / instances)"),
     "gpu_io": ("--gpu-io", names.ENV_SERVE_GPU_IO,
@@ -217,6 +223,8 @@ def _problems(s: ServeSettings) -> list[str]:
             out.append("--buckets sizes must be >= 1")
     if s.max_queue_delay_ms < 0:
         out.append("--max-queue-delay-ms must be >= 0")
+    if s.group_limit < 0:
+        out.append("--group-limit must be >= 0 (0: by the device)")
     if s.instances < 0:
         out.append("--instances must be >= 0")
     if s.http_frontend not in HTTP_FRONTENDS:

@@ -74,7 +74,7 @@ GROUP_LIMIT_GPU = 64  # a bound well above what the backlog lets out at once
 NATIVE_GO_THREADS = 1
 
 
-def group_limit(instances: int, gpu: bool) -> int:
+def group_limit(instances: int, gpu: bool, setting: int = 0) -> int:
     """The most descriptors a native front-end keeps in flight; beyond them, and while the engine's backlog
     (rows queued beyond what every instance's next batch takes, reported with every answer) is positive,
     requests wait there and leave grouped (``native/http/group.go``).
@@ -83,7 +83,11 @@ def group_limit(instances: int, gpu: bool) -> int:
     engine process takes a core from the model, and holding requests back to group them paid more than it
     cost (light model, 64 connections, 2 cores: 5,900-6,800 req/s against 4,800-6,000 with the backlog
     alone). On a GPU the backlog alone: a fixed few held requests back while the engine had room, and
-    ResNet-50's batches at 64 clients shrank from 15 rows to 10 on the H200 host (0.73 against 0.90 x)."""
+    ResNet-50's batches at 64 clients shrank from 15 rows to 10 on the H200 host (0.73 against 0.90 x).
+    ``setting`` (``--group-limit``) > 0 wins: a tiny model's gRPC on the H200 host ran 1.22-1.39 x faster with
+    instances + 1 there, but an HTTP run after it stalled (docs/server-measured.md, twenty-sixth session)."""
+    if setting > 0:
+        return setting
     return GROUP_LIMIT_GPU if gpu else max(1, instances) + 1
 
 
@@ -266,7 +270,8 @@ class Supervisor:
         env.update(setup_env(self.settings, index=index, listen_fd=listen.fileno() if listen is not None else -1,
                              channel_fd=theirs.fileno(),
                              arena_fd=arena.fd, arena_size=arena.size, proxy_path=proxy_path,
-                             group_limit=group_limit(self.service.config.instances, self.gpu),
+                             group_limit=group_limit(self.service.config.instances, self.gpu,
+                                                                     self.settings.group_limit),
                              grpc_listen_fd=grpc_fd, grpc_proxy_path=grpc_proxy, grpc_address=grpc_address))
         proc = await asyncio.create_subprocess_exec(*command, env=env, pass_fds=fds)
         theirs.close()

@@ -238,7 +238,6 @@ def generic_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
         request_cls: type[Message] = getattr(pb, method.input_type.name)
-        response_cls: type[Message] = getattr(pb, method.output_type.name)
         codec = {"request_deserializer": _decoder(request_cls), "response_serializer": _serialize}
         if method.client_streaming or method.server_streaming:
             name = method.name
