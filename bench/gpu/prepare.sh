@@ -5,7 +5,8 @@
 #   onnxruntime-gpu (from ../shared/tools/gpu-payload.sh, or GPU_PAYLOAD=path) without libonnxruntime.so and the
 #   TensorRT provider (the Python binding loads neither), as one xz tar in parts (FIRST_MB, default 45, then PART_MB, 60);
 #   the server's wheels and perf_analyzer (.gpu/small, from gpu-payload.sh); pytest and the tests' wheels (.gpu/tw);
-#   the native front-end (.gpu/bin/trtop-http, with the last part); bench/gpu/install.sh and run.sh (.gpu/run).
+#   the native front-end (.gpu/bin/trtop-http, and one built with the race detector, with the last part);
+#   bench/gpu/install.sh and run.sh (.gpu/run).
 # Usage: bench/gpu/prepare.sh   (in the repository's root; prints the device calls to make)
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
@@ -39,6 +40,10 @@ python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implement
   -d .gpu/tw pytest pytest-asyncio pytest-timeout httpx nvidia-ml-py
 cp .gpu/ortx/SHA256 .gpu/tw/ORT_SHA256
 mkdir -p .gpu/bin && (cd native/http && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o ../../.gpu/bin/trtop-http .)
+# The same built with Go's race detector (~3 MB compressed; run.sh unpacks it to /root/gpu/race): a configuration
+# with PATH=/root/gpu/race:$PATH runs it, and a data race that only many cores make likely is then in its log.
+(cd native/http && CGO_ENABLED=1 go build -race -trimpath -ldflags="-s -w" -o ../../.gpu/trtop-http-race .)
+xz -T0 -9 -f -c .gpu/trtop-http-race > .gpu/bin/trtop-http-race.xz && rm .gpu/trtop-http-race
 rm -rf .gpu/run && mkdir -p .gpu/run && cp bench/gpu/install.sh bench/gpu/run.sh .gpu/run/
 parts=($(ls -d .gpu/ortx/p* | sort -V))
 echo

@@ -3,11 +3,20 @@
 # GPU benchmark; each step's output goes to $OUT as it runs (what a cut-off call leaves still comes back).
 # BENCH: bench/serve_gpu.py's flags (default: ResNet-50 at 1 and 128 clients with paired lone windows, and the
 # tiny model's ceiling over gRPC and HTTP; server on cores 0-11, client on 12-15). SKIP_TESTS=1 skips pytest.
+# The small-request bound's stall (docs/server-measured.md, twenty-sixth session), with every process's state
+# dumped when an answer is lost and a race-detecting trtop-http beside the plain one:
+#   SKIP_TESTS=1 BENCH="--skip-resnet --skip-inprocess --tiny-concurrency 256 --tiny-protocols grpc,http
+#     --server-arg=--http-frontend=native --client-timeout 60 --config bound=--group-limit=3
+#     --config \"race=PATH=/root/gpu/race:/root/gpu/bin:\$PATH --group-limit=3\"" bash /root/gpu/run/run.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
 bash /root/gpu/run/install.sh 2>&1 | tail -3 | tee "$OUT/install.txt"
 export PATH=/root/gpu/bin:$PATH  # trtop-http, for --http-frontend native
+# trtop-http with the race detector, for a configuration that puts it first (--config race=PATH=/root/gpu/race:$PATH ...)
+if [[ -e /root/gpu/bin/trtop-http-race.xz ]]; then
+  mkdir -p /root/gpu/race && xz -dc /root/gpu/bin/trtop-http-race.xz > /root/gpu/race/trtop-http && chmod +x /root/gpu/race/trtop-http
+fi
 nvidia-smi --query-gpu=name,driver_version,temperature.gpu --format=csv > "$OUT/gpu.txt" 2>&1
 if [[ -z ${SKIP_TESTS:-} ]]; then
   PYTHONPATH=/tmp/tsite:/tmp/site:$PWD/operator:$PWD timeout 300 python3 -m pytest -m gpu -v -rs -p no:cacheprovider \
@@ -15,10 +24,10 @@ if [[ -z ${SKIP_TESTS:-} ]]; then
   tail -4 "$OUT/pytest-gpu.txt"
 fi
 BENCH=${BENCH:-"--concurrency 1,128 --paired-rounds 3 --tiny-concurrency 256 --tiny-protocols grpc,http"}
-# shellcheck disable=SC2086  # BENCH is a list of flags
+eval "bench_args=($BENCH)"  # the shell's words: a quoted --config value keeps its several flags together
 PYTHONPATH=/tmp/site:$PWD/operator python3 -u bench/serve_gpu.py --out /tmp/bench-out --window-ms 2000 \
   --client own --client-procs 4 --client-cores 12-15 --server-cores 0-11 --server-arg=--max-queue-size=4096 \
-  $BENCH > "$OUT/bench.txt" 2>&1
+  "${bench_args[@]}" > "$OUT/bench.txt" 2>&1
 cp /tmp/bench-out/serve-gpu.json "$OUT/" 2>/dev/null
 # the servers' logs, one file (state dumps of a client that did not finish: --client-timeout)
 (cd /tmp/bench-out && compgen -G "*.log" > /dev/null && tar -cJf "$OUT/server-logs.tar.xz" ./*.log)
