@@ -217,12 +217,20 @@ class Server:
         # loops give way to any work and would count as the server's CPU).
         return [self.proc.pid, *(int(k) for k in kids if not _spinner(int(k)))]
 
-    def dump_state(self) -> None:
-        """The engine's and every native front-end's state and stacks into the server's log (SIGUSR1:
-        ``Supervisor.dump_state``), for a client that does not finish; the server keeps serving."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGUSR1)
-            time.sleep(2)  # the dumps are written meanwhile
+    def dump_state(self) -> str:
+        """Every process's state and stacks into the server's log (SIGUSR1: ``Supervisor.dump_state``), for a
+        client that does not finish; the server keeps serving. Returns whether inferences were still being
+        answered meanwhile (the successes counted in /metrics before and after the dump's 2 s), which tells a
+        stalled inference path from a client waiting on something else."""
+        if self.proc.poll() is not None:
+            return "the server had exited"
+        before = successes(self.url)
+        self.proc.send_signal(signal.SIGUSR1)
+        time.sleep(2)  # the dumps are written meanwhile
+        after = successes(self.url)
+        if isinstance(before, str) or isinstance(after, str):
+            return f"/metrics did not answer ({before if isinstance(before, str) else after})"
+        return f"inferences answered in the 2 s of the dump: {after - before:.0f}"
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -299,6 +307,46 @@ def scrape(url: str) -> dict[str, float]:
             if m:
                 out[f"{k}_{suffix}"] = float(m.group(1))
     return out
+
+
+def successes(url: str) -> float | str:
+    """The server's successful inferences so far (/metrics), or why they could not be read."""
+    try:
+        text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    except OSError as exc:
+        return str(exc)
+    m = re.search(r'^trtop_inference_requests_total\{[^}]*outcome="success"[^}]*\} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else "no success counter"
+
+
+def client_snapshot(pid: int) -> str:
+    """What a stuck client waits on: each thread's state, kernel wait channel and system call (a socket's
+    descriptor is its first argument), and the TCP sockets' unread and unsent bytes with their ports (ss). A
+    client whose main thread waits on one connection (the statistics it asks for every window) while the others
+    move is not stalled on the inference path."""
+    lines = [f"client {pid}:"]
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*"), key=lambda p: int(p.name)):
+        def read(name: str) -> str:
+            try:
+                return (task / name).read_text().strip()
+            except OSError:
+                return "?"
+        state = read("stat").rsplit(")", 1)[-1].split()[:1]
+        lines.append(f"  thread {task.name} {read('comm')}: state {''.join(state)}, wchan {read('wchan')}, "
+                     f"syscall {read('syscall')}")
+    fds = []
+    for fd in Path(f"/proc/{pid}/fd").glob("*"):
+        try:
+            fds.append(f"{fd.name}->{os.readlink(fd)}")
+        except OSError:
+            pass
+    lines.append("  descriptors: " + " ".join(sorted(fds, key=lambda f: int(f.split("-")[0]))))
+    try:
+        ss = subprocess.run(["ss", "-tnpi"], capture_output=True, text=True, timeout=10).stdout
+        lines += ["  " + line for line in ss.splitlines() if f"pid={pid}," in line]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        lines.append(f"  ss: {exc}")
+    return "\n".join(lines) + "\n"
 
 
 class Client:
@@ -417,7 +465,7 @@ def perf(client: Client, model: str, url: str, protocol: str, concurrency: int, 
 
 
 def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurrency: int, window_ms: int,
-                   tmp: Path, on_stuck: Callable[[], None] | None = None) -> dict[str, Any]:
+                   tmp: Path, on_stuck: Callable[[], str] | None = None) -> dict[str, Any]:
     csv_path = tmp / f"pa-{model}-{protocol}-{concurrency}.csv"
     csv_path.unlink(missing_ok=True)  # another configuration's window must not be read as this one's
     cmd = [client.pa, "-m", model, "-u", url, "-i", protocol, "--concurrency-range", f"{concurrency}:{concurrency}",
@@ -441,12 +489,13 @@ def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurre
         text, _ = proc.communicate(timeout=client.timeout_s)
     except subprocess.TimeoutExpired:  # a client that never finishes: some requests never came back
         stuck = True
-        if on_stuck is not None:
-            on_stuck()
+        seen = client_snapshot(proc.pid)  # a .log: bench/gpu/run.sh brings the folder's logs back
+        progress = on_stuck() if on_stuck is not None else ""
+        (tmp / f"client-stuck-{model}-{protocol}-{concurrency}.log").write_text(f"{progress}\n{seen}")
         proc.kill()
         text, _ = proc.communicate()
         text = (f"perf_analyzer still running after {client.timeout_s:g}s: killed"
-                f"{' (the server state dumped to its log first)' if on_stuck else ''}\n{text}")
+                f"{' (the server state dumped to its log first; ' + progress + ')' if on_stuck else ''}\n{text}")
     watcher.join()
     stable = "Failed to obtain stable measurement" not in text and proc.returncode == 0
     row: dict[str, Any] = {"stable": stable, "rc": proc.returncode, "client_peak_rss_gb": round(peak[0], 2),

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -337,5 +339,46 @@ func TestADescriptorTheEngineNeverAnswersTimesOutItsClientsAndHoldsItsRegionsUnt
 	}
 	if a.bytesInUse() != 0 || len(s.late) != 0 {
 		t.Fatalf("after the late answer %d bytes still in use, %d lost: they must be free", a.bytesInUse(), len(s.late))
+	}
+}
+
+func TestACallForwardedToPythonIsRefusedWhenItsAnswerDoesNotComeButAnInferenceWaitsForItsOwn(t *testing.T) {
+	defer func(g time.Duration) { answerGrace = g }(answerGrace)
+	answerGrace = 20 * time.Millisecond
+	path := filepath.Join(t.TempDir(), "python.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	defer close(release)
+	python := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/stats") {
+			<-release // a Python front-end that never answers
+			return
+		}
+		time.Sleep(200 * time.Millisecond) // an inference longer than the bound of other calls
+		w.Write([]byte(`{"outputs":[]}`))
+	})}
+	go python.Serve(l)
+	defer python.Close()
+	ours, _ := net.Pipe()
+	cfg := &setup{ProxyPath: path}
+	cfg.Settings.TimeoutS = 0.05
+	s := newServer(cfg, testArena(t, 1<<16), newChannel(ours))
+	lost := 0
+	s.onLost = func() { lost++ }
+
+	started := time.Now()
+	rec := httptest.NewRecorder()
+	s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/v2/models/a/stats", nil))
+	if waited := time.Since(started); rec.Code != http.StatusServiceUnavailable || waited > time.Second || lost != 1 {
+		t.Fatalf("statistics the Python front-end never answers: %d after %v, lost %d (want 503 after the timeout and the grace, one dump)",
+			rec.Code, waited, lost)
+	}
+	rec = httptest.NewRecorder()
+	s.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/v2/models/a/infer", strings.NewReader(`{"inputs":[]}`)))
+	if rec.Code != http.StatusOK || lost != 1 {
+		t.Fatalf("a forwarded inference is bounded by its own timeout, not this one: %d, lost %d", rec.Code, lost)
 	}
 }

@@ -75,6 +75,7 @@ func newGRPCFront(s *server, proxyPath string) *grpcFront {
 		Transport: transport,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			log.Printf("gRPC %s: the Python front-end did not answer: %v", r.URL.Path, err)
+			s.forwardFailed(r)
 			grpcStatus(w, grpcUnavailable, "the server's API process is not reachable; retry shortly", 0)
 		},
 	}
@@ -138,7 +139,11 @@ func (g *grpcFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	g.proxy.ServeHTTP(w, r)
+	if r.URL.Path == grpcService+"ModelInfer" || r.URL.Path == grpcService+"ModelStreamInfer" { // their own timeouts
+		g.proxy.ServeHTTP(w, r)
+		return
+	}
+	g.s.forwardBounded(w, r, g.proxy)
 }
 
 // drain reads a small request's message (ServerLive/ServerReady have no fields) and says it was small.

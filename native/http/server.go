@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -61,6 +62,7 @@ func newServer(cfg *setup, a *arena, ch *channel) *server {
 		Transport: transport,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			log.Printf("%s %s: the Python front-end did not answer: %v", r.Method, r.URL.Path, err)
+			s.forwardFailed(r)
 			writeError(w, http.StatusServiceUnavailable, "NotReady", "the server's API process is not reachable; retry shortly", 0)
 		},
 	}
@@ -94,7 +96,33 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	s.proxy.ServeHTTP(w, r)
+	if strings.HasSuffix(r.URL.Path, "/infer") { // bounded by the request's own timeout, which may be longer
+		s.proxy.ServeHTTP(w, r)
+		return
+	}
+	s.forwardBounded(w, r, s.proxy)
+}
+
+// forwardBounded hands a call that is not an inference (statistics, metadata, metrics, shared memory) to the
+// Python front-end and gives up on its answer after the server's timeout and answerGrace: the call is then
+// refused (503, or gRPC UNAVAILABLE), logged, and every process's state dumped (onLost). Such a call is answered
+// at once when all is well; a client like perf_analyzer asks for statistics with no timeout of its own, and
+// one that never came back would hold it forever while its inferences went on.
+func (s *server) forwardBounded(w http.ResponseWriter, r *http.Request, proxy *httputil.ReverseProxy) {
+	ctx, cancel := context.WithTimeoutCause(r.Context(), seconds(s.cfg.Settings.TimeoutS)+answerGrace, errForwardTimedOut)
+	defer cancel()
+	proxy.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// errForwardTimedOut: the cause of a forwarded call's context when the Python front-end did not answer in time.
+var errForwardTimedOut = errors.New("no answer within the server's timeout and the grace")
+
+// forwardFailed: what the proxies' error handlers do first: a call the Python front-end did not answer in time
+// asks for every process's state.
+func (s *server) forwardFailed(r *http.Request) {
+	if context.Cause(r.Context()) == errForwardTimedOut && s.onLost != nil {
+		s.onLost()
+	}
 }
 
 // isOurInfer: /v2/models/{model}[/versions/{version}]/infer for the served model, version 1 or none.

@@ -316,7 +316,7 @@ async def test_a_killed_native_grpc_front_end_is_replaced_and_the_other_keeps_se
     assert s.proc.poll() is None
 
 
-def test_sigusr1_dumps_the_engines_state_then_each_native_front_ends_and_serving_goes_on(
+def test_sigusr1_dumps_the_engines_state_then_each_front_ends_and_serving_goes_on(
         start_server: Start, affine_onnx: Path, native_bin: Path) -> None:
     s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "2", "--group-limit", "5"],
                      native_env(native_bin))
@@ -334,10 +334,10 @@ def test_sigusr1_dumps_the_engines_state_then_each_native_front_ends_and_serving
         assert re.search(rf"=== trtop-http {pid}: model ready; descriptors at the engine 0 \(bound 5\); requests waiting "
                          r"here 0 \(the oldest for 0\.000s\)", logs), logs[-3000:]
         assert f"=== end of trtop-http {pid}" in logs
-    for pid in pythons:  # the Python front-end the native ones forward to dumps its own when sent the signal
-        os.kill(pid, signal.SIGUSR1)
-        wait_for(lambda: f"state: Python front-end {pid}: model ready; requests awaiting the engine 0; answers lost 0"
-                 in s.logs(), 10, "the Python front-end's dump")
+    for pid in [s.proc.pid, *pythons]:  # the Python front-end the native ones forward to was sent it too
+        wait_for(lambda: f"=== end of the stacks of process {pid}" in s.logs(), 10, f"process {pid}'s stacks")
+    for pid in pythons:
+        assert f"state: Python front-end {pid}: model ready; requests awaiting the engine 0; answers lost 0" in s.logs()
     assert frontends(s, "native") == natives and frontends(s, "python") == pythons  # nobody died of the signal
     r = httpx.post(s.url + "/v2/models/a/infer", timeout=10,
                    json={"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})

@@ -62,6 +62,7 @@ class Dispatcher:
         self.channel: Channel | None = None
         self._pending: set[asyncio.Future[Outputs]] = set()  # requests queued or running
         self.closed = asyncio.Event()
+        self.heard = False  # a message came: a Python front-end sends one once its signal handlers are set
 
     async def open(self, sock: socket.socket, codec: Codec = PICKLE) -> None:
         self.channel = await Channel.open(sock, self._on_message, self._on_close, codec)
@@ -88,6 +89,7 @@ class Dispatcher:
         self.closed.set()
 
     def _on_message(self, message: Message) -> None:
+        self.heard = True
         kind = message[0]
         if kind == "infer":
             self._infer(message)

@@ -404,6 +404,7 @@ def serve_frontend(settings: ServeSettings, arena: Arena, listen: socket.socket,
 
         channel = await Channel.open(channel_sock, model.on_message, engine_gone)
         model.attach(channel)
+        channel.send(("requests", 0, []))  # nothing to count: it says the signal handlers are set (SIGUSR1's dump)
         reporter = asyncio.get_running_loop().create_task(_report(model))
         yield
         await server.grpc_stopped()  # every RPC in flight answered before the channel closes

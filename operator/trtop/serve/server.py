@@ -22,6 +22,8 @@ import logging
 import os
 import signal
 import socket
+import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -54,9 +56,20 @@ EXIT_CANNOT_LISTEN = 1
 
 
 def dump_state(line: str) -> None:
-    """A process's state line and every thread's stack to the log (SIGUSR1; docs/server.md, Life cycle)."""
+    """A process's state line and every thread's stack to the log (SIGUSR1; docs/server.md, Life cycle). The
+    stacks leave in one write, named by the process: every process of a pod dumps at once, and faulthandler's
+    own writes (a few words each) would mix with the others'."""
     log.warning("state: %s", line)
-    faulthandler.dump_traceback(all_threads=True)
+    with tempfile.TemporaryFile() as f:
+        faulthandler.dump_traceback(file=f, all_threads=True)
+        f.seek(0)
+        stacks = f.read()
+    pid = os.getpid()
+    text = b"=== stacks of process %d\n%s=== end of the stacks of process %d\n" % (pid, stacks, pid)
+    try:
+        os.write(sys.stderr.fileno(), text)
+    except (AttributeError, OSError, ValueError):  # a stderr without a descriptor (captured)
+        sys.stderr.write(text.decode(errors="replace"))
 
 
 class InferenceServer(uvicorn.Server):

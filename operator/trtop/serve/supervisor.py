@@ -188,12 +188,14 @@ class Supervisor:
 
     def dump_state(self) -> None:
         """SIGUSR1 (``kill -USR1 <pid>``, or ``kubectl exec <pod> -- sh -c 'kill -USR1 1'``) for a server that seems
-        stuck: the engine's state and every thread's stack to the log, then the same signal to each native
-        front-end, which writes its own (``native/http/dump.go``). Serving goes on. A Python front-end gets
-        no signal (their stacks would interleave with the others'; each dumps its own on SIGUSR1 sent to it)."""
+        stuck: the engine's state and every thread's stack to the log, then the same signal to each front-end,
+        which writes its own (``native/http/dump.go``; a Python one's ``RemoteModel.state_line``), each process's
+        stacks in one write so that they do not mix. Serving goes on."""
         dump_state(self.state_line())
         for index, proc in sorted(self.processes.items()):
-            if proc.returncode is None and self._is_native(index):
+            dispatcher = self.dispatchers.get(index)
+            # A Python front-end that has not spoken yet may not have its handler: the signal would end it.
+            if proc.returncode is None and (self._is_native(index) or (dispatcher is not None and dispatcher.heard)):
                 proc.send_signal(signal.SIGUSR1)
 
     def _is_native(self, index: int) -> bool:
