@@ -113,6 +113,7 @@ func run() int {
 	}
 	engineGone := make(chan error, 1)
 	go func() { engineGone <- s.readChannel() }()
+	s.ch.send([]byte(`["requests",0,[]]`)) // nothing to count: it tells the engine this process is up (its pings start)
 	go s.reportLoop()
 	go s.dumpOnSignal()
 	if cfg.AnswerGraceS > 0 {

@@ -563,6 +563,11 @@ func (s *server) readChannel() error {
 				}
 				log.Printf("descriptor %d was answered after its clients were told it timed out: its arena regions are free again", rid)
 			}
+		case "ping": // the engine checks that this process still answers (supervisor._check_frontends)
+			if len(msg) > 1 {
+				pong := append(append([]byte(`["pong",`), msg[1]...), ']')
+				go s.ch.send(pong) // not from the reader: a write may wait for the engine to read
+			}
 		case "state":
 			var state, errText string
 			var info *modelInfo

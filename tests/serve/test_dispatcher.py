@@ -130,3 +130,19 @@ async def test_a_request_that_breaks_the_backend_gets_its_error_and_the_next_one
     stats = dispatcher.service.statistics.snapshot()
     assert stats.fail.count == 1 and stats.success.count == 2
 
+
+
+async def test_a_ping_is_counted_out_until_its_pong_comes(engine: tuple[Dispatcher, socket.socket, Breakable]) -> None:
+    dispatcher, peer, _ = engine
+    channel = dispatcher.channel
+    assert channel is not None
+    assert dispatcher.ping() == 0  # one goes out
+    await asyncio.sleep(0.01)
+    assert written(peer) == [["ping", 1]]
+    assert [dispatcher.ping(), dispatcher.ping()] == [1, 2]  # checks it has been out; no second ping meanwhile
+    await asyncio.sleep(0.01)
+    assert written(peer) == []
+    channel.data_received(frame(["pong", 1]))
+    assert dispatcher.ping() == 0  # answered: the next one goes out
+    await asyncio.sleep(0.01)
+    assert written(peer) == [["ping", 2]] and dispatcher.heard

@@ -115,6 +115,23 @@ async def test_a_killed_frontend_is_replaced_and_the_others_keep_serving(start_k
     assert s.proc.poll() is None
 
 
+async def test_a_frontend_whose_loop_stops_answering_is_dumped_and_replaced(start_kind: Start, kind: str,
+                                                                           affine_onnx: Path) -> None:
+    s = start_kind(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "2", "--frontend-stuck-s", "2"])
+    s.wait_ready()
+    wait_for(lambda: len(frontends(s, kind)) == 2, 10, "two front-end processes")
+    time.sleep(3)  # past the bound: front-ends that answer their pings are left alone
+    healthy, stuck = frontends(s, kind)
+    assert "has not answered the engine" not in s.logs()
+    os.kill(stuck, signal.SIGSTOP)  # alive, its sockets open, answering nothing: as a loop that never returns
+    wait_for(lambda: f"(pid {stuck}) has not answered the engine for" in s.logs(), 10, "the stuck front-end seen")
+    wait_for(lambda: len(frontends(s, kind)) == 2 and stuck not in frontends(s, kind), 15, "a replacement front-end")
+    assert healthy in frontends(s, kind)  # the others keep serving
+    later = await post_many(s.url, [1.0] * 6)
+    assert all(isinstance(r, httpx.Response) and r.status_code == 200 for r in later), later
+    assert s.logs().count("has not answered the engine") == 1 and s.proc.poll() is None
+
+
 async def test_sigterm_drains_every_process_and_answers_what_is_in_flight(start_kind: Start, kind: str,
                                                                             affine_onnx: Path) -> None:
     s = start_kind(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "2", "--backend", SLOW,

@@ -63,6 +63,9 @@ class Dispatcher:
         self._pending: set[asyncio.Future[Outputs]] = set()  # requests queued or running
         self.closed = asyncio.Event()
         self.heard = False  # a message came: a Python front-end sends one once its signal handlers are set
+        self._ping_out = False  # a ping is unanswered (``ping``)
+        self._missed = 0  # checks since it left
+        self._pings = 0
 
     async def open(self, sock: socket.socket, codec: Codec = PICKLE) -> None:
         self.channel = await Channel.open(sock, self._on_message, self._on_close, codec)
@@ -101,12 +104,28 @@ class Dispatcher:
             self._send(("metrics", message[1], text, content_type))
         elif kind == "statistics":
             self._send(("statistics", message[1], self.service.statistics.snapshot()))
+        elif kind == "pong":
+            self._ping_out = False
         elif kind == "failed":  # a request the front-end refused before it reached the engine
             self.service.statistics.record_failure(message[1])
         elif kind == "shm":
             self._change_regions(message[1], message[2], message[3])
         else:
             log.warning("front-end %d sent an unknown message %r; ignored", self.index, kind)
+
+    def ping(self) -> int:
+        """One check of the front-end's event loop: a ping goes out unless one is unanswered; returns for how
+        many checks the one out has been (0: none was). A front-end whose loop is stuck answers nothing while
+        its process lives and its sockets stay open (``Supervisor._check_frontends``). Checks, not seconds: if
+        the engine's own loop stalls, fewer checks run, and a pong it has not read yet counts against nobody."""
+        if self._ping_out:
+            self._missed += 1
+            return self._missed
+        if self.channel is not None and not self.channel.closed:
+            self._pings += 1
+            self._ping_out, self._missed = True, 0
+            self.channel.send(("ping", self._pings))
+        return 0
 
     def _change_regions(self, rid: int, op: str, arg: Any) -> None:
         regions = self.service.shared_memory

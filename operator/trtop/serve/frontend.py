@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import faulthandler
 import functools
 import itertools
 import json
@@ -141,6 +142,9 @@ class RemoteModel:
                 if waiting.lost:
                     log.warning("request %d was answered after its client was told it timed out: its arena regions "
                                 "are free again", message[1])
+        elif kind == "ping":  # the engine checks that this loop runs (``Supervisor._check_frontends``)
+            if self._channel is not None:
+                self._channel.send(("pong", message[1]))
         elif kind == "regions":  # the engine's registry changed (sent before the answer to a registration)
             self.shared_memory.follow(tuple(RegionSpec(*spec) for spec in message[1]))
         elif kind == "state":
@@ -447,6 +451,9 @@ def main() -> int:
     _die_with_parent()
     if orphaned(doc["parent_pid"]):
         return 1
+    # The engine's last word to a stuck front-end before it replaces it: the stacks, written from C (a Python
+    # handler would wait for the loop that is stuck).
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     arena = Arena(doc["arena_fd"], doc["arena_size"])
     listen = socket.socket(fileno=doc["listen_fd"])
     channel_sock = socket.socket(fileno=doc["channel_fd"])

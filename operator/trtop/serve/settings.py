@@ -98,6 +98,9 @@ class ServeSettings:
     # "off" (default): refused. Such a client can make the server read and write its regions, so only
     # processes trusted like the server itself should reach a server with it on.
     shared_memory: str = "off"
+    # A front-end process whose event loop has not answered the engine's ping for this long is stuck: its
+    # stacks go to the log and it is replaced (the others keep serving). 0 = never checked.
+    frontend_stuck_s: float = 30.0
     # After SIGTERM: report not ready but keep serving this long (endpoints need time to drop the
     # pod), then stop accepting and finish what is in flight.
     drain_delay_s: float = 0.0
@@ -173,6 +176,9 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "shared_memory": ("--shared-memory", names.ENV_SERVE_SHARED_MEMORY,
                       "system shared memory extension: off (default) or system (clients on this host name /dev/shm "
                       "regions instead of sending tensors)"),
+    "frontend_stuck_s": ("--frontend-stuck-s", names.ENV_SERVE_FRONTEND_STUCK_S,
+                         "seconds a front-end's event loop may leave the engine's ping unanswered before it is "
+                         "replaced (0: never)"),
     "drain_delay_s": ("--drain-delay-s", names.ENV_SERVE_DRAIN_DELAY_S,
                       "after SIGTERM, seconds to keep serving while not ready"),
     "shutdown_timeout_s": ("--shutdown-timeout-s", names.ENV_SERVE_SHUTDOWN_TIMEOUT_S,
@@ -223,6 +229,8 @@ def _problems(s: ServeSettings) -> list[str]:
             out.append("--buckets sizes must be >= 1")
     if s.max_queue_delay_ms < 0:
         out.append("--max-queue-delay-ms must be >= 0")
+    if s.frontend_stuck_s < 0:
+        out.append("--frontend-stuck-s must be >= 0 (0: never)")
     if s.group_limit < 0:
         out.append("--group-limit must be >= 0 (0: by the device)")
     if s.instances < 0:

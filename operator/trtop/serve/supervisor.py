@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 EXIT_LOAD_FAILED = 1
 RESPAWN_DELAY_S = 0.5
+PING_INTERVAL_S = 1.0  # how often each front-end's event loop is asked for a pong (--frontend-stuck-s)
+STUCK_DUMP_WAIT_S = 1.0  # a stuck Python front-end's stacks (SIGUSR2, faulthandler) are written meanwhile
 ARENA_SLACK = 4 * 1024 * 1024  # room for outputs beside the largest body a front-end may hold
 
 
@@ -150,6 +152,7 @@ class Supervisor:
         self.arenas: list[Arena] = []  # every arena made, also those of replaced front-ends (see _start_frontend)
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
+        self._stuck: set[int] = set()  # pids of front-ends being replaced because their loop stopped answering
         self.exit_code = 0
         self._watchers: set[asyncio.Task[None]] = set()
         self._done = asyncio.Event()
@@ -165,9 +168,12 @@ class Supervisor:
                  self.settings.port, self.count, "native" if self.native else "Python",
                  f" (and {self.grpc_only} more for gRPC on :{self.settings.grpc_port})" if self.grpc_only else "")
         load = loop.create_task(self._load())
+        checks = loop.create_task(self._check_frontends()) if self.settings.frontend_stuck_s > 0 else None
         await self._done.wait()
         if not load.done():
             load.cancel()
+        if checks is not None:
+            checks.cancel()
         await self._stop_frontends()
         await self.service.close()
         self.listen.close()
@@ -298,6 +304,34 @@ class Supervisor:
         await asyncio.sleep(RESPAWN_DELAY_S)
         if not self.stopping:
             await self._start_frontend(index)
+
+    async def _check_frontends(self) -> None:
+        """Replace a front-end whose event loop has not answered a ping for ``--frontend-stuck-s``. Its process
+        lives and its sockets stay open, so nothing else notices: its connections and every call the native
+        front-ends forward to it would wait forever, and the pod's liveness probe, answered by a native
+        front-end, stays green. Its stacks go to the log first (a Python one: SIGUSR2, which faulthandler
+        answers from C even while the loop holds the interpreter; a native one: SIGQUIT, Go's own dump)."""
+        while not self.stopping:
+            await asyncio.sleep(PING_INTERVAL_S)
+            for index, dispatcher in list(self.dispatchers.items()):
+                proc = self.processes.get(index)
+                if proc is None or proc.returncode is not None or not dispatcher.heard or self.stopping:
+                    continue
+                silent = dispatcher.ping() * PING_INTERVAL_S
+                if silent >= self.settings.frontend_stuck_s:
+                    await self._replace_stuck(index, proc, silent)
+
+    async def _replace_stuck(self, index: int, proc: asyncio.subprocess.Process, silent: float) -> None:
+        if proc.pid in self._stuck:  # being replaced already
+            return
+        self._stuck.add(proc.pid)
+        native = self._is_native(index)
+        log.error("front-end %d (pid %d) has not answered the engine for %.0fs: its event loop is stuck; its stacks "
+                  "follow, and it is replaced (the others keep serving)", index, proc.pid, silent)
+        proc.send_signal(signal.SIGQUIT if native else signal.SIGUSR2)  # Go: dump and exit; Python: faulthandler
+        await asyncio.sleep(STUCK_DUMP_WAIT_S)
+        if proc.returncode is None:
+            proc.kill()  # _watch starts a new one
 
     def begin_shutdown(self) -> None:
         if self.stopping:
