@@ -25,6 +25,7 @@ Called by ``cli.run_server`` when ``--frontends`` is above 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -328,10 +329,11 @@ class Supervisor:
         native = self._is_native(index)
         log.error("front-end %d (pid %d) has not answered the engine for %.0fs: its event loop is stuck; its stacks "
                   "follow, and it is replaced (the others keep serving)", index, proc.pid, silent)
-        proc.send_signal(signal.SIGQUIT if native else signal.SIGUSR2)  # Go: dump and exit; Python: faulthandler
-        await asyncio.sleep(STUCK_DUMP_WAIT_S)
-        if proc.returncode is None:
-            proc.kill()  # _watch starts a new one
+        with contextlib.suppress(ProcessLookupError):  # it may end on its own meanwhile
+            proc.send_signal(signal.SIGQUIT if native else signal.SIGUSR2)  # Go: dump and exit; Python: faulthandler
+            await asyncio.sleep(STUCK_DUMP_WAIT_S)
+            if proc.returncode is None:
+                proc.kill()  # _watch starts a new one
 
     def begin_shutdown(self) -> None:
         if self.stopping:
