@@ -227,20 +227,22 @@ class RemoteModel:
         instead of waiting forever, and with them whatever waits on them (a connection's next request, a
         drain). Their regions stay taken until the engine answers after all (it may still read the inputs
         and write the outputs there). Returns how many were given up now."""
-        lost = 0
+        lost = []
         for rid, waiting in self._waiting.items():
             if waiting.lost or now_ns < waiting.deadline_ns:
                 continue
             waiting.lost = True
-            lost += 1
+            lost.append(rid)
             if not waiting.future.done():
                 waiting.future.set_exception(TimedOut(
                     f"the engine did not answer within its timeout and {ANSWER_GRACE_S:g}s more; the server is "
                     f"overloaded or unwell (its log says more)"))
-            log.warning("request %d had no answer from the engine %.1fs past its deadline: its client gets TimedOut; "
-                        "its arena regions stay the engine's until it answers", rid, ANSWER_GRACE_S)
-        self.lost += lost
-        return lost
+        if lost:  # one line however many: a server losing answers loses many
+            log.warning("%d request(s) had no answer from the engine %gs past their deadline (ids %s): their clients "
+                        "get TimedOut; their arena regions stay the engine's until it answers", len(lost),
+                        ANSWER_GRACE_S, ", ".join(map(str, lost[:8])) + (", ..." if len(lost) > 8 else ""))
+        self.lost += len(lost)
+        return len(lost)
 
     def state_line(self) -> str:
         """What this front-end holds right now, in words (SIGUSR1's dump)."""
