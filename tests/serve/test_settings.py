@@ -40,6 +40,7 @@ def test_grpc_port_defaults_to_tritons_and_0_turns_it_off() -> None:
     ([], {names.ENV_SERVE_PORT: "http"}, "TRTOP_PORT"),
     (["--grpc-port", "-1"], {}, "--grpc-port must be 0 (off) or 1-65535"),
     (["--group-limit", "-1"], {}, "--group-limit must be >= 0"),
+    (["--frontend-stuck-s", "-1"], {}, "--frontend-stuck-s must be >= 0"),
     (["--grpc-max-connection-age-s", "-1"], {}, "--grpc-max-connection-age-s must be >= 0 (0: never)"),
     (["--grpc-port", "8000"], {}, "give gRPC its own port"),
     ([], {names.ENV_SERVE_GPU_IO: "fast"}, "--gpu-io must be one of graphs, bind, plain"),
