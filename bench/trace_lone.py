@@ -1,8 +1,8 @@
 """Where a lone request's time goes across the server's processes: stamps from the client, the native
 or Python front-end and the engine process, on one clock.
 
-    PYTHONPATH=operator python3 bench/trace_lone.py --model .work/bench/light.onnx --model-name light \\
-        --input input --shape 3,64,64 --config native=--http-frontend=native --config python= --rounds 2
+    PATH=.work/native:$PATH PYTHONPATH=operator python3 bench/trace_lone.py --model .work/bench/light.onnx \\
+        --model-name light --input x --shape 3,64,64 --config native=--http-frontend=native --config python= --rounds 2
 
 For each ``--config`` (label=trtop serve flags, comma-separated) and round, it starts ``trtop serve`` with
 stage stamps on (``bench/trace/sitecustomize.py`` in every Python process, ``TRTOP_HTTP_TRACE`` in the
