@@ -403,6 +403,28 @@ def _cap_memory(gb: float) -> Any:
     return limit if gb > 0 else None
 
 
+def core_count(cores: str) -> int:
+    """How many cores a taskset list names ("12-15" -> 4, "0,2,4-5" -> 4); 0 for none (the whole host)."""
+    count = 0
+    for part in filter(None, cores.split(",")):
+        first, _, last = part.partition("-")
+        count += int(last or first) - int(first) + 1
+    return count
+
+
+def client_saturated(busy: float, cores: str) -> str:
+    """What a killed client's CPU says: ``perf_analyzer``'s HTTP client (a thread per request in flight) that
+    keeps every core it has busy leaves its main thread, which closes the windows, too little time to close
+    one, while the server goes on answering (H100 host, tiny model at 256 in flight with --group-limit 3: the
+    server answered ~40,000-48,000 requests a second while the client held 4 of 4 and then 8 of 8 cores and
+    closed no window; docs/server-measured.md, twenty-eighth session)."""
+    given = core_count(cores) or os.cpu_count() or 1
+    if busy < 0.9 * given:
+        return f"; the client kept {busy:g} of its {given} cores busy"
+    return (f"; the client kept {busy:g} of its {given} cores busy: at its cores' limit, so a window it never "
+            f"closed says nothing of the server (give it more cores, or measure with fewer in flight)")
+
+
 def _peak_rss_gb(proc: subprocess.Popen[str], peak: list[float]) -> None:
     """peak[0]: the client's peak RSS (GB); peak[1]: its CPU seconds, as last read; peak[2]: when first read."""
     while proc.poll() is None:
@@ -494,13 +516,15 @@ def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurre
         (tmp / f"client-stuck-{model}-{protocol}-{concurrency}.log").write_text(f"{progress}\n{seen}")
         proc.kill()
         text, _ = proc.communicate()
-        text = (f"perf_analyzer still running after {client.timeout_s:g}s: killed"
-                f"{' (the server state dumped to its log first; ' + progress + ')' if on_stuck else ''}\n{text}")
     watcher.join()
+    busy = round(peak[1] / max(1e-3, peak[3] - peak[2]), 2)  # cores the client kept busy (its start-up included)
+    if stuck:
+        text = (f"perf_analyzer still running after {client.timeout_s:g}s: killed"
+                f"{' (the server state dumped to its log first; ' + progress + ')' if on_stuck else ''}"
+                f"{client_saturated(busy, client.cores)}\n{text}")
     stable = "Failed to obtain stable measurement" not in text and proc.returncode == 0
     row: dict[str, Any] = {"stable": stable, "rc": proc.returncode, "client_peak_rss_gb": round(peak[0], 2),
-                           # cores the client kept busy over its whole run (its start-up included)
-                           "client_cores": round(peak[1] / max(1e-3, peak[3] - peak[2]), 2)}
+                           "client_cores": busy}
     if csv_path.exists():
         rows = list(csv.DictReader(csv_path.open()))
         if rows:
@@ -528,6 +552,9 @@ def main() -> int:
     ap.add_argument("--skip-resnet", action="store_true")
     ap.add_argument("--tiny-concurrency", default="64,128,256")
     ap.add_argument("--tiny-protocols", default="http,grpc", help="the tiny model's protocols, in this order")
+    # Longer than ResNet-50's: at 256 in flight over gRPC, 2 s windows found no stable three in six on the H100
+    # host while 3 s and 4 s windows did (docs/server-measured.md, twenty-eighth session).
+    ap.add_argument("--tiny-window-ms", type=int, default=4000, help="the tiny model's perf_analyzer windows")
     ap.add_argument("--skip-inprocess", action="store_true", help="use --baseline instead of measuring it")
     ap.add_argument("--baseline", default="5694,1.05", help="in-process best img/s,batch-1 p50 ms (--skip-inprocess)")
     ap.add_argument("--client", choices=("perf_analyzer", "own", "both"), default="perf_analyzer",
@@ -665,8 +692,8 @@ def run(args: argparse.Namespace) -> int:
                 ports = {"http": "127.0.0.1:8010", "grpc": "127.0.0.1:8011"}
                 for protocol, url in ((p, ports[p]) for p in args.tiny_protocols.split(",")):
                     for c in (int(x) for x in args.tiny_concurrency.split(",")):
-                        row = perf(client, "tiny", url, protocol, c, args.window_ms, server, tmp, profiler=profiler,
-                                   label=label)
+                        row = perf(client, "tiny", url, protocol, c, args.tiny_window_ms, server, tmp,
+                                   profiler=profiler, label=label)
                         row.update(protocol=protocol, label=label)
                         rows.append(row)
                         print(json.dumps(row), flush=True)

@@ -3,8 +3,9 @@
 # GPU benchmark; each step's output goes to $OUT as it runs (what a cut-off call leaves still comes back).
 # BENCH: bench/serve_gpu.py's flags (default: ResNet-50 at 1 and 128 clients with paired lone windows, and the
 # tiny model's ceiling over gRPC and HTTP; server on cores 0-11, client on 12-15). SKIP_TESTS=1 skips pytest.
-# The small-request bound's stall (docs/server-measured.md, twenty-sixth session), with every process's state
-# dumped when an answer is lost and a race-detecting trtop-http beside the plain one:
+# The small-request bound over gRPC and HTTP, with a race-detecting trtop-http beside the plain one (its HTTP run
+# ends with no figure: the server answers faster than perf_analyzer's HTTP client can count on 4 cores, the
+# twenty-sixth session's "stall"; docs/server-measured.md, twenty-eighth session):
 #   SKIP_TESTS=1 BENCH="--skip-resnet --skip-inprocess --tiny-concurrency 256 --tiny-protocols grpc,http
 #     --server-arg=--http-frontend=native --client-timeout 60 --config bound=--group-limit=3
 #     --config \"race=PATH=/root/gpu/race:/root/gpu/bin:\$PATH --group-limit=3\"" bash /root/gpu/run/run.sh
