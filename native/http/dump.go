@@ -23,7 +23,11 @@ import (
 func (s *server) stateLine() string {
 	b := &s.batcher
 	b.mu.Lock()
-	inFlight, limit, queued, backlog := b.inFlight, b.limit, len(b.queue), b.backlog
+	inFlight, queued, backlog := b.inFlight, len(b.queue), b.backlog
+	bound := fmt.Sprint(b.limit)
+	if b.limitSmall > 0 {
+		bound += fmt.Sprintf(", small requests %d", b.limitSmall)
+	}
 	oldest := time.Duration(0)
 	if queued > 0 {
 		oldest = time.Since(b.queue[0].arrived)
@@ -36,9 +40,9 @@ func (s *server) stateLine() string {
 	if s.arena != nil {
 		inUse = s.arena.bytesInUse()
 	}
-	return fmt.Sprintf("trtop-http %d: model %s; descriptors at the engine %d (bound %d); requests waiting here %d "+
+	return fmt.Sprintf("trtop-http %d: model %s; descriptors at the engine %d (bound %s); requests waiting here %d "+
 		"(the oldest for %.3fs); the engine's backlog as last seen %d rows; replies awaited %d (lost %d); arena bytes in use %d; "+
-		"draining %v", os.Getpid(), s.model.Load().state, inFlight, limit, queued, oldest.Seconds(), backlog, awaited,
+		"draining %v", os.Getpid(), s.model.Load().state, inFlight, bound, queued, oldest.Seconds(), backlog, awaited,
 		lost, inUse, s.draining.Load())
 }
 

@@ -233,6 +233,33 @@ func TestRequestsLeaveAtOnceWhileTheEnginesNextBatchesHaveRoom(t *testing.T) {
 	}
 }
 
+func TestSmallRequestsTakeTheSmallBoundAndLargeOnesTheBacklogAlone(t *testing.T) {
+	small := &plan{rows: 1, inputs: []placedInput{{size: 64}}}
+	large := &plan{rows: 1, inputs: []placedInput{{size: 3 * 224 * 224 * 4}}}
+	b := &batcher{limit: 64, limitSmall: 3, smallBytes: 64 * 1024, inFlight: 3, backlog: -10}
+	b.queue = []*member{{p: small}}
+	if b.mayLeaveLocked() {
+		t.Fatal("three descriptors out: a small request must wait to leave grouped")
+	}
+	b.queue = []*member{{p: large}, {p: small}}
+	if !b.mayLeaveLocked() {
+		t.Fatal("a large request first: the backlog alone decides (the engine has room)")
+	}
+	b.queue, b.inFlight = []*member{{p: small}}, 2
+	if !b.mayLeaveLocked() {
+		t.Fatal("under the small bound with room at the engine: a small request must leave at once")
+	}
+	b.limitSmall, b.inFlight = 0, 3
+	if !b.mayLeaveLocked() {
+		t.Fatal("no small bound set: small requests take the bound of all (64)")
+	}
+	s := &server{cfg: &setup{}, batcher: batcher{limit: 64, limitSmall: 3}}
+	s.model.Store(newModel("ready", "", nil))
+	if line := s.stateLine(); !strings.Contains(line, "(bound 64, small requests 3)") {
+		t.Fatalf("the state line must give both bounds: %s", line)
+	}
+}
+
 func TestStampsGoToTheTraceFolderOnlyWhenOneIsNamed(t *testing.T) {
 	stamp("g_head") // off: nothing happens
 	dir := t.TempDir()

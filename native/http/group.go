@@ -54,6 +54,9 @@ type batcher struct {
 	limit    int   // at most this many (a bound; the backlog decides)
 	backlog  int64 // the engine's rows beyond its instances' next batches (< 0: room): as last reported, plus rows sent since
 	queue    []*member
+	// limitSmall (> 0) instead of limit while the first request waiting has at most smallBytes of tensors
+	limitSmall int
+	smallBytes int64
 }
 
 // groupRows: the most rows a group may have: the engine's max batch, or less where merging stops
@@ -67,9 +70,17 @@ func groupRows(m *model) int64 {
 
 // mayLeaveLocked: whether the queue's first requests may go to the engine now. Nothing of this
 // front-end in flight: always (no answer would come to release them). Else while the engine's next
-// batches have room, and under the bound.
+// batches have room, and under the bound (the small requests' bound when the first one is small).
 func (b *batcher) mayLeaveLocked() bool {
-	return b.inFlight == 0 || (b.inFlight < b.limit && b.backlog < 0)
+	return b.inFlight == 0 || (b.inFlight < b.boundLocked() && b.backlog < 0)
+}
+
+// boundLocked: the descriptors in flight allowed for the queue's first request.
+func (b *batcher) boundLocked() int {
+	if b.limitSmall > 0 && len(b.queue) > 0 && b.queue[0].p.tensorBytes() <= b.smallBytes {
+		return b.limitSmall
+	}
+	return b.limit
 }
 
 // submit queues a member; when it may leave the caller runs the first group itself (no hand-over

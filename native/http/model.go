@@ -153,6 +153,15 @@ type plan struct {
 	binaryLen int64 // the tensor bytes after the header
 }
 
+// tensorBytes: the request's input tensors' bytes (what makes it small or large to the batcher).
+func (p *plan) tensorBytes() int64 {
+	var n int64
+	for _, in := range p.inputs {
+		n += in.size
+	}
+	return n
+}
+
 // admit parses and checks a request header the way protocol.parse_infer_request and
 // model.admit do; ok=false means "let the Python front-end answer it" (a refusal or a form this
 // path does not take), never a different answer.

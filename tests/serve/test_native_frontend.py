@@ -318,8 +318,8 @@ async def test_a_killed_native_grpc_front_end_is_replaced_and_the_other_keeps_se
 
 def test_sigusr1_dumps_the_engines_state_then_each_front_ends_and_serving_goes_on(
         start_server: Start, affine_onnx: Path, native_bin: Path) -> None:
-    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "2", "--group-limit", "5"],
-                     native_env(native_bin))
+    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "2", "--group-limit", "5",
+                      "--small-group-limit", "2"], native_env(native_bin))
     s.wait_ready()
     wait_for(lambda: len(frontends(s, "native")) == 2, 10, "two native front-ends")
     natives, pythons = frontends(s, "native"), frontends(s, "python")
@@ -331,8 +331,8 @@ def test_sigusr1_dumps_the_engines_state_then_each_front_ends_and_serving_goes_o
                      r"requests at the engine by front-end \{0: 0, 1: 0, 2: 0\}", logs), logs[-3000:]
     assert "Thread 0x" in logs and "dump_state" in logs  # every engine thread's stack (faulthandler)
     for pid in natives:
-        assert re.search(rf"=== trtop-http {pid}: model ready; descriptors at the engine 0 \(bound 5\); requests waiting "
-                         r"here 0 \(the oldest for 0\.000s\)", logs), logs[-3000:]
+        assert re.search(rf"=== trtop-http {pid}: model ready; descriptors at the engine 0 \(bound 5, small requests 2\); "
+                         r"requests waiting here 0 \(the oldest for 0\.000s\)", logs), logs[-3000:]
         assert f"=== end of trtop-http {pid}" in logs
     for pid in [s.proc.pid, *pythons]:  # the Python front-end the native ones forward to was sent it too
         wait_for(lambda: f"=== end of the stacks of process {pid}" in s.logs(), 10, f"process {pid}'s stacks")

@@ -40,6 +40,7 @@ def test_grpc_port_defaults_to_tritons_and_0_turns_it_off() -> None:
     ([], {names.ENV_SERVE_PORT: "http"}, "TRTOP_PORT"),
     (["--grpc-port", "-1"], {}, "--grpc-port must be 0 (off) or 1-65535"),
     (["--group-limit", "-1"], {}, "--group-limit must be >= 0"),
+    (["--small-group-limit", "-1"], {}, "--small-group-limit must be >= 0"),
     (["--frontend-stuck-s", "-1"], {}, "--frontend-stuck-s must be >= 0"),
     (["--grpc-max-connection-age-s", "-1"], {}, "--grpc-max-connection-age-s must be >= 0 (0: never)"),
     (["--grpc-port", "8000"], {}, "give gRPC its own port"),
@@ -61,3 +62,5 @@ def test_the_group_limit_is_by_the_device_unless_set() -> None:
     assert group_limit(2, gpu=True) == GROUP_LIMIT_GPU  # the backlog decides
     limit = parse_settings([], env={names.ENV_SERVE_GROUP_LIMIT: "4"}).group_limit
     assert limit == 4 and group_limit(2, gpu=True, setting=limit) == 4 and group_limit(2, gpu=False, setting=limit) == 4
+    assert parse_settings([]).small_group_limit == 0  # off: small requests take the bound of all
+    assert parse_settings([], env={names.ENV_SERVE_SMALL_GROUP_LIMIT: "3"}).small_group_limit == 3

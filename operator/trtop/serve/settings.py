@@ -80,6 +80,11 @@ class ServeSettings:
     # Descriptors a native front-end keeps in flight at the engine before it holds requests back to send
     # them as one group (``supervisor.group_limit``); 0 = by the device: instances + 1 on CPU, 64 on a GPU.
     group_limit: int = 0
+    # The same bound for small requests (``supervisor.SMALL_REQUEST_BYTES`` of tensors or less), 0 = as
+    # ``group_limit``. Their cost is the engine's Python per descriptor, not the GPU, so they gain from fewer
+    # descriptors where large ones need the backlog alone (a tiny model's gRPC on an H100 host: 37,891 and
+    # 61,987 req/s with 3 against 24,371 and 22,160 without; docs/server-measured.md, twenty-eighth session).
+    small_group_limit: int = 0
     # Batches that may run at once (Triton's instance count); 0 = 1 on a GPU, min(cores, 4) on CPU.
     instances: int = 0
     # Compute threads per batch for CPU backends; 0 = the cores this process may use / instances.
@@ -166,6 +171,8 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "group_limit": ("--group-limit", names.ENV_SERVE_GROUP_LIMIT,
                     "descriptors a native front-end keeps at the engine before it groups requests (0: instances + 1 "
                     "on CPU, 64 on a GPU)"),
+    "small_group_limit": ("--small-group-limit", names.ENV_SERVE_SMALL_GROUP_LIMIT,
+                          "the same for requests of at most 64 KiB of tensors (0: as --group-limit)"),
     "instances": ("--instances", names.ENV_SERVE_INSTANCES, "batches that may run at once (0: 1 on GPU, min(cores, 4) on CPU)"),
     "threads": ("--threads", names.ENV_SERVE_THREADS, "compute threads per batch (0: cores / instances)"),
     "gpu_io": ("--gpu-io", names.ENV_SERVE_GPU_IO,
@@ -233,6 +240,8 @@ def _problems(s: ServeSettings) -> list[str]:
         out.append("--frontend-stuck-s must be >= 0 (0: never)")
     if s.group_limit < 0:
         out.append("--group-limit must be >= 0 (0: by the device)")
+    if s.small_group_limit < 0:
+        out.append("--small-group-limit must be >= 0 (0: as --group-limit)")
     if s.instances < 0:
         out.append("--instances must be >= 0")
     if s.http_frontend not in HTTP_FRONTENDS:

@@ -63,6 +63,9 @@ def arena_bytes(settings: ServeSettings, count: int) -> int:
 
 
 GROUP_LIMIT_GPU = 64  # a bound well above what the backlog lets out at once
+# Requests with at most this many bytes of tensors take ``--small-group-limit`` where it is set: the tiny model's
+# (64 bytes) are, ResNet-50's (602 KB) are not.
+SMALL_REQUEST_BYTES = 64 * 1024
 
 
 # Go threads (GOMAXPROCS) of each native front-end. One: with more, each goroutine made ready on a lone
@@ -91,8 +94,9 @@ def group_limit(instances: int, gpu: bool, setting: int = 0) -> int:
     the H200 and H100 hosts (37,891 and 61,987 req/s against 24,371 and 22,160 on one H100 host), and over HTTP
     the server answered ~40,000-48,000 requests a second, more than ``perf_analyzer``'s HTTP client could count
     on 4 or 8 cores (the twenty-sixth session's "stall"; docs/server-measured.md, twenty-eighth session). Not
-    the GPU default yet: large requests need the backlog alone (above), and the rule by request size is to be
-    measured on a GPU with ResNet-50 beside the tiny model."""
+    the GPU default yet: large requests need the backlog alone (above), so small ones get their own count
+    (``--small-group-limit``, ``SMALL_REQUEST_BYTES``), to be measured on a GPU with ResNet-50 beside the tiny
+    model before it is a default."""
     if setting > 0:
         return setting
     return GROUP_LIMIT_GPU if gpu else max(1, instances) + 1
@@ -285,6 +289,7 @@ class Supervisor:
                              arena_fd=arena.fd, arena_size=arena.size, proxy_path=proxy_path,
                              group_limit=group_limit(self.service.config.instances, self.gpu,
                                                                      self.settings.group_limit),
+                             small_group_limit=self.settings.small_group_limit, small_request_bytes=SMALL_REQUEST_BYTES,
                              grpc_listen_fd=grpc_fd, grpc_proxy_path=grpc_proxy, grpc_address=grpc_address))
         proc = await asyncio.create_subprocess_exec(*command, env=env, pass_fds=fds)
         theirs.close()
