@@ -416,7 +416,7 @@ def client_saturated(busy: float, cores: str) -> str:
     """What a killed client's CPU says: ``perf_analyzer``'s HTTP client (a thread per request in flight) that
     keeps every core it has busy leaves its main thread, which closes the windows, too little time to close
     one, while the server goes on answering (H100 host, tiny model at 256 in flight with --group-limit 3: the
-    server answered ~40,000-48,000 requests a second while the client held 4 of 4 and then 8 of 8 cores and
+    server answered ~40,000-49,000 requests a second while the client held 4 of 4 and then 8 of 8 cores and
     closed no window; docs/server-measured.md, twenty-eighth session)."""
     given = core_count(cores) or os.cpu_count() or 1
     if busy < 0.9 * given:

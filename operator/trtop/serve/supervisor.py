@@ -92,7 +92,7 @@ def group_limit(instances: int, gpu: bool, setting: int = 0) -> int:
     ResNet-50's batches at 64 clients shrank from 15 rows to 10 on the H200 host (0.73 against 0.90 x).
     ``setting`` (``--group-limit``) > 0 wins: with instances + 1 a tiny model's gRPC ran 1.2-2.8 x faster on
     the H200 and H100 hosts (37,891 and 61,987 req/s against 24,371 and 22,160 on one H100 host), and over HTTP
-    the server answered ~40,000-48,000 requests a second, more than ``perf_analyzer``'s HTTP client could count
+    the server answered ~40,000-49,000 requests a second, more than ``perf_analyzer``'s HTTP client could count
     on 4 or 8 cores (the twenty-sixth session's "stall"; docs/server-measured.md, twenty-eighth session). Not
     the GPU default yet: large requests need the backlog alone (above), so small ones get their own count
     (``--small-group-limit``, ``SMALL_REQUEST_BYTES``), to be measured on a GPU with ResNet-50 beside the tiny
