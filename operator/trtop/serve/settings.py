@@ -22,6 +22,11 @@ SHARED_MEMORY_MODES = SHARED_MEMORY  # the ModelDeployment's serving.sharedMemor
 KEEP_AWAKE_MODES = KEEP_AWAKE  # serve.awake.awake_cores; the ModelDeployment's serving.keepAwake
 
 
+# Requests with at most this many bytes of tensors take ``--small-group-limit`` where it is set: the tiny model's
+# (64 bytes) are, ResNet-50's (602 KB) are not.
+SMALL_REQUEST_BYTES = 64 * 1024
+
+
 @dataclass(frozen=True)
 class ServeSettings:
     # Name clients use in /v2/models/{name}/... (the ModelDeployment's name).
@@ -80,7 +85,7 @@ class ServeSettings:
     # Descriptors a native front-end keeps in flight at the engine before it holds requests back to send
     # them as one group (``supervisor.group_limit``); 0 = by the device: instances + 1 on CPU, 64 on a GPU.
     group_limit: int = 0
-    # The same bound for small requests (``supervisor.SMALL_REQUEST_BYTES`` of tensors or less), 0 = as
+    # The same bound for small requests (``SMALL_REQUEST_BYTES`` of tensors or less), 0 = as
     # ``group_limit``. Their cost is the engine's Python per descriptor, not the GPU, so they gain from fewer
     # descriptors where large ones need the backlog alone (a tiny model's gRPC on an H100 host: 37,891 and
     # 61,987 req/s with 3 against 24,371 and 22,160 without; docs/server-measured.md, twenty-eighth session).
@@ -172,7 +177,8 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
                     "descriptors a native front-end keeps at the engine before it groups requests (0: instances + 1 "
                     "on CPU, 64 on a GPU)"),
     "small_group_limit": ("--small-group-limit", names.ENV_SERVE_SMALL_GROUP_LIMIT,
-                          "the same for requests of at most 64 KiB of tensors (0: as --group-limit)"),
+                          f"the same for requests of at most {SMALL_REQUEST_BYTES // 1024} KiB of tensors "
+                          "(0: as --group-limit)"),
     "instances": ("--instances", names.ENV_SERVE_INSTANCES, "batches that may run at once (0: 1 on GPU, min(cores, 4) on CPU)"),
     "threads": ("--threads", names.ENV_SERVE_THREADS, "compute threads per batch (0: cores / instances)"),
     "gpu_io": ("--gpu-io", names.ENV_SERVE_GPU_IO,

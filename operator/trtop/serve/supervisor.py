@@ -63,9 +63,6 @@ def arena_bytes(settings: ServeSettings, count: int) -> int:
 
 
 GROUP_LIMIT_GPU = 64  # a bound well above what the backlog lets out at once
-# Requests with at most this many bytes of tensors take ``--small-group-limit`` where it is set: the tiny model's
-# (64 bytes) are, ResNet-50's (602 KB) are not.
-SMALL_REQUEST_BYTES = 64 * 1024
 
 
 # Go threads (GOMAXPROCS) of each native front-end. One: with more, each goroutine made ready on a lone
@@ -95,8 +92,8 @@ def group_limit(instances: int, gpu: bool, setting: int = 0) -> int:
     the server answered ~40,000-49,000 requests a second, more than ``perf_analyzer``'s HTTP client could count
     on 4 or 8 cores (the twenty-sixth session's "stall"; docs/server-measured.md, twenty-eighth session). Not
     the GPU default yet: large requests need the backlog alone (above), so small ones get their own count
-    (``--small-group-limit``, ``SMALL_REQUEST_BYTES``), to be measured on a GPU with ResNet-50 beside the tiny
-    model before it is a default."""
+    (``--small-group-limit``, ``settings.SMALL_REQUEST_BYTES``), to be measured on a GPU with ResNet-50
+    beside the tiny model before it is a default."""
     if setting > 0:
         return setting
     return GROUP_LIMIT_GPU if gpu else max(1, instances) + 1
@@ -289,7 +286,6 @@ class Supervisor:
                              arena_fd=arena.fd, arena_size=arena.size, proxy_path=proxy_path,
                              group_limit=group_limit(self.service.config.instances, self.gpu,
                                                                      self.settings.group_limit),
-                             small_group_limit=self.settings.small_group_limit, small_request_bytes=SMALL_REQUEST_BYTES,
                              grpc_listen_fd=grpc_fd, grpc_proxy_path=grpc_proxy, grpc_address=grpc_address))
         proc = await asyncio.create_subprocess_exec(*command, env=env, pass_fds=fds)
         theirs.close()
