@@ -486,12 +486,29 @@ def perf(client: Client, model: str, url: str, protocol: str, concurrency: int, 
     return row
 
 
+_PASS = re.compile(r"Pass \[\d+\] throughput: ([\d.]+) infer/sec")
+
+
+def windows_of(text: str) -> list[float]:
+    """Each measurement window's throughput in ``perf_analyzer -v``'s output, in order: what a run that found no
+    three stable windows in a row still measured (the twenty-ninth session's gRPC run said nothing more)."""
+    return [float(v) for v in _PASS.findall(text)]
+
+
+def failure_of(row: dict[str, Any]) -> str:
+    """A failed point in a few words: the windows it saw when it saw some, else the end of the client's output."""
+    windows = row.get("windows") or []
+    if windows and "killed" not in row.get("error", ""):
+        return f"no 3 stable windows in {len(windows)}: " + " / ".join(f"{w:,.0f}" for w in windows)
+    return repr(row.get("error", "")[-200:])
+
+
 def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurrency: int, window_ms: int,
                    tmp: Path, on_stuck: Callable[[], str] | None = None) -> dict[str, Any]:
     csv_path = tmp / f"pa-{model}-{protocol}-{concurrency}.csv"
     csv_path.unlink(missing_ok=True)  # another configuration's window must not be read as this one's
     cmd = [client.pa, "-m", model, "-u", url, "-i", protocol, "--concurrency-range", f"{concurrency}:{concurrency}",
-           "--stability-percentage", "10", "--max-trials", "6", "-f", str(csv_path)]
+           "--stability-percentage", "10", "--max-trials", "6", "-f", str(csv_path), "-v"]
     # Windows of N requests: the requests (and the inputs perf_analyzer copies) per window are bounded.
     if client.count > 0 and concurrency >= client.count_from:
         cmd += ["--measurement-mode", "count_windows", "--measurement-request-count", str(client.count)]
@@ -524,7 +541,7 @@ def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurre
                 f"{client_saturated(busy, client.cores)}\n{text}")
     stable = "Failed to obtain stable measurement" not in text and proc.returncode == 0
     row: dict[str, Any] = {"stable": stable, "rc": proc.returncode, "client_peak_rss_gb": round(peak[0], 2),
-                           "client_cores": busy}
+                           "client_cores": busy, "windows": windows_of(text)}
     if csv_path.exists():
         rows = list(csv.DictReader(csv_path.open()))
         if rows:
@@ -721,7 +738,8 @@ def _resnet_table(label: str, flags: list[str], rows: list[dict[str, Any]], best
     for r in rows:
         rss = r.get("client_peak_rss_gb", "")
         if "throughput" not in r:
-            lines.append(f"| {r['concurrency']} | {r['client']} | failed (rc {r['rc']}) | | | | | {r['stable']} | "
+            lines.append(f"| {r['concurrency']} | {r['client']} | failed (rc {r['rc']}): {failure_of(r)} | | | | | "
+                         f"{r['stable']} | "
                          f"{r['gpu_util']:.0f} | {r['server_cores']:.1f} | {r['mean_batch']:.1f} | {r['batch_ms']:.2f} | "
                          f"{r['queue_ms']:.2f} | {rss} |")
             continue
@@ -783,7 +801,7 @@ def report(results: dict[str, Any]) -> None:
         for r in results["tiny"]:
             if "error" in r and "throughput" not in r:
                 lines.append(f"| {r['protocol']} | {r.get('label', 'default')} | {r['concurrency']} | failed: "
-                             f"{r['error'][-200:]!r} | | | | | | | |")
+                             f"{failure_of(r)} | | | | | | | |")
                 continue
             engine = (r.get("cores_by_process") or [nan])[0]
             lines.append(f"| {r['protocol']} | {r.get('label', 'default')} | {r['concurrency']} | "
