@@ -36,9 +36,6 @@ type setup struct {
 		LogLevel         string  `json:"log_level"`
 		// gRPC connections older than this are asked to reconnect (0: never)
 		GRPCMaxConnectionAgeS float64 `json:"grpc_max_connection_age_s"`
-		// The bound while the first request waiting has at most SmallRequestBytes of tensors (0: GroupLimit):
-		// small requests cost the engine's Python per descriptor, so they gain from fewer (settings.py).
-		SmallGroupLimit int `json:"small_group_limit"`
 	} `json:"settings"`
 	Index     int    `json:"index"`
 	ListenFD  int    `json:"listen_fd"` // -1: no HTTP (a gRPC-only front-end)
@@ -52,7 +49,9 @@ type setup struct {
 	GRPCProxyPath string `json:"grpc_proxy_path"`
 	// Descriptors this process keeps in flight at the engine (more requests wait and leave as one group).
 	GroupLimit int `json:"group_limit"`
-	// What makes a request small (settings.SMALL_REQUEST_BYTES; Settings.SmallGroupLimit)
+	// The bound while the first request waiting has at most SmallRequestBytes of tensors (0: GroupLimit): small
+	// requests cost the engine's Python per descriptor, so they gain from fewer (supervisor.small_group_limit).
+	SmallGroupLimit   int   `json:"small_group_limit"`
 	SmallRequestBytes int64 `json:"small_request_bytes"`
 	// How long past a descriptor's timeout an answer is waited for, and how often a lost one may ask for a
 	// dump of every process's state (frontend.ANSWER_GRACE_S, LOST_DUMP_EVERY_S; 0: this program's defaults).

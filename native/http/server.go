@@ -45,7 +45,7 @@ func newServer(cfg *setup, a *arena, ch *channel) *server {
 	s := &server{cfg: cfg, arena: a, ch: ch, waiting: map[uint64]chan []json.RawMessage{}, late: map[uint64][]int{},
 		maxBody: int64(cfg.Settings.MaxBodyMB * 1024 * 1024)}
 	s.batcher.limit = max(1, cfg.GroupLimit)
-	s.batcher.limitSmall, s.batcher.smallBytes = cfg.Settings.SmallGroupLimit, cfg.SmallRequestBytes
+	s.batcher.limitSmall, s.batcher.smallBytes = cfg.SmallGroupLimit, cfg.SmallRequestBytes
 	s.model.Store(newModel("loading", "", nil))
 	transport := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {

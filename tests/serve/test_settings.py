@@ -5,7 +5,7 @@ import pytest
 
 from trtop import names
 from trtop.serve.settings import ServeSettings, parse_settings
-from trtop.serve.supervisor import GROUP_LIMIT_GPU, group_limit
+from trtop.serve.supervisor import GROUP_LIMIT_GPU, group_limit, small_group_limit
 
 
 def test_defaults() -> None:
@@ -62,5 +62,14 @@ def test_the_group_limit_is_by_the_device_unless_set() -> None:
     assert group_limit(2, gpu=True) == GROUP_LIMIT_GPU  # the backlog decides
     limit = parse_settings([], env={names.ENV_SERVE_GROUP_LIMIT: "4"}).group_limit
     assert limit == 4 and group_limit(2, gpu=True, setting=limit) == 4 and group_limit(2, gpu=False, setting=limit) == 4
-    assert parse_settings([]).small_group_limit == 0  # off: small requests take the bound of all
+    assert parse_settings([]).small_group_limit == 0  # by the device
     assert parse_settings([], env={names.ENV_SERVE_SMALL_GROUP_LIMIT: "3"}).small_group_limit == 3
+
+
+def test_small_requests_get_a_count_of_their_own_on_a_gpu() -> None:
+    assert small_group_limit(2, gpu=True) == 3  # a batch per instance and one more, as on CPU
+    assert small_group_limit(1, gpu=True) == 2 and small_group_limit(0, gpu=True) == 2
+    assert small_group_limit(2, gpu=False) == 0  # CPU: the group limit's count already is instances + 1
+    assert small_group_limit(2, gpu=True, group_setting=5) == 0  # an explicit --group-limit alone sets both
+    assert small_group_limit(2, gpu=True, setting=7) == 7 and small_group_limit(2, gpu=False, setting=7) == 7
+    assert small_group_limit(2, gpu=True, setting=7, group_setting=5) == 7

@@ -85,10 +85,10 @@ class ServeSettings:
     # Descriptors a native front-end keeps in flight at the engine before it holds requests back to send
     # them as one group (``supervisor.group_limit``); 0 = by the device: instances + 1 on CPU, 64 on a GPU.
     group_limit: int = 0
-    # The same bound for small requests (``SMALL_REQUEST_BYTES`` of tensors or less), 0 = as
-    # ``group_limit``. Their cost is the engine's Python per descriptor, not the GPU, so they gain from fewer
-    # descriptors where large ones need the backlog alone (a tiny model's gRPC on an H100 host: 37,891 and
-    # 61,987 req/s with 3 against 24,371 and 22,160 without; docs/server-measured.md, twenty-eighth session).
+    # The same bound for small requests (``SMALL_REQUEST_BYTES`` of tensors or less; ``supervisor.small_group_limit``),
+    # 0 = by the device: instances + 1 on a GPU unless ``group_limit`` is set, else as ``group_limit``. Their cost
+    # is the engine's Python per descriptor, not the GPU, so they gain from fewer descriptors where large ones
+    # need the backlog alone.
     small_group_limit: int = 0
     # Batches that may run at once (Triton's instance count); 0 = 1 on a GPU, min(cores, 4) on CPU.
     instances: int = 0
@@ -178,7 +178,7 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
                     "on CPU, 64 on a GPU)"),
     "small_group_limit": ("--small-group-limit", names.ENV_SERVE_SMALL_GROUP_LIMIT,
                           f"the same for requests of at most {SMALL_REQUEST_BYTES // 1024} KiB of tensors "
-                          "(0: as --group-limit)"),
+                          "(0: instances + 1 on a GPU unless --group-limit is set, else as --group-limit)"),
     "instances": ("--instances", names.ENV_SERVE_INSTANCES, "batches that may run at once (0: 1 on GPU, min(cores, 4) on CPU)"),
     "threads": ("--threads", names.ENV_SERVE_THREADS, "compute threads per batch (0: cores / instances)"),
     "gpu_io": ("--gpu-io", names.ENV_SERVE_GPU_IO,

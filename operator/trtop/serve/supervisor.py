@@ -90,13 +90,25 @@ def group_limit(instances: int, gpu: bool, setting: int = 0) -> int:
     ``setting`` (``--group-limit``) > 0 wins: with instances + 1 a tiny model's gRPC ran 1.2-2.8 x faster on
     the H200 and H100 hosts (37,891 and 61,987 req/s against 24,371 and 22,160 on one H100 host), and over HTTP
     the server answered ~40,000-49,000 requests a second, more than ``perf_analyzer``'s HTTP client could count
-    on 4 or 8 cores (the twenty-sixth session's "stall"; docs/server-measured.md, twenty-eighth session). Not
-    the GPU default yet: large requests need the backlog alone (above), so small ones get their own count
-    (``--small-group-limit``, ``settings.SMALL_REQUEST_BYTES``), to be measured on a GPU with ResNet-50
-    beside the tiny model before it is a default."""
+    on 4 or 8 cores (the twenty-sixth session's "stall"; docs/server-measured.md, twenty-eighth session). Large
+    requests need the backlog alone (above), so on a GPU small ones get their own count: ``small_group_limit``."""
     if setting > 0:
         return setting
     return GROUP_LIMIT_GPU if gpu else max(1, instances) + 1
+
+
+def small_group_limit(instances: int, gpu: bool, setting: int = 0, group_setting: int = 0) -> int:
+    """The count of descriptors for small requests alone (at most ``settings.SMALL_REQUEST_BYTES`` of tensors,
+    judged by the first request waiting); 0: ``group_limit``'s.
+
+    Small requests cost the engine's Python per descriptor, not the GPU, so on a GPU they get instances + 1
+    (CPU's rule) while large ones keep the backlog's: on H100 hosts a tiny model's gRPC went from 23,584 to
+    30,956 req/s (8 s windows) and its HTTP at 128 in flight from 16,979 to 41,814, while ResNet-50 stayed where
+    it was (4,289 against 4,328 img/s, 4,682 against 4,533; docs/server-measured.md, twenty-ninth session).
+    ``setting`` (``--small-group-limit``) > 0 wins; an explicit ``--group-limit`` alone sets both counts."""
+    if setting > 0:
+        return setting
+    return max(1, instances) + 1 if gpu and group_setting == 0 else 0
 
 
 def listen_socket(host: str, port: int, backlog: int, what: str = "") -> socket.socket:
@@ -281,11 +293,13 @@ class Supervisor:
                 fds.append(grpc_fd)
         elif self.grpc_listen is not None:  # the Python gRPC server the native ones forward to
             grpc_address = f"unix:{self._grpc_path()}"
+        instances = self.service.config.instances
         env.update(setup_env(self.settings, index=index, listen_fd=listen.fileno() if listen is not None else -1,
                              channel_fd=theirs.fileno(),
                              arena_fd=arena.fd, arena_size=arena.size, proxy_path=proxy_path,
-                             group_limit=group_limit(self.service.config.instances, self.gpu,
-                                                                     self.settings.group_limit),
+                             group_limit=group_limit(instances, self.gpu, self.settings.group_limit),
+                             small_group_limit=small_group_limit(instances, self.gpu, self.settings.small_group_limit,
+                                                                 self.settings.group_limit),
                              grpc_listen_fd=grpc_fd, grpc_proxy_path=grpc_proxy, grpc_address=grpc_address))
         proc = await asyncio.create_subprocess_exec(*command, env=env, pass_fds=fds)
         theirs.close()
