@@ -755,6 +755,13 @@ def _resnet_table(label: str, flags: list[str], rows: list[dict[str, Any]], best
         lines.append(f"\nBest: {top['throughput']:,.0f} img/s at concurrency {top['concurrency']} = "
                      f"{top['throughput'] / best:.2f} x in-process best (target >= {TARGET_RATIO}): "
                      f"{'met' if ok else 'NOT met'}")
+    # The other two conditions, at every concurrency: stable windows, p99 <= TARGET_TAIL x p50.
+    misses = [f"{r['concurrency']}: " + ("failed" if "throughput" not in r else "not stable" if not r["stable"]
+                                        else f"p99/p50 {r['p99_ms'] / r['p50_ms']:.2f}")
+              for r in rows if "throughput" not in r or not r["stable"] or r["p99_ms"] > TARGET_TAIL * r["p50_ms"]]
+    if rows:
+        lines.append(f"Stable windows and p99 <= {TARGET_TAIL} x p50 at every concurrency: "
+                     + (f"NOT met ({', '.join(misses)})" if misses else "met"))
     return lines
 
 
