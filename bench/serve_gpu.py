@@ -271,7 +271,11 @@ def thread_seconds(pid: int) -> dict[int, float]:
 
 
 class GpuSampler:
-    """nvidia-smi utilisation samples while a window runs."""
+    """The GPU's utilisation, sampled every 0.5 s while a window runs: through NVML in this process when
+    ``nvidia-ml-py`` is importable (one call on a handle kept open), else by running ``nvidia-smi``, a process
+    that sets NVML up again for every sample (tens of ms of CPU on any core, beside the server it measures)."""
+
+    _nvml: Any = None  # (module, handle) once opened; False when NVML is not to be had here
 
     def __init__(self) -> None:
         self.samples: list[float] = []
@@ -279,13 +283,32 @@ class GpuSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    @classmethod
+    def _open_nvml(cls) -> Any:
+        if cls._nvml is None:
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                cls._nvml = (pynvml, pynvml.nvmlDeviceGetHandleByIndex(0))
+            except Exception:  # not installed, no driver, no GPU: nvidia-smi's way
+                cls._nvml = False
+        return cls._nvml
+
+    def _sample(self) -> float:
+        nvml = self._open_nvml()
+        if nvml:
+            module, handle = nvml
+            return float(module.nvmlDeviceGetUtilizationRates(handle).gpu)
+        out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+        return float(out.splitlines()[0])
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                                     capture_output=True, text=True, timeout=5).stdout.strip()
-                self.samples.append(float(out.splitlines()[0]))
-            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+                self.samples.append(self._sample())
+            except Exception:  # noqa: BLE001 - a missing sample leaves the mean to the others
                 pass
             self._stop.wait(0.5)
 
