@@ -126,7 +126,7 @@ ENV_SERVE_FRONTENDS: Final = "TRTOP_FRONTENDS"
 ENV_SERVE_HTTP_FRONTEND: Final = "TRTOP_HTTP_FRONTEND"
 ENV_SERVE_GRPC_FRONTEND: Final = "TRTOP_GRPC_FRONTEND"
 ENV_SERVE_GROUP_LIMIT: Final = "TRTOP_GROUP_LIMIT"  # descriptors a native front-end keeps at the engine
-ENV_SERVE_SMALL_GROUP_LIMIT: Final = "TRTOP_SMALL_GROUP_LIMIT"  # the same, for small requests (0: as above)
+ENV_SERVE_SMALL_GROUP_LIMIT: Final = "TRTOP_SMALL_GROUP_LIMIT"  # the same, for small requests (0: by the device)
 ENV_SERVE_FRONTEND_STUCK_S: Final = "TRTOP_FRONTEND_STUCK_S"  # a front-end's loop silent this long is replaced
 # The native HTTP front-end (native/http, Go), looked up on PATH; the server images carry it.
 HTTP_FRONTEND_BINARY: Final = "trtop-http"
