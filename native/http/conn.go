@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"sync"
@@ -24,15 +25,26 @@ type limitedConn struct {
 	free func()
 	once sync.Once
 	held []byte // non-nil while an answer is held (from heldBufs)
-	// when it was accepted (gRPC asks old connections to reconnect: grpcFront.maxAge)
+	// when it was accepted, and where in maxAge's spread it will be asked to reconnect (gRPC: grpcFront.maxAge)
 	accepted time.Time
+	ageDraw  float64
+}
+
+// ageJitter: a connection is asked to reconnect after maxAge +- this share of it, drawn once per connection,
+// as grpc's own servers do (the Python front-ends' max_connection_age): connections a client opened together
+// (perf_analyzer's, a rollout's clients) do not all reconnect in the same instant every maxAge.
+const ageJitter = 0.1
+
+// connectionAge is maxAge moved by the draw u in [0, 1) across +- ageJitter of it.
+func connectionAge(maxAge time.Duration, u float64) time.Duration {
+	return time.Duration(float64(maxAge) * (1 - ageJitter + 2*ageJitter*u))
 }
 
 // heldBufs: buffers of answers being held, shared by the connections (an idle keep-alive connection keeps none).
 var heldBufs = sync.Pool{New: func() any { b := make([]byte, 0, 8<<10); return &b }}
 
 func newLimitedConn(c net.Conn, free func()) *limitedConn {
-	return &limitedConn{Conn: c, free: free, accepted: time.Now()}
+	return &limitedConn{Conn: c, free: free, accepted: time.Now(), ageDraw: rand.Float64()}
 }
 
 func (c *limitedConn) Close() error {

@@ -124,3 +124,28 @@ func TestALargeAnswerIsNotHeldWhole(t *testing.T) {
 		t.Errorf("%d bytes left in %d write(s): held whole", len(body), writes.Load())
 	}
 }
+
+// Connections opened together are asked to reconnect spread over maxAge +- 10%, not all in one instant.
+func TestConnectionsAgeOutSpreadAroundTheMaximum(t *testing.T) {
+	maxAge := 30 * time.Second
+	for _, c := range []struct {
+		u    float64
+		want time.Duration
+	}{{0, 27 * time.Second}, {0.5, 30 * time.Second}, {0.999999, 33 * time.Second}} {
+		if got := connectionAge(maxAge, c.u).Round(time.Millisecond); got != c.want {
+			t.Errorf("connectionAge(30s, %v) = %v, want %v", c.u, got, c.want)
+		}
+	}
+	ages := map[time.Duration]bool{}
+	for i := 0; i < 100; i++ {
+		lc := newLimitedConn(nil, func() {})
+		age := connectionAge(maxAge, lc.ageDraw)
+		if age < 27*time.Second || age >= 33*time.Second {
+			t.Fatalf("a connection's age %v is outside 30 s +- 10%%", age)
+		}
+		ages[age.Round(100*time.Millisecond)] = true
+	}
+	if len(ages) < 10 { // 100 draws over 60 steps of 0.1 s: all alike would mean no spread at all
+		t.Fatalf("100 connections drew only %d distinct ages", len(ages))
+	}
+}

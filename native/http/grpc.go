@@ -51,7 +51,7 @@ var grpcCodes = map[string]int{
 type grpcFront struct {
 	s        *server
 	proxy    *httputil.ReverseProxy
-	maxAge   time.Duration // connections older than this are asked to reconnect (GOAWAY); 0: never
+	maxAge   time.Duration // connections older than this (+- ageJitter) are asked to reconnect (GOAWAY); 0: never
 	maxCalls int64         // calls in flight at most (as grpc's maximum_concurrent_rpcs); <= 0: no limit
 	calls    atomic.Int64
 }
@@ -112,7 +112,7 @@ func (g *grpcFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this port speaks gRPC (HTTP/2, application/grpc); the HTTP API has its own port", http.StatusUnsupportedMediaType)
 		return
 	}
-	if lc := connOf(r.Context()); g.maxAge > 0 && lc != nil && time.Since(lc.accepted) > g.maxAge {
+	if lc := connOf(r.Context()); g.maxAge > 0 && lc != nil && time.Since(lc.accepted) > connectionAge(g.maxAge, lc.ageDraw) {
 		// Go's HTTP/2 server reads this as: GOAWAY, and close once the calls in flight are answered
 		// (grpc's max_connection_age: clients spread over new replicas as they reconnect).
 		w.Header().Set("Connection", "close")
