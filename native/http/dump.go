@@ -25,8 +25,10 @@ func (s *server) stateLine() string {
 	b.mu.Lock()
 	inFlight, queued, backlog := b.inFlight, len(b.queue), b.backlog
 	bound := fmt.Sprint(b.limit)
-	if b.limitSmall > 0 {
+	if b.limitSmall > 0 && b.smallBytes > 0 {
 		bound += fmt.Sprintf(", small requests %d", b.limitSmall)
+	} else if b.limitSmall > 0 {
+		bound += fmt.Sprintf(", small requests %d: none for this model", b.limitSmall)
 	}
 	oldest := time.Duration(0)
 	if queued > 0 {

@@ -253,10 +253,36 @@ func TestSmallRequestsTakeTheSmallBoundAndLargeOnesTheBacklogAlone(t *testing.T)
 	if !b.mayLeaveLocked() {
 		t.Fatal("no small bound set: small requests take the bound of all (64)")
 	}
-	s := &server{cfg: &setup{}, batcher: batcher{limit: 64, limitSmall: 3}}
+	s := &server{cfg: &setup{}, batcher: batcher{limit: 64, limitSmall: 3, smallBytes: 64 * 1024}}
 	s.model.Store(newModel("ready", "", nil))
 	if line := s.stateLine(); !strings.Contains(line, "(bound 64, small requests 3)") {
 		t.Fatalf("the state line must give both bounds: %s", line)
+	}
+}
+
+// What is small comes with the engine's state: 0 (a model whose batch-1 run is not short) makes no request small.
+func TestTheEnginesStateSaysWhichRequestsAreSmall(t *testing.T) {
+	raw := func(text string) []json.RawMessage {
+		var msg []json.RawMessage
+		if err := json.Unmarshal([]byte(text), &msg); err != nil {
+			t.Fatal(err)
+		}
+		return msg
+	}
+	small := &plan{rows: 1, inputs: []placedInput{{size: 64}}}
+	s := &server{cfg: &setup{}, batcher: batcher{limit: 64, limitSmall: 3, inFlight: 3, backlog: -10}}
+	s.batcher.queue = []*member{{p: small}}
+	s.onState(raw(`["state", "loading", "", null, 0, 0]`))
+	if !s.batcher.mayLeaveLocked() || !strings.Contains(s.stateLine(), "small requests 3: none for this model") {
+		t.Fatalf("while no request is small the backlog alone decides: %s", s.stateLine())
+	}
+	s.onState(raw(`["state", "ready", "", null, 0, 65536]`))
+	if s.batcher.smallBytes != 65536 || s.batcher.mayLeaveLocked() {
+		t.Fatal("a short model's small request must wait under the small bound")
+	}
+	s.onState(raw(`["state", "ready", "", null, 0]`)) // an engine that says nothing of it: as it was
+	if s.batcher.smallBytes != 65536 || s.model.Load().state != "ready" {
+		t.Fatal("a state without the small bytes must leave them as they were")
 	}
 }
 

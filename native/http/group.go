@@ -55,6 +55,7 @@ type batcher struct {
 	backlog  int64 // the engine's rows beyond its instances' next batches (< 0: room): as last reported, plus rows sent since
 	queue    []*member
 	// limitSmall (> 0) instead of limit while the first request waiting has at most smallBytes of tensors
+	// (the engine's state says how many: 0, none, for a model whose batch-1 run is not short)
 	limitSmall int
 	smallBytes int64
 }
@@ -77,7 +78,7 @@ func (b *batcher) mayLeaveLocked() bool {
 
 // boundLocked: the descriptors in flight allowed for the queue's first request.
 func (b *batcher) boundLocked() int {
-	if b.limitSmall > 0 && len(b.queue) > 0 && b.queue[0].p.tensorBytes() <= b.smallBytes {
+	if b.limitSmall > 0 && b.smallBytes > 0 && len(b.queue) > 0 && b.queue[0].p.tensorBytes() <= b.smallBytes {
 		return b.limitSmall
 	}
 	return b.limit

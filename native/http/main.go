@@ -49,10 +49,10 @@ type setup struct {
 	GRPCProxyPath string `json:"grpc_proxy_path"`
 	// Descriptors this process keeps in flight at the engine (more requests wait and leave as one group).
 	GroupLimit int `json:"group_limit"`
-	// The bound while the first request waiting has at most SmallRequestBytes of tensors (0: GroupLimit): small
-	// requests cost the engine's Python per descriptor, so they gain from fewer (supervisor.small_group_limit).
-	SmallGroupLimit   int   `json:"small_group_limit"`
-	SmallRequestBytes int64 `json:"small_request_bytes"`
+	// The bound while the first request waiting is small (0: GroupLimit; what is small comes with the engine's
+	// state): small requests of a short model cost the engine's Python per descriptor, so they gain from fewer
+	// (supervisor.small_group_limit).
+	SmallGroupLimit int `json:"small_group_limit"`
 	// How long past a descriptor's timeout an answer is waited for, and how often a lost one may ask for a
 	// dump of every process's state (frontend.ANSWER_GRACE_S, LOST_DUMP_EVERY_S; 0: this program's defaults).
 	AnswerGraceS   float64 `json:"answer_grace_s"`

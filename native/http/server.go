@@ -45,7 +45,7 @@ func newServer(cfg *setup, a *arena, ch *channel) *server {
 	s := &server{cfg: cfg, arena: a, ch: ch, waiting: map[uint64]chan []json.RawMessage{}, late: map[uint64][]int{},
 		maxBody: int64(cfg.Settings.MaxBodyMB * 1024 * 1024)}
 	s.batcher.limit = max(1, cfg.GroupLimit)
-	s.batcher.limitSmall, s.batcher.smallBytes = cfg.SmallGroupLimit, cfg.SmallRequestBytes
+	s.batcher.limitSmall = cfg.SmallGroupLimit // smallBytes comes with the engine's state (onState)
 	s.model.Store(newModel("loading", "", nil))
 	transport := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -570,22 +570,37 @@ func (s *server) readChannel() error {
 				go s.ch.send(pong) // not from the reader: a write may wait for the engine to read
 			}
 		case "state":
-			var state, errText string
-			var info *modelInfo
-			if len(msg) < 4 || json.Unmarshal(msg[1], &state) != nil {
-				return
-			}
-			json.Unmarshal(msg[2], &errText)
-			if json.Unmarshal(msg[3], &info) != nil {
-				info = nil
-			}
-			m := newModel(state, errText, info)
-			if len(msg) > 4 {
-				json.Unmarshal(msg[4], &m.mergeMax)
-			}
-			s.model.Store(m)
+			s.onState(msg)
 		}
 	})
+}
+
+// onState takes the engine's ("state", state, error, info, merge_max, small_request_bytes): the model, and what
+// makes a request small for the small requests' bound (the engine decides once it has timed the model: 0, none
+// is, for a model whose batch-1 run is not short; settings.small_request_bytes).
+func (s *server) onState(msg []json.RawMessage) {
+	var state, errText string
+	var info *modelInfo
+	if len(msg) < 4 || json.Unmarshal(msg[1], &state) != nil {
+		return
+	}
+	json.Unmarshal(msg[2], &errText)
+	if json.Unmarshal(msg[3], &info) != nil {
+		info = nil
+	}
+	m := newModel(state, errText, info)
+	if len(msg) > 4 {
+		json.Unmarshal(msg[4], &m.mergeMax)
+	}
+	if len(msg) > 5 {
+		var small int64
+		if json.Unmarshal(msg[5], &small) == nil {
+			s.batcher.mu.Lock()
+			s.batcher.smallBytes = small
+			s.batcher.mu.Unlock()
+		}
+	}
+	s.model.Store(m)
 }
 
 // failAll answers every waiting request "engine gone" and refuses new ones.

@@ -17,6 +17,7 @@ from trtop.serve.channel import JSON, Message
 from trtop.serve.dispatcher import Dispatcher
 from trtop.serve.metrics import ServerMetrics
 from trtop.serve.service import BatchingConfig, InferenceService, Loaded
+from trtop.serve.settings import SMALL_MODEL_RUN_S, SMALL_REQUEST_BYTES
 from trtop.serve.types import Feeds, Outputs
 
 from .conftest import Recorder
@@ -146,3 +147,27 @@ async def test_a_ping_is_counted_out_until_its_pong_comes(engine: tuple[Dispatch
     assert dispatcher.ping() == 0  # answered: the next one goes out
     await asyncio.sleep(0.01)
     assert written(peer) == [["ping", 2]] and dispatcher.heard
+
+
+async def last_state(dispatcher: Dispatcher, peer: socket.socket) -> Message:
+    dispatcher.send_state()
+    for _ in range(100):
+        states = [m for m in written(peer) if m[0] == "state"]
+        if states:
+            return states[-1]
+        await asyncio.sleep(0.01)
+    raise AssertionError("no state message")
+
+
+async def test_the_state_says_what_makes_a_request_small(engine: tuple[Dispatcher, socket.socket, Breakable]) -> None:
+    """A native front-end's small requests take their own bound only where they cost the engine's Python more
+    than the backend: the state message says how many bytes of tensors are small for this model, 0 when its
+    batch-1 run (timed at load) is not short, unless --small-group-limit was set."""
+    dispatcher, peer, _ = engine
+    service = dispatcher.service
+    assert service.lone_run_s is not None and service.lone_run_s < SMALL_MODEL_RUN_S  # y = x + 1 on CPU
+    assert (await last_state(dispatcher, peer))[5] == SMALL_REQUEST_BYTES
+    service.lone_run_s = 0.005  # a model a GPU spends 5 ms on: its requests keep the backlog's rule
+    assert (await last_state(dispatcher, peer))[5] == 0
+    dispatcher.small_bound_set = True  # set by hand: every model's small requests take it
+    assert (await last_state(dispatcher, peer))[5] == SMALL_REQUEST_BYTES

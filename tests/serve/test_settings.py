@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from trtop import names
-from trtop.serve.settings import ServeSettings, parse_settings
+from trtop.serve.settings import SMALL_MODEL_RUN_S, SMALL_REQUEST_BYTES, ServeSettings, parse_settings, small_request_bytes
 from trtop.serve.supervisor import GROUP_LIMIT_GPU, group_limit, small_group_limit
 
 
@@ -73,3 +73,10 @@ def test_small_requests_get_a_count_of_their_own_on_a_gpu() -> None:
     assert small_group_limit(2, gpu=True, group_setting=5) == 0  # an explicit --group-limit alone sets both
     assert small_group_limit(2, gpu=True, setting=7) == 7 and small_group_limit(2, gpu=False, setting=7) == 7
     assert small_group_limit(2, gpu=True, setting=7, group_setting=5) == 7
+
+
+def test_requests_are_small_only_for_a_short_model_unless_the_bound_is_set() -> None:
+    assert small_request_bytes(0.0002, bound_set=False) == SMALL_REQUEST_BYTES  # a tiny model's batch-1 run
+    assert small_request_bytes(SMALL_MODEL_RUN_S, bound_set=False) == 0  # a longer one keeps the backlog's rule
+    assert small_request_bytes(None, bound_set=False) == 0  # not timed yet (loading), or its run failed
+    assert small_request_bytes(0.005, bound_set=True) == small_request_bytes(None, bound_set=True) == SMALL_REQUEST_BYTES

@@ -37,6 +37,7 @@ from trtop.serve.batching import signature_of
 from trtop.serve.channel import PICKLE, Channel, Codec, Message
 from trtop.serve.errors import BadRequest, InferenceFailed, ServeError
 from trtop.serve.service import InferenceService
+from trtop.serve.settings import small_request_bytes
 from trtop.serve.shared_memory import RegionSpec
 from trtop.serve.types import Outputs
 
@@ -59,6 +60,7 @@ class Dispatcher:
         self.arena = arena
         self.follows_regions = follows_regions  # a Python front-end: it keeps a copy of the region registry
         self.regions_changed: Callable[[], None] | None = None  # tells every front-end (set by the supervisor)
+        self.small_bound_set = False  # --small-group-limit was given: every model's small requests take it
         self.channel: Channel | None = None
         self._pending: set[asyncio.Future[Outputs]] = set()  # requests queued or running
         self.closed = asyncio.Event()
@@ -74,8 +76,10 @@ class Dispatcher:
         """Tell the front-end what the model is and whether it serves (on start and every change)."""
         if self.channel is not None:
             s = self.service
-            # merge_max: the rows a merged batch may reach (0: max batch); a native front-end's groups stop there
-            self.channel.send(("state", s.state, s.error, s.info, s.merge_max))
+            # merge_max: the rows a merged batch may reach (0: max batch); a native front-end's groups stop there.
+            # Then what makes a request small for its small requests' bound (0: none is).
+            self.channel.send(("state", s.state, s.error, s.info, s.merge_max,
+                               small_request_bytes(s.lone_run_s, self.small_bound_set)))
             if len(s.shared_memory):  # a front-end started after registrations
                 self.send_regions()
 

@@ -45,7 +45,7 @@ from trtop.serve.model import Admitted, ModelInfo, admit
 from trtop.serve.processes import frontend_count
 from trtop.serve.protocol import Held, InferRequest
 from trtop.serve.server import InferenceServer, dump_state, grpc_factory, uvicorn_config
-from trtop.serve.settings import SMALL_REQUEST_BYTES, ServeSettings
+from trtop.serve.settings import ServeSettings
 from trtop.serve.shared_memory import OFF_MESSAGE, RegionSpec, Registry, check_spec
 from trtop.serve.statistics import StatsSnapshot
 from trtop.serve.types import Array, Outputs
@@ -364,14 +364,14 @@ def setup_env(settings: ServeSettings, *, index: int, listen_fd: int, channel_fd
               grpc_proxy_path: str = "", grpc_address: str = "") -> dict[str, str]:
     """The setup both kinds of front-end read; ``proxy_path``: the native front-end's way to the Python one,
     ``group_limit``: the descriptors it keeps in flight before it groups requests (``small_group_limit``, when
-    > 0, while the first request waiting has at most ``SMALL_REQUEST_BYTES`` of tensors); ``grpc_listen_fd`` and
+    > 0, while the first request waiting is small: the engine's state says what is); ``grpc_listen_fd`` and
     ``grpc_proxy_path``: a native front-end's gRPC socket and its way to the Python gRPC server, which
     listens on ``grpc_address`` (not the gRPC port) when set. Both kinds give up on the engine's answer
     ``ANSWER_GRACE_S`` past its timeout and ask for every process's state at most every ``LOST_DUMP_EVERY_S``."""
     doc = {"settings": {f.name: getattr(settings, f.name) for f in fields(ServeSettings)}, "index": index,
            "listen_fd": listen_fd, "channel_fd": channel_fd, "arena_fd": arena_fd, "arena_size": arena_size,
            "parent_pid": os.getpid(), "proxy_path": proxy_path, "group_limit": group_limit,
-           "small_group_limit": small_group_limit, "small_request_bytes": SMALL_REQUEST_BYTES,
+           "small_group_limit": small_group_limit,
            "grpc_listen_fd": grpc_listen_fd, "grpc_proxy_path": grpc_proxy_path, "grpc_address": grpc_address,
            "answer_grace_s": ANSWER_GRACE_S, "lost_dump_every_s": LOST_DUMP_EVERY_S}
     return {ENV_FRONTEND: json.dumps(doc)}

@@ -22,9 +22,23 @@ SHARED_MEMORY_MODES = SHARED_MEMORY  # the ModelDeployment's serving.sharedMemor
 KEEP_AWAKE_MODES = KEEP_AWAKE  # serve.awake.awake_cores; the ModelDeployment's serving.keepAwake
 
 
-# Requests with at most this many bytes of tensors take ``--small-group-limit`` where it is set: the tiny model's
-# (64 bytes) are, ResNet-50's (602 KB) are not.
+# Requests with at most this many bytes of tensors take the small requests' bound (``--small-group-limit``;
+# ``supervisor.small_group_limit``): the tiny model's (64 bytes) are, ResNet-50's (602 KB) are not ...
 SMALL_REQUEST_BYTES = 64 * 1024
+# ... when the model's batch-1 run takes less than this (``InferenceService.lone_run_s``), unless the bound was
+# set. A model the GPU spends longer on needs the backlog's rule whatever its requests' size: with a backend
+# sleeping 3 or 10 ms per batch (small requests, 64 connections, the GPU's rule forced) a bound of 3 cut its
+# batches from 20-21 rows to 16 and its throughput by 10% and 23%; sleeping 0.6 ms, the bound served 13% more
+# (docs/server-measured.md, twenty-ninth session).
+SMALL_MODEL_RUN_S = 0.001
+
+
+def small_request_bytes(lone_run_s: float | None, bound_set: bool) -> int:
+    """What makes a request small for the native front-ends (their state message): ``SMALL_REQUEST_BYTES`` of
+    tensors for a model whose batch-1 run is under ``SMALL_MODEL_RUN_S``, or any model when
+    ``--small-group-limit`` was set; else 0, no request is (not timed yet, or a longer run)."""
+    short = lone_run_s is not None and lone_run_s < SMALL_MODEL_RUN_S
+    return SMALL_REQUEST_BYTES if bound_set or short else 0
 
 
 @dataclass(frozen=True)
@@ -85,10 +99,10 @@ class ServeSettings:
     # Descriptors a native front-end keeps in flight at the engine before it holds requests back to send
     # them as one group (``supervisor.group_limit``); 0 = by the device: instances + 1 on CPU, 64 on a GPU.
     group_limit: int = 0
-    # The same bound for small requests (``SMALL_REQUEST_BYTES`` of tensors or less; ``supervisor.small_group_limit``),
-    # 0 = by the device: instances + 1 on a GPU unless ``group_limit`` is set, else as ``group_limit``. Their cost
-    # is the engine's Python per descriptor, not the GPU, so they gain from fewer descriptors where large ones
-    # need the backlog alone.
+    # The same bound for small requests (``small_request_bytes``; ``supervisor.small_group_limit``), 0 = by the
+    # device: instances + 1 on a GPU unless ``group_limit`` is set, else as ``group_limit``. Small requests of a
+    # short model cost the engine's Python per descriptor, not the GPU, so they gain from fewer descriptors
+    # where large ones, or a longer model's, need the backlog alone.
     small_group_limit: int = 0
     # Batches that may run at once (Triton's instance count); 0 = 1 on a GPU, min(cores, 4) on CPU.
     instances: int = 0
@@ -178,7 +192,8 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
                     "on CPU, 64 on a GPU)"),
     "small_group_limit": ("--small-group-limit", names.ENV_SERVE_SMALL_GROUP_LIMIT,
                           f"the same for requests of at most {SMALL_REQUEST_BYTES // 1024} KiB of tensors "
-                          "(0: instances + 1 on a GPU unless --group-limit is set, else as --group-limit)"),
+                          "(0: instances + 1 on a GPU for a model whose batch-1 run takes under "
+                          f"{SMALL_MODEL_RUN_S * 1000:g} ms, unless --group-limit is set; else as --group-limit)"),
     "instances": ("--instances", names.ENV_SERVE_INSTANCES, "batches that may run at once (0: 1 on GPU, min(cores, 4) on CPU)"),
     "threads": ("--threads", names.ENV_SERVE_THREADS, "compute threads per batch (0: cores / instances)"),
     "gpu_io": ("--gpu-io", names.ENV_SERVE_GPU_IO,

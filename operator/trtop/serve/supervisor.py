@@ -98,14 +98,14 @@ def group_limit(instances: int, gpu: bool, setting: int = 0) -> int:
 
 
 def small_group_limit(instances: int, gpu: bool, setting: int = 0, group_setting: int = 0) -> int:
-    """The count of descriptors for small requests alone (at most ``settings.SMALL_REQUEST_BYTES`` of tensors,
-    judged by the first request waiting); 0: ``group_limit``'s.
+    """The count of descriptors for small requests alone (judged by the first request waiting; what is small
+    the engine decides once it has timed the model: ``settings.small_request_bytes``); 0: ``group_limit``'s.
 
-    Small requests cost the engine's Python per descriptor, not the GPU, so on a GPU they get instances + 1
-    (CPU's rule) while large ones keep the backlog's: on H100 hosts a tiny model's gRPC went from 23,584 to
-    30,956 req/s (8 s windows) and its HTTP at 128 in flight from 16,979 to 41,814, while ResNet-50 stayed where
-    it was (4,289 against 4,328 img/s, 4,682 against 4,533; docs/server-measured.md, twenty-ninth session).
-    ``setting`` (``--small-group-limit``) > 0 wins; an explicit ``--group-limit`` alone sets both counts."""
+    Small requests of a short model cost the engine's Python per descriptor, not the GPU, so on a GPU they get
+    instances + 1 (CPU's rule) while the others keep the backlog's: on H100 hosts a tiny model's gRPC went from
+    23,584 to 30,956 req/s (8 s windows) and its HTTP at 128 in flight from 16,979 to 41,814, while ResNet-50
+    stayed where it was (4,289 against 4,328 img/s, 4,682 against 4,533; docs/server-measured.md, twenty-ninth
+    session). ``setting`` (``--small-group-limit``) > 0 wins; an explicit ``--group-limit`` alone sets both."""
     if setting > 0:
         return setting
     return max(1, instances) + 1 if gpu and group_setting == 0 else 0
@@ -305,6 +305,7 @@ class Supervisor:
         theirs.close()
         arena.release_fd()  # the mapping stays; the front-end holds its own descriptor
         dispatcher = Dispatcher(index, self.service, arena, follows_regions=not native)
+        dispatcher.small_bound_set = self.settings.small_group_limit > 0
         dispatcher.regions_changed = self._broadcast_regions
         await dispatcher.open(ours, JSON if native else PICKLE)
         dispatcher.send_state()
