@@ -521,7 +521,7 @@ def windows_of(text: str) -> list[float]:
 def failure_of(row: dict[str, Any]) -> str:
     """A failed point in a few words: the windows it saw when it saw some, else the end of the client's output."""
     windows = row.get("windows") or []
-    if windows and "killed" not in row.get("error", ""):
+    if windows and not row.get("killed"):
         return f"no 3 stable windows in {len(windows)}: " + " / ".join(f"{w:,.0f}" for w in windows)
     return repr(row.get("error", "")[-200:])
 
@@ -564,7 +564,7 @@ def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurre
                 f"{client_saturated(busy, client.cores)}\n{text}")
     stable = "Failed to obtain stable measurement" not in text and proc.returncode == 0
     row: dict[str, Any] = {"stable": stable, "rc": proc.returncode, "client_peak_rss_gb": round(peak[0], 2),
-                           "client_cores": busy, "windows": windows_of(text)}
+                           "client_cores": busy, "windows": windows_of(text), "killed": stuck}
     if csv_path.exists():
         rows = list(csv.DictReader(csv_path.open()))
         if rows:
