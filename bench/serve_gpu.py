@@ -75,6 +75,8 @@ from trtop.serve.awake import SPINNER_NAME  # noqa: E402
 
 DEVICE = "9.0/NVIDIA-H200"
 CLIENT_TIMEOUT_S = 120.0  # a perf_analyzer run still going then is stuck (--client-timeout)
+PA_MAX_TRIALS = 6  # perf_analyzer's windows per point before it gives up on three stable ones in a row
+PA_START_S = 10.0  # its start and warm-up, over its windows, before a run counts as stuck
 BUCKETS = (1, 2, 4, 8, 16, 32)
 TARGET_RATIO, TARGET_TAIL, TARGET_TINY = 0.85, 2.5, 20000.0
 TARGET_LONE_MS = 0.3  # a lone request over the engine's batch-1 p50
@@ -544,7 +546,7 @@ def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurre
     csv_path = tmp / f"pa-{model}-{protocol}-{concurrency}.csv"
     csv_path.unlink(missing_ok=True)  # another configuration's window must not be read as this one's
     cmd = [client.pa, "-m", model, "-u", url, "-i", protocol, "--concurrency-range", f"{concurrency}:{concurrency}",
-           "--stability-percentage", "10", "--max-trials", "6", "-f", str(csv_path), "-v"]
+           "--stability-percentage", "10", "--max-trials", str(PA_MAX_TRIALS), "-f", str(csv_path), "-v"]
     # Windows of N requests: the requests (and the inputs perf_analyzer copies) per window are bounded.
     if client.count > 0 and concurrency >= client.count_from:
         cmd += ["--measurement-mode", "count_windows", "--measurement-request-count", str(client.count)]
@@ -560,8 +562,13 @@ def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurre
     watcher = threading.Thread(target=_peak_rss_gb, args=(proc, peak), daemon=True)
     watcher.start()
     stuck = False
+    timeout_s = client.timeout_s
+    if not (client.count > 0 and concurrency >= client.count_from):
+        # A healthy client may take every trial's window: a shorter limit would kill it as stuck (the thirtieth
+        # session's first run, --client-timeout 20 against 6 windows of 4 s).
+        timeout_s = max(timeout_s, PA_MAX_TRIALS * window_ms / 1000 + PA_START_S)
     try:
-        text, _ = proc.communicate(timeout=client.timeout_s)
+        text, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:  # a client that never finishes: some requests never came back
         stuck = True
         seen = client_snapshot(proc.pid)  # a .log: bench/gpu/run.sh brings the folder's logs back
@@ -572,7 +579,7 @@ def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurre
     watcher.join()
     busy = round(peak[1] / max(1e-3, peak[3] - peak[2]), 2)  # cores the client kept busy (its start-up included)
     if stuck:
-        text = (f"perf_analyzer still running after {client.timeout_s:g}s: killed"
+        text = (f"perf_analyzer still running after {timeout_s:g}s: killed"
                 f"{' (the server state dumped to its log first; ' + progress + ')' if on_stuck else ''}"
                 f"{client_saturated(busy, client.cores)}\n{text}")
     stable = "Failed to obtain stable measurement" not in text and proc.returncode == 0
@@ -616,8 +623,9 @@ def main() -> int:
     ap.add_argument("--server-cores", default="", help="taskset -c list for the server (e.g. 0-11)")
     ap.add_argument("--client-procs", type=int, default=4, help="processes of --client own")
     ap.add_argument("--client-timeout", type=float, default=CLIENT_TIMEOUT_S,
-                    help="seconds a perf_analyzer run may take; past them the server's state is dumped into its log "
-                         "(SIGUSR1), the client killed and its row says so (the run goes on)")
+                    help="seconds a perf_analyzer run may take (at least its six windows and 10 s with time "
+                         "windows); past them the server's state is dumped into its log (SIGUSR1), the client "
+                         "killed and its row says so (the run goes on)")
     ap.add_argument("--pa-memory-gb", type=float, default=32, help="address-space cap of perf_analyzer (0: none)")
     ap.add_argument("--pa-count", type=int, default=0,
                     help="perf_analyzer windows of this many requests (count_windows) instead of --window-ms")
