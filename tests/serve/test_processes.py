@@ -54,4 +54,4 @@ def test_native_is_used_when_installed_and_a_missing_binary_is_an_error_only_whe
     exe.chmod(0o755)
     assert native_binary(ServeSettings(http_frontend="auto")) == str(exe)
     assert native_binary(ServeSettings(http_frontend="python")) is None
-    assert native_binary(ServeSettings()) is None  # Python front-ends unless asked (settings.py says why)
+    assert native_binary(ServeSettings()) == str(exe)  # native where installed (spec.DEFAULT_HTTP_FRONTEND)

@@ -46,7 +46,8 @@ def test_grpc_port_defaults_to_tritons_and_0_turns_it_off() -> None:
     (["--grpc-port", "8000"], {}, "give gRPC its own port"),
     ([], {names.ENV_SERVE_GPU_IO: "fast"}, "--gpu-io must be one of graphs, bind, plain"),
     (["--grpc-frontend", "go"], {}, "--grpc-frontend must be one of auto, native, python"),
-    (["--grpc-frontend", "native"], {}, "--grpc-frontend native runs in the native HTTP front-ends"),
+    (["--grpc-frontend", "native", "--http-frontend", "python"], {},
+     "--grpc-frontend native runs in the native HTTP front-ends"),
 ])
 def test_bad_settings_exit_with_usage(argv: list[str], env: dict[str, str], match: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from trtop import names
-from trtop.api.spec import ModelDeploymentSpec, Sidecar, grpc_port
+from trtop.api.spec import DEFAULT_HTTP_FRONTEND, ModelDeploymentSpec, Sidecar, grpc_port
 from trtop.api.targets import Target
 from trtop.api.validation import NAME_MAX
 from trtop.config import Settings
@@ -126,7 +126,7 @@ def build_unit(
                         *(("--shared-memory", spec.serving.shared_memory)
                           if spec.serving.shared_memory != "off" else ()),
                         *(("--http-frontend", spec.serving.http_frontend)
-                          if spec.serving.http_frontend != "python" else ()),
+                          if spec.serving.http_frontend != DEFAULT_HTTP_FRONTEND else ()),
                         # After SIGTERM keep answering (not ready) while endpoints drop the pod.
                         "--drain-delay-s", "5"],
             "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"},

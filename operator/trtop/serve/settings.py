@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from trtop import names
-from trtop.api.spec import HTTP_FRONTENDS, KEEP_AWAKE, SHARED_MEMORY
+from trtop.api.spec import DEFAULT_HTTP_FRONTEND, HTTP_FRONTENDS, KEEP_AWAKE, SHARED_MEMORY
 
 
 GPU_IO_MODES = ("graphs", "bind", "plain")
@@ -87,9 +87,9 @@ class ServeSettings:
     frontends: int = -1
     # What the front-end processes answer HTTP with: "native" = trtop-http (Go: the infer hot path and
     # health probes, everything else forwarded to a Python front-end), "python" = uvicorn in each, "auto" =
-    # native when the trtop-http binary is on PATH (the server images carry it). Python by default: on the
-    # H200 host the native front-end was measured slower at 64-128 clients (docs/server-measured.md).
-    http_frontend: str = "python"
+    # native when the trtop-http binary is on PATH (the server images carry it), the default (why:
+    # spec.DEFAULT_HTTP_FRONTEND).
+    http_frontend: str = DEFAULT_HTTP_FRONTEND
     # Who answers gRPC beside native HTTP front-ends: "native" = the same trtop-http processes (ModelInfer
     # with raw tensors and the health calls; every other call forwarded to one Python gRPC server), "python"
     # = Python front-ends on the gRPC port, "auto" = native whenever the HTTP front-ends are native. Without
@@ -184,7 +184,7 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
                   "front-end processes (-1: by the cores: Python one per core beyond the engine's, at most 8, none on "
                   "<= 2 cores; native one per 6 cores, 1 to 4; 0: single process)"),
     "http_frontend": ("--http-frontend", names.ENV_SERVE_HTTP_FRONTEND,
-                      "front-ends' HTTP: python (default), native (trtop-http), or auto (native when installed)"),
+                      "front-ends' HTTP: python, native (trtop-http), or auto (default: native when installed)"),
     "grpc_frontend": ("--grpc-frontend", names.ENV_SERVE_GRPC_FRONTEND,
                       "gRPC beside native HTTP front-ends: auto (default: native with them), native, or python"),
     "group_limit": ("--group-limit", names.ENV_SERVE_GROUP_LIMIT,
