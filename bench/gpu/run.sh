@@ -14,7 +14,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
 bash /root/gpu/run/install.sh 2>&1 | tail -3 | tee "$OUT/install.txt"
-export PATH=/root/gpu/bin:$PATH  # trtop-http, for --http-frontend native
+export PATH=/root/gpu/bin:$PATH  # trtop-http: the server's default (--http-frontend auto) then runs native front-ends, as in its image
 # trtop-http with the race detector, for a configuration that puts it first (--config race=PATH=/root/gpu/race:$PATH ...)
 if [[ -e /root/gpu/bin/trtop-http-race.xz ]]; then
   mkdir -p /root/gpu/race && xz -dc /root/gpu/bin/trtop-http-race.xz > /root/gpu/race/trtop-http && chmod +x /root/gpu/race/trtop-http
