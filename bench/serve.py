@@ -419,7 +419,8 @@ def main() -> int:
                    help="alternating windows of the engine alone and the server, at concurrency 1 (batch-1 p50) "
                         "and at the target concurrency (the in-process best way's img/s); 0: none")
     p.add_argument("--native", action="store_true",
-                   help="serve through the native HTTP front-end (trtop-http, built now; --http-frontend native)")
+                   help="serve through the native HTTP front-end (trtop-http, built now; --http-frontend native: "
+                        "the server images' default); without it Python front-ends (--http-frontend python)")
     p.add_argument("--client-cores", default="",
                    help="run the client on these cores (taskset -c list) and so apart from the server, which "
                         "runs on the bench's own cores (start it under taskset): the server's cost without the "
@@ -442,7 +443,11 @@ def main() -> int:
 
         NATIVE_PATH.append(str(build_http_frontend().parent))
         args.server_arg = ["--http-frontend", "native", *args.server_arg]
-    print(f"front-ends: {'native, trtop-http from ' + NATIVE_PATH[0] if NATIVE_PATH else 'Python (the default)'}")
+    elif not any(a.startswith("--http-frontend") for a in args.server_arg):
+        # Named: the server's default (auto) takes trtop-http wherever it is on PATH, as in the images.
+        args.server_arg = ["--http-frontend", "python", *args.server_arg]
+    print(f"front-ends: {' '.join(args.server_arg)}"
+          + (f" (trtop-http from {NATIVE_PATH[0]})" if NATIVE_PATH else " (the server images' default: --native)"))
     ensure_model(need_keras=not args.skip_tf)
     load = os.getloadavg()
     print(f"machine: {os.cpu_count()} cores, load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
