@@ -873,7 +873,8 @@ def report(results: dict[str, Any]) -> None:
                          f"{'yes' if r['stable'] else 'NO'} | {r['server_cores']:.1f} | {engine:.2f} | "
                          f"{r.get('engine_top_thread', nan):.2f} | {r.get('mean_batch', nan):.1f} |")
         for label in dict.fromkeys(r.get("label", "default") for r in results["tiny"]):
-            for protocol in ("http", "grpc"):
+            ran = {r["protocol"] for r in results["tiny"] if r.get("label", "default") == label}
+            for protocol in (p for p in ("http", "grpc") if p in ran):  # a protocol not asked for is not judged
                 got = max((r.get("throughput", 0.0) for r in results["tiny"]
                            if r["protocol"] == protocol and r.get("label", "default") == label), default=0.0)
                 lines.append(f"tiny ceiling over {protocol} ({label}): {got:,.0f} req/s (target >= "
