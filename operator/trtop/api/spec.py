@@ -32,7 +32,8 @@ HTTP_FRONTENDS: tuple[HttpFrontend, ...] = ("python", "native", "auto")  # the s
 # auto: native front-ends (trtop-http) where the image has them (both server images do), else Python ones. On an
 # H100 host they met the tiny model's gRPC target where Python ones did not (30,083 against 18,491 req/s), added
 # 0.13 ms less to a lone ResNet-50 request and served it within 2% at 128 clients (0.91 against 0.93 x); on two CPU
-# cores a light model's 64 connections 0.25 against 0.16 x (docs/server-measured.md, thirtieth session).
+# cores a light model's 64 connections 0.25 against 0.16 x, for ~0.1 ms more on its lone request (Python front-ends
+# run there as one process, without a hop; docs/server-measured.md, thirtieth session).
 DEFAULT_HTTP_FRONTEND: HttpFrontend = "auto"
 MAX_SIDECARS = 8
 FORMATS: tuple[ModelFormat, ...] = ("savedmodel", "keras", "onnx")
