@@ -548,7 +548,8 @@ def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurre
     cmd = [client.pa, "-m", model, "-u", url, "-i", protocol, "--concurrency-range", f"{concurrency}:{concurrency}",
            "--stability-percentage", "10", "--max-trials", str(PA_MAX_TRIALS), "-f", str(csv_path), "-v"]
     # Windows of N requests: the requests (and the inputs perf_analyzer copies) per window are bounded.
-    if client.count > 0 and concurrency >= client.count_from:
+    count_windows = client.count > 0 and concurrency >= client.count_from
+    if count_windows:
         cmd += ["--measurement-mode", "count_windows", "--measurement-request-count", str(client.count)]
     else:
         cmd += ["--measurement-interval", str(window_ms)]
@@ -563,7 +564,7 @@ def _perf_analyzer(client: Client, model: str, url: str, protocol: str, concurre
     watcher.start()
     stuck = False
     timeout_s = client.timeout_s
-    if not (client.count > 0 and concurrency >= client.count_from):
+    if not count_windows:
         # A healthy client may take every trial's window: a shorter limit would kill it as stuck (the thirtieth
         # session's first run, --client-timeout 20 against 6 windows of 4 s).
         timeout_s = max(timeout_s, PA_MAX_TRIALS * window_ms / 1000 + PA_START_S)
