@@ -108,7 +108,7 @@ def small_group_limit(instances: int, gpu: bool, setting: int = 0, group_setting
     session). ``setting`` (``--small-group-limit``) > 0 wins; an explicit ``--group-limit`` alone sets both."""
     if setting > 0:
         return setting
-    return max(1, instances) + 1 if gpu and group_setting == 0 else 0
+    return group_limit(instances, gpu=False) if gpu and group_setting == 0 else 0  # CPU's rule
 
 
 def listen_socket(host: str, port: int, backlog: int, what: str = "") -> socket.socket:
