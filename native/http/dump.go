@@ -42,10 +42,14 @@ func (s *server) stateLine() string {
 	if s.arena != nil {
 		inUse = s.arena.bytesInUse()
 	}
+	threads := fmt.Sprintf("Go threads %d", runtime.GOMAXPROCS(0))
+	if s.threads != nil {
+		threads = s.threads.stateText(runtime.GOMAXPROCS(0))
+	}
 	return fmt.Sprintf("trtop-http %d: model %s; descriptors at the engine %d (bound %s); requests waiting here %d "+
 		"(the oldest for %.3fs); the engine's backlog as last seen %d rows; replies awaited %d (lost %d); arena bytes in use %d; "+
-		"draining %v", os.Getpid(), s.model.Load().state, inFlight, bound, queued, oldest.Seconds(), backlog, awaited,
-		lost, inUse, s.draining.Load())
+		"draining %v; %s", os.Getpid(), s.model.Load().state, inFlight, bound, queued, oldest.Seconds(), backlog, awaited,
+		lost, inUse, s.draining.Load(), threads)
 }
 
 // dumpState writes the state line and every goroutine's stack to w in one write.

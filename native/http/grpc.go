@@ -54,6 +54,7 @@ type grpcFront struct {
 	maxAge   time.Duration // connections older than this (+- ageJitter) are asked to reconnect (GOAWAY); 0: never
 	maxCalls int64         // calls in flight at most (as grpc's maximum_concurrent_rpcs); <= 0: no limit
 	calls    atomic.Int64
+	threads  *goThreads // nil: this process's Go threads stay as they started
 }
 
 func newGRPCFront(s *server, proxyPath string) *grpcFront {
@@ -66,7 +67,7 @@ func newGRPCFront(s *server, proxyPath string) *grpcFront {
 		Protocols:       &p,
 		IdleConnTimeout: 30 * time.Second,
 	}
-	g := &grpcFront{s: s, maxAge: seconds(s.cfg.Settings.GRPCMaxConnectionAgeS),
+	g := &grpcFront{s: s, threads: s.threads, maxAge: seconds(s.cfg.Settings.GRPCMaxConnectionAgeS),
 		maxCalls: int64(s.cfg.Settings.MaxConnections)}
 	g.proxy = &httputil.ReverseProxy{
 		Rewrite: func(r *httputil.ProxyRequest) {
@@ -117,7 +118,11 @@ func (g *grpcFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// (grpc's max_connection_age: clients spread over new replicas as they reconnect).
 		w.Header().Set("Connection", "close")
 	}
-	if n := g.calls.Add(1); g.maxCalls > 0 && n > g.maxCalls {
+	n := g.calls.Add(1)
+	if g.threads != nil {
+		g.threads.note(n)
+	}
+	if g.maxCalls > 0 && n > g.maxCalls {
 		g.calls.Add(-1)
 		grpcStatus(w, grpcResourceExhausted, fmt.Sprintf("this server has %d calls in flight, its limit (--max-connections); retry shortly", g.maxCalls), 0)
 		return

@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"syscall"
 	"time"
@@ -57,6 +58,9 @@ type setup struct {
 	// dump of every process's state (frontend.ANSWER_GRACE_S, LOST_DUMP_EVERY_S; 0: this program's defaults).
 	AnswerGraceS   float64 `json:"answer_grace_s"`
 	LostDumpEveryS float64 `json:"lost_dump_every_s"`
+	// Go threads while this process's gRPC calls overlap (goThreads; 0, or not above GOMAXPROCS: the threads it
+	// started with, always).
+	BusyGoThreads int `json:"busy_go_threads"`
 }
 
 const envSetup = "TRTOP_FRONTEND_SETUP" // as frontend.ENV_FRONTEND
@@ -107,6 +111,12 @@ func run() int {
 		}
 	}
 	s := newServer(&cfg, a, newChannel(conn))
+	if idle := runtime.GOMAXPROCS(0); cfg.GRPCListenFD > 0 && cfg.BusyGoThreads > idle {
+		s.threads = newGoThreads(idle, cfg.BusyGoThreads, goThreadsQuiet, runtime.GOMAXPROCS)
+		stop := make(chan struct{})
+		defer close(stop)
+		go s.threads.run(stop)
+	}
 	srv := &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: seconds(cfg.Settings.BodyTimeoutS),

@@ -35,6 +35,8 @@ import tritonclient.http as triton
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
+from trtop.serve import supervisor
+from trtop.serve.frontend import ENV_FRONTEND
 from trtop_dev.native import SOURCE, go
 
 from .conftest import ServerProcess, free_port, metric_value, native_env
@@ -154,6 +156,71 @@ def test_each_native_front_end_runs_one_go_thread_unless_the_environment_says_ot
     assert [_go_threads(pid) for pid in frontends(default, "native")] == ["1", "1"]
     assert [_go_threads(pid) for pid in frontends(told, "native")] == ["3", "3"]
     assert _go_threads(default.proc.pid) is None  # the engine process's own environment is left as it was
+
+
+def _busy_go_threads(pid: int) -> int:
+    """The Go threads a running native front-end was told to use while its gRPC calls overlap."""
+    for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        if entry.startswith(ENV_FRONTEND.encode() + b"="):
+            return int(json.loads(entry.split(b"=", 1)[1])["busy_go_threads"])
+    raise AssertionError(f"{pid} has no {ENV_FRONTEND}")
+
+
+@pytest.mark.slow
+def test_grpc_only_front_ends_are_counted_as_set_and_grpc_ones_told_their_go_threads_for_overlapping_calls(
+        start_server: Start, affine_onnx: Path, native_bin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GOMAXPROCS", raising=False)
+    base = ["--model", str(affine_onnx), "--model-name", "a", "--frontends"]
+    told = start_server(base + ["2", "--grpc-port", str(free_port()), "--grpc-only-frontends", "1",
+                                "--grpc-go-threads", "3"], native_env(native_bin))
+    default = start_server(base + ["1", "--grpc-port", str(free_port())], native_env(native_bin))
+    no_grpc = start_server(base + ["1", "--grpc-port", "0"], native_env(native_bin))
+    fixed = start_server(base + ["1", "--grpc-port", str(free_port())], {**native_env(native_bin), "GOMAXPROCS": "4"})
+    for server, count in ((told, 3), (default, 2), (no_grpc, 1), (fixed, 2)):
+        server.wait_ready()
+        wait_for(lambda s=server, n=count: len(frontends(s, "native")) == n, 10, f"{count} native front-ends")
+    assert "through 2 native front-end processes (and 1 more for gRPC" in told.logs()
+    # every one starts with one Go thread; those that serve gRPC take more while their gRPC calls overlap
+    assert [_go_threads(pid) for pid in frontends(told, "native")] == ["1", "1", "1"]
+    assert [_busy_go_threads(pid) for pid in frontends(told, "native")] == [3, 3, 3]
+    assert [_busy_go_threads(pid) for pid in frontends(default, "native")] == [supervisor.GRPC_GO_THREADS] * 2
+    assert [_busy_go_threads(pid) for pid in frontends(no_grpc, "native")] == [0]
+    # a GOMAXPROCS given to the server fixes every front-end's threads
+    assert [_go_threads(pid) for pid in frontends(fixed, "native")] == ["4", "4"]
+    assert [_busy_go_threads(pid) for pid in frontends(fixed, "native")] == [0, 0]
+
+
+@pytest.mark.slow
+async def test_a_native_front_end_takes_more_go_threads_only_once_grpc_calls_overlap(
+        start_server: Start, affine_onnx: Path, native_bin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GOMAXPROCS", raising=False)
+    port = free_port()
+    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "1", "--backend", SLOW,
+                      "--grpc-port", str(port), "--grpc-only-frontends", "0", "--instances", "4"],
+                     {"FAKE_RUN_DELAY_S": "0.3", **native_env(native_bin)})
+    s.wait_ready()
+    wait_for(lambda: len(frontends(s, "native")) == 1, 10, "one native front-end")
+    [pid] = frontends(s, "native")
+
+    def state_after_dump(n: int) -> str:
+        s.proc.send_signal(signal.SIGUSR1)
+        wait_for(lambda: s.logs().count(f"=== end of trtop-http {pid}") == n, 10, f"dump {n}")
+        return re.findall(rf"=== trtop-http {pid}: .*", s.logs())[-1]
+
+    async with tga.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        async def call(v: float) -> list[list[float]]:
+            inp = tga.InferInput("x", [1, 4], "FP32")
+            inp.set_data_from_numpy(np.full((1, 4), v, np.float32))
+            return (await client.infer("a", [inp], client_timeout=20)).as_numpy("y").tolist()
+
+        for v in (1.0, 2.0):  # one at a time
+            assert await call(v) == [[2 * v + 1] * 4]
+        assert state_after_dump(1).endswith("Go threads 1 (2 while gRPC calls overlap, raised 0 times)")
+        answers = await asyncio.gather(*(call(float(v)) for v in range(6)))  # on one connection, at once
+        assert answers == [[[2 * v + 1.0] * 4] for v in range(6)]
+        assert re.search(r"Go threads 2 \(2 while gRPC calls overlap, raised 1 times\)$", state_after_dump(2))
+        await asyncio.sleep(1.6)  # more than a second (threads.go's goThreadsQuiet) without overlapping calls
+        assert state_after_dump(3).endswith("Go threads 1 (2 while gRPC calls overlap, raised 1 times)")
 
 
 @pytest.mark.slow

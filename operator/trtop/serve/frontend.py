@@ -361,19 +361,20 @@ ENV_FRONTEND = "TRTOP_FRONTEND_SETUP"  # JSON: settings + inherited descriptors 
 def setup_env(settings: ServeSettings, *, index: int, listen_fd: int, channel_fd: int, arena_fd: int,
               arena_size: int, proxy_path: str = "", group_limit: int = 0, small_group_limit: int = 0,
               grpc_listen_fd: int = 0,
-              grpc_proxy_path: str = "", grpc_address: str = "") -> dict[str, str]:
+              grpc_proxy_path: str = "", grpc_address: str = "", busy_go_threads: int = 0) -> dict[str, str]:
     """The setup both kinds of front-end read; ``proxy_path``: the native front-end's way to the Python one,
     ``group_limit``: the descriptors it keeps in flight before it groups requests (``small_group_limit``, when
     > 0, while the first request waiting is small: the engine's state says what is); ``grpc_listen_fd`` and
     ``grpc_proxy_path``: a native front-end's gRPC socket and its way to the Python gRPC server, which
-    listens on ``grpc_address`` (not the gRPC port) when set. Both kinds give up on the engine's answer
+    listens on ``grpc_address`` (not the gRPC port) when set; ``busy_go_threads``: a native front-end's Go threads
+    while its gRPC calls overlap (0: as started). Both kinds give up on the engine's answer
     ``ANSWER_GRACE_S`` past its timeout and ask for every process's state at most every ``LOST_DUMP_EVERY_S``."""
     doc = {"settings": {f.name: getattr(settings, f.name) for f in fields(ServeSettings)}, "index": index,
            "listen_fd": listen_fd, "channel_fd": channel_fd, "arena_fd": arena_fd, "arena_size": arena_size,
            "parent_pid": os.getpid(), "proxy_path": proxy_path, "group_limit": group_limit,
            "small_group_limit": small_group_limit,
            "grpc_listen_fd": grpc_listen_fd, "grpc_proxy_path": grpc_proxy_path, "grpc_address": grpc_address,
-           "answer_grace_s": ANSWER_GRACE_S, "lost_dump_every_s": LOST_DUMP_EVERY_S}
+           "answer_grace_s": ANSWER_GRACE_S, "lost_dump_every_s": LOST_DUMP_EVERY_S, "busy_go_threads": busy_go_threads}
     return {ENV_FRONTEND: json.dumps(doc)}
 
 

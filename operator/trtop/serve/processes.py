@@ -29,6 +29,14 @@ MAX_AUTO_NATIVE = 4
 GRPC_ONLY_PER_NATIVE = 1
 
 
+def grpc_only_count(settings: ServeSettings, count: int, native: str | None) -> int:
+    """Native front-ends that accept gRPC alone: the setting, else ``GRPC_ONLY_PER_NATIVE`` per native front-end;
+    none when native front-ends do not serve gRPC."""
+    if not native_grpc(settings, native):
+        return 0
+    return settings.grpc_only_frontends if settings.grpc_only_frontends >= 0 else GRPC_ONLY_PER_NATIVE * count
+
+
 def frontend_count(settings: ServeSettings) -> int:
     """Front-end processes: the setting, else one per core beyond the first (the engine's), at most 8,
     and none on two cores or fewer (the engine process then serves HTTP itself: with the client and the

@@ -96,6 +96,13 @@ class ServeSettings:
     # native HTTP front-ends gRPC is Python's. On the H200 host Python's grpc front-ends spent ~0.37 ms of a
     # core per tiny request, HTTP's 0.14 (docs/server-measured.md).
     grpc_frontend: str = "auto"
+    # Native front-ends that accept gRPC alone, beside those that accept HTTP and gRPC; -1 = as many as those
+    # (``processes.grpc_only_count``).
+    grpc_only_frontends: int = -1
+    # Go threads of each native front-end that serves gRPC while its gRPC calls overlap (one while they come one at
+    # a time: a client's channel carries all its calls on one connection, which stays on one front-end); 0 =
+    # ``supervisor.GRPC_GO_THREADS``; 1 = one always. A GOMAXPROCS in the server's environment fixes them.
+    grpc_go_threads: int = 0
     # Descriptors a native front-end keeps in flight at the engine before it holds requests back to send
     # them as one group (``supervisor.group_limit``); 0 = by the device: instances + 1 on CPU, 64 on a GPU.
     group_limit: int = 0
@@ -187,6 +194,11 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
                       "front-ends' HTTP: python, native (trtop-http), or auto (default: native when installed)"),
     "grpc_frontend": ("--grpc-frontend", names.ENV_SERVE_GRPC_FRONTEND,
                       "gRPC beside native HTTP front-ends: auto (default: native with them), native, or python"),
+    "grpc_only_frontends": ("--grpc-only-frontends", names.ENV_SERVE_GRPC_ONLY_FRONTENDS,
+                            "native front-ends that accept gRPC alone (-1: one per native front-end)"),
+    "grpc_go_threads": ("--grpc-go-threads", names.ENV_SERVE_GRPC_GO_THREADS,
+                        "Go threads of a native front-end while its gRPC calls overlap (0: the default, 2; 1: one "
+                        "always)"),
     "group_limit": ("--group-limit", names.ENV_SERVE_GROUP_LIMIT,
                     "descriptors a native front-end keeps at the engine before it groups requests (0: instances + 1 "
                     "on CPU, 64 on a GPU)"),
@@ -293,6 +305,10 @@ def _problems(s: ServeSettings) -> list[str]:
         out.append("--grpc-max-connection-age-s must be >= 0 (0: never)")
     if s.frontends < -1:
         out.append("--frontends must be -1 (auto), 0 or more")
+    if s.grpc_only_frontends < -1:
+        out.append("--grpc-only-frontends must be -1 (auto), 0 or more")
+    if s.grpc_go_threads < 0:
+        out.append("--grpc-go-threads must be 0 (the default) or more")
     if not 0 < s.port < 65536:
         out.append("--port must be 1-65535")
     if not 0 <= s.grpc_port < 65536:

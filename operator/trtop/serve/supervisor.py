@@ -41,7 +41,7 @@ from trtop.serve.dispatcher import Dispatcher
 from trtop.serve.errors import StartupError
 from trtop.serve.frontend import setup_env
 from trtop.serve.heap import settle_heap
-from trtop.serve.processes import GRPC_ONLY_PER_NATIVE, frontend_count, grpc_frontends, native_binary, native_grpc
+from trtop.serve.processes import frontend_count, grpc_frontends, grpc_only_count, native_binary, native_grpc
 from trtop.serve.read_gate import ReadGate
 from trtop.serve.server import create_service, dump_state
 from trtop.serve.service import InferenceService
@@ -75,6 +75,15 @@ GROUP_LIMIT_GPU = 64  # a bound well above what the backlog lets out at once
 # fewer Go threads leave the engine's CPU runs alone (all cores each, Go's default, cost MobileNetV2 +4 ms
 # at one connection on two cores). A GOMAXPROCS in the server's environment wins.
 NATIVE_GO_THREADS = 1
+# Go threads of each native front-end that serves gRPC while its gRPC calls overlap (``--grpc-go-threads``; it
+# runs NATIVE_GO_THREADS while they come one at a time: native/http/threads.go). A gRPC client sends all its calls
+# on one connection and a connection stays where it landed, so one-thread front-ends left one core saturated and
+# another idle (per-process cores 0.55 / 0.00 / 0.44 / 0.96). Two threads in each gRPC-only front-end, always: the
+# H200 host's tiny model over gRPC ran 39,220 and 42,685 req/s at 256 in flight against 29,436 and 40,280 with one
+# (windows at 128 of 25,108-34,176 with one, stable with two); an H100 host where connections landed evenly ran
+# 48,868 against 50,941, and a lone call took 0.34 against 0.24 ms (docs/server-measured.md, thirty-first
+# session). Hence two only while calls overlap.
+GRPC_GO_THREADS = 2
 
 
 def group_limit(instances: int, gpu: bool, setting: int = 0) -> int:
@@ -158,7 +167,7 @@ class Supervisor:
                           if settings.grpc_port and not self.native_grpc else None)
         # Native front-ends that accept gRPC only, beside those that accept both (indices count..): see
         # GRPC_ONLY_PER_NATIVE.
-        self.grpc_only = GRPC_ONLY_PER_NATIVE * count if self.native_grpc else 0
+        self.grpc_only = grpc_only_count(settings, count, self.native)
         # Python front-ends: all of them without the native one; beside it, those that serve gRPC (one
         # when gRPC is off or native) and answer what it forwards, on private unix sockets.
         self.python_count = count if self.native is None else grpc_frontends(settings, self.native)
@@ -286,7 +295,10 @@ class Supervisor:
         env = dict(os.environ)
         fds = [theirs.fileno(), arena.fd] + ([listen.fileno()] if listen is not None else [])
         grpc_fd, grpc_proxy, grpc_address = 0, "", ""
+        busy_go_threads = 0
         if native:
+            if self.grpc_listen is not None and "GOMAXPROCS" not in env:  # a GOMAXPROCS given wins
+                busy_go_threads = self.settings.grpc_go_threads or GRPC_GO_THREADS
             env.setdefault("GOMAXPROCS", str(NATIVE_GO_THREADS))
             if self.grpc_listen is not None:
                 grpc_fd, grpc_proxy = self.grpc_listen.fileno(), str(self._grpc_path())
@@ -300,7 +312,8 @@ class Supervisor:
                              group_limit=group_limit(instances, self.gpu, self.settings.group_limit),
                              small_group_limit=small_group_limit(instances, self.gpu, self.settings.small_group_limit,
                                                                  self.settings.group_limit),
-                             grpc_listen_fd=grpc_fd, grpc_proxy_path=grpc_proxy, grpc_address=grpc_address))
+                             grpc_listen_fd=grpc_fd, grpc_proxy_path=grpc_proxy, grpc_address=grpc_address,
+                             busy_go_threads=busy_go_threads))
         proc = await asyncio.create_subprocess_exec(*command, env=env, pass_fds=fds)
         theirs.close()
         arena.release_fd()  # the mapping stays; the front-end holds its own descriptor
