@@ -234,9 +234,10 @@ class Server:
             return f"/metrics did not answer ({before if isinstance(before, str) else after})"
         return f"inferences answered in the 2 s of the dump: {after - before:.0f}"
 
-    def frontend_bounds(self) -> list[str]:
-        """Each native front-end's bound as its SIGUSR1 state line gives it (e.g. ``13, small requests 3``, or
-        ``..: none for this model``), so that a run shows which rule served it; [] with Python front-ends."""
+    def frontend_state(self) -> list[str]:
+        """What the native front-ends' SIGUSR1 state lines say of the rules that served: each bound (e.g. ``bound
+        13, small requests 3``, or ``..: none for this model``) and Go threads (``Go threads 2 (2 while gRPC calls
+        overlap, raised 7 times)``), each different one once; [] with Python front-ends."""
         if self.proc.poll() is not None:
             return []
         start = Path(self.log.name).stat().st_size
@@ -245,7 +246,7 @@ class Server:
         with open(self.log.name, "rb") as f:
             f.seek(start)
             text = f.read().decode(errors="replace")
-        return sorted(set(_BOUND.findall(text)))
+        return sorted({f"bound {b}" for b in _BOUND.findall(text)}) + sorted(set(_THREADS.findall(text)))
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -730,17 +731,17 @@ def run(args: argparse.Namespace) -> int:
                                     shared_memory=shm, timeout_s=args.client_timeout)
                     pairs = paired_lone(lone, client, "127.0.0.1:8000", args.paired_rounds, args.paired_window_ms,
                                         tmp)
-                bounds = server.frontend_bounds()
+                frontends = server.frontend_state()
             finally:
                 server.stop()
             results["resnet50_http"][label] = {"flags": flags, "env": configs_env[label], "rows": rows,
-                                               "paired_lone": pairs, "bounds": bounds}
+                                               "paired_lone": pairs, "frontends": frontends}
         if lone is not None:
             lone.close()
     if not args.skip_tiny:
         tiny = models.tiny()
         rows = []
-        bounds: dict[tuple[str, str], list[str]] = {}
+        states: dict[str, list[str]] = {}
         for label, flags in configs:
             print(f"trtop serve tiny, {label}: {flags}", flush=True)
             try:
@@ -761,17 +762,18 @@ def run(args: argparse.Namespace) -> int:
                         row.update(protocol=protocol, label=label)
                         rows.append(row)
                         print(json.dumps(row), flush=True)
-                bounds["tiny", label] = server.frontend_bounds()
+                states[label] = server.frontend_state()
             finally:
                 server.stop()
         results["tiny"] = rows
-        results["tiny_bounds"] = {label: b for (_, label), b in bounds.items()}
+        results["tiny_frontends"] = states
     report(results)
     (args.out / "serve-gpu.json").write_text(json.dumps(results, indent=2, default=str))
     return 0
 
 
 _BOUND = re.compile(r"^=== trtop-http \d+: .*?\(bound ([^)]*)\)", re.M)
+_THREADS = re.compile(r"^=== trtop-http \d+: .*; (Go threads [^;\n]*)$", re.M)
 
 
 def in_shared_memory(flags: list[str]) -> bool:
@@ -836,9 +838,9 @@ def _lone_lines(rows: list[dict[str, Any]], pairs: list[tuple[float, float]], b1
     return lines
 
 
-def _bound_lines(bounds: list[str], prefix: str = "") -> list[str]:
-    """The native front-ends' bound at the end of a server's runs (none: Python front-ends, or no dump came)."""
-    return [f"{prefix}native front-ends' bound at the end: " + "; ".join(bounds)] if bounds else []
+def _frontend_lines(state: list[str], prefix: str = "") -> list[str]:
+    """The native front-ends' rules at the end of a server's runs (none: Python front-ends, or no dump came)."""
+    return [f"{prefix}native front-ends at the end: " + "; ".join(state)] if state else []
 
 
 def report(results: dict[str, Any]) -> None:
@@ -855,7 +857,7 @@ def report(results: dict[str, Any]) -> None:
         for label, run in results["resnet50_http"].items():
             lines += _resnet_table(label, run["flags"], run["rows"], best)
             lines += _lone_lines(run["rows"], run.get("paired_lone", []), base["b1_p50_ms"])
-            lines += _bound_lines(run.get("bounds", []))
+            lines += _frontend_lines(run.get("frontends", []))
     if "tiny" in results:
         # The engine process's cores apart, and its busiest thread: at one core its event loop is the request
         # ceiling (eighteenth and twenty-fifth sessions).
@@ -880,7 +882,7 @@ def report(results: dict[str, Any]) -> None:
                            if r["protocol"] == protocol and r.get("label", "default") == label), default=0.0)
                 lines.append(f"tiny ceiling over {protocol} ({label}): {got:,.0f} req/s (target >= "
                              f"{TARGET_TINY:,.0f}): {'met' if got >= TARGET_TINY else 'NOT met'}")
-            lines += _bound_lines(results.get("tiny_bounds", {}).get(label, []), f"tiny model ({label}): ")
+            lines += _frontend_lines(results.get("tiny_frontends", {}).get(label, []), f"tiny model ({label}): ")
     text = "\n".join(lines)
     results["report"] = text
     print("\n" + text)
