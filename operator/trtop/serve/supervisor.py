@@ -81,8 +81,9 @@ NATIVE_GO_THREADS = 1
 # another idle (per-process cores 0.55 / 0.00 / 0.44 / 0.96). Two threads in each gRPC-only front-end, always: the
 # H200 host's tiny model over gRPC ran 39,220 and 42,685 req/s at 256 in flight against 29,436 and 40,280 with one
 # (windows at 128 of 25,108-34,176 with one, stable with two); an H100 host where connections landed evenly ran
-# 48,868 against 50,941, and a lone call took 0.34 against 0.24 ms (docs/server-measured.md, thirty-first
-# session). Hence two only while calls overlap.
+# 48,868 against 50,941, and a lone call took 0.34 against 0.24 ms. Hence two only while calls overlap: on a second
+# H200 host that served 30,989 against 17,604 with one thread always (docs/server-measured.md, thirty-first
+# session).
 GRPC_GO_THREADS = 2
 
 
