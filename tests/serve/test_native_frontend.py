@@ -37,6 +37,7 @@ from tritonclient.utils import InferenceServerException
 
 from trtop.serve import supervisor
 from trtop.serve.frontend import ENV_FRONTEND
+from trtop.serve.runtime import default_threads
 from trtop_dev.native import SOURCE, go
 
 from .conftest import ServerProcess, free_port, metric_value, native_env
@@ -183,7 +184,8 @@ def test_grpc_only_front_ends_are_counted_as_set_and_grpc_ones_told_their_go_thr
     # every one starts with one Go thread; those that serve gRPC take more while their gRPC calls overlap
     assert [_go_threads(pid) for pid in frontends(told, "native")] == ["1", "1", "1"]
     assert [_busy_go_threads(pid) for pid in frontends(told, "native")] == [3, 3, 3]
-    assert [_busy_go_threads(pid) for pid in frontends(default, "native")] == [supervisor.GRPC_GO_THREADS] * 2
+    by_cores = supervisor.grpc_go_threads(0, default_threads())  # one on two cores or fewer (test_settings)
+    assert [_busy_go_threads(pid) for pid in frontends(default, "native")] == [by_cores] * 2
     assert [_busy_go_threads(pid) for pid in frontends(no_grpc, "native")] == [0]
     # a GOMAXPROCS given to the server fixes every front-end's threads
     assert [_go_threads(pid) for pid in frontends(fixed, "native")] == ["4", "4"]
@@ -196,7 +198,8 @@ async def test_a_native_front_end_takes_more_go_threads_only_once_grpc_calls_ove
     monkeypatch.delenv("GOMAXPROCS", raising=False)
     port = free_port()
     s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "1", "--backend", SLOW,
-                      "--grpc-port", str(port), "--grpc-only-frontends", "0", "--instances", "4"],
+                      "--grpc-port", str(port), "--grpc-only-frontends", "0", "--instances", "4",
+                      "--grpc-go-threads", "2"],  # named: by default one on two cores or fewer
                      {"FAKE_RUN_DELAY_S": "0.3", **native_env(native_bin)})
     s.wait_ready()
     wait_for(lambda: len(frontends(s, "native")) == 1, 10, "one native front-end")

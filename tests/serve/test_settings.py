@@ -5,7 +5,7 @@ import pytest
 
 from trtop import names
 from trtop.serve.settings import SMALL_MODEL_RUN_S, SMALL_REQUEST_BYTES, ServeSettings, parse_settings, small_request_bytes
-from trtop.serve.supervisor import GROUP_LIMIT_GPU, group_limit, small_group_limit
+from trtop.serve.supervisor import GROUP_LIMIT_GPU, group_limit, grpc_go_threads, small_group_limit
 
 
 def test_defaults() -> None:
@@ -76,6 +76,14 @@ def test_small_requests_get_a_count_of_their_own_on_a_gpu() -> None:
     assert small_group_limit(2, gpu=True, group_setting=5) == 0  # an explicit --group-limit alone sets both
     assert small_group_limit(2, gpu=True, setting=7) == 7 and small_group_limit(2, gpu=False, setting=7) == 7
     assert small_group_limit(2, gpu=True, setting=7, group_setting=5) == 7
+
+
+def test_grpc_takes_a_second_go_thread_while_calls_overlap_only_beyond_two_cores_unless_set() -> None:
+    assert grpc_go_threads(0, cores=12) == grpc_go_threads(0, cores=3) == 2
+    assert grpc_go_threads(0, cores=2) == grpc_go_threads(0, cores=1) == 1  # shared with the engine (and a client)
+    told = parse_settings([], env={names.ENV_SERVE_GRPC_GO_THREADS: "4"}).grpc_go_threads
+    assert grpc_go_threads(told, cores=2) == grpc_go_threads(told, cores=12) == 4
+    assert grpc_go_threads(parse_settings(["--grpc-go-threads", "1"]).grpc_go_threads, cores=12) == 1
 
 
 def test_requests_are_small_only_for_a_short_model_unless_the_bound_is_set() -> None:

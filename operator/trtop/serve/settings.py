@@ -101,7 +101,8 @@ class ServeSettings:
     grpc_only_frontends: int = -1
     # Go threads of each native front-end that serves gRPC while its gRPC calls overlap (one while they come one at
     # a time: a client's channel carries all its calls on one connection, which stays on one front-end); 0 =
-    # ``supervisor.GRPC_GO_THREADS``; 1 = one always. A GOMAXPROCS in the server's environment fixes them.
+    # ``supervisor.grpc_go_threads``: 2 on more than two cores, else 1; 1 = one always. A GOMAXPROCS in the
+    # server's environment fixes them.
     grpc_go_threads: int = 0
     # Descriptors a native front-end keeps in flight at the engine before it holds requests back to send
     # them as one group (``supervisor.group_limit``); 0 = by the device: instances + 1 on CPU, 64 on a GPU.
@@ -197,8 +198,8 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "grpc_only_frontends": ("--grpc-only-frontends", names.ENV_SERVE_GRPC_ONLY_FRONTENDS,
                             "native front-ends that accept gRPC alone (-1: one per native front-end)"),
     "grpc_go_threads": ("--grpc-go-threads", names.ENV_SERVE_GRPC_GO_THREADS,
-                        "Go threads of a native front-end while its gRPC calls overlap (0: the default, 2; 1: one "
-                        "always)"),
+                        "Go threads of a native front-end while its gRPC calls overlap (0: 2 on more than two cores, else "
+                        "1; 1: one always)"),
     "group_limit": ("--group-limit", names.ENV_SERVE_GROUP_LIMIT,
                     "descriptors a native front-end keeps at the engine before it groups requests (0: instances + 1 "
                     "on CPU, 64 on a GPU)"),

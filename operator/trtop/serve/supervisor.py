@@ -41,8 +41,10 @@ from trtop.serve.dispatcher import Dispatcher
 from trtop.serve.errors import StartupError
 from trtop.serve.frontend import setup_env
 from trtop.serve.heap import settle_heap
-from trtop.serve.processes import frontend_count, grpc_frontends, grpc_only_count, native_binary, native_grpc
+from trtop.serve.processes import (SINGLE_PROCESS_CORES, frontend_count, grpc_frontends, grpc_only_count, native_binary,
+                                   native_grpc)
 from trtop.serve.read_gate import ReadGate
+from trtop.serve.runtime import default_threads
 from trtop.serve.server import create_service, dump_state
 from trtop.serve.service import InferenceService
 from trtop.serve.settings import ServeSettings
@@ -83,8 +85,18 @@ NATIVE_GO_THREADS = 1
 # (windows at 128 of 25,108-34,176 with one, stable with two); an H100 host where connections landed evenly ran
 # 48,868 against 50,941, and a lone call took 0.34 against 0.24 ms. Hence two only while calls overlap: on a second
 # H200 host that served 30,989 against 17,604 with one thread always (docs/server-measured.md, thirty-first
-# session).
+# session). Not on two cores or fewer, where the engine, the front-ends and often the client share them: there two
+# threads served 9,056-9,687 tiny gRPC calls a second at 64 in flight against 9,710-10,864 with one
+# (bench/grpc_rate.py, development machine).
 GRPC_GO_THREADS = 2
+
+
+def grpc_go_threads(setting: int, cores: int) -> int:
+    """Go threads of a native front-end while its gRPC calls overlap: the setting, else ``GRPC_GO_THREADS`` with
+    more than ``SINGLE_PROCESS_CORES`` cores, else one (``NATIVE_GO_THREADS``, always)."""
+    if setting > 0:
+        return setting
+    return GRPC_GO_THREADS if cores > SINGLE_PROCESS_CORES else NATIVE_GO_THREADS
 
 
 def group_limit(instances: int, gpu: bool, setting: int = 0) -> int:
@@ -299,7 +311,7 @@ class Supervisor:
         busy_go_threads = 0
         if native:
             if self.grpc_listen is not None and "GOMAXPROCS" not in env:  # a GOMAXPROCS given wins
-                busy_go_threads = self.settings.grpc_go_threads or GRPC_GO_THREADS
+                busy_go_threads = grpc_go_threads(self.settings.grpc_go_threads, default_threads())
             env.setdefault("GOMAXPROCS", str(NATIVE_GO_THREADS))
             if self.grpc_listen is not None:
                 grpc_fd, grpc_proxy = self.grpc_listen.fileno(), str(self._grpc_path())
