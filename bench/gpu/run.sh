@@ -6,6 +6,9 @@
 # SKIP_TESTS=1 skips pytest. Why 128 too: with small requests bounded (the GPU default since the twenty-ninth
 # session) the server answers HTTP at 256 in flight faster than perf_analyzer's HTTP client can count on 4 cores
 # (the client is killed after --client-timeout and says so; docs/server-measured.md, twenty-eighth session).
+# The tiny model with its client on 8 cores (its server used at most ~5; perf_analyzer's HTTP client on 4 was the limit):
+#   SKIP_TESTS=1 BENCH="--skip-resnet --skip-inprocess --tiny-concurrency 128,256 --tiny-protocols grpc,http
+#     --tiny-server-cores 0-7 --tiny-client-cores 8-15 --client-timeout 45" bash /root/gpu/run/run.sh
 # The tiny model with a race-detecting trtop-http beside the plain one:
 #   SKIP_TESTS=1 BENCH="--skip-resnet --skip-inprocess --tiny-concurrency 128,256 --tiny-protocols grpc,http
 #     --server-arg=--http-frontend=native --client-timeout 45
