@@ -759,7 +759,8 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps(rows[-1]), flush=True)
                 continue
             client = Client(args.perf_analyzer, "perf_analyzer", args.tiny_client_cores or args.client_cores,
-                            args.pa_memory_gb, args.pa_count, 1, args.pa_count_from, in_shared_memory([*args.server_arg, *flags]), args.client_timeout)
+                            args.pa_memory_gb, args.pa_count, 1, args.pa_count_from,
+                            in_shared_memory([*args.server_arg, *flags]), args.client_timeout)
             try:
                 ports = {"http": "127.0.0.1:8010", "grpc": "127.0.0.1:8011"}
                 for protocol, url in ((p, ports[p]) for p in args.tiny_protocols.split(",")):

@@ -54,7 +54,6 @@ type grpcFront struct {
 	maxAge   time.Duration // connections older than this (+- ageJitter) are asked to reconnect (GOAWAY); 0: never
 	maxCalls int64         // calls in flight at most (as grpc's maximum_concurrent_rpcs); <= 0: no limit
 	calls    atomic.Int64
-	threads  *goThreads // nil: this process's Go threads stay as they started
 }
 
 func newGRPCFront(s *server, proxyPath string) *grpcFront {
@@ -67,7 +66,7 @@ func newGRPCFront(s *server, proxyPath string) *grpcFront {
 		Protocols:       &p,
 		IdleConnTimeout: 30 * time.Second,
 	}
-	g := &grpcFront{s: s, threads: s.threads, maxAge: seconds(s.cfg.Settings.GRPCMaxConnectionAgeS),
+	g := &grpcFront{s: s, maxAge: seconds(s.cfg.Settings.GRPCMaxConnectionAgeS),
 		maxCalls: int64(s.cfg.Settings.MaxConnections)}
 	g.proxy = &httputil.ReverseProxy{
 		Rewrite: func(r *httputil.ProxyRequest) {
@@ -119,8 +118,8 @@ func (g *grpcFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")
 	}
 	n := g.calls.Add(1)
-	if g.threads != nil {
-		g.threads.note(n)
+	if g.s.threads != nil { // more Go threads while calls overlap (threads.go)
+		g.s.threads.note(n)
 	}
 	if g.maxCalls > 0 && n > g.maxCalls {
 		g.calls.Add(-1)

@@ -198,8 +198,8 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "grpc_only_frontends": ("--grpc-only-frontends", names.ENV_SERVE_GRPC_ONLY_FRONTENDS,
                             "native front-ends that accept gRPC alone (-1: one per native front-end)"),
     "grpc_go_threads": ("--grpc-go-threads", names.ENV_SERVE_GRPC_GO_THREADS,
-                        "Go threads of a native front-end while its gRPC calls overlap (0: 2 on more than two cores, else "
-                        "1; 1: one always)"),
+                        "Go threads of a native front-end while its gRPC calls overlap (0: 2 on more than two "
+                        "cores, else 1; 1: one always)"),
     "group_limit": ("--group-limit", names.ENV_SERVE_GROUP_LIMIT,
                     "descriptors a native front-end keeps at the engine before it groups requests (0: instances + 1 "
                     "on CPU, 64 on a GPU)"),

@@ -178,8 +178,7 @@ class Supervisor:
                                           "gRPC") if self.native_grpc else None)
         self.grpc_hold = (reserve_port(settings.host, settings.grpc_port)
                           if settings.grpc_port and not self.native_grpc else None)
-        # Native front-ends that accept gRPC only, beside those that accept both (indices count..): see
-        # GRPC_ONLY_PER_NATIVE.
+        # Native front-ends that accept gRPC only, beside those that accept both (indices count..).
         self.grpc_only = grpc_only_count(settings, count, self.native)
         # Python front-ends: all of them without the native one; beside it, those that serve gRPC (one
         # when gRPC is off or native) and answer what it forwards, on private unix sockets.
