@@ -101,6 +101,41 @@ async def test_spinners_run_while_requests_come_and_stop_when_they_stop() -> Non
     assert all(p.returncode is not None for p in procs)  # gone with the server
 
 
+async def test_spinners_stand_down_while_requests_crowd_and_return_once_calm() -> None:
+    """More rows waiting than cores kept awake: the server's threads are busy, the spinners only take the gaps
+    between their work; they stop at once and start again only after ``calm_s`` without a crowd."""
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    reports: list[int] = []
+    awake = KeepAwake(cores, hold_s=0.3, report=reports.append, calm_s=0.2)
+    await awake.start()
+    procs = list(awake._procs.values())
+    try:
+        awake.touch(1)  # a lone request: its own row waits, no more
+        assert awake.spinning and all(_state(p.pid) == "R" for p in procs)
+        awake.touch(len(cores))  # as many rows waiting as cores: still calm
+        assert awake.spinning
+        awake.touch(len(cores) + 1)  # a crowd: stopped at once
+        assert not awake.spinning
+        await _until(lambda: all(_state(p.pid) == "T" for p in procs), timeout_s=1.0)  # a stop takes a moment
+        for _ in range(8):  # a crowd that goes on keeps them stopped, past the hold time
+            await asyncio.sleep(0.05)
+            awake.touch(1)  # a lone request among the crowd's does not start them
+            assert not awake.spinning
+            awake.touch(len(cores) + 4)
+        crowd_ended = time.monotonic()
+
+        def lone() -> bool:
+            awake.touch(1)
+            return awake.spinning
+
+        await _until(lone, timeout_s=2.0)
+        assert time.monotonic() - crowd_ended >= 0.2  # calm first
+        assert all(_state(p.pid) == "R" for p in procs)
+        assert reports == [len(cores), 0, len(cores)]
+    finally:
+        awake.close()
+
+
 async def test_a_core_that_cannot_be_kept_awake_is_left_out_and_the_rest_serve() -> None:
     core = min(os.sched_getaffinity(0))
     missing = max(os.sched_getaffinity(0)) + 4096  # no such core: its spinner fails to pin itself

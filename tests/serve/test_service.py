@@ -1,6 +1,7 @@
 """The service's start-up rules: max batch, warm-up, readiness states."""
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 
@@ -221,3 +222,35 @@ async def test_on_cpu_the_cores_are_kept_awake_only_for_a_model_whose_lone_run_i
         assert svc.lone_run_s is not None and (svc.lone_run_s >= 0.03) == (delay_s > 0)
         assert awake.started is kept, (delay_s, under_s)
         await svc.close()
+
+
+async def test_each_request_tells_the_spinners_how_many_rows_wait_in_the_queue() -> None:
+    """``KeepAwake.touch`` hears the rows queued, the new request's own included: requests read in one turn of
+    the loop wait together until the batch starts, then the next one finds the queue empty again."""
+    from trtop.serve.awake import KeepAwake
+
+    class Awake(KeepAwake):  # what it is told only: no spinner processes
+        def __init__(self) -> None:
+            super().__init__((0,))
+            self.heard: list[int] = []
+
+        async def start(self) -> None:
+            pass
+
+        def touch(self, waiting_rows: int = 0) -> None:
+            self.heard.append(waiting_rows)
+
+        def close(self) -> None:
+            pass
+
+    awake = Awake()
+    svc = InferenceService("m", lambda: Loaded(Recorder(), backend="fake"), BatchingConfig(max_batch=8),
+                           ServerMetrics("m"), awake)
+    await svc.start()
+    feeds = {"x": np.zeros((1, 2), np.float32)}
+    three = [svc.enqueue(feeds, 1, ("x",), 5.0) for _ in range(2)] + [
+        svc.enqueue({"x": np.zeros((3, 2), np.float32)}, 3, ("x",), 5.0)]
+    await asyncio.gather(*three)
+    await svc.enqueue(feeds, 1, ("x",), 5.0)
+    assert awake.heard == [1, 2, 5, 1]
+    await svc.close()

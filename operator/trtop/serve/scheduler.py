@@ -160,6 +160,11 @@ class Scheduler:
         return len(self._queue)
 
     @property
+    def waiting_rows(self) -> int:
+        """Rows queued, not yet running (the cores' crowd, ``awake.KeepAwake.touch``)."""
+        return self._queued_rows
+
+    @property
     def backlog_rows(self) -> int:
         """Rows queued beyond what every instance's next batch takes (negative: room left in those batches).
         While it is positive a request that joins the queue cannot run in the next round of batches, so a

@@ -325,7 +325,7 @@ class InferenceService:
                 raise NotReady(not_ready_message(self))
             future = self._scheduler.enqueue(feeds, rows, signature, timeout_s)
             if self._awake is not None:
-                self._awake.touch()
+                self._awake.touch(self._scheduler.waiting_rows)
         except ServeError:
             self.statistics.record_failure(time.perf_counter_ns() - started, requests)
             raise
