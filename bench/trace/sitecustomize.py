@@ -5,7 +5,7 @@ Put this folder first on PYTHONPATH and name a folder in TRTOP_TRACE_DIR: each p
 TRTOP_TRACE_DIR it does nothing. Engine process: ``e_rx`` (bytes from a front-end's channel),
 ``e_msg`` -> ``e_queued`` (a descriptor decoded and queued), ``e_thread`` -> ``e_computed`` (the batch on
 its compute thread), ``e_landed`` (back on the event loop), ``e_replied`` (the reply queued),
-``e_flush`` (written to the channel). Python front-end: ``f_head``, ``f_body`` (the HTTP request read),
+``e_flush`` -> ``e_written`` (encoded and written to the channel). Python front-end: ``f_head``, ``f_body`` (the HTTP request read),
 ``f_send`` (descriptor queued), ``f_flush``, ``f_rx``, ``f_reply`` (the engine's answer decoded),
 ``f_answered`` (the HTTP answer written).
 """
@@ -71,7 +71,7 @@ def _install() -> None:
     wrap(frontend.RemoteModel, "infer_started", after="f_send")
     wrap(frontend.RemoteModel, "on_message", before="f_reply", when=done)
     wrap(http_protocol.SinkProtocol, "_answer", after="f_answered")
-    wrap(channel.Channel, "_flush", before="flush", shared=True)
+    wrap(channel.Channel, "_flush", before="flush", after="written", shared=True)
     wrap(channel.Channel, "data_received", before="rx", shared=True)
 
 

@@ -108,6 +108,7 @@ func (c *channel) read(handle func(kind string, msg []json.RawMessage)) error {
 		if _, err := io.ReadFull(r, head[:]); err != nil {
 			return err
 		}
+		stamp("g_read") // a frame's first bytes are here (trace.go; before it is decoded)
 		n := binary.LittleEndian.Uint32(head[:])
 		if n > maxFrame {
 			return fmt.Errorf("a frame of %d bytes from the engine process", n)
