@@ -26,8 +26,8 @@ cores kept awake (``touch(waiting_rows)``) stops them at once, and they start ag
 has passed without such a request. With work queued the server's threads go from one batch to the next
 instead of sleeping, so there is little to wake, while the spinners still took the gaps between: on the
 development machine's two cores a light model at 64 connections served ~12% more with them off (10,795 and
-10,615 against 9,297 and 9,660 req/s, native front-ends), and the tenth session's H200 host served
-ResNet-50 at 64 clients 0.88 x off against 0.84 x on.
+10,615 against 9,297 and 9,660 req/s, native front-ends). On an H200 host at 64-128 clients it made no
+difference beyond the spread between server starts (thirty-second session, docs/server-measured.md).
 """
 from __future__ import annotations
 
