@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # On the GPU host, in the repository's root: install (bench/gpu/install.sh), then the gpu-marked tests and the
 # GPU benchmark; each step's output goes to $OUT as it runs (what a cut-off call leaves still comes back).
-# BENCH: bench/serve_gpu.py's flags (default: ResNet-50 at 1 and 128 clients with paired lone windows, and the
-# tiny model's ceiling over gRPC and HTTP at 128 and 256 in flight; server on cores 0-11, client on 12-15).
+# BENCH: bench/serve_gpu.py's flags (default: ResNet-50 at 1 and 128 clients with paired lone windows, server on
+# cores 0-11, client on 12-15; and the tiny model's ceiling over gRPC and HTTP at 128 and 256 in flight, server on
+# 0-7, client on 8-15: on 4 cores perf_analyzer's HTTP client was the limit, docs/server-measured.md, thirty-second
+# session).
 # SKIP_TESTS=1 skips pytest. Why 128 too: with small requests bounded (the GPU default since the twenty-ninth
 # session) the server answers HTTP at 256 in flight faster than perf_analyzer's HTTP client can count on 4 cores
 # (the client is killed after --client-timeout and says so; docs/server-measured.md, twenty-eighth session).
-# The tiny model with its client on 8 cores (its server used at most ~5; perf_analyzer's HTTP client on 4 was the limit):
+# The tiny model alone:
 #   SKIP_TESTS=1 BENCH="--skip-resnet --skip-inprocess --tiny-concurrency 128,256 --tiny-protocols grpc,http
 #     --tiny-server-cores 0-7 --tiny-client-cores 8-15 --client-timeout 45" bash /root/gpu/run/run.sh
 # The tiny model with a race-detecting trtop-http beside the plain one:
@@ -28,7 +30,8 @@ if [[ -z ${SKIP_TESTS:-} ]]; then
     tests/gpu tests/serve/test_gpu.py tests/convert/test_tensorrt_gpu.py > "$OUT/pytest-gpu.txt" 2>&1
   tail -4 "$OUT/pytest-gpu.txt"
 fi
-BENCH=${BENCH:-"--concurrency 1,128 --paired-rounds 3 --tiny-concurrency 128,256 --tiny-protocols grpc,http --client-timeout 45"}
+BENCH=${BENCH:-"--concurrency 1,128 --paired-rounds 3 --tiny-concurrency 128,256 --tiny-protocols grpc,http --client-timeout 45
+  --tiny-server-cores 0-7 --tiny-client-cores 8-15"}
 eval "bench_args=($BENCH)"  # the shell's words: a quoted --config value keeps its several flags together
 PYTHONPATH=/tmp/site:$PWD/operator python3 -u bench/serve_gpu.py --out /tmp/bench-out --window-ms 2000 \
   --client own --client-procs 4 --client-cores 12-15 --server-cores 0-11 --server-arg=--max-queue-size=4096 \
