@@ -309,12 +309,12 @@ class Supervisor:
         grpc_fd, grpc_proxy, grpc_address = 0, "", ""
         busy_go_threads = 0
         if native:
-            if self.grpc_listen is not None and "GOMAXPROCS" not in env:  # a GOMAXPROCS given wins
-                busy_go_threads = grpc_go_threads(self.settings.grpc_go_threads, default_threads())
-            env.setdefault("GOMAXPROCS", str(NATIVE_GO_THREADS))
             if self.grpc_listen is not None:
                 grpc_fd, grpc_proxy = self.grpc_listen.fileno(), str(self._grpc_path())
                 fds.append(grpc_fd)
+                if "GOMAXPROCS" not in env:  # a GOMAXPROCS given fixes every front-end's threads
+                    busy_go_threads = grpc_go_threads(self.settings.grpc_go_threads, default_threads())
+            env.setdefault("GOMAXPROCS", str(NATIVE_GO_THREADS))
         elif self.grpc_listen is not None:  # the Python gRPC server the native ones forward to
             grpc_address = f"unix:{self._grpc_path()}"
         instances = self.service.config.instances
