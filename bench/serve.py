@@ -475,7 +475,7 @@ def main() -> int:
                 results[label][c] = r
                 print(f"  {label:<9} c={c:<3} {r['throughput']:7.1f} img/s  p50 {r['p50_ms']:7.1f} ms  "
                       f"p99 {r['p99_ms']:7.1f} ms  mean batch {r['mean_batch']:5.1f}  errors {r['errors']}  "
-                      f"cpu/img {r['server_cpu_ms']:.1f}+{r['client_cpu_ms']:.1f} ms", flush=True)
+                      f"cpu/img {r['server_cpu_ms']:.3f}+{r['client_cpu_ms']:.3f} ms", flush=True)
             if label == "batched" and 1 in levels and args.paired_rounds:
                 results["paired_idle"] = pairs = paired_idle(proc, port, args.paired_rounds,
                                                              1.0 if args.quick else 2.0)
@@ -508,6 +508,32 @@ def main() -> int:
     report(results, levels)
     (WORK / f"serve-{MODEL}-results.json").write_text(json.dumps(results, indent=2, default=str))
     return 0
+
+
+def cpu_budget(cores: int, best: float, ratio: float, model_ms: float, client_ms: float) -> tuple[float, float]:
+    """(CPU ms per request that every process on ``cores`` shared cores may spend for ``ratio`` x the
+    in-process best of ``best`` img/s, what is left of it for the server once the model's ``model_ms`` per
+    image and the client's ``client_ms`` per request are paid)."""
+    budget = cores * 1000.0 / (ratio * best)
+    return budget, budget - model_ms - client_ms
+
+
+def budget_line(results: dict[str, Any], concurrency: int) -> str:
+    """What the throughput target leaves the server per request on these cores, beside what it spent: the
+    light model's 0.5 x is bounded by the model's and the client's own CPU when all share two cores."""
+    best, way = results["inprocess_best"], results["inprocess_best_way"]
+    model = results["inprocess_cpu_ms"][way]
+    r = results["batched"][concurrency]
+    apart = bool(CLIENT_TASKSET)  # the client on cores of its own: its CPU is not the server's to share
+    client = 0.0 if apart else r["client_cpu_ms"]
+    cores = len(os.sched_getaffinity(0))
+    budget, left = cpu_budget(cores, best, TARGET_RATIO, model, client)
+    floor = results.get("floor", {}).get(concurrency)
+    return (f"CPU budget at {TARGET_RATIO} x on {cores} cores: {budget:.3f} ms per request for every process; the "
+            f"model takes {model:.3f} (in-process best)"
+            + (" (the client on cores of its own)" if apart else f" and the client {client:.3f} (at {concurrency})")
+            + f", which leaves {left:+.3f} ms for the server; it spent {r['server_cpu_ms'] - model:.3f} beyond the "
+              f"model" + (f" (a server with no logic: {floor['server_cpu_ms']:.3f})" if floor else ""))
 
 
 def report(results: dict[str, Any], levels: list[int]) -> None:
@@ -549,6 +575,8 @@ def report(results: dict[str, Any], levels: list[int]) -> None:
         print(f"floor at concurrency {TARGET_CONCURRENCY} (the same client, a server with no logic): {f:.1f} req/s "
               f"= {f / best:.2f} x in-process best; the server reached {batched[TARGET_CONCURRENCY]['throughput'] / f:.2f}"
               f" x the floor" if TARGET_CONCURRENCY in batched else "")
+    if TARGET_CONCURRENCY in batched:
+        print(budget_line(results, TARGET_CONCURRENCY))
     if 1 in batched:
         over = batched[1]["p50_ms"] - b1
         ok = "met" if over <= TARGET_IDLE_MS else "NOT met"
