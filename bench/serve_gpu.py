@@ -39,6 +39,11 @@ engine alone 0.03-0.08 ms (docs/server-measured.md, fourteenth session). A pair'
 machine's state, and the pairs' median difference is what the server adds; the one-client row
 against the early baseline is printed beside it.
 
+The platform's floor (``--floor-seconds``, default 4; 0: none): after the ResNet-50 runs, one
+``loadclient`` connection against ``transport_floor.py``'s server with no logic, which spins the
+engine's batch-1 p50 before each answer, on the server's and the client's cores: what moving 602 KB in
+and the answer out, and the waits of both sides, add to a lone request before any server does anything.
+
 A configuration whose flags turn system shared memory on (``--config shm=--shared-memory=system``) is
 driven the way a client in the server's pod would drive it: both clients put the tensors in ``/dev/shm``
 regions and send requests that name them (``perf_analyzer --shared-memory system``, ``loadclient.py
@@ -80,6 +85,7 @@ PA_START_S = 10.0  # its start and warm-up, over its windows, before a run count
 BUCKETS = (1, 2, 4, 8, 16, 32)
 TARGET_RATIO, TARGET_TAIL, TARGET_TINY = 0.85, 2.5, 20000.0
 TARGET_LONE_MS = 0.3  # a lone request over the engine's batch-1 p50
+RESNET_ANSWER_BYTES = 4200  # ~ResNet-50's answer (1,000 fp32 as a binary tensor after its JSON header): the floor's reply
 _ENV_WORD = re.compile(r"^[A-Z_][A-Z0-9_]*=")  # a --config word for the server's environment
 
 
@@ -647,6 +653,10 @@ def main() -> int:
                     help="after each ResNet-50 sweep: this many pairs of windows, the engine alone at batch 1 then "
                          "one client served (what the server adds to a lone request, the drift cancelled); 0: none")
     ap.add_argument("--paired-window-ms", type=int, default=2000, help="each paired window's length")
+    ap.add_argument("--floor-seconds", type=float, default=4.0,
+                    help="after the ResNet-50 runs: one client for this long against a server with no logic that "
+                         "spins the engine's batch-1 p50 before each answer (transport_floor.py), on the same cores: "
+                         "what the platform adds to a lone request before any server does anything; 0: none")
     ap.add_argument("--client-awake", action="store_true",
                     help="keep the client's cores (--client-cores) awake with busy loops at the lowest priority, as "
                          "--keep-awake does the server's: the engine alone never sleeps between its runs, a client "
@@ -744,6 +754,13 @@ def run(args: argparse.Namespace) -> int:
                                                "paired_lone": pairs, "frontends": frontends}
         if lone is not None:
             lone.close()
+        if args.floor_seconds > 0:
+            import transport_floor
+
+            results["floor"] = transport_floor.floor(shape=[3, 224, 224], answer_bytes=RESNET_ANSWER_BYTES,
+                                                     hold_ms=base["b1_p50_ms"], seconds=args.floor_seconds,
+                                                     server_cores=args.server_cores, client_cores=args.client_cores)
+            print(json.dumps(results["floor"]), flush=True)
     if not args.skip_tiny:
         tiny = models.tiny()
         rows = []
@@ -868,6 +885,12 @@ def report(results: dict[str, Any]) -> None:
             lines += _resnet_table(label, run["flags"], run["rows"], best)
             lines += _lone_lines(run["rows"], run.get("paired_lone", []), base["b1_p50_ms"])
             lines += _frontend_lines(run.get("frontends", []))
+        if "floor" in results:
+            f = results["floor"]
+            lines.append(f"\nThe platform's floor under a lone request (a server with no logic that spins "
+                         f"{f['hold_ms']:.3f} ms before each answer, one `loadclient` connection): p50 "
+                         f"{f['floor_p50_ms']:.3f} ms = {f['over_hold_ms']:+.3f} ms over its hold, before any "
+                         f"server does anything")
     if "tiny" in results:
         # The engine process's cores apart, and its busiest thread: at one core its event loop is the request
         # ceiling (eighteenth and twenty-fifth sessions).

@@ -128,6 +128,34 @@ def serve_many(port: int, answer_bytes: int) -> None:
     asyncio.run(run())
 
 
+def floor(*, shape: list[int], answer_bytes: int, hold_ms: float, seconds: float, server_cores: str = "",
+          client_cores: str = "") -> dict[str, Any]:
+    """One connection's p50 against the raw server (spinning ``hold_ms`` before each answer) under
+    ``loadclient``, and how far it is over the hold: what the platform adds with no server logic."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    cmd = [sys.executable, __file__, "--serve", str(port), "--answer-bytes", str(answer_bytes), "--hold-ms", str(hold_ms)]
+    if server_cores:
+        cmd = ["taskset", "-c", server_cores, *cmd]
+    server = subprocess.Popen(cmd)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        got = loadclient.run(host="127.0.0.1", port=port, model="m", input_name="input", shape=shape, concurrency=1,
+                             seconds=seconds, procs=1, cores=client_cores)
+    finally:
+        server.kill()
+        server.wait()
+    return {"hold_ms": hold_ms, "floor_p50_ms": round(got["p50_ms"], 3), "floor_p99_ms": round(got["p99_ms"], 3),
+            "over_hold_ms": round(got["p50_ms"] - hold_ms, 3), "requests": got["requests"]}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
@@ -146,31 +174,10 @@ def main() -> int:
         else:
             serve(args.serve, args.answer_bytes, args.hold_ms / 1000)
         return 0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    cmd = [sys.executable, __file__, "--serve", str(port), "--answer-bytes", str(args.answer_bytes),
-           "--hold-ms", str(args.hold_ms)]
-    if args.server_cores:
-        cmd = ["taskset", "-c", args.server_cores, *cmd]
-    server = subprocess.Popen(cmd)
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        got = loadclient.run(host="127.0.0.1", port=port, model="m", input_name="input",
-                             shape=[int(d) for d in args.shape.split(",")], concurrency=1, seconds=args.seconds,
-                             procs=1, cores=args.client_cores)
-    finally:
-        server.kill()
-        server.wait()
-    print(json.dumps({"hold_ms": args.hold_ms, "floor_p50_ms": round(got["p50_ms"], 3),
-                      "floor_p99_ms": round(got["p99_ms"], 3), "over_hold_ms": round(got["p50_ms"] - args.hold_ms, 3),
-                      "requests": got["requests"]}), flush=True)
+    got = floor(shape=[int(d) for d in args.shape.split(",")], answer_bytes=args.answer_bytes,
+                hold_ms=args.hold_ms, seconds=args.seconds, server_cores=args.server_cores,
+                client_cores=args.client_cores)
+    print(json.dumps(got), flush=True)
     return 0
 
 
