@@ -2,9 +2,9 @@
 # On the GPU host, in the repository's root: install (bench/gpu/install.sh), then the gpu-marked tests and the
 # GPU benchmark; each step's output goes to $OUT as it runs (what a cut-off call leaves still comes back).
 # BENCH: bench/serve_gpu.py's flags (default: ResNet-50 at 1 and 128 clients with paired lone windows and the
-# platform's floor under a lone request, server on cores 0-11, client on 12-15; and the tiny model's ceiling over gRPC and HTTP at 128 and 256 in flight, server on
-# 0-7, client on 8-15: on 4 cores perf_analyzer's HTTP client was the limit, docs/server-measured.md, thirty-second
-# session).
+# platform's floor under a lone request, server on cores 0-11, client on 12-15; and the tiny model's ceiling over
+# gRPC and HTTP at 128 and 256 in flight, server on 0-7, client on 8-15: on 4 cores perf_analyzer's HTTP client was
+# the limit, docs/server-measured.md, thirty-second session).
 # SKIP_TESTS=1 skips pytest. Why 128 too: with small requests bounded (the GPU default since the twenty-ninth
 # session) the server answers HTTP at 256 in flight faster than perf_analyzer's HTTP client can count on 4 cores
 # (the client is killed after --client-timeout and says so; docs/server-measured.md, twenty-eighth session).
