@@ -757,10 +757,14 @@ def run(args: argparse.Namespace) -> int:
         if args.floor_seconds > 0:
             import transport_floor
 
-            results["floor"] = transport_floor.floor(shape=[3, 224, 224], answer_bytes=RESNET_ANSWER_BYTES,
-                                                     hold_ms=base["b1_p50_ms"], seconds=args.floor_seconds,
-                                                     server_cores=args.server_cores, client_cores=args.client_cores)
-            print(json.dumps(results["floor"]), flush=True)
+            try:
+                results["floor"] = transport_floor.floor(shape=[3, 224, 224], answer_bytes=RESNET_ANSWER_BYTES,
+                                                         hold_ms=base["b1_p50_ms"], seconds=args.floor_seconds,
+                                                         server_cores=args.server_cores,
+                                                         client_cores=args.client_cores)
+                print(json.dumps(results["floor"]), flush=True)
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:  # the tiny model's runs still come
+                print(f"the platform's floor was not measured: {exc}", flush=True)
     if not args.skip_tiny:
         tiny = models.tiny()
         rows = []
