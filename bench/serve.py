@@ -533,7 +533,8 @@ def budget_line(results: dict[str, Any], concurrency: int) -> str:
             f"model takes {model:.3f} (in-process best)"
             + (" (the client on cores of its own)" if apart else f" and the client {client:.3f} (at {concurrency})")
             + f", which leaves {left:+.3f} ms for the server; it spent {r['server_cpu_ms'] - model:.3f} beyond the "
-              f"model" + (f" (a server with no logic: {floor['server_cpu_ms']:.3f})" if floor else ""))
+              f"model's in-process best (its batches here run the model less well: mean batch {r['mean_batch']:.1f})"
+            + (f"; a server with no logic spent {floor['server_cpu_ms']:.3f}" if floor else ""))
 
 
 def report(results: dict[str, Any], levels: list[int]) -> None:
