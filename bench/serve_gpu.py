@@ -85,7 +85,8 @@ PA_START_S = 10.0  # its start and warm-up, over its windows, before a run count
 BUCKETS = (1, 2, 4, 8, 16, 32)
 TARGET_RATIO, TARGET_TAIL, TARGET_TINY = 0.85, 2.5, 20000.0
 TARGET_LONE_MS = 0.3  # a lone request over the engine's batch-1 p50
-RESNET_ANSWER_BYTES = 4200  # ~ResNet-50's answer (1,000 fp32 as a binary tensor after its JSON header): the floor's reply
+# The floor's fixed answer: about ResNet-50's (1,000 fp32 as a binary tensor after its JSON header)
+RESNET_ANSWER_BYTES = 4200
 _ENV_WORD = re.compile(r"^[A-Z_][A-Z0-9_]*=")  # a --config word for the server's environment
 
 

@@ -135,7 +135,8 @@ def floor(*, shape: list[int], answer_bytes: int, hold_ms: float, seconds: float
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    cmd = [sys.executable, __file__, "--serve", str(port), "--answer-bytes", str(answer_bytes), "--hold-ms", str(hold_ms)]
+    cmd = [sys.executable, __file__, "--serve", str(port), "--answer-bytes", str(answer_bytes),
+           "--hold-ms", str(hold_ms)]
     if server_cores:
         cmd = ["taskset", "-c", server_cores, *cmd]
     server = subprocess.Popen(cmd)
