@@ -665,7 +665,12 @@ def main() -> int:
     ap.add_argument("--stages", action="store_true",
                     help="run the ResNet-50 servers under bench/stages.py (give --server-arg=--frontends=0): the "
                          "median time of each stage of a request, in the server log and stages-LABEL.jsonl")
+    ap.add_argument("--report-from", type=Path, default=None,
+                    help="print the report of an earlier run's serve-gpu.json (from --out) and stop: no GPU needed")
     args = ap.parse_args()
+    if args.report_from is not None:
+        report(reloaded(json.loads(args.report_from.read_text())))
+        return 0
     if args.client_awake and not args.client_cores:
         ap.error("--client-awake needs --client-cores")
     spinners = client_spinners(args.client_cores) if args.client_awake else []
@@ -873,6 +878,16 @@ def _lone_lines(rows: list[dict[str, Any]], pairs: list[tuple[float, float]], b1
 def _frontend_lines(state: list[str], prefix: str = "") -> list[str]:
     """The native front-ends' rules at the end of a server's runs (none: Python front-ends, or no dump came)."""
     return [f"{prefix}native front-ends at the end: " + "; ".join(state)] if state else []
+
+
+def reloaded(results: dict[str, Any]) -> dict[str, Any]:
+    """A run's results as ``report`` takes them, from its JSON (where the buckets' int keys became strings)."""
+    base = results.get("inprocess")
+    if base is not None:
+        for run in (base, base.get("plain", {}), base.get("engine_path", {})):
+            if "throughput" in run:
+                run["throughput"] = {int(k): v for k, v in run["throughput"].items()}
+    return results
 
 
 def report(results: dict[str, Any]) -> None:
