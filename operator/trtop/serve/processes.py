@@ -25,7 +25,8 @@ MAX_AUTO_NATIVE = 4
 # server spent ~100 us of it per tiny gRPC call, against ~60 us for HTTP/1.1; on the H200 host (12 server cores,
 # docs/server-measured.md, twentieth session) the tiny model's gRPC ceiling was 16,821 / 19,304 req/s through 2
 # native front-ends and 23,429 / 22,428 through 4, while ResNet-50 over HTTP ran best through 2 (0.85 x at 128
-# clients, lone request +0.315 ms) and worse through 4 (0.77 x, +0.385). So HTTP keeps its count and gRPC gets as many again; idle, they cost nothing.
+# clients, lone request +0.315 ms) and worse through 4 (0.77 x, +0.385). So HTTP keeps its count and gRPC gets as
+# many again; idle, they cost nothing.
 GRPC_ONLY_PER_NATIVE = 1
 
 
