@@ -1,0 +1,49 @@
+"""The benchmarks' own arithmetic and report plumbing (bench/ is run by hand, not in CI; these parts are pure)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _bench(name: str) -> ModuleType:
+    sys.path.insert(0, str(BENCH))  # the benches import their neighbours (loadclient, models)
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_the_cpu_budget_leaves_the_server_what_the_model_and_the_client_do_not_take() -> None:
+    serve = _bench("serve")
+    budget, left = serve.cpu_budget(cores=2, best=50_000.0, ratio=0.5, model_ms=0.040, client_ms=0.024)
+    assert budget == pytest.approx(0.080)  # 2 cores / 25,000 requests per second
+    assert left == pytest.approx(0.016)
+    _, over = serve.cpu_budget(cores=2, best=50_000.0, ratio=0.85, model_ms=0.040, client_ms=0.024)
+    assert over < 0  # a target no server can reach on those cores
+
+
+def test_a_saved_gpu_run_reports_again_from_its_json(capsys: pytest.CaptureFixture[str]) -> None:
+    serve_gpu = _bench("serve_gpu")
+    engine = {"best": 5746.0, "best_batch": 32, "b1_p50_ms": 1.06, "throughput": {1: 933.0, 32: 5746.0}}
+    plain = {"best": 4041.0, "best_batch": 16, "b1_p50_ms": 1.38, "throughput": {1: 679.0, 16: 4041.0}}
+    results = {"inprocess": {**engine, "plain": plain, "engine_path": engine}, "resnet50_http": {},
+               "floor": {"hold_ms": 1.06, "floor_p50_ms": 1.2, "floor_p99_ms": 1.3, "over_hold_ms": 0.14,
+                         "requests": 3319}}
+    saved = json.loads(json.dumps(results))  # as serve-gpu.json holds it: the buckets' keys become strings
+    with pytest.raises(KeyError):
+        serve_gpu.report(json.loads(json.dumps(results)))
+    serve_gpu.report(serve_gpu.reloaded(saved))
+    out = capsys.readouterr().out
+    assert "the server's engine path: best 5,746 img/s at batch 32; batch 1: 933 img/s" in out
+    assert "p50 1.200 ms = +0.140 ms over its hold" in out
