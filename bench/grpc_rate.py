@@ -24,13 +24,13 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from ready import wait_ready
 from tritonclient.grpc import service_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,19 +66,8 @@ def start_server(http: int, grpc_port: int, extra: list[str]) -> subprocess.Pope
            "--host", "127.0.0.1", "--port", str(http), "--grpc-port", str(grpc_port), "--log-level", "warning",
            *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server not ready within 60 s")
+    wait_ready(proc, f"http://127.0.0.1:{http}", 60, lambda: proc.stderr.read().decode() if proc.stderr else "")
+    return proc
 
 
 def cpu_seconds(pid: int, descendants: bool = True) -> float:

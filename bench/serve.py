@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ready import wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".work" / "bench"
@@ -245,19 +246,8 @@ def start_server(port: int, extra: list[str]) -> subprocess.Popen[bytes]:
     if NATIVE_PATH:  # the server finds trtop-http and uses it (--http-frontend auto), as in the images
         env["PATH"] = os.pathsep.join([*NATIVE_PATH, env.get("PATH", "")])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not become ready within 60s")
+    wait_ready(proc, f"http://127.0.0.1:{port}", 60, lambda: proc.stderr.read().decode() if proc.stderr else "")
+    return proc
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:

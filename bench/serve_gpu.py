@@ -76,6 +76,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import models  # noqa: E402
+from ready import wait_ready  # noqa: E402
 from trtop.serve.awake import SPINNER_NAME  # noqa: E402
 
 DEVICE = "9.0/NVIDIA-H200"
@@ -205,17 +206,7 @@ class Server:
         self.log = open(log, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}: {log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/v2/health/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError("server not ready in 300 s")
+        wait_ready(self.proc, self.url, 300, lambda: log.read_text()[-3000:], poll_s=0.3)
 
     def pids(self) -> list[int]:
         try:

@@ -20,8 +20,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import loadclient  # noqa: E402
 import models  # noqa: E402
+from ready import wait_ready  # noqa: E402
 
 
 
@@ -66,16 +65,8 @@ def serve(tree: str, model: Path, name: str, extra: list[str]) -> tuple[subproce
     proc = subprocess.Popen([sys.executable, "-m", "trtop.cli", "serve", "--model", str(model), "--model-name", name,
                              "--host", "127.0.0.1", "--port", str(port), "--grpc-port", "0", "--log-level", "warning",
                              *extra], env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
-                    return proc, port
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"the server of {tree} did not become ready")
+    wait_ready(proc, f"http://127.0.0.1:{port}", 60)
+    return proc, port
 
 
 def one_round(tree: str, args: argparse.Namespace, extra: list[str]) -> list[dict[str, Any]]:

@@ -1,9 +1,14 @@
 """The benchmarks' own arithmetic and report plumbing (bench/ is run by hand, not in CI; these parts are pure)."""
 from __future__ import annotations
 
+import contextlib
+import http.server
 import importlib.util
 import json
+import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -47,3 +52,42 @@ def test_a_saved_gpu_run_reports_again_from_its_json(capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert "the server's engine path: best 5,746 img/s at batch 32; batch 1: 933 img/s" in out
     assert "p50 1.200 ms = +0.140 ms over its hold" in out
+
+
+
+@contextlib.contextmanager
+def _health(status: int) -> Iterator[str]:
+    """A stand-in health endpoint on a free port answering ``status`` (the bench's wait is tested, not a server)."""
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            self.send_response(status if self.path == "/v2/health/ready" else 404)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+
+
+def test_the_benches_wait_for_ready_says_why_a_server_never_came_and_leaves_none_behind() -> None:
+    ready = _bench("ready")
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    with _health(200) as url, subprocess.Popen(sleeper) as proc:
+        ready.wait_ready(proc, url + "/", 10)  # 200: back at once, the process left running
+        assert proc.poll() is None
+        proc.kill()
+
+    with subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"]) as exited, \
+            pytest.raises(RuntimeError, match="server exited 3: model not found"):
+        ready.wait_ready(exited, "http://127.0.0.1:9", 10, lambda: "model not found")
+
+    with _health(503) as url, subprocess.Popen(sleeper) as stuck:  # 503: still warming its buckets
+        with pytest.raises(RuntimeError, match="not ready within 1 s"):
+            ready.wait_ready(stuck, url, 1, poll_s=0.05)
+        assert stuck.poll() is not None  # killed: it would take the next benchmark's cores
