@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -198,7 +198,7 @@ async def test_on_cpu_the_cores_are_kept_awake_only_for_a_model_whose_lone_run_i
     class Awake(KeepAwake):  # the decision only: no spinner processes
         started = False
 
-        async def start(self) -> None:
+        async def start(self, busy: Callable[[], bool] | None = None) -> None:
             self.started = True
 
         def close(self) -> None:
@@ -234,7 +234,7 @@ async def test_each_request_tells_the_spinners_how_many_rows_wait_in_the_queue()
             super().__init__((0,))
             self.heard: list[int] = []
 
-        async def start(self) -> None:
+        async def start(self, busy: Callable[[], bool] | None = None) -> None:
             pass
 
         def touch(self, waiting_rows: int = 0) -> None:

@@ -28,6 +28,19 @@ instead of sleeping, so there is little to wake, while the spinners still took t
 development machine's two cores a light model at 64 connections served ~12% more with them off (10,795 and
 10,615 against 9,297 and 9,660 req/s, native front-ends). On an H200 host at 64-128 clients it made no
 difference beyond the spread between server starts (thirty-second session, docs/server-measured.md).
+
+A spinner keeps a core from halting, but the engine's event loop still sleeps in ``epoll_wait`` between
+requests, and a front-end's descriptor must wake it: the sender's write pays for the wake-up and the loop
+comes back with cold caches. So while the cores are kept awake, the loop also polls for ``poll_s``
+(``--loop-poll-ms``) after each request: a callback that queues itself again keeps the loop's wait at zero,
+and the next descriptor is read within a turn. On the development machine's two cores a light model's lone
+request went from 0.36-0.37 to 0.30-0.31 ms (the descriptor's hop 33 -> 8 us, each step of the engine a
+third faster with its caches warm; docs/server-measured.md, thirty-fourth session). But there the polling
+loop took a core from the front-end and the client: at one connection p99 went from 0.6 to 2.3 ms, at 64
+connections it served 8-12% less. So it polls only with ``POLL_MIN_CORES`` cores kept awake or more (a GPU
+host's server has 12), never on two. It stops while a batch runs on a compute thread: that thread needs the
+GIL when its batch ends, and a loop that polls would hold it (Python hands the GIL over on request only
+after the switch interval, 5 ms).
 """
 from __future__ import annotations
 
@@ -50,6 +63,7 @@ HOLD_S = 1.0  # spinners stop after this long without a request
 # rounds a second at most where requests hover at the crowd's edge: a signal to each spinner a round)
 CALM_S = 0.25
 START_TIMEOUT_S = 5.0
+POLL_MIN_CORES = 4  # the event loop polls only with this many cores kept awake (it takes one of them)
 SPINNER_NAME = "trtop-keep-awake"  # argv[0] of the spinners (benchmarks leave them out of the server's CPU)
 
 # Runs in each spinner: its core and the lowest priority, killed with its parent, then a shell that stops
@@ -78,6 +92,12 @@ def awake_cores(mode: str, *, cores: Sequence[int], cpu_limit: int) -> tuple[int
     return tuple(sorted(cores)) if wanted else ()
 
 
+def poll_seconds(poll_ms: float, cores: Sequence[int]) -> float:
+    """How long the event loop polls after a request (``--loop-poll-ms``) with ``cores`` kept awake: 0 on fewer
+    than ``POLL_MIN_CORES``, where the core it takes is one that the front-ends and the client need."""
+    return poll_ms / 1000 if len(cores) >= POLL_MIN_CORES else 0.0
+
+
 def lone_run_max_s(mode: str, *, gpu: bool) -> float | None:
     """The lone run (batch 1, seconds) under which the cores are kept awake; None: whatever it is."""
     return AUTO_CPU_MAX_RUN_S if mode == "auto" and not gpu else None
@@ -88,8 +108,9 @@ class KeepAwake:
 
     def __init__(self, cores: Sequence[int], hold_s: float = HOLD_S,
                  report: Callable[[int], None] | None = None, lone_run_max_s: float | None = None,
-                 calm_s: float = CALM_S) -> None:
+                 calm_s: float = CALM_S, poll_s: float = 0.0) -> None:
         self.cores = tuple(cores)
+        self.poll_s = poll_s  # the event loop polls this long after each request while the cores are awake (0: never)
         self.lone_run_max_s = lone_run_max_s  # kept awake only for a model whose lone run is shorter (None: any)
         self._report = report or (lambda cores: None)  # the cores spinning now, on every change (a metric)
         self._hold_s = hold_s
@@ -99,6 +120,10 @@ class KeepAwake:
         self._calm_s = calm_s
         self._crowd_at = -math.inf  # when a request last found more rows waiting than cores kept awake
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._busy: Callable[[], bool] = lambda: False  # a batch runs on a compute thread (start's ``busy``)
+        self._polling = False
+        self._poll_until = 0.0
 
     @property
     def spinning(self) -> bool:
@@ -108,8 +133,16 @@ class KeepAwake:
         """Whether a model whose lone run takes ``lone_run_s`` (None: not known) is served with the cores awake."""
         return self.lone_run_max_s is None or (lone_run_s is not None and lone_run_s < self.lone_run_max_s)
 
-    async def start(self) -> None:
-        """Spawn the spinners and wait until each has stopped itself (they run from the first request on)."""
+    @property
+    def polling(self) -> bool:
+        return self._polling
+
+    async def start(self, busy: Callable[[], bool] | None = None) -> None:
+        """Spawn the spinners and wait until each has stopped itself (they run from the first request on).
+        ``busy``: whether a batch runs on a compute thread now (the event loop does not poll meanwhile)."""
+        self._loop = asyncio.get_running_loop()
+        if busy is not None:
+            self._busy = busy
         me = str(os.getpid())
         for core in self.cores:
             try:
@@ -128,9 +161,10 @@ class KeepAwake:
                 proc.wait()
                 del self._procs[core]
         if self._procs:
-            log.info("keeping %d core(s) awake while requests come: %s", len(self._procs),
-                     ",".join(map(str, self._procs)))
-        self._timer = asyncio.get_running_loop().call_later(self._hold_s, self._check)
+            log.info("keeping %d core(s) awake while requests come: %s%s", len(self._procs),
+                     ",".join(map(str, self._procs)),
+                     f"; the event loop polls {self.poll_s * 1e3:g} ms after each request" if self.poll_s else "")
+        self._timer = self._loop.call_later(self._hold_s, self._check)
 
     def touch(self, waiting_rows: int = 0) -> None:
         """A request came, finding ``waiting_rows`` rows in the queue (its own included): cores awake from now
@@ -144,6 +178,20 @@ class KeepAwake:
             self._spinning = True
             self._signal(signal.SIGCONT)
             self._report(len(self._procs))
+        if self._spinning and self.poll_s:
+            self._poll_until = time.monotonic() + self.poll_s
+            if not self._polling and self._loop is not None:
+                self._polling = True
+                self._loop.call_soon(self._poll)
+
+    def _poll(self) -> None:
+        """One turn of the event loop's polling: queued again (the loop then waits for nothing) until the cores
+        stand down, a batch runs on a compute thread or ``poll_s`` has passed since the last request."""
+        if not self._spinning or self._busy() or time.monotonic() > self._poll_until:
+            self._polling = False
+            return
+        assert self._loop is not None
+        self._loop.call_soon(self._poll)
 
     def _stop(self) -> None:
         self._spinning = False
@@ -154,7 +202,8 @@ class KeepAwake:
         if self._spinning and not self._touched:
             self._stop()
         self._touched = False
-        self._timer = asyncio.get_running_loop().call_later(self._hold_s, self._check)
+        assert self._loop is not None
+        self._timer = self._loop.call_later(self._hold_s, self._check)
 
     def _signal(self, sig: int) -> None:
         for proc in self._procs.values():

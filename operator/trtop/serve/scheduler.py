@@ -160,6 +160,11 @@ class Scheduler:
         return len(self._queue)
 
     @property
+    def threads_busy(self) -> bool:
+        """A batch runs on a compute thread now (it takes the GIL back when it ends: ``awake`` polls not)."""
+        return bool(self._running)
+
+    @property
     def waiting_rows(self) -> int:
         """Rows queued, not yet running (the cores' crowd, ``awake.KeepAwake.touch``)."""
         return self._queued_rows

@@ -34,7 +34,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from trtop.serve.app import build_app
-from trtop.serve.awake import KeepAwake, awake_cores, lone_run_max_s
+from trtop.serve.awake import KeepAwake, awake_cores, lone_run_max_s, poll_seconds
 from trtop.serve.device import detect_device
 from trtop.serve.errors import StartupError
 from trtop.serve.heap import settle_heap
@@ -173,7 +173,8 @@ def create_service(settings: ServeSettings) -> tuple[InferenceService, bool]:
         settings.model_name, lambda: build_loader(servable, settings, threads, not device.is_cpu, instances),
         BatchingConfig(settings.max_batch, settings.max_queue_delay_ms / 1000, settings.max_queue_size,
                        settings.timeout_s, instances, settings.bucket_sizes),
-        metrics, KeepAwake(awake, report=metrics.cores_awake, lone_run_max_s=under_s) if awake else None,
+        metrics, KeepAwake(awake, report=metrics.cores_awake, lone_run_max_s=under_s,
+                           poll_s=poll_seconds(settings.loop_poll_ms, awake)) if awake else None,
         Registry(enabled=settings.shared_memory == "system"),
     )
     return service, not device.is_cpu

@@ -261,7 +261,8 @@ class InferenceService:
                      (self._awake.lone_run_max_s or 0) * 1e3)
             self._awake = None
         if self._awake is not None:
-            await self._awake.start()
+            scheduler = self._scheduler
+            await self._awake.start(busy=lambda: scheduler.threads_busy)
         seconds = time.perf_counter() - started
         self.metrics.model_loaded(seconds)
         if self.state == "loading":  # a SIGTERM during loading leaves it draining

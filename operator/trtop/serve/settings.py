@@ -125,6 +125,10 @@ class ServeSettings:
     # CPU time while traffic flows; saves the wake-ups of halted cores on a lone request's path (0.2-0.3 ms
     # of ResNet-50's on the H200 host).
     keep_awake: str = "auto"
+    # While the cores are kept awake (on 4 or more), the engine's event loop polls for this long after each request
+    # instead of sleeping (``awake.KeepAwake.poll_s``): the next descriptor finds it running, with its caches warm.
+    # It costs one core while requests come. 0 = never.
+    loop_poll_ms: float = 2.0
     # Triton's system shared memory extension (``serve.shared_memory``): "system" = clients on this host (a
     # sidecar in the pod) register /dev/shm regions and requests name them instead of carrying tensor bytes;
     # "off" (default): refused. Such a client can make the server read and write its regions, so only
@@ -214,6 +218,9 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "keep_awake": ("--keep-awake", names.ENV_SERVE_KEEP_AWAKE,
                    "keep cores from halting while requests come: auto (no CPU limit, <= 16 cores; a GPU, or a batch-1 run "
                    "under 1 ms on CPU), on, off"),
+    "loop_poll_ms": ("--loop-poll-ms", names.ENV_SERVE_LOOP_POLL_MS,
+                     "while the cores are kept awake (4 or more), ms the engine's event loop polls after each request "
+                     "instead of sleeping (0: never)"),
     "shared_memory": ("--shared-memory", names.ENV_SERVE_SHARED_MEMORY,
                       "system shared memory extension: off (default) or system (clients on this host name /dev/shm "
                       "regions instead of sending tensors)"),
@@ -286,6 +293,8 @@ def _problems(s: ServeSettings) -> list[str]:
         out.append("--grpc-frontend native runs in the native HTTP front-ends: add --http-frontend native")
     if s.keep_awake not in KEEP_AWAKE_MODES:
         out.append(f"--keep-awake must be one of {', '.join(KEEP_AWAKE_MODES)}")
+    if not 0 <= s.loop_poll_ms <= 1000:
+        out.append("--loop-poll-ms must be between 0 (never) and 1000")
     if s.shared_memory not in SHARED_MEMORY_MODES:
         out.append(f"--shared-memory must be one of {', '.join(SHARED_MEMORY_MODES)}")
     if s.gpu_io not in GPU_IO_MODES:
