@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from trtop import names
-from trtop.serve.awake import AUTO_CPU_MAX_RUN_S, AUTO_MAX_CORES, SPINNER_NAME, KeepAwake, awake_cores, lone_run_max_s
+from trtop.serve.awake import (AUTO_CPU_MAX_RUN_S, AUTO_MAX_CORES, POLL_MIN_CORES, SPINNER_NAME, KeepAwake, awake_cores,
+                               lone_run_max_s, poll_seconds)
 from trtop.serve.runtime import cgroup_cpu_limit
 from trtop.serve.settings import parse_settings
 
@@ -47,6 +48,17 @@ def test_the_mode_is_a_setting() -> None:
     assert parse_settings([], {"TRTOP_KEEP_AWAKE": "off"}).keep_awake == "off"
     with pytest.raises(SystemExit):
         parse_settings(["--keep-awake", "always"])
+
+
+def test_the_event_loop_polls_only_with_cores_to_spare_and_for_the_time_set() -> None:
+    assert parse_settings([]).loop_poll_ms == 2.0
+    assert parse_settings([], {"TRTOP_LOOP_POLL_MS": "0"}).loop_poll_ms == 0
+    with pytest.raises(SystemExit):
+        parse_settings(["--loop-poll-ms", "-1"])
+    assert poll_seconds(2.0, range(POLL_MIN_CORES)) == pytest.approx(0.002)
+    assert poll_seconds(2.0, range(12)) == pytest.approx(0.002)  # a GPU host's server cores
+    assert poll_seconds(2.0, (0, 1)) == 0  # two cores: the one it would take, the front-end and client need
+    assert poll_seconds(0.0, range(12)) == 0
 
 
 def _state(pid: int) -> str:
@@ -134,6 +146,49 @@ async def test_spinners_stand_down_while_requests_crowd_and_return_once_calm() -
         assert reports == [len(cores), 0, len(cores)]
     finally:
         awake.close()
+
+
+async def _cpu_over(seconds: float) -> float:
+    """CPU seconds this process (its event loop) spent while the loop ran for ``seconds``."""
+    before = time.process_time()
+    await asyncio.sleep(seconds)
+    return time.process_time() - before
+
+
+async def test_the_event_loop_polls_after_a_request_until_the_hold_a_thread_batch_or_a_crowd() -> None:
+    """While the cores are awake the loop does not sleep for ``poll_s`` after a request: it burns its core (the
+    next descriptor finds it running). Not while a batch runs on a compute thread (the GIL), nor in a crowd."""
+    cores = sorted(os.sched_getaffinity(0))[:1]
+    thread_batch = [False]
+    awake = KeepAwake(cores, hold_s=30, poll_s=0.3, calm_s=0.2)
+    await awake.start(busy=lambda: thread_batch[0])
+    try:
+        assert await _cpu_over(0.2) < 0.05  # no request yet: the loop sleeps
+        awake.touch(1)
+        assert awake.polling
+        assert await _cpu_over(0.2) > 0.1  # polling: the loop never waits
+        await _until(lambda: not awake.polling, timeout_s=2.0)  # the hold passed without a request
+        assert await _cpu_over(0.2) < 0.05
+
+        awake.touch(1)
+        assert awake.polling
+        thread_batch[0] = True
+        await asyncio.sleep(0.01)  # its next turn sees the batch
+        assert not awake.polling and await _cpu_over(0.2) < 0.05
+        thread_batch[0] = False
+
+        awake.touch(len(cores) + 1)  # a crowd: the spinners stand down and the loop has work of its own
+        assert not awake.spinning and not awake.polling
+    finally:
+        awake.close()
+
+    never = KeepAwake(cores, hold_s=30)  # poll_s 0 (fewer than POLL_MIN_CORES, or --loop-poll-ms 0)
+    await never.start()
+    try:
+        never.touch(1)
+        assert never.spinning and not never.polling
+    finally:
+        never.close()
 
 
 async def test_a_core_that_cannot_be_kept_awake_is_left_out_and_the_rest_serve() -> None:

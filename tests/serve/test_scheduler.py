@@ -208,9 +208,11 @@ async def test_it_says_when_every_instance_is_busy_and_when_one_is_free_again(ba
     told: list[bool] = []
     s.on_full = told.append
     s.start()
+    assert not s.threads_busy
     first = asyncio.ensure_future(submit(s, 1))
     await asyncio.sleep(0.05)
     assert told == []  # one instance is still free
+    assert s.threads_busy  # its batch holds a compute thread (the event loop must not poll: awake.KeepAwake)
     rest = [asyncio.ensure_future(submit(s, v)) for v in (2, 3)]
     await asyncio.sleep(0.05)
     assert told == [True] and s.queued == 1  # the third waits: reading more would not start it sooner
@@ -218,6 +220,7 @@ async def test_it_says_when_every_instance_is_busy_and_when_one_is_free_again(ba
     assert [(await t)["y"][0, 0] for t in (first, *rest)] == [10, 20, 30]
     await asyncio.sleep(0.05)
     assert told[-1] is False and told == [True, False] * (len(told) // 2)  # alternating, ending free
+    assert not s.threads_busy
     await s.close()
 
 
