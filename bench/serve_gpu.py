@@ -535,8 +535,14 @@ def windows_of(text: str) -> list[float]:
 def failure_of(row: dict[str, Any]) -> str:
     """A failed point in a few words: the windows it saw when it saw some, else the end of the client's output."""
     windows = row.get("windows") or []
+    seen = " / ".join(f"{w:,.0f}" for w in windows)
     if windows and not row.get("killed"):
-        return f"no 3 stable windows in {len(windows)}: " + " / ".join(f"{w:,.0f}" for w in windows)
+        return f"no 3 stable windows in {len(windows)}: {seen}"
+    if row.get("killed"):  # the client's own output would only repeat its settings
+        head = str(row.get("error", "")).split(":", 1)[0]
+        busy = row.get("client_cores")
+        return (f"{head}, killed{f' (the client kept {busy:.2f} cores busy)' if busy else ''}; "
+                f"windows seen: {seen or 'none'}")
     return repr(row.get("error", "")[-200:])
 
 

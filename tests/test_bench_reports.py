@@ -54,6 +54,18 @@ def test_a_saved_gpu_run_reports_again_from_its_json(capsys: pytest.CaptureFixtu
     assert "p50 1.200 ms = +0.140 ms over its hold" in out
 
 
+def test_a_tiny_point_whose_client_was_killed_says_so_in_a_few_words() -> None:
+    serve_gpu = _bench("serve_gpu")
+    settings = "\n*** Measurement Settings ***\n  Batch size: 1\n  Measurement window: 4000 msec\n"
+    killed = {"protocol": "http", "concurrency": 256, "stable": False, "killed": True, "windows": [37345.3],
+              "client_cores": 7.97, "error": "perf_analyzer still running after 45s: killed (the server state "
+                                             "dumped to its log first)" + settings}
+    said = serve_gpu.failure_of(killed)
+    assert said == ("perf_analyzer still running after 45s, killed (the client kept 7.97 cores busy); "
+                    "windows seen: 37,345")  # before: the tail of the client's settings
+    unstable = {"stable": False, "windows": [21000.0, 25000.0], "error": "no stable windows"}
+    assert serve_gpu.failure_of(unstable) == "no 3 stable windows in 2: 21,000 / 25,000"
+
 
 @contextlib.contextmanager
 def _health(status: int) -> Iterator[str]:
