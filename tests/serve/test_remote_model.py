@@ -8,6 +8,7 @@ coroutine resumes.
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 from typing import Any
@@ -149,4 +150,7 @@ async def test_the_report_loop_gives_up_on_lost_answers_and_asks_the_engine_for_
         reporter.cancel()
     assert len(done) == 3 and all(isinstance(f.exception(), TimedOut) for f in done)
     assert signalled == [signal.SIGUSR1]  # once, however many were lost
-    assert "state: Python front-end" in caplog.text and "answers lost 3" in caplog.text
+    assert remote.lost == 3
+    # The state is dumped at the first check that finds an answer lost: the three deadlines are microseconds
+    # apart, so that check may have found one, two or all three of them (CI once saw one, then two).
+    assert "state: Python front-end" in caplog.text and re.search(r"answers lost [123]\b", caplog.text)
