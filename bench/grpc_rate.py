@@ -66,7 +66,7 @@ def start_server(http: int, grpc_port: int, extra: list[str]) -> subprocess.Pope
            "--host", "127.0.0.1", "--port", str(http), "--grpc-port", str(grpc_port), "--log-level", "warning",
            *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_ready(proc, f"http://127.0.0.1:{http}", 60, lambda: proc.stderr.read().decode() if proc.stderr else "")
+    wait_ready(proc, f"http://127.0.0.1:{http}", 60)
     return proc
 
 

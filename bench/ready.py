@@ -10,14 +10,16 @@ from typing import Callable
 
 
 def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout_s: float,
-               why_exited: Callable[[], str] = lambda: "", poll_s: float = 0.2) -> None:
+               why_exited: Callable[[], str] | None = None, poll_s: float = 0.2) -> None:
     """Return once ``url``/v2/health/ready answers 200. Raises RuntimeError when ``proc`` exits first (with
-    ``why_exited()``: its stderr or its log's tail), or after ``timeout_s``, having killed it: a benchmark
-    never leaves a server behind that would take the cores of the next one."""
+    ``why_exited()``, by default its stderr when piped: a log's tail where it writes to one), or after
+    ``timeout_s``, having killed it: a benchmark never leaves a server behind that would take the cores of the
+    next one."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}: {why_exited()}")
+            said = why_exited() if why_exited is not None else proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"server exited {proc.returncode}: {said}")
         try:
             with urllib.request.urlopen(url.rstrip("/") + "/v2/health/ready", timeout=1) as r:
                 if r.status == 200:

@@ -246,7 +246,7 @@ def start_server(port: int, extra: list[str]) -> subprocess.Popen[bytes]:
     if NATIVE_PATH:  # the server finds trtop-http and uses it (--http-frontend auto), as in the images
         env["PATH"] = os.pathsep.join([*NATIVE_PATH, env.get("PATH", "")])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    wait_ready(proc, f"http://127.0.0.1:{port}", 60, lambda: proc.stderr.read().decode() if proc.stderr else "")
+    wait_ready(proc, f"http://127.0.0.1:{port}", 60)
     return proc
 
 
