@@ -69,3 +69,25 @@ async def test_messages_too_large_to_share_a_frame_travel_in_frames_of_their_own
     assert [m[1] for m in got] == [0, 1, 2] and not receiver.closed
     sender.close()
     receiver.close()
+
+
+async def test_a_message_sent_now_leaves_at_once_with_those_queued_before_it() -> None:
+    """``send(now=True)``: one frame of everything queued so far is on the socket when it returns; the flush that
+    was planned for the end of the turn then finds nothing and writes nothing."""
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    sender = await Channel.open(a, lambda m: None, lambda: None)
+    sender.send(("done", 1))
+    with pytest.raises(BlockingIOError):
+        b.recv(1 << 16)  # queued for the end of the turn
+    sender.send(("done", 2), now=True)
+    first = b.recv(1 << 16)
+    await asyncio.sleep(0.01)  # the planned flush has run
+    with pytest.raises(BlockingIOError):
+        b.recv(1 << 16)
+    got: list[Message] = []
+    receiver = Channel(got.append, lambda: None)
+    receiver.data_received(first)
+    assert got == [("done", 1), ("done", 2)]
+    sender.close()
+    b.close()

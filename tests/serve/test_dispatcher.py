@@ -171,3 +171,48 @@ async def test_the_state_says_what_makes_a_request_small(engine: tuple[Dispatche
     assert (await last_state(dispatcher, peer))[5] == 0
     dispatcher.small_bound_set = True  # set by hand: every model's small requests take it
     assert (await last_state(dispatcher, peer))[5] == SMALL_REQUEST_BYTES
+
+
+async def test_a_lone_reply_is_written_before_the_bookkeeping(
+        engine: tuple[Dispatcher, socket.socket, Breakable], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last answer a front-end waits for goes to it first; the queue and batch histograms and the statistics
+    extension are told afterwards (the client does not wait for them): each of them finds the answer on the
+    front-end's socket already. Two answers of one batch still leave in one frame."""
+    dispatcher, peer, _runtime = engine
+    channel, service = dispatcher.channel, dispatcher.service
+    assert channel is not None
+    seen: list[tuple[str, dict[int, object]]] = []
+
+    def on_socket() -> dict[int, object]:
+        try:
+            data = peer.recv(1 << 20, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return {}
+        (length,) = struct.unpack_from("<I", data)
+        return answers(json.loads(data[4:4 + length]))
+
+    def told(owner: object, name: str) -> None:
+        original = getattr(owner, name)
+
+        def wrapper(*args: object, **kwargs: object) -> object:
+            seen.append((name, on_socket()))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, wrapper)
+
+    for owner, name in ((service.metrics, "dequeued"), (service.metrics, "batch_done"),
+                        (service.statistics, "record_success"), (service.statistics, "record_batch")):
+        told(owner, name)
+    channel.data_received(frame(infer(1, 1.0)))
+    assert await until_answered(peer, {1}) == {1: 2.0}
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert sorted(name for name, _ in seen) == ["batch_done", "dequeued", "record_batch", "record_success"]
+    assert all(answered == {1: 2.0} for _, answered in seen), seen
+    assert service.statistics.snapshot().success.count == 1
+    channel.data_received(frame(infer(2, 2.0), infer(3, 3.0)))  # one batch of two
+    for _ in range(200):
+        if len(on_socket()) == 2:
+            break
+        await asyncio.sleep(0.005)
+    assert on_socket() == {2: 3.0, 3: 4.0}  # both in the first frame

@@ -529,3 +529,34 @@ async def test_only_a_run_the_scheduler_started_alone_takes_the_lone_run(backend
     await asyncio.gather(first, second)
     assert lone == [1, 1] and backend.batches == [1, 1, 1]  # the second went through the plain run
     await s.close()
+
+
+async def test_the_observer_hears_of_waits_and_batches_after_their_requests_have_outputs(backend: FakeBackend) -> None:
+    """Metrics are no part of a request's latency: the observer is told of the queue waits and the batch once the
+    batch's futures are resolved (a turn later), for a batch that ran inline and one that ran on a thread,
+    and of the waits of a request that failed."""
+    futures: list[asyncio.Future[Outputs]] = []
+    heard: list[tuple[str, bool]] = []
+
+    class Late(Observer):
+        def dequeued(self, waited_s: float) -> None:
+            heard.append(("dequeued", all(f.done() for f in futures)))
+            super().dequeued(waited_s)
+
+        def batch_done(self, rows: int, compute_s: float) -> None:
+            heard.append(("batch", all(f.done() for f in futures)))
+            super().batch_done(rows, compute_s)
+
+    obs = Late()
+    s = Scheduler(backend, BatchPolicy(8, 0.0), max_queue=100, observer=obs, inline_alone_max_s=1.0)
+    s.start()
+    for value in (1.0, 2.0, 3.0, -1.0):  # the first on a thread (its run time unknown), then inline; a poison
+        f, r, sig = feeds(value)
+        futures.append(s.enqueue(f, r, sig, 5.0))
+        await asyncio.wait([futures[-1]])
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert heard == [("dequeued", True), ("batch", True)] * 3 + [("dequeued", True)]
+    assert obs.rows == [1, 1, 1] and len(obs.waits) == 4
+    assert isinstance(futures[-1].exception(), InferenceFailed)
+    await s.close()

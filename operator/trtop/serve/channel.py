@@ -102,16 +102,20 @@ class Channel(asyncio.Protocol):
             self._on_close()
 
     # -- sending ----------------------------------------------------------------------
-    def send(self, message: Message) -> None:
+    def send(self, message: Message, now: bool = False) -> None:
+        """Queue a message for the write at the end of this turn of the loop, or (``now``) write it and everything
+        queued before it at once: the sender knows nothing else will join this frame soon."""
         if self.closed or self._transport is None:
             return
         self._outbox.append(message)
-        if not self._flush_scheduled:
+        if now:
+            self._flush()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
+        self._flush_scheduled = False  # a flush still planned after a write ``now`` finds nothing and returns
         outbox, self._outbox = self._outbox, []
         if not outbox or self._transport is None or self.closed:
             return

@@ -163,7 +163,7 @@ class Dispatcher:
                      for name, dtype, shape, offset, inline in inputs}
             future = self.service.enqueue(feeds, rows, signature_of(feeds), timeout_s, requests=requests)
         except Exception as exc:  # ServeError: refused at once; anything else fails this request alone
-            self._failed(rid, exc)
+            self._failed(rid, exc, read=True)
             return
         self._pending.add(future)
         future.add_done_callback(functools.partial(self._answer, rid, outputs))
@@ -184,12 +184,24 @@ class Dispatcher:
         except Exception as exc:  # an output the model did not produce
             self._failed(rid, exc)
             return
-        self._send(("done", rid, None, places, self._backlog()))
+        self._reply(("done", rid, None, places, self._backlog()))
 
-    def _failed(self, rid: int, exc: BaseException) -> None:
+    def _failed(self, rid: int, exc: BaseException, read: bool = False) -> None:
+        """``read``: refused while its descriptor's frame is being read (the others in it join the reply's)."""
         if not isinstance(exc, ServeError):
             log.error("request %s of front-end %d failed: %s", rid, self.index, exc, exc_info=exc)
-        self._send(("done", rid, error_of(exc), None, self._backlog()))
+        message = ("done", rid, error_of(exc), None, self._backlog())
+        if read:
+            self._send(message)
+        else:
+            self._reply(message)
+
+    def _reply(self, message: Message) -> None:
+        """A request's reply, written at once when it is the last this front-end waits for (nothing else could
+        join its frame but what is queued already: a lone request's reply leaves a turn of the loop sooner),
+        else at the end of this turn with the others of its batch."""
+        if self.channel is not None:
+            self.channel.send(message, now=not self._pending)
 
     def _backlog(self) -> int:
         scheduler = self.service.scheduler

@@ -162,15 +162,13 @@ class _Observer:
     def __init__(self, metrics: ServerMetrics, statistics: ModelStatistics) -> None:
         self.metrics = metrics
         self.statistics = statistics
-        self.last_compute_ns = 0
 
     def dequeued(self, waited_s: float) -> None:
         self.metrics.dequeued(waited_s)
 
     def batch_done(self, rows: int, compute_s: float) -> None:
         self.metrics.batch_done(rows, compute_s)
-        self.last_compute_ns = int(compute_s * 1e9)
-        self.statistics.record_batch(rows, self.last_compute_ns)
+        self.statistics.record_batch(rows, int(compute_s * 1e9))
 
 
 class InferenceService:
@@ -348,9 +346,13 @@ class InferenceService:
             return
         # The scheduler reports compute per batch, not per request: the batch that finished last is this
         # request's with one instance (its future resolves right after); an estimate with several.
-        compute = min(self._observer.last_compute_ns, total)
-        self.statistics.record_success(rows=rows, total_ns=total, queue_ns=total - compute, compute_infer_ns=compute,
-                                       requests=requests)
+        scheduler = self._scheduler
+        compute = min(int(scheduler.last_compute_s * 1e9), total) if scheduler is not None else 0
+        # Recorded on the loop's next turn, after the dispatcher's answer (a callback added after this one) has
+        # gone to its front-end: the client does not wait for the statistics (``Scheduler._observe_later``).
+        asyncio.get_running_loop().call_soon(functools.partial(
+            self.statistics.record_success, rows=rows, total_ns=total, queue_ns=total - compute,
+            compute_infer_ns=compute, requests=requests))
 
     async def render_metrics(self) -> tuple[bytes, str]:
         return self.metrics.render()
