@@ -23,6 +23,7 @@ def _bench(name: str) -> ModuleType:
         spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # a dataclass looks its module up there
         spec.loader.exec_module(module)
         return module
     finally:
@@ -103,3 +104,28 @@ def test_the_benches_wait_for_ready_says_why_a_server_never_came_and_leaves_none
         with pytest.raises(RuntimeError, match="not ready within 1 s"):
             ready.wait_ready(stuck, url, 1, poll_s=0.05)
         assert stuck.poll() is not None  # killed: it would take the next benchmark's cores
+
+
+def test_thread_waits_reports_each_busy_thread_its_wait_for_a_core_and_its_cores() -> None:
+    """``bench/thread_waits.py report``: per process, the threads that ran, with their run-queue wait in all and
+    per slice between their first and last samples, and the cores seen most; idle threads are left out."""
+    waits = _bench("thread_waits")
+    lines = [  # time pid tid name core ticks run_ns wait_ns slices
+        "1.0 10 10 python3 3 0 1000000000 5000000 1000",
+        "1.0 10 11 python3 4 0 0 0 0",
+        "1.0 20 21 trtop-http 5 0 0 0 0",
+        "2.0 10 10 python3 3 0 1600000000 9000000 3000",
+        "2.0 10 11 python3 4 0 100 0 1",
+        "2.0 20 21 trtop-http 6 0 300000000 30000000 1500",
+        "3.0 10 10 python3 7 0 2000000000 11000000 5000",
+        "3.0 20 20 trtop-http 6 0 0 0 0",
+        "3.0 20 21 trtop-http 6 0 500000000 40000000 2000",
+        "a line cut short",
+    ]
+    out = waits.report(waits.parse(lines))
+    assert out == [
+        "10 python3 (2 s sampled)",
+        "  10 python3: ran 1.0 s, waited 6 ms for a core (1.5 us a slice, 4000 slices), cores 3,7",
+        "20 trtop-http (0 s sampled)",
+        "  21 trtop-http: ran 0.5 s, waited 40 ms for a core (20.0 us a slice, 2000 slices), cores 6,5",
+    ]
