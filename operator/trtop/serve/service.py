@@ -191,6 +191,9 @@ class InferenceService:
         self._host_memory: list[tuple[int, int]] = []  # (address, bytes) requests arrive in: pinned once loaded
         self._pin_lock = threading.Lock()
         self._pinned_runtime: Any = None
+        # The event loop it serves (set by start): kept, as the scheduler keeps its own, because
+        # asyncio.get_running_loop() costs a getpid system call per request on Python 3.11.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.merge_max = 0  # measured at load (0: merging may fill max_batch)
         # Measured at load, judged again while serving: a batch's rows run one at a time (CPU, merging does not pay)
         self.rows_judge: RowsJudge | None = None
@@ -218,6 +221,7 @@ class InferenceService:
     async def start(self) -> None:
         """Load and warm up off the event loop (health checks keep answering), then start batching."""
         started = time.perf_counter()
+        self._loop = asyncio.get_running_loop()
         try:
             info, runtime = await asyncio.to_thread(self._load)
         except Exception as exc:
@@ -350,7 +354,7 @@ class InferenceService:
         compute = min(int(scheduler.last_compute_s * 1e9), total) if scheduler is not None else 0
         # Recorded on the loop's next turn, after the dispatcher's answer (a callback added after this one) has
         # gone to its front-end: the client does not wait for the statistics (``Scheduler._observe_later``).
-        asyncio.get_running_loop().call_soon(functools.partial(
+        (self._loop or asyncio.get_running_loop()).call_soon(functools.partial(
             self.statistics.record_success, rows=rows, total_ns=total, queue_ns=total - compute,
             compute_infer_ns=compute, requests=requests))
 
