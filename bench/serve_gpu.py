@@ -88,7 +88,7 @@ TARGET_RATIO, TARGET_TAIL, TARGET_TINY = 0.85, 2.5, 20000.0
 TARGET_LONE_MS = 0.3  # a lone request over the engine's batch-1 p50
 # The floor's fixed answer: about ResNet-50's (1,000 fp32 as a binary tensor after its JSON header)
 RESNET_ANSWER_BYTES = 4200
-_ENV_WORD = re.compile(r"^[A-Z_][A-Z0-9_]*=")  # a --config word for the server's environment
+ENV_WORD = re.compile(r"^[A-Z_][A-Z0-9_]*=")  # a --config word for the server's environment
 
 
 def inprocess(path: Path, seconds: float, engine_path: bool = False) -> dict[str, Any]:
@@ -705,8 +705,8 @@ def run(args: argparse.Namespace) -> int:
                         args.py_spy_native)
     levels = [int(c) for c in args.concurrency.split(",")]
     configs = [("default", [])] + [(c.split("=", 1)[0], c.split("=", 1)[1].split()) for c in args.config]
-    configs_env = {label: dict(w.split("=", 1) for w in flags if _ENV_WORD.match(w)) for label, flags in configs}
-    configs = [(label, [w for w in flags if not _ENV_WORD.match(w)]) for label, flags in configs]
+    configs_env = {label: dict(w.split("=", 1) for w in flags if ENV_WORD.match(w)) for label, flags in configs}
+    configs = [(label, [w for w in flags if not ENV_WORD.match(w)]) for label, flags in configs]
     if not args.skip_resnet:
         resnet = models.resnet50()
         print("in-process ONNX Runtime CUDA (ResNet-50) ...", flush=True)

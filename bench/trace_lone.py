@@ -3,6 +3,7 @@ or Python front-end and the engine process, on one clock.
 
     PATH=.work/native:$PATH PYTHONPATH=operator python3 bench/trace_lone.py --model .work/bench/light.onnx \\
         --model-name light --input x --shape 3,64,64 --config native=--http-frontend=native --config python= --rounds 2
+    ... --config new= --config old=PYTHONPATH=/tmp/old/operator --rounds 2     # two trees, alternating
 
 For each ``--config`` (label=trtop serve flags, comma-separated) and round, it starts ``trtop serve`` with
 stage stamps on (``bench/trace/sitecustomize.py`` in every Python process, ``TRTOP_HTTP_TRACE`` in the
@@ -36,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "operator")]
 from loadclient import request_bytes  # noqa: E402
 from serve import free_port  # noqa: E402
-from serve_gpu import DEVICE, Server  # noqa: E402
+from serve_gpu import DEVICE, ENV_WORD, Server  # noqa: E402
 
 _LENGTH = re.compile(rb"(?im)^content-length: *(\d+)")
 
@@ -44,9 +45,11 @@ _LENGTH = re.compile(rb"(?im)^content-length: *(\d+)")
 def serve_and_time(args: argparse.Namespace, flags: list[str], folder: Path | None, log: Path,
                    payload: bytes) -> list[tuple[int, int]]:
     """``trtop serve`` from ``--operator``, with stamps into ``folder`` (None: without), timed by
-    ``lone_requests``, then stopped."""
-    pythonpath = [args.operator, *filter(None, os.environ.get("PYTHONPATH", "").split(":"))]
-    env = {"TRTOP_DEVICE": os.environ.get("TRTOP_DEVICE", DEVICE)}
+    ``lone_requests``, then stopped. ``flags`` may begin with ``VAR=value`` words for the server's environment
+    (``server_env``)."""
+    extra, flags = server_env(flags)
+    pythonpath = [extra.pop("PYTHONPATH", args.operator), *filter(None, os.environ.get("PYTHONPATH", "").split(":"))]
+    env = {"TRTOP_DEVICE": os.environ.get("TRTOP_DEVICE", DEVICE), **extra}
     if folder is not None:
         pythonpath.insert(0, str(ROOT / "bench" / "trace"))
         env["TRTOP_TRACE_DIR"] = env["TRTOP_HTTP_TRACE"] = str(folder)
@@ -57,6 +60,19 @@ def serve_and_time(args: argparse.Namespace, flags: list[str], folder: Path | No
         return lone_requests(port, payload, args.warmup, args.requests)
     finally:
         server.stop()
+
+
+def server_env(words: list[str]) -> tuple[dict[str, str], list[str]]:
+    """A config's leading ``VAR=value`` words (the server's environment) apart from its ``trtop serve`` flags, as
+    ``serve_gpu.py --config`` takes them. ``PYTHONPATH=DIR`` serves another tree (it takes ``--operator``'s place;
+    the stamps' folder still comes first), so two trees can alternate round by round in one run."""
+    env: dict[str, str] = {}
+    for i, word in enumerate(words):
+        if not ENV_WORD.match(word):
+            return env, words[i:]
+        name, _, value = word.partition("=")
+        env[name] = value
+    return env, []
 
 
 def lone_requests(port: int, payload: bytes, warmup: int, n: int) -> list[tuple[int, int]]:
@@ -127,7 +143,9 @@ def main() -> int:
     ap.add_argument("--model-name", required=True)
     ap.add_argument("--input", default="input")
     ap.add_argument("--shape", required=True, help="one request's input shape without the batch, e.g. 3,224,224")
-    ap.add_argument("--config", action="append", default=[], help="label=trtop serve flags (comma-separated)")
+    ap.add_argument("--config", action="append", default=[],
+                    help="label=trtop serve flags (comma-separated), after VAR=value words for the server's "
+                         "environment (old=PYTHONPATH=/x/operator: another tree, alternating with the others)")
     ap.add_argument("--rounds", type=int, default=1, help="configs alternate round by round")
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--warmup", type=int, default=200)

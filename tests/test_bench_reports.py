@@ -129,3 +129,13 @@ def test_thread_waits_reports_each_busy_thread_its_wait_for_a_core_and_its_cores
         "20 trtop-http (0 s sampled)",
         "  21 trtop-http: ran 0.5 s, waited 40 ms for a core (20.0 us a slice, 2000 slices), cores 6,5",
     ]
+
+
+def test_trace_lone_takes_a_configs_environment_words_apart_from_its_server_flags() -> None:
+    """``trace_lone.py --config old=PYTHONPATH=/x/operator,--frontends=2``: the leading ``VAR=value`` words go to the
+    server's environment (PYTHONPATH: another tree), the rest are its flags; a flag's own ``=`` is no such word."""
+    trace = _bench("trace_lone")
+    assert trace.server_env(["PYTHONPATH=/x/operator", "TRTOP_LOOP_POLL_MS=0", "--frontends=2", "--keep-awake=on"]) == (
+        {"PYTHONPATH": "/x/operator", "TRTOP_LOOP_POLL_MS": "0"}, ["--frontends=2", "--keep-awake=on"])
+    assert trace.server_env(["--http-frontend=native"]) == ({}, ["--http-frontend=native"])
+    assert trace.server_env([]) == ({}, [])
