@@ -6,7 +6,8 @@
 # gRPC and HTTP at 128 and 256 in flight, server on 0-7, client on 8-15: on 4 cores perf_analyzer's HTTP client was
 # the limit, docs/server-measured.md, thirty-second session).
 # SKIP_TESTS=1 skips pytest. WAITS=1 samples where the servers' threads ran and how long they waited for a core
-# (bench/thread_waits.py, on core 15 at nice 19) into $OUT/waits.txt and reports it per server in $OUT/waits-report.txt. Why 128 too: with small requests bounded (the GPU default since the twenty-ninth
+# (bench/thread_waits.py, on core 15 at nice 19) into $OUT/waits.txt and reports it per server in
+# $OUT/waits-report.txt. Why 128 too: with small requests bounded (the GPU default since the twenty-ninth
 # session) the server answers HTTP at 256 in flight faster than perf_analyzer's HTTP client can count on 4 cores
 # (the client is killed after --client-timeout and says so; docs/server-measured.md, twenty-eighth session).
 # The tiny model alone:

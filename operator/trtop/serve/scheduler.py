@@ -360,8 +360,7 @@ class Scheduler:
                 for it in items:
                     self._run_inline([it], self.policy.bucket_for(it.pending.rows))
             else:
-                _resolve_error(items[0], exc)
-                self._observe_later()
+                self._fail(items[0], exc)
             return
         finally:
             self._inline -= 1
@@ -437,8 +436,7 @@ class Scheduler:
             return
         self._batch_finished(done)  # the instance is free before its requests hear back
         if exc is not None:
-            _resolve_error(items[0], exc)
-            self._observe_later()
+            self._fail(items[0], exc)
             return
         parts, seconds, cpu_s = done.result()
         self._finished(items, parts, rows, seconds)
@@ -465,10 +463,14 @@ class Scheduler:
                     self._executor, self._compute, [it.feeds], rows, self.policy.bucket_for(it.pending.rows), False,
                     apart)
             except Exception as exc:  # the backend's own exception types vary
-                _resolve_error(it, exc)
-                self._observe_later()
+                self._fail(it, exc)
                 continue
             self._finished([it], parts, rows, seconds)
+
+    def _fail(self, item: _Item, exc: BaseException) -> None:
+        """A request whose run failed gets its error; the observer still hears of its wait."""
+        _resolve_error(item, exc)
+        self._observe_later()
 
     def _finished(self, items: list[_Item], parts: list[Outputs], rows: list[int], seconds: float) -> None:
         self.batches += 1
