@@ -1,0 +1,146 @@
+package main
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// An engine on the other end of a pipe that answers nothing until descriptors of `rows` rows in all have
+// come (one batch of everything), then answers each; it returns the rows of each descriptor it answered.
+func batchingEngine(t *testing.T, conn net.Conn, rows int) <-chan []int {
+	got := make(chan []int, 1)
+	go func() {
+		var ids, sizes []int
+		for total := 0; total < rows; {
+			var head [4]byte
+			if _, err := io.ReadFull(conn, head[:]); err != nil {
+				got <- sizes
+				return
+			}
+			frame := make([]byte, binary.LittleEndian.Uint32(head[:]))
+			if _, err := io.ReadFull(conn, frame); err != nil {
+				got <- sizes
+				return
+			}
+			var messages [][]any // ["infer", id, rows, inputs, outputs, ...]
+			if err := json.Unmarshal(frame, &messages); err != nil {
+				t.Errorf("a frame the engine cannot read: %q (%v)", frame, err)
+				got <- sizes
+				return
+			}
+			for _, msg := range messages {
+				if msg[0] != "infer" {
+					continue
+				}
+				ids = append(ids, int(msg[1].(float64)))
+				sizes = append(sizes, int(msg[2].(float64)))
+				total += sizes[len(sizes)-1]
+			}
+		}
+		reply := []byte("[")
+		for i, id := range ids {
+			if i > 0 {
+				reply = append(reply, ',')
+			}
+			reply = fmt.Appendf(reply, `["done",%d,null,[],-1]`, id)
+		}
+		reply = append(reply, ']')
+		conn.Write(append(binary.LittleEndian.AppendUint32(nil, uint32(len(reply))), reply...))
+		got <- sizes
+	}()
+	return got
+}
+
+// A group whose rows find no room to be copied together still reaches the engine whole, at once: as smaller
+// groups side by side (each copied where it fits, down to members alone, sent where their bodies lie), never
+// one member after another's answer (the engine here runs nothing until it has every row: one by one, the
+// first member would wait for it until its timeout).
+func TestAGroupWithNoRoomForItsCopyGoesAsHalvesAtOnceNotOneByOne(t *testing.T) {
+	const rowBytes = 256 // 64 float32
+	defer func(g time.Duration) { answerGrace = g }(answerGrace)
+	answerGrace = 50 * time.Millisecond // one by one, the first member fails after its timeout and this grace
+	half := 2*rowBytes + align          // a half's copy and its output region
+	for _, c := range []struct {
+		name   string
+		size   int
+		layout []int // regions taken in order: a body (rowBytes) or a hole, freed once all are taken
+		sizes  []int // the descriptors' rows the engine should get
+		bodies int   // bodies still taken once answered: members sent alone (their handlers free them)
+	}{
+		// two holes apart, each the room of a half's copy: the whole copy fits in neither
+		{"room for each half's copy", 4*rowBytes + 2*half, []int{half, rowBytes, rowBytes, half, rowBytes, rowBytes},
+			[]int{2, 2}, 0},
+		// room for the outputs alone
+		{"room for no copy", 4*rowBytes + 4*align, []int{rowBytes, rowBytes, rowBytes, rowBytes}, []int{1, 1, 1, 1}, 4},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ours, engine := net.Pipe()
+			defer ours.Close()
+			a := testArena(t, c.size)
+			s := &server{cfg: &setup{}, arena: a, ch: newChannel(ours), waiting: map[uint64]chan []json.RawMessage{},
+				late: map[uint64][]int{}}
+			s.cfg.Settings.TimeoutS = 2
+			s.batcher.limit = 64
+			go s.readChannel()
+			m := newModel("ready", "", &modelInfo{
+				Name:     "wide",
+				Inputs:   []tensorSpec{{"x", "float32", []int64{-1, 64}}},
+				Outputs:  []tensorSpec{{"y", "float32", []int64{-1, 1}}},
+				MaxBatch: 32,
+			})
+			p, ok := m.admit([]byte(`{"inputs":[{"name":"x","shape":[1,64],"datatype":"FP32","parameters":{"binary_data_size":256}}],"parameters":{"binary_data_output":true}}`), rowBytes)
+			if !ok {
+				t.Fatal("the request was not admitted")
+			}
+			var group []*member
+			var holes []int
+			for _, n := range c.layout {
+				off := a.alloc(n)
+				if off < 0 {
+					t.Fatalf("the layout does not fit the arena at a region of %d bytes", n)
+				}
+				if n != rowBytes {
+					holes = append(holes, off)
+					continue
+				}
+				group = append(group, &member{p: &p, key: "k", base: int64(off), body: off, arrived: time.Now(),
+					result: make(chan memberResult, 1)})
+			}
+			for _, off := range holes {
+				a.release(off)
+			}
+			answered := batchingEngine(t, engine, len(group))
+			var wg sync.WaitGroup
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.execute(m, append([]*member(nil), group...)) // its own slice: execute drops expired members in place
+			}()
+			for _, mb := range group {
+				res := <-mb.result
+				if res.refusal != nil {
+					t.Fatalf("a member was refused (%s: %s): the group's members must reach the engine together",
+						res.refusal.class, res.refusal.message)
+				}
+				res.done()
+			}
+			wg.Wait()
+			sizes := <-answered
+			slices.Sort(sizes)
+			if !slices.Equal(sizes, c.sizes) {
+				t.Fatalf("descriptors of %v rows, want %v", sizes, c.sizes)
+			}
+			if used := a.bytesInUse(); used != c.bodies*rowBytes {
+				t.Fatalf("%d bytes in use after every answer, want %d (the bodies of members sent alone)", used,
+					c.bodies*rowBytes)
+			}
+		})
+	}
+}
