@@ -139,3 +139,35 @@ def test_trace_lone_takes_a_configs_environment_words_apart_from_its_server_flag
         {"PYTHONPATH": "/x/operator", "TRTOP_LOOP_POLL_MS": "0"}, ["--frontends=2", "--keep-awake=on"])
     assert trace.server_env(["--http-frontend=native"]) == ({}, ["--http-frontend=native"])
     assert trace.server_env([]) == ({}, [])
+
+
+def test_gpu_like_runs_sleep_by_their_rows_in_turn_and_answer_each_row(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bench/gpu_like.py``'s backend: a batch sleeps its fixed and per-row time, two instances' sleeps take turns
+    (one GPU), and every output has the batch's rows; its ``--config`` takes environment words as serve_gpu's do."""
+    import numpy as np
+
+    from trtop.serve.runtime import RuntimeOptions
+
+    gpu_like, models = _bench("gpu_like"), _bench("models")
+    assert gpu_like.sleep_s(32, base_ms=0.8, row_ms=0.6) == pytest.approx(0.020)
+    monkeypatch.setenv(gpu_like.BASE_MS_ENV, "40")
+    monkeypatch.setenv(gpu_like.ROW_MS_ENV, "0")
+    rt = gpu_like.GpuLike(models.fat(tmp_path / "fat.onnx"), RuntimeOptions(threads=1))
+    feeds = {"input": np.ones((3, 3, 224, 224), np.float32)}
+    out = rt.run(feeds, ["logits"])
+    assert out["logits"].shape == (3, 1000) and not out["logits"].any()
+    clock = __import__("time").monotonic
+    begin = clock()
+    threads = [threading.Thread(target=rt.run, args=(feeds, ["logits"])) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert clock() - begin >= 0.080, "two instances' runs slept side by side: one GPU runs them in turn"
+    assert gpu_like.parse_config("old=PATH=/tmp/old:$PATH --instances=1") == (
+        "old", {"PATH": "/tmp/old:$PATH"}, ["--instances=1"])
+    assert gpu_like.parse_config("i2=--instances=2") == ("i2", {}, ["--instances=2"])
+    assert gpu_like.expand("/tmp/old:$PATH:${HOME}:$NOPE", {"PATH": "/a:/b", "HOME": "/h"}) == "/tmp/old:/a:/b:/h:$NOPE"
+    with pytest.raises(ValueError, match="NAME=FLAGS"):
+        gpu_like.parse_config("--instances=1")
