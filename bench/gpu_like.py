@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shlex
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from configs import parse_config
 from trtop.serve.backends.onnxruntime_impl import OnnxRuntime
 from trtop.serve.types import Feeds, Outputs
 
@@ -36,7 +36,6 @@ ROOT = BENCH.parent
 BASE_MS_ENV = "GPU_LIKE_BASE_MS"
 ROW_MS_ENV = "GPU_LIKE_ROW_MS"
 # a GPU's rules where this machine's cores would choose a CPU's; the instance count is each configuration's
-ENV_WORD = re.compile(r"^[A-Z_][A-Z0-9_]*=")  # a --config word for the server's environment (as serve_gpu.py's)
 GPU_RULES = ["--http-frontend", "native", "--frontends", "4", "--group-limit", "64", "--max-queue-size", "4096"]
 
 
@@ -74,21 +73,6 @@ class GpuLike(OnnxRuntime):
             time.sleep(sleep_s(rows, self._base_ms, self._row_ms))
         return {s.name: np.zeros((rows, *(d if d > 0 else 1 for d in s.shape[1:])), s.dtype)
                 for s in self.outputs if s.name in outputs}
-
-
-def parse_config(text: str) -> tuple[str, dict[str, str], list[str]]:
-    """``NAME=[VAR=value ...] FLAGS`` (split as a shell would) -> (name, the server's environment, its flags).
-    Leading ``VAR=value`` words go into the server's environment, ``$VAR`` in them expanded from the bench's
-    (``'old=PATH=/tmp/old:$PATH --instances=1'``: another trtop-http, found first)."""
-    name, sep, rest = text.partition("=")
-    if not sep or not re.fullmatch(r"\w[\w.]*", name):
-        raise ValueError(f"--config takes NAME=FLAGS, got {text!r}")
-    words = shlex.split(rest)
-    env: dict[str, str] = {}
-    while words and ENV_WORD.match(words[0]):
-        var, _, value = words.pop(0).partition("=")
-        env[var] = value
-    return name, env, words
 
 
 def expand(value: str, env: dict[str, str]) -> str:

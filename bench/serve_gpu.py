@@ -76,6 +76,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import models  # noqa: E402
+from configs import parse_config  # noqa: E402
 from ready import wait_ready  # noqa: E402
 from trtop.serve.awake import SPINNER_NAME  # noqa: E402
 
@@ -88,7 +89,6 @@ TARGET_RATIO, TARGET_TAIL, TARGET_TINY = 0.85, 2.5, 20000.0
 TARGET_LONE_MS = 0.3  # a lone request over the engine's batch-1 p50
 # The floor's fixed answer: about ResNet-50's (1,000 fp32 as a binary tensor after its JSON header)
 RESNET_ANSWER_BYTES = 4200
-ENV_WORD = re.compile(r"^[A-Z_][A-Z0-9_]*=")  # a --config word for the server's environment
 
 
 def inprocess(path: Path, seconds: float, engine_path: bool = False) -> dict[str, Any]:
@@ -704,9 +704,9 @@ def run(args: argparse.Namespace) -> int:
     profiler = Profiler(args.py_spy, {int(c) for c in args.profile_at.split(",") if c}, args.profile_s, tmp,
                         args.py_spy_native)
     levels = [int(c) for c in args.concurrency.split(",")]
-    configs = [("default", [])] + [(c.split("=", 1)[0], c.split("=", 1)[1].split()) for c in args.config]
-    configs_env = {label: dict(w.split("=", 1) for w in flags if ENV_WORD.match(w)) for label, flags in configs}
-    configs = [(label, [w for w in flags if not ENV_WORD.match(w)]) for label, flags in configs]
+    parsed = [("default", {}, [])] + [parse_config(c) for c in args.config]
+    configs_env = {label: env for label, env, _ in parsed}
+    configs = [(label, flags) for label, _, flags in parsed]
     if not args.skip_resnet:
         resnet = models.resnet50()
         print("in-process ONNX Runtime CUDA (ResNet-50) ...", flush=True)

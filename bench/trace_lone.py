@@ -3,9 +3,9 @@ or Python front-end and the engine process, on one clock.
 
     PATH=.work/native:$PATH PYTHONPATH=operator python3 bench/trace_lone.py --model .work/bench/light.onnx \\
         --model-name light --input x --shape 3,64,64 --config native=--http-frontend=native --config python= --rounds 2
-    ... --config new= --config old=PYTHONPATH=/tmp/old/operator --rounds 2     # two trees, alternating
+    ... --config new= --config 'old=PYTHONPATH=/tmp/old/operator --frontends=2' --rounds 2     # two trees, alternating
 
-For each ``--config`` (label=trtop serve flags, comma-separated) and round, it starts ``trtop serve`` with
+For each ``--config`` (label=trtop serve flags, split at spaces: ``bench/configs.py``) and round, it starts ``trtop serve`` with
 stage stamps on (``bench/trace/sitecustomize.py`` in every Python process, ``TRTOP_HTTP_TRACE`` in the
 native front-end: both write CLOCK_MONOTONIC nanoseconds), sends ``--requests`` binary v2 requests one
 after another over one keep-alive connection (this process is the client, on ``--client-cores``), and
@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "operator")]
 from loadclient import request_bytes  # noqa: E402
 from serve import free_port  # noqa: E402
-from serve_gpu import DEVICE, ENV_WORD, Server  # noqa: E402
+from configs import ENV_WORD, parse_config  # noqa: E402
+from serve_gpu import DEVICE, Server  # noqa: E402
 
 _LENGTH = re.compile(rb"(?im)^content-length: *(\d+)")
 
@@ -144,7 +145,7 @@ def main() -> int:
     ap.add_argument("--input", default="input")
     ap.add_argument("--shape", required=True, help="one request's input shape without the batch, e.g. 3,224,224")
     ap.add_argument("--config", action="append", default=[],
-                    help="label=trtop serve flags (comma-separated), after VAR=value words for the server's "
+                    help="label=trtop serve flags (split at spaces), after VAR=value words for the server's "
                          "environment (old=PYTHONPATH=/x/operator: another tree, alternating with the others)")
     ap.add_argument("--rounds", type=int, default=1, help="configs alternate round by round")
     ap.add_argument("--requests", type=int, default=2000)
@@ -159,8 +160,9 @@ def main() -> int:
     if args.client_cores:  # this process is the client
         subprocess.run(["taskset", "-a", "-p", "-c", args.client_cores, str(os.getpid())], check=True,
                        stdout=subprocess.DEVNULL)
-    configs = [(c.partition("=")[0], [f for f in c.partition("=")[2].split(",") if f]) for c in args.config] or [
-        ("default", [])]
+    # the environment's words stay first: serve_and_time hands them to the server apart (server_env)
+    configs = [(name, [f"{k}={v}" for k, v in env.items()] + flags)
+               for name, env, flags in map(parse_config, args.config)] or [("default", [])]
     payload = request_bytes("127.0.0.1", 0, args.model_name, args.input, [int(d) for d in args.shape.split(",")])
     work = Path(tempfile.mkdtemp(prefix="trace-lone-"))
     results: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)

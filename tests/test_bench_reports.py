@@ -144,7 +144,8 @@ def test_trace_lone_takes_a_configs_environment_words_apart_from_its_server_flag
 def test_gpu_like_runs_sleep_by_their_rows_in_turn_and_answer_each_row(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """``bench/gpu_like.py``'s backend: a batch sleeps its fixed and per-row time, two instances' sleeps take turns
-    (one GPU), and every output has the batch's rows; its ``--config`` takes environment words as serve_gpu's do."""
+    (one GPU), and every output has the batch's rows; ``$VAR`` in a config's environment words comes from the
+    bench's own."""
     import numpy as np
 
     from trtop.serve.runtime import RuntimeOptions
@@ -165,9 +166,22 @@ def test_gpu_like_runs_sleep_by_their_rows_in_turn_and_answer_each_row(tmp_path:
     for t in threads:
         t.join()
     assert clock() - begin >= 0.080, "two instances' runs slept side by side: one GPU runs them in turn"
-    assert gpu_like.parse_config("old=PATH=/tmp/old:$PATH --instances=1") == (
-        "old", {"PATH": "/tmp/old:$PATH"}, ["--instances=1"])
-    assert gpu_like.parse_config("i2=--instances=2") == ("i2", {}, ["--instances=2"])
     assert gpu_like.expand("/tmp/old:$PATH:${HOME}:$NOPE", {"PATH": "/a:/b", "HOME": "/h"}) == "/tmp/old:/a:/b:/h:$NOPE"
-    with pytest.raises(ValueError, match="NAME=FLAGS"):
-        gpu_like.parse_config("--instances=1")
+
+
+def test_a_benchs_config_splits_its_words_as_a_shell_would_and_refuses_comma_joined_flags() -> None:
+    """``--config NAME=WORDS`` in serve_gpu.py, trace_lone.py and gpu_like.py (``bench/configs.py``): leading
+    ``VAR=value`` words are the server's environment, the rest its flags (a flag's own commas stay); a word holding
+    ``,--`` is refused: a flag joined to an environment value by a comma ran the wrong configuration once."""
+    configs = _bench("configs")
+    assert configs.parse_config("old=PATH=/tmp/old:$PATH --instances=1 --buckets=1,2,4") == (
+        "old", {"PATH": "/tmp/old:$PATH"}, ["--instances=1", "--buckets=1,2,4"])
+    assert configs.parse_config("i2=--instances=2") == ("i2", {}, ["--instances=2"])
+    assert configs.parse_config("new2=") == ("new2", {}, [])
+    assert configs.parse_config("q=PYTHONPATH='/a b' --x") == ("q", {"PYTHONPATH": "/a b"}, ["--x"])
+    with pytest.raises(ValueError, match="NAME=WORDS"):
+        configs.parse_config("--instances=1")
+    with pytest.raises(ValueError, match="split at"):
+        configs.parse_config("oldi1=PATH=/tmp/old:$PATH,--instances=1")
+    with pytest.raises(ValueError, match="split at"):
+        configs.parse_config("n=--http-frontend=native,--frontends=2")

@@ -1,0 +1,33 @@
+"""A bench's ``--config NAME=WORDS``: one server configuration of several that a bench alternates, read the same
+way by ``serve_gpu.py``, ``trace_lone.py`` and ``gpu_like.py``.
+
+The words are split as a shell splits them (``'old=PYTHONPATH=/x/operator --buckets=1,2,4'``); leading
+``VAR=value`` words go into the server's environment, the rest are ``trtop serve`` flags. A word holding ``,--`` is
+refused: flags once went comma-separated to one of these benches, and such a word now would carry a flag inside an
+environment value or another flag's value (the thirty-sixth session's ``oldi1=PATH=...,--instances=1`` ran with two
+instances, its flag a part of ``PATH``).
+"""
+from __future__ import annotations
+
+import re
+import shlex
+
+ENV_WORD = re.compile(r"^[A-Z_][A-Z0-9_]*=")  # a config word for the server's environment
+NAME = re.compile(r"\w[\w.]*")
+
+
+def parse_config(text: str) -> tuple[str, dict[str, str], list[str]]:
+    """``NAME=[VAR=value ...] [FLAGS ...]`` -> (name, the server's environment, its flags)."""
+    name, sep, rest = text.partition("=")
+    if not sep or not NAME.fullmatch(name):
+        raise ValueError(f"--config takes NAME=WORDS, got {text!r}")
+    words = shlex.split(rest)
+    for word in words:
+        if ",--" in word:
+            raise ValueError(f"--config {text!r}: the word {word!r} holds ',--'; a config's words are split at "
+                             "spaces, so write each flag as a word of its own")
+    env: dict[str, str] = {}
+    while words and ENV_WORD.match(words[0]):
+        var, _, value = words.pop(0).partition("=")
+        env[var] = value
+    return name, env, words
