@@ -5,10 +5,11 @@
 Serves ``models.fat`` (ResNet-50's tensors: 3x224x224 in, 1,000 floats out) through native front-ends with a
 GPU's rules forced (``--frontends 4 --group-limit 64``), and the backend ``GpuLike``: a batch of ``rows`` takes
 ``--base-ms + rows * --row-ms`` asleep (the GIL released, as a thread waiting on a CUDA stream; the instances'
-sleeps take turns, as batches do on one GPU) and answers zeros. What it measures is the server's part under a GPU's load on few cores: how requests group, queue and
-batch, and the tail that follows; the model's own time is the sleep's, so no figure here is the GPU's. Each
-configuration gets a fresh server per round, the configurations alternating; ``loadclient.py`` drives it.
-Prints one line per run: requests a second, p50, p99, p99/p50, and the mean batch from the server's metrics.
+sleeps take turns, as batches do on one GPU) and answers zeros. What it measures is the server's part under a
+GPU's load on few cores: how requests group, queue and batch, and the tail that follows; the model's own time is
+the sleep's, so no figure here is the GPU's. Each configuration gets a fresh server per round, the configurations
+alternating (``--config`` as ``bench/configs.py`` reads it); ``loadclient.py`` drives it. Prints one line per run:
+requests a second, p50, p99, p99/p50, and the mean batch from the server's metrics.
 
 A bench, not a test: ``trtop-http`` must be on ``PATH`` or in ``.work/native`` (``make native``).
 """
