@@ -3,7 +3,8 @@ package main
 // A state dump on SIGUSR1 for a front-end that seems stuck (kill -USR1 <pid>; in a pod, kubectl exec <pod> -- sh -c
 // 'kill -USR1 1' reaches the engine process, which passes it on to its front-ends): one line of what this
 // front-end holds (descriptors at the engine and their bound, requests waiting here and the oldest's wait,
-// the engine's backlog as last seen, replies awaited, arena bytes in use) and every goroutine's stack.
+// the engine's backlog as last seen, replies awaited, arena bytes in use and how many groups found no room
+// for their copy) and every goroutine's stack.
 // The process keeps serving. It is written in one write, so the dumps of several front-ends sharing the
 // server's log stay apart: SIGQUIT's interleaved line by line and ended the processes, which is all a
 // hang on the GPU host left to read (docs/server-measured.md, twenty-sixth session).
@@ -47,9 +48,9 @@ func (s *server) stateLine() string {
 		threads = s.threads.stateText(runtime.GOMAXPROCS(0))
 	}
 	return fmt.Sprintf("trtop-http %d: model %s; descriptors at the engine %d (bound %s); requests waiting here %d "+
-		"(the oldest for %.3fs); the engine's backlog as last seen %d rows; replies awaited %d (lost %d); arena bytes in use %d; "+
-		"draining %v; %s", os.Getpid(), s.model.Load().state, inFlight, bound, queued, oldest.Seconds(), backlog, awaited,
-		lost, inUse, s.draining.Load(), threads)
+		"(the oldest for %.3fs); the engine's backlog as last seen %d rows; replies awaited %d (lost %d); arena bytes in use %d "+
+		"(groups split for want of room %d); draining %v; %s", os.Getpid(), s.model.Load().state, inFlight, bound, queued,
+		oldest.Seconds(), backlog, awaited, lost, inUse, s.splits.Load(), s.draining.Load(), threads)
 }
 
 // dumpState writes the state line and every goroutine's stack to w in one write.

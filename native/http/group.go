@@ -196,6 +196,7 @@ func (s *server) execute(m *model, group []*member) {
 			for _, o := range regions {
 				s.arena.release(o)
 			}
+			s.splits.Add(1) // the state line says how often: the arena is short for this load
 			s.executeHalves(m, group)
 			return
 		}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -73,12 +74,13 @@ func TestAGroupWithNoRoomForItsCopyGoesAsHalvesAtOnceNotOneByOne(t *testing.T) {
 		layout []int // regions taken in order: a body (rowBytes) or a hole, freed once all are taken
 		sizes  []int // the descriptors' rows the engine should get
 		bodies int   // bodies still taken once answered: members sent alone (their handlers free them)
+		splits int64 // groups split for want of room: the state line counts them
 	}{
 		// two holes apart, each the room of a half's copy: the whole copy fits in neither
 		{"room for each half's copy", 4*rowBytes + 2*half, []int{half, rowBytes, rowBytes, half, rowBytes, rowBytes},
-			[]int{2, 2}, 0},
+			[]int{2, 2}, 0, 1},
 		// room for the outputs alone
-		{"room for no copy", 4*rowBytes + 4*align, []int{rowBytes, rowBytes, rowBytes, rowBytes}, []int{1, 1, 1, 1}, 4},
+		{"room for no copy", 4*rowBytes + 4*align, []int{rowBytes, rowBytes, rowBytes, rowBytes}, []int{1, 1, 1, 1}, 4, 3},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ours, engine := net.Pipe()
@@ -95,6 +97,7 @@ func TestAGroupWithNoRoomForItsCopyGoesAsHalvesAtOnceNotOneByOne(t *testing.T) {
 				Outputs:  []tensorSpec{{"y", "float32", []int64{-1, 1}}},
 				MaxBatch: 32,
 			})
+			s.model.Store(m)
 			p, ok := m.admit([]byte(`{"inputs":[{"name":"x","shape":[1,64],"datatype":"FP32","parameters":{"binary_data_size":256}}],"parameters":{"binary_data_output":true}}`), rowBytes)
 			if !ok {
 				t.Fatal("the request was not admitted")
@@ -136,6 +139,10 @@ func TestAGroupWithNoRoomForItsCopyGoesAsHalvesAtOnceNotOneByOne(t *testing.T) {
 			slices.Sort(sizes)
 			if !slices.Equal(sizes, c.sizes) {
 				t.Fatalf("descriptors of %v rows, want %v", sizes, c.sizes)
+			}
+			if got := s.splits.Load(); got != c.splits || !strings.Contains(s.stateLine(),
+				fmt.Sprintf("(groups split for want of room %d)", c.splits)) {
+				t.Fatalf("%d groups split, want %d, and the state line must say so: %s", got, c.splits, s.stateLine())
 			}
 			if used := a.bytesInUse(); used != c.bodies*rowBytes {
 				t.Fatalf("%d bytes in use after every answer, want %d (the bodies of members sent alone)", used,

@@ -35,6 +35,7 @@ type server struct {
 	waiting map[uint64]chan []json.RawMessage // request id -> its "done" message (nil: the engine is gone)
 	late    map[uint64][]int                  // lost descriptors (no answer in time) -> the arena regions they hold
 	onLost  func()                            // called when a descriptor is lost (main: the engine dumps every state)
+	splits  atomic.Int64                      // groups sent as halves: no arena room for their copy (executeHalves)
 	threads *goThreads                        // nil: Go threads stay as started (the state line says them)
 
 	countMu  sync.Mutex
