@@ -16,8 +16,8 @@ ENV_WORD = re.compile(r"^[A-Z_][A-Z0-9_]*=")  # a config word for the server's e
 NAME = re.compile(r"\w[\w.]*")
 
 
-def parse_config(text: str) -> tuple[str, dict[str, str], list[str]]:
-    """``NAME=[VAR=value ...] [FLAGS ...]`` -> (name, the server's environment, its flags)."""
+def config_words(text: str) -> tuple[str, list[str]]:
+    """``NAME=WORDS`` -> (name, its words as a shell splits them), a word holding ``,--`` refused."""
     name, sep, rest = text.partition("=")
     if not sep or not NAME.fullmatch(name):
         raise ValueError(f"--config takes NAME=WORDS, got {text!r}")
@@ -26,8 +26,22 @@ def parse_config(text: str) -> tuple[str, dict[str, str], list[str]]:
         if ",--" in word:
             raise ValueError(f"--config {text!r}: the word {word!r} holds ',--'; a config's words are split at "
                              "spaces, so write each flag as a word of its own")
+    return name, words
+
+
+def split_env(words: list[str]) -> tuple[dict[str, str], list[str]]:
+    """A config's leading ``VAR=value`` words (the server's environment) apart from its ``trtop serve`` flags
+    (a flag's own ``=`` is no such word)."""
     env: dict[str, str] = {}
-    while words and ENV_WORD.match(words[0]):
-        var, _, value = words.pop(0).partition("=")
+    for i, word in enumerate(words):
+        if not ENV_WORD.match(word):
+            return env, words[i:]
+        var, _, value = word.partition("=")
         env[var] = value
-    return name, env, words
+    return env, []
+
+
+def parse_config(text: str) -> tuple[str, dict[str, str], list[str]]:
+    """``NAME=[VAR=value ...] [FLAGS ...]`` -> (name, the server's environment, its flags)."""
+    name, words = config_words(text)
+    return (name, *split_env(words))

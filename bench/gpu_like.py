@@ -88,8 +88,7 @@ def native_path() -> str:
 
 def serve_once(flags: list[str], extra_env: dict[str, str], args: argparse.Namespace, model: Path) -> dict[str, Any]:
     """One fresh server with ``flags`` and ``extra_env``, one load run against it, the server's mean batch."""
-    sys.path.insert(0, str(BENCH))
-    import loadclient
+    import loadclient  # the bench's neighbours (main puts bench/ on the path)
     from ready import wait_ready
     from serve import batch_stats, free_port, stop_server
 

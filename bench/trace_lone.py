@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "operator")]
 from loadclient import request_bytes  # noqa: E402
 from serve import free_port  # noqa: E402
-from configs import ENV_WORD, parse_config  # noqa: E402
+from configs import config_words, split_env  # noqa: E402
 from serve_gpu import DEVICE, Server  # noqa: E402
 
 _LENGTH = re.compile(rb"(?im)^content-length: *(\d+)")
@@ -65,15 +65,10 @@ def serve_and_time(args: argparse.Namespace, flags: list[str], folder: Path | No
 
 def server_env(words: list[str]) -> tuple[dict[str, str], list[str]]:
     """A config's leading ``VAR=value`` words (the server's environment) apart from its ``trtop serve`` flags, as
-    ``serve_gpu.py --config`` takes them. ``PYTHONPATH=DIR`` serves another tree (it takes ``--operator``'s place;
-    the stamps' folder still comes first), so two trees can alternate round by round in one run."""
-    env: dict[str, str] = {}
-    for i, word in enumerate(words):
-        if not ENV_WORD.match(word):
-            return env, words[i:]
-        name, _, value = word.partition("=")
-        env[name] = value
-    return env, []
+    ``serve_gpu.py --config`` takes them (``configs.split_env``). ``PYTHONPATH=DIR`` serves another tree (it takes
+    ``--operator``'s place; the stamps' folder still comes first), so two trees can alternate round by round in one
+    run."""
+    return split_env(words)
 
 
 def lone_requests(port: int, payload: bytes, warmup: int, n: int) -> list[tuple[int, int]]:
@@ -160,9 +155,7 @@ def main() -> int:
     if args.client_cores:  # this process is the client
         subprocess.run(["taskset", "-a", "-p", "-c", args.client_cores, str(os.getpid())], check=True,
                        stdout=subprocess.DEVNULL)
-    # the environment's words stay first: serve_and_time hands them to the server apart (server_env)
-    configs = [(name, [f"{k}={v}" for k, v in env.items()] + flags)
-               for name, env, flags in map(parse_config, args.config)] or [("default", [])]
+    configs = [config_words(c) for c in args.config] or [("default", [])]  # serve_and_time splits off the env
     payload = request_bytes("127.0.0.1", 0, args.model_name, args.input, [int(d) for d in args.shape.split(",")])
     work = Path(tempfile.mkdtemp(prefix="trace-lone-"))
     results: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
