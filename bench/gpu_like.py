@@ -9,7 +9,8 @@ sleeps take turns, as batches do on one GPU) and answers zeros. What it measures
 GPU's load on few cores: how requests group, queue and batch, and the tail that follows; the model's own time is
 the sleep's, so no figure here is the GPU's. Each configuration gets a fresh server per round, the configurations
 alternating (``--config`` as ``bench/configs.py`` reads it); ``loadclient.py`` drives it. Prints one line per run:
-requests a second, p50, p99, p99/p50, and the mean batch from the server's metrics.
+requests a second, p50, p99, p99/p50, the mean batch from the server's metrics and the share of short batches
+(``serve_gpu.SHORT_BATCH_ROWS``).
 
 A bench, not a test: ``trtop-http`` must be on ``PATH`` or in ``.work/native`` (``make native``).
 """
@@ -90,7 +91,8 @@ def serve_once(flags: list[str], extra_env: dict[str, str], args: argparse.Names
     """One fresh server with ``flags`` and ``extra_env``, one load run against it, the server's mean batch."""
     import loadclient  # the bench's neighbours (main puts bench/ on the path)
     from ready import wait_ready
-    from serve import batch_stats, free_port, stop_server
+    from serve import free_port, stop_server
+    from serve_gpu import scrape, short_share
 
     port = free_port()
     env = {**os.environ, "PATH": native_path(), "TRTOP_DEVICE": "cpu", BASE_MS_ENV: str(args.base_ms),
@@ -106,16 +108,21 @@ def serve_once(flags: list[str], extra_env: dict[str, str], args: argparse.Names
         result = loadclient.run(host="127.0.0.1", port=port, model="fat", input_name="input", shape=[3, 224, 224],
                                 concurrency=args.connections, seconds=args.seconds, warmup=args.warmup,
                                 procs=args.client_procs)
-        total, count = batch_stats(port)
-        result["mean_batch"] = total / count if count else float("nan")
+        batches = scrape(f"http://127.0.0.1:{port}")  # the whole run's, warm-up included
+        count = batches.get("batch_size_count", 0.0)
+        result["mean_batch"] = batches.get("batch_size_sum", 0.0) / count if count else float("nan")
+        result["short_batches"] = short_share(batches)
         return result
     finally:
         stop_server(proc)
 
 
 def line(name: str, r: dict[str, Any]) -> str:
+    from serve_gpu import SHORT_BATCH_ROWS
+
     return (f"{name}: {r['throughput']:,.0f} req/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms "
-            f"(p99/p50 {r['p99_ms'] / r['p50_ms']:.2f}), mean batch {r['mean_batch']:.1f}, errors {r['errors']}")
+            f"(p99/p50 {r['p99_ms'] / r['p50_ms']:.2f}), mean batch {r['mean_batch']:.1f} "
+            f"({100 * r['short_batches']:.0f}% of {SHORT_BATCH_ROWS} rows or fewer), errors {r['errors']}")
 
 
 def main() -> int:

@@ -332,18 +332,34 @@ class GpuSampler:
         return float(np.mean(self.samples)) if self.samples else float("nan")
 
 
-def scrape(url: str) -> dict[str, float]:
-    """The server's batch size, queue and compute histograms (sums and counts) from /metrics."""
-    import re
+SHORT_BATCH_ROWS = 8  # a batch of at most this many rows is short (a bucket of the batch size histogram)
 
-    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+
+def scrape(url: str) -> dict[str, float]:
+    """The server's batch size, queue and compute histograms from /metrics (``histograms``)."""
+    return histograms(urllib.request.urlopen(url + "/metrics", timeout=10).read().decode())
+
+
+def histograms(text: str) -> dict[str, float]:
+    """Sums and counts of the batch size, queue and compute histograms in a /metrics text, and the batches of at
+    most ``SHORT_BATCH_ROWS`` rows (``batch_size_short``): under load they say requests were held elsewhere while
+    the engine's queue ran out."""
     out = {}
     for k in ("batch_size", "queue_seconds", "compute_seconds"):
         for suffix in ("sum", "count"):
             m = re.search(rf"^trtop_inference_{k}_{suffix}\{{[^}}]*\}} (\S+)$", text, re.M)
             if m:
                 out[f"{k}_{suffix}"] = float(m.group(1))
+    m = re.search(rf'^trtop_inference_batch_size_bucket\{{[^}}]*le="{SHORT_BATCH_ROWS:.1f}"[^}}]*\}} (\S+)$', text, re.M)
+    if m:
+        out["batch_size_short"] = float(m.group(1))
     return out
+
+
+def short_share(d: dict[str, float]) -> float:
+    """The share of batches of at most ``SHORT_BATCH_ROWS`` rows in a histogram delta (nan: none ran)."""
+    count = d.get("batch_size_count", 0.0)
+    return d.get("batch_size_short", 0.0) / count if count else float("nan")
 
 
 def successes(url: str) -> float | str:
@@ -512,12 +528,14 @@ def perf(client: Client, model: str, url: str, protocol: str, concurrency: int, 
     try:
         m1 = scrape(server.url)
     except OSError as exc:  # the server went away during the window: keep what the client saw, say so
-        row.update(gpu_util=gpu, server_cores=cores, mean_batch=float("nan"), batch_ms=float("nan"),
+        row.update(gpu_util=gpu, server_cores=cores, mean_batch=float("nan"), short_batches=float("nan"),
+                   batch_ms=float("nan"),
                    queue_ms=float("nan"), stable=False, error=f"the server stopped answering: {exc}")
         return row
     d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in m1}
     row.update(gpu_util=gpu, server_cores=cores,
                mean_batch=d.get("batch_size_sum", 0.0) / max(1.0, d.get("batch_size_count", 0.0)),
+               short_batches=short_share(d),
                batch_ms=1000 * d.get("compute_seconds_sum", 0.0) / max(1.0, d.get("compute_seconds_count", 0.0)),
                queue_ms=1000 * d.get("queue_seconds_sum", 0.0) / max(1.0, d.get("queue_seconds_count", 0.0)))
     return row
@@ -820,21 +838,24 @@ def in_shared_memory(flags: list[str]) -> bool:
 def _resnet_table(label: str, flags: list[str], rows: list[dict[str, Any]], best: float) -> list[str]:
     lines = ["", f"trtop serve, {label} ({' '.join(flags) or 'default settings'}), over HTTP:", "",
              "| concurrency | client | img/s | / in-process best | p50 ms | p99 ms | p99/p50 | stable | GPU util % "
-             "| server cores busy | mean batch | ms per batch | queue ms | client peak RSS GB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"| server cores busy | mean batch | batches <= {SHORT_BATCH_ROWS} rows % | ms per batch | queue ms "
+             "| client peak RSS GB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     top: dict[str, Any] | None = None
     for r in rows:
         rss = r.get("client_peak_rss_gb", "")
         if "throughput" not in r:
             lines.append(f"| {r['concurrency']} | {r['client']} | failed (rc {r['rc']}): {failure_of(r)} | | | | | "
                          f"{r['stable']} | "
-                         f"{r['gpu_util']:.0f} | {r['server_cores']:.1f} | {r['mean_batch']:.1f} | {r['batch_ms']:.2f} | "
+                         f"{r['gpu_util']:.0f} | {r['server_cores']:.1f} | {r['mean_batch']:.1f} | "
+                         f"{100 * r.get('short_batches', float('nan')):.0f} | {r['batch_ms']:.2f} | "
                          f"{r['queue_ms']:.2f} | {rss} |")
             continue
         tail = r["p99_ms"] / r["p50_ms"]
         lines.append(f"| {r['concurrency']} | {r['client']} | {r['throughput']:,.0f} | {r['throughput'] / best:.2f} | "
                      f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {tail:.2f} | {'yes' if r['stable'] else 'NO'} | "
-                     f"{r['gpu_util']:.0f} | {r['server_cores']:.1f} | {r['mean_batch']:.1f} | {r['batch_ms']:.2f} | "
+                     f"{r['gpu_util']:.0f} | {r['server_cores']:.1f} | {r['mean_batch']:.1f} | "
+                     f"{100 * r.get('short_batches', float('nan')):.0f} | {r['batch_ms']:.2f} | "
                      f"{r['queue_ms']:.2f} | {rss} |")
         if top is None or r["throughput"] > top["throughput"]:
             top = r

@@ -185,3 +185,19 @@ def test_a_benchs_config_splits_its_words_as_a_shell_would_and_refuses_comma_joi
         configs.parse_config("oldi1=PATH=/tmp/old:$PATH,--instances=1")
     with pytest.raises(ValueError, match="split at"):
         configs.parse_config("n=--http-frontend=native,--frontends=2")
+
+
+def test_the_short_batches_are_read_from_the_servers_own_metrics() -> None:
+    """``serve_gpu.histograms`` on the exposition a server writes: batches of at most ``SHORT_BATCH_ROWS`` rows
+    counted apart from the rest (a sign that requests were held elsewhere while the engine's queue ran out)."""
+    from trtop.serve.metrics import ServerMetrics
+
+    serve_gpu = _bench("serve_gpu")
+    metrics = ServerMetrics("m")
+    for rows in (1, serve_gpu.SHORT_BATCH_ROWS, serve_gpu.SHORT_BATCH_ROWS + 1, 32):
+        metrics.batch_done(rows, 0.001)
+    text, _ = metrics.render()
+    got = serve_gpu.histograms(text.decode() if isinstance(text, bytes) else text)
+    assert got["batch_size_count"] == 4 and got["batch_size_sum"] == 1 + 8 + 9 + 32
+    assert got["batch_size_short"] == 2 and serve_gpu.short_share(got) == 0.5
+    assert serve_gpu.short_share({}) != serve_gpu.short_share({})  # nan: no batch ran

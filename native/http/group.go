@@ -153,6 +153,28 @@ func (b *batcher) answered(reply []json.RawMessage) {
 	b.mu.Unlock()
 }
 
+// roomed takes the engine's word that a batch it took left room in its instances' next batches, sent
+// while this front-end (by what it was told and has sent since) held requests: what waits leaves now, on a
+// lane of its own, instead of when this front-end's next answer comes. With one instance and four front-ends,
+// all four held while the engine's queue ran out (docs/server-measured.md, thirty-sixth session).
+func (s *server) roomed(backlog int64) {
+	m := s.model.Load()
+	if m == nil {
+		return
+	}
+	b := &s.batcher
+	b.mu.Lock()
+	b.backlog = backlog
+	if len(b.queue) == 0 || !b.mayLeaveLocked() {
+		b.mu.Unlock()
+		return
+	}
+	b.inFlight++
+	group := b.takeLocked(groupRows(m))
+	b.mu.Unlock()
+	go s.lane(m, group) // not on the channel's reader: the lane waits for its answer
+}
+
 // lane runs groups one after another until nothing waits.
 func (s *server) lane(m *model, group []*member) {
 	for ; group != nil; group = s.takeNext(m) {

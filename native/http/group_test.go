@@ -59,6 +59,91 @@ func batchingEngine(t *testing.T, conn net.Conn, rows int) <-chan []int {
 	return got
 }
 
+// groupServer: a front-end whose channel's other end (returned) plays the engine, serving a model of one row
+// of 64 float32 (256 bytes) in, one out, and an admitted request's plan for one row.
+func groupServer(t *testing.T, arenaSize int) (*server, *model, plan, net.Conn) {
+	ours, engine := net.Pipe()
+	t.Cleanup(func() { ours.Close() })
+	s := &server{cfg: &setup{}, arena: testArena(t, arenaSize), ch: newChannel(ours),
+		waiting: map[uint64]chan []json.RawMessage{}, late: map[uint64][]int{}}
+	s.cfg.Settings.TimeoutS = 2
+	s.batcher.limit = 64
+	go s.readChannel()
+	m := newModel("ready", "", &modelInfo{
+		Name:     "wide",
+		Inputs:   []tensorSpec{{"x", "float32", []int64{-1, 64}}},
+		Outputs:  []tensorSpec{{"y", "float32", []int64{-1, 1}}},
+		MaxBatch: 32,
+	})
+	s.model.Store(m)
+	p, ok := m.admit([]byte(`{"inputs":[{"name":"x","shape":[1,64],"datatype":"FP32","parameters":{"binary_data_size":256}}],"parameters":{"binary_data_output":true}}`), 256)
+	if !ok {
+		t.Fatal("the request was not admitted")
+	}
+	return s, m, p, engine
+}
+
+// engineSays writes one frame of the engine's messages to a front-end.
+func engineSays(t *testing.T, engine net.Conn, messages string) {
+	if _, err := engine.Write(append(binary.LittleEndian.AppendUint32(nil, uint32(len(messages))), messages...)); err != nil {
+		t.Fatalf("the front-end did not read the engine's frame: %v", err)
+	}
+}
+
+// Requests held while the engine, by what this front-end was told and has sent since, is full leave as one
+// group as soon as the engine says a batch it took left room, not when this front-end's own answer comes (here
+// none comes: the descriptor it has out is never answered).
+func TestHeldRequestsLeaveWhenTheEngineSaysThereIsRoom(t *testing.T) {
+	s, m, p, engine := groupServer(t, 1<<16)
+	s.batcher.inFlight, s.batcher.backlog = 1, 5 // one descriptor out; told the engine holds 5 rows too many
+	var held []*member
+	for range 3 {
+		off := s.arena.alloc(256)
+		mb := &member{p: &p, key: "k", base: int64(off), body: off, arrived: time.Now(), result: make(chan memberResult, 1)}
+		held = append(held, mb)
+		s.submit(m, mb)
+	}
+	if n := len(s.batcher.queue); n != 3 {
+		t.Fatalf("%d requests held, want 3: the engine is full", n)
+	}
+	answered := batchingEngine(t, engine, 3)
+	engineSays(t, engine, `[["room",2]]`) // no room: nothing leaves
+	var queued int
+	var backlog int64
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		s.batcher.mu.Lock() // the reader takes the message after the write returns
+		queued, backlog = len(s.batcher.queue), s.batcher.backlog
+		s.batcher.mu.Unlock()
+		if backlog == 2 {
+			break
+		}
+	}
+	if queued != 3 || backlog != 2 {
+		t.Fatalf("%d held and backlog %d after the engine said it holds 2 rows too many, want 3 and 2", queued, backlog)
+	}
+	engineSays(t, engine, `[["room",-10]]`)
+	for _, mb := range held {
+		select {
+		case res := <-mb.result:
+			if res.refusal != nil {
+				t.Fatalf("a held request was refused: %s", res.refusal.message)
+			}
+			res.done()
+		case <-time.After(5 * time.Second):
+			t.Fatal("held requests did not leave when the engine said there was room")
+		}
+	}
+	if sizes := <-answered; !slices.Equal(sizes, []int{3}) {
+		t.Fatalf("descriptors of %v rows, want one group of 3", sizes)
+	}
+	s.batcher.mu.Lock()
+	defer s.batcher.mu.Unlock()
+	if s.batcher.inFlight != 1 || len(s.batcher.queue) != 0 {
+		t.Fatalf("in flight %d, queued %d once the group was answered, want 1 (the unanswered one) and 0",
+			s.batcher.inFlight, len(s.batcher.queue))
+	}
+}
+
 // A group whose rows find no room to be copied together still reaches the engine whole, at once: as smaller
 // groups side by side (each copied where it fits, down to members alone, sent where their bodies lie), never
 // one member after another's answer (the engine here runs nothing until it has every row: one by one, the
@@ -83,25 +168,8 @@ func TestAGroupWithNoRoomForItsCopyGoesAsHalvesAtOnceNotOneByOne(t *testing.T) {
 		{"room for no copy", 4*rowBytes + 4*align, []int{rowBytes, rowBytes, rowBytes, rowBytes}, []int{1, 1, 1, 1}, 4, 3},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			ours, engine := net.Pipe()
-			defer ours.Close()
-			a := testArena(t, c.size)
-			s := &server{cfg: &setup{}, arena: a, ch: newChannel(ours), waiting: map[uint64]chan []json.RawMessage{},
-				late: map[uint64][]int{}}
-			s.cfg.Settings.TimeoutS = 2
-			s.batcher.limit = 64
-			go s.readChannel()
-			m := newModel("ready", "", &modelInfo{
-				Name:     "wide",
-				Inputs:   []tensorSpec{{"x", "float32", []int64{-1, 64}}},
-				Outputs:  []tensorSpec{{"y", "float32", []int64{-1, 1}}},
-				MaxBatch: 32,
-			})
-			s.model.Store(m)
-			p, ok := m.admit([]byte(`{"inputs":[{"name":"x","shape":[1,64],"datatype":"FP32","parameters":{"binary_data_size":256}}],"parameters":{"binary_data_output":true}}`), rowBytes)
-			if !ok {
-				t.Fatal("the request was not admitted")
-			}
+			s, m, p, engine := groupServer(t, c.size)
+			a := s.arena
 			var group []*member
 			var holes []int
 			for _, n := range c.layout {

@@ -573,6 +573,12 @@ func (s *server) readChannel() error {
 			}
 		case "state":
 			s.onState(msg)
+		case "room": // a batch the engine took left room while this front-end held requests (Dispatcher.room)
+			if len(msg) > 1 {
+				if backlog, ok := rawInt(msg[1]); ok {
+					s.roomed(backlog)
+				}
+			}
 		}
 	})
 }

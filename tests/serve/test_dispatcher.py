@@ -7,7 +7,8 @@ import base64
 import json
 import socket
 import struct
-from collections.abc import AsyncIterator, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import numpy as np
 import pytest
@@ -216,3 +217,72 @@ async def test_a_lone_reply_is_written_before_the_bookkeeping(
             break
         await asyncio.sleep(0.005)
     assert on_socket() == {2: 3.0, 3: 4.0}  # both in the first frame
+
+
+class Turnstile(Recorder):
+    """y = x + 1, each run waiting for a turn (``turns``): batches finish when the test says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.turns = threading.Semaphore(100)  # loading warms the model with runs of its own
+
+    def run(self, feeds: Feeds, outputs: Sequence[str]) -> Outputs:
+        assert self.turns.acquire(timeout=5), "no turn came"
+        return super().run(feeds, outputs)
+
+
+async def until(check: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the engine never got there")
+
+
+async def test_a_native_frontend_holding_requests_hears_of_room_when_a_batch_taken_leaves_some() -> None:
+    """A native front-end keeps its requests while it believes the engine full: told so in an answer, or having
+    sent more since. When a batch the engine takes leaves room in its next batch, that front-end is told at once
+    (``("room", backlog)``), not at its next answer, which comes only when that batch is done; told once, until
+    it sends more. A Python front-end (it holds nothing) is never told."""
+    runtime = Turnstile()
+    service = InferenceService("m", lambda: Loaded(runtime, backend="fake"), BatchingConfig(max_batch=4),
+                               ServerMetrics("m"))
+    await service.start()
+    scheduler = service.scheduler
+    assert scheduler is not None
+    while runtime.turns.acquire(blocking=False):  # from now on every batch waits for the test
+        pass
+    pairs = [socket.socketpair() for _ in range(2)]
+    python, native = Dispatcher(0, service, ARENA), Dispatcher(1, service, ARENA, follows_regions=False)
+    for d, (ours, _) in zip((python, native), pairs, strict=True):
+        await d.open(ours, JSON)
+    scheduler.on_room = lambda backlog: [d.room(backlog) for d in (python, native)]
+    python_peer, native_peer = (peer for _, peer in pairs)
+    assert python.channel is not None and native.channel is not None
+    try:
+        python.channel.data_received(frame(infer(1, 1.0)))  # runs at once, and waits
+        await until(lambda: scheduler.threads_busy)
+        native.channel.data_received(frame(*(infer(rid, rid) for rid in range(2, 7))))  # 5 rows: 1 beyond a batch
+        await until(lambda: scheduler.queued == 5)
+        assert scheduler.backlog_rows == 1 and written(native_peer) == []
+        runtime.turns.release()  # the first batch ends; the next takes 4 of the 5, leaving room for 3
+        await until(lambda: scheduler.queued == 1)
+        await asyncio.sleep(0.02)
+        assert written(native_peer) == [["room", -3]]  # before any answer of its own: its batch still waits
+        assert [m[0] for m in written(python_peer)] == ["done"]
+        runtime.turns.release()  # that batch ends (its answers say room: -3) and the last request's batch starts
+        got = await until_answered(native_peer, {2, 3, 4, 5})
+        assert got == {rid: rid + 1.0 for rid in (2, 3, 4, 5)}
+        await until(lambda: scheduler.queued == 0)
+        await asyncio.sleep(0.02)
+        assert written(native_peer) == []  # it knows of room already: told nothing more
+        runtime.turns.release()
+        assert await until_answered(native_peer, {6}) == {6: 7.0}
+    finally:
+        runtime.turns.release(100)
+        for d in (python, native):
+            assert d.channel is not None
+            d.channel.close()
+        for ours, peer in pairs:
+            peer.close()
+        await service.close()

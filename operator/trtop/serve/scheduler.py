@@ -156,6 +156,10 @@ class Scheduler:
         # process then stops and resumes reading its front-ends' descriptors (``read_gate``).
         self.on_full: Callable[[bool], None] | None = None
         self._full = False
+        # Told the backlog (negative: room) when a batch it took left room in every instance's next batch: a
+        # native front-end that holds its requests until it hears of room is told now, not at its next answer
+        # (``Supervisor._room``).
+        self.on_room: Callable[[int], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the event loop it serves (set on first use)
 
     @property
@@ -286,6 +290,8 @@ class Scheduler:
         self._queued_rows = sum(it.pending.rows for it in self._queue)
         if self._observer is not None:  # told once the answers are out (``_observe``)
             self._waits += [now - it.pending.enqueued_at for it in items]
+        if self.on_room is not None and (backlog := self.backlog_rows) < 0:
+            self.on_room(backlog)
         return items
 
     async def submit(self, feeds: Feeds, rows: int, signature: Hashable, timeout_s: float) -> Outputs:

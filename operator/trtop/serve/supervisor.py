@@ -284,11 +284,17 @@ class Supervisor:
         scheduler = self.service.scheduler
         if scheduler is not None:  # descriptors are read when an instance can take them (``read_gate``)
             scheduler.on_full = self.read_gate
+            if self.native is not None:  # they hold requests while the engine is full (``Dispatcher.room``)
+                scheduler.on_room = self._room
         settle_heap()
 
     def _broadcast_state(self) -> None:
         for d in self.dispatchers.values():
             d.send_state()
+
+    def _room(self, backlog: int) -> None:
+        for d in self.dispatchers.values():
+            d.room(backlog)
 
     def _broadcast_regions(self) -> None:
         for d in self.dispatchers.values():
