@@ -85,7 +85,7 @@ def test_tensorflow_savedmodel(tmp_path: Path) -> None:
 @pytest.mark.parametrize("instances,threads,backend,gpu,cores,expected", [
     (0, 0, "onnxruntime", False, 2, (2, 1)),  # CPU: side-by-side single-threaded runs
     (0, 0, "onnxruntime", False, 16, (4, 4)),  # capped: more would cost latency at low load
-    (0, 0, "onnxruntime", True, 16, (2, 1)),  # CUDA provider: two batches pipelined, one CPU thread each
+    (0, 0, "onnxruntime", True, 16, (1, 1)),  # CUDA provider: one batch at a time, one CPU thread
     (0, 0, "tensorrt", True, 8, (1, 1)),
     (1, 0, "onnxruntime", False, 8, (1, 8)),  # explicit settings win
     (3, 2, "onnxruntime", False, 8, (3, 2)),

@@ -56,27 +56,26 @@ def cgroup_cpu_limit(path: str = "/sys/fs/cgroup/cpu.max") -> int:
         return 0
 
 
-GPU_BACKENDS = frozenset({"tensorrt"})
 MAX_AUTO_INSTANCES = 4
-GPU_PIPELINE = 2  # beyond this, more single-threaded runs cost latency at low load for little gain
 
 
 def parallelism(instances: int, threads: int, *, backend: str, gpu: bool, cores: int) -> tuple[int, int]:
     """(batches at once, compute threads per batch) from the settings, where 0 means "choose".
 
-    On a GPU: two batches in flight with ONNX Runtime (the GPU computes one while the CPU merges
-    the next), one with TensorRT. On CPU, several batches side by
+    On a GPU: one batch at a time, with TensorRT (an execution context per bucket, owned by one batch at a
+    time) and ONNX Runtime alike. ONNX Runtime on a GPU ran two once, so that one batch was merged and
+    copied while the other computed (ResNet-50 on an H200: 0.73 against 0.57 x the in-process best at 128
+    clients, with a server that merged in the engine's Python); with native front-ends grouping requests
+    and the engine telling them when it has room, one instance formed batches about twice the size and
+    served as much or more at every load from 8 clients, with its tail inside the target at 128
+    (docs/server-measured.md, thirty-sixth and thirty-seventh sessions). On CPU, several batches side by
     side with the cores split between them: one multi-threaded run stalls at every parallel
     section when another thread (the event loop, a neighbour pod) takes a core, while
     independent runs just share the cores (measured on 2 cores, MobileNetV2, 32 clients).
     """
     if instances <= 0:
-        if backend in GPU_BACKENDS:
-            instances = 1  # TensorRT: one execution context per bucket, owned by one batch at a time
-        elif gpu:
-            # ONNX Runtime CUDA: two batches in flight, so one is merged and copied while the other
-            # computes (ResNet-50 on an H200: 0.73 vs 0.57 x the in-process best at 128 clients).
-            instances = GPU_PIPELINE
+        if gpu or backend == "tensorrt":
+            instances = 1
         else:
             instances = max(1, min(cores, MAX_AUTO_INSTANCES))
     if threads <= 0:
