@@ -90,23 +90,68 @@ func engineSays(t *testing.T, engine net.Conn, messages string) {
 	}
 }
 
+// An engine on the other end of a pipe that answers every descriptor at once (with room: backlog -1); every
+// message it reads goes to the channel returned, in order, as "kind" or "kind rows" for a descriptor.
+func answeringEngine(t *testing.T, conn net.Conn) <-chan string {
+	got := make(chan string, 64)
+	go func() {
+		for {
+			var head [4]byte
+			if _, err := io.ReadFull(conn, head[:]); err != nil {
+				return
+			}
+			frame := make([]byte, binary.LittleEndian.Uint32(head[:]))
+			if _, err := io.ReadFull(conn, frame); err != nil {
+				return
+			}
+			var messages [][]any
+			if err := json.Unmarshal(frame, &messages); err != nil {
+				t.Errorf("a frame the engine cannot read: %q (%v)", frame, err)
+				return
+			}
+			for _, msg := range messages {
+				if msg[0] != "infer" {
+					got <- fmt.Sprint(msg[0])
+					continue
+				}
+				got <- fmt.Sprintf("infer %d", int(msg[2].(float64)))
+				reply := fmt.Appendf(nil, `[["done",%d,null,[],-1]]`, int(msg[1].(float64)))
+				if _, err := conn.Write(append(binary.LittleEndian.AppendUint32(nil, uint32(len(reply))), reply...)); err != nil {
+					return // not t.Fatal: this is not the test's goroutine
+				}
+			}
+		}
+	}()
+	return got
+}
+
 // Requests held while the engine, by what this front-end was told and has sent since, is full leave as one
 // group as soon as the engine says a batch it took left room, not when this front-end's own answer comes (here
-// none comes: the descriptor it has out is never answered).
+// none comes: the descriptor it has out is never answered). The engine hears once that requests are held (it
+// tells only a front-end that said so), and never of a lone request.
 func TestHeldRequestsLeaveWhenTheEngineSaysThereIsRoom(t *testing.T) {
 	s, m, p, engine := groupServer(t, 1<<16)
+	heard := answeringEngine(t, engine)
+	newMember := func() *member {
+		off := s.arena.alloc(256)
+		return &member{p: &p, key: "k", base: int64(off), body: off, arrived: time.Now(), result: make(chan memberResult, 1)}
+	}
+	lone := newMember()
+	s.submit(m, lone) // nothing in flight: it goes at once, and is answered
+	if res := <-lone.result; res.refusal != nil {
+		t.Fatalf("a lone request was refused: %s", res.refusal.message)
+	} else {
+		res.done()
+	}
 	s.batcher.inFlight, s.batcher.backlog = 1, 5 // one descriptor out; told the engine holds 5 rows too many
 	var held []*member
 	for range 3 {
-		off := s.arena.alloc(256)
-		mb := &member{p: &p, key: "k", base: int64(off), body: off, arrived: time.Now(), result: make(chan memberResult, 1)}
-		held = append(held, mb)
-		s.submit(m, mb)
+		held = append(held, newMember())
+		s.submit(m, held[len(held)-1])
 	}
 	if n := len(s.batcher.queue); n != 3 {
 		t.Fatalf("%d requests held, want 3: the engine is full", n)
 	}
-	answered := batchingEngine(t, engine, 3)
 	engineSays(t, engine, `[["room",2]]`) // no room: nothing leaves
 	var queued int
 	var backlog int64
@@ -133,8 +178,18 @@ func TestHeldRequestsLeaveWhenTheEngineSaysThereIsRoom(t *testing.T) {
 			t.Fatal("held requests did not leave when the engine said there was room")
 		}
 	}
-	if sizes := <-answered; !slices.Equal(sizes, []int{3}) {
-		t.Fatalf("descriptors of %v rows, want one group of 3", sizes)
+	var seen []string
+	for range 3 {
+		select {
+		case kind := <-heard:
+			seen = append(seen, kind)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the engine read only %q", seen)
+		}
+	}
+	if want := []string{"infer 1", "held", "infer 3"}; !slices.Equal(seen, want) {
+		t.Fatalf("the engine read %q, want %q: a lone request, the word that requests are held (once), then "+
+			"the held ones as one group", seen, want)
 	}
 	s.batcher.mu.Lock()
 	defer s.batcher.mu.Unlock()

@@ -240,10 +240,11 @@ async def until(check: Callable[[], bool]) -> None:
 
 
 async def test_a_native_frontend_holding_requests_hears_of_room_when_a_batch_taken_leaves_some() -> None:
-    """A native front-end keeps its requests while it believes the engine full: told so in an answer, or having
-    sent more since. When a batch the engine takes leaves room in its next batch, that front-end is told at once
-    (``("room", backlog)``), not at its next answer, which comes only when that batch is done; told once, until
-    it sends more. A Python front-end (it holds nothing) is never told."""
+    """A native front-end keeps its requests while it believes the engine full, and says so (``["held"]``). When
+    a batch the engine takes leaves room in its next batch, that front-end is told at once (``("room", backlog)``),
+    not at its next answer, which comes only when that batch is done; told once, until it says so again. A
+    front-end that said nothing (a lone request's) is told nothing: the word would wake it while the engine
+    computes. A Python front-end (it holds nothing) is never told."""
     runtime = Turnstile()
     service = InferenceService("m", lambda: Loaded(runtime, backend="fake"), BatchingConfig(max_batch=4),
                                ServerMetrics("m"))
@@ -260,9 +261,15 @@ async def test_a_native_frontend_holding_requests_hears_of_room_when_a_batch_tak
     python_peer, native_peer = (peer for _, peer in pairs)
     assert python.channel is not None and native.channel is not None
     try:
+        native.channel.data_received(frame(infer(7, 7.0)))  # a lone request: taken with room left, no word
+        await until(lambda: scheduler.threads_busy)
+        await asyncio.sleep(0.02)
+        assert written(native_peer) == []
+        runtime.turns.release()
+        assert await until_answered(native_peer, {7}) == {7: 8.0}
         python.channel.data_received(frame(infer(1, 1.0)))  # runs at once, and waits
         await until(lambda: scheduler.threads_busy)
-        native.channel.data_received(frame(*(infer(rid, rid) for rid in range(2, 7))))  # 5 rows: 1 beyond a batch
+        native.channel.data_received(frame(*(infer(rid, rid) for rid in range(2, 7)), ["held"]))  # 1 row beyond a batch
         await until(lambda: scheduler.queued == 5)
         assert scheduler.backlog_rows == 1 and written(native_peer) == []
         runtime.turns.release()  # the first batch ends; the next takes 4 of the 5, leaving room for 3
@@ -270,12 +277,12 @@ async def test_a_native_frontend_holding_requests_hears_of_room_when_a_batch_tak
         await asyncio.sleep(0.02)
         assert written(native_peer) == [["room", -3]]  # before any answer of its own: its batch still waits
         assert [m[0] for m in written(python_peer)] == ["done"]
-        runtime.turns.release()  # that batch ends (its answers say room: -3) and the last request's batch starts
+        runtime.turns.release()  # that batch ends and the last request's batch starts
         got = await until_answered(native_peer, {2, 3, 4, 5})
         assert got == {rid: rid + 1.0 for rid in (2, 3, 4, 5)}
         await until(lambda: scheduler.queued == 0)
         await asyncio.sleep(0.02)
-        assert written(native_peer) == []  # it knows of room already: told nothing more
+        assert written(native_peer) == []  # told once: it has said nothing since
         runtime.turns.release()
         assert await until_answered(native_peer, {6}) == {6: 7.0}
     finally:

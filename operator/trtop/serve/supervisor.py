@@ -228,8 +228,9 @@ class Supervisor:
     def state_line(self) -> str:
         """What the engine process holds right now, in words."""
         at_engine = ", ".join(f"{i}: {d.in_flight}" for i, d in sorted(self.dispatchers.items()))
+        told = ", ".join(f"{i}: {d.helds}/{d.rooms}" for i, d in sorted(self.dispatchers.items()))
         return (f"{self.service.state_line()}; reading descriptors {'paused' if self.read_gate.closed else 'on'}; "
-                f"requests at the engine by front-end {{{at_engine}}}")
+                f"requests at the engine by front-end {{{at_engine}}}; held / told of room by front-end {{{told}}}")
 
     def dump_state(self) -> None:
         """SIGUSR1 (``kill -USR1 <pid>``, or ``kubectl exec <pod> -- sh -c 'kill -USR1 1'``) for a server that seems
