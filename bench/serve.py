@@ -27,7 +27,9 @@ concurrencies: what the client, the kernel and the shared cores allow any server
 ``--client-cores`` puts the client on cores of its own (``taskset -c 2,3 python3 bench/serve.py --model light
 --client-cores 12-15`` on a larger host): the engine, the server and the in-process best share the bench's
 cores and the client's cost is no longer theirs.
-Results are also written to ``.work/bench/serve-<model>-results.json``.
+Results are also written to ``.work/bench/serve-<model>-results.json``; the servers' logs, at info, to
+``.work/bench/serve-server.log``, and their start-up choices (a lone request's threads, the rows per second by
+batch size) are printed as they start.
 """
 from __future__ import annotations
 
@@ -239,15 +241,36 @@ CLIENT_TASKSET: list[str] = []  # taskset -c CORES for the client (--client-core
 NATIVE_PATH: list[str] = []  # the folder of trtop-http when this run built it (--native build)
 
 
+# Every server a run starts writes here, one after another, at info: what it chose at start-up (a lone request's
+# threads, the rows per second of each batch size) decides figures a table only shows.
+SERVER_LOG = WORK / "serve-server.log"
+# start-up lines printed with the bench's own (the choices a one-connection or a loaded figure depends on)
+CHOICES = ("lone runs", "rows per second", "cores not kept awake", "keeping", "at ")
+
+
 def start_server(port: int, extra: list[str]) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "trtop.cli", "serve", "--model", str(ONNX), "--model-name", MODEL,
-           "--host", "127.0.0.1", "--port", str(port), "--grpc-port", "0", "--log-level", "warning", *extra]
+           "--host", "127.0.0.1", "--port", str(port), "--grpc-port", "0", "--log-level", "info", *extra]
     env = {**os.environ, "TRTOP_DEVICE": "cpu"}  # a CPU benchmark, also on a machine with a GPU
     if NATIVE_PATH:  # the server finds trtop-http and uses it (--http-frontend auto), as in the images
         env["PATH"] = os.pathsep.join([*NATIVE_PATH, env.get("PATH", "")])
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    wait_ready(proc, f"http://127.0.0.1:{port}", 60)
+    start = SERVER_LOG.stat().st_size if SERVER_LOG.exists() else 0
+    with SERVER_LOG.open("ab") as log:
+        log.write(f"=== trtop serve {' '.join(extra)}\n".encode())
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
+    wait_ready(proc, f"http://127.0.0.1:{port}", 60, why_exited=lambda: server_said(start)[-3000:])
+    for line in server_said(start).splitlines():
+        message = line.split(": ", 1)[-1]
+        if message.startswith(CHOICES):
+            print(f"  server: {message}", flush=True)
     return proc
+
+
+def server_said(start: int) -> str:
+    """What the servers wrote to ``SERVER_LOG`` from byte ``start`` on."""
+    with SERVER_LOG.open("rb") as f:
+        f.seek(start)
+        return f.read().decode(errors="replace")
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:
@@ -439,6 +462,7 @@ def main() -> int:
     print(f"front-ends: {' '.join(args.server_arg)}"
           + (f" (trtop-http from {NATIVE_PATH[0]})" if NATIVE_PATH else " (the server images' default: --native)"))
     ensure_model(need_keras=not args.skip_tf)
+    SERVER_LOG.write_bytes(b"")
     load = os.getloadavg()
     print(f"machine: {os.cpu_count()} cores, load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
           f"engine and server on cores {sorted(os.sched_getaffinity(0))}, client on "

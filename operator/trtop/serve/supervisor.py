@@ -33,6 +33,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from trtop.serve.arena import Arena
@@ -163,6 +164,9 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
+SETTLE_S = 10.0  # the longest the model's load waits for the front-ends to start (``Supervisor._settle``)
+
+
 class Supervisor:
     def __init__(self, settings: ServeSettings, service: InferenceService, count: int, gpu: bool = False) -> None:
         self.settings = settings
@@ -272,8 +276,24 @@ class Supervisor:
         listen = self.api if self.api is not None else self.listen
         return [sys.executable, "-m", "trtop.serve.frontend"], listen, "", False
 
+    async def _settle(self) -> None:
+        """On CPU, wait (at most ``SETTLE_S``) for the Python front-ends to finish starting before the model loads:
+        the load times the model's ways of running (a lone request over every core or one, rows per second by
+        batch size) and keeps what was faster. On two cores a Python front-end's imports took a core while they
+        were timed, the session over both cores ran 11.7 ms against one thread's 8.7, and in 2 of 4 servers a lone
+        MobileNetV2 request then ran on one thread for the server's life: 9.0-10.4 ms against 5.9-7.2
+        (docs/server-measured.md, thirty-seventh session). On a GPU the GPU times the model, and the cores are many."""
+        if self.gpu:
+            return
+        deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < deadline and any(
+                not d.heard and not self._is_native(i) and self.processes[i].returncode is None
+                for i, d in self.dispatchers.items()):
+            await asyncio.sleep(0.02)
+
     async def _load(self) -> None:
         try:
+            await self._settle()
             await self.service.start()
         except Exception as exc:
             log.error("could not load model %r: %s", self.service.name, exc, exc_info=not isinstance(exc, StartupError))
