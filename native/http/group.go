@@ -64,8 +64,8 @@ type batcher struct {
 }
 
 // heldMessage tells the engine that requests wait here for room (Dispatcher.room). Said only while some are
-// held, once until a group leaves: told of room after every batch instead, a lone request's front-end woke
-// while the engine computed, and on two cores a lone MobileNetV2 request took 3 ms longer.
+// held, once until a group leaves: told of room whenever its view said full instead, a lone request's
+// front-end was sent a message, and woke, while the engine computed its request.
 var heldMessage = []byte(`["held"]`)
 
 // groupRows: the most rows a group may have: the engine's max batch, or less where merging stops

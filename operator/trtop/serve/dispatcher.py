@@ -226,9 +226,9 @@ class Dispatcher:
         own says otherwise; with one instance (the GPU default) and four front-ends at 128 clients, all four held
         while the engine's queue ran out, and an eighth of the batches ran with 8 rows or fewer
         (docs/server-measured.md, thirty-sixth session). Told now, it sends what waits, in time for the next
-        batch. Only a front-end that said it holds requests is told, once: told after every batch taken, a lone
-        request's front-end woke while the engine computed, and on two cores a lone MobileNetV2 request took
-        3 ms longer (thirty-seventh session)."""
+        batch. Only a front-end that said it holds requests is told, once: told whenever its view (as last
+        told, plus what it sent since) said full, as in the first form, a lone request's front-end was sent a
+        message, and woke, while the engine computed its request, a cost on every lone request for nothing."""
         if self._holding and self.channel is not None:
             self._holding = False
             self.rooms += 1
