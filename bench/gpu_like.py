@@ -92,7 +92,7 @@ def serve_once(flags: list[str], extra_env: dict[str, str], args: argparse.Names
     import loadclient  # the bench's neighbours (main puts bench/ on the path)
     from ready import wait_ready
     from serve import free_port, stop_server
-    from serve_gpu import scrape, short_share
+    from serve_gpu import mean_batch, scrape, short_share
 
     port = free_port()
     env = {**os.environ, "PATH": native_path(), "TRTOP_DEVICE": "cpu", BASE_MS_ENV: str(args.base_ms),
@@ -109,9 +109,7 @@ def serve_once(flags: list[str], extra_env: dict[str, str], args: argparse.Names
                                 concurrency=args.connections, seconds=args.seconds, warmup=args.warmup,
                                 procs=args.client_procs)
         batches = scrape(f"http://127.0.0.1:{port}")  # the whole run's, warm-up included
-        count = batches.get("batch_size_count", 0.0)
-        result["mean_batch"] = batches.get("batch_size_sum", 0.0) / count if count else float("nan")
-        result["short_batches"] = short_share(batches)
+        result["mean_batch"], result["short_batches"] = mean_batch(batches), short_share(batches)
         return result
     finally:
         stop_server(proc)

@@ -356,6 +356,12 @@ def histograms(text: str) -> dict[str, float]:
     return out
 
 
+def mean_batch(d: dict[str, float]) -> float:
+    """The mean rows per batch in a histogram delta (nan: none ran)."""
+    count = d.get("batch_size_count", 0.0)
+    return d.get("batch_size_sum", 0.0) / count if count else float("nan")
+
+
 def short_share(d: dict[str, float]) -> float:
     """The share of batches of at most ``SHORT_BATCH_ROWS`` rows in a histogram delta (nan: none ran)."""
     count = d.get("batch_size_count", 0.0)
@@ -534,8 +540,7 @@ def perf(client: Client, model: str, url: str, protocol: str, concurrency: int, 
         return row
     d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in m1}
     row.update(gpu_util=gpu, server_cores=cores,
-               mean_batch=d.get("batch_size_sum", 0.0) / max(1.0, d.get("batch_size_count", 0.0)),
-               short_batches=short_share(d),
+               mean_batch=mean_batch(d), short_batches=short_share(d),
                batch_ms=1000 * d.get("compute_seconds_sum", 0.0) / max(1.0, d.get("compute_seconds_count", 0.0)),
                queue_ms=1000 * d.get("queue_seconds_sum", 0.0) / max(1.0, d.get("queue_seconds_count", 0.0)))
     return row

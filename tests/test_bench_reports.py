@@ -199,5 +199,5 @@ def test_the_short_batches_are_read_from_the_servers_own_metrics() -> None:
     text, _ = metrics.render()
     got = serve_gpu.histograms(text.decode() if isinstance(text, bytes) else text)
     assert got["batch_size_count"] == 4 and got["batch_size_sum"] == 1 + 8 + 9 + 32
-    assert got["batch_size_short"] == 2 and serve_gpu.short_share(got) == 0.5
+    assert got["batch_size_short"] == 2 and serve_gpu.short_share(got) == 0.5 and serve_gpu.mean_batch(got) == 12.5
     assert serve_gpu.short_share({}) != serve_gpu.short_share({})  # nan: no batch ran

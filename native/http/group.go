@@ -101,11 +101,7 @@ func (s *server) submit(m *model, mb *member) {
 	b.mu.Lock()
 	b.queue = append(b.queue, mb)
 	if !b.mayLeaveLocked() {
-		say := b.holdLocked()
-		b.mu.Unlock()
-		if say {
-			s.ch.send(heldMessage)
-		}
+		s.unlockHolding()
 		return
 	}
 	b.inFlight++
@@ -148,6 +144,17 @@ func (b *batcher) holdLocked() bool {
 	return true
 }
 
+// unlockHolding unlocks the batcher and tells the engine if requests are now held here (holdLocked), from the
+// caller's goroutine: a request's handler or a lane, never the channel's reader (the write may wait for the
+// engine to read).
+func (s *server) unlockHolding() {
+	say := s.batcher.holdLocked()
+	s.batcher.mu.Unlock()
+	if say {
+		s.ch.send(heldMessage)
+	}
+}
+
 // takeNext: the next group for a lane whose group was answered, or nil (the lane is then freed; the
 // lanes still in flight take what waits when their answers come).
 func (s *server) takeNext(m *model) []*member {
@@ -156,11 +163,7 @@ func (s *server) takeNext(m *model) []*member {
 	b.mu.Lock()
 	b.inFlight--
 	if len(b.queue) == 0 || !b.mayLeaveLocked() {
-		say := b.holdLocked()
-		b.mu.Unlock()
-		if say {
-			s.ch.send(heldMessage)
-		}
+		s.unlockHolding()
 		return nil
 	}
 	b.inFlight++
