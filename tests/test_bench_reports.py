@@ -201,3 +201,28 @@ def test_the_short_batches_are_read_from_the_servers_own_metrics() -> None:
     assert got["batch_size_count"] == 4 and got["batch_size_sum"] == 1 + 8 + 9 + 32
     assert got["batch_size_short"] == 2 and serve_gpu.short_share(got) == 0.5 and serve_gpu.mean_batch(got) == 12.5
     assert serve_gpu.short_share({}) != serve_gpu.short_share({})  # nan: no batch ran
+
+
+def test_batch_gaps_pairs_each_batch_on_its_thread_and_leaves_inline_runs_out(tmp_path: Path) -> None:
+    """``bench/batch_gaps.py``: a batch's stamps from its compute thread are put with the event loop's launch and
+    landing in order; a run on the event loop itself (a lone request inline) is no batch of a compute thread; the
+    device's idle time is from one run's end to the next run's start."""
+    gaps = _bench("batch_gaps")
+    loop, slot = 1, 2
+    stamps = [  # (name, thread, us)
+        ("launch", loop, 0), ("thread", slot, 100), ("copy", slot, 150), ("copied", slot, 650), ("run", slot, 700),
+        ("thread", loop, 800), ("computed", loop, 900),  # inline on the loop: left out
+        ("ran", slot, 6700), ("computed", slot, 6750), ("landed", loop, 6900),
+        ("launch", loop, 7000), ("thread", slot, 7400), ("run", slot, 7500), ("ran", slot, 13500),
+        ("computed", slot, 13520), ("landed", loop, 13600),
+    ]
+    path = tmp_path / "batches-7.txt"
+    path.write_text("".join(f"{name} {thread} {us * 1000}\n" for name, thread, us in stamps))
+    batches = gaps.batches(gaps.read(path))
+    assert [(b["launch"], b["thread"], b["run"], b["landed"]) for b in batches] == [
+        (0, 100_000, 700_000, 6_900_000), (7_000_000, 7_400_000, 7_500_000, 13_600_000)]
+    out = "\n".join(gaps.report(path))
+    assert "| launch -> thread | 250.0 |" in out  # the median of 100 and 400 us
+    assert "| a run's end -> the next run's start | 800.0 |" in out
+    assert "| landed -> the next launch | 100.0 |" in out
+    assert "runs took 93.8% of the 0.0 s" in out  # 12 of the 12.8 ms from 0.7 to 13.5
