@@ -15,6 +15,8 @@ thread that wants the GIL back waits that long for a busy event loop to let go o
 its thread then goes from its first copy to its wait for them without asking the event loop for the GIL per copy.
 ``TRTOP_GAPS_HANDOFF=1``: the event loop, having handed a batch to a compute thread, waits (at most 1 ms) for that
 thread to start its copies or its run, so that the thread gets the GIL at once.
+``TRTOP_GAPS_LAUNCH_FIRST=1``: a batch that lands frees its instance and the next batch is started before the
+landed batch's requests are answered (the scheduler answers first, then its worker task starts the next).
 """
 from __future__ import annotations
 
@@ -101,6 +103,17 @@ def _install() -> None:
             self._check(fn(dst, src, nbytes, cuda._H2D, stream), "copy to the GPU")
 
         cuda.CudaRuntime.copy_to_device = copy_to_device  # type: ignore[method-assign]
+    if os.environ.get("TRTOP_GAPS_LAUNCH_FIRST") == "1":
+        land = scheduler.Scheduler._land
+
+        def land_first(self: Any, items: Any, rows: Any, done: Any, ticket: Any) -> None:
+            if done.exception() is None:
+                self._batch_finished(done)  # again inside land: it forgets a batch it no longer holds
+                if self._queue:
+                    self._kick()
+            land(self, items, rows, done, ticket)
+
+        scheduler.Scheduler._land = land_first  # type: ignore[method-assign]
     if (switch := os.environ.get("TRTOP_GAPS_SWITCH_S")):
         sys.setswitchinterval(float(switch))
     wrap(scheduler.Scheduler, "_launch", before="launch")
