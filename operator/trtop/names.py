@@ -135,6 +135,7 @@ HTTP_FRONTEND_BINARY: Final = "trtop-http"
 ENV_SERVE_THREADS: Final = "TRTOP_THREADS"
 ENV_SERVE_INSTANCES: Final = "TRTOP_INSTANCES"
 ENV_SERVE_KEEP_AWAKE: Final = "TRTOP_KEEP_AWAKE"  # auto | on | off: spinners on idle cores while requests come
+ENV_SERVE_SLOT_HANDOFF: Final = "TRTOP_SLOT_HANDOFF"  # GPU slots: the event loop hands the GIL over at each batch
 ENV_SERVE_LOOP_POLL_MS: Final = "TRTOP_LOOP_POLL_MS"  # the engine's loop polls this long after a request (cores awake)
 ENV_SERVE_SHARED_MEMORY: Final = "TRTOP_SHARED_MEMORY"  # off | system: Triton's system shared memory extension
 ENV_SERVE_GPU_IO: Final = "TRTOP_GPU_IO"  # graphs | bind | plain: how a GPU backend feeds its batches

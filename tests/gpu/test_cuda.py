@@ -123,6 +123,11 @@ def test_pinned_copies_and_a_graph_replay_on_a_real_gpu() -> None:
         cuda.copy_to_host(dst.ptr, dev, dst.nbytes, stream)
         cuda.synchronize(stream)
         np.testing.assert_array_equal(dst.array, src.array)
+        src.array[...] = 7.0  # the same copy queued holding the GIL (--slot-handoff; ctypes.PyDLL of libcudart)
+        cuda.queue_copy_to_device(dev, src.ptr, src.nbytes, stream)
+        cuda.copy_to_host(dst.ptr, dev, dst.nbytes, stream)
+        cuda.synchronize(stream)
+        assert float(dst.array.min()) == float(dst.array.max()) == 7.0
 
         cuda.begin_capture(stream)
         cuda.copy_to_device(dev, src.ptr, src.nbytes, stream)
@@ -147,3 +152,15 @@ def test_pinned_copies_and_a_graph_replay_on_a_real_gpu() -> None:
         src.free()
         dst.free()
         cuda.destroy_stream(stream)
+
+
+def test_a_copy_queued_holding_the_gil_is_the_same_checked_copy() -> None:
+    """``queue_copy_to_device`` (``--slot-handoff``) calls cudaMemcpyAsync host-to-device on the stream, checked like
+    every call; with a library that is no ``ctypes.CDLL`` (no ``ctypes.PyDLL`` of it) through the library itself."""
+    lib = FakeLib()
+    cuda = CudaRuntime(lib)
+    cuda.queue_copy_to_device(0x1000, 0x2000, 64, 0x77)
+    assert lib.calls[-1] == ("cudaMemcpyAsync", (0x1000, 0x2000, 64, 1, 0x77))
+    failing = CudaRuntime(FakeLib({"cudaMemcpyAsync": 2}))
+    with pytest.raises(CudaError, match="copy to the GPU failed: out of memory"):
+        failing.queue_copy_to_device(0x1000, 0x2000, 64, 0x77)

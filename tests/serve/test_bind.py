@@ -59,6 +59,7 @@ class FakeCuda:
     def __init__(self, fail: bool = False) -> None:
         self.fail = fail
         self.copies: list[tuple[int, int, int]] = []
+        self.held: list[tuple[int, int, int]] = []  # queued holding the GIL
         self.synced: list[int] = []
         self.device = -1
 
@@ -75,6 +76,9 @@ class FakeCuda:
         if self.fail:
             raise OSError("libcudart.so: cannot open shared object file")
         self.copies.append((dst, nbytes, stream))
+
+    def queue_copy_to_device(self, dst: int, src: int, nbytes: int, stream: int) -> None:
+        self.held.append((dst, nbytes, stream))
 
     def synchronize(self, stream: int) -> None:
         self.synced.append(stream)
@@ -162,3 +166,55 @@ def test_only_large_requests_are_copied_one_by_one() -> None:
     assert pool.in_slot(0, pool.run_rows, 2, [small, small], ["y"]) is None
     assert pool.run_rows(2, [big, big], ["y"]) is None  # not on a slot's thread
     pool.close()
+
+
+def test_handing_off_the_copies_are_queued_holding_the_gil_and_waited_for_once() -> None:
+    """``--slot-handoff``: a slot's copies go through ``queue_copy_to_device`` (no GIL hand-over per copy), then one
+    wait; without it, through ``copy_to_device``."""
+    cuda = FakeCuda()
+    b = bound(DeviceCopier(1, cuda, held=True))
+    x = np.ones((4, 3), np.float32)
+    b.run({"x": x}, ["y"])
+    ptr = b.inputs["x"].data_ptr()
+    assert cuda.held == [(ptr, x.nbytes, 77)] and cuda.copies == [] and cuda.synced == [77]
+
+
+def test_a_pool_that_hands_off_returns_from_submit_once_the_slot_reaches_its_run() -> None:
+    """The caller (the event loop) lets go of the GIL until the slot's thread reaches its copies or its run
+    (``Bound.run``), or its batch ends, or ``handoff_s`` passes; a pool that does not hand off returns at once."""
+    import threading
+    import time
+
+    from trtop.serve.backends.onnxruntime_bind import BoundPool
+
+    release, reached_run = threading.Event(), threading.Event()
+
+    def batch() -> str:
+        time.sleep(0.05)  # the thread's own work before its copies
+        bound(DeviceCopier(0, FakeCuda())).run({"x": np.ones((4, 3), np.float32)}, ["y"])
+        reached_run.set()
+        release.wait(5)
+        return "done"
+
+    pool = BoundPool(1, handoff_s=5.0)
+    assert pool.hands_off
+    start = time.perf_counter()
+    future = pool.submit(batch)
+    waited = time.perf_counter() - start
+    assert 0.04 <= waited < 4 and reached_run.wait(5) and not future.done()  # back once the run started
+    release.set()
+    assert future.result(5) == "done"
+    start = time.perf_counter()
+    assert pool.submit(lambda: "no run").result(5) == "no run"  # a batch that ends without a bound run
+    assert time.perf_counter() - start < 4
+    pool.close()
+    plain = BoundPool(1)
+    assert not plain.hands_off
+    release.clear()
+    reached_run.clear()
+    start = time.perf_counter()
+    future = plain.submit(batch)
+    assert time.perf_counter() - start < 0.04 and not future.done()
+    release.set()
+    assert future.result(5) == "done"
+    plain.close()

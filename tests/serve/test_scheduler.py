@@ -165,14 +165,16 @@ async def test_close_runs_what_is_queued_without_waiting_for_the_delay(backend: 
         await submit(s, 3)
 
 
-async def test_a_worker_that_fails_is_logged_and_started_again(
-        backend: FakeBackend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+async def _one_running_one_queued_then_the_policy_fails_once(
+        s: Scheduler, backend: FakeBackend, monkeypatch: pytest.MonkeyPatch,
+) -> tuple[asyncio.Future[Outputs], asyncio.Future[Outputs], list[int]]:
+    """A batch held in the backend and a request queued behind it (it arrives busy: nothing but the scheduler takes
+    it once the instance is free); then the batching policy fails its next call, and the backend lets go."""
     backend.gate.clear()
-    s = Scheduler(backend, BatchPolicy(1, 0.0), max_queue=10, instances=1)
     s.start()
     first = asyncio.ensure_future(submit(s, 1))
     await asyncio.sleep(0.05)
-    second = asyncio.ensure_future(submit(s, 2))  # arrives busy: the worker takes it once the instance is free
+    second = asyncio.ensure_future(submit(s, 2))
     await asyncio.sleep(0.05)
     real, calls = scheduler_module.next_batch, []
 
@@ -184,6 +186,13 @@ async def test_a_worker_that_fails_is_logged_and_started_again(
 
     monkeypatch.setattr(scheduler_module, "next_batch", failing_once)
     backend.gate.set()
+    return first, second, calls
+
+
+async def test_a_worker_that_fails_is_logged_and_started_again(
+        backend: FakeBackend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    s = Scheduler(backend, BatchPolicy(1, 0.0), max_queue=10, instances=1)
+    first, second, calls = await _one_running_one_queued_then_the_policy_fails_once(s, backend, monkeypatch)
     assert (await asyncio.wait_for(first, 2))["y"][0, 0] == 10
     assert (await asyncio.wait_for(second, 2))["y"][0, 0] == 20  # no arrival came to take it: the new worker did
     assert len(calls) >= 2 and "the batch worker failed (a bug in the policy)" in caplog.text
@@ -221,6 +230,77 @@ async def test_it_says_when_every_instance_is_busy_and_when_one_is_free_again(ba
     await asyncio.sleep(0.05)
     assert told[-1] is False and told == [True, False] * (len(told) // 2)  # alternating, ending free
     assert not s.threads_busy
+    await s.close()
+
+
+def starts_and_answers(s: Scheduler) -> list[str]:
+    """``s``'s batches, in order, as they start on a compute thread ("start 1") and as their requests are answered
+    ("answer 1"; the value of the batch's first request)."""
+    order: list[str] = []
+    launch, finished = s._launch, s._finished
+    s._launch = lambda loop, items, *a: (order.append(f"start {items[0].feeds['x'][0, 0]:g}"),  # type: ignore
+                                         launch(loop, items, *a))[1]
+    s._finished = lambda items, *a: (order.append(f"answer {items[0].feeds['x'][0, 0]:g}"),  # type: ignore
+                                     finished(items, *a))[1]
+    return order
+
+
+async def test_a_batch_that_lands_starts_the_next_before_its_own_requests_are_answered(backend: FakeBackend) -> None:
+    """With one instance (a GPU), the batch waiting in the queue leaves for the compute thread in the callback that
+    lands the one before, ahead of that one's answers: the device idles from one batch's end to the next start."""
+    backend.gate.clear()
+    s = Scheduler(backend, BatchPolicy(1, 0.0), max_queue=10, instances=1, inline_max_s=0.0, inline_alone_max_s=0.0,
+                  land_starts=True)
+    order = starts_and_answers(s)
+    s.start()
+    tasks = [asyncio.ensure_future(submit(s, v)) for v in (1, 2, 3)]
+    await asyncio.sleep(0.05)
+    assert order == ["start 1"] and s.queued == 2
+    backend.gate.set()
+    assert [(await t)["y"][0, 0] for t in tasks] == [10, 20, 30]
+    assert order == ["start 1", "start 2", "answer 1", "start 3", "answer 2", "answer 3"]
+    await s.close()
+    backend.gate.clear()
+    s = Scheduler(backend, BatchPolicy(1, 0.0), max_queue=10, instances=1, inline_max_s=0.0, inline_alone_max_s=0.0)
+    order = starts_and_answers(s)
+    s.start()
+    tasks = [asyncio.ensure_future(submit(s, v)) for v in (1, 2)]
+    await asyncio.sleep(0.05)
+    backend.gate.set()
+    await asyncio.gather(*tasks)
+    assert order == ["start 1", "answer 1", "start 2", "answer 2"]  # without land_starts: the worker's turn, after
+    await s.close()
+
+
+async def test_where_taking_the_next_batch_fails_as_one_lands_its_requests_are_answered_and_the_worker_goes_on(
+        backend: FakeBackend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    s = Scheduler(backend, BatchPolicy(1, 0.0), max_queue=10, instances=1, land_starts=True)
+    first, second, _ = await _one_running_one_queued_then_the_policy_fails_once(s, backend, monkeypatch)
+    assert (await asyncio.wait_for(first, 2))["y"][0, 0] == 10
+    assert (await asyncio.wait_for(second, 2))["y"][0, 0] == 20  # the worker took it
+    assert "taking the next batch failed (a bug in the policy)" in caplog.text
+    await s.close()
+
+
+async def test_a_landing_batch_leaves_a_next_batch_that_runs_inline_to_the_worker_after_its_answers(
+        backend: FakeBackend) -> None:
+    """A short batch runs on the event loop; started where a batch lands, it would hold that batch's answers back,
+    so the worker task runs it, after them."""
+    run, threads = recording_threads(backend)
+    backend.gate.clear()
+    s = Scheduler(run, BatchPolicy(1, 0.0), max_queue=10, inline_max_s=1.0, land_starts=True)
+    s.start()
+    first = s.enqueue(*feeds(1), 5.0)  # batch 1's time not known yet: a compute thread
+    await asyncio.sleep(0.05)
+    answered_first: list[bool] = []
+    original = s._run_inline
+    s._run_inline = lambda items, *a: (answered_first.append(first.done()), original(items, *a))[1]  # type: ignore
+    second = s.enqueue(*feeds(2), 5.0)  # queued behind the first; known short once the first lands
+    await asyncio.sleep(0.05)
+    backend.gate.set()
+    assert (await first)["y"][0, 0] == 10 and (await second)["y"][0, 0] == 20
+    assert threads[1] == threading.get_ident()  # the second ran inline
+    assert answered_first == [True]
     await s.close()
 
 

@@ -254,3 +254,29 @@ async def test_each_request_tells_the_spinners_how_many_rows_wait_in_the_queue()
     await svc.enqueue(feeds, 1, ("x",), 5.0)
     assert awake.heard == [1, 2, 5, 1]
     await svc.close()
+
+
+async def test_a_runtime_that_hands_off_gets_a_scheduler_that_starts_batches_where_they_land_and_a_short_switch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--slot-handoff`` on a GPU with bound sessions: the scheduler starts the next batch where one lands and a
+    thread waiting for the GIL asks for it after ``HANDOFF_SWITCH_S``; a runtime that does not hand off changes
+    neither."""
+    import sys
+
+    from trtop.serve.runtime import HANDOFF_SWITCH_S
+
+    class HandsOff(Recorder):
+        hands_off = True
+
+    switched: list[float] = []
+    monkeypatch.setattr(sys, "setswitchinterval", switched.append)
+    svc = InferenceService("m", lambda: Loaded(HandsOff(), backend="fake"), BatchingConfig(max_batch=2),
+                           ServerMetrics("m"))
+    await svc.start()
+    assert switched == [HANDOFF_SWITCH_S] and svc._scheduler is not None and svc._scheduler._land_starts
+    await svc.close()
+    plain = InferenceService("m", lambda: Loaded(Recorder(), backend="fake"), BatchingConfig(max_batch=2),
+                             ServerMetrics("m"))
+    await plain.start()
+    assert switched == [HANDOFF_SWITCH_S] and plain._scheduler is not None and not plain._scheduler._land_starts
+    await plain.close()

@@ -28,6 +28,8 @@ def test_grpc_port_defaults_to_tritons_and_0_turns_it_off() -> None:
     assert parse_settings(["--grpc-port", "9001"], env={names.ENV_SERVE_GRPC_PORT: "0"}).grpc_port == 9001
     assert parse_settings([], env={}).gpu_io == "graphs"
     assert parse_settings(["--gpu-io", "plain"], env={names.ENV_SERVE_GPU_IO: "bind"}).gpu_io == "plain"
+    assert parse_settings([], env={}).slot_handoff == "off"  # until measured at every load
+    assert parse_settings([], env={names.ENV_SERVE_SLOT_HANDOFF: "on"}).slot_handoff == "on"
     assert parse_settings([], env={}).grpc_frontend == "auto"  # native whenever the HTTP front-ends are
     assert parse_settings(["--http-frontend", "native"],
                           env={names.ENV_SERVE_GRPC_FRONTEND: "native"}).grpc_frontend == "native"
@@ -45,6 +47,7 @@ def test_grpc_port_defaults_to_tritons_and_0_turns_it_off() -> None:
     (["--grpc-max-connection-age-s", "-1"], {}, "--grpc-max-connection-age-s must be >= 0 (0: never)"),
     (["--grpc-port", "8000"], {}, "give gRPC its own port"),
     ([], {names.ENV_SERVE_GPU_IO: "fast"}, "--gpu-io must be one of graphs, bind, plain"),
+    (["--slot-handoff", "yes"], {}, "--slot-handoff must be one of off, on"),
     (["--grpc-frontend", "go"], {}, "--grpc-frontend must be one of auto, native, python"),
     (["--grpc-only-frontends", "-2"], {}, "--grpc-only-frontends must be -1 (auto), 0 or more"),
     ([], {names.ENV_SERVE_GRPC_GO_THREADS: "-1"}, "--grpc-go-threads must be 0 (the default) or more"),

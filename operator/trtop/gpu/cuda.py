@@ -64,6 +64,8 @@ class Cuda(Protocol):
     def free_host(self, ptr: int) -> None: ...
     def register_host(self, ptr: int, nbytes: int) -> None: ...  # page-lock memory allocated elsewhere (kept)
     def copy_to_device(self, dst: int, src: int, nbytes: int, stream: int) -> None: ...
+    # the same, queued without letting go of the GIL (from page-locked memory it returns at once)
+    def queue_copy_to_device(self, dst: int, src: int, nbytes: int, stream: int) -> None: ...
     def copy_to_host(self, dst: int, src: int, nbytes: int, stream: int) -> None: ...
     def synchronize(self, stream: int) -> None: ...
     def begin_capture(self, stream: int) -> None: ...
@@ -80,6 +82,7 @@ class CudaRuntime:
 
     def __init__(self, lib: Any = None) -> None:
         self.lib = lib if lib is not None else _load_cudart()
+        self._held_copy: Any = None  # cudaMemcpyAsync through ctypes.PyDLL (queue_copy_to_device)
         self.lib.cudaGetErrorString.restype = ctypes.c_char_p
         self.lib.cudaGetErrorString.argtypes = [_INT]
         for name, argtypes in _SIGNATURES.items():
@@ -123,6 +126,22 @@ class CudaRuntime:
 
     def copy_to_device(self, dst: int, src: int, nbytes: int, stream: int) -> None:
         self._check(self.lib.cudaMemcpyAsync(dst, src, nbytes, _H2D, stream), "copy to the GPU")
+
+    def queue_copy_to_device(self, dst: int, src: int, nbytes: int, stream: int) -> None:
+        """``copy_to_device`` holding the GIL: a ``ctypes`` call lets go of it and takes it back after, and a
+        thread that queues a batch's copies one request at a time then waits for a busy event loop at each
+        (``--slot-handoff``). From page-locked memory the call only queues the copy; from pageable memory it
+        waits for the driver to stage it, with the GIL held. Falls back to ``copy_to_device`` where the
+        library cannot be opened that way (a library object that is no ``ctypes.CDLL``)."""
+        held = self._held_copy
+        if held is None:
+            try:
+                held = ctypes.PyDLL(self.lib._name).cudaMemcpyAsync
+                held.restype, held.argtypes = _INT, _SIGNATURES["cudaMemcpyAsync"]
+            except (AttributeError, OSError, TypeError):
+                held = self.lib.cudaMemcpyAsync
+            self._held_copy = held
+        self._check(held(dst, src, nbytes, _H2D, stream), "copy to the GPU")
 
     def copy_to_host(self, dst: int, src: int, nbytes: int, stream: int) -> None:
         self._check(self.lib.cudaMemcpyAsync(dst, src, nbytes, _D2H, stream), "copy from the GPU")

@@ -85,6 +85,11 @@ def parallelism(instances: int, threads: int, *, backend: str, gpu: bool, cores:
     return instances, threads
 
 
+# ``--slot-handoff``: in the engine process a thread waiting for the GIL asks for it after this long (Python's
+# default 5 ms; ``sys.setswitchinterval``, set by the service when its runtime hands off)
+HANDOFF_SWITCH_S = 0.0002
+
+
 @dataclass(frozen=True)
 class RuntimeOptions:
     # Compute threads for CPU backends (ONNX Runtime intra-op); 0 = every core we may use.
@@ -103,6 +108,9 @@ class RuntimeOptions:
     # ONNX Runtime CUDA: one more batch-1 session, bound and captured on the event loop's thread, where
     # a lone request runs without a hop to a slot's thread (one more copy of the weights on the GPU).
     loop_session: bool = True
+    # ONNX Runtime CUDA: the event loop hands the GIL to a slot's thread at each batch (``--slot-handoff``,
+    # ``onnxruntime_bind.BoundPool``).
+    handoff: bool = False
 
     @property
     def thread_count(self) -> int:

@@ -153,7 +153,8 @@ def build_loader(servable: Servable, settings: ServeSettings, threads: int, gpu:
     """Fetch (when from the store) and load the model; runs in the loader thread."""
     path, record = fetch_servable(servable, Path(settings.cache_dir))
     options = RuntimeOptions(threads=threads, use_gpu=gpu, cuda_graphs=settings.gpu_io == "graphs",
-                             io_binding=settings.gpu_io != "plain", slots=slots)
+                             io_binding=settings.gpu_io != "plain", slots=slots,
+                             handoff=settings.slot_handoff == "on")
     runtime = load_runtime(servable.backend, path, options)
     return Loaded(runtime, record, servable.backend, servable.key, str(servable.target or ""))
 

@@ -11,6 +11,7 @@ import functools
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -27,7 +28,7 @@ from trtop.serve.handle import not_ready_message
 from trtop.serve.metrics import ServerMetrics
 from trtop.serve.model import Admitted, ModelInfo, admit
 from trtop.serve.protocol import InferRequest
-from trtop.serve.runtime import Runtime
+from trtop.serve.runtime import HANDOFF_SWITCH_S, Runtime
 from trtop.serve.scheduler import Scheduler
 from trtop.serve.shared_memory import RegionSpec, Registry
 from trtop.serve.statistics import ModelStatistics, StatsSnapshot
@@ -247,13 +248,18 @@ class InferenceService:
         def run_rows(parts: list[Feeds], size: int) -> Outputs | None:
             return by_rows(parts, size, outputs) if by_rows is not None else None
 
+        hands_off = bool(getattr(runtime, "hands_off", False))  # --slot-handoff on a GPU with bound sessions
+        if hands_off:  # a slot's thread asks a busy event loop for the GIL sooner
+            sys.setswitchinterval(HANDOFF_SWITCH_S)
+            log.info("the event loop hands the GIL to the GPU slots' threads at each batch (switch interval %g ms)",
+                     HANDOFF_SWITCH_S * 1e3)
         self._scheduler = Scheduler(
             run, BatchPolicy(info.max_batch, self.config.max_queue_delay_s, info.buckets, self.merge_max),
             max_queue=self.config.max_queue_size, observer=self._observer, instances=self.config.instances,
             empty=getattr(runtime, "batch_array", None),  # page-locked batch buffers where the backend has them
             executor=getattr(runtime, "executor", None),  # its own compute threads where it has them
             run_rows=run_rows if by_rows is not None else None, loop_sizes=loop_sizes, rows_judge=self.rows_judge,
-            run_alone=run_alone if lone is not None else None,
+            run_alone=run_alone if lone is not None else None, land_starts=hands_off,
         )
         self._scheduler.start()
         self.metrics.rows_apart_from(lambda: self.rows_apart)

@@ -19,6 +19,7 @@ from trtop.api.spec import DEFAULT_HTTP_FRONTEND, HTTP_FRONTENDS, KEEP_AWAKE, SH
 GPU_IO_MODES = ("graphs", "bind", "plain")
 GRPC_FRONTENDS = ("auto", "native", "python")
 SHARED_MEMORY_MODES = SHARED_MEMORY  # the ModelDeployment's serving.sharedMemory
+SLOT_HANDOFF_MODES = ("off", "on")
 KEEP_AWAKE_MODES = KEEP_AWAKE  # serve.awake.awake_cores; the ModelDeployment's serving.keepAwake
 
 
@@ -129,6 +130,13 @@ class ServeSettings:
     # instead of sleeping (``awake.KeepAwake.poll_s``): the next descriptor finds it running, with its caches warm.
     # It costs one core while requests come. 0 = never.
     loop_poll_ms: float = 2.0
+    # On a GPU with bound sessions (``onnxruntime_bind``): "on" = the event loop hands the GIL to a slot's thread at
+    # each batch (waits, at most 1 ms, for it to reach its copies; the copies are queued holding the GIL; the next
+    # batch starts where one lands; a thread waiting for the GIL asks for it after 0.2 ms instead of 5). A slot
+    # otherwise waits for a busy loop at each of those points: 1.0-1.6 ms between batches of ~6 ms on an H100 at
+    # 64 clients, 5-9% more served with the four together (trials, thirty-eighth session). "off" (default) until
+    # measured at every load.
+    slot_handoff: str = "off"
     # Triton's system shared memory extension (``serve.shared_memory``): "system" = clients on this host (a
     # sidecar in the pod) register /dev/shm regions and requests name them instead of carrying tensor bytes;
     # "off" (default): refused. Such a client can make the server read and write its regions, so only
@@ -221,6 +229,8 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "loop_poll_ms": ("--loop-poll-ms", names.ENV_SERVE_LOOP_POLL_MS,
                      "while the cores are kept awake (4 or more), ms the engine's event loop polls after each request "
                      "instead of sleeping (0: never)"),
+    "slot_handoff": ("--slot-handoff", names.ENV_SERVE_SLOT_HANDOFF,
+                     "GPU slots: off (default) or on (the event loop hands the GIL to a slot's thread at each batch)"),
     "shared_memory": ("--shared-memory", names.ENV_SERVE_SHARED_MEMORY,
                       "system shared memory extension: off (default) or system (clients on this host name /dev/shm "
                       "regions instead of sending tensors)"),
@@ -295,6 +305,8 @@ def _problems(s: ServeSettings) -> list[str]:
         out.append(f"--keep-awake must be one of {', '.join(KEEP_AWAKE_MODES)}")
     if not 0 <= s.loop_poll_ms <= 1000:
         out.append("--loop-poll-ms must be between 0 (never) and 1000")
+    if s.slot_handoff not in SLOT_HANDOFF_MODES:
+        out.append(f"--slot-handoff must be one of {', '.join(SLOT_HANDOFF_MODES)}")
     if s.shared_memory not in SHARED_MEMORY_MODES:
         out.append(f"--shared-memory must be one of {', '.join(SHARED_MEMORY_MODES)}")
     if s.gpu_io not in GPU_IO_MODES:

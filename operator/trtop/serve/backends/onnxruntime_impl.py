@@ -18,7 +18,9 @@ import numpy as np
 import onnxruntime as ort
 
 from trtop.api.engine import TensorSpec
-from trtop.serve.backends.onnxruntime_bind import BoundPool, PinnedArrays, Trial, build_bound, checked_here
+from trtop.serve.backends.onnxruntime_bind import (
+    HANDOFF_S, BoundPool, PinnedArrays, Trial, build_bound, checked_here,
+)
 from trtop.serve.errors import StartupError
 from trtop.serve.runtime import FixedIO, RuntimeOptions, default_threads
 from trtop.serve.types import Feeds, Outputs
@@ -52,7 +54,7 @@ class OnnxRuntime(FixedIO):
         self._path = path
         self._options = options
         self._by_batch: dict[int, Any] = {}
-        self._bound = BoundPool(options.slots)
+        self._bound = BoundPool(options.slots, HANDOFF_S if options.handoff and options.use_gpu else 0.0)
         self._for_loop: tuple[Any, Trial, str] | None = None  # batch size 1's session for the event loop's thread
         self._pinned = PinnedArrays()
         self._wide: Any = None  # CPU: a session over every core for lone runs
@@ -161,6 +163,11 @@ class OnnxRuntime(FixedIO):
     def executor(self) -> Executor | None:
         """Where the scheduler should run batches: the bound sessions' slot threads (one hop per batch)."""
         return self._bound if self._bound else None
+
+    @property
+    def hands_off(self) -> bool:
+        """The event loop hands the GIL to a slot's thread at each batch (``--slot-handoff``, bound sessions)."""
+        return bool(self._bound) and self._bound.hands_off
 
     def _widen(self) -> None:
         """Several single-threaded runs side by side serve load best on CPU, but leave a lone request to
