@@ -8,7 +8,8 @@ a batch to a compute thread), ``thread`` -> ``computed`` (the batch on that thre
 ``Bound._run``), ``landed`` (the batch back on the event loop, ``Scheduler._land``). Without TRTOP_BATCH_TRACE
 it does nothing. Stamping costs ~1-3 us a stamp, a few per batch.
 
-Trials of what could shorten the gaps, each on where its variable is set (bench only; none is the server's):
+Trials of what could shorten the gaps, each on where its variable is set (bench only; the four together are the
+server's ``--slot-handoff on``, measured as trials first: docs/server-measured.md, thirty-eighth session):
 ``TRTOP_GAPS_SWITCH_S``: the engine's GIL switch interval (``sys.setswitchinterval``; Python's default 0.005: a
 thread that wants the GIL back waits that long for a busy event loop to let go of it).
 ``TRTOP_GAPS_PYDLL=1``: a slot's copies to the GPU are queued holding the GIL (libcudart through ``ctypes.PyDLL``):
