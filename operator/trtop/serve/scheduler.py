@@ -347,11 +347,14 @@ class Scheduler:
 
     def _alone(self, items: list[_Item]) -> bool:
         """One request taken with nothing else queued or running: a lone request."""
-        return len(items) == 1 and not self._queue and not self._running and not self._inline
+        return self._lone(len(items), len(self._queue))
 
     def _alone_take(self, decision: Decision) -> bool:
         """The batch ``decision`` takes would be a lone request (``_alone``, known before it is taken)."""
-        return len(decision.take) == 1 and len(self._queue) == 1 and not self._running and not self._inline
+        return self._lone(len(decision.take), len(self._queue) - len(decision.take))
+
+    def _lone(self, taken: int, left: int) -> bool:
+        return taken == 1 and not left and not self._running and not self._inline
 
     def _inline_now(self, size: int, alone: bool) -> bool:
         """Run a batch on the event loop: its size is known to be short (``inline_max_s``), or it is one request
