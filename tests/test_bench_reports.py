@@ -226,3 +226,25 @@ def test_batch_gaps_pairs_each_batch_on_its_thread_and_leaves_inline_runs_out(tm
     assert "| a run's end -> the next run's start | 800.0 |" in out
     assert "| landed -> the next launch | 100.0 |" in out
     assert "runs took 93.8% of the 0.0 s" in out  # 12 of the 12.8 ms from 0.7 to 13.5
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, "0.0002 0.001 True"),
+    ({"TRTOP_GAPS_KEEP_SWITCH": "1", "TRTOP_GAPS_NO_WAIT": "1", "TRTOP_GAPS_NO_LAND": "1"}, "0.005 1e-09 False"),
+])
+def test_trace_batches_leaves_the_named_parts_of_slot_handoff_out(env: dict[str, str], expected: str) -> None:
+    """``bench/trace_batches`` first on a server's path, without stamps: each ``TRTOP_GAPS_NO_*``/``KEEP_*``
+    variable takes its part of ``--slot-handoff on`` out before the server's modules read it
+    (bench/gpu/handoff_parts.sh); none set, the server's own values stay."""
+    probe = ("import sys, asyncio\n"
+             "from trtop.serve import service, scheduler\n"
+             "from trtop.serve.backends import onnxruntime_impl\n"
+             "from trtop.serve.batching import BatchPolicy\n"
+             "async def main():\n"
+             "    s = scheduler.Scheduler(lambda *a: None, BatchPolicy(max_batch=4), max_queue=4, land_starts=True)\n"
+             "    print(service.HANDOFF_SWITCH_S, onnxruntime_impl.HANDOFF_S, s._land_starts)\n"
+             "asyncio.run(main())\n")
+    operator = BENCH.parent / "operator"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{BENCH / 'trace_batches'}:{operator}", **env})
+    assert out.stdout.split("\n")[0] == expected

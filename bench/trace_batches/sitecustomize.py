@@ -18,6 +18,11 @@ its thread then goes from its first copy to its wait for them without asking the
 thread to start its copies or its run, so that the thread gets the GIL at once.
 ``TRTOP_GAPS_LAUNCH_FIRST=1``: a batch that lands frees its instance and the next batch is started before the
 landed batch's requests are answered (the scheduler answers first, then its worker task starts the next).
+
+Parts of ``--slot-handoff on`` left out, to tell what each costs or pays (these work without TRTOP_BATCH_TRACE):
+``TRTOP_GAPS_NO_LAND=1``: the scheduler answers a landed batch before it starts the next (no ``land_starts``).
+``TRTOP_GAPS_KEEP_SWITCH=1``: the GIL switch interval stays at Python's 0.005 s.
+``TRTOP_GAPS_NO_WAIT=1``: the event loop does not wait for the slot's thread (``HANDOFF_S`` of 1 ns).
 """
 from __future__ import annotations
 
@@ -124,8 +129,28 @@ def _install() -> None:
     wrap(onnxruntime_bind.Bound, "_run", before="run", after="ran")
 
 
-if _DIR:
-    try:
+def _leave_out() -> None:
+    """Patch the named parts of ``--slot-handoff on`` out before the server's modules read them."""
+    if os.environ.get("TRTOP_GAPS_KEEP_SWITCH") == "1":
+        from trtop.serve import runtime
+        runtime.HANDOFF_SWITCH_S = sys.getswitchinterval()  # type: ignore[misc]
+    if os.environ.get("TRTOP_GAPS_NO_WAIT") == "1":
+        from trtop.serve.backends import onnxruntime_bind
+        onnxruntime_bind.HANDOFF_S = 1e-9  # type: ignore[misc]
+    if os.environ.get("TRTOP_GAPS_NO_LAND") == "1":
+        from trtop.serve import scheduler
+        init = scheduler.Scheduler.__init__
+
+        def no_land(self: Any, *args: Any, **kwargs: Any) -> None:
+            kwargs["land_starts"] = False
+            init(self, *args, **kwargs)
+
+        scheduler.Scheduler.__init__ = no_land  # type: ignore[method-assign]
+
+
+try:
+    _leave_out()
+    if _DIR:
         _install()
-    except ImportError:  # a process without the server's modules (a client, a tool)
-        pass
+except ImportError:  # a process without the server's modules (a client, a tool)
+    pass
