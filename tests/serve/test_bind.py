@@ -179,6 +179,21 @@ def test_handing_off_the_copies_are_queued_holding_the_gil_and_waited_for_once()
     assert cuda.held == [(ptr, x.nbytes, 77)] and cuda.copies == [] and cuda.synced == [77]
 
 
+def test_a_copy_past_the_held_limit_lets_go_of_the_gil() -> None:
+    """A copy larger than ``HELD_COPY_MAX_BYTES`` (from pageable memory the driver stages it, the GIL held all the
+    while) goes through ``copy_to_device`` even handing off; the rows of a batch at or under it stay held."""
+    from trtop.serve.backends.onnxruntime_bind import HELD_COPY_MAX_BYTES
+
+    cuda = FakeCuda()
+    copier = DeviceCopier(1, cuda, held=True)
+    big = np.ones(HELD_COPY_MAX_BYTES // 4 + 1, np.float32)
+    row = np.ones((1, HELD_COPY_MAX_BYTES // 4), np.float32)
+    assert copier.copy(1000, big)
+    assert cuda.copies == [(1000, big.nbytes, 77)] and cuda.held == []
+    assert copier.copy_rows(5000, [row, row], 2)
+    assert cuda.held == [(5000, row.nbytes, 77), (5000 + row.nbytes, row.nbytes, 77)]
+
+
 def test_a_pool_that_hands_off_returns_from_submit_once_the_slot_reaches_its_run() -> None:
     """The caller (the event loop) lets go of the GIL until the slot's thread reaches its copies or its run
     (``Bound.run``), or its batch ends, or ``handoff_s`` passes; a pool that does not hand off returns at once."""

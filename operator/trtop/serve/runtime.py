@@ -109,7 +109,7 @@ class RuntimeOptions:
     # a lone request runs without a hop to a slot's thread (one more copy of the weights on the GPU).
     loop_session: bool = True
     # ONNX Runtime CUDA: the event loop hands the GIL to a slot's thread at each batch (``--slot-handoff``,
-    # ``onnxruntime_bind.BoundPool``).
+    # ``onnxruntime_bind.BoundPool``; the server's default, off for a runtime built without the setting).
     handoff: bool = False
 
     @property

@@ -134,9 +134,10 @@ class ServeSettings:
     # each batch (waits, at most 1 ms, for it to reach its copies; the copies are queued holding the GIL; the next
     # batch starts where one lands; a thread waiting for the GIL asks for it after 0.2 ms instead of 5). A slot
     # otherwise waits for a busy loop at each of those points: 1.0-1.6 ms between batches of ~6 ms on an H100 at
-    # 64 clients, 5-9% more served with the four together (trials, thirty-eighth session). "off" (default) until
-    # measured at every load.
-    slot_handoff: str = "off"
+    # 64 clients, 5-9% more served with the four together (trials, thirty-eighth session). "on" (default): on two
+    # H100s it served 3-7% more at 16 to 128 clients and the same at 1 to 8 (a lone request, paired: +0.18 to +0.31
+    # ms against +0.25); no effect on CPU (thirty-ninth session). "off": the loop never waits for a slot's thread.
+    slot_handoff: str = "on"
     # Triton's system shared memory extension (``serve.shared_memory``): "system" = clients on this host (a
     # sidecar in the pod) register /dev/shm regions and requests name them instead of carrying tensor bytes;
     # "off" (default): refused. Such a client can make the server read and write its regions, so only
@@ -230,7 +231,7 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
                      "while the cores are kept awake (4 or more), ms the engine's event loop polls after each request "
                      "instead of sleeping (0: never)"),
     "slot_handoff": ("--slot-handoff", names.ENV_SERVE_SLOT_HANDOFF,
-                     "GPU slots: off (default) or on (the event loop hands the GIL to a slot's thread at each batch)"),
+                     "GPU slots: on (default; the event loop hands the GIL to a slot's thread at each batch) or off"),
     "shared_memory": ("--shared-memory", names.ENV_SERVE_SHARED_MEMORY,
                       "system shared memory extension: off (default) or system (clients on this host name /dev/shm "
                       "regions instead of sending tensors)"),

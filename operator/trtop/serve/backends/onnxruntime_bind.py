@@ -41,6 +41,10 @@ GATHER_MIN_BYTES = 64 * 1024  # per request, on average, for a batch to be copie
 # ``--slot-handoff``: the event loop waits at most this long, after handing a batch to a slot, for the slot's thread
 # to reach its copies or its run (``BoundPool.submit``; ``runtime.HANDOFF_SWITCH_S`` goes with it)
 HANDOFF_S = 0.001
+# ``--slot-handoff``: the largest copy queued holding the GIL. From page-locked memory (the front-ends' arenas) a copy
+# is only queued, at any size; from pageable memory (a merged batch, a request decoded from JSON) the driver stages
+# it first, ~0.1 ms a MiB with the event loop and the other slots locked out, so a larger copy lets go of the GIL.
+HELD_COPY_MAX_BYTES = 1 << 20
 
 
 class DeviceCopier:
@@ -60,7 +64,7 @@ class DeviceCopier:
         self._held = held  # queue the copies holding the GIL (``Cuda.queue_copy_to_device``, --slot-handoff)
 
     def _queue(self, dst: int, src: int, nbytes: int) -> None:
-        if self._held:
+        if self._held and nbytes <= HELD_COPY_MAX_BYTES:
             self._cuda.queue_copy_to_device(dst, src, nbytes, self._stream)
         else:
             self._cuda.copy_to_device(dst, src, nbytes, self._stream)
