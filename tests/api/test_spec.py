@@ -81,6 +81,8 @@ HOSTILE = [
     ({"serving": {"keepAwake": True}}, "serving.keepAwake"),
     ({"serving": {"keepAwake": "always"}}, "serving.keepAwake"),
     ({"serving": {"sharedMemory": "cuda"}}, "serving.sharedMemory"),
+    ({"serving": {"slotHandoff": True}}, "serving.slotHandoff"),
+    ({"serving": {"slotHandoff": "auto"}}, "serving.slotHandoff"),
     ({"serving": {"httpFrontend": "go"}}, "serving.httpFrontend"),
     ({"serving": {"httpFrontend": ["native"]}}, "serving.httpFrontend"),
     ({"serving": {"sidecars": {"name": "pre"}}}, "serving.sidecars"),

@@ -288,6 +288,15 @@ def test_the_server_keeps_its_cores_awake_as_the_spec_says(mixed_cluster, settin
     assert _flag(command, "--keep-awake") == flag
 
 
+@pytest.mark.parametrize("handoff,flag", [(None, None), ("on", None), ("off", "off")])
+def test_the_servers_slot_handoff_is_turned_off_only_where_the_spec_says(mixed_cluster, settings, handoff, flag):
+    serving = {} if handoff is None else {"slotHandoff": handoff}
+    command = _server_commands(mixed_cluster, settings, serving)[0]
+    # on is the server's own default: no flag, so pods made before the field existed are left as they are
+    assert _flag(command, "--slot-handoff") == flag
+    assert parse_settings(command[2:], {}).slot_handoff == (handoff or "on")  # the server takes it
+
+
 def test_shared_memory_turns_the_servers_extension_on_and_sidecars_join_every_units_pods(mixed_cluster, settings):
     settings = replace(settings, allowed_images=("registry.example.com/*",))
     serving = {"sharedMemory": "system", "sidecars": [{

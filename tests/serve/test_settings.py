@@ -50,7 +50,7 @@ def test_grpc_port_defaults_to_tritons_and_0_turns_it_off() -> None:
     (["--grpc-max-connection-age-s", "-1"], {}, "--grpc-max-connection-age-s must be >= 0 (0: never)"),
     (["--grpc-port", "8000"], {}, "give gRPC its own port"),
     ([], {names.ENV_SERVE_GPU_IO: "fast"}, "--gpu-io must be one of graphs, bind, plain"),
-    (["--slot-handoff", "yes"], {}, "--slot-handoff must be one of off, on"),
+    (["--slot-handoff", "yes"], {}, "--slot-handoff must be one of on, off"),
     (["--grpc-frontend", "go"], {}, "--grpc-frontend must be one of auto, native, python"),
     (["--grpc-only-frontends", "-2"], {}, "--grpc-only-frontends must be -1 (auto), 0 or more"),
     ([], {names.ENV_SERVE_GRPC_GO_THREADS: "-1"}, "--grpc-go-threads must be 0 (the default) or more"),

@@ -25,6 +25,11 @@ MODEL_URI_SCHEMES = ("pvc", "s3", "gs", "https", "file")
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "bf16", "int8", "fp8")
 KeepAwake = Literal["auto", "on", "off"]
 KEEP_AWAKE: tuple[KeepAwake, ...] = ("auto", "on", "off")  # the server's --keep-awake
+SlotHandoff = Literal["on", "off"]
+SLOT_HANDOFF: tuple[SlotHandoff, ...] = ("on", "off")  # the server's --slot-handoff
+# on: on a GPU the server's event loop hands the GIL to a slot's thread at each batch (3-7% more served from 16 to
+# 128 clients on two H100s, the same at fewer; docs/server-measured.md, thirty-ninth session).
+DEFAULT_SLOT_HANDOFF: SlotHandoff = "on"
 SharedMemory = Literal["off", "system"]
 SHARED_MEMORY: tuple[SharedMemory, ...] = ("off", "system")  # the server's --shared-memory
 HttpFrontend = Literal["python", "native", "auto"]
@@ -95,6 +100,7 @@ class ServingSpec:
     max_queue_delay_ms: float = 0.0
     max_queue_size: int = 256
     keep_awake: KeepAwake = "auto"
+    slot_handoff: SlotHandoff = DEFAULT_SLOT_HANDOFF
     shared_memory: SharedMemory = "off"
     http_frontend: HttpFrontend = DEFAULT_HTTP_FRONTEND
     sidecars: tuple[Sidecar, ...] = ()
@@ -284,6 +290,7 @@ def _parse_serving(raw: Mapping[str, Any]) -> ServingSpec:
         max_queue_delay_ms=_number(batching, "maxQueueDelayMs", 0.0, "serving.batching"),
         max_queue_size=_int(batching, "maxQueueSize", 256, "serving.batching", minimum=1),
         keep_awake=cast(KeepAwake, _enum(raw, "keepAwake", KEEP_AWAKE, "auto", "serving")),
+        slot_handoff=cast(SlotHandoff, _enum(raw, "slotHandoff", SLOT_HANDOFF, DEFAULT_SLOT_HANDOFF, "serving")),
         shared_memory=cast(SharedMemory, _enum(raw, "sharedMemory", SHARED_MEMORY, "off", "serving")),
         http_frontend=cast(HttpFrontend, _enum(raw, "httpFrontend", HTTP_FRONTENDS, DEFAULT_HTTP_FRONTEND, "serving")),
         sidecars=_parse_sidecars(raw.get("sidecars"), port),

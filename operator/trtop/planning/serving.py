@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from trtop import names
-from trtop.api.spec import DEFAULT_HTTP_FRONTEND, ModelDeploymentSpec, Sidecar, grpc_port
+from trtop.api.spec import DEFAULT_HTTP_FRONTEND, DEFAULT_SLOT_HANDOFF, ModelDeploymentSpec, Sidecar, grpc_port
 from trtop.api.targets import Target
 from trtop.api.validation import NAME_MAX
 from trtop.config import Settings
@@ -123,6 +123,8 @@ def build_unit(
                         "--max-queue-size", str(spec.serving.max_queue_size),
                         # Only when set: the default leaves the pod template (and running pods) as they were.
                         *(("--keep-awake", spec.serving.keep_awake) if spec.serving.keep_awake != "auto" else ()),
+                        *(("--slot-handoff", spec.serving.slot_handoff)
+                          if spec.serving.slot_handoff != DEFAULT_SLOT_HANDOFF else ()),
                         *(("--shared-memory", spec.serving.shared_memory)
                           if spec.serving.shared_memory != "off" else ()),
                         *(("--http-frontend", spec.serving.http_frontend)

@@ -13,13 +13,15 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from trtop import names
-from trtop.api.spec import DEFAULT_HTTP_FRONTEND, HTTP_FRONTENDS, KEEP_AWAKE, SHARED_MEMORY
+from trtop.api.spec import (
+    DEFAULT_HTTP_FRONTEND, DEFAULT_SLOT_HANDOFF, HTTP_FRONTENDS, KEEP_AWAKE, SHARED_MEMORY, SLOT_HANDOFF,
+)
 
 
 GPU_IO_MODES = ("graphs", "bind", "plain")
 GRPC_FRONTENDS = ("auto", "native", "python")
 SHARED_MEMORY_MODES = SHARED_MEMORY  # the ModelDeployment's serving.sharedMemory
-SLOT_HANDOFF_MODES = ("off", "on")
+SLOT_HANDOFF_MODES = SLOT_HANDOFF  # the ModelDeployment's serving.slotHandoff
 KEEP_AWAKE_MODES = KEEP_AWAKE  # serve.awake.awake_cores; the ModelDeployment's serving.keepAwake
 
 
@@ -137,7 +139,7 @@ class ServeSettings:
     # 64 clients, 5-9% more served with the four together (trials, thirty-eighth session). "on" (default): on two
     # H100s it served 3-7% more at 16 to 128 clients and the same at 1 to 8 (a lone request, paired: +0.18 to +0.31
     # ms against +0.25); no effect on CPU (thirty-ninth session). "off": the loop never waits for a slot's thread.
-    slot_handoff: str = "on"
+    slot_handoff: str = DEFAULT_SLOT_HANDOFF
     # Triton's system shared memory extension (``serve.shared_memory``): "system" = clients on this host (a
     # sidecar in the pod) register /dev/shm regions and requests name them instead of carrying tensor bytes;
     # "off" (default): refused. Such a client can make the server read and write its regions, so only
