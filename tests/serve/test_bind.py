@@ -233,3 +233,19 @@ def test_a_pool_that_hands_off_returns_from_submit_once_the_slot_reaches_its_run
     release.set()
     assert future.result(5) == "done"
     plain.close()
+
+
+def test_a_pool_stops_holding_the_gil_for_its_copies_when_request_memory_stays_pageable() -> None:
+    """``stop_holding`` (``OnnxRuntime.pin_host`` failed): the copiers made so far and those made after queue their
+    copies through ``copy_to_device``, letting go of the GIL while the driver stages them."""
+    from trtop.serve.backends.onnxruntime_bind import BoundPool
+
+    pool = BoundPool(1, handoff_s=0.001)
+    made = pool.copier(0)
+    assert made.held
+    pool.stop_holding()
+    assert not made.held and not pool.in_slot(0, pool.copier, 0).held
+    cuda = FakeCuda()
+    made._cuda = cuda
+    assert made.copy(1000, np.ones(4, np.float32)) and cuda.copies == [(1000, 16, 77)] and cuda.held == []
+    pool.close()

@@ -286,3 +286,29 @@ def test_the_two_sessions_are_timed_in_turns(tmp_path: Path) -> None:
     order.clear()
     _time_pair(Timed("n", [0.01] * 9), Timed("w", [0.01] * 9), ["y"], {}, runs=8, min_runs=2, budget_s=0.03)
     assert 6 <= len(order) <= 8  # two or three pairs after the warm-ups, not eight
+
+
+def test_request_memory_that_cannot_be_page_locked_stops_the_held_copies(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where ``pin_host`` fails (the platform refuses to lock the arena), the bound pool's copies let go of the GIL
+    (``BoundPool.stop_holding``): from pageable memory the driver stages each copy before it returns."""
+    from trtop.gpu import cuda
+    from trtop.serve.backends.onnxruntime_bind import BoundPool
+    from trtop.serve.backends.onnxruntime_impl import OnnxRuntime
+
+    def refuse() -> None:
+        raise OSError("cudaHostRegister: operation not permitted")
+
+    rt = OnnxRuntime(make_affine_onnx(tmp_path / "a.onnx"), RuntimeOptions(threads=1, use_gpu=False))
+    rt.prepare((1, 2))
+    pool = BoundPool(1, handoff_s=0.001)
+    pool.add(2, [])
+    rt._bound = pool  # as on a GPU with bound buckets, handing off ...
+    rt._by_batch = {2: rt._session}  # ... and a session per batch size (the CUDA provider's)
+    monkeypatch.setattr(cuda, "default_cuda", refuse)
+    copier = pool.copier(0)
+    assert copier.held
+    assert rt.pin_host(0x1000, 1 << 20) is False
+    assert not copier.held and not pool.copier(1).held
+    pool.close()
+    rt.close()

@@ -61,10 +61,10 @@ class DeviceCopier:
         self._cuda = cuda
         self._stream: int | None = None
         self.failed = False
-        self._held = held  # queue the copies holding the GIL (``Cuda.queue_copy_to_device``, --slot-handoff)
+        self.held = held  # queue the copies holding the GIL (``Cuda.queue_copy_to_device``, --slot-handoff)
 
     def _queue(self, dst: int, src: int, nbytes: int) -> None:
-        if self._held and nbytes <= HELD_COPY_MAX_BYTES:
+        if self.held and nbytes <= HELD_COPY_MAX_BYTES:
             self._cuda.queue_copy_to_device(dst, src, nbytes, self._stream)
         else:
             self._cuda.copy_to_device(dst, src, nbytes, self._stream)
@@ -217,6 +217,7 @@ class BoundPool(Executor):
                          for i in range(self.slots)]
         self._bound: dict[int, list[Bound]] = {}
         self._copiers: dict[int, DeviceCopier] = {}  # slot -> its copier (made on the slot's thread)
+        self._hold_copies = True  # handing off, copies are queued holding the GIL (``stop_holding``)
         self._free = list(range(self.slots))
         self._cond = threading.Condition()
         # Batch size -> a session bound and captured on the engine's event loop thread (``add_here``): a lone
@@ -235,8 +236,16 @@ class BoundPool(Executor):
         thread has one of its own)."""
         slot: int = getattr(_slot, "index", _HERE if threading.get_ident() == self._here_thread else -1)
         if slot not in self._copiers:
-            self._copiers[slot] = DeviceCopier(device_id, held=self.hands_off)
+            self._copiers[slot] = DeviceCopier(device_id, held=self.hands_off and self._hold_copies)
         return self._copiers[slot]
+
+    def stop_holding(self) -> None:
+        """Copies let go of the GIL again: request memory stayed pageable (``OnnxRuntime.pin_host`` failed), where
+        the driver stages each copy before it returns, and a copy queued holding the GIL would lock the event loop
+        and the other slots out meanwhile (a ResNet-50 image, 602 KB, is under the held limit)."""
+        self._hold_copies = False
+        for copier in list(self._copiers.values()):
+            copier.held = False
 
     def claim_here(self) -> None:
         """The calling thread (the engine's event loop) will hold sessions of its own (``add_here``)."""

@@ -253,6 +253,8 @@ class OnnxRuntime(FixedIO):
             return True
         except Exception as exc:  # no libcudart, or the platform refuses to lock this memory
             self._pin_failed = True
+            if self._bound:
+                self._bound.stop_holding()
             log.warning("request memory stays pageable (copies to the GPU are staged by the driver): %s", exc)
             return False
 
