@@ -27,9 +27,7 @@ KeepAwake = Literal["auto", "on", "off"]
 KEEP_AWAKE: tuple[KeepAwake, ...] = ("auto", "on", "off")  # the server's --keep-awake
 SlotHandoff = Literal["on", "off"]
 SLOT_HANDOFF: tuple[SlotHandoff, ...] = ("on", "off")  # the server's --slot-handoff
-# on: on a GPU the server's event loop hands the GIL to a slot's thread at each batch (3-7% more served from 16 to
-# 128 clients on two H100s, the same at fewer; docs/server-measured.md, thirty-ninth session).
-DEFAULT_SLOT_HANDOFF: SlotHandoff = "on"
+DEFAULT_SLOT_HANDOFF: SlotHandoff = "on"  # what it does and why on: ``serve.settings.ServeSettings.slot_handoff``
 SharedMemory = Literal["off", "system"]
 SHARED_MEMORY: tuple[SharedMemory, ...] = ("off", "system")  # the server's --shared-memory
 HttpFrontend = Literal["python", "native", "auto"]
