@@ -164,3 +164,60 @@ def test_a_copy_queued_holding_the_gil_is_the_same_checked_copy() -> None:
     failing = CudaRuntime(FakeLib({"cudaMemcpyAsync": 2}))
     with pytest.raises(CudaError, match="copy to the GPU failed: out of memory"):
         failing.queue_copy_to_device(0x1000, 0x2000, 64, 0x77)
+
+
+class _Recording:
+    """A real CudaRuntime that notes which host-to-device call each copy took."""
+
+    def __init__(self, cuda: CudaRuntime) -> None:
+        self._cuda, self.calls = cuda, list[tuple[str, int]]()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cuda, name)
+
+    def queue_copy_to_device(self, dst: int, src: int, nbytes: int, stream: int) -> None:
+        self.calls.append(("held", nbytes))
+        self._cuda.queue_copy_to_device(dst, src, nbytes, stream)
+
+    def copy_to_device(self, dst: int, src: int, nbytes: int, stream: int) -> None:
+        self.calls.append(("released", nbytes))
+        self._cuda.copy_to_device(dst, src, nbytes, stream)
+
+
+@pytest.mark.gpu
+def test_a_slots_held_copies_land_whole_on_a_real_gpu_at_and_past_the_limit() -> None:
+    """``--slot-handoff``'s copier on a real GPU: a request in page-locked memory under the limit is queued holding
+    the GIL, a pageable one past it (a merged batch) lets go, and a batch's rows plus padding land in order either way."""
+    from trtop.serve.backends.onnxruntime_bind import HELD_COPY_MAX_BYTES, DeviceCopier
+
+    try:
+        real = CudaRuntime()
+        real.set_device(0)
+    except (MissingLibraryError, CudaError) as e:
+        pytest.skip(f"no usable GPU: {e}")
+    cuda = _Recording(real)
+    copier = DeviceCopier(0, cuda=cuda, held=True)
+    row = 3 * 224 * 224  # a ResNet-50 image, 602 KB in float32
+    pinned = HostBuffer(real, (2, row), np.dtype(np.float32))
+    big = np.arange(2 * HELD_COPY_MAX_BYTES // 4, dtype=np.float32)  # pageable, 2 MiB
+    out = np.empty(4 * row, dtype=np.float32)
+    dev = real.alloc(max(big.nbytes, out.nbytes))
+    try:
+        assert copier.copy(dev, big)
+        back = np.empty_like(big)
+        real.copy_to_host(int(back.ctypes.data), dev, back.nbytes, 0)
+        real.synchronize(0)
+        np.testing.assert_array_equal(back, big)
+        assert cuda.calls == [("released", big.nbytes)]
+
+        cuda.calls.clear()
+        pinned.array[0], pinned.array[1] = 1.0, 2.0
+        assert copier.copy_rows(dev, [pinned.array[:1], pinned.array[1:]], rows=4)  # two requests, padded to 4
+        real.copy_to_host(int(out.ctypes.data), dev, out.nbytes, 0)
+        real.synchronize(0)
+        assert [float(out[k * row]) for k in range(4)] == [1.0, 2.0, 2.0, 2.0]
+        assert all(kind == "held" for kind, _ in cuda.calls) and len(cuda.calls) == 4
+    finally:
+        copier.close()
+        real.free(dev)
+        pinned.free()
