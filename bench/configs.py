@@ -12,6 +12,13 @@ from __future__ import annotations
 import re
 import shlex
 
+# Every bench's server keeps its cores awake (``--keep-awake on``) unless a config or the caller's environment says
+# otherwise: ``auto`` spins only on cores that are a pod's own (a CPU limit of as many), and a bench's server runs
+# without a limit on cores given to it (the GPU host: its client on cores of its own; the development machine: the
+# client in the bench's own session, the one cgroup whose tasks a SCHED_IDLE spinner yields to). The figures are
+# those of a pod with its own cores, where ``auto`` spins too.
+SERVER_ENV = {"TRTOP_KEEP_AWAKE": "on"}
+
 ENV_WORD = re.compile(r"^[A-Z_][A-Z0-9_]*=")  # a config word for the server's environment
 NAME = re.compile(r"\w[\w.]*")
 
@@ -45,3 +52,8 @@ def parse_config(text: str) -> tuple[str, dict[str, str], list[str]]:
     """``NAME=[VAR=value ...] [FLAGS ...]`` -> (name, the server's environment, its flags)."""
     name, words = config_words(text)
     return (name, *split_env(words))
+
+
+def server_env(base: dict[str, str]) -> dict[str, str]:
+    """A bench server's environment: ``base`` (the caller's, or the caller's plus a config's) over ``SERVER_ENV``."""
+    return {**SERVER_ENV, **base}

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from configs import parse_config
+from configs import parse_config, server_env
 from trtop.serve.backends.onnxruntime_impl import OnnxRuntime
 from trtop.serve.types import Feeds, Outputs
 
@@ -102,7 +102,7 @@ def serve_once(flags: list[str], extra_env: dict[str, str], args: argparse.Names
     cmd = [sys.executable, "-m", "trtop.cli", "serve", "--model", str(model), "--model-name", "fat",
            "--backend", "gpu_like:GpuLike", "--host", "127.0.0.1", "--port", str(port), "--grpc-port", "0",
            "--log-level", "warning", *GPU_RULES, *flags]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=server_env(env))
     try:
         wait_ready(proc, f"http://127.0.0.1:{port}", 120)
         result = loadclient.run(host="127.0.0.1", port=port, model="fat", input_name="input", shape=[3, 224, 224],

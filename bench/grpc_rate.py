@@ -30,6 +30,7 @@ import grpc
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from configs import server_env
 from ready import wait_ready
 from tritonclient.grpc import service_pb2
 
@@ -65,7 +66,7 @@ def start_server(http: int, grpc_port: int, extra: list[str]) -> subprocess.Pope
     cmd = [sys.executable, "-m", "trtop.cli", "serve", "--model", str(tiny_onnx()), "--model-name", MODEL,
            "--host", "127.0.0.1", "--port", str(http), "--grpc-port", str(grpc_port), "--log-level", "warning",
            *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=server_env(dict(os.environ)))
     wait_ready(proc, f"http://127.0.0.1:{http}", 60)
     return proc
 

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from configs import server_env
 from ready import wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,7 +252,7 @@ CHOICES = ("lone runs", "rows per second", "cores not kept awake", "keeping", "a
 def start_server(port: int, extra: list[str]) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "trtop.cli", "serve", "--model", str(ONNX), "--model-name", MODEL,
            "--host", "127.0.0.1", "--port", str(port), "--grpc-port", "0", "--log-level", "info", *extra]
-    env = {**os.environ, "TRTOP_DEVICE": "cpu"}  # a CPU benchmark, also on a machine with a GPU
+    env = server_env({**os.environ, "TRTOP_DEVICE": "cpu"})  # a CPU benchmark, also on a machine with a GPU
     if NATIVE_PATH:  # the server finds trtop-http and uses it (--http-frontend auto), as in the images
         env["PATH"] = os.pathsep.join([*NATIVE_PATH, env.get("PATH", "")])
     start = SERVER_LOG.stat().st_size if SERVER_LOG.exists() else 0

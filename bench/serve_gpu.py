@@ -76,7 +76,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import models  # noqa: E402
-from configs import parse_config  # noqa: E402
+from configs import parse_config, server_env  # noqa: E402
 from ready import wait_ready  # noqa: E402
 from trtop.serve.awake import SPINNER_NAME  # noqa: E402
 
@@ -194,7 +194,7 @@ def paired_lone(engine: LoneEngine, client: Client, url: str, rounds: int, windo
 class Server:
     def __init__(self, model: Path, name: str, port: int, grpc_port: int, extra: list[str], log: Path,
                  cores: str = "", stages: Path | None = None, env: dict[str, str] | None = None) -> None:
-        env = {**os.environ, "TRTOP_DEVICE": DEVICE, **(env or {})}  # env: more variables, or others
+        env = server_env({**os.environ, "TRTOP_DEVICE": DEVICE, **(env or {})})  # env: more variables, or others
         flags = ["--model", str(model), "--model-name", name, "--host", "127.0.0.1", "--port", str(port),
                  "--grpc-port", str(grpc_port), "--log-level", "warning", *extra]
         cmd = [sys.executable, "-m", "trtop.cli", "serve", *flags]

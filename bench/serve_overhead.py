@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import loadclient  # noqa: E402
 import models  # noqa: E402
+from configs import server_env  # noqa: E402
 from ready import wait_ready  # noqa: E402
 
 
@@ -61,7 +62,7 @@ def serve(tree: str, model: Path, name: str, extra: list[str]) -> tuple[subproce
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    env = {**os.environ, "TRTOP_DEVICE": "cpu", "PYTHONPATH": tree}
+    env = server_env({**os.environ, "TRTOP_DEVICE": "cpu", "PYTHONPATH": tree})
     proc = subprocess.Popen([sys.executable, "-m", "trtop.cli", "serve", "--model", str(model), "--model-name", name,
                              "--host", "127.0.0.1", "--port", str(port), "--grpc-port", "0", "--log-level", "warning",
                              *extra], env=env)

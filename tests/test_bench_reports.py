@@ -187,6 +187,18 @@ def test_a_benchs_config_splits_its_words_as_a_shell_would_and_refuses_comma_joi
         configs.parse_config("n=--http-frontend=native,--frontends=2")
 
 
+def test_a_benchs_server_keeps_its_cores_awake_unless_its_environment_says_otherwise() -> None:
+    """The benches' servers run with ``--keep-awake on`` (auto spins only on a pod's own cores, and a bench's
+    server has no CPU limit); the caller's environment or a config's words still choose."""
+    from trtop.serve.settings import parse_settings
+
+    configs = _bench("configs")
+    env = configs.server_env({"PATH": "/bin"})
+    assert env == {"PATH": "/bin", "TRTOP_KEEP_AWAKE": "on"}
+    assert parse_settings([], env=env).keep_awake == "on"
+    assert configs.server_env({"TRTOP_KEEP_AWAKE": "auto"})["TRTOP_KEEP_AWAKE"] == "auto"
+
+
 def test_the_short_batches_are_read_from_the_servers_own_metrics() -> None:
     """``serve_gpu.histograms`` on the exposition a server writes: batches of at most ``SHORT_BATCH_ROWS`` rows
     counted apart from the rest (a sign that requests were held elsewhere while the engine's queue ran out)."""

@@ -13,23 +13,25 @@ import pytest
 from trtop import names
 from trtop.serve.awake import (AUTO_CPU_MAX_RUN_S, AUTO_MAX_CORES, POLL_MIN_CORES, SPINNER_NAME, KeepAwake, awake_cores,
                                lone_run_max_s, poll_seconds)
-from trtop.serve.runtime import cgroup_cpu_limit
+from trtop.serve.runtime import cgroup_cpu_quota
 from trtop.serve.settings import parse_settings
 
 from .conftest import ServerProcess, metric_value
 
 
-@pytest.mark.parametrize("mode,gpu,cores,limit,expected", [
-    ("auto", True, (0, 1, 2, 3), 0, (0, 1, 2, 3)),  # a GPU pod without a CPU limit
-    ("auto", True, (0, 1, 2, 3), 2, ()),  # a CPU limit: spinning would use the pod's quota
-    ("auto", False, (0, 1), 0, (0, 1)),  # CPU serving: if the model's lone run is short (lone_run_max_s)
-    ("auto", True, tuple(range(AUTO_MAX_CORES + 1)), 0, ()),  # a large node: threads may wake anywhere
-    ("on", False, (3, 1), 2, (1, 3)),  # asked for: every core of the process, sorted
-    ("off", True, (0, 1), 0, ()),
+@pytest.mark.parametrize("mode,gpu,cores,quota,expected", [
+    ("auto", True, (0, 1, 2, 3), 4.0, (0, 1, 2, 3)),  # pinned to as many cores as its limit: the pod's own
+    ("auto", False, (0, 1), 2.0, (0, 1)),  # CPU serving: if the model's lone run is short (lone_run_max_s)
+    ("auto", True, (0, 1, 2, 3), 0.0, ()),  # no CPU limit: others' cgroups run on these cores
+    ("auto", True, (0, 1, 2, 3), 2.0, ()),  # more cores than the limit: a shared pool, and the quota would throttle
+    ("auto", True, (0, 1), 1.5, ()),  # two cores spinning would use more than 1.5
+    ("auto", True, tuple(range(AUTO_MAX_CORES + 1)), float(AUTO_MAX_CORES + 1), ()),  # threads may wake anywhere
+    ("on", False, (3, 1), 0.0, (1, 3)),  # asked for: every core of the process, sorted
+    ("off", True, (0, 1), 2.0, ()),
 ])
-def test_the_cores_kept_awake(mode: str, gpu: bool, cores: tuple[int, ...], limit: int,
+def test_the_cores_kept_awake(mode: str, gpu: bool, cores: tuple[int, ...], quota: float,
                               expected: tuple[int, ...]) -> None:
-    assert awake_cores(mode, cores=cores, cpu_limit=limit) == expected
+    assert awake_cores(mode, cores=cores, cpu_quota=quota) == expected
     # on a GPU (or asked for) whatever the model's lone run; on CPU under auto only for a short one
     assert (lone_run_max_s(mode, gpu=gpu) is None) == (gpu or mode != "auto")
 
@@ -216,8 +218,8 @@ def _spinners(server: ServerProcess) -> list[int]:
 @pytest.mark.parametrize("mode", ["on", "auto"])  # auto on CPU: the affine model's lone run is microseconds
 async def test_a_server_keeps_its_cores_awake_while_it_serves_and_takes_the_spinners_with_it(
         start_server, affine_onnx: Path, mode: str) -> None:  # type: ignore[no-untyped-def]
-    if mode == "auto" and (cgroup_cpu_limit() or len(os.sched_getaffinity(0)) > AUTO_MAX_CORES):
-        pytest.skip("auto keeps no core awake under a CPU limit or on a large machine (the first test)")
+    if mode == "auto" and not awake_cores("auto", cores=tuple(os.sched_getaffinity(0)), cpu_quota=cgroup_cpu_quota()):
+        pytest.skip("auto keeps no core awake here: the cores are not the process's own (the first test)")
     s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "1", "--keep-awake", mode])
     s.wait_ready()
     spinners = _spinners(s)
@@ -235,3 +237,21 @@ async def test_a_server_keeps_its_cores_awake_while_it_serves_and_takes_the_spin
     s.proc.kill()  # the engine dies without a word: its spinners go with it
     s.proc.wait(10)
     await _until(lambda: not any(Path(f"/proc/{p}").exists() and _state(p) != "Z" for p in spinners))
+
+
+@pytest.mark.slow
+async def test_under_auto_a_server_leaves_cores_that_are_not_its_own_to_halt(
+        start_server, affine_onnx: Path) -> None:  # type: ignore[no-untyped-def]
+    """Without a CPU limit (or with more cores than it) other cgroups' tasks share the cores, and a SCHED_IDLE
+    spinner competes with them at its cgroup's weight: auto starts none, and the log says why and what would."""
+    if awake_cores("auto", cores=tuple(os.sched_getaffinity(0)), cpu_quota=cgroup_cpu_quota()):
+        pytest.skip("here the cores are the process's own (a CPU limit of as many): auto keeps them awake")
+    s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "1"])
+    s.wait_ready()
+    async with httpx.AsyncClient() as client:
+        body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1.0, 1.0, 1.0, 1.0]}]}
+        assert (await client.post(f"{s.url}/v2/models/a/infer", json=body)).status_code == 200
+        text = (await client.get(f"{s.url}/metrics")).text
+    assert _spinners(s) == []
+    assert metric_value(text, names.METRIC_CORES_AWAKE, model="a") == 0
+    assert "cores not kept awake" in s.logs() and "--keep-awake on would" in s.logs()

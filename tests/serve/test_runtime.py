@@ -107,14 +107,16 @@ def test_onnxruntime_on_cpu_keeps_one_session_for_every_bucket(tmp_path: Path) -
     assert out["y"].shape == (4, 4)
 
 
-@pytest.mark.parametrize("text,cores", [("max 100000\n", 0), ("200000 100000\n", 2), ("150000 100000", 2),
-                                        ("50000 100000", 1), ("garbage", 0)])
-def test_the_cgroup_cpu_limit_in_whole_cores(tmp_path: Path, text: str, cores: int) -> None:
-    from trtop.serve.runtime import cgroup_cpu_limit
+@pytest.mark.parametrize("text,cores,quota", [("max 100000\n", 0, 0.0), ("200000 100000\n", 2, 2.0),
+                                              ("150000 100000", 2, 1.5), ("50000 100000", 1, 0.5),
+                                              ("garbage", 0, 0.0)])
+def test_the_cgroup_cpu_limit_in_whole_cores_and_as_set(tmp_path: Path, text: str, cores: int, quota: float) -> None:
+    from trtop.serve.runtime import cgroup_cpu_limit, cgroup_cpu_quota
 
     (tmp_path / "cpu.max").write_text(text)
     assert cgroup_cpu_limit(str(tmp_path / "cpu.max")) == cores
-    assert cgroup_cpu_limit(str(tmp_path / "absent")) == 0
+    assert cgroup_cpu_quota(str(tmp_path / "cpu.max")) == quota
+    assert cgroup_cpu_limit(str(tmp_path / "absent")) == 0 and cgroup_cpu_quota(str(tmp_path / "absent")) == 0.0
 
 
 @pytest.mark.parametrize("graphs", [True, False])

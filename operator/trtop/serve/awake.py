@@ -9,17 +9,27 @@ request's p50 from 2.13 to 1.49 ms (Python front-ends) and from 1.82 to 1.43 ms 
 which the server's own cores gave 1.82 -> 1.54 (docs/server-measured.md, ninth session).
 
 So while requests come, one spinner per core of the server runs a busy loop as ``SCHED_IDLE``:
-the kernel runs it only when nothing else wants that core and preempts it at once when something
-does (a woken thread finds its core running, not halted). The spinners are stopped (``SIGSTOP``)
-once no request has come for ``HOLD_S``, so an idle pod burns nothing, and started again
-(``SIGCONT``) by the next request. Their cost is CPU time while traffic flows: the pod shows its
-cores busy. Under a CPU limit (a cgroup quota) that time would count against the pod and throttle
-its real work, so ``auto`` keeps the cores awake only without a CPU limit and on at most
-``AUTO_MAX_CORES`` cores (on a larger node without a limit a thread may wake on any of them): on a
-GPU, and on CPU for a model whose lone run (batch 1, timed at load) is under ``AUTO_CPU_MAX_RUN_S``,
-where a wake-up's tens of microseconds are a large part of a request (a light model's lone request on
-two cores: 0.75 -> 0.42 ms; MobileNetV2's, 6-8 ms of compute, gained nothing). ``on`` spins on every
-core of the process regardless, ``off`` never (``--keep-awake``, settings).
+among the pod's own processes the kernel runs it only when nothing else wants that core and preempts it at
+once when something does (a woken thread finds its core running, not halted). The spinners are stopped
+(``SIGSTOP``) once no request has come for ``HOLD_S``, so an idle pod burns nothing, and started again
+(``SIGCONT``) by the next request.
+
+``SCHED_IDLE`` orders tasks only within their cgroup. Against another cgroup's tasks (another pod's container,
+the kubelet, a node agent) the spinners' cgroup competes at its full weight: on the development machine a
+spinner in one cpu cgroup took 50% of a core from a busy task in another cgroup of the same weight (none with
+the spinner's cgroup marked ``cpu.idle``, which a pod cannot do to its own cgroup), and a client in another
+session (autogroup) on a core the server spun on waited whole scheduler slices: one connection's p99 went to
+8 ms (0.6 ms with the cores left to halt; docs/server-measured.md, fortieth session). So ``auto`` keeps cores
+awake only where they are the pod's own: the process is pinned to no more cores than its CPU limit (a
+Guaranteed pod's container under the kubelet's static CPU manager policy gets exclusive cores, pinned, with a
+quota of as many), and on at most ``AUTO_MAX_CORES``. There no other pod runs on them, and spinning on N cores
+never uses more than a quota of N, so nothing of the pod's own work is throttled for it. Without a CPU limit,
+or with more cores than the limit (a shared pool), ``auto`` leaves the cores to halt: ``on`` spins on every
+core of the process regardless (for a node or cores given to the server alone), ``off`` never (``--keep-awake``,
+settings). Where it spins, the pod shows its cores busy while traffic flows. On a GPU, and on CPU for a model
+whose lone run (batch 1, timed at load) is under ``AUTO_CPU_MAX_RUN_S``, a wake-up's tens of microseconds are a
+large part of a request (a light model's lone request on two cores: 0.75 -> 0.42 ms; MobileNetV2's, 6-8 ms of
+compute, gained nothing), so ``auto`` spins on CPU only for such a model.
 
 They stand down while requests crowd: a request that finds more rows waiting in the queue than there are
 cores kept awake (``touch(waiting_rows)``) stops them at once, and they start again only once ``CALM_S``
@@ -86,11 +96,13 @@ except OSError:
 """
 
 
-def awake_cores(mode: str, *, cores: Sequence[int], cpu_limit: int) -> tuple[int, ...]:
-    """The cores that may be kept awake: ``cores`` is the process's affinity, ``cpu_limit`` the cgroup's CPU
-    limit in whole cores (0: none). Whether they are depends on the device too: on CPU under ``auto`` only if
-    the model's lone run is short enough (``lone_run_max_s``, decided once it is loaded)."""
-    wanted = mode == "on" or (mode == "auto" and not cpu_limit and len(cores) <= AUTO_MAX_CORES)
+def awake_cores(mode: str, *, cores: Sequence[int], cpu_quota: float) -> tuple[int, ...]:
+    """The cores that may be kept awake: ``cores`` is the process's affinity, ``cpu_quota`` the cgroup's CPU
+    limit in cores as set (0: none). Under ``auto`` only cores that are the pod's own: no more of them than the
+    limit. Whether they are kept awake depends on the device too: on CPU under ``auto`` only if the model's lone
+    run is short enough (``lone_run_max_s``, decided once it is loaded)."""
+    own = 0 < len(cores) <= min(cpu_quota, AUTO_MAX_CORES)
+    wanted = mode == "on" or (mode == "auto" and own)
     return tuple(sorted(cores)) if wanted else ()
 
 

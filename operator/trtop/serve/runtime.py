@@ -44,16 +44,23 @@ def default_threads() -> int:
     return min(cores, limit) if limit else cores
 
 
-def cgroup_cpu_limit(path: str = "/sys/fs/cgroup/cpu.max") -> int:
-    """The cgroup v2 CPU limit in whole cores (rounded up), 0 when there is none or it cannot be read."""
+def cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float:
+    """The cgroup v2 CPU limit in cores, as set (1.5 for ``limits.cpu: 1500m``), 0.0 when there is none or it
+    cannot be read."""
     try:
         with open(path, encoding="ascii") as f:
             quota, _, period = f.read(64).partition(" ")
         if quota.strip() == "max":
-            return 0
-        return max(1, math.ceil(int(quota) / int(period)))
+            return 0.0
+        return max(0.0, int(quota) / int(period))
     except (OSError, ValueError, ZeroDivisionError):
-        return 0
+        return 0.0
+
+
+def cgroup_cpu_limit(path: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The cgroup v2 CPU limit in whole cores (rounded up), 0 when there is none or it cannot be read."""
+    quota = cgroup_cpu_quota(path)
+    return max(1, math.ceil(quota)) if quota else 0
 
 
 MAX_AUTO_INSTANCES = 4

@@ -41,7 +41,7 @@ from trtop.serve.heap import settle_heap
 from trtop.serve.infer_http import FastInfer
 from trtop.serve.metrics import ServerMetrics
 from trtop.serve.runtime import (
-    RuntimeOptions, cgroup_cpu_limit, cpu_affinity, default_threads, load_runtime, parallelism,
+    RuntimeOptions, cgroup_cpu_quota, cpu_affinity, default_threads, load_runtime, parallelism,
 )
 from trtop.serve.handle import ModelHandle
 from trtop.serve.service import BatchingConfig, InferenceService, Loaded
@@ -168,7 +168,12 @@ def create_service(settings: ServeSettings) -> tuple[InferenceService, bool]:
     log.info("serving %r: %s on %s with the %s backend (%d batch(es) at once, %d thread(s) each)",
              settings.model_name, servable.origin, device, servable.backend, instances, threads)
     metrics = ServerMetrics(settings.model_name)
-    awake = awake_cores(settings.keep_awake, cores=cpu_affinity(), cpu_limit=cgroup_cpu_limit())
+    cores, quota = cpu_affinity(), cgroup_cpu_quota()
+    awake = awake_cores(settings.keep_awake, cores=cores, cpu_quota=quota)
+    if settings.keep_awake == "auto" and not awake:
+        log.info("cores not kept awake: %d core(s) and %s; auto spins only on cores that are the pod's own (pinned "
+                 "to no more than its CPU limit), since other cgroups' tasks would share them (--keep-awake on "
+                 "would)", len(cores), f"a CPU limit of {quota:g}" if quota else "no CPU limit")
     under_s = lone_run_max_s(settings.keep_awake, gpu=not device.is_cpu)
     service = InferenceService(
         settings.model_name, lambda: build_loader(servable, settings, threads, not device.is_cpu, instances),
