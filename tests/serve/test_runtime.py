@@ -116,7 +116,18 @@ def test_the_cgroup_cpu_limit_in_whole_cores_and_as_set(tmp_path: Path, text: st
     (tmp_path / "cpu.max").write_text(text)
     assert cgroup_cpu_limit(str(tmp_path / "cpu.max")) == cores
     assert cgroup_cpu_quota(str(tmp_path / "cpu.max")) == quota
-    assert cgroup_cpu_limit(str(tmp_path / "absent")) == 0 and cgroup_cpu_quota(str(tmp_path / "absent")) == 0.0
+    absent, no_v1 = str(tmp_path / "absent"), str(tmp_path / "no-v1")
+    assert cgroup_cpu_limit(absent, no_v1) == 0 and cgroup_cpu_quota(absent, no_v1) == 0.0
+
+
+@pytest.mark.parametrize("quota_us,quota", [("-1\n", 0.0), ("400000\n", 4.0), ("150000\n", 1.5)])
+def test_a_cgroup_v1_cpu_limit_is_read_where_there_is_no_v2(tmp_path: Path, quota_us: str, quota: float) -> None:
+    from trtop.serve.runtime import cgroup_cpu_limit, cgroup_cpu_quota
+
+    (tmp_path / "cpu.cfs_quota_us").write_text(quota_us)
+    (tmp_path / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(str(tmp_path / "cpu.max"), str(tmp_path)) == quota
+    assert cgroup_cpu_limit(str(tmp_path / "cpu.max"), str(tmp_path)) == (2 if quota == 1.5 else int(quota))
 
 
 @pytest.mark.parametrize("graphs", [True, False])

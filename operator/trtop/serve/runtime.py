@@ -44,22 +44,29 @@ def default_threads() -> int:
     return min(cores, limit) if limit else cores
 
 
-def cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float:
-    """The cgroup v2 CPU limit in cores, as set (1.5 for ``limits.cpu: 1500m``), 0.0 when there is none or it
-    cannot be read."""
+def cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max", v1: str = "/sys/fs/cgroup/cpu") -> float:
+    """The cgroup's CPU limit in cores, as set (1.5 for ``limits.cpu: 1500m``), 0.0 when there is none or it
+    cannot be read: cgroup v2's ``cpu.max``, else cgroup v1's ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``
+    (-1: none) in ``v1``."""
     try:
-        with open(path, encoding="ascii") as f:
-            quota, _, period = f.read(64).partition(" ")
-        if quota.strip() == "max":
+        try:
+            with open(path, encoding="ascii") as f:
+                quota, _, period = f.read(64).partition(" ")
+        except FileNotFoundError:
+            with open(os.path.join(v1, "cpu.cfs_quota_us"), encoding="ascii") as f:
+                quota = f.read(64)
+            with open(os.path.join(v1, "cpu.cfs_period_us"), encoding="ascii") as f:
+                period = f.read(64)
+        if quota.strip() in ("max", "-1"):
             return 0.0
         return max(0.0, int(quota) / int(period))
     except (OSError, ValueError, ZeroDivisionError):
         return 0.0
 
 
-def cgroup_cpu_limit(path: str = "/sys/fs/cgroup/cpu.max") -> int:
-    """The cgroup v2 CPU limit in whole cores (rounded up), 0 when there is none or it cannot be read."""
-    quota = cgroup_cpu_quota(path)
+def cgroup_cpu_limit(path: str = "/sys/fs/cgroup/cpu.max", v1: str = "/sys/fs/cgroup/cpu") -> int:
+    """The cgroup's CPU limit in whole cores (rounded up), 0 when there is none or it cannot be read."""
+    quota = cgroup_cpu_quota(path, v1)
     return max(1, math.ceil(quota)) if quota else 0
 
 
