@@ -26,19 +26,20 @@ from .conftest import ServerProcess, metric_value
     ("auto", True, (0, 1, 2, 3), 2.0, ()),  # more cores than the limit: a shared pool, and the quota would throttle
     ("auto", True, (0, 1), 1.5, ()),  # two cores spinning would use more than 1.5
     ("auto", True, tuple(range(AUTO_MAX_CORES + 1)), float(AUTO_MAX_CORES + 1), ()),  # threads may wake anywhere
-    ("on", False, (3, 1), 0.0, (1, 3)),  # asked for: every core of the process, sorted
+    ("on", False, (3, 1), 0.0, (1, 3)),  # asked for: every core of the process is the pod's own, sorted
     ("off", True, (0, 1), 2.0, ()),
 ])
 def test_the_cores_kept_awake(mode: str, gpu: bool, cores: tuple[int, ...], quota: float,
                               expected: tuple[int, ...]) -> None:
     assert awake_cores(mode, cores=cores, cpu_quota=quota) == expected
     # on a GPU (or asked for) whatever the model's lone run; on CPU under auto only for a short one
-    assert (lone_run_max_s(mode, gpu=gpu) is None) == (gpu or mode != "auto")
+    assert (lone_run_max_s(mode, gpu=gpu) is None) == (gpu or mode == "off")
 
 
-def test_on_cpu_auto_keeps_the_cores_awake_only_for_short_lone_runs() -> None:
+def test_on_cpu_auto_and_on_keep_the_cores_awake_only_for_short_lone_runs() -> None:
     assert lone_run_max_s("auto", gpu=False) == AUTO_CPU_MAX_RUN_S
-    assert lone_run_max_s("auto", gpu=True) is None and lone_run_max_s("on", gpu=False) is None
+    assert lone_run_max_s("auto", gpu=True) is None and lone_run_max_s("on", gpu=True) is None
+    assert lone_run_max_s("on", gpu=False) == AUTO_CPU_MAX_RUN_S  # on: the cores are the pod's own, no more
     short = KeepAwake((0,), lone_run_max_s=AUTO_CPU_MAX_RUN_S)
     assert short.suits(AUTO_CPU_MAX_RUN_S / 10)
     assert not short.suits(AUTO_CPU_MAX_RUN_S * 5) and not short.suits(None)  # MobileNetV2's 6 ms; not known

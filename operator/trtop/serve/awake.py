@@ -24,12 +24,12 @@ awake only where they are the pod's own: the process is pinned to no more cores 
 Guaranteed pod's container under the kubelet's static CPU manager policy gets exclusive cores, pinned, with a
 quota of as many), and on at most ``AUTO_MAX_CORES``. There no other pod runs on them, and spinning on N cores
 never uses more than a quota of N, so nothing of the pod's own work is throttled for it. Without a CPU limit,
-or with more cores than the limit (a shared pool), ``auto`` leaves the cores to halt: ``on`` spins on every
-core of the process regardless (for a node or cores given to the server alone), ``off`` never (``--keep-awake``,
-settings). Where it spins, the pod shows its cores busy while traffic flows. On a GPU, and on CPU for a model
+or with more cores than the limit (a shared pool), ``auto`` leaves the cores to halt. ``on`` takes every core of
+the process as the pod's own (a node or cores given to the server alone) and spins on them wherever ``auto`` would
+on its own cores; ``off`` never (``--keep-awake``, settings). Where it spins, the pod shows its cores busy while traffic flows. On a GPU, and on CPU for a model
 whose lone run (batch 1, timed at load) is under ``AUTO_CPU_MAX_RUN_S``, a wake-up's tens of microseconds are a
 large part of a request (a light model's lone request on two cores: 0.75 -> 0.42 ms; MobileNetV2's, 6-8 ms of
-compute, gained nothing), so ``auto`` spins on CPU only for such a model.
+compute, gained nothing), so ``auto`` and ``on`` spin on CPU only for such a model.
 
 They stand down while requests crowd: a request that finds more rows waiting in the queue than there are
 cores kept awake (``touch(waiting_rows)``) stops them at once, and they start again only once ``CALM_S``
@@ -113,8 +113,9 @@ def poll_seconds(poll_ms: float, cores: Sequence[int]) -> float:
 
 
 def lone_run_max_s(mode: str, *, gpu: bool) -> float | None:
-    """The lone run (batch 1, seconds) under which the cores are kept awake; None: whatever it is."""
-    return AUTO_CPU_MAX_RUN_S if mode == "auto" and not gpu else None
+    """The lone run (batch 1, seconds) under which the cores are kept awake; None: whatever it is. ``on`` says only
+    that the cores are the pod's own (``awake_cores``): where the spinners help is decided as under ``auto``."""
+    return AUTO_CPU_MAX_RUN_S if mode in ("auto", "on") and not gpu else None
 
 
 class KeepAwake:
