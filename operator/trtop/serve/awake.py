@@ -26,10 +26,11 @@ quota of as many), and on at most ``AUTO_MAX_CORES``. There no other pod runs on
 never uses more than a quota of N, so nothing of the pod's own work is throttled for it. Without a CPU limit,
 or with more cores than the limit (a shared pool), ``auto`` leaves the cores to halt. ``on`` takes every core of
 the process as the pod's own (a node or cores given to the server alone) and spins on them wherever ``auto`` would
-on its own cores; ``off`` never (``--keep-awake``, settings). Where it spins, the pod shows its cores busy while traffic flows. On a GPU, and on CPU for a model
-whose lone run (batch 1, timed at load) is under ``AUTO_CPU_MAX_RUN_S``, a wake-up's tens of microseconds are a
-large part of a request (a light model's lone request on two cores: 0.75 -> 0.42 ms; MobileNetV2's, 6-8 ms of
-compute, gained nothing), so ``auto`` and ``on`` spin on CPU only for such a model.
+on its own cores; ``off`` never (``--keep-awake``, settings). Where it spins, the pod shows its cores busy while
+traffic flows. On a GPU, and on CPU for a model whose lone run (batch 1, timed at load) is under
+``AUTO_CPU_MAX_RUN_S``, a wake-up's tens of microseconds are a large part of a request (a light model's lone
+request on two cores: 0.75 -> 0.42 ms; MobileNetV2's, 6-8 ms of compute, gained nothing, and with both cores
+spinning took 8.3 ms against 4.8-5.3), so ``auto`` and ``on`` spin on CPU only for such a model.
 
 They stand down while requests crowd: a request that finds more rows waiting in the queue than there are
 cores kept awake (``touch(waiting_rows)``) stops them at once, and they start again only once ``CALM_S``
