@@ -174,6 +174,14 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         s.stop()
 
 
+def cmdline(pid: str | int) -> str:
+    """A process's command line; "" once it has gone (a child listed a moment ago may have exited since)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def metric_value(text: str, name: str, **labels: str) -> float:
     """One sample from Prometheus exposition text (0 when absent)."""
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))

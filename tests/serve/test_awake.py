@@ -16,7 +16,7 @@ from trtop.serve.awake import (AUTO_CPU_MAX_RUN_S, AUTO_MAX_CORES, POLL_MIN_CORE
 from trtop.serve.runtime import cgroup_cpu_quota
 from trtop.serve.settings import parse_settings
 
-from .conftest import ServerProcess, metric_value
+from .conftest import ServerProcess, cmdline, metric_value
 
 
 @pytest.mark.parametrize("mode,gpu,cores,quota,expected", [
@@ -212,7 +212,7 @@ async def test_a_core_that_cannot_be_kept_awake_is_left_out_and_the_rest_serve()
 def _spinners(server: ServerProcess) -> list[int]:
     pid = server.proc.pid
     kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(k) for k in kids if Path(f"/proc/{k}/cmdline").read_bytes().startswith(SPINNER_NAME.encode())]
+    return [int(k) for k in kids if cmdline(k).startswith(SPINNER_NAME)]
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ import pytest
 
 from trtop import names
 
-from .conftest import ServerProcess, metric_value, native_env
+from .conftest import ServerProcess, cmdline, metric_value, native_env
 
 pytestmark = pytest.mark.slow
 SLOW = "tests.serve.fakes:SlowOnnxRuntime"
@@ -56,7 +56,7 @@ def frontends(server: ServerProcess, kind: str = "python") -> list[int]:
     except OSError:
         return []
     program = FRONTEND_PROGRAMS[kind]
-    return [int(k) for k in kids if program in Path(f"/proc/{k}/cmdline").read_text(errors="replace")]
+    return [int(k) for k in kids if program in cmdline(k)]
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
