@@ -100,8 +100,8 @@ except OSError:
 def awake_cores(mode: str, *, cores: Sequence[int], cpu_quota: float) -> tuple[int, ...]:
     """The cores that may be kept awake: ``cores`` is the process's affinity, ``cpu_quota`` the cgroup's CPU
     limit in cores as set (0: none). Under ``auto`` only cores that are the pod's own: no more of them than the
-    limit. Whether they are kept awake depends on the device too: on CPU under ``auto`` only if the model's lone
-    run is short enough (``lone_run_max_s``, decided once it is loaded)."""
+    limit. Whether they are kept awake depends on the device too: on CPU (``auto`` and ``on``) only if the model's
+    lone run is short enough (``lone_run_max_s``, decided once it is loaded)."""
     own = 0 < len(cores) <= min(cpu_quota, AUTO_MAX_CORES)
     wanted = mode == "on" or (mode == "auto" and own)
     return tuple(sorted(cores)) if wanted else ()
