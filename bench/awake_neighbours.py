@@ -3,7 +3,6 @@ a pod's own cores; docs/server.md, "Keeping the cores awake").
 
     .venv/bin/python bench/awake_neighbours.py [--core 1] [--seconds 3] [--model .work/bench/light.onnx --rounds 2]
 
-
 1. The kernel's rule: a busy loop under ``SCHED_IDLE`` pinned to ``--core``, as the server's spinners are, beside a
    busy task of this process on the same core. The spinner runs in this process's session (one autogroup: the
    cgroup case of a pod's own processes) and then in a session of its own (another autogroup: as another pod's
@@ -82,7 +81,8 @@ def main() -> None:
     if args.model:
         for r in range(1, args.rounds + 1):
             for mode in ("on", "off"):
-                res = one_connection(args.model, [int(d) for d in args.shape.split(",")], mode, args.core, max(args.seconds, 8.0))
+                shape = [int(d) for d in args.shape.split(",")]
+                res = one_connection(args.model, shape, mode, args.core, max(args.seconds, 8.0))
                 print(f"round {r}, --keep-awake {mode:3} (server in its own session), one connection on core "
                       f"{args.core}: {res['throughput']:.0f} req/s, p50 {res['p50_ms']:.3f} ms, "
                       f"p99 {res['p99_ms']:.3f} ms, errors {res['errors']}", flush=True)

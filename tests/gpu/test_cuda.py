@@ -187,7 +187,8 @@ class _Recording:
 @pytest.mark.gpu
 def test_a_slots_held_copies_land_whole_on_a_real_gpu_at_and_past_the_limit() -> None:
     """``--slot-handoff``'s copier on a real GPU: a request in page-locked memory under the limit is queued holding
-    the GIL, a pageable one past it (a merged batch) lets go, and a batch's rows plus padding land in order either way."""
+    the GIL, a pageable one past it (a merged batch) lets go, and a batch's rows plus padding land in order either
+    way."""
     from trtop.serve.backends.onnxruntime_bind import HELD_COPY_MAX_BYTES, DeviceCopier
 
     try:

@@ -264,7 +264,8 @@ class InferenceService:
         self._scheduler.start()
         self.metrics.rows_apart_from(lambda: self.rows_apart)
         if self._awake is not None and not self._awake.suits(self.lone_run_s):
-            log.info("cores not kept awake: a lone run takes %s, not under %.1f ms (a core's wake-up is a small part of it)",
+            log.info("cores not kept awake: a lone run takes %s, not under %.1f ms (a core's wake-up is a small part "
+                     "of it)",
                      "an unknown time" if self.lone_run_s is None else f"{self.lone_run_s * 1e3:.2f} ms",
                      (self._awake.lone_run_max_s or 0) * 1e3)
             self._awake = None

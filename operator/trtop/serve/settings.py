@@ -227,8 +227,9 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "gpu_io": ("--gpu-io", names.ENV_SERVE_GPU_IO,
                "GPU batches: graphs (bound buffers + CUDA graph per batch size), bind, or plain"),
     "keep_awake": ("--keep-awake", names.ENV_SERVE_KEEP_AWAKE,
-                   "keep cores from halting while requests come: auto (only cores that are the pod's own: pinned to no more "
-                   "than its CPU limit, <= 16; a GPU, or a batch-1 run under 1 ms on CPU), on (every core taken as its own), off"),
+                   "keep cores from halting while requests come: auto (only cores that are the pod's own: pinned to "
+                   "no more than its CPU limit, <= 16; a GPU, or a batch-1 run under 1 ms on CPU), on (every core "
+                   "taken as its own), off"),
     "loop_poll_ms": ("--loop-poll-ms", names.ENV_SERVE_LOOP_POLL_MS,
                      "while the cores are kept awake (4 or more), ms the engine's event loop polls after each request "
                      "instead of sleeping (0: never)"),
