@@ -111,6 +111,84 @@ func TestAdmitTakesWhatTheModelAcceptsAndLeavesEverythingElseToPython(t *testing
 	}
 }
 
+// twoFree: a model with a free non-batch dimension, where a shape's product is the client's to choose.
+func twoFree() *model {
+	return newModel("ready", "", &modelInfo{
+		Name:     "two",
+		Inputs:   []tensorSpec{{"a", "int64", []int64{-1, -1}}, {"b", "float32", []int64{-1, 4}}},
+		Outputs:  []tensorSpec{{"y", "float32", []int64{-1, 4}}},
+		MaxBatch: 8,
+	})
+}
+
+func TestAShapeBeyondAnyTensorGoesToPythonAndNeverWrapsToANegativeSize(t *testing.T) {
+	m := twoFree()
+	// 8 x (2**61 - 1) wraps to -8 in int64: once admitted with a size of -8, b placed at -8, and a group of two
+	// such requests panicked on its copy and took the front-end (and every request in it) down.
+	wrapped := `{"inputs":[{"name":"a","shape":[1,2305843009213693951],"datatype":"INT64","parameters":{"binary_data_size":-8}},` +
+		`{"name":"b","shape":[1,4],"datatype":"FP32","parameters":{"binary_data_size":16}}],"parameters":{"binary_data_output":true}}`
+	beyond := `{"inputs":[{"name":"a","shape":[1,2305843009213693952],"datatype":"INT64","parameters":{"binary_data_size":0}},` +
+		`{"name":"b","shape":[1,4],"datatype":"FP32","parameters":{"binary_data_size":16}}],"parameters":{"binary_data_output":true}}`
+	zeroBeyond := `{"inputs":[{"name":"a","shape":[1,0],"datatype":"INT64","parameters":{"binary_data_size":0}},` +
+		`{"name":"b","shape":[1,4],"datatype":"FP32","parameters":{"binary_data_size":16}}],"parameters":{"binary_data_output":true}}`
+	for name, c := range map[string]struct {
+		header string
+		binary int64
+	}{"wraps to -8": {wrapped, 8}, "2**64 bytes": {beyond, 16}} {
+		if p, ok := m.admit([]byte(c.header), c.binary); ok {
+			t.Errorf("%s: admitted %+v; Python refuses it (beyond any tensor)", name, p)
+		}
+	}
+	if p, ok := m.admit([]byte(zeroBeyond), 16); !ok || p.inputs[0].size != 0 || p.inputs[1].offset != 0 {
+		t.Errorf("an empty tensor beside a full one: ok=%v %+v", ok, p)
+	}
+	for _, c := range []struct {
+		shape []int64
+		bytes int64
+		ok    bool
+	}{
+		{[]int64{2, 3}, 48, true}, {[]int64{0, 1 << 61}, 0, false}, {[]int64{1 << 30, 1 << 29}, 0, false},
+		{[]int64{1 << 29, 1 << 30}, 0, false}, {[]int64{1 << 29, 1 << 29}, 1 << 61, true}, {[]int64{3, -1}, 0, false},
+	} {
+		if n, ok := tensorBytes(c.shape, []int64{-1, -1}, 8); n != c.bytes || ok != c.ok {
+			t.Errorf("tensorBytes(%v, 8) = %d, %v; want %d, %v", c.shape, n, ok, c.bytes, c.ok)
+		}
+	}
+}
+
+func TestAHeaderThatEncodingJSONReadsOtherwiseThanPythonGoesToPython(t *testing.T) {
+	m := affine()
+	good := `{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}}],"parameters":{"binary_data_output":true}}`
+	if _, ok := m.admit([]byte(good), 32); !ok {
+		t.Fatal("the plain header is not taken")
+	}
+	for name, header := range map[string]string{
+		// Go gives "Name" and "SHAPE" to the fields (the last one winning); Python reads only "name" and "shape"
+		"a key in capitals": `{"inputs":[{"Name":"x","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}}],"parameters":{"binary_data_output":true}}`,
+		"two shapes":        `{"inputs":[{"name":"x","shape":[1,4],"SHAPE":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}}],"parameters":{"binary_data_output":true}}`,
+		"Inputs":            `{"Inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}}],"parameters":{"binary_data_output":true}}`,
+		"a long s":          "{\"inputs\":[{\"name\":\"x\",\"\u017fhape\":[2,4],\"datatype\":\"FP32\",\"parameters\":{\"binary_data_size\":32}}],\"parameters\":{\"binary_data_output\":true}}",
+		"an id not UTF-8":   "{\"id\":\"\xff\xfe\",\"inputs\":[{\"name\":\"x\",\"shape\":[2,4],\"datatype\":\"FP32\",\"parameters\":{\"binary_data_size\":32}}],\"parameters\":{\"binary_data_output\":true}}",
+		// a tensor in a client's shared memory region: Python places it (or refuses it beside binary data)
+		"an input region": `{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32,"shared_memory_region":"r","shared_memory_byte_size":32}}],"parameters":{"binary_data_output":true}}`,
+		"an output region": `{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}}],` +
+			`"outputs":[{"name":"y","parameters":{"shared_memory_region":"r","shared_memory_byte_size":32}}],"parameters":{"binary_data_output":true}}`,
+	} {
+		if p, ok := m.admit([]byte(header), 32); ok {
+			t.Errorf("%s: taken by the fast path (%+v), should go to the Python front-end", name, p)
+		}
+	}
+	// a key of another name in capitals is nothing to either parser; values that spell a field name are values
+	odd := `{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32,"Priority":"Shape"}}],"parameters":{"binary_data_output":true,"Other":["DATA",{"k":"Name"}]}}`
+	if _, ok := m.admit([]byte(odd), 32); !ok {
+		t.Error("a header whose only capitals are in other keys and in values: not taken")
+	}
+	long := `{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","parameters":{"binary_data_size":32}}],"parameters":{"binary_data_output":true,"timeout":9223372036854775807}}`
+	if p, ok := m.admit([]byte(long), 32); !ok || p.timeoutUS != maxTimeoutUS {
+		t.Errorf("a timeout past a day: ok=%v, %d us (want %d)", ok, p.timeoutUS, maxTimeoutUS)
+	}
+}
+
 func TestOnlyTheServedModelsInferRoutesTakeTheFastPath(t *testing.T) {
 	s := &server{cfg: &setup{}}
 	s.cfg.Settings.ModelName = "a"

@@ -10,6 +10,8 @@ package main
 import (
 	"encoding/binary"
 	"math"
+	"math/big"
+	"strings"
 	"testing"
 )
 
@@ -24,15 +26,25 @@ func FuzzParseInferRequest(f *testing.F) {
 	f.Add(inferRequest([]int64{1 << 40, 4}, raw, "y", "s"))
 	f.Add(inferRequest(nil, nil))
 	f.Add([]byte{0x2a, 0xff, 0xff, 0xff, 0xff, 0x0f}) // a length-delimited field longer than the message
-	m := affine()
+	f.Add(inferRequest([]int64{1, 1 << 61}, nil, "y"))
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		req, ok := parseInferRequest(msg)
 		if !ok {
 			return
 		}
-		p, _, ok := m.admitGRPC(&req)
-		if ok && (p.rows < 0 || p.rows > m.info.MaxBatch) {
-			t.Fatalf("admitted %d rows (max batch %d)", p.rows, m.info.MaxBatch)
+		for _, m := range []*model{affine(), twoFree()} {
+			p, _, ok := m.admitGRPC(&req)
+			if !ok {
+				continue
+			}
+			if p.rows < 0 || p.rows > m.info.MaxBatch {
+				t.Fatalf("admitted %d rows (max batch %d)", p.rows, m.info.MaxBatch)
+			}
+			for _, in := range p.inputs {
+				if in.size < 0 || in.offset < 0 || in.offset+in.size > int64(len(msg)) {
+					t.Fatalf("input %s %v placed at %d (%d bytes) in a message of %d", in.quoted, in.shape, in.offset, in.size, len(msg))
+				}
+			}
 		}
 	})
 }
@@ -44,18 +56,27 @@ func FuzzAdmitHeader(f *testing.F) {
 	f.Add([]byte(`{"inputs":[{"name":"x","shape":[9223372036854775807,4],"datatype":"FP32","parameters":{"binary_data_size":-1}}]}`), int64(-1))
 	f.Add([]byte(`{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","data":[1e308]}]}`), int64(0))
 	f.Add([]byte(`{"inputs":[`), int64(0))
+	f.Add([]byte(`{"inputs":[{"name":"a","shape":[1,2305843009213693951],"datatype":"INT64","parameters":{"binary_data_size":-8}},`+
+		`{"name":"b","shape":[1,4],"datatype":"FP32","parameters":{"binary_data_size":16}}],"parameters":{"binary_data_output":true}}`), int64(8))
 	f.Fuzz(func(t *testing.T, header []byte, binaryLen int64) {
-		m := affine() // a model of its own: admit keeps plans by header
-		p, ok := m.admit(header, binaryLen)
-		if !ok {
-			return
-		}
-		if p.rows < 1 || p.rows > m.info.MaxBatch || p.binaryLen != binaryLen {
-			t.Fatalf("admitted %+v for binary length %d (max batch %d)", p, binaryLen, m.info.MaxBatch)
-		}
-		for _, in := range p.inputs {
-			if in.offset < 0 || in.offset > binaryLen {
-				t.Fatalf("input placed at %d, outside the %d tensor bytes", in.offset, binaryLen)
+		for _, m := range []*model{affine(), twoFree()} { // models of their own: admit keeps plans by header
+			p, ok := m.admit(header, binaryLen)
+			if !ok {
+				continue
+			}
+			if p.rows < 1 || p.rows > m.info.MaxBatch || p.binaryLen != binaryLen {
+				t.Fatalf("admitted %+v for binary length %d (max batch %d)", p, binaryLen, m.info.MaxBatch)
+			}
+			for _, in := range p.inputs {
+				// the size as an exact product: an int64 one that wrapped would differ
+				want := new(big.Int).SetInt64(int64(dtypes[m.inputs[strings.Trim(in.quoted, `"`)].Dtype].size))
+				for _, d := range in.shape {
+					want.Mul(want, big.NewInt(d))
+				}
+				if in.offset < 0 || in.size < 0 || in.offset+in.size > binaryLen || want.Cmp(big.NewInt(in.size)) != 0 {
+					t.Fatalf("input %s %v placed at %d (%d bytes, %v by its shape), outside the %d tensor bytes",
+						in.quoted, in.shape, in.offset, in.size, want, binaryLen)
+				}
 			}
 		}
 	})

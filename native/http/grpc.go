@@ -26,6 +26,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode/utf8"
 )
 
 const grpcService = "/inference.GRPCInferenceService/"
@@ -453,7 +454,10 @@ func (m *model) admitGRPC(req *grpcRequest) (p plan, key string, ok bool) {
 	if req.badParameter || len(req.inputs) == 0 || len(req.inputs) != len(m.inputs) || len(req.raws) != len(req.inputs) {
 		return p, "", false
 	}
-	p.timeoutUS = req.timeoutUS
+	if !utf8.ValidString(req.id) { // Python's protobuf refuses a string field that is not UTF-8
+		return p, "", false
+	}
+	p.timeoutUS = min(req.timeoutUS, maxTimeoutUS)
 	p.rows = -1
 	k := make([]byte, 0, 64)
 	k = append(k, "grpc"...)
@@ -467,19 +471,12 @@ func (m *model) admitGRPC(req *grpcRequest) (p plan, key string, ok bool) {
 				return p, "", false
 			}
 		}
-		count := int64(1)
-		for j, d := range in.shape {
-			if d < 0 || (spec.Shape[j] >= 0 && spec.Shape[j] != d) {
-				return p, "", false
-			}
-			count *= d
-		}
-		if p.rows >= 0 && in.shape[0] != p.rows {
+		size, fits := tensorBytes(in.shape, spec.Shape, int64(spec.dtype.size))
+		if !fits || (p.rows >= 0 && in.shape[0] != p.rows) {
 			return p, "", false
 		}
 		p.rows = in.shape[0]
 		raw := req.raws[i]
-		size := count * int64(spec.dtype.size)
 		if int64(len(raw.data)) != size {
 			return p, "", false
 		}

@@ -6,10 +6,92 @@ package main
 // front-end unchanged, so every refusal and every rare form is answered by one implementation.
 
 import (
+	"bytes"
 	"encoding/json"
+	"io"
 	"strconv"
+	"strings"
 	"sync"
+	"unicode/utf8"
 )
+
+const (
+	// maxShapeBytes: a tensor's dimensions other than zero multiply to less than this many bytes
+	// (protocol.MAX_SHAPE_BYTES); past it Python refuses "beyond any tensor". Checked before any product
+	// is formed: a [1, 2**61-1] shape of INT64 once wrapped to a negative size that matched a negative
+	// binary_data_size, and the group's copy then panicked and took the front-end down.
+	maxShapeBytes = int64(1) << 62
+	maxTimeoutUS  = int64(86_400) * 1_000_000 // protocol.MAX_TIMEOUT_US: a longer "timeout" is taken as this
+	shmRegion     = "shared_memory_region"    // a tensor in a client's region: Python's to place
+)
+
+// tensorBytes: the bytes of a tensor of `shape` with items of `itemSize`, checked against the model's
+// `spec` (-1: any size); false where a dimension is negative or differs from the spec, or the shape is
+// beyond any tensor (maxShapeBytes).
+func tensorBytes(shape, spec []int64, itemSize int64) (int64, bool) {
+	nonZero, zero := itemSize, false
+	for i, d := range shape {
+		if d < 0 || (spec[i] >= 0 && spec[i] != d) {
+			return 0, false
+		}
+		if d == 0 {
+			zero = true
+		} else if nonZero >= maxShapeBytes/d {
+			return 0, false
+		} else {
+			nonZero *= d
+		}
+	}
+	if nonZero >= maxShapeBytes {
+		return 0, false
+	}
+	if zero {
+		return 0, true
+	}
+	return nonZero, true
+}
+
+// fieldNames: the keys of requestDoc, requestInput and requestOutput. encoding/json gives a key to a field
+// whatever its case ("Name", "SHAPE", the last of them winning), where Python reads only the exact key.
+var fieldNames = [...]string{"id", "inputs", "outputs", "parameters", "name", "shape", "datatype", "data"}
+
+// plainHeader: false for a header that encoding/json would read otherwise than Python's json: bytes that
+// are not UTF-8 (Python refuses them; Go would pass them on raw in an echoed id) or an object key that is
+// one of fieldNames in another case. Such a header goes to the Python front-end, which answers it as it does.
+func plainHeader(b []byte) bool {
+	if !utf8.Valid(b) {
+		return false
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	var objects []bool // the open containers: true for an object
+	key := false       // the next string is a key
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return err == io.EOF
+		}
+		switch t := tok.(type) {
+		case json.Delim:
+			if t == '{' || t == '[' {
+				objects = append(objects, t == '{')
+				key = t == '{'
+				continue
+			}
+			objects = objects[:len(objects)-1]
+		case string:
+			if key {
+				for _, f := range fieldNames {
+					if t != f && strings.EqualFold(t, f) {
+						return false
+					}
+				}
+				key = false
+				continue
+			}
+		}
+		key = len(objects) > 0 && objects[len(objects)-1] // a value ended: in an object a key comes next
+	}
+}
 
 // numpy dtype name -> v2 datatype, item size, numpy dtype string (what the dispatcher's views take)
 type dtypeInfo struct {
@@ -190,7 +272,7 @@ func (m *model) parse(header []byte, binaryLen int64) (p plan, ok bool) {
 		return p, false
 	}
 	var doc requestDoc
-	if json.Unmarshal(header, &doc) != nil || len(doc.Inputs) != len(m.inputs) {
+	if json.Unmarshal(header, &doc) != nil || len(doc.Inputs) != len(m.inputs) || !plainHeader(header) {
 		return p, false
 	}
 	binaryOut := false
@@ -205,7 +287,7 @@ func (m *model) parse(header []byte, binaryLen int64) (p plan, ok bool) {
 			if err != nil || t <= 0 {
 				return p, false
 			}
-			p.timeoutUS = t
+			p.timeoutUS = min(t, maxTimeoutUS)
 		}
 	}
 	if len(doc.ID) > 0 && string(doc.ID) != "null" {
@@ -224,22 +306,16 @@ func (m *model) parse(header []byte, binaryLen int64) (p plan, ok bool) {
 			return p, false
 		}
 		seen[in.Name] = true
-		if len(in.Shape) != len(spec.Shape) || len(in.Shape) == 0 {
+		if _, has := in.Parameters[shmRegion]; has || len(in.Shape) != len(spec.Shape) || len(in.Shape) == 0 {
 			return p, false
 		}
-		count := int64(1)
-		for i, d := range in.Shape {
-			if d < 0 || (spec.Shape[i] >= 0 && spec.Shape[i] != d) {
-				return p, false
-			}
-			count *= d
-		}
-		if p.rows >= 0 && in.Shape[0] != p.rows {
+		want, fits := tensorBytes(in.Shape, spec.Shape, int64(spec.dtype.size))
+		if !fits || (p.rows >= 0 && in.Shape[0] != p.rows) {
 			return p, false
 		}
 		p.rows = in.Shape[0]
 		size, err := strconv.ParseInt(string(in.Parameters["binary_data_size"]), 10, 64)
-		if err != nil || size != count*int64(spec.dtype.size) || offset+size > binaryLen {
+		if err != nil || size != want || size > binaryLen-offset {
 			return p, false
 		}
 		p.inputs = append(p.inputs, placedInput{spec.quoted, spec.dtype.str, in.Shape, offset, size})
@@ -260,7 +336,7 @@ func (m *model) parse(header []byte, binaryLen int64) (p plan, ok bool) {
 	for _, o := range doc.Outputs {
 		i, known := m.byName[o.Name]
 		binary := binaryOut
-		if !known || !jsonBool(o.Parameters["binary_data"], &binary) || !binary {
+		if _, has := o.Parameters[shmRegion]; has || !known || !jsonBool(o.Parameters["binary_data"], &binary) || !binary {
 			return p, false
 		}
 		if c, has := o.Parameters["classification"]; has && string(c) != "null" && string(c) != "0" && string(c) != "false" {

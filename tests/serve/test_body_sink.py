@@ -6,8 +6,12 @@ that arrive after the request gave up are never written (the room may belong to 
 request by then)."""
 from __future__ import annotations
 
-import numpy as np
+from types import SimpleNamespace
 
+import numpy as np
+import pytest
+
+from trtop.serve import infer_http
 from trtop.serve.arena import ALIGN, Arena
 from trtop.serve.frontend import RemoteModel
 from trtop.serve.infer_http import SINK_MIN_BYTES, BodySink, FastInfer, ReusedBuffers
@@ -137,3 +141,28 @@ def test_a_front_ends_arena_region_starts_its_tensors_on_a_cache_line() -> None:
 class _NoBodyBuffer:
     name = "m"
     metrics = None
+
+
+def test_a_request_that_fails_where_no_check_foresaw_it_is_answered_500_and_gives_its_room_back(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The direct path gave back a request's bytes, sink and in-flight count only for refusals (``ServeError``): any
+    other exception left them held for good. Now any failure is answered (500, saying what failed), logged with its
+    traceback, and its room goes back as for a refusal."""
+    finished: list[str] = []
+    handle = _Handle(room=1_000_000)
+    handle.info = object()  # type: ignore[attr-defined]
+    handle.metrics = SimpleNamespace(request_finished=lambda outcome, seconds: finished.append(outcome))
+    fast = FastInfer(None, handle, 500_000, max_inflight_bytes=250_000)  # type: ignore[arg-type]
+    sink = fast.open_sink(scope(length=100_000))
+    assert sink is not None and sink.write(b"\0" * 100_000) and fast.inflight_bytes == 100_000
+
+    def unforeseen(*args: object) -> None:
+        raise RuntimeError("a check nobody wrote")
+
+    monkeypatch.setattr(infer_http, "begin_infer", unforeseen)
+    answers: list[tuple[int, bytes]] = []
+    fast.direct([(b"content-length", b"100000")], b"", sink, 0.0,
+                lambda status, headers, payload: answers.append((status, payload)))
+    assert answers == [(500, answers[0][1])] and b"a check nobody wrote" in answers[0][1]
+    assert fast.inflight_bytes == 0 and handle.given == [100_000] and finished == ["error"]
+    assert "a check nobody wrote" in caplog.text and "Traceback" in caplog.text

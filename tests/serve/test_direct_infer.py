@@ -155,3 +155,23 @@ def test_a_client_that_pipelines_and_never_reads_holds_a_bounded_number_of_answe
         np.testing.assert_array_equal(outputs(head, payload, rows), 2 * x + 1)
     assert answered() == count
     sock.close()
+
+
+@pytest.mark.parametrize("processes", ["0", "1"])
+def test_bodies_refused_after_they_were_read_give_their_bytes_back(
+        start_server: Start, affine_onnx: Path, processes: str) -> None:
+    """A 65-dimension shape raised numpy's ValueError past the checks: the direct path caught only refusals, so each
+    such request kept its bytes counted in flight (and its room in the front-end's arena); ~15 of them took a 1 MiB
+    budget and every request after was refused 503. Now a 400 that says why, and the budget holds."""
+    s = serve(start_server, affine_onnx, processes, "--max-inflight-mb", "1", "--max-body-mb", "1")
+    url = s.url + "/v2/models/a/infer"
+    bad = json.dumps({"inputs": [{"name": "x", "shape": [1] * 65, "datatype": "FP32", "data": [1.0]}],
+                      "pad": "x" * 70_000})  # past SINK_MIN_BYTES: read into a sink
+    for _ in range(20):
+        refused = httpx.post(url, content=bad, timeout=30)
+        assert refused.status_code == 400 and "65 dimensions" in refused.json()["error"], refused.text
+    x = np.full((2, 4), 3.0, np.float32)
+    body, json_length = binary(x)
+    served = httpx.post(url, content=body, headers={"Inference-Header-Content-Length": str(json_length)}, timeout=30)
+    assert served.status_code == 200, served.text
+    assert metric_value(httpx.get(s.url + "/metrics").text, names.METRIC_INFLIGHT, model="a") == 0

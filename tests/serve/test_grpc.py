@@ -210,6 +210,8 @@ class TestErrors:
          [b"\0" * 16], "raw_input_contents has 1 entries for 0 inputs"),
         ({"datatype": "FP32", "shape": [0, 2**62, 4]}, [b""], "shape [0, 4611686018427387904, 4] is beyond any tensor"),
         ({"datatype": "FP32", "shape": [0, 2**62, 4], "contents": {}}, [], "is beyond any tensor"),
+        # numpy cannot shape 65 dimensions: its ValueError was answered UNKNOWN, with a traceback logged per call
+        ({"datatype": "FP32", "shape": [1] * 65}, [b"\0" * 4], "shape has 65 dimensions; at most 32"),
     ])
     def test_malformed_tensors(self, stub: service_pb2_grpc.GRPCInferenceServiceStub, tensor: dict[str, Any],
                                raw: list[bytes], match: str) -> None:

@@ -10,7 +10,9 @@ import pytest
 
 from trtop.serve import protocol
 from trtop.serve.errors import BadRequest, PayloadTooLarge
-from trtop.serve.protocol import RequestedOutput, decode_body, encode_infer_response, parse_infer_request
+from trtop.serve.protocol import (
+    MAX_TIMEOUT_US, RequestedOutput, decode_body, encode_infer_response, parse_infer_request,
+)
 
 
 def binary_body(arrays: dict[str, np.ndarray], datatype: str = "FP32", **extra: object) -> tuple[bytes, int]:
@@ -44,6 +46,14 @@ class TestParse:
         req = parse_infer_request(body, None)
         assert req.outputs == (RequestedOutput("y", True), RequestedOutput("s", False))
         assert req.timeout_s == pytest.approx(0.25)
+
+    @pytest.mark.parametrize("timeout", [MAX_TIMEOUT_US + 1, 10**400])
+    def test_a_timeout_past_a_day_is_a_day(self, timeout: int) -> None:
+        """10**400 us once raised OverflowError where a deadline was computed: past the 400 checks, so the request's
+        bytes stayed counted in flight (docs/server.md, Endpoints)."""
+        body = b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}], "parameters": {"timeout": ' \
+            + str(timeout).encode() + b"}}"
+        assert parse_infer_request(body, None).timeout_s == MAX_TIMEOUT_US / 1e6
 
     @pytest.mark.parametrize("body,match", [
         (b"{nope", "not valid JSON"),
@@ -139,6 +149,15 @@ class TestDecodeBody:
         with pytest.raises(PayloadTooLarge):
             decode_body(gzip.compress(b"\0" * 100_000), "gzip", 1000)
 
+    def test_a_stream_cut_short_or_followed_by_more_bytes_is_refused(self) -> None:
+        whole = gzip.compress(b'{"inputs": []}' * 10)
+        with pytest.raises(BadRequest, match="truncated"):
+            decode_body(whole[:-12], "gzip", 1000)
+        with pytest.raises(BadRequest, match="3 bytes after its gzip stream"):
+            decode_body(whole + b"abc", "gzip", 1000)
+        with pytest.raises(BadRequest, match="truncated"):
+            decode_body(zlib.compress(b"x" * 100)[:-3], "deflate", 1000)
+
     def test_unknown_encoding(self) -> None:
         with pytest.raises(BadRequest, match="br"):
             decode_body(b"x", "br", 10)
@@ -205,8 +224,9 @@ class TestMalformedValues:
         b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1e308]}]}',
         b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP16","data":[70000]}]}',
         b'{"inputs":[{"name":"x","shape":[0,4611686018427387904,4],"datatype":"FP32","data":[]}]}',
+        b'{"inputs":[{"name":"x","shape":' + json.dumps([1] * 65).encode() + b',"datatype":"FP32","data":[1]}]}',
     ], ids=["overflow", "deep-nesting", "float-into-int", "too-many-json-values", "datatype-list", "datatype-object",
-            "beyond-fp32", "beyond-fp16", "no-values-beyond-any-shape"])
+            "beyond-fp32", "beyond-fp16", "no-values-beyond-any-shape", "more-dimensions-than-numpy-shapes"])
     def test_refused_as_bad_request(self, body: bytes) -> None:
         with pytest.raises(BadRequest):
             parse_infer_request(body, None)
@@ -238,7 +258,8 @@ class TestMalformedValues:
 
         odd: list[object] = [None, True, 0, -1, 2**64, 1e308, float("nan"), -0.5, "", "x", "BYTES", [], [1], [[1]],
                              {}, {"a": 1}, [None], ["a"], [2**70], [-1], [1.5], "9" * 400, {"binary_data_size": -1},
-                             {"binary_data_size": 2**62}, {"shared_memory_region": 5}, [0, 2**62, 4]]
+                             {"binary_data_size": 2**62}, {"shared_memory_region": 5}, [0, 2**62, 4], 10**400, [1] * 65,
+                             {"timeout": 10**400}]
         rng = random.Random(8)
         x = np.arange(8, dtype=np.float32).reshape(2, 4)
 

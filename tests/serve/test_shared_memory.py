@@ -306,6 +306,12 @@ def test_off_by_default_and_the_refusal_says_how_to_turn_it_on(tmp_path: Path, r
         answer = httpx.post(server.url + "/v2/systemsharedmemory/region/r/register",
                             json={"key": key, "offset": 0, "byte_size": 4096})
         assert answer.status_code == 400 and "--shared-memory system" in answer.json()["error"]
+        # JSON nested past the parser's depth was a 500 (RecursionError); a body past the endpoint's fixed bound
+        # told the client to raise --max-body-mb, which has no say here
+        nested = httpx.post(server.url + "/v2/systemsharedmemory/region/r/register", content=b"[" * 30000 + b"]" * 30000)
+        assert nested.status_code == 400 and "not valid JSON" in nested.json()["error"]
+        large = httpx.post(server.url + "/v2/systemsharedmemory/region/r/register", content=b" " * 100_000)
+        assert large.status_code == 413 and "a registration is a small JSON object" in large.json()["error"]
         assert httpx.get(server.url + "/v2/systemsharedmemory/status").json() == []
         assert "system_shared_memory" not in httpx.get(server.url + "/v2").json()["extensions"]
     finally:

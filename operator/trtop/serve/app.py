@@ -119,10 +119,10 @@ def build_app(
 
     async def shm_register(request: Request) -> Response:
         try:
-            body = await read_body(request.receive, REGISTRATION_MAX_BYTES)
+            body = await read_body(request.receive, REGISTRATION_MAX_BYTES, "a registration is a small JSON object")
             try:
                 doc = json.loads(body)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
                 raise BadRequest(f"the registration is not valid JSON: {exc}") from None
             await service.register_region(spec_of(request.path_params["name"], doc))
         except ServeError as exc:

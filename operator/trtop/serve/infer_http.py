@@ -211,6 +211,13 @@ class BodySink:
             self.release()
 
 
+def unforeseen(exc: Exception) -> InferenceFailed:
+    """A request that failed where no check foresaw it: logged with its traceback (a bug to fix) and answered
+    500 with what failed, its resources given back by the caller as for any refusal."""
+    log.error("an infer request failed: %s", exc, exc_info=exc)
+    return InferenceFailed(f"the request could not be handled: {exc}")
+
+
 class FastInfer:
     def __init__(self, app: ASGIApp, service: ModelHandle, max_body_bytes: int, *,
                  max_inflight_bytes: int = 0, body_timeout_s: float = 30.0) -> None:
@@ -307,6 +314,10 @@ class FastInfer:
         except ServeError as exc:
             outcome = exc.outcome
             status, headers, payload = error_parts(exc)
+        except Exception as exc:  # as in ``direct``: a 500 that says what failed, not the ASGI server's bare one
+            failed = unforeseen(exc)
+            outcome = failed.outcome
+            status, headers, payload = error_parts(failed)
         finally:
             self.inflight_bytes -= reserved
             if sink is not None:
@@ -350,6 +361,11 @@ class FastInfer:
             parsed, admitted, future = begin_infer(self.service, body, header_length, encoding, self.limit, sink)
         except ServeError as exc:
             finish(*error_parts(exc), exc.outcome)
+            return
+        except Exception as exc:  # its bytes, body and in-flight count are given back here too: left held, each
+            # such request shrank the server's budget for good (--max-inflight-mb; then every request was refused)
+            failed = unforeseen(exc)
+            finish(*error_parts(failed), failed.outcome)
             return
 
         def done(f: asyncio.Future[Outputs]) -> None:
@@ -416,8 +432,10 @@ def infer_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes | None,
     return declared, header_length, encoding
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
-    """The whole body from ASGI ``receive``, refusing at the first byte past ``limit``."""
+async def read_body(receive: Receive, limit: int,
+                    advice: str = "raise --max-body-mb or send smaller batches") -> bytes:
+    """The whole body from ASGI ``receive``, refusing at the first byte past ``limit`` (``advice``: what the
+    client can do about it)."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -428,7 +446,7 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         if chunk:
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLarge(f"the body is larger than {limit} bytes; raise --max-body-mb or send smaller batches")
+                raise PayloadTooLarge(f"the body is larger than {limit} bytes; {advice}")
             chunks.append(chunk)
         if not message.get("more_body", False):
             break

@@ -35,6 +35,14 @@ MAX_JSON_VALUES = 4_000_000
 # 64-bit sizes, so a [0, 2**62, 4] tensor (no values, every size check passed) could not even be shaped.
 MAX_SHAPE_BYTES = 1 << 62
 
+# A tensor's dimensions: numpy shapes at most 64 (32 before numpy 2) and a reshape past that raises ValueError, not
+# a refusal; TensorRT engines take 8. A request past this is refused before anything is shaped.
+MAX_DIMS = 32
+
+# A request's "timeout" parameter (microseconds) longer than this is taken as this: a client that sends a huge one
+# means "no timeout of mine", and a deadline of 10**300 us is not a number the server's clocks can add.
+MAX_TIMEOUT_US = 86_400 * 1_000_000  # a day
+
 # v2 datatype <-> numpy dtype name. BYTES (strings) and BF16 have no numpy dtype here.
 DATATYPES: dict[str, str] = {
     "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
@@ -97,6 +105,10 @@ def decode_body(body: Body, encoding: str | None, limit: int) -> Body:
         raise BadRequest(f"the {encoding} body could not be decompressed: {exc}") from None
     if len(out) > limit:
         raise PayloadTooLarge(f"the decompressed body is larger than the limit of {limit} bytes")
+    if not d.eof:  # a stream cut short would otherwise be taken as the whole request
+        raise BadRequest(f"the {encoding} body ends before its stream does (truncated)")
+    if d.unused_data:
+        raise BadRequest(f"the body has {len(d.unused_data)} bytes after its {encoding} stream")
     return out
 
 
@@ -205,19 +217,31 @@ def _parse_document(header_bytes: Body, header_length: int | None, binary: memor
         outputs = tuple(_parse_output(o, bool(params.get("binary_data_output", False)), regions)
                         for o in doc["outputs"])
     timeout = params.get("timeout")
-    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0):
-        raise BadRequest('parameter "timeout" must be a positive integer (microseconds)')
+    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool)):
+        raise BadRequest(TIMEOUT_MESSAGE)
     rid = doc.get("id")
     request = InferRequest(
         id=None if rid is None else str(rid), inputs=inputs, outputs=outputs,
         binary_output=bool(params.get("binary_data_output", False)),
-        timeout_s=None if timeout is None else timeout / 1e6, buffer=buffer,
+        timeout_s=None if timeout is None else timeout_seconds(timeout), buffer=buffer,
     )
     return request, None if places is None else tuple(places)
 
 
+TIMEOUT_MESSAGE = 'parameter "timeout" must be a positive integer (microseconds)'
+
+
+def timeout_seconds(us: int) -> float:
+    """A request's ``timeout`` parameter (microseconds, HTTP and gRPC alike) in seconds, at most ``MAX_TIMEOUT_US``."""
+    if us <= 0:
+        raise BadRequest(TIMEOUT_MESSAGE)
+    return min(us, MAX_TIMEOUT_US) / 1e6
+
+
 def tensor_count(name: str, shape: Sequence[int], dtype: np.dtype[Any]) -> int:
     """The values an input of ``shape`` holds; BadRequest where the shape is beyond any array."""
+    if len(shape) > MAX_DIMS:
+        raise BadRequest(f"input {name!r}: shape has {len(shape)} dimensions; at most {MAX_DIMS}")
     if math.prod(d for d in shape if d) * dtype.itemsize >= MAX_SHAPE_BYTES:
         raise BadRequest(f"input {name!r}: shape {list(shape)} is beyond any tensor")
     return math.prod(shape)

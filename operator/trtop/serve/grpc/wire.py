@@ -19,8 +19,8 @@ from trtop.serve.grpc.proto import grpc_service_pb2 as pb
 from trtop.serve.grpc.proto import model_config_pb2 as mc
 from trtop.serve.model import VERSION, ModelInfo, model_config, model_metadata
 from trtop.serve.protocol import (
-    DATATYPES, SHM_REGION, InferRequest, RequestedOutput, input_in_region, output_region,
-    tensor_count, v2_datatype,
+    DATATYPES, SHM_REGION, TIMEOUT_MESSAGE, InferRequest, RequestedOutput, input_in_region, output_region,
+    tensor_count, timeout_seconds, v2_datatype,
 )
 from trtop.serve.shared_memory import Registry
 from trtop.serve.statistics import StatsSnapshot, model_stats_json
@@ -115,9 +115,9 @@ def _timeout_s(req: pb.ModelInferRequest) -> float | None:
     if "timeout" not in req.parameters:
         return None
     param = req.parameters["timeout"]
-    if param.WhichOneof("parameter_choice") != "int64_param" or param.int64_param <= 0:
-        raise BadRequest('parameter "timeout" must be a positive integer (microseconds)')
-    return float(param.int64_param) / 1e6
+    if param.WhichOneof("parameter_choice") != "int64_param":
+        raise BadRequest(TIMEOUT_MESSAGE)
+    return timeout_seconds(param.int64_param)
 
 
 def infer_response(model: str, request_id: str | None, outputs: Sequence[tuple[str, Array]],
