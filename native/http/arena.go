@@ -68,6 +68,29 @@ func (a *arena) alloc(n int) int {
 	return -1
 }
 
+// keptForSmall: the bytes of an arena that a body larger than them may not take (allocBody): a body is
+// given its region from its declared length before it arrives and holds it up to the body timeout, so
+// without this two connections that declare the largest body and send nothing held a 128 MiB arena
+// and every request meanwhile was refused as overloaded. A quarter of the arena, at most half the
+// largest body, and never so much that one largest body cannot fit in an empty arena.
+func keptForSmall(arenaBytes int, maxBody int64) int {
+	return max(0, min(arenaBytes/4, int(maxBody/2), arenaBytes-int(maxBody)-2*align))
+}
+
+// allocBody: alloc for a body of n bytes, which may take the last `keep` free bytes only if it is no
+// larger than them; -1 when it may not or there is no room.
+func (a *arena) allocBody(n, keep int) int {
+	if n > keep {
+		a.mu.Lock()
+		short := len(a.mem)-a.inUse-n < keep
+		a.mu.Unlock()
+		if short {
+			return -1
+		}
+	}
+	return a.alloc(n)
+}
+
 func (a *arena) release(off int) {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -513,3 +513,40 @@ func TestACallForwardedToPythonIsRefusedWhenItsAnswerDoesNotComeButAnInferenceWa
 		t.Fatalf("a forwarded inference is bounded by its own timeout, not this one: %d, lost %d", rec.Code, lost)
 	}
 }
+
+func TestBodiesStillToArriveLeaveRoomForSmallOnes(t *testing.T) {
+	const mib = 1 << 20
+	for _, c := range []struct {
+		arena   int
+		maxBody int64
+		keep    int
+	}{{128 * mib, 64 * mib, 32 * mib}, {68 * mib, 64 * mib, 4*mib - 2*align}, {1 << 16, 0, 0}, {64 * mib, 64 * mib, 0}} {
+		if got := keptForSmall(c.arena, c.maxBody); got != c.keep {
+			t.Errorf("keptForSmall(%d, %d) = %d, want %d", c.arena, c.maxBody, got, c.keep)
+		}
+	}
+	a := testArena(t, 1<<20)
+	keep := 256 << 10
+	big := a.allocBody(600<<10, keep)
+	if big < 0 {
+		t.Fatal("a large body in an empty arena: no room")
+	}
+	if off := a.allocBody(300<<10, keep); off >= 0 {
+		t.Fatalf("a second large body took the room kept for small ones (at %d)", off)
+	}
+	small := make([]int, 0, 4)
+	for range 4 { // 4 x 64 KiB: what was kept
+		off := a.allocBody(64<<10, keep)
+		if off < 0 {
+			t.Fatal("a small body beside a large one that is still arriving: no room")
+		}
+		small = append(small, off)
+	}
+	for _, off := range small {
+		a.release(off)
+	}
+	a.release(big)
+	if off := a.allocBody(1<<20-keep, keep); off < 0 {
+		t.Fatal("the largest body the kept room allows, in an empty arena: no room")
+	}
+}

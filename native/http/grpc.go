@@ -185,7 +185,7 @@ func (g *grpcFront) infer(w http.ResponseWriter, r *http.Request) bool {
 		g.forward(w, r, prefix[:], nil)
 		return true
 	}
-	off := s.arena.alloc(n + align)
+	off := s.arena.allocBody(n+align, s.keep)
 	if off < 0 {
 		s.count(1, "", 0)
 		g.refuse(w, started, s.overloaded())

@@ -28,6 +28,7 @@ type server struct {
 	draining atomic.Bool
 	proxy    *httputil.ReverseProxy
 	maxBody  int64
+	keep     int // arena bytes that only bodies no larger than them may take (keptForSmall)
 	batcher  batcher
 
 	ids     atomic.Uint64
@@ -46,6 +47,7 @@ type server struct {
 func newServer(cfg *setup, a *arena, ch *channel) *server {
 	s := &server{cfg: cfg, arena: a, ch: ch, waiting: map[uint64]chan []json.RawMessage{}, late: map[uint64][]int{},
 		maxBody: int64(cfg.Settings.MaxBodyMB * 1024 * 1024)}
+	s.keep = keptForSmall(len(a.mem), s.maxBody)
 	s.batcher.limit = max(1, cfg.GroupLimit)
 	s.batcher.limitSmall = cfg.SmallGroupLimit // smallBytes comes with the engine's state (onState)
 	s.model.Store(newModel("loading", "", nil))
@@ -154,7 +156,7 @@ func (s *server) infer(w http.ResponseWriter, r *http.Request) bool {
 	started := time.Now()
 	stamp("g_head")
 	pad := padBefore(hl) // the tensors' bytes, after the JSON header, start on a cache line
-	off := s.arena.alloc(int(n) + pad)
+	off := s.arena.allocBody(int(n)+pad, s.keep)
 	if off < 0 {
 		s.count(1, "", 0)
 		s.refuse(w, started, s.overloaded())

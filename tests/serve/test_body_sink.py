@@ -14,7 +14,8 @@ import pytest
 from trtop.serve import infer_http
 from trtop.serve.arena import ALIGN, Arena
 from trtop.serve.frontend import RemoteModel
-from trtop.serve.infer_http import SINK_MIN_BYTES, BodySink, FastInfer, ReusedBuffers
+from trtop.serve.errors import Overloaded
+from trtop.serve.infer_http import SINK_MIN_BYTES, BodySink, FastInfer, ReusedBuffers, kept_for_small
 from trtop.serve.protocol import parse_infer_request
 
 
@@ -166,3 +167,23 @@ def test_a_request_that_fails_where_no_check_foresaw_it_is_answered_500_and_give
     assert answers == [(500, answers[0][1])] and b"a check nobody wrote" in answers[0][1]
     assert fast.inflight_bytes == 0 and handle.given == [100_000] and finished == ["error"]
     assert "a check nobody wrote" in caplog.text and "Traceback" in caplog.text
+
+
+def test_bodies_still_to_arrive_leave_room_in_the_budget_for_small_ones() -> None:
+    """Bodies are counted from their declared length before they arrive: connections that declare the largest body
+    and send nothing once held the whole budget, and every other request was refused meanwhile."""
+    assert kept_for_small(256 << 20, 64 << 20) == 32 << 20
+    assert kept_for_small(64 << 20, 64 << 20) == 0  # one largest body must fit an empty budget
+    fast = FastInfer(None, _Handle(room=10_000_000), 1_000_000, max_inflight_bytes=4_000_000)  # type: ignore[arg-type]
+    assert fast.kept == 500_000
+    large = [fast.open_sink(scope(length=1_000_000)) for _ in range(3)]
+    assert all(s is not None for s in large) and fast.inflight_bytes == 3_000_000
+    assert fast.open_sink(scope(length=600_000)) is None  # larger than the kept room: it may not take it
+    with pytest.raises(Overloaded):
+        fast._reserve(b"600000")
+    small = [fast.open_sink(scope(length=250_000)) for _ in range(4)]
+    assert all(s is not None for s in small) and fast.inflight_bytes == 4_000_000
+    for sink in large + small:
+        assert sink is not None
+        sink.close()
+    assert fast.inflight_bytes == 0

@@ -211,6 +211,15 @@ class BodySink:
             self.release()
 
 
+def kept_for_small(budget: int, max_body: int) -> int:
+    """The bytes of an in-flight budget that a body larger than them may not take. A body is counted from its
+    declared length before it arrives and holds it up to the body timeout: without this, a few connections that
+    declare the largest body and send nothing held the whole budget, and every request meanwhile was refused as
+    overloaded. A quarter of the budget, at most half the largest body, and never so much that one largest body
+    cannot be taken (the native front-end keeps as much of its arena: ``keptForSmall``)."""
+    return max(0, min(budget // 4, max_body // 2, budget - max_body - 2 * ALIGN))
+
+
 def unforeseen(exc: Exception) -> InferenceFailed:
     """A request that failed where no check foresaw it: logged with its traceback (a bug to fix) and answered
     500 with what failed, its resources given back by the caller as for any refusal."""
@@ -229,6 +238,7 @@ class FastInfer:
         # clients send at once. 0: no budget.
         self.inflight_budget = max_inflight_bytes
         self.inflight_bytes = 0
+        self.kept = kept_for_small(max_inflight_bytes, max_body_bytes)
         self.body_timeout_s = body_timeout_s
         base = f"/v2/models/{service.name}"
         self.paths = frozenset({base + "/infer", f"{base}/versions/{VERSION}/infer"})
@@ -245,8 +255,7 @@ class FastInfer:
         if declared is None or not declared.isdigit():
             return None
         length = int(declared)
-        if length < SINK_MIN_BYTES or length > self.limit or (
-                self.inflight_budget and self.inflight_bytes + length > self.inflight_budget):
+        if length < SINK_MIN_BYTES or length > self.limit or not self._fits(length):
             return None
         lead = next((v for k, v in scope["headers"] if k == b"inference-header-content-length"), b"")
         got = self.body_buffer(length, int(lead) if lead.isdigit() else 0)
@@ -387,13 +396,21 @@ class FastInfer:
         else:
             future.add_done_callback(done)
 
+    def _fits(self, length: int) -> bool:
+        """Whether a body of ``length`` bytes may be counted in flight now: within the budget, and into the room
+        kept for small bodies (``kept_for_small``) only if it is one of them."""
+        if not self.inflight_budget:
+            return True
+        room = self.inflight_budget - self.inflight_bytes
+        return length <= room and (length <= self.kept or room - length >= self.kept)
+
     def _reserve(self, declared: bytes | None) -> int:
         """The in-flight bytes a body read through ``receive`` holds (refused before reading when it cannot fit)."""
         length = int(declared) if declared is not None and declared.isdigit() else self.limit
         if length > self.limit:
             raise PayloadTooLarge(f"the body is {length} bytes; this server accepts at most {self.limit} "
                                   "(raise --max-body-mb or send smaller batches)")
-        if self.inflight_budget and self.inflight_bytes + length > self.inflight_budget:
+        if not self._fits(length):
             raise Overloaded(f"this server holds {self.inflight_bytes} bytes of requests in flight and its limit is "
                              f"{self.inflight_budget} (--max-inflight-mb); retry shortly or add replicas")
         self.inflight_bytes += length
