@@ -137,3 +137,61 @@ def test_one_event_per_reconcile_leads_with_the_first_warning():
     e = one_event([Event("Normal", "EngineReady", "a"), Event("Warning", "EngineFailed", "b"),
                    Event("Warning", "PhaseDegraded", "c")])
     assert (e.type, e.reason) == ("Warning", "EngineFailed") and e.message.startswith("b; a")
+
+
+def test_a_failure_no_check_foresaw_is_a_condition_and_an_event_not_a_traceback_loop(
+        monkeypatch, settings, mixed_cluster, caplog):
+    """The reconcile caught only the API's and the transport's errors: anything else (a ZeroDivisionError from a
+    record's throughput was one) went up to the worker, which logged it and retried for ever while the object's status
+    said nothing. Now it is Ready=False InternalError with the step and the error, a Warning Event, and a retry with
+    backoff; the traceback is in the operator's log."""
+    from trtop.handlers import modeldeployment as md
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("float division by zero")
+
+    written = []
+    monkeypatch.setattr(md, "gather", lambda body, settings: ClusterFacts(nodes=mixed_cluster))
+    monkeypatch.setattr(md, "plan_model_deployment", broken)
+    monkeypatch.setattr(md, "_write_status", lambda body, old, new: (written.append(new), (True, None, 1))[1])
+    body = md_body()
+    outcome = md._reconcile(body, settings, None, "", {})
+    assert outcome.failure is not None and outcome.failure.reason == "InternalError" and not outcome.failure.stalled
+    ready = cond(written[0], names.COND_READY)
+    assert ready["reason"] == "InternalError" and "ZeroDivisionError: float division by zero" in ready["message"]
+    assert "reading the cluster" in ready["message"] and "trtop bug" in ready["message"]
+    assert [(e.type, e.reason) for e in events_between({}, written[0]) if e.reason == "InternalError"] == [
+        ("Warning", "InternalError")]
+    assert "Traceback" in caplog.text
+
+
+def _merge(target, patch):
+    """RFC 7386, as the API server applies a merge patch."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = _merge(out.get(k), v)
+    return out
+
+
+def test_a_status_written_as_a_merge_patch_ends_as_planned_and_is_written_once():
+    """A capacityUnit that went from benchmark to equal (every hold) kept its target and throughput on the server: it
+    never equalled the plan, so every reconcile wrote it again, and the stored status said basis equal beside a
+    throughput."""
+    from trtop.planning.status import status_patch
+    old = {"phase": "Ready", "capacityUnit": {"basis": "benchmark", "modelRevision": "r1", "target": "9.0",
+                                             "throughput": 812.5, "message": "one replica = 812.5 samples/s"},
+           "scaling": {"owner": "autoscaler"}}
+    new = {"phase": "Progressing", "capacityUnit": {"basis": "equal", "modelRevision": "r1", "message": "held"}}
+    patch = status_patch(old, new)
+    assert patch["capacityUnit"] == {"basis": "equal", "target": None, "throughput": None, "message": "held"}
+    stored = _merge(old, patch)
+    assert stored["capacityUnit"] == new["capacityUnit"] and stored["phase"] == "Progressing"
+    assert stored["scaling"] == {"owner": "autoscaler"}  # a field the plan does not have is another writer's
+    assert status_patch(stored, new) == {}  # the next reconcile writes nothing
+    deep = {"a": {"b": {"c": 1, "d": 2}, "e": [1]}}
+    assert _merge(deep, status_patch(deep, {"a": {"b": {"c": 1}, "e": [2]}})) == {"a": {"b": {"c": 1}, "e": [2]}}

@@ -122,3 +122,23 @@ def test_a_namespaced_operator_sweeps_only_scopes_it_sees_whole() -> None:
     assert served_scopes(settings) == ["shared.cv"]  # shared.ml also has team-c, which it cannot see
     assert served_scopes(Settings(namespaces=("team-a",))) == ["team-a"]
     assert served_scopes(Settings()) is None  # cluster-wide: every scope
+
+
+def test_a_record_is_known_per_scope_and_forgotten_once_its_engine_is_collected(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator kept Ready records by key alone and for good: a key read from one namespace's scope was taken as
+    every scope's (each holds its own copy, written by its own build pods), and once the collector deleted an engine
+    its key stayed Ready in memory, so no build ran when it was wanted again and its pods pointed at nothing."""
+    from trtop.handlers import facts, gc
+
+    monkeypatch.setattr(facts, "READY_RECORDS", {})
+    root = str(tmp_path / "engines")
+    publish(root, "team-a", OLD, tmp_path / "a")
+    settings = Settings(store_uri=root)
+    assert OLD in facts.known_records((OLD,), settings, "team-a")[0]
+    assert facts.known_records((OLD,), settings, "team-b")[0] == {}  # team-b's scope has no such engine
+    monkeypatch.setattr(gc, "gather_references", lambda settings: {})
+    monkeypatch.setattr(gc, "_post_namespace_event", lambda *args: None)
+    report = gc.gc_once(settings, Collector(root, 0.0, require_seen_twice=False))
+    assert report.deleted == [("team-a", OLD)]
+    assert facts.known_records((OLD,), settings, "team-a")[0] == {}  # read again: gone, so it is built again

@@ -21,7 +21,16 @@ from trtop.planning.plan import wanted_engine_keys
 from trtop.planning.serving import unit_name
 from trtop.store import EngineStore, open_store, scoped_uri
 
-READY_RECORDS: dict[EngineKey, EngineRecord] = {}
+# Ready records by (store scope, key): a key names the same engine in every scope, but each scope holds its own copy,
+# written by its own build pods, so a record read from one scope is never another scope's (a namespace's tampered
+# record would otherwise have been planned for every namespace of that key). Dropped when the engine is collected
+# (``forget_record``): kept, the key was planned Ready for good and its pods pointed at an artifact that was gone.
+READY_RECORDS: dict[tuple[str, EngineKey], EngineRecord] = {}
+
+
+def forget_record(scope: str, key: str) -> None:
+    """The engine of ``key`` was deleted from ``scope``: it is read from the store again when wanted."""
+    READY_RECORDS.pop((scope, EngineKey(key)), None)
 
 
 @functools.lru_cache(maxsize=4)
@@ -80,11 +89,13 @@ def _unless_known_absent(key: tuple[str, str], kind: str, stage: str, get: Calla
 
 def known_records(keys: tuple[EngineKey, ...], settings: Settings,
                   namespace: str) -> tuple[dict[EngineKey, EngineRecord], str]:
-    """Records of ``keys``: from memory when known Ready, else read from the store (then kept)."""
-    missing = [k for k in keys if k not in READY_RECORDS]
+    """Records of ``keys`` in ``namespace``'s store scope: from memory when known Ready, else read from the store
+    (then kept)."""
+    scope = settings.store_scope(namespace)
+    missing = [k for k in keys if (scope, k) not in READY_RECORDS]
     error = ""
     if missing:
-        found, error = observe.read_records(store_client(scoped_uri(settings.store_uri, settings.store_scope(namespace))),
-                                            missing, settings.store_timeout_seconds)
-        READY_RECORDS.update(found)
-    return {k: READY_RECORDS[k] for k in keys if k in READY_RECORDS}, error
+        found, error = observe.read_records(store_client(scoped_uri(settings.store_uri, scope)), missing,
+                                            settings.store_timeout_seconds)
+        READY_RECORDS.update(((scope, k), r) for k, r in found.items())
+    return {k: READY_RECORDS[(scope, k)] for k in keys if (scope, k) in READY_RECORDS}, error

@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from trtop import names
 from trtop.config import Settings
 from trtop.handlers import metrics
+from trtop.handlers.facts import forget_record
 from trtop.k8s import peering
 from trtop.k8s.client import get_clients, plain
 from trtop.k8s.events import list_model_deployments
@@ -65,6 +66,7 @@ def gc_once(settings: Settings, collector: Collector, *, dry_run: bool = False) 
     report = collector.sweep(gather_references(settings), dry_run=dry_run, scopes=served_scopes(settings))
     if not dry_run:
         for scope, key in report.deleted:
+            forget_record(scope, key)  # planned from the store again if it is wanted again
             metrics.ENGINES_COLLECTED.inc()
             log.info("Deleted engine %s of scope %s from %s: no ModelDeployment, Deployment, pod or Job "
                      "references it", key, scope, settings.store_uri)

@@ -42,7 +42,7 @@ from trtop.k8s.errors import Failure, from_api_exception, from_transport_error
 from trtop.k8s.events import patch_status, post_event
 from trtop.planning.common import store_folders
 from trtop.planning.plan import Plan, plan_model_deployment
-from trtop.planning.status import events_between, one_event, with_failure
+from trtop.planning.status import events_between, one_event, status_patch, with_failure
 from trtop.store.filesystem import make_folders, root_of
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def _reconcile(body: Mapping[str, Any], settings: Settings, autoscaled: int | No
         writes += _all_at_once(body, calls)
     except _Doing as wrapped:
         failure = _failure_of(wrapped.__cause__, str(wrapped))
-    except (ApiException, HTTPError, OSError, TimeoutError) as e:
+    except Exception as e:  # noqa: BLE001 - every failure is a condition: an unforeseen one too (_failure_of)
         failure = _failure_of(e, doing)
     status = dict(plan.status) if plan is not None else _fallback_status(old)
     if failure is not None:
@@ -139,7 +139,11 @@ def _failure_of(e: BaseException | None, doing: str) -> Failure:
         return from_api_exception(e, doing)
     if isinstance(e, (HTTPError, OSError, TimeoutError)):
         return from_transport_error(e, doing)
-    raise e if e is not None else RuntimeError(doing)
+    # A failure no check foresaw (a bug): said in the status and an Event instead of a traceback in a retry loop
+    # that left the object's status as it was, and retried with backoff as any transient failure.
+    log.error("%s failed unexpectedly", doing, exc_info=e)
+    return Failure("InternalError", f"{doing} failed unexpectedly ({type(e).__name__}: {str(e)[:300]}); "
+                   "this is a trtop bug: the operator's log has the traceback; retrying with backoff", False)
 
 
 def _delete_unit(ref: Mapping[str, Any]) -> bool:
@@ -221,7 +225,7 @@ def _count_engines(plan: Plan) -> None:
 def _write_status(body: Mapping[str, Any], old: Mapping[str, Any],
                   new: Mapping[str, Any]) -> tuple[bool, Failure | None, int]:
     """(written, failure, writes): patch the fields that changed, then post their Events."""
-    changed = {k: v for k, v in new.items() if old.get(k) != v}
+    changed = status_patch(old, new)
     if not changed:
         return False, None, 0
     meta = body["metadata"]

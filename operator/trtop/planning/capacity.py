@@ -36,6 +36,19 @@ def engine_throughput(record: EngineRecord | None) -> float | None:
     return max(found) if found else None
 
 
+# A unit's pods count between these many capacity units: speeds come from benchmark figures in engine records,
+# which the build pod (the tenant's model code runs there) writes. 5e-324 samples/s divided the split by zero,
+# and 1e-20 made it add pods one at a time for ~1e17 rounds with the object's lock held (and the autoscaler's loop
+# behind it). One model's throughput differs by far less between GPU architectures (a T4 to an H100: ~7x), and a
+# CPU unit beside a GPU one stays within this too (~50x for ResNet-50); past it a record could make one replica of
+# the ModelDeployment ask for thousands of pods.
+MIN_SPEED, MAX_SPEED = 1 / 128, 128.0
+
+
+def bounded_speed(speed: float) -> float:
+    return min(MAX_SPEED, max(MIN_SPEED, speed))
+
+
 def _positive(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
@@ -86,20 +99,25 @@ def split_replicas(desired: float, slots: Sequence[Slot]) -> Split:
     def total() -> float:
         return sum(counts[s.target] * s.speed for s in slots)
 
+    # Pods are added and taken a unit at a time in bulk (what one at a time would reach): each round fills one
+    # unit's room or meets the capacity, so a unit's speed (a tenant's record says it) bounds no loop's length.
     while total() < desired - _EPSILON:
+        missing = desired - total()
         slot = next((s for s in order if room[s.target] is None or (room[s.target] or 0) > 0), None)
         if slot is None:  # no free GPU anywhere: the most preferred unit takes the rest (Pending pods)
             slot = order[0]
-            missing = desired - total()
-            extra = max(1, math.ceil(missing / slot.speed - _EPSILON))
-            counts[slot.target] += extra
+            counts[slot.target] += max(1, math.ceil(missing / slot.speed - _EPSILON))
             short += missing
             break
-        counts[slot.target] += 1
         left = room[slot.target]
-        room[slot.target] = None if left is None else left - 1
+        add = max(1, math.ceil(missing / slot.speed - _EPSILON))
+        add = add if left is None else min(add, left)
+        counts[slot.target] += add
+        room[slot.target] = None if left is None else left - add
     for slot in reversed(order):  # less capacity: the least preferred units give first
-        while counts[slot.target] > 0 and total() - slot.speed >= desired - _EPSILON:
+        spare = (total() - (desired - _EPSILON)) / slot.speed
+        counts[slot.target] -= max(0, min(counts[slot.target], math.floor(spare)))
+        while counts[slot.target] > 0 and total() - slot.speed >= desired - _EPSILON:  # rounding's last pod
             counts[slot.target] -= 1
     return Split(counts, round(short, 3))
 

@@ -155,7 +155,23 @@ QUIET_ENGINE_STATES = ("Pending", "Building")
 QUIET_PHASES = ("Building", "Progressing")
 # Ready's reasons when a plan could not be carried out (see ``with_failure``): each is an Event.
 STALLED_REASONS = ("InvalidSpec", "ApplyRejected", "NotOwned")
-FAILURE_REASONS = (*STALLED_REASONS, "StoreUnavailable", "APIUnavailable")
+FAILURE_REASONS = (*STALLED_REASONS, "StoreUnavailable", "APIUnavailable", "InternalError")
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386, what the status is written with) that makes ``old`` into ``new`` for the
+    fields ``new`` has; {} when nothing differs. A merge patch keeps what it does not name, so within an object
+    field the keys ``new`` no longer has are named null: without that, a ``capacityUnit`` that went from
+    ``benchmark`` to ``equal`` (every hold) kept its target and throughput on the server, never equalled the plan,
+    and was written again on every reconcile. Fields ``new`` lacks at the top are left as they are."""
+    return {k: _patch_value(old.get(k), v) for k, v in new.items() if old.get(k) != v}
+
+
+def _patch_value(before: Any, after: Any) -> Any:
+    if not (isinstance(before, Mapping) and isinstance(after, Mapping)):
+        return after
+    gone: dict[str, Any] = {k: None for k in before if k not in after}
+    return gone | {k: _patch_value(before.get(k), v) for k, v in after.items() if before.get(k) != v}
 
 
 def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:

@@ -24,7 +24,7 @@ from trtop.api.spec import ModelDeploymentSpec
 from trtop.api.targets import Target, gpu_target_of_node
 from trtop.config import Settings
 from trtop.planning.capacity import (
-    Slot, capacity_ceiling, engine_throughput, preference_rank, split_replicas,
+    Slot, bounded_speed, capacity_ceiling, engine_throughput, preference_rank, split_replicas,
 )
 from trtop.planning.common import Manifest, applied_hash, with_applied_hash
 from trtop.planning.engines import EngineStatus
@@ -90,7 +90,7 @@ def capacity_unit(engines: Sequence[EngineStatus], revision: str, previous: Mapp
     ref, ref_target = _kept_reference(previous, revision)
     if ref is None:
         ref_target, ref = max(((str(t), v) for t, v in throughputs.items() if v is not None), key=lambda x: (x[1], x[0]))
-    speeds = {t: (v or ref) / ref for t, v in throughputs.items()}
+    speeds = {t: bounded_speed((v or ref) / ref) for t, v in throughputs.items()}
     return speeds, {"basis": "benchmark", "modelRevision": revision, "target": ref_target,
                     "throughput": round(ref, 3),
                     "message": f"one replica = {ref:g} samples/s, the benchmark of the {ref_target} engine"}
