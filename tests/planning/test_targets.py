@@ -38,3 +38,32 @@ def test_new_gpu_type_joining_adds_exactly_one_target(mixed_cluster):
     before = discover_targets(parse_spec(SPEC), mixed_cluster[:4])
     after = discover_targets(parse_spec(SPEC), mixed_cluster)
     assert set(after) - set(before) == {Target("8.9", "NVIDIA-L4")}
+
+
+def _admits(labels, manifest):
+    spec = manifest["spec"]["template"]["spec"]
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    return any(all(labels.get(e["key"]) in e["values"] for e in t["matchExpressions"] if e["operator"] == "In")
+               for t in terms)
+
+
+def test_mig_slices_count_only_for_engines_of_a_compute_capability(settings):
+    """A node in MIG single mode says ``gpu.product`` ``<product>-MIG-<profile>``: a product's build and serving pods
+    admit only ``<product>`` and ``<product>-SHARED``, so such a node gave a build Job that could never schedule and
+    free GPUs no pod could take. Now it counts only where pods select on the compute capability alone."""
+    from trtop import names
+    from trtop.planning.facts import ClusterFacts, NodeFact
+    from trtop.planning.plan import plan_model_deployment
+
+    from .conftest import md_body
+    mig = NodeFact("a100-mig", {names.GFD_CC_MAJOR: "8", names.GFD_CC_MINOR: "0",
+                                names.GFD_PRODUCT: "NVIDIA-A100-SXM4-40GB-MIG-1g.5gb"}, True, 7, 0)
+    alone = plan_model_deployment(md_body(), ClusterFacts(nodes=(mig,)), settings, now="x")
+    assert alone.targets == () and alone.jobs_to_create == ()
+    ready = next(c for c in alone.status["conditions"] if c["type"] == names.COND_ENGINES_READY)
+    assert ready["reason"] == "NoTargets" and "MIG slices" in ready["message"]
+    spec = {"model": {"uri": "s3://models/resnet", "format": "savedmodel"},
+            "engine": {"hardwareCompatibility": "same-compute-capability"}}
+    by_cc = plan_model_deployment(md_body(spec), ClusterFacts(nodes=(mig,)), settings, now="x")
+    assert [str(t) for t in by_cc.targets] == ["8.0"] and len(by_cc.jobs_to_create) == 1
+    assert _admits(mig.labels, by_cc.jobs_to_create[0])

@@ -100,6 +100,18 @@ def gpu_target_of_node(labels: Mapping[str, str], *, with_product: bool) -> Targ
     )
 
 
+def is_mig_slice(labels: Mapping[str, str]) -> bool:
+    """Whether a node's GPUs are MIG slices (GFD's MIG single strategy: ``gpu.product`` ends ``-MIG-<profile>``).
+
+    An engine of its product would run there, but a build or serving pod admits a product by its exact label values
+    (``product``, ``product-SHARED``: node affinity has no prefix match), and listing the profiles seen would change
+    a unit's pod template, and roll its pods, whenever a node with a new profile joined. So such nodes are served
+    only by engines of a compute capability (``hardwareCompatibility`` other than ``none``), whose pods select on the
+    compute capability alone; for a product's engine they are not counted at all (no build Job that could never
+    schedule, no free GPU that no pod of the unit could take)."""
+    return bool(_MIG_SUFFIX.search(labels.get(names.GFD_PRODUCT, "").strip()))
+
+
 def product_slug(product: str) -> str:
     """GFD's ``NVIDIA-H100-80GB-HBM3(-SHARED)`` and NVML's ``NVIDIA H100 80GB HBM3`` both -> ``nvidia-h100-80gb-hbm3``."""
     return re.sub(r"[^a-z0-9]+", "-", normalize_product(product).lower()).strip("-")

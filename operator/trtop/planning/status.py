@@ -63,7 +63,8 @@ def conditions_for(
     if not engines:
         conds.append(Condition(names.COND_ENGINES_READY, False, "NoTargets",
                                "no GPU architecture matches: add GPU nodes with GPU Feature Discovery labels, "
-                               "widen serving.nodeSelector, or list engine.targets explicitly"))
+                               "widen serving.nodeSelector, or list engine.targets explicitly (nodes whose GPUs are "
+                               "MIG slices count only with engine.hardwareCompatibility other than none)"))
     elif not failed and not busy:
         conds.append(Condition(names.COND_ENGINES_READY, True, "AllEnginesReady",
                                f"{len(ready)}/{len(engines)} engines ready: " + ", ".join(str(e.target) for e in ready)))

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 from trtop.api.spec import ModelDeploymentSpec
-from trtop.api.targets import Target, gpu_target_of_node
+from trtop.api.targets import Target, gpu_target_of_node, is_mig_slice
 from trtop.planning.facts import NodeFact
 
 
@@ -27,7 +27,7 @@ def discover_targets(spec: ModelDeploymentSpec, nodes: Iterable[NodeFact]) -> tu
             if not node.schedulable or not node_matches_selector(node.labels, spec.serving.node_selector):
                 continue
             target = gpu_target_of_node(node.labels, with_product=with_product)
-            if target is not None and node.gpu_allocatable > 0:
+            if target is not None and node.gpu_allocatable > 0 and not (with_product and is_mig_slice(node.labels)):
                 found.add(target)
     return tuple(sorted(found))
 
@@ -39,6 +39,8 @@ def nodes_for_target(target: Target, nodes: Iterable[NodeFact]) -> list[NodeFact
         if not node.schedulable:
             continue
         gpu = gpu_target_of_node(node.labels, with_product=target.product is not None)
+        if target.product is not None and is_mig_slice(node.labels):
+            continue  # no pod of a product's unit is admitted there (is_mig_slice)
         if target.is_cpu:
             if gpu is None:
                 out.append(node)
