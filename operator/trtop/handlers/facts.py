@@ -33,9 +33,10 @@ def forget_record(scope: str, key: str) -> None:
     READY_RECORDS.pop((scope, EngineKey(key)), None)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=256)
 def store_client(uri: str) -> EngineStore:
-    """One store client per process (per URI: one per store scope)."""
+    """One store client per process (per URI: one per store scope). Kept for as many scopes as a fleet has: at 4,
+    an operator serving more namespaces built a new client (an S3 session) on most reads."""
     return open_store(uri)
 
 
