@@ -1,6 +1,9 @@
 """The watch-fed cache: indices from events, and which ModelDeployments each change concerns."""
 from trtop import names
+from trtop.api.targets import Target
 from trtop.k8s.cache import ClusterCache
+from trtop.k8s.observe import USER_ERROR_EXIT
+from trtop.planning.serving import unit_name
 
 L4 = {names.GFD_CC_MAJOR: "8", names.GFD_CC_MINOR: "9", names.GFD_PRODUCT: "NVIDIA-L4"}
 T4 = {names.GFD_CC_MAJOR: "7", names.GFD_CC_MINOR: "5", names.GFD_PRODUCT: "Tesla-T4"}
@@ -17,6 +20,15 @@ def node(name, labels, gpus=4, ready=True, unschedulable=False, rv="1"):
 def md(name, spec, uid=None, generation=1, rv="1"):
     return {"metadata": {"name": name, "namespace": "ml", "uid": uid or f"uid-{name}", "generation": generation,
                          "resourceVersion": rv}, "spec": spec}
+
+
+def build_job(name, engine_key, uid, conditions=None):
+    return {"metadata": {"name": name, "namespace": "ml", "uid": uid, "labels": {names.LABEL_ENGINE_KEY: engine_key}},
+            "status": {"conditions": conditions} if conditions else {}}
+
+
+def owned_by(uid):
+    return [{"uid": uid, "controller": True}]
 
 
 def world():
@@ -66,12 +78,12 @@ def test_job_events_concern_every_user_of_the_key_and_carry_failure_messages():
     c = world()
     c.handled(("ml", "auto"), 1, ("k1",))
     c.handled(("ml", "l4only"), 1, ("k1",))
-    job = {"metadata": {"name": "trtop-sm89-k1", "namespace": "ml", "labels": {names.LABEL_ENGINE_KEY: "k1"}},
-           "status": {}}
+    job = build_job("trtop-sm89-k1", "k1", "job-1")
     assert c.on_job("ADDED", job) == [("ml", "auto"), ("ml", "l4only")]
     assert c.on_job("MODIFIED", job) == []  # nothing the planner reads changed
-    pod = {"metadata": {"name": "p", "namespace": "ml", "labels": {
-        "job-name": "trtop-sm89-k1", names.LABEL_COMPONENT: names.COMPONENT_ENGINE_BUILD}},
+    pod = {"metadata": {"name": "p", "namespace": "ml", "ownerReferences": owned_by("job-1"), "labels": {
+        "job-name": "trtop-sm89-k1", names.LABEL_COMPONENT: names.COMPONENT_ENGINE_BUILD,
+        names.LABEL_ENGINE_KEY: "k1"}},
         "spec": {"nodeName": "l4-0", "containers": [{"resources": {"limits": {names.GPU_RESOURCE: "1"}}}]},
         "status": {"phase": "Failed", "containerStatuses": [{"state": {"terminated": {
             "exitCode": 2, "message": '{"error": "unsupported op Foo"}'}}}]}}
@@ -85,9 +97,8 @@ def test_job_events_concern_every_user_of_the_key_and_carry_failure_messages():
 def test_a_build_pod_that_cannot_start_says_why_in_its_jobs_fact_and_requeues_its_users():
     c = world()
     c.handled(("ml", "auto"), 1, ("k1",))
-    c.on_job("ADDED", {"metadata": {"name": "trtop-k1", "namespace": "ml", "labels": {names.LABEL_ENGINE_KEY: "k1"}},
-                       "status": {}})
-    pending = {"metadata": {"name": "trtop-k1-x", "namespace": "ml", "labels": {
+    c.on_job("ADDED", build_job("trtop-k1", "k1", "job-1"))
+    pending = {"metadata": {"name": "trtop-k1-x", "namespace": "ml", "ownerReferences": owned_by("job-1"), "labels": {
         "job-name": "trtop-k1", names.LABEL_COMPONENT: names.COMPONENT_ENGINE_BUILD, names.LABEL_ENGINE_KEY: "k1"}},
         "spec": {}, "status": {"phase": "Pending"}}
     assert c.on_pod("ADDED", pending) == []  # not scheduled yet: nothing to say
@@ -152,3 +163,133 @@ def test_a_unit_the_operator_applied_is_its_owners_before_the_watch_says_so():
     assert c.units("uid-auto")[0].replicas == 2  # the newer object is kept
     c.on_deployment("DELETED", deployment("auto-sm90", "uid-auto", "11"))
     assert c.units("uid-auto") == ()
+
+
+# A deleted object leaves nothing behind (thousands of objects, months of uptime, names that come back).
+NODE_INDICES = {"_nodes", "_node_facts", "_down_since"}  # the cluster's nodes: they stay
+
+
+def leftovers(c):
+    """Every index of the cache that still holds something, bar the nodes'."""
+    return {name: value for name, value in vars(c).items()
+            if isinstance(value, (dict, set)) and value and name not in NODE_INDICES}
+
+
+def failed_build_pod(job_name, job_uid, message, exit_code=1):
+    return {"metadata": {"name": f"{job_name}-x", "namespace": "ml", "ownerReferences": owned_by(job_uid), "labels": {
+        "job-name": job_name, names.LABEL_COMPONENT: names.COMPONENT_ENGINE_BUILD, names.LABEL_ENGINE_KEY: "k1"}},
+        "spec": {"nodeName": "l4-0", "containers": [{"resources": {"limits": {names.GPU_RESOURCE: "1"}}}]},
+        "status": {"phase": "Failed", "containerStatuses": [{"state": {"terminated": {
+            "exitCode": exit_code, "message": message}}}]}}
+
+
+FAILED = [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]
+
+
+def test_an_object_and_its_children_deleted_leave_no_entry_behind():
+    c = ClusterCache()
+    c.on_node("ADDED", node("l4-0", L4))
+    c.on_model_deployment("ADDED", md("auto", {"model": {"uri": "s3://m/a"}}))
+    c.handled(("ml", "auto"), 1, ("k1",))
+    c.note_absent(("ml", "auto-sm89"), "Deployment", "serving")
+    unit = deployment("auto-sm89", "uid-auto", "3")
+    c.on_deployment("ADDED", unit)
+    serving = {"metadata": {"name": "auto-sm89-p", "namespace": "ml", "labels": {
+        names.LABEL_MODEL_DEPLOYMENT: "auto", names.LABEL_COMPONENT: names.COMPONENT_INFERENCE}},
+        "spec": {"nodeName": "l4-0", "containers": [{"resources": {"limits": {names.GPU_RESOURCE: "1"}}}]},
+        "status": {"phase": "Running"}}
+    c.on_pod("ADDED", serving)
+    job = build_job("trtop-sm89-k1", "k1", "job-1", FAILED)
+    c.on_job("ADDED", job)
+    build = failed_build_pod("trtop-sm89-k1", "job-1", "unsupported op Foo")
+    c.on_pod("MODIFIED", build)
+    assert c.jobs("ml")["k1"].message.endswith("unsupported op Foo")
+    c.on_pod("DELETED", serving)
+    c.on_deployment("DELETED", unit)
+    c.on_job("DELETED", job)
+    c.on_pod("DELETED", build)  # after its Job: the garbage collector's order
+    c.on_model_deployment("DELETED", md("auto", {}))
+    assert leftovers(c) == {}
+
+
+def test_a_recreated_job_of_the_same_name_never_shows_the_last_ones_failure():
+    c = world()
+    old = build_job("trtop-sm89-k1", "k1", "job-1", FAILED)
+    c.on_job("ADDED", old)
+    c.on_pod("MODIFIED", failed_build_pod("trtop-sm89-k1", "job-1", '{"error": "bad model"}', USER_ERROR_EXIT))
+    assert c.jobs("ml")["k1"].user_error
+    c.on_job("DELETED", old)  # retryAfterSeconds later: the Job is removed, a new one of its name made
+    c.on_job("ADDED", build_job("trtop-sm89-k1", "k1", "job-2", FAILED))  # failed before any pod said why
+    fact = c.jobs("ml")["k1"]
+    assert fact.message == "BackoffLimitExceeded" and not fact.user_error
+
+
+def test_a_job_replaced_while_the_watch_missed_its_delete_drops_the_old_ones_detail():
+    c = world()
+    c.on_job("ADDED", build_job("trtop-sm89-k1", "k1", "job-1", FAILED))
+    c.on_pod("MODIFIED", failed_build_pod("trtop-sm89-k1", "job-1", '{"error": "bad model"}', USER_ERROR_EXIT))
+    c.on_job("ADDED", build_job("trtop-sm89-k1", "k1", "job-2", FAILED))  # no DELETED for job-1 came
+    fact = c.jobs("ml")["k1"]
+    assert fact.message == "BackoffLimitExceeded" and not fact.user_error
+    assert c._job_pods == {}
+
+
+def test_a_deleted_objects_units_are_asked_about_again_by_the_next_object_of_its_name():
+    c = world()
+    long = "m" * 60
+    long_unit = unit_name(long, Target.parse("8.9/NVIDIA-L4"))
+    assert not long_unit.startswith(long)  # cut and hashed
+    c.on_model_deployment("ADDED", md(long, {}))
+    for key, kind in [(("ml", "auto"), "Service"), (("ml", "auto-sm89"), "Deployment"),
+                      (("ml", long_unit), "Deployment"), (("ml", "bert-sm89"), "Deployment")]:
+        c.note_absent(key, kind, "serving")
+    c.on_model_deployment("DELETED", md("auto", {}))
+    c.on_model_deployment("DELETED", md(long, {}))
+    assert not c.known_absent(("ml", "auto"), "Service", "serving")
+    assert not c.known_absent(("ml", "auto-sm89"), "Deployment", "serving")
+    assert not c.known_absent(("ml", long_unit), "Deployment", "serving")
+    assert c.known_absent(("ml", "bert-sm89"), "Deployment", "serving")  # another object's: still known
+
+
+def test_a_deployment_or_service_the_watch_shows_is_no_longer_known_absent():
+    c = world()
+    c.note_absent(("ml", "auto-sm90"), "Deployment", "serving")
+    c.note_absent(("ml", "auto"), "Service", "new")
+    c.on_deployment("ADDED", deployment("auto-sm90", "uid-auto", "3"))
+    c.on_service("ADDED", {"metadata": {"name": "auto", "namespace": "ml", "resourceVersion": "4"}})
+    c.on_deployment("DELETED", deployment("auto-sm90", "uid-auto", "5"))
+    assert not c.known_absent(("ml", "auto-sm90"), "Deployment", "serving")  # gone again: asked again
+    assert not c.known_absent(("ml", "auto"), "Service", "new")
+    c.note_absent(("ml", "auto-sm90"), "Deployment", "serving")
+    c.remember_applied(deployment("auto-sm90", "uid-auto", "6"))
+    assert not c.known_absent(("ml", "auto-sm90"), "Deployment", "serving")
+
+
+def test_a_new_object_of_a_known_name_replaces_the_old_ones_entries_and_forgets_it():
+    c = world()
+    forgotten = []
+    c.when_forgotten(lambda uid, keys: forgotten.append((uid, keys)))
+    c.handled(("ml", "auto"), 1, ("k1",))
+    c.note_absent(("ml", "auto-sm89"), "Deployment", "serving")
+    assert c.on_model_deployment("ADDED", md("auto", {"model": {"uri": "s3://m/a"}}, uid="uid-2", rv="7")) == [
+        ("ml", "auto")]  # its delete was missed: the new object is reconciled from nothing
+    assert forgotten == [("uid-auto", ("k1",))]
+    assert "uid-auto" not in c._uids and "k1" not in c.users_of_key
+    assert not c.known_absent(("ml", "auto-sm89"), "Deployment", "serving")
+    c.on_model_deployment("DELETED", md("auto", {}, uid="uid-auto"))  # the late delete of the old one
+    assert c.model_deployment(("ml", "auto"))["metadata"]["uid"] == "uid-2"
+
+
+def test_a_status_write_answered_after_the_delete_does_not_bring_the_object_back():
+    c = world()
+    c.on_model_deployment("DELETED", md("auto", {}))
+    c.remember_status_write(md("auto", {}, rv="9"))
+    assert c.model_deployment(("ml", "auto")) is None and ("ml", "auto") not in c.keys()
+
+
+def test_the_watch_event_of_a_job_this_process_claimed_concerns_nobody():
+    c = world()
+    c.handled(("ml", "auto"), 1, ("k1",))
+    job = build_job("trtop-sm89-k1", "k1", "job-1")
+    assert c.claim_job(job)
+    assert c.on_job("ADDED", job) == []  # the same Job, now with its uid: no second reconcile

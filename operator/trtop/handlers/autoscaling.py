@@ -17,6 +17,7 @@ import logging
 import time
 from typing import Any
 
+from trtop.api.engine import EngineKey
 from trtop.api.errors import SpecError
 from trtop.api.spec import parse_spec
 from trtop.api.targets import Target
@@ -67,6 +68,9 @@ async def _autoscale_one(body: dict[str, Any], settings: Settings, source: LoadS
     pods = CACHE.serving_pods((meta["namespace"], meta["name"]))
     endpoints = [e for e in (endpoint_from_pod(p, spec.serving.port) for p in pods) if e is not None]
     reading = await source.read(endpoints, spec.scaling.metric)
+    still = CACHE.model_deployment((meta["namespace"], meta["name"]))
+    if still is None or still["metadata"].get("uid") != meta["uid"]:
+        return  # deleted while its load was read: a decision now would outlive it in STATES
     status = body.get("status") or {}
     current = status.get("desiredReplicas")
     if isinstance(current, bool) or not isinstance(current, int) or current < 0:
@@ -87,6 +91,13 @@ async def _autoscale_one(body: dict[str, Any], settings: Settings, source: LoadS
     decision, state.history = decide(policy_from_spec(spec.scaling), observation, state.history)
     state.desired, state.limit = decision.desired_replicas, decision.capacity_message if decision.capped else ""
     await asyncio.to_thread(_apply, body, decision, reading.errors, settings)
+
+
+def _forget(uid: str, _engine_keys: tuple[EngineKey, ...]) -> None:
+    STATES.pop(uid, None)  # a deleted object's decisions go with it
+
+
+CACHE.when_forgotten(_forget)
 
 
 def _apply(body: dict[str, Any], decision: Decision, errors: tuple[str, ...], settings: Settings) -> None:

@@ -32,6 +32,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from trtop import names
+from trtop.api.engine import EngineKey
 from trtop.config import Settings
 from trtop.handlers import metrics
 from trtop.handlers.facts import gather
@@ -199,6 +200,16 @@ def _outcome_label(plan: Plan | None, failure: Failure | None) -> str:
     if failure is not None:
         return "stalled" if failure.stalled else "retry"
     return "invalid-spec" if plan is not None and plan.spec is None else "ok"
+
+
+def _forget(uid: str, engine_keys: tuple[EngineKey, ...]) -> None:
+    """A deleted object's lock, and what was counted for engine keys nobody uses now, leave with it."""
+    _locks.pop(uid, None)
+    _seen_ready.difference_update(engine_keys)
+    _built_by_us.difference_update(engine_keys)
+
+
+CACHE.when_forgotten(_forget)
 
 
 def _job_created(body: Mapping[str, Any], job: Mapping[str, Any]) -> None:

@@ -10,13 +10,21 @@ serving pods by ModelDeployment, and the ModelDeployments themselves.
 
 Thread-safety: events arrive on the event loop, reconciles run in worker threads; every
 read and write holds ``_lock`` and reads return copies.
+
+Nothing is kept for an object that is gone (the operator runs for months over thousands of
+objects, and names come back): a ModelDeployment's entries leave with its DELETED event (or
+when an object of its name with another uid shows up, a delete the watch missed), and the
+state other modules keep per object goes with them through ``when_forgotten``; a build
+pod's termination summary is filed under its Job's uid, so a new Job of the same name
+never shows the last one's failure, and leaves with the Job.
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from trtop import names
@@ -31,6 +39,8 @@ from trtop.planning.facts import DeploymentFact, JobFact, NodeFact, ObjectFact, 
 from trtop.planning.targets import node_matches_selector
 
 Key = tuple[str, str]  # (namespace, name) of a ModelDeployment
+# Called with a gone ModelDeployment's uid and the engine keys no other object uses now.
+Forget = Callable[[str, tuple[EngineKey, ...]], None]
 
 
 def _key(body: Mapping[str, Any]) -> Key:
@@ -69,7 +79,7 @@ class ClusterCache:
         self._down_since: dict[str, float] = {}
         self._pod_gpus: dict[Key, tuple[str, int]] = {}  # pod -> (node, GPUs)
         self._requested: defaultdict[str, int] = defaultdict(int)
-        self._job_pods: dict[Key, dict[str, Any]] = {}  # (ns, job name) -> last terminated pod summary
+        self._job_pods: dict[str, dict[str, Any]] = {}  # Job uid -> last terminated (or stuck) pod summary
         self._serving_pods: defaultdict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
         self._jobs: defaultdict[str, dict[EngineKey, dict[str, Any]]] = defaultdict(dict)
         self._deployments: dict[Key, dict[str, Any]] = {}
@@ -77,35 +87,70 @@ class ClusterCache:
         self._services: dict[Key, dict[str, Any]] = {}
         self.users_of_key: defaultdict[EngineKey, set[Key]] = defaultdict(set)  # filled after each plan
         self._keys_of_user: dict[Key, tuple[EngineKey, ...]] = {}  # the reverse: O(1) to replace
-        self._node_facts: dict[str, NodeFact] = {}
-        self._absent: set[tuple[Key, str, str]] = set()  # (object, kind, stage) a GET found missing  # derived from _nodes/_requested, dropped when they change
+        self._node_facts: dict[str, NodeFact] = {}  # derived from _nodes/_requested, dropped when they change
+        self._absent: dict[tuple[Key, str], set[str]] = {}  # (object, kind) -> stages at which a GET found it missing
+        self._forgetters: list[Forget] = []
 
     # ModelDeployments --------------------------------------------------------------------
     def on_model_deployment(self, event: str, body: Mapping[str, Any]) -> list[Key]:
         key = _key(body)
+        uid = _uid(body)
+        gone: list[tuple[str, tuple[EngineKey, ...]]] = []
+        try:
+            with self._lock:
+                old = self.mds.get(key)
+                old_uid = _uid(old) if old is not None else uid
+                if event == "DELETED":
+                    # (A late delete of an object already replaced by a new one of its name leaves the new one be.)
+                    gone.append(self._forget_model_deployment(key, uid) if old_uid == uid else (uid, ()))
+                    return []
+                if old_uid != uid:  # the same name, a new object: the old one's delete was missed
+                    gone.append(self._forget_model_deployment(key, old_uid))
+                    old = None
+                if old is not None and _rv(old) > _rv(body):
+                    return []  # our own status write already gave us something newer
+                self.mds[key] = {**dict(body), **_slim(body)}
+                if uid:
+                    self._uids[uid] = key
+                generation = int((body.get("metadata") or {}).get("generation") or 0)
+                # Our own status writes change nothing the plan reads: no reconcile for them.
+                return [] if self._handled_generation.get(key) == generation else [key]
+        finally:
+            # Outside the lock: a forgetter may take locks of its own.
+            for forgotten in gone:
+                for forget in list(self._forgetters):
+                    forget(*forgotten)
+
+    def _forget_model_deployment(self, key: Key, uid: str) -> tuple[str, tuple[EngineKey, ...]]:
+        """Drop what is kept for the object; (its uid, the engine keys nobody else uses). The caller holds the lock."""
+        self.mds.pop(key, None)
+        self._specs.pop(key, None)
+        self._handled_generation.pop(key, None)
+        if self._uids.get(uid) == key:
+            del self._uids[uid]
+        released = self._set_users(key, ())
+        # Every name it may have had a GET answer 404 for (its Service, its units): a later
+        # object of that name asks again, so someone else's Deployment made meanwhile is seen
+        # (and left alone) rather than taken over by a forced apply.
+        ns, name = key
+        for absent in [a for a in self._absent if a[0][0] == ns and _may_be_named_for(name, a[0][1])]:
+            del self._absent[absent]
+        return uid, released
+
+    def when_forgotten(self, forget: Forget) -> None:
+        """Call ``forget(uid, engine_keys)`` once a ModelDeployment is gone, with the engine keys no
+        other object uses any more: per-object state kept elsewhere (reconcile locks, autoscaler
+        decisions, metric bookkeeping) leaves with it. Called from the watch's event, outside the lock."""
         with self._lock:
-            if event == "DELETED":
-                self.mds.pop(key, None)
-                self._specs.pop(key, None)
-                self._handled_generation.pop(key, None)
-                self._set_users(key, ())
-                self._absent = {a for a in self._absent if a[0] != key}
-                return []
-            old = self.mds.get(key)
-            if old is not None and _rv(old) > _rv(body):
-                return []  # our own status write already gave us something newer
-            self.mds[key] = {**dict(body), **_slim(body)}
-            self._uids[str((body.get("metadata") or {}).get("uid"))] = key
-            generation = int((body.get("metadata") or {}).get("generation") or 0)
-            # Our own status writes change nothing the plan reads: no reconcile for them.
-            return [] if self._handled_generation.get(key) == generation else [key]
+            self._forgetters.append(forget)
 
     def remember_status_write(self, body: Mapping[str, Any]) -> None:
         """The object the status patch returned: newer than what the watch has sent yet."""
         with self._lock:
             key = _key(body)
             old = self.mds.get(key)
-            if old is None or _rv(body) >= _rv(old):
+            # Only over the object it was written to: one deleted meanwhile must not come back.
+            if old is not None and _uid(old) == _uid(body) and _rv(body) >= _rv(old):
                 self.mds[key] = {**dict(body), **_slim(body)}
 
     def handled(self, key: Key, generation: int, engine_keys: tuple[EngineKey, ...]) -> None:
@@ -113,17 +158,21 @@ class ClusterCache:
             self._handled_generation[key] = generation
             self._set_users(key, engine_keys)
 
-    def _set_users(self, key: Key, engine_keys: tuple[EngineKey, ...]) -> None:
+    def _set_users(self, key: Key, engine_keys: tuple[EngineKey, ...]) -> tuple[EngineKey, ...]:
+        """Record ``key``'s engine keys; returns those it had that nobody uses now."""
+        released = []
         for k in self._keys_of_user.pop(key, ()):
             users = self.users_of_key.get(k)
             if users is not None:
                 users.discard(key)
                 if not users:
                     del self.users_of_key[k]
+                    released.append(k)
         for k in engine_keys:
             self.users_of_key[k].add(key)
         if engine_keys:
             self._keys_of_user[key] = engine_keys
+        return tuple(k for k in released if k not in self.users_of_key)
 
     def model_deployment(self, key: Key) -> dict[str, Any] | None:
         with self._lock:
@@ -232,6 +281,8 @@ class ClusterCache:
             old = self._pod_gpus.pop(key, None)
             if old is not None:
                 self._requested[old[0]] -= old[1]
+                if not self._requested[old[0]]:
+                    del self._requested[old[0]]  # nodes come and go (autoscaled pools)
                 self._node_facts.pop(old[0], None)
             gpus = _gpus(body)
             if node and gpus and not gone:
@@ -241,28 +292,38 @@ class ClusterCache:
             job = labels.get("job-name")
             concerned: list[Key] = []
             if job and labels.get(names.LABEL_COMPONENT) == names.COMPONENT_ENGINE_BUILD:
-                before = self._job_pods.get((key[0], str(job)))
+                # Filed under the Job's uid, not its name: names repeat per engine key, and a new
+                # Job must not show the last one's failure (nor its user-error verdict).
+                job_uid = controller_uid(body)
+                engine_key = EngineKey(labels.get(names.LABEL_ENGINE_KEY, ""))
+                job_known = (self._jobs.get(key[0], {}).get(engine_key) or {}).get("uid") == job_uid
+                before = self._job_pods.get(job_uid)
                 summary = termination(body)
                 stuck = "" if event == "DELETED" else waiting(body)
-                if summary is not None:
-                    self._job_pods[(key[0], str(job))] = summary
+                if not job_uid:
+                    pass  # not a Job's pod after all: nothing to file it under
+                elif event == "DELETED" and not job_known:
+                    self._job_pods.pop(job_uid, None)  # its Job went first: nobody reads this again
+                elif summary is not None:
+                    self._job_pods[job_uid] = summary
                 elif stuck or (before or {}).get("waiting"):
-                    self._job_pods[(key[0], str(job))] = {"waiting": stuck}
+                    self._job_pods[job_uid] = {"waiting": stuck}
                 if stuck != (before or {}).get("waiting", "") and summary is None:
                     # A build that cannot start says why in its engine's status (a missing claim, a bad image).
                     # Its users, and the object that made the Job (it may not have finished the
                     # reconcile that records it as a user yet).
-                    engine_key = EngineKey(labels.get(names.LABEL_ENGINE_KEY, ""))
                     maker = (key[0], str(labels.get(names.LABEL_MODEL_DEPLOYMENT, "")))
                     concerned = sorted({k for k in self.users_of_key.get(engine_key, set()) if k[0] == key[0]}
                                        | ({maker} if maker in self.mds else set()))
             md = labels.get(names.LABEL_MODEL_DEPLOYMENT)
             if md and labels.get(names.LABEL_COMPONENT) == names.COMPONENT_INFERENCE:
                 owner = (key[0], str(md))
-                pods = self._serving_pods[owner]
+                pods = self._serving_pods.setdefault(owner, {})
                 was = pods.get(key[1])
                 if event == "DELETED":
                     pods.pop(key[1], None)
+                    if not pods:
+                        del self._serving_pods[owner]
                 else:
                     ann = meta.get("annotations") or {}
                     pods[key[1]] = {"metadata": {**{k: meta.get(k) for k in ("name", "namespace", "deletionTimestamp")},
@@ -299,12 +360,21 @@ class ClusterCache:
         with self._lock:
             jobs = self._jobs[ns]
             before = jobs.get(engine_key)
+            uid = str(meta.get("uid") or "")
             if event == "DELETED" or meta.get("deletionTimestamp"):
-                jobs.pop(engine_key, None)
+                if (before or {}).get("uid") in ("", None, uid):
+                    jobs.pop(engine_key, None)  # (not a newer Job of the key that the event lagged behind)
+                self._job_pods.pop(uid, None)
             else:
-                jobs[engine_key] = {"name": meta["name"], "conditions": (body.get("status") or {}).get("conditions")}
-            if before == jobs.get(engine_key):
-                return []
+                jobs[engine_key] = {"name": meta["name"], "uid": uid,
+                                    "conditions": (body.get("status") or {}).get("conditions")}
+                if before is not None and before.get("uid") and before["uid"] != uid:
+                    self._job_pods.pop(before["uid"], None)  # replaced while the watch missed its delete
+            if not jobs:
+                del self._jobs[ns]  # namespaces come and go too
+            after = self._jobs.get(ns, {}).get(engine_key)
+            if _planned(before) == _planned(after):
+                return []  # (its uid, first known here for a Job this process claimed, is not news to the planner)
             owner = self._uids.get(controller_uid(body))
             return sorted({k for k in self.users_of_key.get(engine_key, set()) if k[0] == ns}
                           | ({owner} if owner else set()))
@@ -326,9 +396,12 @@ class ClusterCache:
         meta = job["metadata"]
         engine_key = EngineKey((meta.get("labels") or {}).get(names.LABEL_ENGINE_KEY, ""))
         with self._lock:
-            jobs = self._jobs[str(meta["namespace"])]
+            ns = str(meta["namespace"])
+            jobs = self._jobs.get(ns, {})
             if (jobs.get(engine_key) or {}).get("conditions", 0) is None:
                 jobs.pop(engine_key, None)
+                if not jobs:
+                    del self._jobs[ns]
 
     def jobs(self, namespace: str, keys: tuple[EngineKey, ...] | None = None) -> dict[EngineKey, JobFact]:
         """Build Jobs of ``namespace`` by engine key (only ``keys`` when given: a reconcile
@@ -344,12 +417,12 @@ class ClusterCache:
                            for c in conds)
                 if failed is not None:
                     text = f"{failed.get('reason') or 'Failed'}: {failed.get('message') or ''}".strip(": ")
-                    pod = self._job_pods.get((namespace, job["name"])) or {}
+                    pod = self._job_pods.get(job.get("uid") or "") or {}
                     detail = pod.get("detail") or pod.get("waiting", "")
                     out[key] = JobFact(job["name"], key, "failed", f"{text}. {detail}".strip(". ") or text,
                                        pod.get("exit_code") == USER_ERROR_EXIT)
                 else:
-                    stuck = "" if done else str((self._job_pods.get((namespace, job["name"])) or {}).get("waiting", ""))
+                    stuck = "" if done else str((self._job_pods.get(job.get("uid") or "") or {}).get("waiting", ""))
                     out[key] = JobFact(job["name"], key, "succeeded" if done else "active", stuck)
             return out
 
@@ -363,7 +436,12 @@ class ClusterCache:
         key = _key(body)
         before = self._deployments.get(key)
         if before is not None:
-            self._deployments_by_owner[controller_uid(before)].discard(key)
+            owner = controller_uid(before)
+            keys = self._deployments_by_owner.get(owner)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._deployments_by_owner[owner]
         if not deleted:
             self._deployments_by_owner[controller_uid(body)].add(key)
 
@@ -381,10 +459,13 @@ class ClusterCache:
                     # watch event came was planned again from nothing, its replicas placed elsewhere
                     # while its pods were ready (Ready dropped in tests/e2e/test_units.py under load)
                     self._index_owner(body)
+                self._absent.pop((_key(body), str(body.get("kind"))), None)
                 self._keep(index, body)
 
     def _owned(self, index: dict[Key, dict[str, Any]], event: str, body: Mapping[str, Any]) -> list[Key]:
         with self._lock:
+            # Whatever the event, an earlier "not there" no longer holds (and, once gone, is asked again).
+            self._absent.pop((_key(body), "Deployment" if index is self._deployments else "Service"), None)
             if event == "DELETED":
                 index.pop(_key(body), None)
             else:
@@ -426,15 +507,36 @@ class ClusterCache:
     def note_absent(self, key: Key, kind: str, stage: str) -> None:
         """A GET found no ``kind`` named like ``key`` (not even someone else's) at this stage."""
         with self._lock:
-            self._absent.add((key, kind, stage))
+            self._absent.setdefault((key, kind), set()).add(stage)
 
     def known_absent(self, key: Key, kind: str, stage: str) -> bool:
         with self._lock:
-            return (key, kind, stage) in self._absent
+            return stage in self._absent.get((key, kind), ())
 
     def knows_service(self, key: Key) -> bool:
         with self._lock:
             return key in self._services
+
+
+# Where ``planning.serving.unit_name`` cuts a long name: ``<md prefix>-<8 hex>-<slug>``.
+_HASHED = re.compile(r"(?=-[0-9a-f]{8}-)")
+
+
+def _may_be_named_for(md_name: str, name: str) -> bool:
+    """Whether ``name`` may be ``md_name`` or one of its units' (``<md>-<slug>``, or the cut
+    ``<md prefix>-<hash>-<slug>``). Errs towards yes: a wrong yes costs one more GET."""
+    if name == md_name or name.startswith(md_name + "-"):
+        return True
+    return any(m.start() > 0 and md_name.startswith(name[:m.start()]) for m in _HASHED.finditer(name))
+
+
+def _planned(job: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
+    """What the planner reads of a ``_jobs`` entry."""
+    return None if job is None else (job["name"], job.get("conditions"))
+
+
+def _uid(body: Mapping[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("uid") or "")
 
 
 def _rv(body: Mapping[str, Any]) -> int:
