@@ -1,71 +1,155 @@
-"""No API call can hang a reconcile or the liveness probe: against an API server that accepts
-connections and never answers, every call trtop makes gives up within its timeout, and a
-work queue that stops moving fails liveness (issue 11: "no API call has a timeout and
-liveness does not notice a stuck loop")."""
+"""No API call can hang a reconcile, the GC loop or the liveness probe: against an API server
+that accepts connections and never answers, every call trtop makes gives up within its timeout
+(its own request, not an earlier failure), and a work queue that stops moving fails liveness
+(issue 11: "no API call has a timeout and liveness does not notice a stuck loop")."""
 from __future__ import annotations
 
-import socket
+import json
+import logging
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import kubernetes.config.kube_config
 import pytest
 import yaml
+from urllib3.exceptions import MaxRetryError, ReadTimeoutError
 
 from trtop import names
 from trtop.config import Settings
-from trtop.handlers import workers
+from trtop.handlers import gc, workers
 from trtop.handlers.queue import WorkQueue
 from trtop.k8s import client as k8s_client
+from trtop.k8s import peering
 from trtop.k8s.apply import apply, create_job
 from trtop.k8s.events import list_model_deployments, patch_status, post_event
 from trtop.k8s.observe import observe_deployment, observe_service
 
+TIMEOUT = 1.0
+# urllib3 retries a GET that timed out 3 times (kubernetes' default Retry); writes are not retried.
+LONGEST = 4 * TIMEOUT + 1.5
+# Just enough discovery for the dynamic client (built with the clients) and for applying a Service.
+DISCOVERY = {
+    "/version": {"major": "1", "minor": "30", "gitVersion": "v1.30.0"},
+    "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": []},
+    "/api/v1": {"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+        {"name": "services", "singularName": "service", "namespaced": True, "kind": "Service",
+         "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}]},
+}
 
-@pytest.fixture
-def silent_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """KUBECONFIG pointing at a listener that accepts and never says a word; 1 s API timeout."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    held: list[socket.socket] = []
+
+EMPTY_LIST = {"apiVersion": "v1", "kind": "List", "metadata": {}, "items": []}
+
+
+@dataclass
+class SilentApi:
+    """What the server answers: ``DISCOVERY`` when ``discovery``; an empty list for a path that
+    does not end with ``hang_only`` when that is set. Everything else never gets a byte back."""
+    discovery: bool = True
+    hang_only: str | None = None
+
+    def answer(self, path: str) -> object | None:
+        if self.discovery and path in DISCOVERY:
+            return DISCOVERY[path]
+        if self.hang_only is not None and not path.split("?", 1)[0].endswith(self.hang_only):
+            return EMPTY_LIST
+        return None
+
+
+def _silent_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api: SilentApi) -> Iterator[SilentApi]:
+    """The clients pointed at ``api``; a 1 s API timeout."""
     stop = threading.Event()
 
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except OSError:
-                continue
-    thread = threading.Thread(target=accept, daemon=True)
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            answer = api.answer(self.path)
+            if answer is None:
+                stop.wait()  # silent: the connection stays open, no byte comes back
+                return
+            body = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_PATCH = do_PUT = do_DELETE = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{listener.getsockname()[1]}"}}],
+        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{server.server_address[1]}"}}],
         "users": [{"name": "u", "user": {"token": "t"}}],
         "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    # kubernetes reads KUBECONFIG once, at import: setting the variable now would change nothing.
+    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the dynamic client's discovery cache file
     k8s_client.get_clients.cache_clear()
-    k8s_client.configure_timeout(1.0)
+    k8s_client.configure_timeout(TIMEOUT)
     try:
-        yield
+        yield api
     finally:
         k8s_client.configure_timeout(Settings().api_timeout_seconds)
         k8s_client.get_clients.cache_clear()
         stop.set()
+        server.shutdown()
+        server.server_close()
         thread.join(timeout=5)
-        for s in held:
-            s.close()
-        listener.close()
+
+
+@pytest.fixture
+def silent_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SilentApi]:
+    """Discovery answers, every other request hangs: each call's own request is what times out."""
+    yield from _silent_api(tmp_path, monkeypatch, SilentApi())
+
+
+@pytest.fixture
+def mute_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SilentApi]:
+    """Not even discovery answers."""
+    yield from _silent_api(tmp_path, monkeypatch, SilentApi(discovery=False))
+
+
+def _within_longest(call: Callable[[], object]) -> tuple[BaseException | None, float]:
+    """What ``call`` raised (None if it returned) and how long it took; a call still waiting after
+    ``LONGEST`` (a timeout missing) fails the test instead of hanging the run."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as e:  # noqa: BLE001 - handed back to the test
+            outcome.append(e)
+    started = time.monotonic()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(LONGEST)
+    assert outcome, f"still waiting on the server after {LONGEST}s: a request without a timeout"
+    return outcome[0], time.monotonic() - started
+
+
+def _timed_out(error: BaseException | None) -> bool:
+    """A read timeout: raised as is (a write) or as urllib3's last word after its retries (a GET)."""
+    return isinstance(error, ReadTimeoutError) or (
+        isinstance(error, MaxRetryError) and isinstance(error.reason, ReadTimeoutError))
 
 
 MD = {"apiVersion": names.API_VERSION, "kind": names.KIND,
       "metadata": {"name": "m", "namespace": "ml", "uid": "u-1", "resourceVersion": "7"}}
-JOB = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "namespace": "ml"}, "spec": {}}
+JOB = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "namespace": "ml"},
+       "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}}
 SERVICE = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "m", "namespace": "ml"}, "spec": {}}
 
 CALLS = {
@@ -79,17 +163,49 @@ CALLS = {
 
 
 @pytest.mark.parametrize("call", sorted(CALLS))
-def test_every_api_call_gives_up_within_its_timeout(silent_api: None, call: str) -> None:
-    started = time.monotonic()
-    with pytest.raises(Exception):  # noqa: B017 - whichever transport error: the point is that it returns
-        CALLS[call]()
-    assert time.monotonic() - started < 10  # 1 s per request; the dynamic client's discovery is two
+def test_every_api_call_gives_up_within_its_timeout(silent_api: SilentApi, call: str) -> None:
+    error, elapsed = _within_longest(CALLS[call])
+    assert _timed_out(error), repr(error)
+    assert elapsed >= TIMEOUT  # it did wait on the server (not a config or validation error at once)
 
 
-def test_an_event_that_cannot_be_posted_returns_within_its_timeout(silent_api: None) -> None:
-    started = time.monotonic()
-    post_event(MD, "Normal", "PhaseReady", "x")  # best effort: logged, never raised
-    assert time.monotonic() - started < 5
+@pytest.mark.parametrize("namespaces", [(), ("ml",)], ids=["cluster-wide", "namespaced"])
+@pytest.mark.parametrize("listing", ["/pods", "/deployments", "/jobs", f"/{names.PLURAL}"])
+def test_each_gc_listing_gives_up_within_its_timeout(
+        silent_api: SilentApi, namespaces: tuple[str, ...], listing: str) -> None:
+    silent_api.hang_only = listing  # the other listings answer (empty), so this one's own timeout is tested
+    error, elapsed = _within_longest(lambda: gc.gather_references(Settings(namespaces=namespaces)))
+    assert _timed_out(error), repr(error)
+    assert elapsed >= TIMEOUT
+
+
+def test_api_discovery_gives_up_within_its_timeout_and_says_so(mute_api: SilentApi, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="trtop.k8s.client"):
+        error, elapsed = _within_longest(k8s_client.get_clients)
+    assert _timed_out(error), repr(error)
+    assert elapsed >= TIMEOUT
+    assert "Kubernetes API discovery at http://127.0.0.1:" in caplog.text and "built again" in caplog.text
+
+
+@pytest.mark.parametrize("post", [
+    lambda: post_event(MD, "Normal", "PhaseReady", "x"),
+    lambda: gc._post_namespace_event("ml", "EngineCollected", "x"),
+], ids=["post_event", "gc_namespace_event"])
+def test_an_event_that_cannot_be_posted_returns_within_its_timeout(
+        silent_api: SilentApi, post: Callable[[], None], caplog: pytest.LogCaptureFixture) -> None:
+    error, elapsed = _within_longest(post)
+    assert error is None and elapsed >= TIMEOUT  # best effort: logged, never raised
+    assert "Could not post Event" in caplog.text and "timed out" in caplog.text
+
+
+@pytest.mark.parametrize("namespaces", [(), ("ml", "ops")])
+def test_an_unanswered_peering_read_means_wait_within_its_timeout(
+        silent_api: SilentApi, namespaces: tuple[str, ...], caplog: pytest.LogCaptureFixture) -> None:
+    config = peering.PeeringConfig(standalone=False, name="trtop", priority=1, namespaces=namespaces, own_id="me")
+    works: list[bool] = []
+    error, elapsed = _within_longest(lambda: works.append(peering.allowed(config)))
+    assert error is None and works == [False] and elapsed >= TIMEOUT  # the first namespace's read decides
+    assert "Cannot reach the API server for the peering object trtop" in caplog.text and "timed out" in caplog.text
 
 
 def test_liveness_fails_once_queued_work_stops_moving(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,8 +13,8 @@ import pytest
 
 from tests.store.conftest import make_engine_folder, race_publish
 from trtop.api.engine import EngineKey
-from trtop.store import open_store, scoped_uri
-from trtop.store.filesystem import FilesystemStore, make_folders, root_of
+from trtop.store import InvalidRecordError, open_store, scoped_uri
+from trtop.store.filesystem import FilesystemStore, make_folders, read_regular, root_of
 from trtop.store.integrity import IntegrityError
 
 KEY = EngineKey("e-0123456789abcdef")
@@ -170,3 +172,74 @@ def test_make_folders_says_what_to_do_with_a_folder_of_another_user() -> None:
         assert error.startswith("PermissionError") and "not writable by the operator" in error, error
         assert "chown -R 1000:1000" in error and str(scope) in error
         assert not (scope / "e-0123456789abcdef").exists()
+
+
+def _returns_within(seconds: float, call: Callable[[], object]) -> BaseException | None:
+    """What ``call`` raised (None if it returned), failing the test if it is still running after
+    ``seconds``: a read that blocks must fail the test, not hang the run."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as e:  # noqa: BLE001 - handed back to the test
+            outcome.append(e)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still blocked after {seconds}s"
+    return outcome[0]
+
+
+def _release(fifo: Path) -> None:
+    """Give a reader stuck on ``fifo`` its end of file (no reader: nothing to do)."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass
+
+
+def test_a_fifo_planted_as_engine_json_is_refused_at_once(tmp_path: Path) -> None:
+    # A build pod (tenant code) can leave anything in its key's folder; a FIFO would block a
+    # plain open() until someone writes to it, that is forever.
+    store = FilesystemStore(str(tmp_path / "engines"))
+    fifo = tmp_path / "engines" / KEY / "engine.json"
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
+    try:
+        for read in (lambda: store.get_record(KEY), lambda: store.fetch(KEY, tmp_path / "cache")):
+            error = _returns_within(2, read)
+            assert isinstance(error, InvalidRecordError)
+            assert str(fifo) in str(error) and "not a regular file" in str(error)
+    finally:
+        _release(fifo)
+
+
+def test_special_files_and_links_are_refused_where_a_tenant_can_write(tmp_path: Path) -> None:
+    store = FilesystemStore(str(tmp_path))
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "link").symlink_to(tmp_path / "fifo")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "sock"))
+        try:
+            for name in ("fifo", "link", "sock"):
+                error = _returns_within(2, lambda: read_regular(tmp_path / name))
+                assert isinstance(error, IntegrityError) and str(tmp_path / name) in str(error)
+            assert isinstance(_returns_within(2, lambda: store.get_blob("fifo")), IntegrityError)
+        finally:
+            _release(tmp_path / "fifo")
+    (tmp_path / "plain").write_bytes(b"0123456789")
+    assert read_regular(tmp_path / "plain", 4) == b"0123"
+
+
+def test_fetch_refuses_an_upload_folder_that_is_a_link(tmp_path: Path) -> None:
+    store = FilesystemStore(str(tmp_path / "engines"))
+    store.publish(KEY, make_engine_folder(tmp_path / "b", KEY))
+    record = store.get_record(KEY)
+    assert record is not None
+    upload = tmp_path / "engines" / KEY / record.folder
+    shutil.move(upload, tmp_path / "elsewhere")
+    upload.symlink_to(tmp_path / "elsewhere")  # the same bytes, reached through a link
+    with pytest.raises(IntegrityError, match="not a folder"):
+        store.fetch(KEY, tmp_path / "cache")

@@ -1,17 +1,22 @@
 """Kubernetes clients for the operator: one ApiClient, typed APIs and a dynamic client for SSA.
 
 Loads in-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config. Every
-call passes ``timeout()`` as ``_request_timeout``: no API call can hang a reconcile.
+call passes ``timeout()`` as ``_request_timeout``: no API call can hang a reconcile. A request
+sent without one (the dynamic client's API discovery, which trtop does not call itself) gets
+``timeout()`` too, so building the clients cannot hang start-up either.
 """
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client, config, dynamic
 from prometheus_client import Counter
+
+log = logging.getLogger(__name__)
 
 # Every request the operator's client sends (kopf's watch streams are apart), by HTTP method.
 API_REQUESTS = Counter("trtop_operator_api_requests_total", "Kubernetes API requests sent by trtop's client",
@@ -58,10 +63,19 @@ def get_clients() -> Clients:
     def counted(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         found = _RESOURCE.search(url.split("?", 1)[0])
         API_REQUESTS.labels(method, "".join(g or "" for g in found.groups()) if found else "other").inc()
+        kwargs["_request_timeout"] = kwargs.get("_request_timeout") or timeout()  # see the module docstring
         return send(method, url, *args, **kwargs)  # type: ignore[no-untyped-call]
     rest.request = counted  # type: ignore[method-assign]
+    try:
+        # Discovery: GET /version and /apis now, each group's resources when apply first needs them.
+        discovered = dynamic.DynamicClient(api)  # type: ignore[no-untyped-call]
+    except Exception as e:
+        log.warning("Kubernetes API discovery at %s failed (%s: %s); each request gives up after %gs, and the "
+                    "clients are built again on the next call", configuration.host, type(e).__name__,
+                    str(e)[:300], _TIMEOUT[0])
+        raise
     return Clients(api, client.CoreV1Api(api), client.AppsV1Api(api), client.BatchV1Api(api),
-                   client.CustomObjectsApi(api), dynamic.DynamicClient(api))  # type: ignore[no-untyped-call]
+                   client.CustomObjectsApi(api), discovered)
 
 
 def plain(obj: Any) -> Any:

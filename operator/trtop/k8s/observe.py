@@ -12,6 +12,7 @@ import concurrent.futures
 import datetime as dt
 import json
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -226,9 +227,45 @@ def object_fact(obj: Mapping[str, Any], owner_uid: str) -> ObjectFact:
     return ObjectFact(foreign=controller_uid(obj) != owner_uid, applied_hash=ann.get(names.ANNOTATION_APPLIED_HASH, ""))
 
 
-# Store reads run here so that each one can be abandoned after its timeout (a hung mount or
-# endpoint must not hang a reconcile); a few threads, shared by the process.
-_STORE_READS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="trtop-store")
+# Store reads run on threads of their own so that each can be abandoned after its timeout (a hung
+# mount or endpoint must not hang a reconcile). An abandoned read may stay stuck for good (a hung
+# NFS read cannot be interrupted), so it must not hold a slot that other namespaces' reads need:
+# each read gets a fresh daemon thread (a daemon also never holds up the process's exit, as a pool
+# thread would), and a store URI (one scope) that has ``STUCK_READS_PER_STORE`` reads still stuck
+# is answered "unreadable" at once instead of being given more threads to lose.
+STUCK_READS_PER_STORE = 2
+_stuck: dict[str, int] = defaultdict(int)  # store URI -> abandoned reads still running
+_stuck_lock = threading.Lock()
+
+
+def _read_record(store: EngineStore, key: EngineKey, timeout_seconds: float) -> EngineRecord | None:
+    """``store.get_record(key)`` within ``timeout_seconds`` (concurrent.futures.TimeoutError past it)."""
+    with _stuck_lock:
+        if _stuck[store.uri] >= STUCK_READS_PER_STORE:
+            raise concurrent.futures.TimeoutError(f"{_stuck[store.uri]} earlier reads have not returned yet")
+    future: concurrent.futures.Future[EngineRecord | None] = concurrent.futures.Future()
+    abandoned = [False]
+
+    def read() -> None:
+        try:
+            future.set_result(store.get_record(key))
+        except BaseException as e:  # noqa: BLE001 - handed to the waiter, which decides
+            future.set_exception(e)
+        with _stuck_lock:
+            if abandoned[0]:
+                _stuck[store.uri] -= 1
+
+    threading.Thread(target=read, name=f"trtop-store-{key}", daemon=True).start()
+    try:
+        return future.result(timeout=timeout_seconds)
+    except concurrent.futures.TimeoutError:
+        with _stuck_lock:
+            if not future.done():  # else it returned just now: not stuck
+                abandoned[0] = True
+                _stuck[store.uri] += 1
+        if future.done():
+            return future.result()
+        raise
 
 
 def read_records(store: EngineStore, keys: Iterable[EngineKey],
@@ -236,10 +273,11 @@ def read_records(store: EngineStore, keys: Iterable[EngineKey],
     records: dict[EngineKey, EngineRecord] = {}
     for key in keys:
         try:
-            record = _STORE_READS.submit(store.get_record, key).result(timeout=timeout_seconds)
-        except concurrent.futures.TimeoutError:
-            log.warning("Reading engine %s from the store %s took over %ss", key, store.uri, timeout_seconds)
-            return records, f"engine store {store.uri} unreadable: no answer within {timeout_seconds:g}s"
+            record = _read_record(store, key, timeout_seconds)
+        except concurrent.futures.TimeoutError as e:
+            why = str(e) or f"no answer within {timeout_seconds:g}s"
+            log.warning("Reading engine %s from the store %s: %s", key, store.uri, why)
+            return records, f"engine store {store.uri} unreadable: {why}"
         except Exception as e:  # noqa: BLE001 - any store failure means "could not look", never "gone"
             log.warning("Could not read engine %s from the store %s: %s", key, store.uri, e)
             return records, f"engine store {store.uri} unreadable: {str(e)[:300]}"

@@ -4,7 +4,8 @@ kopf pauses its watch handlers on a replica that sees a live peer of higher prio
 of the same priority: then every one of them pauses). trtop's resync and autoscale loops
 are plain asyncio tasks that kopf does not pause, so each round they read the same
 peering object and apply the same rule. The peer identity is ``POD_ID`` (the chart sets it
-to the pod name, which is what kopf uses too).
+to the pod name, which is what kopf uses too). A peering object that cannot be read (an
+API error, a timeout, a refused connection) means "wait": the caller's next round reads again.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
-from trtop.k8s.client import get_clients
+from trtop.k8s.client import get_clients, timeout
 
 log = logging.getLogger(__name__)
 KOPF_GROUP, KOPF_VERSION = "kopf.dev", "v1"
@@ -55,17 +57,23 @@ def should_work(peers: Mapping[str, Mapping[str, Any]], priority: int, own_id: s
 def allowed(config: PeeringConfig) -> bool:
     if config.standalone or not config.name:
         return True
-    custom = get_clients().custom
     now = dt.datetime.now(dt.timezone.utc)
     objs: list[Any]
     try:
+        custom = get_clients().custom
         if not config.namespaces:
-            objs = [custom.get_cluster_custom_object(KOPF_GROUP, KOPF_VERSION, "clusterkopfpeerings", config.name)]
+            objs = [custom.get_cluster_custom_object(KOPF_GROUP, KOPF_VERSION, "clusterkopfpeerings", config.name,
+                                                     _request_timeout=timeout())]
         else:
-            objs = [custom.get_namespaced_custom_object(KOPF_GROUP, KOPF_VERSION, ns, "kopfpeerings", config.name)
+            objs = [custom.get_namespaced_custom_object(KOPF_GROUP, KOPF_VERSION, ns, "kopfpeerings", config.name,
+                                                        _request_timeout=timeout())
                     for ns in config.namespaces]
     except ApiException as e:
         log.warning("Cannot read the peering object %s (%s): this replica waits", config.name, e.reason)
+        return False
+    except (HTTPError, OSError) as e:  # timeouts, refused or dropped connections (urllib3's own errors)
+        log.warning("Cannot reach the API server for the peering object %s (%s: %s): this replica waits",
+                    config.name, type(e).__name__, str(e)[:300])
         return False
     return all(should_work(o.get("status") or {}, config.priority, config.own_id, now) for o in objs)
 

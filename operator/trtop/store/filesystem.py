@@ -10,7 +10,10 @@ one key exactly one commits, and a committed engine is never overwritten. Reader
 only once ``engine.json`` exists; a build killed half-way leaves only an upload folder
 (swept by the next build of that key after a day, or with the key by garbage collection).
 Only regular files travel (a link in a built or stored folder is refused), and a fetched
-copy is checked against the record before it becomes visible. Engines published before
+copy is checked against the record before it becomes visible. A key's folder is written by
+tenant code (its build pod), so every file there is opened without following a link and
+without waiting on a FIFO, and read only once ``fstat`` says it is a regular file: a planted
+FIFO is refused at once instead of blocking its reader forever. Engines published before
 upload folders (files right in the key's folder, ``folder`` empty) are still read.
 
 Used through ``trtop.store.open_store`` by the converter, the operator and the server.
@@ -18,8 +21,10 @@ Used through ``trtop.store.open_store`` by the converter, the operator and the s
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import shutil
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -29,7 +34,9 @@ from urllib.parse import unquote, urlparse
 from trtop import names
 from trtop.api.engine import MAX_RECORD_BYTES, EngineKey, EngineRecord, RecordError, is_engine_key, parse_record
 from trtop.store import EngineNotFoundError, InvalidRecordError
-from trtop.store.integrity import UPLOAD_FOLDER, install_checked, regular_files, verify_artifact
+from trtop.store.integrity import (
+    CHUNK, UPLOAD_FOLDER, IntegrityError, install_checked, regular_files, verify_artifact,
+)
 
 TRASH_DIR = ".trash"
 STALE_UPLOAD_SECONDS = 24 * 3600  # an uncommitted upload folder this old belongs to a dead build
@@ -115,7 +122,7 @@ class FilesystemStore:
 
     def get_blob(self, name: str) -> bytes | None:
         try:
-            return self._blob_path(name).read_bytes()
+            return read_regular(self._blob_path(name))
         except FileNotFoundError:
             return None
 
@@ -199,23 +206,55 @@ class FilesystemStore:
 
 def read_record_file(path: Path, key: EngineKey) -> EngineRecord:
     """The record at ``path`` (bounded read, strict parse); FileNotFoundError when there is none."""
-    with open(path, "rb") as f:
-        data = f.read(MAX_RECORD_BYTES + 1)
     try:
+        data = read_regular(path, MAX_RECORD_BYTES + 1)
         return parse_record(data, key=key, where=str(path))
-    except RecordError as exc:
+    except (RecordError, IntegrityError) as exc:
         raise InvalidRecordError(f"{exc}. The engine is not used; delete {path.parent} to have it rebuilt") from None
+
+
+def open_regular(path: Path) -> int:
+    """A read-only descriptor of ``path``; IntegrityError when it is a link, FIFO, socket or device.
+
+    O_NOFOLLOW refuses a link as the last component, O_NONBLOCK makes opening a FIFO return at
+    once instead of waiting for a writer, and ``fstat`` of the opened descriptor (not of the
+    name, which could be swapped in between) decides. FileNotFoundError passes through.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENXIO):  # a link (O_NOFOLLOW); a socket
+            raise IntegrityError(f"{path} is a link or a special file, not a regular file: refused") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IntegrityError(f"{path} is not a regular file (a FIFO, a device or a folder): refused")
+        os.set_blocking(fd, True)  # a regular file's reads never wait anyway; plain file semantics from here
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: Path, limit: int = -1) -> bytes:
+    """At most ``limit`` bytes (all when -1) of the regular file ``path``; see ``open_regular``."""
+    with os.fdopen(open_regular(path), "rb") as f:
+        return f.read(limit)
 
 
 def copy_regular_tree(src: Path, dst: Path, skip: Callable[[Path], bool] | None = None) -> None:
     """Copy the files of ``src`` (less ``skip``'s entries) to a new ``dst``; ``IntegrityError`` at
-    a link or special file."""
+    a link or special file (``src`` itself included: a record's upload folder could name a link)."""
+    if not stat.S_ISDIR(os.lstat(src).st_mode):
+        raise IntegrityError(f"{src} is a link or a special file, not a folder: refused")
     files = regular_files(src, skip)
     dst.mkdir(parents=True)
     for file in files:
         target = dst / file.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(file, target)
+        # Opened again with the checks: the listing's lstat could be raced by a swap to a FIFO.
+        with os.fdopen(open_regular(file), "rb") as fin, open(target, "wb") as fout:
+            shutil.copyfileobj(fin, fout, CHUNK)
 
 
 def _write_synced(path: Path, data: bytes) -> None:

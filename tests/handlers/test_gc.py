@@ -1,0 +1,80 @@
+"""The operator's GC loop: a round that fails (the API server down, refusing or silent) is logged
+and the next round runs; the loop's API calls never block the event loop kopf runs on."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import kubernetes.config.kube_config
+import pytest
+import yaml
+
+from trtop.config import Settings
+from trtop.handlers import gc
+from trtop.k8s import client as k8s_client
+from trtop.k8s import peering
+
+PEERED = peering.PeeringConfig(standalone=False, name="trtop", priority=1, own_id="me")
+
+
+@pytest.fixture
+def api_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    """A port the clients are pointed at (0.5 s API timeout); the test decides whether anything listens."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{sock.getsockname()[1]}"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+    # kubernetes reads KUBECONFIG once, at import: setting the variable now would change nothing.
+    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    k8s_client.get_clients.cache_clear()
+    k8s_client.configure_timeout(0.5)
+    try:
+        yield sock
+    finally:
+        k8s_client.configure_timeout(Settings().api_timeout_seconds)
+        k8s_client.get_clients.cache_clear()
+        sock.close()
+
+
+@pytest.mark.parametrize(("config", "failure"), [
+    (peering.PeeringConfig(), "Engine garbage collection round failed"),  # the round's listing: connection refused
+    (PEERED, "Cannot reach the API server for the peering object trtop"),  # the peering read: connection refused
+], ids=["listing", "peering"])
+async def test_a_round_that_cannot_reach_the_api_server_is_logged_and_the_next_runs(
+        api_port: socket.socket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        config: peering.PeeringConfig, failure: str) -> None:
+    monkeypatch.setattr(peering, "CONFIG", [config])  # nothing listens on api_port: every connection is refused
+    started = gc.start(Settings(store_uri=str(tmp_path / "engines"), gc_interval_seconds=0.05))
+    assert started is not None
+    task, stopped = started
+    deadline = time.monotonic() + 10
+    while caplog.text.count(failure) < 3 and not task.done() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not task.done(), task.exception()
+    assert caplog.text.count(failure) >= 3 and "Connection refused" in caplog.text
+    stopped.set()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_a_silent_api_server_never_blocks_the_event_loop(
+        api_port: socket.socket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    api_port.listen(64)  # connections are accepted by the kernel; no answer ever comes
+    monkeypatch.setattr(peering, "CONFIG", [PEERED])
+    started = gc.start(Settings(store_uri=str(tmp_path / "engines"), gc_interval_seconds=0.05))
+    assert started is not None
+    task, stopped = started
+    ticks, begun = 0, time.monotonic()
+    while time.monotonic() - begun < 1.0:  # the peering read waits on the server all this time (4 x 0.5 s)
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert ticks > 50  # the loop kept turning (on it, the read would have held it for the whole second)
+    stopped.set()
+    await asyncio.wait_for(task, 5)  # the read gives up within its timeout, and the loop ends
