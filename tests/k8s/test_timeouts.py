@@ -21,6 +21,7 @@ from urllib3.exceptions import MaxRetryError, ReadTimeoutError
 
 from trtop import names
 from trtop.config import Settings
+from tests.waiting import call_within
 from trtop.handlers import gc, workers
 from trtop.handlers.queue import WorkQueue
 from trtop.k8s import client as k8s_client
@@ -122,22 +123,8 @@ def mute_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Silent
 
 
 def _within_longest(call: Callable[[], object]) -> tuple[BaseException | None, float]:
-    """What ``call`` raised (None if it returned) and how long it took; a call still waiting after
-    ``LONGEST`` (a timeout missing) fails the test instead of hanging the run."""
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            call()
-            outcome.append(None)
-        except BaseException as e:  # noqa: BLE001 - handed back to the test
-            outcome.append(e)
-    started = time.monotonic()
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(LONGEST)
-    assert outcome, f"still waiting on the server after {LONGEST}s: a request without a timeout"
-    return outcome[0], time.monotonic() - started
+    """``call_within(LONGEST, call)``: a call still waiting after ``LONGEST`` (a timeout missing) fails the test."""
+    return call_within(LONGEST, call)
 
 
 def _timed_out(error: BaseException | None) -> bool:

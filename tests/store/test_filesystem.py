@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.store.conftest import make_engine_folder, race_publish
+from tests.waiting import call_within
 from trtop.api.engine import EngineKey
 from trtop.store import InvalidRecordError, open_store, scoped_uri
 from trtop.store.filesystem import FilesystemStore, make_folders, read_regular, root_of
@@ -175,21 +176,8 @@ def test_make_folders_says_what_to_do_with_a_folder_of_another_user() -> None:
 
 
 def _returns_within(seconds: float, call: Callable[[], object]) -> BaseException | None:
-    """What ``call`` raised (None if it returned), failing the test if it is still running after
-    ``seconds``: a read that blocks must fail the test, not hang the run."""
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            call()
-            outcome.append(None)
-        except BaseException as e:  # noqa: BLE001 - handed back to the test
-            outcome.append(e)
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert outcome, f"still blocked after {seconds}s"
-    return outcome[0]
+    """What ``call`` raised (None if it returned); a read still blocked after ``seconds`` fails the test."""
+    return call_within(seconds, call)[0]
 
 
 def _release(fifo: Path) -> None:
