@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
