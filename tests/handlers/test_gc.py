@@ -75,6 +75,8 @@ async def test_a_silent_api_server_never_blocks_the_event_loop(
     while time.monotonic() - begun < 1.0:  # the peering read waits on the server all this time (4 x 0.5 s)
         await asyncio.sleep(0.01)
         ticks += 1
-    assert ticks > 50  # the loop kept turning (on it, the read would have held it for the whole second)
+    # the loop kept turning (~100 ticks; with the read on it, 1 or 2: it held the loop for the whole second);
+    # the bound leaves room for a loaded machine's slow sleeps
+    assert ticks > 10
     stopped.set()
     await asyncio.wait_for(task, 5)  # the read gives up within its timeout, and the loop ends
