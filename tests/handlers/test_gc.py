@@ -8,13 +8,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import kubernetes.config.kube_config
 import pytest
-import yaml
 
+from tests.waiting import api_clients_at
 from trtop.config import Settings
 from trtop.handlers import gc
-from trtop.k8s import client as k8s_client
 from trtop.k8s import peering
 
 PEERED = peering.PeeringConfig(standalone=False, name="trtop", priority=1, own_id="me")
@@ -25,23 +23,11 @@ def api_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket
     """A port the clients are pointed at (0.5 s API timeout); the test decides whether anything listens."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{sock.getsockname()[1]}"}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
-    # kubernetes reads KUBECONFIG once, at import: setting the variable now would change nothing.
-    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    k8s_client.get_clients.cache_clear()
-    k8s_client.configure_timeout(0.5)
-    try:
-        yield sock
-    finally:
-        k8s_client.configure_timeout(Settings().api_timeout_seconds)
-        k8s_client.get_clients.cache_clear()
-        sock.close()
+    with api_clients_at(f"http://127.0.0.1:{sock.getsockname()[1]}", tmp_path, monkeypatch, 0.5):
+        try:
+            yield sock
+        finally:
+            sock.close()
 
 
 @pytest.mark.parametrize(("config", "failure"), [

@@ -6,22 +6,18 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import kubernetes.config.kube_config
 import pytest
-import yaml
 from urllib3.exceptions import MaxRetryError, ReadTimeoutError
 
 from trtop import names
 from trtop.config import Settings
-from tests.waiting import call_within
+from tests.waiting import api_clients_at, call_within
 from trtop.handlers import gc, workers
 from trtop.handlers.queue import WorkQueue
 from trtop.k8s import client as k8s_client
@@ -87,23 +83,10 @@ def _silent_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api: SilentApi)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{server.server_address[1]}"}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
-    # kubernetes reads KUBECONFIG once, at import: setting the variable now would change nothing.
-    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the dynamic client's discovery cache file
-    k8s_client.get_clients.cache_clear()
-    k8s_client.configure_timeout(TIMEOUT)
     try:
-        yield api
+        with api_clients_at(f"http://127.0.0.1:{server.server_address[1]}", tmp_path, monkeypatch, TIMEOUT):
+            yield api
     finally:
-        k8s_client.configure_timeout(Settings().api_timeout_seconds)
-        k8s_client.get_clients.cache_clear()
         stop.set()
         server.shutdown()
         server.server_close()
