@@ -112,6 +112,14 @@ class Settings:
                 return f"shared.{group}"
         return namespace
 
+    def store_peers(self, namespace: str) -> tuple[str, ...]:
+        """The namespaces whose engines ``namespace`` shares (its sharing group, itself first), or itself alone:
+        one build Job of an engine key serves them all."""
+        for members in self.store_sharing.values():
+            if namespace in members:
+                return (namespace, *sorted(set(members) - {namespace}))
+        return (namespace,)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         e = os.environ if env is None else env

@@ -8,6 +8,7 @@ An engine planted under the other namespace's location is never picked up.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 
@@ -42,6 +43,30 @@ def _bound_claim(dev_cluster, namespace: str, tmp_path) -> None:
     dev_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
 
 
+@contextlib.contextmanager
+def _operator_over(dev_cluster, namespaces: tuple[str, ...], tmp_path, **env: str):
+    """The real operator over ``namespaces`` and a held converter stand-in in each (``hold`` set:
+    nothing is published until a test clears it); yields the store, the API clients, the stand-ins.
+    The operator must stop cleanly and log no traceback."""
+    store = tmp_path / "store"
+    store.mkdir()
+    api, custom = load_clients(dev_cluster.kubeconfig)
+    stand_ins = [ConverterStandIn(api, ns, store) for ns in namespaces]
+    for s in stand_ins:
+        s.hold.set()
+        s.start()
+    op = OperatorProcess(dev_cluster.kubeconfig, namespaces[0], store, tmp_path / "operator.log",
+                         TRTOP_NAMESPACES=",".join(namespaces), **env).start()
+    try:
+        yield store, api, custom, stand_ins
+    finally:
+        for s in stand_ins:
+            s.stop()
+        code = op.stop()
+    assert code in (0, -15), op.log()[-2000:]
+    assert "Traceback" not in op.log(), op.log()[-4000:]
+
+
 @pytest.fixture
 def second_namespace(dev_cluster):
     name = testing.create_namespace(dev_cluster, "tenant-b")
@@ -51,16 +76,8 @@ def second_namespace(dev_cluster):
 
 def test_two_namespaces_with_the_same_model_get_their_own_engines(dev_cluster, namespace, second_namespace,
                                                                    tmp_path):
-    store = tmp_path / "store"
-    store.mkdir()
-    api, custom = load_clients(dev_cluster.kubeconfig)
-    stand_ins = [ConverterStandIn(api, ns, store) for ns in (namespace, second_namespace)]
-    for s in stand_ins:
-        s.hold.set()  # publish nothing until the build pods could run (a real converter would not either)
-        s.start()
-    op = OperatorProcess(dev_cluster.kubeconfig, namespace, store, tmp_path / "operator.log",
-                         TRTOP_NAMESPACES=f"{namespace},{second_namespace}").start()
-    try:
+    # The stand-ins publish nothing until the build pods could run (a real converter would not either).
+    with _operator_over(dev_cluster, (namespace, second_namespace), tmp_path) as (store, api, custom, stand_ins):
         manifest = {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": "resnet"},
                     "spec": SPEC}
         (tmp_path / "md.yaml").write_text(yaml.safe_dump(manifest))
@@ -100,9 +117,39 @@ def test_two_namespaces_with_the_same_model_get_their_own_engines(dev_cluster, n
             (entry,) = json.loads(env[names.ENV_ENGINE_SET])
             assert (entry["key"], entry["sha256"]) == (key, record["sha256"])
             assert pod["automount_service_account_token"] is False
-    finally:
+
+
+def test_a_store_sharing_group_builds_each_engine_once(dev_cluster, namespace, second_namespace, tmp_path):
+    """Two namespaces of one sharing group, the same model: one key, one build Job (in the namespace
+    that asked first), which the other's status names; both served from the one engine."""
+    # The first build stays running (held) while the second namespace asks for the same engine.
+    with _operator_over(dev_cluster, (namespace, second_namespace), tmp_path,
+                        TRTOP_STORE_SHARING=f"ml={namespace},{second_namespace}") as (store, api, custom, stand_ins):
+        _bound_claim(dev_cluster, namespace, tmp_path)
+        manifest = {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": "resnet"},
+                    "spec": SPEC}
+        (tmp_path / "md.yaml").write_text(yaml.safe_dump(manifest))
+
+        def engines(ns: str) -> list[dict]:
+            return ((get_md(custom, ns, "resnet") or {}).get("status") or {}).get("engines") or []
+
+        dev_cluster.kubectl("apply", "-n", namespace, "-f", str(tmp_path / "md.yaml"))
+        wait_for("the first namespace's build Job", lambda: stand_ins[0].seen, timeout=60)
+        dev_cluster.kubectl("apply", "-n", second_namespace, "-f", str(tmp_path / "md.yaml"))
+        (job_name,) = stand_ins[0].seen.values()
+        (building,) = wait_for("the second namespace's status to name the first one's Job", lambda: [
+            e for e in engines(second_namespace) if e.get("job") == f"{namespace}/{job_name}"], timeout=60)
+        assert building["state"] == "Building", building
         for s in stand_ins:
-            s.stop()
-        code = op.stop()
-    assert code in (0, -15), op.log()[-2000:]
-    assert "Traceback" not in op.log(), op.log()[-4000:]
+            s.hold.clear()
+        for ns in (namespace, second_namespace):
+            wait_for(f"md/resnet EnginesReady and served in {ns}", lambda ns=ns: (
+                (md := get_md(custom, ns, "resnet")) and condition(md, "EnginesReady").get("status") == "True"
+                and md["status"].get("servedEngines")), timeout=90)
+        (key_a,), (key_b,) = ([e["key"] for e in engines(ns)] for ns in (namespace, second_namespace))
+        assert key_a == key_b == building["key"]
+        assert (store / "shared.ml" / key_a / names.ENGINE_METADATA_FILE).is_file()
+        assert stand_ins[1].seen == {}  # the second namespace never built it
+        jobs = client.BatchV1Api(api).list_namespaced_job(
+            second_namespace, label_selector=f"{names.LABEL_COMPONENT}={names.COMPONENT_ENGINE_BUILD}").items
+        assert jobs == []

@@ -293,3 +293,35 @@ def test_the_watch_event_of_a_job_this_process_claimed_concerns_nobody():
     job = build_job("trtop-sm89-k1", "k1", "job-1")
     assert c.claim_job(job)
     assert c.on_job("ADDED", job) == []  # the same Job, now with its uid: no second reconcile
+
+
+def test_a_store_sharing_group_builds_each_key_once_and_every_member_sees_the_job():
+    group = ("team-a", "team-b")
+    c = ClusterCache(peers=lambda ns: (ns, *sorted(set(group) - {ns})) if ns in group else (ns,))
+    for ns in ("team-a", "team-b", "team-c"):
+        body = md("m", {"model": {"uri": "s3://m/a"}}, uid=f"uid-{ns}")
+        c.on_model_deployment("ADDED", {**body, "metadata": {**body["metadata"], "namespace": ns}})
+        c.handled((ns, "m"), 1, ("k1",))
+
+    def job_in(ns, uid):
+        job = build_job("trtop-k1", "k1", uid)
+        return {**job, "metadata": {**job["metadata"], "namespace": ns}}
+    assert c.claim_job(job_in("team-a", ""))
+    assert not c.claim_job(job_in("team-b", ""))  # the group's one build is on its way
+    assert c.claim_job(job_in("team-c", ""))  # not in the group: its key is its own anyway
+    c.release_job(job_in("team-c", ""))
+    assert c.jobs("team-b", ("k1",))["k1"].name == "team-a/trtop-k1"
+    assert c.jobs("team-a", ("k1",))["k1"].name == "trtop-k1"
+    assert c.jobs("team-c", ("k1",)) == {}
+    # Its events wake the group's users of the key, no other namespace's.
+    failed = {**job_in("team-a", "job-a"),
+              "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}
+    assert c.on_job("MODIFIED", failed) == [("team-a", "m"), ("team-b", "m")]
+    assert c.jobs("team-b")["k1"].state == "failed"
+    # A Job of its own wins over a peer's.
+    c.on_job("ADDED", job_in("team-b", "job-b"))
+    assert c.jobs("team-b")["k1"] == c.jobs("team-b", ("k1",))["k1"]
+    assert (c.jobs("team-b")["k1"].name, c.jobs("team-b")["k1"].state) == ("trtop-k1", "active")
+    c.on_job("DELETED", failed)
+    c.on_job("DELETED", job_in("team-b", "job-b"))
+    assert c.jobs("team-a") == c.jobs("team-b") == {} and c.claim_job(job_in("team-b", ""))

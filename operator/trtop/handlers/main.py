@@ -19,6 +19,7 @@ from trtop.handlers import autoscaling, gc, workers
 from trtop.k8s.cache import CACHE
 
 SETTINGS = Settings.from_env()
+CACHE.share_builds(SETTINGS.store_peers)
 _background: list[tuple[asyncio.Task[Any], asyncio.Event]] = []
 _OURS = {names.LABEL_MANAGED_BY: names.APP_NAME}
 

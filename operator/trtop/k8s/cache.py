@@ -41,6 +41,8 @@ from trtop.planning.targets import node_matches_selector
 Key = tuple[str, str]  # (namespace, name) of a ModelDeployment
 # Called with a gone ModelDeployment's uid and the engine keys no other object uses now.
 Forget = Callable[[str, tuple[EngineKey, ...]], None]
+# A namespace's store sharing group, itself first (Settings.store_peers).
+Peers = Callable[[str], tuple[str, ...]]
 
 
 def _key(body: Mapping[str, Any]) -> Key:
@@ -68,9 +70,10 @@ def _gpus(pod: Mapping[str, Any]) -> int:
 class ClusterCache:
     """What the watches have told us; see the module docstring."""
 
-    def __init__(self, clock: Any = time.time) -> None:
+    def __init__(self, clock: Any = time.time, peers: Peers = lambda namespace: (namespace,)) -> None:
         self._lock = threading.RLock()
         self._clock = clock
+        self._peers = peers  # Settings.store_peers: a sharing group's namespaces build each engine key once
         self.mds: dict[Key, dict[str, Any]] = {}
         self._uids: dict[str, Key] = {}
         self._specs: dict[Key, tuple[int, ModelDeploymentSpec | None]] = {}
@@ -313,7 +316,8 @@ class ClusterCache:
                     # Its users, and the object that made the Job (it may not have finished the
                     # reconcile that records it as a user yet).
                     maker = (key[0], str(labels.get(names.LABEL_MODEL_DEPLOYMENT, "")))
-                    concerned = sorted({k for k in self.users_of_key.get(engine_key, set()) if k[0] == key[0]}
+                    peers = self._peers(key[0])
+                    concerned = sorted({k for k in self.users_of_key.get(engine_key, set()) if k[0] in peers}
                                        | ({maker} if maker in self.mds else set()))
             md = labels.get(names.LABEL_MODEL_DEPLOYMENT)
             if md and labels.get(names.LABEL_COMPONENT) == names.COMPONENT_INFERENCE:
@@ -376,19 +380,25 @@ class ClusterCache:
             if _planned(before) == _planned(after):
                 return []  # (its uid, first known here for a Job this process claimed, is not news to the planner)
             owner = self._uids.get(controller_uid(body))
-            return sorted({k for k in self.users_of_key.get(engine_key, set()) if k[0] == ns}
+            peers = self._peers(ns)
+            return sorted({k for k in self.users_of_key.get(engine_key, set()) if k[0] in peers}
                           | ({owner} if owner else set()))
+
+    def share_builds(self, peers: Peers) -> None:
+        """Whose build Jobs count for a namespace's engines (``Settings.store_peers``; by default its own)."""
+        self._peers = peers
 
     def claim_job(self, job: Mapping[str, Any]) -> bool:
         """Mark a build Job as being created by this process; False when it is known already
-        (another object sharing the engine key made it, or is making it: no second create)."""
+        (another object sharing the engine key made it, or is making it, in this namespace or
+        another of its store sharing group: no second create)."""
         meta = job["metadata"]
         engine_key = EngineKey((meta.get("labels") or {}).get(names.LABEL_ENGINE_KEY, ""))
+        ns = str(meta["namespace"])
         with self._lock:
-            jobs = self._jobs[str(meta["namespace"])]
-            if engine_key in jobs:
+            if any(engine_key in self._jobs.get(peer, {}) for peer in self._peers(ns)):
                 return False
-            jobs[engine_key] = {"name": meta["name"], "conditions": None}
+            self._jobs[ns][engine_key] = {"name": meta["name"], "conditions": None}
             return True
 
     def release_job(self, job: Mapping[str, Any]) -> None:
@@ -404,13 +414,19 @@ class ClusterCache:
                     del self._jobs[ns]
 
     def jobs(self, namespace: str, keys: tuple[EngineKey, ...] | None = None) -> dict[EngineKey, JobFact]:
-        """Build Jobs of ``namespace`` by engine key (only ``keys`` when given: a reconcile
-        asks about its own engines, not the namespace's thousands)."""
+        """Build Jobs by engine key that serve ``namespace`` (only ``keys`` when given: a reconcile
+        asks about its own engines, not the namespace's thousands): its own, and for a key it has
+        none of, a Job of another namespace of its store sharing group, named ``namespace/name``
+        (one build serves the group: the key is the scope's, the engine lands in the shared store)."""
         with self._lock:
-            index = self._jobs.get(namespace, {})
-            wanted = index.items() if keys is None else ((k, index[k]) for k in keys if k in index)
+            found: dict[EngineKey, dict[str, Any]] = {}
+            for peer in reversed(self._peers(namespace)):  # its own namespace last: its Jobs win
+                index = self._jobs.get(peer, {})
+                shown = {k: ({**job, "name": f"{peer}/{job['name']}"} if peer != namespace else job)
+                         for k, job in (index.items() if keys is None else ((k, index[k]) for k in keys if k in index))}
+                found.update(shown)
             out = {}
-            for key, job in wanted:
+            for key, job in found.items():
                 conds = job.get("conditions") or []
                 failed = next((c for c in conds if c.get("type") == "Failed" and c.get("status") == "True"), None)
                 done = any(c.get("type") in ("Complete", "SuccessCriteriaMet") and c.get("status") == "True"

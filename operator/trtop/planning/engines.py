@@ -84,6 +84,7 @@ def _status_of(request: EngineRequest, facts: ClusterFacts, nodes: Sequence[Node
         return EngineStatus(key, request.target, "Ready", request, record=record, job_name=name)
     job = facts.jobs.get(key)
     if job is not None:
+        name = job.name  # (``namespace/name`` when another namespace of the store sharing group builds it)
         if job.state == "active":
             # An active Job's message says why its pod has not started, when it is stuck.
             return EngineStatus(key, request.target, "Building", request,
