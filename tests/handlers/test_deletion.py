@@ -102,3 +102,24 @@ async def test_an_object_deleted_while_its_load_is_read_leaves_no_decision(monke
     await autoscaling.autoscale_once(Settings(), Holding(during=lambda: CACHE.on_model_deployment("DELETED", body)))
     CACHE.on_deployment("DELETED", unit(body))
     assert "uid-r" not in STATES
+
+
+def test_a_reconcile_that_outlives_its_objects_delete_leaves_no_lock_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = md("late")
+    CACHE.on_model_deployment("ADDED", body)
+
+    def deleted_meanwhile(*_: Any) -> modeldeployment.Outcome:
+        CACHE.on_model_deployment("DELETED", body)  # the delete's forgetting runs while the lock is held
+        return modeldeployment.Outcome(None)
+
+    monkeypatch.setattr(modeldeployment, "_reconcile", deleted_meanwhile)
+    modeldeployment.reconcile(body, Settings())
+    assert "uid-late" not in modeldeployment._locks
+    # A reconcile that starts from a body read before the delete (a queued one) leaves none either.
+    monkeypatch.setattr(modeldeployment, "_reconcile", lambda *_: modeldeployment.Outcome(None))
+    modeldeployment.reconcile(body, Settings())
+    assert "uid-late" not in modeldeployment._locks
+    live = md("live")
+    CACHE.on_model_deployment("ADDED", live)
+    modeldeployment.reconcile(live, Settings())
+    assert "uid-live" in modeldeployment._locks  # a live object's lock stays (the next reconcile waits on it)

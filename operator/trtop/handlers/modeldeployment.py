@@ -78,8 +78,14 @@ def reconcile(body: Mapping[str, Any], settings: Settings, *, autoscaled: int | 
     uid = str(body["metadata"].get("uid"))
     if autoscaled is None:  # every reconcile keeps the autoscaler's last decision
         autoscaled, scaling_limit = last_decision(uid)
-    with _locks[uid]:
-        return _reconcile(body, settings, autoscaled, scaling_limit, extra_status or {})
+    try:
+        with _locks[uid]:
+            return _reconcile(body, settings, autoscaled, scaling_limit, extra_status or {})
+    finally:
+        if not CACHE.knows_uid(uid):
+            # Deleted while this reconcile ran (or before it took the lock): ``_forget`` may have
+            # dropped the lock already, and ``_locks[uid]`` above made it again; nothing else would.
+            _locks.pop(uid, None)
 
 
 def _reconcile(body: Mapping[str, Any], settings: Settings, autoscaled: int | None, scaling_limit: str,

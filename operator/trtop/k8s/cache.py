@@ -177,6 +177,11 @@ class ClusterCache:
             self._keys_of_user[key] = engine_keys
         return tuple(k for k in released if k not in self.users_of_key)
 
+    def knows_uid(self, uid: str) -> bool:
+        """Whether a ModelDeployment of this uid is here (not deleted, nor replaced by a new one of its name)."""
+        with self._lock:
+            return uid in self._uids
+
     def model_deployment(self, key: Key) -> dict[str, Any] | None:
         with self._lock:
             body = self.mds.get(key)
