@@ -231,5 +231,5 @@ async def test_huge_and_absurd_metrics_are_bounded(exporters: Callable[[], Expor
     assert [s.value for s in reading.samples] == [None, 1e9, 1e9, None]
     assert "larger than" in reading.errors[0]
     decision, _ = decide(ScalingPolicy(min_replicas=1, max_replicas=8, target=4.0),
-                         Observation(at=1.0, current_replicas=2, pods=reading.samples), ScalingHistory())
+                         Observation(at=time.time(), current_replicas=2, pods=reading.samples), ScalingHistory())
     assert 2 < decision.desired_replicas <= 8  # scaled up, within the rate limit and maxReplicas

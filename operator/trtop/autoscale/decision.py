@@ -139,7 +139,7 @@ def _from_zero(policy: ScalingPolicy, obs: Observation, history: ScalingHistory)
     if obs.pending_load <= 0:
         decision = Decision(0, 0, "scaled to zero and no load is waiting", 0.0, 0)
         return _finish(policy, obs, history, decision, 0)
-    raw = max(1, math.ceil(clamp_metric(obs.pending_load) / policy.target - _EPSILON))
+    raw = max(1, _replicas_for(clamp_metric(obs.pending_load), policy.target))
     desired, limit = _limit_rate(policy, obs.at, 0, raw, history)
     reason = (f"{obs.pending_load:g} {_UNITS[policy.metric]} waiting while scaled to zero vs target "
               f"{policy.target:g} per replica" + _limit_note(policy, limit, raw, desired))
@@ -151,6 +151,16 @@ def _from_zero(policy: ScalingPolicy, obs: Observation, history: ScalingHistory)
 # A pod's reading is what a tenant's process says: bounded so that sums stay finite
 # (two pods reporting 1e308 must not overflow ceil()); far above any real load.
 METRIC_CEILING = 1e9
+
+
+# Kubernetes' replicas are int32: no recommendation needs to be larger, and a load over a tiny
+# target (1e9 / 1e-300 = inf) must not reach ceil() as infinity (OverflowError).
+_MAX_RECOMMENDATION = 2**31 - 1
+
+
+def _replicas_for(load: float, target: float) -> int:
+    """ceil(load / target), at most _MAX_RECOMMENDATION (rate limits and maxReplicas follow)."""
+    return math.ceil(min(load / target, _MAX_RECOMMENDATION) - _EPSILON)
 
 
 def clamp_metric(value: float) -> float:
@@ -178,7 +188,8 @@ def _recommend(policy: ScalingPolicy, obs: Observation) -> _Reading:
 
     def fresh(p: PodSample) -> bool:
         age = obs.at - (obs.at if p.sampled_at is None else p.sampled_at)
-        return p.value is not None and math.isfinite(p.value) and age <= policy.max_metric_age_seconds
+        # abs(): a reading stamped far ahead (a skewed or lying clock) would otherwise never age.
+        return p.value is not None and math.isfinite(p.value) and abs(age) <= policy.max_metric_age_seconds
 
     values = [clamp_metric(p.value) for p in obs.pods if p.ready and fresh(p) and p.value is not None]
     missing = sum(1 for p in obs.pods if p.ready and not fresh(p))
@@ -200,7 +211,7 @@ def _recommend(policy: ScalingPolicy, obs: Observation) -> _Reading:
     if not scale_up_with_unready and missing == 0:
         if _within(ratio, policy.tolerance):
             return reading(cur, usage, f"{seen}: within tolerance {policy.tolerance:g}")
-        return reading(math.ceil(sum(values) / target - _EPSILON), usage, seen)
+        return reading(_replicas_for(sum(values), target), usage, seen)
     # HPA: on scale-down, pods missing metrics use exactly the target; on scale-up, 0.
     # ratio == 1.0 takes the scale-down side so missing pods alone can never lower the count.
     filled = values + [target if ratio <= 1.0 else 0.0] * missing
@@ -210,7 +221,7 @@ def _recommend(policy: ScalingPolicy, obs: Observation) -> _Reading:
     seen += f" ({missing} missing and {unready if scale_up_with_unready else 0} not-ready pod(s) filled in)"
     if _within(new_ratio, policy.tolerance) or (ratio < 1.0 < new_ratio) or (new_ratio < 1.0 < ratio):
         return reading(cur, usage, f"{seen}: no change once missing/not-ready pods are counted")
-    raw = math.ceil(sum(filled) / target - _EPSILON)
+    raw = _replicas_for(sum(filled), target)
     if (new_ratio < 1.0 and raw > cur) or (new_ratio > 1.0 and raw < cur):
         return reading(cur, usage, f"{seen}: the pod count would flip the direction, no change")
     return reading(raw, usage, seen)
@@ -329,7 +340,10 @@ def _finish(policy: ScalingPolicy, obs: Observation, history: ScalingHistory, de
         reason += (f"; capped by {capped_by} because the cluster's GPUs with a ready engine can host "
                    f"only {cap} replica(s)")
     keep = max(policy.scale_up_window_seconds, policy.scale_down_window_seconds)
-    new_history = history.recorded(obs.at, recommendation, desired - cur, keep, policy.longest_period_seconds)
+    # Recorded within [min, max]: every decision ends there anyway, and it bounds the history's
+    # distinct counts (ScalingHistory keeps at most two per count).
+    remembered = min(max(recommendation, policy.min_replicas), policy.max_replicas)
+    new_history = history.recorded(obs.at, remembered, desired - cur, keep, policy.longest_period_seconds)
     final = replace(decision, desired_replicas=desired, reason=reason, capped_by=capped_by, limit_reason=limit,
                     schedulable_capacity=cap)
     return final, new_history

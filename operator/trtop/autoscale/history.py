@@ -49,7 +49,7 @@ class ScalingHistory:
         events = tuple(e for e in self.events if e.at > now - keep_events_s)
         if change:
             events += (ScaleEvent(now, change),)
-        return ScalingHistory(recs + (Recommendation(now, recommendation),), events)
+        return ScalingHistory(_extremes(recs + (Recommendation(now, recommendation),)), events)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (for ``status`` or a ConfigMap); ``from_dict`` reads it back."""
@@ -69,3 +69,20 @@ class ScalingHistory:
         except (TypeError, ValueError):
             return cls()
         return cls(recs, events)
+
+
+def _extremes(recs: tuple[Recommendation, ...]) -> tuple[Recommendation, ...]:
+    """The recommendations that can still be a window's highest or lowest. A window is every
+    recommendation since a cutoff, so one that a later one matches or exceeds, and a later one
+    matches or undercuts, never decides either window again. What is left is a falling run and a
+    rising run of counts (at most two per replica count), however long the windows (spec values
+    with no upper bound) are."""
+    kept: list[Recommendation] = []
+    highest: int | None = None
+    lowest: int | None = None
+    for r in reversed(recs):
+        if highest is None or lowest is None or not lowest <= r.replicas <= highest:
+            kept.append(r)
+        highest = r.replicas if highest is None else max(highest, r.replicas)
+        lowest = r.replicas if lowest is None else min(lowest, r.replicas)
+    return tuple(reversed(kept))

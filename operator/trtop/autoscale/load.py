@@ -96,7 +96,7 @@ class DirectScraper:
         # A previous scrape older than this is not used for a rate (it would smear an old burst).
         self._max_interval = max_rate_interval_seconds
         self._session = session
-        self._previous: dict[tuple[str, str], Scrape] = {}
+        self._previous: dict[tuple[str, str, str], Scrape] = {}
 
     async def read(self, pods: Sequence[PodEndpoint], metric: ScalingMetric) -> LoadReading:
         if self._session is not None:
@@ -119,18 +119,24 @@ class DirectScraper:
         if pod.metrics_url is None:
             return PodSample(pod.name, True, None), f"pod {pod.namespace}/{pod.name} is ready but has no IP yet"
         try:
-            async with session.get(pod.metrics_url, timeout=self._timeout) as resp:
+            # No redirects: a pod must not point the operator at another address and have its
+            # answer (another pod's load, an internal service's body) taken as its own.
+            async with session.get(pod.metrics_url, timeout=self._timeout, allow_redirects=False) as resp:
                 raw = await read_bounded(resp, MAX_METRICS_BYTES)
                 if raw is None:
                     raise MetricsFormatError(f"/metrics is larger than {MAX_METRICS_BYTES} bytes")
                 body = raw.decode("utf-8", errors="replace")
                 if resp.status != 200:
                     raise MetricsFormatError(f"HTTP {resp.status}: {body[:200]!r}")
-            totals = parse_totals(body)
+            # Off the event loop: up to MAX_METRICS_BYTES of a tenant's text is most of a second
+            # of parsing, and the operator's other handlers share this loop.
+            totals = await asyncio.to_thread(parse_totals, body)
         except (aiohttp.ClientError, asyncio.TimeoutError, MetricsFormatError) as e:
-            why = str(e) or type(e).__name__
+            why = (str(e) or type(e).__name__)[:300]  # errors may quote the pod's own text
             return PodSample(pod.name, True, None), f"reading {pod.metrics_url} of pod {pod.namespace}/{pod.name}: {why}"
-        key = (pod.namespace, pod.name)
+        # Keyed by address too: counters read at another IP (the pod's sandbox recreated, or the
+        # IP reused) are another process's, and their difference is no rate.
+        key = (pod.namespace, pod.name, pod.metrics_url)
         current = Scrape(self._clock(), totals)
         previous = self._previous.get(key)
         if previous is not None and current.at - previous.at > self._max_interval:

@@ -27,6 +27,11 @@ _QUEUE_COUNT = names.METRIC_QUEUE_SECONDS + "_count"
 _REQUEST_SECONDS = names.METRIC_REQUEST_SECONDS + "_sum"
 
 
+# Our servers' lines are a few hundred characters. prometheus_client's parser is quadratic in
+# a line's labels (a 0.6 MB line of them: seconds of CPU), so longer lines are refused unread.
+MAX_LINE_CHARS = 4096
+
+
 class MetricsFormatError(ValueError):
     """The /metrics body is not Prometheus text, or lacks the inference server's metrics."""
 
@@ -52,6 +57,8 @@ def parse_totals(text: str) -> MetricTotals:
     """The inference server's load metrics in one /metrics body. Raises MetricsFormatError."""
     found = {names.METRIC_INFLIGHT: 0.0, _REQUESTS: 0.0, _QUEUE_SUM: 0.0, _QUEUE_COUNT: 0.0, _REQUEST_SECONDS: 0.0}
     seen: set[str] = set()
+    if any(len(line) > MAX_LINE_CHARS for line in text.split("\n")):
+        raise MetricsFormatError(f"a line is longer than {MAX_LINE_CHARS} characters")
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:

@@ -36,20 +36,28 @@ from trtop.planning.facts import NodeFact
 log = logging.getLogger(__name__)
 
 
+# Objects autoscaled at once (the HPA controller runs 5 workers): one whose pods never answer
+# costs the others nothing, and a round of many such objects takes a few timeouts, not one each.
+CONCURRENT_OBJECTS = 8
+
+
 async def autoscale_once(settings: Settings, source: LoadSource) -> None:
     if not await asyncio.to_thread(peering.this_replica_works):
         return
     nodes = CACHE.nodes()
-    for key in CACHE.keys():
-        body = CACHE.model_deployment(key)
-        if body is None:
-            continue
+    workers = asyncio.Semaphore(CONCURRENT_OBJECTS)
+
+    async def one(body: dict[str, Any]) -> None:
         meta = body.get("metadata") or {}
-        try:
-            await _autoscale_one(body, settings, source, nodes)
-        except Exception as e:  # noqa: BLE001 - one object must never stop the others' autoscaling
-            log.warning("Autoscaling %s/%s skipped this round: %s: %s", meta.get("namespace"), meta.get("name"),
-                        type(e).__name__, str(e)[:300])
+        async with workers:
+            try:
+                await _autoscale_one(body, settings, source, nodes)
+            except Exception as e:  # noqa: BLE001 - one object must never stop the others' autoscaling
+                log.warning("Autoscaling %s/%s skipped this round: %s: %s", meta.get("namespace"),
+                            meta.get("name"), type(e).__name__, str(e)[:300])
+
+    bodies = (CACHE.model_deployment(key) for key in CACHE.keys())
+    await asyncio.gather(*(one(body) for body in bodies if body is not None))
 
 
 async def _autoscale_one(body: dict[str, Any], settings: Settings, source: LoadSource,
