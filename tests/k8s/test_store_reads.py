@@ -79,7 +79,7 @@ def test_reads_stuck_for_good_neither_starve_other_namespaces_nor_pile_up(tmp_pa
             assert error == "" and VICTIM_KEY in found
         stuck = observe.STUCK_READS_PER_STORE
         assert all(w >= 0.3 and "no answer within 0.3s" in e for w, e in zip(waited[:stuck], errors))  # waited out
-        assert all(w < 0.2 and f"{stuck} earlier reads have not returned" in e  # ... then no thread to lose
+        assert all(w < 0.2 and f"{stuck} earlier call(s) have not returned" in e  # ... then no thread to lose
                    for w, e in zip(waited[stuck:], errors[stuck:]))
         assert threading.active_count() <= threads_before + stuck
     finally:

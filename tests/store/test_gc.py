@@ -3,17 +3,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from tests.store.conftest import make_engine_folder, make_record
+from tests.waiting import call_within
 from trtop import names
 from trtop.api.engine import EngineKey
 from trtop.config import Settings
+from trtop.store import gc as gc_module
 from trtop.store import open_store, scoped_uri
-from trtop.store.gc import Collector, describe, list_scopes, references_from
+from trtop.store.filesystem import FilesystemStore
+from trtop.store.gc import Collector, GcReport, describe, list_scopes, references_from
 
 DAY = 86400.0
 CREATED = "2026-12-01T00:00:00Z"
@@ -142,3 +147,45 @@ def test_a_record_is_known_per_scope_and_forgotten_once_its_engine_is_collected(
     report = gc.gc_once(settings, Collector(root, 0.0, require_seen_twice=False))
     assert report.deleted == [("team-a", OLD)]
     assert facts.known_records((OLD,), settings, "team-a")[0] == {}  # read again: gone, so it is built again
+
+
+class _HungStore(FilesystemStore):
+    """A scope on a mount that stopped answering: listing it blocks until ``released``."""
+    released = threading.Event()
+
+    def list_keys(self) -> list[EngineKey]:
+        self.released.wait()
+        return super().list_keys()
+
+
+def test_a_hung_store_call_costs_its_scope_an_error_and_the_round_still_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = str(tmp_path / "engines")
+    publish(root, "team-a", OLD, tmp_path)
+    publish(root, "team-h", OLD, tmp_path)
+    monkeypatch.setattr(gc_module, "open_store",
+                        lambda uri: _HungStore(uri) if uri.endswith("/team-h") else open_store(uri))
+    monkeypatch.setattr(_HungStore, "released", threading.Event())
+    collector = Collector(root, DAY, clock=lambda: T0 + 2 * DAY, require_seen_twice=False, call_timeout=0.3)
+    try:
+        report, elapsed = _sweep_within(5, collector)  # the old code waited on the mount for good
+        assert report.deleted == [("team-a", OLD)]  # the other scope's sweep went on
+        assert report.errors == [f"team-h: engine store {root}: no answer within 0.3s (a hung mount or endpoint?)"]
+        publish(root, "team-a", FRESH, tmp_path)
+        again, elapsed = _sweep_within(5, collector)  # while a call is stuck, the store is: the next round skips it
+        assert again.deleted == [] and again.errors == [
+            f"listing the scopes: engine store {root}: 1 earlier call(s) have not returned yet"]
+        assert elapsed < 0.3  # no second thread lost to the mount
+    finally:
+        _HungStore.released.set()
+    deadline = time.monotonic() + 5
+    while collector.sweep({}).errors and time.monotonic() < deadline:  # the abandoned call returns
+        time.sleep(0.05)
+    assert [open_store(scoped_uri(root, s)).list_keys() for s in ("team-a", "team-h")] == [[], []]  # back: swept
+
+
+def _sweep_within(seconds: float, collector: Collector) -> tuple[GcReport, float]:
+    reports: list[GcReport] = []
+    error, elapsed = call_within(seconds, lambda: reports.append(collector.sweep({})))
+    assert error is None, repr(error)
+    return reports[0], elapsed

@@ -6,8 +6,9 @@ it serves and lets ``trtop.store.gc.Collector`` delete the rest after the grace 
 A round whose listing fails deletes nothing. Each deleted engine is counted
 (``trtop_operator_engines_collected_total``) and announced by an Event in its namespace.
 A namespaced operator sweeps only the scopes of its namespaces. Every API call has the
-operator's timeout and runs off the event loop (the peering read included), and a round that
-fails in any way (an API server that is down or silent) is logged and the next one runs.
+operator's timeout and runs off the event loop (the peering read included), every store call
+``Settings.store_timeout_seconds``, and a round that fails in any way (an API server that is
+down or silent, a store that hangs) is logged and the next one runs.
 """
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ def gc_once(settings: Settings, collector: Collector, *, dry_run: bool = False) 
 
 
 async def gc_forever(settings: Settings, stopped: asyncio.Event) -> None:
-    collector = Collector(settings.store_uri, settings.gc_grace_seconds)
+    collector = Collector(settings.store_uri, settings.gc_grace_seconds, call_timeout=settings.store_timeout_seconds)
     while not stopped.is_set():
         try:
             if await asyncio.to_thread(peering.this_replica_works):
@@ -147,6 +148,8 @@ def main(argv: list[str]) -> int:
     settings = dataclasses.replace(settings, store_uri=args.store or settings.store_uri)
     configure_timeout(settings.api_timeout_seconds)
     grace = settings.gc_grace_seconds if args.grace_seconds is None else args.grace_seconds
-    report = gc_once(settings, Collector(settings.store_uri, grace, require_seen_twice=False), dry_run=args.dry_run)
+    collector = Collector(settings.store_uri, grace, require_seen_twice=False,
+                          call_timeout=settings.store_timeout_seconds)
+    report = gc_once(settings, collector, dry_run=args.dry_run)
     print(describe(report, args.dry_run))
     return 1 if report.errors else 0

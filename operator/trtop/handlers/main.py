@@ -9,6 +9,7 @@ for a spec or node change, after ``coalesce_seconds`` for a child's (bursts coal
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import kopf
@@ -18,7 +19,9 @@ from trtop.config import Settings
 from trtop.handlers import autoscaling, gc, workers
 from trtop.k8s.cache import CACHE
 
+log = logging.getLogger(__name__)
 SETTINGS = Settings.from_env()
+STOP_SECONDS = 30.0  # for the background loops at shutdown, all together
 CACHE.share_builds(SETTINGS.store_peers)
 _background: list[tuple[asyncio.Task[Any], asyncio.Event]] = []
 _OURS = {names.LABEL_MANAGED_BY: names.APP_NAME}
@@ -39,9 +42,16 @@ async def on_startup_operator(settings: kopf.OperatorSettings, **_: Any) -> None
 
 @kopf.on.cleanup()
 async def on_cleanup_operator(**_: Any) -> None:
-    for task, stopped in _background:
+    """Every loop told to stop at once, then each given until ``STOP_SECONDS`` have passed; one
+    that does not stop (or failed) is logged and the others are still waited for."""
+    for _task, stopped in _background:
         stopped.set()
-        await asyncio.wait_for(task, timeout=30)
+    deadline = asyncio.get_running_loop().time() + STOP_SECONDS
+    for task, _stopped in _background:
+        try:
+            await asyncio.wait_for(task, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+        except Exception as e:  # noqa: BLE001 - (TimeoutError too) the next loop must still be stopped
+            log.warning("A background loop did not stop cleanly: %s: %s", type(e).__name__, e)
     _background.clear()
 
 

@@ -3,7 +3,9 @@
 Loads in-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config. Every
 call passes ``timeout()`` as ``_request_timeout``: no API call can hang a reconcile. A request
 sent without one (the dynamic client's API discovery, which trtop does not call itself) gets
-``timeout()`` too, so building the clients cannot hang start-up either.
+``timeout()`` too, so building the clients cannot hang start-up either. A request that timed
+out is not sent again (``OnceOnTimeout``): a call that gets no answer fails after its timeout,
+not after four of them.
 """
 from __future__ import annotations
 
@@ -11,10 +13,15 @@ import functools
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 from kubernetes import client, config, dynamic
 from prometheus_client import Counter
+from urllib3 import BaseHTTPResponse
+from urllib3.connectionpool import ConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
+from urllib3.util.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,25 @@ def timeout() -> tuple[float, float]:
     return (min(_TIMEOUT[0], 10.0), _TIMEOUT[0])
 
 
+class OnceOnTimeout(Retry):
+    """urllib3's default retries (3, at once), less a request that timed out: that one's error is raised.
+
+    The default sends a GET, PUT or DELETE that got no answer again 3 times, and a connect that timed
+    out too: a silent API server held each call for 4 x its timeout. A timeout is the bound on waiting,
+    so it is paid once. Failures that come back at once (connection refused, a pooled connection the
+    server had closed) are still retried: they cost no waiting, and spare a reconcile a spurious error.
+    """
+
+    def increment(self, method: str | None = None, url: str | None = None, response: BaseHTTPResponse | None = None,
+                  error: Exception | None = None, _pool: ConnectionPool | None = None,
+                  _stacktrace: TracebackType | None = None) -> Self:
+        # NewConnectionError (refused, unresolvable) is a ConnectTimeoutError too, but came back at once.
+        if isinstance(error, ReadTimeoutError) or (
+                isinstance(error, ConnectTimeoutError) and not isinstance(error, NewConnectionError)):
+            raise error.with_traceback(_stacktrace)
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
 @functools.lru_cache(maxsize=1)
 def get_clients() -> Clients:
     try:
@@ -56,6 +82,7 @@ def get_clients() -> Clients:
     # Room for every worker and parallel write (the default, 5 per CPU, drops connections
     # under load and each new one costs a TLS handshake).
     configuration.connection_pool_maxsize = 64
+    configuration.retries = OnceOnTimeout(total=Retry.DEFAULT.total)
     api = client.ApiClient(configuration)
     rest = api.rest_client
     send = rest.request

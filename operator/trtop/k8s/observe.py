@@ -8,11 +8,10 @@ mistakes "could not look" for "gone".
 """
 from __future__ import annotations
 
-import concurrent.futures
 import datetime as dt
+import functools
 import json
 import logging
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,6 +24,7 @@ from trtop.api.engine import EngineKey, EngineRecord
 from trtop.k8s.client import get_clients, plain, timeout
 from trtop.planning.facts import DeploymentFact, JobFact, NodeFact, ObjectFact, PodFact
 from trtop.store import EngineStore
+from trtop.store.bounded import StoreTimeoutError, bounded_call
 
 log = logging.getLogger(__name__)
 USER_ERROR_EXIT = 2  # the converter's "do not retry" exit code
@@ -227,45 +227,9 @@ def object_fact(obj: Mapping[str, Any], owner_uid: str) -> ObjectFact:
     return ObjectFact(foreign=controller_uid(obj) != owner_uid, applied_hash=ann.get(names.ANNOTATION_APPLIED_HASH, ""))
 
 
-# Store reads run on threads of their own so that each can be abandoned after its timeout (a hung
-# mount or endpoint must not hang a reconcile). An abandoned read may stay stuck for good (a hung
-# NFS read cannot be interrupted), so it must not hold a slot that other namespaces' reads need:
-# each read gets a fresh daemon thread (a daemon also never holds up the process's exit, as a pool
-# thread would), and a store URI (one scope) that has ``STUCK_READS_PER_STORE`` reads still stuck
-# is answered "unreadable" at once instead of being given more threads to lose.
+# Each read on a thread of its own, abandoned after its timeout (``trtop.store.bounded``): a scope
+# whose reads hang costs a reconcile its timeout, and once this many of them are stuck, nothing.
 STUCK_READS_PER_STORE = 2
-_stuck: dict[str, int] = defaultdict(int)  # store URI -> abandoned reads still running
-_stuck_lock = threading.Lock()
-
-
-def _read_record(store: EngineStore, key: EngineKey, timeout_seconds: float) -> EngineRecord | None:
-    """``store.get_record(key)`` within ``timeout_seconds`` (concurrent.futures.TimeoutError past it)."""
-    with _stuck_lock:
-        if _stuck[store.uri] >= STUCK_READS_PER_STORE:
-            raise concurrent.futures.TimeoutError(f"{_stuck[store.uri]} earlier reads have not returned yet")
-    future: concurrent.futures.Future[EngineRecord | None] = concurrent.futures.Future()
-    abandoned = [False]
-
-    def read() -> None:
-        try:
-            future.set_result(store.get_record(key))
-        except BaseException as e:  # noqa: BLE001 - handed to the waiter, which decides
-            future.set_exception(e)
-        with _stuck_lock:
-            if abandoned[0]:
-                _stuck[store.uri] -= 1
-
-    threading.Thread(target=read, name=f"trtop-store-{key}", daemon=True).start()
-    try:
-        return future.result(timeout=timeout_seconds)
-    except concurrent.futures.TimeoutError:
-        with _stuck_lock:
-            if not future.done():  # else it returned just now: not stuck
-                abandoned[0] = True
-                _stuck[store.uri] += 1
-        if future.done():
-            return future.result()
-        raise
 
 
 def read_records(store: EngineStore, keys: Iterable[EngineKey],
@@ -273,9 +237,10 @@ def read_records(store: EngineStore, keys: Iterable[EngineKey],
     records: dict[EngineKey, EngineRecord] = {}
     for key in keys:
         try:
-            record = _read_record(store, key, timeout_seconds)
-        except concurrent.futures.TimeoutError as e:
-            why = str(e) or f"no answer within {timeout_seconds:g}s"
+            record = bounded_call(store.uri, functools.partial(store.get_record, key), timeout_seconds,
+                                  stuck_limit=STUCK_READS_PER_STORE, name=f"trtop-store-{key}")
+        except StoreTimeoutError as e:
+            why = str(e)
             log.warning("Reading engine %s from the store %s: %s", key, store.uri, why)
             return records, f"engine store {store.uri} unreadable: {why}"
         except Exception as e:  # noqa: BLE001 - any store failure means "could not look", never "gone"

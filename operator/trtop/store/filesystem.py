@@ -21,7 +21,6 @@ Used through ``trtop.store.open_store`` by the converter, the operator and the s
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
 import shutil
 import stat
@@ -35,7 +34,7 @@ from trtop import names
 from trtop.api.engine import MAX_RECORD_BYTES, EngineKey, EngineRecord, RecordError, is_engine_key, parse_record
 from trtop.store import EngineNotFoundError, InvalidRecordError
 from trtop.store.integrity import (
-    CHUNK, UPLOAD_FOLDER, IntegrityError, install_checked, regular_files, verify_artifact,
+    CHUNK, UPLOAD_FOLDER, IntegrityError, install_checked, open_regular, regular_files, verify_artifact,
 )
 
 TRASH_DIR = ".trash"
@@ -211,29 +210,6 @@ def read_record_file(path: Path, key: EngineKey) -> EngineRecord:
         return parse_record(data, key=key, where=str(path))
     except (RecordError, IntegrityError) as exc:
         raise InvalidRecordError(f"{exc}. The engine is not used; delete {path.parent} to have it rebuilt") from None
-
-
-def open_regular(path: Path) -> int:
-    """A read-only descriptor of ``path``; IntegrityError when it is a link, FIFO, socket or device.
-
-    O_NOFOLLOW refuses a link as the last component, O_NONBLOCK makes opening a FIFO return at
-    once instead of waiting for a writer, and ``fstat`` of the opened descriptor (not of the
-    name, which could be swapped in between) decides. FileNotFoundError passes through.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        if e.errno in (errno.ELOOP, errno.ENXIO):  # a link (O_NOFOLLOW); a socket
-            raise IntegrityError(f"{path} is a link or a special file, not a regular file: refused") from None
-        raise
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise IntegrityError(f"{path} is not a regular file (a FIFO, a device or a folder): refused")
-        os.set_blocking(fd, True)  # a regular file's reads never wait anyway; plain file semantics from here
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def read_regular(path: Path, limit: int = -1) -> bytes:

@@ -10,10 +10,13 @@ scopes with no live namespace are unreferenced too. Never deleted: anything a se
 names. Also swept: S3 upload folders of builds killed before their commit.
 
 ``references_from`` is pure (plain dicts in, sets out); ``Collector.sweep`` lists the
-store. Used by the operator's GC loop (``trtop.handlers.gc``) and ``trtop store gc``.
+store, each call bounded by ``call_timeout`` (``bounded_call``): a hung mount or endpoint costs
+a round its errors, never the GC loop for good. Used by the operator's GC loop
+(``trtop.handlers.gc``) and ``trtop store gc``.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -21,15 +24,17 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from trtop import names
 from trtop.api.engine import EngineKey, is_engine_key
 from trtop.config import Settings
-from trtop.store import EngineStore, StoreError, is_scope_name, open_store, scoped_uri
+from trtop.store import EngineStore, StoreError, StoreUnavailableError, is_scope_name, open_store, scoped_uri
+from trtop.store.bounded import StoreTimeoutError, bounded_call
 
 log = logging.getLogger(__name__)
 References = dict[str, set[str]]  # scope -> engine keys
+T = TypeVar("T")
 
 
 def references_from(settings: Settings, model_deployments: Iterable[Mapping[str, Any]],
@@ -79,12 +84,14 @@ class GcReport:
 
 
 class Collector:
-    """Deletes unreferenced engines after ``grace_seconds``; remembers when it first saw each unreferenced."""
+    """Deletes unreferenced engines after ``grace_seconds``; remembers when it first saw each unreferenced.
+    Each store call gives up after ``call_timeout`` seconds (a StoreUnavailableError: that scope's error)."""
 
     def __init__(self, store_uri: str, grace_seconds: float, *, clock: Callable[[], float] = time.time,
-                 require_seen_twice: bool = True) -> None:
+                 require_seen_twice: bool = True, call_timeout: float = Settings.store_timeout_seconds) -> None:
         self.store_uri, self.grace, self.clock = store_uri, grace_seconds, clock
         self.require_seen_twice = require_seen_twice
+        self.call_timeout = call_timeout
         self.unreferenced_since: dict[tuple[str, str], float] = {}
 
     def sweep(self, refs: Mapping[str, set[str]], *, dry_run: bool = False,
@@ -93,10 +100,16 @@ class Collector:
         report = GcReport()
         now = self.clock()
         seen: set[tuple[str, str]] = set()
-        for scope in sorted(scopes if scopes is not None else list_scopes(self.store_uri)):
+        if scopes is None:
+            try:
+                scopes = self._call(functools.partial(list_scopes, self.store_uri))
+            except StoreError as exc:
+                report.errors.append(f"listing the scopes: {exc}")
+                return report
+        for scope in sorted(scopes):
             store = open_store(scoped_uri(self.store_uri, scope))
             try:
-                keys = store.list_keys()
+                keys = self._call(store.list_keys)
             except StoreError as exc:
                 report.errors.append(f"{scope}: {exc}")
                 continue
@@ -106,24 +119,38 @@ class Collector:
                     continue
                 seen.add((scope, key))
                 first = self.unreferenced_since.setdefault((scope, key), now)
-                old_enough = now - _created(store, key, now) >= self.grace
+                old_enough = now - _created(store, key, now, self._call) >= self.grace
                 long_enough = not self.require_seen_twice or now - first >= self.grace
                 if not (old_enough and long_enough):
                     report.waiting.append((scope, key))
                     continue
                 if not dry_run:
                     try:
-                        store.delete(key)
+                        self._call(functools.partial(store.delete, key))  # bound now: the loop moves on
                     except StoreError as exc:
                         report.errors.append(f"{scope}/{key}: {exc}")
                         continue
                     self.unreferenced_since.pop((scope, key), None)
                 report.deleted.append((scope, key))
             if not dry_run:
-                report.swept_uploads += _sweep_uploads(store, now - max(self.grace, 86400.0))
+                try:
+                    report.swept_uploads += _sweep_uploads(store, now - max(self.grace, 86400.0), self._call)
+                except StoreError as exc:
+                    report.errors.append(f"{scope}: abandoned uploads: {exc}")
         for gone in set(self.unreferenced_since) - seen:  # referenced again, or deleted by someone else
             self.unreferenced_since.pop(gone, None)
         return report
+
+    def _call(self, call: Callable[[], T]) -> T:
+        try:
+            return bounded_call(self.store_uri, call, self.call_timeout, stuck_limit=STUCK_CALLS_PER_STORE,
+                                name="trtop-gc-store")
+        except StoreTimeoutError as e:
+            raise StoreUnavailableError(f"engine store {self.store_uri}: {e}") from None
+
+
+# GC calls the store one call at a time: one call stuck is the whole store stuck (``trtop.store.bounded``).
+STUCK_CALLS_PER_STORE = 1
 
 
 def list_scopes(uri: str) -> list[str]:
@@ -140,10 +167,10 @@ def list_scopes(uri: str) -> list[str]:
     return []
 
 
-def _created(store: EngineStore, key: str, now: float) -> float:
+def _created(store: EngineStore, key: str, now: float, call: Callable[[Callable[[], Any]], Any]) -> float:
     """When the engine was published (its record's ``created``); ``now`` when unreadable (keep it)."""
     try:
-        record = store.get_record(EngineKey(key))
+        record = call(functools.partial(store.get_record, EngineKey(key)))
     except StoreError:
         return now
     if record is None or not record.created:
@@ -154,16 +181,19 @@ def _created(store: EngineStore, key: str, now: float) -> float:
         return now
 
 
-def _sweep_uploads(store: EngineStore, before: float) -> int:
-    """S3: upload folders under keys with no record, older than ``before`` (builds killed before the commit)."""
+def _sweep_uploads(store: EngineStore, before: float, call: Callable[[Callable[[], Any]], Any]) -> int:
+    """S3: upload folders under keys with no record, older than ``before`` (builds killed before the commit);
+    each store call through ``call`` (``Collector._call``)."""
     from trtop.store.s3 import S3Store
 
     if not isinstance(store, S3Store):
         return 0
     swept = 0
-    for key in store.list_folders(""):
-        if is_engine_key(key) and store.get_record(EngineKey(key)) is None and store.newest_object(EngineKey(key)) < before:
-            store.delete(EngineKey(key))
+    for key in call(functools.partial(store.list_folders, "")):
+        engine = EngineKey(key)
+        if (is_engine_key(key) and call(functools.partial(store.get_record, engine)) is None
+                and call(functools.partial(store.newest_object, engine)) < before):
+            call(functools.partial(store.delete, engine))
             swept += 1
     return swept
 

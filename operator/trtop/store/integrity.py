@@ -5,7 +5,9 @@ SavedModel). A file's digest is the sha256 of its bytes (``sha256sum`` gives the
 a folder's is the sha256 of the listing ``<relative path>\\0<sha256 of file>\\n`` over its
 files in path order, and its size the sum of theirs. Symbolic links and special files are
 refused: a build pod (tenant code) must not make the server read something outside the
-engine folder.
+engine folder. Each file is opened with ``open_regular`` (no link followed, no wait on a
+FIFO swapped in after the listing), and a check against a record reads at most one byte
+more than the record's size: a file that never ends cannot hold its reader.
 
 Users: the converter (writes ``sha256``/``size`` into the record), both stores (check at
 publish and before a fetched copy becomes visible) and the server (checks again against
@@ -13,6 +15,7 @@ the sha256 the operator pinned in the engine set, just before loading).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -33,17 +36,20 @@ class IntegrityError(StoreError):
     """An engine's bytes are not the ones its record (or the engine set) pins; the message names the key."""
 
 
-def artifact_digest(path: Path) -> tuple[str, int]:
-    """(hex sha256, size in bytes) of a file or folder artifact; IntegrityError for links and specials."""
+def artifact_digest(path: Path, most: int | None = None) -> tuple[str, int]:
+    """(hex sha256, size in bytes) of a file or folder artifact; IntegrityError for links and specials.
+    With ``most``, reading stops past ``most`` bytes: the size is then ``most + 1`` (and the digest a prefix's)."""
     mode = os.lstat(path).st_mode
     if stat.S_ISREG(mode):
-        return _sha256_file(path)
+        return _sha256_file(path, None if most is None else most + 1)
     if not stat.S_ISDIR(mode):
         raise IntegrityError(f"{path} is not a regular file or folder (a link or a special file)")
     listing = hashlib.sha256()
     total = 0
     for file in regular_files(path):
-        digest, size = _sha256_file(file)
+        if most is not None and total > most:
+            break
+        digest, size = _sha256_file(file, None if most is None else most + 1 - total)
         listing.update(f"{file.relative_to(path).as_posix()}\0{digest}\n".encode())
         total += size
     return listing.hexdigest(), total
@@ -81,15 +87,16 @@ def verify_artifact(folder: Path, record: EngineRecord, *, pinned_sha256: str = 
     path = artifact_path(folder, record)
     if not os.path.lexists(path):
         raise IntegrityError(f"engine {record.key}{where}: artifact {record.artifact} is missing")
-    digest, size = artifact_digest(path)
+    digest, size = artifact_digest(path, most=record.size)
     if pinned_sha256 and pinned_sha256 != record.sha256:
         raise IntegrityError(
             f"engine {record.key}{where}: its record pins sha256 {record.sha256}, but the engine set pins "
             f"{pinned_sha256}: the record was replaced after the operator read it; refusing to serve it"
         )
     if digest != record.sha256 or size != record.size:
+        found = f"more than {record.size} bytes" if size > record.size else f"sha256 {digest} ({size} bytes)"
         raise IntegrityError(
-            f"engine {record.key}{where}: artifact {record.artifact} has sha256 {digest} ({size} bytes), but its "
+            f"engine {record.key}{where}: artifact {record.artifact} has {found}, but its "
             f"record pins {record.sha256} ({record.size} bytes): the bytes were changed or cut short after the "
             "build; refusing them. Delete the engine (trtop store gc, or remove its folder) to have it rebuilt"
         )
@@ -107,11 +114,35 @@ def install_checked(tmp: Path, final: Path, record: EngineRecord, origin: str) -
     return final
 
 
-def _sha256_file(path: Path) -> tuple[str, int]:
+def open_regular(path: Path) -> int:
+    """A read-only descriptor of ``path``; IntegrityError when it is a link, FIFO, socket or device.
+
+    O_NOFOLLOW refuses a link as the last component, O_NONBLOCK makes opening a FIFO return at
+    once instead of waiting for a writer, and ``fstat`` of the opened descriptor (not of the
+    name, which could be swapped in between) decides. FileNotFoundError passes through.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENXIO):  # a link (O_NOFOLLOW); a socket
+            raise IntegrityError(f"{path} is a link or a special file, not a regular file: refused") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IntegrityError(f"{path} is not a regular file (a FIFO, a device or a folder): refused")
+        os.set_blocking(fd, True)  # a regular file's reads never wait anyway; plain file semantics from here
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _sha256_file(path: Path, limit: int | None = None) -> tuple[str, int]:
+    """(hex sha256, size) of the first ``limit`` bytes (all when None) of the regular file ``path``."""
     h = hashlib.sha256()
     size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
+    with os.fdopen(open_regular(path), "rb") as f:
+        while chunk := f.read(CHUNK if limit is None else min(CHUNK, limit - size)):
             h.update(chunk)
             size += len(chunk)
     return h.hexdigest(), size
