@@ -15,6 +15,7 @@ import urllib.parse
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,10 +34,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         path = urllib.parse.urlsplit(self.path).path
         SEEN.append(path)
-        if path == "/slow":  # a trickle: one byte a second, forever
-            self.send_response(200)
-            self.send_header("Content-Length", "1000000")
-            self.end_headers()
+        if path in ("/slow", "/drip-headers"):  # a trickle of body bytes, or of header bytes: one every 0.2 s
+            if path == "/slow":
+                self.send_response(200)
+                self.send_header("Content-Length", "1000000")
+                self.end_headers()
+            else:
+                self.send_response_only(200)
             try:
                 for _ in range(60):
                     self.wfile.write(b"x")
@@ -44,6 +48,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     time.sleep(0.2)
             except OSError:
                 pass
+            return
+        if path in ("/short.onnx", "/bad-length.onnx"):  # a Content-Length that lies, or is no number
+            self.send_response(200)
+            self.send_header("Content-Length", "1000" if path == "/short.onnx" else "lots")
+            self.end_headers()
+            self.wfile.write(b"only-ten-b")
             return
         status, headers, body = ROUTES.get(path, (404, {}, b"not found"))
         self.send_response(status)
@@ -181,12 +191,23 @@ def test_an_oversize_download_is_refused(base: str, tmp_path: Path) -> None:
     assert e.value.exit_code == errors.EXIT_USER_ERROR
 
 
-def test_a_fetch_has_one_total_deadline(base: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", ["/slow", "/drip-headers"])  # a slow body; headers a byte at a time (held 12 s)
+def test_a_fetch_has_one_total_deadline(base: str, tmp_path: Path, path: str) -> None:
     policy = FetchPolicy(private_networks=("127.0.0.1/32",), deadline_seconds=1.5)
     started = time.monotonic()
     with pytest.raises(errors.NetworkError, match="not fetched within 2 s"):
-        fetch(f"{base}/slow", tmp_path, policy)
+        fetch(f"{base}{path}", tmp_path, policy)
     assert time.monotonic() - started < 6
+
+
+def test_a_body_shorter_than_its_content_length_is_a_network_error(base: str, tmp_path: Path) -> None:
+    with pytest.raises(errors.NetworkError, match="10 of the 1000 bytes") as e:
+        fetch(f"{base}/short.onnx", tmp_path, LOOPBACK)
+    assert e.value.exit_code == errors.EXIT_INFRA_ERROR
+
+
+def test_a_content_length_that_is_no_number_is_not_a_crash(base: str, tmp_path: Path) -> None:
+    assert fetch(f"{base}/bad-length.onnx", tmp_path, LOOPBACK).read_bytes() == b"only-ten-b"
 
 
 # --- archives ------------------------------------------------------------------------------------
@@ -216,6 +237,127 @@ def test_unsafe_archives_are_refused(base: str, tmp_path: Path, archive: str, er
     assert sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file()) < 2_000_000 + 200_000
 
 
+def _tar_bytes(*members: tuple[str, bytes | None], fmt: int = tarfile.GNU_FORMAT,
+               pax: dict[str, str] | None = None) -> bytes:
+    """A .tgz of (name, data) members in this order; data None: a folder."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz", format=fmt) as t:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.pax_headers = dict(pax or {})
+            if data is None:
+                info.type = tarfile.DIRTYPE
+            else:
+                info.size = len(data)
+            t.addfile(info, io.BytesIO(data or b""))
+    return out.getvalue()
+
+
+def _bad_crc(tgz: bytes) -> bytes:
+    """The .tgz with its gzip trailer's CRC32 flipped: every member reads back, only the checksum says no."""
+    return tgz[:-8] + bytes(x ^ 0xFF for x in tgz[-8:-4]) + tgz[-4:]
+
+
+def _with_tail(tgz: bytes, tail: int) -> bytes:
+    """The .tgz's tar stream followed by ``tail`` zero bytes past its end marker, compressed again."""
+    import gzip
+
+    return gzip.compress(gzip.decompress(tgz) + bytes(tail))
+
+
+def _global_pax_chain(count: int) -> bytes:
+    """A .tgz of ``count`` global pax headers before its one file (tarfile recurses once per header)."""
+    import gzip
+
+    raw = bytearray()
+    for _ in range(count):
+        info = tarfile.TarInfo("pax")
+        info.type, info.size = tarfile.XGLTYPE, 12
+        raw += info.tobuf(format=tarfile.USTAR_FORMAT) + b"11 comment=\n".ljust(512, b"\0")
+    info = tarfile.TarInfo("m/x")
+    info.size = 1
+    raw += info.tobuf() + b"x".ljust(512, b"\0") + bytes(1024)
+    return gzip.compress(bytes(raw))
+
+
+def _zip_patched(compress: int = zipfile.ZIP_STORED, flag: int = 0, method: int | None = None,
+                 garble: bool = False) -> bytes:
+    """A .zip of one member, its headers patched: general purpose flag bits, compression method, data."""
+    import os
+    import struct
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=compress) as z:
+        z.writestr("m/x", os.urandom(1000) + bytes(5000))
+    b = bytearray(out.getvalue())
+    local, central = b.find(b"PK\x03\x04"), b.find(b"PK\x01\x02")
+    for at in (local + 6, central + 8):
+        struct.pack_into("<H", b, at, struct.unpack_from("<H", b, at)[0] | flag)
+    if method is not None:
+        struct.pack_into("<H", b, local + 8, method)
+        struct.pack_into("<H", b, central + 10, method)
+    if garble:
+        for k in range(40):
+            b[local + 33 + k] ^= 0xFF
+    return bytes(b)
+
+
+def _zip_members(*names: str) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for name in names:
+            z.writestr(name, b"x")
+    return out.getvalue()
+
+
+def test_a_tgz_with_its_usual_padding_still_unpacks(tmp_path: Path) -> None:
+    from trtop.convert import archives
+    from trtop.convert.guard import Deadline
+
+    archive = tmp_path / "m.tgz"
+    archive.write_bytes(_with_tail(_tar_bytes(("m/x", b"model")), 20 * 512))
+    out = archives.unpack(archive, FetchPolicy(max_extracted_bytes=1_000_000, max_files=50), Deadline(60, "m"))
+    assert (out / "x").read_bytes() == b"model"
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+@pytest.mark.parametrize("name,make,error,match", [
+    ("long.tgz", lambda: _tar_bytes(("a" * 30_000_000, b"x")), errors.TooLargeError, "tar header block of"),
+    ("pax.tgz", lambda: _tar_bytes(("m/x", b"x"), fmt=tarfile.PAX_FORMAT, pax={"comment": "z" * 30_000_000}),
+     errors.TooLargeError, "tar header block of"),
+    ("chain.tgz", lambda: _global_pax_chain(3000), errors.ModelFormatError, "not a readable archive"),
+    ("dup.tgz", lambda: _tar_bytes(("m/a", b"first"), ("m/a", b"second")), errors.UnsafeArchiveError,
+     "'m/a' appears more than once"),
+    ("under.tgz", lambda: _tar_bytes(("m/a", b"x"), ("m/a/b", b"y")), errors.UnsafeArchiveError,
+     "'m/a/b' collides with another member"),
+    ("dirfile.tgz", lambda: _tar_bytes(("m/a", None), ("m/a", b"y")), errors.UnsafeArchiveError,
+     "'m/a' appears more than once"),
+    ("under.zip", lambda: _zip_members("m/a", "m/a/b"), errors.UnsafeArchiveError,
+     "'m/a/b' collides with another member"),
+    ("dup.zip", lambda: _zip_members("m/a", "m/a"), errors.UnsafeArchiveError, "'m/a' appears more than once"),
+    ("name.zip", lambda: _zip_members("m/" + "a" * 300), errors.ModelFormatError, "too long for a file name"),
+    ("secret.zip", lambda: _zip_patched(flag=0x1), errors.ModelFormatError, "'m/x' is encrypted"),
+    ("deflate64.zip", lambda: _zip_patched(method=9), errors.ModelFormatError, "not a readable archive"),
+    ("garbled.zip", lambda: _zip_patched(zipfile.ZIP_DEFLATED, garble=True), errors.ModelFormatError,
+     "not a readable archive"),
+    ("crc.tgz", lambda: _bad_crc(_tar_bytes(("m/x", b"x" * 1000))), errors.ModelFormatError,
+     "not a readable archive.*CRC"),
+    ("tail.tgz", lambda: _with_tail(_tar_bytes(("m/x", b"x")), 2 << 20), errors.UnsafeArchiveError,
+     "bytes after the end of the archive"),
+])
+def test_hostile_archives_are_user_errors(tmp_path: Path, name: str, make: Any, error: type, match: str) -> None:
+    """Each one used to end in an OSError, RuntimeError, zlib.error or RecursionError: exit 1, retried."""
+    from trtop.convert import archives
+    from trtop.convert.guard import Deadline
+
+    archive = tmp_path / name
+    archive.write_bytes(make())
+    policy = FetchPolicy(max_extracted_bytes=1_000_000, max_files=5000)
+    with pytest.raises(error, match=match) as e:
+        archives.unpack(archive, policy, Deadline(60, name))
+    assert e.value.exit_code == errors.EXIT_USER_ERROR
+
+
 # --- local paths and S3 names ---------------------------------------------------------------------
 def test_file_uris_only_under_the_model_mount(tmp_path: Path) -> None:
     models = tmp_path / "mnt" / "models"
@@ -230,6 +372,27 @@ def test_file_uris_only_under_the_model_mount(tmp_path: Path) -> None:
         fetch(f"file://{models}/claim/sneaky/hostname", tmp_path, policy)
     with pytest.raises(errors.FetchRefusedError, match="sneaky links outside"):
         fetch(f"file://{models}/claim", tmp_path, policy)
+
+
+def test_fifos_and_devices_on_the_mount_are_refused_before_anything_opens_them(tmp_path: Path) -> None:
+    """open() of a FIFO with no writer blocks forever: the digest or the format sniff would hang the build."""
+    import os
+
+    claim = tmp_path / "mnt" / "claim"
+    (claim / "folder").mkdir(parents=True)
+    os.mkfifo(claim / "m.onnx")
+    os.mkfifo(claim / "folder" / "weights.bin")
+    (claim / "folder" / "saved_model.pb").write_bytes(b"pb")
+    (claim / "folder" / "zero").symlink_to("/dev/zero")
+    policy = FetchPolicy(file_roots=(str(tmp_path / "mnt"), "/dev"))
+    with pytest.raises(errors.FetchRefusedError, match="m.onnx is not a regular file") as e:
+        fetch(f"file://{claim}/m.onnx", tmp_path / "w", policy)
+    assert e.value.exit_code == errors.EXIT_USER_ERROR
+    with pytest.raises(errors.FetchRefusedError, match="is not a regular file"):
+        fetch(f"file://{claim}/folder", tmp_path / "w", policy)
+    os.unlink(claim / "folder" / "weights.bin")
+    with pytest.raises(errors.FetchRefusedError, match="zero is not a regular file"):
+        fetch(f"file://{claim}/folder", tmp_path / "w", policy)
 
 
 def test_s3_object_names_that_leave_the_folder_are_refused(s3_env: str, tmp_path: Path) -> None:

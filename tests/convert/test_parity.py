@@ -26,6 +26,15 @@ def test_generated_inputs_are_seeded_and_typed() -> None:
         generate_inputs((TensorSpec("s", "object", (-1,)),), 2)
 
 
+@pytest.mark.parametrize("shape", [(-1, 100_000, 100_000, 1000), (-1, 2**40, 2**40)])
+def test_inputs_too_large_to_generate_are_a_request_error(shape: tuple[int, ...]) -> None:
+    """A model's declared dims are the tenant's: they used to end in MemoryError (exit 3, "give the Job more
+    memory", retried) or numpy's ValueError "array is too big" (exit 1, a traceback, retried)."""
+    with pytest.raises(errors.BadRequestError, match="more than the 4 GiB") as e:
+        generate_inputs((TensorSpec("x", "float32", shape),), 8)
+    assert e.value.exit_code == errors.EXIT_USER_ERROR
+
+
 def test_compare_within_and_beyond_tolerance() -> None:
     ref = {"y": np.array([[1.0, 100.0]], np.float32)}
     ok = compare(ref, {"y": np.array([[1.00005, 100.05]], np.float32)}, atol=1e-4, rtol=1e-3)

@@ -1,6 +1,7 @@
 """Fetching models from every scheme against real local servers, and the digest that pins them."""
 from __future__ import annotations
 
+import hashlib
 import http.server
 import io
 import json
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from trtop.convert import errors, source
-from trtop.convert.source import check_digest, digest_of, fetch
+from trtop.convert.guard import PERMISSIVE
+from trtop.convert.source import check_digest, digest_of, fetch, fetch_model
 
 OBJECTS: dict[str, bytes] = {}  # path -> body, served by the test HTTP server
 GCS: dict[str, dict[str, bytes]] = {"models": {"resnet/saved_model.pb": b"pb", "resnet/variables/v.index": b"ix",
@@ -208,3 +210,21 @@ def test_gcs_without_credentials_says_how_to_give_them(http_base: str, tmp_path:
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     with pytest.raises(errors.ModelNotFoundError, match="HTTP 401.*set GOOGLE_OAUTH_ACCESS_TOKEN"):
         fetch("gs://models/single.onnx", tmp_path)
+
+
+def test_an_archive_is_pinned_by_its_own_bytes_and_checked_before_it_is_opened(
+        http_base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digest of a fetched archive is what ``sha256sum`` prints for it (it was the unpacked
+    folder's, so pinning the archive's sha256sum always failed), and a wrong pin refuses the
+    archive before anything parses it."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(make_tree(tmp_path / "tree"), arcname="saved_model")
+    archive = buf.getvalue()
+    monkeypatch.setitem(OBJECTS, "/pinned.tgz", archive)
+    pinned = "sha256:" + hashlib.sha256(archive).hexdigest()
+    local, digest = fetch_model(f"{http_base}/pinned.tgz", tmp_path / "ok", PERMISSIVE, pinned)
+    assert digest == pinned and (local / "saved_model.pb").read_bytes() == b"graph"
+    with pytest.raises(errors.DigestMismatchError):
+        fetch_model(f"{http_base}/pinned.tgz", tmp_path / "bad", PERMISSIVE, "sha256:" + "0" * 64)
+    assert not (tmp_path / "bad" / "source" / "unpacked").exists()  # never opened

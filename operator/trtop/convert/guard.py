@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import stat
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -113,7 +114,10 @@ def check_url(url: str, policy: FetchPolicy, *, previous: str = "") -> urllib.pa
 
 
 def check_local_path(uri: str, path: Path, policy: FetchPolicy) -> Path:
-    """``path`` resolved, refused unless inside a file root; a folder's links must stay inside too."""
+    """``path`` resolved, refused unless inside a file root; a folder's links must stay inside too.
+
+    Only files and folders pass: opening a FIFO blocks for ever, and a device reads for ever.
+    """
     resolved = path.resolve()
     roots = [Path(r).resolve() for r in policy.file_roots]
     if not any(resolved.is_relative_to(root) for root in roots):
@@ -124,4 +128,16 @@ def check_local_path(uri: str, path: Path, policy: FetchPolicy) -> Path:
             if p.is_symlink() and not any(p.resolve().is_relative_to(root) for root in roots):
                 raise FetchRefusedError(f"{redact(uri)}: {p.relative_to(resolved)} links outside "
                                         f"{', '.join(policy.file_roots)}")
+            _check_kind(uri, p, p.relative_to(resolved))
+    _check_kind(uri, resolved, Path(resolved.name))
     return resolved
+
+
+def _check_kind(uri: str, path: Path, shown: Path) -> None:
+    try:
+        mode = path.stat().st_mode  # through links: what a reader would open
+    except OSError:
+        return  # a dangling link: nothing to open
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise FetchRefusedError(f"{redact(uri)}: {shown} is not a regular file or folder (a FIFO, socket or "
+                                "device would block or never end the build)")

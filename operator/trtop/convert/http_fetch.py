@@ -4,7 +4,9 @@ Redirects are followed by hand (at most ``MAX_REDIRECTS``) so that each target p
 ``guard.check_url`` (no https->http, allowed hosts) and each connection goes to an
 address ``guard.resolve`` checked (no private, loopback or link-local address unless
 allowed); an ``Authorization`` header is dropped when a redirect leaves the host.
-The body is written with a byte cap and every read is bounded by the fetch's deadline.
+The body is written with a byte cap (and must be as long as its Content-Length says);
+a watchdog closes the connection when the fetch's deadline passes, so a server that
+trickles its TLS handshake, headers or body cannot hold a build past it.
 Proxies are not used: a build reaches its sources directly. Called by ``source``.
 """
 from __future__ import annotations
@@ -13,6 +15,7 @@ import http.client
 import logging
 import socket
 import ssl
+import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -39,7 +42,7 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self._tls = context
 
     def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = sock = socket.create_connection((self._address, self.port), self.timeout)  # the watchdog's
         self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
 
 
@@ -63,6 +66,9 @@ def download(url: str, dest: Path, policy: FetchPolicy, deadline: Deadline,
         port = parts.port or (443 if parts.scheme == "https" else 80)
         address = resolve(host, port, policy, current, deadline)
         conn = _connection(parts.scheme, host, port, address, deadline.left())
+        watchdog = threading.Timer(deadline.left(at_most=float("inf")), _abort, (conn,))
+        watchdog.daemon = True
+        watchdog.start()
         response: http.client.HTTPResponse | None = None
         try:
             path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
@@ -84,9 +90,11 @@ def download(url: str, dest: Path, policy: FetchPolicy, deadline: Deadline,
             _copy(conn, response, dest, policy.max_bytes, deadline, current)
             return dest
         except (OSError, http.client.HTTPException) as exc:
+            deadline.left()  # the watchdog cut the connection at the deadline: say so
             raise NetworkError(f"{redact(current)}: cannot reach the host ({exc}); check the host name and the network") \
                 from None
         finally:
+            watchdog.cancel()
             if response is not None:
                 response.close()
             conn.close()
@@ -99,9 +107,19 @@ def _connection(scheme: str, host: str, port: int, address: str, timeout: float)
     return _PinnedHTTPConnection(host, port, address, timeout)
 
 
+def _abort(conn: http.client.HTTPConnection) -> None:
+    """The deadline passed: end the connection, so that a read blocked in it returns at once."""
+    sock = conn.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 def _copy(conn: http.client.HTTPConnection, response: http.client.HTTPResponse, dest: Path, cap: int,
           deadline: Deadline, what: str) -> None:
-    announced = int(response.getheader("Content-Length") or 0)
+    announced = response.length or 0  # http.client's parse of Content-Length: None when absent, chunked or bogus
     if announced > cap:
         raise TooLargeError(f"{redact(what)}: {announced} bytes announced, more than the {cap} a fetch may "
                             "download (fetch.maxBytes)")
@@ -123,3 +141,5 @@ def _copy(conn: http.client.HTTPConnection, response: http.client.HTTPResponse, 
                 last = time.monotonic()
                 share = f" of {announced / 2**20:.1f} MiB" if announced else ""
                 log.info("fetching %s: %.1f MiB%s", redact(what), done / 2**20, share)
+    if done < announced:  # http.client ends a body at a closed connection without complaint
+        raise NetworkError(f"{redact(what)}: the connection closed after {done} of the {announced} bytes announced")

@@ -2,7 +2,8 @@
 
 Inputs are the user's sample data (an ``.npz`` with one array per model input) when the
 request names one, otherwise generated from the input specs with a fixed seed, so a
-rebuild sees the same numbers. The artifact passes when every output element satisfies
+rebuild sees the same numbers (at most ``MAX_GENERATED_BYTES`` per input: the dims are
+the model's, so a larger one is a request error, not an out-of-memory retry). The artifact passes when every output element satisfies
 ``|built - original| <= atol + rtol * |original|`` (per-precision defaults in
 ``precision.TOLERANCES``; ``builder_options`` ``verify_atol`` / ``verify_rtol`` override).
 Pure numpy; called by ``pipeline.py``.
@@ -10,6 +11,7 @@ Pure numpy; called by ``pipeline.py``.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from trtop.convert.errors import BadRequestError, ModelFormatError
 log = logging.getLogger(__name__)
 
 SEED = 20240607
+MAX_GENERATED_BYTES = 4 << 30  # one generated input; a real one is megabytes (an 8x3x1024x1024 image batch: 100 MiB)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,13 @@ def generate_inputs(specs: Sequence[TensorSpec], batch: int, seed: int = SEED) -
         if any(d <= 0 for d in shape):
             raise BadRequestError(f"input {spec.name!r} has open dimensions {spec.shape}: set model.input_shapes")
         dtype = np.dtype(spec.dtype)
+        size = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+        if size > MAX_GENERATED_BYTES:
+            raise BadRequestError(
+                f"input {spec.name!r} of shape {list(spec.shape)} needs {size / 2**30:.3g} GiB at batch {batch}, more "
+                f"than the {MAX_GENERATED_BYTES >> 30} GiB the converter generates per input: check the model's "
+                "declared dims and model.input_shapes"
+            )
         if dtype.kind == "f":
             feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype.kind in "iu":

@@ -119,10 +119,8 @@ def convert(request: EngineRequest, store: EngineStore, workdir: Path, *,
             tfmodel.require_tftrt()
         plan, trt_version = _plan(request)
     with stage("fetch"):
-        local = source.fetch(request.model.uri, workdir, policy)
-        digest = source.digest_of(local)
+        local, digest = source.fetch_model(request.model.uri, workdir, policy, request.model.digest)
         log.info("model %s: %s", redact(request.model.uri), digest)
-        source.check_digest(digest, request.model.digest, request.model.uri)
     with stage("load"):
         model_path = locate_model(local, request.model.format)
         tf_model = _load_tf(request, model_path, workdir) if request.model.format != "onnx" else None

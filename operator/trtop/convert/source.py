@@ -16,9 +16,10 @@ one deadline per fetch. Credentials in URIs never reach a log line or an error m
 (``redact``).
 
 The digest is ``sha256:<hex>``: of the bytes for a single file (an archive is digested as
-downloaded, so ``sha256sum`` gives the same answer), and for a folder of the listing
-``<relative path>\\0<sha256 of file>\\n`` over all files in path order. ``trtop convert
---print-digest PATH`` prints it. Called by ``pipeline.py``.
+downloaded, so ``sha256sum`` gives the same answer, and checked before it is unpacked:
+``fetch_model``), and for a folder of the listing ``<relative path>\\0<sha256 of file>\\n``
+over all files in path order. ``trtop convert --print-digest PATH`` prints it. Called by
+``pipeline.py``.
 """
 from __future__ import annotations
 
@@ -54,6 +55,22 @@ def fetch(uri: str, workdir: Path, policy: FetchPolicy = PERMISSIVE) -> Path:
     ``policy``: what may be fetched; the default allows everything a person at a terminal
     may read, the build Job passes the operator's (``trtop convert`` reads it from the env).
     """
+    local, deadline = _fetched(uri, workdir, policy)
+    return local if deadline is None else archives.unpack(local, policy, deadline)
+
+
+def fetch_model(uri: str, workdir: Path, policy: FetchPolicy, pinned: str | None) -> tuple[Path, str]:
+    """``fetch``, and the digest of what was fetched, checked against ``pinned`` before an archive
+    is unpacked: an archive is digested as its bytes (``sha256sum`` agrees), and one that is not
+    the pinned model is never opened."""
+    local, deadline = _fetched(uri, workdir, policy)
+    digest = digest_of(local)
+    check_digest(digest, pinned, uri)
+    return (local if deadline is None else archives.unpack(local, policy, deadline)), digest
+
+
+def _fetched(uri: str, workdir: Path, policy: FetchPolicy) -> tuple[Path, Deadline | None]:
+    """The local path of ``uri`` as fetched (an archive not unpacked yet), and the fetch's deadline (None: a local path)."""
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else "file"
     if scheme not in SCHEMES:
         raise BadRequestError(f"{redact(uri)}: scheme {scheme!r} is not one of file, https, s3, gs")
@@ -64,7 +81,7 @@ def fetch(uri: str, workdir: Path, policy: FetchPolicy = PERMISSIVE) -> Path:
             raise ModelNotFoundError(f"{redact(uri)}: no such file or folder (is the model's volume mounted at "
                                      "that path?)")
         check_local_path(uri, path, policy)
-        return path
+        return path, None
     dest = workdir / "source"
     dest.mkdir(parents=True, exist_ok=True)
     deadline = Deadline(policy.deadline_seconds, uri)
@@ -75,7 +92,7 @@ def fetch(uri: str, workdir: Path, policy: FetchPolicy = PERMISSIVE) -> Path:
         local = _s3_download(uri, dest, policy, deadline)
     else:
         local = _gcs_download(uri, dest, policy, deadline)
-    return archives.unpack(local, policy, deadline)
+    return local, deadline
 
 
 def digest_of(path: Path) -> str:
