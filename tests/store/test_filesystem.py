@@ -14,7 +14,7 @@ from tests.store.conftest import make_engine_folder, race_publish
 from tests.waiting import call_within
 from trtop.api.engine import EngineKey
 from trtop.store import InvalidRecordError, open_store, scoped_uri
-from trtop.store.filesystem import FilesystemStore, make_folders, read_regular, root_of
+from trtop.store.filesystem import BESIDE_ARTIFACT_BYTES, FilesystemStore, make_folders, read_regular, root_of
 from trtop.store.integrity import IntegrityError
 
 KEY = EngineKey("e-0123456789abcdef")
@@ -112,6 +112,21 @@ def test_fetch_refuses_links_planted_in_a_stored_engine(tmp_path: Path) -> None:
     with pytest.raises(IntegrityError, match="link"):
         store.fetch(KEY, tmp_path / "cache")
     assert not (tmp_path / "cache" / KEY).exists()
+
+
+def test_fetch_copies_no_more_than_the_record_pins(tmp_path: Path) -> None:
+    """A committed artifact that a writer keeps growing (a build pod that did not stop) was
+    copied to its end before the size check: the server's fetch could fill its disk."""
+    store = FilesystemStore(str(tmp_path / "engines"))
+    store.publish(KEY, make_engine_folder(tmp_path / "b", KEY))
+    record = store.get_record(KEY)
+    assert record is not None
+    with open(tmp_path / "engines" / KEY / record.folder / record.artifact, "r+b") as f:
+        f.truncate(256 << 20)  # (sparse: a quarter GiB that the copy would have written out)
+    most = record.size + BESIDE_ARTIFACT_BYTES
+    with pytest.raises(IntegrityError, match=f"holds more than {most} bytes, more than its record allows"):
+        store.fetch(KEY, tmp_path / "cache")
+    assert not (tmp_path / "cache" / KEY).exists() and list((tmp_path / "cache").iterdir()) == []
 
 
 def test_scoped_stores_are_sub_folders(tmp_path: Path) -> None:

@@ -38,6 +38,10 @@ from trtop.store.integrity import (
 )
 
 TRASH_DIR = ".trash"
+# Files a build leaves beside its artifact travel with it unpinned (notes, a log): a fetch copies at
+# most this many bytes more than the record pins, so a committed file that a writer keeps growing
+# (a build pod that did not stop) cannot fill the serving pod's disk.
+BESIDE_ARTIFACT_BYTES = 64 << 20
 STALE_UPLOAD_SECONDS = 24 * 3600  # an uncommitted upload folder this old belongs to a dead build
 
 
@@ -112,8 +116,10 @@ class FilesystemStore:
         tmp = dest / f".{key}-{uuid.uuid4().hex[:8]}"
         try:
             # The committed build's own folder; other builds' upload folders never travel.
+            # Bounded: the artifact's pinned size, and what files beside it may add.
             copy_regular_tree(src / record.folder if record.folder else src, tmp,
-                              skip=lambda p: p.name == names.ENGINE_METADATA_FILE or bool(UPLOAD_FOLDER.match(p.name)))
+                              skip=lambda p: p.name == names.ENGINE_METADATA_FILE or bool(UPLOAD_FOLDER.match(p.name)),
+                              most=record.size + BESIDE_ARTIFACT_BYTES)
             (tmp / names.ENGINE_METADATA_FILE).write_text(dataclasses.replace(record, folder="").to_json())
             return install_checked(tmp, final, record, self.uri)
         finally:
@@ -218,19 +224,27 @@ def read_regular(path: Path, limit: int = -1) -> bytes:
         return f.read(limit)
 
 
-def copy_regular_tree(src: Path, dst: Path, skip: Callable[[Path], bool] | None = None) -> None:
+def copy_regular_tree(src: Path, dst: Path, skip: Callable[[Path], bool] | None = None,
+                      most: int | None = None) -> None:
     """Copy the files of ``src`` (less ``skip``'s entries) to a new ``dst``; ``IntegrityError`` at
-    a link or special file (``src`` itself included: a record's upload folder could name a link)."""
+    a link or special file (``src`` itself included: a record's upload folder could name a link),
+    and past ``most`` bytes in all (a file that a writer keeps growing must not fill the disk)."""
     if not stat.S_ISDIR(os.lstat(src).st_mode):
         raise IntegrityError(f"{src} is a link or a special file, not a folder: refused")
     files = regular_files(src, skip)
     dst.mkdir(parents=True)
+    left = -1 if most is None else most + 1  # one byte past the bound tells a longer file
     for file in files:
         target = dst / file.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)
         # Opened again with the checks: the listing's lstat could be raced by a swap to a FIFO.
         with os.fdopen(open_regular(file), "rb") as fin, open(target, "wb") as fout:
-            shutil.copyfileobj(fin, fout, CHUNK)
+            while chunk := fin.read(CHUNK if left < 0 else min(CHUNK, left)):
+                fout.write(chunk)
+                if left >= 0:
+                    left -= len(chunk)
+        if left == 0:
+            raise IntegrityError(f"{src} holds more than {most} bytes, more than its record allows: refused")
 
 
 def _write_synced(path: Path, data: bytes) -> None:
