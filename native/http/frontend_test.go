@@ -550,3 +550,27 @@ func TestBodiesStillToArriveLeaveRoomForSmallOnes(t *testing.T) {
 		t.Fatal("the largest body the kept room allows, in an empty arena: no room")
 	}
 }
+
+func TestAFrontEndWhoseEngineStopsPingingSaysItIsNotReady(t *testing.T) {
+	ours, _ := net.Pipe()
+	s := newServer(&setup{}, testArena(t, 1<<16), newChannel(ours))
+	s.model.Store(affine())
+	ready := func() int {
+		rec := httptest.NewRecorder()
+		s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/v2/health/ready", nil))
+		return rec.Code
+	}
+	if code := ready(); code != http.StatusOK {
+		t.Fatalf("before the engine's first ping: %d, want 200 (a front-end starts ready with its model)", code)
+	}
+	s.pingedAt.Store(time.Now().Add(-engineSilentAfter - time.Second).UnixNano())
+	rec := httptest.NewRecorder()
+	s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/v2/health/ready", nil))
+	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "no ping") {
+		t.Fatalf("an engine silent past %v: %d %s, want 503 that says why", engineSilentAfter, rec.Code, rec.Body)
+	}
+	s.pingedAt.Store(time.Now().UnixNano())
+	if code := ready(); code != http.StatusOK {
+		t.Fatalf("pings back: %d, want 200", code)
+	}
+}

@@ -140,7 +140,7 @@ func (g *grpcFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	case "ServerReady":
 		if drain(r) {
-			grpcAnswer(w, appendBool(nil, 1, g.s.model.Load().state == "ready" && !g.s.draining.Load()))
+			grpcAnswer(w, appendBool(nil, 1, g.s.ready()))
 			return
 		}
 	}

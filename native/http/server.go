@@ -26,6 +26,7 @@ type server struct {
 	ch       *channel
 	model    atomic.Pointer[model]
 	draining atomic.Bool
+	pingedAt atomic.Int64 // unix nanoseconds of the engine's last ping; 0 before the first (engineSilent)
 	proxy    *httputil.ReverseProxy
 	maxBody  int64
 	keep     int // arena bytes that only bodies no larger than them may take (keptForSmall)
@@ -74,6 +75,22 @@ func newServer(cfg *setup, a *arena, ch *channel) *server {
 	return s
 }
 
+// engineSilentAfter: the engine pings every front-end every second (supervisor._check_frontends). Once one has
+// come, this long without one means the engine's loop stopped (a call that never returns, SIGSTOP): the front-end
+// says it is not ready, so that the pod leaves the endpoints instead of holding requests for their timeout
+// (frontend.ENGINE_SILENT_S for Python front-ends).
+const engineSilentAfter = 5 * time.Second
+
+func (s *server) engineSilent() bool {
+	at := s.pingedAt.Load()
+	return at != 0 && time.Since(time.Unix(0, at)) > engineSilentAfter
+}
+
+// ready: the model is loaded, the front-end is not draining, and its engine answers (HTTP and gRPC readiness).
+func (s *server) ready() bool {
+	return s.model.Load().state == "ready" && !s.draining.Load() && !s.engineSilent()
+}
+
 func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/v2/health/live":
@@ -84,12 +101,14 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/v2/health/ready":
 		if r.Method == http.MethodGet {
 			m := s.model.Load()
-			if m.state == "ready" && !s.draining.Load() {
+			if s.ready() {
 				writeJSON(w, http.StatusOK, `{"ready":true}`)
 			} else {
 				state := m.state
 				if s.draining.Load() {
 					state = "draining"
+				} else if s.engineSilent() {
+					state = fmt.Sprintf("waiting for its engine (no ping for %v)", engineSilentAfter)
 				}
 				q, _ := json.Marshal(fmt.Sprintf("model '%s' is %s", s.cfg.Settings.ModelName, state))
 				writeJSON(w, http.StatusServiceUnavailable, `{"ready":false,"error":`+string(q)+`}`)
@@ -569,6 +588,7 @@ func (s *server) readChannel() error {
 				log.Printf("descriptor %d was answered after its clients were told it timed out: its arena regions are free again", rid)
 			}
 		case "ping": // the engine checks that this process still answers (supervisor._check_frontends)
+			s.pingedAt.Store(time.Now().UnixNano())
 			if len(msg) > 1 {
 				pong := append(append([]byte(`["pong",`), msg[1]...), ']')
 				go s.ch.send(pong) // not from the reader: a write may wait for the engine to read

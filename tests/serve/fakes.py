@@ -4,7 +4,8 @@ ONNX Runtime with injected delays/failures (read from the environment, since it 
 the server process): ``FAKE_LOAD_DELAY_S`` (seconds before loading), ``FAKE_LOAD_GATE`` (a
 path: loading waits until it exists, at most 300 s), ``FAKE_RUN_DELAY_S``
 (seconds per batch), ``FAKE_LOAD_FAIL`` (raise while loading), ``FAKE_RUN_FAIL_VALUE`` (raise
-when an input holds that number: a request carrying it breaks the backend, warm-up's zeros do not).
+when an input holds that number: a request carrying it breaks the backend, warm-up's zeros do not),
+``FAKE_RUN_HANG_VALUE`` (a batch holding that number sleeps ``FAKE_RUN_HANG_S``, default an hour: a stuck run).
 """
 from __future__ import annotations
 
@@ -30,9 +31,13 @@ class SlowOnnxRuntime(OnnxRuntime):
         super().__init__(path, options)
         self.run_delay = float(os.environ.get("FAKE_RUN_DELAY_S", "0"))
         self.fail_value = float(os.environ.get("FAKE_RUN_FAIL_VALUE", "nan"))
+        self.hang_value = float(os.environ.get("FAKE_RUN_HANG_VALUE", "nan"))
+        self.hang_s = float(os.environ.get("FAKE_RUN_HANG_S", "3600"))
 
     def run(self, feeds: Feeds, outputs: Sequence[str]) -> Outputs:
         time.sleep(self.run_delay)
+        if any((a == self.hang_value).any() for a in feeds.values()):
+            time.sleep(self.hang_s)
         if any((a == self.fail_value).any() for a in feeds.values()):
             raise RuntimeError(f"the test asked inputs holding {self.fail_value:g} to fail")
         return super().run(feeds, outputs)

@@ -7,6 +7,7 @@ Dispatched by ``trtop.cli``; ``main(argv)`` returns the exit code (0 after a cle
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from trtop.serve.errors import StartupError
@@ -32,6 +33,10 @@ def run_server(settings: ServeSettings) -> int:
         log.error("cannot start: %s", exc)
         return EXIT_NO_ENGINE
     server.run()
+    if server.forced:  # a compute thread is still stuck: the interpreter would wait for it at exit
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(server.exit_code)
     return server.exit_code
 
 

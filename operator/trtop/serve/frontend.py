@@ -64,6 +64,10 @@ INLINE_BYTES = 4096
 ANSWER_GRACE_S = 10.0
 LOST_CHECK_EVERY = 50  # reports (one second): how often the requests awaiting the engine are checked for lost ones
 LOST_DUMP_EVERY_S = 60.0  # a front-end losing answers loses many: the engine is asked for its state at most this often
+# The engine pings every front-end every second (``Supervisor._check_frontends``). Once one has come, a front-end
+# that hears none for this long says it is not ready: the engine's loop has stopped (a call that never returns,
+# SIGSTOP), and requests would wait for their timeout and ANSWER_GRACE_S while the pod stayed in the endpoints.
+ENGINE_SILENT_S = 5.0
 
 
 class LocalCounts:
@@ -116,10 +120,15 @@ class RemoteModel:
         self._row_shapes: dict[str, tuple[tuple[int, ...], int]] = {}
         self.engine_gone = asyncio.Event()
         self.lost = 0  # answers given up on (``expire``)
+        self._pinged_at: float | None = None  # time.monotonic() of the engine's last ping (``ENGINE_SILENT_S``)
 
     @property
     def ready(self) -> bool:
-        return self.state == "ready" and not self._draining
+        return self.state == "ready" and not self._draining and not self.engine_silent()
+
+    def engine_silent(self) -> bool:
+        """The engine pinged this front-end before and has not for ``ENGINE_SILENT_S``: its loop has stopped."""
+        return self._pinged_at is not None and time.monotonic() - self._pinged_at > ENGINE_SILENT_S
 
     def attach(self, channel: Channel) -> None:
         self._channel = channel
@@ -143,6 +152,7 @@ class RemoteModel:
                     log.warning("request %d was answered after its client was told it timed out: its arena regions "
                                 "are free again", message[1])
         elif kind == "ping":  # the engine checks that this loop runs (``Supervisor._check_frontends``)
+            self._pinged_at = time.monotonic()
             if self._channel is not None:
                 self._channel.send(("pong", message[1]))
         elif kind == "regions":  # the engine's registry changed (sent before the answer to a registration)

@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 EXIT_LOAD_FAILED = 1
 EXIT_CANNOT_LISTEN = 1
+EXIT_STOP_FORCED = 1  # the drain did not finish in time (a batch stuck in the backend) or a second signal came
+STOP_GRACE_S = 2.0  # after the drain's budget, what the engine has to finish before it exits anyway
 
 
 def dump_state(line: str) -> None:
@@ -89,6 +91,7 @@ class InferenceServer(uvicorn.Server):
         self._grace_s = grace_s
         self._grpc: Any = None
         self._grpc_stop: asyncio.Task[None] | None = None
+        self.forced = False  # the stop did not finish (``cli.run_server`` then exits without waiting for threads)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -120,10 +123,31 @@ class InferenceServer(uvicorn.Server):
             log.info("signal %d: not ready; serving %.1fs more before draining", sig, self.drain_delay_s)
             self._stop_at = time.monotonic() + self.drain_delay_s
             return
-        if self.should_exit and sig == signal.SIGINT:
-            self.force_exit = True
+        if self.should_exit:  # a second signal: stop now (uvicorn skips the engine's close; ``until_closed`` stops)
+            if not self.force_exit:
+                log.warning("a second stop signal: exiting now, without waiting for what is in flight")
+            self.force_exit = self.forced = True
+            self.exit_code = EXIT_STOP_FORCED
         else:
             self.should_exit = True
+
+    async def until_closed(self, closing: Any, budget_s: float) -> None:
+        """Await ``closing`` (the engine's close: what is queued and running), at most ``budget_s`` or until a
+        second signal. A batch stuck in the backend held the process for ever, a second SIGTERM
+        notwithstanding; then the exit code is ``EXIT_STOP_FORCED`` and ``forced`` says not to wait for threads."""
+        task = asyncio.ensure_future(closing)
+        deadline = time.monotonic() + budget_s
+        while not task.done() and not self.force_exit and time.monotonic() < deadline:
+            await asyncio.wait({task}, timeout=0.1)
+        if task.done():
+            task.result()
+            return
+        task.cancel()
+        if not self.force_exit:
+            log.error("the engine did not finish what was in flight within %.0fs (a batch stuck in the backend?); "
+                      "exiting anyway: %s", budget_s, self.describe())
+        self.exit_code = EXIT_STOP_FORCED
+        self.forced = True
 
     async def on_tick(self, counter: int) -> bool:
         if self._stop_at is not None and time.monotonic() >= self._stop_at:
@@ -197,6 +221,9 @@ def create_server(settings: ServeSettings) -> InferenceServer:
         yield
         if not task.done():
             task.cancel()
+        await holder[0].until_closed(_close(), settings.shutdown_timeout_s + STOP_GRACE_S)
+
+    async def _close() -> None:
         await holder[0].grpc_stopped()  # in-flight RPCs are answered before the scheduler stops
         await service.close()
 

@@ -46,14 +46,16 @@ from trtop.serve.processes import (SINGLE_PROCESS_CORES, frontend_count, grpc_fr
                                    native_grpc)
 from trtop.serve.read_gate import ReadGate
 from trtop.serve.runtime import default_threads
-from trtop.serve.server import create_service, dump_state
+from trtop.serve.server import EXIT_STOP_FORCED, STOP_GRACE_S, create_service, dump_state
 from trtop.serve.service import InferenceService
 from trtop.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
 EXIT_LOAD_FAILED = 1
-RESPAWN_DELAY_S = 0.5
+RESPAWN_DELAY_S = 0.5  # before a dead front-end's replacement; doubled for each one that dies young (below)
+RESPAWN_MAX_DELAY_S = 15.0  # a front-end that keeps dying at start is restarted this often at most
+RESPAWN_STABLE_S = 30.0  # a front-end that lived this long died of something new: the delay starts over
 PING_INTERVAL_S = 1.0  # how often each front-end's event loop is asked for a pong (--frontend-stuck-s)
 STUCK_DUMP_WAIT_S = 1.0  # a stuck Python front-end's stacks (SIGUSR2, faulthandler) are written meanwhile
 ARENA_SLACK = 4 * 1024 * 1024  # room for outputs beside the largest body a front-end may hold
@@ -193,6 +195,10 @@ class Supervisor:
         self.dispatchers: dict[int, Dispatcher] = {}
         self.read_gate = ReadGate(lambda: [d.channel for d in self.dispatchers.values()])
         self.arenas: list[Arena] = []  # every arena made, also those of replaced front-ends (see _start_frontend)
+        self._spare: list[Arena] = []  # arenas of front-ends gone, all their requests answered: the next ones'
+        self._respawn_delay: dict[int, float] = {}  # by front-end index: the delay before its next replacement
+        self._forced = asyncio.Event()  # a second SIGTERM/SIGINT: stop now
+        self.forced = False  # the stop did not finish (``run_supervised`` then exits without waiting for threads)
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
         self._stuck: set[int] = set()  # pids of front-ends being replaced because their loop stopped answering
@@ -217,8 +223,7 @@ class Supervisor:
             load.cancel()
         if checks is not None:
             checks.cancel()
-        await self._stop_frontends()
-        await self.service.close()
+        await self._stop()
         self.listen.close()
         for held in (self.grpc_hold, self.grpc_listen):
             if held is not None:
@@ -322,13 +327,18 @@ class Supervisor:
             d.send_regions()
 
     async def _start_frontend(self, index: int) -> None:
-        arena = Arena.create(self.arena_size, f"trtop-frontend-{index}")
         # Batches are copied to the GPU from the arena itself, page-locked by the runtime. The mapping must
         # then outlive its front-end: unmapped while registered, a new mapping at the same address would be
-        # read through the old registration (stale pages). So every arena is kept for the process's life (a
-        # replaced front-end costs one arena of memory).
-        self.arenas.append(arena)
-        self.service.add_host_memory(arena.address, arena.size)
+        # read through the old registration (stale pages). So every arena is kept for the process's life, and
+        # a replacement takes the arena of a front-end gone once the engine has answered all of that one's
+        # requests (``_reclaim``): made anew for each, a front-end that died 8 times left 8 arenas' pages and
+        # descriptors in the engine process, without bound.
+        if self._spare:
+            arena = self._spare.pop()
+        else:
+            arena = Arena.create(self.arena_size, f"trtop-frontend-{index}")
+            self.arenas.append(arena)
+            self.service.add_host_memory(arena.address, arena.size)
         ours, theirs = socket.socketpair()
         command, listen, proxy_path, native = self._command(index)
         env = dict(os.environ)
@@ -354,8 +364,7 @@ class Supervisor:
                              grpc_listen_fd=grpc_fd, grpc_proxy_path=grpc_proxy, grpc_address=grpc_address,
                              busy_go_threads=busy_go_threads))
         proc = await asyncio.create_subprocess_exec(*command, env=env, pass_fds=fds)
-        theirs.close()
-        arena.release_fd()  # the mapping stays; the front-end holds its own descriptor
+        theirs.close()  # the arena's descriptor stays open here: a replacement front-end may get this arena
         dispatcher = Dispatcher(index, self.service, arena, follows_regions=not native)
         dispatcher.small_bound_set = self.settings.small_group_limit > 0
         dispatcher.regions_changed = self._broadcast_regions
@@ -368,15 +377,37 @@ class Supervisor:
         task.add_done_callback(self._watchers.discard)
 
     async def _watch(self, index: int, proc: asyncio.subprocess.Process, dispatcher: Dispatcher) -> None:
+        started = time.monotonic()
         code = await proc.wait()
         await dispatcher.closed.wait()
         if self.stopping:
             return
-        log.warning("front-end %d (pid %d) exited with code %s; starting a new one (the others keep serving)",
-                    index, proc.pid, code)
-        await asyncio.sleep(RESPAWN_DELAY_S)
+        self._reclaim(dispatcher)
+        delay = self._respawn_delay.get(index, RESPAWN_DELAY_S)
+        if time.monotonic() - started >= RESPAWN_STABLE_S:
+            delay = RESPAWN_DELAY_S
+        # A front-end that dies young (a crash at start, a bad setting) is restarted ever more slowly, at most
+        # every RESPAWN_MAX_DELAY_S, instead of twice a second for ever.
+        self._respawn_delay[index] = min(delay * 2, RESPAWN_MAX_DELAY_S)
+        log.warning("front-end %d (pid %d) exited with code %s; starting a new one in %.1fs (the others keep "
+                    "serving)", index, proc.pid, code, delay)
+        await asyncio.sleep(delay)
         if not self.stopping:
             await self._start_frontend(index)
+
+    def _reclaim(self, dispatcher: Dispatcher) -> None:
+        """A gone front-end's arena is a replacement's once the engine has answered every request of it (each
+        answered request's outputs are written, and its inputs no longer read; each runs or times out)."""
+        def spare(_: object = None) -> None:
+            self._spare.append(dispatcher.arena)
+
+        if dispatcher.in_flight == 0:
+            spare()
+            return
+        task = asyncio.get_running_loop().create_task(dispatcher.wait_idle())
+        task.add_done_callback(spare)
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
 
     async def _check_frontends(self) -> None:
         """Replace a front-end whose event loop has not answered a ping for ``--frontend-stuck-s``. Its process
@@ -409,6 +440,9 @@ class Supervisor:
 
     def begin_shutdown(self) -> None:
         if self.stopping:
+            if self._done.is_set() and not self._forced.is_set():  # a second signal: stop now
+                log.warning("a second stop signal: exiting now, without waiting for what is in flight")
+                self._forced.set()
             return
         log.info("stopping: not ready; front-ends drain for %.1fs, then finish what is in flight",
                  self.settings.drain_delay_s)
@@ -422,6 +456,34 @@ class Supervisor:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
         self._done.set()
+
+    async def _stop(self) -> None:
+        """The front-ends' drain, then the engine's own: bounded by the drain delay, the shutdown timeout and
+        ``STOP_GRACE_S``, and cut short by a second signal. A batch stuck in the backend held the engine
+        process for ever, a second SIGTERM notwithstanding; now it exits ``EXIT_STOP_FORCED``, and
+        ``run_supervised`` does not wait for the compute threads."""
+        budget = self.settings.drain_delay_s + self.settings.shutdown_timeout_s + STOP_GRACE_S
+        loop = asyncio.get_running_loop()
+        finish = loop.create_task(self._finish())
+        forced = loop.create_task(self._forced.wait())
+        await asyncio.wait({finish, forced}, timeout=budget, return_when=asyncio.FIRST_COMPLETED)
+        forced.cancel()
+        if finish.done():
+            finish.result()
+            return
+        finish.cancel()
+        if not self._forced.is_set():
+            log.error("the engine did not finish what was in flight within %.0fs of the stop (a batch stuck in the "
+                      "backend?); exiting anyway: %s", budget, self.state_line())
+        for p in self.processes.values():
+            if p.returncode is None:
+                p.kill()
+        self.exit_code = EXIT_STOP_FORCED
+        self.forced = True
+
+    async def _finish(self) -> None:
+        await self._stop_frontends()
+        await self.service.close()
 
     async def _stop_frontends(self) -> None:
         procs = [p for p in self.processes.values() if p.returncode is None]
@@ -445,12 +507,20 @@ def run_supervised(settings: ServeSettings) -> int:
     """The engine process: its exit code (0 after a drain, 1 when the model failed to load)."""
     service, gpu = create_service(settings)
 
+    supervisors: list[Supervisor] = []
+
     async def main() -> int:
-        return await Supervisor(settings, service, frontend_count(settings), gpu).run()
+        supervisors.append(Supervisor(settings, service, frontend_count(settings), gpu))
+        return await supervisors[0].run()
 
     try:
         import uvloop
 
-        return int(uvloop.run(main()))
+        code = int(uvloop.run(main()))
     except ImportError:
-        return asyncio.run(main())
+        code = asyncio.run(main())
+    if supervisors and supervisors[0].forced:  # a compute thread still runs: the interpreter would wait for it
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
+    return code
