@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from trtop.api.fetch import FetchPolicy
 from trtop.convert import errors, source
 from trtop.convert.guard import PERMISSIVE
 from trtop.convert.source import check_digest, digest_of, fetch, fetch_model
@@ -165,6 +166,34 @@ def test_s3_object_and_prefix(s3_models: str, tmp_path: Path) -> None:
     folder = fetch("s3://models/team/resnet", tmp_path / "b")
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
         "saved_model.pb", "variables/variables.index"]
+
+
+def test_an_s3_object_that_grew_after_its_size_was_checked_is_cut_at_the_cap(
+        s3_models: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HEAD (or the listing) said small; the object was replaced by a large one before the GET (a tenant writing
+    to its bucket): boto3's download_file took all of it. What arrives is counted against maxBytes now."""
+    from trtop.store.s3 import s3_client
+
+    client = s3_client()
+    client.put_object(Bucket="models", Key="team/grows.onnx", Body=b"x" * 5000)
+    client.put_object(Bucket="models", Key="team/grows/a.bin", Body=b"y" * 5000)
+    real_head, real_list = client.head_object, client.get_paginator
+
+    def head(**kw: object) -> dict:
+        return {**real_head(**kw), "ContentLength": 10}  # what it was when HEAD asked
+
+    class Paginator:
+        def paginate(self, **kw: object) -> object:
+            for page in real_list("list_objects_v2").paginate(**kw):
+                yield {**page, "Contents": [{**o, "Size": 10} for o in page.get("Contents", [])]}
+
+    monkeypatch.setattr(client, "head_object", head)
+    monkeypatch.setattr(client, "get_paginator", lambda _: Paginator())
+    monkeypatch.setattr("trtop.store.s3.s3_client", lambda: client)
+    policy = FetchPolicy(max_bytes=1000)
+    for uri in ("s3://models/team/grows.onnx", "s3://models/team/grows"):
+        with pytest.raises(errors.TooLargeError, match="more than the 1000 bytes left"):
+            fetch(uri, tmp_path / uri.rsplit("/", 1)[1], policy)
 
 
 def test_s3_missing_is_a_user_error(s3_models: str, tmp_path: Path) -> None:

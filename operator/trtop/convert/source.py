@@ -138,7 +138,7 @@ def _s3_download(uri: str, dest: Path, policy: FetchPolicy, deadline: Deadline) 
                 _check_size(int(head.get("ContentLength", 0)), policy, uri)
                 target = dest / (_safe_name(Path(key).name) or "model")
                 log.info("downloading %s", redact(uri))
-                client.download_file(bucket, key, str(target))
+                _s3_get(client, bucket, key, target, policy.max_bytes, deadline, uri)
                 return target
             prefix = f"{key}/" if key else ""
             folder = dest / (_safe_name(Path(key).name) or "model")
@@ -153,10 +153,11 @@ def _s3_download(uri: str, dest: Path, policy: FetchPolicy, deadline: Deadline) 
             if not objects:
                 raise ModelNotFoundError(f"{redact(uri)}: no object and no objects under it")
             _check_size(sum(size for _, _, size in objects), policy, uri)
+            left = policy.max_bytes
             for name, target, _ in objects:
                 deadline.left()
                 target.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(bucket, name, str(target))
+                left -= _s3_get(client, bucket, name, target, left, deadline, uri)
             log.info("downloaded %d objects from %s", len(objects), redact(uri))
             return folder
         except UserError:
@@ -285,6 +286,27 @@ def _inside(folder: Path, rel: str, uri: str) -> Path:
     if pure.is_absolute() or any(p in ("", ".", "..") for p in rel.split("/")) or "\\" in rel:
         raise UnsafeArchiveError(f"{redact(uri)}: object name {rel!r} would land outside the download folder")
     return folder.joinpath(*pure.parts)
+
+
+def _s3_get(client: Any, bucket: str, key: str, target: Path, most: int, deadline: Deadline, uri: str) -> int:
+    """Object ``key`` into ``target``, at most ``most`` bytes, the deadline checked at every chunk; its size.
+
+    Sizes were checked from HEAD or the listing, but the object may have been replaced since (a tenant
+    writing to its bucket): what arrives is counted, as an https body is."""
+    body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    done = 0
+    try:
+        with open(target, "wb") as f:
+            while chunk := body.read(CHUNK):
+                done += len(chunk)
+                if done > most:
+                    raise TooLargeError(f"{redact(uri)}: more than the {most} bytes left of what a fetch may download "
+                                        "(fetch.maxBytes); the object grew after it was listed")
+                deadline.left()
+                f.write(chunk)
+    finally:
+        body.close()
+    return done
 
 
 def _check_size(total: int, policy: FetchPolicy, uri: str) -> None:
