@@ -200,6 +200,13 @@ def test_a_fetch_has_one_total_deadline(base: str, tmp_path: Path, path: str) ->
     assert time.monotonic() - started < 6
 
 
+def test_a_url_that_is_not_ascii_is_sent_percent_encoded(base: str, tmp_path: Path) -> None:
+    """http.client sends ASCII only: a model named m\u00fc.onnx raised UnicodeEncodeError (exit 1, retried)."""
+    ROUTES["/m%C3%BC%20v2.onnx"] = (200, {}, b"umlaut")
+    assert fetch(f"{base}/m\u00fc v2.onnx", tmp_path / "a", LOOPBACK).read_bytes() == b"umlaut"
+    assert fetch(f"{base}/m%C3%BC%20v2.onnx", tmp_path / "b", LOOPBACK).read_bytes() == b"umlaut"  # as given
+
+
 def test_a_body_shorter_than_its_content_length_is_a_network_error(base: str, tmp_path: Path) -> None:
     with pytest.raises(errors.NetworkError, match="10 of the 1000 bytes") as e:
         fetch(f"{base}/short.onnx", tmp_path, LOOPBACK)

@@ -71,7 +71,10 @@ def download(url: str, dest: Path, policy: FetchPolicy, deadline: Deadline,
         watchdog.start()
         response: http.client.HTTPResponse | None = None
         try:
-            path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+            # Percent-encoded where it is not ASCII (http.client sends ASCII only: a name such as m\u00fc.onnx
+            # raised UnicodeEncodeError, an internal error); what is encoded already stays as it is.
+            path = urllib.parse.urlunsplit(("", "", urllib.parse.quote(parts.path or "/", safe=_URL_SAFE),
+                                            urllib.parse.quote(parts.query, safe=_URL_SAFE), ""))
             conn.request("GET", path, headers={"Host": parts.netloc.rsplit("@", 1)[-1], **sent})
             response = conn.getresponse()
             if response.status in _REDIRECTS:
@@ -99,6 +102,9 @@ def download(url: str, dest: Path, policy: FetchPolicy, deadline: Deadline,
                 response.close()
             conn.close()
     raise FetchRefusedError(f"{redact(url)}: more than {MAX_REDIRECTS} redirects")
+
+
+_URL_SAFE = "/%:@!$&'()*+,;=~"  # (with letters, digits and _.-, which quote() never encodes)
 
 
 def _connection(scheme: str, host: str, port: int, address: str, timeout: float) -> http.client.HTTPConnection:
