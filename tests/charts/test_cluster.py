@@ -120,6 +120,8 @@ def test_install_upgrade_uninstall(dev_cluster, crds, namespace):
     assert not can_i(dev_cluster, account, "delete", "jobs.batch", "default")
     assert not can_i(dev_cluster, account, "get", "secrets", namespace)
     assert not can_i(dev_cluster, account, "create", "clusterrolebindings.rbac.authorization.k8s.io")
+    assert can_i(dev_cluster, account, "create", "events", "default")
+    assert not can_i(dev_cluster, account, "patch", "events", "default")  # it only posts Events
 
     dev_cluster.helm("upgrade", release, str(CHART), "-n", namespace, *S3_STORE, "--set", "replicaCount=2",
                      "--set", "workloads.converterImage=registry.example/converter:2", "--wait", "--timeout=120s",

@@ -25,7 +25,7 @@ IN_NAMESPACE = [
     ("apps", "deployments", {"get", "list", "watch", "create", "patch", "delete"}),  # a unit whose GPU type left
     ("", "services", {"get", "list", "watch", "create", "patch"}),
     ("", "pods", {"get", "list", "watch"}),
-    ("", "events", {"create", "patch"}),
+    ("", "events", {"create"}),  # kopf and trtop.k8s.events post, never patch
 ]
 # Cluster-scoped reads both modes need.
 CLUSTER_READS = [
@@ -39,6 +39,7 @@ UNUSED = [
     ("batch", "jobs", {"update", "patch", "delete"}),
     ("apps", "deployments", {"update"}),
     ("", "services", {"update", "delete"}),
+    ("", "events", {"patch", "update", "delete", "deletecollection"}),  # other tenants' Events stay theirs
 ]
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 DANGEROUS_VERBS = {"escalate", "bind", "impersonate", "*"}

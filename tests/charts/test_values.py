@@ -12,7 +12,7 @@ import re
 import pytest
 import yaml
 
-from tests.charts.chart import CHART
+from tests.charts.chart import CHART, container_env, one
 
 VALUES_TEXT = (CHART / "values.yaml").read_text()
 VALUES = yaml.safe_load(VALUES_TEXT)
@@ -90,6 +90,13 @@ SCHEMA_REFUSALS = [
     (["--set", "metricsPort=80"], "/metricsPort"),
     (["--set", "serviceMonitor.interval=soon"], "/serviceMonitor/interval"),
     (["--set", "workloads.env.BAD-NAME=x"], "/workloads/env"),
+    # trtop's own variables: a duplicate comes later in the container's env and wins (an unscoped
+    # TRTOP_STORE_URI would give every tenant's workloads the whole store; TRTOP_NAMESPACES would
+    # widen a namespaced operator).
+    (["--set", "workloads.env.TRTOP_STORE_URI=s3://bucket/engines"], "invalid propertyName 'TRTOP_STORE_URI'"),
+    (["--set", "operator.extraEnv[0].name=TRTOP_NAMESPACES"], "/operator/extraEnv/0/name"),
+    (["--set", "operator.extraEnv[0].name=TRTOP_ALLOWED_IMAGES"], "/operator/extraEnv/0/name"),
+    (["--set", "operator.extraEnv[0].name=POD_ID"], "/operator/extraEnv/0/name"),
 ]
 
 
@@ -121,6 +128,13 @@ CONFLICTS = [
 @pytest.mark.parametrize("args,words", CONFLICTS, ids=[" ".join(a[1::2]) for a, _ in CONFLICTS])
 def test_conflicting_values_fail_with_what_to_change(render_error, args, words):
     assert words in render_error(*args)
+
+
+def test_other_extra_env_renders(render):
+    objects = render("--set", "operator.extraEnv[0].name=HTTPS_PROXY", "--set", "operator.extraEnv[0].value=http://p:3128",
+                     "--set", "workloads.env.HTTPS_PROXY=http://p:3128")
+    env = container_env(one(objects, "Deployment"))
+    assert env["HTTPS_PROXY"] == env["TRTOP_WORKLOAD_ENV_HTTPS_PROXY"] == "http://p:3128"
 
 
 def test_the_two_store_kinds_and_both_modes_render(render):

@@ -69,3 +69,21 @@ def test_a_pod_that_breaks_the_profile_is_refused(dev_cluster, restricted):
     pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
     ok, why = admitted(dev_cluster, pod)
     assert not ok and "restricted" in why
+
+
+@pytest.mark.parametrize("mode", ["pvc", "s3"])
+def test_the_chart_operator_pod_passes_the_restricted_profile(dev_cluster, restricted, render, mode):
+    """The operator's own pod, as the chart renders it with its defaults: non-root, read-only root, no
+    capabilities, RuntimeDefault seccomp, no privilege escalation, memory limit and probes."""
+    from tests.charts.chart import one
+    args = () if mode == "pvc" else ("--set", "store.pvc.create=false", "--set", "store.s3.uri=s3://engines/prod",
+                                     "--set", "store.s3.existingSecret=store-creds")
+    template = one(render(*args), "Deployment")["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    assert container["resources"]["limits"]["memory"] and container["livenessProbe"] and container["readinessProbe"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    spec = {**template["spec"], "serviceAccountName": "default"}
+    ok, why = admitted(dev_cluster, {"apiVersion": "v1", "kind": "Pod",
+                                     "metadata": {"name": "trtop-operator-psa", "namespace": restricted,
+                                                  "labels": template["metadata"]["labels"]}, "spec": spec})
+    assert ok, why

@@ -170,10 +170,11 @@ watched namespace in namespaced mode.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
-# Events about each ModelDeployment (kopf posts core/v1 Events).
+# Events about each ModelDeployment: kopf and trtop.k8s.events only create core/v1 Events
+# (no patch: it would let the operator rewrite any tenant's Events).
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end }}
 
 {{/*

@@ -98,6 +98,9 @@ def check_env(raw: object, where: str = "serving.env") -> tuple[Mapping[str, Any
             raise SpecError(f"{where}[{i}].name",
                             f"{item['name']!r}: variables starting with {RESERVED_ENV_PREFIX} are set by trtop "
                             "(engine set, store, model name); pick another name")
+        if "value" in item and not isinstance(item["value"], str):
+            raise SpecError(f"{where}[{i}].value", f"must be a string (quote numbers and booleans), "
+                                                   f"got {type(item['value']).__name__}")
         out.append(item)
     return tuple(out)
 
