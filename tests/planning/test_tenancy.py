@@ -225,6 +225,18 @@ def test_serving_env_cannot_set_what_trtop_sets(name):
     assert "set by trtop" in message, message
 
 
+@pytest.mark.parametrize("section", ["engine", "serving"])
+def test_pod_annotations_may_not_loosen_confinement(section):
+    body = in_namespace("team-a")
+    body["spec"] = {**SPEC, section: {**SPEC.get(section, {}), "podAnnotations": {
+        "example.com/team": "vision", "container.apparmor.security.beta.kubernetes.io/server": "unconfined"}}}
+    refused = plan(body, Settings())
+    message = refused.status["message"]
+    assert refused.spec is None and f"spec.{section}.podAnnotations" in message and "AppArmor" in message, message
+    body["spec"][section]["podAnnotations"].pop("container.apparmor.security.beta.kubernetes.io/server")
+    assert plan(body, Settings()).spec is not None  # other annotations stay the tenant's
+
+
 def test_builds_may_read_local_files_only_in_the_models_claim():
     job = plan(in_namespace("team-a"), Settings()).jobs_to_create[0]
     assert FetchPolicy.from_json(container_env(job)[names.ENV_FETCH_POLICY]).file_roots == ("/mnt/models/models",)

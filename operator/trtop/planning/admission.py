@@ -5,7 +5,8 @@ nodes, so ``engine.builderImage``, ``serving.image`` and each ``serving.sidecars
 checked against ``Settings.allowed_images`` (exact references, or prefixes ending in ``*``); when
 the list is empty only the operator's own images are allowed. ``serving.env`` may not set
 what trtop decides itself (the engine set, the store, the backend, the model source) nor
-store credentials (``AWS_*``, ``GOOGLE_*``); tuning variables (``TRTOP_THREADS`` ...) stay free. A refusal is a ``SpecError`` (the handler reports it as
+store credentials (``AWS_*``, ``GOOGLE_*``); tuning variables (``TRTOP_THREADS`` ...) stay free. Pod annotations
+may not loosen AppArmor or seccomp confinement. A refusal is a ``SpecError`` (the handler reports it as
 Stalled/InvalidSpec). Pure; called by the handler and the planner.
 """
 from __future__ import annotations
@@ -35,9 +36,24 @@ RESERVED_ENV = frozenset({
 RESERVED_ENV_PREFIXES = ("AWS_", "GOOGLE_")
 
 
+# Pod annotations that loosen a pod's confinement: the platform's to set (its Pod Security policy),
+# not a ModelDeployment's. trtop's pods run with seccomp RuntimeDefault; an AppArmor annotation
+# ``unconfined`` on the pods it makes would undo that where the namespace does not enforce Pod Security.
+CONFINEMENT_ANNOTATION_PREFIXES = (
+    "container.apparmor.security.beta.kubernetes.io/", "seccomp.security.alpha.kubernetes.io/",
+    "container.seccomp.security.alpha.kubernetes.io/",
+)
+
+
 def check_spec_trust(spec: ModelDeploymentSpec, settings: Settings) -> None:
-    """SpecError naming the field when the spec picks an image or a variable it may not."""
+    """SpecError naming the field when the spec picks an image, a variable or a pod annotation it may not."""
     check_images(spec, settings)
+    for where, annotations in (("engine.podAnnotations", spec.engine.pod_annotations),
+                               ("serving.podAnnotations", spec.serving.pod_annotations)):
+        for key in annotations:
+            if key.startswith(CONFINEMENT_ANNOTATION_PREFIXES):
+                raise SpecError(where, f"{key!r} sets a pod's AppArmor or seccomp confinement, which is the "
+                                "platform's to decide (trtop's pods run with the runtime's default); remove it")
     for i, env in enumerate(spec.serving.env):
         name = str(env.get("name", ""))
         if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES):
