@@ -44,7 +44,8 @@ def test_a_frontend_killed_again_and_again_leaves_nothing_behind_in_the_engine(s
     descriptor: 8 deaths, 8 arenas more (~14 MB of shared pages each here). Now a replacement takes the arena of
     a front-end gone once the engine has answered its requests."""
     s = start_server(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "2", "--backend", SLOW,
-                      "--max-inflight-mb", "32", "--max-body-mb", "4", "--max-batch", "400000"],
+                      "--max-inflight-mb", "32", "--max-body-mb", "4", "--max-batch", "200000",
+                      "--buckets", "1,200000"],  # two buckets: warming 19 (0.05 s a run) outlasted 30 s on CI
                      {"FAKE_RUN_DELAY_S": "0.05"})
     s.wait_ready()
     wait_for(lambda: len(frontends(s)) == 2, 10, "two front-end processes")
