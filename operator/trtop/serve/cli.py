@@ -27,17 +27,23 @@ def run_server(settings: ServeSettings) -> int:
                         stream=sys.stderr)
     try:
         if frontend_count(settings) > 0:
-            return run_supervised(settings)
+            return _exit(*run_supervised(settings))
         server = create_server(settings)
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_NO_ENGINE
     server.run()
-    if server.forced:  # a compute thread is still stuck: the interpreter would wait for it at exit
+    return _exit(server.exit_code, server.forced)
+
+
+def _exit(code: int, forced: bool) -> int:
+    """``code``; after a forced stop (a batch stuck in the backend, a second signal) a compute thread may
+    still run, and the interpreter would wait for it at exit: the process exits at once instead."""
+    if forced:
         logging.shutdown()
         sys.stdout.flush()
-        os._exit(server.exit_code)
-    return server.exit_code
+        os._exit(code)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

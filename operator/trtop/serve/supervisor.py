@@ -198,7 +198,7 @@ class Supervisor:
         self._spare: list[Arena] = []  # arenas of front-ends gone, all their requests answered: the next ones'
         self._respawn_delay: dict[int, float] = {}  # by front-end index: the delay before its next replacement
         self._forced = asyncio.Event()  # a second SIGTERM/SIGINT: stop now
-        self.forced = False  # the stop did not finish (``run_supervised`` then exits without waiting for threads)
+        self.forced = False  # the stop did not finish (``cli.run_server`` then exits without waiting for threads)
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
         self._stuck: set[int] = set()  # pids of front-ends being replaced because their loop stopped answering
@@ -461,7 +461,7 @@ class Supervisor:
         """The front-ends' drain, then the engine's own: bounded by the drain delay, the shutdown timeout and
         ``STOP_GRACE_S``, and cut short by a second signal. A batch stuck in the backend held the engine
         process for ever, a second SIGTERM notwithstanding; now it exits ``EXIT_STOP_FORCED``, and
-        ``run_supervised`` does not wait for the compute threads."""
+        ``cli.run_server`` does not wait for the compute threads."""
         budget = self.settings.drain_delay_s + self.settings.shutdown_timeout_s + STOP_GRACE_S
         loop = asyncio.get_running_loop()
         finish = loop.create_task(self._finish())
@@ -503,8 +503,9 @@ class Supervisor:
             await d.wait_idle()
 
 
-def run_supervised(settings: ServeSettings) -> int:
-    """The engine process: its exit code (0 after a drain, 1 when the model failed to load)."""
+def run_supervised(settings: ServeSettings) -> tuple[int, bool]:
+    """The engine process: its exit code (0 after a drain, 1 when the model failed to load or the stop was forced)
+    and whether the stop was forced (a compute thread may still be stuck: ``cli.run_server`` exits at once)."""
     service, gpu = create_service(settings)
 
     supervisors: list[Supervisor] = []
@@ -519,8 +520,4 @@ def run_supervised(settings: ServeSettings) -> int:
         code = int(uvloop.run(main()))
     except ImportError:
         code = asyncio.run(main())
-    if supervisors and supervisors[0].forced:  # a compute thread still runs: the interpreter would wait for it
-        logging.shutdown()
-        sys.stdout.flush()
-        os._exit(code)
-    return code
+    return code, bool(supervisors and supervisors[0].forced)
