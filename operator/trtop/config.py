@@ -83,7 +83,7 @@ class Settings:
     # Images a ModelDeployment may pick (engine.builderImage, serving.image): exact references or
     # prefixes ending in "*" ("registry.example.com/ml/*"). Empty: only the operator's own images.
     allowed_images: tuple[str, ...] = ()
-    # sizeLimit of the /tmp emptyDir of build Jobs (downloads, unpacked models, the built engine)
+    # sizeLimit of the /tmp emptyDir of build Jobs (the model's private copy, unpacked archives, the built engine)
     # and of serving pods (the fetched engine).
     build_tmp_size: str = "48Gi"
     serving_tmp_size: str = "16Gi"

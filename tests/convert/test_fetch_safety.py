@@ -381,6 +381,23 @@ def test_file_uris_only_under_the_model_mount(tmp_path: Path) -> None:
         fetch(f"file://{models}/claim", tmp_path, policy)
 
 
+def test_a_link_loop_on_the_mount_is_the_tenants_error(tmp_path: Path) -> None:
+    """A loop of links (``a`` -> ``b`` -> ``a``) is refused with exit 2; resolving it raised RuntimeError (exit 1:
+    an internal failure, retried)."""
+    claim = tmp_path / "mnt" / "claim"
+    claim.mkdir(parents=True)
+    (claim / "saved_model.pb").write_bytes(b"pb")
+    (claim / "a").symlink_to(claim / "b")
+    (claim / "b").symlink_to(claim / "a")
+    policy = FetchPolicy(file_roots=(str(tmp_path / "mnt"),))
+    with pytest.raises(errors.FetchRefusedError, match="[ab] is a link that never ends") as e:
+        fetch(f"file://{claim}", tmp_path / "w", policy)
+    assert e.value.exit_code == errors.EXIT_USER_ERROR
+    with pytest.raises(errors.UserError) as found:  # the loop named itself: it does not exist as a file
+        fetch(f"file://{claim}/a", tmp_path / "w", policy)
+    assert found.value.exit_code == errors.EXIT_USER_ERROR
+
+
 def test_fifos_and_devices_on_the_mount_are_refused_before_anything_opens_them(tmp_path: Path) -> None:
     """open() of a FIFO with no writer blocks forever: the digest or the format sniff would hang the build."""
     import os

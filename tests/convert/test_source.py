@@ -104,11 +104,14 @@ def test_check_digest(tmp_path: Path, pinned: str, error: type[Exception]) -> No
 
 
 # --- local ---------------------------------------------------------------------------------------
-def test_local_paths_are_used_in_place(tmp_path: Path) -> None:
+def test_local_paths_are_copied_into_the_work_folder(tmp_path: Path) -> None:
+    """Not used in place any more: a PVC may change under the build (test_source_snapshot.py)."""
     tree = make_tree(tmp_path / "my model")
-    assert fetch(str(tree), tmp_path / "work") == tree
-    assert fetch("file://" + urllib.parse.quote(str(tree)), tmp_path / "work") == tree
-    assert not (tmp_path / "work").exists()
+    for uri in (str(tree), "file://" + urllib.parse.quote(str(tree))):
+        local = fetch(uri, tmp_path / "work")
+        assert local != tree and local.name == "my model"
+        assert local.resolve().is_relative_to((tmp_path / "work" / "source").resolve())
+        assert digest_of(local) == digest_of(tree)
 
 
 def test_unknown_scheme(tmp_path: Path) -> None:

@@ -118,19 +118,29 @@ def check_local_path(uri: str, path: Path, policy: FetchPolicy) -> Path:
 
     Only files and folders pass: opening a FIFO blocks for ever, and a device reads for ever.
     """
-    resolved = path.resolve()
+    resolved = _resolved(uri, path, path)
     roots = [Path(r).resolve() for r in policy.file_roots]
     if not any(resolved.is_relative_to(root) for root in roots):
         raise FetchRefusedError(f"{redact(uri)}: local paths must lie under {', '.join(policy.file_roots)} "
                                 "(where the model's volume is mounted)")
     if resolved.is_dir():
         for p in resolved.rglob("*"):
-            if p.is_symlink() and not any(p.resolve().is_relative_to(root) for root in roots):
+            if p.is_symlink() and not any(_resolved(uri, p, p.relative_to(resolved)).is_relative_to(root)
+                                          for root in roots):
                 raise FetchRefusedError(f"{redact(uri)}: {p.relative_to(resolved)} links outside "
                                         f"{', '.join(policy.file_roots)}")
             _check_kind(uri, p, p.relative_to(resolved))
     _check_kind(uri, resolved, Path(resolved.name))
     return resolved
+
+
+def _resolved(uri: str, path: Path, shown: Path) -> Path:
+    """``path.resolve()``, a link loop refused as the tenant's error (it raised RuntimeError, or OSError on newer
+    Pythons: an internal failure, the build retried for nothing)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:
+        raise FetchRefusedError(f"{redact(uri)}: {shown} is a link that never ends (a loop): {exc}") from None
 
 
 def _check_kind(uri: str, path: Path, shown: Path) -> None:

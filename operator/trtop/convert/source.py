@@ -1,32 +1,51 @@
 """Model sources: bring a model (or sample / calibration data) from its URI to a local path, and digest it.
 
-Schemes: a plain path or ``file://`` (a PVC mounted by the build Job: used in place),
-``https://`` (a file; ``.tar.gz`` / ``.tgz`` / ``.tar`` / ``.zip`` archives are unpacked),
-``s3://bucket/key`` (one object, or every object under ``key/``; boto3 with the AWS_*
-variables) and ``gs://bucket/object`` (the GCS JSON API over HTTPS; a token from
-``GOOGLE_OAUTH_ACCESS_TOKEN`` or google-auth's default credentials, anonymous for public
-buckets; ``STORAGE_EMULATOR_HOST`` points it at an emulator).
+Schemes: a plain path or ``file://`` (a PVC mounted by the build Job: copied into the work
+folder first, see below), ``https://`` (a file), ``s3://bucket/key`` (one object, or every
+object under ``key/``; boto3 with the AWS_* variables) and ``gs://bucket/object`` (the GCS
+JSON API over HTTPS; a token from ``GOOGLE_OAUTH_ACCESS_TOKEN`` or google-auth's default
+credentials, anonymous for public buckets; ``STORAGE_EMULATOR_HOST`` points it at an
+emulator). Whatever the scheme, ``.tar.gz`` / ``.tgz`` / ``.tar`` / ``.zip`` archives are
+unpacked (``archives``).
+
+A local path is never used in place: a PVC may be ReadWriteMany and written by other pods
+while the build runs, so bytes read there after the digest was checked could be other
+bytes than the pinned ones (time of check to time of use). ``_Snapshot`` copies the file
+or folder into the work folder and hashes each file as it copies it (one read), so the
+digest checked is that of exactly the bytes converted. The copy reads only what
+``guard.check_local_path`` allows, race-free: every component is opened without
+following links (a file or folder swapped for a link or a FIFO after the listing is
+refused, never followed), a link inside the model folder gets its target's bytes once the
+target is checked to lie under a file root and is a regular file (a link to a folder is
+refused: the digest has never covered what it holds), and the fetch's byte and file caps
+and deadline bound it as they bound a download.
 
 Every fetch obeys a ``FetchPolicy`` (``trtop.api.fetch``; the build Job gets the
 operator's in ``TRTOP_FETCH_POLICY``): allowed schemes and hosts, no private, loopback or
 link-local address (checked at every redirect, by ``guard`` / ``http_fetch``), file paths
-only under the model mount, byte caps on downloads (also for s3:// and gs:// folders) and
-on unpacked archives (``archives``), object names that stay inside the target folder, and
-one deadline per fetch. Credentials in URIs never reach a log line or an error message
-(``redact``).
+only under the model mount, byte caps on downloads (also for s3:// and gs:// folders and
+local copies) and on unpacked archives (``archives``), object names that stay inside the
+target folder, and one deadline per fetch. Credentials in URIs never reach a log line or an
+error message (``redact``).
 
 The digest is ``sha256:<hex>``: of the bytes for a single file (an archive is digested as
-downloaded, so ``sha256sum`` gives the same answer, and checked before it is unpacked:
-``fetch_model``), and for a folder of the listing ``<relative path>\\0<sha256 of file>\\n``
-over all files in path order. ``trtop convert --print-digest PATH`` prints it. Called by
-``pipeline.py``.
+downloaded or copied, so ``sha256sum`` gives the same answer, and checked before it is
+unpacked: ``fetch_model``), and for a folder of the listing
+``<relative path>\\0<sha256 of file>\\n`` over all files in path order (a link to a file
+counts as a file with its target's bytes; links to folders and dangling links are left
+out). ``trtop convert --print-digest PATH`` prints it, the same for the source and its
+snapshot. Called by ``pipeline.py``.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
+import stat
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -36,8 +55,8 @@ from typing import Any, TypeVar
 from trtop.api.fetch import FetchPolicy, redact
 from trtop.convert import archives, http_fetch
 from trtop.convert.errors import (
-    BadRequestError, DigestMismatchError, ModelNotFoundError, NetworkError, TooLargeError, UnsafeArchiveError,
-    UserError,
+    BadRequestError, DigestMismatchError, FetchRefusedError, ModelNotFoundError, NetworkError, TooLargeError,
+    UnsafeArchiveError, UserError,
 )
 from trtop.convert.guard import PERMISSIVE, Deadline, check_local_path, check_scheme
 
@@ -50,41 +69,51 @@ SCHEMES = ("file", "https", "http", "s3", "gs")
 
 
 def fetch(uri: str, workdir: Path, policy: FetchPolicy = PERMISSIVE) -> Path:
-    """The local path of ``uri`` (fetched under ``workdir`` when remote; archives unpacked).
+    """The local path of ``uri``: fetched under ``workdir`` (a local path copied there too), archives unpacked.
 
     ``policy``: what may be fetched; the default allows everything a person at a terminal
     may read, the build Job passes the operator's (``trtop convert`` reads it from the env).
+
+    Sample and calibration data (the pipeline's users of this) are snapshotted like the
+    model although nothing pins them: read in place, a file swapped on the volume after
+    ``check_local_path`` could be a link out of the mount (the pod's secrets), a FIFO (the
+    build blocks for ever) or a file that never stops growing; the snapshot reads them
+    with the same no-follow, caps and deadline as the model, and they are small.
     """
-    local, deadline = _fetched(uri, workdir, policy)
-    return local if deadline is None else archives.unpack(local, policy, deadline)
+    local, deadline, _ = _fetched(uri, workdir, policy)
+    return archives.unpack(local, policy, deadline)
 
 
 def fetch_model(uri: str, workdir: Path, policy: FetchPolicy, pinned: str | None) -> tuple[Path, str]:
     """``fetch``, and the digest of what was fetched, checked against ``pinned`` before an archive
     is unpacked: an archive is digested as its bytes (``sha256sum`` agrees), and one that is not
-    the pinned model is never opened."""
-    local, deadline = _fetched(uri, workdir, policy)
-    digest = digest_of(local)
+    the pinned model is never opened. The path returned is always a private copy under
+    ``workdir`` whose bytes are the ones digested (a local source is snapshotted: module doc)."""
+    local, deadline, digest = _fetched(uri, workdir, policy)
+    digest = digest or digest_of(local)  # a download lies in the work folder: nobody else writes there
     check_digest(digest, pinned, uri)
-    return (local if deadline is None else archives.unpack(local, policy, deadline)), digest
+    return archives.unpack(local, policy, deadline), digest
 
 
-def _fetched(uri: str, workdir: Path, policy: FetchPolicy) -> tuple[Path, Deadline | None]:
-    """The local path of ``uri`` as fetched (an archive not unpacked yet), and the fetch's deadline (None: a local path)."""
+def _fetched(uri: str, workdir: Path, policy: FetchPolicy) -> tuple[Path, Deadline, str]:
+    """The local path of ``uri`` as fetched under ``workdir`` (an archive not unpacked yet), the fetch's
+    deadline, and the digest when it was taken while fetching (a local snapshot's; "" for a download)."""
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else "file"
     if scheme not in SCHEMES:
         raise BadRequestError(f"{redact(uri)}: scheme {scheme!r} is not one of file, https, s3, gs")
     check_scheme(uri, policy)
+    dest = workdir / "source"
+    deadline = Deadline(policy.deadline_seconds, uri)
     if scheme == "file":
         path = Path(urllib.parse.unquote(urllib.parse.urlparse(uri).path)) if uri.startswith("file://") else Path(uri)
         if not path.exists():
             raise ModelNotFoundError(f"{redact(uri)}: no such file or folder (is the model's volume mounted at "
                                      "that path?)")
-        check_local_path(uri, path, policy)
-        return path, None
-    dest = workdir / "source"
+        resolved = check_local_path(uri, path, policy)
+        name = _safe_name(path.name) or _safe_name(resolved.name) or "model"  # the name formats are told by
+        local, digest = _Snapshot(uri, resolved, policy, deadline).copy_to(dest, name)
+        return local, deadline, digest
     dest.mkdir(parents=True, exist_ok=True)
-    deadline = Deadline(policy.deadline_seconds, uri)
     if scheme in ("https", "http"):
         name = _safe_name(Path(urllib.parse.urlparse(uri).path).name) or "model"
         local = _with_retries(lambda: http_fetch.download(uri, dest / name, policy, deadline), uri, deadline)
@@ -92,17 +121,25 @@ def _fetched(uri: str, workdir: Path, policy: FetchPolicy) -> tuple[Path, Deadli
         local = _s3_download(uri, dest, policy, deadline)
     else:
         local = _gcs_download(uri, dest, policy, deadline)
-    return local, deadline
+    return local, deadline, ""
 
 
 def digest_of(path: Path) -> str:
     """``sha256:<hex>`` of a file's bytes, or of a folder's file listing (see the module doc)."""
     if path.is_file():
         return "sha256:" + _sha256_file(path)
+    # rglob follows links to files but does not descend into links to folders (_Snapshot matches both).
+    return _listing_digest([(p.relative_to(path).as_posix(), _sha256_file(p)) for p in path.rglob("*") if p.is_file()])
+
+
+def _listing_digest(files: list[tuple[str, str]]) -> str:
+    """A folder's digest from its (relative posix path, hex sha256) pairs: the lines in path order.
+
+    Path order is pathlib's (component by component: ``a/b`` before ``a-c``), which pins made by
+    earlier versions (that sorted ``Path`` objects) rely on."""
     h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    for p in files:
-        h.update(f"{p.relative_to(path).as_posix()}\0{_sha256_file(p)}\n".encode())
+    for rel, hexdigest in sorted(files, key=lambda f: f[0].split("/")):
+        h.update(f"{rel}\0{hexdigest}\n".encode())
     return "sha256:" + h.hexdigest()
 
 
@@ -116,6 +153,252 @@ def check_digest(actual: str, expected: str | None, uri: str) -> None:
             f"{uri} has digest {actual}, but the request pins {expected}: the model changed since it was pinned. "
             "Pin the new digest (trtop convert --print-digest PATH) or restore the model."
         )
+
+
+# --- local snapshots -----------------------------------------------------------------------------
+_OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # no link; a FIFO opens at once
+_OPEN_DIR = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+# A folder only passed through (search permission is enough, as for a path); a link there is ENOTDIR.
+_SEARCH_DIR = getattr(os, "O_PATH", os.O_RDONLY) | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _listdir(dir_fd: int) -> list[tuple[str, int]]:
+    """(name, mode as ``lstat`` gives it) of each entry of the open folder ``dir_fd``: the snapshot's plan.
+
+    Only a plan: every entry is opened again without following links and judged by ``fstat`` of
+    what was opened, since a writer may swap it for a link or a FIFO right after this listing."""
+    entries = []
+    for name in sorted(os.listdir(dir_fd)):
+        try:
+            entries.append((name, os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode))
+        except FileNotFoundError:
+            continue  # removed since listdir: as if listed a moment later
+    return entries
+
+
+class _Snapshot:
+    """A private copy of a local file or folder, each file hashed as it is copied (see the module doc).
+
+    ``source`` is ``check_local_path``'s answer (resolved, under a file root). Nothing is read
+    through a name that may have become a link since: the copy walks from the file root down one
+    component at a time with O_NOFOLLOW (a link there fails with ELOOP, a file where a folder was
+    with ENOTDIR), opens files with O_NONBLOCK (a FIFO swapped in opens at once) and reads one
+    only once ``fstat`` of the opened descriptor says it is a regular file.
+    ``trtop.store.integrity.open_regular`` does the same for one path name; this needs it relative
+    to a folder's descriptor, and as the tenant's refusal (``FetchRefusedError``, exit 2), where
+    that one's ``IntegrityError`` is a store failure the pipeline would retry as infra.
+    """
+
+    def __init__(self, uri: str, source: Path, policy: FetchPolicy, deadline: Deadline) -> None:
+        self.uri, self.source, self.policy, self.deadline = uri, source, policy, deadline
+        self.roots = tuple(Path(root).resolve() for root in policy.file_roots)
+        self.bytes_left = policy.max_bytes
+        self.entries_left = policy.max_files
+        self.buffer = memoryview(bytearray(CHUNK))
+
+    def copy_to(self, dest: Path, name: str) -> tuple[Path, str]:
+        """The snapshot, ``dest/<a new folder>/name``, and its digest (``digest_of``'s format); on any
+        failure nothing of it is left behind."""
+        if dest.resolve().is_relative_to(self.source):
+            raise BadRequestError(f"{redact(self.uri)}: the work folder {dest.parent} lies inside the model folder, "
+                                  "which is copied into it: use a work folder elsewhere (--workdir)")
+        self._check_planned()
+        dest.mkdir(parents=True, exist_ok=True)
+        holder = Path(tempfile.mkdtemp(prefix="local-", dir=dest))
+        target = holder / name
+        try:
+            fd = self._open_resolved(self.source, name)
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                files: list[tuple[str, str]] = []
+                try:
+                    target.mkdir()
+                    self._tree(fd, target, files)
+                finally:
+                    os.close(fd)
+                digest = _listing_digest(files)
+            else:
+                digest = "sha256:" + self._file(fd, target, name)
+        except BaseException:
+            shutil.rmtree(holder, ignore_errors=True)
+            raise
+        log.info("copied %s into the work folder (%d bytes): the build reads that copy, never the volume",
+                 redact(self.uri), self.policy.max_bytes - self.bytes_left)
+        return target, digest
+
+    def _check_planned(self) -> None:
+        """Refuse at once what is over the caps already; the copy counts again as it reads (files grow)."""
+        if not self.source.is_dir():
+            _check_size(self.source.stat().st_size, self.policy, self.uri)
+            return
+        total = entries = 0
+        for folder, dirnames, filenames in os.walk(self.source):
+            self.deadline.left()
+            entries += len(dirnames) + len(filenames)
+            for f in filenames:
+                try:
+                    total += os.lstat(os.path.join(folder, f)).st_size
+                except OSError:
+                    pass  # gone already: the copy decides
+            if entries > self.policy.max_files:
+                raise self._too_many()
+        _check_size(total, self.policy, self.uri)
+
+    def _tree(self, top_fd: int, top: Path, files: list[tuple[str, str]]) -> None:
+        """Copy the folder open as ``top_fd`` into ``top``; its files' (relative path, sha256) into ``files``."""
+        pending: list[tuple[str, Path]] = [("", top)]  # a stack, not recursion: a deep tree costs no fds
+        while pending:
+            rel, out = pending.pop()
+            dir_fd = self._open_below(top_fd, rel) if rel else top_fd
+            try:
+                try:
+                    entries = _listdir(dir_fd)
+                except PermissionError:
+                    raise self._denied(rel or ".") from None
+                for name, mode in entries:
+                    self.deadline.left()
+                    child = f"{rel}/{name}" if rel else name
+                    if stat.S_ISDIR(mode):
+                        self._take_entry()
+                        (out / name).mkdir()
+                        pending.append((child, out / name))
+                    elif stat.S_ISREG(mode):
+                        fd = self._open_at(dir_fd, name, child, _OPEN_FILE)
+                        files.append((child, self._file(fd, out / name, child)))
+                    elif stat.S_ISLNK(mode):
+                        if hexdigest := self._link(dir_fd, name, child, out / name):
+                            files.append((child, hexdigest))
+                    else:
+                        raise self._special(child)
+            finally:
+                if dir_fd != top_fd:
+                    os.close(dir_fd)
+
+    def _link(self, dir_fd: int, name: str, child: str, target: Path) -> str:
+        """A link inside the model folder: its target's bytes copied as ``child`` once the target lies under
+        a file root (``check_local_path``'s rule) and is a regular file; the sha256, "" for a dangling link
+        (``digest_of`` leaves those out too). A link to a folder is refused: ``digest_of`` never looked
+        into one, so its files were never pinned, and copying them would change existing pins."""
+        try:
+            pointed = os.readlink(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return ""
+        except OSError:  # EINVAL: no longer a link
+            raise self._changed(child) from None
+        where = Path(os.path.realpath(self.source / PurePosixPath(child).parent / pointed))
+        if not any(where.is_relative_to(root) for root in self.roots):
+            raise FetchRefusedError(f"{redact(self.uri)}: {child} links outside {', '.join(self.policy.file_roots)}")
+        try:
+            where.stat()  # metadata only, under a root: whether it points anywhere (digest_of's is_file asks the same)
+        except OSError:
+            return ""  # dangling, a loop, a file as a folder: nothing to open, and never in the digest
+        fd = self._open_resolved(where, child)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise FetchRefusedError(
+                f"{redact(self.uri)}: {child} is a link to a folder; the model's digest does not cover a linked "
+                "folder's files, so they cannot be pinned: put the folder itself (or a copy) there"
+            )
+        return self._file(fd, target, child)
+
+    def _file(self, fd: int, target: Path, shown: str) -> str:
+        """Copy the open file ``fd`` (closed here) into a new ``target``, hashing each chunk as it goes; the sha256."""
+        try:
+            size = os.fstat(fd)
+            if not stat.S_ISREG(size.st_mode):  # a FIFO, device or folder swapped in after the listing
+                raise self._special(shown)
+            os.set_blocking(fd, True)  # a regular file's reads never wait anyway
+        except BaseException:
+            os.close(fd)
+            raise
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            self._take_entry()
+            if size.st_size > self.bytes_left:
+                raise self._too_large(shown)
+            h = hashlib.sha256()
+            with open(target, "xb") as out:
+                # At most one byte past what is left: a file longer than the cap (or growing) stops there.
+                while n := f.readinto(self.buffer[:min(CHUNK, self.bytes_left + 1)]):
+                    self.deadline.left()
+                    self.bytes_left -= n
+                    if self.bytes_left < 0:
+                        raise self._too_large(shown)
+                    h.update(self.buffer[:n])
+                    out.write(self.buffer[:n])
+        return h.hexdigest()
+
+    def _open_resolved(self, path: Path, shown: str) -> int:
+        """A descriptor of the resolved ``path`` under a file root, opened from that root one component at a time
+        without following links (a component swapped for a link since ``path`` was resolved is refused)."""
+        root = max((r for r in self.roots if path.is_relative_to(r)), key=lambda r: len(r.parts))
+        parts = path.relative_to(root).parts
+        # The root is the mount point (the platform's, not the tenant's): opened by name.
+        fd = os.open(root, (_SEARCH_DIR if parts else os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) & ~os.O_NOFOLLOW)
+        try:
+            for i, part in enumerate(parts):
+                opened = self._open_at(fd, part, shown, _OPEN_FILE if i == len(parts) - 1 else _SEARCH_DIR)
+                os.close(fd)
+                fd = opened
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _open_below(self, top_fd: int, rel: str) -> int:
+        """The folder ``rel`` below the open folder ``top_fd``, each component opened without following links."""
+        fd = top_fd
+        parts = rel.split("/")
+        try:
+            for i, part in enumerate(parts):
+                opened = self._open_at(fd, part, rel, _OPEN_DIR if i == len(parts) - 1 else _SEARCH_DIR)
+                if fd != top_fd:
+                    os.close(fd)
+                fd = opened
+        except BaseException:
+            if fd != top_fd:
+                os.close(fd)
+            raise
+        return fd
+
+    def _open_at(self, dir_fd: int, name: str, shown: str, flags: int) -> int:
+        try:
+            return os.open(name, flags, dir_fd=dir_fd)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO):  # a link; a file where a folder was; a socket
+                raise self._changed(shown) from None
+            if e.errno == errno.ENOENT:
+                raise ModelNotFoundError(f"{redact(self.uri)}: {shown} disappeared while the model was copied (is "
+                                         "something still writing the model's volume?)") from None
+            if e.errno == errno.EACCES:
+                raise self._denied(shown) from None
+            raise
+
+    def _take_entry(self) -> None:
+        self.entries_left -= 1
+        if self.entries_left < 0:
+            raise self._too_many()
+
+    def _denied(self, shown: str) -> UserError:
+        return UserError(f"{redact(self.uri)}: {shown}: permission denied (the build's user may not read it: check "
+                         "the model's permissions on the volume)")
+
+    def _changed(self, shown: str) -> FetchRefusedError:
+        return FetchRefusedError(f"{redact(self.uri)}: {shown} turned into a link or a special file while the model "
+                                 "was copied; refused, not followed (is something writing the model's volume?)")
+
+    def _special(self, shown: str) -> FetchRefusedError:
+        return FetchRefusedError(f"{redact(self.uri)}: {shown} is not a regular file or folder (a FIFO, socket or "
+                                 "device would block or never end the build)")
+
+    def _too_large(self, shown: str) -> TooLargeError:
+        return TooLargeError(
+            f"{redact(self.uri)}: more than the {self.policy.max_bytes} bytes a fetch may copy (fetch.maxBytes): "
+            f"{shown} is larger or grew while it was copied; if the model is still being written, wait until it is "
+            "complete, else use a smaller model or ask the platform to raise fetch.maxBytes"
+        )
+
+    def _too_many(self) -> TooLargeError:
+        return TooLargeError(f"{redact(self.uri)}: more than {self.policy.max_files} files and folders "
+                             "(fetch.maxFiles)")
 
 
 # --- schemes -----------------------------------------------------------------------------------
