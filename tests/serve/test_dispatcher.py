@@ -53,9 +53,12 @@ def written(peer: socket.socket) -> list[Message]:
     data = b""
     while True:
         try:
-            data += peer.recv(1 << 20, socket.MSG_DONTWAIT)
+            got = peer.recv(1 << 20, socket.MSG_DONTWAIT)
         except BlockingIOError:
             break
+        if not got:  # the engine closed its end
+            break
+        data += got
     out: list[Message] = []
     while data:
         (length,) = struct.unpack_from("<I", data)
@@ -293,3 +296,23 @@ async def test_a_native_frontend_holding_requests_hears_of_room_when_a_batch_tak
         for ours, peer in pairs:
             peer.close()
         await service.close()
+
+
+@pytest.mark.parametrize("bad", [["infer", 2], ["infer", 2, 1, [["x"]], [], 5.0], [7], 5, [], ["infer"]],
+                         ids=["short-infer", "bad-input", "odd-kind", "not-a-list", "empty", "no-rid"])
+async def test_a_malformed_message_fails_alone_and_the_front_end_keeps_its_channel(
+        engine: tuple[Dispatcher, socket.socket, Breakable], bad: object) -> None:
+    """A message the engine cannot read (a front-end's bug) costs that message: its request, when its id can be
+    read, is answered with an error (the server's: 500); the messages beside it in the frame, and the channel with every request in
+    flight on it, go on. (It raised out of the read: the transport closed, and every request of the front-end
+    was dropped.)"""
+    dispatcher, peer, _runtime = engine
+    peer.sendall(frame(infer(1, 1.0), bad, infer(3, 3.0)))
+    got = await until_answered(peer, {1, 3})
+    assert got[1] == 2.0 and got[3] == 4.0
+    if isinstance(bad, list) and len(bad) > 1:
+        error = got.get(2) or (await until_answered(peer, {2}))[2]
+        assert isinstance(error, list) and error[0] == "InferenceFailed" and "descriptor" in error[1], error
+    assert dispatcher.channel is not None and not dispatcher.channel.closed and not dispatcher.closed.is_set()
+    peer.sendall(frame(infer(4, 4.0)))
+    assert (await until_answered(peer, {4}))[4] == 5.0

@@ -103,6 +103,20 @@ class Dispatcher:
 
     def _on_message(self, message: Message) -> None:
         self.heard = True
+        try:
+            self._handle(message)
+        except Exception as exc:  # noqa: BLE001 - a front-end's bug costs its one message, not its channel
+            # Raised out of the channel's read, it closed the transport: every request the front-end had in
+            # flight was dropped with it. Now the message fails alone; its request, when its id reads, is answered.
+            rid = message[1] if (isinstance(message, (list, tuple)) and len(message) > 1 and message[0] == "infer"
+                                 and isinstance(message[1], int) and not isinstance(message[1], bool)) else None
+            log.error("front-end %d sent a message the engine cannot read (%s: %s); %s", self.index,
+                      type(exc).__name__, exc, "its request is failed" if rid is not None else "ignored")
+            if rid is not None:
+                self._failed(rid, InferenceFailed(f"the front-end's descriptor of this request could not be read: "
+                                                  f"{type(exc).__name__}: {exc}"), read=True)
+
+    def _handle(self, message: Message) -> None:
         kind = message[0]
         if kind == "infer":
             self._infer(message)
@@ -164,12 +178,18 @@ class Dispatcher:
 
     def _infer(self, message: Message) -> None:
         """Queue one request; its reply goes out from the future's callback (no task per request)."""
-        rid, rows, inputs, outputs, timeout_s = message[1:6]
+        rid, rows, inputs, outputs, timeout_s = message[1:6]  # one that does not unpack: ``_on_message``
         requests = message[6] if len(message) > 6 else 1
         try:
-            feeds = {name: self.arena.view(offset, dtype, shape) if inline is None
-                     else np.frombuffer(inline, dtype=dtype).reshape(shape)  # a small tensor sent in the descriptor
-                     for name, dtype, shape, offset, inline in inputs}
+            try:
+                feeds = {name: self.arena.view(offset, dtype, shape) if inline is None
+                         else np.frombuffer(inline, dtype=dtype).reshape(shape)  # a small tensor in the descriptor
+                         for name, dtype, shape, offset, inline in inputs}
+            except Exception as exc:  # noqa: BLE001 - the front-end's bug, not the backend's
+                log.error("front-end %d sent a descriptor the engine cannot read (%s: %s); its request is failed",
+                          self.index, type(exc).__name__, exc)
+                raise InferenceFailed(f"the front-end's descriptor of this request could not be read: "
+                                      f"{type(exc).__name__}: {exc}") from exc
             future = self.service.enqueue(feeds, rows, signature_of(feeds), timeout_s, requests=requests)
         except Exception as exc:  # ServeError: refused at once; anything else fails this request alone
             self._failed(rid, exc, read=True)
