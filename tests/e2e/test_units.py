@@ -23,7 +23,7 @@ from trtop.planning.facts import ClusterFacts
 from trtop.planning.plan import plan_model_deployment
 
 from .operator_harness import (
-    ConverterStandIn, OperatorProcess, condition, get_md, load_clients, publish_fake_engine, wait_for,
+    ConverterStandIn, OperatorProcess, condition, events_for, get_md, load_clients, publish_fake_engine, wait_for,
 )
 
 pytestmark = pytest.mark.e2e
@@ -280,3 +280,36 @@ def _records(store: Path, planned) -> dict:
     from trtop.api.engine import EngineRecord
     return {e.key: EngineRecord.from_json((store / e.request.scope / e.key / names.ENGINE_METADATA_FILE).read_text())
             for e in planned.engines}
+
+
+def test_pods_a_resource_quota_refuses_are_named_in_the_status_until_the_quota_allows_them(
+        cluster, dev_cluster, namespace, tmp_path):
+    """A namespace's ResourceQuota on GPUs is the platform's cap on what replicas can take (docs/install.md): the
+    API server refuses the pods past it, they never exist, and the status says so (ScalingLimited=PodsRefused,
+    with the API server's words) instead of a rollout that waits without a reason; within the quota, it clears."""
+    custom = cluster["custom"]
+    body = spec(3)
+    body["engine"]["targets"] = ["9.0"]  # one build: the quota is for serving
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "gpus", "namespace": namespace},
+             "spec": {"hard": {"requests.nvidia.com/gpu": "1"}}}
+    dev_cluster.apply(quota, namespace=namespace)
+    cluster["operator"].start()
+    apply_md(dev_cluster, namespace, tmp_path, "capped", body)
+
+    def refused() -> dict | None:
+        limited = condition(get_md(custom, namespace, "capped"), names.COND_SCALING_LIMITED)
+        return limited if limited.get("reason") == "PodsRefused" else None
+    limited = wait_for("ScalingLimited=PodsRefused", refused, timeout=90)
+    assert limited["status"] == "True" and "exceeded quota" in limited["message"], limited
+    md = get_md(custom, namespace, "capped")
+    assert condition(md, names.COND_READY)["status"] == "False" and md["status"]["readyReplicas"] == 1
+    events = events_for(cluster["core"], namespace, "capped")
+    assert [e for e in events if e.reason == "PodsRefused" and e.type == "Warning"], [e.reason for e in events]
+    # The other remedy the message names (a raised quota is retried on the ReplicaSet controller's back-off,
+    # up to minutes, a Kubernetes behaviour): fewer replicas, and the refusal is gone from the status.
+    apply_md(dev_cluster, namespace, tmp_path, "capped", {**body, "replicas": 1})
+    md = ready_md(custom, namespace, "capped", timeout=90)
+    assert md["status"]["readyReplicas"] == 1
+    # The Deployment drops its ReplicaFailure once its ReplicaSet's next sync creates what it needs.
+    wait_for("ScalingLimited False", lambda: condition(get_md(custom, namespace, "capped"),
+                                                       names.COND_SCALING_LIMITED)["status"] == "False", timeout=60)

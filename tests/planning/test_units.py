@@ -221,3 +221,30 @@ def test_pods_no_node_can_take_move_to_an_architecture_with_room(settings):
     held = plan(replace(facts, nodes=nowhere, units=units, pods=stuck), settings, p.status, spec={**SPEC, "replicas": 1})
     assert [u["spec"]["replicas"] for u in held.units] == [0, 1]  # no room anywhere: it waits where it is
     assert cond(held.status, "ScalingLimited")["status"] == "True"
+
+
+def test_pods_the_api_server_refuses_are_named_in_scaling_limited_with_one_warning(settings):
+    """A ResourceQuota (or a LimitRange, a webhook) refuses a unit's pods at creation: they never exist, so no pod
+    fact tells it; the unit's ReplicaFailure does. The status names the unit and the API server's words, Ready's
+    message points there, and one Warning Event says it when it starts."""
+    from trtop.planning.status import events_between
+    nodes = (gpu_node("h100-0", "h100", gpus=4),)
+    facts = with_records(nodes, settings)
+    spec = {**SPEC, "replicas": 3}
+    p = plan(facts, settings, spec=spec)
+    units, pods = live_of(p, replicas={p.units[0]["metadata"]["name"]: 1})
+    quota = ('pods "m-sm90-x-5f6" is forbidden: exceeded quota: gpu, requested: requests.nvidia.com/gpu=1, '
+             "used: requests.nvidia.com/gpu=1, limited: requests.nvidia.com/gpu=1")
+    refused = (replace(units[0], replicas=3, refused=quota),)
+    again = plan(replace(facts, units=refused, pods=pods), settings, p.status, spec=spec)
+    limited = cond(again.status, "ScalingLimited")
+    assert (limited["status"], limited["reason"]) == ("True", "PodsRefused")
+    assert units[0].name in limited["message"] and "exceeded quota" in limited["message"]
+    assert cond(again.status, "Ready")["status"] == "False"
+    assert "refuses the rest: see ScalingLimited" in cond(again.status, "Ready")["message"]
+    warned = [e for e in events_between(p.status, again.status) if e.reason == "PodsRefused"]
+    assert len(warned) == 1 and warned[0].type == "Warning" and "exceeded quota" in warned[0].message
+    assert not [e for e in events_between(again.status, again.status) if e.reason == "PodsRefused"]
+    fixed = plan(replace(facts, units=(replace(units[0], replicas=3, ready_replicas=3),), pods=pods * 3), settings,
+                 again.status, spec=spec)
+    assert cond(fixed.status, "ScalingLimited")["status"] == "False"

@@ -198,6 +198,7 @@ def deployment_fact(d: Mapping[str, Any], owner_uid: str | None = None) -> Deplo
         applied_hash=ann.get(names.ANNOTATION_APPLIED_HASH, ""),
         target=str((d["metadata"].get("labels") or {}).get(names.LABEL_TARGET, "")),
         template_hash=ann.get(names.ANNOTATION_TEMPLATE_HASH, ""), uid=str(d["metadata"].get("uid", "")),
+        refused=str((_true(st.get("conditions"), "ReplicaFailure") or {}).get("message") or "")[:512],
     )
 
 

@@ -49,6 +49,9 @@ class DeploymentFact:
     target: str = ""  # LABEL_TARGET: the architecture of a serving unit ("" for the old single Deployment)
     template_hash: str = ""  # ANNOTATION_TEMPLATE_HASH: the pod template it runs
     uid: str = ""  # the object's own uid (a delete names it, so only this object can go)
+    # Why the API server refused to create some of its pods (its ReplicaFailure condition: a ResourceQuota, a
+    # LimitRange, an admission webhook); "" when it did not. Such pods never exist: no pod fact tells it.
+    refused: str = ""
 
 
 @dataclass(frozen=True)

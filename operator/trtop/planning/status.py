@@ -106,7 +106,12 @@ def conditions_for(
     conds.append(Condition(names.COND_DEGRADED, bool(failed and ready), "SomeTargetsFailed" if failed and ready else "AllTargetsHealthy",
                            "serving on the architectures that work; " + conds[0].message if failed and ready
                            else "no target is failing"))
-    if scaling_limit:
+    if serving.refused:  # first: what a person must change is named, where a GPU shortage only waits
+        conds.append(Condition(names.COND_SCALING_LIMITED, True, "PodsRefused",
+                               f"the API server refused to create pods of {serving.refused} (a ResourceQuota, "
+                               "LimitRange or admission webhook of the namespace): raise the quota or lower the "
+                               "replicas"[:2048]))
+    elif scaling_limit:
         conds.append(Condition(names.COND_SCALING_LIMITED, True, "GPUCapacity", scaling_limit))
     else:
         conds.append(Condition(names.COND_SCALING_LIMITED, False, "WithinCapacity", "the cluster can host the desired replicas"))
@@ -220,6 +225,9 @@ def events_between(previous: Mapping[str, Any], current: Mapping[str, Any]) -> l
     for warning in current.get("warnings", []):
         if warning not in previous.get("warnings", []):
             events.append(Event("Warning", "SpecIgnored", warning[:1024]))
+    limited = _condition(current, names.COND_SCALING_LIMITED)
+    if limited.get("reason") == "PodsRefused" != _condition(previous, names.COND_SCALING_LIMITED).get("reason"):
+        events.append(Event("Warning", "PodsRefused", str(limited.get("message", ""))[:1024]))
     failing = _condition(current, names.COND_READY)
     before = _condition(previous, names.COND_READY)
     if failing.get("reason") in FAILURE_REASONS and (

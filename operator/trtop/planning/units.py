@@ -51,6 +51,7 @@ class Serving:
     short: float = 0.0  # capacity units placed on pods no free GPU can host yet
     rollout_pending: str = ""  # why serving does not match the plan yet ("" when it does)
     ceiling: float | None = None  # capacity units the live pods plus free GPUs could carry
+    refused: str = ""  # units whose pods the API server refused to create, and why ("" when none)
 
     @property
     def capacity_met(self) -> bool:
@@ -158,7 +159,9 @@ def plan_units(
         manifests.append(manifest)
         stale = sum(1 for p in pods if p.target == engine.target.slug and p.template_hash != template)
         if current < replicas or stale:
-            pending.append(f"unit {name}: {current}/{replicas} pods ready on the current template")
+            refused = " (the API server refuses the rest: see ScalingLimited)" if (
+                name in live and live[name].refused) else ""
+            pending.append(f"unit {name}: {current}/{replicas} pods ready on the current template{refused}")
         caps.append(replicas * slot.speed)
         entries.append({"name": name, "target": str(engine.target), "engine": engine.key, "state": "Serving",
                         "replicas": replicas, "readyReplicas": current, "capacityPerReplica": round(slot.speed, 3),
@@ -190,9 +193,10 @@ def plan_units(
                        f"{desired:g} replica(s) ({units_ready:g} ready)")
     to_apply = tuple(m for m in manifests if (fact := live.get(m["metadata"]["name"])) is None
                      or fact.applied_hash != applied_hash(m))
+    refused = "; ".join(f"{u.name}: {u.refused}" for _, u in sorted(live.items()) if u.refused)
     return Serving(tuple(manifests), to_apply, tuple(going), tuple(entries), unit, desired, ready, live_cap,
                    bool(live) or legacy is not None or bool(manifests), split.short,
-                   "; ".join(pending), capacity_ceiling(slots))
+                   "; ".join(pending), capacity_ceiling(slots), refused)
 
 
 def _as_they_are(live: Mapping[str, DeploymentFact], legacy: DeploymentFact | None, pods: Sequence[PodFact],
