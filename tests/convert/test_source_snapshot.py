@@ -370,3 +370,21 @@ def test_a_work_folder_inside_the_model_folder_is_refused(tmp_path: Path) -> Non
     make_model_folder(tmp_path / "model")
     with pytest.raises(errors.BadRequestError, match="work folder .* lies inside the model folder"):
         fetch_model(str(tmp_path / "model"), tmp_path / "model" / "work", FetchPolicy(file_roots=("/",)), None)
+
+
+def test_a_name_that_is_not_utf8_is_digested_by_its_bytes(models: Path, tmp_path: Path) -> None:
+    """A Latin-1 file name (from an old archive tool, or a tenant's) raised UnicodeEncodeError in the digest: an
+    internal failure, retried. Names are digested as their bytes, the same as UTF-8 for every name that is."""
+    folder = models / "claim" / "model"
+    folder.mkdir()
+    (folder / "saved_model.pb").write_bytes(PINNED_BYTES)
+    (folder / "caf\u00e9.txt").write_bytes(b"utf-8 name")
+    utf8_only = digest_of(folder)
+    assert utf8_only == old_digest_of(folder)  # unchanged for UTF-8 names: existing pins still match
+    with open(os.path.join(os.fsencode(folder), b"r\xe9sum\xe9.txt"), "wb") as f:  # Latin-1 bytes
+        f.write(b"latin-1 name")
+    expected = digest_of(folder)
+    assert expected != utf8_only
+    local, digest = fetch_model(str(folder), tmp_path / "work", policy_for(models), expected)
+    assert digest == expected == digest_of(local)
+    assert (local / os.fsdecode(b"r\xe9sum\xe9.txt")).read_bytes() == b"latin-1 name"

@@ -139,7 +139,9 @@ def _listing_digest(files: list[tuple[str, str]]) -> str:
     earlier versions (that sorted ``Path`` objects) rely on."""
     h = hashlib.sha256()
     for rel, hexdigest in sorted(files, key=lambda f: f[0].split("/")):
-        h.update(f"{rel}\0{hexdigest}\n".encode())
+        # The name's bytes as the file system holds them: the same as UTF-8 for every name that is, and a name
+        # that is not (a Latin-1 archive's, a tenant's) is digested instead of raising UnicodeEncodeError.
+        h.update(os.fsencode(rel) + b"\0" + hexdigest.encode() + b"\n")
     return "sha256:" + h.hexdigest()
 
 
