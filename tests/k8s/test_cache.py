@@ -165,6 +165,27 @@ def test_a_unit_the_operator_applied_is_its_owners_before_the_watch_says_so():
     assert c.units("uid-auto") == ()
 
 
+def test_a_unit_whose_pods_the_api_server_refuses_says_why_without_the_pods_name():
+    """The Deployment's ReplicaFailure (a ResourceQuota, a webhook) is the unit's fact; the refused pod's name, new
+    at every retry of the ReplicaSet, is left out (else each retry would write the status again)."""
+    c = world()
+    body = deployment("auto-sm90", "uid-auto", "10", replicas=3)
+    c.on_deployment("ADDED", body)
+    assert c.units("uid-auto")[0].refused == ""
+    for pod in ("auto-sm90-5f6c7d8b9-x2x4k", "auto-sm90-5f6c7d8b9-q8z7m"):
+        body = {**body, "status": {"conditions": [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                                                   "message": f'pods "{pod}" is forbidden: exceeded quota: gpus, '
+                                                              "requested: requests.nvidia.com/gpu=1, used: "
+                                                              "requests.nvidia.com/gpu=1, limited: "
+                                                              "requests.nvidia.com/gpu=1"}]}}
+        c.on_deployment("MODIFIED", body)
+        assert c.units("uid-auto")[0].refused == (
+            "exceeded quota: gpus, requested: requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=1, "
+            "limited: requests.nvidia.com/gpu=1")
+    c.on_deployment("MODIFIED", {**body, "status": {"conditions": []}})
+    assert c.units("uid-auto")[0].refused == ""
+
+
 # A deleted object leaves nothing behind (thousands of objects, months of uptime, names that come back).
 NODE_INDICES = {"_nodes", "_node_facts", "_down_since"}  # the cluster's nodes: they stay
 

@@ -12,6 +12,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -198,8 +199,17 @@ def deployment_fact(d: Mapping[str, Any], owner_uid: str | None = None) -> Deplo
         applied_hash=ann.get(names.ANNOTATION_APPLIED_HASH, ""),
         target=str((d["metadata"].get("labels") or {}).get(names.LABEL_TARGET, "")),
         template_hash=ann.get(names.ANNOTATION_TEMPLATE_HASH, ""), uid=str(d["metadata"].get("uid", "")),
-        refused=str((_true(st.get("conditions"), "ReplicaFailure") or {}).get("message") or "")[:512],
+        refused=_refusal((_true(st.get("conditions"), "ReplicaFailure") or {}).get("message")),
     )
+
+
+_REFUSED_POD = re.compile(r'^pods? "[^"]*" is forbidden: ', re.IGNORECASE)
+
+
+def _refusal(message: object) -> str:
+    """The cause in a unit's ReplicaFailure message ("exceeded quota: gpus, requested: ..."), without the refused
+    pod's name: each retry of the ReplicaSet names a new pod, and the status would be written again for it."""
+    return _REFUSED_POD.sub("", str(message or ""))[:512]
 
 
 def pod_fact(pod: Mapping[str, Any]) -> PodFact:
