@@ -41,6 +41,10 @@ ANNOTATION_ENGINE_SET: Final = f"{GROUP}/engine-set"
 ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"
 ANNOTATION_ENGINE_KEYS: Final = f"{GROUP}/engine-keys"  # on the Deployment: the keys it serves
 ANNOTATION_TEMPLATE_HASH: Final = f"{GROUP}/template-hash"  # on a unit: hash of its pod template
+# On a unit rolling with one pod fewer because no GPU of its type was free for a new pod beside the old ones
+# (spec.rollout.whenFull ReplaceInPlace): kept until the rollout is done, so it does not flap as pods move.
+ANNOTATION_ROLLOUT_IN_PLACE: Final = f"{GROUP}/rollout-in-place"
+ROLLOUT_WHEN_FULL: Final = ("ReplaceInPlace", "Wait")
 # On each object trtop applies: hash of the manifest it applied (re-applied only when it differs).
 ANNOTATION_APPLIED_HASH: Final = f"{GROUP}/applied-hash"
 

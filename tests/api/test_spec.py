@@ -116,6 +116,7 @@ HOSTILE = [
     ({"rollout": {"maxSurge": "0%", "maxUnavailable": 0}}, "rollout"),
     ({"rollout": {"maxSurge": "lots"}}, "rollout.maxSurge"),
     ({"rollout": {"maxUnavailable": -1}}, "rollout.maxUnavailable"),
+    ({"rollout": {"whenFull": "Never"}}, "rollout.whenFull"),
     ({"replicas": True}, "replicas"),
     ({"model": {"uri": "s3://b/m", "inputShapes": ["x"]}}, ""),
     ({"model": "s3://b/m"}, "model"),

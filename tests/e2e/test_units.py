@@ -301,8 +301,10 @@ def test_pods_a_resource_quota_refuses_are_named_in_the_status_until_the_quota_a
         return limited if limited.get("reason") == "PodsRefused" else None
     limited = wait_for("ScalingLimited=PodsRefused", refused, timeout=90)
     assert limited["status"] == "True" and "exceeded quota" in limited["message"], limited
-    md = get_md(custom, namespace, "capped")
-    assert condition(md, names.COND_READY)["status"] == "False" and md["status"]["readyReplicas"] == 1
+    md = wait_for("the pod the quota allows ready", lambda: (m := get_md(custom, namespace, "capped")) and m[
+        "status"].get("readyReplicas") == 1 and m, timeout=60)  # the refusal can come before it is ready
+    assert condition(md, names.COND_READY)["status"] == "False"
+    assert condition(md, names.COND_SCALING_LIMITED)["reason"] == "PodsRefused"
     events = events_for(cluster["core"], namespace, "capped")
     assert [e for e in events if e.reason == "PodsRefused" and e.type == "Warning"], [e.reason for e in events]
     # The other remedy the message names (a raised quota is retried on the ReplicaSet controller's back-off,
@@ -313,3 +315,41 @@ def test_pods_a_resource_quota_refuses_are_named_in_the_status_until_the_quota_a
     # The Deployment drops its ReplicaFailure once its ReplicaSet's next sync creates what it needs.
     wait_for("ScalingLimited False", lambda: condition(get_md(custom, namespace, "capped"),
                                                        names.COND_SCALING_LIMITED)["status"] == "False", timeout=60)
+
+
+def test_a_rollout_on_a_full_gpu_type_replaces_pods_in_place_and_lands(cluster, dev_cluster, namespace, tmp_path):
+    """Two pods fill the H100 node's two GPUs; a template change then needs a GPU beside them for its first new
+    pod (maxUnavailable 0): there is none. The unit rolls one pod fewer at a time instead (rollout.whenFull
+    ReplaceInPlace), says so in an Event, lands, and goes back to the spec's strategy."""
+    core, apps, custom = cluster["core"], cluster["apps"], cluster["custom"]
+    body = spec(2)
+    body["engine"]["targets"] = ["9.0"]
+    cluster["operator"].start()
+    apply_md(dev_cluster, namespace, tmp_path, "full", body)
+    ready_md(custom, namespace, "full")
+    old = set(wait_for("serving at rest", lambda: at_rest(core, apps, namespace), timeout=60))
+    assert len(old) == 2
+    apply_md(dev_cluster, namespace, tmp_path, "full", {**body, "serving": {**body["serving"],
+                                                                           "podAnnotations": {"team": "b"}}})
+    sel = f"{names.LABEL_COMPONENT}={names.COMPONENT_INFERENCE}"
+
+    def landed() -> bool:
+        pods = [p for p in core.list_namespaced_pod(namespace, label_selector=sel).items
+                if not p.metadata.deletion_timestamp]
+        return len(pods) == 2 and all((p.metadata.annotations or {}).get("team") == "b" and any(
+            c.type == "Ready" and c.status == "True" for c in (p.status.conditions or [])) for p in pods)
+    wait_for("the new template's pods on the full node", landed, timeout=120)
+    ready_md(custom, namespace, "full")
+    assert not set(serving_pods(core, namespace)) & old
+    events = events_for(core, namespace, "full")
+    told = [e for e in events if e.reason == "RolloutInPlace"]
+    assert told and "one pod fewer at a time" in told[0].message, [e.reason for e in events]
+
+    def strategy_back() -> bool:
+        (unit,) = apps.list_namespaced_deployment(namespace).items
+        return unit.spec.strategy.rolling_update.max_unavailable == 0 and names.ANNOTATION_ROLLOUT_IN_PLACE not in (
+            unit.metadata.annotations or {})
+    wait_for("the spec's strategy back", strategy_back, timeout=60)
+    wait_for("the status says the rollout is done", lambda: (m := get_md(custom, namespace, "full")) and all(
+        u.get("rollout") != "InPlace" for u in m["status"]["units"]) and condition(m, names.COND_READY)["status"]
+        == "True", timeout=60)

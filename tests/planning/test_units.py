@@ -248,3 +248,69 @@ def test_pods_the_api_server_refuses_are_named_in_scaling_limited_with_one_warni
     fixed = plan(replace(facts, units=(replace(units[0], replicas=3, ready_replicas=3),), pods=pods * 3), settings,
                  again.status, spec=spec)
     assert cond(fixed.status, "ScalingLimited")["status"] == "False"
+
+
+def _rolling(settings, rollout=None):
+    """A full H100 (2 GPUs, 2 ready pods of the first template), then a template change: (facts, plan of the
+    change, the new template's hash, the spec)."""
+    nodes = (gpu_node("h100-0", "h100", gpus=2),)
+    facts, p = settled(with_records(nodes, settings), settings)
+    facts = replace(facts, nodes=(gpu_node("h100-0", "h100", gpus=2, requested=2),))
+    spec = {**SPEC, "serving": {"podAnnotations": {"team": "b"}}, **({"rollout": rollout} if rollout else {})}
+    changed = plan(facts, settings, p.status, spec=spec)
+    template = changed.units[0]["metadata"]["annotations"][names.ANNOTATION_TEMPLATE_HASH]
+    return facts, changed, template, spec
+
+
+def _strategy(unit):
+    return unit["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], \
+        unit["metadata"]["annotations"].get(names.ANNOTATION_ROLLOUT_IN_PLACE)
+
+
+def test_a_rollout_on_a_full_gpu_type_replaces_pods_in_place_until_it_is_done(settings):
+    """users.md 11: "blue/green upgrades need twice the GPUs and stall when the cluster is full". With
+    maxUnavailable 0 the new pod waits for a GPU beside the old ones: on a full type, for ever. Once it finds no
+    node and no GPU of the type is free, the unit rolls one pod fewer at a time (maxUnavailable 1), says so, and
+    keeps that until no old pod is left, then goes back to the spec's strategy (no pod rolls for it)."""
+    from trtop.planning.facts import PodFact
+    from trtop.planning.status import events_between
+    facts, changed, template, spec = _rolling(settings)
+    (unit,) = changed.units
+    assert _strategy(unit) == (0, None)  # a rollout starts as the spec says
+    old = tuple(p for p in facts.pods)
+    pending = PodFact("new-0", old[0].target, template, ready=False, unschedulable=True)
+    stuck = plan(replace(facts, pods=old + (pending,)), settings, changed.status, spec=spec)
+    (unit,) = stuck.units
+    assert _strategy(unit) == (1, "true") and stuck.to_apply  # applied: the Deployment takes one old pod down
+    assert unit["metadata"]["annotations"][names.ANNOTATION_TEMPLATE_HASH] == template  # no other roll for it
+    assert stuck.status["units"][0]["rollout"] == "InPlace"
+    assert "one pod fewer at a time" in cond(stuck.status, "Reconciling")["message"]
+    (told,) = [e for e in events_between(changed.status, stuck.status) if e.reason == "RolloutInPlace"]
+    assert unit["metadata"]["name"] in told.message
+    assert not [e for e in events_between(stuck.status, stuck.status) if e.reason == "RolloutInPlace"]
+    # The new pod took the GPU an old one freed: nothing Pending, a GPU free for a moment; still in place.
+    (live,) = facts.units
+    live = replace(live, in_place=True, applied_hash=unit["metadata"]["annotations"][names.ANNOTATION_APPLIED_HASH])
+    midway = replace(facts, units=(live,), pods=(old[0], PodFact("new-0", old[0].target, template, ready=True)),
+                     nodes=(gpu_node("h100-0", "h100", gpus=2, requested=1),))
+    again = plan(midway, settings, stuck.status, spec=spec)
+    assert _strategy(again.units[0]) == (1, "true") and not again.to_apply  # no flapping
+    done = replace(midway, pods=tuple(PodFact(f"new-{i}", old[0].target, template, ready=True) for i in range(2)),
+                   nodes=(gpu_node("h100-0", "h100", gpus=2, requested=2),))
+    after = plan(done, settings, again.status, spec=spec)
+    assert _strategy(after.units[0]) == (0, None) and after.to_apply  # the spec's strategy again
+    assert "rollout" not in after.status["units"][0] and cond(after.status, "Ready")["status"] == "True"
+
+
+def test_a_rollout_that_may_wait_or_can_take_pods_down_is_left_as_the_spec_says(settings):
+    from trtop.planning.facts import PodFact
+    for rollout in ({"whenFull": "Wait"}, {"maxUnavailable": "1"}, {"maxUnavailable": "50%"}):
+        facts, changed, template, spec = _rolling(settings, rollout)
+        pending = PodFact("new-0", facts.pods[0].target, template, ready=False, unschedulable=True)
+        stuck = plan(replace(facts, pods=facts.pods + (pending,)), settings, changed.status, spec=spec)
+        assert _strategy(stuck.units[0])[1] is None and "rollout" not in stuck.status["units"][0], rollout
+    # Room on the type: the new pod is only waiting for the scheduler, nothing to change.
+    facts, changed, template, spec = _rolling(settings)
+    roomy = replace(facts, nodes=(gpu_node("h100-0", "h100", gpus=3, requested=2),),
+                    pods=facts.pods + (PodFact("new-0", facts.pods[0].target, template, unschedulable=True),))
+    assert _strategy(plan(roomy, settings, changed.status, spec=spec).units[0]) == (0, None)

@@ -122,6 +122,9 @@ class RolloutSpec:
     max_surge: str = "25%"
     max_unavailable: str = "0"
     keep_previous_engines: int = 1
+    # No GPU of a unit's type free for a new pod beside the old ones: ReplaceInPlace rolls it one pod fewer at a
+    # time (as maxUnavailable 1) until done; Wait keeps every old pod, and the rollout waits for a free GPU.
+    when_full: str = names.ROLLOUT_WHEN_FULL[0]
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,7 @@ def _parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
         max_surge=validation.check_rollout_bound(rollout_raw, "maxSurge", "25%"),
         max_unavailable=validation.check_rollout_bound(rollout_raw, "maxUnavailable", "0"),
         keep_previous_engines=_int(rollout_raw, "keepPreviousEngines", 1, "rollout", minimum=0),
+        when_full=_enum(rollout_raw, "whenFull", names.ROLLOUT_WHEN_FULL, names.ROLLOUT_WHEN_FULL[0], "rollout"),
     )
     validation.check_rollout(rollout.max_surge, rollout.max_unavailable)
     replicas = raw.get("replicas")

@@ -52,6 +52,7 @@ class DeploymentFact:
     # Why the API server refused to create some of its pods (its ReplicaFailure condition: a ResourceQuota, a
     # LimitRange, an admission webhook); "" when it did not. Such pods never exist: no pod fact tells it.
     refused: str = ""
+    in_place: bool = False  # ANNOTATION_ROLLOUT_IN_PLACE: rolling one pod fewer at a time (rollout.whenFull)
 
 
 @dataclass(frozen=True)

@@ -222,6 +222,12 @@ def events_between(previous: Mapping[str, Any], current: Mapping[str, Any]) -> l
         events.append(Event("Normal", "UnitAdded", f"serving unit(s) added: {', '.join(added)}"[:1024]))
     if removed and "units" in current:
         events.append(Event("Normal", "UnitRemoved", f"serving unit(s) removed: {', '.join(removed)}"[:1024]))
+    in_place = [str(n) for n, u in new_units.items()
+                if u.get("rollout") == "InPlace" and (old_units.get(n) or {}).get("rollout") != "InPlace"]
+    if in_place:  # serving one pod fewer for a while: a person should know why
+        events.append(Event("Normal", "RolloutInPlace", (
+            f"rolling {', '.join(in_place)} one pod fewer at a time: no GPU of its type is free for a new pod beside "
+            "the old ones (spec.rollout.whenFull: ReplaceInPlace; Wait keeps every old pod)")[:1024]))
     for warning in current.get("warnings", []):
         if warning not in previous.get("warnings", []):
             events.append(Event("Warning", "SpecIgnored", warning[:1024]))

@@ -152,20 +152,28 @@ def plan_units(
     pending: list[str] = []
     for (name, engine), slot in zip(sorted(serving_names.items()), slots):
         replicas = split.replicas.get(engine.target, 0)
-        manifest = with_applied_hash(build_unit(md, spec, engine, replicas, settings))
+        manifest = build_unit(md, spec, engine, replicas, settings)
         template = str(manifest["metadata"]["annotations"][names.ANNOTATION_TEMPLATE_HASH])
         current = ready_pods(engine.target.slug, template)
         ready += current * slot.speed
-        manifests.append(manifest)
         stale = sum(1 for p in pods if p.target == engine.target.slug and p.template_hash != template)
+        in_place = _in_place(spec, live.get(name), replicas, stale, room=slot.room, stuck_new=any(
+            p.unschedulable and p.target == engine.target.slug and p.template_hash == template for p in pods))
+        if in_place:
+            manifest["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] = 1
+            manifest["metadata"]["annotations"][names.ANNOTATION_ROLLOUT_IN_PLACE] = "true"
+        manifest = with_applied_hash(manifest)
+        manifests.append(manifest)
         if current < replicas or stale:
             refused = " (the API server refuses the rest: see ScalingLimited)" if (
                 name in live and live[name].refused) else ""
-            pending.append(f"unit {name}: {current}/{replicas} pods ready on the current template{refused}")
+            how = (", replaced one pod fewer at a time: no GPU of its type is free for a new pod beside the old ones"
+                   " (rollout.whenFull)") if in_place else ""
+            pending.append(f"unit {name}: {current}/{replicas} pods ready on the current template{refused}{how}")
         caps.append(replicas * slot.speed)
         entries.append({"name": name, "target": str(engine.target), "engine": engine.key, "state": "Serving",
                         "replicas": replicas, "readyReplicas": current, "capacityPerReplica": round(slot.speed, 3),
-                        "throughput": engine_throughput(engine.record)})
+                        "throughput": engine_throughput(engine.record)} | ({"rollout": "InPlace"} if in_place else {}))
     units_ready = ready  # what the units that stay carry (held ones included below)
     for u in held + leaving:
         count = ready_pods(u.target, None) if u.model_revision == revision else 0
@@ -197,6 +205,25 @@ def plan_units(
     return Serving(tuple(manifests), to_apply, tuple(going), tuple(entries), unit, desired, ready, live_cap,
                    bool(live) or legacy is not None or bool(manifests), split.short,
                    "; ".join(pending), capacity_ceiling(slots), refused)
+
+
+def _in_place(spec: ModelDeploymentSpec, fact: DeploymentFact | None, replicas: int, stale: int, *,
+              room: int | None, stuck_new: bool) -> bool:
+    """Whether a unit rolls one pod fewer at a time (maxUnavailable 1; ``rollout.whenFull`` ReplaceInPlace).
+
+    A rollout that may take no old pod down first needs a GPU free for each new pod beside them; on a full
+    architecture the new pod waits Pending for ever and the old revision serves on (users' "blue/green needs twice
+    the GPUs and stalls when the cluster is full"). So: while pods of the old template remain, once a new pod
+    finds no node and the architecture has no free GPU, or since an earlier plan said so (the unit's annotation: a
+    new pod scheduled on the GPU an old one freed must not turn it off and on again). Only where the spec's
+    maxUnavailable leaves no old pod to take down (0, or a percent of these replicas that rounds to 0)."""
+    if spec.rollout.when_full != "ReplaceInPlace" or stale == 0 or room is None:
+        return False
+    bound = spec.rollout.max_unavailable
+    unavailable = int(bound[:-1]) * replicas // 100 if bound.endswith("%") else int(bound)
+    if unavailable > 0:
+        return False
+    return (fact is not None and fact.in_place) or (stuck_new and room == 0)
 
 
 def _as_they_are(live: Mapping[str, DeploymentFact], legacy: DeploymentFact | None, pods: Sequence[PodFact],
