@@ -123,7 +123,8 @@ class RolloutSpec:
     max_unavailable: str = "0"
     keep_previous_engines: int = 1
     # No GPU of a unit's type free for a new pod beside the old ones: ReplaceInPlace rolls it one pod fewer at a
-    # time (as maxUnavailable 1) until done; Wait keeps every old pod, and the rollout waits for a free GPU.
+    # time (as maxUnavailable 1) until done (a lone pod then leaves a gap while its successor loads); Wait keeps
+    # every old pod, and the rollout waits for a free GPU.
     when_full: str = names.ROLLOUT_WHEN_FULL[0]
 
 
