@@ -132,28 +132,36 @@ def apply_md(dev_cluster, namespace: str, tmp_path: Path, name: str, body: dict)
     dev_cluster.kubectl("apply", "-n", namespace, "-f", str(path))
 
 
-def serving_pods(core: client.CoreV1Api, namespace: str) -> dict[str, tuple[str, str]]:
-    """uid -> (unit target slug, node) of every live serving pod."""
-    sel = f"{names.LABEL_COMPONENT}={names.COMPONENT_INFERENCE}"
+def inference_pods(core: client.CoreV1Api, namespace: str) -> list[client.V1Pod]:
+    """Every serving pod of the namespace, leaving ones too."""
+    return core.list_namespaced_pod(
+        namespace, label_selector=f"{names.LABEL_COMPONENT}={names.COMPONENT_INFERENCE}").items
+
+
+def is_ready(pod: client.V1Pod) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+
+
+def serving_pods(core: client.CoreV1Api, namespace: str,
+                 pods: list[client.V1Pod] | None = None) -> dict[str, tuple[str, str]]:
+    """uid -> (unit target slug, node) of every live serving pod (of ``pods`` when given)."""
     return {p.metadata.uid: ((p.metadata.labels or {}).get(names.LABEL_TARGET, ""), p.spec.node_name or "")
-            for p in core.list_namespaced_pod(namespace, label_selector=sel).items if not p.metadata.deletion_timestamp}
+            for p in (inference_pods(core, namespace) if pods is None else pods) if not p.metadata.deletion_timestamp}
 
 
 def at_rest(core: client.CoreV1Api, apps: client.AppsV1Api, namespace: str) -> dict[str, tuple[str, str]] | None:
     """The serving pods (as ``serving_pods``) once every unit has exactly its replicas, all bound and ready,
     none leaving; else None. Ready can be True while a pod that lost its GPU to a race waits to be placed
     again (the capacity asked for is carried): what moves then is that settling, not what a test does next."""
-    sel = f"{names.LABEL_COMPONENT}={names.COMPONENT_INFERENCE}"
-    pods = core.list_namespaced_pod(namespace, label_selector=sel).items
-    if any(p.metadata.deletion_timestamp or not p.spec.node_name or not any(
-            c.type == "Ready" and c.status == "True" for c in (p.status.conditions or [])) for p in pods):
+    pods = inference_pods(core, namespace)
+    if any(p.metadata.deletion_timestamp or not p.spec.node_name or not is_ready(p) for p in pods):
         return None
     units = apps.list_namespaced_deployment(namespace).items
     want = [d.spec.replicas or 0 for d in units]
     if [(d.status.ready_replicas or 0, d.status.replicas or 0) for d in units] != [(w, w) for w in want] or (
             sum(want) != len(pods)):
         return None
-    return serving_pods(core, namespace)
+    return serving_pods(core, namespace, pods)
 
 
 def placement(core: client.CoreV1Api, custom, namespace: str) -> str:
@@ -331,13 +339,10 @@ def test_a_rollout_on_a_full_gpu_type_replaces_pods_in_place_and_lands(cluster, 
     assert len(old) == 2
     apply_md(dev_cluster, namespace, tmp_path, "full", {**body, "serving": {**body["serving"],
                                                                            "podAnnotations": {"team": "b"}}})
-    sel = f"{names.LABEL_COMPONENT}={names.COMPONENT_INFERENCE}"
 
     def landed() -> bool:
-        pods = [p for p in core.list_namespaced_pod(namespace, label_selector=sel).items
-                if not p.metadata.deletion_timestamp]
-        return len(pods) == 2 and all((p.metadata.annotations or {}).get("team") == "b" and any(
-            c.type == "Ready" and c.status == "True" for c in (p.status.conditions or [])) for p in pods)
+        pods = [p for p in inference_pods(core, namespace) if not p.metadata.deletion_timestamp]
+        return len(pods) == 2 and all((p.metadata.annotations or {}).get("team") == "b" and is_ready(p) for p in pods)
     wait_for("the new template's pods on the full node", landed, timeout=120)
     ready_md(custom, namespace, "full")
     assert not set(serving_pods(core, namespace)) & old

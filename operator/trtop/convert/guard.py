@@ -127,8 +127,7 @@ def check_local_path(uri: str, path: Path, policy: FetchPolicy) -> Path:
         for p in resolved.rglob("*"):
             if p.is_symlink() and not any(_resolved(uri, p, p.relative_to(resolved)).is_relative_to(root)
                                           for root in roots):
-                raise FetchRefusedError(f"{redact(uri)}: {p.relative_to(resolved)} links outside "
-                                        f"{', '.join(policy.file_roots)}")
+                raise links_outside(uri, p.relative_to(resolved), policy)
             _check_kind(uri, p, p.relative_to(resolved))
     _check_kind(uri, resolved, Path(resolved.name))
     return resolved
@@ -149,5 +148,15 @@ def _check_kind(uri: str, path: Path, shown: Path) -> None:
     except OSError:
         return  # a dangling link: nothing to open
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        raise FetchRefusedError(f"{redact(uri)}: {shown} is not a regular file or folder (a FIFO, socket or "
-                                "device would block or never end the build)")
+        raise not_regular(uri, shown)
+
+
+def links_outside(uri: str, shown: object, policy: FetchPolicy) -> FetchRefusedError:
+    """The refusal of a link in a local model that leaves the file roots (here, and in the converter's copy)."""
+    return FetchRefusedError(f"{redact(uri)}: {shown} links outside {', '.join(policy.file_roots)}")
+
+
+def not_regular(uri: str, shown: object) -> FetchRefusedError:
+    """The refusal of a FIFO, socket or device in a local model (here, and in the converter's copy)."""
+    return FetchRefusedError(f"{redact(uri)}: {shown} is not a regular file or folder (a FIFO, socket or "
+                             "device would block or never end the build)")

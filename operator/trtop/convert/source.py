@@ -58,7 +58,9 @@ from trtop.convert.errors import (
     BadRequestError, DigestMismatchError, FetchRefusedError, ModelNotFoundError, NetworkError, TooLargeError,
     UnsafeArchiveError, UserError,
 )
-from trtop.convert.guard import PERMISSIVE, Deadline, check_local_path, check_scheme
+from trtop.convert.guard import (
+    PERMISSIVE, Deadline, check_local_path, check_scheme, links_outside, not_regular,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -270,7 +272,7 @@ class _Snapshot:
                         if hexdigest := self._link(dir_fd, name, child, out / name):
                             files.append((child, hexdigest))
                     else:
-                        raise self._special(child)
+                        raise not_regular(self.uri, child)
             finally:
                 if dir_fd != top_fd:
                     os.close(dir_fd)
@@ -288,7 +290,7 @@ class _Snapshot:
             raise self._changed(child) from None
         where = Path(os.path.realpath(self.source / PurePosixPath(child).parent / pointed))
         if not any(where.is_relative_to(root) for root in self.roots):
-            raise FetchRefusedError(f"{redact(self.uri)}: {child} links outside {', '.join(self.policy.file_roots)}")
+            raise links_outside(self.uri, child, self.policy)
         try:
             where.stat()  # metadata only, under a root: whether it points anywhere (digest_of's is_file asks the same)
         except OSError:
@@ -307,7 +309,7 @@ class _Snapshot:
         try:
             size = os.fstat(fd)
             if not stat.S_ISREG(size.st_mode):  # a FIFO, device or folder swapped in after the listing
-                raise self._special(shown)
+                raise not_regular(self.uri, shown)
             os.set_blocking(fd, True)  # a regular file's reads never wait anyway
         except BaseException:
             os.close(fd)
@@ -386,10 +388,6 @@ class _Snapshot:
     def _changed(self, shown: str) -> FetchRefusedError:
         return FetchRefusedError(f"{redact(self.uri)}: {shown} turned into a link or a special file while the model "
                                  "was copied; refused, not followed (is something writing the model's volume?)")
-
-    def _special(self, shown: str) -> FetchRefusedError:
-        return FetchRefusedError(f"{redact(self.uri)}: {shown} is not a regular file or folder (a FIFO, socket or "
-                                 "device would block or never end the build)")
 
     def _too_large(self, shown: str) -> TooLargeError:
         return TooLargeError(

@@ -178,18 +178,14 @@ class Dispatcher:
 
     def _infer(self, message: Message) -> None:
         """Queue one request; its reply goes out from the future's callback (no task per request)."""
-        rid, rows, inputs, outputs, timeout_s = message[1:6]  # one that does not unpack: ``_on_message``
+        # A descriptor that does not unpack, or whose tensors do not read, is the front-end's bug: it raises to
+        # ``_on_message``, which fails this request alone.
+        rid, rows, inputs, outputs, timeout_s = message[1:6]
         requests = message[6] if len(message) > 6 else 1
+        feeds = {name: self.arena.view(offset, dtype, shape) if inline is None
+                 else np.frombuffer(inline, dtype=dtype).reshape(shape)  # a small tensor sent in the descriptor
+                 for name, dtype, shape, offset, inline in inputs}
         try:
-            try:
-                feeds = {name: self.arena.view(offset, dtype, shape) if inline is None
-                         else np.frombuffer(inline, dtype=dtype).reshape(shape)  # a small tensor in the descriptor
-                         for name, dtype, shape, offset, inline in inputs}
-            except Exception as exc:  # noqa: BLE001 - the front-end's bug, not the backend's
-                log.error("front-end %d sent a descriptor the engine cannot read (%s: %s); its request is failed",
-                          self.index, type(exc).__name__, exc)
-                raise InferenceFailed(f"the front-end's descriptor of this request could not be read: "
-                                      f"{type(exc).__name__}: {exc}") from exc
             future = self.service.enqueue(feeds, rows, signature_of(feeds), timeout_s, requests=requests)
         except Exception as exc:  # ServeError: refused at once; anything else fails this request alone
             self._failed(rid, exc, read=True)
