@@ -59,3 +59,21 @@ def test_an_artifact_of_its_record_size_still_matches(tmp_path: Path) -> None:
     (tmp_path / record.artifact).write_bytes(b"onnx-bytes")
     assert verify_artifact(tmp_path, record) == tmp_path / record.artifact
     assert artifact_digest(tmp_path / record.artifact) == (record.sha256, record.size)
+
+
+def test_a_folder_digest_takes_any_file_name_and_keeps_its_value_for_utf8_names(tmp_path: Path) -> None:
+    """A build pod writes the engine folder: a name that is not UTF-8 is digested (it raised UnicodeEncodeError, an
+    internal failure in the converter, the stores and the server), and a UTF-8 one gives the listing's sha256 as the
+    module doc defines it (the digests records already pin)."""
+    import hashlib
+    folder = tmp_path / "saved_model"
+    (folder / "variables").mkdir(parents=True)
+    (folder / "variables" / "données.data").write_bytes(b"weights")
+    (folder / "saved_model.pb").write_bytes(b"graph")
+    listing = b"".join(f"{rel}\0{hashlib.sha256(data).hexdigest()}\n".encode() for rel, data in
+                       [("saved_model.pb", b"graph"), ("variables/données.data", b"weights")])
+    assert artifact_digest(folder) == (hashlib.sha256(listing).hexdigest(), 12)
+    latin1 = os.fsdecode("variables/caf\xe9.bin".encode("latin-1"))
+    (folder / latin1).write_bytes(b"x")
+    digest, size = artifact_digest(folder)
+    assert size == 13 and digest != hashlib.sha256(listing).hexdigest()

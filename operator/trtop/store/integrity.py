@@ -50,7 +50,9 @@ def artifact_digest(path: Path, most: int | None = None) -> tuple[str, int]:
         if most is not None and total > most:
             break
         digest, size = _sha256_file(file, None if most is None else most + 1 - total)
-        listing.update(f"{file.relative_to(path).as_posix()}\0{digest}\n".encode())
+        # The name's bytes as the file system holds them (UTF-8 for every name that is): a build pod's file name
+        # that is not UTF-8 is digested, where encoding it raised UnicodeEncodeError in every reader.
+        listing.update(os.fsencode(file.relative_to(path).as_posix()) + b"\0" + digest.encode() + b"\n")
         total += size
     return listing.hexdigest(), total
 
