@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -40,6 +41,11 @@ class Settings:
     # Seconds between autoscaler decisions, and an optional Prometheus to read load from.
     autoscale_interval_seconds: float = 15.0
     prometheus_url: str = ""
+    # The way back from zero (scaling.minReplicas 0 with mode builtin): a PromQL query of the load waiting in front
+    # of a ModelDeployment scaled to zero (a gateway's or a queue's), asked of prometheus_url, with $namespace and
+    # $name standing for the object's. The platform's to write: a tenant's query could read any team's series.
+    # Empty: minReplicas 0 needs mode external (KEDA). TRTOP_WAKE_QUERY.
+    wake_query: str = ""
     # Address and port of the operator's own /metrics (the chart's probes use kopf's :8081/healthz).
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 8080
@@ -93,6 +99,10 @@ class Settings:
     gc_grace_seconds: float = 86400.0
 
     def __post_init__(self) -> None:
+        if self.wake_query:
+            if not self.prometheus_url:
+                raise ValueError("TRTOP_WAKE_QUERY is asked of Prometheus: set TRTOP_PROMETHEUS_URL too")
+            wake_query_for(self.wake_query, "namespace", "name")  # a placeholder it does not know fails here
         seen: dict[str, str] = {}
         for group, members in self.store_sharing.items():
             if not _SHARING_GROUP.match(group):
@@ -141,6 +151,7 @@ class Settings:
             workload_service_account=e.get("TRTOP_WORKLOAD_SERVICE_ACCOUNT", d.workload_service_account),
             autoscale_interval_seconds=float(e.get("TRTOP_AUTOSCALE_INTERVAL_SECONDS", d.autoscale_interval_seconds)),
             prometheus_url=e.get("TRTOP_PROMETHEUS_URL", d.prometheus_url),
+            wake_query=e.get("TRTOP_WAKE_QUERY", d.wake_query).strip(),
             metrics_host=e.get("TRTOP_METRICS_HOST", d.metrics_host),
             metrics_port=int(e.get("TRTOP_METRICS_PORT", d.metrics_port)),
             node_grace_seconds=float(e.get("TRTOP_NODE_GRACE_SECONDS", d.node_grace_seconds)),
@@ -163,6 +174,19 @@ class Settings:
             gc_interval_seconds=float(e.get("TRTOP_GC_INTERVAL_SECONDS", d.gc_interval_seconds)),
             gc_grace_seconds=float(e.get("TRTOP_GC_GRACE_SECONDS", d.gc_grace_seconds)),
         )
+
+
+def wake_query_for(template: str, namespace: str, name: str) -> str:
+    """The wake query of one ModelDeployment: ``$namespace`` and ``$name`` replaced by its own, escaped as
+    PromQL string contents (both are DNS names, so nothing changes; a template's ``$$`` is a ``$``).
+    ValueError for any other placeholder."""
+    def quoted(value: str) -> str:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    try:
+        return string.Template(template).substitute(namespace=quoted(namespace), name=quoted(name))
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"TRTOP_WAKE_QUERY: {template!r} has a placeholder other than $namespace and $name, or a "
+                         f"lone '$' (write $$): {e}") from None
 
 
 def parse_sharing(text: str) -> dict[str, tuple[str, ...]]:

@@ -167,6 +167,14 @@ def test_workload_settings_reach_the_operator(render):
     assert settings.prometheus_url == "http://prom:9090"
 
 
+def test_the_wake_query_reaches_the_operator_as_written(render):
+    query = 'sum(gateway_requests_waiting{namespace="$namespace",model="$name"})'
+    settings = operator_settings(render("--set", "operator.prometheusUrl=http://prom:9090",
+                                        "--set-string", "operator.wakeQuery=" + query.replace(",", "\\,")))
+    assert settings.wake_query == query
+    assert operator_settings(render()).wake_query == ""
+
+
 def test_trust_settings_reach_the_operator(render):
     settings = operator_settings(render(
         "--set", "store.pvc.create=false", "--set", "store.s3.uri=s3://engines/prod",

@@ -122,6 +122,7 @@ CONFLICTS = [
     (["--set", "serviceMonitor.enabled=true", "--set", "metricsService.enabled=false"], "needs metricsService.enabled=true"),
     (["--set", "healthPort=8080"], "need their own ports"),
     (["--set", "serviceAccount.create=false"], "serviceAccount.name: name the existing ServiceAccount"),
+    (["--set-string", "operator.wakeQuery=sum(waiting)"], "set operator.prometheusUrl too"),
 ]
 
 

@@ -117,6 +117,9 @@ Included once by the Deployment, so `helm template`, `install` and `lint` all se
 {{- if and (not .Values.rbac.namespaced) .Values.watchNamespaces }}
 {{- fail "watchNamespaces is set but rbac.namespaced is false: a cluster-wide operator serves every namespace; set rbac.namespaced=true to limit it to watchNamespaces" }}
 {{- end }}
+{{- if and .Values.operator.wakeQuery (not .Values.operator.prometheusUrl) }}
+{{- fail "operator.wakeQuery is a Prometheus query: set operator.prometheusUrl too (the Prometheus that holds the series it reads)" }}
+{{- end }}
 {{- if and (not .Values.peering.enabled) (gt (int .Values.replicaCount) 1) }}
 {{- fail "replicaCount > 1 needs peering.enabled=true: without kopf peering every replica would handle every ModelDeployment" }}
 {{- end }}

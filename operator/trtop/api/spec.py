@@ -351,10 +351,6 @@ def _parse_scaling(raw: Mapping[str, Any]) -> ScalingSpec:
         raise SpecError("scaling", f"minReplicas ({spec.min_replicas}) must be <= maxReplicas ({spec.max_replicas})")
     if spec.target <= 0:
         raise SpecError("scaling.target", f"must be > 0, got {spec.target}")
-    if spec.mode == "builtin" and spec.min_replicas == 0:
-        raise SpecError("scaling.minReplicas", "0 is not supported with scaling.mode builtin yet (nothing would "
-                                               "scale it up again from zero); use minReplicas >= 1, or mode "
-                                               "external with an autoscaler that scales from zero (KEDA)")
     return spec
 
 

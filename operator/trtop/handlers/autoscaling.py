@@ -3,7 +3,8 @@
 Runs as one loop per operator (no finalizer). For each ModelDeployment with
 ``scaling.mode: builtin`` and serving units (all read from the watch-fed cache), every
 ``TRTOP_AUTOSCALE_INTERVAL_SECONDS``: read every serving pod's load (its ``/metrics``, or
-Prometheus when ``TRTOP_PROMETHEUS_URL`` is set), cap by the throughput the units' GPUs
+Prometheus when ``TRTOP_PROMETHEUS_URL`` is set) and, for one scaled to zero that may be, the load waiting in front
+of it (the platform's ``TRTOP_WAKE_QUERY``), cap by the throughput the units' GPUs
 can reach (per architecture: free GPUs x what one of its pods carries), decide like the
 HPA in capacity units (``trtop.planning.capacity``), and when the count changes, call the
 reconcile shell with it (which splits it over the units) and post an Event with the
@@ -23,8 +24,8 @@ from trtop.api.spec import parse_spec
 from trtop.api.targets import Target
 from trtop.autoscale import Decision, Observation, ScalingHistory, decide, policy_from_spec
 from trtop.autoscale.capacity import throughput_capacity
-from trtop.autoscale.load import LoadSource, endpoint_from_pod, open_load_source
-from trtop.config import Settings
+from trtop.autoscale.load import LoadSource, PrometheusError, PrometheusReader, endpoint_from_pod, open_load_source
+from trtop.config import Settings, wake_query_for
 from trtop.handlers import metrics
 from trtop.handlers.modeldeployment import reconcile
 from trtop.handlers.scale_state import STATES, ScaleState
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 CONCURRENT_OBJECTS = 8
 
 
-async def autoscale_once(settings: Settings, source: LoadSource) -> None:
+async def autoscale_once(settings: Settings, source: LoadSource, wake: PrometheusReader | None = None) -> None:
     if not await asyncio.to_thread(peering.this_replica_works):
         return
     nodes = CACHE.nodes()
@@ -51,7 +52,7 @@ async def autoscale_once(settings: Settings, source: LoadSource) -> None:
         meta = body.get("metadata") or {}
         async with workers:
             try:
-                await _autoscale_one(body, settings, source, nodes)
+                await _autoscale_one(body, settings, source, nodes, wake)
             except Exception as e:  # noqa: BLE001 - one object must never stop the others' autoscaling
                 log.warning("Autoscaling %s/%s skipped this round: %s: %s", meta.get("namespace"),
                             meta.get("name"), type(e).__name__, str(e)[:300])
@@ -61,7 +62,7 @@ async def autoscale_once(settings: Settings, source: LoadSource) -> None:
 
 
 async def _autoscale_one(body: dict[str, Any], settings: Settings, source: LoadSource,
-                         nodes: tuple[NodeFact, ...]) -> None:
+                         nodes: tuple[NodeFact, ...], wake: PrometheusReader | None = None) -> None:
     meta = body["metadata"]
     try:
         spec = parse_spec(body.get("spec") or {})
@@ -93,12 +94,19 @@ async def _autoscale_one(body: dict[str, Any], settings: Settings, source: LoadS
             continue  # a status entry someone else wrote: not ours to trust
     gpu = any(not t.is_cpu for t, _, _ in serving)
     capacity = throughput_capacity(nodes, serving, gpus_per_replica=1 if gpu else 0) if serving else None
+    errors = reading.errors
+    waiting = 0.0
+    if current == 0 and spec.scaling.min_replicas == 0 and wake is not None and settings.wake_query:
+        try:
+            waiting = await wake.query_scalar(wake_query_for(settings.wake_query, meta["namespace"], meta["name"])) or 0.0
+        except PrometheusError as e:  # it stays at zero this round; the next round asks again
+            errors += (f"wake query: {e}",)
     observation = Observation(at=time.time(), current_replicas=current, pods=reading.samples,
-                              schedulable_capacity=capacity)
+                              schedulable_capacity=capacity, pending_load=waiting)
     state = STATES.setdefault(meta["uid"], ScaleState(ScalingHistory()))
     decision, state.history = decide(policy_from_spec(spec.scaling), observation, state.history)
     state.desired, state.limit = decision.desired_replicas, decision.capacity_message if decision.capped else ""
-    await asyncio.to_thread(_apply, body, decision, reading.errors, settings)
+    await asyncio.to_thread(_apply, body, decision, errors, settings)
 
 
 def _forget(uid: str, _engine_keys: tuple[EngineKey, ...]) -> None:
@@ -141,9 +149,11 @@ def _apply(body: dict[str, Any], decision: Decision, errors: tuple[str, ...], se
 
 async def autoscale_forever(settings: Settings, stopped: asyncio.Event) -> None:
     source = open_load_source(settings.prometheus_url)
+    # Settings refuses a wake query without a Prometheus URL, so the source is a PrometheusReader then.
+    wake = source if settings.wake_query and isinstance(source, PrometheusReader) else None
     while not stopped.is_set():
         try:
-            await autoscale_once(settings, source)
+            await autoscale_once(settings, source, wake)
         except Exception as e:  # noqa: BLE001 - a failed round (API or metrics down) is retried next round
             log.warning("Autoscale round failed (retried in %gs): %s: %s", settings.autoscale_interval_seconds,
                         type(e).__name__, str(e)[:300])

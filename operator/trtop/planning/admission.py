@@ -6,7 +6,8 @@ checked against ``Settings.allowed_images`` (exact references, or prefixes endin
 the list is empty only the operator's own images are allowed. ``serving.env`` may not set
 what trtop decides itself (the engine set, the store, the backend, the model source) nor
 store credentials (``AWS_*``, ``GOOGLE_*``); tuning variables (``TRTOP_THREADS`` ...) stay free. Pod annotations
-may not loosen AppArmor or seccomp confinement. A refusal is a ``SpecError`` (the handler reports it as
+may not loosen AppArmor or seccomp confinement. ``scaling.minReplicas: 0`` with the builtin autoscaler needs the
+operator's wake query (``Settings.wake_query``): without it nothing would scale the object up again. A refusal is a ``SpecError`` (the handler reports it as
 Stalled/InvalidSpec). Pure; called by the handler and the planner.
 """
 from __future__ import annotations
@@ -48,6 +49,11 @@ CONFINEMENT_ANNOTATION_PREFIXES = (
 def check_spec_trust(spec: ModelDeploymentSpec, settings: Settings) -> None:
     """SpecError naming the field when the spec picks an image, a variable or a pod annotation it may not."""
     check_images(spec, settings)
+    if spec.scaling.mode == "builtin" and spec.scaling.min_replicas == 0 and not settings.wake_query:
+        raise SpecError("scaling.minReplicas", "0 with scaling.mode builtin needs a way back from zero, and this "
+                        "operator has none: its platform team sets one with the Helm value operator.wakeQuery (a "
+                        "Prometheus query of the requests waiting in front of a model). Use minReplicas >= 1, or "
+                        "mode external with an autoscaler that scales from zero (KEDA)")
     for where, annotations in (("engine.podAnnotations", spec.engine.pod_annotations),
                                ("serving.podAnnotations", spec.serving.pod_annotations)):
         for key in annotations:

@@ -72,7 +72,9 @@ def desired_replicas(spec: ModelDeploymentSpec, current: int | None, autoscaled:
     if s.mode == "builtin":
         if autoscaled is not None:
             return autoscaled
-        now = current if current is not None else s.min_replicas
+        # A new object starts with one replica even where it may scale to zero, as Knative's initial scale does:
+        # its first rollout shows the engine serves, and the idle scale-down window takes it to zero after.
+        now = current if current is not None else max(s.min_replicas, 1)
         return max(s.min_replicas, min(s.max_replicas, now))
     if spec.replicas is not None:
         return spec.replicas
