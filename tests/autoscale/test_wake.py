@@ -82,6 +82,7 @@ def test_load_waiting_in_front_of_an_object_at_zero_wakes_it(
     prom = prometheus({"gateway-0": gateway})
     gateway.waiting.labels("resnet").set(6)
     gateway.waiting.labels("bert").set(0)
+    gateway.waiting.labels("nan").set(float("nan"))  # a query's 0/0
     scraped(prom, 'gateway_requests_waiting{model="resnet"}', 6)
     settings = Settings(prometheus_url=prom.url, wake_query=WAKE)
     wake = PrometheusReader(prom.url)
@@ -89,11 +90,12 @@ def test_load_waiting_in_front_of_an_object_at_zero_wakes_it(
         "resnet": md("resnet", min_replicas=0, desired=0),  # 6 waiting, target 4: two replicas
         "bert": md("bert", min_replicas=0, desired=0),      # nothing waiting: stays at zero
         "other": md("other", min_replicas=0, desired=0),    # no series at all: stays at zero
+        "nan": md("nan", min_replicas=0, desired=0),        # NaN is not load: stays at zero
     })
     resnet, errors = decided["resnet"]
     assert resnet.changed and resnet.desired_replicas == 2 and errors == ()
     assert "6 in-flight requests waiting while scaled to zero" in resnet.reason, resnet.reason
-    for name in ("bert", "other"):
+    for name in ("bert", "other", "nan"):
         assert not decided[name][0].changed and decided[name][0].desired_replicas == 0
     # The same load without the wake query (an operator that has none): nothing asks, nothing wakes.
     decided = run_once(monkeypatch, Settings(prometheus_url=prom.url), None,

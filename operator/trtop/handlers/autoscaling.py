@@ -24,6 +24,7 @@ from trtop.api.spec import parse_spec
 from trtop.api.targets import Target
 from trtop.autoscale import Decision, Observation, ScalingHistory, decide, policy_from_spec
 from trtop.autoscale.capacity import throughput_capacity
+from trtop.autoscale.decision import clamp_metric
 from trtop.autoscale.load import LoadSource, PrometheusError, PrometheusReader, endpoint_from_pod, open_load_source
 from trtop.config import Settings, wake_query_for
 from trtop.handlers import metrics
@@ -98,7 +99,8 @@ async def _autoscale_one(body: dict[str, Any], settings: Settings, source: LoadS
     waiting = 0.0
     if current == 0 and spec.scaling.min_replicas == 0 and wake is not None and settings.wake_query:
         try:
-            waiting = await wake.query_scalar(wake_query_for(settings.wake_query, meta["namespace"], meta["name"])) or 0.0
+            found = await wake.query_scalar(wake_query_for(settings.wake_query, meta["namespace"], meta["name"]))
+            waiting = clamp_metric(found or 0.0)  # NaN (a 0/0 in the query) is nothing waiting, not a wake-up
         except PrometheusError as e:  # it stays at zero this round; the next round asks again
             errors += (f"wake query: {e}",)
     observation = Observation(at=time.time(), current_replicas=current, pods=reading.samples,
