@@ -346,3 +346,33 @@ def test_a_store_sharing_group_builds_each_key_once_and_every_member_sees_the_jo
     c.on_job("DELETED", failed)
     c.on_job("DELETED", job_in("team-b", "job-b"))
     assert c.jobs("team-a") == c.jobs("team-b") == {} and c.claim_job(job_in("team-b", ""))
+
+
+def serving_pod(name, namespace, slug, *, node=None, unschedulable=False):
+    conditions = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                   "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}] if unschedulable else []
+    return {"metadata": {"name": name, "namespace": namespace,
+                         "labels": {names.LABEL_MODEL_DEPLOYMENT: "auto", names.LABEL_TARGET: slug,
+                                    names.LABEL_COMPONENT: names.COMPONENT_INFERENCE}},
+            "spec": {"nodeName": node, "containers": [{"resources": {"limits": {names.GPU_RESOURCE: "1"}}}]},
+            "status": {"phase": "Pending" if node is None else "Running", "conditions": conditions}}
+
+
+def test_an_architecture_whose_serving_pod_found_no_node_is_full_in_its_namespace_for_a_while():
+    """The scheduler's verdict beside the GPU count (which misses pods the operator does not watch): kept for
+    FULL_SECONDS, dropped at once when a pod of that architecture finds a node, and only for the pod's namespace
+    (a tenant's pods steer only its own placement)."""
+    from trtop.k8s.cache import FULL_SECONDS
+    now = [1000.0]
+    c = ClusterCache(clock=lambda: now[0])
+    c.on_pod("ADDED", serving_pod("a-1", "ml", "sm90-h100", unschedulable=True))
+    c.on_pod("ADDED", serving_pod("b-1", "ml", "sm89-nvidia-l4", node="l4-0"))
+    assert c.full_targets("ml") == {"sm90-h100"} and c.full_targets("other") == frozenset()
+    c.on_pod("DELETED", serving_pod("a-1", "ml", "sm90-h100", unschedulable=True))  # moved elsewhere: still full
+    now[0] += FULL_SECONDS - 1
+    assert c.full_targets("ml") == {"sm90-h100"}
+    now[0] += 1
+    assert c.full_targets("ml") == frozenset()  # time to try it again
+    c.on_pod("ADDED", serving_pod("a-2", "ml", "sm90-h100", unschedulable=True))
+    c.on_pod("MODIFIED", serving_pod("a-2", "ml", "sm90-h100", node="h100-0"))  # a GPU came free
+    assert c.full_targets("ml") == frozenset()

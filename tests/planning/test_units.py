@@ -312,5 +312,9 @@ def test_a_rollout_that_may_wait_or_can_take_pods_down_is_left_as_the_spec_says(
     # Room on the type: the new pod is only waiting for the scheduler, nothing to change.
     facts, changed, template, spec = _rolling(settings)
     roomy = replace(facts, nodes=(gpu_node("h100-0", "h100", gpus=3, requested=2),),
-                    pods=facts.pods + (PodFact("new-0", facts.pods[0].target, template, unschedulable=True),))
+                    pods=facts.pods + (PodFact("new-0", facts.pods[0].target, template),))
     assert _strategy(plan(roomy, settings, changed.status, spec=spec).units[0]) == (0, None)
+    # But once the scheduler found no node for it, the GPU counted free is not there (another namespace's pod holds
+    # it: a namespaced operator does not see it), and the rollout goes in place rather than wait for good.
+    taken = replace(roomy, pods=facts.pods + (PodFact("new-0", facts.pods[0].target, template, unschedulable=True),))
+    assert _strategy(plan(taken, settings, changed.status, spec=spec).units[0]) == (1, "true")

@@ -39,6 +39,9 @@ from trtop.planning.facts import DeploymentFact, JobFact, NodeFact, ObjectFact, 
 from trtop.planning.targets import node_matches_selector
 
 Key = tuple[str, str]  # (namespace, name) of a ModelDeployment
+# How long an architecture counts as full after a serving pod of it found no node (unless one finds a node first):
+# its free GPUs, as counted, are not there. Then new capacity may try it again (one probe: a pod that waits moves).
+FULL_SECONDS = 300.0
 # Called with a gone ModelDeployment's uid and the engine keys no other object uses now.
 Forget = Callable[[str, tuple[EngineKey, ...]], None]
 # A namespace's store sharing group, itself first (Settings.store_peers).
@@ -84,6 +87,7 @@ class ClusterCache:
         self._requested: defaultdict[str, int] = defaultdict(int)
         self._job_pods: dict[str, dict[str, Any]] = {}  # Job uid -> last terminated (or stuck) pod summary
         self._serving_pods: defaultdict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
+        self._full: dict[tuple[str, str], float] = {}  # (namespace, unit label) -> when a serving pod found no node
         self._jobs: defaultdict[str, dict[EngineKey, dict[str, Any]]] = defaultdict(dict)
         self._deployments: dict[Key, dict[str, Any]] = {}
         self._deployments_by_owner: defaultdict[str, set[Key]] = defaultdict(set)  # controller uid -> keys
@@ -339,16 +343,32 @@ class ClusterCache:
                                                  "labels": {k: v for k, v in labels.items() if k == names.LABEL_TARGET},
                                                  "annotations": {k: v for k, v in ann.items()
                                                                  if k == names.ANNOTATION_TEMPLATE_HASH}},
+                                    "spec": {"nodeName": node},
                                     "status": {k: status.get(k) for k in ("phase", "conditions", "podIP")}}
                 after = pods.get(key[1])
+                was_unbound = was is not None and not (was.get("spec") or {}).get("nodeName")
                 # Ready capacity counts ready pods, and a pod no node can take moves elsewhere: a
                 # serving pod turning ready or unschedulable (or going) is news to its ModelDeployment.
                 def state(pod: dict[str, Any] | None) -> tuple[bool, bool] | None:
                     fact = pod_fact(pod) if pod is not None else None
                     return None if fact is None else (fact.ready, fact.unschedulable)
+                slug = str(labels.get(names.LABEL_TARGET, ""))
+                if after is not None and pod_fact(after).unschedulable:
+                    self._full[(key[0], slug)] = self._clock()  # its architecture is full, whatever the count says
+                elif node and not gone and (was is None or was_unbound):
+                    self._full.pop((key[0], slug), None)  # a pod of it found a node: there was room after all
                 if state(was) != state(after):
                     return [owner] if owner in self.mds else []
         return concerned
+
+    def full_targets(self, namespace: str) -> frozenset[str]:
+        """Unit labels of architectures where a serving pod of ``namespace`` found no node within FULL_SECONDS.
+        Per namespace: a tenant's own pods (which it can write) steer only its own placement."""
+        now = self._clock()
+        with self._lock:
+            for k in [k for k, at in self._full.items() if now - at >= FULL_SECONDS]:
+                del self._full[k]
+            return frozenset(slug for (ns, slug) in self._full if ns == namespace)
 
     def serving_pods(self, key: Key) -> list[dict[str, Any]]:
         with self._lock:

@@ -89,4 +89,8 @@ class ClusterFacts:
     foreign_units: tuple[str, ...] = ()
     service: ObjectFact | None = None
     store_error: str = ""  # the store could not be read this time: never treat engines as gone
+    # Unit labels (Target.slug) of architectures where a serving pod of this namespace found no node lately
+    # (ClusterCache.full_targets): their GPUs are taken whatever the count of free ones says. The count sees only
+    # the pods the operator watches: a namespaced operator sees no other namespace's GPU pods.
+    full_targets: frozenset[str] = frozenset()
     now: float = 0.0  # epoch seconds the facts describe (0: unknown, no node grace period applies)

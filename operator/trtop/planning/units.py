@@ -116,8 +116,10 @@ def plan_units(
     md: Mapping[str, Any], spec: ModelDeploymentSpec, settings: Settings, *, serve: Sequence[EngineStatus],
     targets: Sequence[Target], units: Sequence[DeploymentFact], legacy: DeploymentFact | None,
     pods: Sequence[PodFact], nodes: Sequence[NodeFact], desired: float, previous: Mapping[str, Any], hold: bool,
+    full: frozenset[str] = frozenset(),
 ) -> Serving:
-    """The units to apply and delete, and what serves now. ``hold``: change nothing (status only)."""
+    """The units to apply and delete, and what serves now. ``hold``: change nothing (status only).
+    ``full``: architectures (unit labels) the scheduler lately found no room on, whatever the free GPUs counted."""
     md_name = str(md["metadata"]["name"])
     revision = model_revision(spec)
     speeds, unit = capacity_unit(serve, revision, previous)
@@ -140,7 +142,16 @@ def plan_units(
         stuck = sum(1 for p in pods if p.target == target.slug and p.unschedulable)
         return max(0, live[name].replicas - stuck) if name in live else 0
 
-    slots = [Slot(e.target, speeds[e.target], placed(n, e.target), free_pods(spec, e.target, nodes),
+    def room(target: Target) -> int | None:
+        """Pods more its free GPUs can host. The count is an upper bound (GPU pods the operator does not watch hold
+        GPUs too: another namespace's, for a namespaced operator), so where the scheduler found no node for a
+        serving pod of it, lately or now, there is none: capacity goes to an architecture with room, not back to
+        one whose pods stay Pending for good."""
+        if target.slug in full or any(p.target == target.slug and p.unschedulable for p in pods):
+            return 0
+        return free_pods(spec, target, nodes)
+
+    slots = [Slot(e.target, speeds[e.target], placed(n, e.target), room(e.target),
                   preference_rank(e.target, settings.placement_preference, _products(e.target, nodes))
                   if settings.placement_preference else 0)
              for n, e in sorted(serving_names.items())]
