@@ -47,3 +47,6 @@ def test_throughput_cap_is_free_gpus_times_what_a_pod_carries_per_architecture()
     assert throughput_capacity(nodes, units, gpus_per_replica=1) == 9
     assert throughput_capacity(nodes, units[:1], gpus_per_replica=1) == 8
     assert throughput_capacity(nodes, units, gpus_per_replica=0) is None
+    # The scheduler found no node for an H100 pod lately: the 2 GPUs counted free are not there (another
+    # namespace's pods hold them), so the H100 unit reaches its 6 running replicas only: 6 + 1 = 7.
+    assert throughput_capacity(nodes, units, gpus_per_replica=1, full=frozenset({Target("9.0").slug})) == 7

@@ -29,16 +29,17 @@ def schedulable_capacity(nodes: Iterable[NodeFact], *, eligible: Callable[[NodeF
 
 
 def throughput_capacity(nodes: Iterable[NodeFact], units: Iterable[tuple[Target, float, int]], *,
-                        gpus_per_replica: int) -> int | None:
+                        gpus_per_replica: int, full: frozenset[str] = frozenset()) -> int | None:
     """Capacity units the serving units can reach: per unit, (its replicas + the pods its
     architecture's free GPUs can host) x the capacity units one of its pods carries. None when
-    replicas need no GPU (no cap)."""
+    replicas need no GPU (no cap). ``full``: architectures (unit labels) where the scheduler lately found no node
+    for a serving pod: no room, whatever the free GPUs counted (the placement's rule, trtop.planning.units)."""
     if gpus_per_replica <= 0:
         return None
     nodes = tuple(nodes)
     total = 0.0
     for target, per_pod, replicas in units:
-        eligible = {n.name for n in nodes_for_target(target, nodes)}
+        eligible = set() if target.slug in full else {n.name for n in nodes_for_target(target, nodes)}
         pods = schedulable_capacity(nodes, eligible=lambda n: n.name in eligible, gpus_per_replica=gpus_per_replica,
                                     running_replicas=replicas)
         total += (pods or 0) * max(per_pod, 0.0)

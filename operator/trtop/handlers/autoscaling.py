@@ -94,7 +94,8 @@ async def _autoscale_one(body: dict[str, Any], settings: Settings, source: LoadS
         except (ValueError, KeyError, AttributeError, TypeError):
             continue  # a status entry someone else wrote: not ours to trust
     gpu = any(not t.is_cpu for t, _, _ in serving)
-    capacity = throughput_capacity(nodes, serving, gpus_per_replica=1 if gpu else 0) if serving else None
+    capacity = throughput_capacity(nodes, serving, gpus_per_replica=1 if gpu else 0,
+                                   full=CACHE.full_targets(meta["namespace"])) if serving else None
     errors = reading.errors
     waiting = 0.0
     if current == 0 and spec.scaling.min_replicas == 0 and wake is not None and settings.wake_query:
