@@ -5,6 +5,7 @@ one constructor that reads the environment.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import string
@@ -15,6 +16,12 @@ from trtop import versions
 from trtop.api.fetch import FetchPolicy
 
 _SHARING_GROUP = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class SettingsError(ValueError):
+    """A ``TRTOP_*`` setting the operator cannot run with: the message names the variable and what it takes, and
+    ``trtop operator`` prints it as one line and exits 2 (a platform team setting the environment by hand gets that,
+    not a traceback of ``int()``)."""
 
 
 @dataclass(frozen=True)
@@ -101,16 +108,22 @@ class Settings:
     def __post_init__(self) -> None:
         if self.wake_query:
             if not self.prometheus_url:
-                raise ValueError("TRTOP_WAKE_QUERY is asked of Prometheus: set TRTOP_PROMETHEUS_URL too")
-            wake_query_for(self.wake_query, "namespace", "name")  # a placeholder it does not know fails here
+                raise SettingsError("TRTOP_WAKE_QUERY is asked of Prometheus: set TRTOP_PROMETHEUS_URL too")
+            try:
+                wake_query_for(self.wake_query, "namespace", "name")  # a placeholder it does not know fails here
+            except ValueError as e:
+                raise SettingsError(str(e)) from None
         seen: dict[str, str] = {}
         for group, members in self.store_sharing.items():
             if not _SHARING_GROUP.match(group):
-                raise ValueError(f"store sharing group {group!r} must be a DNS label (a-z, 0-9, '-')")
+                raise SettingsError(f"TRTOP_STORE_SHARING: group {group!r} must be a DNS label (a-z, 0-9, '-')")
             for ns in members:
                 if ns in seen:
-                    raise ValueError(f"namespace {ns!r} is in two store sharing groups ({seen[ns]}, {group})")
+                    raise SettingsError(f"TRTOP_STORE_SHARING: namespace {ns!r} is in two groups ({seen[ns]}, {group})")
                 seen[ns] = group
+        if self.retry_max_seconds < self.retry_base_seconds:
+            raise SettingsError(f"TRTOP_RETRY_MAX_SECONDS ({self.retry_max_seconds:g}) is below "
+                                f"TRTOP_RETRY_BASE_SECONDS ({self.retry_base_seconds:g})")
 
     def store_scope(self, namespace: str) -> str:
         """The store scope of a namespace: its own name, or ``shared.<group>`` for a sharing group.
@@ -149,31 +162,74 @@ class Settings:
             tensorrt_version=e.get("TRTOP_TENSORRT_VERSION", d.tensorrt_version),
             onnxruntime_version=e.get("TRTOP_ONNXRUNTIME_VERSION", d.onnxruntime_version),
             workload_service_account=e.get("TRTOP_WORKLOAD_SERVICE_ACCOUNT", d.workload_service_account),
-            autoscale_interval_seconds=float(e.get("TRTOP_AUTOSCALE_INTERVAL_SECONDS", d.autoscale_interval_seconds)),
+            autoscale_interval_seconds=_seconds(e, "TRTOP_AUTOSCALE_INTERVAL_SECONDS", d.autoscale_interval_seconds, zero=False),
             prometheus_url=e.get("TRTOP_PROMETHEUS_URL", d.prometheus_url),
             wake_query=e.get("TRTOP_WAKE_QUERY", d.wake_query).strip(),
             metrics_host=e.get("TRTOP_METRICS_HOST", d.metrics_host),
-            metrics_port=int(e.get("TRTOP_METRICS_PORT", d.metrics_port)),
-            node_grace_seconds=float(e.get("TRTOP_NODE_GRACE_SECONDS", d.node_grace_seconds)),
+            metrics_port=_integer(e, "TRTOP_METRICS_PORT", d.metrics_port, 0, 65535),  # 0: no /metrics
+            node_grace_seconds=_seconds(e, "TRTOP_NODE_GRACE_SECONDS", d.node_grace_seconds),
             placement_preference=tuple(
                 p for p in e.get("TRTOP_PLACEMENT_PREFERENCE", "").replace(",", " ").split() if p),
-            resync_seconds=float(e.get("TRTOP_RECONCILE_INTERVAL_SECONDS", d.resync_seconds)),
-            api_timeout_seconds=float(e.get("TRTOP_API_TIMEOUT_SECONDS", d.api_timeout_seconds)),
-            store_timeout_seconds=float(e.get("TRTOP_STORE_TIMEOUT_SECONDS", d.store_timeout_seconds)),
-            workers=int(e.get("TRTOP_WORKERS", d.workers)),
-            coalesce_seconds=float(e.get("TRTOP_COALESCE_SECONDS", d.coalesce_seconds)),
-            retry_base_seconds=float(e.get("TRTOP_RETRY_BASE_SECONDS", d.retry_base_seconds)),
-            retry_max_seconds=float(e.get("TRTOP_RETRY_MAX_SECONDS", d.retry_max_seconds)),
+            resync_seconds=_seconds(e, "TRTOP_RECONCILE_INTERVAL_SECONDS", d.resync_seconds, zero=False),
+            api_timeout_seconds=_seconds(e, "TRTOP_API_TIMEOUT_SECONDS", d.api_timeout_seconds, zero=False),
+            store_timeout_seconds=_seconds(e, "TRTOP_STORE_TIMEOUT_SECONDS", d.store_timeout_seconds, zero=False),
+            workers=_integer(e, "TRTOP_WORKERS", d.workers, 1, 1024),
+            coalesce_seconds=_seconds(e, "TRTOP_COALESCE_SECONDS", d.coalesce_seconds),
+            retry_base_seconds=_seconds(e, "TRTOP_RETRY_BASE_SECONDS", d.retry_base_seconds, zero=False),
+            retry_max_seconds=_seconds(e, "TRTOP_RETRY_MAX_SECONDS", d.retry_max_seconds, zero=False),
             workload_env=extra,
-            store_sharing=parse_sharing(e.get("TRTOP_STORE_SHARING", "")),
+            store_sharing=_sharing(e.get("TRTOP_STORE_SHARING", "")),
             store_read_secret=e.get("TRTOP_STORE_READ_SECRET", d.store_read_secret),
-            fetch_policy=FetchPolicy.from_env(e),
+            fetch_policy=_fetch_policy(e),
             allowed_images=tuple(i for i in e.get("TRTOP_ALLOWED_IMAGES", "").replace(",", " ").split() if i),
             build_tmp_size=e.get("TRTOP_BUILD_TMP_SIZE", d.build_tmp_size),
             serving_tmp_size=e.get("TRTOP_SERVING_TMP_SIZE", d.serving_tmp_size),
-            gc_interval_seconds=float(e.get("TRTOP_GC_INTERVAL_SECONDS", d.gc_interval_seconds)),
-            gc_grace_seconds=float(e.get("TRTOP_GC_GRACE_SECONDS", d.gc_grace_seconds)),
+            gc_interval_seconds=_seconds(e, "TRTOP_GC_INTERVAL_SECONDS", d.gc_interval_seconds),
+            gc_grace_seconds=_seconds(e, "TRTOP_GC_GRACE_SECONDS", d.gc_grace_seconds),
         )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, *, zero: bool = True) -> float:
+    """``env[name]`` as a finite number of seconds, at least 0 (above 0 unless ``zero``); ``default`` when unset or
+    empty. SettingsError naming the variable otherwise."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise SettingsError(f"{name}={raw!r}: seconds {'at least 0' if zero else 'above 0'} are needed")
+    return value
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, least: int, most: int) -> int:
+    """``env[name]`` as an integer in ``least..most``; ``default`` when unset or empty. SettingsError otherwise."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if not least <= value <= most:
+        raise SettingsError(f"{name}={raw!r}: an integer from {least} to {most} is needed")
+    return value
+
+
+def _fetch_policy(env: Mapping[str, str]) -> FetchPolicy:
+    try:
+        return FetchPolicy.from_env(env)
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
+
+
+def _sharing(text: str) -> dict[str, tuple[str, ...]]:
+    try:
+        return parse_sharing(text)
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
 
 
 def wake_query_for(template: str, namespace: str, name: str) -> str:

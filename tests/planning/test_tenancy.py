@@ -66,7 +66,7 @@ def test_sharing_namespaces_share_keys_and_scope():
 
 def test_sharing_setting_is_parsed_and_checked():
     assert parse_sharing("ml=team-a, team-b; cv=team-c") == {"ml": ("team-a", "team-b"), "cv": ("team-c",)}
-    with pytest.raises(ValueError, match="two store sharing groups"):
+    with pytest.raises(ValueError, match="in two groups"):
         Settings(store_sharing={"ml": ("team-a",), "cv": ("team-a",)})
     with pytest.raises(ValueError, match="DNS label"):
         Settings(store_sharing={"Bad.Group": ("team-a",)})

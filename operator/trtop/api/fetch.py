@@ -13,6 +13,7 @@ Event or a termination message. Pure; used by the converter, the planner and the
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -71,8 +72,17 @@ class FetchPolicy:
             if raw is None or raw == "":
                 continue
             default = getattr(d, f.name)
-            values[f.name] = tuple(p.strip() for p in raw.split(",") if p.strip()) if isinstance(default, tuple) \
-                else type(default)(raw)
+            if isinstance(default, tuple):
+                values[f.name] = tuple(p.strip() for p in raw.split(",") if p.strip())
+                continue
+            try:  # the byte and file caps are integers, the deadline a number of seconds: each above 0
+                number = type(default)(raw.strip())
+            except ValueError:
+                number = None
+            if number is None or not math.isfinite(number) or number <= 0:
+                kind = "an integer" if isinstance(default, int) else "a number"
+                raise ValueError(f"{prefix}{f.name.upper()}={raw!r}: {kind} above 0 is needed")
+            values[f.name] = number
         return cls(**values)
 
 

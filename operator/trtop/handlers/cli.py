@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import sys
 
 import kopf
 
-from trtop.config import Settings
+from trtop.config import Settings, SettingsError
 
 # "random" priorities are drawn below this; a developer's local `--priority 1000000` wins.
 RANDOM_PRIORITY_MAX = 999_999
@@ -43,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as e:
+        print(f"trtop operator: {e}", file=sys.stderr)
+        return 2
     import trtop.handlers.main  # noqa: F401 - registers the handlers
     from trtop.k8s import peering
 

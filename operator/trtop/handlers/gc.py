@@ -18,13 +18,14 @@ import dataclasses
 import datetime as dt
 import logging
 import secrets
+import sys
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from trtop import names
-from trtop.config import Settings
+from trtop.config import Settings, SettingsError
 from trtop.handlers import metrics
 from trtop.handlers.facts import forget_record
 from trtop.k8s import peering
@@ -144,7 +145,11 @@ def main(argv: list[str]) -> int:
                                                         "(default: TRTOP_GC_GRACE_SECONDS or one day)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as e:
+        print(f"trtop store: {e}", file=sys.stderr)
+        return 2
     settings = dataclasses.replace(settings, store_uri=args.store or settings.store_uri)
     configure_timeout(settings.api_timeout_seconds)
     grace = settings.gc_grace_seconds if args.grace_seconds is None else args.grace_seconds
