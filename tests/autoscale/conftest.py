@@ -6,11 +6,6 @@ are tested over real HTTP with real exposition text.
 """
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +15,8 @@ from wsgiref.simple_server import WSGIServer
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from tests.prometheus import Prometheus, start_prometheus
 from trtop import names
-
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
 
 @dataclass
@@ -65,59 +59,19 @@ def exporters() -> Iterator[Callable[[], Exporter]]:
         e.thread.join(timeout=5)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class Prometheus:
-    url: str
-    process: subprocess.Popen[bytes]
-
-
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[Callable[[dict[str, Exporter]], Prometheus]]:
     """Starts Debian's prometheus scraping {pod name: exporter} every second, labelled with
     namespace "serving" and the pod name, as kubernetes_sd relabelling would."""
-    if not Path(PROMETHEUS).exists():
-        pytest.skip("no prometheus binary: apt-get install -y --no-install-recommends prometheus")
     started: list[Prometheus] = []
 
     def start(targets: dict[str, Exporter]) -> Prometheus:
         statics = "".join(
             f"      - targets: ['127.0.0.1:{e.port}']\n"
             f"        labels: {{namespace: serving, pod: {pod}}}\n" for pod, e in targets.items())
-        config = tmp_path / "prometheus.yml"
-        config.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-                          "scrape_configs:\n  - job_name: trtop-serving\n    static_configs:\n" + statics)
-        port = free_port()
-        log = open(tmp_path / "prometheus.log", "wb")
-        proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        prom = Prometheus(f"http://127.0.0.1:{port}", proc)
-        started.append(prom)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {(tmp_path / 'prometheus.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{prom.url}/-/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return prom
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError("prometheus did not become ready within 30 s")
+        started.append(start_prometheus("  - job_name: trtop-serving\n    static_configs:\n" + statics, tmp_path))
+        return started[-1]
 
     yield start
     for p in started:
-        p.process.terminate()
-        try:
-            p.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.process.kill()
-            p.process.wait()
+        p.stop()

@@ -8,7 +8,8 @@ from collections.abc import Callable
 import pytest
 from aiohttp import web
 
-from tests.autoscale.conftest import Exporter, Prometheus, free_port
+from tests.autoscale.conftest import Exporter
+from tests.prometheus import Prometheus, free_port
 from trtop.api.spec import ScalingMetric
 from trtop.autoscale import Observation, ScalingHistory, ScalingPolicy, decide
 from trtop.autoscale.load import (

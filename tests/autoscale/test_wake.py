@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from tests.autoscale.conftest import Prometheus, free_port
+from tests.prometheus import Prometheus, free_port
 from tests.autoscale.test_shell_guard import deployment
 from trtop import names
 from trtop.autoscale.load import PrometheusReader
