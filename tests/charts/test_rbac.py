@@ -25,6 +25,7 @@ IN_NAMESPACE = [
     ("apps", "deployments", {"get", "list", "watch", "create", "patch", "delete"}),  # a unit whose GPU type left
     ("", "services", {"get", "list", "watch", "create", "patch"}),
     ("", "pods", {"get", "list", "watch"}),
+    ("", "resourcequotas", {"get", "list", "watch"}),  # a raised quota: refused units try again at once
     ("", "events", {"create"}),  # kopf and trtop.k8s.events post, never patch
 ]
 # Cluster-scoped reads both modes need.
@@ -40,6 +41,7 @@ UNUSED = [
     ("apps", "deployments", {"update"}),
     ("", "services", {"update", "delete"}),
     ("", "events", {"patch", "update", "delete", "deletecollection"}),  # other tenants' Events stay theirs
+    ("", "resourcequotas", {"create", "update", "patch", "delete"}),  # read only: a namespace's limits are not ours
 ]
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 DANGEROUS_VERBS = {"escalate", "bind", "impersonate", "*"}

@@ -95,10 +95,10 @@ def test_idle_scales_to_zero_and_load_waiting_wakes_it(dev_cluster, namespace, t
             e.reason == "ScaledDown" and e.message.startswith("replicas 1 -> 0") for e in evs),
             "a ScaledDown Event from the first replica to zero", timeout=120)
         wait_for("scaled to zero while idle", lambda: scaled(md())[0] == 0 and not serving_pods(), timeout=90)
-        now = md()
+        now = wait_for("Available=True, ScaledToZero", lambda: (m := md()) and condition(m, "Available").get(
+            "reason") == "ScaledToZero" and m, timeout=30)
+        assert condition(now, "Available").get("status") == "True", now.get("status")
         assert condition(now, "Ready").get("status") == "True", now.get("status")
-        available = condition(now, "Available")
-        assert available.get("status") == "True" and available.get("reason") == "ScaledToZero", available
         units = apps.list_namespaced_deployment(
             namespace, label_selector=f"{names.LABEL_MODEL_DEPLOYMENT}=idle,{names.LABEL_TARGET}").items
         assert units and all(d.spec.replicas == 0 for d in units), [d.spec.replicas for d in units]

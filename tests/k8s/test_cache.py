@@ -186,6 +186,38 @@ def test_a_unit_whose_pods_the_api_server_refuses_says_why_without_the_pods_name
     assert c.units("uid-auto")[0].refused == ""
 
 
+def quota(name, hard, namespace="ml", used=None):
+    return {"metadata": {"name": name, "namespace": namespace},
+            "spec": {"hard": hard}, "status": {"hard": hard, "used": used or {}}}
+
+
+def test_a_raised_quota_concerns_the_objects_of_its_namespace_with_refused_units_and_changes_the_quota_state():
+    """ResourceQuota limits (status.hard: what admission enforces) are the quota state of their namespace; a change
+    queues the objects with a refused unit there (they try again at once), none elsewhere, and usage churn nobody."""
+    c = world()
+    c.on_model_deployment("ADDED", md("other", {"model": {"uri": "s3://m/o"}}, uid="uid-other"))
+    refused = {"conditions": [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                               "message": "exceeded quota: gpus"}]}
+    c.on_deployment("ADDED", {**deployment("auto-sm90", "uid-auto", "10"), "status": refused})
+    c.on_deployment("ADDED", deployment("other-sm90", "uid-other", "11"))  # not refused
+    assert c.quota_state("ml") == ""
+    assert c.on_quota("ADDED", quota("gpus", {"requests.nvidia.com/gpu": "1"})) == [("ml", "auto")]
+    first = c.quota_state("ml")
+    assert first and c.quota_state("team-b") == ""
+    # The quota controller's usage updates: the limits are the same, nothing to retry.
+    assert c.on_quota("MODIFIED", quota("gpus", {"requests.nvidia.com/gpu": "1"},
+                                        used={"requests.nvidia.com/gpu": "1"})) == []
+    assert c.quota_state("ml") == first
+    # Another namespace's quota: its own objects only, and its own state.
+    assert c.on_quota("ADDED", quota("gpus", {"requests.nvidia.com/gpu": "9"}, namespace="team-b")) == []
+    assert c.quota_state("ml") == first
+    raised = c.on_quota("MODIFIED", quota("gpus", {"requests.nvidia.com/gpu": "3"}))
+    assert raised == [("ml", "auto")] and c.quota_state("ml") not in ("", first)
+    assert c.on_quota("DELETED", quota("gpus", {"requests.nvidia.com/gpu": "3"})) == [("ml", "auto")]
+    assert c.quota_state("ml") == ""
+    assert c.on_quota("DELETED", quota("gpus", {})) == []  # already gone
+
+
 # A deleted object leaves nothing behind (thousands of objects, months of uptime, names that come back).
 NODE_INDICES = {"_nodes", "_node_facts", "_down_since"}  # the cluster's nodes: they stay
 

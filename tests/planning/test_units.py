@@ -250,6 +250,38 @@ def test_pods_the_api_server_refuses_are_named_in_scaling_limited_with_one_warni
     assert cond(fixed.status, "ScalingLimited")["status"] == "False"
 
 
+def test_a_refused_unit_carries_its_namespaces_quota_limits_so_a_raised_quota_is_applied_to_it(settings):
+    """While the API server refuses a unit's pods, the unit is marked with the namespace's quota limits: a raised
+    quota changes the mark, so the Deployment is applied and (the Deployment controller copying its annotations to
+    the ReplicaSet) its ReplicaSet tries again at once, not after a back-off of up to 1000 s. The same limits apply
+    nothing; a refusal that ends keeps the mark (no write for it); no quota, no mark."""
+    def applies(p):
+        return [m["metadata"]["name"] for m in p.to_apply if m["kind"] == "Deployment"]
+
+    nodes = (gpu_node("h100-0", "h100", gpus=4),)
+    facts = with_records(nodes, settings)
+    spec = {**SPEC, "replicas": 3}
+    p = plan(replace(facts, quota_state="q1"), settings, spec=spec)
+    assert names.ANNOTATION_QUOTA_RETRY not in p.units[0]["metadata"]["annotations"]  # nothing refused yet
+    units, pods = live_of(p, replicas={p.units[0]["metadata"]["name"]: 1})
+    refused = replace(units[0], replicas=3, refused="exceeded quota: gpu")
+    marked = plan(replace(facts, units=(refused,), pods=pods, quota_state="q1"), settings, p.status, spec=spec)
+    (unit,) = marked.units
+    assert unit["metadata"]["annotations"][names.ANNOTATION_QUOTA_RETRY] == "q1" and applies(marked)
+    assert unit["spec"]["template"] == p.units[0]["spec"]["template"]  # metadata only: no pod restarts
+    live = replace(refused, quota_retry="q1",
+                   applied_hash=unit["metadata"]["annotations"][names.ANNOTATION_APPLIED_HASH])
+    same = plan(replace(facts, units=(live,), pods=pods, quota_state="q1"), settings, marked.status, spec=spec)
+    assert not applies(same)  # the same limits: nothing to apply again
+    raised = plan(replace(facts, units=(live,), pods=pods, quota_state="q2"), settings, marked.status, spec=spec)
+    assert applies(raised) and raised.units[0]["metadata"]["annotations"][names.ANNOTATION_QUOTA_RETRY] == "q2"
+    served = replace(live, refused="", ready_replicas=3, replicas=3)
+    after = plan(replace(facts, units=(served,), pods=pods * 3, quota_state="q3"), settings, marked.status, spec=spec)
+    assert after.units[0]["metadata"]["annotations"][names.ANNOTATION_QUOTA_RETRY] == "q1" and not applies(after)
+    webhook = plan(replace(facts, units=(refused,), pods=pods), settings, p.status, spec=spec)  # no quota there
+    assert names.ANNOTATION_QUOTA_RETRY not in webhook.units[0]["metadata"]["annotations"]
+
+
 def _rolling(settings, rollout=None):
     """A full H100 (2 GPUs, 2 ready pods of the first template), then a template change: (facts, plan of the
     change, the new template's hash, the spec)."""

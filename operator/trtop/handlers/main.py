@@ -85,6 +85,11 @@ async def on_event_deployment(type: str | None, body: kopf.Body, **_: Any) -> No
     workers.enqueue(CACHE.on_deployment(str(type), body), SETTINGS.coalesce_seconds)
 
 
+@kopf.on.event("", "v1", "resourcequotas")
+async def on_event_resource_quota(type: str | None, body: kopf.Body, **_: Any) -> None:
+    workers.enqueue(CACHE.on_quota(str(type), body))  # a raised quota: refused units try again now
+
+
 @kopf.on.event("", "v1", "services", labels=_OURS)
 async def on_event_service(type: str | None, body: kopf.Body, **_: Any) -> None:
     workers.enqueue(CACHE.on_service(str(type), body), SETTINGS.coalesce_seconds)

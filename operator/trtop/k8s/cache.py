@@ -20,6 +20,8 @@ never shows the last one's failure, and leaves with the Job.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import threading
 import time
@@ -92,6 +94,7 @@ class ClusterCache:
         self._deployments: dict[Key, dict[str, Any]] = {}
         self._deployments_by_owner: defaultdict[str, set[Key]] = defaultdict(set)  # controller uid -> keys
         self._services: dict[Key, dict[str, Any]] = {}
+        self._quotas: dict[Key, str] = {}  # ResourceQuota -> its status.hard, canonical JSON
         self.users_of_key: defaultdict[EngineKey, set[Key]] = defaultdict(set)  # filled after each plan
         self._keys_of_user: dict[Key, tuple[EngineKey, ...]] = {}  # the reverse: O(1) to replace
         self._node_facts: dict[str, NodeFact] = {}  # derived from _nodes/_requested, dropped when they change
@@ -485,6 +488,29 @@ class ClusterCache:
                     del self._deployments_by_owner[owner]
         if not deleted:
             self._deployments_by_owner[controller_uid(body)].add(key)
+
+    def on_quota(self, event: str, body: Mapping[str, Any]) -> list[Key]:
+        """A ResourceQuota's enforced limits (``status.hard``: the quota controller copies ``spec.hard`` there, and
+        admission refuses by it). When they change, the ModelDeployments of its namespace with a unit whose pods the
+        API server refused, to try them again now (``quota_state``)."""
+        key = _key(body)
+        hard = None if event == "DELETED" else json.dumps((body.get("status") or {}).get("hard") or {}, sort_keys=True)
+        with self._lock:
+            if self._quotas.get(key) == hard:
+                return []
+            if hard is None:
+                self._quotas.pop(key, None)
+            else:
+                self._quotas[key] = hard
+            refused = {self._uids.get(controller_uid(d)) for k, d in self._deployments.items()
+                       if k[0] == key[0] and deployment_fact(d).refused}
+            return sorted(k for k in refused if k)
+
+    def quota_state(self, namespace: str) -> str:
+        """A digest of the hard limits of every ResourceQuota of ``namespace`` ("" where it has none)."""
+        with self._lock:
+            found = sorted((name, hard) for (ns, name), hard in self._quotas.items() if ns == namespace)
+        return hashlib.sha256(json.dumps(found).encode()).hexdigest()[:16] if found else ""
 
     def on_service(self, event: str, body: Mapping[str, Any]) -> list[Key]:
         return self._owned(self._services, event, body)

@@ -201,6 +201,7 @@ def deployment_fact(d: Mapping[str, Any], owner_uid: str | None = None) -> Deplo
         template_hash=ann.get(names.ANNOTATION_TEMPLATE_HASH, ""), uid=str(d["metadata"].get("uid", "")),
         refused=_refusal((_true(st.get("conditions"), "ReplicaFailure") or {}).get("message")),
         in_place=ann.get(names.ANNOTATION_ROLLOUT_IN_PLACE) == "true",
+        quota_retry=str(ann.get(names.ANNOTATION_QUOTA_RETRY, "")),
     )
 
 
