@@ -103,13 +103,29 @@ def test_load_waiting_in_front_of_an_object_at_zero_wakes_it(
     assert decided["resnet"][0].desired_replicas == 0
 
 
-def test_a_prometheus_that_does_not_answer_leaves_it_at_zero_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
-    down = f"http://127.0.0.1:{free_port()}"
+def test_a_prometheus_that_does_not_answer_leaves_it_at_zero_and_says_why(
+        monkeypatch: pytest.MonkeyPatch, prometheus: Callable[..., Prometheus], gateway: Any) -> None:
+    """It stays at zero that round and the others carry on; the object's owner gets one Warning Event per streak of
+    failures (the platform's setting, credentials left out), and the next streak another."""
+    port = free_port()
+    down = f"http://watcher:s3cret@127.0.0.1:{port}"
     settings = Settings(prometheus_url=down, wake_query=WAKE)
-    decided = run_once(monkeypatch, settings, PrometheusReader(down, timeout_seconds=1.0),
-                       {"resnet": md("resnet", min_replicas=0, desired=0),
-                        "bert": md("bert", min_replicas=1, desired=1)})
-    resnet, errors = decided["resnet"]
-    assert not resnet.changed and resnet.desired_replicas == 0
-    assert any(e.startswith("wake query: querying Prometheus") for e in errors), errors
-    assert "bert" in decided and not any(e.startswith("wake query") for e in decided["bert"][1])
+    posted: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(autoscaling, "post_event",
+                        lambda body, type_, reason, message: posted.append((body["metadata"]["name"], reason, message)))
+    monkeypatch.setattr(autoscaling, "STATES", {})
+    objects = {"resnet": md("resnet", min_replicas=0, desired=0), "bert": md("bert", min_replicas=1, desired=1)}
+    for _ in range(2):
+        decided = run_once(monkeypatch, settings, PrometheusReader(down, timeout_seconds=1.0), objects)
+        resnet, errors = decided["resnet"]
+        assert not resnet.changed and resnet.desired_replicas == 0
+        assert any(e.startswith("wake query: querying Prometheus") for e in errors), errors
+        assert "bert" in decided and not any(e.startswith("wake query") for e in decided["bert"][1])
+    ((name, reason, message),) = posted  # once for two failed rounds, and only for the object at zero
+    assert (name, reason) == ("resnet", "WakeQueryFailed") and "cannot start a replica" in message
+    assert "s3cret" not in message and "operator.wakeQuery" in message
+    # Prometheus answers (nothing waiting): the streak ends; a later failure is a new one.
+    prom = prometheus({"gateway-0": gateway})
+    run_once(monkeypatch, Settings(prometheus_url=prom.url, wake_query=WAKE), PrometheusReader(prom.url), objects)
+    run_once(monkeypatch, settings, PrometheusReader(down, timeout_seconds=1.0), objects)
+    assert [r for _, r, _ in posted] == ["WakeQueryFailed", "WakeQueryFailed"]

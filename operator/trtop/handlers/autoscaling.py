@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from trtop.api.engine import EngineKey
+from trtop.api.fetch import redact
 from trtop.api.errors import SpecError
 from trtop.api.spec import parse_spec
 from trtop.api.targets import Target
@@ -98,15 +99,23 @@ async def _autoscale_one(body: dict[str, Any], settings: Settings, source: LoadS
                                    full=CACHE.full_targets(meta["namespace"])) if serving else None
     errors = reading.errors
     waiting = 0.0
+    state = STATES.setdefault(meta["uid"], ScaleState(ScalingHistory()))
     if current == 0 and spec.scaling.min_replicas == 0 and wake is not None and settings.wake_query:
         try:
             found = await wake.query_scalar(wake_query_for(settings.wake_query, meta["namespace"], meta["name"]))
             waiting = clamp_metric(found or 0.0)  # NaN (a 0/0 in the query) is nothing waiting, not a wake-up
+            state.wake_failing = False
         except PrometheusError as e:  # it stays at zero this round; the next round asks again
             errors += (f"wake query: {e}",)
+            if not state.wake_failing:  # the object's owner sees why it does not wake, once per streak
+                state.wake_failing = True
+                await asyncio.to_thread(
+                    post_event, body, "Warning", "WakeQueryFailed",
+                    redact(f"scaled to zero, and the operator's wake query failed, so load waiting cannot start a "
+                           f"replica while this lasts (asked again every {settings.autoscale_interval_seconds:g} s;"
+                           f" the platform's operator.wakeQuery / operator.prometheusUrl): {e}"))
     observation = Observation(at=time.time(), current_replicas=current, pods=reading.samples,
                               schedulable_capacity=capacity, pending_load=waiting)
-    state = STATES.setdefault(meta["uid"], ScaleState(ScalingHistory()))
     decision, state.history = decide(policy_from_spec(spec.scaling), observation, state.history)
     state.desired, state.limit = decision.desired_replicas, decision.capacity_message if decision.capped else ""
     await asyncio.to_thread(_apply, body, decision, errors, settings)

@@ -15,6 +15,7 @@ class ScaleState:
     history: ScalingHistory
     desired: int | None = None
     limit: str = ""  # ScalingLimited message while capped by GPUs
+    wake_failing: bool = False  # the wake query failed the last time it was asked (one Warning Event per streak)
 
 
 STATES: dict[str, ScaleState] = {}
