@@ -94,7 +94,7 @@ class ClusterCache:
         self._deployments: dict[Key, dict[str, Any]] = {}
         self._deployments_by_owner: defaultdict[str, set[Key]] = defaultdict(set)  # controller uid -> keys
         self._services: dict[Key, dict[str, Any]] = {}
-        self._quotas: dict[Key, str] = {}  # ResourceQuota -> its status.hard, canonical JSON
+        self._quotas: defaultdict[str, dict[str, str]] = defaultdict(dict)  # namespace -> quota -> status.hard JSON
         self.users_of_key: defaultdict[EngineKey, set[Key]] = defaultdict(set)  # filled after each plan
         self._keys_of_user: dict[Key, tuple[EngineKey, ...]] = {}  # the reverse: O(1) to replace
         self._node_facts: dict[str, NodeFact] = {}  # derived from _nodes/_requested, dropped when they change
@@ -493,23 +493,26 @@ class ClusterCache:
         """A ResourceQuota's enforced limits (``status.hard``: the quota controller copies ``spec.hard`` there, and
         admission refuses by it). When they change, the ModelDeployments of its namespace with a unit whose pods the
         API server refused, to try them again now (``quota_state``)."""
-        key = _key(body)
+        ns, name = _key(body)
         hard = None if event == "DELETED" else json.dumps((body.get("status") or {}).get("hard") or {}, sort_keys=True)
         with self._lock:
-            if self._quotas.get(key) == hard:
+            quotas = self._quotas.get(ns, {})
+            if quotas.get(name) == hard:
                 return []
-            if hard is None:
-                self._quotas.pop(key, None)
+            if hard is not None:
+                self._quotas[ns][name] = hard
             else:
-                self._quotas[key] = hard
+                del quotas[name]
+                if not quotas:
+                    del self._quotas[ns]
             refused = {self._uids.get(controller_uid(d)) for k, d in self._deployments.items()
-                       if k[0] == key[0] and deployment_fact(d).refused}
+                       if k[0] == ns and deployment_fact(d).refused}
             return sorted(k for k in refused if k)
 
     def quota_state(self, namespace: str) -> str:
         """A digest of the hard limits of every ResourceQuota of ``namespace`` ("" where it has none)."""
         with self._lock:
-            found = sorted((name, hard) for (ns, name), hard in self._quotas.items() if ns == namespace)
+            found = sorted(self._quotas.get(namespace, {}).items())
         return hashlib.sha256(json.dumps(found).encode()).hexdigest()[:16] if found else ""
 
     def on_service(self, event: str, body: Mapping[str, Any]) -> list[Key]:
