@@ -129,3 +129,8 @@ def test_a_prometheus_that_does_not_answer_leaves_it_at_zero_and_says_why(
     run_once(monkeypatch, Settings(prometheus_url=prom.url, wake_query=WAKE), PrometheusReader(prom.url), objects)
     run_once(monkeypatch, settings, PrometheusReader(down, timeout_seconds=1.0), objects)
     assert [r for _, r, _ in posted] == ["WakeQueryFailed", "WakeQueryFailed"]
+    # Woken meanwhile (not asked), then at zero again with the query still failing: a new streak too.
+    run_once(monkeypatch, settings, PrometheusReader(down, timeout_seconds=1.0),
+             {**objects, "resnet": md("resnet", min_replicas=0, desired=1)})
+    run_once(monkeypatch, settings, PrometheusReader(down, timeout_seconds=1.0), objects)
+    assert [r for _, r, _ in posted] == ["WakeQueryFailed"] * 3

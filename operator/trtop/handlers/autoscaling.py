@@ -19,8 +19,8 @@ import time
 from typing import Any
 
 from trtop.api.engine import EngineKey
-from trtop.api.fetch import redact
 from trtop.api.errors import SpecError
+from trtop.api.fetch import redact
 from trtop.api.spec import parse_spec
 from trtop.api.targets import Target
 from trtop.autoscale import Decision, Observation, ScalingHistory, decide, policy_from_spec
@@ -100,7 +100,9 @@ async def _autoscale_one(body: dict[str, Any], settings: Settings, source: LoadS
     errors = reading.errors
     waiting = 0.0
     state = STATES.setdefault(meta["uid"], ScaleState(ScalingHistory()))
-    if current == 0 and spec.scaling.min_replicas == 0 and wake is not None and settings.wake_query:
+    if not (current == 0 and spec.scaling.min_replicas == 0):
+        state.wake_failing = False  # not at zero: a later stay there that cannot wake is a new streak
+    elif wake is not None and settings.wake_query:
         try:
             found = await wake.query_scalar(wake_query_for(settings.wake_query, meta["namespace"], meta["name"]))
             waiting = clamp_metric(found or 0.0)  # NaN (a 0/0 in the query) is nothing waiting, not a wake-up
