@@ -152,7 +152,8 @@ async def test_bytes_in_flight_are_bounded(start_kind: Start, affine_onnx: Path)
     # One front-end's arena: --max-inflight-mb, never below one largest body + 4 MiB for outputs (5 MiB here).
     # Each request holds ~1.8 MiB (0.9 MiB in, as much out): a few fit, the rest get 503 + Retry-After at once.
     s = start_kind(["--model", str(affine_onnx), "--model-name", "a", "--frontends", "1", "--max-body-mb", "1",
-                      "--max-inflight-mb", "1", "--max-batch", "60000", "--backend", SLOW],
+                      "--max-inflight-mb", "1", "--max-batch", "60000", "--backend", SLOW,
+                      "--buckets", "1,60000"],  # two buckets to warm at 0.5 s a run, not 17
                      env={"FAKE_RUN_DELAY_S": "0.5"})
     s.wait_ready()
     x = np.ones((56000, 4), np.float32)
