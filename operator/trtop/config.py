@@ -9,13 +9,16 @@ import math
 import os
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from trtop import versions
 from trtop.api.fetch import FetchPolicy
 
 _SHARING_GROUP = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+N = TypeVar("N", int, float)
+T = TypeVar("T")
 
 
 class SettingsError(ValueError):
@@ -109,10 +112,7 @@ class Settings:
         if self.wake_query:
             if not self.prometheus_url:
                 raise SettingsError("TRTOP_WAKE_QUERY is asked of Prometheus: set TRTOP_PROMETHEUS_URL too")
-            try:
-                wake_query_for(self.wake_query, "namespace", "name")  # a placeholder it does not know fails here
-            except ValueError as e:
-                raise SettingsError(str(e)) from None
+            _as_setting(wake_query_for, self.wake_query, "namespace", "name")  # an unknown placeholder fails here
         seen: dict[str, str] = {}
         for group, members in self.store_sharing.items():
             if not _SHARING_GROUP.match(group):
@@ -162,7 +162,8 @@ class Settings:
             tensorrt_version=e.get("TRTOP_TENSORRT_VERSION", d.tensorrt_version),
             onnxruntime_version=e.get("TRTOP_ONNXRUNTIME_VERSION", d.onnxruntime_version),
             workload_service_account=e.get("TRTOP_WORKLOAD_SERVICE_ACCOUNT", d.workload_service_account),
-            autoscale_interval_seconds=_seconds(e, "TRTOP_AUTOSCALE_INTERVAL_SECONDS", d.autoscale_interval_seconds, zero=False),
+            autoscale_interval_seconds=_seconds(e, "TRTOP_AUTOSCALE_INTERVAL_SECONDS", d.autoscale_interval_seconds,
+                                                zero=False),
             prometheus_url=e.get("TRTOP_PROMETHEUS_URL", d.prometheus_url),
             wake_query=e.get("TRTOP_WAKE_QUERY", d.wake_query).strip(),
             metrics_host=e.get("TRTOP_METRICS_HOST", d.metrics_host),
@@ -178,9 +179,9 @@ class Settings:
             retry_base_seconds=_seconds(e, "TRTOP_RETRY_BASE_SECONDS", d.retry_base_seconds, zero=False),
             retry_max_seconds=_seconds(e, "TRTOP_RETRY_MAX_SECONDS", d.retry_max_seconds, zero=False),
             workload_env=extra,
-            store_sharing=_sharing(e.get("TRTOP_STORE_SHARING", "")),
+            store_sharing=_as_setting(parse_sharing, e.get("TRTOP_STORE_SHARING", "")),
             store_read_secret=e.get("TRTOP_STORE_READ_SECRET", d.store_read_secret),
-            fetch_policy=_fetch_policy(e),
+            fetch_policy=_as_setting(FetchPolicy.from_env, e),
             allowed_images=tuple(i for i in e.get("TRTOP_ALLOWED_IMAGES", "").replace(",", " ").split() if i),
             build_tmp_size=e.get("TRTOP_BUILD_TMP_SIZE", d.build_tmp_size),
             serving_tmp_size=e.get("TRTOP_SERVING_TMP_SIZE", d.serving_tmp_size),
@@ -189,45 +190,38 @@ class Settings:
         )
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float, *, zero: bool = True) -> float:
-    """``env[name]`` as a finite number of seconds, at least 0 (above 0 unless ``zero``); ``default`` when unset or
-    empty. SettingsError naming the variable otherwise."""
+def _number(env: Mapping[str, str], name: str, default: N, parse: Callable[[str], N], what: str,
+            fits: Callable[[N], bool], need: str) -> N:
+    """``env[name]`` parsed, ``default`` when unset or empty; SettingsError naming the variable when it is not
+    ``what`` or does not fit (``need`` says what does)."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = float(raw)
+        value = parse(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
-        raise SettingsError(f"{name}={raw!r}: seconds {'at least 0' if zero else 'above 0'} are needed")
+        raise SettingsError(f"{name}={raw!r} is not {what}") from None
+    if not fits(value):
+        raise SettingsError(f"{name}={raw!r}: {need}")
     return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, *, zero: bool = True) -> float:
+    """A finite number of seconds, at least 0 (above 0 unless ``zero``)."""
+    return _number(env, name, default, float, "a number of seconds",
+                   lambda v: math.isfinite(v) and (v >= 0 if zero else v > 0),
+                   f"seconds {'at least 0' if zero else 'above 0'} are needed")
 
 
 def _integer(env: Mapping[str, str], name: str, default: int, least: int, most: int) -> int:
-    """``env[name]`` as an integer in ``least..most``; ``default`` when unset or empty. SettingsError otherwise."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
+    return _number(env, name, default, int, "an integer", lambda v: least <= v <= most,
+                   f"an integer from {least} to {most} is needed")
+
+
+def _as_setting(parse: Callable[..., T], *args: Any) -> T:
+    """``parse(*args)`` with its ValueError as a SettingsError (its message already names the variable)."""
     try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
-    if not least <= value <= most:
-        raise SettingsError(f"{name}={raw!r}: an integer from {least} to {most} is needed")
-    return value
-
-
-def _fetch_policy(env: Mapping[str, str]) -> FetchPolicy:
-    try:
-        return FetchPolicy.from_env(env)
-    except ValueError as e:
-        raise SettingsError(str(e)) from None
-
-
-def _sharing(text: str) -> dict[str, tuple[str, ...]]:
-    try:
-        return parse_sharing(text)
+        return parse(*args)
     except ValueError as e:
         raise SettingsError(str(e)) from None
 
