@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO
 
 from trtop import versions
-from trtop_dev.devcluster import ociarchive, workspace
+from trtop_dev.devcluster import diskspace, nodeconfig, ociarchive, workspace
 from trtop_dev.devcluster.containerd import RUN_DIR, Containerd, spawn_detached, terminate
 from trtop_dev.devcluster.kwok import process_running
 from trtop_dev.devcluster.tools import cache_dir, ensure_node_tools, read_versions
@@ -42,6 +42,9 @@ MECHANICS_PACKAGES = ("python3-pip",)
 # trust them, so the base carries them (none on an ordinary machine).
 LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
 HOLDER = "build-images"
+# Free disk a build needs: the converter's layer of TensorFlow is ~1.7 GB unpacked, held up to
+# three times while it is built, exported and unpacked, beside the compressed content.
+BUILD_NEEDS_BYTES = 6 * diskspace.GiB
 # The server Dockerfiles' Go stage (the native HTTP front-end). No Go image can be pulled here, so the
 # stage is given as a named context holding the binary built on this machine (trtop_dev.native, the
 # same flags), at the path the stage would leave it: out/trtop-http.
@@ -265,6 +268,11 @@ class Builder:
         self.log(f"built {spec.tag} in {seconds:.0f}s")
         return seconds
 
+    def disk_shortfall(self) -> str | None:
+        """Why the build would fill the disk of the image store (None: it fits)."""
+        return diskspace.shortfall(diskspace.usage(self.cache), need=BUILD_NEEDS_BYTES,
+                                   reserve_percent=nodeconfig.EVICTION_FREE_PERCENT, purpose="Building the images")
+
     def prune(self, keep: Sequence[str]) -> None:
         """Old tags of our images, stale CRI aliases, and BuildKit's cache beyond its cap."""
         repos = [BASE_REPO, *(spec.tag.rsplit(":", 1)[0] for spec in CPU_IMAGES + GPU_MECHANICS_IMAGES)]
@@ -335,12 +343,19 @@ def main(argv: list[str] | None = None) -> int:
     with Builder(root, log) as builder:
         bases = {False: builder.base() if any(not s.gpu for s in wanted) else "",
                  True: builder.base("pip") if gpu else ""}
+        kept = [b for b in bases.values() if b] + [s.tag for s in CPU_IMAGES + GPU_MECHANICS_IMAGES]
+        short = builder.disk_shortfall()
+        if short:  # a build that failed never pruned: what it left may be the space we need
+            builder.prune([*kept, builder.daemon.pause_image])
+            short = builder.disk_shortfall()
+        if short:
+            log(short)
+            return 1
         if gpu:
             log("GPU images: mechanics-only build on Debian + pip; the TensorRT, CUDA and cuDNN layers of NVIDIA's "
                 f"base ({versions.TENSORRT_BASE_IMAGE}) are skipped: it cannot be fetched on this machine")
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             list(pool.map(lambda spec: builder.build(spec, bases[spec.gpu], no_cache=args.no_cache), wanted))
-        kept = [b for b in bases.values() if b] + [s.tag for s in CPU_IMAGES + GPU_MECHANICS_IMAGES]
         builder.prune([*kept, builder.daemon.pause_image])
     if not gpu:
         log("the GPU images (converter, server) are not built: their base is NVIDIA's TensorRT image, which cannot "

@@ -31,6 +31,9 @@ KUBELET_PORT = 10250
 KUBELET_HEALTHZ_PORT = 10248
 # The sysctls the kubelet sets on start (protectKernelDefaults: false) and the CNI bridge
 # plugin turns on: saved before the node starts and put back by `down`.
+# The kubelet evicts pods (and admits none: DiskPressure) below this much free disk.
+# The dev machine's disk is shared with builds: evict only when it is really short.
+EVICTION_FREE_PERCENT = 2
 SYSCTLS = ("kernel.panic", "kernel.panic_on_oops", "vm.overcommit_memory", "net.ipv4.ip_forward")
 
 
@@ -155,9 +158,9 @@ def render_kubelet_config(*, socket: Path, pod_logs_dir: Path, resolv_conf: Path
         "podLogsDir": str(pod_logs_dir),
         "resolvConf": str(resolv_conf),
         "serializeImagePulls": False,
-        # The dev machine's disk is shared with builds: evict only when it is really short,
-        # and never garbage-collect the images built here (they cannot be pulled back).
-        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "2%", "imagefs.available": "2%"},
+        # Never garbage-collect the images built here (they cannot be pulled back).
+        "evictionHard": {"memory.available": "100Mi", "nodefs.available": f"{EVICTION_FREE_PERCENT}%",
+                         "imagefs.available": f"{EVICTION_FREE_PERCENT}%"},
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
         "rotateCertificates": False,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from trtop_dev.devcluster import hostcleanup, nodeconfig, workspace
+from trtop_dev.devcluster import diskspace, hostcleanup, nodeconfig, workspace
 from trtop_dev.devcluster.containerd import RUN_DIR, Containerd, ContainerdError, for_checkout, spawn_detached, terminate
 from trtop_dev.devcluster.kubectl import Kubectl
 from trtop_dev.devcluster.kwok import process_running
@@ -34,6 +34,9 @@ Log = Callable[[str], None]
 CLAIM = RUN_DIR / "realnode.json"
 HOLDER = "realnode"
 CGROUP = nodeconfig.CGROUP_ROOT.strip("/")
+# Free disk the node needs above the kubelet's eviction threshold: pod logs, emptyDirs, the
+# engines the converter Jobs write and the images' writable layers.
+NODE_NEEDS_BYTES = 2 * diskspace.GiB
 
 
 class RealNodeError(RuntimeError):
@@ -116,6 +119,10 @@ class RealNode:
             log(f"real node {nodeconfig.NODE_NAME} is running (kubelet pid {self.kubelet_pid()})")
             return
         tools = ensure_node_tools(self.root)
+        short = diskspace.shortfall(diskspace.usage(self.node_dir), need=NODE_NEEDS_BYTES,
+                                    reserve_percent=nodeconfig.EVICTION_FREE_PERCENT, purpose="The real node")
+        if short:
+            raise RealNodeError(short)
         stale = self.owner()
         if stale and not _claim_alive(stale):
             log(f"cleaning up after a real node that did not stop ({stale.get('node_dir')})")
