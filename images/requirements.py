@@ -3,8 +3,8 @@
     python images/requirements.py serve > requirements.txt
 
 The CPU images install these first, in a layer of their own (with images/constraints.txt),
-then trtop itself with --no-deps: a change to trtop's code then reinstalls only trtop, not
-TensorFlow or ONNX Runtime. Standard library only: it runs in the image's build stage.
+then trtop itself as a wheel with --no-deps: a change to trtop's code then rebuilds only trtop,
+not TensorFlow or ONNX Runtime. Standard library only: it runs in the image's build stage.
 """
 from __future__ import annotations
 

@@ -87,15 +87,33 @@ def test_base_images_are_pinned(name):
 @pytest.mark.parametrize("name", EXTRAS)
 def test_installs_the_project_extra_with_the_tested_pins(name):
     steps = instructions(DOCKERFILES[name])
-    installs = [args for op, args in steps if op == "RUN" and "pip install" in args]
-    assert 1 <= len(installs) <= 2, installs
-    assert all("-c images/constraints.txt" in i and "--no-cache-dir" in i for i in installs)
-    assert f'".[{EXTRAS[name]}]"' in installs[-1]
-    if len(installs) == 2:  # the dependencies in a layer before the code's: a code change keeps it
-        assert f"images/requirements.py {EXTRAS[name]} > /tmp/requirements.txt" in installs[0]
-        assert "-r /tmp/requirements.txt" in installs[0] and "--no-deps" in installs[1]
+    # What resolves packages: the dependencies' install and the code's (an install, or a wheel
+    # the final stage installs).
+    resolves = [args for op, args in steps if op == "RUN" and ("pip install" in args or "pip wheel" in args)
+                and "/wheels/trtop-" not in args]
+    assert 1 <= len(resolves) <= 2, resolves
+    assert all("-c images/constraints.txt" in i and "--no-cache-dir" in i for i in resolves)
+    assert f'".[{EXTRAS[name]}]"' in resolves[-1]
+    if len(resolves) == 2:  # the dependencies in a layer before the code's: a code change keeps it
+        assert f"images/requirements.py {EXTRAS[name]} > /tmp/requirements.txt" in resolves[0]
+        assert "-r /tmp/requirements.txt" in resolves[0] and "--no-deps" in resolves[1]
         copies = [args for op, args in steps if op == "COPY" and "--from" not in args]
-        assert steps.index(("RUN", installs[0])) < steps.index(("COPY", next(c for c in copies if "operator/" in c)))
+        assert steps.index(("RUN", resolves[0])) < steps.index(("COPY", next(c for c in copies if "operator/" in c)))
+
+
+@pytest.mark.parametrize("name", [n for n in EXTRAS if "pip wheel" in DOCKERFILES[n].read_text()])
+def test_the_final_stage_keeps_the_dependencies_a_layer_apart_from_the_code(name):
+    """A code change rebuilds a layer of a few MB, not the whole venv (~1.7 GB with TensorFlow)."""
+    steps = instructions(DOCKERFILES[name])
+    final_stage = steps[max(i for i, (op, _) in enumerate(steps) if op == "FROM"):]
+    deps = final_stage.index(("COPY", "--from=build /opt/trtop /opt/trtop"))
+    code = next(i for i, (op, args) in enumerate(final_stage) if op == "RUN" and "/wheels/trtop-" in args)
+    assert deps < code
+    run = final_stage[code][1]
+    assert "--mount=type=bind,from=build,source=/wheels,target=/wheels" in run  # the wheel leaves no layer
+    assert "--no-deps" in run and "--no-cache-dir" in run
+    wheel = next(args for op, args in steps if op == "RUN" and "pip wheel" in args)
+    assert "-w /wheels" in wheel and not wheel.startswith("/opt/trtop/bin/pip install")
 
 
 def test_requirements_py_lists_the_extras_of_pyproject():
