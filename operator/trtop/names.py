@@ -44,10 +44,12 @@ ANNOTATION_TEMPLATE_HASH: Final = f"{GROUP}/template-hash"  # on a unit: hash of
 # On a unit rolling with one pod fewer because no GPU of its type was free for a new pod beside the old ones
 # (spec.rollout.whenFull ReplaceInPlace): kept until the rollout is done, so it does not flap as pods move.
 ANNOTATION_ROLLOUT_IN_PLACE: Final = f"{GROUP}/rollout-in-place"
-# On a unit whose pods the API server refused (ReplicaFailure): a digest of its namespace's ResourceQuota limits when
-# trtop last saw it refused. A raised quota changes it; the Deployment controller copies a Deployment's annotations
-# onto its ReplicaSet, and that update makes the ReplicaSet controller try its pods again at once instead of after
-# its back-off (which grows to 1000 s between tries while a quota refuses them).
+# On a unit whose pods the API server refused (ReplicaFailure): a digest of its namespace's ResourceQuota and
+# LimitRange room when trtop last saw it refused (ClusterCache.admission_state). A raised limit, or a quota's usage
+# falling, changes it; the Deployment controller copies a Deployment's annotations onto its ReplicaSet, and that
+# update makes the ReplicaSet controller try its pods again at once instead of after its back-off (which grows to
+# 1000 s between tries while they are refused). The name is older than the LimitRanges: it stays, so existing units
+# are not rewritten.
 ANNOTATION_QUOTA_RETRY: Final = f"{GROUP}/quota-retry"
 ROLLOUT_WHEN_FULL: Final = ("ReplaceInPlace", "Wait")
 # On each object trtop applies: hash of the manifest it applied (re-applied only when it differs).

@@ -26,6 +26,7 @@ IN_NAMESPACE = [
     ("", "services", {"get", "list", "watch", "create", "patch"}),
     ("", "pods", {"get", "list", "watch"}),
     ("", "resourcequotas", {"get", "list", "watch"}),  # a raised quota: refused units try again at once
+    ("", "limitranges", {"get", "list", "watch"}),  # the same for a LimitRange
     ("", "events", {"create"}),  # kopf and trtop.k8s.events post, never patch
 ]
 # Cluster-scoped reads both modes need.
@@ -42,6 +43,7 @@ UNUSED = [
     ("", "services", {"update", "delete"}),
     ("", "events", {"patch", "update", "delete", "deletecollection"}),  # other tenants' Events stay theirs
     ("", "resourcequotas", {"create", "update", "patch", "delete"}),  # read only: a namespace's limits are not ours
+    ("", "limitranges", {"create", "update", "patch", "delete"}),
 ]
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 DANGEROUS_VERBS = {"escalate", "bind", "impersonate", "*"}

@@ -305,11 +305,7 @@ def test_pods_a_resource_quota_refuses_are_named_in_the_status_until_the_quota_a
     cluster["operator"].start()
     applied = time.monotonic()
     apply_md(dev_cluster, namespace, tmp_path, "capped", body)
-
-    def refused() -> dict | None:
-        limited = condition(get_md(custom, namespace, "capped"), names.COND_SCALING_LIMITED)
-        return limited if limited.get("reason") == "PodsRefused" else None
-    limited = wait_for("ScalingLimited=PodsRefused", refused, timeout=90)
+    limited = _wait_refused(custom, namespace, "capped")
     assert limited["status"] == "True" and "exceeded quota" in limited["message"], limited
     md = wait_for("the pod the quota allows ready", lambda: (m := get_md(custom, namespace, "capped")) and m[
         "status"].get("readyReplicas") == 1 and m, timeout=60)  # the refusal can come before it is ready
@@ -317,17 +313,7 @@ def test_pods_a_resource_quota_refuses_are_named_in_the_status_until_the_quota_a
     assert condition(md, names.COND_SCALING_LIMITED)["reason"] == "PodsRefused"
     events = events_for(cluster["core"], namespace, "capped")
     assert [e for e in events if e.reason == "PodsRefused" and e.type == "Warning"], [e.reason for e in events]
-    # A refusal that lasted: the ReplicaSet controller tries again on a back-off that doubles from 5 ms up to 1000 s
-    # per failure. Each update of the ReplicaSet is an immediate try, refused: twenty of them count as twenty minutes
-    # of refusals would. The try its back-off had already set keeps its time (a work queue keeps the sooner of two),
-    # no later than the refusal's age again from now: once it has come and been refused too, the next is 1000 s away.
-    apps = cluster["apps"]
-    (rs,) = [r for r in apps.list_namespaced_replica_set(namespace).items if r.spec.replicas == 2]
-    for i in range(20):
-        apps.patch_namespaced_replica_set(rs.metadata.name, namespace,
-                                          {"metadata": {"annotations": {"test.trtop.io/try": str(i)}}})
-        time.sleep(0.1)
-    time.sleep(time.monotonic() - applied + 2)
+    _lengthen_refusal(cluster["apps"], namespace, "capped", applied)
     # The remedy the message names: the platform raises the quota. The operator sees the new limits and marks the
     # unit (names.ANNOTATION_QUOTA_RETRY); the Deployment controller copies the mark onto the ReplicaSet, which
     # tries again at once: the pods come in seconds, not after the back-off.
@@ -340,6 +326,87 @@ def test_pods_a_resource_quota_refuses_are_named_in_the_status_until_the_quota_a
     wait_for("ScalingLimited False", lambda: condition(get_md(custom, namespace, "capped"),
                                                        names.COND_SCALING_LIMITED)["status"] == "False", timeout=60)
     assert condition(ready_md(custom, namespace, "capped", timeout=30), names.COND_READY)["status"] == "True"
+
+
+def _wait_refused(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict:
+    """The ScalingLimited condition once it says PodsRefused."""
+    def refused() -> dict | None:
+        limited = condition(get_md(custom, namespace, name), names.COND_SCALING_LIMITED)
+        return limited if limited.get("reason") == "PodsRefused" else None
+    return wait_for("ScalingLimited=PodsRefused", refused, timeout=90)
+
+
+def _lengthen_refusal(apps: client.AppsV1Api, namespace: str, md_name: str, since: float) -> None:
+    """Make a refusal that started at ``since`` one that lasted: the ReplicaSet controller tries again on a back-off
+    that doubles from 5 ms up to 1000 s per failure. Each update of the ReplicaSet is an immediate try, refused:
+    twenty of them count as twenty minutes of refusals would. The try its back-off had already set keeps its time (a
+    work queue keeps the sooner of two), about the refusal's age again from now: once it has come and been refused
+    too, the next is 1000 s away. Waiting only that long left the try due at about the moment a test freed the room
+    (its pods came 1.1-1.6 s later with the old code, twice): twice that, and the old code gets none in 45 s."""
+    (rs,) = [r for r in apps.list_namespaced_replica_set(namespace).items if r.metadata.name.startswith(f"{md_name}-")]
+    for i in range(20):
+        apps.patch_namespaced_replica_set(rs.metadata.name, namespace,
+                                          {"metadata": {"annotations": {"test.trtop.io/try": str(i)}}})
+        time.sleep(0.1)
+    time.sleep(2 * (time.monotonic() - since) + 2)
+
+
+def test_pods_a_full_quota_refuses_come_at_once_when_another_workload_frees_it(cluster, dev_cluster, namespace,
+                                                                              tmp_path):
+    """The usual way a quota frees up: the limits stay, another workload of the namespace (here a plain pod, nothing
+    of trtop's) ends and the usage falls. The refused pod is tried again at once (the unit's mark follows the quota's
+    room, not only its limits), not after the ReplicaSet's back-off."""
+    custom, core = cluster["custom"], cluster["core"]
+    body = spec(1)
+    body["engine"]["targets"] = ["9.0"]
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "gpus", "namespace": namespace},
+             "spec": {"hard": {"requests.nvidia.com/gpu": "2"}}}
+    dev_cluster.apply(quota, namespace=namespace)
+    hog = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hog", "namespace": namespace},
+           "spec": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}, "tolerations": [TOLERATION],
+                    "containers": [{"name": "job", "image": "busybox",
+                                    "resources": {"limits": {names.GPU_RESOURCE: "1"}}}]}}
+    dev_cluster.apply(hog, namespace=namespace)
+    cluster["operator"].start()
+    apply_md(dev_cluster, namespace, tmp_path, "shared", body)
+    ready_md(custom, namespace, "shared", timeout=90)  # the build and then the replica, beside the other pod
+    applied = time.monotonic()
+    apply_md(dev_cluster, namespace, tmp_path, "shared", {**body, "replicas": 2})
+    limited = _wait_refused(custom, namespace, "shared")
+    assert "exceeded quota" in limited["message"], limited
+    _lengthen_refusal(cluster["apps"], namespace, "shared", applied)
+    freed = time.monotonic()
+    core.delete_namespaced_pod("hog", namespace, grace_period_seconds=0)
+    wait_for("both replicas ready after the other pod ended", lambda: get_md(custom, namespace, "shared")[
+        "status"].get("readyReplicas") == 2, timeout=45)
+    print(f"both ready {time.monotonic() - freed:.1f} s after the other pod ended")
+
+
+def test_pods_a_limit_range_refuses_come_at_once_when_it_is_raised(cluster, dev_cluster, namespace, tmp_path):
+    """A LimitRange refuses pods too (a container's limits past its max): the status says so and, once the platform
+    raises the max, the pods come at once, however long the refusal lasted (the unit's trtop.io/quota-retry mark
+    digests the namespace's LimitRanges as well as its quotas)."""
+    custom = cluster["custom"]
+    body = spec(1)
+    body["engine"]["targets"] = ["9.0"]
+    body["serving"]["resources"] = {"limits": {"cpu": "2"}}  # past the max; the build's one CPU is not
+    caps = {"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "cpus", "namespace": namespace},
+            "spec": {"limits": [{"type": "Container", "max": {"cpu": "1"}}]}}
+    dev_cluster.apply(caps, namespace=namespace)
+    cluster["operator"].start()
+    applied = time.monotonic()
+    apply_md(dev_cluster, namespace, tmp_path, "wide", body)
+    limited = _wait_refused(custom, namespace, "wide")
+    assert limited["status"] == "True" and "maximum cpu usage per Container is 1" in limited["message"], limited
+    _lengthen_refusal(cluster["apps"], namespace, "wide", applied)
+    raised = time.monotonic()
+    dev_cluster.apply({**caps, "spec": {"limits": [{"type": "Container", "max": {"cpu": "4"}}]}}, namespace=namespace)
+    wait_for("the replica ready after the LimitRange was raised", lambda: get_md(custom, namespace, "wide")[
+        "status"].get("readyReplicas") == 1, timeout=45)
+    print(f"ready {time.monotonic() - raised:.1f} s after the LimitRange was raised")
+    wait_for("ScalingLimited False", lambda: condition(get_md(custom, namespace, "wide"),
+                                                       names.COND_SCALING_LIMITED)["status"] == "False", timeout=60)
+    assert condition(ready_md(custom, namespace, "wide", timeout=30), names.COND_READY)["status"] == "True"
 
 
 def test_a_rollout_on_a_full_gpu_type_replaces_pods_in_place_and_lands(cluster, dev_cluster, namespace, tmp_path):

@@ -186,36 +186,95 @@ def test_a_unit_whose_pods_the_api_server_refuses_says_why_without_the_pods_name
     assert c.units("uid-auto")[0].refused == ""
 
 
+_versions = iter(range(1000, 10**6))
+
+
 def quota(name, hard, namespace="ml", used=None):
-    return {"metadata": {"name": name, "namespace": namespace},
+    """A ResourceQuota as the API server sends it: each write a new resourceVersion."""
+    return {"metadata": {"name": name, "namespace": namespace, "resourceVersion": str(next(_versions))},
             "spec": {"hard": hard}, "status": {"hard": hard, "used": used or {}}}
 
 
-def test_a_raised_quota_concerns_the_objects_of_its_namespace_with_refused_units_and_changes_the_quota_state():
-    """ResourceQuota limits (status.hard: what admission enforces) are the quota state of their namespace; a change
-    queues the objects with a refused unit there (they try again at once), none elsewhere, and usage churn nobody."""
+def test_a_raised_quota_concerns_the_objects_of_its_namespace_with_refused_units_and_changes_the_admission_state():
+    """ResourceQuota limits (status.hard: what admission enforces) are the admission state of their namespace; a change
+    queues the objects with a refused unit there (they try again at once), none elsewhere, and more usage nobody."""
     c = world()
     c.on_model_deployment("ADDED", md("other", {"model": {"uri": "s3://m/o"}}, uid="uid-other"))
     refused = {"conditions": [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
                                "message": "exceeded quota: gpus"}]}
     c.on_deployment("ADDED", {**deployment("auto-sm90", "uid-auto", "10"), "status": refused})
     c.on_deployment("ADDED", deployment("other-sm90", "uid-other", "11"))  # not refused
-    assert c.quota_state("ml") == ""
-    assert c.on_quota("ADDED", quota("gpus", {"requests.nvidia.com/gpu": "1"})) == [("ml", "auto")]
-    first = c.quota_state("ml")
-    assert first and c.quota_state("team-b") == ""
+    assert c.admission_state("ml") == ""
+    assert c.on_admission_policy("ResourceQuota", "ADDED", quota("gpus", {"requests.nvidia.com/gpu": "1"})) == [
+        ("ml", "auto")]
+    first = c.admission_state("ml")
+    assert first and c.admission_state("team-b") == ""
     # The quota controller's usage updates: the limits are the same, nothing to retry.
-    assert c.on_quota("MODIFIED", quota("gpus", {"requests.nvidia.com/gpu": "1"},
-                                        used={"requests.nvidia.com/gpu": "1"})) == []
-    assert c.quota_state("ml") == first
+    assert c.on_admission_policy("ResourceQuota", "MODIFIED", quota("gpus", {"requests.nvidia.com/gpu": "1"},
+                                                                    used={"requests.nvidia.com/gpu": "1"})) == []
+    assert c.admission_state("ml") == first
     # Another namespace's quota: its own objects only, and its own state.
-    assert c.on_quota("ADDED", quota("gpus", {"requests.nvidia.com/gpu": "9"}, namespace="team-b")) == []
-    assert c.quota_state("ml") == first
-    raised = c.on_quota("MODIFIED", quota("gpus", {"requests.nvidia.com/gpu": "3"}))
-    assert raised == [("ml", "auto")] and c.quota_state("ml") not in ("", first)
-    assert c.on_quota("DELETED", quota("gpus", {"requests.nvidia.com/gpu": "3"})) == [("ml", "auto")]
-    assert c.quota_state("ml") == ""
-    assert c.on_quota("DELETED", quota("gpus", {})) == []  # already gone
+    assert c.on_admission_policy("ResourceQuota", "ADDED",
+                                 quota("gpus", {"requests.nvidia.com/gpu": "9"}, namespace="team-b")) == []
+    assert c.admission_state("ml") == first
+    raised = c.on_admission_policy("ResourceQuota", "MODIFIED", quota("gpus", {"requests.nvidia.com/gpu": "3"}))
+    assert raised == [("ml", "auto")] and c.admission_state("ml") not in ("", first)
+    assert c.on_admission_policy("ResourceQuota", "DELETED", quota("gpus", {"requests.nvidia.com/gpu": "3"})) == [
+        ("ml", "auto")]
+    assert c.admission_state("ml") == ""
+    assert c.on_admission_policy("ResourceQuota", "DELETED", quota("gpus", {})) == []  # already gone
+
+
+def test_a_quota_with_room_again_retries_refused_units_but_more_usage_does_not():
+    """The usual way a quota frees up: another workload of the namespace ends, its usage falls, the limits stay.
+    That retries the refused units at once; more usage (pods starting) does not write them again."""
+    c = world()
+    refused = {"conditions": [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                               "message": "exceeded quota: gpus"}]}
+    c.on_deployment("ADDED", {**deployment("auto-sm90", "uid-auto", "10"), "status": refused})
+    gpus = {"requests.nvidia.com/gpu": "2"}
+    assert c.on_admission_policy("ResourceQuota", "ADDED", quota("gpus", gpus, used={
+        "requests.nvidia.com/gpu": "1"})) == [("ml", "auto")]
+    first = c.admission_state("ml")
+    for used in ("2", "2"):  # fuller, then a write of the same usage: no more room
+        assert c.on_admission_policy("ResourceQuota", "MODIFIED", quota("gpus", gpus, used={
+            "requests.nvidia.com/gpu": used})) == []
+    assert c.admission_state("ml") == first
+    # Usage falls back to what it was at the first reading: room again, and a state of its own.
+    assert c.on_admission_policy("ResourceQuota", "MODIFIED", quota("gpus", gpus, used={
+        "requests.nvidia.com/gpu": "1"})) == [("ml", "auto")]
+    freed = c.admission_state("ml")
+    assert freed not in ("", first)
+    # A resource no longer used at all, or a usage that cannot be read: room, as far as trtop can tell.
+    assert c.on_admission_policy("ResourceQuota", "MODIFIED", quota("gpus", gpus, used={})) == [("ml", "auto")]
+    c.on_admission_policy("ResourceQuota", "MODIFIED", quota("gpus", gpus, used={"requests.nvidia.com/gpu": "1"}))
+    assert c.on_admission_policy("ResourceQuota", "MODIFIED", quota("gpus", gpus, used={
+        "requests.nvidia.com/gpu": "lots"})) == [("ml", "auto")]
+    assert len({first, freed, c.admission_state("ml")}) == 3
+
+
+def test_a_changed_limit_range_retries_refused_units_and_a_quota_of_the_same_name_is_another_policy():
+    """A LimitRange refuses pods too (a container's limits past its max): its spec.limits join the namespace's
+    admission state, so raising them retries the refused units at once, like a raised quota."""
+    c = world()
+    refused = {"conditions": [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                               "message": "maximum cpu usage per Container is 1, but limit is 2"}]}
+    c.on_deployment("ADDED", {**deployment("auto-sm90", "uid-auto", "10"), "status": refused})
+    limit = {"metadata": {"name": "caps", "namespace": "ml"},
+             "spec": {"limits": [{"type": "Container", "max": {"cpu": "1"}}]}}
+    assert c.on_admission_policy("LimitRange", "ADDED", limit) == [("ml", "auto")]
+    first = c.admission_state("ml")
+    assert first and c.on_admission_policy("LimitRange", "MODIFIED", limit) == []  # the same limits: nothing
+    assert c.on_admission_policy("ResourceQuota", "ADDED", quota("caps", {"pods": "10"})) == [("ml", "auto")]
+    both = c.admission_state("ml")
+    raised = {**limit, "spec": {"limits": [{"type": "Container", "max": {"cpu": "4"}}]}}
+    assert c.on_admission_policy("LimitRange", "MODIFIED", raised) == [("ml", "auto")]
+    assert c.admission_state("ml") not in ("", first, both)
+    assert c.on_admission_policy("LimitRange", "DELETED", raised) == [("ml", "auto")]
+    only_quota = c.admission_state("ml")
+    assert only_quota not in ("", first, both)  # the quota of the same name is still there
+    c.on_admission_policy("ResourceQuota", "DELETED", quota("caps", {}))
+    assert c.admission_state("ml") == ""
 
 
 # A deleted object leaves nothing behind (thousands of objects, months of uptime, names that come back).

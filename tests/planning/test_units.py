@@ -261,22 +261,22 @@ def test_a_refused_unit_carries_its_namespaces_quota_limits_so_a_raised_quota_is
     nodes = (gpu_node("h100-0", "h100", gpus=4),)
     facts = with_records(nodes, settings)
     spec = {**SPEC, "replicas": 3}
-    p = plan(replace(facts, quota_state="q1"), settings, spec=spec)
+    p = plan(replace(facts, admission_state="q1"), settings, spec=spec)
     assert names.ANNOTATION_QUOTA_RETRY not in p.units[0]["metadata"]["annotations"]  # nothing refused yet
     units, pods = live_of(p, replicas={p.units[0]["metadata"]["name"]: 1})
     refused = replace(units[0], replicas=3, refused="exceeded quota: gpu")
-    marked = plan(replace(facts, units=(refused,), pods=pods, quota_state="q1"), settings, p.status, spec=spec)
+    marked = plan(replace(facts, units=(refused,), pods=pods, admission_state="q1"), settings, p.status, spec=spec)
     (unit,) = marked.units
     assert unit["metadata"]["annotations"][names.ANNOTATION_QUOTA_RETRY] == "q1" and applies(marked)
     assert unit["spec"]["template"] == p.units[0]["spec"]["template"]  # metadata only: no pod restarts
     live = replace(refused, quota_retry="q1",
                    applied_hash=unit["metadata"]["annotations"][names.ANNOTATION_APPLIED_HASH])
-    same = plan(replace(facts, units=(live,), pods=pods, quota_state="q1"), settings, marked.status, spec=spec)
+    same = plan(replace(facts, units=(live,), pods=pods, admission_state="q1"), settings, marked.status, spec=spec)
     assert not applies(same)  # the same limits: nothing to apply again
-    raised = plan(replace(facts, units=(live,), pods=pods, quota_state="q2"), settings, marked.status, spec=spec)
+    raised = plan(replace(facts, units=(live,), pods=pods, admission_state="q2"), settings, marked.status, spec=spec)
     assert applies(raised) and raised.units[0]["metadata"]["annotations"][names.ANNOTATION_QUOTA_RETRY] == "q2"
     served = replace(live, refused="", ready_replicas=3, replicas=3)
-    after = plan(replace(facts, units=(served,), pods=pods * 3, quota_state="q3"), settings, marked.status, spec=spec)
+    after = plan(replace(facts, units=(served,), pods=pods * 3, admission_state="q3"), settings, marked.status, spec=spec)
     assert after.units[0]["metadata"]["annotations"][names.ANNOTATION_QUOTA_RETRY] == "q1" and not applies(after)
     webhook = plan(replace(facts, units=(refused,), pods=pods), settings, p.status, spec=spec)  # no quota there
     assert names.ANNOTATION_QUOTA_RETRY not in webhook.units[0]["metadata"]["annotations"]

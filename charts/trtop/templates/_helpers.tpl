@@ -173,10 +173,10 @@ watched namespace in namespaced mode.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
-# ResourceQuotas, read only: when a quota's limits change, units whose pods it refused are tried again at once
-# (names.ANNOTATION_QUOTA_RETRY) rather than after the ReplicaSet controller's back-off.
+# ResourceQuotas and LimitRanges, read only: when their limits change, units whose pods they refused are tried
+# again at once (names.ANNOTATION_QUOTA_RETRY) rather than after the ReplicaSet controller's back-off.
 - apiGroups: [""]
-  resources: [resourcequotas]
+  resources: [resourcequotas, limitranges]
   verbs: [get, list, watch]
 # Events about each ModelDeployment: kopf and trtop.k8s.events only create core/v1 Events
 # (no patch: it would let the operator rewrite any tenant's Events).

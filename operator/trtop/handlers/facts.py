@@ -73,7 +73,7 @@ def gather(body: Mapping[str, Any], settings: Settings) -> ClusterFacts:
     return ClusterFacts(nodes=nodes, jobs=CACHE.jobs(ns, wanted), records=records, units=CACHE.units(uid),
                         deployment=legacy, pods=CACHE.pod_facts(key), foreign_units=tuple(foreign), service=service,
                         store_error=store_error, now=at, full_targets=CACHE.full_targets(ns),
-                        quota_state=CACHE.quota_state(ns))
+                        admission_state=CACHE.admission_state(ns))
 
 
 F = TypeVar("F")

@@ -27,7 +27,11 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
+
+from kubernetes.utils import parse_quantity
 
 from trtop import names
 from trtop.api.engine import EngineKey
@@ -72,6 +76,53 @@ def _gpus(pod: Mapping[str, Any]) -> int:
     return total
 
 
+# What admission enforces, per kind the operator watches for refused units (``ClusterCache.on_admission_policy``).
+_ENFORCED: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "ResourceQuota": lambda body: (body.get("status") or {}).get("hard"),
+    "LimitRange": lambda body: (body.get("spec") or {}).get("limits"),
+}
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What one ResourceQuota or LimitRange of a namespace lets in: the limits it enforces, a quota's usage, and
+    ``state``, which changes when the room grows (other limits, or less used): a unit it refused may fit now."""
+
+    limits: str
+    used: Mapping[str, str]
+    state: str
+
+
+def admission_of(kind: str, body: Mapping[str, Any], before: Admission | None) -> Admission:
+    """``body``'s Admission after ``before`` (None: first seen). More used, or the same, leaves the state as it was:
+    nothing refused fits better, so the units are not marked again for every pod the namespace starts."""
+    limits = json.dumps(_ENFORCED[kind](body) or {}, sort_keys=True)
+    used = {str(k): str(v) for k, v in ((body.get("status") or {}).get("used") or {}).items()} \
+        if kind == "ResourceQuota" else {}
+    if before is not None and before.limits == limits and not _fell(before.used, used):
+        return Admission(limits, used, before.state)
+    # The object's version at the change: unique per change, so usage that rose and fell back still reads as new.
+    version = str((body.get("metadata") or {}).get("resourceVersion", ""))
+    return Admission(limits, used, json.dumps([limits, version]))
+
+
+def _fell(before: Mapping[str, str], now: Mapping[str, str]) -> bool:
+    """Whether any resource's usage fell (or went, or cannot be read: counted as a change)."""
+    for resource, quantity in before.items():
+        if resource not in now:
+            return True
+        try:
+            if _quantity(now[resource]) < _quantity(quantity):
+                return True
+        except ValueError:
+            return True
+    return False
+
+
+def _quantity(text: str) -> Decimal:
+    return parse_quantity(text)  # type: ignore[no-untyped-call, no-any-return]
+
+
 class ClusterCache:
     """What the watches have told us; see the module docstring."""
 
@@ -94,7 +145,8 @@ class ClusterCache:
         self._deployments: dict[Key, dict[str, Any]] = {}
         self._deployments_by_owner: defaultdict[str, set[Key]] = defaultdict(set)  # controller uid -> keys
         self._services: dict[Key, dict[str, Any]] = {}
-        self._quotas: defaultdict[str, dict[str, str]] = defaultdict(dict)  # namespace -> quota -> status.hard JSON
+        # namespace -> "ResourceQuota/name" or "LimitRange/name" -> what it lets in
+        self._admission: defaultdict[str, dict[str, Admission]] = defaultdict(dict)
         self.users_of_key: defaultdict[EngineKey, set[Key]] = defaultdict(set)  # filled after each plan
         self._keys_of_user: dict[Key, tuple[EngineKey, ...]] = {}  # the reverse: O(1) to replace
         self._node_facts: dict[str, NodeFact] = {}  # derived from _nodes/_requested, dropped when they change
@@ -489,30 +541,34 @@ class ClusterCache:
         if not deleted:
             self._deployments_by_owner[controller_uid(body)].add(key)
 
-    def on_quota(self, event: str, body: Mapping[str, Any]) -> list[Key]:
-        """A ResourceQuota's enforced limits (``status.hard``: the quota controller copies ``spec.hard`` there, and
-        admission refuses by it). When they change, the ModelDeployments of its namespace with a unit whose pods the
-        API server refused, to try them again now (``quota_state``)."""
+    def on_admission_policy(self, kind: str, event: str, body: Mapping[str, Any]) -> list[Key]:
+        """A ResourceQuota (admission refuses by its ``status.hard``, which the quota controller copies from
+        ``spec.hard``, against its ``status.used``) or a LimitRange (the LimitRanger plugin reads its ``spec.limits``
+        as they are). When its room grows (``admission_of``), the ModelDeployments of its namespace with a unit whose
+        pods the API server refused, to try them again now (``admission_state``)."""
         ns, name = _key(body)
-        hard = None if event == "DELETED" else json.dumps((body.get("status") or {}).get("hard") or {}, sort_keys=True)
+        entry = f"{kind}/{name}"
         with self._lock:
-            quotas = self._quotas.get(ns, {})
-            if quotas.get(name) == hard:
+            policies = self._admission.get(ns, {})
+            before = policies.get(entry)
+            after = None if event == "DELETED" else admission_of(kind, body, before)
+            if after is not None:
+                self._admission[ns][entry] = after
+            elif before is not None:
+                del policies[entry]
+                if not policies:
+                    del self._admission[ns]
+            if (before and before.state) == (after and after.state):
                 return []
-            if hard is not None:
-                self._quotas[ns][name] = hard
-            else:
-                del quotas[name]
-                if not quotas:
-                    del self._quotas[ns]
             refused = {self._uids.get(controller_uid(d)) for k, d in self._deployments.items()
                        if k[0] == ns and deployment_fact(d).refused}
             return sorted(k for k in refused if k)
 
-    def quota_state(self, namespace: str) -> str:
-        """A digest of the hard limits of every ResourceQuota of ``namespace`` ("" where it has none)."""
+    def admission_state(self, namespace: str) -> str:
+        """A digest of the states (``Admission``) of every ResourceQuota and LimitRange of ``namespace`` ("" where it
+        has none): it changes when the room of any of them grows."""
         with self._lock:
-            found = sorted(self._quotas.get(namespace, {}).items())
+            found = sorted((entry, a.state) for entry, a in self._admission.get(namespace, {}).items())
         return hashlib.sha256(json.dumps(found).encode()).hexdigest()[:16] if found else ""
 
     def on_service(self, event: str, body: Mapping[str, Any]) -> list[Key]:

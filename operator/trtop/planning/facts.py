@@ -53,7 +53,7 @@ class DeploymentFact:
     # LimitRange, an admission webhook); "" when it did not. Such pods never exist: no pod fact tells it.
     refused: str = ""
     in_place: bool = False  # ANNOTATION_ROLLOUT_IN_PLACE: rolling one pod fewer at a time (rollout.whenFull)
-    quota_retry: str = ""  # ANNOTATION_QUOTA_RETRY: the quota limits it was last refused under
+    quota_retry: str = ""  # ANNOTATION_QUOTA_RETRY: the admission state it was last refused under
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,8 @@ class ClusterFacts:
     # (ClusterCache.full_targets): their GPUs are taken whatever the count of free ones says. The count sees only
     # the pods the operator watches: a namespaced operator sees no other namespace's GPU pods.
     full_targets: frozenset[str] = frozenset()
-    # A digest of the hard limits of the namespace's ResourceQuotas ("" with none; ClusterCache.quota_state): when it
-    # changes, a unit whose pods a quota refused is tried again at once (names.ANNOTATION_QUOTA_RETRY).
-    quota_state: str = ""
+    # A digest of the room the namespace's ResourceQuotas and LimitRanges leave ("" with none;
+    # ClusterCache.admission_state): when it changes (a limit raised, a quota's usage fell), a unit whose pods they
+    # refused is tried again at once (names.ANNOTATION_QUOTA_RETRY).
+    admission_state: str = ""
     now: float = 0.0  # epoch seconds the facts describe (0: unknown, no node grace period applies)

@@ -126,7 +126,7 @@ def plan_model_deployment(
     elif not to_serve and lives:
         hold = "no engine of the current spec is ready; the live serving units keep serving what they have"
     serving = plan_units(md, spec, settings, serve=to_serve, targets=targets, units=facts.units, legacy=legacy,
-                         full=facts.full_targets, quota_state=facts.quota_state,
+                         full=facts.full_targets, admission_state=facts.admission_state,
                          pods=facts.pods, nodes=raw_nodes, desired=float(replicas), previous=previous,
                          hold=bool(hold))
     limit = scaling_limit or (

@@ -116,11 +116,12 @@ def plan_units(
     md: Mapping[str, Any], spec: ModelDeploymentSpec, settings: Settings, *, serve: Sequence[EngineStatus],
     targets: Sequence[Target], units: Sequence[DeploymentFact], legacy: DeploymentFact | None,
     pods: Sequence[PodFact], nodes: Sequence[NodeFact], desired: float, previous: Mapping[str, Any], hold: bool,
-    full: frozenset[str] = frozenset(), quota_state: str = "",
+    full: frozenset[str] = frozenset(), admission_state: str = "",
 ) -> Serving:
     """The units to apply and delete, and what serves now. ``hold``: change nothing (status only).
     ``full``: architectures (unit labels) the scheduler lately found no room on, whatever the free GPUs counted.
-    ``quota_state``: the namespace's quota limits (``ClusterFacts.quota_state``), marked on a refused unit."""
+    ``admission_state``: the namespace's quota and LimitRange limits (``ClusterFacts.admission_state``), marked on a
+    refused unit."""
     md_name = str(md["metadata"]["name"])
     revision = model_revision(spec)
     speeds, unit = capacity_unit(serve, revision, previous)
@@ -174,7 +175,7 @@ def plan_units(
         if in_place:
             manifest["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] = 1
             manifest["metadata"]["annotations"][names.ANNOTATION_ROLLOUT_IN_PLACE] = "true"
-        retry = _quota_retry(live.get(name), quota_state)
+        retry = _quota_retry(live.get(name), admission_state)
         if retry:
             manifest["metadata"]["annotations"][names.ANNOTATION_QUOTA_RETRY] = retry
         manifest = with_applied_hash(manifest)
@@ -222,13 +223,14 @@ def plan_units(
                    "; ".join(pending), capacity_ceiling(slots), refused)
 
 
-def _quota_retry(live: DeploymentFact | None, quota_state: str) -> str:
-    """The unit's ANNOTATION_QUOTA_RETRY: while the API server refuses its pods, the namespace's quota limits now, so a
-    raised quota changes the Deployment (and, through the Deployment controller, its ReplicaSet, which then tries
-    again at once); otherwise the mark it has (nothing to write when a refusal ends or for other refusals)."""
+def _quota_retry(live: DeploymentFact | None, admission_state: str) -> str:
+    """The unit's ANNOTATION_QUOTA_RETRY: while the API server refuses its pods, the namespace's quota and LimitRange
+    limits now, so a raised limit changes the Deployment (and, through the Deployment controller, its ReplicaSet,
+    which then tries again at once); otherwise the mark it has (nothing to write when a refusal ends or for other
+    refusals)."""
     if live is None:
         return ""
-    return quota_state if live.refused and quota_state else live.quota_retry
+    return admission_state if live.refused and admission_state else live.quota_retry
 
 
 def _in_place(spec: ModelDeploymentSpec, fact: DeploymentFact | None, replicas: int, stale: int, *,
