@@ -80,6 +80,11 @@ REFUSED_BY_BOTH = [
     ("label value with a leading dash", {"engine": {"podLabels": {"team": "-x-"}}}),
     # A number where the Deployment needs a string: admitted, the serving Deployment's apply failed on every reconcile.
     ("env value not a string", {"serving": {"env": [{"name": "WORKERS", "value": 5}]}}),
+    # One GPU a serving pod: a 2 was replaced by 1 in the pods while placement counted 2 a pod.
+    ("two GPUs a serving pod", {"serving": {"resources": {"limits": {"nvidia.com/gpu": 2}}}}),
+    ("two GPUs requested as a string", {"serving": {"resources": {"requests": {"nvidia.com/gpu": "2"}}}}),
+    ("a sidecar with a GPU", {"serving": {"sidecars": [{"name": "c", "image": "x",
+                                                       "resources": {"limits": {"nvidia.com/gpu": 1}}}]}}),
 ]
 # Bounds of what one object may make the operator plan and carry (each target is a build Job and a status entry).
 REFUSED_BY_THE_API_SERVER = [
@@ -93,6 +98,8 @@ ADMITTED = [
     ("quantities", {"serving": {"resources": {"limits": {"cpu": 2, "memory": "4Gi"}, "requests": {"cpu": "+500m"}}}}),
     ("dynamic dimensions", {"model": {"inputShapes": {"image": [-1, 224, 224, 3]}}}),
     ("string env", {"serving": {"env": [{"name": "WORKERS", "value": "5"}]}}),
+    ("one GPU, as trtop sets it", {"serving": {"resources": {"limits": {"nvidia.com/gpu": 1, "cpu": 2},
+                                                             "requests": {"nvidia.com/gpu": "1"}}}}),
     ("32 targets", {"engine": {"targets": ["auto", "cpu"] + [f"8.{i}/NVIDIA-L{i}" for i in range(30)]}}),
 ]
 

@@ -143,3 +143,18 @@ def test_shared_memory_and_sidecars_are_parsed():
     assert pre.resources == {"limits": {"cpu": "1", "memory": "1Gi"}}
     bare = parse_spec(spec())
     assert bare.serving.shared_memory == "off" and bare.serving.sidecars == ()
+
+
+def test_a_serving_pod_takes_one_gpu_and_a_sidecar_none():
+    """Another number was replaced by 1 in the pods while placement counted it: refused, with what to do instead."""
+    base = {"model": {"uri": "s3://b/m"}}
+    assert parse_spec({**base, "serving": {"resources": {"limits": {"nvidia.com/gpu": 1, "cpu": "2"}}}}).serving \
+        .resources == {"limits": {"nvidia.com/gpu": "1", "cpu": "2"}}
+    with pytest.raises(SpecError) as err:
+        parse_spec({**base, "serving": {"resources": {"limits": {"nvidia.com/gpu": 2}}}})
+    assert str(err.value).startswith("spec.serving.resources.limits.nvidia.com/gpu: is '2', but trtop gives each")
+    assert "scale with replicas" in str(err.value)
+    with pytest.raises(SpecError, match=r"serving\.sidecars\[0\]\.resources\.requests\.nvidia\.com/gpu: .*a sidecar "
+                                        r"cannot take one"):
+        parse_spec({**base, "serving": {"sidecars": [{"name": "c", "image": "x",
+                                                       "resources": {"requests": {"nvidia.com/gpu": "1"}}}]}})

@@ -279,6 +279,18 @@ def _parse_engine(raw: Mapping[str, Any]) -> EngineSpec:
     )
 
 
+def _serving_resources(raw: object) -> dict[str, Any]:
+    resources = validation.check_resources(raw)
+    validation.check_gpus(resources, "serving.resources", allowed="1")
+    return resources
+
+
+def _sidecar_resources(raw: object, where: str) -> dict[str, Any]:
+    resources = validation.check_resources(raw, where)
+    validation.check_gpus(resources, where, allowed=None)
+    return resources
+
+
 def _parse_serving(raw: Mapping[str, Any]) -> ServingSpec:
     port = _int(raw, "port", 8000, "serving", minimum=1)
     if port > 65535:
@@ -286,7 +298,7 @@ def _parse_serving(raw: Mapping[str, Any]) -> ServingSpec:
     batching = _section(raw, "batching")
     return ServingSpec(
         image=_optional_string(raw, "image", "serving"), port=port,
-        resources=validation.check_resources(raw.get("resources")),
+        resources=_serving_resources(raw.get("resources")),
         node_selector=validation.check_string_map(raw.get("nodeSelector"), "serving.nodeSelector"),
         tolerations=validation.check_objects(raw.get("tolerations"), "serving.tolerations"),
         env=validation.check_env(raw.get("env")),
@@ -332,7 +344,7 @@ def _parse_sidecars(raw: object, port: int) -> tuple[Sidecar, ...]:
             args=validation.check_strings(item.get("args"), f"{where}.args"),
             env=validation.check_plain_env(item.get("env"), f"{where}.env"),
             ports=ports,
-            resources=validation.check_resources(item.get("resources"), f"{where}.resources"),
+            resources=_sidecar_resources(item.get("resources"), f"{where}.resources"),
         ))
     return tuple(out)
 

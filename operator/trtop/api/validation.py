@@ -66,6 +66,19 @@ def check_resources(raw: object, where: str = "serving.resources") -> dict[str, 
     return out
 
 
+def check_gpus(resources: Mapping[str, Mapping[str, str]], where: str, *, allowed: str | None) -> None:
+    """trtop gives each serving pod exactly one GPU (names.GPU_RESOURCE): its server runs one engine on one GPU, and
+    placement counts the pods a node's free GPUs hold one GPU each. The serving container may say "1" (what trtop
+    sets anyway, ``allowed``); a sidecar none. Anything else was silently replaced, or miscounted: refused."""
+    for section, values in resources.items():
+        value = values.get(names.GPU_RESOURCE)
+        if value is not None and value != allowed:
+            raise SpecError(f"{where}.{section}.{names.GPU_RESOURCE}", (
+                f"is {value!r}, but trtop gives each serving pod one GPU (its server runs one engine on one GPU): "
+                + ("leave it out or set 1, and scale with replicas" if allowed else
+                   "a sidecar cannot take one; leave it out")))
+
+
 def check_rollout_bound(raw: Mapping[str, Any], key: str, default: str) -> str:
     value = raw.get(key, default)
     if isinstance(value, bool) or not _INT_OR_PERCENT.match(str(value)):

@@ -58,16 +58,15 @@ class Serving:
         return self.ready >= self.desired - EPSILON if self.desired > 0 else True
 
 
-def gpus_per_pod(spec: ModelDeploymentSpec, target: Target) -> int:
-    if target.is_cpu:
-        return 0
-    value = str(((spec.serving.resources or {}).get("limits") or {}).get(names.GPU_RESOURCE, "1"))
-    return int(value) if value.isdigit() and int(value) > 0 else 1
+def gpus_per_pod(target: Target) -> int:
+    """One GPU per serving pod on a GPU target: what its manifest asks (``serving.build_unit``; the spec may say no
+    other number, ``validation.check_gpus``)."""
+    return 0 if target.is_cpu else 1
 
 
 def free_pods(spec: ModelDeploymentSpec, target: Target, nodes: Sequence[NodeFact]) -> int | None:
     """Pods more the free GPUs of ``target``'s schedulable nodes can host (None: no GPU needed)."""
-    per = gpus_per_pod(spec, target)
+    per = gpus_per_pod(target)
     if per == 0:
         return None
     return sum(max(0, n.gpu_allocatable - n.gpu_requested) // per for n in nodes_for_target(target, nodes))
