@@ -118,6 +118,14 @@ def down(name: str = workspace.DEFAULT_NAME, *, log: Log | None = None) -> list[
     return forced
 
 
+def exists(name: str = workspace.DEFAULT_NAME) -> bool:
+    """Whether cluster ``name`` has state on this machine (running or not)."""
+    root = workspace.repo_root()
+    if _provider_of(root, name) == "kind":
+        return kind.status(root, name, tools_for(read_versions(root), cache_dir()))[0]
+    return KwokCluster(root, name, tools_for(read_versions(root), cache_dir())).exists()
+
+
 def status(name: str = workspace.DEFAULT_NAME) -> tuple[bool, str]:
     """(running, a report a person can read)."""
     root = workspace.repo_root()

@@ -134,8 +134,17 @@ def start_session(name: str = TEST_CLUSTER, log: Callable[[str], None] | None = 
         cluster.install_crds(client, root, log or cluster.progress_log("test-cluster"))
         return DevCluster(kubeconfig, client, None, False)
     with _lock(root, name):
-        info = cluster.up(name, log=log or cluster.progress_log("test-cluster"),
-                          real_node=os.environ.get("TRTOP_TEST_REAL_NODE", "1") != "0")
+        existed = cluster.exists(name)
+        try:
+            info = cluster.up(name, log=log or cluster.progress_log("test-cluster"),
+                              real_node=os.environ.get("TRTOP_TEST_REAL_NODE", "1") != "0")
+        except BaseException:
+            # A cluster this session made and then failed to finish (a CRD the API server refused, a real node
+            # that did not start) goes now. Left up, the next session found it running, took it for another
+            # user's and never stopped it, and its real node kept the machine's kubelet from every other checkout.
+            if not existed and not _live_users(root, name):
+                cluster.down(name, log=log or cluster.progress_log("test-cluster"))
+            raise
         assert info is not None
         users = _users(root, name)
         users.mkdir(parents=True, exist_ok=True)
@@ -153,7 +162,7 @@ def stop_session(session: DevCluster) -> None:
     with _lock(root, session.name):
         users = _users(root, session.name)
         (users / str(os.getpid())).unlink(missing_ok=True)
-        others = [p for p in users.glob("*") if p.name.isdigit() and process_running(int(p.name))] if users.is_dir() else []
+        others = _live_users(root, session.name)
         made_by_tests = (users / "created-by-tests").is_file()
         if made_by_tests and not others and os.environ.get("TRTOP_TEST_KEEP_CLUSTER") != "1":
             cluster.down(session.name, log=cluster.progress_log("test-cluster"))
@@ -196,6 +205,12 @@ def wait_for(what: str, check: Callable[[], T], timeout: float = 60, interval: f
 
 def _users(root: Path, name: str) -> Path:
     return workspace.work_dir(root) / f"{name}.users"
+
+
+def _live_users(root: Path, name: str) -> list[Path]:
+    """The pid files of the test sessions using cluster ``name`` whose process still runs."""
+    users = _users(root, name)
+    return [p for p in users.glob("*") if p.name.isdigit() and process_running(int(p.name))] if users.is_dir() else []
 
 
 @contextmanager
