@@ -85,15 +85,16 @@ async def on_event_deployment(type: str | None, body: kopf.Body, **_: Any) -> No
     workers.enqueue(CACHE.on_deployment(str(type), body), SETTINGS.coalesce_seconds)
 
 
-# A raised quota or LimitRange: units whose pods they refused try again now (names.ANNOTATION_QUOTA_RETRY).
+# A quota or LimitRange with room again: units whose pods they refused try again now (names.ANNOTATION_QUOTA_RETRY).
+# Coalesced like child events: a namespace whose usage falls pod by pod marks each refused unit once per window.
 @kopf.on.event("", "v1", "resourcequotas")
 async def on_event_resource_quota(type: str | None, body: kopf.Body, **_: Any) -> None:
-    workers.enqueue(CACHE.on_admission_policy("ResourceQuota", str(type), body))
+    workers.enqueue(CACHE.on_admission_policy("ResourceQuota", str(type), body), SETTINGS.coalesce_seconds)
 
 
 @kopf.on.event("", "v1", "limitranges")
 async def on_event_limit_range(type: str | None, body: kopf.Body, **_: Any) -> None:
-    workers.enqueue(CACHE.on_admission_policy("LimitRange", str(type), body))
+    workers.enqueue(CACHE.on_admission_policy("LimitRange", str(type), body), SETTINGS.coalesce_seconds)
 
 
 @kopf.on.event("", "v1", "services", labels=_OURS)

@@ -42,6 +42,8 @@ MECHANICS_PACKAGES = ("python3-pip",)
 # trust them, so the base carries them (none on an ordinary machine).
 LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
 HOLDER = "build-images"
+# BuildKit's cache kept after a build (MB): the images' dependency stages, ~3 GB together.
+BUILD_CACHE_KEEP_MB = 4000
 # Free disk a build needs: the converter's layer of TensorFlow is ~1.7 GB unpacked, held up to
 # three times while it is built, exported and unpacked, beside the compressed content.
 BUILD_NEEDS_BYTES = 6 * diskspace.GiB
@@ -283,8 +285,10 @@ class Builder:
         if stale:
             self.daemon.ctr("images", "rm", "--sync", *stale)
             self.log(f"pruned {len(stale)} old image names")
-        # --all: layers shared between records count too (without it the pip stages piled up to 8 GB).
-        self.buildctl("prune", "--all", "--keep-storage", "1000")  # MB: the last builds, for no-change rebuilds
+        # --all: layers shared between records count too (without it the pip stages piled up to 8 GB). The cap keeps
+        # the dependency stages of all three images (the converter's TensorFlow alone is ~1.7 GB): at 1 GB they were
+        # dropped now and then, and the next code change installed every dependency again (99-131 s, not ~20 s).
+        self.buildctl("prune", "--all", "--keep-storage", str(BUILD_CACHE_KEEP_MB))
 
 
 def _read_pid(path: Path) -> int | None:
@@ -313,7 +317,7 @@ def render_buildkitd_config(root: Path, address: str, containerd_socket: Path) -
         "  networkMode = 'host'",
         "  gc = true",
         "  reservedSpace = '1GB'",
-        "  maxUsedSpace = '4GB'",
+        "  maxUsedSpace = '6GB'",  # above what a prune keeps (BUILD_CACHE_KEEP_MB), room for a build's new records
         "",
     ])
 
