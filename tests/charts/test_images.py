@@ -106,7 +106,7 @@ def test_the_final_stage_keeps_the_dependencies_a_layer_apart_from_the_code(name
     """A code change rebuilds a layer of a few MB, not the whole venv (~1.7 GB with TensorFlow)."""
     steps = instructions(DOCKERFILES[name])
     final_stage = steps[max(i for i, (op, _) in enumerate(steps) if op == "FROM"):]
-    deps = final_stage.index(("COPY", "--from=build /opt/trtop /opt/trtop"))
+    deps = next(i for i, (op, args) in enumerate(final_stage) if op == "COPY" and args.startswith("--from=build /opt/"))
     code = next(i for i, (op, args) in enumerate(final_stage) if op == "RUN" and "/wheels/trtop-" in args)
     assert deps < code
     run = final_stage[code][1]
@@ -114,6 +114,29 @@ def test_the_final_stage_keeps_the_dependencies_a_layer_apart_from_the_code(name
     assert "--no-deps" in run and "--no-cache-dir" in run
     wheel = next(args for op, args in steps if op == "RUN" and "pip wheel" in args)
     assert "-w /wheels" in wheel and not wheel.startswith("/opt/trtop/bin/pip install")
+
+
+@pytest.mark.parametrize("name", [n for n in EXTRAS if "--target" in DOCKERFILES[n].read_text()])
+def test_pip_target_images_put_the_code_beside_the_dependencies_on_the_paths(name):
+    """NVIDIA's base keeps its own Python (``tensorrt`` is not on PyPI), so the GPU images install with
+    ``pip --target``; that skips folders that exist (bin/), so the code goes to a folder of its own,
+    which must come first on PYTHONPATH and PATH, and the dependencies' folder must be there too."""
+    steps = instructions(DOCKERFILES[name])
+    final_stage = steps[max(i for i, (op, _) in enumerate(steps) if op == "FROM"):]
+    deps_install = next(args for op, args in steps if op == "RUN" and "-r /tmp/requirements.txt" in args)
+    deps_dir = re.search(r"--target (\S+)", deps_install).group(1)
+    code_install = next(args for op, args in final_stage if op == "RUN" and "/wheels/trtop-" in args)
+    code_dir = re.search(r"--target (\S+)", code_install).group(1)
+    assert code_dir != deps_dir and not code_dir.startswith(deps_dir + "/")
+    assert ("COPY", f"--from=build {deps_dir} {deps_dir}") in final_stage
+    env = " ".join(args for op, args in final_stage if op == "ENV")
+    pythonpath = re.search(r"PYTHONPATH=(\S+)", env).group(1).split(":")
+    path = re.search(r"\bPATH=(\S+)", env).group(1).split(":")
+    assert pythonpath[:2] == [code_dir, deps_dir]
+    assert path[0] == f"{code_dir}/bin" and f"{deps_dir}/bin" in path and path[-1] == "$PATH"
+    for op, args in final_stage:  # what else the final stage puts in place is on PATH (the native front-end)
+        if op == "COPY" and "/bin/" in args.split()[-1]:
+            assert args.split()[-1].rsplit("/", 1)[0] in path, args
 
 
 def test_requirements_py_lists_the_extras_of_pyproject():

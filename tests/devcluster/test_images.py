@@ -84,3 +84,16 @@ def test_gpu_images_build_on_the_pip_base_in_place_of_nvidias_and_say_mechanics(
         assert f"build-arg:TENSORRT_VERSION={versions.TENSORRT_VERSION}" in pairs
         assert not any(p.startswith("build-arg:PYTHON_IMAGE=") for p in pairs)
     assert images.base_image_name("bookworm", "12.15", "ab", "pip") == "localhost/trtop/debian:bookworm-12.15-pip-caab"
+
+
+def test_gpu_mechanics_images_are_smoke_checked_as_built_and_as_their_user() -> None:
+    """No test runs the GPU images (kwok pods run nothing): the build runs each one's entrypoint and imports."""
+    for spec in images.GPU_MECHANICS_IMAGES:
+        assert spec.smoke, f"{spec.name}: no smoke check"
+        lines = images.smoke_dockerfile(spec).splitlines()
+        assert lines == [f"FROM {spec.tag}", f"RUN {spec.smoke}"]  # no USER: the image's own (uid 1000) runs it
+        command = {"server": "serve", "converter": "convert"}[spec.name]
+        assert f"trtop {command} --help" in spec.smoke and f"import trtop.{command}" in spec.smoke
+        # The server's Dockerfile puts the native front-end in place: it must be found on PATH.
+        assert ("command -v trtop-http" in spec.smoke) == images.uses_native_stage(spec)
+    assert not any(spec.smoke for spec in images.CPU_IMAGES)  # the e2e tests run those on the real node

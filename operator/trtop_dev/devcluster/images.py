@@ -61,6 +61,9 @@ class ImageSpec:
     dockerfile: str
     tag: str
     gpu: bool = False
+    # A shell command run in the built image as its user, where no test runs it (the GPU mechanics): its
+    # entrypoint, its extra's imports and its tools resolve from the folders and paths the Dockerfile sets.
+    smoke: str = ""
 
 
 CPU_IMAGES = (
@@ -72,9 +75,13 @@ CPU_IMAGES = (
 # every step of their Dockerfiles runs but TensorRT, CUDA and cuDNN are absent. Their tags
 # say "mechanics" so nobody mistakes them for images that serve on a GPU.
 GPU_MECHANICS_IMAGES = (
-    ImageSpec("server", "images/server/Dockerfile", f"localhost/trtop/server-mechanics:{versions.TRTOP_VERSION}", gpu=True),
+    ImageSpec("server", "images/server/Dockerfile", f"localhost/trtop/server-mechanics:{versions.TRTOP_VERSION}",
+              gpu=True, smoke="command -v trtop && command -v trtop-http && trtop serve --help >/dev/null && python3 -c "
+                              "'import trtop.serve.server, trtop.serve.grpc, trtop.gpu.nvml, onnxruntime, pynvml'"),
     ImageSpec("converter", "images/converter/Dockerfile",
-              f"localhost/trtop/converter-mechanics:{versions.TRTOP_VERSION}", gpu=True),
+              f"localhost/trtop/converter-mechanics:{versions.TRTOP_VERSION}",
+              gpu=True, smoke="command -v trtop && trtop convert --help >/dev/null && python3 -c "
+                              "'import trtop.convert.pipeline, tensorflow, tf2onnx, onnxruntime, pynvml'"),
 )
 
 
@@ -120,6 +127,11 @@ def build_args(spec: ImageSpec, base: str, env: dict[str, str], native_context: 
         if env.get(key):
             args += ["--opt", f"build-arg:{key}={env[key]}"]
     return args
+
+
+def smoke_dockerfile(spec: ImageSpec) -> str:
+    """A Dockerfile that runs ``spec.smoke`` in the image ``spec`` was built as, as the image's own user."""
+    return f"FROM {spec.tag}\nRUN {spec.smoke}\n"
 
 
 def stale_image_refs(listing: str, keep: Sequence[str], repos: Sequence[str]) -> list[str]:
@@ -270,6 +282,17 @@ class Builder:
         self.log(f"built {spec.tag} in {seconds:.0f}s")
         return seconds
 
+    def smoke(self, spec: ImageSpec) -> None:
+        """Run ``spec.smoke`` in the built image (a build of one RUN step, exported nowhere); RuntimeError with
+        its output when it fails."""
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="trtop-smoke-") as folder:
+            (Path(folder) / "Dockerfile").write_text(smoke_dockerfile(spec))
+            self.buildctl("build", "--frontend", "dockerfile.v0", "--local", f"context={folder}",
+                          "--local", f"dockerfile={folder}", "--opt", "cmdline=builtin",
+                          "--opt", "image-resolve-mode=local", "--no-cache")  # no --output: nothing exported
+        self.log(f"{spec.tag}: smoke check passed in {time.monotonic() - started:.0f}s ({spec.smoke})")
+
     def disk_shortfall(self) -> str | None:
         """Why the build would fill the disk of the image store (None: it fits)."""
         return diskspace.shortfall(diskspace.usage(self.cache), need=BUILD_NEEDS_BYTES,
@@ -360,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"base ({versions.TENSORRT_BASE_IMAGE}) are skipped: it cannot be fetched on this machine")
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             list(pool.map(lambda spec: builder.build(spec, bases[spec.gpu], no_cache=args.no_cache), wanted))
+            list(pool.map(builder.smoke, [spec for spec in wanted if spec.smoke]))
         builder.prune([*kept, builder.daemon.pause_image])
     if not gpu:
         log("the GPU images (converter, server) are not built: their base is NVIDIA's TensorRT image, which cannot "
