@@ -113,6 +113,7 @@ GFD_CUDA_RUNTIME_VERSION: Final = "nvidia.com/cuda.runtime-version.full"
 GFD_REPLICAS: Final = "nvidia.com/gpu.replicas"
 GFD_SHARING_STRATEGY: Final = "nvidia.com/gpu.sharing-strategy"
 GFD_MIG_CAPABLE: Final = "nvidia.com/mig.capable"
+GFD_MIG_STRATEGY: Final = "nvidia.com/mig.strategy"  # single | mixed (mixed: GPUs as nvidia.com/mig-<profile>)
 # `trtop serve` settings (trtop.serve.settings), besides ENV_ENGINE_SET / ENV_STORE_URI / ENV_MODEL_NAME:
 # each command-line option of the server can also come from one of these.
 ENV_SERVE_ENGINE_DIR: Final = "TRTOP_ENGINE_DIR"  # a folder with engine.json + artifact (one store key)

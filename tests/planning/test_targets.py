@@ -67,3 +67,40 @@ def test_mig_slices_count_only_for_engines_of_a_compute_capability(settings):
     by_cc = plan_model_deployment(md_body(spec), ClusterFacts(nodes=(mig,)), settings, now="x")
     assert [str(t) for t in by_cc.targets] == ["8.0"] and len(by_cc.jobs_to_create) == 1
     assert _admits(mig.labels, by_cc.jobs_to_create[0])
+
+
+def test_no_targets_says_why_the_gpu_nodes_that_match_gave_none(settings):
+    """A cluster with GFD-labelled GPU nodes that yield no target was told to add GPU nodes with GFD labels: the
+    status now names what those nodes lack (MIG's mixed strategy, no device plugin, MIG slices for a product's
+    engine), counting only schedulable nodes that match serving.nodeSelector."""
+    from trtop import names
+    from trtop.planning.facts import ClusterFacts, NodeFact
+    from trtop.planning.plan import plan_model_deployment
+
+    from .conftest import md_body
+    a100 = {names.GFD_CC_MAJOR: "8", names.GFD_CC_MINOR: "0", names.GFD_PRODUCT: "NVIDIA-A100-SXM4-40GB"}
+    mixed = NodeFact("mixed-0", {**a100, names.GFD_MIG_STRATEGY: "mixed"}, True, 0, 0)
+    unplugged = NodeFact("bare-0", dict(a100), True, 0, 0)
+    cordoned = NodeFact("bare-1", dict(a100), False, 0, 0)
+    slices = NodeFact("mig-0", {**a100, names.GFD_PRODUCT: "NVIDIA-A100-SXM4-40GB-MIG-1g.5gb"}, True, 7, 0)
+    cpu = NodeFact("cpu-0", {}, True, 0, 0)
+
+    def message(nodes, spec=None):
+        plan = plan_model_deployment(md_body(spec) if spec else md_body(), ClusterFacts(nodes=tuple(nodes)), settings,
+                                     now="x")
+        assert plan.targets == () and plan.jobs_to_create == ()
+        cond = next(c for c in plan.status["conditions"] if c["type"] == names.COND_ENGINES_READY)
+        assert cond["reason"] == "NoTargets"
+        return cond["message"]
+
+    said = message([mixed, unplugged, cordoned, slices, cpu])
+    assert "of the GPU nodes that match, 1 under MIG's mixed strategy" in said
+    assert f"1 offer no allocatable {names.GPU_RESOURCE} (is NVIDIA's device plugin running there?)" in said
+    assert "1 hold MIG slices" in said and "same-compute-capability" in said
+    assert "of the GPU nodes that match" not in message([cpu])  # no GPU node: the plain advice alone
+    elsewhere = {"model": {"uri": "s3://models/resnet", "format": "savedmodel"},
+                 "serving": {"nodeSelector": {"pool": "inference"}}}
+    assert "of the GPU nodes that match" not in message([mixed, unplugged], elsewhere)  # they do not match
+    by_cc = {"model": {"uri": "s3://models/resnet", "format": "savedmodel"},
+             "engine": {"hardwareCompatibility": "same-compute-capability"}}
+    assert "MIG slices (single" not in message([mixed], by_cc)  # slices are not the reason where they count

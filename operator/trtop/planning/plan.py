@@ -35,7 +35,7 @@ from trtop.planning.serving import build_service, model_revision, selector_strin
 from trtop.planning.status import (
     condition_dicts, conditions_for, engine_entry, invalid_spec_status, phase_of, with_failure,
 )
-from trtop.planning.targets import discover_targets, with_grace
+from trtop.planning.targets import discover_targets, why_no_gpu_node_is_a_target, with_grace
 from trtop.planning.units import plan_units
 
 STORE_UNAVAILABLE = "StoreUnavailable"
@@ -132,7 +132,8 @@ def plan_model_deployment(
     limit = scaling_limit or (
         f"{serving.short:g} replica(s) of capacity wait for free GPUs (no architecture with a ready engine has "
         "room): their pods stay Pending until GPUs free up or nodes join" if serving.short > 0 else "")
-    conds = conditions_for(engines, serving, hold_message=hold, scaling_limit=limit)
+    conds = conditions_for(engines, serving, hold_message=hold, scaling_limit=limit,
+                           no_targets_why="" if targets else why_no_gpu_node_is_a_target(spec, facts.nodes))
     warnings = spec_warnings(spec, engines, to_serve)
     generation = int(meta.get("generation", 0))
     ready_count = sum(1 for e in engines if e.state == "Ready")

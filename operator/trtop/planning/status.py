@@ -52,6 +52,7 @@ def engine_entry(e: EngineStatus) -> dict[str, Any]:
 
 def conditions_for(
     engines: Sequence[EngineStatus], serving: Serving, *, hold_message: str, scaling_limit: str = "",
+    no_targets_why: str = "",
 ) -> list[Condition]:
     """Conditions of one plan. Ready = serving the current spec with the capacity asked for:
     an engine building for a joining architecture, or a unit coming or going while the others
@@ -64,7 +65,8 @@ def conditions_for(
         conds.append(Condition(names.COND_ENGINES_READY, False, "NoTargets",
                                "no GPU architecture matches: add GPU nodes with GPU Feature Discovery labels, "
                                "widen serving.nodeSelector, or list engine.targets explicitly (nodes whose GPUs are "
-                               "MIG slices count only with engine.hardwareCompatibility other than none)"))
+                               "MIG slices count only with engine.hardwareCompatibility other than none)"
+                               + (f"; {no_targets_why}" if no_targets_why else "")))
     elif not failed and not busy:
         conds.append(Condition(names.COND_ENGINES_READY, True, "AllEnginesReady",
                                f"{len(ready)}/{len(engines)} engines ready: " + ", ".join(str(e.target) for e in ready)))

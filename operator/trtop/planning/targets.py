@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
+from trtop import names
 from trtop.api.spec import ModelDeploymentSpec
 from trtop.api.targets import Target, gpu_target_of_node, is_mig_slice
 from trtop.planning.facts import NodeFact
@@ -30,6 +31,40 @@ def discover_targets(spec: ModelDeploymentSpec, nodes: Iterable[NodeFact]) -> tu
             if target is not None and node.gpu_allocatable > 0 and not (with_product and is_mig_slice(node.labels)):
                 found.add(target)
     return tuple(sorted(found))
+
+
+def why_no_gpu_node_is_a_target(spec: ModelDeploymentSpec, nodes: Iterable[NodeFact]) -> str:
+    """For a NoTargets status: the schedulable nodes that match the spec and carry GFD's GPU labels, yet gave
+    ``discover_targets`` no target, and why ("" when there is none). Without it the status asks for GPU nodes
+    with GFD labels on a cluster that has them, and the person has nothing to act on."""
+    if not spec.engine.auto_targets:
+        return ""
+    with_product = spec.engine.hardware_compatibility == "none"
+    mixed = unplugged = slices = 0
+    for node in nodes:
+        if not node.schedulable or not node_matches_selector(node.labels, spec.serving.node_selector):
+            continue
+        if gpu_target_of_node(node.labels, with_product=False) is None:
+            continue
+        if node.gpu_allocatable <= 0:
+            if node.labels.get(names.GFD_MIG_STRATEGY, "").strip() == "mixed":
+                mixed += 1
+            else:
+                unplugged += 1
+        elif with_product and is_mig_slice(node.labels):
+            slices += 1
+    why = []
+    if mixed:
+        why.append(f"{mixed} under MIG's mixed strategy offer their GPUs only as nvidia.com/mig-<profile> devices, "
+                   f"and trtop's pods take whole GPUs ({names.GPU_RESOURCE}): give the pool whole GPUs or the "
+                   "single strategy")
+    if unplugged:
+        why.append(f"{unplugged} offer no allocatable {names.GPU_RESOURCE} (is NVIDIA's device plugin running "
+                   "there?)")
+    if slices:
+        why.append(f"{slices} hold MIG slices (single strategy), which only engines of a compute capability use: "
+                   "set engine.hardwareCompatibility to same-compute-capability")
+    return f"of the GPU nodes that match, {'; '.join(why)}" if why else ""
 
 
 def nodes_for_target(target: Target, nodes: Iterable[NodeFact]) -> list[NodeFact]:
