@@ -91,9 +91,17 @@ def test_idle_scales_to_zero_and_load_waiting_wakes_it(dev_cluster, namespace, t
             return core.list_namespaced_pod(namespace, label_selector=selector).items
 
         # A new object starts with one replica (its first rollout shows the engine loads), idle: then zero.
-        wait_events(core, namespace, "idle", lambda evs: any(
-            e.reason == "ScaledDown" and e.message.startswith("replicas 1 -> 0") for e in evs),
-            "a ScaledDown Event from the first replica to zero", timeout=120)
+        try:
+            wait_events(core, namespace, "idle", lambda evs: any(
+                e.reason == "ScaledDown" and e.message.startswith("replicas 1 -> 0") for e in evs),
+                "a ScaledDown Event from the first replica to zero", timeout=120)
+        except AssertionError as e:  # what the autoscaler last saw: no pods listed, readings missing, ...
+            status = md().get("status") or {}
+            seen = {k: status.get(k) for k in ("lastMetric", "desiredReplicas", "readyReplicas", "units")}
+            pods_now = [(p.metadata.name, p.status.phase, p.metadata.owner_references and
+                         [(r.kind, r.controller) for r in p.metadata.owner_references]) for p in serving_pods()]
+            raise AssertionError(f"{e}\nstatus: {seen}\npods: {pods_now}\noperator log:\n"
+                                 f"{op.log()[-4000:]}") from None
         wait_for("scaled to zero while idle", lambda: scaled(md())[0] == 0 and not serving_pods(), timeout=90)
         now = wait_for("Available=True, ScaledToZero", lambda: (m := md()) and condition(m, "Available").get(
             "reason") == "ScaledToZero" and m, timeout=30)
