@@ -62,7 +62,9 @@ def test_an_object_that_raises_is_skipped_and_the_others_are_autoscaled(monkeypa
 
 
 def serving_pod(md_name: str, pod_name: str) -> dict[str, Any]:
-    return {"metadata": {"name": pod_name, "namespace": "ml",
+    return {"metadata": {"name": pod_name, "namespace": "ml", "ownerReferences": [
+                             {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": f"{md_name}-rs", "uid": "rs",
+                              "controller": True}],
                          "labels": {names.LABEL_MODEL_DEPLOYMENT: md_name,
                                     names.LABEL_COMPONENT: names.COMPONENT_INFERENCE}},
             "status": {"phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}}

@@ -306,7 +306,7 @@ def test_an_object_and_its_children_deleted_leave_no_entry_behind():
     c.note_absent(("ml", "auto-sm89"), "Deployment", "serving")
     unit = deployment("auto-sm89", "uid-auto", "3")
     c.on_deployment("ADDED", unit)
-    serving = {"metadata": {"name": "auto-sm89-p", "namespace": "ml", "labels": {
+    serving = {"metadata": {"name": "auto-sm89-p", "namespace": "ml", "ownerReferences": REPLICA_SET, "labels": {
         names.LABEL_MODEL_DEPLOYMENT: "auto", names.LABEL_COMPONENT: names.COMPONENT_INFERENCE}},
         "spec": {"nodeName": "l4-0", "containers": [{"resources": {"limits": {names.GPU_RESOURCE: "1"}}}]},
         "status": {"phase": "Running"}}
@@ -439,10 +439,16 @@ def test_a_store_sharing_group_builds_each_key_once_and_every_member_sees_the_jo
     assert c.jobs("team-a") == c.jobs("team-b") == {} and c.claim_job(job_in("team-b", ""))
 
 
-def serving_pod(name, namespace, slug, *, node=None, unschedulable=False):
+# A unit's pods belong to its Deployment's ReplicaSet.
+REPLICA_SET = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "auto-sm89-5d4f", "uid": "rs-1",
+                "controller": True}]
+
+
+def serving_pod(name, namespace, slug, *, node=None, unschedulable=False, owners=REPLICA_SET, ready=False):
     conditions = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}] if unschedulable else []
-    return {"metadata": {"name": name, "namespace": namespace,
+    conditions += [{"type": "Ready", "status": "True"}] if ready else []
+    return {"metadata": {"name": name, "namespace": namespace, "ownerReferences": owners,
                          "labels": {names.LABEL_MODEL_DEPLOYMENT: "auto", names.LABEL_TARGET: slug,
                                     names.LABEL_COMPONENT: names.COMPONENT_INFERENCE}},
             "spec": {"nodeName": node, "containers": [{"resources": {"limits": {names.GPU_RESOURCE: "1"}}}]},
@@ -467,3 +473,22 @@ def test_an_architecture_whose_serving_pod_found_no_node_is_full_in_its_namespac
     c.on_pod("ADDED", serving_pod("a-2", "ml", "sm90-h100", unschedulable=True))
     c.on_pod("MODIFIED", serving_pod("a-2", "ml", "sm90-h100", node="h100-0"))  # a GPU came free
     assert c.full_targets("ml") == frozenset()
+
+
+def test_only_a_replica_sets_pods_are_a_units_serving_pods():
+    """The labels of a serving pod are anyone's to copy (a bare pod from its manifest, a debug copy): such a pod is
+    not counted as capacity, not scraped for load and marks no architecture full; a pod its ReplicaSet let go of
+    (orphaned) leaves the count, and the change concerns its object."""
+    c = world()
+    key = ("ml", "auto")
+    assert c.on_pod("ADDED", serving_pod("auto-sm89-a", "ml", "sm89", node="l4-0", ready=True)) == [key]
+    bare = serving_pod("copy", "ml", "sm89", node="l4-0", ready=True, owners=[])
+    job = [{"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": "j-1", "controller": True}]
+    stuck = serving_pod("stray", "ml", "sm90-h100", unschedulable=True, owners=job)
+    assert c.on_pod("ADDED", bare) == [] and c.on_pod("ADDED", stuck) == []
+    assert [p.name for p in c.pod_facts(key)] == ["auto-sm89-a"]
+    assert [p["metadata"]["name"] for p in c.serving_pods(key)] == ["auto-sm89-a"]
+    assert c.full_targets("ml") == frozenset()
+    assert next(n for n in c.nodes() if n.name == "l4-0").gpu_requested == 2  # the GPUs they hold still count
+    assert c.on_pod("MODIFIED", serving_pod("auto-sm89-a", "ml", "sm89", node="l4-0", ready=True, owners=[])) == [key]
+    assert c.pod_facts(key) == () and c.serving_pods(key) == []

@@ -65,6 +65,14 @@ def _slim(body: Mapping[str, Any], *fields: str) -> dict[str, Any]:
     return {"metadata": meta, **{f: body.get(f) or {} for f in fields}}
 
 
+def _replica_set_pod(meta: Mapping[str, Any]) -> bool:
+    """Whether a pod is a ReplicaSet's (a unit's pods are). Labels alone are anyone's to copy: a bare pod
+    made from a serving pod's manifest, or a debug copy, would count as ready capacity, be scraped for
+    load and mark its architecture full; one orphaned by its ReplicaSet leaves the unit's count too."""
+    return any(r.get("controller") and r.get("kind") == "ReplicaSet" and r.get("apiVersion") == "apps/v1"
+               for r in meta.get("ownerReferences") or ())
+
+
 def _gpus(pod: Mapping[str, Any]) -> int:
     total = 0
     for ctr in (pod.get("spec") or {}).get("containers") or []:
@@ -388,7 +396,7 @@ class ClusterCache:
                 owner = (key[0], str(md))
                 pods = self._serving_pods.setdefault(owner, {})
                 was = pods.get(key[1])
-                if event == "DELETED":
+                if event == "DELETED" or not _replica_set_pod(meta):
                     pods.pop(key[1], None)
                     if not pods:
                         del self._serving_pods[owner]
