@@ -9,6 +9,8 @@ operator cannot tell the difference: it reads the same series from the same Prom
 """
 from __future__ import annotations
 
+import threading
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,21 +30,35 @@ WAITING = "gateway_requests_waiting"
 WAKE = f'sum({WAITING}{{namespace="$namespace",model_deployment="$name"}})'
 
 
-class PodsStandIn:
-    """The /metrics of the serving pods of one ModelDeployment (listed from the API at each scrape) and a gateway's
-    requests waiting for it: what the test sets in ``inflight`` and ``waiting``."""
+class PodsStandIn(threading.Thread):
+    """The /metrics of the serving pods of one ModelDeployment and a gateway's requests waiting for it: what the test
+    sets in ``inflight`` and ``waiting``. The pods are listed from the API by this thread every half second, not
+    inside a scrape: Prometheus gives a scrape at most its 1 s interval, and a list slower than that (a loaded
+    machine) lost every series of the scrape, so the autoscaler had no fresh reading and held its replica."""
 
     def __init__(self, core: client.CoreV1Api, namespace: str, name: str) -> None:
+        super().__init__(daemon=True, name="pods-stand-in")
         self.core, self.namespace, self.name = core, namespace, name
         self.inflight = 0.0
         self.waiting = 0.0
+        self.running: tuple[str, ...] = ()
+        self.list_errors: list[str] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        selector = f"{names.LABEL_MODEL_DEPLOYMENT}={self.name},{names.LABEL_COMPONENT}={names.COMPONENT_INFERENCE}"
+        while not self.stopped.is_set():
+            try:
+                items = self.core.list_namespaced_pod(self.namespace, label_selector=selector, _request_timeout=5).items
+                self.running = tuple(p.metadata.name for p in items if p.status.phase == "Running")
+            except Exception as e:  # noqa: BLE001 - the next list tries again; the test's failure shows these
+                self.list_errors = [*self.list_errors[-4:], f"{type(e).__name__}: {str(e)[:200]}"]
+            self.stopped.wait(0.5)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         inflight = GaugeMetricFamily(names.METRIC_INFLIGHT, "in-flight requests", labels=["model", "namespace", "pod"])
-        selector = f"{names.LABEL_MODEL_DEPLOYMENT}={self.name},{names.LABEL_COMPONENT}={names.COMPONENT_INFERENCE}"
-        for pod in self.core.list_namespaced_pod(self.namespace, label_selector=selector, _request_timeout=5).items:
-            if pod.status.phase == "Running":
-                inflight.add_metric([self.name, self.namespace, pod.metadata.name], self.inflight)
+        for pod in self.running:
+            inflight.add_metric([self.name, self.namespace, pod], self.inflight)
         yield inflight
         waiting = GaugeMetricFamily(WAITING, "requests a gateway holds", labels=["namespace", "model_deployment"])
         waiting.add_metric([self.namespace, self.name], self.waiting)
@@ -57,7 +73,8 @@ def scaled(md: dict[str, Any]) -> tuple[Any, Any]:
 def test_idle_scales_to_zero_and_load_waiting_wakes_it(dev_cluster, namespace, tmp_path):
     api, custom = load_clients(dev_cluster.kubeconfig)
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
-    pods = PodsStandIn(core, namespace, "idle")
+    pods = PodsStandIn(client.CoreV1Api(load_clients(dev_cluster.kubeconfig)[0]), namespace, "idle")  # own client
+    pods.start()
     registry = CollectorRegistry()
     registry.register(pods)  # type: ignore[arg-type]
     server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
@@ -100,7 +117,13 @@ def test_idle_scales_to_zero_and_load_waiting_wakes_it(dev_cluster, namespace, t
             seen = {k: status.get(k) for k in ("lastMetric", "desiredReplicas", "readyReplicas", "units")}
             pods_now = [(p.metadata.name, p.status.phase, p.metadata.owner_references and
                          [(r.kind, r.controller) for r in p.metadata.owner_references]) for p in serving_pods()]
-            raise AssertionError(f"{e}\nstatus: {seen}\npods: {pods_now}\noperator log:\n"
+            try:
+                with urllib.request.urlopen(f"{prom.url}/api/v1/query?query=up", timeout=5) as answer:
+                    up = answer.read().decode()[:500]
+            except OSError as err:
+                up = f"not read: {err}"
+            raise AssertionError(f"{e}\nstatus: {seen}\npods: {pods_now}\nstand-in: running {pods.running}, list "
+                                 f"errors {pods.list_errors}\nprometheus up: {up}\noperator log:\n"
                                  f"{op.log()[-4000:]}") from None
         wait_for("scaled to zero while idle", lambda: scaled(md())[0] == 0 and not serving_pods(), timeout=90)
         now = wait_for("Available=True, ScaledToZero", lambda: (m := md()) and condition(m, "Available").get(
@@ -127,6 +150,7 @@ def test_idle_scales_to_zero_and_load_waiting_wakes_it(dev_cluster, namespace, t
         assert {d.metadata.name for d in after} == set(rollouts), "waking made new units"
         assert sum(d.spec.replicas for d in after) == 2
     finally:
+        pods.stopped.set()
         stand_in.stop()
         code = op.stop()
         prom.stop()
