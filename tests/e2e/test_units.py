@@ -297,15 +297,10 @@ def test_pods_a_resource_quota_refuses_are_named_in_the_status_until_the_quota_a
     with the API server's words) instead of a rollout that waits without a reason; once the quota is raised the
     pods come at once, however long the refusal lasted, and it clears."""
     custom = cluster["custom"]
-    body = spec(2)  # the H100 node has two GPUs
-    body["engine"]["targets"] = ["9.0"]  # one build: the quota is for serving
     quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "gpus", "namespace": namespace},
              "spec": {"hard": {"requests.nvidia.com/gpu": "1"}}}
-    dev_cluster.apply(quota, namespace=namespace)
-    cluster["operator"].start()
-    applied = time.monotonic()
-    apply_md(dev_cluster, namespace, tmp_path, "capped", body)
-    limited = _wait_refused(custom, namespace, "capped")
+    body = spec(2)  # the H100 node has two GPUs
+    applied, limited = _refused_under(cluster, dev_cluster, namespace, tmp_path, quota, "capped", body)
     assert limited["status"] == "True" and "exceeded quota" in limited["message"], limited
     md = wait_for("the pod the quota allows ready", lambda: (m := get_md(custom, namespace, "capped")) and m[
         "status"].get("readyReplicas") == 1 and m, timeout=60)  # the refusal can come before it is ready
@@ -326,6 +321,19 @@ def test_pods_a_resource_quota_refuses_are_named_in_the_status_until_the_quota_a
     wait_for("ScalingLimited False", lambda: condition(get_md(custom, namespace, "capped"),
                                                        names.COND_SCALING_LIMITED)["status"] == "False", timeout=60)
     assert condition(ready_md(custom, namespace, "capped", timeout=30), names.COND_READY)["status"] == "True"
+
+
+def _refused_under(cluster, dev_cluster, namespace: str, tmp_path, policy: dict, name: str,
+                   body: dict) -> tuple[float, dict]:
+    """Apply the namespace's ``policy`` (a quota or a LimitRange), start the operator and apply ``body`` built for
+    the H100s alone (one build: the policy is for serving); return when it was applied and the refusal's
+    condition."""
+    body["engine"]["targets"] = ["9.0"]
+    dev_cluster.apply(policy, namespace=namespace)
+    cluster["operator"].start()
+    applied = time.monotonic()
+    apply_md(dev_cluster, namespace, tmp_path, name, body)
+    return applied, _wait_refused(cluster["custom"], namespace, name)
 
 
 def _wait_refused(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict:
@@ -388,15 +396,10 @@ def test_pods_a_limit_range_refuses_come_at_once_when_it_is_raised(cluster, dev_
     digests the namespace's LimitRanges as well as its quotas)."""
     custom = cluster["custom"]
     body = spec(1)
-    body["engine"]["targets"] = ["9.0"]
     body["serving"]["resources"] = {"limits": {"cpu": "2"}}  # past the max; the build's one CPU is not
     caps = {"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "cpus", "namespace": namespace},
             "spec": {"limits": [{"type": "Container", "max": {"cpu": "1"}}]}}
-    dev_cluster.apply(caps, namespace=namespace)
-    cluster["operator"].start()
-    applied = time.monotonic()
-    apply_md(dev_cluster, namespace, tmp_path, "wide", body)
-    limited = _wait_refused(custom, namespace, "wide")
+    applied, limited = _refused_under(cluster, dev_cluster, namespace, tmp_path, caps, "wide", body)
     assert limited["status"] == "True" and "maximum cpu usage per Container is 1" in limited["message"], limited
     _lengthen_refusal(cluster["apps"], namespace, "wide", applied)
     raised = time.monotonic()

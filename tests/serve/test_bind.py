@@ -225,13 +225,20 @@ def test_a_pool_that_hands_off_returns_from_submit_once_the_slot_reaches_its_run
     pool.close()
     plain = BoundPool(1)
     assert not plain.hands_off
-    release.clear()
-    reached_run.clear()
-    start = time.perf_counter()
-    future = plain.submit(batch)
-    assert time.perf_counter() - start < 0.04 and not future.done()
-    release.set()
+    go = threading.Event()
+
+    def gated() -> str:  # reaches its run only once ``go`` is set, 2 s from now
+        go.wait(5)
+        bound(DeviceCopier(0, FakeCuda())).run({"x": np.ones((4, 3), np.float32)}, ["y"])
+        return "done"
+
+    timer = threading.Timer(2.0, go.set)
+    timer.start()
+    future = plain.submit(gated)
+    # Back before the slot could reach its run; an order, not a stopwatch (a loaded CI took 0.58 s to return).
+    assert not go.is_set() and not future.done()
     assert future.result(5) == "done"
+    timer.join()
     plain.close()
 
 
