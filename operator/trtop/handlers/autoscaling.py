@@ -135,17 +135,34 @@ def _apply(body: dict[str, Any], decision: Decision, errors: tuple[str, ...], se
     reading = {"metric": decision.metric_value, "pods": decision.metric_pods, "missing": decision.missing_pods,
                "desired": decision.desired_replicas, "reason": decision.reason,
                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    state = STATES.get(str(body["metadata"].get("uid")))
     if decision.changed:
         outcome = reconcile(body, settings, autoscaled=decision.desired_replicas,
                             scaling_limit=decision.capacity_message if decision.capped else "",
                             extra_status={"lastScale": reading,
                                           "lastMetric": {k: v for k, v in reading.items() if k != "reason"}})
+        message = f"replicas {decision.current_replicas} -> {decision.desired_replicas}: {decision.reason}"
         if outcome.failure is None:
-            metrics.SCALE_CHANGES.labels(decision.direction).inc()
-            post_event(body, "Normal", "Scaled" + decision.direction.capitalize(),
-                       f"replicas {decision.current_replicas} -> {decision.desired_replicas}: {decision.reason}")
+            _announce(body, decision.direction, message)
+            if state is not None:
+                state.unannounced = None
+        else:
+            # The decision stands (STATES) and the next reconcile applies it, whatever stopped this one (a status
+            # write that lost a race: the objects may be scaled already). Lost here, the change went unannounced:
+            # no Event, no lastScale, and the next round saw no change to tell (a CI run's scale to zero).
+            if state is not None:
+                state.unannounced = (decision.direction, message, reading)
+            log.info("%s/%s: scaling to %d replica(s) did not finish (%s); the next reconcile applies it",
+                     body["metadata"]["namespace"], body["metadata"]["name"], decision.desired_replicas,
+                     outcome.failure.message[:300])
     else:
         update: dict[str, Any] = {}
+        if state is not None and state.unannounced is not None:
+            direction, message, scaled = state.unannounced
+            state.unannounced = None
+            if scaled["desired"] == decision.desired_replicas:  # the status shows it now: told once
+                _announce(body, direction, message)
+                update["lastScale"] = scaled
         if decision.capped and status.get("lastCapped") != decision.capacity_message:
             post_event(body, "Warning", "ScalingLimited", decision.capacity_message)
             update["lastCapped"] = decision.capacity_message
@@ -159,6 +176,11 @@ def _apply(body: dict[str, Any], decision: Decision, errors: tuple[str, ...], se
     if errors:
         log.info("%s/%s: load readings missing: %s", body["metadata"]["namespace"], body["metadata"]["name"],
                  "; ".join(errors)[:500])
+
+
+def _announce(body: dict[str, Any], direction: str, message: str) -> None:
+    metrics.SCALE_CHANGES.labels(direction).inc()
+    post_event(body, "Normal", "Scaled" + direction.capitalize(), message)
 
 
 async def autoscale_forever(settings: Settings, stopped: asyncio.Event) -> None:

@@ -6,6 +6,7 @@ point, and a fresh history makes scale-down wait a full window (the HPA does the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from trtop.autoscale import ScalingHistory
 
@@ -16,6 +17,10 @@ class ScaleState:
     desired: int | None = None
     limit: str = ""  # ScalingLimited message while capped by GPUs
     wake_failing: bool = False  # the wake query failed the last time it was asked (one Warning Event per streak)
+    # A change decided whose own reconcile failed (its status write lost a race with another writer, say): the
+    # decision stands in ``desired`` and the next reconcile applies it, so it is announced (Event, lastScale) once
+    # the status shows it. (direction, Event message, the lastScale reading)
+    unannounced: tuple[str, str, dict[str, Any]] | None = None
 
 
 STATES: dict[str, ScaleState] = {}
