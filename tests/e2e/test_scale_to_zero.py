@@ -114,7 +114,7 @@ def test_idle_scales_to_zero_and_load_waiting_wakes_it(dev_cluster, namespace, t
                 "a ScaledDown Event from the first replica to zero", timeout=120)
         except AssertionError as e:  # what the autoscaler last saw: no pods listed, readings missing, ...
             status = md().get("status") or {}
-            seen = {k: status.get(k) for k in ("lastMetric", "desiredReplicas", "readyReplicas", "units")}
+            seen = {k: status.get(k) for k in ("lastMetric", "lastScale", "desiredReplicas", "readyReplicas", "units")}
             pods_now = [(p.metadata.name, p.status.phase, p.metadata.owner_references and
                          [(r.kind, r.controller) for r in p.metadata.owner_references]) for p in serving_pods()]
             try:
