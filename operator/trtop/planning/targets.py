@@ -6,6 +6,7 @@ never on ``gpu.family``; plus the spec's explicit targets.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
@@ -24,13 +25,25 @@ def discover_targets(spec: ModelDeploymentSpec, nodes: Iterable[NodeFact]) -> tu
     found: set[Target] = set(spec.engine.targets)
     if spec.engine.auto_targets:
         with_product = spec.engine.hardware_compatibility == "none"
-        for node in nodes:
-            if not node.schedulable or not node_matches_selector(node.labels, spec.serving.node_selector):
-                continue
+        for node in _matching_gpu_nodes(spec, nodes):
             target = gpu_target_of_node(node.labels, with_product=with_product)
-            if target is not None and node.gpu_allocatable > 0 and not (with_product and is_mig_slice(node.labels)):
+            if target is not None and not _why_not_served(node, with_product):
                 found.add(target)
     return tuple(sorted(found))
+
+
+def _matching_gpu_nodes(spec: ModelDeploymentSpec, nodes: Iterable[NodeFact]) -> Iterable[NodeFact]:
+    """Schedulable nodes that match ``serving.nodeSelector`` and carry GFD's GPU labels."""
+    return (n for n in nodes if n.schedulable and node_matches_selector(n.labels, spec.serving.node_selector)
+            and gpu_target_of_node(n.labels, with_product=False) is not None)
+
+
+def _why_not_served(node: NodeFact, with_product: bool) -> str:
+    """Why a matching GPU node gives no target ("" when it gives one): one rule for discover_targets and for
+    the NoTargets message that explains it."""
+    if node.gpu_allocatable <= 0:
+        return "mixed" if node.labels.get(names.GFD_MIG_STRATEGY, "").strip() == "mixed" else "unplugged"
+    return "slices" if with_product and is_mig_slice(node.labels) else ""
 
 
 def why_no_gpu_node_is_a_target(spec: ModelDeploymentSpec, nodes: Iterable[NodeFact]) -> str:
@@ -40,19 +53,8 @@ def why_no_gpu_node_is_a_target(spec: ModelDeploymentSpec, nodes: Iterable[NodeF
     if not spec.engine.auto_targets:
         return ""
     with_product = spec.engine.hardware_compatibility == "none"
-    mixed = unplugged = slices = 0
-    for node in nodes:
-        if not node.schedulable or not node_matches_selector(node.labels, spec.serving.node_selector):
-            continue
-        if gpu_target_of_node(node.labels, with_product=False) is None:
-            continue
-        if node.gpu_allocatable <= 0:
-            if node.labels.get(names.GFD_MIG_STRATEGY, "").strip() == "mixed":
-                mixed += 1
-            else:
-                unplugged += 1
-        elif with_product and is_mig_slice(node.labels):
-            slices += 1
+    causes = Counter(_why_not_served(node, with_product) for node in _matching_gpu_nodes(spec, nodes))
+    mixed, unplugged, slices = causes["mixed"], causes["unplugged"], causes["slices"]
     why = []
     if mixed:
         why.append(f"{mixed} under MIG's mixed strategy offer their GPUs only as nvidia.com/mig-<profile> devices, "
